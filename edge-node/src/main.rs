@@ -1,0 +1,46 @@
+//! `isola-edge`: the edge node binary.
+
+mod dev;
+mod logs;
+mod server;
+
+use clap::Parser;
+use clap::Subcommand;
+
+#[derive(Parser)]
+#[command(
+  name = "isola-edge",
+  version,
+  about = "Isola edge node: runs Workers-style handlers in V8 isolates"
+)]
+struct Cli {
+  #[command(subcommand)]
+  command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+  /// Serve one worker from a file on disk, for development.
+  Dev(dev::DevArgs),
+}
+
+fn main() -> std::process::ExitCode {
+  tracing_subscriber::fmt()
+    .with_env_filter(
+      tracing_subscriber::EnvFilter::try_from_env("ISOLA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+    )
+    .with_writer(std::io::stderr)
+    .init();
+  let cli = Cli::parse();
+  let result = match cli.command {
+    Command::Dev(args) => dev::run(args),
+  };
+  match result {
+    Ok(()) => std::process::ExitCode::SUCCESS,
+    Err(e) => {
+      eprintln!("error: {e:#}");
+      std::process::ExitCode::FAILURE
+    }
+  }
+}

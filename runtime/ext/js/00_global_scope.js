@@ -1,0 +1,213 @@
+// The Workers global scope, built once at snapshot time from deno_web,
+// deno_crypto and deno_fetch. Nothing here runs again when a worker isolate
+// starts from the snapshot.
+import { core, internals, primordials } from "ext:core/mod.js";
+
+const {
+  ObjectDefineProperty,
+  ObjectFreeze,
+  SafeArrayIterator,
+  Symbol,
+  Error,
+} = primordials;
+const { op_isola_log } = core.ops;
+
+// ---------------------------------------------------------------- web APIs --
+const webidl = core.loadExtScript("ext:deno_webidl/00_webidl.js");
+const consoleMod = core.loadExtScript("ext:deno_web/01_console.js");
+const url = core.loadExtScript("ext:deno_web/00_url.js");
+const urlPattern = core.loadExtScript("ext:deno_web/01_urlpattern.js");
+const { DOMException } = core.loadExtScript("ext:deno_web/01_dom_exception.js");
+const event = core.loadExtScript("ext:deno_web/02_event.js");
+const timers = core.loadExtScript("ext:deno_web/02_timers.js");
+const abortSignal = core.loadExtScript("ext:deno_web/03_abort_signal.js");
+const base64 = core.loadExtScript("ext:deno_web/05_base64.js");
+const streams = core.loadExtScript("ext:deno_web/06_streams.js");
+const encoding = core.loadExtScript("ext:deno_web/08_text_encoding.js");
+const file = core.loadExtScript("ext:deno_web/09_file.js");
+const messagePort = core.loadExtScript("ext:deno_web/13_message_port.js");
+const compression = core.loadExtScript("ext:deno_web/14_compression.js");
+const performanceMod = core.loadExtScript("ext:deno_web/15_performance.js");
+const cryptoMod = core.loadExtScript("ext:deno_crypto/00_crypto.js");
+
+// 26_fetch.js reads these telemetry hooks; Isola meters in Rust instead.
+const DID_NOT_ENTER = Symbol("DID_NOT_ENTER");
+const noop = () => {};
+internals.__telemetry = {
+  TRACING_ENABLED: false,
+  PROPAGATORS: [],
+  DID_NOT_ENTER,
+  builtinTracer: () => {
+    throw new Error("telemetry disabled");
+  },
+  ContextManager: { active: noop },
+  enterSpan: () => DID_NOT_ENTER,
+  exitSpan: noop,
+  restoreSnapshot: noop,
+};
+internals.__telemetryUtil = {
+  updateSpanFromClientResponse: noop,
+  updateSpanFromError: noop,
+  updateSpanFromRequest: noop,
+};
+const headers = core.loadExtScript("ext:deno_fetch/20_headers.js");
+const formData = core.loadExtScript("ext:deno_fetch/21_formdata.js");
+const request = core.loadExtScript("ext:deno_fetch/23_request.js");
+const response = core.loadExtScript("ext:deno_fetch/23_response.js");
+const fetchMod = core.loadExtScript("ext:deno_fetch/26_fetch.js");
+
+core.setWasmStreamingCallback(fetchMod.handleWasmStreaming);
+
+// Errors that ops throw by class name become these JS classes.
+for (
+  const [name, kind] of new SafeArrayIterator([
+    ["DOMExceptionOperationError", "OperationError"],
+    ["DOMExceptionNotSupportedError", "NotSupportedError"],
+    ["DOMExceptionNetworkError", "NetworkError"],
+    ["DOMExceptionAbortError", "AbortError"],
+    ["DOMExceptionInvalidCharacterError", "InvalidCharacterError"],
+    ["DOMExceptionDataError", "DataError"],
+    ["DOMExceptionInvalidStateError", "InvalidStateError"],
+    ["DOMExceptionSyntaxError", "SyntaxError"],
+    ["DOMExceptionQuotaExceededError", "QuotaExceededError"],
+  ])
+) {
+  core.registerErrorBuilder(name, (msg) => new DOMException(msg, kind));
+}
+
+// ----------------------------------------------------------------- console --
+// The invocation a log line belongs to rides on V8's continuation-preserved
+// data, so lines written after an `await` are still attributed correctly.
+function currentInvocation() {
+  const ctx = core.getAsyncContext();
+  return typeof ctx === "number" ? ctx : -1;
+}
+const console = new consoleMod.Console((msg, level) =>
+  op_isola_log(currentInvocation(), level, msg)
+);
+
+// --------------------------------------------------------------- navigator --
+class Navigator {
+  get userAgent() {
+    return "Cloudflare-Workers";
+  }
+  get hardwareConcurrency() {
+    return 1;
+  }
+  get language() {
+    return "en";
+  }
+}
+const navigator = new Navigator();
+
+// --------------------------------------------------- global event listeners --
+// Service-worker syntax: `addEventListener("fetch", (event) => ...)`.
+const globalEvents = new event.EventTarget();
+
+core.defineGlobalProperties(globalThis, {
+  // Web platform classes.
+  AbortController: core.propNonEnumerable(abortSignal.AbortController),
+  AbortSignal: core.propNonEnumerable(abortSignal.AbortSignal),
+  Blob: core.propNonEnumerable(file.Blob),
+  ByteLengthQueuingStrategy: core.propNonEnumerable(
+    streams.ByteLengthQueuingStrategy,
+  ),
+  CompressionStream: core.propNonEnumerable(compression.CompressionStream),
+  CountQueuingStrategy: core.propNonEnumerable(streams.CountQueuingStrategy),
+  Crypto: core.propNonEnumerable(cryptoMod.Crypto),
+  CryptoKey: core.propNonEnumerable(cryptoMod.CryptoKey),
+  CustomEvent: core.propNonEnumerable(event.CustomEvent),
+  DecompressionStream: core.propNonEnumerable(compression.DecompressionStream),
+  DOMException: core.propNonEnumerable(DOMException),
+  ErrorEvent: core.propNonEnumerable(event.ErrorEvent),
+  Event: core.propNonEnumerable(event.Event),
+  EventTarget: core.propNonEnumerable(event.EventTarget),
+  File: core.propNonEnumerable(file.File),
+  FormData: core.propNonEnumerable(formData.FormData),
+  Headers: core.propNonEnumerable(headers.Headers),
+  MessageChannel: core.propNonEnumerable(messagePort.MessageChannel),
+  MessageEvent: core.propNonEnumerable(event.MessageEvent),
+  MessagePort: core.propNonEnumerable(messagePort.MessagePort),
+  Navigator: core.propNonEnumerable(Navigator),
+  Performance: core.propNonEnumerable(performanceMod.Performance),
+  PromiseRejectionEvent: core.propNonEnumerable(event.PromiseRejectionEvent),
+  ReadableByteStreamController: core.propNonEnumerable(
+    streams.ReadableByteStreamController,
+  ),
+  ReadableStream: core.propNonEnumerable(streams.ReadableStream),
+  ReadableStreamBYOBReader: core.propNonEnumerable(
+    streams.ReadableStreamBYOBReader,
+  ),
+  ReadableStreamBYOBRequest: core.propNonEnumerable(
+    streams.ReadableStreamBYOBRequest,
+  ),
+  ReadableStreamDefaultController: core.propNonEnumerable(
+    streams.ReadableStreamDefaultController,
+  ),
+  ReadableStreamDefaultReader: core.propNonEnumerable(
+    streams.ReadableStreamDefaultReader,
+  ),
+  Request: core.propNonEnumerable(request.Request),
+  Response: core.propNonEnumerable(response.Response),
+  SubtleCrypto: core.propNonEnumerable(cryptoMod.SubtleCrypto),
+  TextDecoder: core.propNonEnumerable(encoding.TextDecoder),
+  TextDecoderStream: core.propNonEnumerable(encoding.TextDecoderStream),
+  TextEncoder: core.propNonEnumerable(encoding.TextEncoder),
+  TextEncoderStream: core.propNonEnumerable(encoding.TextEncoderStream),
+  TransformStream: core.propNonEnumerable(streams.TransformStream),
+  TransformStreamDefaultController: core.propNonEnumerable(
+    streams.TransformStreamDefaultController,
+  ),
+  URL: core.propNonEnumerable(url.URL),
+  URLPattern: core.propNonEnumerable(urlPattern.URLPattern),
+  URLSearchParams: core.propNonEnumerable(url.URLSearchParams),
+  WritableStream: core.propNonEnumerable(streams.WritableStream),
+  WritableStreamDefaultController: core.propNonEnumerable(
+    streams.WritableStreamDefaultController,
+  ),
+  WritableStreamDefaultWriter: core.propNonEnumerable(
+    streams.WritableStreamDefaultWriter,
+  ),
+
+  // Functions and singletons.
+  atob: core.propWritable(base64.atob),
+  btoa: core.propWritable(base64.btoa),
+  clearInterval: core.propWritable(timers.clearInterval),
+  clearTimeout: core.propWritable(timers.clearTimeout),
+  console: core.propNonEnumerable(console),
+  crypto: core.propGetterOnly(() => cryptoMod.crypto),
+  fetch: core.propWritable(fetchMod.fetch),
+  navigator: core.propGetterOnly(() => navigator),
+  performance: core.propWritable(performanceMod.performance),
+  reportError: core.propWritable(event.reportError),
+  setInterval: core.propWritable(timers.setInterval),
+  setTimeout: core.propWritable(timers.setTimeout),
+  structuredClone: core.propWritable(messagePort.structuredClone),
+
+  // The global scope itself.
+  self: core.propGetterOnly(() => globalThis),
+  addEventListener: core.propWritable((...args) =>
+    globalEvents.addEventListener(...new SafeArrayIterator(args))
+  ),
+  removeEventListener: core.propWritable((...args) =>
+    globalEvents.removeEventListener(...new SafeArrayIterator(args))
+  ),
+  dispatchEvent: core.propWritable((ev) => globalEvents.dispatchEvent(ev)),
+});
+
+export {
+  console,
+  consoleMod,
+  DOMException,
+  event,
+  fetchMod,
+  globalEvents,
+  headers,
+  ObjectDefineProperty,
+  ObjectFreeze,
+  performanceMod,
+  request,
+  response,
+  streams,
+  webidl,
+};

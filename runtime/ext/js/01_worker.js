@@ -1,0 +1,306 @@
+// The dispatcher: turns a request from Rust into a JS `Request`, calls the
+// worker's handler, and hands the `Response` back to Rust without
+// re-serialising it.
+import { core, primordials } from "ext:core/mod.js";
+import {
+  console,
+  consoleMod,
+  event,
+  globalEvents,
+  performanceMod,
+  request as requestMod,
+  response as responseMod,
+  streams,
+} from "ext:isola_worker/00_global_scope.js";
+
+const {
+  ArrayPrototypePush,
+  Error,
+  ObjectDefineProperty,
+  ObjectFreeze,
+  ObjectPrototypeIsPrototypeOf,
+  PromisePrototypeThen,
+  PromiseResolve,
+  ReflectApply,
+  SafePromiseAllSettled,
+  SymbolFor,
+  TypeError,
+  TypedArrayPrototypeGetSymbolToStringTag,
+  JSONParse,
+  WebAssembly,
+} = primordials;
+const {
+  op_isola_env,
+  op_isola_fail,
+  op_isola_invocation_done,
+  op_isola_module_data,
+  op_isola_respond,
+} = core.ops;
+const { fromInnerRequest, newInnerRequest } = requestMod;
+const { ResponsePrototype, toInnerResponse } = responseMod;
+const { readableStreamForRid, resourceForReadableStream, isReadableStream } =
+  streams;
+const { InnerBody } = core.loadExtScript("ext:deno_fetch/22_body.js");
+
+// ------------------------------------------------------------ error text --
+function describe(err) {
+  if (ObjectPrototypeIsPrototypeOf(Error.prototype, err)) {
+    return err.stack ?? `${err.name}: ${err.message}`;
+  }
+  try {
+    return `Uncaught ${consoleMod.inspect(err)}`;
+  } catch {
+    return "Uncaught (an exception that cannot be printed)";
+  }
+}
+
+// ----------------------------------------------------------------- state --
+let env = {};
+/** The module worker's default export, or null for service-worker syntax. */
+let entry = null;
+
+// ------------------------------------------------------------ FetchEvent --
+const _respondWith = SymbolFor("isola.respondWith");
+class FetchEvent extends event.Event {
+  #ctx;
+  constructor(type, init, ctx) {
+    super(type);
+    ObjectDefineProperty(this, "request", {
+      value: init.request,
+      enumerable: true,
+    });
+    this.#ctx = ctx;
+    this[_respondWith] = null;
+  }
+  respondWith(response) {
+    if (this[_respondWith] !== null) {
+      throw new DOMExceptionLike("respondWith() was already called");
+    }
+    this[_respondWith] = PromiseResolve(response);
+  }
+  waitUntil(promise) {
+    this.#ctx.waitUntil(promise);
+  }
+  passThroughOnException() {
+    this.#ctx.passThroughOnException();
+  }
+}
+class DOMExceptionLike extends Error {
+  constructor(msg) {
+    super(msg);
+    this.name = "InvalidStateError";
+  }
+}
+
+// ------------------------------------------------------ ExecutionContext --
+class ExecutionContext {
+  #invocation;
+  constructor(invocation) {
+    this.#invocation = invocation;
+  }
+  waitUntil(promise) {
+    const inv = this.#invocation;
+    inv.pending++;
+    PromisePrototypeThen(
+      PromiseResolve(promise),
+      () => settle(inv),
+      (err) => {
+        console.error(`ctx.waitUntil() promise rejected: ${describe(err)}`);
+        settle(inv);
+      },
+    );
+  }
+  passThroughOnException() {
+    this.#invocation.passThrough = true;
+  }
+}
+
+function settle(inv) {
+  inv.pending--;
+  if (inv.pending === 0 && inv.responded) {
+    op_isola_invocation_done(inv.id);
+  }
+}
+
+// -------------------------------------------------------------- dispatch --
+function headerList(flat) {
+  const list = [];
+  for (let i = 0; i < flat.length; i += 2) {
+    ArrayPrototypePush(list, [flat[i], flat[i + 1]]);
+  }
+  return list;
+}
+
+/**
+ * Called from Rust for every request.
+ * @param {number} id invocation id
+ * @param {string} method
+ * @param {string} url absolute URL
+ * @param {string[]} headers flat name/value list
+ * @param {number | null} bodyRid resource id of the request body stream
+ */
+function dispatch(id, method, url, headers, bodyRid) {
+  const body = bodyRid === null
+    ? null
+    : new InnerBody(readableStreamForRid(bodyRid));
+  const inner = newInnerRequest(method, url, () => headerList(headers), body);
+  const request = fromInnerRequest(inner, "immutable");
+  const inv = { id, pending: 1, responded: false, passThrough: false };
+  const ctx = new ExecutionContext(inv);
+
+  const prevContext = core.getAsyncContext();
+  core.setAsyncContext(id);
+  let result;
+  try {
+    result = entry !== null
+      ? ReflectApply(entry.fetch, entry, [request, env, ctx])
+      : dispatchFetchEvent(request, ctx);
+  } catch (err) {
+    fail(inv, err);
+    return;
+  } finally {
+    core.setAsyncContext(prevContext);
+  }
+  if (ObjectPrototypeIsPrototypeOf(ResponsePrototype, result)) {
+    respond(inv, result);
+  } else {
+    PromisePrototypeThen(
+      PromiseResolve(result),
+      (response) => respond(inv, response),
+      (err) => fail(inv, err),
+    );
+  }
+}
+
+function dispatchFetchEvent(request, ctx) {
+  const ev = new FetchEvent("fetch", { request }, ctx);
+  globalEvents.dispatchEvent(ev);
+  if (ev[_respondWith] === null) {
+    throw new TypeError(
+      "No response: the \"fetch\" event listener did not call event.respondWith()",
+    );
+  }
+  return ev[_respondWith];
+}
+
+function respond(inv, response) {
+  if (!ObjectPrototypeIsPrototypeOf(ResponsePrototype, response)) {
+    fail(
+      inv,
+      new TypeError(
+        `The handler returned ${describeValue(response)}, not a Response`,
+      ),
+    );
+    return;
+  }
+  const inner = toInnerResponse(response);
+  const list = inner.headerList;
+  const flat = [];
+  for (let i = 0; i < list.length; i++) {
+    ArrayPrototypePush(flat, list[i][0], list[i][1]);
+  }
+  let body = null;
+  if (inner.body !== null) {
+    const s = inner.body.streamOrStatic;
+    if (!isReadableStream(s)) {
+      s.consumed = true;
+      body = s.body;
+    } else {
+      body = resourceForReadableStream(s, inner.body.length);
+    }
+  }
+  try {
+    op_isola_respond(inv.id, inner.status, flat, body);
+  } catch (err) {
+    fail(inv, err);
+    return;
+  }
+  done(inv);
+}
+
+function fail(inv, err) {
+  let message = describe(err);
+  if (inv.passThrough) {
+    message +=
+      "\n(passThroughOnException() was called, but this node has no origin to pass the request to)";
+  }
+  op_isola_fail(inv.id, message);
+  done(inv);
+}
+
+function done(inv) {
+  if (inv.responded) return;
+  inv.responded = true;
+  settle(inv);
+}
+
+function describeValue(v) {
+  if (v === null) return "null";
+  if (v === undefined) return "undefined";
+  if (typeof v === "object") {
+    return TypedArrayPrototypeGetSymbolToStringTag(v) ?? "an object";
+  }
+  return `a ${typeof v}`;
+}
+
+// ------------------------------------------------------- module values --
+// Non-JS modules import as `export default <value>`; the loader generates a
+// facade module calling this.
+function moduleValue(specifier) {
+  const { 0: kind, 1: bytes } = op_isola_module_data(specifier);
+  switch (kind) {
+    case "wasm":
+      return new WebAssembly.Module(bytes);
+    case "json":
+      return JSONParse(core.decode(bytes));
+    case "text":
+      return core.decode(bytes);
+    default:
+      return bytes.buffer;
+  }
+}
+
+// -------------------------------------------------------------- lifecycle --
+/** Called once before the worker's main module is evaluated. */
+function init() {
+  performanceMod.setTimeOrigin();
+  env = op_isola_env();
+  ObjectDefineProperty(globalThis, SymbolFor("isola.moduleValue"), {
+    value: moduleValue,
+    enumerable: false,
+    writable: false,
+    configurable: false,
+  });
+}
+
+/**
+ * Called with the main module's namespace once it has been evaluated.
+ * Returns an error message, or null when the worker has a fetch handler.
+ */
+function setEntry(namespace) {
+  const def = namespace.default;
+  if (def !== null && typeof def === "object" && typeof def.fetch === "function") {
+    entry = def;
+    return null;
+  }
+  if (typeof def === "function" && typeof def.prototype?.fetch === "function") {
+    entry = new def(undefined, env);
+    return null;
+  }
+  if (event.listenerCount(globalEvents, "fetch") > 0) {
+    entry = null;
+    return null;
+  }
+  return "the main module has no fetch handler: add `export default { async fetch(request, env, ctx) { ... } }` or call `addEventListener(\"fetch\", (event) => event.respondWith(...))`";
+}
+
+core.setUnhandledPromiseRejectionHandler((_promise, reason) => {
+  console.error(`Uncaught (in promise) ${describe(reason)}`);
+  return true;
+});
+core.setReportExceptionCallback((err) => {
+  console.error(describe(err));
+});
+
+const workerInternals = ObjectFreeze({ dispatch, init, setEntry });
+export { workerInternals };

@@ -1,0 +1,213 @@
+//! Request and response bodies crossing between hyper and JS, streamed both
+//! ways so that large bodies never sit whole in memory.
+
+use std::borrow::Cow;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Context;
+use std::task::Poll;
+
+use bytes::Bytes;
+use deno_core::AsyncRefCell;
+use deno_core::AsyncResult;
+use deno_core::BufView;
+use deno_core::CancelFuture;
+use deno_core::CancelHandle;
+use deno_core::RcRef;
+use deno_core::Resource;
+use deno_error::JsErrorBox;
+use http_body::Frame;
+use http_body::SizeHint;
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+
+/// Errors a body stream can carry.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of an incoming request, as the runtime accepts it.
+pub type RequestBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// How much the response pump reads from a JS stream at once.
+const RESPONSE_CHUNK: usize = 64 * 1024;
+/// Chunks buffered between the JS stream and hyper; beyond this the JS side
+/// waits, so a slow client slows the producer down (backpressure).
+const RESPONSE_QUEUE: usize = 2;
+
+/// An incoming request body exposed to JS as a resource; `request.body` is a
+/// `ReadableStream` reading from it.
+pub struct RequestBodyResource {
+  inner: AsyncRefCell<RequestBodyInner>,
+  cancel: CancelHandle,
+  size_hint: (u64, Option<u64>),
+}
+
+struct RequestBodyInner {
+  body: RequestBody,
+  leftover: Option<Bytes>,
+}
+
+impl RequestBodyResource {
+  pub fn new(body: RequestBody) -> Self {
+    let hint = http_body::Body::size_hint(&body);
+    Self {
+      size_hint: (hint.lower(), hint.upper()),
+      inner: AsyncRefCell::new(RequestBodyInner {
+        body,
+        leftover: None,
+      }),
+      cancel: CancelHandle::default(),
+    }
+  }
+
+  async fn read_chunk(self: Rc<Self>, limit: usize) -> Result<BufView, JsErrorBox> {
+    let mut inner = RcRef::map(&self, |r| &r.inner).borrow_mut().await;
+    let cancel = RcRef::map(&self, |r| &r.cancel);
+    loop {
+      if let Some(mut chunk) = inner.leftover.take() {
+        if chunk.len() > limit {
+          inner.leftover = Some(chunk.split_off(limit));
+        }
+        return Ok(BufView::from(chunk));
+      }
+      let frame = inner
+        .body
+        .frame()
+        .or_cancel(cancel.clone())
+        .await
+        .map_err(|_| JsErrorBox::generic("request body read was cancelled"));
+      match frame {
+        Err(e) => return Err(e),
+        Ok(None) => return Ok(BufView::empty()),
+        Ok(Some(Ok(frame))) => {
+          if let Ok(data) = frame.into_data() {
+            if !data.is_empty() {
+              inner.leftover = Some(data);
+            }
+          }
+        }
+        Ok(Some(Err(e))) => {
+          return Err(JsErrorBox::type_error(format!(
+            "request body could not be read: {e}"
+          )))
+        }
+      }
+    }
+  }
+}
+
+impl Resource for RequestBodyResource {
+  fn name(&self) -> Cow<'_, str> {
+    Cow::Borrowed("isolaRequestBody")
+  }
+
+  fn read(self: Rc<Self>, limit: usize) -> AsyncResult<BufView> {
+    Box::pin(self.read_chunk(limit))
+  }
+
+  fn size_hint(&self) -> (u64, Option<u64>) {
+    self.size_hint
+  }
+
+  fn close(self: Rc<Self>) {
+    self.cancel.cancel();
+  }
+}
+
+/// The body of a worker's response, handed to hyper.
+///
+/// Static bodies (a string or bytes given to `new Response`) travel in one
+/// piece; streams are pumped chunk by chunk through a small bounded queue.
+pub struct ResponseBody {
+  kind: BodyKind,
+}
+
+enum BodyKind {
+  Full(Option<Bytes>),
+  Stream(mpsc::Receiver<Result<Bytes, BoxError>>),
+}
+
+impl std::fmt::Debug for ResponseBody {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    match &self.kind {
+      BodyKind::Full(b) => f
+        .debug_struct("ResponseBody")
+        .field("len", &b.as_ref().map_or(0, Bytes::len))
+        .finish(),
+      BodyKind::Stream(_) => f.write_str("ResponseBody(stream)"),
+    }
+  }
+}
+
+impl ResponseBody {
+  pub fn empty() -> Self {
+    Self {
+      kind: BodyKind::Full(None),
+    }
+  }
+
+  pub fn full(bytes: impl Into<Bytes>) -> Self {
+    let bytes = bytes.into();
+    Self {
+      kind: BodyKind::Full((!bytes.is_empty()).then_some(bytes)),
+    }
+  }
+
+  /// Streams a JS `ReadableStream` resource (from `resourceForReadableStream`)
+  /// out. Must be called on the isolate's thread, inside its tokio runtime.
+  pub(crate) fn pump(resource: Rc<dyn Resource>) -> Self {
+    let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+    deno_core::unsync::spawn(async move {
+      loop {
+        // Wait for room first: a client that stops reading stops the pump.
+        let Ok(permit) = tx.reserve().await else {
+          break;
+        };
+        match resource.clone().read(RESPONSE_CHUNK).await {
+          Ok(buf) if buf.is_empty() => break,
+          Ok(buf) => permit.send(Ok(Bytes::copy_from_slice(&buf))),
+          Err(e) => {
+            permit.send(Err(e.to_string().into()));
+            break;
+          }
+        }
+      }
+      resource.close();
+    });
+    Self {
+      kind: BodyKind::Stream(rx),
+    }
+  }
+
+  /// Reads the whole body; for tests and small bodies.
+  pub async fn collect_bytes(self) -> Result<Bytes, BoxError> {
+    Ok(BodyExt::collect(self).await?.to_bytes())
+  }
+}
+
+impl http_body::Body for ResponseBody {
+  type Data = Bytes;
+  type Error = BoxError;
+
+  fn poll_frame(
+    self: Pin<&mut Self>,
+    cx: &mut Context<'_>,
+  ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    match &mut self.get_mut().kind {
+      BodyKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+      BodyKind::Stream(rx) => rx
+        .poll_recv(cx)
+        .map(|item| item.map(|chunk| chunk.map(Frame::data))),
+    }
+  }
+
+  fn is_end_stream(&self) -> bool {
+    matches!(self.kind, BodyKind::Full(None))
+  }
+
+  fn size_hint(&self) -> SizeHint {
+    match &self.kind {
+      BodyKind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+      BodyKind::Stream(_) => SizeHint::default(),
+    }
+  }
+}

@@ -1,0 +1,132 @@
+//! The `isola_worker` deno_core extension.
+//!
+//! It turns a bare deno_core isolate (plus Deno's Web API extensions) into the
+//! Cloudflare-Workers global scope, and carries requests in and responses out
+//! without re-serialising HTTP. It lives in its own crate because the
+//! runtime's build script needs the exact same extension list to make the
+//! startup snapshot that worker isolates are created from.
+
+mod body;
+mod invocation;
+mod log;
+mod modules;
+
+use std::rc::Rc;
+
+use deno_core::OpState;
+use std::sync::Arc;
+
+pub use body::RequestBodyResource;
+pub use body::ResponseBody;
+pub use invocation::Invocations;
+pub use invocation::Reply;
+pub use log::Level;
+pub use log::LogRecord;
+pub use log::LogSink;
+pub use modules::ModuleBlob;
+pub use modules::ModuleBlobKind;
+pub use modules::ModuleBlobs;
+
+/// Name of the worker, as shown in logs.
+#[derive(Clone, Debug)]
+pub struct WorkerName(pub Arc<str>);
+
+/// The `env` object handed to handlers, as JSON (text vars are strings).
+#[derive(Clone, Debug, Default)]
+pub struct WorkerEnv(pub serde_json::Map<String, serde_json::Value>);
+
+deno_core::extension!(
+  isola_worker,
+  deps = [deno_webidl, deno_web, deno_crypto, deno_fetch],
+  ops = [
+    invocation::op_isola_respond,
+    invocation::op_isola_fail,
+    invocation::op_isola_invocation_done,
+    log::op_isola_log,
+    modules::op_isola_module_data,
+    op_isola_env,
+  ],
+  esm_entry_point = "ext:isola_worker/99_main.js",
+  esm = [
+    dir "js",
+    "00_global_scope.js",
+    "01_worker.js",
+    "99_main.js",
+  ],
+);
+
+// deno_fetch's `22_http_client.js` imports `ext:deno_net/02_tls.js`; Isola
+// does not ship deno_net (sockets are not a Workers API), only this stand-in.
+deno_core::extension!(
+  deno_net,
+  lazy_loaded_js = [dir "js/deno_net", "02_tls.js"],
+);
+
+#[deno_core::op2]
+#[serde]
+fn op_isola_env(state: &mut OpState) -> serde_json::Value {
+  let env = state.try_borrow::<WorkerEnv>().cloned().unwrap_or_default();
+  serde_json::Value::Object(env.0)
+}
+
+/// The user agent for outbound `fetch()` and `navigator.userAgent`. Libraries
+/// detect the Workers runtime by this exact string (hono's `getRuntimeKey`).
+pub const USER_AGENT: &str = "Cloudflare-Workers";
+
+/// Every extension of a worker isolate, in load order. The build script and
+/// the runtime must call this with the same list, or the snapshot's op table
+/// does not match.
+pub fn extensions() -> Vec<deno_core::Extension> {
+  let fetch_options = deno_fetch::Options {
+    user_agent: USER_AGENT.to_string(),
+    ..Default::default()
+  };
+  vec![
+    deno_webidl::deno_webidl::init(),
+    deno_web::deno_web::init(
+      Arc::new(deno_web::BlobStore::default()),
+      None,
+      false,
+      deno_web::InMemoryBroadcastChannel::default(),
+    ),
+    deno_crypto::deno_crypto::init(None),
+    deno_net::init(),
+    deno_fetch::deno_fetch::init(fetch_options),
+    isola_worker::init(),
+  ]
+}
+
+/// Permissions for the fetch extension: outbound HTTP(S) anywhere, nothing on
+/// the file system (`fetch("file://...")` is refused).
+pub fn permissions() -> deno_permissions::PermissionsContainer {
+  use deno_permissions::Permissions;
+  use deno_permissions::PermissionsOptions;
+  use deno_permissions::RuntimePermissionDescriptorParser;
+  let parser = Arc::new(RuntimePermissionDescriptorParser::new(
+    sys_traits::impls::RealSys,
+  ));
+  let options = PermissionsOptions {
+    allow_net: Some(vec![]),
+    prompt: false,
+    ..Default::default()
+  };
+  let perms = Permissions::from_options(parser.as_ref(), &options)
+    .expect("static permission options are valid");
+  deno_permissions::PermissionsContainer::new(parser, perms)
+}
+
+/// Puts the per-isolate state the ops read into a fresh runtime's `OpState`.
+pub fn install_state(
+  state: &mut OpState,
+  name: WorkerName,
+  env: WorkerEnv,
+  sink: LogSink,
+  blobs: Rc<ModuleBlobs>,
+) {
+  state.put(permissions());
+  state.put(name);
+  state.put(env);
+  state.put(sink);
+  state.put(blobs);
+  state.put(Invocations::default());
+}

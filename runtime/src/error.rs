@@ -1,0 +1,108 @@
+use std::fmt;
+
+/// Why a worker could not be loaded or could not answer.
+///
+/// Opaque on purpose: match on the `is_*` helpers, print it for people.
+#[derive(Debug)]
+pub struct Error {
+  kind: ErrorKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ErrorKind {
+  /// A module could not be found, read or compiled.
+  #[error("{0}")]
+  Module(String),
+  /// The main module threw while it was evaluated.
+  #[error("the worker threw while starting: {0}")]
+  Startup(String),
+  /// The main module exports no fetch handler.
+  #[error("{0}")]
+  NoHandler(String),
+  /// The handler threw; details went to the worker's log.
+  #[error("the worker threw an exception (see its log)")]
+  Exception(String),
+  /// The isolate is gone (shut down, or its event loop failed).
+  #[error("the worker isolate stopped: {0}")]
+  Stopped(String),
+  /// Reading a dev worker's files failed.
+  #[error("{0}")]
+  Io(String),
+}
+
+impl Error {
+  pub(crate) fn new(kind: ErrorKind) -> Self {
+    Self { kind }
+  }
+
+  /// The worker's code is at fault (bad module, no handler, top-level throw):
+  /// fix the code and upload again.
+  pub fn is_code_error(&self) -> bool {
+    matches!(
+      self.kind,
+      ErrorKind::Module(_) | ErrorKind::Startup(_) | ErrorKind::NoHandler(_)
+    )
+  }
+
+  /// The handler threw, rejected or returned a non-Response.
+  pub fn is_exception(&self) -> bool {
+    matches!(self.kind, ErrorKind::Exception(_))
+  }
+
+  /// The isolate stopped and will not answer again.
+  pub fn is_stopped(&self) -> bool {
+    matches!(self.kind, ErrorKind::Stopped(_))
+  }
+}
+
+impl fmt::Display for Error {
+  fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fmt::Display::fmt(&self.kind, f)
+  }
+}
+
+impl std::error::Error for Error {}
+
+impl From<ErrorKind> for Error {
+  fn from(kind: ErrorKind) -> Self {
+    Self::new(kind)
+  }
+}
+
+/// Renders a JS error as `Name: message` plus ` at module:line:column` for
+/// the innermost frame in the worker's own code, with `file:///` dropped so
+/// the location reads like the user's file tree.
+pub(crate) fn describe_js_error(err: &deno_core::error::JsError) -> String {
+  let mut out = err.exception_message.clone();
+  if let Some(frame) = err.frames.first() {
+    if let (Some(file), Some(line), Some(col)) =
+      (&frame.file_name, frame.line_number, frame.column_number)
+    {
+      let file = crate::bundle::display_specifier(file);
+      out.push_str(&format!("\n    at {file}:{line}:{col}"));
+      for frame in err.frames.iter().skip(1).take(8) {
+        if let (Some(file), Some(line), Some(col)) =
+          (&frame.file_name, frame.line_number, frame.column_number)
+        {
+          let file = crate::bundle::display_specifier(file);
+          let func = frame.function_name.as_deref().unwrap_or("<anonymous>");
+          out.push_str(&format!("\n    at {func} ({file}:{line}:{col})"));
+        }
+      }
+    }
+  }
+  if let Some(line) = &err.source_line {
+    out.push_str(&format!("\n    {}", line.trim()));
+  }
+  out
+}
+
+/// Turns a deno_core error from module loading/evaluation into a readable
+/// message with module, line and column.
+pub(crate) fn describe_core_error(err: &deno_core::error::CoreError) -> String {
+  use deno_core::error::CoreErrorKind;
+  match &*err.0 {
+    CoreErrorKind::Js(js) => describe_js_error(js),
+    _ => crate::bundle::strip_file_scheme(&err.to_string()),
+  }
+}

@@ -1,0 +1,92 @@
+//! Isola's runtime: Cloudflare-Workers-style handlers
+//! (`export default { fetch(request, env, ctx) }`) in V8 isolates.
+//!
+//! Each isolate starts from a startup snapshot that already holds the
+//! Workers global scope (Web APIs from Deno's extension crates), so starting
+//! one runs no bootstrap JS. A hyper request goes into JS as a `Request` and
+//! the handler's `Response` comes back as an `http::Response` whose body
+//! streams, without re-serialising HTTP in between.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), isola_runtime::Error> {
+//! use isola_runtime::{Bundle, LogSink, Worker, WorkerConfig};
+//! let bundle = Bundle::from_modules(
+//!   "worker.js",
+//!   [("worker.js".to_string(), "export default { fetch() { return new Response('hi') } }".into())],
+//! )?;
+//! let mut worker = Worker::new(bundle, &WorkerConfig::new("demo"), LogSink::discard()).await?;
+//! let response = worker.fetch(isola_runtime::empty_request("http://demo.test/")).await?;
+//! assert_eq!(response.status(), 200);
+//! # Ok(()) }
+//! ```
+
+mod bundle;
+mod error;
+mod loader;
+mod worker;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+pub use isola_ext::Level;
+pub use isola_ext::LogRecord;
+pub use isola_ext::LogSink;
+pub use isola_ext::ResponseBody;
+
+pub use crate::bundle::Bundle;
+pub use crate::bundle::ModuleKind;
+pub use crate::error::Error;
+pub use crate::worker::Invocation;
+pub use crate::worker::Isolate;
+pub use crate::worker::Worker;
+pub use crate::worker::WorkerConfig;
+pub use crate::worker::WorkerHandle;
+
+/// Errors a request body stream can carry.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of requests handed to a worker.
+pub type RequestBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// Wraps any body (e.g. hyper's `Incoming`) as a [`RequestBody`].
+pub fn request_body<B>(body: B) -> RequestBody
+where
+  B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+  B::Error: Into<BoxError>,
+{
+  body.map_err(Into::into).boxed()
+}
+
+/// A GET request with no body, for tests and examples.
+pub fn empty_request(url: &str) -> http::Request<RequestBody> {
+  http::Request::get(url)
+    .body(request_body(http_body_util::Empty::<Bytes>::new()))
+    .expect("a GET with a valid URL builds")
+}
+
+/// The response a server sends when a worker fails: a short plain-text body
+/// that tells the client nothing about the code. The details are in the log.
+pub fn error_response(error: &Error) -> http::Response<ResponseBody> {
+  let (status, text) = if error.is_exception() {
+    (
+      http::StatusCode::INTERNAL_SERVER_ERROR,
+      "Worker threw exception\n",
+    )
+  } else if error.is_code_error() {
+    (
+      http::StatusCode::INTERNAL_SERVER_ERROR,
+      "Worker failed to start\n",
+    )
+  } else {
+    (
+      http::StatusCode::SERVICE_UNAVAILABLE,
+      "Worker unavailable\n",
+    )
+  };
+  let mut response = http::Response::new(ResponseBody::full(text));
+  *response.status_mut() = status;
+  response.headers_mut().insert(
+    http::header::CONTENT_TYPE,
+    http::HeaderValue::from_static("text/plain;charset=UTF-8"),
+  );
+  response
+}

@@ -1,0 +1,497 @@
+//! Isolates and the workers loaded into them.
+
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Context;
+use std::task::Poll;
+
+use deno_core::v8;
+use deno_core::JsRuntime;
+use deno_core::ModuleSpecifier;
+use deno_core::PollEventLoopOptions;
+use deno_core::RuntimeOptions;
+use http::Method;
+use http_body::Body as _;
+use isola_ext::Invocations;
+use isola_ext::LogSink;
+use isola_ext::Reply;
+use isola_ext::RequestBodyResource;
+use isola_ext::ResponseBody;
+use isola_ext::WorkerEnv;
+use isola_ext::WorkerName;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+
+use crate::bundle::Bundle;
+use crate::error::describe_core_error;
+use crate::error::describe_js_error;
+use crate::error::Error;
+use crate::error::ErrorKind;
+use crate::loader::BundleLoader;
+use crate::RequestBody;
+
+static SNAPSHOT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ISOLA_SNAPSHOT.bin"));
+mod residual {
+  include!(concat!(env!("OUT_DIR"), "/residual_lazy.rs"));
+}
+
+/// Takes the dispatcher out of the global scope and removes what worker
+/// code must not see. Runs before any worker code.
+const TAKE_INTERNALS: &str = r#"(() => {
+  const internals = globalThis.__isolaInternals;
+  delete globalThis.__isolaInternals;
+  delete globalThis.__bootstrap;
+  delete globalThis.Deno;
+  return internals;
+})()"#;
+
+/// What the answer to a request that never gets one says.
+const NEVER_RESPONDS: &str = "The worker's handler will never produce a response: its promise is still pending but nothing (timer, I/O) is left that could settle it";
+
+/// Settings of one worker: its name (for logs) and the `env` its handler sees.
+///
+/// ```
+/// # use isola_runtime::WorkerConfig;
+/// let config = WorkerConfig::new("alpha")
+///   .var("GREETING", "hello")
+///   .json_var("LIMITS", serde_json::json!({ "max": 3 }));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct WorkerConfig {
+  name: String,
+  vars: BTreeMap<String, serde_json::Value>,
+}
+
+impl WorkerConfig {
+  /// A worker named `name` with no vars.
+  pub fn new(name: impl Into<String>) -> Self {
+    Self {
+      name: name.into(),
+      vars: BTreeMap::new(),
+    }
+  }
+
+  /// Adds a text var: `env.NAME` is the string. Default: none.
+  pub fn var(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    self
+      .vars
+      .insert(name.into(), serde_json::Value::String(value.into()));
+    self
+  }
+
+  /// Adds a JSON var: `env.NAME` is the value, parsed. Default: none.
+  pub fn json_var(mut self, name: impl Into<String>, value: serde_json::Value) -> Self {
+    self.vars.insert(name.into(), value);
+    self
+  }
+
+  pub fn name(&self) -> &str {
+    &self.name
+  }
+}
+
+struct Internals {
+  dispatch: v8::Global<v8::Function>,
+  init: v8::Global<v8::Function>,
+  set_entry: v8::Global<v8::Function>,
+}
+
+/// A V8 isolate started from the snapshot, with no worker code in it yet.
+///
+/// Making one costs a few milliseconds; loading a worker into a ready one
+/// costs only the worker's own module evaluation, so nodes keep a stock.
+pub struct Isolate {
+  js: JsRuntime,
+  loader: Rc<BundleLoader>,
+  internals: Internals,
+}
+
+impl Isolate {
+  /// Starts an isolate from the snapshot. Logs of the worker later loaded
+  /// into it go to `logs`.
+  pub fn new(logs: LogSink) -> Result<Self, Error> {
+    let loader = Rc::new(BundleLoader::default());
+    let mut js = JsRuntime::try_new(RuntimeOptions {
+      startup_snapshot: Some(SNAPSHOT),
+      residual_lazy_js_sources: residual::RESIDUAL_LAZY_JS,
+      extensions: isola_ext::extensions(),
+      module_loader: Some(loader.clone()),
+      ..Default::default()
+    })
+    .map_err(|e| ErrorKind::Stopped(format!("cannot start an isolate: {e}")))?;
+    isola_ext::install_state(
+      &mut js.op_state().borrow_mut(),
+      WorkerName(Arc::from("")),
+      WorkerEnv::default(),
+      logs,
+      loader.blobs.clone(),
+    );
+    let internals = js
+      .execute_script("isola:internals", TAKE_INTERNALS)
+      .map_err(|e| ErrorKind::Stopped(describe_js_error(&e)))?;
+    let internals = {
+      deno_core::scope!(scope, &mut js);
+      let obj = v8::Local::new(scope, internals);
+      let obj = v8::Local::<v8::Object>::try_from(obj)
+        .map_err(|_| ErrorKind::Stopped("snapshot has no worker internals".into()))?;
+      let get = |name: &str| -> Result<v8::Global<v8::Function>, Error> {
+        let key = v8::String::new(scope, name).expect("short string");
+        let f = obj
+          .get(scope, key.into())
+          .and_then(|v| v8::Local::<v8::Function>::try_from(v).ok())
+          .ok_or_else(|| ErrorKind::Stopped(format!("snapshot lacks internals.{name}")))?;
+        Ok(v8::Global::new(scope, f))
+      };
+      Internals {
+        dispatch: get("dispatch")?,
+        init: get("init")?,
+        set_entry: get("setEntry")?,
+      }
+    };
+    Ok(Self {
+      js,
+      loader,
+      internals,
+    })
+  }
+
+  /// Loads `bundle` into this isolate: builds `env`, evaluates the main
+  /// module and finds its fetch handler.
+  pub async fn load(mut self, bundle: Bundle, config: &WorkerConfig) -> Result<Worker, Error> {
+    let name: Arc<str> = Arc::from(config.name.as_str());
+    {
+      let state = self.js.op_state();
+      let mut state = state.borrow_mut();
+      state.put(WorkerName(name.clone()));
+      state.put(WorkerEnv(config.vars.clone().into_iter().collect()));
+    }
+    call_sync(&mut self.js, &self.internals.init, |_| vec![]).map_err(|e| ErrorKind::Stopped(e))?;
+
+    let specifier = ModuleSpecifier::parse(&bundle.main_specifier()).map_err(|e| {
+      ErrorKind::Module(format!(
+        "bad main module name {}: {e}",
+        bundle.main_module()
+      ))
+    })?;
+    self.loader.set_bundle(bundle);
+    let id = self
+      .js
+      .load_main_es_module(&specifier)
+      .await
+      .map_err(|e| ErrorKind::Module(describe_core_error(&e)))?;
+    let evaluation = self.js.mod_evaluate(id);
+    self
+      .js
+      .with_event_loop_future(evaluation, PollEventLoopOptions::default())
+      .await
+      .map_err(|e| ErrorKind::Startup(describe_core_error(&e)))?;
+    let namespace = self
+      .js
+      .get_module_namespace(id)
+      .map_err(|e| ErrorKind::Startup(describe_core_error(&e)))?;
+    let verdict = call_sync(&mut self.js, &self.internals.set_entry, |scope| {
+      vec![v8::Local::new(scope, &namespace).into()]
+    })
+    .map_err(|e| ErrorKind::Startup(e))?;
+    if let Some(problem) = verdict {
+      return Err(ErrorKind::NoHandler(problem).into());
+    }
+    Ok(Worker {
+      js: self.js,
+      internals: self.internals,
+      _loader: self.loader,
+      name,
+    })
+  }
+}
+
+/// Calls a JS function synchronously; returns its result if it is a string.
+fn call_sync(
+  js: &mut JsRuntime,
+  f: &v8::Global<v8::Function>,
+  args: impl for<'s, 'i> FnOnce(&mut v8::PinScope<'s, 'i>) -> Vec<v8::Local<'s, v8::Value>>,
+) -> Result<Option<String>, String> {
+  deno_core::scope!(scope, js);
+  v8::tc_scope!(let scope, scope);
+  let args = args(scope);
+  let f = v8::Local::new(scope, f);
+  let undefined = v8::undefined(scope).into();
+  match f.call(scope, undefined, &args) {
+    Some(v) if v.is_string() => Ok(Some(v.to_rust_string_lossy(scope))),
+    Some(_) => Ok(None),
+    None => {
+      let msg = scope
+        .exception()
+        .map(|e| e.to_rust_string_lossy(scope))
+        .unwrap_or_else(|| "execution terminated".to_string());
+      Err(msg)
+    }
+  }
+}
+
+/// A worker loaded into its isolate, ready for requests.
+///
+/// It is `!Send`: it lives on one thread. [`Worker::spawn`] runs it as a
+/// task on the current thread and returns a cloneable [`WorkerHandle`].
+pub struct Worker {
+  js: JsRuntime,
+  internals: Internals,
+  _loader: Rc<BundleLoader>,
+  name: Arc<str>,
+}
+
+impl Worker {
+  /// Starts an isolate and loads `bundle` into it.
+  pub async fn new(bundle: Bundle, config: &WorkerConfig, logs: LogSink) -> Result<Self, Error> {
+    Isolate::new(logs)?.load(bundle, config).await
+  }
+
+  pub fn name(&self) -> &str {
+    &self.name
+  }
+
+  /// Hands `request` to the handler. Nothing happens until the event loop is
+  /// polled ([`Worker::poll_event_loop`], [`Worker::fetch`] or the task of
+  /// [`Worker::spawn`]). The request URI should be absolute.
+  pub fn start(&mut self, request: http::Request<RequestBody>) -> Invocation {
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let (done_tx, done_rx) = oneshot::channel();
+    self.dispatch(request, reply_tx, Some(done_tx));
+    Invocation {
+      reply: Some(reply_rx),
+      done: done_rx,
+    }
+  }
+
+  fn dispatch(
+    &mut self,
+    request: http::Request<RequestBody>,
+    reply: oneshot::Sender<Reply>,
+    done: Option<oneshot::Sender<()>>,
+  ) {
+    let (parts, body) = request.into_parts();
+    let (id, body_rid) = {
+      let state = self.js.op_state();
+      let mut state = state.borrow_mut();
+      let id = state.borrow_mut::<Invocations>().insert(reply, done);
+      let has_body =
+        !(parts.method == Method::GET || parts.method == Method::HEAD) && !body.is_end_stream();
+      let rid = has_body.then(|| state.resource_table.add(RequestBodyResource::new(body)));
+      (id, rid)
+    };
+    let url = if parts.uri.scheme().is_some() {
+      parts.uri.to_string()
+    } else {
+      format!("http://localhost{}", parts.uri)
+    };
+
+    deno_core::scope!(scope, &mut self.js);
+    v8::tc_scope!(let scope, scope);
+    let id_v = v8::Integer::new(scope, id as i32).into();
+    let method = v8::String::new(scope, parts.method.as_str())
+      .expect("method fits")
+      .into();
+    let url_v = v8::String::new(scope, &url).expect("url fits").into();
+    let mut flat: Vec<v8::Local<v8::Value>> = Vec::with_capacity(parts.headers.len() * 2);
+    for (name, value) in &parts.headers {
+      let n = v8::String::new_from_one_byte(
+        scope,
+        name.as_str().as_bytes(),
+        v8::NewStringType::Internalized,
+      );
+      let v = v8::String::new_from_one_byte(scope, value.as_bytes(), v8::NewStringType::Normal);
+      if let (Some(n), Some(v)) = (n, v) {
+        flat.push(n.into());
+        flat.push(v.into());
+      }
+    }
+    let headers = v8::Array::new_with_elements(scope, &flat).into();
+    let body_v = match body_rid {
+      Some(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),
+      None => v8::null(scope).into(),
+    };
+    let f = v8::Local::new(scope, &self.internals.dispatch);
+    let undefined = v8::undefined(scope).into();
+    if f
+      .call(scope, undefined, &[id_v, method, url_v, headers, body_v])
+      .is_none()
+    {
+      // The dispatcher catches handler errors itself; reaching this means the
+      // isolate is being terminated.
+      let msg = scope
+        .exception()
+        .map(|e| e.to_rust_string_lossy(scope))
+        .unwrap_or_else(|| "execution terminated".into());
+      let state = JsRuntime::op_state_from(scope);
+      state
+        .borrow_mut()
+        .borrow_mut::<Invocations>()
+        .reply(id, Reply::Exception(msg));
+    }
+  }
+
+  /// Runs the isolate's event loop (timers, I/O, promise jobs).
+  ///
+  /// `Ready(Ok(()))` means nothing is left to do; any invocation still
+  /// waiting for its response then never gets one and is failed.
+  pub fn poll_event_loop(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    match self.js.poll_event_loop(cx, PollEventLoopOptions::default()) {
+      Poll::Pending => Poll::Pending,
+      Poll::Ready(Ok(())) => {
+        self
+          .js
+          .op_state()
+          .borrow_mut()
+          .borrow_mut::<Invocations>()
+          .fail_all(NEVER_RESPONDS);
+        Poll::Ready(Ok(()))
+      }
+      Poll::Ready(Err(e)) => {
+        let msg = describe_core_error(&e);
+        self
+          .js
+          .op_state()
+          .borrow_mut()
+          .borrow_mut::<Invocations>()
+          .fail_all(&msg);
+        Poll::Ready(Err(ErrorKind::Stopped(msg).into()))
+      }
+    }
+  }
+
+  /// Sends one request and drives the event loop until its response head is
+  /// ready. Convenient for tests and one-shot use; servers use
+  /// [`Worker::spawn`].
+  pub async fn fetch(
+    &mut self,
+    request: http::Request<RequestBody>,
+  ) -> Result<http::Response<ResponseBody>, Error> {
+    let mut invocation = self.start(request);
+    poll_fn(|cx| {
+      if let Poll::Ready(r) = invocation.poll_response(cx) {
+        return Poll::Ready(r);
+      }
+      match self.poll_event_loop(cx) {
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Ready(Ok(())) => invocation.poll_response(cx),
+        Poll::Pending => Poll::Pending,
+      }
+    })
+    .await
+  }
+
+  /// Runs the worker as a task on the current thread (which must be inside a
+  /// current-thread tokio runtime) and returns a handle to send it requests.
+  pub fn spawn(self) -> WorkerHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    deno_core::unsync::spawn(self.serve(rx));
+    WorkerHandle { tx }
+  }
+
+  async fn serve(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+    let mut closed = false;
+    poll_fn(|cx| {
+      while !closed {
+        match rx.poll_recv(cx) {
+          Poll::Ready(Some(cmd)) => self.dispatch(cmd.request, cmd.reply, Some(cmd.done)),
+          Poll::Ready(None) => closed = true,
+          Poll::Pending => break,
+        }
+      }
+      match self.poll_event_loop(cx) {
+        Poll::Ready(Ok(())) if closed => Poll::Ready(()),
+        Poll::Ready(Ok(())) => Poll::Pending,
+        Poll::Ready(Err(e)) => {
+          tracing::error!(worker = %self.name, "worker isolate stopped: {e}");
+          Poll::Ready(())
+        }
+        Poll::Pending => Poll::Pending,
+      }
+    })
+    .await;
+  }
+}
+
+struct Command {
+  request: http::Request<RequestBody>,
+  reply: oneshot::Sender<Reply>,
+  done: oneshot::Sender<()>,
+}
+
+/// Sends requests to a worker running on this thread. Cheap to clone.
+#[derive(Clone)]
+pub struct WorkerHandle {
+  tx: mpsc::UnboundedSender<Command>,
+}
+
+impl WorkerHandle {
+  /// Starts an invocation of the worker.
+  pub fn invoke(&self, request: http::Request<RequestBody>) -> Invocation {
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let (done_tx, done_rx) = oneshot::channel();
+    // If the worker is gone the receivers report it.
+    let _ = self.tx.send(Command {
+      request,
+      reply: reply_tx,
+      done: done_tx,
+    });
+    Invocation {
+      reply: Some(reply_rx),
+      done: done_rx,
+    }
+  }
+
+  /// Sends `request` and waits for the response head.
+  pub async fn fetch(
+    &self,
+    request: http::Request<RequestBody>,
+  ) -> Result<http::Response<ResponseBody>, Error> {
+    self.invoke(request).response().await
+  }
+
+  /// Whether the worker task has stopped.
+  pub fn is_closed(&self) -> bool {
+    self.tx.is_closed()
+  }
+}
+
+/// One request in flight.
+pub struct Invocation {
+  reply: Option<oneshot::Receiver<Reply>>,
+  done: oneshot::Receiver<()>,
+}
+
+impl Invocation {
+  fn poll_response(
+    &mut self,
+    cx: &mut Context<'_>,
+  ) -> Poll<Result<http::Response<ResponseBody>, Error>> {
+    let Some(rx) = self.reply.as_mut() else {
+      return Poll::Ready(Err(
+        ErrorKind::Stopped("the response was already taken".into()).into(),
+      ));
+    };
+    let reply = std::task::ready!(Pin::new(rx).poll(cx));
+    self.reply = None;
+    Poll::Ready(match reply {
+      Ok(Reply::Response(r)) => Ok(r),
+      Ok(Reply::Exception(msg)) => Err(ErrorKind::Exception(msg).into()),
+      Err(_) => Err(ErrorKind::Stopped("the isolate went away before answering".into()).into()),
+    })
+  }
+
+  /// Waits for the response head (status and headers; the body streams).
+  pub async fn response(&mut self) -> Result<http::Response<ResponseBody>, Error> {
+    poll_fn(|cx| self.poll_response(cx)).await
+  }
+
+  /// Waits until the invocation is over: response sent and every
+  /// `ctx.waitUntil()` promise settled (or the isolate gone).
+  pub async fn finished(self) {
+    let _ = self.done.await;
+  }
+}
