@@ -23,6 +23,18 @@ use crate::bundle::Bundle;
 use crate::bundle::ModuleKind;
 use crate::bundle::SCHEME_PREFIX;
 
+/// `import { WorkerEntrypoint } from "cloudflare:workers"`, as wrangler
+/// projects write class-based workers.
+const CLOUDFLARE_WORKERS: &str = r#"
+export class WorkerEntrypoint {
+  constructor(ctx, env) {
+    this.ctx = ctx;
+    this.env = env;
+  }
+}
+"#;
+const CLOUDFLARE_WORKERS_SPECIFIER: &str = "cloudflare:workers";
+
 /// The loader of one isolate. It starts empty so that blank isolates can be
 /// made ahead of time; the bundle is set when a worker is loaded into it.
 #[derive(Default)]
@@ -89,6 +101,14 @@ impl BundleLoader {
     referrer: Option<&ModuleLoadReferrer>,
     options: ModuleLoadOptions,
   ) -> Result<ModuleSource, JsErrorBox> {
+    if specifier.as_str() == CLOUDFLARE_WORKERS_SPECIFIER {
+      return Ok(ModuleSource::new(
+        ModuleType::JavaScript,
+        ModuleSourceCode::String(CLOUDFLARE_WORKERS.to_string().into()),
+        specifier,
+        None,
+      ));
+    }
     let name = display_specifier(specifier.as_str()).to_string();
     let from = referrer_text(referrer);
     if specifier.scheme() != "file" {
@@ -130,11 +150,7 @@ impl BundleLoader {
         if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
           return Err(JsErrorBox::new(
             "SyntaxError",
-            format!(
-              "invalid JSON in {name} at line {} column {}: {e}",
-              e.line(),
-              e.column()
-            ),
+            format!("invalid JSON in {name}: {e}"),
           ));
         }
         if options.requested_module_type == RequestedModuleType::Json {

@@ -52,6 +52,69 @@ const TAKE_INTERNALS: &str = r#"(() => {
 /// What the answer to a request that never gets one says.
 const NEVER_RESPONDS: &str = "The worker's handler will never produce a response: its promise is still pending but nothing (timer, I/O) is left that could settle it";
 
+/// Many isolates share one thread, so none stays entered between uses: each
+/// synchronous use (and each poll of a future that drives one) enters it and
+/// exits again. V8 also wants an isolate entered while it is dropped.
+struct EnterGuard(*mut v8::Isolate);
+
+impl EnterGuard {
+  fn new(js: &mut JsRuntime) -> Self {
+    let isolate: &mut v8::Isolate = js.v8_isolate();
+    let ptr = isolate as *mut v8::Isolate;
+    // SAFETY: the isolate outlives the guard (both are owned by the caller's
+    // JsRuntime, and the guard is dropped before the runtime is used again).
+    unsafe { (*ptr).enter() };
+    Self(ptr)
+  }
+}
+
+impl Drop for EnterGuard {
+  fn drop(&mut self) {
+    // SAFETY: entered in `new` on this thread; exits in LIFO order.
+    unsafe { (*self.0).exit() };
+  }
+}
+
+/// A `JsRuntime` that is entered only while in use (see [`EnterGuard`]).
+struct Runtime(std::mem::ManuallyDrop<JsRuntime>);
+
+impl std::ops::Deref for Runtime {
+  type Target = JsRuntime;
+  fn deref(&self) -> &JsRuntime {
+    &self.0
+  }
+}
+
+impl std::ops::DerefMut for Runtime {
+  fn deref_mut(&mut self) -> &mut JsRuntime {
+    &mut self.0
+  }
+}
+
+impl Drop for Runtime {
+  fn drop(&mut self) {
+    // SAFETY: V8 exits the isolate as it drops it, so it must be entered
+    // (and be the current isolate) first; the runtime is not used after.
+    unsafe {
+      self.0.v8_isolate().enter();
+      std::mem::ManuallyDrop::drop(&mut self.0);
+    }
+  }
+}
+
+/// Polls `fut` with `isolate` entered during each poll only.
+async fn entered<F: Future>(isolate: *mut v8::Isolate, fut: F) -> F::Output {
+  let mut fut = std::pin::pin!(fut);
+  poll_fn(|cx| {
+    // SAFETY: the caller keeps the isolate alive across the await.
+    unsafe { (*isolate).enter() };
+    let r = fut.as_mut().poll(cx);
+    unsafe { (*isolate).exit() };
+    r
+  })
+  .await
+}
+
 /// Settings of one worker: its name (for logs) and the `env` its handler sees.
 ///
 /// ```
@@ -105,7 +168,7 @@ struct Internals {
 /// Making one costs a few milliseconds; loading a worker into a ready one
 /// costs only the worker's own module evaluation, so nodes keep a stock.
 pub struct Isolate {
-  js: JsRuntime,
+  js: Runtime,
   loader: Rc<BundleLoader>,
   internals: Internals,
 }
@@ -123,6 +186,10 @@ impl Isolate {
       ..Default::default()
     })
     .map_err(|e| ErrorKind::Stopped(format!("cannot start an isolate: {e}")))?;
+    // Created entered; leave it so the next isolate on this thread can be used.
+    // SAFETY: it was entered by its creation on this thread.
+    unsafe { js.v8_isolate().exit() };
+    let _entered = EnterGuard::new(&mut js);
     isola_ext::install_state(
       &mut js.op_state().borrow_mut(),
       WorkerName(Arc::from("")),
@@ -152,8 +219,9 @@ impl Isolate {
         set_entry: get("setEntry")?,
       }
     };
+    drop(_entered);
     Ok(Self {
-      js,
+      js: Runtime(std::mem::ManuallyDrop::new(js)),
       loader,
       internals,
     })
@@ -169,7 +237,7 @@ impl Isolate {
       state.put(WorkerName(name.clone()));
       state.put(WorkerEnv(config.vars.clone().into_iter().collect()));
     }
-    call_sync(&mut self.js, &self.internals.init, |_| vec![]).map_err(|e| ErrorKind::Stopped(e))?;
+    call_sync(&mut self.js, &self.internals.init, |_| vec![]).map_err(ErrorKind::Stopped)?;
 
     let specifier = ModuleSpecifier::parse(&bundle.main_specifier()).map_err(|e| {
       ErrorKind::Module(format!(
@@ -178,25 +246,45 @@ impl Isolate {
       ))
     })?;
     self.loader.set_bundle(bundle);
-    let id = self
-      .js
-      .load_main_es_module(&specifier)
+    let isolate: *mut v8::Isolate = &mut **self.js.v8_isolate();
+    let id = entered(isolate, self.js.load_main_es_module(&specifier))
       .await
       .map_err(|e| ErrorKind::Module(describe_core_error(&e)))?;
-    let evaluation = self.js.mod_evaluate(id);
-    self
-      .js
-      .with_event_loop_future(evaluation, PollEventLoopOptions::default())
-      .await
-      .map_err(|e| ErrorKind::Startup(describe_core_error(&e)))?;
-    let namespace = self
-      .js
-      .get_module_namespace(id)
-      .map_err(|e| ErrorKind::Startup(describe_core_error(&e)))?;
+    let evaluation = {
+      let _entered = EnterGuard::new(&mut self.js);
+      self.js.mod_evaluate(id)
+    };
+    let mut evaluation = std::pin::pin!(evaluation);
+    let js = &mut *self.js;
+    poll_fn(|cx| {
+      let _entered = EnterGuard::new(js);
+      if let Poll::Ready(r) = evaluation.as_mut().poll(cx) {
+        return Poll::Ready(r.map_err(|e| ErrorKind::Startup(describe_core_error(&e))));
+      }
+      match js.poll_event_loop(cx, PollEventLoopOptions::default()) {
+        Poll::Ready(Err(e)) => Poll::Ready(Err(ErrorKind::Startup(describe_core_error(&e)))),
+        // Nothing left that could settle a pending top-level await.
+        Poll::Ready(Ok(())) => match evaluation.as_mut().poll(cx) {
+          Poll::Ready(r) => Poll::Ready(r.map_err(|e| ErrorKind::Startup(describe_core_error(&e)))),
+          Poll::Pending => Poll::Ready(Err(ErrorKind::Startup(
+            "a top-level await in the main module never settles (no timer or I/O is left that could settle it)".into(),
+          ))),
+        },
+        Poll::Pending => Poll::Pending,
+      }
+    })
+    .await?;
+    let namespace = {
+      let _entered = EnterGuard::new(&mut self.js);
+      self
+        .js
+        .get_module_namespace(id)
+        .map_err(|e| ErrorKind::Startup(describe_core_error(&e)))?
+    };
     let verdict = call_sync(&mut self.js, &self.internals.set_entry, |scope| {
       vec![v8::Local::new(scope, &namespace).into()]
     })
-    .map_err(|e| ErrorKind::Startup(e))?;
+    .map_err(ErrorKind::Startup)?;
     if let Some(problem) = verdict {
       return Err(ErrorKind::NoHandler(problem).into());
     }
@@ -211,10 +299,12 @@ impl Isolate {
 
 /// Calls a JS function synchronously; returns its result if it is a string.
 fn call_sync(
-  js: &mut JsRuntime,
+  js: &mut Runtime,
   f: &v8::Global<v8::Function>,
   args: impl for<'s, 'i> FnOnce(&mut v8::PinScope<'s, 'i>) -> Vec<v8::Local<'s, v8::Value>>,
 ) -> Result<Option<String>, String> {
+  let _entered = EnterGuard::new(js);
+  let js: &mut JsRuntime = js;
   deno_core::scope!(scope, js);
   v8::tc_scope!(let scope, scope);
   let args = args(scope);
@@ -238,7 +328,7 @@ fn call_sync(
 /// It is `!Send`: it lives on one thread. [`Worker::spawn`] runs it as a
 /// task on the current thread and returns a cloneable [`WorkerHandle`].
 pub struct Worker {
-  js: JsRuntime,
+  js: Runtime,
   internals: Internals,
   _loader: Rc<BundleLoader>,
   name: Arc<str>,
@@ -279,17 +369,19 @@ impl Worker {
       let mut state = state.borrow_mut();
       let id = state.borrow_mut::<Invocations>().insert(reply, done);
       let has_body =
-        !(parts.method == Method::GET || parts.method == Method::HEAD) && !body.is_end_stream();
+        !(parts.method == Method::GET || parts.method == Method::HEAD || body.is_end_stream());
       let rid = has_body.then(|| state.resource_table.add(RequestBodyResource::new(body)));
       (id, rid)
     };
+    let _entered = EnterGuard::new(&mut self.js);
     let url = if parts.uri.scheme().is_some() {
       parts.uri.to_string()
     } else {
       format!("http://localhost{}", parts.uri)
     };
 
-    deno_core::scope!(scope, &mut self.js);
+    let js: &mut JsRuntime = &mut self.js;
+    deno_core::scope!(scope, js);
     v8::tc_scope!(let scope, scope);
     let id_v = v8::Integer::new(scope, id as i32).into();
     let method = v8::String::new(scope, parts.method.as_str())
@@ -339,27 +431,38 @@ impl Worker {
   /// `Ready(Ok(()))` means nothing is left to do; any invocation still
   /// waiting for its response then never gets one and is failed.
   pub fn poll_event_loop(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-    match self.js.poll_event_loop(cx, PollEventLoopOptions::default()) {
+    let polled = {
+      let _entered = EnterGuard::new(&mut self.js);
+      self.js.poll_event_loop(cx, PollEventLoopOptions::default())
+    };
+    match polled {
       Poll::Pending => Poll::Pending,
       Poll::Ready(Ok(())) => {
-        self
-          .js
-          .op_state()
-          .borrow_mut()
-          .borrow_mut::<Invocations>()
-          .fail_all(NEVER_RESPONDS);
+        self.fail_pending(NEVER_RESPONDS);
         Poll::Ready(Ok(()))
       }
       Poll::Ready(Err(e)) => {
         let msg = describe_core_error(&e);
-        self
-          .js
-          .op_state()
-          .borrow_mut()
-          .borrow_mut::<Invocations>()
-          .fail_all(&msg);
+        self.fail_pending(&msg);
         Poll::Ready(Err(ErrorKind::Stopped(msg).into()))
       }
+    }
+  }
+
+  /// Fails every invocation still waiting for its response, logging why
+  /// (the client only sees a plain 500).
+  fn fail_pending(&mut self, why: &str) {
+    let state = self.js.op_state();
+    let mut state = state.borrow_mut();
+    let failed = state.borrow_mut::<Invocations>().fail_all(why);
+    let sink = state.borrow::<LogSink>();
+    for id in failed {
+      sink.emit(isola_ext::LogRecord::new(
+        self.name.clone(),
+        Some(id),
+        isola_ext::Level::Error,
+        why.to_string(),
+      ));
     }
   }
 
@@ -493,5 +596,201 @@ impl Invocation {
   /// `ctx.waitUntil()` promise settled (or the isolate gone).
   pub async fn finished(self) {
     let _ = self.done.await;
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use bytes::Bytes;
+
+  use super::*;
+
+  fn bundle(code: &str) -> Bundle {
+    Bundle::from_modules(
+      "worker.js",
+      [("worker.js".to_string(), Bytes::from(code.to_string()))],
+    )
+    .unwrap()
+  }
+
+  async fn text(worker: &mut Worker, url: &str) -> Result<String, Error> {
+    let response = worker.fetch(crate::empty_request(url)).await?;
+    let body = response.into_body().collect_bytes().await.unwrap();
+    Ok(String::from_utf8(body.to_vec()).unwrap())
+  }
+
+  fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+      .enable_all()
+      .build()
+      .unwrap()
+  }
+
+  #[test]
+  fn one_isolate_serves_concurrent_requests() {
+    rt().block_on(async {
+      let code = r#"
+        let inFlight = 0, maxInFlight = 0;
+        export default {
+          async fetch(request) {
+            inFlight++; maxInFlight = Math.max(maxInFlight, inFlight);
+            await new Promise((r) => setTimeout(r, 20));
+            inFlight--;
+            return new Response(String(maxInFlight));
+          },
+        };
+      "#;
+      let worker = Worker::new(bundle(code), &WorkerConfig::new("c"), LogSink::discard())
+        .await
+        .unwrap()
+        .spawn();
+      let calls = (0..10).map(|_| worker.fetch(crate::empty_request("http://c.test/")));
+      let responses = futures::future::join_all(calls).await;
+      let mut max = 0;
+      for r in responses {
+        let body = r.unwrap().into_body().collect_bytes().await.unwrap();
+        max = max.max(std::str::from_utf8(&body).unwrap().parse::<u32>().unwrap());
+      }
+      assert_eq!(max, 10, "all ten requests were in flight at once");
+    });
+  }
+
+  #[test]
+  fn isolates_do_not_share_globals() {
+    rt().block_on(async {
+      let code = r#"
+        export default {
+          fetch(request) {
+            const url = new URL(request.url);
+            if (url.pathname === "/set") globalThis.secret = url.search;
+            return new Response(String(globalThis.secret));
+          },
+        };
+      "#;
+      let config = WorkerConfig::new("iso");
+      let mut a = Worker::new(bundle(code), &config, LogSink::discard())
+        .await
+        .unwrap();
+      let mut b = Worker::new(bundle(code), &config, LogSink::discard())
+        .await
+        .unwrap();
+      assert_eq!(text(&mut a, "http://a.test/set?x").await.unwrap(), "?x");
+      assert_eq!(
+        text(&mut b, "http://b.test/get").await.unwrap(),
+        "undefined"
+      );
+      assert_eq!(text(&mut a, "http://a.test/get").await.unwrap(), "?x");
+      // Isolates on one thread may be dropped in any order.
+      drop(a);
+      assert_eq!(
+        text(&mut b, "http://b.test/get").await.unwrap(),
+        "undefined"
+      );
+      let mut c = Worker::new(bundle(code), &config, LogSink::discard())
+        .await
+        .unwrap();
+      assert_eq!(text(&mut c, "http://c.test/set?c").await.unwrap(), "?c");
+      drop(b);
+      assert_eq!(text(&mut c, "http://c.test/get").await.unwrap(), "?c");
+    });
+  }
+
+  #[test]
+  fn runtime_internals_are_hidden_from_workers() {
+    rt().block_on(async {
+      let code = r#"
+        export default {
+          fetch() {
+            return Response.json([typeof Deno, typeof __bootstrap, typeof __isolaInternals,
+              Object.getOwnPropertyNames(globalThis).filter((n) => n.startsWith("__")).length]);
+          },
+        };
+      "#;
+      let mut w = Worker::new(bundle(code), &WorkerConfig::new("h"), LogSink::discard())
+        .await
+        .unwrap();
+      assert_eq!(
+        text(&mut w, "http://h.test/").await.unwrap(),
+        r#"["undefined","undefined","undefined",0]"#
+      );
+    });
+  }
+
+  #[test]
+  fn a_promise_that_can_never_settle_is_an_exception() {
+    rt().block_on(async {
+      let code = "export default { fetch() { return new Promise(() => {}); } };";
+      let mut w = Worker::new(bundle(code), &WorkerConfig::new("n"), LogSink::discard())
+        .await
+        .unwrap();
+      let err = w
+        .fetch(crate::empty_request("http://n.test/"))
+        .await
+        .unwrap_err();
+      assert!(err.is_exception(), "{err}");
+    });
+  }
+
+  #[test]
+  fn invocation_finishes_after_wait_until_settles() {
+    rt().block_on(async {
+      let code = r#"
+        let done = false;
+        export default {
+          fetch(request, env, ctx) {
+            if (new URL(request.url).pathname === "/check") return new Response(String(done));
+            ctx.waitUntil(new Promise((r) => setTimeout(() => { done = true; r(); }, 30)));
+            return new Response("sent");
+          },
+        };
+      "#;
+      let worker = Worker::new(bundle(code), &WorkerConfig::new("w"), LogSink::discard())
+        .await
+        .unwrap()
+        .spawn();
+      let mut inv = worker.invoke(crate::empty_request("http://w.test/"));
+      let body = inv
+        .response()
+        .await
+        .unwrap()
+        .into_body()
+        .collect_bytes()
+        .await
+        .unwrap();
+      assert_eq!(&body[..], b"sent");
+      inv.finished().await;
+      let body = worker
+        .fetch(crate::empty_request("http://w.test/check"))
+        .await
+        .unwrap()
+        .into_body()
+        .collect_bytes()
+        .await
+        .unwrap();
+      assert_eq!(
+        &body[..],
+        b"true",
+        "waitUntil work ran before `finished` resolved"
+      );
+    });
+  }
+
+  #[test]
+  fn a_stopped_worker_reports_it() {
+    rt().block_on(async {
+      let code = "export default { fetch() { return new Response('x'); } };";
+      let worker = Worker::new(bundle(code), &WorkerConfig::new("s"), LogSink::discard())
+        .await
+        .unwrap();
+      let (tx, rx) = mpsc::unbounded_channel();
+      drop(rx);
+      let handle = WorkerHandle { tx };
+      drop(worker);
+      let err = handle
+        .fetch(crate::empty_request("http://s.test/"))
+        .await
+        .unwrap_err();
+      assert!(err.is_stopped(), "{err}");
+    });
   }
 }

@@ -70,6 +70,9 @@ for (
     ["DOMExceptionInvalidStateError", "InvalidStateError"],
     ["DOMExceptionSyntaxError", "SyntaxError"],
     ["DOMExceptionQuotaExceededError", "QuotaExceededError"],
+    ["DOMExceptionTypeMismatchError", "TypeMismatchError"],
+    ["DOMExceptionInvalidAccessError", "InvalidAccessError"],
+    ["DOMExceptionIndexSizeError", "IndexSizeError"],
   ])
 ) {
   core.registerErrorBuilder(name, (msg) => new DOMException(msg, kind));
@@ -82,6 +85,8 @@ function currentInvocation() {
   const ctx = core.getAsyncContext();
   return typeof ctx === "number" ? ctx : -1;
 }
+// Logs are read in terminals, files and dashboards alike: no ANSI colours.
+consoleMod.setNoColorFns(() => true, () => true);
 const console = new consoleMod.Console((msg, level) =>
   op_isola_log(currentInvocation(), level, msg)
 );
@@ -103,6 +108,9 @@ const navigator = new Navigator();
 // --------------------------------------------------- global event listeners --
 // Service-worker syntax: `addEventListener("fetch", (event) => ...)`.
 const globalEvents = new event.EventTarget();
+// `reportError()` and exceptions thrown by event listeners dispatch an
+// "error" event on the global scope (deno_web's reportException).
+event.saveGlobalThisReference(globalThis);
 
 core.defineGlobalProperties(globalThis, {
   // Web platform classes.

@@ -27,8 +27,17 @@ const {
   TypeError,
   TypedArrayPrototypeGetSymbolToStringTag,
   JSONParse,
-  WebAssembly,
+  ArrayPrototypeFilter,
+  ArrayPrototypeJoin,
+  ObjectKeys,
+  ObjectHasOwn,
+  StringPrototypeIncludes,
+  StringPrototypeReplaceAll,
+  StringPrototypeSplit,
 } = primordials;
+// Not among deno_core's primordials, and absent while the snapshot is made:
+// captured in init(), before any worker code runs.
+let WebAssemblyModule;
 const {
   op_isola_env,
   op_isola_fail,
@@ -45,7 +54,7 @@ const { InnerBody } = core.loadExtScript("ext:deno_fetch/22_body.js");
 // ------------------------------------------------------------ error text --
 function describe(err) {
   if (ObjectPrototypeIsPrototypeOf(Error.prototype, err)) {
-    return err.stack ?? `${err.name}: ${err.message}`;
+    return cleanStack(err.stack ?? `${err.name}: ${err.message}`);
   }
   try {
     return `Uncaught ${consoleMod.inspect(err)}`;
@@ -54,10 +63,27 @@ function describe(err) {
   }
 }
 
+/** Stack text as the user knows their files: no `file:///`, no runtime frames. */
+function cleanStack(stack) {
+  const lines = StringPrototypeSplit(
+    StringPrototypeReplaceAll(String(stack), "file:///", ""),
+    "\n",
+  );
+  return ArrayPrototypeJoin(
+    ArrayPrototypeFilter(
+      lines,
+      (line) => !StringPrototypeIncludes(line, "(ext:") && !StringPrototypeIncludes(line, "at ext:"),
+    ),
+    "\n",
+  );
+}
+
 // ----------------------------------------------------------------- state --
 let env = {};
 /** The module worker's default export, or null for service-worker syntax. */
 let entry = null;
+/** A class default export (`class extends WorkerEntrypoint`), instantiated per request. */
+let entryClass = null;
 
 // ------------------------------------------------------------ FetchEvent --
 const _respondWith = SymbolFor("isola.respondWith");
@@ -152,9 +178,14 @@ function dispatch(id, method, url, headers, bodyRid) {
   core.setAsyncContext(id);
   let result;
   try {
-    result = entry !== null
-      ? ReflectApply(entry.fetch, entry, [request, env, ctx])
-      : dispatchFetchEvent(request, ctx);
+    if (entryClass !== null) {
+      const instance = new entryClass(ctx, env);
+      result = instance.fetch(request);
+    } else if (entry !== null) {
+      result = ReflectApply(entry.fetch, entry, [request, env, ctx]);
+    } else {
+      result = dispatchFetchEvent(request, ctx);
+    }
   } catch (err) {
     fail(inv, err);
     return;
@@ -184,32 +215,31 @@ function dispatchFetchEvent(request, ctx) {
 }
 
 function respond(inv, response) {
-  if (!ObjectPrototypeIsPrototypeOf(ResponsePrototype, response)) {
-    fail(
-      inv,
-      new TypeError(
-        `The handler returned ${describeValue(response)}, not a Response`,
-      ),
-    );
-    return;
-  }
-  const inner = toInnerResponse(response);
-  const list = inner.headerList;
-  const flat = [];
-  for (let i = 0; i < list.length; i++) {
-    ArrayPrototypePush(flat, list[i][0], list[i][1]);
-  }
-  let body = null;
-  if (inner.body !== null) {
-    const s = inner.body.streamOrStatic;
-    if (!isReadableStream(s)) {
-      s.consumed = true;
-      body = s.body;
-    } else {
-      body = resourceForReadableStream(s, inner.body.length);
-    }
-  }
   try {
+    if (!ObjectPrototypeIsPrototypeOf(ResponsePrototype, response)) {
+      throw new TypeError(
+        `The handler returned ${describeValue(response)}, not a Response`,
+      );
+    }
+    const inner = toInnerResponse(response);
+    if (inner === undefined) {
+      throw new TypeError("The handler returned an object that is not a Response made by `new Response()`");
+    }
+    const list = inner.headerList;
+    const flat = [];
+    for (let i = 0; i < list.length; i++) {
+      ArrayPrototypePush(flat, list[i][0], list[i][1]);
+    }
+    let body = null;
+    if (inner.body !== null) {
+      const s = inner.body.streamOrStatic;
+      if (!isReadableStream(s)) {
+        s.consumed = true;
+        body = s.body;
+      } else {
+        body = resourceForReadableStream(s, inner.body.length);
+      }
+    }
     op_isola_respond(inv.id, inner.status, flat, body);
   } catch (err) {
     fail(inv, err);
@@ -250,7 +280,7 @@ function moduleValue(specifier) {
   const { 0: kind, 1: bytes } = op_isola_module_data(specifier);
   switch (kind) {
     case "wasm":
-      return new WebAssembly.Module(bytes);
+      return new WebAssemblyModule(bytes);
     case "json":
       return JSONParse(core.decode(bytes));
     case "text":
@@ -263,6 +293,7 @@ function moduleValue(specifier) {
 // -------------------------------------------------------------- lifecycle --
 /** Called once before the worker's main module is evaluated. */
 function init() {
+  WebAssemblyModule = globalThis.WebAssembly.Module;
   performanceMod.setTimeOrigin();
   env = op_isola_env();
   ObjectDefineProperty(globalThis, SymbolFor("isola.moduleValue"), {
@@ -284,11 +315,23 @@ function setEntry(namespace) {
     return null;
   }
   if (typeof def === "function" && typeof def.prototype?.fetch === "function") {
-    entry = new def(undefined, env);
+    entryClass = def;
     return null;
   }
   if (event.listenerCount(globalEvents, "fetch") > 0) {
     entry = null;
+    // Service-worker syntax has no `env` argument: bindings are globals.
+    const names = ObjectKeys(env);
+    for (let i = 0; i < names.length; i++) {
+      if (!ObjectHasOwn(globalThis, names[i])) {
+        ObjectDefineProperty(globalThis, names[i], {
+          value: env[names[i]],
+          writable: true,
+          enumerable: false,
+          configurable: true,
+        });
+      }
+    }
     return null;
   }
   return "the main module has no fetch handler: add `export default { async fetch(request, env, ctx) { ... } }` or call `addEventListener(\"fetch\", (event) => event.respondWith(...))`";
@@ -300,6 +343,12 @@ core.setUnhandledPromiseRejectionHandler((_promise, reason) => {
 });
 core.setReportExceptionCallback((err) => {
   console.error(describe(err));
+});
+// An exception in a listener, or `reportError(e)`, is logged; the isolate
+// keeps serving (deno_web would otherwise treat it as fatal).
+globalEvents.addEventListener("error", (ev) => {
+  console.error(describe(ev.error));
+  ev.preventDefault();
 });
 
 const workerInternals = ObjectFreeze({ dispatch, init, setEntry });

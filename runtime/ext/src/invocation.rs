@@ -92,14 +92,20 @@ impl Invocations {
     }
   }
 
-  /// Fails every invocation still waiting for a response, e.g. when the
-  /// isolate is torn down.
-  pub fn fail_all(&mut self, message: &str) {
-    for (_, mut p) in self.pending.drain() {
+  /// Fails every invocation still waiting for its response (and ends those
+  /// only waiting on `waitUntil` work); returns the ids that got no response.
+  pub fn fail_all(&mut self, message: &str) -> Vec<u32> {
+    let mut failed = Vec::new();
+    for (id, mut p) in self.pending.drain() {
       if let Some(tx) = p.reply.take() {
         let _ = tx.send(Reply::Exception(message.to_string()));
+        failed.push(id);
+      }
+      if let Some(done) = p.done.take() {
+        let _ = done.send(());
       }
     }
+    failed
   }
 }
 

@@ -1,0 +1,231 @@
+//! `isola-edge dev` as a user runs it: the real binary, real HTTP on loopback.
+
+use std::io::BufRead as _;
+use std::io::BufReader;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// A running `isola-edge dev`; killed on drop. Output lines are collected.
+struct Dev {
+  child: Child,
+  addr: SocketAddr,
+  lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Dev {
+  fn drop(&mut self) {
+    let _ = self.child.kill();
+    let _ = self.child.wait();
+  }
+}
+
+impl Dev {
+  fn start(entry: &Path, extra: &[&str]) -> Dev {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_isola-edge"))
+      .arg("dev")
+      .arg(entry)
+      .args(["--listen", "127.0.0.1:0"])
+      .args(extra)
+      .stdout(Stdio::piped())
+      .stderr(Stdio::piped())
+      .spawn()
+      .expect("isola-edge starts");
+    let (tx, rx) = mpsc::channel();
+    for stream in [
+      Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+      Box::new(child.stderr.take().unwrap()),
+    ] {
+      let tx = tx.clone();
+      std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+          let _ = tx.send(line);
+        }
+      });
+    }
+    let mut seen = Vec::new();
+    let addr = loop {
+      let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("isola-edge dev did not start; output: {seen:#?}"));
+      if let Some(url) = line.split(" at http://").nth(1) {
+        break url.trim().parse().expect("address in banner");
+      }
+      seen.push(line);
+    };
+    Dev {
+      child,
+      addr,
+      lines: rx,
+    }
+  }
+
+  /// Waits for an output line containing `needle`.
+  fn expect_line(&self, needle: &str) -> String {
+    let mut seen = Vec::new();
+    loop {
+      match self.lines.recv_timeout(Duration::from_secs(10)) {
+        Ok(line) if line.contains(needle) => return line,
+        Ok(line) => seen.push(line),
+        Err(_) => panic!("no output line containing {needle:?}; saw {seen:#?}"),
+      }
+    }
+  }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+  let path = dir.join(name);
+  std::fs::write(&path, text).unwrap();
+  path
+}
+
+async fn send(
+  client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+  req: http::Request<Full<Bytes>>,
+) -> (http::StatusCode, http::HeaderMap, Bytes) {
+  let res = client.request(req).await.expect("request succeeds");
+  let (parts, body) = res.into_parts();
+  (
+    parts.status,
+    parts.headers,
+    body.collect().await.unwrap().to_bytes(),
+  )
+}
+
+const WORKER: &str = r#"
+export default {
+  async fetch(request, env, ctx) {
+    const url = new URL(request.url);
+    if (url.pathname === "/echo") {
+      return new Response(request.body, { headers: { "x-len": request.headers.get("content-length") ?? "" } });
+    }
+    if (url.pathname === "/boom") {
+      throw new Error("kaboom in handler");
+    }
+    console.log("visit", url.pathname);
+    return new Response(`hi ${env.GREETING} at ${request.url} via ${request.method}`, {
+      headers: [["set-cookie", "a=1"], ["set-cookie", "b=2"]],
+    });
+  },
+};
+"#;
+
+#[tokio::test]
+async fn dev_serves_http1_and_h2c_with_vars_logs_and_errors() {
+  let dir = tempfile::tempdir().unwrap();
+  let entry = write(dir.path(), "worker.js", WORKER);
+  let dev = Dev::start(&entry, &["--var", "GREETING=hello"]);
+  let base = format!("http://{}", dev.addr);
+
+  let h1 = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+  let (status, headers, body) = send(
+    &h1,
+    http::Request::get(format!("{base}/page?q=1"))
+      .body(Full::default())
+      .unwrap(),
+  )
+  .await;
+  assert_eq!(status, 200);
+  assert_eq!(
+    String::from_utf8_lossy(&body),
+    format!("hi hello at {base}/page?q=1 via GET")
+  );
+  let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+  assert_eq!(cookies, ["a=1", "b=2"]);
+  let line = dev.expect_line("visit /page");
+  assert!(
+    line.contains(" worker ") && line.contains(" log "),
+    "{line}"
+  );
+
+  // HTTP/2 with prior knowledge on the same port.
+  let h2 = Client::builder(TokioExecutor::new())
+    .http2_only(true)
+    .build_http::<Full<Bytes>>();
+  let (status, _, body) = send(
+    &h2,
+    http::Request::get(format!("{base}/h2"))
+      .body(Full::default())
+      .unwrap(),
+  )
+  .await;
+  assert_eq!(status, 200);
+  assert!(String::from_utf8_lossy(&body).ends_with("/h2 via GET"));
+
+  // A 1 MiB body streams through the worker and back.
+  let big = Bytes::from(vec![b'z'; 1 << 20]);
+  let (status, headers, body) = send(
+    &h1,
+    http::Request::post(format!("{base}/echo"))
+      .body(Full::new(big.clone()))
+      .unwrap(),
+  )
+  .await;
+  assert_eq!(status, 200);
+  assert_eq!(headers["x-len"], "1048576");
+  assert_eq!(body, big);
+
+  // An exception is a 500 with a plain body; the details go to the log only.
+  let (status, _, body) = send(
+    &h1,
+    http::Request::get(format!("{base}/boom"))
+      .body(Full::default())
+      .unwrap(),
+  )
+  .await;
+  assert_eq!(status, 500);
+  assert_eq!(&body[..], b"Worker threw exception\n");
+  let line = dev.expect_line("kaboom in handler");
+  assert!(line.contains(" error "), "{line}");
+  dev.expect_line("worker.js:");
+
+  // ...and the worker keeps answering.
+  let (status, _, _) = send(
+    &h1,
+    http::Request::get(format!("{base}/after"))
+      .body(Full::default())
+      .unwrap(),
+  )
+  .await;
+  assert_eq!(status, 200);
+}
+
+#[test]
+fn dev_reports_a_syntax_error_with_module_line_and_column() {
+  let dir = tempfile::tempdir().unwrap();
+  let entry = write(
+    dir.path(),
+    "worker.js",
+    "import './lib.js';\nexport default { fetch() { return new Response('x') } };\n",
+  );
+  write(dir.path(), "lib.js", "const ok = 1;\nconst broken = ;\n");
+  let out = Command::new(env!("CARGO_BIN_EXE_isola-edge"))
+    .args(["dev", entry.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+    .output()
+    .unwrap();
+  assert!(!out.status.success());
+  let stderr = String::from_utf8_lossy(&out.stderr);
+  assert!(stderr.contains("SyntaxError"), "{stderr}");
+  assert!(stderr.contains("lib.js:2:"), "{stderr}");
+}
+
+#[test]
+fn dev_rejects_a_malformed_var() {
+  let out = Command::new(env!("CARGO_BIN_EXE_isola-edge"))
+    .args(["dev", "worker.js", "--var", "NOEQUALS"])
+    .output()
+    .unwrap();
+  assert!(!out.status.success());
+  let stderr = String::from_utf8_lossy(&out.stderr);
+  assert!(stderr.contains("NAME=VALUE"), "{stderr}");
+}
