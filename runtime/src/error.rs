@@ -22,6 +22,9 @@ pub(crate) enum ErrorKind {
   /// The handler threw; details went to the worker's log.
   #[error("the worker threw an exception (see its log)")]
   Exception(String),
+  /// A limit ended the invocation.
+  #[error("{1}")]
+  Limit(crate::limits::Outcome, String),
   /// The isolate is gone (shut down, or its event loop failed).
   #[error("the worker isolate stopped: {0}")]
   Stopped(String),
@@ -47,6 +50,14 @@ impl Error {
   /// The handler threw, rejected or returned a non-Response.
   pub fn is_exception(&self) -> bool {
     matches!(self.kind, ErrorKind::Exception(_))
+  }
+
+  /// Which limit ended the invocation, if one did.
+  pub fn limit(&self) -> Option<crate::limits::Outcome> {
+    match &self.kind {
+      ErrorKind::Limit(o, _) => Some(*o),
+      _ => None,
+    }
   }
 
   /// The isolate stopped and will not answer again.

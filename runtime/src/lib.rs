@@ -22,7 +22,10 @@
 
 mod bundle;
 mod error;
+mod limits;
 mod loader;
+mod pool;
+mod watchdog;
 mod worker;
 
 use bytes::Bytes;
@@ -35,6 +38,14 @@ pub use isola_ext::ResponseBody;
 pub use crate::bundle::Bundle;
 pub use crate::bundle::ModuleKind;
 pub use crate::error::Error;
+pub use crate::limits::InvocationRecord;
+pub use crate::limits::Limits;
+pub use crate::limits::MeterSink;
+pub use crate::limits::Outcome;
+pub use crate::pool::Config;
+pub use crate::pool::PoolStats;
+pub use crate::pool::Runtime;
+pub use crate::pool::WorkerKey;
 pub use crate::worker::Invocation;
 pub use crate::worker::Isolate;
 pub use crate::worker::Worker;
@@ -66,21 +77,27 @@ pub fn empty_request(url: &str) -> http::Request<RequestBody> {
 /// The response a server sends when a worker fails: a short plain-text body
 /// that tells the client nothing about the code. The details are in the log.
 pub fn error_response(error: &Error) -> http::Response<ResponseBody> {
-  let (status, text) = if error.is_exception() {
-    (
-      http::StatusCode::INTERNAL_SERVER_ERROR,
-      "Worker threw exception\n",
-    )
-  } else if error.is_code_error() {
-    (
-      http::StatusCode::INTERNAL_SERVER_ERROR,
-      "Worker failed to start\n",
-    )
-  } else {
-    (
+  let (status, text) = match error.limit() {
+    // The client sent too much: its fault, and it can retry with less.
+    Some(Outcome::BodyLimit) if error.to_string().contains("request body") => {
+      (http::StatusCode::PAYLOAD_TOO_LARGE, format!("{error}\n"))
+    }
+    Some(_) => (
       http::StatusCode::SERVICE_UNAVAILABLE,
-      "Worker unavailable\n",
-    )
+      format!("Worker exceeded a limit: {error}\n"),
+    ),
+    None if error.is_exception() => (
+      http::StatusCode::INTERNAL_SERVER_ERROR,
+      "Worker threw exception\n".to_string(),
+    ),
+    None if error.is_code_error() => (
+      http::StatusCode::INTERNAL_SERVER_ERROR,
+      "Worker failed to start\n".to_string(),
+    ),
+    None => (
+      http::StatusCode::SERVICE_UNAVAILABLE,
+      "Worker unavailable\n".to_string(),
+    ),
   };
   let mut response = http::Response::new(ResponseBody::full(text));
   *response.status_mut() = status;

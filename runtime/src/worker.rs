@@ -31,7 +31,13 @@ use crate::error::describe_core_error;
 use crate::error::describe_js_error;
 use crate::error::Error;
 use crate::error::ErrorKind;
+use crate::limits::InvocationRecord;
+use crate::limits::Limits;
+use crate::limits::MeterSink;
+use crate::limits::Outcome;
 use crate::loader::BundleLoader;
+use crate::watchdog::Guard;
+use crate::watchdog::Trip;
 use crate::RequestBody;
 
 static SNAPSHOT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ISOLA_SNAPSHOT.bin"));
@@ -48,6 +54,13 @@ const TAKE_INTERNALS: &str = r#"(() => {
   delete globalThis.Deno;
   return internals;
 })()"#;
+
+fn cpu_message(limit: &std::time::Duration) -> String {
+  format!(
+    "cpu limit: the invocation used more than {} ms of CPU time",
+    limit.as_millis()
+  )
+}
 
 /// What the answer to a request that never gets one says.
 const NEVER_RESPONDS: &str = "The worker's handler will never produce a response: its promise is still pending but nothing (timer, I/O) is left that could settle it";
@@ -76,22 +89,22 @@ impl Drop for EnterGuard {
 }
 
 /// A `JsRuntime` that is entered only while in use (see [`EnterGuard`]).
-struct Runtime(std::mem::ManuallyDrop<JsRuntime>);
+struct JsCell(std::mem::ManuallyDrop<JsRuntime>);
 
-impl std::ops::Deref for Runtime {
+impl std::ops::Deref for JsCell {
   type Target = JsRuntime;
   fn deref(&self) -> &JsRuntime {
     &self.0
   }
 }
 
-impl std::ops::DerefMut for Runtime {
+impl std::ops::DerefMut for JsCell {
   fn deref_mut(&mut self) -> &mut JsRuntime {
     &mut self.0
   }
 }
 
-impl Drop for Runtime {
+impl Drop for JsCell {
   fn drop(&mut self) {
     // SAFETY: V8 exits the isolate as it drops it, so it must be entered
     // (and be the current isolate) first; the runtime is not used after.
@@ -123,10 +136,19 @@ async fn entered<F: Future>(isolate: *mut v8::Isolate, fut: F) -> F::Output {
 ///   .var("GREETING", "hello")
 ///   .json_var("LIMITS", serde_json::json!({ "max": 3 }));
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct WorkerConfig {
   name: String,
+  version: Arc<str>,
   vars: BTreeMap<String, serde_json::Value>,
+  limits: Limits,
+  meter: MeterSink,
+}
+
+impl Default for WorkerConfig {
+  fn default() -> Self {
+    Self::new("")
+  }
 }
 
 impl WorkerConfig {
@@ -134,8 +156,33 @@ impl WorkerConfig {
   pub fn new(name: impl Into<String>) -> Self {
     Self {
       name: name.into(),
+      version: Arc::from(""),
       vars: BTreeMap::new(),
+      limits: Limits::default(),
+      meter: MeterSink::discard(),
     }
+  }
+
+  /// The version (content hash) in metering records. Default: empty.
+  pub fn version(mut self, version: impl Into<Arc<str>>) -> Self {
+    self.version = version.into();
+    self
+  }
+
+  /// Limits per invocation. Default: [`Limits::default`].
+  pub fn limits(mut self, limits: Limits) -> Self {
+    self.limits = limits;
+    self
+  }
+
+  /// Where invocation records go. Default: dropped.
+  pub fn meter(mut self, meter: MeterSink) -> Self {
+    self.meter = meter;
+    self
+  }
+
+  pub fn limits_ref(&self) -> &Limits {
+    &self.limits
   }
 
   /// Adds a text var: `env.NAME` is the string. Default: none.
@@ -168,17 +215,31 @@ struct Internals {
 /// Making one costs a few milliseconds; loading a worker into a ready one
 /// costs only the worker's own module evaluation, so nodes keep a stock.
 pub struct Isolate {
-  js: Runtime,
+  js: JsCell,
   loader: Rc<BundleLoader>,
   internals: Internals,
+  guard: Arc<Guard>,
 }
 
 impl Isolate {
   /// Starts an isolate from the snapshot. Logs of the worker later loaded
   /// into it go to `logs`.
   pub fn new(logs: LogSink) -> Result<Self, Error> {
+    Self::with_memory_limit(logs, Limits::default().memory_bytes())
+  }
+
+  /// Starts an isolate whose memory (V8 heap and ArrayBuffers) may not grow
+  /// past `bytes`; a worker loaded into it may set a lower limit, not a
+  /// higher one.
+  pub fn with_memory_limit(logs: LogSink, bytes: u64) -> Result<Self, Error> {
+    let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+    let guard = Guard::new(bytes);
+    let params = v8::CreateParams::default()
+      .heap_limits(0, bytes)
+      .array_buffer_allocator(crate::watchdog::allocator(&guard));
     let loader = Rc::new(BundleLoader::default());
     let mut js = JsRuntime::try_new(RuntimeOptions {
+      create_params: Some(params),
       startup_snapshot: Some(SNAPSHOT),
       residual_lazy_js_sources: residual::RESIDUAL_LAZY_JS,
       extensions: isola_ext::extensions(),
@@ -189,6 +250,15 @@ impl Isolate {
     // Created entered; leave it so the next isolate on this thread can be used.
     // SAFETY: it was entered by its creation on this thread.
     unsafe { js.v8_isolate().exit() };
+    guard.set_handle(js.v8_isolate().thread_safe_handle());
+    {
+      let guard = guard.clone();
+      js.add_near_heap_limit_callback(move |current, _initial| {
+        guard.stop(Trip::Memory);
+        // Room for the termination to unwind; the isolate is then dropped.
+        current + (32 << 20)
+      });
+    }
     let _entered = EnterGuard::new(&mut js);
     isola_ext::install_state(
       &mut js.op_state().borrow_mut(),
@@ -221,21 +291,50 @@ impl Isolate {
     };
     drop(_entered);
     Ok(Self {
-      js: Runtime(std::mem::ManuallyDrop::new(js)),
+      js: JsCell(std::mem::ManuallyDrop::new(js)),
       loader,
       internals,
+      guard,
     })
+  }
+
+  /// The most memory a worker loaded into this isolate may use.
+  pub fn memory_limit(&self) -> u64 {
+    self.guard.memory_limit() as u64
   }
 
   /// Loads `bundle` into this isolate: builds `env`, evaluates the main
   /// module and finds its fetch handler.
   pub async fn load(mut self, bundle: Bundle, config: &WorkerConfig) -> Result<Worker, Error> {
     let name: Arc<str> = Arc::from(config.name.as_str());
+    let memory = config
+      .limits
+      .memory_bytes()
+      .min(self.guard.memory_limit() as u64);
+    self.guard.set_memory_limit(memory as usize);
     {
       let state = self.js.op_state();
       let mut state = state.borrow_mut();
       state.put(WorkerName(name.clone()));
       state.put(WorkerEnv(config.vars.clone().into_iter().collect()));
+      let invocations = state.borrow_mut::<Invocations>();
+      invocations.subrequest_limit = config.limits.subrequest_limit();
+      invocations.response_body_limit = config.limits.response_body_limit();
+      let (worker, version, meter) = (name.clone(), config.version.clone(), config.meter.clone());
+      invocations.set_finish_hook(Box::new(move |_id, usage| {
+        meter.emit(InvocationRecord {
+          worker: worker.clone(),
+          version: version.clone(),
+          start: usage.start_time,
+          cpu_us: usage.cpu_ns / 1000,
+          wall_us: usage.start.elapsed().as_micros() as u64,
+          peak_memory: usage.peak_memory,
+          bytes_in: usage.bytes_in,
+          bytes_out: usage.bytes_out,
+          subrequests: usage.subrequests,
+          outcome: usage.outcome.unwrap_or(Outcome::Stopped),
+        })
+      }));
     }
     call_sync(&mut self.js, &self.internals.init, |_| vec![]).map_err(ErrorKind::Stopped)?;
 
@@ -256,24 +355,40 @@ impl Isolate {
     };
     let mut evaluation = std::pin::pin!(evaluation);
     let js = &mut *self.js;
-    poll_fn(|cx| {
+    let guard = self.guard.clone();
+    let startup = poll_fn(|cx| {
       let _entered = EnterGuard::new(js);
-      if let Poll::Ready(r) = evaluation.as_mut().poll(cx) {
-        return Poll::Ready(r.map_err(|e| ErrorKind::Startup(describe_core_error(&e))));
+      if let Some(clock) = js.op_state().borrow().try_borrow::<isola_ext::Clock>() {
+        clock.tick();
       }
-      match js.poll_event_loop(cx, PollEventLoopOptions::default()) {
-        Poll::Ready(Err(e)) => Poll::Ready(Err(ErrorKind::Startup(describe_core_error(&e)))),
-        // Nothing left that could settle a pending top-level await.
-        Poll::Ready(Ok(())) => match evaluation.as_mut().poll(cx) {
-          Poll::Ready(r) => Poll::Ready(r.map_err(|e| ErrorKind::Startup(describe_core_error(&e)))),
-          Poll::Pending => Poll::Ready(Err(ErrorKind::Startup(
-            "a top-level await in the main module never settles (no timer or I/O is left that could settle it)".into(),
-          ))),
-        },
-        Poll::Pending => Poll::Pending,
-      }
+      let turn = guard.begin(STARTUP_CPU.as_nanos() as u64);
+      let r = poll_evaluation(js, evaluation.as_mut(), cx);
+      guard.end(turn);
+      r
     })
-    .await?;
+    .await;
+    match self.guard.trip() {
+      Trip::Cpu => {
+        return Err(
+          ErrorKind::Startup(format!(
+            "cpu limit: the main module used more than {} ms of CPU time while starting",
+            STARTUP_CPU.as_millis()
+          ))
+          .into(),
+        )
+      }
+      Trip::Memory => {
+        return Err(
+          ErrorKind::Startup(format!(
+            "memory limit: the main module needed more than {} MiB while starting",
+            self.guard.memory_limit() >> 20
+          ))
+          .into(),
+        )
+      }
+      Trip::None => startup?,
+    }
+
     let namespace = {
       let _entered = EnterGuard::new(&mut self.js);
       self
@@ -293,13 +408,47 @@ impl Isolate {
       internals: self.internals,
       _loader: self.loader,
       name,
+      guard: self.guard,
+      limits: config.limits.clone(),
+      stopped: None,
+      wall_timer: None,
     })
+  }
+}
+
+/// CPU the main module may use while it is evaluated (top-level code and
+/// top-level awaits), as on Workers.
+const STARTUP_CPU: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One poll of the main module's evaluation and the event loop under it.
+fn poll_evaluation(
+  js: &mut JsRuntime,
+  evaluation: Pin<&mut (impl Future<Output = Result<(), deno_core::error::CoreError>> + ?Sized)>,
+  cx: &mut Context<'_>,
+) -> Poll<Result<(), Error>> {
+  let mut evaluation = evaluation;
+  if let Poll::Ready(r) = evaluation.as_mut().poll(cx) {
+    return Poll::Ready(r.map_err(|e| ErrorKind::Startup(describe_core_error(&e)).into()));
+  }
+  match js.poll_event_loop(cx, PollEventLoopOptions::default()) {
+    Poll::Ready(Err(e)) => Poll::Ready(Err(ErrorKind::Startup(describe_core_error(&e)).into())),
+    // Nothing left that could settle a pending top-level await.
+    Poll::Ready(Ok(())) => match evaluation.as_mut().poll(cx) {
+      Poll::Ready(r) => Poll::Ready(r.map_err(|e| ErrorKind::Startup(describe_core_error(&e)).into())),
+      Poll::Pending => Poll::Ready(Err(
+        ErrorKind::Startup(
+          "a top-level await in the main module never settles (no timer or I/O is left that could settle it)".into(),
+        )
+        .into(),
+      )),
+    },
+    Poll::Pending => Poll::Pending,
   }
 }
 
 /// Calls a JS function synchronously; returns its result if it is a string.
 fn call_sync(
-  js: &mut Runtime,
+  js: &mut JsCell,
   f: &v8::Global<v8::Function>,
   args: impl for<'s, 'i> FnOnce(&mut v8::PinScope<'s, 'i>) -> Vec<v8::Local<'s, v8::Value>>,
 ) -> Result<Option<String>, String> {
@@ -328,10 +477,15 @@ fn call_sync(
 /// It is `!Send`: it lives on one thread. [`Worker::spawn`] runs it as a
 /// task on the current thread and returns a cloneable [`WorkerHandle`].
 pub struct Worker {
-  js: Runtime,
+  js: JsCell,
   internals: Internals,
   _loader: Rc<BundleLoader>,
   name: Arc<str>,
+  guard: Arc<Guard>,
+  limits: Limits,
+  /// Set once a limit stopped the isolate; it then answers nothing more.
+  stopped: Option<(Outcome, String)>,
+  wall_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Worker {
@@ -363,67 +517,205 @@ impl Worker {
     reply: oneshot::Sender<Reply>,
     done: Option<oneshot::Sender<()>>,
   ) {
+    if let Some((_, why)) = &self.stopped {
+      let _ = reply.send(Reply::Limit(Outcome::Stopped, why.clone()));
+      return;
+    }
     let (parts, body) = request.into_parts();
+    let body_limit = self.limits.request_body_limit();
+    let declared = parts
+      .headers
+      .get(http::header::CONTENT_LENGTH)
+      .and_then(|v| v.to_str().ok())
+      .and_then(|v| v.parse::<u64>().ok());
     let (id, body_rid) = {
-      let state = self.js.op_state();
-      let mut state = state.borrow_mut();
-      let id = state.borrow_mut::<Invocations>().insert(reply, done);
+      let state_rc = self.js.op_state();
+      let mut state = state_rc.borrow_mut();
+      let invocations = state.borrow_mut::<Invocations>();
+      let id = invocations.insert(reply, done);
+      if declared.is_some_and(|n| n > body_limit) {
+        invocations.limit(
+          id,
+          Outcome::BodyLimit,
+          &format!("body limit: the request body is larger than {body_limit} bytes"),
+        );
+        invocations.abandon(id);
+        return;
+      }
       let has_body =
         !(parts.method == Method::GET || parts.method == Method::HEAD || body.is_end_stream());
-      let rid = has_body.then(|| state.resource_table.add(RequestBodyResource::new(body)));
+      let rid = has_body.then(|| {
+        let meter = isola_ext::BodyMeter {
+          state: Rc::downgrade(&state_rc),
+          id,
+          limit: body_limit,
+        };
+        state
+          .resource_table
+          .add(RequestBodyResource::new(body, Some(meter)))
+      });
       (id, rid)
     };
-    let _entered = EnterGuard::new(&mut self.js);
     let url = if parts.uri.scheme().is_some() {
       parts.uri.to_string()
     } else {
       format!("http://localhost{}", parts.uri)
     };
 
-    let js: &mut JsRuntime = &mut self.js;
-    deno_core::scope!(scope, js);
-    v8::tc_scope!(let scope, scope);
-    let id_v = v8::Integer::new(scope, id as i32).into();
-    let method = v8::String::new(scope, parts.method.as_str())
-      .expect("method fits")
-      .into();
-    let url_v = v8::String::new(scope, &url).expect("url fits").into();
-    let mut flat: Vec<v8::Local<v8::Value>> = Vec::with_capacity(parts.headers.len() * 2);
-    for (name, value) in &parts.headers {
-      let n = v8::String::new_from_one_byte(
-        scope,
-        name.as_str().as_bytes(),
-        v8::NewStringType::Internalized,
+    let turn = self.begin_turn();
+    {
+      let _entered = EnterGuard::new(&mut self.js);
+      let js: &mut JsRuntime = &mut self.js;
+      deno_core::scope!(scope, js);
+      v8::tc_scope!(let scope, scope);
+      let id_v = v8::Integer::new(scope, id as i32).into();
+      let method = v8::String::new(scope, parts.method.as_str())
+        .expect("method fits")
+        .into();
+      let url_v = v8::String::new(scope, &url).expect("url fits").into();
+      let mut flat: Vec<v8::Local<v8::Value>> = Vec::with_capacity(parts.headers.len() * 2);
+      for (name, value) in &parts.headers {
+        let n = v8::String::new_from_one_byte(
+          scope,
+          name.as_str().as_bytes(),
+          v8::NewStringType::Internalized,
+        );
+        let v = v8::String::new_from_one_byte(scope, value.as_bytes(), v8::NewStringType::Normal);
+        if let (Some(n), Some(v)) = (n, v) {
+          flat.push(n.into());
+          flat.push(v.into());
+        }
+      }
+      let headers = v8::Array::new_with_elements(scope, &flat).into();
+      let body_v = match body_rid {
+        Some(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),
+        None => v8::null(scope).into(),
+      };
+      let f = v8::Local::new(scope, &self.internals.dispatch);
+      let undefined = v8::undefined(scope).into();
+      // The dispatcher catches handler errors itself; a failed call means the
+      // isolate is being terminated, which `end_turn` reports.
+      let _ = f.call(scope, undefined, &[id_v, method, url_v, headers, body_v]);
+    }
+    self.end_turn(turn);
+  }
+
+  /// Starts a turn in the isolate: time moves, the CPU watchdog arms.
+  fn begin_turn(&mut self) -> u64 {
+    let budget = {
+      let state = self.js.op_state();
+      let state = state.borrow();
+      if let Some(clock) = state.try_borrow::<isola_ext::Clock>() {
+        clock.tick();
+      }
+      let limit = self.limits.cpu_limit().as_nanos() as u64;
+      state.borrow::<Invocations>().cpu_budget(limit)
+    };
+    self.guard.begin(budget)
+  }
+
+  /// Ends a turn: charges its CPU and notes memory; stops the isolate if a
+  /// limit was broken.
+  fn end_turn(&mut self, start: u64) {
+    let cpu = self.guard.end(start);
+    let heap = {
+      let _entered = EnterGuard::new(&mut self.js);
+      self.js.v8_isolate().get_heap_statistics().used_heap_size()
+    };
+    let memory = heap + self.guard.array_buffer_bytes();
+    let cpu_limit = self.limits.cpu_limit();
+    let over = {
+      let state = self.js.op_state();
+      let mut state = state.borrow_mut();
+      let invocations = state.borrow_mut::<Invocations>();
+      invocations.charge_turn(cpu, memory as u64);
+      let over = invocations.over_cpu(cpu_limit.as_nanos() as u64);
+      let why = cpu_message(&cpu_limit);
+      for id in &over {
+        invocations.limit(*id, Outcome::CpuLimit, &why);
+      }
+      over
+    };
+    for id in over {
+      self.log_error(Some(id), &cpu_message(&cpu_limit));
+    }
+    if self.stopped.is_some() {
+      return;
+    }
+    let trip = match self.guard.trip() {
+      Trip::Cpu => Some((Outcome::CpuLimit, cpu_message(&cpu_limit))),
+      Trip::Memory => Some((Outcome::MemoryLimit, self.memory_message())),
+      Trip::None if memory > self.guard.memory_limit() => {
+        Some((Outcome::MemoryLimit, self.memory_message()))
+      }
+      Trip::None => None,
+    };
+    if let Some((outcome, why)) = trip {
+      self.fail_pending(outcome, &why);
+      self.stopped = Some((outcome, why));
+    }
+  }
+
+  fn memory_message(&self) -> String {
+    format!(
+      "memory limit: the worker's isolate needed more than {} MiB",
+      self.guard.memory_limit() >> 20
+    )
+  }
+
+  /// Ends invocations past their wall-clock limit, and arms the timer for
+  /// the next one due.
+  fn check_wall(&mut self, cx: &mut Context<'_>) {
+    let wall = self.limits.wall_limit();
+    loop {
+      let now = std::time::Instant::now();
+      let (expired, earliest) = {
+        let state = self.js.op_state();
+        let state = state.borrow();
+        match now.checked_sub(wall) {
+          Some(cutoff) => state.borrow::<Invocations>().started_before(cutoff),
+          None => (Vec::new(), None),
+        }
+      };
+      let why = format!(
+        "wall-clock limit: the invocation ran longer than {} ms",
+        wall.as_millis()
       );
-      let v = v8::String::new_from_one_byte(scope, value.as_bytes(), v8::NewStringType::Normal);
-      if let (Some(n), Some(v)) = (n, v) {
-        flat.push(n.into());
-        flat.push(v.into());
+      for id in expired {
+        {
+          let state = self.js.op_state();
+          let mut state = state.borrow_mut();
+          let invocations = state.borrow_mut::<Invocations>();
+          invocations.limit(id, Outcome::WallLimit, &why);
+          invocations.abandon(id);
+        }
+        self.log_error(Some(id), &why);
+      }
+      let Some(earliest) = earliest else {
+        self.wall_timer = None;
+        return;
+      };
+      let deadline = tokio::time::Instant::from_std(earliest + wall);
+      match &mut self.wall_timer {
+        Some(timer) => timer.as_mut().reset(deadline),
+        None => self.wall_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+      }
+      let timer = self.wall_timer.as_mut().expect("just set");
+      if timer.as_mut().poll(cx).is_pending() {
+        return;
       }
     }
-    let headers = v8::Array::new_with_elements(scope, &flat).into();
-    let body_v = match body_rid {
-      Some(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),
-      None => v8::null(scope).into(),
-    };
-    let f = v8::Local::new(scope, &self.internals.dispatch);
-    let undefined = v8::undefined(scope).into();
-    if f
-      .call(scope, undefined, &[id_v, method, url_v, headers, body_v])
-      .is_none()
-    {
-      // The dispatcher catches handler errors itself; reaching this means the
-      // isolate is being terminated.
-      let msg = scope
-        .exception()
-        .map(|e| e.to_rust_string_lossy(scope))
-        .unwrap_or_else(|| "execution terminated".into());
-      let state = JsRuntime::op_state_from(scope);
-      state
-        .borrow_mut()
-        .borrow_mut::<Invocations>()
-        .reply(id, Reply::Exception(msg));
-    }
+  }
+
+  fn log_error(&self, invocation: Option<u32>, message: &str) {
+    let state = self.js.op_state();
+    let state = state.borrow();
+    state.borrow::<LogSink>().emit(isola_ext::LogRecord::new(
+      self.name.clone(),
+      invocation,
+      isola_ext::Level::Error,
+      message.to_string(),
+    ));
   }
 
   /// Runs the isolate's event loop (timers, I/O, promise jobs).
@@ -431,30 +723,59 @@ impl Worker {
   /// `Ready(Ok(()))` means nothing is left to do; any invocation still
   /// waiting for its response then never gets one and is failed.
   pub fn poll_event_loop(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    if let Some((_, why)) = &self.stopped {
+      return Poll::Ready(Err(ErrorKind::Stopped(why.clone()).into()));
+    }
+    self.check_wall(cx);
+    let turn = self.begin_turn();
     let polled = {
       let _entered = EnterGuard::new(&mut self.js);
       self.js.poll_event_loop(cx, PollEventLoopOptions::default())
     };
+    self.end_turn(turn);
+    if let Some((_, why)) = &self.stopped {
+      return Poll::Ready(Err(ErrorKind::Stopped(why.clone()).into()));
+    }
     match polled {
       Poll::Pending => Poll::Pending,
       Poll::Ready(Ok(())) => {
-        self.fail_pending(NEVER_RESPONDS);
+        self.fail_pending(Outcome::Exception, NEVER_RESPONDS);
         Poll::Ready(Ok(()))
       }
       Poll::Ready(Err(e)) => {
         let msg = describe_core_error(&e);
-        self.fail_pending(&msg);
+        self.fail_pending(Outcome::Exception, &msg);
+        self.stopped = Some((Outcome::Stopped, msg.clone()));
         Poll::Ready(Err(ErrorKind::Stopped(msg).into()))
       }
     }
   }
 
+  /// Invocations not finished yet.
+  pub fn in_flight(&self) -> usize {
+    self.js.op_state().borrow().borrow::<Invocations>().len()
+  }
+
+  /// Memory the isolate holds now (V8 heap in use plus ArrayBuffers).
+  pub fn memory_usage(&mut self) -> u64 {
+    let heap = {
+      let _entered = EnterGuard::new(&mut self.js);
+      self.js.v8_isolate().get_heap_statistics().used_heap_size()
+    };
+    (heap + self.guard.array_buffer_bytes()) as u64
+  }
+
+  /// Whether a limit (or a failure) stopped this isolate for good.
+  pub fn is_stopped(&self) -> bool {
+    self.stopped.is_some()
+  }
+
   /// Fails every invocation still waiting for its response, logging why
   /// (the client only sees a plain 500).
-  fn fail_pending(&mut self, why: &str) {
+  fn fail_pending(&mut self, outcome: Outcome, why: &str) {
     let state = self.js.op_state();
     let mut state = state.borrow_mut();
-    let failed = state.borrow_mut::<Invocations>().fail_all(why);
+    let failed = state.borrow_mut::<Invocations>().fail_all(outcome, why);
     let sink = state.borrow::<LogSink>();
     for id in failed {
       sink.emit(isola_ext::LogRecord::new(
@@ -490,8 +811,16 @@ impl Worker {
   /// Runs the worker as a task on the current thread (which must be inside a
   /// current-thread tokio runtime) and returns a handle to send it requests.
   pub fn spawn(self) -> WorkerHandle {
+    self.spawn_with_exit(|| {})
+  }
+
+  /// Like [`Worker::spawn`]; `on_exit` runs once the isolate is gone.
+  pub fn spawn_with_exit(self, on_exit: impl FnOnce() + 'static) -> WorkerHandle {
     let (tx, rx) = mpsc::unbounded_channel();
-    deno_core::unsync::spawn(self.serve(rx));
+    deno_core::unsync::spawn(async move {
+      self.serve(rx).await;
+      on_exit();
+    });
     WorkerHandle { tx }
   }
 
@@ -504,6 +833,11 @@ impl Worker {
           Poll::Ready(None) => closed = true,
           Poll::Pending => break,
         }
+      }
+      // Evicted (every handle dropped) and nothing in flight: background
+      // timers do not keep the isolate alive.
+      if closed && self.in_flight() == 0 {
+        return Poll::Ready(());
       }
       match self.poll_event_loop(cx) {
         Poll::Ready(Ok(())) if closed => Poll::Ready(()),
@@ -583,6 +917,7 @@ impl Invocation {
     Poll::Ready(match reply {
       Ok(Reply::Response(r)) => Ok(r),
       Ok(Reply::Exception(msg)) => Err(ErrorKind::Exception(msg).into()),
+      Ok(Reply::Limit(outcome, msg)) => Err(ErrorKind::Limit(outcome, msg).into()),
       Err(_) => Err(ErrorKind::Stopped("the isolate went away before answering".into()).into()),
     })
   }

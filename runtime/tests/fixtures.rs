@@ -9,6 +9,8 @@
 //!   "vars": { "NAME": "text" },            // optional
 //!   "json_vars": { "CONF": { "a": 1 } },   // optional
 //!   "load_error": ["substring", "..."],    // the worker must fail to load
+//!   "limits": { "cpu_ms": 50, "wall_ms": 1000, "memory_mb": 64, "subrequests": 5,
+//!               "request_body_bytes": 1024, "response_body_bytes": 1024 },
 //!   "requests": [{
 //!     "method": "POST", "path": "/x?y=1", "host": "example.test",
 //!     "headers": { "content-type": "text/plain" },
@@ -44,6 +46,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::Full;
 use isola_runtime::Bundle;
+use isola_runtime::Limits;
 use isola_runtime::LogRecord;
 use isola_runtime::LogSink;
 use isola_runtime::Worker;
@@ -65,7 +68,43 @@ struct Case {
   #[serde(default)]
   load_error: Vec<String>,
   #[serde(default)]
+  limits: CaseLimits,
+  #[serde(default)]
   requests: Vec<CaseRequest>,
+}
+
+/// Limits of a case; unset ones are generous, so that API cases do not trip
+/// over the CPU limit in unoptimised test builds.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CaseLimits {
+  cpu_ms: Option<u64>,
+  wall_ms: Option<u64>,
+  memory_mb: Option<u64>,
+  subrequests: Option<u32>,
+  request_body_bytes: Option<u64>,
+  response_body_bytes: Option<u64>,
+}
+
+impl CaseLimits {
+  fn to_limits(&self) -> Limits {
+    let mut l = Limits::default()
+      .cpu(Duration::from_millis(self.cpu_ms.unwrap_or(10_000)))
+      .wall(Duration::from_millis(self.wall_ms.unwrap_or(15_000)));
+    if let Some(mb) = self.memory_mb {
+      l = l.memory_mib(mb);
+    }
+    if let Some(n) = self.subrequests {
+      l = l.subrequests(n);
+    }
+    if let Some(n) = self.request_body_bytes {
+      l = l.request_body_bytes(n);
+    }
+    if let Some(n) = self.response_body_bytes {
+      l = l.response_body_bytes(n);
+    }
+    l
+  }
 }
 
 fn default_main() -> String {
@@ -159,7 +198,9 @@ fn run_case(dir: &Path) -> anyhow::Result<()> {
       let logs = logs.clone();
       LogSink::new(move |r| logs.lock().unwrap().push(r))
     };
-    let mut config = WorkerConfig::new("fixture").var("UPSTREAM", format!("http://{upstream}"));
+    let mut config = WorkerConfig::new("fixture")
+      .var("UPSTREAM", format!("http://{upstream}"))
+      .limits(case.limits.to_limits());
     for (k, v) in &case.vars {
       config = config.var(k, v);
     }

@@ -4,13 +4,21 @@
 import { core, internals, primordials } from "ext:core/mod.js";
 
 const {
+  DateNow,
+  DatePrototypeToString,
+  Error,
   ObjectDefineProperty,
   ObjectFreeze,
+  ObjectGetPrototypeOf,
+  ObjectSetPrototypeOf,
+  PromiseReject,
+  ReflectApply,
+  ReflectConstruct,
   SafeArrayIterator,
   Symbol,
-  Error,
+  TypeError,
 } = primordials;
-const { op_isola_log } = core.ops;
+const { op_isola_log, op_isola_subrequest } = core.ops;
 
 // ---------------------------------------------------------------- web APIs --
 const webidl = core.loadExtScript("ext:deno_webidl/00_webidl.js");
@@ -90,6 +98,86 @@ consoleMod.setNoColorFns(() => true, () => true);
 const console = new consoleMod.Console((msg, level) =>
   op_isola_log(currentInvocation(), level, msg)
 );
+
+// ------------------------------------------------------------------ clock --
+// As on Workers, time does not advance while a handler runs synchronously:
+// the runtime writes [epoch ms, ms since time origin] here each time it
+// enters the isolate, so a busy loop cannot time itself (side channels).
+let clock = null;
+function setClock(buffer) {
+  clock = buffer;
+}
+function frozenNow() {
+  return clock === null ? DateNow() : clock[0];
+}
+function frozenPerformanceNow() {
+  return clock === null ? 0 : clock[1];
+}
+const OriginalDate = globalThis.Date;
+function Date(...args) {
+  if (new.target === undefined) {
+    return DatePrototypeToString(new OriginalDate(frozenNow()));
+  }
+  if (args.length === 0) {
+    return ReflectConstruct(OriginalDate, [frozenNow()], new.target);
+  }
+  return ReflectConstruct(OriginalDate, args, new.target);
+}
+ObjectDefineProperty(Date, "length", { value: 7, configurable: true });
+ObjectDefineProperty(Date, "prototype", {
+  value: OriginalDate.prototype,
+  writable: false,
+  enumerable: false,
+  configurable: false,
+});
+ObjectDefineProperty(OriginalDate.prototype, "constructor", {
+  value: Date,
+  writable: true,
+  enumerable: false,
+  configurable: true,
+});
+ObjectSetPrototypeOf(Date, ObjectGetPrototypeOf(OriginalDate));
+for (const name of new SafeArrayIterator(["parse", "UTC"])) {
+  ObjectDefineProperty(Date, name, {
+    value: OriginalDate[name],
+    writable: true,
+    enumerable: false,
+    configurable: true,
+  });
+}
+ObjectDefineProperty(Date, "now", {
+  value: function now() {
+    return frozenNow();
+  },
+  writable: true,
+  enumerable: false,
+  configurable: true,
+});
+ObjectDefineProperty(performanceMod.Performance.prototype, "now", {
+  value: function now() {
+    return frozenPerformanceNow();
+  },
+  writable: true,
+  enumerable: true,
+  configurable: true,
+});
+
+// ------------------------------------------------------------ subrequests --
+function currentInvocationId() {
+  const ctx = core.getAsyncContext();
+  return typeof ctx === "number" ? ctx : -1;
+}
+function fetch(input, init = undefined) {
+  const id = currentInvocationId();
+  if (id >= 0 && !op_isola_subrequest(id)) {
+    return PromiseReject(
+      new TypeError(
+        "Too many subrequests: this invocation reached its limit of fetch() calls",
+      ),
+    );
+  }
+  return ReflectApply(fetchMod.fetch, this, arguments);
+}
 
 // --------------------------------------------------------------- navigator --
 class Navigator {
@@ -184,7 +272,8 @@ core.defineGlobalProperties(globalThis, {
   clearTimeout: core.propWritable(timers.clearTimeout),
   console: core.propNonEnumerable(console),
   crypto: core.propGetterOnly(() => cryptoMod.crypto),
-  fetch: core.propWritable(fetchMod.fetch),
+  fetch: core.propWritable(fetch),
+  Date: core.propNonEnumerable(Date),
   navigator: core.propGetterOnly(() => navigator),
   performance: core.propWritable(performanceMod.performance),
   reportError: core.propWritable(event.reportError),
@@ -204,6 +293,7 @@ core.defineGlobalProperties(globalThis, {
 });
 
 export {
+  setClock,
   console,
   consoleMod,
   DOMException,

@@ -10,6 +10,7 @@ import {
   performanceMod,
   request as requestMod,
   response as responseMod,
+  setClock,
   streams,
 } from "ext:isola_worker/00_global_scope.js";
 
@@ -27,6 +28,9 @@ const {
   TypeError,
   TypedArrayPrototypeGetSymbolToStringTag,
   JSONParse,
+  Float64Array,
+  TypedArrayPrototypeGetBuffer,
+  Uint8Array,
   ArrayPrototypeFilter,
   ArrayPrototypeJoin,
   ObjectKeys,
@@ -39,6 +43,7 @@ const {
 // captured in init(), before any worker code runs.
 let WebAssemblyModule;
 const {
+  op_isola_set_clock,
   op_isola_env,
   op_isola_fail,
   op_isola_invocation_done,
@@ -295,6 +300,9 @@ function moduleValue(specifier) {
 function init() {
   WebAssemblyModule = globalThis.WebAssembly.Module;
   performanceMod.setTimeOrigin();
+  const clock = new Float64Array(2);
+  op_isola_set_clock(new Uint8Array(TypedArrayPrototypeGetBuffer(clock)));
+  setClock(clock);
   env = op_isola_env();
   ObjectDefineProperty(globalThis, SymbolFor("isola.moduleValue"), {
     value: moduleValue,

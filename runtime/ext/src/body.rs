@@ -2,8 +2,10 @@
 //! ways so that large bodies never sit whole in memory.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::rc::Weak;
 use std::task::Context;
 use std::task::Poll;
 
@@ -13,6 +15,7 @@ use deno_core::AsyncResult;
 use deno_core::BufView;
 use deno_core::CancelFuture;
 use deno_core::CancelHandle;
+use deno_core::OpState;
 use deno_core::RcRef;
 use deno_core::Resource;
 use deno_error::JsErrorBox;
@@ -20,6 +23,45 @@ use http_body::Frame;
 use http_body::SizeHint;
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
+
+use crate::invocation::Invocations;
+use crate::invocation::Outcome;
+
+/// Counts a body's bytes into its invocation's usage and enforces its limit.
+pub struct BodyMeter {
+  pub state: Weak<RefCell<OpState>>,
+  pub id: u32,
+  /// 0: no limit.
+  pub limit: u64,
+}
+
+impl BodyMeter {
+  fn with_invocations<R>(&self, f: impl FnOnce(&mut Invocations) -> R) -> Option<R> {
+    let state = self.state.upgrade()?;
+    let mut state = state.try_borrow_mut().ok()?;
+    Some(f(state.borrow_mut::<Invocations>()))
+  }
+
+  /// Adds `n` bytes; false once the total is past the limit.
+  fn count(&self, total: u64, n: u64, inbound: bool) -> bool {
+    self.with_invocations(|inv| {
+      if inbound {
+        inv.add_bytes_in(self.id, n)
+      } else {
+        inv.add_bytes_out(self.id, n)
+      }
+    });
+    self.limit == 0 || total <= self.limit
+  }
+
+  fn exceeded(&self, what: &str) {
+    let message = format!(
+      "body limit: the {what} body is larger than {} bytes",
+      self.limit
+    );
+    self.with_invocations(|inv| inv.limit(self.id, Outcome::BodyLimit, &message));
+  }
+}
 
 /// Errors a body stream can carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -39,23 +81,27 @@ pub struct RequestBodyResource {
   inner: AsyncRefCell<RequestBodyInner>,
   cancel: CancelHandle,
   size_hint: (u64, Option<u64>),
+  meter: Option<BodyMeter>,
 }
 
 struct RequestBodyInner {
   body: RequestBody,
   leftover: Option<Bytes>,
+  total: u64,
 }
 
 impl RequestBodyResource {
-  pub fn new(body: RequestBody) -> Self {
+  pub fn new(body: RequestBody, meter: Option<BodyMeter>) -> Self {
     let hint = http_body::Body::size_hint(&body);
     Self {
       size_hint: (hint.lower(), hint.upper()),
       inner: AsyncRefCell::new(RequestBodyInner {
         body,
         leftover: None,
+        total: 0,
       }),
       cancel: CancelHandle::default(),
+      meter,
     }
   }
 
@@ -81,6 +127,16 @@ impl RequestBodyResource {
         Ok(Some(Ok(frame))) => {
           if let Ok(data) = frame.into_data() {
             if !data.is_empty() {
+              inner.total += data.len() as u64;
+              if let Some(meter) = &self.meter {
+                if !meter.count(inner.total, data.len() as u64, true) {
+                  meter.exceeded("request");
+                  return Err(JsErrorBox::type_error(format!(
+                    "the request body is larger than the limit of {} bytes",
+                    meter.limit
+                  )));
+                }
+              }
               inner.leftover = Some(data);
             }
           }
@@ -154,9 +210,11 @@ impl ResponseBody {
 
   /// Streams a JS `ReadableStream` resource (from `resourceForReadableStream`)
   /// out. Must be called on the isolate's thread, inside its tokio runtime.
-  pub(crate) fn pump(resource: Rc<dyn Resource>) -> Self {
+  pub(crate) fn pump(resource: Rc<dyn Resource>, meter: BodyMeter) -> Self {
     let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+    meter.with_invocations(|inv| inv.set_streaming(meter.id, true));
     deno_core::unsync::spawn(async move {
+      let mut total = 0u64;
       loop {
         // Wait for room first: a client that stops reading stops the pump.
         let Ok(permit) = tx.reserve().await else {
@@ -164,7 +222,15 @@ impl ResponseBody {
         };
         match resource.clone().read(RESPONSE_CHUNK).await {
           Ok(buf) if buf.is_empty() => break,
-          Ok(buf) => permit.send(Ok(Bytes::copy_from_slice(&buf))),
+          Ok(buf) => {
+            total += buf.len() as u64;
+            if !meter.count(total, buf.len() as u64, false) {
+              meter.exceeded("response");
+              permit.send(Err("response body limit exceeded".into()));
+              break;
+            }
+            permit.send(Ok(Bytes::copy_from_slice(&buf)))
+          }
           Err(e) => {
             permit.send(Err(e.to_string().into()));
             break;
@@ -172,6 +238,7 @@ impl ResponseBody {
         }
       }
       resource.close();
+      meter.with_invocations(|inv| inv.set_streaming(meter.id, false));
     });
     Self {
       kind: BodyKind::Stream(rx),

@@ -15,11 +15,57 @@ use http::HeaderValue;
 use http::StatusCode;
 use tokio::sync::oneshot;
 
+use crate::body::BodyMeter;
 use crate::body::ResponseBody;
 use crate::log::Level;
 use crate::log::LogRecord;
 use crate::log::LogSink;
 use crate::WorkerName;
+
+/// How an invocation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+  /// A response was produced.
+  Ok,
+  /// The handler threw, rejected, or returned something other than a Response.
+  Exception,
+  CpuLimit,
+  MemoryLimit,
+  WallLimit,
+  SubrequestLimit,
+  /// A request or response body exceeded its size limit.
+  BodyLimit,
+  /// The isolate stopped (shut down, or another invocation broke a limit).
+  Stopped,
+}
+
+impl Outcome {
+  pub fn as_str(self) -> &'static str {
+    match self {
+      Outcome::Ok => "ok",
+      Outcome::Exception => "exception",
+      Outcome::CpuLimit => "cpu_limit",
+      Outcome::MemoryLimit => "memory_limit",
+      Outcome::WallLimit => "wall_limit",
+      Outcome::SubrequestLimit => "subrequest_limit",
+      Outcome::BodyLimit => "body_limit",
+      Outcome::Stopped => "stopped",
+    }
+  }
+
+  /// Every outcome, for exporters that pre-register label values.
+  pub const ALL: [Outcome; 8] = [
+    Outcome::Ok,
+    Outcome::Exception,
+    Outcome::CpuLimit,
+    Outcome::MemoryLimit,
+    Outcome::WallLimit,
+    Outcome::SubrequestLimit,
+    Outcome::BodyLimit,
+    Outcome::Stopped,
+  ];
+}
 
 /// How an invocation answered.
 #[derive(Debug)]
@@ -29,11 +75,50 @@ pub enum Reply {
   /// The handler threw, rejected or returned something that is not a
   /// `Response`; the message (with the JS stack) has already been logged.
   Exception(String),
+  /// A limit ended the invocation; the message names it.
+  Limit(Outcome, String),
 }
+
+/// What an invocation used, kept while it runs.
+#[derive(Debug)]
+pub struct Usage {
+  pub start: std::time::Instant,
+  pub start_time: std::time::SystemTime,
+  pub cpu_ns: u64,
+  pub peak_memory: u64,
+  pub subrequests: u32,
+  pub bytes_in: u64,
+  pub bytes_out: u64,
+  pub outcome: Option<Outcome>,
+}
+
+impl Usage {
+  fn new() -> Self {
+    Self {
+      start: std::time::Instant::now(),
+      start_time: std::time::SystemTime::now(),
+      cpu_ns: 0,
+      peak_memory: 0,
+      subrequests: 0,
+      bytes_in: 0,
+      bytes_out: 0,
+      outcome: None,
+    }
+  }
+}
+
+/// Called once per invocation when it is over: response sent (streamed
+/// bodies included) and `waitUntil` work settled.
+pub type FinishHook = Box<dyn Fn(u32, Usage)>;
 
 struct Pending {
   reply: Option<oneshot::Sender<Reply>>,
   done: Option<oneshot::Sender<()>>,
+  usage: Usage,
+  /// JS is done with it (response out, `waitUntil` settled).
+  js_done: bool,
+  /// A streamed response body is still being sent.
+  streaming: bool,
 }
 
 /// Invocations in flight in one isolate, by id. The id travels into JS with
@@ -42,6 +127,11 @@ struct Pending {
 pub struct Invocations {
   next_id: u32,
   pending: HashMap<u32, Pending>,
+  on_finish: Option<FinishHook>,
+  /// Outbound `fetch()` calls allowed per invocation (0: no limit).
+  pub subrequest_limit: u32,
+  /// Response body bytes allowed per invocation (0: no limit).
+  pub response_body_limit: u64,
 }
 
 impl Invocations {
@@ -60,9 +150,162 @@ impl Invocations {
       Pending {
         reply: Some(reply),
         done,
+        usage: Usage::new(),
+        js_done: false,
+        streaming: false,
       },
     );
     id
+  }
+
+  /// Sets what runs when an invocation is over (metering).
+  pub fn set_finish_hook(&mut self, hook: FinishHook) {
+    self.on_finish = Some(hook);
+  }
+
+  /// Ids of invocations not finished yet.
+  pub fn ids(&self) -> Vec<u32> {
+    self.pending.keys().copied().collect()
+  }
+
+  /// Ids of invocations still waiting for their response.
+  pub fn awaiting_response(&self) -> Vec<u32> {
+    self
+      .pending
+      .iter()
+      .filter(|(_, p)| p.reply.is_some())
+      .map(|(id, _)| *id)
+      .collect()
+  }
+
+  pub fn usage(&self, id: u32) -> Option<&Usage> {
+    self.pending.get(&id).map(|p| &p.usage)
+  }
+
+  /// Splits `cpu_ns` of one isolate turn evenly over the invocations in
+  /// flight, and notes the isolate's memory after it.
+  pub fn charge_turn(&mut self, cpu_ns: u64, memory: u64) {
+    let n = self.pending.len() as u64;
+    if n == 0 {
+      return;
+    }
+    for p in self.pending.values_mut() {
+      p.usage.cpu_ns += cpu_ns / n;
+      p.usage.peak_memory = p.usage.peak_memory.max(memory);
+    }
+  }
+
+  /// CPU the next isolate turn may use before the watchdog stops it: the
+  /// smallest remaining allowance, times the invocations sharing the turn.
+  pub fn cpu_budget(&self, limit_ns: u64) -> u64 {
+    let n = self.pending.len() as u64;
+    let min_left = self
+      .pending
+      .values()
+      .map(|p| limit_ns.saturating_sub(p.usage.cpu_ns))
+      .min()
+      .unwrap_or(limit_ns);
+    min_left.saturating_mul(n.max(1)).max(1_000_000)
+  }
+
+  /// Invocations whose CPU use is past `limit_ns` and that are not ended yet.
+  pub fn over_cpu(&self, limit_ns: u64) -> Vec<u32> {
+    self
+      .pending
+      .iter()
+      .filter(|(_, p)| p.usage.cpu_ns > limit_ns && p.usage.outcome != Some(Outcome::CpuLimit))
+      .map(|(id, _)| *id)
+      .collect()
+  }
+
+  /// The earliest start among invocations not finished, and those started
+  /// before `cutoff`.
+  pub fn started_before(
+    &self,
+    cutoff: std::time::Instant,
+  ) -> (Vec<u32>, Option<std::time::Instant>) {
+    let mut expired = Vec::new();
+    let mut earliest: Option<std::time::Instant> = None;
+    for (id, p) in &self.pending {
+      if p.usage.start <= cutoff {
+        expired.push(*id);
+      } else {
+        earliest = Some(earliest.map_or(p.usage.start, |e| e.min(p.usage.start)));
+      }
+    }
+    (expired, earliest)
+  }
+
+  /// Counts one outbound `fetch()`; false once past the limit.
+  pub fn count_subrequest(&mut self, id: u32) -> bool {
+    let limit = self.subrequest_limit;
+    match self.pending.get_mut(&id) {
+      Some(p) => {
+        p.usage.subrequests += 1;
+        limit == 0 || p.usage.subrequests <= limit
+      }
+      None => true,
+    }
+  }
+
+  pub fn add_bytes_in(&mut self, id: u32, n: u64) {
+    if let Some(p) = self.pending.get_mut(&id) {
+      p.usage.bytes_in += n;
+    }
+  }
+
+  pub fn add_bytes_out(&mut self, id: u32, n: u64) {
+    if let Some(p) = self.pending.get_mut(&id) {
+      p.usage.bytes_out += n;
+    }
+  }
+
+  /// Ends invocation `id` because it broke a limit: a 503 naming the limit
+  /// if it had not answered yet, and it counts as `outcome` either way.
+  pub fn limit(&mut self, id: u32, outcome: Outcome, message: &str) {
+    if let Some(p) = self.pending.get_mut(&id) {
+      if p.usage.outcome.is_none() || p.usage.outcome == Some(Outcome::Ok) {
+        p.usage.outcome = Some(outcome);
+      }
+      if let Some(tx) = p.reply.take() {
+        let _ = tx.send(Reply::Limit(outcome, message.to_string()));
+      }
+    }
+  }
+
+  /// Finishes invocation `id` now, whatever it still had going on (its
+  /// wall-clock limit passed, or the isolate is going away).
+  pub fn abandon(&mut self, id: u32) {
+    if let Some(p) = self.pending.get_mut(&id) {
+      p.js_done = true;
+      p.streaming = false;
+    }
+    self.maybe_finish(id);
+  }
+
+  fn maybe_finish(&mut self, id: u32) {
+    let ready =
+      matches!(self.pending.get(&id), Some(p) if p.js_done && !p.streaming && p.reply.is_none());
+    if !ready {
+      return;
+    }
+    if let Some(mut p) = self.pending.remove(&id) {
+      if let Some(tx) = p.done.take() {
+        let _ = tx.send(());
+      }
+      if let Some(hook) = &self.on_finish {
+        hook(id, p.usage);
+      }
+    }
+  }
+
+  pub(crate) fn set_streaming(&mut self, id: u32, streaming: bool) {
+    if let Some(p) = self.pending.get_mut(&id) {
+      p.streaming = streaming;
+    }
+    if !streaming {
+      self.maybe_finish(id);
+    }
   }
 
   /// Invocations not finished yet (response pending or `waitUntil` work).
@@ -79,31 +322,41 @@ impl Invocations {
   pub fn reply(&mut self, id: u32, reply: Reply) {
     if let Some(p) = self.pending.get_mut(&id) {
       if let Some(tx) = p.reply.take() {
+        let outcome = match &reply {
+          Reply::Response(_) => Outcome::Ok,
+          Reply::Exception(_) => Outcome::Exception,
+          Reply::Limit(o, _) => *o,
+        };
+        p.usage.outcome.get_or_insert(outcome);
         let _ = tx.send(reply);
       }
     }
   }
 
-  fn finish(&mut self, id: u32) {
-    if let Some(p) = self.pending.remove(&id) {
-      if let Some(tx) = p.done {
-        let _ = tx.send(());
-      }
+  fn js_finished(&mut self, id: u32) {
+    if let Some(p) = self.pending.get_mut(&id) {
+      p.js_done = true;
     }
+    self.maybe_finish(id);
   }
 
   /// Fails every invocation still waiting for its response (and ends those
   /// only waiting on `waitUntil` work); returns the ids that got no response.
-  pub fn fail_all(&mut self, message: &str) -> Vec<u32> {
+  pub fn fail_all(&mut self, outcome: Outcome, message: &str) -> Vec<u32> {
     let mut failed = Vec::new();
-    for (id, mut p) in self.pending.drain() {
-      if let Some(tx) = p.reply.take() {
-        let _ = tx.send(Reply::Exception(message.to_string()));
+    for id in self.ids() {
+      let Some(p) = self.pending.get_mut(&id) else {
+        continue;
+      };
+      if p.reply.is_some() {
         failed.push(id);
+        if outcome == Outcome::Exception {
+          self.reply(id, Reply::Exception(message.to_string()));
+        } else {
+          self.limit(id, outcome, message);
+        }
       }
-      if let Some(done) = p.done.take() {
-        let _ = done.send(());
-      }
+      self.abandon(id);
     }
     failed
   }
@@ -126,28 +379,28 @@ fn header_pair(
   ))
 }
 
+enum JsBody {
+  Full(Bytes),
+  Stream(ResourceId),
+}
+
 fn body_from_js(
   scope: &mut v8::PinScope<'_, '_>,
-  state: &mut OpState,
   body: v8::Local<'_, v8::Value>,
-) -> Result<ResponseBody, JsErrorBox> {
+) -> Result<JsBody, JsErrorBox> {
   if body.is_null_or_undefined() {
-    return Ok(ResponseBody::empty());
+    return Ok(JsBody::Full(Bytes::new()));
   }
   if let Ok(s) = v8::Local::<v8::String>::try_from(body) {
-    return Ok(ResponseBody::full(s.to_rust_string_lossy(scope)));
+    return Ok(JsBody::Full(Bytes::from(s.to_rust_string_lossy(scope))));
   }
   if let Ok(view) = v8::Local::<v8::ArrayBufferView>::try_from(body) {
     let mut bytes = vec![0u8; view.byte_length()];
     view.copy_contents(&mut bytes);
-    return Ok(ResponseBody::full(Bytes::from(bytes)));
+    return Ok(JsBody::Full(Bytes::from(bytes)));
   }
   if let Some(rid) = body.uint32_value(scope) {
-    let resource = state
-      .resource_table
-      .take_any(rid as ResourceId)
-      .map_err(JsErrorBox::from_err)?;
-    return Ok(ResponseBody::pump(resource));
+    return Ok(JsBody::Stream(rid as ResourceId));
   }
   Err(JsErrorBox::type_error("unsupported response body"))
 }
@@ -163,13 +416,43 @@ pub fn op_isola_respond<'s>(
   headers: &v8::Array,
   body: v8::Local<'s, v8::Value>,
 ) -> Result<(), JsErrorBox> {
-  let state = JsRuntime::op_state_from(scope);
-  let mut state = state.borrow_mut();
+  let state_rc = JsRuntime::op_state_from(scope);
+  let mut state = state_rc.borrow_mut();
   let status = u16::try_from(status)
     .ok()
     .and_then(|s| StatusCode::from_u16(s).ok())
     .ok_or_else(|| JsErrorBox::range_error(format!("invalid status {status}")))?;
-  let body = body_from_js(scope, &mut state, body)?;
+  let limit = state.borrow::<Invocations>().response_body_limit;
+  let body = match body_from_js(scope, body)? {
+    JsBody::Full(bytes) => {
+      let invocations = state.borrow_mut::<Invocations>();
+      invocations.add_bytes_out(id, bytes.len() as u64);
+      if limit != 0 && bytes.len() as u64 > limit {
+        invocations.limit(
+          id,
+          Outcome::BodyLimit,
+          &format!("body limit: the response body is larger than {limit} bytes"),
+        );
+        return Ok(());
+      }
+      ResponseBody::full(bytes)
+    }
+    JsBody::Stream(rid) => {
+      let resource = state
+        .resource_table
+        .take_any(rid)
+        .map_err(JsErrorBox::from_err)?;
+      let meter = BodyMeter {
+        state: std::rc::Rc::downgrade(&state_rc),
+        id,
+        limit,
+      };
+      drop(state);
+      let body = ResponseBody::pump(resource, meter);
+      state = state_rc.borrow_mut();
+      body
+    }
+  };
   let mut response = http::Response::new(body);
   *response.status_mut() = status;
   let map = response.headers_mut();
@@ -182,9 +465,8 @@ pub fn op_isola_respond<'s>(
     }
     i += 2;
   }
-  state
-    .borrow_mut::<Invocations>()
-    .reply(id, Reply::Response(response));
+  let invocations = state.borrow_mut::<Invocations>();
+  invocations.reply(id, Reply::Response(response));
   Ok(())
 }
 
@@ -208,5 +490,25 @@ pub fn op_isola_fail(state: &mut OpState, #[smi] id: u32, #[string] message: &st
 /// promises have settled.
 #[op2(fast)]
 pub fn op_isola_invocation_done(state: &mut OpState, #[smi] id: u32) {
-  state.borrow_mut::<Invocations>().finish(id);
+  state.borrow_mut::<Invocations>().js_finished(id);
+}
+
+/// Counts an outbound `fetch()` of invocation `id`; past the limit the
+/// invocation ends with 503 and this returns false (fetch then rejects).
+#[op2(fast)]
+pub fn op_isola_subrequest(state: &mut OpState, #[smi] id: i32) -> bool {
+  let Ok(id) = u32::try_from(id) else {
+    return true;
+  };
+  let invocations = state.borrow_mut::<Invocations>();
+  if invocations.count_subrequest(id) {
+    return true;
+  }
+  let limit = invocations.subrequest_limit;
+  invocations.limit(
+    id,
+    Outcome::SubrequestLimit,
+    &format!("subrequest limit: more than {limit} fetch() calls in one invocation"),
+  );
+  false
 }

@@ -13,13 +13,18 @@ mod modules;
 
 use std::rc::Rc;
 
+use deno_core::JsBuffer;
 use deno_core::OpState;
 use std::sync::Arc;
 
+pub use body::BodyMeter;
 pub use body::RequestBodyResource;
 pub use body::ResponseBody;
+pub use invocation::FinishHook;
 pub use invocation::Invocations;
+pub use invocation::Outcome;
 pub use invocation::Reply;
+pub use invocation::Usage;
 pub use log::Level;
 pub use log::LogRecord;
 pub use log::LogSink;
@@ -42,9 +47,11 @@ deno_core::extension!(
     invocation::op_isola_respond,
     invocation::op_isola_fail,
     invocation::op_isola_invocation_done,
+    invocation::op_isola_subrequest,
     log::op_isola_log,
     modules::op_isola_module_data,
     op_isola_env,
+    op_isola_set_clock,
   ],
   esm_entry_point = "ext:isola_worker/99_main.js",
   esm = [
@@ -61,6 +68,42 @@ deno_core::extension!(
   deno_net,
   lazy_loaded_js = [dir "js/deno_net", "02_tls.js"],
 );
+
+/// The frozen clock JS reads `Date.now()` and `performance.now()` from.
+pub struct Clock {
+  buffer: JsBuffer,
+  origin: std::time::Instant,
+}
+
+impl Clock {
+  /// Advances the clock to now; called each time the runtime enters the
+  /// isolate, which is when Workers let time move.
+  pub fn tick(&self) {
+    let epoch_ms = std::time::SystemTime::now()
+      .duration_since(std::time::UNIX_EPOCH)
+      .map_or(0.0, |d| d.as_millis() as f64);
+    let since_origin = self.origin.elapsed().as_secs_f64() * 1000.0;
+    let ptr = self.buffer.as_ptr() as *mut f64;
+    if self.buffer.len() >= 16 && (ptr as usize) % std::mem::align_of::<f64>() == 0 {
+      // SAFETY: a live Float64Array(2) backing store held by `buffer`; JS is
+      // not running while the runtime ticks the clock (same thread).
+      unsafe {
+        ptr.write(epoch_ms);
+        ptr.add(1).write(since_origin);
+      }
+    }
+  }
+}
+
+#[deno_core::op2]
+fn op_isola_set_clock(state: &mut OpState, #[buffer] buffer: JsBuffer) {
+  let clock = Clock {
+    buffer,
+    origin: std::time::Instant::now(),
+  };
+  clock.tick();
+  state.put(clock);
+}
 
 #[deno_core::op2]
 #[serde]

@@ -1,0 +1,140 @@
+//! Per-invocation limits, and what each invocation used.
+
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::SystemTime;
+
+pub use isola_ext::Outcome;
+
+/// Limits of one worker. Defaults follow Cloudflare Workers' standard plan.
+///
+/// ```
+/// # use isola_runtime::Limits;
+/// let limits = Limits::default().cpu(std::time::Duration::from_millis(10)).memory_mib(64);
+/// assert_eq!(limits.cpu_limit().as_millis(), 10);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+  cpu: Duration,
+  wall: Duration,
+  memory: u64,
+  subrequests: u32,
+  request_body: u64,
+  response_body: u64,
+}
+
+impl Default for Limits {
+  fn default() -> Self {
+    Self {
+      cpu: Duration::from_millis(50),
+      wall: Duration::from_secs(30),
+      memory: 128 << 20,
+      subrequests: 50,
+      request_body: 100 << 20,
+      response_body: 512 << 20,
+    }
+  }
+}
+
+impl Limits {
+  /// CPU time one invocation may use, measured on the isolate thread's CPU
+  /// clock. Default: 50 ms.
+  pub fn cpu(mut self, cpu: Duration) -> Self {
+    self.cpu = cpu;
+    self
+  }
+
+  /// Wall-clock time from the start of an invocation to its response and the
+  /// end of its `waitUntil` work. Default: 30 s.
+  pub fn wall(mut self, wall: Duration) -> Self {
+    self.wall = wall;
+    self
+  }
+
+  /// Memory of the isolate: the V8 heap plus ArrayBuffer backing stores.
+  /// Default: 128 MiB.
+  pub fn memory_mib(mut self, mib: u64) -> Self {
+    self.memory = mib << 20;
+    self
+  }
+
+  /// Outbound `fetch()` calls per invocation. Default: 50.
+  pub fn subrequests(mut self, n: u32) -> Self {
+    self.subrequests = n;
+    self
+  }
+
+  /// Bytes of one request body. Default: 100 MiB.
+  pub fn request_body_bytes(mut self, n: u64) -> Self {
+    self.request_body = n;
+    self
+  }
+
+  /// Bytes of one response body. Default: 512 MiB.
+  pub fn response_body_bytes(mut self, n: u64) -> Self {
+    self.response_body = n;
+    self
+  }
+
+  pub fn cpu_limit(&self) -> Duration {
+    self.cpu
+  }
+  pub fn wall_limit(&self) -> Duration {
+    self.wall
+  }
+  pub fn memory_bytes(&self) -> u64 {
+    self.memory
+  }
+  pub fn subrequest_limit(&self) -> u32 {
+    self.subrequests
+  }
+  pub fn request_body_limit(&self) -> u64 {
+    self.request_body
+  }
+  pub fn response_body_limit(&self) -> u64 {
+    self.response_body
+  }
+}
+
+/// What one invocation used; one per request, for metering and billing.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InvocationRecord {
+  pub worker: Arc<str>,
+  /// The version's hash (empty for `isola-edge dev`).
+  pub version: Arc<str>,
+  pub start: SystemTime,
+  pub cpu_us: u64,
+  pub wall_us: u64,
+  /// The isolate's heap (V8 heap + ArrayBuffers) at its highest during the
+  /// invocation, as sampled at the end of each of its turns.
+  pub peak_memory: u64,
+  pub bytes_in: u64,
+  pub bytes_out: u64,
+  pub subrequests: u32,
+  pub outcome: Outcome,
+}
+
+/// Where invocation records go. Cloned into every worker of a node.
+#[derive(Clone)]
+pub struct MeterSink(Arc<dyn Fn(InvocationRecord) + Send + Sync>);
+
+impl MeterSink {
+  pub fn new(f: impl Fn(InvocationRecord) + Send + Sync + 'static) -> Self {
+    Self(Arc::new(f))
+  }
+
+  /// A sink that drops every record.
+  pub fn discard() -> Self {
+    Self::new(|_| {})
+  }
+
+  pub fn emit(&self, record: InvocationRecord) {
+    (self.0)(record)
+  }
+}
+
+impl std::fmt::Debug for MeterSink {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.write_str("MeterSink")
+  }
+}

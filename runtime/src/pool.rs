@@ -1,0 +1,524 @@
+//! The node's isolates: V8 threads, a stock of blank isolates on each, and
+//! an LRU of loaded workers keyed by (worker, version).
+//!
+//! Each V8 thread runs a current-thread tokio runtime. A worker lives on the
+//! thread that loaded it; requests from any thread reach it through its
+//! [`WorkerHandle`]. Code that accepts connections can run on the V8 threads
+//! themselves ([`Runtime::spawn_on_each_thread`]); a request then prefers an
+//! instance on its own thread and skips the cross-thread hop.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+
+use crate::bundle::Bundle;
+use crate::error::Error;
+use crate::error::ErrorKind;
+use crate::limits::MeterSink;
+use crate::worker::Isolate;
+use crate::worker::WorkerConfig;
+use crate::worker::WorkerHandle;
+use crate::LogSink;
+use crate::RequestBody;
+use crate::ResponseBody;
+
+/// Settings of a [`Runtime`].
+#[derive(Clone, Debug)]
+pub struct Config {
+  threads: usize,
+  max_isolates: usize,
+  max_memory: u64,
+  idle_ttl: Duration,
+  stock: usize,
+  max_concurrency: usize,
+  logs: LogSink,
+  meter: MeterSink,
+}
+
+impl Default for Config {
+  fn default() -> Self {
+    Self {
+      threads: std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+      max_isolates: 1000,
+      max_memory: 2 << 30,
+      idle_ttl: Duration::from_secs(300),
+      stock: 2,
+      max_concurrency: 64,
+      logs: LogSink::discard(),
+      meter: MeterSink::discard(),
+    }
+  }
+}
+
+impl Config {
+  /// V8 threads. Default: one per CPU core.
+  pub fn threads(mut self, n: usize) -> Self {
+    self.threads = n.max(1);
+    self
+  }
+
+  /// Loaded worker isolates kept at most; the least recently used go first.
+  /// Default: 1000.
+  pub fn max_isolates(mut self, n: usize) -> Self {
+    self.max_isolates = n.max(1);
+    self
+  }
+
+  /// Memory of all loaded isolates together (as measured after loading and
+  /// at eviction checks) before the least recently used go. Default: 2 GiB.
+  pub fn max_memory(mut self, bytes: u64) -> Self {
+    self.max_memory = bytes;
+    self
+  }
+
+  /// A worker isolate unused this long is dropped. Default: 5 minutes.
+  pub fn idle_ttl(mut self, ttl: Duration) -> Self {
+    self.idle_ttl = ttl;
+    self
+  }
+
+  /// Blank isolates kept ready on each thread, so the first request to an
+  /// unseen worker only loads its code. Default: 2.
+  pub fn stock(mut self, n: usize) -> Self {
+    self.stock = n;
+    self
+  }
+
+  /// Requests one isolate serves at once before another isolate of the same
+  /// worker is started. Default: 64.
+  pub fn max_concurrency(mut self, n: usize) -> Self {
+    self.max_concurrency = n.max(1);
+    self
+  }
+
+  /// Where worker `console.*` output goes. Default: dropped.
+  pub fn logs(mut self, logs: LogSink) -> Self {
+    self.logs = logs;
+    self
+  }
+
+  /// Where invocation records go. Default: dropped.
+  pub fn meter(mut self, meter: MeterSink) -> Self {
+    self.meter = meter;
+    self
+  }
+}
+
+/// Identifies a loaded worker: its name and version hash.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WorkerKey {
+  pub name: Arc<str>,
+  pub version: Arc<str>,
+}
+
+impl WorkerKey {
+  pub fn new(name: impl Into<Arc<str>>, version: impl Into<Arc<str>>) -> Self {
+    Self {
+      name: name.into(),
+      version: version.into(),
+    }
+  }
+}
+
+/// Counts of the pool, for metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PoolStats {
+  /// Loaded worker isolates.
+  pub isolates: usize,
+  /// Their memory as last measured.
+  pub memory: u64,
+  /// Workers loaded into an isolate so far (cold starts).
+  pub cold_starts: u64,
+  /// Of those, how many found a ready blank isolate.
+  pub stock_hits: u64,
+  /// Isolates dropped by LRU, memory or idle TTL.
+  pub evictions: u64,
+}
+
+type TaskFactory = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+enum Command {
+  Load {
+    bundle: Bundle,
+    config: WorkerConfig,
+    reply: oneshot::Sender<Result<(WorkerHandle, u64, bool), Error>>,
+  },
+  Spawn(TaskFactory),
+}
+
+struct Thread {
+  tx: mpsc::UnboundedSender<Command>,
+  isolates: Arc<AtomicUsize>,
+}
+
+struct Instance {
+  thread: usize,
+  handle: WorkerHandle,
+  inflight: Arc<AtomicUsize>,
+  memory: u64,
+}
+
+struct Entry {
+  instances: Vec<Instance>,
+  last_used: Instant,
+}
+
+#[derive(Default)]
+struct Index {
+  lru: Option<lru::LruCache<WorkerKey, Entry>>,
+  memory: u64,
+  stats: PoolStats,
+}
+
+impl Index {
+  fn lru(&mut self) -> &mut lru::LruCache<WorkerKey, Entry> {
+    self.lru.get_or_insert_with(lru::LruCache::unbounded)
+  }
+
+  fn count(&mut self) -> usize {
+    self.lru().iter().map(|(_, e)| e.instances.len()).sum()
+  }
+
+  fn drop_entry(&mut self, entry: Entry) {
+    for i in entry.instances {
+      self.memory = self.memory.saturating_sub(i.memory);
+      self.stats.evictions += 1;
+    }
+  }
+}
+
+struct Shared {
+  config: Config,
+  threads: Vec<Thread>,
+  index: Mutex<Index>,
+}
+
+thread_local! {
+  /// The V8 thread index of the current thread, if it is one of ours.
+  static CURRENT_THREAD: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The node's isolate pool: start it once, send every request through it.
+#[derive(Clone)]
+pub struct Runtime {
+  shared: Arc<Shared>,
+}
+
+impl Runtime {
+  /// Starts the V8 threads (each fills its stock of blank isolates).
+  pub fn new(config: Config) -> Result<Self, Error> {
+    let mut threads = Vec::with_capacity(config.threads);
+    for idx in 0..config.threads {
+      let (tx, rx) = mpsc::unbounded_channel();
+      let isolates = Arc::new(AtomicUsize::new(0));
+      let stock = config.stock;
+      let logs = config.logs.clone();
+      let counter = isolates.clone();
+      std::thread::Builder::new()
+        .name(format!("isola-v8-{idx}"))
+        .spawn(move || thread_main(idx, rx, stock, logs, counter))
+        .map_err(|e| ErrorKind::Stopped(format!("cannot start a V8 thread: {e}")))?;
+      threads.push(Thread { tx, isolates });
+    }
+    let shared = Arc::new(Shared {
+      config,
+      threads,
+      index: Mutex::new(Index::default()),
+    });
+    let weak = Arc::downgrade(&shared);
+    std::thread::Builder::new()
+      .name("isola-pool-ttl".into())
+      .spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let Some(shared) = weak.upgrade() else {
+          return;
+        };
+        shared.evict_idle();
+      })
+      .map_err(|e| ErrorKind::Stopped(format!("cannot start the pool sweeper: {e}")))?;
+    Ok(Self { shared })
+  }
+
+  /// Runs `task` on every V8 thread (e.g. an accept loop per thread with
+  /// `SO_REUSEPORT`), so requests start next to their isolates.
+  pub fn spawn_on_each_thread<F, Fut>(&self, task: F)
+  where
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = ()> + 'static,
+  {
+    for (idx, thread) in self.shared.threads.iter().enumerate() {
+      let task = task.clone();
+      let _ = thread
+        .tx
+        .send(Command::Spawn(Box::new(move || Box::pin(task(idx)))));
+    }
+  }
+
+  /// Sends `request` to worker `key`, loading it (from `source`) into an
+  /// isolate first if none is loaded or all are busy.
+  pub async fn fetch(
+    &self,
+    key: &WorkerKey,
+    source: impl FnOnce() -> Result<(Bundle, WorkerConfig), Error>,
+    request: http::Request<RequestBody>,
+  ) -> Result<http::Response<ResponseBody>, Error> {
+    let (handle, inflight) = match self.shared.pick(key) {
+      Some(found) => found,
+      None => {
+        let (bundle, config) = source()?;
+        self.shared.start(key, bundle, config).await?
+      }
+    };
+    let result = handle.fetch(request).await;
+    inflight.fetch_sub(1, Ordering::Relaxed);
+    if let Err(e) = &result {
+      if e.is_stopped() || e.limit().is_some() {
+        self.shared.prune(key);
+      }
+    }
+    result
+  }
+
+  /// Drops every isolate of worker `key` (e.g. its version was replaced).
+  pub fn evict(&self, key: &WorkerKey) {
+    let mut index = self.shared.lock();
+    if let Some(entry) = index.lru().pop(key) {
+      index.drop_entry(entry);
+    }
+  }
+
+  pub fn stats(&self) -> PoolStats {
+    let mut index = self.shared.lock();
+    let isolates = index.count();
+    PoolStats {
+      isolates,
+      memory: index.memory,
+      ..index.stats
+    }
+  }
+
+  pub fn config(&self) -> &Config {
+    &self.shared.config
+  }
+}
+
+impl Shared {
+  fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+    self.index.lock().unwrap_or_else(|e| e.into_inner())
+  }
+
+  /// An instance of `key` with room for one more request, preferring the
+  /// current thread; counts the request in.
+  fn pick(&self, key: &WorkerKey) -> Option<(WorkerHandle, Arc<AtomicUsize>)> {
+    let here = CURRENT_THREAD.with(Cell::get);
+    let max = self.config.max_concurrency;
+    let mut index = self.lock();
+    let entry = index.lru().get_mut(key)?;
+    entry.instances.retain(|i| !i.handle.is_closed());
+    entry.last_used = Instant::now();
+    let best = entry
+      .instances
+      .iter()
+      .filter(|i| i.inflight.load(Ordering::Relaxed) < max)
+      .min_by_key(|i| (Some(i.thread) != here, i.inflight.load(Ordering::Relaxed)))?;
+    best.inflight.fetch_add(1, Ordering::Relaxed);
+    Some((best.handle.clone(), best.inflight.clone()))
+  }
+
+  /// Loads a new instance of `key` on the least busy thread (this one when
+  /// it is a V8 thread with no more isolates than the others).
+  async fn start(
+    &self,
+    key: &WorkerKey,
+    bundle: Bundle,
+    config: WorkerConfig,
+  ) -> Result<(WorkerHandle, Arc<AtomicUsize>), Error> {
+    let here = CURRENT_THREAD.with(Cell::get);
+    let thread = (0..self.threads.len())
+      .min_by_key(|t| {
+        (
+          self.threads[*t].isolates.load(Ordering::Relaxed),
+          Some(*t) != here,
+        )
+      })
+      .unwrap_or(0);
+    let config = config.meter(self.config.meter.clone());
+    let (tx, rx) = oneshot::channel();
+    self.threads[thread]
+      .tx
+      .send(Command::Load {
+        bundle,
+        config,
+        reply: tx,
+      })
+      .map_err(|_| ErrorKind::Stopped("the V8 thread is gone".into()))?;
+    let (handle, memory, from_stock) = rx
+      .await
+      .map_err(|_| ErrorKind::Stopped("the V8 thread is gone".into()))??;
+    let inflight = Arc::new(AtomicUsize::new(1));
+    let mut index = self.lock();
+    index.stats.cold_starts += 1;
+    index.stats.stock_hits += u64::from(from_stock);
+    index.memory += memory;
+    let now = Instant::now();
+    let entry = index.lru().get_or_insert_mut(key.clone(), || Entry {
+      instances: Vec::new(),
+      last_used: now,
+    });
+    entry.last_used = now;
+    entry.instances.push(Instance {
+      thread,
+      handle: handle.clone(),
+      inflight: inflight.clone(),
+      memory,
+    });
+    self.evict_over_limits(&mut index, key);
+    Ok((handle, inflight))
+  }
+
+  /// Drops least recently used workers while over the count or memory
+  /// limit; never `keep`, which was just used.
+  fn evict_over_limits(&self, index: &mut Index, keep: &WorkerKey) {
+    while index.count() > self.config.max_isolates || index.memory > self.config.max_memory {
+      let Some((victim, _)) = index
+        .lru()
+        .peek_lru()
+        .map(|(k, e)| (k.clone(), e.last_used))
+      else {
+        break;
+      };
+      if &victim == keep {
+        break;
+      }
+      if let Some(entry) = index.lru().pop(&victim) {
+        index.drop_entry(entry);
+      }
+    }
+  }
+
+  fn evict_idle(&self) {
+    let ttl = self.config.idle_ttl;
+    let mut index = self.lock();
+    let stale: Vec<WorkerKey> = index
+      .lru()
+      .iter()
+      .filter(|(_, e)| e.last_used.elapsed() > ttl)
+      .map(|(k, _)| k.clone())
+      .collect();
+    for key in stale {
+      if let Some(entry) = index.lru().pop(&key) {
+        index.drop_entry(entry);
+      }
+    }
+  }
+
+  /// Forgets instances of `key` whose isolate stopped.
+  fn prune(&self, key: &WorkerKey) {
+    let mut index = self.lock();
+    let mut freed = 0;
+    if let Some(entry) = index.lru().get_mut(key) {
+      entry.instances.retain(|i| {
+        let open = !i.handle.is_closed();
+        if !open {
+          freed += i.memory;
+        }
+        open
+      });
+    }
+    index.memory = index.memory.saturating_sub(freed);
+  }
+}
+
+fn thread_main(
+  idx: usize,
+  mut rx: mpsc::UnboundedReceiver<Command>,
+  stock_target: usize,
+  logs: LogSink,
+  isolates: Arc<AtomicUsize>,
+) {
+  CURRENT_THREAD.with(|c| c.set(Some(idx)));
+  let rt = match tokio::runtime::Builder::new_current_thread()
+    .enable_all()
+    .build()
+  {
+    Ok(rt) => rt,
+    Err(e) => {
+      tracing::error!("V8 thread {idx} cannot start its async runtime: {e}");
+      return;
+    }
+  };
+  rt.block_on(async move {
+    let mut stock: VecDeque<Isolate> = VecDeque::new();
+    loop {
+      // Refill the stock while nothing else is waiting.
+      let cmd = if stock.len() < stock_target {
+        match rx.try_recv() {
+          Ok(cmd) => cmd,
+          Err(mpsc::error::TryRecvError::Empty) => {
+            match Isolate::new(logs.clone()) {
+              Ok(isolate) => stock.push_back(isolate),
+              Err(e) => tracing::error!("cannot make a blank isolate: {e}"),
+            }
+            // Let other tasks on this thread (connections) run in between.
+            tokio::task::yield_now().await;
+            continue;
+          }
+          Err(mpsc::error::TryRecvError::Disconnected) => return,
+        }
+      } else {
+        match rx.recv().await {
+          Some(cmd) => cmd,
+          None => return,
+        }
+      };
+      match cmd {
+        Command::Spawn(factory) => {
+          deno_core::unsync::spawn(factory());
+        }
+        Command::Load {
+          bundle,
+          config,
+          reply,
+        } => {
+          let (isolate, from_stock) = match stock.pop_front() {
+            Some(isolate) if config.limits_ref().memory_bytes() <= isolate.memory_limit() => {
+              (Ok(isolate), true)
+            }
+            other => {
+              if let Some(isolate) = other {
+                stock.push_front(isolate);
+              }
+              let limit = config.limits_ref().memory_bytes();
+              (Isolate::with_memory_limit(logs.clone(), limit), false)
+            }
+          };
+          let loaded = match isolate {
+            Ok(isolate) => isolate.load(bundle, &config).await,
+            Err(e) => Err(e),
+          };
+          let result = loaded.map(|mut worker| {
+            let memory = worker.memory_usage();
+            let counter = isolates.clone();
+            counter.fetch_add(1, Ordering::Relaxed);
+            let handle = worker.spawn_with_exit(move || {
+              counter.fetch_sub(1, Ordering::Relaxed);
+            });
+            (handle, memory, from_stock)
+          });
+          let _ = reply.send(result);
+        }
+      }
+    }
+  });
+}
