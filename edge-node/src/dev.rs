@@ -2,11 +2,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use isola_runtime::Bundle;
-use isola_runtime::Worker;
+use isola_runtime::Config;
+use isola_runtime::Limits;
+use isola_runtime::Runtime;
 use isola_runtime::WorkerConfig;
+use isola_runtime::WorkerKey;
 
 #[derive(clap::Args)]
 pub struct DevArgs {
@@ -24,6 +28,15 @@ pub struct DevArgs {
   /// Worker name shown in logs (default: the entry file's stem).
   #[arg(long)]
   name: Option<String>,
+  /// CPU time per request, in milliseconds.
+  #[arg(long, default_value_t = 50)]
+  cpu_ms: u64,
+  /// Memory of the worker's isolate, in MiB.
+  #[arg(long, default_value_t = 128)]
+  memory_mb: u64,
+  /// Wall-clock time per request (response and waitUntil work), in milliseconds.
+  #[arg(long, default_value_t = 30_000)]
+  wall_ms: u64,
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {
@@ -44,39 +57,91 @@ fn parse_json_var(s: &str) -> Result<(String, serde_json::Value), String> {
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
+  let name = args.name.clone().unwrap_or_else(|| {
+    args
+      .entry
+      .file_stem()
+      .and_then(|s| s.to_str())
+      .unwrap_or("worker")
+      .to_string()
+  });
+  let mut config = WorkerConfig::new(name.clone()).limits(
+    Limits::default()
+      .cpu(Duration::from_millis(args.cpu_ms))
+      .memory_mib(args.memory_mb)
+      .wall(Duration::from_millis(args.wall_ms)),
+  );
+  for (k, v) in args.vars {
+    config = config.var(k, v);
+  }
+  for (k, v) in args.json_vars {
+    config = config.json_var(k, v);
+  }
+  // Fail before listening if the entry cannot even be opened.
+  let bundle = Bundle::from_entry_file(&args.entry)?;
+
+  let runtime = Runtime::new(
+    Config::default()
+      .threads(1)
+      .stock(1)
+      .logs(crate::logs::stdio_sink()),
+  )?;
+  let key = WorkerKey::new(name, "dev");
   let rt = tokio::runtime::Builder::new_current_thread()
     .enable_all()
     .build()
     .context("cannot start the async runtime")?;
-  rt.block_on(async move {
-    let name = args.name.clone().unwrap_or_else(|| {
-      args
-        .entry
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("worker")
-        .to_string()
-    });
-    let mut config = WorkerConfig::new(name);
-    for (k, v) in args.vars {
-      config = config.var(k, v);
+  rt.block_on(runtime.preload(&key, bundle.clone(), config.clone()))
+    .with_context(|| format!("cannot load {}", args.entry.display()))?;
+
+  let listener = std::net::TcpListener::bind(args.listen)
+    .with_context(|| format!("cannot listen on {}", args.listen))?;
+  listener.set_nonblocking(true)?;
+  let addr = listener.local_addr()?;
+  println!(
+    "isola-edge dev: serving {} at http://{addr}",
+    args.entry.display()
+  );
+
+  let listener = std::sync::Mutex::new(Some(listener));
+  let listener = std::sync::Arc::new(listener);
+  let (done_tx, done_rx) = std::sync::mpsc::channel::<String>();
+  let pool = runtime.clone();
+  runtime.spawn_on_each_thread(move |_thread| {
+    let listener = listener.lock().ok().and_then(|mut l| l.take());
+    let pool = pool.clone();
+    let key = key.clone();
+    let bundle = bundle.clone();
+    let config = config.clone();
+    let done_tx = done_tx.clone();
+    async move {
+      let Some(listener) = listener else {
+        return;
+      };
+      let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+          let _ = done_tx.send(format!("cannot use the listener: {e}"));
+          return;
+        }
+      };
+      crate::server::serve(listener, move |req| {
+        let pool = pool.clone();
+        let key = key.clone();
+        let source = (bundle.clone(), config.clone());
+        async move {
+          match pool.fetch(&key, move || Ok(source), req).await {
+            Ok(response) => response,
+            Err(e) => isola_runtime::error_response(&e),
+          }
+        }
+      })
+      .await;
     }
-    for (k, v) in args.json_vars {
-      config = config.json_var(k, v);
-    }
-    let bundle = Bundle::from_entry_file(&args.entry)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-      .await
-      .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let worker = Worker::new(bundle, &config, crate::logs::stdio_sink())
-      .await
-      .with_context(|| format!("cannot load {}", args.entry.display()))?;
-    println!(
-      "isola-edge dev: serving {} at http://{}",
-      args.entry.display(),
-      listener.local_addr()?
-    );
-    crate::server::serve(listener, worker.spawn()).await?;
-    Ok(())
-  })
+  });
+  // The server runs on the V8 thread until the process is stopped.
+  let why = done_rx
+    .recv()
+    .unwrap_or_else(|_| "the server stopped".into());
+  anyhow::bail!(why)
 }

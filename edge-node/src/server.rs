@@ -1,5 +1,7 @@
-//! The HTTP front: hyper connections handed to a worker on the same thread.
+//! The HTTP front: hyper connections, served on the V8 threads so that a
+//! request usually reaches its isolate without a cross-thread hop.
 
+use std::future::Future;
 use std::net::SocketAddr;
 
 use hyper::body::Incoming;
@@ -7,7 +9,6 @@ use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use isola_runtime::ResponseBody;
-use isola_runtime::WorkerHandle;
 use tokio::net::TcpListener;
 
 /// Makes the request URI absolute (`http://host/path?query`), as Workers
@@ -31,10 +32,16 @@ pub fn absolute_uri(req: &http::Request<Incoming>, scheme: &str, fallback_host: 
     .unwrap_or_else(|_| http::Uri::from_static("http://invalid/"))
 }
 
-/// Serves `worker` on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, worker: WorkerHandle) -> std::io::Result<()> {
-  let local: SocketAddr = listener.local_addr()?;
-  let fallback_host = local.to_string();
+/// Accepts connections on `listener` forever and answers each request with
+/// `handle` (given the request with an absolute URI).
+pub async fn serve<H, F>(listener: TcpListener, handle: H)
+where
+  H: Fn(http::Request<isola_runtime::RequestBody>) -> F + Clone + Send + 'static,
+  F: Future<Output = http::Response<ResponseBody>> + Send + 'static,
+{
+  let fallback_host = listener
+    .local_addr()
+    .map_or_else(|_| "localhost".to_string(), |a: SocketAddr| a.to_string());
   loop {
     let (stream, _peer) = match listener.accept().await {
       Ok(conn) => conn,
@@ -44,22 +51,16 @@ pub async fn serve(listener: TcpListener, worker: WorkerHandle) -> std::io::Resu
       }
     };
     let _ = stream.set_nodelay(true);
-    let worker = worker.clone();
+    let handle = handle.clone();
     let fallback_host = fallback_host.clone();
     tokio::spawn(async move {
       let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-        let worker = worker.clone();
         let uri = absolute_uri(&req, "http", &fallback_host);
-        async move {
-          let (mut parts, body) = req.into_parts();
-          parts.uri = uri;
-          let req = http::Request::from_parts(parts, isola_runtime::request_body(body));
-          let response: http::Response<ResponseBody> = match worker.fetch(req).await {
-            Ok(r) => r,
-            Err(e) => isola_runtime::error_response(&e),
-          };
-          Ok::<_, std::convert::Infallible>(response)
-        }
+        let (mut parts, body) = req.into_parts();
+        parts.uri = uri;
+        let req = http::Request::from_parts(parts, isola_runtime::request_body(body));
+        let response = handle(req);
+        async move { Ok::<_, std::convert::Infallible>(response.await) }
       });
       let builder = auto::Builder::new(TokioExecutor::new());
       if let Err(e) = builder

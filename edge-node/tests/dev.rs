@@ -229,3 +229,43 @@ fn dev_rejects_a_malformed_var() {
   let stderr = String::from_utf8_lossy(&out.stderr);
   assert!(stderr.contains("NAME=VALUE"), "{stderr}");
 }
+
+#[tokio::test]
+async fn dev_enforces_limits_and_recovers_with_a_fresh_isolate() {
+  let dir = tempfile::tempdir().unwrap();
+  let entry = write(
+    dir.path(),
+    "worker.js",
+    r#"
+    let served = 0;
+    export default {
+      fetch(request) {
+        if (new URL(request.url).pathname === "/spin") for (;;) {}
+        served++;
+        return new Response(`served ${served}`);
+      },
+    };
+    "#,
+  );
+  let dev = Dev::start(&entry, &["--cpu-ms", "20"]);
+  let base = format!("http://{}", dev.addr);
+  let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+  let get = |path: &str| {
+    http::Request::get(format!("{base}{path}"))
+      .body(Full::default())
+      .unwrap()
+  };
+
+  let (status, _, body) = send(&client, get("/")).await;
+  assert_eq!((status.as_u16(), &body[..]), (200, &b"served 1"[..]));
+  let (status, _, body) = send(&client, get("/spin")).await;
+  assert_eq!(status, 503);
+  assert!(
+    String::from_utf8_lossy(&body).contains("cpu limit"),
+    "{body:?}"
+  );
+  dev.expect_line("cpu limit");
+  // The stopped isolate is replaced: module state starts over.
+  let (status, _, body) = send(&client, get("/")).await;
+  assert_eq!((status.as_u16(), &body[..]), (200, &b"served 1"[..]));
+}

@@ -144,6 +144,11 @@ pub struct PoolStats {
   pub stock_hits: u64,
   /// Isolates dropped by LRU, memory or idle TTL.
   pub evictions: u64,
+  /// Worker isolates still alive on the V8 threads (evicted ones linger
+  /// until their in-flight requests end).
+  pub running: usize,
+  /// Blank isolates ready in the stocks.
+  pub stock: usize,
 }
 
 type TaskFactory = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
@@ -160,6 +165,7 @@ enum Command {
 struct Thread {
   tx: mpsc::UnboundedSender<Command>,
   isolates: Arc<AtomicUsize>,
+  stock: Arc<AtomicUsize>,
 }
 
 struct Instance {
@@ -225,11 +231,17 @@ impl Runtime {
       let stock = config.stock;
       let logs = config.logs.clone();
       let counter = isolates.clone();
+      let ready = Arc::new(AtomicUsize::new(0));
+      let ready_counter = ready.clone();
       std::thread::Builder::new()
         .name(format!("isola-v8-{idx}"))
-        .spawn(move || thread_main(idx, rx, stock, logs, counter))
+        .spawn(move || thread_main(idx, rx, stock, logs, counter, ready_counter))
         .map_err(|e| ErrorKind::Stopped(format!("cannot start a V8 thread: {e}")))?;
-      threads.push(Thread { tx, isolates });
+      threads.push(Thread {
+        tx,
+        isolates,
+        stock: ready,
+      });
     }
     let shared = Arc::new(Shared {
       config,
@@ -290,6 +302,23 @@ impl Runtime {
     result
   }
 
+  /// Loads worker `key` into an isolate now (e.g. on deploy, or to check that
+  /// it starts), unless one is loaded already.
+  pub async fn preload(
+    &self,
+    key: &WorkerKey,
+    bundle: Bundle,
+    config: WorkerConfig,
+  ) -> Result<(), Error> {
+    if let Some((_, inflight)) = self.shared.pick(key) {
+      inflight.fetch_sub(1, Ordering::Relaxed);
+      return Ok(());
+    }
+    let (_, inflight) = self.shared.start(key, bundle, config).await?;
+    inflight.fetch_sub(1, Ordering::Relaxed);
+    Ok(())
+  }
+
   /// Drops every isolate of worker `key` (e.g. its version was replaced).
   pub fn evict(&self, key: &WorkerKey) {
     let mut index = self.shared.lock();
@@ -301,9 +330,18 @@ impl Runtime {
   pub fn stats(&self) -> PoolStats {
     let mut index = self.shared.lock();
     let isolates = index.count();
+    let threads = &self.shared.threads;
     PoolStats {
       isolates,
       memory: index.memory,
+      running: threads
+        .iter()
+        .map(|t| t.isolates.load(Ordering::Relaxed))
+        .sum(),
+      stock: threads
+        .iter()
+        .map(|t| t.stock.load(Ordering::Relaxed))
+        .sum(),
       ..index.stats
     }
   }
@@ -446,6 +484,7 @@ fn thread_main(
   stock_target: usize,
   logs: LogSink,
   isolates: Arc<AtomicUsize>,
+  ready: Arc<AtomicUsize>,
 ) {
   CURRENT_THREAD.with(|c| c.set(Some(idx)));
   let rt = match tokio::runtime::Builder::new_current_thread()
@@ -467,7 +506,10 @@ fn thread_main(
           Ok(cmd) => cmd,
           Err(mpsc::error::TryRecvError::Empty) => {
             match Isolate::new(logs.clone()) {
-              Ok(isolate) => stock.push_back(isolate),
+              Ok(isolate) => {
+                stock.push_back(isolate);
+                ready.store(stock.len(), Ordering::Relaxed);
+              }
               Err(e) => tracing::error!("cannot make a blank isolate: {e}"),
             }
             // Let other tasks on this thread (connections) run in between.
@@ -491,13 +533,16 @@ fn thread_main(
           config,
           reply,
         } => {
-          let (isolate, from_stock) = match stock.pop_front() {
+          let taken = stock.pop_front();
+          ready.store(stock.len(), Ordering::Relaxed);
+          let (isolate, from_stock) = match taken {
             Some(isolate) if config.limits_ref().memory_bytes() <= isolate.memory_limit() => {
               (Ok(isolate), true)
             }
             other => {
               if let Some(isolate) = other {
                 stock.push_front(isolate);
+                ready.store(stock.len(), Ordering::Relaxed);
               }
               let limit = config.limits_ref().memory_bytes();
               (Isolate::with_memory_limit(logs.clone(), limit), false)

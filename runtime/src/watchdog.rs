@@ -188,6 +188,26 @@ fn watchdog() -> &'static Watchdog {
   })
 }
 
+/// After each full GC: if the live heap plus ArrayBuffers still exceeds the
+/// limit, the isolate is out of memory. Stopping here is much sooner than
+/// V8's near-heap-limit callback, which comes only after a long stretch of
+/// back-to-back GCs.
+pub(crate) unsafe extern "C" fn after_full_gc(
+  isolate: v8::UnsafeRawIsolatePtr,
+  _type: v8::GCType,
+  _flags: v8::GCCallbackFlags,
+  data: *mut c_void,
+) {
+  // SAFETY: `data` is the isolate's guard, which outlives the isolate; the
+  // callback runs on the isolate's thread while it is entered.
+  let guard = unsafe { &*(data as *const Guard) };
+  let mut isolate = unsafe { v8::Isolate::from_raw_isolate_ptr(isolate) };
+  let live = isolate.get_heap_statistics().used_heap_size() + guard.array_buffer_bytes();
+  if live > guard.memory_limit() {
+    guard.stop(Trip::Memory);
+  }
+}
+
 // ------------------------------------------------------ ArrayBuffer memory --
 
 unsafe extern "C" fn ab_allocate(guard: &Guard, len: usize) -> *mut c_void {

@@ -251,6 +251,11 @@ impl Isolate {
     // SAFETY: it was entered by its creation on this thread.
     unsafe { js.v8_isolate().exit() };
     guard.set_handle(js.v8_isolate().thread_safe_handle());
+    js.v8_isolate().add_gc_epilogue_callback(
+      crate::watchdog::after_full_gc,
+      Arc::as_ptr(&guard) as *mut std::ffi::c_void,
+      v8::GCType::kGCTypeMarkSweepCompact,
+    );
     {
       let guard = guard.clone();
       js.add_near_heap_limit_callback(move |current, _initial| {

@@ -84,7 +84,7 @@ impl Clock {
       .map_or(0.0, |d| d.as_millis() as f64);
     let since_origin = self.origin.elapsed().as_secs_f64() * 1000.0;
     let ptr = self.buffer.as_ptr() as *mut f64;
-    if self.buffer.len() >= 16 && (ptr as usize) % std::mem::align_of::<f64>() == 0 {
+    if self.buffer.len() >= 16 && (ptr as usize).is_multiple_of(std::mem::align_of::<f64>()) {
       // SAFETY: a live Float64Array(2) backing store held by `buffer`; JS is
       // not running while the runtime ticks the clock (same thread).
       unsafe {

@@ -1,0 +1,290 @@
+//! Counters and histograms over invocation records, in Prometheus text
+//! format, and per-worker usage totals kept for shipping to the control
+//! plane.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::exponential_buckets;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::limits::InvocationRecord;
+use crate::limits::MeterSink;
+use crate::limits::Outcome;
+use crate::pool::PoolStats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+  worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+  worker: String,
+  outcome: String,
+}
+
+/// Usage of one worker version over a window, as billed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UsageTotals {
+  pub requests: u64,
+  /// Invocations that did not end `ok`.
+  pub errors: u64,
+  pub cpu_us: u64,
+  pub wall_us: u64,
+  pub ingress_bytes: u64,
+  pub egress_bytes: u64,
+  pub subrequests: u64,
+}
+
+impl UsageTotals {
+  fn add(&mut self, r: &InvocationRecord) {
+    self.requests += 1;
+    self.errors += u64::from(r.outcome != Outcome::Ok);
+    self.cpu_us += r.cpu_us;
+    self.wall_us += r.wall_us;
+    self.ingress_bytes += r.bytes_in;
+    self.egress_bytes += r.bytes_out;
+    self.subrequests += u64::from(r.subrequests);
+  }
+}
+
+struct Inner {
+  registry: Registry,
+  invocations: Family<OutcomeLabels, Counter>,
+  cpu_seconds: Family<WorkerLabels, Counter<f64>>,
+  wall_seconds: Family<WorkerLabels, Histogram>,
+  cpu_histogram: Family<WorkerLabels, Histogram>,
+  egress: Family<WorkerLabels, Counter>,
+  ingress: Family<WorkerLabels, Counter>,
+  subrequests: Family<WorkerLabels, Counter>,
+  isolates: Gauge,
+  pool_memory: Gauge,
+  cold_starts: Counter,
+  stock_hits: Counter,
+  evictions: Counter,
+  usage: Mutex<HashMap<VersionId, UsageTotals>>,
+}
+
+/// (worker, version)
+type VersionId = (Arc<str>, Arc<str>);
+
+/// Metering of a node. Cheap to clone; feed it through [`Metrics::sink`].
+#[derive(Clone)]
+pub struct Metrics {
+  inner: Arc<Inner>,
+}
+
+impl Default for Metrics {
+  fn default() -> Self {
+    Self::new()
+  }
+}
+
+impl Metrics {
+  pub fn new() -> Self {
+    let mut registry = Registry::with_prefix("isola");
+    let invocations = Family::<OutcomeLabels, Counter>::default();
+    registry.register(
+      "invocations",
+      "Invocations by worker and outcome",
+      invocations.clone(),
+    );
+    let cpu_seconds = Family::<WorkerLabels, Counter<f64>>::default();
+    registry.register(
+      "cpu_seconds",
+      "CPU time used by invocations",
+      cpu_seconds.clone(),
+    );
+    let wall_seconds = Family::<WorkerLabels, Histogram>::new_with_constructor(|| {
+      Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+    });
+    registry.register(
+      "invocation_wall_seconds",
+      "Wall-clock time per invocation",
+      wall_seconds.clone(),
+    );
+    let cpu_histogram = Family::<WorkerLabels, Histogram>::new_with_constructor(|| {
+      Histogram::new(exponential_buckets(0.00001, 2.0, 18))
+    });
+    registry.register(
+      "invocation_cpu_seconds",
+      "CPU time per invocation",
+      cpu_histogram.clone(),
+    );
+    let egress = Family::<WorkerLabels, Counter>::default();
+    registry.register("egress_bytes", "Response body bytes sent", egress.clone());
+    let ingress = Family::<WorkerLabels, Counter>::default();
+    registry.register("ingress_bytes", "Request body bytes read", ingress.clone());
+    let subrequests = Family::<WorkerLabels, Counter>::default();
+    registry.register("subrequests", "Outbound fetch() calls", subrequests.clone());
+    let isolates = Gauge::default();
+    registry.register("isolates_live", "Loaded worker isolates", isolates.clone());
+    let pool_memory = Gauge::default();
+    registry.register(
+      "isolates_memory_bytes",
+      "Memory of loaded isolates as last measured",
+      pool_memory.clone(),
+    );
+    let cold_starts = Counter::default();
+    registry.register(
+      "cold_starts",
+      "Workers loaded into an isolate",
+      cold_starts.clone(),
+    );
+    let stock_hits = Counter::default();
+    registry.register(
+      "cold_starts_from_stock",
+      "Cold starts that found a ready blank isolate",
+      stock_hits.clone(),
+    );
+    let evictions = Counter::default();
+    registry.register(
+      "evictions",
+      "Isolates dropped by LRU, memory or idle TTL",
+      evictions.clone(),
+    );
+    Self {
+      inner: Arc::new(Inner {
+        registry,
+        invocations,
+        cpu_seconds,
+        wall_seconds,
+        cpu_histogram,
+        egress,
+        ingress,
+        subrequests,
+        isolates,
+        pool_memory,
+        cold_starts,
+        stock_hits,
+        evictions,
+        usage: Mutex::new(HashMap::new()),
+      }),
+    }
+  }
+
+  /// Counts one invocation.
+  pub fn record(&self, r: &InvocationRecord) {
+    let i = &self.inner;
+    let worker = WorkerLabels {
+      worker: r.worker.to_string(),
+    };
+    i.invocations
+      .get_or_create(&OutcomeLabels {
+        worker: worker.worker.clone(),
+        outcome: r.outcome.as_str().to_string(),
+      })
+      .inc();
+    i.cpu_seconds
+      .get_or_create(&worker)
+      .inc_by(r.cpu_us as f64 / 1e6);
+    i.cpu_histogram
+      .get_or_create(&worker)
+      .observe(r.cpu_us as f64 / 1e6);
+    i.wall_seconds
+      .get_or_create(&worker)
+      .observe(r.wall_us as f64 / 1e6);
+    i.egress.get_or_create(&worker).inc_by(r.bytes_out);
+    i.ingress.get_or_create(&worker).inc_by(r.bytes_in);
+    i.subrequests
+      .get_or_create(&worker)
+      .inc_by(u64::from(r.subrequests));
+    let mut usage = i.usage.lock().unwrap_or_else(|e| e.into_inner());
+    usage
+      .entry((r.worker.clone(), r.version.clone()))
+      .or_default()
+      .add(r);
+  }
+
+  /// A sink that counts every record it gets here.
+  pub fn sink(&self) -> MeterSink {
+    let metrics = self.clone();
+    MeterSink::new(move |r| metrics.record(&r))
+  }
+
+  /// Usage totals per (worker, version) since the last drain, and resets
+  /// them: what a node ships to the control plane.
+  pub fn drain_usage(&self) -> Vec<(Arc<str>, Arc<str>, UsageTotals)> {
+    let mut usage = self.inner.usage.lock().unwrap_or_else(|e| e.into_inner());
+    usage.drain().map(|((w, v), t)| (w, v, t)).collect()
+  }
+
+  /// The Prometheus text exposition, with the pool's gauges as of now.
+  pub fn encode(&self, pool: Option<PoolStats>) -> String {
+    let i = &self.inner;
+    if let Some(stats) = pool {
+      i.isolates.set(stats.isolates as i64);
+      i.pool_memory.set(stats.memory as i64);
+      catch_up(&i.cold_starts, stats.cold_starts);
+      catch_up(&i.stock_hits, stats.stock_hits);
+      catch_up(&i.evictions, stats.evictions);
+    }
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &i.registry);
+    out
+  }
+}
+
+/// Moves a counter up to a running total kept elsewhere.
+fn catch_up(counter: &Counter, total: u64) {
+  let now = counter.get();
+  if total > now {
+    counter.inc_by(total - now);
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use std::time::SystemTime;
+
+  use super::*;
+
+  fn record(outcome: Outcome, cpu_us: u64) -> InvocationRecord {
+    InvocationRecord {
+      worker: Arc::from("alpha"),
+      version: Arc::from("v1"),
+      start: SystemTime::now(),
+      cpu_us,
+      wall_us: 2 * cpu_us,
+      peak_memory: 1 << 20,
+      bytes_in: 10,
+      bytes_out: 100,
+      subrequests: 1,
+      outcome,
+    }
+  }
+
+  #[test]
+  fn records_add_up_per_worker_and_drain() {
+    let m = Metrics::new();
+    m.record(&record(Outcome::Ok, 300));
+    m.record(&record(Outcome::CpuLimit, 700));
+    let usage = m.drain_usage();
+    assert_eq!(usage.len(), 1);
+    let (_, _, t) = &usage[0];
+    assert_eq!(
+      (t.requests, t.errors, t.cpu_us, t.egress_bytes),
+      (2, 1, 1000, 200)
+    );
+    assert!(m.drain_usage().is_empty(), "draining resets");
+    let text = m.encode(Some(PoolStats {
+      isolates: 3,
+      cold_starts: 5,
+      ..Default::default()
+    }));
+    assert!(
+      text.contains(r#"isola_invocations_total{worker="alpha",outcome="cpu_limit"} 1"#),
+      "{text}"
+    );
+    assert!(text.contains("isola_isolates_live 3"), "{text}");
+    assert!(text.contains("isola_cold_starts_total 5"), "{text}");
+  }
+}

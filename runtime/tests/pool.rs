@@ -1,0 +1,277 @@
+//! The isolate pool under load and abuse: real isolates on real V8 threads.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use bytes::Bytes;
+use isola_runtime::Bundle;
+use isola_runtime::Config;
+use isola_runtime::Error;
+use isola_runtime::Limits;
+use isola_runtime::Metrics;
+use isola_runtime::Outcome;
+use isola_runtime::Runtime;
+use isola_runtime::WorkerConfig;
+use isola_runtime::WorkerKey;
+
+fn source(
+  name: &str,
+  code: &str,
+  limits: Limits,
+) -> impl FnOnce() -> Result<(Bundle, WorkerConfig), Error> {
+  let bundle = Bundle::from_modules(
+    "worker.js",
+    [("worker.js".to_string(), Bytes::from(code.to_string()))],
+  );
+  let config = WorkerConfig::new(name).limits(limits);
+  move || Ok((bundle?, config))
+}
+
+async fn get(rt: &Runtime, name: &str, code: &str, limits: Limits, path: &str) -> (u16, String) {
+  let key = WorkerKey::new(name, "v1");
+  let req = isola_runtime::empty_request(&format!("http://{name}.test{path}"));
+  let response = match rt.fetch(&key, source(name, code, limits), req).await {
+    Ok(r) => r,
+    Err(e) => isola_runtime::error_response(&e),
+  };
+  let status = response.status().as_u16();
+  let body = response.into_body().collect_bytes().await.unwrap();
+  (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Waits (bounded) until `f` holds.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+  let start = Instant::now();
+  while !f() {
+    assert!(
+      start.elapsed() < Duration::from_secs(20),
+      "timed out waiting for {what}"
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+  }
+}
+
+fn rss_bytes() -> u64 {
+  let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+  let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+  pages * 4096
+}
+
+const GOOD: &str = r#"export default { fetch() { return new Response("good"); } };"#;
+
+const BAD: &str = r#"
+const kept = [];
+setInterval(() => {}, 1000);
+export default {
+  async fetch(request) {
+    switch (new URL(request.url).pathname) {
+      case "/spin": for (;;) {}
+      case "/hog": for (;;) kept.push(new Uint8Array(4 << 20).fill(7));
+      case "/hang": return new Promise(() => {});
+      case "/objects": for (;;) kept.push({ v: Math.random(), s: "z".repeat(100) });
+    }
+    return new Response("bad is fine");
+  },
+};
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_tenant_does_not_stop_its_neighbours() {
+  // One V8 thread: both tenants share it, the hardest case.
+  let rt = Runtime::new(Config::default().threads(1)).unwrap();
+  // CPU room enough for the memory abusers to reach the memory limit first
+  // in unoptimised test builds.
+  let limits = Limits::default()
+    .cpu(Duration::from_millis(400))
+    .memory_mib(64)
+    .wall(Duration::from_millis(1500));
+  assert_eq!(
+    get(&rt, "good", GOOD, limits.clone(), "/").await,
+    (200, "good".into())
+  );
+
+  for (path, want) in [
+    ("/spin", "cpu limit"),
+    ("/hog", "memory limit"),
+    ("/objects", "memory limit"),
+    ("/hang", "wall-clock limit"),
+  ] {
+    let abuse = {
+      let rt = rt.clone();
+      let limits = limits.clone();
+      tokio::spawn(async move { get(&rt, "bad", BAD, limits, path).await })
+    };
+    // The neighbour keeps answering while the abuse runs...
+    for _ in 0..5 {
+      assert_eq!(
+        get(&rt, "good", GOOD, limits.clone(), "/").await,
+        (200, "good".into())
+      );
+    }
+    let (status, body) = abuse.await.unwrap();
+    assert_eq!(status, 503, "{path}: {body}");
+    assert!(body.contains(want), "{path}: {body}");
+    // ...and after it; the abuser itself gets a fresh isolate.
+    assert_eq!(
+      get(&rt, "good", GOOD, limits.clone(), "/").await,
+      (200, "good".into())
+    );
+    assert_eq!(
+      get(&rt, "bad", BAD, limits.clone(), "/").await,
+      (200, "bad is fine".into())
+    );
+  }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lru_evicts_by_count_and_idle_ttl() {
+  let rt = Runtime::new(
+    Config::default()
+      .threads(1)
+      .max_isolates(3)
+      .idle_ttl(Duration::from_millis(600)),
+  )
+  .unwrap();
+  for i in 0..5 {
+    let name = format!("w{i}");
+    assert_eq!(get(&rt, &name, GOOD, Limits::default(), "/").await.0, 200);
+  }
+  let stats = rt.stats();
+  assert_eq!(stats.isolates, 3);
+  assert_eq!(stats.evictions, 2);
+  // w0 and w1 went first (least recently used): using w0 loads it again.
+  assert_eq!(get(&rt, "w0", GOOD, Limits::default(), "/").await.0, 200);
+  assert_eq!(rt.stats().cold_starts, 6);
+  eventually("idle isolates to expire", || rt.stats().isolates == 0).await;
+  eventually("expired isolates to be disposed", || {
+    rt.stats().running == 0
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_returns_after_isolates_are_disposed() {
+  let rt = Runtime::new(Config::default().threads(1).stock(0)).unwrap();
+  let hold = r#"
+    const kept = new Uint8Array(40 << 20).fill(1);
+    export default { fetch() { return new Response(String(kept.length)); } };
+  "#;
+  let before = rss_bytes();
+  for i in 0..8 {
+    assert_eq!(
+      get(&rt, &format!("m{i}"), hold, Limits::default(), "/")
+        .await
+        .0,
+      200
+    );
+  }
+  let peak = rss_bytes();
+  assert!(
+    peak > before + 250 * (1 << 20),
+    "8 × 40 MiB resident: {before} → {peak}"
+  );
+  for i in 0..8 {
+    rt.evict(&WorkerKey::new(format!("m{i}"), "v1"));
+  }
+  eventually("isolates to be disposed", || rt.stats().running == 0).await;
+  let after = rss_bytes();
+  assert!(
+    after + 200 * (1 << 20) < peak,
+    "memory came back: peak {peak}, after disposal {after}"
+  );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_invocation_is_metered() {
+  let metrics = Metrics::new();
+  let rt = Runtime::new(Config::default().threads(1).meter(metrics.sink())).unwrap();
+  let code = r#"
+    export default {
+      fetch(request) {
+        if (new URL(request.url).pathname === "/spin") for (;;) {}
+        let x = 0;
+        for (let i = 0; i < 1e5; i++) x += i;
+        return new Response("12345");
+      },
+    };
+  "#;
+  let limits = Limits::default().cpu(Duration::from_millis(30));
+  for _ in 0..3 {
+    assert_eq!(
+      get(&rt, "metered", code, limits.clone(), "/").await,
+      (200, "12345".into())
+    );
+  }
+  assert_eq!(
+    get(&rt, "metered", code, limits.clone(), "/spin").await.0,
+    503
+  );
+  let records: Arc<Mutex<Vec<_>>> = Arc::default();
+  eventually("four records", || {
+    let usage = metrics.drain_usage();
+    records.lock().unwrap().extend(usage);
+    records
+      .lock()
+      .unwrap()
+      .iter()
+      .map(|(_, _, t)| t.requests)
+      .sum::<u64>()
+      == 4
+  })
+  .await;
+  let records = records.lock().unwrap();
+  let errors: u64 = records.iter().map(|(_, _, t)| t.errors).sum();
+  let egress: u64 = records.iter().map(|(_, _, t)| t.egress_bytes).sum();
+  let cpu: u64 = records.iter().map(|(_, _, t)| t.cpu_us).sum();
+  assert_eq!(errors, 1);
+  assert_eq!(egress, 15);
+  assert!(
+    cpu >= 30_000,
+    "the spinning invocation alone used its 30 ms: {cpu} µs"
+  );
+  let text = metrics.encode(Some(rt.stats()));
+  assert!(
+    text.contains(r#"isola_invocations_total{worker="metered",outcome="ok"} 3"#),
+    "{text}"
+  );
+  assert!(
+    text.contains(&format!(
+      r#"isola_invocations_total{{worker="metered",outcome="{}"}} 1"#,
+      Outcome::CpuLimit.as_str()
+    )),
+    "{text}"
+  );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_scales_out_to_another_isolate() {
+  let rt = Runtime::new(Config::default().threads(2).max_concurrency(1)).unwrap();
+  let slow = r#"export default { async fetch() { await new Promise((r) => setTimeout(r, 300)); return new Response("slow"); } };"#;
+  let a = {
+    let rt = rt.clone();
+    tokio::spawn(async move { get(&rt, "slow", slow, Limits::default(), "/").await })
+  };
+  let b = {
+    let rt = rt.clone();
+    tokio::spawn(async move { get(&rt, "slow", slow, Limits::default(), "/").await })
+  };
+  assert_eq!(a.await.unwrap().0, 200);
+  assert_eq!(b.await.unwrap().0, 200);
+  assert_eq!(
+    rt.stats().cold_starts,
+    2,
+    "two isolates for two concurrent requests"
+  );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unseen_workers_load_into_ready_isolates() {
+  let rt = Runtime::new(Config::default().threads(1).stock(2)).unwrap();
+  eventually("the stock to fill", || rt.stats().stock == 2).await;
+  assert_eq!(get(&rt, "fresh", GOOD, Limits::default(), "/").await.0, 200);
+  let stats = rt.stats();
+  assert_eq!((stats.cold_starts, stats.stock_hits), (1, 1));
+  eventually("the stock to refill", || rt.stats().stock == 2).await;
+}
