@@ -106,6 +106,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
   let listener = std::sync::Mutex::new(Some(listener));
   let listener = std::sync::Arc::new(listener);
   let (done_tx, done_rx) = std::sync::mpsc::channel::<String>();
+  // dev runs until the process is stopped: the sender is never used.
+  let (_shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
   let pool = runtime.clone();
   runtime.spawn_on_each_thread(move |_thread| {
     let listener = listener.lock().ok().and_then(|mut l| l.take());
@@ -114,6 +116,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let bundle = bundle.clone();
     let config = config.clone();
     let done_tx = done_tx.clone();
+    let shutdown_rx = shutdown_rx.clone();
     async move {
       let Some(listener) = listener else {
         return;
@@ -125,7 +128,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
           return;
         }
       };
-      crate::server::serve(listener, move |req| {
+      let options = crate::server::HttpOptions::default();
+      crate::server::serve(listener, None, options, shutdown_rx, move |req| {
         let pool = pool.clone();
         let key = key.clone();
         let source = (bundle.clone(), config.clone());

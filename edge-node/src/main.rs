@@ -1,8 +1,13 @@
 //! `isola-edge`: the edge node binary.
 
+mod config;
 mod dev;
 mod logs;
+mod routes;
+mod serve;
 mod server;
+mod store;
+mod tls;
 
 use clap::Parser;
 use clap::Subcommand;
@@ -22,6 +27,8 @@ struct Cli {
 enum Command {
   /// Serve one worker from a file on disk, for development.
   Dev(dev::DevArgs),
+  /// Run an edge node from its config file (edge.toml).
+  Serve(serve::ServeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +42,7 @@ fn main() -> std::process::ExitCode {
   let cli = Cli::parse();
   let result = match cli.command {
     Command::Dev(args) => dev::run(args),
+    Command::Serve(args) => serve::run(args),
   };
   match result {
     Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,17 +1,43 @@
-//! The HTTP front: hyper connections, served on the V8 threads so that a
-//! request usually reaches its isolate without a cross-thread hop.
+//! The HTTP front: hyper connections (HTTP/1.1, h2c, and HTTPS with ALPN),
+//! served on the V8 threads so that a request usually reaches its isolate
+//! without a cross-thread hop.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use isola_runtime::ResponseBody;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-/// Makes the request URI absolute (`http://host/path?query`), as Workers
+/// Protection of the HTTP front against slow or oversized input.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+  /// Largest request head; beyond it hyper answers 431.
+  pub max_header_bytes: usize,
+  /// A client that has not sent a full request head by then is cut off.
+  pub header_timeout: Duration,
+  /// Time in-flight requests get to finish once shutdown starts.
+  pub drain_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+  fn default() -> Self {
+    Self {
+      max_header_bytes: 64 << 10,
+      header_timeout: Duration::from_secs(10),
+      drain_timeout: Duration::from_secs(30),
+    }
+  }
+}
+
+/// Makes the request URI absolute (`https://host/path?query`), as Workers
 /// handlers expect `request.url` to be.
 pub fn absolute_uri(req: &http::Request<Incoming>, scheme: &str, fallback_host: &str) -> http::Uri {
   let host = req
@@ -32,43 +58,95 @@ pub fn absolute_uri(req: &http::Request<Incoming>, scheme: &str, fallback_host: 
     .unwrap_or_else(|_| http::Uri::from_static("http://invalid/"))
 }
 
-/// Accepts connections on `listener` forever and answers each request with
-/// `handle` (given the request with an absolute URI).
-pub async fn serve<H, F>(listener: TcpListener, handle: H)
-where
+fn builder(options: &HttpOptions) -> auto::Builder<TokioExecutor> {
+  let mut builder = auto::Builder::new(TokioExecutor::new());
+  builder
+    .http1()
+    .timer(TokioTimer::new())
+    .header_read_timeout(options.header_timeout)
+    .max_buf_size(options.max_header_bytes.max(8192));
+  builder
+    .http2()
+    .timer(TokioTimer::new())
+    .max_header_list_size(options.max_header_bytes as u32);
+  builder
+}
+
+/// Accepts connections on `listener` until `shutdown` turns true, answering
+/// each request with `handle`; then lets in-flight requests finish (up to the
+/// drain timeout).
+pub async fn serve<H, F>(
+  listener: TcpListener,
+  tls: Option<Arc<rustls::ServerConfig>>,
+  options: HttpOptions,
+  mut shutdown: watch::Receiver<bool>,
+  handle: H,
+) where
   H: Fn(http::Request<isola_runtime::RequestBody>) -> F + Clone + Send + 'static,
   F: Future<Output = http::Response<ResponseBody>> + Send + 'static,
 {
+  let scheme = if tls.is_some() { "https" } else { "http" };
   let fallback_host = listener
     .local_addr()
-    .map_or_else(|_| "localhost".to_string(), |a: SocketAddr| a.to_string());
+    .map_or_else(|_| "localhost".to_string(), |a| a.to_string());
+  let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+  let builder = Arc::new(builder(&options));
+  let graceful = GracefulShutdown::new();
   loop {
-    let (stream, _peer) = match listener.accept().await {
-      Ok(conn) => conn,
-      Err(e) => {
-        tracing::warn!("accept failed: {e}");
-        continue;
-      }
+    let (stream, _peer) = tokio::select! {
+      conn = listener.accept() => match conn {
+        Ok(conn) => conn,
+        Err(e) => {
+          tracing::warn!("accept failed: {e}");
+          tokio::time::sleep(Duration::from_millis(10)).await;
+          continue;
+        }
+      },
+      _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
     };
     let _ = stream.set_nodelay(true);
     let handle = handle.clone();
     let fallback_host = fallback_host.clone();
+    let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+      let uri = absolute_uri(&req, scheme, &fallback_host);
+      let (mut parts, body) = req.into_parts();
+      parts.uri = uri;
+      let req = http::Request::from_parts(parts, isola_runtime::request_body(body));
+      let response = handle(req);
+      async move { Ok::<_, std::convert::Infallible>(response.await) }
+    });
+    let builder = builder.clone();
+    let watcher = graceful.watcher();
+    let acceptor = acceptor.clone();
+    let header_timeout = options.header_timeout;
     tokio::spawn(async move {
-      let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-        let uri = absolute_uri(&req, "http", &fallback_host);
-        let (mut parts, body) = req.into_parts();
-        parts.uri = uri;
-        let req = http::Request::from_parts(parts, isola_runtime::request_body(body));
-        let response = handle(req);
-        async move { Ok::<_, std::convert::Infallible>(response.await) }
-      });
-      let builder = auto::Builder::new(TokioExecutor::new());
-      if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-      {
-        tracing::debug!("connection ended: {e}");
+      match acceptor {
+        None => {
+          let conn = builder.serve_connection(TokioIo::new(stream), service);
+          if let Err(e) = watcher.watch(conn.into_owned()).await {
+            tracing::debug!("connection ended: {e}");
+          }
+        }
+        Some(acceptor) => {
+          // A TLS handshake is held to the same deadline as a request head.
+          let tls = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
+            Err(_) => return tracing::debug!("TLS handshake timed out"),
+          };
+          let conn = builder.serve_connection(TokioIo::new(tls), service);
+          if let Err(e) = watcher.watch(conn.into_owned()).await {
+            tracing::debug!("connection ended: {e}");
+          }
+        }
       }
     });
+  }
+  drop(listener);
+  if tokio::time::timeout(options.drain_timeout, graceful.shutdown())
+    .await
+    .is_err()
+  {
+    tracing::warn!("shutdown: connections still open after the drain timeout");
   }
 }

@@ -25,6 +25,12 @@ struct WorkerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+  worker: String,
+  class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
   worker: String,
   outcome: String,
@@ -70,6 +76,8 @@ struct Inner {
   stock_hits: Counter,
   evictions: Counter,
   usage: Mutex<HashMap<VersionId, UsageTotals>>,
+  http_requests: Family<StatusLabels, Counter>,
+  http_latency: Family<WorkerLabels, Histogram>,
 }
 
 /// (worker, version)
@@ -150,8 +158,24 @@ impl Metrics {
       "Isolates dropped by LRU, memory or idle TTL",
       evictions.clone(),
     );
+    let http_requests = Family::<StatusLabels, Counter>::default();
+    registry.register(
+      "http_requests",
+      "HTTP requests by worker and status class",
+      http_requests.clone(),
+    );
+    let http_latency = Family::<WorkerLabels, Histogram>::new_with_constructor(|| {
+      Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+    });
+    registry.register(
+      "http_request_duration_seconds",
+      "Time to the response head",
+      http_latency.clone(),
+    );
     Self {
       inner: Arc::new(Inner {
+        http_requests,
+        http_latency,
         registry,
         invocations,
         cpu_seconds,
@@ -201,6 +225,26 @@ impl Metrics {
       .entry((r.worker.clone(), r.version.clone()))
       .or_default()
       .add(r);
+  }
+
+  /// Counts one HTTP request answered for `worker` ("" when no route matched).
+  pub fn record_http(&self, worker: &str, status: u16, elapsed: std::time::Duration) {
+    let class = format!("{}xx", status / 100);
+    self
+      .inner
+      .http_requests
+      .get_or_create(&StatusLabels {
+        worker: worker.to_string(),
+        class,
+      })
+      .inc();
+    self
+      .inner
+      .http_latency
+      .get_or_create(&WorkerLabels {
+        worker: worker.to_string(),
+      })
+      .observe(elapsed.as_secs_f64());
   }
 
   /// A sink that counts every record it gets here.

@@ -349,6 +349,11 @@ impl Runtime {
   pub fn config(&self) -> &Config {
     &self.shared.config
   }
+
+  /// Number of V8 threads.
+  pub fn threads(&self) -> usize {
+    self.shared.threads.len()
+  }
 }
 
 impl Shared {

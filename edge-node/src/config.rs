@@ -1,0 +1,205 @@
+//! `edge.toml`: what an operator writes to run a node.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+use crate::store::LimitsSpec;
+
+/// The whole file. Unknown keys are errors, so typos do not pass silently.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+  #[serde(default)]
+  pub server: ServerConfig,
+  #[serde(default, rename = "certificate")]
+  pub certificates: Vec<CertificateConfig>,
+  #[serde(default, rename = "worker")]
+  pub workers: Vec<StaticWorker>,
+  /// Folder holding the config file; relative paths resolve against it.
+  #[serde(skip)]
+  pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+  /// HTTP/1.1 and h2c. Default: 127.0.0.1:8080.
+  #[serde(default = "default_listen")]
+  pub listen: SocketAddr,
+  /// HTTPS (HTTP/1.1 and HTTP/2 via ALPN); needs `[[certificate]]` entries.
+  pub listen_tls: Option<SocketAddr>,
+  /// `/healthz`, `/readyz`, `/metrics`. Default: 127.0.0.1:9090.
+  #[serde(default = "default_admin")]
+  pub admin: Option<SocketAddr>,
+  /// V8 threads. Default: one per core.
+  pub threads: Option<usize>,
+  /// Deployment store. Default: `.isola-edge` next to the config file.
+  pub data_dir: Option<PathBuf>,
+  /// Largest request head (request line and headers). Default: 64 KiB.
+  #[serde(default = "default_max_header_bytes")]
+  pub max_header_bytes: usize,
+  /// Time a client has to send a request head. Default: 10 s.
+  #[serde(default = "default_header_timeout_ms")]
+  pub header_timeout_ms: u64,
+  /// Time in-flight requests get to finish after SIGTERM. Default: 30 s.
+  #[serde(default = "default_drain_ms")]
+  pub drain_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+  fn default() -> Self {
+    Self {
+      listen: default_listen(),
+      listen_tls: None,
+      admin: default_admin(),
+      threads: None,
+      data_dir: None,
+      max_header_bytes: default_max_header_bytes(),
+      header_timeout_ms: default_header_timeout_ms(),
+      drain_timeout_ms: default_drain_ms(),
+    }
+  }
+}
+
+fn default_listen() -> SocketAddr {
+  SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_admin() -> Option<SocketAddr> {
+  Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
+}
+fn default_max_header_bytes() -> usize {
+  64 << 10
+}
+fn default_header_timeout_ms() -> u64 {
+  10_000
+}
+fn default_drain_ms() -> u64 {
+  30_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+  /// Host names (SNI) this certificate answers for; `*.example.test` allowed.
+  pub hosts: Vec<String>,
+  pub cert: PathBuf,
+  pub key: PathBuf,
+}
+
+/// A worker defined in the config file rather than pushed by a control plane.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticWorker {
+  pub name: String,
+  /// Main module; its folder holds the other modules.
+  pub entry: PathBuf,
+  #[serde(default)]
+  pub vars: BTreeMap<String, toml::Value>,
+  #[serde(default)]
+  pub routes: Vec<String>,
+  #[serde(default)]
+  pub limits: LimitsSpec,
+}
+
+impl EdgeConfig {
+  pub fn load(path: &Path) -> anyhow::Result<Self> {
+    let text = std::fs::read_to_string(path)
+      .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    let mut config: EdgeConfig =
+      toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    config.base_dir = path
+      .parent()
+      .map(Path::to_path_buf)
+      .unwrap_or_else(|| PathBuf::from("."));
+    if config.server.listen_tls.is_some() && config.certificates.is_empty() {
+      anyhow::bail!(
+        "{}: [server] listen_tls is set but there is no [[certificate]]; add one or remove listen_tls",
+        path.display()
+      );
+    }
+    let mut names = std::collections::HashSet::new();
+    for w in &config.workers {
+      if !names.insert(&w.name) {
+        anyhow::bail!("{}: worker {:?} is defined twice", path.display(), w.name);
+      }
+    }
+    Ok(config)
+  }
+
+  /// `p` resolved against the config file's folder.
+  pub fn resolve(&self, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+      p.to_path_buf()
+    } else {
+      self.base_dir.join(p)
+    }
+  }
+
+  pub fn data_dir(&self) -> PathBuf {
+    match &self.server.data_dir {
+      Some(dir) => self.resolve(dir),
+      None => self.base_dir.join(".isola-edge"),
+    }
+  }
+}
+
+/// A TOML var as the handler sees it: strings stay strings, tables and
+/// arrays become JSON values.
+pub fn toml_to_json(v: &toml::Value) -> serde_json::Value {
+  match v {
+    toml::Value::String(s) => serde_json::Value::String(s.clone()),
+    toml::Value::Integer(i) => serde_json::Value::from(*i),
+    toml::Value::Float(f) => serde_json::Value::from(*f),
+    toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
+    toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+    toml::Value::Array(a) => serde_json::Value::Array(a.iter().map(toml_to_json).collect()),
+    toml::Value::Table(t) => serde_json::Value::Object(
+      t.iter()
+        .map(|(k, v)| (k.clone(), toml_to_json(v)))
+        .collect(),
+    ),
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn the_documented_example_parses() {
+    let text = r#"
+      [server]
+      listen = "127.0.0.1:8080"
+      listen_tls = "127.0.0.1:8443"
+      admin = "127.0.0.1:9090"
+
+      [[certificate]]
+      hosts = ["alpha.test"]
+      cert = "certs/alpha.pem"
+      key = "certs/alpha-key.pem"
+
+      [[worker]]
+      name = "alpha"
+      entry = "alpha/worker.js"
+      vars = { NAME = "A", CONF = { max = 3 } }
+      routes = ["alpha.test/*", "*.alpha.test/*"]
+    "#;
+    let c: EdgeConfig = toml::from_str(text).unwrap();
+    assert_eq!(c.workers[0].routes.len(), 2);
+    assert_eq!(
+      toml_to_json(&c.workers[0].vars["CONF"]),
+      serde_json::json!({ "max": 3 })
+    );
+  }
+
+  #[test]
+  fn a_typo_is_an_error_that_names_the_key() {
+    let err = toml::from_str::<EdgeConfig>("[server]\nlisten_tsl = \"127.0.0.1:1\"\n").unwrap_err();
+    assert!(err.to_string().contains("listen_tsl"), "{err}");
+  }
+}
