@@ -151,6 +151,10 @@ pub struct PoolStats {
   pub stock: usize,
 }
 
+/// How long a V8 thread must have had no new command before it makes a
+/// blank isolate for its stock.
+const REFILL_QUIET: Duration = Duration::from_millis(10);
+
 type TaskFactory = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 
 enum Command {
@@ -507,9 +511,13 @@ fn thread_main(
     loop {
       // Refill the stock while nothing else is waiting.
       let cmd = if stock.len() < stock_target {
-        match rx.try_recv() {
-          Ok(cmd) => cmd,
-          Err(mpsc::error::TryRecvError::Empty) => {
+        // Refill only in a quiet moment: making an isolate blocks this thread
+        // for a few milliseconds, and the worker just loaded is about to get
+        // its first request.
+        match tokio::time::timeout(REFILL_QUIET, rx.recv()).await {
+          Ok(Some(cmd)) => cmd,
+          Ok(None) => return,
+          Err(_) => {
             match Isolate::new(logs.clone()) {
               Ok(isolate) => {
                 stock.push_back(isolate);
@@ -517,11 +525,8 @@ fn thread_main(
               }
               Err(e) => tracing::error!("cannot make a blank isolate: {e}"),
             }
-            // Let other tasks on this thread (connections) run in between.
-            tokio::task::yield_now().await;
             continue;
           }
-          Err(mpsc::error::TryRecvError::Disconnected) => return,
         }
       } else {
         match rx.recv().await {

@@ -24,7 +24,8 @@ const { op_isola_log, op_isola_subrequest } = core.ops;
 const webidl = core.loadExtScript("ext:deno_webidl/00_webidl.js");
 const consoleMod = core.loadExtScript("ext:deno_web/01_console.js");
 const url = core.loadExtScript("ext:deno_web/00_url.js");
-const urlPattern = core.loadExtScript("ext:deno_web/01_urlpattern.js");
+// Rarely used and large: loaded on first use, so idle isolates stay small.
+const loadUrlPattern = () => core.loadExtScript("ext:deno_web/01_urlpattern.js");
 const { DOMException } = core.loadExtScript("ext:deno_web/01_dom_exception.js");
 const event = core.loadExtScript("ext:deno_web/02_event.js");
 const timers = core.loadExtScript("ext:deno_web/02_timers.js");
@@ -34,9 +35,9 @@ const streams = core.loadExtScript("ext:deno_web/06_streams.js");
 const encoding = core.loadExtScript("ext:deno_web/08_text_encoding.js");
 const file = core.loadExtScript("ext:deno_web/09_file.js");
 const messagePort = core.loadExtScript("ext:deno_web/13_message_port.js");
-const compression = core.loadExtScript("ext:deno_web/14_compression.js");
+const loadCompression = () => core.loadExtScript("ext:deno_web/14_compression.js");
 const performanceMod = core.loadExtScript("ext:deno_web/15_performance.js");
-const cryptoMod = core.loadExtScript("ext:deno_crypto/00_crypto.js");
+const loadCrypto = () => core.loadExtScript("ext:deno_crypto/00_crypto.js");
 
 // 26_fetch.js reads these telemetry hooks; Isola meters in Rust instead.
 const DID_NOT_ENTER = Symbol("DID_NOT_ENTER");
@@ -208,12 +209,18 @@ core.defineGlobalProperties(globalThis, {
   ByteLengthQueuingStrategy: core.propNonEnumerable(
     streams.ByteLengthQueuingStrategy,
   ),
-  CompressionStream: core.propNonEnumerable(compression.CompressionStream),
+  CompressionStream: core.propNonEnumerableLazyLoaded(
+    (m) => m.CompressionStream,
+    loadCompression,
+  ),
   CountQueuingStrategy: core.propNonEnumerable(streams.CountQueuingStrategy),
-  Crypto: core.propNonEnumerable(cryptoMod.Crypto),
-  CryptoKey: core.propNonEnumerable(cryptoMod.CryptoKey),
+  Crypto: core.propNonEnumerableLazyLoaded((m) => m.Crypto, loadCrypto),
+  CryptoKey: core.propNonEnumerableLazyLoaded((m) => m.CryptoKey, loadCrypto),
   CustomEvent: core.propNonEnumerable(event.CustomEvent),
-  DecompressionStream: core.propNonEnumerable(compression.DecompressionStream),
+  DecompressionStream: core.propNonEnumerableLazyLoaded(
+    (m) => m.DecompressionStream,
+    loadCompression,
+  ),
   DOMException: core.propNonEnumerable(DOMException),
   ErrorEvent: core.propNonEnumerable(event.ErrorEvent),
   Event: core.propNonEnumerable(event.Event),
@@ -245,7 +252,7 @@ core.defineGlobalProperties(globalThis, {
   ),
   Request: core.propNonEnumerable(request.Request),
   Response: core.propNonEnumerable(response.Response),
-  SubtleCrypto: core.propNonEnumerable(cryptoMod.SubtleCrypto),
+  SubtleCrypto: core.propNonEnumerableLazyLoaded((m) => m.SubtleCrypto, loadCrypto),
   TextDecoder: core.propNonEnumerable(encoding.TextDecoder),
   TextDecoderStream: core.propNonEnumerable(encoding.TextDecoderStream),
   TextEncoder: core.propNonEnumerable(encoding.TextEncoder),
@@ -255,7 +262,7 @@ core.defineGlobalProperties(globalThis, {
     streams.TransformStreamDefaultController,
   ),
   URL: core.propNonEnumerable(url.URL),
-  URLPattern: core.propNonEnumerable(urlPattern.URLPattern),
+  URLPattern: core.propNonEnumerableLazyLoaded((m) => m.URLPattern, loadUrlPattern),
   URLSearchParams: core.propNonEnumerable(url.URLSearchParams),
   WritableStream: core.propNonEnumerable(streams.WritableStream),
   WritableStreamDefaultController: core.propNonEnumerable(
@@ -271,7 +278,7 @@ core.defineGlobalProperties(globalThis, {
   clearInterval: core.propWritable(timers.clearInterval),
   clearTimeout: core.propWritable(timers.clearTimeout),
   console: core.propNonEnumerable(console),
-  crypto: core.propGetterOnly(() => cryptoMod.crypto),
+  crypto: core.propGetterOnly(() => loadCrypto().crypto),
   fetch: core.propWritable(fetch),
   Date: core.propNonEnumerable(Date),
   navigator: core.propGetterOnly(() => navigator),
