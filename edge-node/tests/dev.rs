@@ -1,14 +1,10 @@
 //! `isola-edge dev` as a user runs it: the real binary, real HTTP on loopback.
 
-use std::io::BufRead as _;
-use std::io::BufReader;
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Child;
 use std::process::Command;
-use std::process::Stdio;
-use std::sync::mpsc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -16,78 +12,33 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-/// A running `isola-edge dev`; killed on drop. Output lines are collected.
+/// A running `isola-edge dev` and the address it serves.
 struct Dev {
-  child: Child,
+  proc: common::Proc,
   addr: SocketAddr,
-  lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Dev {
-  fn drop(&mut self) {
-    let _ = self.child.kill();
-    let _ = self.child.wait();
-  }
 }
 
 impl Dev {
   fn start(entry: &Path, extra: &[&str]) -> Dev {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_isola-edge"))
-      .arg("dev")
-      .arg(entry)
-      .args(["--listen", "127.0.0.1:0"])
-      .args(extra)
-      .stdout(Stdio::piped())
-      .stderr(Stdio::piped())
-      .spawn()
-      .expect("isola-edge starts");
-    let (tx, rx) = mpsc::channel();
-    for stream in [
-      Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-      Box::new(child.stderr.take().unwrap()),
-    ] {
-      let tx = tx.clone();
-      std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-          let _ = tx.send(line);
-        }
-      });
-    }
-    let mut seen = Vec::new();
-    let addr = loop {
-      let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("isola-edge dev did not start; output: {seen:#?}"));
-      if let Some(url) = line.split(" at http://").nth(1) {
-        break url.trim().parse().expect("address in banner");
-      }
-      seen.push(line);
-    };
-    Dev {
-      child,
-      addr,
-      lines: rx,
-    }
+    let mut args: Vec<&std::ffi::OsStr> = vec!["dev".as_ref(), entry.as_os_str()];
+    args.extend(["--listen", "127.0.0.1:0"].iter().map(std::ffi::OsStr::new));
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    let proc = common::Proc::start(&args);
+    let banner = proc.expect_line(" at http://");
+    let addr = banner
+      .split(" at http://")
+      .nth(1)
+      .and_then(|a| a.trim().parse().ok())
+      .expect("address in banner");
+    Dev { proc, addr }
   }
 
-  /// Waits for an output line containing `needle`.
   fn expect_line(&self, needle: &str) -> String {
-    let mut seen = Vec::new();
-    loop {
-      match self.lines.recv_timeout(Duration::from_secs(10)) {
-        Ok(line) if line.contains(needle) => return line,
-        Ok(line) => seen.push(line),
-        Err(_) => panic!("no output line containing {needle:?}; saw {seen:#?}"),
-      }
-    }
+    self.proc.expect_line(needle)
   }
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
-  let path = dir.join(name);
-  std::fs::write(&path, text).unwrap();
-  path
-}
+use common::write;
 
 async fn send(
   client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,

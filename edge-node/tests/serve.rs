@@ -1,20 +1,17 @@
 //! `isola-edge serve` as an operator runs it: the real binary with a config
 //! file, real HTTP, HTTP/2 and TLS on loopback.
 
-use std::io::BufRead as _;
-use std::io::BufReader;
+mod common;
+
 use std::io::Read as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::net::TcpListener;
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Child;
 use std::process::Command;
-use std::process::Stdio;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -35,24 +32,16 @@ fn free_port() -> u16 {
 }
 
 struct Node {
-  child: Child,
+  proc: common::Proc,
   http: SocketAddr,
   tls: SocketAddr,
   admin: SocketAddr,
-  lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Node {
-  fn drop(&mut self) {
-    let _ = self.child.kill();
-    let _ = self.child.wait();
-  }
 }
 
 impl Node {
   fn signal(&self, sig: &str) {
     let ok = Command::new("kill")
-      .args([&format!("-{sig}"), &self.child.id().to_string()])
+      .args([&format!("-{sig}"), &self.proc.child.id().to_string()])
       .status()
       .unwrap()
       .success();
@@ -60,22 +49,11 @@ impl Node {
   }
 
   fn expect_line(&self, needle: &str) -> String {
-    let mut seen = Vec::new();
-    loop {
-      match self.lines.recv_timeout(Duration::from_secs(20)) {
-        Ok(line) if line.contains(needle) => return line,
-        Ok(line) => seen.push(line),
-        Err(_) => panic!("no output line containing {needle:?}; saw {seen:#?}"),
-      }
-    }
+    self.proc.expect_line(needle)
   }
 }
 
-fn write(dir: &Path, name: &str, text: &str) {
-  let path = dir.join(name);
-  std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-  std::fs::write(path, text).unwrap();
-}
+use common::write;
 
 /// Two certificates (alpha.test, *.beta.test) signed by one test CA.
 fn make_certs(dir: &Path) -> rustls::RootCertStore {
@@ -135,31 +113,13 @@ routes = ["shop.alpha.test/api/*", "*.beta.test/*"]
 "#
     ),
   );
-  let mut child = Command::new(env!("CARGO_BIN_EXE_isola-edge"))
-    .args(["serve", "--config"])
-    .arg(dir.join("edge.toml"))
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-  let (tx, rx) = mpsc::channel();
-  for stream in [
-    Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-    Box::new(child.stderr.take().unwrap()),
-  ] {
-    let tx = tx.clone();
-    std::thread::spawn(move || {
-      for line in BufReader::new(stream).lines().map_while(Result::ok) {
-        let _ = tx.send(line);
-      }
-    });
-  }
+  let config = dir.join("edge.toml");
+  let proc = common::Proc::start(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()]);
   let node = Node {
-    child,
+    proc,
     http: format!("127.0.0.1:{http}").parse().unwrap(),
     tls: format!("127.0.0.1:{tls}").parse().unwrap(),
     admin: format!("127.0.0.1:{admin}").parse().unwrap(),
-    lines: rx,
   };
   node.expect_line("isola-edge serve:");
   node
@@ -476,6 +436,6 @@ async fn sigterm_drains_in_flight_requests() {
   node.signal("TERM");
   let (status, body) = in_flight.await.unwrap();
   assert_eq!((status, body.as_str()), (200, "alpha v1 A alpha.test/slow"));
-  let exit = node.child.wait().unwrap();
+  let exit = node.proc.child.wait().unwrap();
   assert!(exit.success(), "{exit:?}");
 }
