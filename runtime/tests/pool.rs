@@ -92,11 +92,14 @@ async fn a_misbehaving_tenant_does_not_stop_its_neighbours() {
     (200, "good".into())
   );
 
-  for (path, want) in [
-    ("/spin", "cpu limit"),
-    ("/hog", "memory limit"),
-    ("/objects", "memory limit"),
-    ("/hang", "wall-clock limit"),
+  // Heap growth of small objects may exhaust its CPU allowance in garbage
+  // collection before it reaches the memory limit; either stop is right here
+  // (the `lim_memory_objects` fixture pins the memory limit down).
+  for (path, wants) in [
+    ("/spin", &["cpu limit"][..]),
+    ("/hog", &["memory limit"][..]),
+    ("/objects", &["memory limit", "cpu limit"][..]),
+    ("/hang", &["wall-clock limit"][..]),
   ] {
     let abuse = {
       let rt = rt.clone();
@@ -112,7 +115,7 @@ async fn a_misbehaving_tenant_does_not_stop_its_neighbours() {
     }
     let (status, body) = abuse.await.unwrap();
     assert_eq!(status, 503, "{path}: {body}");
-    assert!(body.contains(want), "{path}: {body}");
+    assert!(wants.iter().any(|w| body.contains(w)), "{path}: {body}");
     // ...and after it; the abuser itself gets a fresh isolate.
     assert_eq!(
       get(&rt, "good", GOOD, limits.clone(), "/").await,
