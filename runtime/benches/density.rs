@@ -78,8 +78,6 @@ async fn density(max: usize) -> Vec<(usize, f64)> {
       hit(&rt, &format!("tenant-{loaded}"), HELLO, Limits::default()).await;
       loaded += 1;
     }
-    // Idle workers compact after a second without requests.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     let per = (rss() - base) as f64 / loaded as f64 / (1 << 20) as f64;
     out.push((loaded, per));
   }

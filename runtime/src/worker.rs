@@ -421,9 +421,6 @@ impl Isolate {
   }
 }
 
-/// How long an isolate waits with nothing in flight before it compacts.
-const IDLE_COMPACT: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// CPU the main module may use while it is evaluated (top-level code and
 /// top-level awaits), as on Workers.
 const STARTUP_CPU: std::time::Duration = std::time::Duration::from_secs(1);
@@ -759,13 +756,6 @@ impl Worker {
     }
   }
 
-  /// Collects garbage and returns freed memory to the system; for isolates
-  /// that have gone idle.
-  pub fn compact(&mut self) {
-    let _entered = EnterGuard::new(&mut self.js);
-    self.js.v8_isolate().low_memory_notification();
-  }
-
   /// Invocations not finished yet.
   pub fn in_flight(&self) -> usize {
     self.js.op_state().borrow().borrow::<Invocations>().len()
@@ -841,27 +831,12 @@ impl Worker {
 
   async fn serve(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
     let mut closed = false;
-    // An isolate idle for a while gives its garbage back (idle density).
-    let mut idle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut compacted = false;
     poll_fn(|cx| {
       while !closed {
         match rx.poll_recv(cx) {
-          Poll::Ready(Some(cmd)) => {
-            compacted = false;
-            idle_timer = None;
-            self.dispatch(cmd.request, cmd.reply, Some(cmd.done))
-          }
+          Poll::Ready(Some(cmd)) => self.dispatch(cmd.request, cmd.reply, Some(cmd.done)),
           Poll::Ready(None) => closed = true,
           Poll::Pending => break,
-        }
-      }
-      if !compacted && self.in_flight() == 0 {
-        let timer = idle_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(IDLE_COMPACT)));
-        if timer.as_mut().poll(cx).is_ready() {
-          self.compact();
-          compacted = true;
-          idle_timer = None;
         }
       }
       // Evicted (every handle dropped) and nothing in flight: background
