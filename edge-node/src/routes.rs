@@ -117,13 +117,12 @@ impl<T> RouteTable<T> {
     None
   }
 
-  // For callers that report table size (logs, metrics); the server may not yet.
-  #[allow(dead_code)]
+  /// Number of routes (the serve banner reports it).
   pub fn len(&self) -> usize {
     self.targets.len()
   }
 
-  #[allow(dead_code)]
+  #[allow(dead_code, reason = "pairs with len(); used by tests")]
   pub fn is_empty(&self) -> bool {
     self.targets.is_empty()
   }

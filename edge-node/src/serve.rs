@@ -276,8 +276,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   drop(done_tx);
   ready.store(true, Ordering::Release);
   println!(
-    "isola-edge serve: {} worker(s); http://{}{}{}",
+    "isola-edge serve: {} worker(s), {} route(s); http://{}{}{}",
     state.load().workers.len(),
+    state.load().routes.len(),
     config.server.listen,
     config
       .server
