@@ -105,8 +105,9 @@ pub struct InvocationRecord {
   pub start: SystemTime,
   pub cpu_us: u64,
   pub wall_us: u64,
-  /// The isolate's heap (V8 heap + ArrayBuffers) at its highest during the
-  /// invocation, as sampled at the end of each of its turns.
+  /// The isolate's memory (V8 heap + ArrayBuffers) at its highest during the
+  /// invocation, as seen at the end of its turns (the V8 heap is sampled
+  /// every 16th turn).
   pub peak_memory: u64,
   pub bytes_in: u64,
   pub bytes_out: u64,

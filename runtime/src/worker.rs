@@ -416,10 +416,15 @@ impl Isolate {
       guard: self.guard,
       limits: config.limits.clone(),
       stopped: None,
+      turns: 0,
+      heap: 0,
       wall_timer: None,
     })
   }
 }
+
+/// One turn in this many reads V8's heap statistics.
+const HEAP_SAMPLE_EVERY: u32 = 16;
 
 /// CPU the main module may use while it is evaluated (top-level code and
 /// top-level awaits), as on Workers.
@@ -490,6 +495,9 @@ pub struct Worker {
   limits: Limits,
   /// Set once a limit stopped the isolate; it then answers nothing more.
   stopped: Option<(Outcome, String)>,
+  /// Turns run so far, and the V8 heap size as last sampled.
+  turns: u32,
+  heap: usize,
   wall_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -623,11 +631,15 @@ impl Worker {
   /// limit was broken.
   fn end_turn(&mut self, start: u64) {
     let cpu = self.guard.end(start);
-    let heap = {
+    // Heap statistics cost more than the rest of the accounting; they only
+    // feed `peak_memory` (limits are enforced by the GC callback, V8's heap
+    // limit and the ArrayBuffer allocator), so sample them every few turns.
+    if self.turns % HEAP_SAMPLE_EVERY == 0 {
       let _entered = EnterGuard::new(&mut self.js);
-      self.js.v8_isolate().get_heap_statistics().used_heap_size()
-    };
-    let memory = heap + self.guard.array_buffer_bytes();
+      self.heap = self.js.v8_isolate().get_heap_statistics().used_heap_size();
+    }
+    self.turns = self.turns.wrapping_add(1);
+    let memory = self.heap + self.guard.array_buffer_bytes();
     let cpu_limit = self.limits.cpu_limit();
     let over = {
       let state = self.js.op_state();
