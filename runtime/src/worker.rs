@@ -634,7 +634,7 @@ impl Worker {
     // Heap statistics cost more than the rest of the accounting; they only
     // feed `peak_memory` (limits are enforced by the GC callback, V8's heap
     // limit and the ArrayBuffer allocator), so sample them every few turns.
-    if self.turns % HEAP_SAMPLE_EVERY == 0 {
+    if self.turns.is_multiple_of(HEAP_SAMPLE_EVERY) {
       let _entered = EnterGuard::new(&mut self.js);
       self.heap = self.js.v8_isolate().get_heap_statistics().used_heap_size();
     }
