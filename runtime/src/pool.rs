@@ -184,6 +184,21 @@ struct Entry {
   last_used: Instant,
 }
 
+impl Entry {
+  /// Forgets instances whose isolate has stopped; returns their memory.
+  fn drop_closed(&mut self) -> u64 {
+    let mut freed = 0;
+    self.instances.retain(|i| {
+      let open = !i.handle.is_closed();
+      if !open {
+        freed += i.memory;
+      }
+      open
+    });
+    freed
+  }
+}
+
 #[derive(Default)]
 struct Index {
   lru: Option<lru::LruCache<WorkerKey, Entry>>,
@@ -372,15 +387,19 @@ impl Shared {
     let max = self.config.max_concurrency;
     let mut index = self.lock();
     let entry = index.lru().get_mut(key)?;
-    entry.instances.retain(|i| !i.handle.is_closed());
+    let freed = entry.drop_closed();
     entry.last_used = Instant::now();
-    let best = entry
+    let picked = entry
       .instances
       .iter()
       .filter(|i| i.inflight.load(Ordering::Relaxed) < max)
-      .min_by_key(|i| (Some(i.thread) != here, i.inflight.load(Ordering::Relaxed)))?;
-    best.inflight.fetch_add(1, Ordering::Relaxed);
-    Some((best.handle.clone(), best.inflight.clone()))
+      .min_by_key(|i| (Some(i.thread) != here, i.inflight.load(Ordering::Relaxed)))
+      .map(|best| {
+        best.inflight.fetch_add(1, Ordering::Relaxed);
+        (best.handle.clone(), best.inflight.clone())
+      });
+    index.memory = index.memory.saturating_sub(freed);
+    picked
   }
 
   /// Loads a new instance of `key` on the least busy thread (this one when
@@ -473,16 +492,7 @@ impl Shared {
   /// Forgets instances of `key` whose isolate stopped.
   fn prune(&self, key: &WorkerKey) {
     let mut index = self.lock();
-    let mut freed = 0;
-    if let Some(entry) = index.lru().get_mut(key) {
-      entry.instances.retain(|i| {
-        let open = !i.handle.is_closed();
-        if !open {
-          freed += i.memory;
-        }
-        open
-      });
-    }
+    let freed = index.lru().get_mut(key).map_or(0, Entry::drop_closed);
     index.memory = index.memory.saturating_sub(freed);
   }
 }
