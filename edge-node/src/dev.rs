@@ -103,49 +103,31 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     args.entry.display()
   );
 
-  let listener = std::sync::Mutex::new(Some(listener));
-  let listener = std::sync::Arc::new(listener);
-  let (done_tx, done_rx) = std::sync::mpsc::channel::<String>();
   // dev runs until the process is stopped: the sender is never used.
   let (_shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+  let (done_tx, done_rx) = std::sync::mpsc::channel();
   let pool = runtime.clone();
-  runtime.spawn_on_each_thread(move |_thread| {
-    let listener = listener.lock().ok().and_then(|mut l| l.take());
-    let pool = pool.clone();
-    let key = key.clone();
-    let bundle = bundle.clone();
-    let config = config.clone();
-    let done_tx = done_tx.clone();
-    let shutdown_rx = shutdown_rx.clone();
+  let handler = move |req| {
+    let (pool, key) = (pool.clone(), key.clone());
+    let source = (bundle.clone(), config.clone());
     async move {
-      let Some(listener) = listener else {
-        return;
-      };
-      let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-          let _ = done_tx.send(format!("cannot use the listener: {e}"));
-          return;
-        }
-      };
-      let options = crate::server::HttpOptions::default();
-      crate::server::serve(listener, None, options, shutdown_rx, move |req| {
-        let pool = pool.clone();
-        let key = key.clone();
-        let source = (bundle.clone(), config.clone());
-        async move {
-          match pool.fetch(&key, move || Ok(source), req).await {
-            Ok(response) => response,
-            Err(e) => isola_runtime::error_response(&e),
-          }
-        }
-      })
-      .await;
+      match pool.fetch(&key, move || Ok(source), req).await {
+        Ok(response) => response,
+        Err(e) => isola_runtime::error_response(&e),
+      }
     }
-  });
+  };
+  let options = crate::server::HttpOptions::default();
+  crate::server::serve_on_each_thread(
+    &runtime,
+    listener,
+    None,
+    options,
+    shutdown_rx,
+    handler,
+    done_tx,
+  );
   // The server runs on the V8 thread until the process is stopped.
-  let why = done_rx
-    .recv()
-    .unwrap_or_else(|_| "the server stopped".into());
-  anyhow::bail!(why)
+  let _ = done_rx.recv();
+  anyhow::bail!("the server stopped (see the log above)")
 }

@@ -237,40 +237,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   let threads = runtime.threads();
   for (listener, tls) in [(Some(http), None), (https, tls)] {
     let Some(listener) = listener else { continue };
-    let listener = Arc::new(listener);
-    let (state, runtime2, metrics, shutdown, done) = (
-      state.clone(),
-      runtime.clone(),
-      metrics.clone(),
+    let (state, pool, metrics) = (state.clone(), runtime.clone(), metrics.clone());
+    let handler = move |req| handle(state.clone(), pool.clone(), metrics.clone(), req);
+    crate::server::serve_on_each_thread(
+      &runtime,
+      listener,
+      tls,
+      options.clone(),
       shutdown_rx.clone(),
+      handler,
       done_tx.clone(),
     );
-    let options = options.clone();
-    runtime.spawn_on_each_thread(move |_thread| {
-      let (state, runtime, metrics, shutdown, done) = (
-        state.clone(),
-        runtime2.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-        done.clone(),
-      );
-      let (tls, options) = (tls.clone(), options.clone());
-      // Every V8 thread accepts on the same socket.
-      let listener = listener.try_clone();
-      async move {
-        let listener = match listener.map(tokio::net::TcpListener::from_std) {
-          Ok(Ok(l)) => l,
-          Ok(Err(e)) | Err(e) => {
-            tracing::error!("cannot use the listener: {e}");
-            let _ = done.send(());
-            return;
-          }
-        };
-        let handler = move |req| handle(state.clone(), runtime.clone(), metrics.clone(), req);
-        crate::server::serve(listener, tls, options, shutdown, handler).await;
-        let _ = done.send(());
-      }
-    });
   }
   let loops = threads * (1 + usize::from(config.server.listen_tls.is_some()));
   drop(done_tx);

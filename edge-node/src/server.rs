@@ -72,6 +72,36 @@ fn builder(options: &HttpOptions) -> auto::Builder<TokioExecutor> {
   builder
 }
 
+/// Runs [`serve`] for `listener` on every V8 thread of `runtime` (each
+/// accepts on the same socket, next to its isolates). `done` gets one
+/// message per accept loop when it has ended and drained.
+pub fn serve_on_each_thread<H, F>(
+  runtime: &isola_runtime::Runtime,
+  listener: std::net::TcpListener,
+  tls: Option<Arc<rustls::ServerConfig>>,
+  options: HttpOptions,
+  shutdown: watch::Receiver<bool>,
+  handle: H,
+  done: std::sync::mpsc::Sender<()>,
+) where
+  H: Fn(http::Request<isola_runtime::RequestBody>) -> F + Clone + Send + Sync + 'static,
+  F: Future<Output = http::Response<ResponseBody>> + Send + 'static,
+{
+  let listener = Arc::new(listener);
+  runtime.spawn_on_each_thread(move |_thread| {
+    let listener = listener.try_clone();
+    let (tls, options, shutdown) = (tls.clone(), options.clone(), shutdown.clone());
+    let (handle, done) = (handle.clone(), done.clone());
+    async move {
+      match listener.map(TcpListener::from_std) {
+        Ok(Ok(listener)) => serve(listener, tls, options, shutdown, handle).await,
+        Ok(Err(e)) | Err(e) => tracing::error!("cannot use the listener: {e}"),
+      }
+      let _ = done.send(());
+    }
+  });
+}
+
 /// Accepts connections on `listener` until `shutdown` turns true, answering
 /// each request with `handle`; then lets in-flight requests finish (up to the
 /// drain timeout).

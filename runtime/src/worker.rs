@@ -363,9 +363,7 @@ impl Isolate {
     let guard = self.guard.clone();
     let startup = poll_fn(|cx| {
       let _entered = EnterGuard::new(js);
-      if let Some(clock) = js.op_state().borrow().try_borrow::<isola_ext::Clock>() {
-        clock.tick();
-      }
+      tick_clock(js);
       let turn = guard.begin(STARTUP_CPU.as_nanos() as u64);
       let r = poll_evaluation(js, evaluation.as_mut(), cx);
       guard.end(turn);
@@ -429,6 +427,13 @@ const HEAP_SAMPLE_EVERY: u32 = 16;
 /// CPU the main module may use while it is evaluated (top-level code and
 /// top-level awaits), as on Workers.
 const STARTUP_CPU: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Lets time move for the isolate's JS (see `isola_ext::Clock`).
+fn tick_clock(js: &JsRuntime) {
+  if let Some(clock) = js.op_state().borrow().try_borrow::<isola_ext::Clock>() {
+    clock.tick();
+  }
+}
 
 /// One poll of the main module's evaluation and the event loop under it.
 fn poll_evaluation(
@@ -515,13 +520,9 @@ impl Worker {
   /// polled ([`Worker::poll_event_loop`], [`Worker::fetch`] or the task of
   /// [`Worker::spawn`]). The request URI should be absolute.
   pub fn start(&mut self, request: http::Request<RequestBody>) -> Invocation {
-    let (reply_tx, reply_rx) = oneshot::channel();
-    let (done_tx, done_rx) = oneshot::channel();
-    self.dispatch(request, reply_tx, Some(done_tx));
-    Invocation {
-      reply: Some(reply_rx),
-      done: done_rx,
-    }
+    let (invocation, reply, done) = Invocation::new();
+    self.dispatch(request, reply, Some(done));
+    invocation
   }
 
   fn dispatch(
@@ -615,15 +616,14 @@ impl Worker {
 
   /// Starts a turn in the isolate: time moves, the CPU watchdog arms.
   fn begin_turn(&mut self) -> u64 {
-    let budget = {
-      let state = self.js.op_state();
-      let state = state.borrow();
-      if let Some(clock) = state.try_borrow::<isola_ext::Clock>() {
-        clock.tick();
-      }
-      let limit = self.limits.cpu_limit().as_nanos() as u64;
-      state.borrow::<Invocations>().cpu_budget(limit)
-    };
+    tick_clock(&self.js);
+    let limit = self.limits.cpu_limit().as_nanos() as u64;
+    let budget = self
+      .js
+      .op_state()
+      .borrow()
+      .borrow::<Invocations>()
+      .cpu_budget(limit);
     self.guard.begin(budget)
   }
 
@@ -790,17 +790,14 @@ impl Worker {
   /// Fails every invocation still waiting for its response, logging why
   /// (the client only sees a plain 500).
   fn fail_pending(&mut self, outcome: Outcome, why: &str) {
-    let state = self.js.op_state();
-    let mut state = state.borrow_mut();
-    let failed = state.borrow_mut::<Invocations>().fail_all(outcome, why);
-    let sink = state.borrow::<LogSink>();
+    let failed = self
+      .js
+      .op_state()
+      .borrow_mut()
+      .borrow_mut::<Invocations>()
+      .fail_all(outcome, why);
     for id in failed {
-      sink.emit(isola_ext::LogRecord::new(
-        self.name.clone(),
-        Some(id),
-        isola_ext::Level::Error,
-        why.to_string(),
-      ));
+      self.log_error(Some(id), why);
     }
   }
 
@@ -885,18 +882,14 @@ pub struct WorkerHandle {
 impl WorkerHandle {
   /// Starts an invocation of the worker.
   pub fn invoke(&self, request: http::Request<RequestBody>) -> Invocation {
-    let (reply_tx, reply_rx) = oneshot::channel();
-    let (done_tx, done_rx) = oneshot::channel();
+    let (invocation, reply, done) = Invocation::new();
     // If the worker is gone the receivers report it.
     let _ = self.tx.send(Command {
       request,
-      reply: reply_tx,
-      done: done_tx,
+      reply,
+      done,
     });
-    Invocation {
-      reply: Some(reply_rx),
-      done: done_rx,
-    }
+    invocation
   }
 
   /// Sends `request` and waits for the response head.
@@ -920,6 +913,17 @@ pub struct Invocation {
 }
 
 impl Invocation {
+  /// An invocation and the two ends the isolate answers through.
+  fn new() -> (Self, oneshot::Sender<Reply>, oneshot::Sender<()>) {
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let (done_tx, done_rx) = oneshot::channel();
+    let invocation = Self {
+      reply: Some(reply_rx),
+      done: done_rx,
+    };
+    (invocation, reply_tx, done_tx)
+  }
+
   fn poll_response(
     &mut self,
     cx: &mut Context<'_>,
