@@ -20,6 +20,9 @@ pub struct EdgeConfig {
   pub certificates: Vec<CertificateConfig>,
   #[serde(default, rename = "worker")]
   pub workers: Vec<StaticWorker>,
+  /// Where deployments come from besides `[[worker]]`; written by
+  /// `isola-control enroll-edge`.
+  pub control: Option<ControlConfig>,
   /// Folder holding the config file; relative paths resolve against it.
   #[serde(skip)]
   pub base_dir: PathBuf,
@@ -91,6 +94,35 @@ pub struct CertificateConfig {
   pub key: PathBuf,
 }
 
+/// The control plane this node follows.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+  /// The control plane's QUIC address, `host:port`.
+  pub address: String,
+  /// This edge's name, as enrolled; its certificate must be issued for it.
+  pub name: String,
+  /// CA certificate the control plane's certificate must chain to.
+  pub ca: PathBuf,
+  /// This edge's client certificate and key (PEM).
+  pub cert: PathBuf,
+  pub key: PathBuf,
+  /// Name the control plane's certificate is checked against. Default:
+  /// `isola-control`, what `isola-control init` issues.
+  #[serde(default = "default_server_name")]
+  pub server_name: String,
+  /// How often usage is collected and shipped. Default: 1 s.
+  #[serde(default = "default_usage_interval_ms")]
+  pub usage_interval_ms: u64,
+}
+
+fn default_server_name() -> String {
+  "isola-control".to_string()
+}
+fn default_usage_interval_ms() -> u64 {
+  1000
+}
+
 /// A worker defined in the config file rather than pushed by a control plane.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -126,6 +158,19 @@ impl EdgeConfig {
     for w in &config.workers {
       if !names.insert(&w.name) {
         anyhow::bail!("{}: worker {:?} is defined twice", path.display(), w.name);
+      }
+    }
+    if let Some(control) = &mut config.control {
+      for p in [&mut control.ca, &mut control.cert, &mut control.key] {
+        if p.is_relative() {
+          *p = config.base_dir.join(&*p);
+        }
+      }
+      if control.usage_interval_ms == 0 {
+        anyhow::bail!(
+          "{}: [control] usage_interval_ms is 0; leave it unset for 1000",
+          path.display()
+        );
       }
     }
     Ok(config)
@@ -195,6 +240,22 @@ mod tests {
       toml_to_json(&c.workers[0].vars["CONF"]),
       serde_json::json!({ "max": 3 })
     );
+  }
+
+  #[test]
+  fn the_enrolled_control_section_parses() {
+    let text = r#"
+      [control]
+      address = "127.0.0.1:8701"
+      name = "edge-1"
+      ca = "ca.pem"
+      cert = "edge.pem"
+      key = "edge-key.pem"
+    "#;
+    let c: EdgeConfig = toml::from_str(text).unwrap();
+    let control = c.control.unwrap();
+    assert_eq!(control.server_name, "isola-control");
+    assert_eq!(control.usage_interval_ms, 1000);
   }
 
   #[test]

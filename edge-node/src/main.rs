@@ -1,9 +1,9 @@
 //! `isola-edge`: the edge node binary.
 
 mod config;
+mod control;
 mod dev;
 mod logs;
-mod routes;
 mod serve;
 mod server;
 mod store;

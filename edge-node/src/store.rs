@@ -18,144 +18,23 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use bytes::Bytes;
 use isola_runtime::Bundle;
 use isola_runtime::Limits;
 use isola_runtime::ModuleKind;
 use isola_runtime::WorkerConfig;
-use serde::Deserialize;
-use serde::Serialize;
-use sha2::Digest as _;
-use sha2::Sha256;
 
-/// One worker version, immutable once written.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Manifest {
-  pub worker: String,
-  pub main_module: String,
-  /// Sorted by name in the canonical form.
-  pub modules: Vec<ModuleRef>,
-  /// `env` bindings; text vars are JSON strings.
-  #[serde(default)]
-  pub vars: BTreeMap<String, serde_json::Value>,
-  #[serde(default)]
-  pub limits: LimitsSpec,
-  #[serde(default, skip_serializing_if = "Option::is_none")]
-  pub compatibility_date: Option<String>,
-}
-
-/// A module of a version: its name in the bundle and the blob holding it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ModuleRef {
-  pub name: String,
-  /// Lowercase hex sha256 of the module's bytes.
-  pub sha256: String,
-  pub size: u64,
-}
-
-/// Per-version limits; unset fields take the runtime's defaults. Unset
-/// fields are left out of the JSON so adding a field later keeps old ids.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsSpec {
-  #[serde(default, skip_serializing_if = "Option::is_none")]
-  pub cpu_ms: Option<u64>,
-  #[serde(default, skip_serializing_if = "Option::is_none")]
-  pub wall_ms: Option<u64>,
-  #[serde(default, skip_serializing_if = "Option::is_none")]
-  pub memory_mb: Option<u64>,
-  #[serde(default, skip_serializing_if = "Option::is_none")]
-  pub subrequests: Option<u32>,
-  #[serde(default, skip_serializing_if = "Option::is_none")]
-  pub request_body_bytes: Option<u64>,
-  #[serde(default, skip_serializing_if = "Option::is_none")]
-  pub response_body_bytes: Option<u64>,
-}
-
-impl LimitsSpec {
-  /// The runtime limits, with [`Limits::default`] for every unset field.
-  pub fn to_limits(&self) -> Limits {
-    let mut limits = Limits::default();
-    if let Some(ms) = self.cpu_ms {
-      limits = limits.cpu(Duration::from_millis(ms));
-    }
-    if let Some(ms) = self.wall_ms {
-      limits = limits.wall(Duration::from_millis(ms));
-    }
-    if let Some(mb) = self.memory_mb {
-      limits = limits.memory_mib(mb);
-    }
-    if let Some(n) = self.subrequests {
-      limits = limits.subrequests(n);
-    }
-    if let Some(n) = self.request_body_bytes {
-      limits = limits.request_body_bytes(n);
-    }
-    if let Some(n) = self.response_body_bytes {
-      limits = limits.response_body_bytes(n);
-    }
-    limits
-  }
-
-  /// A zero CPU, wall or memory limit would fail every request; better to
-  /// refuse the upload.
-  fn validate(&self) -> Result<(), String> {
-    for (field, value) in [
-      ("cpu_ms", self.cpu_ms),
-      ("wall_ms", self.wall_ms),
-      ("memory_mb", self.memory_mb),
-    ] {
-      if value == Some(0) {
-        return Err(format!(
-          "limits.{field} is 0; leave it unset for the default"
-        ));
-      }
-    }
-    if self.memory_mb.is_some_and(|mb| mb > u64::MAX >> 20) {
-      return Err("limits.memory_mb is too large".to_string());
-    }
-    Ok(())
-  }
-}
-
-impl Manifest {
-  /// The version id: lowercase hex sha256 of the manifest's canonical JSON.
-  pub fn version_id(&self) -> String {
-    sha256_hex(&self.canonical_json())
-  }
-
-  /// `serde_json::to_vec` of the manifest with modules sorted by name and
-  /// the keys of JSON vars sorted, so equal manifests hash equal whatever
-  /// order they were built in (serde_json may preserve insertion order).
-  fn canonical_json(&self) -> Vec<u8> {
-    let mut manifest = self.clone();
-    manifest.modules.sort();
-    for value in manifest.vars.values_mut() {
-      sort_keys(value);
-    }
-    serde_json::to_vec(&manifest).expect("a manifest always serialises")
-  }
-}
-
-fn sort_keys(value: &mut serde_json::Value) {
-  match value {
-    serde_json::Value::Object(map) => {
-      let sorted: BTreeMap<String, serde_json::Value> = std::mem::take(map).into_iter().collect();
-      for (key, mut v) in sorted {
-        sort_keys(&mut v);
-        map.insert(key, v);
-      }
-    }
-    serde_json::Value::Array(items) => items.iter_mut().for_each(sort_keys),
-    _ => {}
-  }
-}
+use isola_proto::manifest::is_sha256_hex;
+use isola_proto::manifest::sha256_hex;
+pub use isola_proto::manifest::LimitsSpec;
+pub use isola_proto::manifest::Manifest;
+pub use isola_proto::manifest::ModuleRef;
 
 /// Why the store refused or failed an operation.
 #[derive(Debug, thiserror::Error)]
@@ -167,7 +46,7 @@ pub enum StoreError {
     #[source]
     source: io::Error,
   },
-  #[error("invalid worker name {0:?}: use 1 to 63 characters of a-z, 0-9, '-' and '_'")]
+  #[error("invalid worker name {0:?}: use 1 to 127 characters of a-z, 0-9, '-' and '_'")]
   InvalidWorkerName(String),
   #[error("invalid version id {0:?}: expected 64 lowercase hex characters (a sha256)")]
   InvalidVersionId(String),
@@ -405,8 +284,6 @@ impl Store {
 
   /// The ids of `worker`'s stored versions, sorted (ids are hashes, so this
   /// is not deploy order). An unknown worker has none.
-  // For the admin API, which is not written yet.
-  #[allow(dead_code)]
   pub fn versions(&self, worker: &str) -> Result<Vec<String>, StoreError> {
     check_worker_name(worker)?;
     let dir = self.worker_dir(worker);
@@ -428,6 +305,59 @@ impl Store {
     }
     ids.sort();
     Ok(ids)
+  }
+
+  /// Every stored version's id, across workers.
+  pub fn all_versions(&self) -> Result<Vec<String>, StoreError> {
+    let dir = self.root.join("versions");
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(io_err("list the workers in", &dir))? {
+      let entry = entry.map_err(io_err("list the workers in", &dir))?;
+      if let Some(worker) = entry.file_name().to_str() {
+        if check_worker_name(worker).is_ok() {
+          ids.extend(self.versions(worker)?);
+        }
+      }
+    }
+    Ok(ids)
+  }
+
+  /// Stores a version pushed by the control plane: its module bytes (in the
+  /// manifest's module order), checked against the manifest, then the
+  /// manifest. Returns the version id.
+  pub fn put_pushed(&self, manifest_json: &[u8], modules: &[&[u8]]) -> Result<String, StoreError> {
+    let manifest: Manifest =
+      serde_json::from_slice(manifest_json).map_err(|e| StoreError::InvalidManifest {
+        worker: "?".to_string(),
+        reason: format!("the pushed manifest is not valid JSON: {e}"),
+      })?;
+    let invalid = |reason: String| StoreError::InvalidManifest {
+      worker: manifest.worker.clone(),
+      reason,
+    };
+    if modules.len() != manifest.modules.len() {
+      return Err(invalid(format!(
+        "{} modules were pushed for {} listed",
+        modules.len(),
+        manifest.modules.len()
+      )));
+    }
+    for (module, bytes) in manifest.modules.iter().zip(modules) {
+      let sha256 = self.put_blob(bytes)?;
+      if sha256 != module.sha256 {
+        return Err(invalid(format!(
+          "the bytes pushed for module {} hash to {sha256}, not {}",
+          module.name, module.sha256
+        )));
+      }
+    }
+    self.put_version(&manifest)
+  }
+
+  /// The folder for files the control channel keeps (applied state, usage
+  /// not yet acknowledged).
+  pub fn control_dir(&self) -> PathBuf {
+    self.root.join("control")
   }
 
   /// Reads every module of a version, verifying each one's sha256, and
@@ -471,7 +401,7 @@ impl Store {
     })?;
     let mut config = WorkerConfig::new(worker)
       .version(id)
-      .limits(manifest.limits.to_limits());
+      .limits(Limits::from(&manifest.limits));
     for (name, value) in manifest.vars {
       config = config.json_var(name, value);
     }
@@ -572,17 +502,10 @@ fn collect_modules(
   Ok(())
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-  hex::encode(Sha256::digest(bytes))
-}
-
-fn is_sha256_hex(s: &str) -> bool {
-  s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// Worker names become folder names and hostnames: `[a-z0-9-_]{1,63}`.
+/// Worker names become folder names: `[a-z0-9-_]{1,127}` (a control plane's
+/// names are `account_worker`, longer than a hostname label).
 fn check_worker_name(name: &str) -> Result<(), StoreError> {
-  let ok = (1..=63).contains(&name.len())
+  let ok = (1..=127).contains(&name.len())
     && name
       .bytes()
       .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_'));
@@ -619,7 +542,7 @@ fn check_module_name(name: &str) -> Result<(), StoreError> {
 
 /// Writes `bytes` to `path` via a temp file in the same folder, fsync and
 /// rename, then fsyncs the folder so the rename itself survives a crash.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
   static COUNTER: AtomicU64 = AtomicU64::new(0);
   let dir = path.parent().expect("store paths have a parent");
   fs::create_dir_all(dir).map_err(io_err("create the folder", dir))?;
@@ -629,9 +552,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     COUNTER.fetch_add(1, Ordering::Relaxed)
   ));
   let result = (|| {
+    // Owner-only: the control state holds secrets.
     let mut file = fs::OpenOptions::new()
       .write(true)
       .create_new(true)
+      .mode(0o600)
       .open(&tmp)
       .map_err(io_err("create", &tmp))?;
     file.write_all(bytes).map_err(io_err("write", &tmp))?;
@@ -650,6 +575,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
   use super::*;
+  use std::time::Duration;
 
   fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -813,7 +739,7 @@ export default { fetch(request, env) { return new Response(greet(env.WHO) + " " 
     let err = store.put_version(&no_main).unwrap_err();
     assert!(err.to_string().contains("main module \"main.js\""), "{err}");
 
-    for name in ["", "App", "a.b", "a/b", "..", &"a".repeat(64)] {
+    for name in ["", "App", "a.b", "a/b", "..", &"a".repeat(128)] {
       let mut bad = good.clone();
       bad.worker = name.to_string();
       let err = store.put_version(&bad).unwrap_err();

@@ -34,14 +34,14 @@ impl ResolvesServerCert for SniResolver {
   }
 }
 
-fn load_key(path: &Path) -> anyhow::Result<rustls::pki_types::PrivateKeyDer<'static>> {
+pub fn load_key(path: &Path) -> anyhow::Result<rustls::pki_types::PrivateKeyDer<'static>> {
   let pem = std::fs::read(path).with_context(|| format!("cannot read key {}", path.display()))?;
   rustls_pemfile::private_key(&mut pem.as_slice())
     .with_context(|| format!("{} is not a PEM private key", path.display()))?
     .with_context(|| format!("{} holds no private key", path.display()))
 }
 
-fn load_chain(path: &Path) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+pub fn load_chain(path: &Path) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
   let pem =
     std::fs::read(path).with_context(|| format!("cannot read certificate {}", path.display()))?;
   let chain = rustls_pemfile::certs(&mut pem.as_slice())

@@ -139,3 +139,29 @@ impl std::fmt::Debug for MeterSink {
     f.write_str("MeterSink")
   }
 }
+
+/// A version's limits as uploaded: unset fields take [`Limits::default`].
+impl From<&isola_proto::manifest::LimitsSpec> for Limits {
+  fn from(spec: &isola_proto::manifest::LimitsSpec) -> Self {
+    let mut limits = Limits::default();
+    if let Some(ms) = spec.cpu_ms {
+      limits = limits.cpu(Duration::from_millis(ms));
+    }
+    if let Some(ms) = spec.wall_ms {
+      limits = limits.wall(Duration::from_millis(ms));
+    }
+    if let Some(mb) = spec.memory_mb {
+      limits = limits.memory_mib(mb);
+    }
+    if let Some(n) = spec.subrequests {
+      limits = limits.subrequests(n);
+    }
+    if let Some(n) = spec.request_body_bytes {
+      limits = limits.request_body_bytes(n);
+    }
+    if let Some(n) = spec.response_body_bytes {
+      limits = limits.response_body_bytes(n);
+    }
+    limits
+  }
+}

@@ -354,22 +354,33 @@ impl Isolate {
     let id = entered(isolate, self.js.load_main_es_module(&specifier))
       .await
       .map_err(|e| ErrorKind::Module(describe_core_error(&e)))?;
+    // `mod_evaluate` runs the module's top level right away, so the startup
+    // CPU limit must already be armed: `while (true) {}` at the top level
+    // would otherwise hold the thread forever.
     let evaluation = {
       let _entered = EnterGuard::new(&mut self.js);
-      self.js.mod_evaluate(id)
+      tick_clock(&self.js);
+      let turn = self.guard.begin(STARTUP_CPU.as_nanos() as u64);
+      let evaluation = self.js.mod_evaluate(id);
+      self.guard.end(turn);
+      evaluation
     };
     let mut evaluation = std::pin::pin!(evaluation);
     let js = &mut *self.js;
     let guard = self.guard.clone();
-    let startup = poll_fn(|cx| {
-      let _entered = EnterGuard::new(js);
-      tick_clock(js);
-      let turn = guard.begin(STARTUP_CPU.as_nanos() as u64);
-      let r = poll_evaluation(js, evaluation.as_mut(), cx);
-      guard.end(turn);
-      r
-    })
-    .await;
+    let startup = if guard.trip() == Trip::None {
+      poll_fn(|cx| {
+        let _entered = EnterGuard::new(js);
+        tick_clock(js);
+        let turn = guard.begin(STARTUP_CPU.as_nanos() as u64);
+        let r = poll_evaluation(js, evaluation.as_mut(), cx);
+        guard.end(turn);
+        r
+      })
+      .await
+    } else {
+      Ok(())
+    };
     match self.guard.trip() {
       Trip::Cpu => {
         return Err(
@@ -618,12 +629,13 @@ impl Worker {
   fn begin_turn(&mut self) -> u64 {
     tick_clock(&self.js);
     let limit = self.limits.cpu_limit().as_nanos() as u64;
-    let budget = self
-      .js
-      .op_state()
-      .borrow()
-      .borrow::<Invocations>()
-      .cpu_budget(limit);
+    let budget = {
+      let state = self.js.op_state();
+      let mut state = state.borrow_mut();
+      let invocations = state.borrow_mut::<Invocations>();
+      invocations.begin_turn();
+      invocations.cpu_budget(limit)
+    };
     self.guard.begin(budget)
   }
 

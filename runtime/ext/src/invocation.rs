@@ -128,6 +128,10 @@ pub struct Invocations {
   next_id: u32,
   pending: HashMap<u32, Pending>,
   on_finish: Option<FinishHook>,
+  /// Finished during the current turn; reported once the turn's CPU is
+  /// charged, so a handler that answers synchronously is not billed 0.
+  finished: Vec<(u32, Usage)>,
+  in_turn: bool,
   /// Outbound `fetch()` calls allowed per invocation (0: no limit).
   pub subrequest_limit: u32,
   /// Response body bytes allowed per invocation (0: no limit).
@@ -182,16 +186,33 @@ impl Invocations {
     self.pending.get(&id).map(|p| &p.usage)
   }
 
+  /// A turn of the isolate starts; invocations finishing in it are
+  /// reported at [`Invocations::charge_turn`].
+  pub fn begin_turn(&mut self) {
+    self.in_turn = true;
+  }
+
   /// Splits `cpu_ns` of one isolate turn evenly over the invocations in
-  /// flight, and notes the isolate's memory after it.
+  /// flight or finished during it, notes the isolate's memory after it, and
+  /// reports the finished ones.
   pub fn charge_turn(&mut self, cpu_ns: u64, memory: u64) {
-    let n = self.pending.len() as u64;
-    if n == 0 {
-      return;
+    self.in_turn = false;
+    let n = (self.pending.len() + self.finished.len()) as u64;
+    if let Some(share) = cpu_ns.checked_div(n) {
+      let usages = self
+        .pending
+        .values_mut()
+        .map(|p| &mut p.usage)
+        .chain(self.finished.iter_mut().map(|(_, u)| u));
+      for usage in usages {
+        usage.cpu_ns += share;
+        usage.peak_memory = usage.peak_memory.max(memory);
+      }
     }
-    for p in self.pending.values_mut() {
-      p.usage.cpu_ns += cpu_ns / n;
-      p.usage.peak_memory = p.usage.peak_memory.max(memory);
+    for (id, usage) in std::mem::take(&mut self.finished) {
+      if let Some(hook) = &self.on_finish {
+        hook(id, usage);
+      }
     }
   }
 
@@ -293,7 +314,9 @@ impl Invocations {
       if let Some(tx) = p.done.take() {
         let _ = tx.send(());
       }
-      if let Some(hook) = &self.on_finish {
+      if self.in_turn {
+        self.finished.push((id, p.usage));
+      } else if let Some(hook) = &self.on_finish {
         hook(id, p.usage);
       }
     }

@@ -1,0 +1,117 @@
+//! Framing: a 4-byte big-endian length, then the message in CBOR (self
+//! describing, so JSON vars and raw module bytes both travel as they are).
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::Error;
+
+/// Largest frame accepted: a state push carries module bytes, which the
+/// upload API caps well below this.
+pub const MAX_FRAME: usize = 256 << 20;
+
+/// `msg` as one frame.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+  let mut out = vec![0; 4];
+  ciborium::into_writer(msg, &mut out).expect("writing to a Vec cannot fail");
+  let len = u32::try_from(out.len() - 4).expect("frames stay below 4 GiB");
+  out[..4].copy_from_slice(&len.to_be_bytes());
+  out
+}
+
+/// Reassembles frames from bytes as they arrive, in any chunking.
+#[derive(Debug, Default)]
+pub struct Decoder {
+  buf: Vec<u8>,
+}
+
+impl Decoder {
+  pub fn new() -> Self {
+    Self::default()
+  }
+
+  pub fn push(&mut self, bytes: &[u8]) {
+    self.buf.extend_from_slice(bytes);
+  }
+
+  /// The next whole message, if one has arrived.
+  pub fn decode<T: DeserializeOwned>(&mut self) -> Result<Option<T>, Error> {
+    if self.buf.len() < 4 {
+      return Ok(None);
+    }
+    let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
+    if len > MAX_FRAME {
+      return Err(Error::FrameTooLarge(len));
+    }
+    if self.buf.len() < 4 + len {
+      return Ok(None);
+    }
+    let msg =
+      ciborium::from_reader(&self.buf[4..4 + len]).map_err(|e| Error::Malformed(e.to_string()))?;
+    self.buf.drain(..4 + len);
+    Ok(Some(msg))
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::msg::*;
+
+  #[test]
+  fn frames_survive_any_chunking() {
+    let msgs = vec![
+      ToEdge::Ping,
+      ToEdge::State {
+        state: DesiredState {
+          revision: 7,
+          workers: vec![WorkerDeployment {
+            name: "acme_api".into(),
+            versions: vec![Split {
+              hash: "ab".repeat(32),
+              percentage: 100,
+            }],
+            secrets: [("TOKEN".to_string(), "s3cret".to_string())].into(),
+          }],
+          routes: vec![Route {
+            pattern: "api.test/*".into(),
+            worker: "acme_api".into(),
+          }],
+        },
+        bundles: vec![VersionBundle {
+          manifest: br#"{"worker":"acme_api"}"#.to_vec(),
+          modules: vec![serde_bytes::ByteBuf::from(vec![0u8, 1, 2, 255])],
+        }],
+      },
+      ToEdge::UsageStored { id: "b1".into() },
+    ];
+    let bytes: Vec<u8> = msgs.iter().flat_map(encode).collect();
+    for chunk in [1, 3, 7, bytes.len()] {
+      let mut decoder = Decoder::new();
+      let mut got = Vec::new();
+      for piece in bytes.chunks(chunk) {
+        decoder.push(piece);
+        while let Some(msg) = decoder.decode::<ToEdge>().unwrap() {
+          got.push(msg);
+        }
+      }
+      assert_eq!(got, msgs, "chunk size {chunk}");
+    }
+  }
+
+  #[test]
+  fn an_oversized_or_garbled_frame_is_an_error() {
+    let mut decoder = Decoder::new();
+    decoder.push(&u32::MAX.to_be_bytes());
+    assert!(matches!(
+      decoder.decode::<ToEdge>(),
+      Err(Error::FrameTooLarge(_))
+    ));
+    let mut decoder = Decoder::new();
+    decoder.push(&[0, 0, 0, 2, 0xff, 0xff]);
+    assert!(matches!(
+      decoder.decode::<ToEdge>(),
+      Err(Error::Malformed(_))
+    ));
+  }
+}

@@ -1,0 +1,33 @@
+//! What the control plane and edges agree on, without any IO.
+//!
+//! - [`manifest`]: a worker version and how its id is computed.
+//! - [`routes`]: route patterns and the table that matches requests to them.
+//! - [`msg`] and [`codec`]: the control channel's messages and framing.
+//! - [`EdgeSession`] and [`ControlSession`]: the two ends of one connection
+//!   as state machines. They are fed messages and the current time and hand
+//!   back messages to send, events for the caller, and when to wake them
+//!   next; the quinn/tokio code around them only moves bytes and runs timers,
+//!   so every protocol rule is tested here deterministically.
+//! - [`Backoff`]: when an edge reconnects after losing the control plane.
+
+pub mod codec;
+pub mod manifest;
+pub mod msg;
+pub mod routes;
+mod session;
+
+pub use session::Backoff;
+pub use session::ControlEvent;
+pub use session::ControlSession;
+pub use session::EdgeEvent;
+pub use session::EdgeSession;
+pub use session::Timing;
+
+/// Why bytes from the peer could not be read as a message.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+  #[error("a frame of {0} bytes is larger than the limit of {max} bytes", max = codec::MAX_FRAME)]
+  FrameTooLarge(usize),
+  #[error("malformed message: {0}")]
+  Malformed(String),
+}

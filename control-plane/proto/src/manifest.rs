@@ -1,0 +1,119 @@
+//! The unit of deployment both sides agree on: a worker version's manifest,
+//! named by the sha256 of its canonical JSON, so the control plane and every
+//! edge compute the same id for the same upload.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::Serialize;
+use sha2::Digest as _;
+use sha2::Sha256;
+
+/// One worker version, immutable once written.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+  pub worker: String,
+  pub main_module: String,
+  /// Sorted by name in the canonical form.
+  pub modules: Vec<ModuleRef>,
+  /// `env` bindings; text vars are JSON strings.
+  #[serde(default)]
+  pub vars: BTreeMap<String, serde_json::Value>,
+  #[serde(default)]
+  pub limits: LimitsSpec,
+  #[serde(default, skip_serializing_if = "Option::is_none")]
+  pub compatibility_date: Option<String>,
+}
+
+/// A module of a version: its name in the bundle and the blob holding it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ModuleRef {
+  pub name: String,
+  /// Lowercase hex sha256 of the module's bytes.
+  pub sha256: String,
+  pub size: u64,
+}
+
+/// Per-version limits; unset fields take the runtime's defaults. Unset
+/// fields are left out of the JSON so adding a field later keeps old ids.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+  #[serde(default, skip_serializing_if = "Option::is_none")]
+  pub cpu_ms: Option<u64>,
+  #[serde(default, skip_serializing_if = "Option::is_none")]
+  pub wall_ms: Option<u64>,
+  #[serde(default, skip_serializing_if = "Option::is_none")]
+  pub memory_mb: Option<u64>,
+  #[serde(default, skip_serializing_if = "Option::is_none")]
+  pub subrequests: Option<u32>,
+  #[serde(default, skip_serializing_if = "Option::is_none")]
+  pub request_body_bytes: Option<u64>,
+  #[serde(default, skip_serializing_if = "Option::is_none")]
+  pub response_body_bytes: Option<u64>,
+}
+
+impl LimitsSpec {
+  /// A zero CPU, wall or memory limit would fail every request; better to
+  /// refuse the upload.
+  pub fn validate(&self) -> Result<(), String> {
+    for (field, value) in [
+      ("cpu_ms", self.cpu_ms),
+      ("wall_ms", self.wall_ms),
+      ("memory_mb", self.memory_mb),
+    ] {
+      if value == Some(0) {
+        return Err(format!(
+          "limits.{field} is 0; leave it unset for the default"
+        ));
+      }
+    }
+    if self.memory_mb.is_some_and(|mb| mb > u64::MAX >> 20) {
+      return Err("limits.memory_mb is too large".to_string());
+    }
+    Ok(())
+  }
+}
+
+impl Manifest {
+  /// The version id: lowercase hex sha256 of the manifest's canonical JSON.
+  pub fn version_id(&self) -> String {
+    sha256_hex(&self.canonical_json())
+  }
+
+  /// `serde_json::to_vec` of the manifest with modules sorted by name and
+  /// the keys of JSON vars sorted, so equal manifests hash equal whatever
+  /// order they were built in (serde_json may preserve insertion order).
+  pub fn canonical_json(&self) -> Vec<u8> {
+    let mut manifest = self.clone();
+    manifest.modules.sort();
+    for value in manifest.vars.values_mut() {
+      sort_keys(value);
+    }
+    serde_json::to_vec(&manifest).expect("a manifest always serialises")
+  }
+}
+
+fn sort_keys(value: &mut serde_json::Value) {
+  match value {
+    serde_json::Value::Object(map) => {
+      let sorted: BTreeMap<String, serde_json::Value> = std::mem::take(map).into_iter().collect();
+      for (key, mut v) in sorted {
+        sort_keys(&mut v);
+        map.insert(key, v);
+      }
+    }
+    serde_json::Value::Array(items) => items.iter_mut().for_each(sort_keys),
+    _ => {}
+  }
+}
+
+/// Lowercase hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+  hex::encode(Sha256::digest(bytes))
+}
+
+/// Whether `s` looks like a [`sha256_hex`] output.
+pub fn is_sha256_hex(s: &str) -> bool {
+  s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}

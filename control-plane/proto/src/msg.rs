@@ -1,0 +1,142 @@
+//! What crosses the control channel. One bidirectional stream per
+//! connection carries [`ToEdge`] one way and [`ToControl`] the other.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+/// Bumped on any incompatible change; a peer speaking another version is
+/// refused with a message naming both.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// ALPN of the control channel, so nothing else is mistaken for it.
+pub const ALPN: &[u8] = b"isola-control/1";
+
+/// A position in the control plane's change history. Every change that
+/// edges must see (deploy, rollback, route, secret) takes the next one.
+pub type Revision = u64;
+
+/// Everything an edge must serve, whole, as of one revision. Sent whole
+/// rather than as a delta so that catching up after any outage is one
+/// message and an edge can never drift from the control plane.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DesiredState {
+  pub revision: Revision,
+  pub workers: Vec<WorkerDeployment>,
+  pub routes: Vec<Route>,
+}
+
+impl DesiredState {
+  /// Hashes of every version the state serves.
+  pub fn version_hashes(&self) -> impl Iterator<Item = &str> {
+    self
+      .workers
+      .iter()
+      .flat_map(|w| w.versions.iter().map(|v| v.hash.as_str()))
+  }
+}
+
+/// The active deployment of one worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerDeployment {
+  /// The worker's name on edges (unique across accounts).
+  pub name: String,
+  /// One version at 100 %, or a split whose percentages add up to 100.
+  pub versions: Vec<Split>,
+  /// Secret bindings, added to each version's `env`.
+  pub secrets: BTreeMap<String, String>,
+}
+
+/// A version of a deployment and its share of requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+  /// The version's manifest hash (its id on edges).
+  pub hash: String,
+  pub percentage: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+  pub pattern: String,
+  /// Edge name of the worker.
+  pub worker: String,
+}
+
+/// A version's canonical manifest JSON and the bytes of its modules, for an
+/// edge that does not have it yet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VersionBundle {
+  #[serde(with = "serde_bytes")]
+  pub manifest: Vec<u8>,
+  pub modules: Vec<serde_bytes::ByteBuf>,
+}
+
+/// Usage of one worker version on one edge over a window.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+  /// Edge name of the worker.
+  pub worker: String,
+  /// Manifest hash of the version.
+  pub version: String,
+  /// Window start and end, Unix seconds.
+  pub start: u64,
+  pub end: u64,
+  pub requests: u64,
+  pub errors: u64,
+  pub cpu_us: u64,
+  pub wall_us: u64,
+  pub ingress_bytes: u64,
+  pub egress_bytes: u64,
+  pub subrequests: u64,
+}
+
+/// Usage records shipped together. The id is random and made once, when
+/// the edge first writes the batch to disk; the control plane stores each id
+/// once, so a batch resent after a lost ack is not counted twice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageBatch {
+  pub id: String,
+  pub records: Vec<UsageRecord>,
+}
+
+/// Control plane → edge.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToEdge {
+  /// The new desired state and the bundles of versions the edge lacks.
+  State {
+    state: DesiredState,
+    bundles: Vec<VersionBundle>,
+  },
+  /// The batch is stored; the edge may forget it.
+  UsageStored {
+    id: String,
+  },
+  /// The control plane will not talk to this edge; why, for its log.
+  Refused {
+    reason: String,
+  },
+  Ping,
+}
+
+/// Edge → control plane.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToControl {
+  /// First message on a connection.
+  Hello {
+    protocol: u32,
+    edge: String,
+    /// Last revision the edge applied.
+    revision: Revision,
+    /// Hashes of the versions in the edge's store, so none is sent twice.
+    versions: Vec<String>,
+  },
+  /// The edge serves `revision` now. `errors` names workers whose new
+  /// version did not start (they keep serving their previous one).
+  Applied {
+    revision: Revision,
+    errors: Vec<String>,
+  },
+  Usage(UsageBatch),
+  Ping,
+}

@@ -1,0 +1,702 @@
+//! Both ends of a control connection as state machines with injected time.
+
+use std::collections::BTreeMap;
+use std::collections::HashSet;
+use std::collections::VecDeque;
+use std::time::Duration;
+use std::time::Instant;
+
+use crate::msg::DesiredState;
+use crate::msg::Revision;
+use crate::msg::ToControl;
+use crate::msg::ToEdge;
+use crate::msg::UsageBatch;
+use crate::msg::VersionBundle;
+use crate::msg::PROTOCOL_VERSION;
+
+/// Keepalive settings, shared by both ends.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+  /// A side that has sent nothing for this long sends a ping. Default: 5 s.
+  pub keepalive: Duration,
+  /// A side that has heard nothing for this long gives the connection up,
+  /// even if the transport still looks open (a stuck peer). Default: 20 s.
+  pub idle_timeout: Duration,
+}
+
+impl Default for Timing {
+  fn default() -> Self {
+    Self {
+      keepalive: Duration::from_secs(5),
+      idle_timeout: Duration::from_secs(20),
+    }
+  }
+}
+
+/// Keepalive bookkeeping and the outbox, the part both ends share.
+#[derive(Debug)]
+struct Link<Out> {
+  timing: Timing,
+  last_sent: Instant,
+  last_received: Instant,
+  outbox: VecDeque<Out>,
+  closed: Option<String>,
+}
+
+impl<Out> Link<Out> {
+  fn new(now: Instant, timing: Timing) -> Self {
+    Self {
+      timing,
+      last_sent: now,
+      last_received: now,
+      outbox: VecDeque::new(),
+      closed: None,
+    }
+  }
+
+  fn poll_transmit(&mut self, now: Instant) -> Option<Out> {
+    let msg = self.outbox.pop_front()?;
+    self.last_sent = now;
+    Some(msg)
+  }
+
+  fn poll_timeout(&self) -> Option<Instant> {
+    if self.closed.is_some() {
+      return None;
+    }
+    Some(
+      (self.last_sent + self.timing.keepalive).min(self.last_received + self.timing.idle_timeout),
+    )
+  }
+
+  /// Returns whether a ping is due.
+  fn handle_timeout(&mut self, now: Instant) -> bool {
+    if self.closed.is_some() {
+      return false;
+    }
+    if now >= self.last_received + self.timing.idle_timeout {
+      self.close(format!(
+        "heard nothing from the peer for {:?}",
+        self.timing.idle_timeout
+      ));
+      return false;
+    }
+    now >= self.last_sent + self.timing.keepalive && self.outbox.is_empty()
+  }
+
+  fn close(&mut self, reason: String) {
+    if self.closed.is_none() {
+      self.closed = Some(reason);
+    }
+  }
+}
+
+/// What the edge's IO layer must do.
+#[derive(Debug, PartialEq)]
+pub enum EdgeEvent {
+  /// Write the bundles to the store, switch to the state, then call
+  /// [`EdgeSession::applied`].
+  Apply {
+    state: DesiredState,
+    bundles: Vec<VersionBundle>,
+  },
+  /// The control plane stored this usage batch: delete it from disk.
+  UsageStored(String),
+}
+
+/// The edge's end of one connection.
+///
+/// Created on connect with the revision last applied and the usage batches
+/// still on disk; it says hello, resends those batches, and from then on
+/// forwards every newer state the control plane pushes.
+#[derive(Debug)]
+pub struct EdgeSession {
+  link: Link<ToControl>,
+  events: VecDeque<EdgeEvent>,
+  /// Highest revision applied or handed out to apply.
+  revision: Revision,
+  /// Batches sent and not yet acknowledged, by id.
+  in_flight: BTreeMap<String, ()>,
+}
+
+impl EdgeSession {
+  pub fn new(
+    now: Instant,
+    timing: Timing,
+    edge: String,
+    revision: Revision,
+    versions: Vec<String>,
+    pending_usage: Vec<UsageBatch>,
+  ) -> Self {
+    let mut session = Self {
+      link: Link::new(now, timing),
+      events: VecDeque::new(),
+      revision,
+      in_flight: BTreeMap::new(),
+    };
+    session.link.outbox.push_back(ToControl::Hello {
+      protocol: PROTOCOL_VERSION,
+      edge,
+      revision,
+      versions,
+    });
+    for batch in pending_usage {
+      session.send_usage(batch);
+    }
+    session
+  }
+
+  pub fn handle(&mut self, msg: ToEdge, now: Instant) {
+    self.link.last_received = now;
+    match msg {
+      ToEdge::State { state, bundles } => {
+        // A state no newer than one already taken is a resend; skip it.
+        if state.revision > self.revision {
+          self.revision = state.revision;
+          self.events.push_back(EdgeEvent::Apply { state, bundles });
+        }
+      }
+      ToEdge::UsageStored { id } => {
+        if self.in_flight.remove(&id).is_some() {
+          self.events.push_back(EdgeEvent::UsageStored(id));
+        }
+      }
+      ToEdge::Refused { reason } => {
+        self
+          .link
+          .close(format!("the control plane refused this edge: {reason}"));
+      }
+      ToEdge::Ping => {}
+    }
+  }
+
+  /// The IO layer finished applying `revision`.
+  pub fn applied(&mut self, revision: Revision, errors: Vec<String>) {
+    self
+      .link
+      .outbox
+      .push_back(ToControl::Applied { revision, errors });
+  }
+
+  /// Ships a batch (already safe on disk). Sending a batch again before its
+  /// ack is harmless: the control plane stores each id once.
+  pub fn send_usage(&mut self, batch: UsageBatch) {
+    self.in_flight.insert(batch.id.clone(), ());
+    self.link.outbox.push_back(ToControl::Usage(batch));
+  }
+
+  /// Batches sent and not yet acknowledged.
+  pub fn usage_in_flight(&self) -> usize {
+    self.in_flight.len()
+  }
+
+  pub fn poll_transmit(&mut self, now: Instant) -> Option<ToControl> {
+    self.link.poll_transmit(now)
+  }
+
+  pub fn poll_event(&mut self) -> Option<EdgeEvent> {
+    self.events.pop_front()
+  }
+
+  pub fn poll_timeout(&self) -> Option<Instant> {
+    self.link.poll_timeout()
+  }
+
+  pub fn handle_timeout(&mut self, now: Instant) {
+    if self.link.handle_timeout(now) {
+      self.link.outbox.push_back(ToControl::Ping);
+    }
+  }
+
+  /// Why the session ended, once it has; the IO layer then drops the
+  /// connection and reconnects after a [`Backoff`] delay.
+  pub fn closed(&self) -> Option<&str> {
+    self.link.closed.as_deref()
+  }
+}
+
+/// What the control plane's IO layer must do.
+#[derive(Debug, PartialEq)]
+pub enum ControlEvent {
+  /// The edge introduced itself. Check that `edge` is the name its
+  /// certificate was issued for (else [`ControlSession::refuse`]), then
+  /// [`ControlSession::offer`] it the current state.
+  Hello { edge: String, revision: Revision },
+  /// The edge serves `revision` now.
+  Applied {
+    revision: Revision,
+    errors: Vec<String>,
+  },
+  /// Store the batch (once per id), then call
+  /// [`ControlSession::usage_stored`]: the edge deletes its copy only then.
+  Usage(UsageBatch),
+}
+
+/// The control plane's end of one edge connection.
+#[derive(Debug)]
+pub struct ControlSession {
+  link: Link<ToEdge>,
+  events: VecDeque<ControlEvent>,
+  /// The edge's revision from its hello; `None` until then.
+  edge_revision: Option<Revision>,
+  /// Revision of the last state sent.
+  sent: Option<Revision>,
+  /// Versions the edge has or was sent.
+  edge_has: HashSet<String>,
+}
+
+impl ControlSession {
+  pub fn new(now: Instant, timing: Timing) -> Self {
+    Self {
+      link: Link::new(now, timing),
+      events: VecDeque::new(),
+      edge_revision: None,
+      sent: None,
+      edge_has: HashSet::new(),
+    }
+  }
+
+  pub fn handle(&mut self, msg: ToControl, now: Instant) {
+    self.link.last_received = now;
+    match msg {
+      ToControl::Hello {
+        protocol,
+        edge,
+        revision,
+        versions,
+      } => {
+        if protocol != PROTOCOL_VERSION {
+          self.refuse(format!(
+            "the edge speaks protocol {protocol}, this control plane {PROTOCOL_VERSION}; \
+             run the same release on both"
+          ));
+          return;
+        }
+        if self.edge_revision.is_some() {
+          self.refuse("hello sent twice".to_string());
+          return;
+        }
+        self.edge_revision = Some(revision);
+        self.edge_has = versions.into_iter().collect();
+        self
+          .events
+          .push_back(ControlEvent::Hello { edge, revision });
+      }
+      _ if self.edge_revision.is_none() => {
+        self.refuse("the first message must be hello".to_string());
+      }
+      ToControl::Applied { revision, errors } => {
+        self
+          .events
+          .push_back(ControlEvent::Applied { revision, errors });
+      }
+      ToControl::Usage(batch) => self.events.push_back(ControlEvent::Usage(batch)),
+      ToControl::Ping => {}
+    }
+  }
+
+  /// Sends `state` if the edge does not have it yet, with the bundles of the
+  /// versions it lacks (looked up through `bundle`). Call after the hello
+  /// and on every change; a call with nothing new sends nothing.
+  pub fn offer(
+    &mut self,
+    state: &DesiredState,
+    mut bundle: impl FnMut(&str) -> Option<VersionBundle>,
+  ) {
+    let Some(edge_revision) = self.edge_revision else {
+      return;
+    };
+    if self.link.closed.is_some() {
+      return;
+    }
+    let new = match self.sent {
+      // Not `>`: a control plane restored from an older backup must still
+      // bring the edge back in line with it.
+      None => state.revision != edge_revision,
+      Some(sent) => state.revision > sent,
+    };
+    if !new {
+      return;
+    }
+    let mut bundles = Vec::new();
+    for hash in state.version_hashes() {
+      if self.edge_has.contains(hash) {
+        continue;
+      }
+      if let Some(b) = bundle(hash) {
+        bundles.push(b);
+      }
+      self.edge_has.insert(hash.to_string());
+    }
+    self.sent = Some(state.revision);
+    self.link.outbox.push_back(ToEdge::State {
+      state: state.clone(),
+      bundles,
+    });
+  }
+
+  pub fn usage_stored(&mut self, id: String) {
+    self.link.outbox.push_back(ToEdge::UsageStored { id });
+  }
+
+  /// Tells the edge why it is refused and ends the session.
+  pub fn refuse(&mut self, reason: String) {
+    self.link.outbox.push_back(ToEdge::Refused {
+      reason: reason.clone(),
+    });
+    self.link.close(reason);
+  }
+
+  pub fn poll_transmit(&mut self, now: Instant) -> Option<ToEdge> {
+    self.link.poll_transmit(now)
+  }
+
+  pub fn poll_event(&mut self) -> Option<ControlEvent> {
+    self.events.pop_front()
+  }
+
+  pub fn poll_timeout(&self) -> Option<Instant> {
+    self.link.poll_timeout()
+  }
+
+  pub fn handle_timeout(&mut self, now: Instant) {
+    if self.link.handle_timeout(now) {
+      self.link.outbox.push_back(ToEdge::Ping);
+    }
+  }
+
+  /// Why the session ended, once it has. Messages still in the outbox
+  /// (such as a refusal) should be sent before closing.
+  pub fn closed(&self) -> Option<&str> {
+    self.link.closed.as_deref()
+  }
+}
+
+/// Reconnect delays: exponential from `base` to `max`, each scaled by a
+/// jitter factor in [0.5, 1) so a fleet of edges does not reconnect in step
+/// after a control plane restart.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+  base: Duration,
+  max: Duration,
+  attempt: u32,
+}
+
+impl Backoff {
+  pub fn new(base: Duration, max: Duration) -> Self {
+    Self {
+      base,
+      max,
+      attempt: 0,
+    }
+  }
+
+  /// The delay before the next attempt; `jitter` in [0, 1) comes from the
+  /// caller's random source.
+  pub fn next_delay(&mut self, jitter: f64) -> Duration {
+    let factor = 2u32.saturating_pow(self.attempt.min(30));
+    self.attempt = self.attempt.saturating_add(1);
+    let full = self.base.saturating_mul(factor).min(self.max);
+    full.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+  }
+
+  /// Call once a connection got as far as the hello being answered.
+  pub fn reset(&mut self) {
+    self.attempt = 0;
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::msg::Split;
+  use crate::msg::UsageRecord;
+  use crate::msg::WorkerDeployment;
+
+  fn desired(revision: Revision, hashes: &[&str]) -> DesiredState {
+    DesiredState {
+      revision,
+      workers: hashes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| WorkerDeployment {
+          name: format!("acme_w{i}"),
+          versions: vec![Split {
+            hash: h.to_string(),
+            percentage: 100,
+          }],
+          secrets: BTreeMap::new(),
+        })
+        .collect(),
+      routes: Vec::new(),
+    }
+  }
+
+  fn bundle_of(hash: &str) -> Option<VersionBundle> {
+    Some(VersionBundle {
+      manifest: hash.as_bytes().to_vec(),
+      modules: Vec::new(),
+    })
+  }
+
+  fn batch(id: &str) -> UsageBatch {
+    UsageBatch {
+      id: id.to_string(),
+      records: vec![UsageRecord {
+        worker: "acme_w0".into(),
+        requests: 3,
+        ..Default::default()
+      }],
+    }
+  }
+
+  /// Moves every queued message across, both ways, until both are quiet.
+  fn pump(edge: &mut EdgeSession, control: &mut ControlSession, now: Instant) {
+    loop {
+      let mut moved = false;
+      while let Some(m) = edge.poll_transmit(now) {
+        control.handle(m, now);
+        moved = true;
+      }
+      while let Some(m) = control.poll_transmit(now) {
+        edge.handle(m, now);
+        moved = true;
+      }
+      if !moved {
+        return;
+      }
+    }
+  }
+
+  fn drain<T>(next: impl FnMut() -> Option<T>) -> Vec<T> {
+    std::iter::from_fn(next).collect()
+  }
+
+  #[test]
+  fn a_new_edge_gets_the_state_and_every_bundle_once() {
+    let t0 = Instant::now();
+    let mut edge = EdgeSession::new(t0, Timing::default(), "e1".into(), 0, vec![], vec![]);
+    let mut control = ControlSession::new(t0, Timing::default());
+    let s1 = desired(1, &["h1", "h2"]);
+    // Before the hello there is nobody to offer to.
+    control.offer(&s1, bundle_of);
+    assert!(control.poll_transmit(t0).is_none());
+
+    pump(&mut edge, &mut control, t0);
+    assert_eq!(
+      drain(|| control.poll_event()),
+      vec![ControlEvent::Hello {
+        edge: "e1".into(),
+        revision: 0
+      }]
+    );
+    control.offer(&s1, bundle_of);
+    pump(&mut edge, &mut control, t0);
+    let EdgeEvent::Apply { state, bundles } = edge.poll_event().unwrap() else {
+      panic!("expected a state")
+    };
+    assert_eq!(state, s1);
+    assert_eq!(bundles.len(), 2);
+
+    // The next revision reuses h2 and brings h3: only h3 travels.
+    let s2 = desired(2, &["h2", "h3"]);
+    control.offer(&s2, bundle_of);
+    control.offer(&s2, bundle_of); // offering twice sends once
+    pump(&mut edge, &mut control, t0);
+    let events = drain(|| edge.poll_event());
+    assert_eq!(events.len(), 1);
+    let EdgeEvent::Apply { bundles, .. } = &events[0] else {
+      panic!("expected a state")
+    };
+    assert_eq!(bundles, &vec![bundle_of("h3").unwrap()]);
+
+    edge.applied(2, vec![]);
+    pump(&mut edge, &mut control, t0);
+    assert_eq!(
+      drain(|| control.poll_event()),
+      vec![ControlEvent::Applied {
+        revision: 2,
+        errors: vec![]
+      }]
+    );
+  }
+
+  #[test]
+  fn a_reconnecting_edge_catches_up_from_its_revision_without_refetching() {
+    let t0 = Instant::now();
+    // The edge applied revision 3 and has h1 on disk.
+    let mut edge = EdgeSession::new(
+      t0,
+      Timing::default(),
+      "e1".into(),
+      3,
+      vec!["h1".into()],
+      vec![],
+    );
+    let mut control = ControlSession::new(t0, Timing::default());
+    pump(&mut edge, &mut control, t0);
+    drain(|| control.poll_event());
+    // Up to date: nothing is sent.
+    control.offer(&desired(3, &["h1"]), bundle_of);
+    assert!(control.poll_transmit(t0).is_none());
+    // Missed revisions 4 and 5: one message with the latest, h1 not resent.
+    control.offer(&desired(5, &["h1", "h9"]), bundle_of);
+    pump(&mut edge, &mut control, t0);
+    let EdgeEvent::Apply { state, bundles } = edge.poll_event().unwrap() else {
+      panic!("expected a state")
+    };
+    assert_eq!(state.revision, 5);
+    assert_eq!(bundles, vec![bundle_of("h9").unwrap()]);
+  }
+
+  #[test]
+  fn a_control_plane_restored_to_an_older_revision_still_resyncs_the_edge() {
+    let t0 = Instant::now();
+    let mut edge = EdgeSession::new(t0, Timing::default(), "e1".into(), 9, vec![], vec![]);
+    let mut control = ControlSession::new(t0, Timing::default());
+    pump(&mut edge, &mut control, t0);
+    control.offer(&desired(4, &["h1"]), bundle_of);
+    let sent = control.poll_transmit(t0);
+    assert!(matches!(sent, Some(ToEdge::State { .. })), "{sent:?}");
+  }
+
+  #[test]
+  fn an_old_or_repeated_state_is_not_applied_twice() {
+    let t0 = Instant::now();
+    let mut edge = EdgeSession::new(t0, Timing::default(), "e1".into(), 4, vec![], vec![]);
+    for revision in [3, 4, 5, 5] {
+      edge.handle(
+        ToEdge::State {
+          state: desired(revision, &[]),
+          bundles: vec![],
+        },
+        t0,
+      );
+    }
+    let applied: Vec<Revision> = drain(|| edge.poll_event())
+      .into_iter()
+      .map(|e| match e {
+        EdgeEvent::Apply { state, .. } => state.revision,
+        other => panic!("{other:?}"),
+      })
+      .collect();
+    assert_eq!(applied, vec![5]);
+  }
+
+  #[test]
+  fn usage_is_resent_until_stored_and_acknowledged_once() {
+    let t0 = Instant::now();
+    // Two batches survived on disk from before a restart.
+    let mut edge = EdgeSession::new(
+      t0,
+      Timing::default(),
+      "e1".into(),
+      0,
+      vec![],
+      vec![batch("b1"), batch("b2")],
+    );
+    let mut control = ControlSession::new(t0, Timing::default());
+    pump(&mut edge, &mut control, t0);
+    let usage: Vec<String> = drain(|| control.poll_event())
+      .into_iter()
+      .filter_map(|e| match e {
+        ControlEvent::Usage(b) => Some(b.id),
+        _ => None,
+      })
+      .collect();
+    assert_eq!(usage, vec!["b1", "b2"]);
+    assert_eq!(edge.usage_in_flight(), 2);
+    // Only b1 was committed before the connection broke.
+    control.usage_stored("b1".into());
+    pump(&mut edge, &mut control, t0);
+    assert_eq!(
+      drain(|| edge.poll_event()),
+      vec![EdgeEvent::UsageStored("b1".into())]
+    );
+    assert_eq!(edge.usage_in_flight(), 1);
+    // A duplicate or unknown ack is ignored.
+    edge.handle(ToEdge::UsageStored { id: "b1".into() }, t0);
+    edge.handle(ToEdge::UsageStored { id: "zz".into() }, t0);
+    assert!(edge.poll_event().is_none());
+  }
+
+  #[test]
+  fn keepalive_pings_and_a_silent_peer_closes_the_session() {
+    let t0 = Instant::now();
+    let timing = Timing {
+      keepalive: Duration::from_secs(5),
+      idle_timeout: Duration::from_secs(20),
+    };
+    let mut edge = EdgeSession::new(t0, timing, "e1".into(), 0, vec![], vec![]);
+    assert!(matches!(
+      edge.poll_transmit(t0),
+      Some(ToControl::Hello { .. })
+    ));
+    assert_eq!(edge.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+
+    // Nothing due early.
+    edge.handle_timeout(t0 + Duration::from_secs(4));
+    assert!(edge.poll_transmit(t0 + Duration::from_secs(4)).is_none());
+    // Keepalive due: one ping.
+    let t5 = t0 + Duration::from_secs(5);
+    edge.handle_timeout(t5);
+    assert_eq!(edge.poll_transmit(t5), Some(ToControl::Ping));
+    assert!(edge.poll_transmit(t5).is_none());
+    // The peer talking resets the idle clock.
+    edge.handle(ToEdge::Ping, t0 + Duration::from_secs(15));
+    edge.handle_timeout(t0 + Duration::from_secs(34));
+    assert!(edge.closed().is_none());
+    edge.handle_timeout(t0 + Duration::from_secs(35));
+    assert!(edge.closed().unwrap().contains("heard nothing"));
+    assert_eq!(edge.poll_timeout(), None);
+  }
+
+  #[test]
+  fn a_wrong_protocol_or_a_message_before_hello_is_refused() {
+    let t0 = Instant::now();
+    let mut control = ControlSession::new(t0, Timing::default());
+    control.handle(
+      ToControl::Hello {
+        protocol: PROTOCOL_VERSION + 1,
+        edge: "e1".into(),
+        revision: 0,
+        versions: vec![],
+      },
+      t0,
+    );
+    let Some(ToEdge::Refused { reason }) = control.poll_transmit(t0) else {
+      panic!("expected a refusal")
+    };
+    assert!(reason.contains("protocol"), "{reason}");
+    assert!(control.closed().is_some());
+
+    let mut control = ControlSession::new(t0, Timing::default());
+    control.handle(ToControl::Usage(batch("b1")), t0);
+    assert!(
+      control.poll_event().is_none(),
+      "usage before hello is not stored"
+    );
+    assert!(control.closed().unwrap().contains("hello"));
+
+    // The edge side ends on a refusal and says why.
+    let mut edge = EdgeSession::new(t0, Timing::default(), "e1".into(), 0, vec![], vec![]);
+    edge.handle(
+      ToEdge::Refused {
+        reason: "not enrolled".into(),
+      },
+      t0,
+    );
+    assert!(edge.closed().unwrap().contains("not enrolled"));
+  }
+
+  #[test]
+  fn backoff_grows_to_its_cap_with_jitter_and_resets() {
+    let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let full: Vec<Duration> = (0..8).map(|_| b.next_delay(0.999_999)).collect();
+    assert!(full[0] <= Duration::from_millis(100) && full[0] > Duration::from_millis(99));
+    assert!(full[1] > Duration::from_millis(199));
+    assert!(full[7] <= Duration::from_secs(5) && full[7] > Duration::from_millis(4999));
+    b.reset();
+    assert_eq!(b.next_delay(0.0), Duration::from_millis(50));
+  }
+}

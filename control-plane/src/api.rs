@@ -1,0 +1,753 @@
+//! The REST API: JSON in and out, `Authorization: Bearer TOKEN`, errors as
+//! `{"error": {"code", "message"}}`. Each account sees only its own
+//! workers, versions, routes, secrets and usage; anything else answers 404
+//! as if it did not exist.
+//!
+//! A change edges must see is committed first, then the new desired state
+//! is published to the QUIC layer before the request is answered, so a
+//! client that got its answer knows the push is under way.
+
+use std::sync::Arc;
+
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::FromRequestParts;
+use axum::extract::Multipart;
+use axum::extract::Path;
+use axum::extract::Query;
+use axum::extract::State;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::http::Method;
+use axum::http::StatusCode;
+use axum::http::Uri;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use axum::routing::get;
+use axum::routing::post;
+use axum::routing::put;
+use axum::Json;
+use axum::Router;
+use bytes::Bytes;
+use isola_proto::msg::DesiredState;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::db;
+use crate::db::Caller;
+use crate::db::Db;
+use crate::validate;
+use crate::validate::Validator;
+
+/// Largest upload request: the modules' limit plus room for the metadata
+/// part and multipart framing.
+pub const UPLOAD_BODY_LIMIT: usize =
+  validate::MAX_TOTAL_BYTES + validate::MAX_METADATA_BYTES + 64 * 1024;
+/// Largest secret value (Cloudflare allows 5 KiB; a little more room here).
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+
+/// Longest route pattern (a host name is at most 253 bytes; the rest is path).
+pub const MAX_PATTERN_BYTES: usize = 2048;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+  db: Db,
+  state_tx: Arc<watch::Sender<Arc<DesiredState>>>,
+  validator: Arc<Validator>,
+}
+
+impl AppState {
+  pub fn new(
+    db: Db,
+    state_tx: Arc<watch::Sender<Arc<DesiredState>>>,
+    validator: Arc<Validator>,
+  ) -> Self {
+    Self {
+      db,
+      state_tx,
+      validator,
+    }
+  }
+
+  /// Publishes the current desired state, unless a newer one already went
+  /// out (two changes committing and publishing concurrently may finish in
+  /// either order).
+  fn publish(&self) -> Result<(), ApiError> {
+    let desired = self.db.desired_state()?;
+    let revision = desired.revision;
+    let sent = self.state_tx.send_if_modified(|current| {
+      if desired.revision > current.revision {
+        *current = Arc::new(desired);
+        true
+      } else {
+        false
+      }
+    });
+    if sent {
+      tracing::debug!(revision, "published desired state");
+    }
+    Ok(())
+  }
+}
+
+pub fn router(state: AppState) -> Router {
+  Router::new()
+    .route("/healthz", get(healthz))
+    .route("/v1/accounts", post(create_account))
+    .route("/v1/tokens", post(create_token))
+    .route("/v1/workers", get(list_workers))
+    .route(
+      "/v1/workers/{name}/versions",
+      post(upload)
+        .layer(DefaultBodyLimit::max(UPLOAD_BODY_LIMIT))
+        .get(list_versions),
+    )
+    .route(
+      "/v1/workers/{name}/deployments",
+      post(deploy).get(list_deployments),
+    )
+    .route("/v1/workers/{name}/rollback", post(rollback))
+    .route("/v1/workers/{name}/secrets", get(list_secrets))
+    .route(
+      "/v1/workers/{name}/secrets/{key}",
+      put(put_secret).delete(delete_secret),
+    )
+    .route("/v1/workers/{name}/usage", get(usage))
+    .route(
+      "/v1/routes",
+      post(add_route).get(list_routes).delete(delete_route_query),
+    )
+    .route(
+      "/v1/routes/{*pattern}",
+      axum::routing::delete(delete_route_path),
+    )
+    .route("/v1/edges", get(list_edges))
+    .fallback(no_endpoint)
+    .method_not_allowed_fallback(wrong_method)
+    .with_state(state)
+}
+
+/// An error answer: `{"error": {"code", "message"}}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+  status: StatusCode,
+  code: &'static str,
+  message: String,
+}
+
+impl ApiError {
+  fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    Self {
+      status,
+      code,
+      message: message.into(),
+    }
+  }
+
+  fn invalid(message: impl Into<String>) -> Self {
+    Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+  }
+
+  fn unauthorized(message: impl Into<String>) -> Self {
+    Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+  }
+
+  fn too_large(message: impl Into<String>) -> Self {
+    Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+  }
+
+  fn internal(message: impl std::fmt::Display) -> Self {
+    tracing::error!(error = %message, "internal error");
+    Self::new(
+      StatusCode::INTERNAL_SERVER_ERROR,
+      "internal",
+      format!("internal error: {message}"),
+    )
+  }
+}
+
+impl IntoResponse for ApiError {
+  fn into_response(self) -> Response {
+    let body = json!({"error": {"code": self.code, "message": self.message}});
+    (self.status, Json(body)).into_response()
+  }
+}
+
+impl From<db::Error> for ApiError {
+  fn from(e: db::Error) -> Self {
+    match e {
+      db::Error::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m),
+      db::Error::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+      db::Error::Invalid(m) => Self::invalid(m),
+      e => Self::internal(e),
+    }
+  }
+}
+
+impl From<validate::Error> for ApiError {
+  fn from(e: validate::Error) -> Self {
+    match e {
+      validate::Error::Invalid(m) => Self::invalid(m),
+      validate::Error::TooLarge(m) => Self::too_large(m),
+      validate::Error::Internal(m) => Self::internal(m),
+    }
+  }
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+  f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+  tokio::task::spawn_blocking(f)
+    .await
+    .unwrap_or_else(|e| Err(ApiError::internal(format!("store task failed: {e}"))))
+}
+
+/// A JSON body, with rejections as JSON errors.
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+  match body {
+    Ok(Json(value)) => Ok(value),
+    Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+      Err(ApiError::too_large(e.body_text()))
+    }
+    Err(e) => Err(ApiError::invalid(format!(
+      "{}; send a JSON body with `Content-Type: application/json`",
+      e.body_text()
+    ))),
+  }
+}
+
+/// The caller, from its bearer token.
+pub struct Auth(pub Caller);
+
+impl FromRequestParts<AppState> for Auth {
+  type Rejection = ApiError;
+
+  async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    let Some(header) = parts.headers.get(AUTHORIZATION) else {
+      return Err(ApiError::unauthorized(
+        "missing Authorization header; send `Authorization: Bearer TOKEN` (`isola-control init` \
+         wrote the admin token to DATA_DIR/admin-token)",
+      ));
+    };
+    let token = header
+      .to_str()
+      .ok()
+      .and_then(|h| h.split_once(' '))
+      .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+      .map(|(_, token)| token.trim())
+      .filter(|t| !t.is_empty())
+      .ok_or_else(|| {
+        ApiError::unauthorized("malformed Authorization header; expected `Bearer TOKEN`")
+      })?
+      .to_string();
+    let db = state.db.clone();
+    let caller = blocking(move || Ok(db.authenticate(&token)?)).await?;
+    caller.map(Auth).ok_or_else(|| {
+      ApiError::unauthorized("the token is not valid; check it, or create one with POST /v1/tokens")
+    })
+  }
+}
+
+fn require_admin(caller: &Caller) -> Result<(), ApiError> {
+  if caller.admin {
+    Ok(())
+  } else {
+    Err(ApiError::new(
+      StatusCode::FORBIDDEN,
+      "forbidden",
+      "this needs an admin token (the one `isola-control init` wrote to DATA_DIR/admin-token)",
+    ))
+  }
+}
+
+async fn healthz() -> Json<Value> {
+  Json(json!({"ok": true}))
+}
+
+async fn no_endpoint(method: Method, uri: Uri) -> ApiError {
+  ApiError::new(
+    StatusCode::NOT_FOUND,
+    "not_found",
+    format!("no endpoint {method} {}", uri.path()),
+  )
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+  ApiError::new(
+    StatusCode::METHOD_NOT_ALLOWED,
+    "method_not_allowed",
+    format!("{} does not take {method}", uri.path()),
+  )
+}
+
+// Accounts and tokens.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAccount {
+  name: String,
+}
+
+async fn create_account(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  req: Result<Json<NewAccount>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+  require_admin(&caller)?;
+  let NewAccount { name } = body(req)?;
+  validate::check_account_name(&name).map_err(ApiError::invalid)?;
+  let token = blocking({
+    let name = name.clone();
+    move || Ok(state.db.create_account(&name, false)?)
+  })
+  .await?;
+  tracing::info!(account = %name, "created account");
+  Ok((
+    StatusCode::CREATED,
+    Json(json!({"account": name, "token": token})),
+  ))
+}
+
+async fn create_token(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+) -> Result<impl IntoResponse, ApiError> {
+  // New tokens never carry admin rights; the admin token is made once by init.
+  let token = blocking(move || Ok(state.db.issue_token(&caller.account, false)?)).await?;
+  Ok((StatusCode::CREATED, Json(json!({"token": token}))))
+}
+
+// Workers and versions.
+
+async fn list_workers(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+) -> Result<Json<Value>, ApiError> {
+  let workers = blocking(move || Ok(state.db.workers(&caller.account)?)).await?;
+  Ok(Json(json!({"workers": workers})))
+}
+
+async fn list_versions(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+  let versions = blocking(move || Ok(state.db.versions(&caller.account, &name)?)).await?;
+  Ok(Json(json!({"versions": versions})))
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+  if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    ApiError::too_large(format!(
+      "the upload is larger than {UPLOAD_BODY_LIMIT} bytes; modules may total at most {} bytes",
+      validate::MAX_TOTAL_BYTES
+    ))
+  } else {
+    ApiError::invalid(format!("malformed multipart body: {}", e.body_text()))
+  }
+}
+
+async fn upload(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path(name): Path<String>,
+  multipart: Result<Multipart, MultipartRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+  validate::check_worker_name(&caller.account, &name).map_err(ApiError::invalid)?;
+  let mut multipart = multipart.map_err(|e| {
+    ApiError::invalid(format!(
+      "{}; upload a version as multipart/form-data with a `metadata` part and one part per \
+       module",
+      e.body_text()
+    ))
+  })?;
+  let mut metadata: Option<Bytes> = None;
+  let mut modules: Vec<(String, Bytes)> = Vec::new();
+  let mut total = 0usize;
+  while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+    let part = field
+      .name()
+      .filter(|n| !n.is_empty())
+      .or_else(|| field.file_name().filter(|n| !n.is_empty()))
+      .map(str::to_string);
+    let Some(part) = part else {
+      return Err(ApiError::invalid(
+        "a part has no name; name each module's part after the module, e.g. \
+         `Content-Disposition: form-data; name=\"worker.js\"`",
+      ));
+    };
+    let bytes = field.bytes().await.map_err(multipart_error)?;
+    if part == "metadata" {
+      if metadata.is_some() {
+        return Err(ApiError::invalid(
+          "the `metadata` part is sent twice; send it once",
+        ));
+      }
+      metadata = Some(bytes);
+      continue;
+    }
+    total += bytes.len();
+    if total > validate::MAX_TOTAL_BYTES {
+      return Err(ApiError::too_large(format!(
+        "the modules total more than the limit of {} bytes per upload",
+        validate::MAX_TOTAL_BYTES
+      )));
+    }
+    modules.push((part, bytes));
+  }
+  let edge_name = db::edge_worker_name(&caller.account, &name);
+  let checked = validate::check_upload(&edge_name, metadata.as_deref(), modules)?;
+  state.validator.check_starts(&checked).await?;
+  let version = blocking(move || {
+    Ok(
+      state
+        .db
+        .insert_version(&caller.account, &name, &checked.manifest, &checked.modules)?,
+    )
+  })
+  .await?;
+  tracing::info!(worker = %edge_name, id = %version.id, hash = %version.hash, "stored version");
+  Ok((StatusCode::CREATED, Json(version)))
+}
+
+// Deployments.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewDeployment {
+  versions: Vec<NewSplit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSplit {
+  id: String,
+  percentage: i64,
+}
+
+/// One version at 100 %, or two whose whole percentages add up to 100.
+fn check_splits(splits: &[NewSplit]) -> Result<Vec<(String, u8)>, String> {
+  let example = "e.g. {\"versions\": [{\"id\": \"...\", \"percentage\": 100}]}";
+  if splits.is_empty() || splits.len() > 2 {
+    return Err(format!(
+      "a deployment has 1 or 2 versions, not {}; {example}",
+      splits.len()
+    ));
+  }
+  let mut out = Vec::with_capacity(splits.len());
+  for split in splits {
+    let percentage = u8::try_from(split.percentage)
+      .ok()
+      .filter(|p| (1..=100).contains(p))
+      .ok_or_else(|| {
+        format!(
+          "version {:?} has percentage {}; use a whole number from 1 to 100",
+          split.id, split.percentage
+        )
+      })?;
+    if out.iter().any(|(id, _)| *id == split.id) {
+      return Err(format!(
+        "version {:?} is listed twice; list each version once",
+        split.id
+      ));
+    }
+    out.push((split.id.clone(), percentage));
+  }
+  let sum: u32 = out.iter().map(|(_, p)| u32::from(*p)).sum();
+  if sum != 100 {
+    return Err(format!(
+      "the percentages add up to {sum}; they must add up to 100"
+    ));
+  }
+  Ok(out)
+}
+
+async fn deploy(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path(name): Path<String>,
+  req: Result<Json<NewDeployment>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+  let req = body(req)?;
+  let splits = check_splits(&req.versions).map_err(ApiError::invalid)?;
+  let deployment = blocking(move || {
+    let deployment = state.db.deploy(&caller.account, &name, &splits)?;
+    state.publish()?;
+    tracing::info!(account = %caller.account, worker = %name, id = deployment.id, revision = ?deployment.revision, "deployed");
+    Ok(deployment)
+  })
+  .await?;
+  Ok((StatusCode::CREATED, Json(deployment)))
+}
+
+async fn list_deployments(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+  let deployments = blocking(move || Ok(state.db.deployments(&caller.account, &name)?)).await?;
+  Ok(Json(json!({"deployments": deployments})))
+}
+
+async fn rollback(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path(name): Path<String>,
+) -> Result<Json<db::Deployment>, ApiError> {
+  let deployment = blocking(move || {
+    let deployment = state.db.rollback(&caller.account, &name)?;
+    state.publish()?;
+    tracing::info!(account = %caller.account, worker = %name, id = deployment.id, "rolled back");
+    Ok(deployment)
+  })
+  .await?;
+  Ok(Json(deployment))
+}
+
+// Routes.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRoute {
+  pattern: String,
+  worker: String,
+}
+
+async fn add_route(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  req: Result<Json<NewRoute>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+  let NewRoute { pattern, worker } = body(req)?;
+  if pattern.len() > MAX_PATTERN_BYTES {
+    return Err(ApiError::invalid(format!(
+      "the route pattern is {} bytes long, more than the limit of {MAX_PATTERN_BYTES}",
+      pattern.len()
+    )));
+  }
+  let (route, revision) = blocking(move || {
+    let added = state.db.add_route(&caller.account, &pattern, &worker)?;
+    state.publish()?;
+    Ok(added)
+  })
+  .await?;
+  Ok((
+    StatusCode::CREATED,
+    Json(json!({
+      "pattern": route.pattern,
+      "worker": route.worker,
+      "created_at": route.created_at,
+      "revision": revision,
+    })),
+  ))
+}
+
+async fn list_routes(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+) -> Result<Json<Value>, ApiError> {
+  let routes = blocking(move || Ok(state.db.routes(&caller.account)?)).await?;
+  Ok(Json(json!({"routes": routes})))
+}
+
+#[derive(Deserialize)]
+struct PatternQuery {
+  pattern: String,
+}
+
+async fn delete_route_query(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  query: Result<Query<PatternQuery>, QueryRejection>,
+) -> Result<StatusCode, ApiError> {
+  let Query(PatternQuery { pattern }) = query.map_err(|_| {
+    ApiError::invalid("name the route to delete: DELETE /v1/routes?pattern=<URL-encoded pattern>")
+  })?;
+  delete_route(state, caller, pattern).await
+}
+
+async fn delete_route_path(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path(pattern): Path<String>,
+) -> Result<StatusCode, ApiError> {
+  delete_route(state, caller, pattern).await
+}
+
+async fn delete_route(
+  state: AppState,
+  caller: Caller,
+  pattern: String,
+) -> Result<StatusCode, ApiError> {
+  blocking(move || {
+    state.db.delete_route(&caller.account, &pattern)?;
+    state.publish()
+  })
+  .await?;
+  Ok(StatusCode::NO_CONTENT)
+}
+
+// Secrets.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretValue {
+  value: String,
+}
+
+async fn put_secret(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path((name, key)): Path<(String, String)>,
+  req: Result<Json<SecretValue>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+  validate::check_secret_key(&key).map_err(ApiError::invalid)?;
+  let SecretValue { value } = body(req)?;
+  if value.len() > MAX_SECRET_BYTES {
+    return Err(ApiError::too_large(format!(
+      "the value of secret {key:?} is {} bytes, more than the limit of {MAX_SECRET_BYTES}",
+      value.len()
+    )));
+  }
+  let (created, revision, key) = blocking(move || {
+    let (created, revision) = state.db.put_secret(&caller.account, &name, &key, &value)?;
+    state.publish()?;
+    Ok((created, revision, key))
+  })
+  .await?;
+  let status = if created {
+    StatusCode::CREATED
+  } else {
+    StatusCode::OK
+  };
+  Ok((status, Json(json!({"key": key, "revision": revision}))))
+}
+
+async fn list_secrets(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+  let secrets = blocking(move || Ok(state.db.secrets(&caller.account, &name)?)).await?;
+  Ok(Json(json!({"secrets": secrets})))
+}
+
+async fn delete_secret(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path((name, key)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+  blocking(move || {
+    state.db.delete_secret(&caller.account, &name, &key)?;
+    state.publish()
+  })
+  .await?;
+  Ok(StatusCode::NO_CONTENT)
+}
+
+// Usage.
+
+#[derive(Deserialize)]
+struct UsageQuery {
+  since: Option<String>,
+  until: Option<String>,
+}
+
+/// Unix seconds or RFC 3339.
+fn parse_time(field: &str, value: &str) -> Result<i64, ApiError> {
+  if let Ok(secs) = value.parse::<i64>() {
+    return Ok(secs);
+  }
+  time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+    .map(|t| t.unix_timestamp())
+    .map_err(|_| {
+      ApiError::invalid(format!(
+        "{field}={value:?} is not a time; use Unix seconds or RFC 3339, like \
+         2024-09-23T00:00:00Z"
+      ))
+    })
+}
+
+async fn usage(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path(name): Path<String>,
+  query: Result<Query<UsageQuery>, QueryRejection>,
+) -> Result<Json<db::UsageSummary>, ApiError> {
+  let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+  let since = query
+    .since
+    .as_deref()
+    .map(|v| parse_time("since", v))
+    .transpose()?;
+  let until = query
+    .until
+    .as_deref()
+    .map(|v| parse_time("until", v))
+    .transpose()?;
+  let summary = blocking(move || Ok(state.db.usage(&caller.account, &name, since, until)?)).await?;
+  Ok(Json(summary))
+}
+
+// Edges.
+
+async fn list_edges(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+) -> Result<Json<Value>, ApiError> {
+  require_admin(&caller)?;
+  let (revision, edges) = blocking(move || Ok(state.db.edges()?)).await?;
+  Ok(Json(json!({"revision": revision, "edges": edges})))
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn split(id: &str, percentage: i64) -> NewSplit {
+    NewSplit {
+      id: id.into(),
+      percentage,
+    }
+  }
+
+  #[test]
+  fn splits() {
+    assert_eq!(
+      check_splits(&[split("a", 100)]).unwrap(),
+      [("a".to_string(), 100)]
+    );
+    check_splits(&[split("a", 90), split("b", 10)]).unwrap();
+    for (splits, want) in [
+      (vec![], "1 or 2 versions"),
+      (
+        vec![split("a", 50), split("b", 25), split("c", 25)],
+        "1 or 2 versions",
+      ),
+      (vec![split("a", 0), split("b", 100)], "from 1 to 100"),
+      (vec![split("a", 101)], "from 1 to 100"),
+      (vec![split("a", -5)], "from 1 to 100"),
+      (vec![split("a", 50)], "add up to 50"),
+      (vec![split("a", 50), split("a", 50)], "listed twice"),
+    ] {
+      let err = check_splits(&splits).unwrap_err();
+      assert!(err.contains(want), "{err}");
+    }
+  }
+
+  #[test]
+  fn times() {
+    assert_eq!(parse_time("since", "1700000000").unwrap(), 1_700_000_000);
+    assert_eq!(
+      parse_time("since", "2023-11-14T22:13:20Z").unwrap(),
+      1_700_000_000
+    );
+    assert!(parse_time("since", "yesterday").is_err());
+  }
+}

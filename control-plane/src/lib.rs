@@ -1,0 +1,11 @@
+//! Isola's control plane: the store, the upload API, the checks an upload
+//! passes, the PKI of the control channel and its QUIC endpoint. The
+//! `isola-control` binary is a thin command line over these; tests drive
+//! the API in-process.
+
+pub mod api;
+pub mod db;
+pub mod pki;
+pub mod quic;
+pub mod secrets;
+pub mod validate;

@@ -1,0 +1,291 @@
+//! `isola-control`: the control plane binary. `init` makes a data
+//! directory (database, CA, keys, admin token), `serve` runs the REST API
+//! and the QUIC channel edges follow, `enroll-edge` issues an edge's
+//! certificate and config.
+
+use isola_control::api;
+use isola_control::db;
+use isola_control::pki;
+use isola_control::quic;
+use isola_control::secrets;
+use isola_control::validate;
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::bail;
+use anyhow::Context as _;
+use clap::Parser;
+use clap::Subcommand;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "isola-control", version, about = "Isola's control plane")]
+struct Cli {
+  #[command(subcommand)]
+  command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+  /// Create a data directory: database, CA, server certificate, secrets key
+  /// and the admin token of account `default` (printed to stdout).
+  Init {
+    #[arg(long)]
+    data_dir: PathBuf,
+  },
+  /// Serve the REST API and the QUIC control channel.
+  Serve {
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// REST API address.
+    #[arg(long, default_value = "127.0.0.1:8700")]
+    api: SocketAddr,
+    /// QUIC address edges connect to.
+    #[arg(long, default_value = "127.0.0.1:8701")]
+    quic: SocketAddr,
+  },
+  /// Enroll an edge: record it and write its certificate, key and edge.toml.
+  EnrollEdge {
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The edge's name: 1 to 63 characters of a-z, 0-9 and '-'.
+    #[arg(long)]
+    name: String,
+    /// Folder to write edge.toml, edge.pem, edge-key.pem and ca.pem into.
+    #[arg(long)]
+    out: PathBuf,
+    /// The control plane's QUIC address as the edge reaches it.
+    #[arg(long, default_value = "127.0.0.1:8701")]
+    control_address: String,
+  },
+}
+
+fn main() -> ExitCode {
+  let cli = Cli::parse();
+  // The one-shot commands speak for themselves; only serve logs as it goes.
+  let default_level = match cli.command {
+    Command::Serve { .. } => "info",
+    _ => "warn",
+  };
+  tracing_subscriber::fmt()
+    .with_writer(std::io::stderr)
+    .with_env_filter(
+      tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+    )
+    .init();
+  let result = match cli.command {
+    Command::Init { data_dir } => init(&data_dir),
+    Command::Serve {
+      data_dir,
+      api,
+      quic,
+    } => tokio::runtime::Runtime::new()
+      .context("cannot start the async runtime")
+      .and_then(|rt| rt.block_on(serve(data_dir, api, quic))),
+    Command::EnrollEdge {
+      data_dir,
+      name,
+      out,
+      control_address,
+    } => enroll_edge(&data_dir, &name, &out, &control_address),
+  };
+  match result {
+    Ok(()) => ExitCode::SUCCESS,
+    Err(e) => {
+      eprintln!("error: {e:#}");
+      ExitCode::FAILURE
+    }
+  }
+}
+
+fn db_path(dir: &Path) -> PathBuf {
+  dir.join("control.db")
+}
+
+fn secrets_key_path(dir: &Path) -> PathBuf {
+  dir.join("secrets.key")
+}
+
+/// Opens an initialised data directory's database.
+fn open_db(dir: &Path) -> anyhow::Result<db::Db> {
+  let path = db_path(dir);
+  if !path.exists() {
+    bail!(
+      "{} has no control.db; create it with `isola-control init --data-dir {}`",
+      dir.display(),
+      dir.display()
+    );
+  }
+  let cipher = secrets::Cipher::load(&secrets_key_path(dir))?;
+  db::Db::open(&path, cipher).with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// Writes the database last, through a temporary name: until it exists the
+/// directory counts as uninitialised, so an interrupted init can be re-run.
+fn init(dir: &Path) -> anyhow::Result<()> {
+  let db_file = db_path(dir);
+  if db_file.exists() {
+    bail!(
+      "{} is already initialised (it has control.db); use another --data-dir, or remove the \
+       folder to start over (that forgets every worker, edge and token)",
+      dir.display()
+    );
+  }
+  // Only the control plane's user may look inside: keys, tokens, code.
+  std::fs::DirBuilder::new()
+    .recursive(true)
+    .mode(0o700)
+    .create(dir)
+    .with_context(|| format!("cannot create {}", dir.display()))?;
+
+  let key = secrets::generate_key();
+  pki::write_file(&secrets_key_path(dir), &key, true)?;
+  let files = pki::files(dir);
+  let ca = pki::Ca::generate()?;
+  pki::write_file(&files.ca, ca.cert_pem().as_bytes(), false)?;
+  pki::write_file(&files.ca_key, ca.key_pem().as_bytes(), true)?;
+  let server = ca.issue_server()?;
+  pki::write_file(&files.cert, server.cert_pem.as_bytes(), false)?;
+  pki::write_file(&files.key, server.key_pem.as_bytes(), true)?;
+
+  let tmp = dir.join("control.db.init");
+  for suffix in ["", "-wal", "-shm"] {
+    let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
+  }
+  let db = db::Db::open(&tmp, secrets::Cipher::new(&key))
+    .with_context(|| format!("cannot create {}", tmp.display()))?;
+  let token = db.create_account("default", true)?;
+  // Closing checkpoints the WAL into the file, so renaming it alone is whole.
+  drop(db);
+  let token_path = dir.join("admin-token");
+  pki::write_file(&token_path, format!("{token}\n").as_bytes(), true)?;
+  std::fs::rename(&tmp, &db_file)
+    .with_context(|| format!("cannot rename {} to {}", tmp.display(), db_file.display()))?;
+  std::fs::File::open(dir)
+    .and_then(|d| d.sync_all())
+    .with_context(|| format!("cannot sync {}", dir.display()))?;
+
+  eprintln!(
+    "isola-control init: created {} with account \"default\"; its admin token (also in {}) is:",
+    dir.display(),
+    token_path.display()
+  );
+  println!("{token}");
+  Ok(())
+}
+
+async fn serve(dir: PathBuf, api_addr: SocketAddr, quic_addr: SocketAddr) -> anyhow::Result<()> {
+  let db = open_db(&dir)?;
+  let validator =
+    Arc::new(validate::Validator::new().context("cannot start the runtime that checks uploads")?);
+  let initial = tokio::task::spawn_blocking({
+    let db = db.clone();
+    move || db.desired_state()
+  })
+  .await
+  .context("reading the desired state failed")??;
+  let revision = initial.revision;
+  let (state_tx, state_rx) = watch::channel(Arc::new(initial));
+  let app = api::router(api::AppState::new(
+    db.clone(),
+    Arc::new(state_tx),
+    validator,
+  ));
+  let listener = tokio::net::TcpListener::bind(api_addr)
+    .await
+    .with_context(|| format!("cannot listen on {api_addr} for the API; pick another --api"))?;
+  let api_addr = listener.local_addr()?;
+  tracing::info!(revision, "serving");
+  println!("isola-control serve: api http://{api_addr}, quic {quic_addr}");
+
+  let api = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+  tokio::select! {
+    result = api => result.context("the API server failed")?,
+    result = quic::serve(quic_addr, &dir, db, state_rx) => {
+      result.context("the QUIC control channel failed")?;
+    }
+  }
+  tracing::info!("stopped");
+  Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+  use tokio::signal::unix::signal;
+  use tokio::signal::unix::SignalKind;
+  let mut term = match signal(SignalKind::terminate()) {
+    Ok(s) => s,
+    Err(e) => {
+      tracing::error!(error = %e, "cannot listen for SIGTERM");
+      std::future::pending().await
+    }
+  };
+  tokio::select! {
+    _ = term.recv() => {}
+    _ = tokio::signal::ctrl_c() => {}
+  }
+  tracing::info!("shutting down");
+}
+
+fn enroll_edge(dir: &Path, name: &str, out: &Path, control_address: &str) -> anyhow::Result<()> {
+  validate::check_edge_name(name).map_err(anyhow::Error::msg)?;
+  if control_address.trim().is_empty() || control_address.contains(['"', '\\', '\n']) {
+    bail!("invalid --control-address {control_address:?}; use host:port, like 127.0.0.1:8701");
+  }
+  let db = open_db(dir)?;
+  let ca = pki::Ca::load(dir)?;
+  let issued = ca.issue_edge(name)?;
+  std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+  pki::write_file(&out.join("ca.pem"), ca.cert_pem().as_bytes(), false)?;
+  pki::write_file(&out.join("edge-key.pem"), issued.key_pem.as_bytes(), true)?;
+  pki::write_file(&out.join("edge.pem"), issued.cert_pem.as_bytes(), false)?;
+  let config = format!(
+    "# Written by `isola-control enroll-edge`. Add a [server] section to choose where this edge\n\
+     # serves HTTP (default 127.0.0.1:8080), e.g.:\n\
+     #   [server]\n\
+     #   listen = \"0.0.0.0:8080\"\n\
+     \n\
+     [control]\n\
+     address = \"{control_address}\"\n\
+     name = \"{name}\"\n\
+     ca = \"ca.pem\"\n\
+     cert = \"edge.pem\"\n\
+     key = \"edge-key.pem\"\n"
+  );
+  let config_path = out.join("edge.toml");
+  // An existing edge.toml may hold the operator's [server] section: keep it.
+  let kept = config_path.exists();
+  if !kept {
+    pki::write_file(&config_path, config.as_bytes(), false)?;
+  }
+  // Recorded last: an edge the database knows always has its files.
+  let new = db.enroll_edge(name)?;
+  println!(
+    "isola-control enroll-edge: {} edge {name}; wrote edge.pem, edge-key.pem and ca.pem to {}",
+    if new {
+      "enrolled"
+    } else {
+      "re-issued the certificate of"
+    },
+    out.display()
+  );
+  if kept {
+    println!(
+      "isola-control enroll-edge: kept the existing {}; check its [control] section",
+      config_path.display()
+    );
+  } else {
+    println!(
+      "isola-control enroll-edge: wrote {}; add a [server] section to it, then run \
+       `isola-edge serve --config {}`",
+      config_path.display(),
+      config_path.display()
+    );
+  }
+  Ok(())
+}

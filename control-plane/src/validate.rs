@@ -1,0 +1,621 @@
+//! Checks an upload before anything is stored, like Cloudflare does: names,
+//! sizes and metadata first, then the worker is actually started in a V8
+//! isolate so syntax errors, bad imports and top-level throws are refused
+//! at upload rather than discovered on every edge.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use isola_proto::manifest::sha256_hex;
+use isola_proto::manifest::LimitsSpec;
+use isola_proto::manifest::Manifest;
+use isola_proto::manifest::ModuleRef;
+use isola_runtime::Bundle;
+use isola_runtime::Config;
+use isola_runtime::Limits;
+use isola_runtime::ModuleKind;
+use isola_runtime::Runtime;
+use isola_runtime::WorkerConfig;
+use isola_runtime::WorkerKey;
+use serde::Deserialize;
+
+/// Largest module (default 10 MiB, Cloudflare's paid-plan worker size).
+pub const MAX_MODULE_BYTES: usize = 10 << 20;
+/// Largest upload, all modules together (default 25 MiB).
+pub const MAX_TOTAL_BYTES: usize = 25 << 20;
+/// Most modules in one version (default 1000).
+pub const MAX_MODULES: usize = 1000;
+/// Largest `metadata` part (default 1 MiB; it holds the vars).
+pub const MAX_METADATA_BYTES: usize = 1 << 20;
+/// How long a worker may take to evaluate its modules at upload.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an upload is refused; the message is meant for the uploader.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+  #[error("{0}")]
+  Invalid(String),
+  #[error("{0}")]
+  TooLarge(String),
+  /// The checker itself failed; not the upload's fault.
+  #[error("{0}")]
+  Internal(String),
+}
+
+/// Account names: `[a-z0-9-]{1,32}`, so `account_worker` splits at the first '_'.
+pub fn check_account_name(name: &str) -> Result<(), String> {
+  let ok = (1..=32).contains(&name.len())
+    && name
+      .bytes()
+      .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'));
+  if ok {
+    Ok(())
+  } else {
+    Err(format!(
+      "invalid account name {name:?}: use 1 to 32 characters of a-z, 0-9 and '-'"
+    ))
+  }
+}
+
+/// Worker names: `[a-z0-9-_]{1,63}`. On edges a worker is named
+/// `account_worker`, which must itself fit in 63 characters.
+pub fn check_worker_name(account: &str, name: &str) -> Result<(), String> {
+  let ok = (1..=63).contains(&name.len())
+    && name
+      .bytes()
+      .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_'));
+  if !ok {
+    return Err(format!(
+      "invalid worker name {name:?}: use 1 to 63 characters of a-z, 0-9, '-' and '_'"
+    ));
+  }
+  let max = 62usize.saturating_sub(account.len());
+  if name.len() > max {
+    return Err(format!(
+      "worker name {name:?} is too long: in account {account:?} a worker name may have at most \
+       {max} characters (edges name it \"{account}_{name}\", which must fit in 63)"
+    ));
+  }
+  Ok(())
+}
+
+/// Edge names: `[a-z0-9-]{1,63}`, a DNS label (its certificate names
+/// `NAME.edge.isola`).
+pub fn check_edge_name(name: &str) -> Result<(), String> {
+  let ok = (1..=63).contains(&name.len())
+    && name
+      .bytes()
+      .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'));
+  if ok {
+    Ok(())
+  } else {
+    Err(format!(
+      "invalid edge name {name:?}: use 1 to 63 characters of a-z, 0-9 and '-'"
+    ))
+  }
+}
+
+/// Secret keys become `env` properties: `[A-Za-z_][A-Za-z0-9_]{0,127}`.
+pub fn check_secret_key(key: &str) -> Result<(), String> {
+  let mut bytes = key.bytes();
+  let ok = key.len() <= 128
+    && bytes
+      .next()
+      .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+    && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+  if ok {
+    Ok(())
+  } else {
+    Err(format!(
+      "invalid secret name {key:?}: use 1 to 128 letters, digits and '_', not starting with a \
+       digit (like API_TOKEN)"
+    ))
+  }
+}
+
+/// Module names are exact import keys: relative, `/`-separated, no
+/// `.`/`..`/empty segments, with an extension the runtime can import.
+pub fn check_module_name(name: &str) -> Result<(), String> {
+  let bad = |reason: &str| Err(format!("invalid module name {name:?}: {reason}"));
+  if name.is_empty() || name.starts_with('/') || name.contains('\\') || name.contains('\0') {
+    return bad("use a relative path with '/' separators, like \"src/index.js\"");
+  }
+  if name.len() > 1024 {
+    return bad("it is longer than 1024 characters");
+  }
+  if name
+    .split('/')
+    .any(|part| part.is_empty() || part == "." || part == "..")
+  {
+    return bad("path segments may not be empty, \".\" or \"..\"");
+  }
+  if ModuleKind::from_name(name).is_none() {
+    return bad("unknown module type; supported are .js, .mjs, .wasm, .json, .txt, .html and .bin");
+  }
+  Ok(())
+}
+
+/// The `metadata` part of an upload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Metadata {
+  main_module: String,
+  #[serde(default)]
+  vars: BTreeMap<String, serde_json::Value>,
+  #[serde(default)]
+  limits: LimitsSpec,
+  #[serde(default)]
+  compatibility_date: Option<String>,
+}
+
+/// An upload that passed the static checks.
+#[derive(Debug)]
+pub struct Upload {
+  pub manifest: Manifest,
+  /// Module bytes in the manifest's module order (sorted by name).
+  pub modules: Vec<(String, Bytes)>,
+}
+
+/// Parses the metadata and checks every module of an upload for worker
+/// `edge_name` (its name on edges, which the manifest carries).
+pub fn check_upload(
+  edge_name: &str,
+  metadata: Option<&[u8]>,
+  mut modules: Vec<(String, Bytes)>,
+) -> Result<Upload, Error> {
+  let invalid = |m: String| Error::Invalid(m);
+  let Some(metadata) = metadata else {
+    return Err(invalid(
+      "the upload has no `metadata` part; add one with JSON like {\"main_module\": \"worker.js\"}"
+        .into(),
+    ));
+  };
+  if metadata.len() > MAX_METADATA_BYTES {
+    return Err(Error::TooLarge(format!(
+      "the metadata part is {} bytes, more than the limit of {MAX_METADATA_BYTES}; keep large \
+       data in a module instead of vars",
+      metadata.len()
+    )));
+  }
+  let metadata: Metadata = serde_json::from_slice(metadata).map_err(|e| {
+    invalid(format!(
+      "invalid metadata part: {e}; expected JSON like {{\"main_module\": \"worker.js\", \"vars\": \
+       {{}}, \"limits\": {{\"cpu_ms\": 50}}}}"
+    ))
+  })?;
+  metadata
+    .limits
+    .validate()
+    .map_err(|e| invalid(format!("invalid metadata: {e}")))?;
+  if let Some(date) = &metadata.compatibility_date {
+    let ok = date.len() == 10
+      && date.bytes().enumerate().all(|(i, b)| match i {
+        4 | 7 => b == b'-',
+        _ => b.is_ascii_digit(),
+      });
+    if !ok {
+      return Err(invalid(format!(
+        "invalid metadata: compatibility_date {date:?} is not a date like \"2024-09-23\""
+      )));
+    }
+  }
+  if let Some(name) = metadata.vars.keys().find(|k| k.is_empty()) {
+    return Err(invalid(format!(
+      "invalid metadata: var name {name:?} is empty"
+    )));
+  }
+
+  if modules.is_empty() {
+    return Err(invalid(format!(
+      "the upload has no modules; add a part named {:?} holding the main module",
+      metadata.main_module
+    )));
+  }
+  if modules.len() > MAX_MODULES {
+    return Err(Error::TooLarge(format!(
+      "the upload has {} modules, more than the limit of {MAX_MODULES}; bundle them",
+      modules.len()
+    )));
+  }
+  let mut total = 0usize;
+  let mut seen = BTreeSet::new();
+  for (name, bytes) in &modules {
+    check_module_name(name).map_err(invalid)?;
+    if !seen.insert(name.as_str()) {
+      return Err(invalid(format!(
+        "module {name:?} is uploaded twice; send each module once"
+      )));
+    }
+    if bytes.len() > MAX_MODULE_BYTES {
+      return Err(Error::TooLarge(format!(
+        "module {name:?} is {} bytes, more than the limit of {MAX_MODULE_BYTES} bytes per module",
+        bytes.len()
+      )));
+    }
+    total += bytes.len();
+  }
+  if total > MAX_TOTAL_BYTES {
+    return Err(Error::TooLarge(format!(
+      "the modules total {total} bytes, more than the limit of {MAX_TOTAL_BYTES} bytes per upload"
+    )));
+  }
+  if !seen.contains(metadata.main_module.as_str()) {
+    let names: Vec<&str> = seen.iter().copied().collect();
+    return Err(invalid(format!(
+      "the main module {:?} is not among the uploaded modules ({}); name a part after it or fix \
+       main_module",
+      metadata.main_module,
+      names.join(", ")
+    )));
+  }
+  if !matches!(
+    ModuleKind::from_name(&metadata.main_module),
+    Some(ModuleKind::EsModule)
+  ) {
+    return Err(invalid(format!(
+      "the main module {:?} must be JavaScript (.js or .mjs)",
+      metadata.main_module
+    )));
+  }
+
+  modules.sort_by(|a, b| a.0.cmp(&b.0));
+  let manifest = Manifest {
+    worker: edge_name.to_string(),
+    main_module: metadata.main_module,
+    modules: modules
+      .iter()
+      .map(|(name, bytes)| ModuleRef {
+        name: name.clone(),
+        sha256: sha256_hex(bytes),
+        size: bytes.len() as u64,
+      })
+      .collect(),
+    vars: metadata.vars,
+    limits: metadata.limits,
+    compatibility_date: metadata.compatibility_date,
+  };
+  Ok(Upload { manifest, modules })
+}
+
+/// Starts uploaded workers to see that they start. One V8 thread and no
+/// stock of blank isolates: uploads are rare, memory is not.
+pub struct Validator {
+  runtime: Runtime,
+}
+
+impl Validator {
+  pub fn new() -> Result<Self, isola_runtime::Error> {
+    Ok(Self {
+      runtime: Runtime::new(Config::default().threads(1).stock(0))?,
+    })
+  }
+
+  /// Loads `upload` into an isolate (evaluating every module it imports,
+  /// under the runtime's startup CPU and memory limits) and drops it again.
+  pub async fn check_starts(&self, upload: &Upload) -> Result<(), Error> {
+    let manifest = &upload.manifest;
+    let bundle = Bundle::from_modules(manifest.main_module.clone(), upload.modules.clone())
+      .map_err(|e| Error::Invalid(clean_message(&e.to_string())))?;
+    let hash = manifest.version_id();
+    // A key of its own, so a concurrent check of the same code cannot be
+    // mistaken for this one having started.
+    let key = WorkerKey::new(
+      format!("check-{}", uuid::Uuid::new_v4().simple()),
+      hash.clone(),
+    );
+    let mut config = WorkerConfig::new(manifest.worker.clone())
+      .version(hash)
+      .limits(Limits::from(&manifest.limits));
+    for (name, value) in &manifest.vars {
+      config = config.json_var(name.clone(), value.clone());
+    }
+    let result =
+      tokio::time::timeout(START_TIMEOUT, self.runtime.preload(&key, bundle, config)).await;
+    self.runtime.evict(&key);
+    match result {
+      Ok(Ok(())) => Ok(()),
+      Ok(Err(e)) if e.is_code_error() || e.limit().is_some() => {
+        Err(Error::Invalid(clean_message(&e.to_string())))
+      }
+      Ok(Err(e)) => Err(Error::Internal(format!("cannot check the worker: {e}"))),
+      Err(_) => Err(Error::Invalid(format!(
+        "the worker did not finish starting within {} s (a top-level await that never \
+         settles?); move slow work from the top level into the fetch handler",
+        START_TIMEOUT.as_secs()
+      ))),
+    }
+  }
+}
+
+/// The runtime's message without the `file:///` of specifiers, leaving
+/// `module:line:column`.
+fn clean_message(message: &str) -> String {
+  message.replace("file:///", "")
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  const WORKER: &str = "export default { fetch() { return new Response('ok') } }\n";
+  const META: &[u8] = br#"{"main_module": "worker.js"}"#;
+
+  fn module(name: &str, src: &str) -> (String, Bytes) {
+    (name.to_string(), Bytes::from(src.to_string()))
+  }
+
+  fn invalid(result: Result<Upload, Error>) -> String {
+    match result {
+      Err(Error::Invalid(m)) => m,
+      other => panic!("expected Invalid, got {other:?}"),
+    }
+  }
+
+  #[test]
+  fn names() {
+    check_account_name("acme-1").unwrap();
+    assert!(check_account_name("Acme").is_err());
+    assert!(check_account_name("a_b").is_err());
+    assert!(check_account_name(&"a".repeat(33)).is_err());
+    check_worker_name("acme", "api_v2-x").unwrap();
+    assert!(check_worker_name("acme", "API").is_err());
+    assert!(check_worker_name("acme", "").is_err());
+    check_worker_name("acme", &"w".repeat(58)).unwrap();
+    let err = check_worker_name("acme", &"w".repeat(59)).unwrap_err();
+    assert!(err.contains("at most 58"), "{err}");
+    check_edge_name("edge-1").unwrap();
+    assert!(check_edge_name("edge_1").is_err());
+    check_secret_key("API_TOKEN").unwrap();
+    check_secret_key("_x9").unwrap();
+    assert!(check_secret_key("9x").is_err());
+    assert!(check_secret_key("a-b").is_err());
+    assert!(check_secret_key("").is_err());
+  }
+
+  #[test]
+  fn bad_module_names_are_refused() {
+    for name in [
+      "/abs.js",
+      "a/../b.js",
+      "./a.js",
+      "a//b.js",
+      "a\\b.js",
+      "noext",
+      "x.ts",
+    ] {
+      let msg = invalid(check_upload(
+        "acme_api",
+        Some(META),
+        vec![module("worker.js", WORKER), module(name, "")],
+      ));
+      assert!(msg.contains("invalid module name"), "{name}: {msg}");
+    }
+    check_upload(
+      "acme_api",
+      Some(META),
+      vec![module("worker.js", WORKER), module("lib/util.mjs", "")],
+    )
+    .unwrap();
+  }
+
+  #[test]
+  fn metadata_is_checked() {
+    let modules = || vec![module("worker.js", WORKER)];
+    let msg = invalid(check_upload("acme_api", None, modules()));
+    assert!(msg.contains("no `metadata` part"), "{msg}");
+    let msg = invalid(check_upload("acme_api", Some(b"{}"), modules()));
+    assert!(msg.contains("main_module"), "{msg}");
+    let msg = invalid(check_upload(
+      "acme_api",
+      Some(br#"{"main_module": "worker.js", "bindings": []}"#),
+      modules(),
+    ));
+    assert!(msg.contains("unknown field `bindings`"), "{msg}");
+    let msg = invalid(check_upload(
+      "acme_api",
+      Some(br#"{"main_module": "worker.js", "vars": [1]}"#),
+      modules(),
+    ));
+    assert!(msg.contains("invalid metadata part"), "{msg}");
+    let msg = invalid(check_upload(
+      "acme_api",
+      Some(br#"{"main_module": "worker.js", "limits": {"cpu_ms": 0}}"#),
+      modules(),
+    ));
+    assert!(msg.contains("limits.cpu_ms is 0"), "{msg}");
+    let msg = invalid(check_upload(
+      "acme_api",
+      Some(br#"{"main_module": "worker.js", "compatibility_date": "soon"}"#),
+      modules(),
+    ));
+    assert!(msg.contains("compatibility_date"), "{msg}");
+    let upload = check_upload(
+      "acme_api",
+      Some(
+        br#"{"main_module": "worker.js", "vars": {"A": "x", "B": {"n": 1}},
+             "limits": {"cpu_ms": 50}, "compatibility_date": "2024-09-23"}"#,
+      ),
+      modules(),
+    )
+    .unwrap();
+    assert_eq!(upload.manifest.worker, "acme_api");
+    assert_eq!(upload.manifest.limits.cpu_ms, Some(50));
+    assert_eq!(upload.manifest.vars["B"], serde_json::json!({"n": 1}));
+  }
+
+  #[test]
+  fn main_module_must_be_uploaded() {
+    let msg = invalid(check_upload(
+      "acme_api",
+      Some(br#"{"main_module": "index.js"}"#),
+      vec![module("worker.js", WORKER)],
+    ));
+    assert!(
+      msg.contains("\"index.js\" is not among the uploaded modules (worker.js)"),
+      "{msg}"
+    );
+    let msg = invalid(check_upload(
+      "acme_api",
+      Some(br#"{"main_module": "data.json"}"#),
+      vec![module("data.json", "{}")],
+    ));
+    assert!(msg.contains("must be JavaScript"), "{msg}");
+    let msg = invalid(check_upload(
+      "acme_api",
+      Some(META),
+      vec![module("worker.js", WORKER), module("worker.js", WORKER)],
+    ));
+    assert!(msg.contains("uploaded twice"), "{msg}");
+  }
+
+  #[test]
+  fn sizes_are_limited() {
+    let big = Bytes::from(vec![b' '; MAX_MODULE_BYTES + 1]);
+    let result = check_upload(
+      "acme_api",
+      Some(META),
+      vec![module("worker.js", WORKER), ("big.bin".into(), big)],
+    );
+    assert!(
+      matches!(&result, Err(Error::TooLarge(m)) if m.contains("\"big.bin\"")),
+      "{result:?}"
+    );
+    let chunk = Bytes::from(vec![b' '; MAX_MODULE_BYTES]);
+    let mut modules = vec![module("worker.js", WORKER)];
+    for i in 0..3 {
+      modules.push((format!("{i}.bin"), chunk.clone()));
+    }
+    let result = check_upload("acme_api", Some(META), modules);
+    assert!(
+      matches!(&result, Err(Error::TooLarge(m)) if m.contains("per upload")),
+      "{result:?}"
+    );
+    let modules = (0..=MAX_MODULES)
+      .map(|i| (format!("m{i}.txt"), Bytes::new()))
+      .collect();
+    let result = check_upload("acme_api", Some(META), modules);
+    assert!(
+      matches!(&result, Err(Error::TooLarge(m)) if m.contains("modules")),
+      "{result:?}"
+    );
+  }
+
+  #[test]
+  fn the_manifest_is_canonical() {
+    let a = check_upload(
+      "acme_api",
+      Some(META),
+      vec![module("worker.js", WORKER), module("a.txt", "x")],
+    )
+    .unwrap();
+    let b = check_upload(
+      "acme_api",
+      Some(META),
+      vec![module("a.txt", "x"), module("worker.js", WORKER)],
+    )
+    .unwrap();
+    assert_eq!(a.manifest.version_id(), b.manifest.version_id());
+    let names: Vec<&str> = a.modules.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["a.txt", "worker.js"]);
+    let c = check_upload("acme_web", Some(META), a.modules.clone()).unwrap();
+    assert_ne!(a.manifest.version_id(), c.manifest.version_id());
+  }
+
+  async fn start(modules: Vec<(String, Bytes)>) -> Result<(), Error> {
+    let upload = check_upload("acme_api", Some(META), modules)?;
+    Validator::new().unwrap().check_starts(&upload).await
+  }
+
+  fn start_error(result: Result<(), Error>) -> String {
+    match result {
+      Err(Error::Invalid(m)) => m,
+      other => panic!("expected Invalid, got {other:?}"),
+    }
+  }
+
+  #[tokio::test]
+  async fn a_good_worker_starts() {
+    start(vec![
+      module(
+        "worker.js",
+        "import greeting from './hello.txt';\nimport { n } from './lib/n.js';\n\
+         export default { fetch() { return new Response(greeting + n) } }",
+      ),
+      module("hello.txt", "hi"),
+      module("lib/n.js", "export const n = 1;"),
+    ])
+    .await
+    .unwrap();
+  }
+
+  #[tokio::test]
+  async fn a_syntax_error_names_module_line_and_column() {
+    let msg = start_error(
+      start(vec![
+        module("worker.js", "import './lib.js';\n".to_string().as_str()),
+        module(
+          "lib.js",
+          "export const a = 1;\nexport const b = 2;\nconst = ;\n",
+        ),
+      ])
+      .await,
+    );
+    assert!(msg.contains("SyntaxError"), "{msg}");
+    assert!(msg.contains(" lib.js:3:7"), "{msg}");
+    assert!(!msg.contains("__isola"), "{msg}");
+    let msg = start_error(
+      start(vec![module(
+        "worker.js",
+        "export default {\n  fetch() {\n}",
+      )])
+      .await,
+    );
+    assert!(msg.contains(" worker.js:3:"), "{msg}");
+  }
+
+  #[tokio::test]
+  async fn bad_imports_and_top_level_throws_are_refused() {
+    let msg = start_error(
+      start(vec![module(
+        "worker.js",
+        "import x from './missing.js';\nexport default { fetch() {} }",
+      )])
+      .await,
+    );
+    assert!(msg.contains("missing.js"), "{msg}");
+    let msg = start_error(
+      start(vec![module(
+        "worker.js",
+        "throw new Error('boom at startup');\nexport default { fetch() {} }",
+      )])
+      .await,
+    );
+    assert!(msg.contains("boom at startup"), "{msg}");
+    let msg = start_error(start(vec![module("worker.js", "export const x = 1;")]).await);
+    assert!(msg.contains("no fetch handler"), "{msg}");
+    start(vec![module(
+      "worker.js",
+      "addEventListener('fetch', (e) => e.respondWith(new Response('sw')));",
+    )])
+    .await
+    .unwrap();
+  }
+
+  #[tokio::test]
+  async fn a_busy_loop_at_the_top_level_is_stopped() {
+    let validator = Validator::new().unwrap();
+    let busy = check_upload(
+      "acme_api",
+      Some(META),
+      vec![module("worker.js", "while (true) {}\nexport default {}")],
+    )
+    .unwrap();
+    let msg = start_error(validator.check_starts(&busy).await);
+    assert!(msg.contains("cpu limit"), "{msg}");
+    // The checker's V8 thread is free again.
+    let good = check_upload("acme_api", Some(META), vec![module("worker.js", WORKER)]).unwrap();
+    validator.check_starts(&good).await.unwrap();
+  }
+}

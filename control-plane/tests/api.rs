@@ -1,0 +1,679 @@
+//! The REST API in-process: a real router on 127.0.0.1:0 over a real
+//! SQLite store and upload checker, driven over HTTP/1.1 with hyper.
+
+use isola_control::api;
+use isola_control::db;
+use isola_control::secrets;
+use isola_control::validate;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use isola_proto::msg::DesiredState;
+use isola_proto::msg::UsageBatch;
+use isola_proto::msg::UsageRecord;
+use serde_json::json;
+use serde_json::Value;
+use tokio::sync::watch;
+
+struct Server {
+  addr: SocketAddr,
+  admin: String,
+  db: db::Db,
+  state: watch::Receiver<Arc<DesiredState>>,
+  _dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+struct Reply {
+  status: u16,
+  json: Value,
+  text: String,
+}
+
+impl Reply {
+  fn error_code(&self) -> &str {
+    self.json["error"]["code"].as_str().unwrap_or_default()
+  }
+
+  fn message(&self) -> &str {
+    self.json["error"]["message"].as_str().unwrap_or_default()
+  }
+}
+
+async fn start() -> Server {
+  let dir = tempfile::tempdir().unwrap();
+  let db = db::Db::open(
+    &dir.path().join("control.db"),
+    secrets::Cipher::new(&secrets::generate_key()),
+  )
+  .unwrap();
+  let admin = db.create_account("default", true).unwrap();
+  let (tx, rx) = watch::channel(Arc::new(db.desired_state().unwrap()));
+  let validator = Arc::new(validate::Validator::new().unwrap());
+  let app = api::router(api::AppState::new(db.clone(), Arc::new(tx), validator));
+  let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+  let addr = listener.local_addr().unwrap();
+  tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+  Server {
+    addr,
+    admin,
+    db,
+    state: rx,
+    _dir: dir,
+  }
+}
+
+impl Server {
+  async fn call(
+    &self,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+  ) -> Reply {
+    let stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+      .await
+      .unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+      .method(method)
+      .uri(path)
+      .header("host", "control.test");
+    if let Some(token) = token {
+      req = req.header("authorization", format!("Bearer {token}"));
+    }
+    if let Some(ct) = content_type {
+      req = req.header("content-type", ct);
+    }
+    let res = sender
+      .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
+      .await
+      .unwrap();
+    let status = res.status().as_u16();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let json = if bytes.is_empty() {
+      Value::Null
+    } else {
+      serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"))
+    };
+    Reply { status, json, text }
+  }
+
+  async fn get(&self, path: &str, token: &str) -> Reply {
+    self.call("GET", path, Some(token), None, Vec::new()).await
+  }
+
+  async fn send_json(&self, method: &str, path: &str, token: &str, body: Value) -> Reply {
+    self
+      .call(
+        method,
+        path,
+        Some(token),
+        Some("application/json"),
+        body.to_string().into_bytes(),
+      )
+      .await
+  }
+
+  async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+    self.send_json("POST", path, token, body).await
+  }
+
+  async fn delete(&self, path: &str, token: &str) -> Reply {
+    self
+      .call("DELETE", path, Some(token), None, Vec::new())
+      .await
+  }
+
+  /// A new account and its token.
+  async fn account(&self, name: &str) -> String {
+    let r = self
+      .post("/v1/accounts", &self.admin, json!({"name": name}))
+      .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.json["account"], name);
+    r.json["token"].as_str().unwrap().to_string()
+  }
+
+  async fn upload(
+    &self,
+    token: &str,
+    worker: &str,
+    metadata: Value,
+    modules: &[(&str, &[u8])],
+  ) -> Reply {
+    let mut parts: Vec<(&str, Vec<u8>)> = vec![("metadata", metadata.to_string().into_bytes())];
+    parts.extend(modules.iter().map(|(n, b)| (*n, b.to_vec())));
+    let (ct, body) = multipart(&parts);
+    self
+      .call(
+        "POST",
+        &format!("/v1/workers/{worker}/versions"),
+        Some(token),
+        Some(&ct),
+        body,
+      )
+      .await
+  }
+
+  /// Uploads a worker answering `text`; returns the version's id and hash.
+  async fn upload_ok(&self, token: &str, worker: &str, text: &str) -> (String, String) {
+    let src = format!(
+      "import {{ greet }} from './lib/greet.js';\n\
+       export default {{ fetch(req, env) {{ return new Response(greet({text:?})) }} }}"
+    );
+    let r = self
+      .upload(
+        token,
+        worker,
+        json!({"main_module": "worker.js", "vars": {"MODE": "test"}}),
+        &[
+          ("worker.js", src.as_bytes()),
+          ("lib/greet.js", b"export const greet = (s) => `hi ${s}`;"),
+        ],
+      )
+      .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    (
+      r.json["id"].as_str().unwrap().to_string(),
+      r.json["hash"].as_str().unwrap().to_string(),
+    )
+  }
+}
+
+fn multipart(parts: &[(&str, Vec<u8>)]) -> (String, Vec<u8>) {
+  let boundary = "isola-test-boundary-7d1e";
+  let mut body = Vec::new();
+  for (name, bytes) in parts {
+    body.extend_from_slice(
+      format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+      )
+      .as_bytes(),
+    );
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(b"\r\n");
+  }
+  body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+  (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[tokio::test]
+async fn upload_deploy_list_and_roll_back() {
+  let s = start().await;
+  let acme = s.account("acme").await;
+  let (v1, h1) = s.upload_ok(&acme, "alpha", "one").await;
+  let (v2, h2) = s.upload_ok(&acme, "alpha", "two").await;
+  assert_eq!(v1.len(), 36, "a uuid: {v1}");
+  assert!(isola_proto::manifest::is_sha256_hex(&h1));
+  assert_ne!(h1, h2);
+
+  let r = s.get("/v1/workers/alpha/versions", &acme).await;
+  assert_eq!(r.status, 200, "{r:?}");
+  let versions = r.json["versions"].as_array().unwrap();
+  assert_eq!(versions.len(), 2);
+  assert_eq!(versions[0]["id"], v2.as_str(), "newest first");
+  assert_eq!(versions[0]["main_module"], "worker.js");
+  assert_eq!(versions[0]["modules"][0]["name"], "lib/greet.js");
+
+  let r = s.get("/v1/workers", &acme).await;
+  assert_eq!(r.json["workers"][0]["name"], "alpha");
+  assert!(r.json["workers"][0]["active_deployment"].is_null());
+
+  let r = s
+    .post(
+      "/v1/workers/alpha/deployments",
+      &acme,
+      json!({"versions": [{"id": v1, "percentage": 100}]}),
+    )
+    .await;
+  assert_eq!(r.status, 201, "{r:?}");
+  let first = r.json["id"].as_i64().unwrap();
+  // Published before the answer.
+  let state = s.state.borrow().clone();
+  assert_eq!(state.revision, r.json["revision"].as_u64().unwrap());
+  assert_eq!(state.workers[0].name, "acme_alpha");
+  assert_eq!(state.workers[0].versions[0].hash, h1);
+  assert_eq!(state.workers[0].versions[0].percentage, 100);
+  let bundle = s.db.bundle(&h1).unwrap().unwrap();
+  assert_eq!(bundle.modules.len(), 2);
+
+  let r = s
+    .post(
+      "/v1/workers/alpha/deployments",
+      &acme,
+      json!({"versions": [{"id": v2, "percentage": 90}, {"id": v1, "percentage": 10}]}),
+    )
+    .await;
+  assert_eq!(r.status, 201, "{r:?}");
+  assert_eq!(s.state.borrow().workers[0].versions.len(), 2);
+
+  for (body, want) in [
+    (
+      json!({"versions": [{"id": v1, "percentage": 50}]}),
+      "add up to 50",
+    ),
+    (json!({"versions": []}), "1 or 2 versions"),
+    (
+      json!({"versions": [{"id": v1, "percentage": 100}], "extra": 1}),
+      "unknown field",
+    ),
+  ] {
+    let r = s.post("/v1/workers/alpha/deployments", &acme, body).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.message().contains(want), "{r:?}");
+  }
+  let r = s
+    .post(
+      "/v1/workers/alpha/deployments",
+      &acme,
+      json!({"versions": [{"id": "nope", "percentage": 100}]}),
+    )
+    .await;
+  assert_eq!(r.status, 404, "{r:?}");
+
+  let r = s.get("/v1/workers/alpha/deployments", &acme).await;
+  let list = r.json["deployments"].as_array().unwrap();
+  assert_eq!(list.len(), 2);
+  assert_eq!(list[0]["active"], true);
+  assert_eq!(list[1]["active"], false);
+
+  let r = s.post("/v1/workers/alpha/rollback", &acme, json!({})).await;
+  assert_eq!(r.status, 200, "{r:?}");
+  assert_eq!(r.json["id"].as_i64().unwrap(), first);
+  assert_eq!(r.json["active"], true);
+  let state = s.state.borrow().clone();
+  assert_eq!(state.workers[0].versions.len(), 1);
+  assert_eq!(state.workers[0].versions[0].hash, h1);
+  let r = s.get("/v1/workers", &acme).await;
+  assert_eq!(
+    r.json["workers"][0]["active_deployment"]["id"].as_i64(),
+    Some(first)
+  );
+  let r = s.post("/v1/workers/alpha/rollback", &acme, json!({})).await;
+  assert_eq!(r.status, 409, "{r:?}");
+  assert!(r.message().contains("no earlier deployment"), "{r:?}");
+
+  // Usage as edges report it, summed per version over [since, until).
+  let record = |end: u64, hash: &str| UsageRecord {
+    worker: "acme_alpha".into(),
+    version: hash.into(),
+    start: end - 10,
+    end,
+    requests: 5,
+    errors: 1,
+    cpu_us: 2500,
+    wall_us: 10_000,
+    ingress_bytes: 10,
+    egress_bytes: 100,
+    subrequests: 0,
+  };
+  let batch = UsageBatch {
+    id: "batch-1".into(),
+    records: vec![
+      record(1_700_000_000, &h1),
+      record(1_700_000_100, &h2),
+      record(1_700_000_200, &h1),
+    ],
+  };
+  assert!(s.db.store_usage("edge-1", &batch).unwrap());
+  assert!(!s.db.store_usage("edge-1", &batch).unwrap());
+  let r = s.get("/v1/workers/alpha/usage", &acme).await;
+  assert_eq!(r.status, 200, "{r:?}");
+  assert_eq!(r.json["requests"], 15);
+  assert_eq!(r.json["cpu_ms"], 7.5);
+  assert_eq!(r.json["by_version"].as_array().unwrap().len(), 2);
+  let r = s
+    .get(
+      "/v1/workers/alpha/usage?since=2023-11-14T22:13:20Z&until=1700000200",
+      &acme,
+    )
+    .await;
+  assert_eq!(r.status, 200, "{r:?}");
+  assert_eq!(r.json["requests"], 10);
+  assert_eq!(r.json["since"], "2023-11-14T22:13:20Z");
+  let r = s
+    .get("/v1/workers/alpha/usage?since=yesterday", &acme)
+    .await;
+  assert_eq!(r.status, 400, "{r:?}");
+}
+
+#[tokio::test]
+async fn accounts_cannot_see_each_other() {
+  let s = start().await;
+  let acme = s.account("acme").await;
+  let evil = s.account("evil").await;
+  let (v1, _) = s.upload_ok(&acme, "alpha", "one").await;
+  let r = s
+    .post(
+      "/v1/workers/alpha/deployments",
+      &acme,
+      json!({"versions": [{"id": v1, "percentage": 100}]}),
+    )
+    .await;
+  assert_eq!(r.status, 201, "{r:?}");
+  let r = s
+    .post(
+      "/v1/routes",
+      &acme,
+      json!({"pattern": "alpha.test/*", "worker": "alpha"}),
+    )
+    .await;
+  assert_eq!(r.status, 201, "{r:?}");
+
+  for path in [
+    "/v1/workers/alpha/versions",
+    "/v1/workers/alpha/deployments",
+    "/v1/workers/alpha/secrets",
+    "/v1/workers/alpha/usage",
+  ] {
+    let r = s.get(path, &evil).await;
+    assert_eq!(r.status, 404, "{path}: {r:?}");
+    assert_eq!(r.error_code(), "not_found");
+  }
+  let r = s
+    .post(
+      "/v1/workers/alpha/deployments",
+      &evil,
+      json!({"versions": [{"id": v1, "percentage": 100}]}),
+    )
+    .await;
+  assert_eq!(r.status, 404, "{r:?}");
+  let r = s.post("/v1/workers/alpha/rollback", &evil, json!({})).await;
+  assert_eq!(r.status, 404, "{r:?}");
+  let r = s
+    .send_json(
+      "PUT",
+      "/v1/workers/alpha/secrets/TOKEN",
+      &evil,
+      json!({"value": "x"}),
+    )
+    .await;
+  assert_eq!(r.status, 404, "{r:?}");
+  let r = s.delete("/v1/routes?pattern=alpha.test%2F*", &evil).await;
+  assert_eq!(r.status, 404, "{r:?}");
+
+  // Evil's own worker of the same name is another worker.
+  let (evil_v1, _) = s.upload_ok(&evil, "alpha", "evil").await;
+  let r = s
+    .post(
+      "/v1/workers/alpha/deployments",
+      &evil,
+      json!({"versions": [{"id": v1, "percentage": 100}]}),
+    )
+    .await;
+  assert_eq!(r.status, 404, "acme's version on evil's worker: {r:?}");
+  let r = s.get("/v1/workers", &evil).await;
+  let workers = r.json["workers"].as_array().unwrap();
+  assert_eq!(workers.len(), 1);
+  assert!(workers[0]["active_deployment"].is_null());
+  let r = s.get("/v1/workers/alpha/versions", &evil).await;
+  assert_eq!(r.json["versions"].as_array().unwrap().len(), 1);
+  assert_eq!(r.json["versions"][0]["id"], evil_v1.as_str());
+  let r = s.get("/v1/routes", &evil).await;
+  assert_eq!(r.json["routes"], json!([]));
+  let r = s.get("/v1/routes", &acme).await;
+  assert_eq!(r.json["routes"][0]["pattern"], "alpha.test/*");
+}
+
+#[tokio::test]
+async fn tokens_are_checked() {
+  let s = start().await;
+  let r = s.call("GET", "/v1/workers", None, None, Vec::new()).await;
+  assert_eq!(r.status, 401, "{r:?}");
+  assert_eq!(r.error_code(), "unauthorized");
+  assert!(r.message().contains("Authorization"), "{r:?}");
+  let r = s.get("/v1/workers", "isola_0000").await;
+  assert_eq!(r.status, 401, "{r:?}");
+  assert!(r.message().contains("not valid"), "{r:?}");
+
+  let acme = s.account("acme").await;
+  assert!(acme.starts_with("isola_") && acme.len() == 70, "{acme}");
+  let r = s.post("/v1/accounts", &acme, json!({"name": "x"})).await;
+  assert_eq!(r.status, 403, "{r:?}");
+  let r = s.get("/v1/edges", &acme).await;
+  assert_eq!(r.status, 403, "{r:?}");
+  let r = s
+    .post("/v1/accounts", &s.admin, json!({"name": "acme"}))
+    .await;
+  assert_eq!(r.status, 409, "{r:?}");
+  let r = s
+    .post("/v1/accounts", &s.admin, json!({"name": "Bad_Name"}))
+    .await;
+  assert_eq!(r.status, 400, "{r:?}");
+
+  let r = s.post("/v1/tokens", &acme, json!({})).await;
+  assert_eq!(r.status, 201, "{r:?}");
+  let second = r.json["token"].as_str().unwrap();
+  assert_ne!(second, acme);
+  assert_eq!(s.get("/v1/workers", second).await.status, 200);
+
+  s.db.enroll_edge("edge-1").unwrap();
+  let r = s.get("/v1/edges", &s.admin).await;
+  assert_eq!(r.status, 200, "{r:?}");
+  assert_eq!(r.json["revision"], 0);
+  assert_eq!(r.json["edges"][0]["name"], "edge-1");
+  assert!(r.json["edges"][0]["revision"].is_null());
+
+  let r = s.call("GET", "/healthz", None, None, Vec::new()).await;
+  assert_eq!(r.status, 200, "{r:?}");
+  let r = s.get("/v1/nope", &acme).await;
+  assert_eq!(r.status, 404, "{r:?}");
+  assert_eq!(r.error_code(), "not_found");
+}
+
+#[tokio::test]
+async fn routes_conflict_across_accounts() {
+  let s = start().await;
+  let acme = s.account("acme").await;
+  let evil = s.account("evil").await;
+  s.upload_ok(&acme, "alpha", "one").await;
+  s.upload_ok(&evil, "beta", "two").await;
+  let add = |token: &str, pattern: &str, worker: &str| {
+    let (token, body) = (
+      token.to_string(),
+      json!({"pattern": pattern, "worker": worker}),
+    );
+    let s = &s;
+    async move { s.post("/v1/routes", &token, body).await }
+  };
+  let r = add(&acme, "alpha.test/*", "alpha").await;
+  assert_eq!(r.status, 201, "{r:?}");
+  let revision = r.json["revision"].as_u64().unwrap();
+  assert_eq!(s.state.borrow().revision, revision);
+  assert_eq!(s.state.borrow().routes[0].worker, "acme_alpha");
+
+  let r = add(&evil, "alpha.test/*", "beta").await;
+  assert_eq!(r.status, 409, "{r:?}");
+  assert_eq!(r.error_code(), "conflict");
+  let r = add(&evil, "ALPHA.test/*", "beta").await;
+  assert_eq!(r.status, 409, "{r:?}");
+  assert!(r.message().contains("duplicate route"), "{r:?}");
+  let r = add(&acme, "alpha.test/*", "alpha").await;
+  assert_eq!(r.status, 409, "{r:?}");
+  let r = add(&evil, "https://beta.test/*", "beta").await;
+  assert_eq!(r.status, 400, "{r:?}");
+  assert!(r.message().contains("no scheme"), "{r:?}");
+  let r = add(&evil, "beta.test/*", "nope").await;
+  assert_eq!(r.status, 404, "{r:?}");
+  assert_eq!(
+    s.state.borrow().revision,
+    revision,
+    "failures publish nothing"
+  );
+
+  let r = add(&evil, "beta.test/api/*", "beta").await;
+  assert_eq!(r.status, 201, "{r:?}");
+  let r = s.delete("/v1/routes?pattern=alpha.test%2F%2A", &acme).await;
+  assert_eq!(r.status, 204, "{r:?}");
+  let r = s.delete("/v1/routes/beta.test%2Fapi%2F*", &evil).await;
+  assert_eq!(r.status, 204, "{r:?}");
+  let r = s
+    .delete("/v1/routes?pattern=beta.test%2Fapi%2F*", &evil)
+    .await;
+  assert_eq!(r.status, 404, "{r:?}");
+  assert!(s.state.borrow().routes.is_empty());
+  assert_eq!(s.state.borrow().revision, revision + 3);
+  let r = add(&evil, "alpha.test/*", "beta").await;
+  assert_eq!(r.status, 201, "freed: {r:?}");
+}
+
+#[tokio::test]
+async fn secret_values_are_never_returned() {
+  let s = start().await;
+  let acme = s.account("acme").await;
+  let (v1, _) = s.upload_ok(&acme, "alpha", "one").await;
+  s.post(
+    "/v1/workers/alpha/deployments",
+    &acme,
+    json!({"versions": [{"id": v1, "percentage": 100}]}),
+  )
+  .await;
+  let value = "sup3r-s3cret-value";
+  let path = "/v1/workers/alpha/secrets/API_TOKEN";
+  let r = s
+    .send_json("PUT", path, &acme, json!({"value": value}))
+    .await;
+  assert_eq!(r.status, 201, "{r:?}");
+  assert_eq!(r.json["key"], "API_TOKEN");
+  let r = s
+    .send_json("PUT", path, &acme, json!({"value": format!("{value}-2")}))
+    .await;
+  assert_eq!(r.status, 200, "{r:?}");
+  assert_eq!(
+    s.state.borrow().workers[0].secrets["API_TOKEN"],
+    format!("{value}-2")
+  );
+
+  for path in [
+    "/v1/workers/alpha/secrets",
+    "/v1/workers",
+    "/v1/workers/alpha/versions",
+    "/v1/workers/alpha/deployments",
+  ] {
+    let r = s.get(path, &acme).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+      !r.text.contains(value),
+      "{path} leaks the value: {}",
+      r.text
+    );
+  }
+  let r = s.get("/v1/workers/alpha/secrets", &acme).await;
+  assert_eq!(r.json["secrets"][0]["key"], "API_TOKEN");
+  assert!(r.json["secrets"][0].get("value").is_none());
+
+  let r = s
+    .send_json(
+      "PUT",
+      "/v1/workers/alpha/secrets/9bad-name",
+      &acme,
+      json!({"value": "x"}),
+    )
+    .await;
+  assert_eq!(r.status, 400, "{r:?}");
+  let r = s.delete(path, &acme).await;
+  assert_eq!(r.status, 204, "{r:?}");
+  let r = s.delete(path, &acme).await;
+  assert_eq!(r.status, 404, "{r:?}");
+  assert!(s.state.borrow().workers[0].secrets.is_empty());
+}
+
+#[tokio::test]
+async fn bad_uploads_are_refused_with_reasons() {
+  let s = start().await;
+  let acme = s.account("acme").await;
+  let meta = json!({"main_module": "worker.js"});
+
+  let r = s
+    .upload(
+      &acme,
+      "alpha",
+      meta.clone(),
+      &[(
+        "worker.js",
+        b"export default {\n  fetch() {\n    return new Response('x' +);\n  }\n}",
+      )],
+    )
+    .await;
+  assert_eq!(r.status, 400, "{r:?}");
+  assert!(r.message().contains("SyntaxError"), "{r:?}");
+  assert!(r.message().contains("worker.js:3:"), "{r:?}");
+
+  let r = s
+    .upload(
+      &acme,
+      "alpha",
+      json!({"main_module": "index.js"}),
+      &[("worker.js", b"export default {}")],
+    )
+    .await;
+  assert_eq!(r.status, 400, "{r:?}");
+  assert!(r.message().contains("\"index.js\" is not among"), "{r:?}");
+
+  let r = s
+    .upload(
+      &acme,
+      "alpha",
+      meta.clone(),
+      &[
+        ("worker.js", b"export default { fetch() {} }"),
+        ("../x.js", b""),
+      ],
+    )
+    .await;
+  assert_eq!(r.status, 400, "{r:?}");
+  assert!(r.message().contains("invalid module name"), "{r:?}");
+
+  let big = vec![b'x'; validate::MAX_MODULE_BYTES + 1];
+  let r = s
+    .upload(
+      &acme,
+      "alpha",
+      meta.clone(),
+      &[
+        ("worker.js", b"export default { fetch() {} }"),
+        ("big.bin", &big),
+      ],
+    )
+    .await;
+  assert_eq!(r.status, 413, "{r:?}");
+  assert_eq!(r.error_code(), "too_large");
+
+  let r = s
+    .upload(
+      &acme,
+      "Alpha",
+      meta.clone(),
+      &[("worker.js", b"export default {}")],
+    )
+    .await;
+  assert_eq!(r.status, 400, "{r:?}");
+  assert!(r.message().contains("invalid worker name"), "{r:?}");
+
+  let r = s
+    .call(
+      "POST",
+      "/v1/workers/alpha/versions",
+      Some(&acme),
+      Some("application/json"),
+      b"{}".to_vec(),
+    )
+    .await;
+  assert_eq!(r.status, 400, "{r:?}");
+  assert!(r.message().contains("multipart/form-data"), "{r:?}");
+
+  // Nothing refused was stored.
+  let r = s.get("/v1/workers", &acme).await;
+  assert_eq!(r.json["workers"], json!([]));
+}

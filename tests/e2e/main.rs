@@ -1,0 +1,265 @@
+//! A control plane and edges as separate processes on loopback, driven
+//! through the upload API the way a user would.
+
+use std::time::Duration;
+
+use isola_integration::Control;
+use isola_integration::EdgeSetup;
+use serde_json::json;
+
+const ONE_SECOND: Duration = Duration::from_secs(1);
+
+fn alpha(version: &str) -> String {
+  format!(
+    "export default {{\n  fetch(request, env) {{\n    \
+     return new Response(`alpha {version} ${{env.GREETING}} ${{env.API_KEY}}`);\n  }},\n}};\n"
+  )
+}
+
+fn setup_edges(control: &Control, dir: &std::path::Path, n: usize) -> Vec<EdgeSetup> {
+  (0..n)
+    .map(|i| control.enroll(&format!("edge-{i}"), &dir.join(format!("edge-{i}")), 200))
+    .collect()
+}
+
+#[test]
+fn deploy_rollback_and_catch_up_across_three_edges() {
+  let dir = tempfile::tempdir().unwrap();
+  let mut control = Control::init_and_start(&dir.path().join("control"));
+  let edges = setup_edges(&control, dir.path(), 3);
+  let mut procs: Vec<_> = edges.iter().map(EdgeSetup::start).collect();
+
+  let v1 = control.upload("alpha", &alpha("v1"), json!({ "GREETING": "hi" }));
+  let r = control.api(
+    "PUT",
+    "/v1/workers/alpha/secrets/API_KEY",
+    Some(json!({ "value": "k-123" })),
+  );
+  assert!(r.status == 200 || r.status == 201, "secret: {}", r.text());
+  let r = control.api(
+    "POST",
+    "/v1/routes",
+    Some(json!({ "pattern": "alpha.test/*", "worker": "alpha" })),
+  );
+  assert_eq!(r.status, 201, "route: {}", r.text());
+  control.deploy("alpha", &v1);
+  for (i, edge) in edges.iter().enumerate() {
+    assert!(
+      edge
+        .wait_for("alpha.test", "alpha v1 hi k-123", ONE_SECOND)
+        .is_some(),
+      "edge {i} does not serve v1 within a second: {:?}",
+      edge.get("alpha.test", "/")
+    );
+  }
+  // The secret reaches the handler but no API answer carries it.
+  let listing = control.api("GET", "/v1/workers/alpha/secrets", None).text();
+  assert!(
+    listing.contains("API_KEY") && !listing.contains("k-123"),
+    "{listing}"
+  );
+
+  let v2 = control.upload("alpha", &alpha("v2"), json!({ "GREETING": "hi" }));
+  control.deploy("alpha", &v2);
+  for (i, edge) in edges.iter().enumerate() {
+    assert!(
+      edge
+        .wait_for("alpha.test", "alpha v2 ", ONE_SECOND)
+        .is_some(),
+      "edge {i} does not serve v2 within a second"
+    );
+  }
+
+  let r = control.api("POST", "/v1/workers/alpha/rollback", None);
+  assert_eq!(r.status, 200, "rollback: {}", r.text());
+  for (i, edge) in edges.iter().enumerate() {
+    assert!(
+      edge
+        .wait_for("alpha.test", "alpha v1 ", ONE_SECOND)
+        .is_some(),
+      "edge {i} is not back on v1 within a second"
+    );
+  }
+
+  // An edge killed outright misses a deploy, then catches up on restart.
+  procs.pop().unwrap().kill();
+  control.deploy("alpha", &v2);
+  for edge in &edges[..2] {
+    assert!(edge
+      .wait_for("alpha.test", "alpha v2 ", ONE_SECOND)
+      .is_some());
+  }
+  let restarted = edges[2].start();
+  // It serves what it had (v1) from disk at once, then catches up.
+  assert!(
+    edges[2]
+      .wait_for("alpha.test", "alpha v2 ", Duration::from_secs(5))
+      .is_some(),
+    "the restarted edge did not catch up: {:?}",
+    edges[2].get("alpha.test", "/")
+  );
+  procs.push(restarted);
+
+  // With the control plane gone, edges keep serving, even after a restart.
+  control.proc.take().unwrap().kill();
+  procs.pop().unwrap().kill();
+  procs.push(edges[2].start());
+  let r = edges[2].get("alpha.test", "/").expect("the edge answers");
+  assert_eq!(
+    (r.status, r.text()),
+    (200, "alpha v2 hi k-123".to_string()),
+    "an edge without its control plane serves its last state"
+  );
+  assert_eq!(edges[0].get("alpha.test", "/").unwrap().status, 200);
+
+  // Back up, the control plane pushes again.
+  control.start();
+  let v3 = control.upload("alpha", &alpha("v3"), json!({ "GREETING": "yo" }));
+  control.deploy("alpha", &v3);
+  for (i, edge) in edges.iter().enumerate() {
+    let procs = &mut procs;
+    assert!(
+      edge
+        .wait_for("alpha.test", "alpha v3 yo", Duration::from_secs(15))
+        .is_some(),
+      "edge {i} did not reconnect and take v3; its output:\n{}\ncontrol:\n{}",
+      procs[i].output(),
+      control.proc.as_mut().unwrap().output()
+    );
+  }
+  // Each edge acknowledges what it applied (just after it starts serving it).
+  let deadline = std::time::Instant::now() + Duration::from_secs(5);
+  loop {
+    let status = control.api("GET", "/v1/edges", None).json();
+    let revision = status["revision"].as_u64().unwrap();
+    let edges = status["edges"].as_array().unwrap();
+    let acked = edges
+      .iter()
+      .all(|e| e["revision"].as_u64() == Some(revision));
+    if edges.len() == 3 && acked {
+      break;
+    }
+    assert!(
+      std::time::Instant::now() < deadline,
+      "edges did not acknowledge revision {revision}: {status}"
+    );
+    std::thread::sleep(Duration::from_millis(50));
+  }
+}
+
+#[test]
+fn usage_totals_equal_the_requests_sent_across_a_control_plane_restart() {
+  let dir = tempfile::tempdir().unwrap();
+  let mut control = Control::init_and_start(&dir.path().join("control"));
+  let edges = setup_edges(&control, dir.path(), 3);
+  let _procs: Vec<_> = edges.iter().map(EdgeSetup::start).collect();
+
+  let source = "export default {\n  fetch(request) {\n    \
+                if (new URL(request.url).pathname === '/fail') throw new Error('asked to');\n    \
+                return new Response('metered');\n  },\n};\n";
+  let v1 = control.upload("meter", source, json!({}));
+  let r = control.api(
+    "POST",
+    "/v1/routes",
+    Some(json!({ "pattern": "meter.test/*", "worker": "meter" })),
+  );
+  assert_eq!(r.status, 201, "route: {}", r.text());
+  control.deploy("meter", &v1);
+  for edge in &edges {
+    assert!(edge.wait_for("meter.test", "metered", ONE_SECOND).is_some());
+  }
+  // wait_for sent requests too: one answered 200 per edge.
+  let mut sent_ok = 3u64;
+  let mut sent_err = 0u64;
+  let send = |round: usize, sent_ok: &mut u64, sent_err: &mut u64| {
+    for i in 0..30 {
+      let edge = &edges[(round + i) % 3];
+      let path = if i % 10 == 0 { "/fail" } else { "/" };
+      let r = edge.get("meter.test", path).expect("the edge answers");
+      match r.status {
+        200 => *sent_ok += 1,
+        500 => *sent_err += 1,
+        s => panic!("unexpected status {s}: {}", r.text()),
+      }
+    }
+  };
+  send(0, &mut sent_ok, &mut sent_err);
+  // Killed outright, with usage in flight; requests go on meanwhile.
+  control.proc.take().unwrap().kill();
+  send(1, &mut sent_ok, &mut sent_err);
+  std::thread::sleep(Duration::from_millis(500));
+  control.start();
+  send(2, &mut sent_ok, &mut sent_err);
+
+  let total = sent_ok + sent_err;
+  let deadline = std::time::Instant::now() + Duration::from_secs(20);
+  let usage = loop {
+    let usage = control.api("GET", "/v1/workers/meter/usage", None).json();
+    if usage["requests"].as_u64() == Some(total) || std::time::Instant::now() > deadline {
+      break usage;
+    }
+    std::thread::sleep(Duration::from_millis(100));
+  };
+  assert_eq!(usage["requests"].as_u64(), Some(total), "{usage}");
+  assert_eq!(usage["errors"].as_u64(), Some(sent_err), "{usage}");
+  assert_eq!(
+    usage["egress_bytes"].as_u64(),
+    Some(sent_ok * "metered".len() as u64),
+    "{usage}"
+  );
+  assert!(usage["cpu_ms"].as_f64().unwrap() > 0.0, "{usage}");
+  // Nothing more arrives later (no batch stored twice).
+  std::thread::sleep(Duration::from_millis(800));
+  let again = control.api("GET", "/v1/workers/meter/usage", None).json();
+  assert_eq!(again["requests"].as_u64(), Some(total), "{again}");
+  // A window in the future holds nothing.
+  let later = control
+    .api("GET", "/v1/workers/meter/usage?since=4102444800", None)
+    .json();
+  assert_eq!(later["requests"].as_u64(), Some(0), "{later}");
+}
+
+#[test]
+fn an_edge_without_a_valid_certificate_is_refused() {
+  let dir = tempfile::tempdir().unwrap();
+  let control = Control::init_and_start(&dir.path().join("control"));
+  let v1 = control.upload("alpha", &alpha("v1"), json!({ "GREETING": "hi" }));
+  control.api(
+    "POST",
+    "/v1/routes",
+    Some(json!({ "pattern": "alpha.test/*", "worker": "alpha" })),
+  );
+  control.deploy("alpha", &v1);
+
+  // Enrolled with another control plane's CA: the handshake fails.
+  let other = Control::init_and_start(&dir.path().join("other"));
+  let stranger = other.enroll("edge-x", &dir.path().join("stranger"), 200);
+  let text = std::fs::read_to_string(&stranger.config).unwrap();
+  std::fs::write(
+    &stranger.config,
+    text.replace(&other.quic.to_string(), &control.quic.to_string()),
+  )
+  .unwrap();
+  let mut proc = stranger.start();
+  proc.expect_line("unreachable");
+
+  // A real certificate, but claiming another edge's name: refused.
+  let honest = control.enroll("edge-a", &dir.path().join("edge-a"), 200);
+  let text = std::fs::read_to_string(&honest.config).unwrap();
+  std::fs::write(
+    &honest.config,
+    text.replace("name = \"edge-a\"", "name = \"edge-b\""),
+  )
+  .unwrap();
+  let mut liar = honest.start();
+  liar.expect_line("refused");
+
+  std::thread::sleep(Duration::from_millis(500));
+  for edge in [&stranger, &honest] {
+    assert_eq!(
+      edge.get("alpha.test", "/").map(|r| r.status),
+      Some(404),
+      "a refused edge got the deployment"
+    );
+  }
+}
