@@ -119,22 +119,10 @@ pub fn check_secret_key(key: &str) -> Result<(), String> {
 /// `.`/`..`/empty segments, with an extension the runtime can import.
 pub fn check_module_name(name: &str) -> Result<(), String> {
   let bad = |reason: &str| Err(format!("invalid module name {name:?}: {reason}"));
-  if name.is_empty() || name.starts_with('/') || name.contains('\\') || name.contains('\0') {
-    return bad("use a relative path with '/' separators, like \"src/index.js\"");
-  }
   if name.len() > 1024 {
     return bad("it is longer than 1024 characters");
   }
-  if name
-    .split('/')
-    .any(|part| part.is_empty() || part == "." || part == "..")
-  {
-    return bad("path segments may not be empty, \".\" or \"..\"");
-  }
-  if ModuleKind::from_name(name).is_none() {
-    return bad("unknown module type; supported are .js, .mjs, .wasm, .json, .txt, .html and .bin");
-  }
-  Ok(())
+  ModuleKind::check_name(name).map(drop).or_else(bad)
 }
 
 /// The `metadata` part of an upload.

@@ -519,25 +519,12 @@ fn check_worker_name(name: &str) -> Result<(), StoreError> {
 /// Module names are exact keys: relative, `/`-separated, no `.`/`..` or
 /// empty segments, with an extension the runtime can import.
 fn check_module_name(name: &str) -> Result<(), StoreError> {
-  let bad = |reason: &str| {
-    Err(StoreError::InvalidModuleName {
+  ModuleKind::check_name(name)
+    .map(drop)
+    .map_err(|reason| StoreError::InvalidModuleName {
       name: name.to_string(),
       reason: reason.to_string(),
     })
-  };
-  if name.is_empty() || name.starts_with('/') || name.contains('\\') || name.contains('\0') {
-    return bad("use a relative path with '/' separators, like \"src/index.js\"");
-  }
-  if name
-    .split('/')
-    .any(|part| part.is_empty() || part == "." || part == "..")
-  {
-    return bad("path segments may not be empty, \".\" or \"..\"");
-  }
-  if ModuleKind::from_name(name).is_none() {
-    return bad("unknown module type; supported are .js, .mjs, .wasm, .json, .txt, .html and .bin");
-  }
-  Ok(())
 }
 
 /// Writes `bytes` to `path` via a temp file in the same folder, fsync and

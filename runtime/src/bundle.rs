@@ -44,6 +44,23 @@ impl ModuleKind {
       _ => return None,
     })
   }
+
+  /// Checks that `name` can be a module's exact import key (relative,
+  /// `/`-separated, no `.`/`..`/empty segments, a known extension) and
+  /// returns its kind; the error says how to fix the name.
+  pub fn check_name(name: &str) -> Result<Self, &'static str> {
+    if name.is_empty() || name.starts_with('/') || name.contains('\\') || name.contains('\0') {
+      return Err("use a relative path with '/' separators, like \"src/index.js\"");
+    }
+    if name
+      .split('/')
+      .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+      return Err("path segments may not be empty, \".\" or \"..\"");
+    }
+    Self::from_name(name)
+      .ok_or("unknown module type; supported are .js, .mjs, .wasm, .json, .txt, .html and .bin")
+  }
 }
 
 #[derive(Clone, Debug)]
