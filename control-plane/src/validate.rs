@@ -44,13 +44,18 @@ pub enum Error {
   Internal(String),
 }
 
-/// Account names: `[a-z0-9-]{1,32}`, so `account_worker` splits at the first '_'.
-pub fn check_account_name(name: &str) -> Result<(), String> {
-  let ok = (1..=32).contains(&name.len())
+/// Whether `name` is 1 to `max` characters of a-z, 0-9, '-' and, if
+/// `underscore`, '_'.
+fn is_name(name: &str, max: usize, underscore: bool) -> bool {
+  (1..=max).contains(&name.len())
     && name
       .bytes()
-      .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'));
-  if ok {
+      .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-') || (underscore && b == b'_'))
+}
+
+/// Account names: `[a-z0-9-]{1,32}`, so `account_worker` splits at the first '_'.
+pub fn check_account_name(name: &str) -> Result<(), String> {
+  if is_name(name, 32, false) {
     Ok(())
   } else {
     Err(format!(
@@ -62,11 +67,7 @@ pub fn check_account_name(name: &str) -> Result<(), String> {
 /// Worker names: `[a-z0-9-_]{1,63}`. On edges a worker is named
 /// `account_worker`, which must itself fit in 63 characters.
 pub fn check_worker_name(account: &str, name: &str) -> Result<(), String> {
-  let ok = (1..=63).contains(&name.len())
-    && name
-      .bytes()
-      .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_'));
-  if !ok {
+  if !is_name(name, 63, true) {
     return Err(format!(
       "invalid worker name {name:?}: use 1 to 63 characters of a-z, 0-9, '-' and '_'"
     ));
@@ -84,11 +85,7 @@ pub fn check_worker_name(account: &str, name: &str) -> Result<(), String> {
 /// Edge names: `[a-z0-9-]{1,63}`, a DNS label (its certificate names
 /// `NAME.edge.isola`).
 pub fn check_edge_name(name: &str) -> Result<(), String> {
-  let ok = (1..=63).contains(&name.len())
-    && name
-      .bytes()
-      .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'));
-  if ok {
+  if is_name(name, 63, false) {
     Ok(())
   } else {
     Err(format!(

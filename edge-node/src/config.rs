@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::store::LimitsSpec;
 
 /// The whole file. Unknown keys are errors, so typos do not pass silently.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
   #[serde(default)]
@@ -28,7 +28,7 @@ pub struct EdgeConfig {
   pub base_dir: PathBuf,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
   /// HTTP/1.1 and h2c. Default: 127.0.0.1:8080.
@@ -85,7 +85,7 @@ fn default_drain_ms() -> u64 {
   30_000
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConfig {
   /// Host names (SNI) this certificate answers for; `*.example.test` allowed.
@@ -124,7 +124,7 @@ fn default_usage_interval_ms() -> u64 {
 }
 
 /// A worker defined in the config file rather than pushed by a control plane.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticWorker {
   pub name: String,

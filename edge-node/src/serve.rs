@@ -93,6 +93,14 @@ struct Sources {
   control: Option<DesiredState>,
 }
 
+/// What [`Node::switch`] did.
+struct Switched {
+  /// Workers now serving a different deployment.
+  changed: usize,
+  /// Workers that kept their previous deployment, and why.
+  errors: Vec<String>,
+}
+
 /// The running node, shared by the listeners, the signal loop and the
 /// control channel.
 pub struct Node {
@@ -273,16 +281,17 @@ impl Node {
 
   /// Loads every version of `next` that is not loaded yet, then switches
   /// to it. A worker whose new version does not start keeps its previous
-  /// deployment (or stays undeployed), named in the returned list; if
+  /// deployment (or stays undeployed), named in the returned errors; if
   /// `strict` says that worker matters, nothing switches and it is an error.
   async fn switch(
     &self,
     mut next: State,
     strict: impl Fn(&str) -> bool,
-  ) -> anyhow::Result<Vec<String>> {
+  ) -> anyhow::Result<Switched> {
     let current = self.state.load_full();
     let mut errors = Vec::new();
     let mut failed = Vec::new();
+    let mut changed = 0;
     for (name, deployed) in &next.workers {
       let unchanged = current
         .workers
@@ -291,6 +300,7 @@ impl Node {
       if unchanged {
         continue;
       }
+      changed += 1;
       for (_, active) in &deployed.versions {
         if let Err(e) = self
           .runtime
@@ -309,6 +319,7 @@ impl Node {
         }
       }
     }
+    changed -= failed.len();
     for name in failed {
       match current.workers.get(&name) {
         Some(old) => next.workers.insert(name, old.clone()),
@@ -324,7 +335,7 @@ impl Node {
         self.runtime.evict(key);
       }
     }
-    Ok(errors)
+    Ok(Switched { changed, errors })
   }
 
   /// Re-reads the config file and switches every changed worker, after
@@ -336,21 +347,10 @@ impl Node {
     for e in errors {
       eprintln!("isola-edge serve: {e}");
     }
-    let before = self.state.load_full();
-    let changed = next
-      .workers
-      .iter()
-      .filter(|(name, d)| {
-        !before
-          .workers
-          .get(*name)
-          .is_some_and(|o| o.keys().eq(d.keys()))
-      })
-      .count();
-    self.switch(next, |_| true).await?;
+    let switched = self.switch(next, |_| true).await?;
     self.set_static_names(&config);
     sources.config = config;
-    Ok(changed)
+    Ok(switched.changed)
   }
 
   fn set_static_names(&self, config: &EdgeConfig) {
@@ -384,7 +384,7 @@ impl Node {
     };
     errors.extend(build_errors);
     match self.switch(next, |_| false).await {
-      Ok(e) => errors.extend(e),
+      Ok(switched) => errors.extend(switched.errors),
       Err(e) => errors.push(format!("{e:#}")),
     }
     if let Err(e) = crate::control::save_state(&self.store.control_dir(), &state) {
@@ -484,7 +484,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime: runtime.clone(),
     state: ArcSwap::from_pointee(State::default()),
     sources: tokio::sync::Mutex::new(Sources {
-      config: EdgeConfig::load(&args.config)?,
+      config: config.clone(),
       control: None,
     }),
     static_names: Default::default(),
@@ -499,7 +499,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   // Workers load before the node says it is ready. A control-plane worker
   // that does not start is logged and left out, never fatal.
   main_rt.block_on(async {
-    for e in node.switch(initial, |name| node.is_static(name)).await? {
+    for e in node
+      .switch(initial, |name| node.is_static(name))
+      .await?
+      .errors
+    {
       eprintln!("isola-edge serve: {e}");
     }
     node.sources.lock().await.control = control_state;
