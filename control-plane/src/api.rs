@@ -32,6 +32,7 @@ use axum::Json;
 use axum::Router;
 use bytes::Bytes;
 use isola_proto::msg::DesiredState;
+use isola_proto::names;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::Value;
@@ -301,7 +302,7 @@ async fn create_account(
 ) -> Result<impl IntoResponse, ApiError> {
   require_admin(&caller)?;
   let NewAccount { name } = body(req)?;
-  validate::check_account_name(&name).map_err(ApiError::invalid)?;
+  names::check_account_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
   let token = blocking({
     let name = name.clone();
     move || Ok(state.db.create_account(&name, false)?)
@@ -359,7 +360,7 @@ async fn upload(
   Path(name): Path<String>,
   multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-  validate::check_worker_name(&caller.account, &name).map_err(ApiError::invalid)?;
+  names::check_worker_name(&caller.account, &name).map_err(|e| ApiError::invalid(e.to_string()))?;
   let mut multipart = multipart.map_err(|e| {
     ApiError::invalid(format!(
       "{}; upload a version as multipart/form-data with a `metadata` part and one part per \
@@ -401,7 +402,7 @@ async fn upload(
     }
     modules.push((part, bytes));
   }
-  let edge_name = db::edge_worker_name(&caller.account, &name);
+  let edge_name = names::edge_worker_name(&caller.account, &name);
   let checked = validate::check_upload(&edge_name, metadata.as_deref(), modules)?;
   state.validator.check_starts(&checked).await?;
   let version = blocking(move || {
@@ -607,7 +608,7 @@ async fn put_secret(
   Path((name, key)): Path<(String, String)>,
   req: Result<Json<SecretValue>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-  validate::check_secret_key(&key).map_err(ApiError::invalid)?;
+  names::check_secret_key(&key).map_err(|e| ApiError::invalid(e.to_string()))?;
   let SecretValue { value } = body(req)?;
   if value.len() > MAX_SECRET_BYTES {
     return Err(ApiError::too_large(format!(

@@ -23,9 +23,12 @@ use isola_proto::msg::DesiredState;
 use isola_proto::msg::Revision;
 use isola_proto::msg::Route;
 use isola_proto::msg::Split;
+use isola_proto::msg::Usage;
 use isola_proto::msg::UsageBatch;
 use isola_proto::msg::VersionBundle;
 use isola_proto::msg::WorkerDeployment;
+use isola_proto::names::edge_worker_name;
+use isola_proto::names::split_edge_worker_name;
 use isola_proto::routes::RouteError;
 use isola_proto::routes::RouteTable;
 use rand::RngCore as _;
@@ -176,18 +179,6 @@ impl Serialize for Timestamp {
   }
 }
 
-/// The worker's name on edges, unique across accounts.
-pub fn edge_worker_name(account: &str, worker: &str) -> String {
-  format!("{account}_{worker}")
-}
-
-/// Inverse of [`edge_worker_name`]: account names hold no '_', so the first
-/// one splits.
-pub fn split_edge_worker_name(s: &str) -> Option<(&str, &str)> {
-  let (account, worker) = s.split_once('_')?;
-  (!account.is_empty() && !worker.is_empty()).then_some((account, worker))
-}
-
 /// A new API token: `isola_` and 64 random hex digits. Only its sha256 is
 /// stored, so a copy of the database grants nothing.
 fn new_token() -> String {
@@ -264,6 +255,8 @@ pub struct SecretInfo {
   pub updated_at: Timestamp,
 }
 
+/// [`Usage`] as the API shows it: times in ms (stored and summed in µs,
+/// so sums are exact).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct UsageTotals {
   pub requests: u64,
@@ -275,15 +268,17 @@ pub struct UsageTotals {
   pub subrequests: u64,
 }
 
-impl UsageTotals {
-  fn accumulate(&mut self, other: &Self) {
-    self.requests += other.requests;
-    self.errors += other.errors;
-    self.cpu_ms += other.cpu_ms;
-    self.wall_ms += other.wall_ms;
-    self.egress_bytes += other.egress_bytes;
-    self.ingress_bytes += other.ingress_bytes;
-    self.subrequests += other.subrequests;
+impl From<&Usage> for UsageTotals {
+  fn from(u: &Usage) -> Self {
+    Self {
+      requests: u.requests,
+      errors: u.errors,
+      cpu_ms: u.cpu_us as f64 / 1000.0,
+      wall_ms: u.wall_us as f64 / 1000.0,
+      egress_bytes: u.egress_bytes,
+      ingress_bytes: u.ingress_bytes,
+      subrequests: u.subrequests,
+    }
   }
 }
 
@@ -867,30 +862,37 @@ impl Db {
           until.unwrap_or(i64::MAX)
         ],
         |row| {
-          Ok(VersionUsage {
-            hash: row.get(0)?,
-            totals: UsageTotals {
+          Ok((
+            row.get::<_, String>(0)?,
+            Usage {
               requests: to_u64(row.get(1)?),
               errors: to_u64(row.get(2)?),
-              cpu_ms: row.get::<_, i64>(3)? as f64 / 1000.0,
-              wall_ms: row.get::<_, i64>(4)? as f64 / 1000.0,
+              cpu_us: to_u64(row.get(3)?),
+              wall_us: to_u64(row.get(4)?),
               egress_bytes: to_u64(row.get(5)?),
               ingress_bytes: to_u64(row.get(6)?),
               subrequests: to_u64(row.get(7)?),
             },
-          })
+          ))
         },
       )?
       .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut totals = UsageTotals::default();
-    for v in &by_version {
-      totals.accumulate(&v.totals);
+    let mut totals = Usage::default();
+    for (_, usage) in &by_version {
+      totals += usage;
     }
+    let by_version = by_version
+      .into_iter()
+      .map(|(hash, usage)| VersionUsage {
+        hash,
+        totals: UsageTotals::from(&usage),
+      })
+      .collect();
     Ok(UsageSummary {
       worker: worker.to_string(),
       since: since.map(Timestamp),
       until: until.map(Timestamp),
-      totals,
+      totals: UsageTotals::from(&totals),
       by_version,
     })
   }
@@ -1107,13 +1109,13 @@ impl Db {
           r.version,
           to_i64(r.start),
           to_i64(r.end),
-          to_i64(r.requests),
-          to_i64(r.errors),
-          to_i64(r.cpu_us),
-          to_i64(r.wall_us),
-          to_i64(r.ingress_bytes),
-          to_i64(r.egress_bytes),
-          to_i64(r.subrequests),
+          to_i64(r.usage.requests),
+          to_i64(r.usage.errors),
+          to_i64(r.usage.cpu_us),
+          to_i64(r.usage.wall_us),
+          to_i64(r.usage.ingress_bytes),
+          to_i64(r.usage.egress_bytes),
+          to_i64(r.usage.subrequests),
         ])?;
       }
     }
@@ -1545,13 +1547,15 @@ mod tests {
       version: hash.into(),
       start: end - 1,
       end,
-      requests: 10,
-      errors: 1,
-      cpu_us: 1500,
-      wall_us: 20_000,
-      ingress_bytes: 100,
-      egress_bytes: 1000,
-      subrequests: 2,
+      usage: Usage {
+        requests: 10,
+        errors: 1,
+        cpu_us: 1500,
+        wall_us: 20_000,
+        ingress_bytes: 100,
+        egress_bytes: 1000,
+        subrequests: 2,
+      },
     };
     let batch = UsageBatch {
       id: "b1".into(),
@@ -1589,16 +1593,5 @@ mod tests {
     assert_eq!(edges[0].revision, Some(3));
     assert_eq!(edges[0].errors, ["acme_api"]);
     assert!(edges[0].last_seen.is_some());
-  }
-
-  #[test]
-  fn edge_worker_names_split_at_the_first_underscore() {
-    assert_eq!(edge_worker_name("acme", "my_api"), "acme_my_api");
-    assert_eq!(
-      split_edge_worker_name("acme_my_api"),
-      Some(("acme", "my_api"))
-    );
-    assert_eq!(split_edge_worker_name("acme"), None);
-    assert_eq!(split_edge_worker_name("_api"), None);
   }
 }

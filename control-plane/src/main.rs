@@ -233,7 +233,7 @@ async fn shutdown_signal() {
 }
 
 fn enroll_edge(dir: &Path, name: &str, out: &Path, control_address: &str) -> anyhow::Result<()> {
-  validate::check_edge_name(name).map_err(anyhow::Error::msg)?;
+  isola_proto::names::check_edge_name(name)?;
   if control_address.trim().is_empty() || control_address.contains(['"', '\\', '\n']) {
     bail!("invalid --control-address {control_address:?}; use host:port, like 127.0.0.1:8701");
   }

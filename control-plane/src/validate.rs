@@ -12,12 +12,10 @@ use isola_proto::manifest::sha256_hex;
 use isola_proto::manifest::LimitsSpec;
 use isola_proto::manifest::Manifest;
 use isola_proto::manifest::ModuleRef;
-use isola_runtime::Bundle;
+use isola_proto::names::check_module_name;
+use isola_proto::names::ModuleKind;
 use isola_runtime::Config;
-use isola_runtime::Limits;
-use isola_runtime::ModuleKind;
 use isola_runtime::Runtime;
-use isola_runtime::WorkerConfig;
 use isola_runtime::WorkerKey;
 use serde::Deserialize;
 
@@ -42,84 +40,6 @@ pub enum Error {
   /// The checker itself failed; not the upload's fault.
   #[error("{0}")]
   Internal(String),
-}
-
-/// Whether `name` is 1 to `max` characters of a-z, 0-9, '-' and, if
-/// `underscore`, '_'.
-fn is_name(name: &str, max: usize, underscore: bool) -> bool {
-  (1..=max).contains(&name.len())
-    && name
-      .bytes()
-      .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-') || (underscore && b == b'_'))
-}
-
-/// Account names: `[a-z0-9-]{1,32}`, so `account_worker` splits at the first '_'.
-pub fn check_account_name(name: &str) -> Result<(), String> {
-  if is_name(name, 32, false) {
-    Ok(())
-  } else {
-    Err(format!(
-      "invalid account name {name:?}: use 1 to 32 characters of a-z, 0-9 and '-'"
-    ))
-  }
-}
-
-/// Worker names: `[a-z0-9-_]{1,63}`. On edges a worker is named
-/// `account_worker`, which must itself fit in 63 characters.
-pub fn check_worker_name(account: &str, name: &str) -> Result<(), String> {
-  if !is_name(name, 63, true) {
-    return Err(format!(
-      "invalid worker name {name:?}: use 1 to 63 characters of a-z, 0-9, '-' and '_'"
-    ));
-  }
-  let max = 62usize.saturating_sub(account.len());
-  if name.len() > max {
-    return Err(format!(
-      "worker name {name:?} is too long: in account {account:?} a worker name may have at most \
-       {max} characters (edges name it \"{account}_{name}\", which must fit in 63)"
-    ));
-  }
-  Ok(())
-}
-
-/// Edge names: `[a-z0-9-]{1,63}`, a DNS label (its certificate names
-/// `NAME.edge.isola`).
-pub fn check_edge_name(name: &str) -> Result<(), String> {
-  if is_name(name, 63, false) {
-    Ok(())
-  } else {
-    Err(format!(
-      "invalid edge name {name:?}: use 1 to 63 characters of a-z, 0-9 and '-'"
-    ))
-  }
-}
-
-/// Secret keys become `env` properties: `[A-Za-z_][A-Za-z0-9_]{0,127}`.
-pub fn check_secret_key(key: &str) -> Result<(), String> {
-  let mut bytes = key.bytes();
-  let ok = key.len() <= 128
-    && bytes
-      .next()
-      .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-    && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
-  if ok {
-    Ok(())
-  } else {
-    Err(format!(
-      "invalid secret name {key:?}: use 1 to 128 letters, digits and '_', not starting with a \
-       digit (like API_TOKEN)"
-    ))
-  }
-}
-
-/// Module names are exact import keys: relative, `/`-separated, no
-/// `.`/`..`/empty segments, with an extension the runtime can import.
-pub fn check_module_name(name: &str) -> Result<(), String> {
-  let bad = |reason: &str| Err(format!("invalid module name {name:?}: {reason}"));
-  if name.len() > 1024 {
-    return bad("it is longer than 1024 characters");
-  }
-  ModuleKind::check_name(name).map(drop).or_else(bad)
 }
 
 /// The `metadata` part of an upload.
@@ -207,7 +127,7 @@ pub fn check_upload(
   let mut total = 0usize;
   let mut seen = BTreeSet::new();
   for (name, bytes) in &modules {
-    check_module_name(name).map_err(invalid)?;
+    check_module_name(name).map_err(|e| invalid(e.to_string()))?;
     if !seen.insert(name.as_str()) {
       return Err(invalid(format!(
         "module {name:?} is uploaded twice; send each module once"
@@ -281,21 +201,12 @@ impl Validator {
   /// under the runtime's startup CPU and memory limits) and drops it again.
   pub async fn check_starts(&self, upload: &Upload) -> Result<(), Error> {
     let manifest = &upload.manifest;
-    let bundle = Bundle::from_modules(manifest.main_module.clone(), upload.modules.clone())
-      .map_err(|e| Error::Invalid(clean_message(&e.to_string())))?;
     let hash = manifest.version_id();
+    let (bundle, config) = isola_runtime::from_manifest(manifest, &hash, upload.modules.clone())
+      .map_err(|e| Error::Invalid(clean_message(&e.to_string())))?;
     // A key of its own, so a concurrent check of the same code cannot be
     // mistaken for this one having started.
-    let key = WorkerKey::new(
-      format!("check-{}", uuid::Uuid::new_v4().simple()),
-      hash.clone(),
-    );
-    let mut config = WorkerConfig::new(manifest.worker.clone())
-      .version(hash)
-      .limits(Limits::from(&manifest.limits));
-    for (name, value) in &manifest.vars {
-      config = config.json_var(name.clone(), value.clone());
-    }
+    let key = WorkerKey::new(format!("check-{}", uuid::Uuid::new_v4().simple()), hash);
     let result =
       tokio::time::timeout(START_TIMEOUT, self.runtime.preload(&key, bundle, config)).await;
     self.runtime.evict(&key);
@@ -336,27 +247,6 @@ mod tests {
       Err(Error::Invalid(m)) => m,
       other => panic!("expected Invalid, got {other:?}"),
     }
-  }
-
-  #[test]
-  fn names() {
-    check_account_name("acme-1").unwrap();
-    assert!(check_account_name("Acme").is_err());
-    assert!(check_account_name("a_b").is_err());
-    assert!(check_account_name(&"a".repeat(33)).is_err());
-    check_worker_name("acme", "api_v2-x").unwrap();
-    assert!(check_worker_name("acme", "API").is_err());
-    assert!(check_worker_name("acme", "").is_err());
-    check_worker_name("acme", &"w".repeat(58)).unwrap();
-    let err = check_worker_name("acme", &"w".repeat(59)).unwrap_err();
-    assert!(err.contains("at most 58"), "{err}");
-    check_edge_name("edge-1").unwrap();
-    assert!(check_edge_name("edge_1").is_err());
-    check_secret_key("API_TOKEN").unwrap();
-    check_secret_key("_x9").unwrap();
-    assert!(check_secret_key("9x").is_err());
-    assert!(check_secret_key("a-b").is_err());
-    assert!(check_secret_key("").is_err());
   }
 
   #[test]

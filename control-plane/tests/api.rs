@@ -14,6 +14,7 @@ use http_body_util::BodyExt as _;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use isola_proto::msg::DesiredState;
+use isola_proto::msg::Usage;
 use isola_proto::msg::UsageBatch;
 use isola_proto::msg::UsageRecord;
 use serde_json::json;
@@ -310,13 +311,15 @@ async fn upload_deploy_list_and_roll_back() {
     version: hash.into(),
     start: end - 10,
     end,
-    requests: 5,
-    errors: 1,
-    cpu_us: 2500,
-    wall_us: 10_000,
-    ingress_bytes: 10,
-    egress_bytes: 100,
-    subrequests: 0,
+    usage: Usage {
+      requests: 5,
+      errors: 1,
+      cpu_us: 2500,
+      wall_us: 10_000,
+      ingress_bytes: 10,
+      egress_bytes: 100,
+      subrequests: 0,
+    },
   };
   let batch = UsageBatch {
     id: "batch-1".into(),

@@ -161,19 +161,12 @@ impl UsageCutter {
       .drain_usage()
       .into_iter()
       .filter(|(worker, _, _)| !self.node.is_static(worker))
-      .map(|(worker, version, t)| UsageRecord {
+      .map(|(worker, version, usage)| UsageRecord {
         worker: worker.to_string(),
-        // The isolate key's `+secrets` suffix is not part of the version.
-        version: version.split('+').next().unwrap_or_default().to_string(),
+        version: version.to_string(),
         start: *start,
         end,
-        requests: t.requests,
-        errors: t.errors,
-        cpu_us: t.cpu_us,
-        wall_us: t.wall_us,
-        ingress_bytes: t.ingress_bytes,
-        egress_bytes: t.egress_bytes,
-        subrequests: t.subrequests,
+        usage,
       })
       .collect();
     *start = end;

@@ -118,18 +118,18 @@ pub struct Node {
 /// its secrets; the isolate key covers the secrets so that a changed secret
 /// starts fresh isolates.
 fn with_secrets(
-  key_version: &str,
+  key: WorkerKey,
   mut config: WorkerConfig,
   secrets: &BTreeMap<String, String>,
-) -> (String, WorkerConfig) {
+) -> (WorkerKey, WorkerConfig) {
   if secrets.is_empty() {
-    return (key_version.to_string(), config);
+    return (key, config);
   }
   for (k, v) in secrets {
     config = config.var(k.clone(), v.clone());
   }
   let digest = sha256_hex(&serde_json::to_vec(secrets).expect("strings serialise"));
-  (format!("{key_version}+{}", &digest[..16]), config)
+  (key.with_secrets(&digest[..16]), config)
 }
 
 /// Builds the state the config and the control state describe. A static
@@ -183,12 +183,16 @@ fn build_state(
     for split in &w.versions {
       match store.load(&w.name, &split.hash) {
         Ok((bundle, config)) => {
-          let (key_version, config) = with_secrets(&split.hash, config, &w.secrets);
+          let (key, config) = with_secrets(
+            WorkerKey::new(name.clone(), split.hash.as_str()),
+            config,
+            &w.secrets,
+          );
           upper += u32::from(split.percentage);
           versions.push((
             upper,
             Arc::new(Active {
-              key: WorkerKey::new(name.clone(), key_version),
+              key,
               bundle,
               config,
             }),

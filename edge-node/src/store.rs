@@ -26,8 +26,6 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use isola_runtime::Bundle;
-use isola_runtime::Limits;
-use isola_runtime::ModuleKind;
 use isola_runtime::WorkerConfig;
 
 use isola_proto::manifest::is_sha256_hex;
@@ -35,6 +33,10 @@ use isola_proto::manifest::sha256_hex;
 pub use isola_proto::manifest::LimitsSpec;
 pub use isola_proto::manifest::Manifest;
 pub use isola_proto::manifest::ModuleRef;
+use isola_proto::names;
+use isola_proto::names::check_edge_worker_name;
+use isola_proto::names::InvalidName;
+use isola_proto::names::ModuleKind;
 
 /// Why the store refused or failed an operation.
 #[derive(Debug, thiserror::Error)]
@@ -46,12 +48,12 @@ pub enum StoreError {
     #[source]
     source: io::Error,
   },
-  #[error("invalid worker name {0:?}: use 1 to 127 characters of a-z, 0-9, '-' and '_'")]
-  InvalidWorkerName(String),
+  #[error(transparent)]
+  InvalidWorkerName(InvalidName),
   #[error("invalid version id {0:?}: expected 64 lowercase hex characters (a sha256)")]
   InvalidVersionId(String),
-  #[error("invalid module name {name:?}: {reason}")]
-  InvalidModuleName { name: String, reason: String },
+  #[error(transparent)]
+  InvalidModuleName(InvalidName),
   #[error("invalid manifest for worker {worker}: {reason}")]
   InvalidManifest { worker: String, reason: String },
   #[error(
@@ -392,20 +394,11 @@ impl Store {
       }
       modules.push((module.name.clone(), Bytes::from(bytes)));
     }
-    let bundle = Bundle::from_modules(manifest.main_module.clone(), modules).map_err(|source| {
-      StoreError::Bundle {
-        worker: worker.to_string(),
-        version: id.to_string(),
-        source,
-      }
-    })?;
-    let mut config = WorkerConfig::new(worker)
-      .version(id)
-      .limits(Limits::from(&manifest.limits));
-    for (name, value) in manifest.vars {
-      config = config.json_var(name, value);
-    }
-    Ok((bundle, config))
+    isola_runtime::from_manifest(&manifest, id, modules).map_err(|source| StoreError::Bundle {
+      worker: worker.to_string(),
+      version: id.to_string(),
+      source,
+    })
   }
 
   /// Imports a worker from a folder on disk (a static `[[worker]]` entry in
@@ -436,9 +429,11 @@ impl Store {
     let main_module = entry
       .file_name()
       .and_then(|n| n.to_str())
-      .ok_or_else(|| StoreError::InvalidModuleName {
-        name: entry.display().to_string(),
-        reason: "the entry's file name is not UTF-8".to_string(),
+      .ok_or_else(|| {
+        StoreError::InvalidModuleName(InvalidName(format!(
+          "invalid module name {:?}: the entry's file name is not UTF-8",
+          entry.display()
+        )))
       })?
       .to_string();
     check_module_name(&main_module)?;
@@ -502,29 +497,16 @@ fn collect_modules(
   Ok(())
 }
 
-/// Worker names become folder names: `[a-z0-9-_]{1,127}` (a control plane's
-/// names are `account_worker`, longer than a hostname label).
+/// Worker names become folder names; the rule is the one every worker
+/// name on an edge follows.
 fn check_worker_name(name: &str) -> Result<(), StoreError> {
-  let ok = (1..=127).contains(&name.len())
-    && name
-      .bytes()
-      .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_'));
-  if ok {
-    Ok(())
-  } else {
-    Err(StoreError::InvalidWorkerName(name.to_string()))
-  }
+  check_edge_worker_name(name).map_err(StoreError::InvalidWorkerName)
 }
 
-/// Module names are exact keys: relative, `/`-separated, no `.`/`..` or
-/// empty segments, with an extension the runtime can import.
 fn check_module_name(name: &str) -> Result<(), StoreError> {
-  ModuleKind::check_name(name)
+  names::check_module_name(name)
     .map(drop)
-    .map_err(|reason| StoreError::InvalidModuleName {
-      name: name.to_string(),
-      reason: reason.to_string(),
-    })
+    .map_err(StoreError::InvalidModuleName)
 }
 
 /// Writes `bytes` to `path` via a temp file in the same folder, fsync and
@@ -726,7 +708,7 @@ export default { fetch(request, env) { return new Response(greet(env.WHO) + " " 
     let err = store.put_version(&no_main).unwrap_err();
     assert!(err.to_string().contains("main module \"main.js\""), "{err}");
 
-    for name in ["", "App", "a.b", "a/b", "..", &"a".repeat(128)] {
+    for name in ["", "App", "a.b", "a/b", "..", &"a".repeat(64)] {
       let mut bad = good.clone();
       bad.worker = name.to_string();
       let err = store.put_version(&bad).unwrap_err();
@@ -745,13 +727,15 @@ export default { fetch(request, env) { return new Response(greet(env.WHO) + " " 
       "a//b.js",
       "./a.js",
       "a\\b.js",
+      "a/./b.js",
+      "a\0.js",
       "style.css",
     ] {
       let mut bad = good.clone();
       bad.modules[1].name = name.to_string();
       let err = store.put_version(&bad).unwrap_err();
       assert!(
-        matches!(err, StoreError::InvalidModuleName { .. }),
+        matches!(err, StoreError::InvalidModuleName(_)),
         "{name:?}: {err}"
       );
     }
@@ -800,7 +784,7 @@ export default { fetch(request, env) { return new Response(greet(env.WHO) + " " 
     assert_eq!(config.limits_ref().memory_bytes(), 64 << 20);
     assert_eq!(
       config.limits_ref().wall_limit(),
-      Limits::default().wall_limit()
+      isola_runtime::Limits::default().wall_limit()
     );
     assert_eq!(run(bundle, config), "hello edge 7");
 

@@ -9,59 +9,13 @@ use std::path::Path;
 use std::path::PathBuf;
 
 use bytes::Bytes;
+use isola_proto::names::check_module_name;
 
 use crate::error::Error;
 use crate::error::ErrorKind;
 
 /// Specifiers of worker modules are `file:///<module name>`.
 pub(crate) const SCHEME_PREFIX: &str = "file:///";
-
-/// What a module file is, by its extension.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ModuleKind {
-  /// An ES module (`.js`, `.mjs`).
-  EsModule,
-  /// A compiled `WebAssembly.Module` (`.wasm`).
-  Wasm,
-  /// A parsed JSON value (`.json`).
-  Json,
-  /// A string (`.txt`, `.html`).
-  Text,
-  /// An `ArrayBuffer` (`.bin`).
-  Data,
-}
-
-impl ModuleKind {
-  /// The kind a module name implies, or `None` for an unknown extension.
-  pub fn from_name(name: &str) -> Option<Self> {
-    let ext = name.rsplit_once('.').map(|(_, e)| e)?;
-    Some(match ext {
-      "js" | "mjs" => Self::EsModule,
-      "wasm" => Self::Wasm,
-      "json" => Self::Json,
-      "txt" | "html" => Self::Text,
-      "bin" => Self::Data,
-      _ => return None,
-    })
-  }
-
-  /// Checks that `name` can be a module's exact import key (relative,
-  /// `/`-separated, no `.`/`..`/empty segments, a known extension) and
-  /// returns its kind; the error says how to fix the name.
-  pub fn check_name(name: &str) -> Result<Self, &'static str> {
-    if name.is_empty() || name.starts_with('/') || name.contains('\\') || name.contains('\0') {
-      return Err("use a relative path with '/' separators, like \"src/index.js\"");
-    }
-    if name
-      .split('/')
-      .any(|part| part.is_empty() || part == "." || part == "..")
-    {
-      return Err("path segments may not be empty, \".\" or \"..\"");
-    }
-    Self::from_name(name)
-      .ok_or("unknown module type; supported are .js, .mjs, .wasm, .json, .txt, .html and .bin")
-  }
-}
 
 #[derive(Clone, Debug)]
 enum Source {
@@ -146,23 +100,11 @@ impl Bundle {
   }
 }
 
-/// Checks a module name: relative, `/`-separated, no `..` escaping the root.
+/// A module name as the bundle keys it: a leading `./` is dropped (as an
+/// import would resolve it), then the one module-name rule applies.
 fn normalize_name(name: &str) -> Result<String, Error> {
-  let trimmed = name.trim_start_matches("./");
-  let bad = trimmed.is_empty()
-    || trimmed.starts_with('/')
-    || trimmed.contains('\\')
-    || trimmed
-      .split('/')
-      .any(|part| part == ".." || part.is_empty());
-  if bad {
-    return Err(
-      ErrorKind::Module(format!(
-        "invalid module name {name:?}: use a relative path like \"src/index.js\" without \"..\""
-      ))
-      .into(),
-    );
-  }
+  let trimmed = name.strip_prefix("./").unwrap_or(name);
+  check_module_name(trimmed).map_err(|e| ErrorKind::Module(e.to_string()))?;
   Ok(trimmed.to_string())
 }
 
@@ -181,21 +123,12 @@ mod tests {
   use super::*;
 
   #[test]
-  fn module_kinds_follow_wrangler_rules() {
-    assert_eq!(ModuleKind::from_name("a/b.mjs"), Some(ModuleKind::EsModule));
-    assert_eq!(ModuleKind::from_name("x.wasm"), Some(ModuleKind::Wasm));
-    assert_eq!(ModuleKind::from_name("page.html"), Some(ModuleKind::Text));
-    assert_eq!(ModuleKind::from_name("blob.bin"), Some(ModuleKind::Data));
-    assert_eq!(ModuleKind::from_name("data.json"), Some(ModuleKind::Json));
-    assert_eq!(ModuleKind::from_name("style.css"), None);
-    assert_eq!(ModuleKind::from_name("Makefile"), None);
-  }
-
-  #[test]
   fn names_may_not_escape_the_bundle() {
     assert!(normalize_name("../etc/passwd").is_err());
     assert!(normalize_name("/abs.js").is_err());
     assert!(normalize_name("a//b.js").is_err());
+    assert!(normalize_name("a/./b.js").is_err());
+    assert!(normalize_name("a\0.js").is_err());
     assert_eq!(normalize_name("./src/a.js").unwrap(), "src/a.js");
   }
 

@@ -24,6 +24,7 @@ mod bundle;
 mod error;
 mod limits;
 mod loader;
+mod manifest;
 mod metrics;
 mod pool;
 mod watchdog;
@@ -37,14 +38,13 @@ pub use isola_ext::LogSink;
 pub use isola_ext::ResponseBody;
 
 pub use crate::bundle::Bundle;
-pub use crate::bundle::ModuleKind;
 pub use crate::error::Error;
 pub use crate::limits::InvocationRecord;
 pub use crate::limits::Limits;
 pub use crate::limits::MeterSink;
 pub use crate::limits::Outcome;
+pub use crate::manifest::from_manifest;
 pub use crate::metrics::Metrics;
-pub use crate::metrics::UsageTotals;
 pub use crate::pool::Config;
 pub use crate::pool::PoolStats;
 pub use crate::pool::Runtime;
@@ -54,6 +54,8 @@ pub use crate::worker::Isolate;
 pub use crate::worker::Worker;
 pub use crate::worker::WorkerConfig;
 pub use crate::worker::WorkerHandle;
+pub use isola_proto::msg::Usage;
+pub use isola_proto::names::ModuleKind;
 
 /// Errors a request body stream can carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -20,8 +20,8 @@ use isola_ext::ModuleBlobs;
 
 use crate::bundle::display_specifier;
 use crate::bundle::Bundle;
-use crate::bundle::ModuleKind;
 use crate::bundle::SCHEME_PREFIX;
+use isola_proto::names::ModuleKind;
 
 /// `import { WorkerEntrypoint } from "cloudflare:workers"`, as wrangler
 /// projects write class-based workers.

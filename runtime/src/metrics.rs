@@ -14,6 +14,8 @@ use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use isola_proto::msg::Usage;
+
 use crate::limits::InvocationRecord;
 use crate::limits::MeterSink;
 use crate::limits::Outcome;
@@ -36,28 +38,16 @@ struct OutcomeLabels {
   outcome: String,
 }
 
-/// Usage of one worker version over a window, as billed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct UsageTotals {
-  pub requests: u64,
-  /// Invocations that did not end `ok`.
-  pub errors: u64,
-  pub cpu_us: u64,
-  pub wall_us: u64,
-  pub ingress_bytes: u64,
-  pub egress_bytes: u64,
-  pub subrequests: u64,
-}
-
-impl UsageTotals {
-  fn add(&mut self, r: &InvocationRecord) {
-    self.requests += 1;
-    self.errors += u64::from(r.outcome != Outcome::Ok);
-    self.cpu_us += r.cpu_us;
-    self.wall_us += r.wall_us;
-    self.ingress_bytes += r.bytes_in;
-    self.egress_bytes += r.bytes_out;
-    self.subrequests += u64::from(r.subrequests);
+/// One invocation's contribution to its version's usage.
+fn usage_of(r: &InvocationRecord) -> Usage {
+  Usage {
+    requests: 1,
+    errors: u64::from(r.outcome != Outcome::Ok),
+    cpu_us: r.cpu_us,
+    wall_us: r.wall_us,
+    ingress_bytes: r.bytes_in,
+    egress_bytes: r.bytes_out,
+    subrequests: u64::from(r.subrequests),
   }
 }
 
@@ -75,7 +65,7 @@ struct Inner {
   cold_starts: Counter,
   stock_hits: Counter,
   evictions: Counter,
-  usage: Mutex<HashMap<VersionId, UsageTotals>>,
+  usage: Mutex<HashMap<VersionId, Usage>>,
   http_requests: Family<StatusLabels, Counter>,
   http_latency: Family<WorkerLabels, Histogram>,
 }
@@ -221,10 +211,9 @@ impl Metrics {
       .get_or_create(&worker)
       .inc_by(u64::from(r.subrequests));
     let mut usage = i.usage.lock().unwrap_or_else(|e| e.into_inner());
-    usage
+    *usage
       .entry((r.worker.clone(), r.version.clone()))
-      .or_default()
-      .add(r);
+      .or_default() += &usage_of(r);
   }
 
   /// Counts one HTTP request answered for `worker` ("" when no route matched).
@@ -255,7 +244,7 @@ impl Metrics {
 
   /// Usage totals per (worker, version) since the last drain, and resets
   /// them: what a node ships to the control plane.
-  pub fn drain_usage(&self) -> Vec<(Arc<str>, Arc<str>, UsageTotals)> {
+  pub fn drain_usage(&self) -> Vec<(Arc<str>, Arc<str>, Usage)> {
     let mut usage = self.inner.usage.lock().unwrap_or_else(|e| e.into_inner());
     usage.drain().map(|((w, v), t)| (w, v, t)).collect()
   }

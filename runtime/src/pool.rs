@@ -120,6 +120,9 @@ impl Config {
 pub struct WorkerKey {
   pub name: Arc<str>,
   pub version: Arc<str>,
+  /// A digest of the secrets bound into the worker's `env`, if any: the
+  /// same version with other secrets must not share isolates.
+  pub secrets: Option<Arc<str>>,
 }
 
 impl WorkerKey {
@@ -127,7 +130,14 @@ impl WorkerKey {
     Self {
       name: name.into(),
       version: version.into(),
+      secrets: None,
     }
+  }
+
+  /// The key of this version with secrets whose digest is `digest`.
+  pub fn with_secrets(mut self, digest: impl Into<Arc<str>>) -> Self {
+    self.secrets = Some(digest.into());
+    self
   }
 }
 

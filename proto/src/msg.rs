@@ -72,6 +72,33 @@ pub struct VersionBundle {
   pub modules: Vec<serde_bytes::ByteBuf>,
 }
 
+/// Usage counters: the one shape the runtime meters, the control channel
+/// carries and the control plane stores and bills. Times are µs so sums
+/// stay exact; presentation (ms) happens at the API's edge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+  pub requests: u64,
+  /// Invocations that did not end `ok`.
+  pub errors: u64,
+  pub cpu_us: u64,
+  pub wall_us: u64,
+  pub ingress_bytes: u64,
+  pub egress_bytes: u64,
+  pub subrequests: u64,
+}
+
+impl std::ops::AddAssign<&Usage> for Usage {
+  fn add_assign(&mut self, other: &Usage) {
+    self.requests += other.requests;
+    self.errors += other.errors;
+    self.cpu_us += other.cpu_us;
+    self.wall_us += other.wall_us;
+    self.ingress_bytes += other.ingress_bytes;
+    self.egress_bytes += other.egress_bytes;
+    self.subrequests += other.subrequests;
+  }
+}
+
 /// Usage of one worker version on one edge over a window.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRecord {
@@ -82,13 +109,10 @@ pub struct UsageRecord {
   /// Window start and end, Unix seconds.
   pub start: u64,
   pub end: u64,
-  pub requests: u64,
-  pub errors: u64,
-  pub cpu_us: u64,
-  pub wall_us: u64,
-  pub ingress_bytes: u64,
-  pub egress_bytes: u64,
-  pub subrequests: u64,
+  /// Flattened, so the wire and spool format is the same as when the
+  /// counters were fields of the record.
+  #[serde(flatten)]
+  pub usage: Usage,
 }
 
 /// Usage records shipped together. The id is random and made once, when

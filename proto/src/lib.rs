@@ -1,6 +1,7 @@
 //! What the control plane and edges agree on, without any IO.
 //!
 //! - [`manifest`]: a worker version and how its id is computed.
+//! - [`names`]: the naming rules (accounts, workers, edges, secrets, modules).
 //! - [`routes`]: route patterns and the table that matches requests to them.
 //! - [`msg`] and [`codec`]: the control channel's messages and framing.
 //! - [`EdgeSession`] and [`ControlSession`]: the two ends of one connection
@@ -13,6 +14,7 @@
 pub mod codec;
 pub mod manifest;
 pub mod msg;
+pub mod names;
 pub mod routes;
 mod session;
 

@@ -100,6 +100,37 @@ mod tests {
   }
 
   #[test]
+  fn usage_records_keep_their_flat_form_on_the_wire_and_on_disk() {
+    let record = UsageRecord {
+      worker: "acme_api".into(),
+      version: "ab".repeat(32),
+      start: 1,
+      end: 2,
+      usage: Usage {
+        requests: 3,
+        errors: 1,
+        cpu_us: 1500,
+        wall_us: 9000,
+        ingress_bytes: 10,
+        egress_bytes: 20,
+        subrequests: 2,
+      },
+    };
+    let msg = ToControl::Usage(UsageBatch {
+      id: "b1".into(),
+      records: vec![record.clone()],
+    });
+    let mut decoder = Decoder::new();
+    decoder.push(&encode(&msg));
+    assert_eq!(decoder.decode::<ToControl>().unwrap(), Some(msg));
+    // The edge's spool files written before `Usage` existed still read.
+    let json = serde_json::to_value(&record).unwrap();
+    assert_eq!(json["requests"], 3);
+    assert_eq!(json["cpu_us"], 1500);
+    assert_eq!(serde_json::from_value::<UsageRecord>(json).unwrap(), record);
+  }
+
+  #[test]
   fn an_oversized_or_garbled_frame_is_an_error() {
     let mut decoder = Decoder::new();
     decoder.push(&u32::MAX.to_be_bytes());

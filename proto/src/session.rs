@@ -410,6 +410,7 @@ impl Backoff {
 mod tests {
   use super::*;
   use crate::msg::Split;
+  use crate::msg::Usage;
   use crate::msg::UsageRecord;
   use crate::msg::WorkerDeployment;
 
@@ -444,7 +445,10 @@ mod tests {
       id: id.to_string(),
       records: vec![UsageRecord {
         worker: "acme_w0".into(),
-        requests: 3,
+        usage: Usage {
+          requests: 3,
+          ..Default::default()
+        },
         ..Default::default()
       }],
     }

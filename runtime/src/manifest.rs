@@ -1,0 +1,30 @@
+//! From a deployed version's manifest to what the runtime runs. The edge's
+//! store and the control plane's upload check both start workers from
+//! manifests; this is the one place that turns one into the other.
+
+use bytes::Bytes;
+use isola_proto::manifest::Manifest;
+
+use crate::bundle::Bundle;
+use crate::error::Error;
+use crate::limits::Limits;
+use crate::worker::WorkerConfig;
+
+/// The bundle and config of version `version` (its manifest id) of a
+/// worker, from its manifest and the bytes of its modules: the manifest's
+/// main module, vars (as JSON values) and limits (unset ones take
+/// [`Limits::default`]).
+pub fn from_manifest(
+  manifest: &Manifest,
+  version: &str,
+  modules: impl IntoIterator<Item = (String, Bytes)>,
+) -> Result<(Bundle, WorkerConfig), Error> {
+  let bundle = Bundle::from_modules(manifest.main_module.clone(), modules)?;
+  let mut config = WorkerConfig::new(manifest.worker.clone())
+    .version(version)
+    .limits(Limits::from(&manifest.limits));
+  for (name, value) in &manifest.vars {
+    config = config.json_var(name.clone(), value.clone());
+  }
+  Ok((bundle, config))
+}
