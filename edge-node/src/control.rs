@@ -9,6 +9,7 @@
 //! <data_dir>/control/usage/<id>.json   usage batches not yet acknowledged
 //! ```
 
+use std::future::Future;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,10 +18,14 @@ use std::time::Instant;
 use std::time::SystemTime;
 
 use anyhow::Context as _;
-use isola_proto::codec;
+use isola_io::channel;
+use isola_io::channel::Handler;
+use isola_io::BoxError;
 use isola_proto::msg::DesiredState;
+use isola_proto::msg::Revision;
 use isola_proto::msg::UsageBatch;
 use isola_proto::msg::UsageRecord;
+use isola_proto::msg::VersionBundle;
 use isola_proto::Backoff;
 use isola_proto::EdgeEvent;
 use isola_proto::EdgeSession;
@@ -29,8 +34,26 @@ use isola_runtime::Metrics;
 use tokio::sync::mpsc;
 
 use crate::config::ControlConfig;
-use crate::serve::Node;
 use crate::store::write_atomic;
+
+/// What the control client needs of the node. Narrow on purpose: the
+/// client depends on this, not on the node, so it is tested in-process
+/// against a stand-in.
+pub trait Target: Send + Sync + 'static {
+  /// The control-plane revision the node serves (0 before the first).
+  fn revision(&self) -> Revision;
+  /// Hashes of the versions the node holds, so none is sent twice.
+  fn versions(&self) -> anyhow::Result<Vec<String>>;
+  /// Keeps a version pushed ahead of the state that serves it (blocking
+  /// file IO).
+  fn store_bundle(&self, bundle: &VersionBundle) -> anyhow::Result<()>;
+  /// Switches to `state`; returns why workers kept their previous
+  /// deployment, if any did.
+  fn apply(&self, state: DesiredState) -> impl Future<Output = Vec<String>> + Send;
+  /// Whether `worker` comes from the node's config file rather than the
+  /// control plane (its usage is not shipped).
+  fn is_static(&self, worker: &str) -> bool;
+}
 
 /// The last state applied, if this node ever applied one.
 pub fn load_state(dir: &Path) -> anyhow::Result<Option<DesiredState>> {
@@ -97,13 +120,15 @@ impl Spool {
         Ok(Ok(batch)) => batches.push(batch),
         // A batch that cannot be read would be resent forever; keep the
         // file for the operator and say so.
-        Ok(Err(e)) => eprintln!(
-          "isola-edge: skipping corrupt usage batch {}: {e}",
-          path.display()
+        Ok(Err(e)) => tracing::error!(
+          path = %path.display(),
+          error = %e,
+          "skipping a corrupt usage batch; it stays on disk for inspection"
         ),
-        Err(e) => eprintln!(
-          "isola-edge: cannot read usage batch {}: {e}",
-          path.display()
+        Err(e) => tracing::error!(
+          path = %path.display(),
+          error = %e,
+          "cannot read a usage batch"
         ),
       }
     }
@@ -132,16 +157,16 @@ fn batch_id() -> String {
 
 /// Turns the node's metered usage of control-plane workers into batches on
 /// disk.
-pub struct UsageCutter {
-  node: Arc<Node>,
+pub struct UsageCutter<T> {
+  node: Arc<T>,
   metrics: Metrics,
   spool: Spool,
   /// Start of the window the next batch covers.
   start: std::sync::Mutex<u64>,
 }
 
-impl UsageCutter {
-  pub fn new(node: Arc<Node>, metrics: Metrics, spool: Spool) -> Self {
+impl<T: Target> UsageCutter<T> {
+  pub fn new(node: Arc<T>, metrics: Metrics, spool: Spool) -> Self {
     Self {
       node,
       metrics,
@@ -180,7 +205,10 @@ impl UsageCutter {
     match self.spool.write(&batch) {
       Ok(()) => Some(batch),
       Err(e) => {
-        eprintln!("isola-edge: cannot keep usage on disk, it is lost: {e:#}");
+        tracing::error!(
+          error = format!("{e:#}"),
+          "cannot keep usage on disk, it is lost"
+        );
         None
       }
     }
@@ -199,60 +227,30 @@ impl UsageCutter {
   }
 }
 
-fn client_config(cfg: &ControlConfig) -> anyhow::Result<quinn::ClientConfig> {
-  let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-  let mut roots = rustls::RootCertStore::empty();
-  for cert in crate::tls::load_chain(&cfg.ca)? {
-    roots
-      .add(cert)
-      .with_context(|| format!("{} is not a usable CA certificate", cfg.ca.display()))?;
-  }
-  let chain = crate::tls::load_chain(&cfg.cert)?;
-  let key = crate::tls::load_key(&cfg.key)?;
-  let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .context("TLS protocol setup")?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .with_context(|| {
-      format!(
-        "{} and {} do not form a usable client identity",
-        cfg.cert.display(),
-        cfg.key.display()
-      )
-    })?;
-  tls.alpn_protocols = vec![isola_proto::msg::ALPN.to_vec()];
-  let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-    .context("the TLS setup cannot carry QUIC")?;
-  let mut client = quinn::ClientConfig::new(Arc::new(quic));
-  let mut transport = quinn::TransportConfig::default();
-  // As on the control plane: a restarted control plane may reset the old
-  // connection at the next keepalive; a vanished one is given up after 5 s.
-  transport.keep_alive_interval(Some(Duration::from_secs(1)));
-  transport.max_idle_timeout(Some(Duration::from_secs(5).try_into().expect("fits")));
-  client.transport_config(Arc::new(transport));
-  Ok(client)
-}
-
 /// Follows the control plane for the life of the process: connects, keeps
 /// the session going, and after any failure reconnects with backoff while
 /// the node goes on serving what it last applied.
-pub async fn run(
+pub async fn run<T: Target>(
   cfg: ControlConfig,
-  node: Arc<Node>,
+  node: Arc<T>,
   spool: Spool,
   mut usage: mpsc::UnboundedReceiver<UsageBatch>,
 ) -> anyhow::Result<()> {
-  let client = client_config(&cfg)?;
+  let client = channel::client_config(channel::TlsFiles {
+    ca: &cfg.ca,
+    cert: &cfg.cert,
+    key: &cfg.key,
+  })?;
   let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
   let mut logged_down = false;
   loop {
     let result = session(&cfg, &client, &node, &spool, &mut usage, &mut backoff).await;
     match result {
-      Ok(reason) => eprintln!("isola-edge: control channel closed: {reason}"),
-      Err(e) if !logged_down => eprintln!(
-        "isola-edge: control plane {} unreachable, serving the last applied state: {e:#}",
-        cfg.address
+      Ok(reason) => tracing::warn!(reason, "control channel closed"),
+      Err(e) if !logged_down => tracing::warn!(
+        address = %cfg.address,
+        error = format!("{e:#}"),
+        "control plane unreachable, serving the last applied state"
       ),
       Err(_) => {}
     }
@@ -264,89 +262,352 @@ pub async fn run(
   }
 }
 
-async fn session(
+async fn session<T: Target>(
   cfg: &ControlConfig,
   client: &quinn::ClientConfig,
-  node: &Arc<Node>,
+  node: &Arc<T>,
   spool: &Spool,
   usage: &mut mpsc::UnboundedReceiver<UsageBatch>,
   backoff: &mut Backoff,
 ) -> anyhow::Result<String> {
-  let addr = tokio::net::lookup_host(&cfg.address)
-    .await
-    .with_context(|| format!("cannot resolve {}", cfg.address))?
-    .next()
-    .with_context(|| format!("{} resolves to no address", cfg.address))?;
-  let bind: std::net::SocketAddr = if addr.is_ipv6() {
-    "[::]:0".parse().expect("valid")
-  } else {
-    "0.0.0.0:0".parse().expect("valid")
-  };
-  let mut endpoint = quinn::Endpoint::client(bind).context("cannot open a UDP socket")?;
-  endpoint.set_default_client_config(client.clone());
-  let conn = tokio::time::timeout(
-    Duration::from_secs(5),
-    endpoint.connect(addr, &cfg.server_name)?,
-  )
-  .await
-  .context("timed out connecting")?
-  .context("QUIC handshake failed")?;
-  let (mut send, mut recv) = conn.open_bi().await.context("cannot open the stream")?;
-
+  let (_endpoint, conn) = channel::connect(&cfg.address, &cfg.server_name, client).await?;
+  let (mut send, mut recv) = channel::open_stream(&conn).await?;
   let mut session = EdgeSession::new(
     Instant::now(),
     Timing::default(),
     cfg.name.clone(),
-    node.control_revision(),
-    node.store().all_versions()?,
+    node.revision(),
+    node.versions()?,
     spool.pending()?,
   );
-  let mut decoder = codec::Decoder::new();
-  let mut buf = vec![0u8; 64 << 10];
-  let mut heard = false;
-  let mut usage_open = true;
-  loop {
-    while let Some(msg) = session.poll_transmit(Instant::now()) {
-      send.write_all(&codec::encode(&msg)).await?;
-    }
-    if let Some(event) = session.poll_event() {
-      match event {
-        EdgeEvent::Apply { state, bundles } => {
-          let revision = state.revision;
-          let errors = node.apply_control(state, bundles).await;
-          session.applied(revision, errors);
+  let mut handler = Connection {
+    node: node.clone(),
+    spool,
+    usage,
+    backoff,
+    refused: Vec::new(),
+  };
+  let reason = channel::drive(&mut session, &mut handler, &mut send, &mut recv).await?;
+  conn.close(0u32.into(), b"closing");
+  Ok(reason)
+}
+
+/// One connection's work on the edge: what the session's events ask of the
+/// node and the spool, and usage batches to ship.
+struct Connection<'a, T> {
+  node: Arc<T>,
+  spool: &'a Spool,
+  usage: &'a mut mpsc::UnboundedReceiver<UsageBatch>,
+  backoff: &'a mut Backoff,
+  /// Pushed versions the store refused, reported with the next apply.
+  refused: Vec<String>,
+}
+
+impl<T: Target> Handler<EdgeSession> for Connection<'_, T> {
+  type Input = UsageBatch;
+
+  async fn next_input(&mut self) -> Option<UsageBatch> {
+    self.usage.recv().await
+  }
+
+  fn input(&mut self, session: &mut EdgeSession, batch: UsageBatch) {
+    session.send_usage(batch);
+  }
+
+  async fn event(&mut self, session: &mut EdgeSession, event: EdgeEvent) -> Result<(), BoxError> {
+    match event {
+      EdgeEvent::Bundle(bundle) => {
+        // Off the async thread: writing up to 25 MiB and fsyncing it.
+        let node = self.node.clone();
+        let stored = tokio::task::spawn_blocking(move || node.store_bundle(&bundle)).await?;
+        if let Err(e) = stored {
+          self
+            .refused
+            .push(format!("a pushed version was refused: {e:#}"));
         }
-        EdgeEvent::UsageStored(id) => spool.remove(&id),
       }
-      continue;
+      EdgeEvent::Apply(state) => {
+        let revision = state.revision;
+        let mut errors = std::mem::take(&mut self.refused);
+        errors.extend(self.node.apply(state).await);
+        session.applied(revision, errors);
+      }
+      EdgeEvent::UsageStored(id) => self.spool.remove(&id),
     }
-    if let Some(reason) = session.closed() {
-      let reason = reason.to_string();
-      conn.close(0u32.into(), b"closing");
-      return Ok(reason);
+    Ok(())
+  }
+
+  fn heard(&mut self) {
+    self.backoff.reset();
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use std::collections::BTreeMap;
+  use std::collections::BTreeSet;
+  use std::net::SocketAddr;
+  use std::sync::atomic::AtomicU64;
+  use std::sync::atomic::Ordering;
+  use std::sync::Mutex;
+
+  use isola_io::testing::Identity;
+  use isola_io::testing::SERVER_NAME;
+  use isola_proto::msg::Split;
+  use isola_proto::msg::Usage;
+  use isola_proto::msg::WorkerDeployment;
+  use isola_proto::ControlEvent;
+  use isola_proto::ControlSession;
+  use tokio::sync::watch;
+
+  use super::*;
+
+  /// A node that keeps what it is given in memory.
+  #[derive(Default)]
+  struct FakeNode {
+    revision: AtomicU64,
+    versions: Mutex<BTreeSet<String>>,
+    applied: Mutex<Vec<Revision>>,
+  }
+
+  impl Target for FakeNode {
+    fn revision(&self) -> Revision {
+      self.revision.load(Ordering::Acquire)
     }
-    let timeout = session
-      .poll_timeout()
-      .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-    tokio::select! {
-      read = recv.read(&mut buf) => {
-        let Some(n) = read.context("control stream")? else {
-          return Ok("the control plane ended the stream".to_string());
+
+    fn versions(&self) -> anyhow::Result<Vec<String>> {
+      Ok(self.versions.lock().unwrap().iter().cloned().collect())
+    }
+
+    fn store_bundle(&self, bundle: &VersionBundle) -> anyhow::Result<()> {
+      let hash = String::from_utf8(bundle.manifest.clone())?;
+      self.versions.lock().unwrap().insert(hash);
+      Ok(())
+    }
+
+    async fn apply(&self, state: DesiredState) -> Vec<String> {
+      let versions = self.versions.lock().unwrap();
+      let missing: Vec<String> = state
+        .version_hashes()
+        .filter(|h| !versions.contains(*h))
+        .map(|h| format!("version {h} is missing"))
+        .collect();
+      self.applied.lock().unwrap().push(state.revision);
+      self.revision.store(state.revision, Ordering::Release);
+      missing
+    }
+
+    fn is_static(&self, _: &str) -> bool {
+      false
+    }
+  }
+
+  fn desired(revision: Revision, hashes: &[&str]) -> DesiredState {
+    DesiredState {
+      revision,
+      workers: hashes
+        .iter()
+        .map(|h| WorkerDeployment {
+          name: format!("acme_{h}"),
+          versions: vec![Split {
+            hash: h.to_string(),
+            percentage: 100,
+          }],
+          secrets: BTreeMap::new(),
+        })
+        .collect(),
+      routes: Vec::new(),
+    }
+  }
+
+  /// What the stand-in control plane saw.
+  #[derive(Debug, PartialEq)]
+  enum Seen {
+    Hello(Revision),
+    Asked(String),
+    Applied(Revision, Vec<String>),
+    Usage(String),
+  }
+
+  /// A control plane as far as the channel goes: the real session and
+  /// driver, serving `state` and bundles named by their hash.
+  struct StandIn {
+    state: watch::Receiver<DesiredState>,
+    seen: mpsc::UnboundedSender<Seen>,
+  }
+
+  impl Handler<ControlSession> for StandIn {
+    type Input = DesiredState;
+
+    async fn next_input(&mut self) -> Option<DesiredState> {
+      self.state.changed().await.ok()?;
+      Some(self.state.borrow_and_update().clone())
+    }
+
+    fn input(&mut self, session: &mut ControlSession, state: DesiredState) {
+      session.offer(&state);
+    }
+
+    async fn event(
+      &mut self,
+      session: &mut ControlSession,
+      event: ControlEvent,
+    ) -> Result<(), BoxError> {
+      let seen = match event {
+        ControlEvent::Hello { revision, .. } => {
+          session.offer(&self.state.borrow_and_update().clone());
+          Seen::Hello(revision)
+        }
+        ControlEvent::NeedBundle(hash) => {
+          let bundle = VersionBundle {
+            manifest: hash.clone().into_bytes(),
+            modules: Vec::new(),
+          };
+          session.bundle(&hash, Some(bundle));
+          Seen::Asked(hash)
+        }
+        ControlEvent::Applied { revision, errors } => Seen::Applied(revision, errors),
+        ControlEvent::Usage(batch) => {
+          session.usage_stored(batch.id.clone());
+          Seen::Usage(batch.id)
+        }
+      };
+      self.seen.send(seen)?;
+      Ok(())
+    }
+  }
+
+  /// Serves the stand-in on `addr` until `stop` is sent; the task then
+  /// closes every connection and releases the port.
+  fn control_plane(
+    id: &Identity,
+    addr: SocketAddr,
+    state: watch::Receiver<DesiredState>,
+    seen: mpsc::UnboundedSender<Seen>,
+  ) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+  ) {
+    let endpoint =
+      quinn::Endpoint::server(channel::server_config(id.server()).unwrap(), addr).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+      let mut connections = tokio::task::JoinSet::new();
+      loop {
+        let incoming = tokio::select! {
+          incoming = endpoint.accept() => incoming,
+          _ = &mut stopped => break,
         };
-        decoder.push(&buf[..n]);
-        while let Some(msg) = decoder.decode()? {
-          if !heard {
-            heard = true;
-            backoff.reset();
-          }
-          session.handle(msg, Instant::now());
-        }
+        let Some(incoming) = incoming else { break };
+        let (state, seen) = (state.clone(), seen.clone());
+        connections.spawn(async move {
+          let conn = incoming.await.ok()?;
+          let (mut send, mut recv) = channel::accept_stream(&conn).await.ok()?;
+          let mut session = ControlSession::new(Instant::now(), Timing::default());
+          let mut stand_in = StandIn { state, seen };
+          channel::drive(&mut session, &mut stand_in, &mut send, &mut recv)
+            .await
+            .ok()
+        });
       }
-      batch = usage.recv(), if usage_open => match batch {
-        Some(batch) => session.send_usage(batch),
-        None => usage_open = false,
-      },
-      _ = tokio::time::sleep_until(timeout.into()) => session.handle_timeout(Instant::now()),
+      connections.abort_all();
+      endpoint.close(0u32.into(), b"restarting");
+      endpoint.wait_idle().await;
+    });
+    (addr, stop, task)
+  }
+
+  async fn next(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    tokio::time::timeout(Duration::from_secs(20), seen.recv())
+      .await
+      .expect("the control plane heard from the edge")
+      .expect("the stand-in runs")
+  }
+
+  /// The client end to end in one process: hello, bundles ahead of their
+  /// state, a live push, usage shipped from the spool and deleted once
+  /// acknowledged, and after the control plane restarts a reconnect that
+  /// says what the node has, so nothing is sent twice.
+  #[tokio::test]
+  async fn the_client_applies_pushes_ships_usage_and_catches_up_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = Identity::new(dir.path());
+    let (state_tx, state_rx) = watch::channel(desired(1, &["h1", "h2"]));
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let (addr, stop, control) = control_plane(
+      &id,
+      "127.0.0.1:0".parse().unwrap(),
+      state_rx.clone(),
+      seen_tx.clone(),
+    );
+    let cfg = ControlConfig {
+      address: addr.to_string(),
+      name: "edge-1".into(),
+      ca: id.ca.clone(),
+      cert: id.edge_cert.clone(),
+      key: id.edge_key.clone(),
+      server_name: SERVER_NAME.into(),
+      usage_interval_ms: 1000,
+    };
+    let node = Arc::new(FakeNode::default());
+    let spool = Spool::open(&dir.path().join("control")).unwrap();
+    let (usage_tx, usage_rx) = mpsc::unbounded_channel();
+    let client = tokio::spawn(run(cfg, node.clone(), spool.clone(), usage_rx));
+
+    assert_eq!(next(&mut seen).await, Seen::Hello(0));
+    assert_eq!(next(&mut seen).await, Seen::Asked("h1".into()));
+    assert_eq!(next(&mut seen).await, Seen::Asked("h2".into()));
+    // Both bundles were stored before the state was applied.
+    assert_eq!(next(&mut seen).await, Seen::Applied(1, vec![]));
+
+    // A change while connected: only the new version travels.
+    state_tx.send(desired(2, &["h2", "h3"])).unwrap();
+    assert_eq!(next(&mut seen).await, Seen::Asked("h3".into()));
+    assert_eq!(next(&mut seen).await, Seen::Applied(2, vec![]));
+
+    // Usage goes out from the spool and is deleted once stored.
+    let batch = UsageBatch {
+      id: "0001-usage".into(),
+      records: vec![UsageRecord {
+        worker: "acme_h2".into(),
+        version: "h2".into(),
+        start: 1,
+        end: 2,
+        usage: Usage {
+          requests: 7,
+          ..Usage::default()
+        },
+      }],
+    };
+    spool.write(&batch).unwrap();
+    usage_tx.send(batch).unwrap();
+    assert_eq!(next(&mut seen).await, Seen::Usage("0001-usage".into()));
+    for _ in 0..200 {
+      if spool.pending().unwrap().is_empty() {
+        break;
+      }
+      tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    assert!(
+      spool.pending().unwrap().is_empty(),
+      "acknowledged usage is deleted"
+    );
+
+    // The control plane goes away and comes back (same address) at
+    // revision 3: the edge reconnects, says it is at 2 with h1..h3, and
+    // is sent only h4.
+    stop.send(()).unwrap();
+    control.await.unwrap();
+    state_tx.send(desired(3, &["h3", "h4"])).unwrap();
+    let (_, _stop, control) = control_plane(&id, addr, state_rx, seen_tx);
+    assert_eq!(next(&mut seen).await, Seen::Hello(2));
+    assert_eq!(next(&mut seen).await, Seen::Asked("h4".into()));
+    assert_eq!(next(&mut seen).await, Seen::Applied(3, vec![]));
+    assert_eq!(*node.applied.lock().unwrap(), vec![1, 2, 3]);
+
+    client.abort();
+    control.abort();
   }
 }

@@ -264,10 +264,6 @@ async fn handle(
 }
 
 impl Node {
-  pub fn store(&self) -> &Store {
-    &self.store
-  }
-
   /// The revision of the control state this node serves (0: none yet).
   pub fn control_revision(&self) -> u64 {
     self.control_revision.load(Ordering::Acquire)
@@ -366,19 +362,9 @@ impl Node {
   /// brings, switches to it, and records it on disk so a restart serves it
   /// before the control plane is reachable again. Returns what did not
   /// apply; workers named there keep what they served before.
-  pub async fn apply_control(
-    &self,
-    state: DesiredState,
-    bundles: Vec<VersionBundle>,
-  ) -> Vec<String> {
+  pub async fn apply_control(&self, state: DesiredState) -> Vec<String> {
     let mut sources = self.sources.lock().await;
     let mut errors = Vec::new();
-    for b in &bundles {
-      let modules: Vec<&[u8]> = b.modules.iter().map(|m| m.as_slice()).collect();
-      if let Err(e) = self.store.put_pushed(&b.manifest, &modules) {
-        errors.push(format!("a pushed version was refused: {e}"));
-      }
-    }
     let (next, build_errors) = match build_state(&sources.config, &self.store, Some(&state)) {
       Ok(built) => built,
       Err(e) => {
@@ -408,6 +394,30 @@ impl Node {
     );
     sources.control = Some(state);
     errors
+  }
+}
+
+impl crate::control::Target for Node {
+  fn revision(&self) -> u64 {
+    self.control_revision()
+  }
+
+  fn versions(&self) -> anyhow::Result<Vec<String>> {
+    Ok(self.store.all_versions()?)
+  }
+
+  fn store_bundle(&self, bundle: &VersionBundle) -> anyhow::Result<()> {
+    let modules: Vec<&[u8]> = bundle.modules.iter().map(|m| m.as_slice()).collect();
+    self.store.put_pushed(&bundle.manifest, &modules)?;
+    Ok(())
+  }
+
+  async fn apply(&self, state: DesiredState) -> Vec<String> {
+    self.apply_control(state).await
+  }
+
+  fn is_static(&self, worker: &str) -> bool {
+    Node::is_static(self, worker)
   }
 }
 

@@ -4,11 +4,15 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::manifest::MAX_VERSION_BYTES;
 use crate::Error;
 
-/// Largest frame accepted: a state push carries module bytes, which the
-/// upload API caps well below this.
-pub const MAX_FRAME: usize = 256 << 20;
+/// Largest frame accepted: one version's bundle (its modules, at most
+/// [`MAX_VERSION_BYTES`], plus its manifest, which names at most
+/// [`MAX_MODULES`](crate::manifest::MAX_MODULES) modules of up to 1 KiB names) with room to spare. Every
+/// bundle travels in a frame of its own, so catching up on any number of
+/// versions never needs a larger one.
+pub const MAX_FRAME: usize = MAX_VERSION_BYTES + (4 << 20);
 
 /// `msg` as one frame.
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
@@ -56,12 +60,17 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
   use super::*;
+  use crate::manifest::MAX_MODULES;
   use crate::msg::*;
 
   #[test]
   fn frames_survive_any_chunking() {
     let msgs = vec![
       ToEdge::Ping,
+      ToEdge::Bundle(VersionBundle {
+        manifest: br#"{"worker":"acme_api"}"#.to_vec(),
+        modules: vec![serde_bytes::ByteBuf::from(vec![0u8, 1, 2, 255])],
+      }),
       ToEdge::State {
         state: DesiredState {
           revision: 7,
@@ -78,10 +87,6 @@ mod tests {
             worker: "acme_api".into(),
           }],
         },
-        bundles: vec![VersionBundle {
-          manifest: br#"{"worker":"acme_api"}"#.to_vec(),
-          modules: vec![serde_bytes::ByteBuf::from(vec![0u8, 1, 2, 255])],
-        }],
       },
       ToEdge::UsageStored { id: "b1".into() },
     ];
@@ -128,6 +133,29 @@ mod tests {
     assert_eq!(json["requests"], 3);
     assert_eq!(json["cpu_us"], 1500);
     assert_eq!(serde_json::from_value::<UsageRecord>(json).unwrap(), record);
+  }
+
+  #[test]
+  fn the_largest_version_fits_in_one_frame() {
+    let name = |i: usize| format!("{i:04}/{}.js", "n".repeat(1015));
+    let manifest = serde_json::to_vec(&serde_json::json!({
+      "modules": (0..MAX_MODULES).map(|i| serde_json::json!({
+        "name": name(i), "sha256": "ab".repeat(32), "size": MAX_VERSION_BYTES / MAX_MODULES,
+      })).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    let per_module = MAX_VERSION_BYTES / MAX_MODULES;
+    let bundle = ToEdge::Bundle(VersionBundle {
+      manifest,
+      modules: (0..MAX_MODULES)
+        .map(|_| serde_bytes::ByteBuf::from(vec![7u8; per_module]))
+        .collect(),
+    });
+    let frame = encode(&bundle);
+    assert!(frame.len() - 4 <= MAX_FRAME, "{} bytes", frame.len());
+    let mut decoder = Decoder::new();
+    decoder.push(&frame);
+    assert_eq!(decoder.decode::<ToEdge>().unwrap(), Some(bundle));
   }
 
   #[test]

@@ -23,6 +23,7 @@ pub use session::ControlEvent;
 pub use session::ControlSession;
 pub use session::EdgeEvent;
 pub use session::EdgeSession;
+pub use session::Session;
 pub use session::Timing;
 
 /// Why bytes from the peer could not be read as a message.

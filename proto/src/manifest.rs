@@ -9,6 +9,15 @@ use serde::Serialize;
 use sha2::Digest as _;
 use sha2::Sha256;
 
+/// Largest module of a version (Cloudflare's per-module limit).
+pub const MAX_MODULE_BYTES: usize = 10 << 20;
+/// Largest version, all modules together (Cloudflare's worker size limit).
+/// The control channel's frame cap is derived from it: a version travels in
+/// one frame of its own.
+pub const MAX_VERSION_BYTES: usize = 25 << 20;
+/// Most modules in a version.
+pub const MAX_MODULES: usize = 1000;
+
 /// One worker version, immutable once written.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 /// Bumped on any incompatible change; a peer speaking another version is
 /// refused with a message naming both.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// ALPN of the control channel, so nothing else is mistaken for it.
 pub const ALPN: &[u8] = b"isola-control/1";
@@ -127,10 +127,14 @@ pub struct UsageBatch {
 /// Control plane → edge.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToEdge {
-  /// The new desired state and the bundles of versions the edge lacks.
+  /// A version the edge lacks, sent ahead of the state that serves it. One
+  /// version per message keeps every frame below [`crate::codec::MAX_FRAME`]
+  /// however many versions an edge must catch up on, and lets both sides
+  /// hold one bundle in memory at a time.
+  Bundle(VersionBundle),
+  /// The new desired state; the bundles it needs were sent before it.
   State {
     state: DesiredState,
-    bundles: Vec<VersionBundle>,
   },
   /// The batch is stored; the edge may forget it.
   UsageStored {

@@ -1,6 +1,6 @@
 //! Both ends of a control connection as state machines with injected time.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::collections::HashSet;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -31,6 +31,30 @@ impl Default for Timing {
       idle_timeout: Duration::from_secs(20),
     }
   }
+}
+
+/// Either end of a connection, as the IO driver sees it (quinn's split: the
+/// protocol here, one async driver in `isola-io` for both ends). The driver
+/// writes what [`Session::poll_transmit`] hands out, feeds what it reads to
+/// [`Session::handle`], hands each event to the caller and sleeps until
+/// [`Session::poll_timeout`].
+pub trait Session {
+  /// Messages read from the peer.
+  type Incoming: serde::de::DeserializeOwned;
+  /// Messages written to the peer.
+  type Outgoing: serde::Serialize;
+  /// What the caller must do.
+  type Event;
+
+  fn handle(&mut self, msg: Self::Incoming, now: Instant);
+  fn poll_transmit(&mut self, now: Instant) -> Option<Self::Outgoing>;
+  fn poll_event(&mut self) -> Option<Self::Event>;
+  /// When [`Session::handle_timeout`] is due next; `None` once closed.
+  fn poll_timeout(&self) -> Option<Instant>;
+  fn handle_timeout(&mut self, now: Instant);
+  /// Why the session ended, once it has. Messages still queued (such as a
+  /// refusal) should be sent before the connection goes.
+  fn closed(&self) -> Option<&str>;
 }
 
 /// Keepalive bookkeeping and the outbox, the part both ends share.
@@ -94,12 +118,11 @@ impl<Out> Link<Out> {
 /// What the edge's IO layer must do.
 #[derive(Debug, PartialEq)]
 pub enum EdgeEvent {
-  /// Write the bundles to the store, switch to the state, then call
+  /// Write this version to the store: a state that serves it follows.
+  Bundle(VersionBundle),
+  /// Switch to the state (its bundles arrived before it), then call
   /// [`EdgeSession::applied`].
-  Apply {
-    state: DesiredState,
-    bundles: Vec<VersionBundle>,
-  },
+  Apply(DesiredState),
   /// The control plane stored this usage batch: delete it from disk.
   UsageStored(String),
 }
@@ -116,7 +139,7 @@ pub struct EdgeSession {
   /// Highest revision applied or handed out to apply.
   revision: Revision,
   /// Batches sent and not yet acknowledged, by id.
-  in_flight: BTreeMap<String, ()>,
+  in_flight: BTreeSet<String>,
 }
 
 impl EdgeSession {
@@ -132,7 +155,7 @@ impl EdgeSession {
       link: Link::new(now, timing),
       events: VecDeque::new(),
       revision,
-      in_flight: BTreeMap::new(),
+      in_flight: BTreeSet::new(),
     };
     session.link.outbox.push_back(ToControl::Hello {
       protocol: PROTOCOL_VERSION,
@@ -146,18 +169,45 @@ impl EdgeSession {
     session
   }
 
-  pub fn handle(&mut self, msg: ToEdge, now: Instant) {
+  /// The IO layer finished applying `revision`.
+  pub fn applied(&mut self, revision: Revision, errors: Vec<String>) {
+    self
+      .link
+      .outbox
+      .push_back(ToControl::Applied { revision, errors });
+  }
+
+  /// Ships a batch (already safe on disk). Sending a batch again before its
+  /// ack is harmless: the control plane stores each id once.
+  pub fn send_usage(&mut self, batch: UsageBatch) {
+    self.in_flight.insert(batch.id.clone());
+    self.link.outbox.push_back(ToControl::Usage(batch));
+  }
+
+  /// Batches sent and not yet acknowledged.
+  pub fn usage_in_flight(&self) -> usize {
+    self.in_flight.len()
+  }
+}
+
+impl Session for EdgeSession {
+  type Incoming = ToEdge;
+  type Outgoing = ToControl;
+  type Event = EdgeEvent;
+
+  fn handle(&mut self, msg: ToEdge, now: Instant) {
     self.link.last_received = now;
     match msg {
-      ToEdge::State { state, bundles } => {
+      ToEdge::Bundle(bundle) => self.events.push_back(EdgeEvent::Bundle(bundle)),
+      ToEdge::State { state } => {
         // A state no newer than one already taken is a resend; skip it.
         if state.revision > self.revision {
           self.revision = state.revision;
-          self.events.push_back(EdgeEvent::Apply { state, bundles });
+          self.events.push_back(EdgeEvent::Apply(state));
         }
       }
       ToEdge::UsageStored { id } => {
-        if self.in_flight.remove(&id).is_some() {
+        if self.in_flight.remove(&id) {
           self.events.push_back(EdgeEvent::UsageStored(id));
         }
       }
@@ -170,47 +220,25 @@ impl EdgeSession {
     }
   }
 
-  /// The IO layer finished applying `revision`.
-  pub fn applied(&mut self, revision: Revision, errors: Vec<String>) {
-    self
-      .link
-      .outbox
-      .push_back(ToControl::Applied { revision, errors });
-  }
-
-  /// Ships a batch (already safe on disk). Sending a batch again before its
-  /// ack is harmless: the control plane stores each id once.
-  pub fn send_usage(&mut self, batch: UsageBatch) {
-    self.in_flight.insert(batch.id.clone(), ());
-    self.link.outbox.push_back(ToControl::Usage(batch));
-  }
-
-  /// Batches sent and not yet acknowledged.
-  pub fn usage_in_flight(&self) -> usize {
-    self.in_flight.len()
-  }
-
-  pub fn poll_transmit(&mut self, now: Instant) -> Option<ToControl> {
+  fn poll_transmit(&mut self, now: Instant) -> Option<ToControl> {
     self.link.poll_transmit(now)
   }
 
-  pub fn poll_event(&mut self) -> Option<EdgeEvent> {
+  fn poll_event(&mut self) -> Option<EdgeEvent> {
     self.events.pop_front()
   }
 
-  pub fn poll_timeout(&self) -> Option<Instant> {
+  fn poll_timeout(&self) -> Option<Instant> {
     self.link.poll_timeout()
   }
 
-  pub fn handle_timeout(&mut self, now: Instant) {
+  fn handle_timeout(&mut self, now: Instant) {
     if self.link.handle_timeout(now) {
       self.link.outbox.push_back(ToControl::Ping);
     }
   }
 
-  /// Why the session ended, once it has; the IO layer then drops the
-  /// connection and reconnects after a [`Backoff`] delay.
-  pub fn closed(&self) -> Option<&str> {
+  fn closed(&self) -> Option<&str> {
     self.link.closed.as_deref()
   }
 }
@@ -230,6 +258,10 @@ pub enum ControlEvent {
   /// Store the batch (once per id), then call
   /// [`ControlSession::usage_stored`]: the edge deletes its copy only then.
   Usage(UsageBatch),
+  /// Look up the version with this manifest hash and pass it to
+  /// [`ControlSession::bundle`]. Asked one at a time, each after the last
+  /// was handed over, so a catch-up of any size holds one bundle in memory.
+  NeedBundle(String),
 }
 
 /// The control plane's end of one edge connection.
@@ -241,8 +273,13 @@ pub struct ControlSession {
   edge_revision: Option<Revision>,
   /// Revision of the last state sent.
   sent: Option<Revision>,
-  /// Versions the edge has or was sent.
+  /// Versions the edge has or was sent (or is about to be).
   edge_has: HashSet<String>,
+  /// Versions to send before `held`, and the one asked for now.
+  wanted: VecDeque<String>,
+  asked: Option<String>,
+  /// The newest state offered, waiting for its bundles to go first.
+  held: Option<DesiredState>,
 }
 
 impl ControlSession {
@@ -253,10 +290,89 @@ impl ControlSession {
       edge_revision: None,
       sent: None,
       edge_has: HashSet::new(),
+      wanted: VecDeque::new(),
+      asked: None,
+      held: None,
     }
   }
 
-  pub fn handle(&mut self, msg: ToControl, now: Instant) {
+  /// Sends `state` if the edge does not have it yet, after the bundles of
+  /// the versions it lacks (asked for through [`ControlEvent::NeedBundle`]).
+  /// Call after the hello and on every change; a call with nothing new
+  /// sends nothing.
+  pub fn offer(&mut self, state: &DesiredState) {
+    let Some(edge_revision) = self.edge_revision else {
+      return;
+    };
+    if self.link.closed.is_some() {
+      return;
+    }
+    let newest = self.held.as_ref().map(|s| s.revision).or(self.sent);
+    let new = match newest {
+      // Not `>`: a control plane restored from an older backup must still
+      // bring the edge back in line with it.
+      None => state.revision != edge_revision,
+      Some(newest) => state.revision > newest,
+    };
+    if !new {
+      return;
+    }
+    for hash in state.version_hashes() {
+      if self.edge_has.insert(hash.to_string()) {
+        self.wanted.push_back(hash.to_string());
+      }
+    }
+    self.held = Some(state.clone());
+    self.ask_next();
+  }
+
+  /// The bundle asked for with [`ControlEvent::NeedBundle`]; `None` if it
+  /// cannot be read (the edge then reports the worker as not applied).
+  pub fn bundle(&mut self, hash: &str, bundle: Option<VersionBundle>) {
+    if self.asked.as_deref() != Some(hash) {
+      return;
+    }
+    self.asked = None;
+    if let Some(bundle) = bundle {
+      self.link.outbox.push_back(ToEdge::Bundle(bundle));
+    }
+    self.ask_next();
+  }
+
+  /// Asks for the next wanted bundle, or sends the held state once none is
+  /// left.
+  fn ask_next(&mut self) {
+    if self.asked.is_some() || self.link.closed.is_some() {
+      return;
+    }
+    if let Some(hash) = self.wanted.pop_front() {
+      self.asked = Some(hash.clone());
+      self.events.push_back(ControlEvent::NeedBundle(hash));
+    } else if let Some(state) = self.held.take() {
+      self.sent = Some(state.revision);
+      self.link.outbox.push_back(ToEdge::State { state });
+    }
+  }
+
+  pub fn usage_stored(&mut self, id: String) {
+    self.link.outbox.push_back(ToEdge::UsageStored { id });
+  }
+
+  /// Tells the edge why it is refused and ends the session.
+  pub fn refuse(&mut self, reason: String) {
+    self.link.outbox.push_back(ToEdge::Refused {
+      reason: reason.clone(),
+    });
+    self.link.close(reason);
+  }
+}
+
+impl Session for ControlSession {
+  type Incoming = ToControl;
+  type Outgoing = ToEdge;
+  type Event = ControlEvent;
+
+  fn handle(&mut self, msg: ToControl, now: Instant) {
     self.link.last_received = now;
     match msg {
       ToControl::Hello {
@@ -295,79 +411,25 @@ impl ControlSession {
     }
   }
 
-  /// Sends `state` if the edge does not have it yet, with the bundles of the
-  /// versions it lacks (looked up through `bundle`). Call after the hello
-  /// and on every change; a call with nothing new sends nothing.
-  pub fn offer(
-    &mut self,
-    state: &DesiredState,
-    mut bundle: impl FnMut(&str) -> Option<VersionBundle>,
-  ) {
-    let Some(edge_revision) = self.edge_revision else {
-      return;
-    };
-    if self.link.closed.is_some() {
-      return;
-    }
-    let new = match self.sent {
-      // Not `>`: a control plane restored from an older backup must still
-      // bring the edge back in line with it.
-      None => state.revision != edge_revision,
-      Some(sent) => state.revision > sent,
-    };
-    if !new {
-      return;
-    }
-    let mut bundles = Vec::new();
-    for hash in state.version_hashes() {
-      if self.edge_has.contains(hash) {
-        continue;
-      }
-      if let Some(b) = bundle(hash) {
-        bundles.push(b);
-      }
-      self.edge_has.insert(hash.to_string());
-    }
-    self.sent = Some(state.revision);
-    self.link.outbox.push_back(ToEdge::State {
-      state: state.clone(),
-      bundles,
-    });
-  }
-
-  pub fn usage_stored(&mut self, id: String) {
-    self.link.outbox.push_back(ToEdge::UsageStored { id });
-  }
-
-  /// Tells the edge why it is refused and ends the session.
-  pub fn refuse(&mut self, reason: String) {
-    self.link.outbox.push_back(ToEdge::Refused {
-      reason: reason.clone(),
-    });
-    self.link.close(reason);
-  }
-
-  pub fn poll_transmit(&mut self, now: Instant) -> Option<ToEdge> {
+  fn poll_transmit(&mut self, now: Instant) -> Option<ToEdge> {
     self.link.poll_transmit(now)
   }
 
-  pub fn poll_event(&mut self) -> Option<ControlEvent> {
+  fn poll_event(&mut self) -> Option<ControlEvent> {
     self.events.pop_front()
   }
 
-  pub fn poll_timeout(&self) -> Option<Instant> {
+  fn poll_timeout(&self) -> Option<Instant> {
     self.link.poll_timeout()
   }
 
-  pub fn handle_timeout(&mut self, now: Instant) {
+  fn handle_timeout(&mut self, now: Instant) {
     if self.link.handle_timeout(now) {
       self.link.outbox.push_back(ToEdge::Ping);
     }
   }
 
-  /// Why the session ended, once it has. Messages still in the outbox
-  /// (such as a refusal) should be sent before closing.
-  pub fn closed(&self) -> Option<&str> {
+  fn closed(&self) -> Option<&str> {
     self.link.closed.as_deref()
   }
 }
@@ -408,6 +470,8 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
+  use std::collections::BTreeMap;
+
   use super::*;
   use crate::msg::Split;
   use crate::msg::Usage;
@@ -454,12 +518,22 @@ mod tests {
     }
   }
 
-  /// Moves every queued message across, both ways, until both are quiet.
-  fn pump(edge: &mut EdgeSession, control: &mut ControlSession, now: Instant) {
+  /// Moves every queued message across, both ways, answering the control
+  /// plane's bundle requests, until both are quiet; returns the control
+  /// plane's other events.
+  fn pump(edge: &mut EdgeSession, control: &mut ControlSession, now: Instant) -> Vec<ControlEvent> {
+    let mut events = Vec::new();
     loop {
       let mut moved = false;
       while let Some(m) = edge.poll_transmit(now) {
         control.handle(m, now);
+        moved = true;
+      }
+      while let Some(e) = control.poll_event() {
+        match e {
+          ControlEvent::NeedBundle(hash) => control.bundle(&hash, bundle_of(&hash)),
+          other => events.push(other),
+        }
         moved = true;
       }
       while let Some(m) = control.poll_transmit(now) {
@@ -467,13 +541,30 @@ mod tests {
         moved = true;
       }
       if !moved {
-        return;
+        return events;
       }
     }
   }
 
   fn drain<T>(next: impl FnMut() -> Option<T>) -> Vec<T> {
     std::iter::from_fn(next).collect()
+  }
+
+  /// The bundles and states the edge was handed, checking that each state
+  /// came after every bundle sent with it.
+  fn received(edge: &mut EdgeSession) -> (Vec<VersionBundle>, Vec<DesiredState>) {
+    let (mut bundles, mut states) = (Vec::new(), Vec::new());
+    for event in drain(|| edge.poll_event()) {
+      match event {
+        EdgeEvent::Bundle(b) => {
+          assert!(states.is_empty(), "a bundle came after its state");
+          bundles.push(b);
+        }
+        EdgeEvent::Apply(state) => states.push(state),
+        other => panic!("{other:?}"),
+      }
+    }
+    (bundles, states)
   }
 
   #[test]
@@ -483,46 +574,167 @@ mod tests {
     let mut control = ControlSession::new(t0, Timing::default());
     let s1 = desired(1, &["h1", "h2"]);
     // Before the hello there is nobody to offer to.
-    control.offer(&s1, bundle_of);
+    control.offer(&s1);
     assert!(control.poll_transmit(t0).is_none());
+    assert!(control.poll_event().is_none());
 
-    pump(&mut edge, &mut control, t0);
     assert_eq!(
-      drain(|| control.poll_event()),
+      pump(&mut edge, &mut control, t0),
       vec![ControlEvent::Hello {
         edge: "e1".into(),
         revision: 0
       }]
     );
-    control.offer(&s1, bundle_of);
+    control.offer(&s1);
     pump(&mut edge, &mut control, t0);
-    let EdgeEvent::Apply { state, bundles } = edge.poll_event().unwrap() else {
-      panic!("expected a state")
-    };
-    assert_eq!(state, s1);
-    assert_eq!(bundles.len(), 2);
+    let (bundles, states) = received(&mut edge);
+    assert_eq!(states, vec![s1]);
+    assert_eq!(
+      bundles,
+      vec![bundle_of("h1").unwrap(), bundle_of("h2").unwrap()]
+    );
 
     // The next revision reuses h2 and brings h3: only h3 travels.
     let s2 = desired(2, &["h2", "h3"]);
-    control.offer(&s2, bundle_of);
-    control.offer(&s2, bundle_of); // offering twice sends once
+    control.offer(&s2);
+    control.offer(&s2); // offering twice sends once
     pump(&mut edge, &mut control, t0);
-    let events = drain(|| edge.poll_event());
-    assert_eq!(events.len(), 1);
-    let EdgeEvent::Apply { bundles, .. } = &events[0] else {
-      panic!("expected a state")
-    };
-    assert_eq!(bundles, &vec![bundle_of("h3").unwrap()]);
+    let (bundles, states) = received(&mut edge);
+    assert_eq!(states, vec![s2]);
+    assert_eq!(bundles, vec![bundle_of("h3").unwrap()]);
 
     edge.applied(2, vec![]);
-    pump(&mut edge, &mut control, t0);
     assert_eq!(
-      drain(|| control.poll_event()),
+      pump(&mut edge, &mut control, t0),
       vec![ControlEvent::Applied {
         revision: 2,
         errors: vec![]
       }]
     );
+  }
+
+  #[test]
+  fn bundles_are_asked_for_one_at_a_time_and_go_before_their_state() {
+    let t0 = Instant::now();
+    let mut edge = EdgeSession::new(t0, Timing::default(), "e1".into(), 0, vec![], vec![]);
+    let mut control = ControlSession::new(t0, Timing::default());
+    pump(&mut edge, &mut control, t0);
+    control.offer(&desired(1, &["h1", "h2", "h3"]));
+    let mut sent = Vec::new();
+    for expected in ["h1", "h2", "h3"] {
+      // Nothing goes out while a bundle is being looked up.
+      assert_eq!(
+        drain(|| control.poll_event()),
+        vec![ControlEvent::NeedBundle(expected.into())]
+      );
+      // An answer for another hash (late, or confused) is ignored.
+      control.bundle("zz", bundle_of("zz"));
+      control.bundle(expected, bundle_of(expected));
+      sent.extend(drain(|| control.poll_transmit(t0)));
+    }
+    assert!(control.poll_event().is_none());
+    let kinds: Vec<&str> = sent
+      .iter()
+      .map(|m| match m {
+        ToEdge::Bundle(_) => "bundle",
+        ToEdge::State { .. } => "state",
+        _ => "other",
+      })
+      .collect();
+    assert_eq!(kinds, ["bundle", "bundle", "bundle", "state"]);
+  }
+
+  #[test]
+  fn a_newer_offer_during_a_catch_up_sends_only_the_newest_state() {
+    let t0 = Instant::now();
+    let mut edge = EdgeSession::new(t0, Timing::default(), "e1".into(), 0, vec![], vec![]);
+    let mut control = ControlSession::new(t0, Timing::default());
+    pump(&mut edge, &mut control, t0);
+    control.offer(&desired(1, &["h1", "h2"]));
+    let Some(ControlEvent::NeedBundle(first)) = control.poll_event() else {
+      panic!("expected a bundle request")
+    };
+    control.bundle(&first, bundle_of(&first));
+    // Revision 2 arrives while h2 is still to be sent; a missing bundle is
+    // skipped and the state still goes.
+    control.offer(&desired(2, &["h2", "h3"]));
+    let Some(ControlEvent::NeedBundle(h2)) = control.poll_event() else {
+      panic!("expected a bundle request")
+    };
+    control.bundle(&h2, bundle_of(&h2));
+    let Some(ControlEvent::NeedBundle(h3)) = control.poll_event() else {
+      panic!("expected a bundle request")
+    };
+    control.bundle(&h3, None);
+    pump(&mut edge, &mut control, t0);
+    let (bundles, states) = received(&mut edge);
+    assert_eq!(
+      bundles,
+      vec![bundle_of("h1").unwrap(), bundle_of("h2").unwrap()]
+    );
+    assert_eq!(states, vec![desired(2, &["h2", "h3"])]);
+  }
+
+  /// The catch-up that once needed one frame of every missing bundle: an
+  /// edge missing twelve versions at the 25 MiB limit (300 MiB) gets them
+  /// in frames that each fit [`codec::MAX_FRAME`].
+  #[test]
+  fn an_edge_missing_300_mib_of_versions_catches_up() {
+    use crate::codec;
+    use crate::manifest::MAX_MODULE_BYTES;
+    use crate::manifest::MAX_VERSION_BYTES;
+    let t0 = Instant::now();
+    let mut edge = EdgeSession::new(t0, Timing::default(), "e1".into(), 0, vec![], vec![]);
+    let mut control = ControlSession::new(t0, Timing::default());
+    pump(&mut edge, &mut control, t0);
+    let hashes: Vec<String> = (0..12).map(|i| format!("h{i}")).collect();
+    let hash_refs: Vec<&str> = hashes.iter().map(String::as_str).collect();
+    let state = desired(1, &hash_refs);
+    // Two modules at the per-module limit and one for the rest: a version
+    // exactly at the 25 MiB limit.
+    let full = |hash: &str| VersionBundle {
+      manifest: hash.as_bytes().to_vec(),
+      modules: [
+        MAX_MODULE_BYTES,
+        MAX_MODULE_BYTES,
+        MAX_VERSION_BYTES - 2 * MAX_MODULE_BYTES,
+      ]
+      .into_iter()
+      .map(|n| serde_bytes::ByteBuf::from(vec![hash.len() as u8; n]))
+      .collect(),
+    };
+    control.offer(&state);
+    let (mut bundles, mut total, mut largest) = (0, 0usize, 0usize);
+    let mut decoder = codec::Decoder::new();
+    loop {
+      while let Some(ControlEvent::NeedBundle(hash)) = control.poll_event() {
+        control.bundle(&hash, Some(full(&hash)));
+      }
+      let Some(msg) = control.poll_transmit(t0) else {
+        break;
+      };
+      let frame = codec::encode(&msg);
+      largest = largest.max(frame.len() - 4);
+      decoder.push(&frame);
+      let msg: ToEdge = decoder.decode().unwrap().expect("a whole frame");
+      edge.handle(msg, t0);
+      while let Some(event) = edge.poll_event() {
+        match event {
+          EdgeEvent::Bundle(b) => {
+            bundles += 1;
+            total += b.modules.iter().map(|m| m.len()).sum::<usize>();
+          }
+          EdgeEvent::Apply(applied) => {
+            assert_eq!(applied, state);
+            assert_eq!((bundles, total), (12, 12 * MAX_VERSION_BYTES));
+            assert!(largest <= codec::MAX_FRAME, "{largest}");
+            return;
+          }
+          other => panic!("{other:?}"),
+        }
+      }
+    }
+    panic!("the state never arrived");
   }
 
   #[test]
@@ -539,17 +751,16 @@ mod tests {
     );
     let mut control = ControlSession::new(t0, Timing::default());
     pump(&mut edge, &mut control, t0);
-    drain(|| control.poll_event());
     // Up to date: nothing is sent.
-    control.offer(&desired(3, &["h1"]), bundle_of);
+    control.offer(&desired(3, &["h1"]));
     assert!(control.poll_transmit(t0).is_none());
+    assert!(control.poll_event().is_none());
     // Missed revisions 4 and 5: one message with the latest, h1 not resent.
-    control.offer(&desired(5, &["h1", "h9"]), bundle_of);
+    control.offer(&desired(5, &["h1", "h9"]));
     pump(&mut edge, &mut control, t0);
-    let EdgeEvent::Apply { state, bundles } = edge.poll_event().unwrap() else {
-      panic!("expected a state")
-    };
-    assert_eq!(state.revision, 5);
+    let (bundles, states) = received(&mut edge);
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].revision, 5);
     assert_eq!(bundles, vec![bundle_of("h9").unwrap()]);
   }
 
@@ -559,7 +770,7 @@ mod tests {
     let mut edge = EdgeSession::new(t0, Timing::default(), "e1".into(), 9, vec![], vec![]);
     let mut control = ControlSession::new(t0, Timing::default());
     pump(&mut edge, &mut control, t0);
-    control.offer(&desired(4, &["h1"]), bundle_of);
+    control.offer(&desired(4, &[]));
     let sent = control.poll_transmit(t0);
     assert!(matches!(sent, Some(ToEdge::State { .. })), "{sent:?}");
   }
@@ -572,7 +783,6 @@ mod tests {
       edge.handle(
         ToEdge::State {
           state: desired(revision, &[]),
-          bundles: vec![],
         },
         t0,
       );
@@ -580,7 +790,7 @@ mod tests {
     let applied: Vec<Revision> = drain(|| edge.poll_event())
       .into_iter()
       .map(|e| match e {
-        EdgeEvent::Apply { state, .. } => state.revision,
+        EdgeEvent::Apply(state) => state.revision,
         other => panic!("{other:?}"),
       })
       .collect();
@@ -600,8 +810,7 @@ mod tests {
       vec![batch("b1"), batch("b2")],
     );
     let mut control = ControlSession::new(t0, Timing::default());
-    pump(&mut edge, &mut control, t0);
-    let usage: Vec<String> = drain(|| control.poll_event())
+    let usage: Vec<String> = pump(&mut edge, &mut control, t0)
       .into_iter()
       .filter_map(|e| match e {
         ControlEvent::Usage(b) => Some(b.id),
