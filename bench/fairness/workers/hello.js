@@ -1,0 +1,6 @@
+// The well-behaved neighbour.
+export default {
+  fetch() {
+    return new Response("Hello World!");
+  },
+};
