@@ -20,6 +20,7 @@ use axum::extract::Query;
 use axum::extract::State;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::HeaderValue;
 use axum::http::Method;
 use axum::http::StatusCode;
 use axum::http::Uri;
@@ -130,16 +131,42 @@ pub fn router(state: AppState) -> Router {
     .route("/v1/edges", get(list_edges))
     .fallback(no_endpoint)
     .method_not_allowed_fallback(wrong_method)
+    .layer(axum::middleware::map_response(request_id_header))
     .with_state(state)
 }
 
-/// An error answer: `{"error": {"code", "message"}}` with its status.
+/// An error answer: `{"error": {"code", "message"}}` with its status. An
+/// internal error adds a `request_id` and keeps its detail in the log: the
+/// detail may hold SQLite or file-system text that is none of the client's
+/// business.
 #[derive(Debug)]
 pub struct ApiError {
   status: StatusCode,
   code: &'static str,
   message: String,
+  request_id: Option<RequestId>,
 }
+
+/// Names one API response, in its `x-request-id` header and, for internal
+/// errors, in the body and the log line with the detail, so an operator can
+/// find what went wrong from what a client reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(String);
+
+impl RequestId {
+  fn new() -> Self {
+    Self(uuid::Uuid::new_v4().simple().to_string())
+  }
+}
+
+impl std::fmt::Display for RequestId {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.write_str(&self.0)
+  }
+}
+
+/// The header every API response carries its [`RequestId`] in.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 impl ApiError {
   fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -147,6 +174,7 @@ impl ApiError {
       status,
       code,
       message: message.into(),
+      request_id: None,
     }
   }
 
@@ -162,21 +190,62 @@ impl ApiError {
     Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
   }
 
-  fn internal(message: impl std::fmt::Display) -> Self {
-    tracing::error!(error = %message, "internal error");
-    Self::new(
-      StatusCode::INTERNAL_SERVER_ERROR,
-      "internal",
-      format!("internal error: {message}"),
-    )
+  /// Logs `error` (with its sources) under a fresh request id and answers
+  /// with that id only.
+  fn internal(error: &(dyn std::error::Error + 'static)) -> Self {
+    let request_id = RequestId::new();
+    tracing::error!(request_id = %request_id, error = %ErrorChain(error), "internal error");
+    Self {
+      status: StatusCode::INTERNAL_SERVER_ERROR,
+      code: "internal",
+      message: "internal error; the control plane's log has the details".to_string(),
+      request_id: Some(request_id),
+    }
+  }
+}
+
+/// An error and its sources, `outer: inner: ...`, for the log.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    write!(f, "{}", self.0)?;
+    let mut source = self.0.source();
+    while let Some(e) = source {
+      write!(f, ": {e}")?;
+      source = e.source();
+    }
+    Ok(())
   }
 }
 
 impl IntoResponse for ApiError {
   fn into_response(self) -> Response {
-    let body = json!({"error": {"code": self.code, "message": self.message}});
-    (self.status, Json(body)).into_response()
+    let mut error = json!({"code": self.code, "message": self.message});
+    if let Some(id) = &self.request_id {
+      error["request_id"] = json!(id.0);
+    }
+    let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+    // The header layer reuses this id, so header, body and log agree.
+    if let Some(id) = self.request_id {
+      response.extensions_mut().insert(id);
+    }
+    response
   }
+}
+
+/// Gives every response an `x-request-id`: the one an internal error logged,
+/// else a fresh one.
+async fn request_id_header(response: Response) -> Response {
+  let mut response = response;
+  let id = response
+    .extensions_mut()
+    .remove::<RequestId>()
+    .unwrap_or_else(RequestId::new);
+  if let Ok(value) = HeaderValue::from_str(&id.0) {
+    response.headers_mut().insert(REQUEST_ID_HEADER, value);
+  }
+  response
 }
 
 impl From<db::Error> for ApiError {
@@ -185,7 +254,7 @@ impl From<db::Error> for ApiError {
       db::Error::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m),
       db::Error::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
       db::Error::Invalid(m) => Self::invalid(m),
-      e => Self::internal(e),
+      e => Self::internal(&e),
     }
   }
 }
@@ -195,7 +264,7 @@ impl From<validate::Error> for ApiError {
     match e {
       validate::Error::Invalid(m) => Self::invalid(m),
       validate::Error::TooLarge(m) => Self::too_large(m),
-      validate::Error::Internal(m) => Self::internal(m),
+      e @ validate::Error::Internal(_) => Self::internal(&e),
     }
   }
 }
@@ -206,7 +275,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
   tokio::task::spawn_blocking(f)
     .await
-    .unwrap_or_else(|e| Err(ApiError::internal(format!("store task failed: {e}"))))
+    .unwrap_or_else(|e| Err(ApiError::internal(&e)))
 }
 
 /// A JSON body, with rejections as JSON errors.
