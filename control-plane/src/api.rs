@@ -40,6 +40,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::db;
+use crate::db::blocking;
 use crate::db::Caller;
 use crate::db::Db;
 use crate::validate;
@@ -269,15 +270,6 @@ impl From<validate::Error> for ApiError {
   }
 }
 
-/// Runs blocking store work off the async threads.
-async fn blocking<T: Send + 'static>(
-  f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-  tokio::task::spawn_blocking(f)
-    .await
-    .unwrap_or_else(|e| Err(ApiError::internal(&e)))
-}
-
 /// A JSON body, with rejections as JSON errors.
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
   match body {
@@ -317,7 +309,7 @@ impl FromRequestParts<AppState> for Auth {
       })?
       .to_string();
     let db = state.db.clone();
-    let caller = blocking(move || Ok(db.authenticate(&token)?)).await?;
+    let caller = blocking(move || db.authenticate(&token)).await?;
     caller.map(Auth).ok_or_else(|| {
       ApiError::unauthorized("the token is not valid; check it, or create one with POST /v1/tokens")
     })
@@ -374,7 +366,7 @@ async fn create_account(
   names::check_account_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
   let token = blocking({
     let name = name.clone();
-    move || Ok(state.db.create_account(&name, false)?)
+    move || state.db.create_account(&name, false)
   })
   .await?;
   tracing::info!(account = %name, "created account");
@@ -389,7 +381,7 @@ async fn create_token(
   Auth(caller): Auth,
 ) -> Result<impl IntoResponse, ApiError> {
   // New tokens never carry admin rights; the admin token is made once by init.
-  let token = blocking(move || Ok(state.db.issue_token(&caller.account, false)?)).await?;
+  let token = blocking(move || state.db.issue_token(&caller.account, false)).await?;
   Ok((StatusCode::CREATED, Json(json!({"token": token}))))
 }
 
@@ -399,7 +391,7 @@ async fn list_workers(
   State(state): State<AppState>,
   Auth(caller): Auth,
 ) -> Result<Json<Value>, ApiError> {
-  let workers = blocking(move || Ok(state.db.workers(&caller.account)?)).await?;
+  let workers = blocking(move || state.db.workers(&caller.account)).await?;
   Ok(Json(json!({"workers": workers})))
 }
 
@@ -408,7 +400,7 @@ async fn list_versions(
   Auth(caller): Auth,
   Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-  let versions = blocking(move || Ok(state.db.versions(&caller.account, &name)?)).await?;
+  let versions = blocking(move || state.db.versions(&caller.account, &name)).await?;
   Ok(Json(json!({"versions": versions})))
 }
 
@@ -475,11 +467,9 @@ async fn upload(
   let checked = validate::check_upload(&edge_name, metadata.as_deref(), modules)?;
   state.validator.check_starts(&checked).await?;
   let version = blocking(move || {
-    Ok(
-      state
-        .db
-        .insert_version(&caller.account, &name, &checked.manifest, &checked.modules)?,
-    )
+    state
+      .db
+      .insert_version(&caller.account, &name, &checked.manifest, &checked.modules)
   })
   .await?;
   tracing::info!(worker = %edge_name, id = %version.id, hash = %version.hash, "stored version");
@@ -550,7 +540,7 @@ async fn deploy(
     let deployment = state.db.deploy(&caller.account, &name, &splits)?;
     state.publish()?;
     tracing::info!(account = %caller.account, worker = %name, id = deployment.id, revision = ?deployment.revision, "deployed");
-    Ok(deployment)
+    Ok::<_, ApiError>(deployment)
   })
   .await?;
   Ok((StatusCode::CREATED, Json(deployment)))
@@ -561,7 +551,7 @@ async fn list_deployments(
   Auth(caller): Auth,
   Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-  let deployments = blocking(move || Ok(state.db.deployments(&caller.account, &name)?)).await?;
+  let deployments = blocking(move || state.db.deployments(&caller.account, &name)).await?;
   Ok(Json(json!({"deployments": deployments})))
 }
 
@@ -574,7 +564,7 @@ async fn rollback(
     let deployment = state.db.rollback(&caller.account, &name)?;
     state.publish()?;
     tracing::info!(account = %caller.account, worker = %name, id = deployment.id, "rolled back");
-    Ok(deployment)
+    Ok::<_, ApiError>(deployment)
   })
   .await?;
   Ok(Json(deployment))
@@ -604,7 +594,7 @@ async fn add_route(
   let (route, revision) = blocking(move || {
     let added = state.db.add_route(&caller.account, &pattern, &worker)?;
     state.publish()?;
-    Ok(added)
+    Ok::<_, ApiError>(added)
   })
   .await?;
   Ok((
@@ -622,7 +612,7 @@ async fn list_routes(
   State(state): State<AppState>,
   Auth(caller): Auth,
 ) -> Result<Json<Value>, ApiError> {
-  let routes = blocking(move || Ok(state.db.routes(&caller.account)?)).await?;
+  let routes = blocking(move || state.db.routes(&caller.account)).await?;
   Ok(Json(json!({"routes": routes})))
 }
 
@@ -688,7 +678,7 @@ async fn put_secret(
   let (created, revision, key) = blocking(move || {
     let (created, revision) = state.db.put_secret(&caller.account, &name, &key, &value)?;
     state.publish()?;
-    Ok((created, revision, key))
+    Ok::<_, ApiError>((created, revision, key))
   })
   .await?;
   let status = if created {
@@ -704,7 +694,7 @@ async fn list_secrets(
   Auth(caller): Auth,
   Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-  let secrets = blocking(move || Ok(state.db.secrets(&caller.account, &name)?)).await?;
+  let secrets = blocking(move || state.db.secrets(&caller.account, &name)).await?;
   Ok(Json(json!({"secrets": secrets})))
 }
 
@@ -761,7 +751,7 @@ async fn usage(
     .as_deref()
     .map(|v| parse_time("until", v))
     .transpose()?;
-  let summary = blocking(move || Ok(state.db.usage(&caller.account, &name, since, until)?)).await?;
+  let summary = blocking(move || state.db.usage(&caller.account, &name, since, until)).await?;
   Ok(Json(summary))
 }
 
@@ -772,7 +762,7 @@ async fn list_edges(
   Auth(caller): Auth,
 ) -> Result<Json<Value>, ApiError> {
   require_admin(&caller)?;
-  let (revision, edges) = blocking(move || Ok(state.db.edges()?)).await?;
+  let (revision, edges) = blocking(move || state.db.edges()).await?;
   Ok(Json(json!({"revision": revision, "edges": edges})))
 }
 
