@@ -228,6 +228,8 @@ impl Validator {
 
 /// The runtime's message without the `file:///` of specifiers, leaving
 /// `module:line:column`.
+// TODO(arch): use the runtime's public function for this once it has one
+// (today `strip_file_scheme` in runtime/src/bundle.rs is crate-private).
 fn clean_message(message: &str) -> String {
   message.replace("file:///", "")
 }
