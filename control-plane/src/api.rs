@@ -33,8 +33,10 @@ use axum::Json;
 use axum::Router;
 use bytes::Bytes;
 use isola_proto::msg::DesiredState;
+use isola_proto::msg::Usage;
 use isola_proto::names;
 use serde::Deserialize;
+use serde::Serialize;
 use serde_json::json;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -734,12 +736,76 @@ fn parse_time(field: &str, value: &str) -> Result<i64, ApiError> {
     })
 }
 
+/// [`Usage`] as the API shows it: times in ms (stored and summed in µs,
+/// so sums are exact).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+struct UsageTotals {
+  requests: u64,
+  errors: u64,
+  cpu_ms: f64,
+  wall_ms: f64,
+  egress_bytes: u64,
+  ingress_bytes: u64,
+  subrequests: u64,
+}
+
+impl From<&Usage> for UsageTotals {
+  fn from(u: &Usage) -> Self {
+    Self {
+      requests: u.requests,
+      errors: u.errors,
+      cpu_ms: u.cpu_us as f64 / 1000.0,
+      wall_ms: u.wall_us as f64 / 1000.0,
+      egress_bytes: u.egress_bytes,
+      ingress_bytes: u.ingress_bytes,
+      subrequests: u.subrequests,
+    }
+  }
+}
+
+#[derive(Serialize)]
+struct VersionUsageView {
+  hash: String,
+  #[serde(flatten)]
+  totals: UsageTotals,
+}
+
+/// A [`db::UsageSummary`] as the API shows it.
+#[derive(Serialize)]
+struct UsageView {
+  worker: String,
+  since: Option<db::Timestamp>,
+  until: Option<db::Timestamp>,
+  #[serde(flatten)]
+  totals: UsageTotals,
+  by_version: Vec<VersionUsageView>,
+}
+
+impl From<db::UsageSummary> for UsageView {
+  fn from(s: db::UsageSummary) -> Self {
+    Self {
+      worker: s.worker,
+      since: s.since,
+      until: s.until,
+      totals: UsageTotals::from(&s.total),
+      by_version: s
+        .by_version
+        .into_iter()
+        .map(|v| VersionUsageView {
+          hash: v.hash,
+          totals: UsageTotals::from(&v.usage),
+        })
+        .collect(),
+    }
+  }
+}
+
 async fn usage(
   State(state): State<AppState>,
   Auth(caller): Auth,
   Path(name): Path<String>,
   query: Result<Query<UsageQuery>, QueryRejection>,
-) -> Result<Json<db::UsageSummary>, ApiError> {
+) -> Result<Json<UsageView>, ApiError> {
   let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
   let since = query
     .since
@@ -752,7 +818,7 @@ async fn usage(
     .map(|v| parse_time("until", v))
     .transpose()?;
   let summary = blocking(move || state.db.usage(&caller.account, &name, since, until)).await?;
-  Ok(Json(summary))
+  Ok(Json(UsageView::from(summary)))
 }
 
 // Edges.
@@ -799,6 +865,19 @@ mod tests {
       let err = check_splits(&splits).unwrap_err();
       assert!(err.contains(want), "{err}");
     }
+  }
+
+  #[test]
+  fn usage_shows_times_in_ms() {
+    let totals = UsageTotals::from(&Usage {
+      requests: 3,
+      cpu_us: 4500,
+      wall_us: 1,
+      ..Usage::default()
+    });
+    assert_eq!(totals.requests, 3);
+    assert_eq!(totals.cpu_ms, 4.5);
+    assert_eq!(totals.wall_ms, 0.001);
   }
 
   #[test]

@@ -38,7 +38,6 @@ pub use self::edges::EdgeInfo;
 pub use self::routes::RouteInfo;
 pub use self::secrets::SecretInfo;
 pub use self::usage::UsageSummary;
-pub use self::usage::UsageTotals;
 pub use self::usage::VersionUsage;
 pub use self::versions::VersionInfo;
 pub use self::versions::WorkerInfo;

@@ -5,7 +5,6 @@ use isola_proto::msg::UsageBatch;
 use isola_proto::names::split_edge_worker_name;
 use rusqlite::params;
 use rusqlite::TransactionBehavior;
-use serde::Serialize;
 
 use super::require_worker;
 use super::to_i64;
@@ -14,47 +13,21 @@ use super::Db;
 use super::Result;
 use super::Timestamp;
 
-/// [`Usage`] as the API shows it: times in ms (stored and summed in µs,
-/// so sums are exact).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct UsageTotals {
-  pub requests: u64,
-  pub errors: u64,
-  pub cpu_ms: f64,
-  pub wall_ms: f64,
-  pub egress_bytes: u64,
-  pub ingress_bytes: u64,
-  pub subrequests: u64,
-}
-
-impl From<&Usage> for UsageTotals {
-  fn from(u: &Usage) -> Self {
-    Self {
-      requests: u.requests,
-      errors: u.errors,
-      cpu_ms: u.cpu_us as f64 / 1000.0,
-      wall_ms: u.wall_us as f64 / 1000.0,
-      egress_bytes: u.egress_bytes,
-      ingress_bytes: u.ingress_bytes,
-      subrequests: u.subrequests,
-    }
-  }
-}
-
-#[derive(Clone, Debug, Serialize)]
+/// One version's usage in a [`UsageSummary`].
+#[derive(Clone, Debug, PartialEq)]
 pub struct VersionUsage {
   pub hash: String,
-  #[serde(flatten)]
-  pub totals: UsageTotals,
+  pub usage: Usage,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// A worker's usage over a time range, in the stored units (µs, so sums are
+/// exact); the API decides how to show it.
+#[derive(Clone, Debug, PartialEq)]
 pub struct UsageSummary {
   pub worker: String,
   pub since: Option<Timestamp>,
   pub until: Option<Timestamp>,
-  #[serde(flatten)]
-  pub totals: UsageTotals,
+  pub total: Usage,
   pub by_version: Vec<VersionUsage>,
 }
 
@@ -100,22 +73,19 @@ impl Db {
         },
       )?
       .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut totals = Usage::default();
+    let mut total = Usage::default();
     for (_, usage) in &by_version {
-      totals += usage;
+      total += usage;
     }
     let by_version = by_version
       .into_iter()
-      .map(|(hash, usage)| VersionUsage {
-        hash,
-        totals: UsageTotals::from(&usage),
-      })
+      .map(|(hash, usage)| VersionUsage { hash, usage })
       .collect();
     Ok(UsageSummary {
       worker: worker.to_string(),
       since: since.map(Timestamp),
       until: until.map(Timestamp),
-      totals: UsageTotals::from(&totals),
+      total,
       by_version,
     })
   }
@@ -203,13 +173,13 @@ mod tests {
     assert!(db.store_usage("edge-1", &batch).unwrap());
     assert!(!db.store_usage("edge-1", &batch).unwrap());
     let usage = db.usage("acme", "api", None, None).unwrap();
-    assert_eq!(usage.totals.requests, 30);
-    assert_eq!(usage.totals.cpu_ms, 4.5);
+    assert_eq!(usage.total.requests, 30);
+    assert_eq!(usage.total.cpu_us, 4500);
     assert_eq!(usage.by_version.len(), 2);
     assert_eq!(usage.by_version[0].hash, "h1");
-    assert_eq!(usage.by_version[0].totals.requests, 20);
+    assert_eq!(usage.by_version[0].usage.requests, 20);
     let usage = db.usage("acme", "api", Some(200), Some(300)).unwrap();
-    assert_eq!(usage.totals.requests, 10);
+    assert_eq!(usage.total.requests, 10);
     assert_eq!(usage.by_version[0].hash, "h2");
     assert!(matches!(
       db.usage("acme", "web", None, None),
