@@ -193,12 +193,12 @@ async fn serve(dir: PathBuf, api_addr: SocketAddr, quic_addr: SocketAddr) -> any
   let db = open_db(&dir)?;
   let validator =
     Arc::new(validate::Validator::new().context("cannot start the runtime that checks uploads")?);
-  let initial = tokio::task::spawn_blocking({
+  let initial = db::blocking({
     let db = db.clone();
     move || db.desired_state()
   })
   .await
-  .context("reading the desired state failed")??;
+  .context("cannot read the desired state")?;
   let revision = initial.revision;
   let (state_tx, state_rx) = watch::channel(Arc::new(initial));
   let app = api::router(api::AppState::new(
