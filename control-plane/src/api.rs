@@ -20,6 +20,7 @@ use axum::extract::Query;
 use axum::extract::State;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::HeaderValue;
 use axum::http::Method;
 use axum::http::StatusCode;
 use axum::http::Uri;
@@ -32,13 +33,16 @@ use axum::Json;
 use axum::Router;
 use bytes::Bytes;
 use isola_proto::msg::DesiredState;
+use isola_proto::msg::Usage;
 use isola_proto::names;
 use serde::Deserialize;
+use serde::Serialize;
 use serde_json::json;
 use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::db;
+use crate::db::blocking;
 use crate::db::Caller;
 use crate::db::Db;
 use crate::validate;
@@ -130,16 +134,42 @@ pub fn router(state: AppState) -> Router {
     .route("/v1/edges", get(list_edges))
     .fallback(no_endpoint)
     .method_not_allowed_fallback(wrong_method)
+    .layer(axum::middleware::map_response(request_id_header))
     .with_state(state)
 }
 
-/// An error answer: `{"error": {"code", "message"}}` with its status.
+/// An error answer: `{"error": {"code", "message"}}` with its status. An
+/// internal error adds a `request_id` and keeps its detail in the log: the
+/// detail may hold SQLite or file-system text that is none of the client's
+/// business.
 #[derive(Debug)]
 pub struct ApiError {
   status: StatusCode,
   code: &'static str,
   message: String,
+  request_id: Option<RequestId>,
 }
+
+/// Names one API response, in its `x-request-id` header and, for internal
+/// errors, in the body and the log line with the detail, so an operator can
+/// find what went wrong from what a client reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(String);
+
+impl RequestId {
+  fn new() -> Self {
+    Self(uuid::Uuid::new_v4().simple().to_string())
+  }
+}
+
+impl std::fmt::Display for RequestId {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.write_str(&self.0)
+  }
+}
+
+/// The header every API response carries its [`RequestId`] in.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 impl ApiError {
   fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -147,6 +177,7 @@ impl ApiError {
       status,
       code,
       message: message.into(),
+      request_id: None,
     }
   }
 
@@ -162,21 +193,62 @@ impl ApiError {
     Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
   }
 
-  fn internal(message: impl std::fmt::Display) -> Self {
-    tracing::error!(error = %message, "internal error");
-    Self::new(
-      StatusCode::INTERNAL_SERVER_ERROR,
-      "internal",
-      format!("internal error: {message}"),
-    )
+  /// Logs `error` (with its sources) under a fresh request id and answers
+  /// with that id only.
+  fn internal(error: &(dyn std::error::Error + 'static)) -> Self {
+    let request_id = RequestId::new();
+    tracing::error!(request_id = %request_id, error = %ErrorChain(error), "internal error");
+    Self {
+      status: StatusCode::INTERNAL_SERVER_ERROR,
+      code: "internal",
+      message: "internal error; the control plane's log has the details".to_string(),
+      request_id: Some(request_id),
+    }
+  }
+}
+
+/// An error and its sources, `outer: inner: ...`, for the log.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    write!(f, "{}", self.0)?;
+    let mut source = self.0.source();
+    while let Some(e) = source {
+      write!(f, ": {e}")?;
+      source = e.source();
+    }
+    Ok(())
   }
 }
 
 impl IntoResponse for ApiError {
   fn into_response(self) -> Response {
-    let body = json!({"error": {"code": self.code, "message": self.message}});
-    (self.status, Json(body)).into_response()
+    let mut error = json!({"code": self.code, "message": self.message});
+    if let Some(id) = &self.request_id {
+      error["request_id"] = json!(id.0);
+    }
+    let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+    // The header layer reuses this id, so header, body and log agree.
+    if let Some(id) = self.request_id {
+      response.extensions_mut().insert(id);
+    }
+    response
   }
+}
+
+/// Gives every response an `x-request-id`: the one an internal error logged,
+/// else a fresh one.
+async fn request_id_header(response: Response) -> Response {
+  let mut response = response;
+  let id = response
+    .extensions_mut()
+    .remove::<RequestId>()
+    .unwrap_or_else(RequestId::new);
+  if let Ok(value) = HeaderValue::from_str(&id.0) {
+    response.headers_mut().insert(REQUEST_ID_HEADER, value);
+  }
+  response
 }
 
 impl From<db::Error> for ApiError {
@@ -185,7 +257,7 @@ impl From<db::Error> for ApiError {
       db::Error::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m),
       db::Error::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
       db::Error::Invalid(m) => Self::invalid(m),
-      e => Self::internal(e),
+      e => Self::internal(&e),
     }
   }
 }
@@ -195,18 +267,9 @@ impl From<validate::Error> for ApiError {
     match e {
       validate::Error::Invalid(m) => Self::invalid(m),
       validate::Error::TooLarge(m) => Self::too_large(m),
-      validate::Error::Internal(m) => Self::internal(m),
+      e @ validate::Error::Internal(_) => Self::internal(&e),
     }
   }
-}
-
-/// Runs blocking store work off the async threads.
-async fn blocking<T: Send + 'static>(
-  f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-  tokio::task::spawn_blocking(f)
-    .await
-    .unwrap_or_else(|e| Err(ApiError::internal(format!("store task failed: {e}"))))
 }
 
 /// A JSON body, with rejections as JSON errors.
@@ -248,7 +311,7 @@ impl FromRequestParts<AppState> for Auth {
       })?
       .to_string();
     let db = state.db.clone();
-    let caller = blocking(move || Ok(db.authenticate(&token)?)).await?;
+    let caller = blocking(move || db.authenticate(&token)).await?;
     caller.map(Auth).ok_or_else(|| {
       ApiError::unauthorized("the token is not valid; check it, or create one with POST /v1/tokens")
     })
@@ -305,7 +368,7 @@ async fn create_account(
   names::check_account_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
   let token = blocking({
     let name = name.clone();
-    move || Ok(state.db.create_account(&name, false)?)
+    move || state.db.create_account(&name, false)
   })
   .await?;
   tracing::info!(account = %name, "created account");
@@ -320,7 +383,7 @@ async fn create_token(
   Auth(caller): Auth,
 ) -> Result<impl IntoResponse, ApiError> {
   // New tokens never carry admin rights; the admin token is made once by init.
-  let token = blocking(move || Ok(state.db.issue_token(&caller.account, false)?)).await?;
+  let token = blocking(move || state.db.issue_token(&caller.account, false)).await?;
   Ok((StatusCode::CREATED, Json(json!({"token": token}))))
 }
 
@@ -330,7 +393,7 @@ async fn list_workers(
   State(state): State<AppState>,
   Auth(caller): Auth,
 ) -> Result<Json<Value>, ApiError> {
-  let workers = blocking(move || Ok(state.db.workers(&caller.account)?)).await?;
+  let workers = blocking(move || state.db.workers(&caller.account)).await?;
   Ok(Json(json!({"workers": workers})))
 }
 
@@ -339,7 +402,7 @@ async fn list_versions(
   Auth(caller): Auth,
   Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-  let versions = blocking(move || Ok(state.db.versions(&caller.account, &name)?)).await?;
+  let versions = blocking(move || state.db.versions(&caller.account, &name)).await?;
   Ok(Json(json!({"versions": versions})))
 }
 
@@ -406,11 +469,9 @@ async fn upload(
   let checked = validate::check_upload(&edge_name, metadata.as_deref(), modules)?;
   state.validator.check_starts(&checked).await?;
   let version = blocking(move || {
-    Ok(
-      state
-        .db
-        .insert_version(&caller.account, &name, &checked.manifest, &checked.modules)?,
-    )
+    state
+      .db
+      .insert_version(&caller.account, &name, &checked.manifest, &checked.modules)
   })
   .await?;
   tracing::info!(worker = %edge_name, id = %version.id, hash = %version.hash, "stored version");
@@ -481,7 +542,7 @@ async fn deploy(
     let deployment = state.db.deploy(&caller.account, &name, &splits)?;
     state.publish()?;
     tracing::info!(account = %caller.account, worker = %name, id = deployment.id, revision = ?deployment.revision, "deployed");
-    Ok(deployment)
+    Ok::<_, ApiError>(deployment)
   })
   .await?;
   Ok((StatusCode::CREATED, Json(deployment)))
@@ -492,7 +553,7 @@ async fn list_deployments(
   Auth(caller): Auth,
   Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-  let deployments = blocking(move || Ok(state.db.deployments(&caller.account, &name)?)).await?;
+  let deployments = blocking(move || state.db.deployments(&caller.account, &name)).await?;
   Ok(Json(json!({"deployments": deployments})))
 }
 
@@ -505,7 +566,7 @@ async fn rollback(
     let deployment = state.db.rollback(&caller.account, &name)?;
     state.publish()?;
     tracing::info!(account = %caller.account, worker = %name, id = deployment.id, "rolled back");
-    Ok(deployment)
+    Ok::<_, ApiError>(deployment)
   })
   .await?;
   Ok(Json(deployment))
@@ -535,7 +596,7 @@ async fn add_route(
   let (route, revision) = blocking(move || {
     let added = state.db.add_route(&caller.account, &pattern, &worker)?;
     state.publish()?;
-    Ok(added)
+    Ok::<_, ApiError>(added)
   })
   .await?;
   Ok((
@@ -553,7 +614,7 @@ async fn list_routes(
   State(state): State<AppState>,
   Auth(caller): Auth,
 ) -> Result<Json<Value>, ApiError> {
-  let routes = blocking(move || Ok(state.db.routes(&caller.account)?)).await?;
+  let routes = blocking(move || state.db.routes(&caller.account)).await?;
   Ok(Json(json!({"routes": routes})))
 }
 
@@ -619,7 +680,7 @@ async fn put_secret(
   let (created, revision, key) = blocking(move || {
     let (created, revision) = state.db.put_secret(&caller.account, &name, &key, &value)?;
     state.publish()?;
-    Ok((created, revision, key))
+    Ok::<_, ApiError>((created, revision, key))
   })
   .await?;
   let status = if created {
@@ -635,7 +696,7 @@ async fn list_secrets(
   Auth(caller): Auth,
   Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-  let secrets = blocking(move || Ok(state.db.secrets(&caller.account, &name)?)).await?;
+  let secrets = blocking(move || state.db.secrets(&caller.account, &name)).await?;
   Ok(Json(json!({"secrets": secrets})))
 }
 
@@ -675,12 +736,76 @@ fn parse_time(field: &str, value: &str) -> Result<i64, ApiError> {
     })
 }
 
+/// [`Usage`] as the API shows it: times in ms (stored and summed in µs,
+/// so sums are exact).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+struct UsageTotals {
+  requests: u64,
+  errors: u64,
+  cpu_ms: f64,
+  wall_ms: f64,
+  egress_bytes: u64,
+  ingress_bytes: u64,
+  subrequests: u64,
+}
+
+impl From<&Usage> for UsageTotals {
+  fn from(u: &Usage) -> Self {
+    Self {
+      requests: u.requests,
+      errors: u.errors,
+      cpu_ms: u.cpu_us as f64 / 1000.0,
+      wall_ms: u.wall_us as f64 / 1000.0,
+      egress_bytes: u.egress_bytes,
+      ingress_bytes: u.ingress_bytes,
+      subrequests: u.subrequests,
+    }
+  }
+}
+
+#[derive(Serialize)]
+struct VersionUsageView {
+  hash: String,
+  #[serde(flatten)]
+  totals: UsageTotals,
+}
+
+/// A [`db::UsageSummary`] as the API shows it.
+#[derive(Serialize)]
+struct UsageView {
+  worker: String,
+  since: Option<db::Timestamp>,
+  until: Option<db::Timestamp>,
+  #[serde(flatten)]
+  totals: UsageTotals,
+  by_version: Vec<VersionUsageView>,
+}
+
+impl From<db::UsageSummary> for UsageView {
+  fn from(s: db::UsageSummary) -> Self {
+    Self {
+      worker: s.worker,
+      since: s.since,
+      until: s.until,
+      totals: UsageTotals::from(&s.total),
+      by_version: s
+        .by_version
+        .into_iter()
+        .map(|v| VersionUsageView {
+          hash: v.hash,
+          totals: UsageTotals::from(&v.usage),
+        })
+        .collect(),
+    }
+  }
+}
+
 async fn usage(
   State(state): State<AppState>,
   Auth(caller): Auth,
   Path(name): Path<String>,
   query: Result<Query<UsageQuery>, QueryRejection>,
-) -> Result<Json<db::UsageSummary>, ApiError> {
+) -> Result<Json<UsageView>, ApiError> {
   let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
   let since = query
     .since
@@ -692,8 +817,8 @@ async fn usage(
     .as_deref()
     .map(|v| parse_time("until", v))
     .transpose()?;
-  let summary = blocking(move || Ok(state.db.usage(&caller.account, &name, since, until)?)).await?;
-  Ok(Json(summary))
+  let summary = blocking(move || state.db.usage(&caller.account, &name, since, until)).await?;
+  Ok(Json(UsageView::from(summary)))
 }
 
 // Edges.
@@ -703,7 +828,7 @@ async fn list_edges(
   Auth(caller): Auth,
 ) -> Result<Json<Value>, ApiError> {
   require_admin(&caller)?;
-  let (revision, edges) = blocking(move || Ok(state.db.edges()?)).await?;
+  let (revision, edges) = blocking(move || state.db.edges()).await?;
   Ok(Json(json!({"revision": revision, "edges": edges})))
 }
 
@@ -740,6 +865,19 @@ mod tests {
       let err = check_splits(&splits).unwrap_err();
       assert!(err.contains(want), "{err}");
     }
+  }
+
+  #[test]
+  fn usage_shows_times_in_ms() {
+    let totals = UsageTotals::from(&Usage {
+      requests: 3,
+      cpu_us: 4500,
+      wall_us: 1,
+      ..Usage::default()
+    });
+    assert_eq!(totals.requests, 3);
+    assert_eq!(totals.cpu_ms, 4.5);
+    assert_eq!(totals.wall_ms, 0.001);
   }
 
   #[test]

@@ -3,6 +3,8 @@
 //! `isola-control` binary is a thin command line over these; tests drive
 //! the API in-process.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod db;
 pub mod pki;

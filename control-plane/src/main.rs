@@ -2,6 +2,12 @@
 //! directory (database, CA, keys, admin token), `serve` runs the REST API
 //! and the QUIC channel edges follow, `enroll-edge` issues an edge's
 //! certificate and config.
+//!
+//! Operator messages are `tracing` events on stderr (see `--help`); stdout
+//! carries only what a user must copy: the admin token, the enrolled edge's
+//! files and the command that starts it.
+
+#![forbid(unsafe_code)]
 
 use isola_control::api;
 use isola_control::db;
@@ -20,11 +26,25 @@ use anyhow::bail;
 use anyhow::Context as _;
 use clap::Parser;
 use clap::Subcommand;
+use isola_io::log::LogFormat;
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(name = "isola-control", version, about = "Isola's control plane")]
+#[command(
+  name = "isola-control",
+  version,
+  about = "Isola's control plane",
+  after_help = "Logging: operator messages go to stderr as tracing events. ISOLA_LOG filters \
+                them (EnvFilter syntax, e.g. ISOLA_LOG=debug or \
+                ISOLA_LOG=isola_control=debug,warn; default: info). --log-format json writes \
+                one JSON object per line (timestamp, level, target, fields) for log shippers \
+                and scripts."
+)]
 struct Cli {
+  /// How log lines on stderr are written: `text` for people, `json` (one
+  /// object per line) for log shippers and scripts. The filter is ISOLA_LOG.
+  #[arg(long, global = true, value_enum, default_value = "text")]
+  log_format: LogFormat,
   #[command(subcommand)]
   command: Command,
 }
@@ -66,18 +86,7 @@ enum Command {
 
 fn main() -> ExitCode {
   let cli = Cli::parse();
-  // The one-shot commands speak for themselves; only serve logs as it goes.
-  let default_level = match cli.command {
-    Command::Serve { .. } => "info",
-    _ => "warn",
-  };
-  tracing_subscriber::fmt()
-    .with_writer(std::io::stderr)
-    .with_env_filter(
-      tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-    )
-    .init();
+  isola_io::log::init(cli.log_format, "info");
   let result = match cli.command {
     Command::Init { data_dir } => init(&data_dir),
     Command::Serve {
@@ -97,7 +106,7 @@ fn main() -> ExitCode {
   match result {
     Ok(()) => ExitCode::SUCCESS,
     Err(e) => {
-      eprintln!("error: {e:#}");
+      tracing::error!(error = %format_args!("{e:#}"), "failed");
       ExitCode::FAILURE
     }
   }
@@ -170,10 +179,11 @@ fn init(dir: &Path) -> anyhow::Result<()> {
     .and_then(|d| d.sync_all())
     .with_context(|| format!("cannot sync {}", dir.display()))?;
 
-  eprintln!(
-    "isola-control init: created {} with account \"default\"; its admin token (also in {}) is:",
-    dir.display(),
-    token_path.display()
+  tracing::info!(
+    data_dir = %dir.display(),
+    account = "default",
+    token_file = %token_path.display(),
+    "initialised the data directory; the admin token follows on stdout"
   );
   println!("{token}");
   Ok(())
@@ -183,12 +193,12 @@ async fn serve(dir: PathBuf, api_addr: SocketAddr, quic_addr: SocketAddr) -> any
   let db = open_db(&dir)?;
   let validator =
     Arc::new(validate::Validator::new().context("cannot start the runtime that checks uploads")?);
-  let initial = tokio::task::spawn_blocking({
+  let initial = db::blocking({
     let db = db.clone();
     move || db.desired_state()
   })
   .await
-  .context("reading the desired state failed")??;
+  .context("cannot read the desired state")?;
   let revision = initial.revision;
   let (state_tx, state_rx) = watch::channel(Arc::new(initial));
   let app = api::router(api::AppState::new(
@@ -200,8 +210,7 @@ async fn serve(dir: PathBuf, api_addr: SocketAddr, quic_addr: SocketAddr) -> any
     .await
     .with_context(|| format!("cannot listen on {api_addr} for the API; pick another --api"))?;
   let api_addr = listener.local_addr()?;
-  tracing::info!(revision, "serving");
-  println!("isola-control serve: api http://{api_addr}, quic {quic_addr}");
+  tracing::info!(api = %api_addr, quic = %quic_addr, revision, "serving");
 
   let api = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
   tokio::select! {
@@ -265,6 +274,14 @@ fn enroll_edge(dir: &Path, name: &str, out: &Path, control_address: &str) -> any
   }
   // Recorded last: an edge the database knows always has its files.
   let new = db.enroll_edge(name)?;
+  tracing::info!(
+    edge = name,
+    new,
+    out = %out.display(),
+    config = %config_path.display(),
+    config_kept = kept,
+    "enrolled edge"
+  );
   println!(
     "isola-control enroll-edge: {} edge {name}; wrote edge.pem, edge-key.pem and ca.pem to {}",
     if new {

@@ -37,9 +37,10 @@ pub enum Error {
   Invalid(String),
   #[error("{0}")]
   TooLarge(String),
-  /// The checker itself failed; not the upload's fault.
-  #[error("{0}")]
-  Internal(String),
+  /// The checker itself failed; not the upload's fault, so the API logs it
+  /// and does not show it.
+  #[error("cannot check the worker")]
+  Internal(#[source] isola_runtime::Error),
 }
 
 /// The `metadata` part of an upload.
@@ -215,7 +216,7 @@ impl Validator {
       Ok(Err(e)) if e.is_code_error() || e.limit().is_some() => {
         Err(Error::Invalid(clean_message(&e.to_string())))
       }
-      Ok(Err(e)) => Err(Error::Internal(format!("cannot check the worker: {e}"))),
+      Ok(Err(e)) => Err(Error::Internal(e)),
       Err(_) => Err(Error::Invalid(format!(
         "the worker did not finish starting within {} s (a top-level await that never \
          settles?); move slow work from the top level into the fetch handler",
@@ -227,6 +228,8 @@ impl Validator {
 
 /// The runtime's message without the `file:///` of specifiers, leaving
 /// `module:line:column`.
+// TODO(arch): use the runtime's public function for this once it has one
+// (today `strip_file_scheme` in runtime/src/bundle.rs is crate-private).
 fn clean_message(message: &str) -> String {
   message.replace("file:///", "")
 }

@@ -34,6 +34,8 @@ struct Reply {
   status: u16,
   json: Value,
   text: String,
+  /// The `x-request-id` header.
+  request_id: Option<String>,
 }
 
 impl Reply {
@@ -98,6 +100,10 @@ impl Server {
       .await
       .unwrap();
     let status = res.status().as_u16();
+    let request_id = res
+      .headers()
+      .get(api::REQUEST_ID_HEADER)
+      .map(|v| v.to_str().unwrap().to_string());
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8_lossy(&bytes).into_owned();
     let json = if bytes.is_empty() {
@@ -106,7 +112,12 @@ impl Server {
       serde_json::from_slice(&bytes)
         .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"))
     };
-    Reply { status, json, text }
+    Reply {
+      status,
+      json,
+      text,
+      request_id,
+    }
   }
 
   async fn get(&self, path: &str, token: &str) -> Reply {
@@ -473,6 +484,52 @@ async fn tokens_are_checked() {
   let r = s.get("/v1/nope", &acme).await;
   assert_eq!(r.status, 404, "{r:?}");
   assert_eq!(r.error_code(), "not_found");
+}
+
+#[tokio::test]
+async fn every_response_has_a_request_id() {
+  let s = start().await;
+  let a = s.call("GET", "/healthz", None, None, Vec::new()).await;
+  let b = s.get("/v1/nope", &s.admin).await;
+  let (a, b) = (a.request_id.unwrap(), b.request_id.unwrap());
+  assert_eq!(a.len(), 32, "{a}");
+  assert_ne!(a, b);
+}
+
+#[tokio::test]
+async fn internal_errors_do_not_reach_clients() {
+  let s = start().await;
+  s.db.enroll_edge("edge-1").unwrap();
+  // Another connection breaks the store behind the control plane's back:
+  // first a row the store cannot read, then a table it cannot find.
+  let conn = rusqlite::Connection::open(s._dir.path().join("control.db")).unwrap();
+  conn
+    .execute("UPDATE edges SET errors = 'not json'", [])
+    .unwrap();
+  for (breakage, internal_text) in [
+    (None, "errors of edge"),
+    (
+      Some("ALTER TABLE edges RENAME TO edges_moved"),
+      "no such table",
+    ),
+  ] {
+    if let Some(sql) = breakage {
+      conn.execute_batch(sql).unwrap();
+    }
+    let r = s.get("/v1/edges", &s.admin).await;
+    assert_eq!(r.status, 500, "{r:?}");
+    assert_eq!(r.error_code(), "internal", "{r:?}");
+    assert_eq!(
+      r.message(),
+      "internal error; the control plane's log has the details"
+    );
+    let id = r.json["error"]["request_id"].as_str().unwrap();
+    assert_eq!(id.len(), 32, "{r:?}");
+    assert_eq!(r.request_id.as_deref(), Some(id), "{r:?}");
+    for leak in [internal_text, "edges", "database", "corrupt", "json"] {
+      assert!(!r.text.contains(leak), "{leak:?} leaked: {}", r.text);
+    }
+  }
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
 //! The `isola-control` binary end to end: init, enroll-edge, serve, SIGTERM.
+//! Log output is read as JSON lines (`--log-format json`), never as prose.
 
 use std::fs;
 use std::io::BufRead as _;
@@ -14,12 +15,53 @@ use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
 
+use serde_json::Value;
+
+/// The binary, logging JSON at the default level whatever the caller's
+/// environment says.
+fn command() -> Command {
+  let mut cmd = Command::new(env!("CARGO_BIN_EXE_isola-control"));
+  cmd
+    .arg("--log-format=json")
+    .env_remove("ISOLA_LOG")
+    .env_remove("RUST_LOG");
+  cmd
+}
+
 fn control(args: &[&str]) -> Output {
-  Command::new(env!("CARGO_BIN_EXE_isola-control"))
-    .args(args)
-    .env("RUST_LOG", "warn")
-    .output()
-    .unwrap()
+  command().args(args).output().unwrap()
+}
+
+/// One log line: every line on stderr must be a JSON event.
+fn event(line: &str) -> Value {
+  serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"))
+}
+
+fn events(out: &Output) -> Vec<Value> {
+  stderr(out)
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(event)
+    .collect()
+}
+
+/// The first event with message `message`.
+fn find<'a>(events: &'a [Value], message: &str) -> &'a Value {
+  events
+    .iter()
+    .find(|e| e["fields"]["message"] == message)
+    .unwrap_or_else(|| panic!("no {message:?} event in {events:#?}"))
+}
+
+/// The `error` field of the failed command's last event, which must be an
+/// ERROR.
+fn failure(out: &Output) -> String {
+  assert!(!out.status.success());
+  let events = events(out);
+  let last = events.last().expect("an error event");
+  assert_eq!(last["level"], "ERROR", "{last}");
+  assert_eq!(last["fields"]["message"], "failed", "{last}");
+  last["fields"]["error"].as_str().unwrap().to_string()
 }
 
 fn path(p: &Path) -> &str {
@@ -68,18 +110,31 @@ fn init_enroll_serve_and_stop() {
     "--out",
     path(&edge),
   ]);
-  assert!(!out.status.success());
-  assert!(stderr(&out).starts_with("error: "), "{}", stderr(&out));
-  assert!(
-    stderr(&out).contains("isola-control init"),
-    "{}",
-    stderr(&out)
-  );
+  let error = failure(&out);
+  assert!(error.contains("isola-control init"), "{error}");
 
   let out = control(&["init", "--data-dir", path(&data)]);
   assert!(out.status.success(), "{}", stderr(&out));
-  let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+  let token = String::from_utf8(out.stdout.clone())
+    .unwrap()
+    .trim()
+    .to_string();
   assert!(token.starts_with("isola_") && token.len() == 70, "{token}");
+  let logged = events(&out);
+  let created = find(
+    &logged,
+    "initialised the data directory; the admin token follows on stdout",
+  );
+  assert_eq!(created["level"], "INFO");
+  assert_eq!(created["fields"]["account"], "default");
+  assert_eq!(
+    created["fields"]["token_file"],
+    path(&data.join("admin-token"))
+  );
+  assert!(
+    logged.iter().all(|e| !e.to_string().contains(&token)),
+    "the token is not logged: {logged:#?}"
+  );
   assert_eq!(
     fs::read_to_string(data.join("admin-token")).unwrap().trim(),
     token
@@ -104,12 +159,8 @@ fn init_enroll_serve_and_stop() {
   // A second init refuses and changes nothing.
   let ca = fs::read(data.join("ca.pem")).unwrap();
   let out = control(&["init", "--data-dir", path(&data)]);
-  assert!(!out.status.success());
-  assert!(
-    stderr(&out).contains("already initialised"),
-    "{}",
-    stderr(&out)
-  );
+  let error = failure(&out);
+  assert!(error.contains("already initialised"), "{error}");
   assert_eq!(fs::read(data.join("ca.pem")).unwrap(), ca);
   assert_eq!(
     fs::read_to_string(data.join("admin-token")).unwrap().trim(),
@@ -125,12 +176,8 @@ fn init_enroll_serve_and_stop() {
     "--out",
     path(&edge),
   ]);
-  assert!(!out.status.success());
-  assert!(
-    stderr(&out).contains("invalid edge name"),
-    "{}",
-    stderr(&out)
-  );
+  let error = failure(&out);
+  assert!(error.contains("invalid edge name"), "{error}");
 
   let out = control(&[
     "enroll-edge",
@@ -144,9 +191,16 @@ fn init_enroll_serve_and_stop() {
     "10.0.0.1:8701",
   ]);
   assert!(out.status.success(), "{}", stderr(&out));
+  let logged = events(&out);
+  let enrolled = find(&logged, "enrolled edge");
+  assert_eq!(enrolled["fields"]["edge"], "edge-1", "{enrolled}");
+  assert_eq!(enrolled["fields"]["new"], true, "{enrolled}");
+  assert_eq!(enrolled["fields"]["config_kept"], false, "{enrolled}");
+  assert_eq!(enrolled["fields"]["out"], path(&edge), "{enrolled}");
+  // stdout tells the user which file to use next.
   let stdout = String::from_utf8(out.stdout).unwrap();
   assert!(
-    stdout.starts_with("isola-control enroll-edge: enrolled edge edge-1"),
+    stdout.contains(&format!("--config {}", path(&edge.join("edge.toml")))),
     "{stdout}"
   );
   let config = fs::read_to_string(edge.join("edge.toml")).unwrap();
@@ -174,10 +228,13 @@ fn init_enroll_serve_and_stop() {
     path(&edge),
   ]);
   assert!(out.status.success(), "{}", stderr(&out));
+  let enrolled = find(&events(&out), "enrolled edge").clone();
+  assert_eq!(enrolled["fields"]["new"], false, "re-issued: {enrolled}");
+  assert_eq!(enrolled["fields"]["config_kept"], true, "{enrolled}");
   assert!(String::from_utf8(out.stdout).unwrap().contains("re-issued"));
   assert_ne!(fs::read(edge.join("edge.pem")).unwrap(), cert);
 
-  let mut child = Command::new(env!("CARGO_BIN_EXE_isola-control"))
+  let mut child = command()
     .args([
       "serve",
       "--data-dir",
@@ -187,18 +244,30 @@ fn init_enroll_serve_and_stop() {
       "--quic",
       "127.0.0.1:0",
     ])
-    .env("RUST_LOG", "warn")
-    .stdout(Stdio::piped())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-  let mut line = String::new();
-  BufReader::new(child.stdout.take().unwrap())
-    .read_line(&mut line)
-    .unwrap();
-  let prefix = "isola-control serve: api http://";
-  assert!(line.starts_with(prefix), "{line}");
-  let addr = line[prefix.len()..].split(',').next().unwrap().to_string();
-
+  // Drained on a thread for the whole run, so logging never blocks serve.
+  let (lines_tx, lines) = std::sync::mpsc::channel();
+  let stderr_pipe = child.stderr.take().unwrap();
+  std::thread::spawn(move || {
+    for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+      let _ = lines_tx.send(line);
+    }
+  });
+  let serving = loop {
+    let line = lines
+      .recv_timeout(Duration::from_secs(30))
+      .expect("serve logs \"serving\"");
+    let event = event(&line);
+    if event["fields"]["message"] == "serving" {
+      break event;
+    }
+  };
+  assert_eq!(serving["level"], "INFO", "{serving}");
+  assert_eq!(serving["fields"]["revision"], 0, "{serving}");
+  let addr = serving["fields"]["api"].as_str().unwrap().to_string();
   let (status, _) = http(&addr, "GET", "/healthz", "");
   assert_eq!(status, 200);
   let (status, body) = http(&addr, "GET", "/v1/edges", &token);
@@ -220,5 +289,24 @@ fn init_enroll_serve_and_stop() {
     }
     assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
     std::thread::sleep(Duration::from_millis(50));
+  }
+  let rest: Vec<Value> = lines.iter().map(|l| event(&l)).collect();
+  assert_eq!(
+    rest.last().map(|e| e["fields"]["message"].clone()),
+    Some("stopped".into()),
+    "{rest:#?}"
+  );
+}
+
+#[test]
+fn help_documents_logging() {
+  let out = Command::new(env!("CARGO_BIN_EXE_isola-control"))
+    .arg("--help")
+    .output()
+    .unwrap();
+  assert!(out.status.success());
+  let help = String::from_utf8(out.stdout).unwrap();
+  for needle in ["ISOLA_LOG", "--log-format", "json"] {
+    assert!(help.contains(needle), "{needle} in {help}");
   }
 }

@@ -1,0 +1,396 @@
+//! The control plane's store: one SQLite file holding accounts, uploaded
+//! versions (content-addressed module blobs plus immutable manifests),
+//! deployments, routes, encrypted secrets, edges and usage.
+//!
+//! Every change edges must see (deploy, rollback, route, secret) takes the
+//! next `revision` in the same transaction, so a revision always names one
+//! consistent [`DesiredState`](isola_proto::msg::DesiredState). WAL with `synchronous=FULL`: a write is on
+//! disk when its call returns, which usage acks rely on.
+
+mod accounts;
+mod deployments;
+mod edges;
+mod routes;
+mod secrets;
+mod state;
+mod usage;
+mod versions;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+use std::sync::PoisonError;
+use std::time::Duration;
+use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
+
+use isola_proto::msg::Revision;
+use rusqlite::Connection;
+use rusqlite::Transaction;
+use rusqlite::TransactionBehavior;
+use serde::Serialize;
+
+pub use self::accounts::Caller;
+pub use self::deployments::DeployedVersion;
+pub use self::deployments::Deployment;
+pub use self::edges::EdgeInfo;
+pub use self::routes::RouteInfo;
+pub use self::secrets::SecretInfo;
+pub use self::usage::UsageSummary;
+pub use self::usage::VersionUsage;
+pub use self::versions::VersionInfo;
+pub use self::versions::WorkerInfo;
+use crate::secrets::Cipher;
+
+/// Schema changes, applied in order, each once; `PRAGMA user_version` counts
+/// those applied. Append only: never edit a released entry.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value NOT NULL);
+INSERT INTO meta (key, value) VALUES ('revision', 0);
+CREATE TABLE accounts (name TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
+CREATE TABLE tokens (
+  sha256 TEXT PRIMARY KEY,
+  account TEXT NOT NULL REFERENCES accounts (name),
+  admin INTEGER NOT NULL DEFAULT 0,
+  created_at INTEGER NOT NULL
+);
+CREATE TABLE workers (
+  account TEXT NOT NULL REFERENCES accounts (name),
+  name TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  PRIMARY KEY (account, name)
+);
+CREATE TABLE blobs (sha256 TEXT PRIMARY KEY, bytes BLOB NOT NULL);
+CREATE TABLE versions (
+  id TEXT PRIMARY KEY,
+  account TEXT NOT NULL,
+  worker TEXT NOT NULL,
+  hash TEXT NOT NULL,
+  manifest BLOB NOT NULL,
+  created_at INTEGER NOT NULL,
+  FOREIGN KEY (account, worker) REFERENCES workers (account, name)
+);
+CREATE INDEX versions_by_worker ON versions (account, worker);
+CREATE INDEX versions_by_hash ON versions (hash);
+CREATE TABLE deployments (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  account TEXT NOT NULL,
+  worker TEXT NOT NULL,
+  versions TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  rolled_back INTEGER NOT NULL DEFAULT 0,
+  FOREIGN KEY (account, worker) REFERENCES workers (account, name)
+);
+CREATE INDEX deployments_by_worker ON deployments (account, worker, id);
+CREATE TABLE routes (
+  pattern TEXT PRIMARY KEY,
+  account TEXT NOT NULL,
+  worker TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  FOREIGN KEY (account, worker) REFERENCES workers (account, name)
+);
+CREATE TABLE secrets (
+  account TEXT NOT NULL,
+  worker TEXT NOT NULL,
+  key TEXT NOT NULL,
+  nonce BLOB NOT NULL,
+  ciphertext BLOB NOT NULL,
+  updated_at INTEGER NOT NULL,
+  PRIMARY KEY (account, worker, key),
+  FOREIGN KEY (account, worker) REFERENCES workers (account, name)
+);
+CREATE TABLE edges (
+  name TEXT PRIMARY KEY,
+  created_at INTEGER NOT NULL,
+  enrolled_at INTEGER NOT NULL,
+  revision INTEGER,
+  last_seen INTEGER,
+  errors TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE usage_batches (id TEXT PRIMARY KEY, edge TEXT NOT NULL, stored_at INTEGER NOT NULL);
+CREATE TABLE usage (
+  batch_id TEXT NOT NULL REFERENCES usage_batches (id),
+  edge TEXT NOT NULL,
+  account TEXT NOT NULL,
+  worker TEXT NOT NULL,
+  version_hash TEXT NOT NULL,
+  window_start INTEGER NOT NULL,
+  window_end INTEGER NOT NULL,
+  requests INTEGER NOT NULL,
+  errors INTEGER NOT NULL,
+  cpu_us INTEGER NOT NULL,
+  wall_us INTEGER NOT NULL,
+  ingress_bytes INTEGER NOT NULL,
+  egress_bytes INTEGER NOT NULL,
+  subrequests INTEGER NOT NULL
+);
+CREATE INDEX usage_by_worker ON usage (account, worker, window_end);
+"#];
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+  #[error("database error: {0}")]
+  Sqlite(#[from] rusqlite::Error),
+  #[error(
+    "the database is from a newer isola-control (schema version {found}; this release knows up \
+     to {known}); run the newer release, or restore a backup made by this one"
+  )]
+  TooNew { found: i64, known: usize },
+  #[error("{0}")]
+  NotFound(String),
+  #[error("{0}")]
+  Conflict(String),
+  #[error("{0}")]
+  Invalid(String),
+  #[error(transparent)]
+  Secret(#[from] crate::secrets::Error),
+  #[error("corrupt database: {0}")]
+  Corrupt(String),
+  /// A [`blocking`] task panicked or was cancelled.
+  #[error("a database task failed")]
+  Task(#[source] tokio::task::JoinError),
+}
+
+/// Unix seconds, written as RFC 3339 in JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+  pub fn now() -> Self {
+    let secs = SystemTime::now()
+      .duration_since(UNIX_EPOCH)
+      .map_or(0, |d| d.as_secs());
+    Self(i64::try_from(secs).unwrap_or(i64::MAX))
+  }
+}
+
+impl Serialize for Timestamp {
+  fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+    let formatted = time::OffsetDateTime::from_unix_timestamp(self.0)
+      .ok()
+      .and_then(|t| {
+        t.format(&time::format_description::well_known::Rfc3339)
+          .ok()
+      });
+    match formatted {
+      Some(text) => s.serialize_str(&text),
+      None => s.serialize_i64(self.0),
+    }
+  }
+}
+
+/// The store. Cheap to clone; one connection behind a mutex, since SQLite
+/// writes one transaction at a time anyway. Calls block: async callers go
+/// through [`blocking`].
+#[derive(Clone)]
+pub struct Db {
+  inner: Arc<Inner>,
+}
+
+struct Inner {
+  conn: Mutex<Connection>,
+  cipher: Cipher,
+}
+
+impl std::fmt::Debug for Db {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.write_str("Db(..)")
+  }
+}
+
+fn not_found_worker(worker: &str) -> Error {
+  Error::NotFound(format!(
+    "no worker named {worker:?} in this account; upload a version to create it \
+     (POST /v1/workers/{worker}/versions)"
+  ))
+}
+
+fn to_i64(n: u64) -> i64 {
+  i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+  u64::try_from(n).unwrap_or(0)
+}
+
+/// Runs blocking store work (every [`Db`] call) on tokio's blocking threads,
+/// so async callers never stall their runtime on SQLite's lock or fsync. A
+/// task that panics comes back as [`Error::Task`].
+pub async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, E>
+where
+  T: Send + 'static,
+  E: From<Error> + Send + 'static,
+{
+  tokio::task::spawn_blocking(f)
+    .await
+    .unwrap_or_else(|e| Err(Error::Task(e).into()))
+}
+
+impl Db {
+  /// Opens (or creates) the database at `path` and applies pending
+  /// migrations. `cipher` encrypts secret values.
+  pub fn open(path: &Path, cipher: Cipher) -> Result<Self> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    migrate(&mut conn)?;
+    Ok(Self {
+      inner: Arc::new(Inner {
+        conn: Mutex::new(conn),
+        cipher,
+      }),
+    })
+  }
+
+  fn conn(&self) -> MutexGuard<'_, Connection> {
+    self
+      .inner
+      .conn
+      .lock()
+      .unwrap_or_else(PoisonError::into_inner)
+  }
+
+  /// Runs `f` in an IMMEDIATE transaction (the write lock is taken up front,
+  /// so another process writing cannot deadlock an upgrade) and commits if
+  /// it succeeds.
+  fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+    let mut conn = self.conn();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let value = f(&tx)?;
+    tx.commit()?;
+    Ok(value)
+  }
+
+  #[cfg(test)]
+  pub fn revision(&self) -> Result<Revision> {
+    revision(&self.conn())
+  }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+  let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+  let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+  let known = MIGRATIONS.len();
+  if version > known as i64 {
+    return Err(Error::TooNew {
+      found: version,
+      known,
+    });
+  }
+  for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    tx.execute_batch(sql)?;
+    tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+    tracing::info!(version = i + 1, "applied database migration");
+  }
+  tx.commit()?;
+  Ok(())
+}
+
+fn revision(conn: &Connection) -> Result<Revision> {
+  let value: i64 = conn.query_row("SELECT value FROM meta WHERE key = 'revision'", [], |row| {
+    row.get(0)
+  })?;
+  Ok(to_u64(value))
+}
+
+fn bump_revision(tx: &Transaction<'_>) -> Result<Revision> {
+  let value: i64 = tx.query_row(
+    "UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value",
+    [],
+    |row| row.get(0),
+  )?;
+  Ok(to_u64(value))
+}
+
+fn require_worker(conn: &Connection, account: &str, worker: &str) -> Result<()> {
+  let exists: bool = conn.query_row(
+    "SELECT EXISTS (SELECT 1 FROM workers WHERE account = ?1 AND name = ?2)",
+    [account, worker],
+    |row| row.get(0),
+  )?;
+  if exists {
+    Ok(())
+  } else {
+    Err(not_found_worker(worker))
+  }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+  //! What the store's tests share.
+
+  use std::path::Path;
+
+  use bytes::Bytes;
+  use isola_proto::manifest::Manifest;
+  use isola_proto::manifest::ModuleRef;
+  use isola_proto::names::edge_worker_name;
+
+  use super::Db;
+  use super::VersionInfo;
+  use crate::secrets::Cipher;
+
+  pub(crate) fn open(dir: &Path) -> Db {
+    Db::open(&dir.join("control.db"), Cipher::new(&[7; 32])).unwrap()
+  }
+
+  pub(crate) fn upload(db: &Db, account: &str, worker: &str, src: &str) -> VersionInfo {
+    let modules = vec![("worker.js".to_string(), Bytes::from(src.to_string()))];
+    let manifest = Manifest {
+      worker: edge_worker_name(account, worker),
+      main_module: "worker.js".into(),
+      modules: vec![ModuleRef {
+        name: "worker.js".into(),
+        sha256: isola_proto::manifest::sha256_hex(src.as_bytes()),
+        size: src.len() as u64,
+      }],
+      vars: Default::default(),
+      limits: Default::default(),
+      compatibility_date: None,
+    };
+    db.insert_version(account, worker, &manifest, &modules)
+      .unwrap()
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::testing::open;
+  use super::*;
+
+  #[test]
+  fn migrations_apply_once_and_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    db.create_account("acme", false).unwrap();
+    drop(db);
+    // Opening again applies nothing and keeps the data.
+    let db = open(dir.path());
+    let version: i64 = db
+      .conn()
+      .query_row("PRAGMA user_version", [], |r| r.get(0))
+      .unwrap();
+    assert_eq!(version, MIGRATIONS.len() as i64);
+    assert!(matches!(
+      db.create_account("acme", false),
+      Err(Error::Conflict(_))
+    ));
+    let mode: String = db
+      .conn()
+      .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+      .unwrap();
+    assert_eq!(mode, "wal");
+    db.conn()
+      .execute_batch(&format!("PRAGMA user_version = {}", MIGRATIONS.len() + 1))
+      .unwrap();
+    drop(db);
+    let err = Db::open(&dir.path().join("control.db"), Cipher::new(&[7; 32])).unwrap_err();
+    assert!(matches!(err, Error::TooNew { .. }), "{err}");
+    assert!(err.to_string().contains("newer isola-control"), "{err}");
+  }
+}
