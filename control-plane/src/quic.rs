@@ -20,6 +20,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::ServerName;
 use tokio::sync::watch;
 
+use crate::db::blocking;
 use crate::db::Db;
 
 /// TLS 1.3 with a client certificate required and checked against the CA.
@@ -89,14 +90,6 @@ fn cert_names_edge(cert: &CertificateDer<'_>, name: &str) -> bool {
   cert.verify_is_valid_for_subject_name(&dns).is_ok()
 }
 
-async fn blocking<T: Send + 'static>(
-  f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
-  tokio::task::spawn_blocking(f)
-    .await
-    .context("database task panicked")?
-}
-
 async fn connection(
   incoming: quinn::Incoming,
   db: Db,
@@ -164,7 +157,7 @@ impl Handler<ControlSession> for EdgeConnection {
       } => {
         let known = {
           let (db, name) = (self.db.clone(), name.clone());
-          blocking(move || Ok(db.edge_exists(&name)?)).await?
+          blocking(move || db.edge_exists(&name)).await?
         };
         if !cert_names_edge(&self.cert, &name) {
           session.refuse(format!(
@@ -185,10 +178,10 @@ impl Handler<ControlSession> for EdgeConnection {
       ControlEvent::NeedBundle(hash) => {
         let db = self.db.clone();
         let key = hash.clone();
-        let bundle = match blocking(move || Ok(db.bundle(&key)?)).await {
+        let bundle = match blocking(move || db.bundle(&key)).await {
           Ok(bundle) => bundle,
           Err(e) => {
-            tracing::error!(hash, "cannot read a version's bundle: {e:#}");
+            tracing::error!(hash, error = %e, "cannot read a version's bundle");
             None
           }
         };
@@ -200,7 +193,7 @@ impl Handler<ControlSession> for EdgeConnection {
           tracing::warn!(edge = %name, revision, "edge could not apply: {e}");
         }
         let db = self.db.clone();
-        blocking(move || Ok(db.edge_applied(&name, revision, &errors)?)).await?;
+        blocking(move || db.edge_applied(&name, revision, &errors)).await?;
       }
       ControlEvent::Usage(batch) => {
         let name = self.name()?;
@@ -208,7 +201,7 @@ impl Handler<ControlSession> for EdgeConnection {
         let db = self.db.clone();
         // Acknowledged only once committed; a failure drops the
         // connection and the edge sends the batch again later.
-        blocking(move || Ok(db.store_usage(&name, &batch)?)).await?;
+        blocking(move || db.store_usage(&name, &batch)).await?;
         session.usage_stored(id);
       }
     }
