@@ -18,9 +18,9 @@ use isola_ext::ModuleBlob;
 use isola_ext::ModuleBlobKind;
 use isola_ext::ModuleBlobs;
 
-use crate::bundle::display_specifier;
 use crate::bundle::Bundle;
-use crate::bundle::SCHEME_PREFIX;
+use crate::specifier::display_specifier;
+use crate::specifier::SCHEME_PREFIX;
 use isola_proto::names::ModuleKind;
 
 /// `import { WorkerEntrypoint } from "cloudflare:workers"`, as wrangler

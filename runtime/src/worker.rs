@@ -16,7 +16,9 @@ use deno_core::PollEventLoopOptions;
 use deno_core::RuntimeOptions;
 use http::Method;
 use http_body::Body as _;
+use isola_ext::Failure;
 use isola_ext::Invocations;
+use isola_ext::LimitExceeded;
 use isola_ext::LogSink;
 use isola_ext::Reply;
 use isola_ext::RequestBodyResource;
@@ -31,6 +33,7 @@ use crate::error::describe_core_error;
 use crate::error::describe_js_error;
 use crate::error::Error;
 use crate::error::ErrorKind;
+use crate::error::JsException;
 use crate::limits::InvocationRecord;
 use crate::limits::Limits;
 use crate::limits::MeterSink;
@@ -54,13 +57,6 @@ const TAKE_INTERNALS: &str = r#"(() => {
   delete globalThis.Deno;
   return internals;
 })()"#;
-
-fn cpu_message(limit: &std::time::Duration) -> String {
-  format!(
-    "cpu limit: the invocation used more than {} ms of CPU time",
-    limit.as_millis()
-  )
-}
 
 /// What the answer to a request that never gets one says.
 const NEVER_RESPONDS: &str = "The worker's handler will never produce a response: its promise is still pending but nothing (timer, I/O) is left that could settle it";
@@ -509,8 +505,9 @@ pub struct Worker {
   name: Arc<str>,
   guard: Arc<Guard>,
   limits: Limits,
-  /// Set once a limit stopped the isolate; it then answers nothing more.
-  stopped: Option<(Outcome, String)>,
+  /// Why the isolate stopped, once a limit or a failure stopped it; it
+  /// then answers nothing more.
+  stopped: Option<String>,
   /// Turns run so far, and the V8 heap size as last sampled.
   turns: u32,
   heap: usize,
@@ -542,8 +539,8 @@ impl Worker {
     reply: oneshot::Sender<Reply>,
     done: Option<oneshot::Sender<()>>,
   ) {
-    if let Some((_, why)) = &self.stopped {
-      let _ = reply.send(Reply::Limit(Outcome::Stopped, why.clone()));
+    if let Some(why) = &self.stopped {
+      let _ = reply.send(Reply::Stopped(why.clone()));
       return;
     }
     let (parts, body) = request.into_parts();
@@ -559,11 +556,7 @@ impl Worker {
       let invocations = state.borrow_mut::<Invocations>();
       let id = invocations.insert(reply, done);
       if declared.is_some_and(|n| n > body_limit) {
-        invocations.limit(
-          id,
-          Outcome::BodyLimit,
-          &format!("body limit: the request body is larger than {body_limit} bytes"),
-        );
+        invocations.limit(id, LimitExceeded::RequestBody(body_limit));
         invocations.abandon(id);
         return;
       }
@@ -652,44 +645,35 @@ impl Worker {
     }
     self.turns = self.turns.wrapping_add(1);
     let memory = self.heap + self.guard.array_buffer_bytes();
-    let cpu_limit = self.limits.cpu_limit();
+    let cpu_limit = LimitExceeded::Cpu(self.limits.cpu_limit());
     let over = {
       let state = self.js.op_state();
       let mut state = state.borrow_mut();
       let invocations = state.borrow_mut::<Invocations>();
       invocations.charge_turn(cpu, memory as u64);
-      let over = invocations.over_cpu(cpu_limit.as_nanos() as u64);
-      let why = cpu_message(&cpu_limit);
+      let over = invocations.over_cpu(self.limits.cpu_limit().as_nanos() as u64);
       for id in &over {
-        invocations.limit(*id, Outcome::CpuLimit, &why);
+        invocations.limit(*id, cpu_limit);
       }
       over
     };
     for id in over {
-      self.log_error(Some(id), &cpu_message(&cpu_limit));
+      self.log_error(Some(id), &cpu_limit.to_string());
     }
     if self.stopped.is_some() {
       return;
     }
+    let memory_limit = LimitExceeded::Memory(self.guard.memory_limit() as u64);
     let trip = match self.guard.trip() {
-      Trip::Cpu => Some((Outcome::CpuLimit, cpu_message(&cpu_limit))),
-      Trip::Memory => Some((Outcome::MemoryLimit, self.memory_message())),
-      Trip::None if memory > self.guard.memory_limit() => {
-        Some((Outcome::MemoryLimit, self.memory_message()))
-      }
+      Trip::Cpu => Some(cpu_limit),
+      Trip::Memory => Some(memory_limit),
+      Trip::None if memory > self.guard.memory_limit() => Some(memory_limit),
       Trip::None => None,
     };
-    if let Some((outcome, why)) = trip {
-      self.fail_pending(outcome, &why);
-      self.stopped = Some((outcome, why));
+    if let Some(limit) = trip {
+      self.fail_pending(Failure::Limit(limit));
+      self.stopped = Some(limit.to_string());
     }
-  }
-
-  fn memory_message(&self) -> String {
-    format!(
-      "memory limit: the worker's isolate needed more than {} MiB",
-      self.guard.memory_limit() >> 20
-    )
   }
 
   /// Ends invocations past their wall-clock limit, and arms the timer for
@@ -706,19 +690,16 @@ impl Worker {
           None => (Vec::new(), None),
         }
       };
-      let why = format!(
-        "wall-clock limit: the invocation ran longer than {} ms",
-        wall.as_millis()
-      );
+      let limit = LimitExceeded::Wall(wall);
       for id in expired {
         {
           let state = self.js.op_state();
           let mut state = state.borrow_mut();
           let invocations = state.borrow_mut::<Invocations>();
-          invocations.limit(id, Outcome::WallLimit, &why);
+          invocations.limit(id, limit);
           invocations.abandon(id);
         }
-        self.log_error(Some(id), &why);
+        self.log_error(Some(id), &limit.to_string());
       }
       let Some(earliest) = earliest else {
         self.wall_timer = None;
@@ -752,7 +733,7 @@ impl Worker {
   /// `Ready(Ok(()))` means nothing is left to do; any invocation still
   /// waiting for its response then never gets one and is failed.
   pub fn poll_event_loop(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-    if let Some((_, why)) = &self.stopped {
+    if let Some(why) = &self.stopped {
       return Poll::Ready(Err(ErrorKind::Stopped(why.clone()).into()));
     }
     self.check_wall(cx);
@@ -762,19 +743,19 @@ impl Worker {
       self.js.poll_event_loop(cx, PollEventLoopOptions::default())
     };
     self.end_turn(turn);
-    if let Some((_, why)) = &self.stopped {
+    if let Some(why) = &self.stopped {
       return Poll::Ready(Err(ErrorKind::Stopped(why.clone()).into()));
     }
     match polled {
       Poll::Pending => Poll::Pending,
       Poll::Ready(Ok(())) => {
-        self.fail_pending(Outcome::Exception, NEVER_RESPONDS);
+        self.fail_pending(Failure::Exception(NEVER_RESPONDS));
         Poll::Ready(Ok(()))
       }
       Poll::Ready(Err(e)) => {
         let msg = describe_core_error(&e);
-        self.fail_pending(Outcome::Exception, &msg);
-        self.stopped = Some((Outcome::Stopped, msg.clone()));
+        self.fail_pending(Failure::Exception(&msg));
+        self.stopped = Some(msg.clone());
         Poll::Ready(Err(ErrorKind::Stopped(msg).into()))
       }
     }
@@ -801,15 +782,19 @@ impl Worker {
 
   /// Fails every invocation still waiting for its response, logging why
   /// (the client only sees a plain 500).
-  fn fail_pending(&mut self, outcome: Outcome, why: &str) {
+  fn fail_pending(&mut self, failure: Failure<'_>) {
     let failed = self
       .js
       .op_state()
       .borrow_mut()
       .borrow_mut::<Invocations>()
-      .fail_all(outcome, why);
+      .fail_all(failure);
+    let why = match failure {
+      Failure::Exception(why) => why.to_string(),
+      Failure::Limit(limit) => limit.to_string(),
+    };
     for id in failed {
-      self.log_error(Some(id), why);
+      self.log_error(Some(id), &why);
     }
   }
 
@@ -949,8 +934,9 @@ impl Invocation {
     self.reply = None;
     Poll::Ready(match reply {
       Ok(Reply::Response(r)) => Ok(r),
-      Ok(Reply::Exception(msg)) => Err(ErrorKind::Exception(msg).into()),
-      Ok(Reply::Limit(outcome, msg)) => Err(ErrorKind::Limit(outcome, msg).into()),
+      Ok(Reply::Exception(msg)) => Err(ErrorKind::Exception(JsException(msg)).into()),
+      Ok(Reply::Limit(limit)) => Err(ErrorKind::Limit(limit).into()),
+      Ok(Reply::Stopped(why)) => Err(ErrorKind::Halted(why).into()),
       Err(_) => Err(ErrorKind::Stopped("the isolate went away before answering".into()).into()),
     })
   }

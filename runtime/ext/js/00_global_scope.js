@@ -18,7 +18,7 @@ const {
   Symbol,
   TypeError,
 } = primordials;
-const { op_isola_log, op_isola_subrequest } = core.ops;
+const { op_isola_log, op_isola_subrequest, op_isola_user_agent } = core.ops;
 
 // ---------------------------------------------------------------- web APIs --
 const webidl = core.loadExtScript("ext:deno_webidl/00_webidl.js");
@@ -183,7 +183,7 @@ function fetch(input, init = undefined) {
 // --------------------------------------------------------------- navigator --
 class Navigator {
   get userAgent() {
-    return "Cloudflare-Workers";
+    return op_isola_user_agent();
   }
   get hardwareConcurrency() {
     return 1;

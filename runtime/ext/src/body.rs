@@ -25,7 +25,7 @@ use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
 use crate::invocation::Invocations;
-use crate::invocation::Outcome;
+use crate::outcome::LimitExceeded;
 
 /// Counts a body's bytes into its invocation's usage and enforces its limit.
 pub struct BodyMeter {
@@ -54,12 +54,10 @@ impl BodyMeter {
     self.limit == 0 || total <= self.limit
   }
 
-  fn exceeded(&self, what: &str) {
-    let message = format!(
-      "body limit: the {what} body is larger than {} bytes",
-      self.limit
-    );
-    self.with_invocations(|inv| inv.limit(self.id, Outcome::BodyLimit, &message));
+  /// Ends the invocation with `limit`, and returns it for the stream's error.
+  fn exceeded(&self, limit: LimitExceeded) -> LimitExceeded {
+    self.with_invocations(|inv| inv.limit(self.id, limit));
+    limit
   }
 }
 
@@ -130,11 +128,8 @@ impl RequestBodyResource {
               inner.total += data.len() as u64;
               if let Some(meter) = &self.meter {
                 if !meter.count(inner.total, data.len() as u64, true) {
-                  meter.exceeded("request");
-                  return Err(JsErrorBox::type_error(format!(
-                    "the request body is larger than the limit of {} bytes",
-                    meter.limit
-                  )));
+                  let limit = meter.exceeded(LimitExceeded::RequestBody(meter.limit));
+                  return Err(JsErrorBox::type_error(limit.to_string()));
                 }
               }
               inner.leftover = Some(data);
@@ -225,8 +220,8 @@ impl ResponseBody {
           Ok(buf) => {
             total += buf.len() as u64;
             if !meter.count(total, buf.len() as u64, false) {
-              meter.exceeded("response");
-              permit.send(Err("response body limit exceeded".into()));
+              let limit = meter.exceeded(LimitExceeded::ResponseBody(meter.limit));
+              permit.send(Err(limit.into()));
               break;
             }
             permit.send(Ok(Bytes::copy_from_slice(&buf)))

@@ -20,52 +20,9 @@ use crate::body::ResponseBody;
 use crate::log::Level;
 use crate::log::LogRecord;
 use crate::log::LogSink;
+use crate::outcome::LimitExceeded;
+use crate::outcome::Outcome;
 use crate::WorkerName;
-
-/// How an invocation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-  /// A response was produced.
-  Ok,
-  /// The handler threw, rejected, or returned something other than a Response.
-  Exception,
-  CpuLimit,
-  MemoryLimit,
-  WallLimit,
-  SubrequestLimit,
-  /// A request or response body exceeded its size limit.
-  BodyLimit,
-  /// The isolate stopped (shut down, or another invocation broke a limit).
-  Stopped,
-}
-
-impl Outcome {
-  pub fn as_str(self) -> &'static str {
-    match self {
-      Outcome::Ok => "ok",
-      Outcome::Exception => "exception",
-      Outcome::CpuLimit => "cpu_limit",
-      Outcome::MemoryLimit => "memory_limit",
-      Outcome::WallLimit => "wall_limit",
-      Outcome::SubrequestLimit => "subrequest_limit",
-      Outcome::BodyLimit => "body_limit",
-      Outcome::Stopped => "stopped",
-    }
-  }
-
-  /// Every outcome, for exporters that pre-register label values.
-  pub const ALL: [Outcome; 8] = [
-    Outcome::Ok,
-    Outcome::Exception,
-    Outcome::CpuLimit,
-    Outcome::MemoryLimit,
-    Outcome::WallLimit,
-    Outcome::SubrequestLimit,
-    Outcome::BodyLimit,
-    Outcome::Stopped,
-  ];
-}
 
 /// How an invocation answered.
 #[derive(Debug)]
@@ -75,8 +32,21 @@ pub enum Reply {
   /// The handler threw, rejected or returned something that is not a
   /// `Response`; the message (with the JS stack) has already been logged.
   Exception(String),
-  /// A limit ended the invocation; the message names it.
-  Limit(Outcome, String),
+  /// A limit ended the invocation.
+  Limit(LimitExceeded),
+  /// The isolate was stopped (by a limit another invocation broke, or a
+  /// failure) before this invocation answered; the text says why.
+  Stopped(String),
+}
+
+/// Why every invocation still waiting is failed at once.
+#[derive(Clone, Copy, Debug)]
+pub enum Failure<'a> {
+  /// JS can no longer answer (nothing left that could settle the handler's
+  /// promise, or the event loop failed).
+  Exception(&'a str),
+  /// A limit stopped the isolate.
+  Limit(LimitExceeded),
 }
 
 /// What an invocation used, kept while it runs.
@@ -281,15 +251,16 @@ impl Invocations {
     }
   }
 
-  /// Ends invocation `id` because it broke a limit: a 503 naming the limit
-  /// if it had not answered yet, and it counts as `outcome` either way.
-  pub fn limit(&mut self, id: u32, outcome: Outcome, message: &str) {
+  /// Ends invocation `id` because it broke `limit`: an error naming the
+  /// limit if it had not answered yet, and it counts as the limit's outcome
+  /// either way.
+  pub fn limit(&mut self, id: u32, limit: LimitExceeded) {
     if let Some(p) = self.pending.get_mut(&id) {
       if p.usage.outcome.is_none() || p.usage.outcome == Some(Outcome::Ok) {
-        p.usage.outcome = Some(outcome);
+        p.usage.outcome = Some(limit.outcome());
       }
       if let Some(tx) = p.reply.take() {
-        let _ = tx.send(Reply::Limit(outcome, message.to_string()));
+        let _ = tx.send(Reply::Limit(limit));
       }
     }
   }
@@ -348,7 +319,8 @@ impl Invocations {
         let outcome = match &reply {
           Reply::Response(_) => Outcome::Ok,
           Reply::Exception(_) => Outcome::Exception,
-          Reply::Limit(o, _) => *o,
+          Reply::Limit(limit) => limit.outcome(),
+          Reply::Stopped(_) => Outcome::Stopped,
         };
         p.usage.outcome.get_or_insert(outcome);
         let _ = tx.send(reply);
@@ -365,7 +337,7 @@ impl Invocations {
 
   /// Fails every invocation still waiting for its response (and ends those
   /// only waiting on `waitUntil` work); returns the ids that got no response.
-  pub fn fail_all(&mut self, outcome: Outcome, message: &str) -> Vec<u32> {
+  pub fn fail_all(&mut self, failure: Failure<'_>) -> Vec<u32> {
     let mut failed = Vec::new();
     for id in self.ids() {
       let Some(p) = self.pending.get_mut(&id) else {
@@ -373,10 +345,9 @@ impl Invocations {
       };
       if p.reply.is_some() {
         failed.push(id);
-        if outcome == Outcome::Exception {
-          self.reply(id, Reply::Exception(message.to_string()));
-        } else {
-          self.limit(id, outcome, message);
+        match failure {
+          Failure::Exception(message) => self.reply(id, Reply::Exception(message.to_string())),
+          Failure::Limit(limit) => self.limit(id, limit),
         }
       }
       self.abandon(id);
@@ -451,11 +422,7 @@ pub fn op_isola_respond<'s>(
       let invocations = state.borrow_mut::<Invocations>();
       invocations.add_bytes_out(id, bytes.len() as u64);
       if limit != 0 && bytes.len() as u64 > limit {
-        invocations.limit(
-          id,
-          Outcome::BodyLimit,
-          &format!("body limit: the response body is larger than {limit} bytes"),
-        );
+        invocations.limit(id, LimitExceeded::ResponseBody(limit));
         return Ok(());
       }
       ResponseBody::full(bytes)
@@ -528,10 +495,6 @@ pub fn op_isola_subrequest(state: &mut OpState, #[smi] id: i32) -> bool {
     return true;
   }
   let limit = invocations.subrequest_limit;
-  invocations.limit(
-    id,
-    Outcome::SubrequestLimit,
-    &format!("subrequest limit: more than {limit} fetch() calls in one invocation"),
-  );
+  invocations.limit(id, LimitExceeded::Subrequests(limit));
   false
 }

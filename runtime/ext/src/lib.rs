@@ -10,6 +10,7 @@ mod body;
 mod invocation;
 mod log;
 mod modules;
+mod outcome;
 
 use std::rc::Rc;
 
@@ -18,11 +19,13 @@ use deno_core::OpState;
 use std::sync::Arc;
 
 pub use body::BodyMeter;
+pub use body::BoxError;
+pub use body::RequestBody;
 pub use body::RequestBodyResource;
 pub use body::ResponseBody;
+pub use invocation::Failure;
 pub use invocation::FinishHook;
 pub use invocation::Invocations;
-pub use invocation::Outcome;
 pub use invocation::Reply;
 pub use invocation::Usage;
 pub use log::Level;
@@ -31,6 +34,8 @@ pub use log::LogSink;
 pub use modules::ModuleBlob;
 pub use modules::ModuleBlobKind;
 pub use modules::ModuleBlobs;
+pub use outcome::LimitExceeded;
+pub use outcome::Outcome;
 
 /// Name of the worker, as shown in logs.
 #[derive(Clone, Debug)]
@@ -52,6 +57,7 @@ deno_core::extension!(
     modules::op_isola_module_data,
     op_isola_env,
     op_isola_set_clock,
+    op_isola_user_agent,
   ],
   esm_entry_point = "ext:isola_worker/99_main.js",
   esm = [
@@ -115,6 +121,13 @@ fn op_isola_env(state: &mut OpState) -> serde_json::Value {
 /// The user agent for outbound `fetch()` and `navigator.userAgent`. Libraries
 /// detect the Workers runtime by this exact string (hono's `getRuntimeKey`).
 pub const USER_AGENT: &str = "Cloudflare-Workers";
+
+/// `navigator.userAgent` reads it from here, so the string has one home.
+#[deno_core::op2]
+#[string]
+fn op_isola_user_agent() -> &'static str {
+  USER_AGENT
+}
 
 /// Every extension of a worker isolate, in load order. The build script and
 /// the runtime must call this with the same list, or the snapshot's op table
