@@ -240,6 +240,7 @@ impl Isolate {
       residual_lazy_js_sources: residual::RESIDUAL_LAZY_JS,
       extensions: isola_ext::extensions(),
       module_loader: Some(loader.clone()),
+      custom_module_evaluation_cb: Some(Box::new(isola_ext::evaluate_module_value)),
       ..Default::default()
     })
     .map_err(|e| ErrorKind::Stopped(format!("cannot start an isolate: {e}")))?;
@@ -266,7 +267,6 @@ impl Isolate {
       WorkerName(Arc::from("")),
       WorkerEnv::default(),
       logs,
-      loader.blobs.clone(),
     );
     let internals = js
       .execute_script("isola:internals", TAKE_INTERNALS)
@@ -1055,8 +1055,11 @@ mod tests {
       let code = r#"
         export default {
           fetch() {
+            const names = ["isola.respondWith", "isola.moduleValue"];
             return Response.json([typeof Deno, typeof __bootstrap, typeof __isolaInternals,
-              Object.getOwnPropertyNames(globalThis).filter((n) => n.startsWith("__")).length]);
+              Object.getOwnPropertyNames(globalThis).filter((n) => n.startsWith("__")).length,
+              Object.getOwnPropertySymbols(globalThis).length,
+              names.filter((n) => globalThis[Symbol.for(n)] !== undefined).length]);
           },
         };
       "#;
@@ -1065,7 +1068,7 @@ mod tests {
         .unwrap();
       assert_eq!(
         text(&mut w, "http://h.test/").await.unwrap(),
-        r#"["undefined","undefined","undefined",0]"#
+        r#"["undefined","undefined","undefined",0,0,0]"#
       );
     });
   }

@@ -8,7 +8,6 @@ const {
   DatePrototypeToString,
   Error,
   ObjectDefineProperty,
-  ObjectFreeze,
   ObjectGetPrototypeOf,
   ObjectSetPrototypeOf,
   PromiseReject,
@@ -164,12 +163,8 @@ ObjectDefineProperty(performanceMod.Performance.prototype, "now", {
 });
 
 // ------------------------------------------------------------ subrequests --
-function currentInvocationId() {
-  const ctx = core.getAsyncContext();
-  return typeof ctx === "number" ? ctx : -1;
-}
 function fetch(input, init = undefined) {
-  const id = currentInvocationId();
+  const id = currentInvocation();
   if (id >= 0 && !op_isola_subrequest(id)) {
     return PromiseReject(
       new TypeError(
@@ -300,19 +295,14 @@ core.defineGlobalProperties(globalThis, {
 });
 
 export {
-  setClock,
   console,
   consoleMod,
   DOMException,
   event,
-  fetchMod,
   globalEvents,
-  headers,
-  ObjectDefineProperty,
-  ObjectFreeze,
   performanceMod,
   request,
   response,
+  setClock,
   streams,
-  webidl,
 };

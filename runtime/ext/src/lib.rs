@@ -12,8 +12,6 @@ mod log;
 mod modules;
 mod outcome;
 
-use std::rc::Rc;
-
 use deno_core::JsBuffer;
 use deno_core::OpState;
 use std::sync::Arc;
@@ -31,9 +29,8 @@ pub use invocation::Usage;
 pub use log::Level;
 pub use log::LogRecord;
 pub use log::LogSink;
-pub use modules::ModuleBlob;
-pub use modules::ModuleBlobKind;
-pub use modules::ModuleBlobs;
+pub use modules::evaluate as evaluate_module_value;
+pub use modules::ModuleValueKind;
 pub use outcome::LimitExceeded;
 pub use outcome::Outcome;
 
@@ -54,7 +51,6 @@ deno_core::extension!(
     invocation::op_isola_invocation_done,
     invocation::op_isola_subrequest,
     log::op_isola_log,
-    modules::op_isola_module_data,
     op_isola_env,
     op_isola_set_clock,
     op_isola_user_agent,
@@ -172,17 +168,10 @@ pub fn permissions() -> deno_permissions::PermissionsContainer {
 }
 
 /// Puts the per-isolate state the ops read into a fresh runtime's `OpState`.
-pub fn install_state(
-  state: &mut OpState,
-  name: WorkerName,
-  env: WorkerEnv,
-  sink: LogSink,
-  blobs: Rc<ModuleBlobs>,
-) {
+pub fn install_state(state: &mut OpState, name: WorkerName, env: WorkerEnv, sink: LogSink) {
   state.put(permissions());
   state.put(name);
   state.put(env);
   state.put(sink);
-  state.put(blobs);
   state.put(Invocations::default());
 }
