@@ -164,6 +164,43 @@ struct Expect {
   logs: Vec<(String, String)>,
 }
 
+impl Case {
+  /// Refuses a case that would pass whatever the worker did.
+  fn check_asserts_something(&self) -> anyhow::Result<()> {
+    if self.requests.is_empty() && self.load_error.is_empty() {
+      bail!("case.json asserts nothing: give it \"requests\" or a \"load_error\"");
+    }
+    if !self.requests.is_empty() && !self.load_error.is_empty() {
+      bail!("case.json has both \"requests\" and a \"load_error\"; a worker that fails to load answers no requests");
+    }
+    for (i, request) in self.requests.iter().enumerate() {
+      if request.expect.is_empty() {
+        bail!(
+          "case.json request #{i} ({} {}) has an \"expect\" that checks nothing",
+          request.method,
+          request.path
+        );
+      }
+    }
+    Ok(())
+  }
+}
+
+impl Expect {
+  fn is_empty(&self) -> bool {
+    self.status.is_none()
+      && self.headers.is_empty()
+      && self.header_values.is_empty()
+      && self.absent_headers.is_empty()
+      && self.body.is_none()
+      && self.body_contains.is_empty()
+      && self.body_not_contains.is_empty()
+      && self.body_json.is_none()
+      && self.body_len.is_none()
+      && self.logs.is_empty()
+  }
+}
+
 fn main() {
   let args = Arguments::from_args();
   let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -181,13 +218,19 @@ fn main() {
         run_case(&dir).map_err(|e| Failed::from(format!("{e:#}")))
       })
     })
-    .collect();
+    .collect::<Vec<_>>();
+  let mut trials = trials;
+  trials.push(Trial::test(
+    "runner_refuses_cases_that_assert_nothing",
+    || refuses_cases_that_assert_nothing().map_err(|e| Failed::from(format!("{e:#}"))),
+  ));
   libtest_mimic::run(&args, trials).exit();
 }
 
 fn run_case(dir: &Path) -> anyhow::Result<()> {
   let case: Case = serde_json::from_slice(&std::fs::read(dir.join("case.json"))?)
     .with_context(|| format!("{}/case.json", dir.display()))?;
+  case.check_asserts_something()?;
   let rt = tokio::runtime::Builder::new_current_thread()
     .enable_all()
     .build()?;
@@ -429,4 +472,28 @@ async fn upstream(
       Bytes::from_static(b"no such upstream route"),
     ),
   })
+}
+
+fn refuses_cases_that_assert_nothing() -> anyhow::Result<()> {
+  for (json, why) in [
+    (r#"{}"#, "asserts nothing"),
+    (r#"{ "requests": [] }"#, "asserts nothing"),
+    (
+      r#"{ "requests": [{ "path": "/", "expect": {} }] }"#,
+      "checks nothing",
+    ),
+    (
+      r#"{ "load_error": ["x"], "requests": [{ "expect": { "status": 200 } }] }"#,
+      "both",
+    ),
+  ] {
+    let case: Case = serde_json::from_str(json)?;
+    match case.check_asserts_something() {
+      Ok(()) => bail!("{json} was accepted"),
+      Err(e) if e.to_string().contains(why) => {}
+      Err(e) => bail!("{json}: unexpected refusal {e}"),
+    }
+  }
+  let case: Case = serde_json::from_str(r#"{ "requests": [{ "expect": { "status": 200 } }] }"#)?;
+  case.check_asserts_something()
 }
