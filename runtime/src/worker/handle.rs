@@ -105,3 +105,13 @@ impl Invocation {
     let _ = self.done.await;
   }
 }
+
+#[cfg(test)]
+impl WorkerHandle {
+  /// A handle to no worker, open while the returned guard lives; for tests
+  /// of code that only keeps handles (the pool's index).
+  pub(crate) fn detached() -> (Self, Box<dyn std::any::Any>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Self { tx }, Box::new(rx))
+  }
+}
