@@ -9,15 +9,17 @@
 mod body;
 mod invocation;
 mod log;
+mod meter;
 mod modules;
+mod ops;
 mod outcome;
 
 use deno_core::JsBuffer;
 use deno_core::OpState;
 use std::sync::Arc;
 
-pub use body::BodyMeter;
 pub use body::BoxError;
+pub use body::Meter;
 pub use body::RequestBody;
 pub use body::RequestBodyResource;
 pub use body::ResponseBody;
@@ -29,6 +31,7 @@ pub use invocation::Usage;
 pub use log::Level;
 pub use log::LogRecord;
 pub use log::LogSink;
+pub use meter::BodyMeter;
 pub use modules::evaluate as evaluate_module_value;
 pub use modules::ModuleValueKind;
 pub use outcome::LimitExceeded;
@@ -46,10 +49,10 @@ deno_core::extension!(
   isola_worker,
   deps = [deno_webidl, deno_web, deno_crypto, deno_fetch],
   ops = [
-    invocation::op_isola_respond,
-    invocation::op_isola_fail,
-    invocation::op_isola_invocation_done,
-    invocation::op_isola_subrequest,
+    ops::op_isola_respond,
+    ops::op_isola_fail,
+    ops::op_isola_invocation_done,
+    ops::op_isola_subrequest,
     log::op_isola_log,
     op_isola_env,
     op_isola_set_clock,

@@ -114,7 +114,7 @@ impl Worker {
       let state_rc = self.js.op_state();
       let mut state = state_rc.borrow_mut();
       let invocations = state.borrow_mut::<Invocations>();
-      let id = invocations.insert(reply, done);
+      let id = invocations.insert(reply, done, std::time::Instant::now());
       if declared.is_some_and(|n| n > body_limit) {
         invocations.limit(id, LimitExceeded::RequestBody(body_limit));
         invocations.abandon(id);
@@ -123,11 +123,7 @@ impl Worker {
       let has_body =
         !(parts.method == Method::GET || parts.method == Method::HEAD || body.is_end_stream());
       let rid = has_body.then(|| {
-        let meter = isola_ext::BodyMeter {
-          state: Rc::downgrade(&state_rc),
-          id,
-          limit: body_limit,
-        };
+        let meter = isola_ext::BodyMeter::request(Rc::downgrade(&state_rc), id, body_limit);
         state
           .resource_table
           .add(RequestBodyResource::new(body, Some(meter)))
