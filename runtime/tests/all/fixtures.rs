@@ -51,7 +51,6 @@ use isola_runtime::LogRecord;
 use isola_runtime::LogSink;
 use isola_runtime::Worker;
 use isola_runtime::WorkerConfig;
-use libtest_mimic::Arguments;
 use libtest_mimic::Failed;
 use libtest_mimic::Trial;
 use serde::Deserialize;
@@ -201,8 +200,8 @@ impl Expect {
   }
 }
 
-fn main() {
-  let args = Arguments::from_args();
+/// One trial per folder under `tests/fixtures/`, plus the runner's own check.
+pub fn trials() -> Vec<Trial> {
   let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
   let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
     .expect("tests/fixtures exists")
@@ -210,21 +209,20 @@ fn main() {
     .filter(|p| p.join("case.json").is_file())
     .collect();
   dirs.sort();
-  let trials = dirs
+  let mut trials: Vec<Trial> = dirs
     .into_iter()
     .map(|dir| {
       let name = dir.file_name().unwrap().to_string_lossy().to_string();
-      Trial::test(name, move || {
+      Trial::test(format!("fixtures::{name}"), move || {
         run_case(&dir).map_err(|e| Failed::from(format!("{e:#}")))
       })
     })
-    .collect::<Vec<_>>();
-  let mut trials = trials;
+    .collect();
   trials.push(Trial::test(
-    "runner_refuses_cases_that_assert_nothing",
+    "fixtures::runner_refuses_cases_that_assert_nothing",
     || refuses_cases_that_assert_nothing().map_err(|e| Failed::from(format!("{e:#}"))),
   ));
-  libtest_mimic::run(&args, trials).exit();
+  trials
 }
 
 fn run_case(dir: &Path) -> anyhow::Result<()> {
