@@ -17,6 +17,3 @@ pub use handle::Invocation;
 pub use handle::WorkerHandle;
 pub use isolate::Isolate;
 pub use running::Worker;
-
-#[cfg(test)]
-mod tests;

@@ -1,9 +1,13 @@
-use bytes::Bytes;
-use isola_ext::LogSink;
+//! One worker in its isolate, driven directly (no pool): concurrency,
+//! isolation, hidden internals, and how invocations end.
 
-use super::*;
-use crate::bundle::Bundle;
-use crate::error::Error;
+use bytes::Bytes;
+use isola_runtime::Bundle;
+use isola_runtime::Error;
+use isola_runtime::LogSink;
+use isola_runtime::Worker;
+use isola_runtime::WorkerConfig;
+use libtest_mimic::Trial;
 
 fn bundle(code: &str) -> Bundle {
   Bundle::from_modules(
@@ -14,7 +18,7 @@ fn bundle(code: &str) -> Bundle {
 }
 
 async fn text(worker: &mut Worker, url: &str) -> Result<String, Error> {
-  let response = worker.fetch(crate::empty_request(url)).await?;
+  let response = worker.fetch(isola_runtime::empty_request(url)).await?;
   let body = response.into_body().collect_bytes().await.unwrap();
   Ok(String::from_utf8(body.to_vec()).unwrap())
 }
@@ -26,7 +30,6 @@ fn rt() -> tokio::runtime::Runtime {
     .unwrap()
 }
 
-#[test]
 fn one_isolate_serves_concurrent_requests() {
   rt().block_on(async {
     let code = r#"
@@ -44,7 +47,7 @@ fn one_isolate_serves_concurrent_requests() {
       .await
       .unwrap()
       .spawn();
-    let calls = (0..10).map(|_| worker.fetch(crate::empty_request("http://c.test/")));
+    let calls = (0..10).map(|_| worker.fetch(isola_runtime::empty_request("http://c.test/")));
     let responses = futures::future::join_all(calls).await;
     let mut max = 0;
     for r in responses {
@@ -55,7 +58,6 @@ fn one_isolate_serves_concurrent_requests() {
   });
 }
 
-#[test]
 fn isolates_do_not_share_globals() {
   rt().block_on(async {
     let code = r#"
@@ -95,7 +97,6 @@ fn isolates_do_not_share_globals() {
   });
 }
 
-#[test]
 fn runtime_internals_are_hidden_from_workers() {
   rt().block_on(async {
     let code = r#"
@@ -119,7 +120,6 @@ fn runtime_internals_are_hidden_from_workers() {
   });
 }
 
-#[test]
 fn a_promise_that_can_never_settle_is_an_exception() {
   rt().block_on(async {
     let code = "export default { fetch() { return new Promise(() => {}); } };";
@@ -127,14 +127,13 @@ fn a_promise_that_can_never_settle_is_an_exception() {
       .await
       .unwrap();
     let err = w
-      .fetch(crate::empty_request("http://n.test/"))
+      .fetch(isola_runtime::empty_request("http://n.test/"))
       .await
       .unwrap_err();
     assert!(err.is_exception(), "{err}");
   });
 }
 
-#[test]
 fn invocation_finishes_after_wait_until_settles() {
   rt().block_on(async {
     let code = r#"
@@ -151,7 +150,7 @@ fn invocation_finishes_after_wait_until_settles() {
       .await
       .unwrap()
       .spawn();
-    let mut inv = worker.invoke(crate::empty_request("http://w.test/"));
+    let mut inv = worker.invoke(isola_runtime::empty_request("http://w.test/"));
     let body = inv
       .response()
       .await
@@ -163,7 +162,7 @@ fn invocation_finishes_after_wait_until_settles() {
     assert_eq!(&body[..], b"sent");
     inv.finished().await;
     let body = worker
-      .fetch(crate::empty_request("http://w.test/check"))
+      .fetch(isola_runtime::empty_request("http://w.test/check"))
       .await
       .unwrap()
       .into_body()
@@ -178,21 +177,20 @@ fn invocation_finishes_after_wait_until_settles() {
   });
 }
 
-#[test]
 fn a_stopped_worker_reports_it() {
   rt().block_on(async {
     let code = "export default { fetch() { for (;;) {} } };";
     let config = WorkerConfig::new("s")
-      .limits(crate::Limits::default().cpu(std::time::Duration::from_millis(20)));
+      .limits(isola_runtime::Limits::default().cpu(std::time::Duration::from_millis(20)));
     let worker = Worker::new(bundle(code), &config, LogSink::discard())
       .await
       .unwrap()
       .spawn();
     let err = worker
-      .fetch(crate::empty_request("http://s.test/"))
+      .fetch(isola_runtime::empty_request("http://s.test/"))
       .await
       .unwrap_err();
-    assert_eq!(err.limit(), Some(crate::Outcome::CpuLimit), "{err}");
+    assert_eq!(err.limit(), Some(isola_runtime::Outcome::CpuLimit), "{err}");
     // The CPU limit stopped the isolate: its task ends and the handle says so.
     tokio::time::timeout(std::time::Duration::from_secs(10), async {
       while !worker.is_closed() {
@@ -202,9 +200,42 @@ fn a_stopped_worker_reports_it() {
     .await
     .expect("the worker task ends once its isolate is stopped");
     let err = worker
-      .fetch(crate::empty_request("http://s.test/"))
+      .fetch(isola_runtime::empty_request("http://s.test/"))
       .await
       .unwrap_err();
     assert!(err.is_stopped(), "{err}");
   });
+}
+
+pub fn trials() -> Vec<Trial> {
+  vec![
+    trial(
+      "one_isolate_serves_concurrent_requests",
+      one_isolate_serves_concurrent_requests,
+    ),
+    trial(
+      "isolates_do_not_share_globals",
+      isolates_do_not_share_globals,
+    ),
+    trial(
+      "runtime_internals_are_hidden_from_workers",
+      runtime_internals_are_hidden_from_workers,
+    ),
+    trial(
+      "a_promise_that_can_never_settle_is_an_exception",
+      a_promise_that_can_never_settle_is_an_exception,
+    ),
+    trial(
+      "invocation_finishes_after_wait_until_settles",
+      invocation_finishes_after_wait_until_settles,
+    ),
+    trial("a_stopped_worker_reports_it", a_stopped_worker_reports_it),
+  ]
+}
+
+fn trial(name: &str, test: fn()) -> Trial {
+  Trial::test(format!("worker::{name}"), move || {
+    test();
+    Ok(())
+  })
 }
