@@ -29,6 +29,10 @@
 //! Every worker also gets `env.UPSTREAM`, the base URL of a local HTTP
 //! server: `/echo` answers with the request as JSON, `/status/N` with status
 //! N, `/bytes/N` with N bytes, `/slow/MS` after MS milliseconds.
+//!
+//! A case must assert something: either `load_error` or at least one
+//! request, never both, and every `expect` must check at least one thing.
+//! The runner refuses other cases rather than letting them pass.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
