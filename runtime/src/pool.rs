@@ -29,9 +29,9 @@ use crate::limits::MeterSink;
 use crate::worker::Isolate;
 use crate::worker::WorkerConfig;
 use crate::worker::WorkerHandle;
-use crate::LogSink;
-use crate::RequestBody;
-use crate::ResponseBody;
+use isola_ext::LogSink;
+use isola_ext::RequestBody;
+use isola_ext::ResponseBody;
 
 /// Settings of a [`Runtime`].
 #[derive(Clone, Debug)]

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use crate::error::Error;
 use crate::error::ErrorKind;
 use crate::error::JsException;
-use crate::RequestBody;
+use isola_ext::RequestBody;
 
 pub(super) struct Command {
   pub(super) request: http::Request<RequestBody>,

@@ -36,7 +36,7 @@ use crate::limits::Limits;
 use crate::loader::BundleLoader;
 use crate::watchdog::Guard;
 use crate::watchdog::Trip;
-use crate::RequestBody;
+use isola_ext::RequestBody;
 
 /// What the answer to a request that never gets one says.
 const NEVER_RESPONDS: &str = "The worker's handler will never produce a response: its promise is still pending but nothing (timer, I/O) is left that could settle it";
