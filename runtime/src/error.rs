@@ -35,6 +35,13 @@ pub(crate) enum ErrorKind {
   /// The isolate is gone (shut down, or its event loop failed).
   #[error("the worker isolate stopped: {0}")]
   Stopped(String),
+  /// A thread or an isolate of the runtime could not be started.
+  #[error("the worker isolate stopped: {what}: {source}")]
+  Start {
+    what: &'static str,
+    #[source]
+    source: isola_ext::BoxError,
+  },
   /// Reading a dev worker's files failed.
   #[error("{what}: {source}")]
   Io {
@@ -80,7 +87,7 @@ impl Error {
 
   /// The isolate stopped and will not answer again.
   pub fn is_stopped(&self) -> bool {
-    matches!(self.kind, ErrorKind::Stopped(_))
+    matches!(self.kind, ErrorKind::Stopped(_) | ErrorKind::Start { .. })
   }
 }
 

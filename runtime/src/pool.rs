@@ -314,7 +314,10 @@ impl Runtime {
       std::thread::Builder::new()
         .name(format!("isola-v8-{idx}"))
         .spawn(move || thread_main(idx, rx, stock, logs, counter, ready_counter))
-        .map_err(|e| ErrorKind::Stopped(format!("cannot start a V8 thread: {e}")))?;
+        .map_err(|e| ErrorKind::Start {
+          what: "cannot start a V8 thread",
+          source: e.into(),
+        })?;
       threads.push(Thread {
         tx,
         isolates,
@@ -336,7 +339,10 @@ impl Runtime {
         };
         shared.evict_idle();
       })
-      .map_err(|e| ErrorKind::Stopped(format!("cannot start the pool sweeper: {e}")))?;
+      .map_err(|e| ErrorKind::Start {
+        what: "cannot start the pool sweeper",
+        source: e.into(),
+      })?;
     Ok(Self { shared })
   }
 

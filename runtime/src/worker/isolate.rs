@@ -94,7 +94,10 @@ impl Isolate {
       custom_module_evaluation_cb: Some(Box::new(isola_ext::evaluate_module_value)),
       ..Default::default()
     })
-    .map_err(|e| ErrorKind::Stopped(format!("cannot start an isolate: {e}")))?;
+    .map_err(|e| ErrorKind::Start {
+      what: "cannot start an isolate",
+      source: e.into(),
+    })?;
     // Created entered; leave it so the next isolate on this thread can be used.
     let mut js = jscell_from_new(js);
     guard.set_handle(js.v8_isolate().thread_safe_handle());
