@@ -13,9 +13,7 @@ use isola_proto::names::check_module_name;
 
 use crate::error::Error;
 use crate::error::ErrorKind;
-
-/// Specifiers of worker modules are `file:///<module name>`.
-pub(crate) const SCHEME_PREFIX: &str = "file:///";
+use crate::specifier::SCHEME_PREFIX;
 
 #[derive(Clone, Debug)]
 enum Source {
@@ -60,14 +58,18 @@ impl Bundle {
   /// A bundle whose entry is `entry` on disk; imports resolve against its
   /// folder and may not leave it.
   pub fn from_entry_file(entry: &Path) -> Result<Self, Error> {
-    let entry = entry
-      .canonicalize()
-      .map_err(|e| ErrorKind::Io(format!("cannot open worker entry {}: {e}", entry.display())))?;
+    let entry = entry.canonicalize().map_err(|source| ErrorKind::Io {
+      what: format!("cannot open worker entry {}", entry.display()),
+      source,
+    })?;
     let dir = entry.parent().map(Path::to_path_buf).unwrap_or_default();
     let main = entry
       .file_name()
       .and_then(|n| n.to_str())
-      .ok_or_else(|| ErrorKind::Io(format!("{} is not a file name", entry.display())))?
+      .ok_or_else(|| ErrorKind::Io {
+        what: format!("cannot open worker entry {}", entry.display()),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "it is not a file name"),
+      })?
       .to_string();
     Ok(Self {
       main,
@@ -93,7 +95,13 @@ impl Bundle {
         match std::fs::read(&path) {
           Ok(bytes) => Ok(Some(Bytes::from(bytes))),
           Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-          Err(e) => Err(ErrorKind::Io(format!("cannot read {}: {e}", path.display())).into()),
+          Err(source) => Err(
+            ErrorKind::Io {
+              what: format!("cannot read {}", path.display()),
+              source,
+            }
+            .into(),
+          ),
         }
       }
     }
@@ -106,16 +114,6 @@ fn normalize_name(name: &str) -> Result<String, Error> {
   let trimmed = name.strip_prefix("./").unwrap_or(name);
   check_module_name(trimmed).map_err(|e| ErrorKind::Module(e.to_string()))?;
   Ok(trimmed.to_string())
-}
-
-/// `file:///src/a.js` → `src/a.js`, for messages.
-pub(crate) fn display_specifier(specifier: &str) -> &str {
-  specifier.strip_prefix(SCHEME_PREFIX).unwrap_or(specifier)
-}
-
-/// Drops the `file:///` prefix wherever it appears in a message.
-pub(crate) fn strip_file_scheme(message: &str) -> String {
-  message.replace(SCHEME_PREFIX, "")
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
 use std::fmt;
 
+use isola_ext::LimitExceeded;
+use isola_ext::Outcome;
+
 /// Why a worker could not be loaded or could not answer.
 ///
 /// Opaque on purpose: match on the `is_*` helpers, print it for people.
@@ -21,17 +24,38 @@ pub(crate) enum ErrorKind {
   NoHandler(String),
   /// The handler threw; details went to the worker's log.
   #[error("the worker threw an exception (see its log)")]
-  Exception(String),
+  Exception(#[source] JsException),
   /// A limit ended the invocation.
-  #[error("{1}")]
-  Limit(crate::limits::Outcome, String),
+  #[error(transparent)]
+  Limit(LimitExceeded),
+  /// The isolate had already been stopped (a limit, or a failure) when the
+  /// invocation came or before it answered; counts as [`Outcome::Stopped`].
+  #[error("{0}")]
+  Halted(String),
   /// The isolate is gone (shut down, or its event loop failed).
   #[error("the worker isolate stopped: {0}")]
   Stopped(String),
+  /// A thread or an isolate of the runtime could not be started.
+  #[error("the worker isolate stopped: {what}: {source}")]
+  Start {
+    what: &'static str,
+    #[source]
+    source: isola_ext::BoxError,
+  },
   /// Reading a dev worker's files failed.
-  #[error("{0}")]
-  Io(String),
+  #[error("{what}: {source}")]
+  Io {
+    what: String,
+    #[source]
+    source: std::io::Error,
+  },
 }
+
+/// A JS exception as the worker's log shows it: `Name: message` and the
+/// stack, `file:///` dropped.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct JsException(pub(crate) String);
 
 impl Error {
   pub(crate) fn new(kind: ErrorKind) -> Self {
@@ -53,16 +77,17 @@ impl Error {
   }
 
   /// Which limit ended the invocation, if one did.
-  pub fn limit(&self) -> Option<crate::limits::Outcome> {
+  pub fn limit(&self) -> Option<Outcome> {
     match &self.kind {
-      ErrorKind::Limit(o, _) => Some(*o),
+      ErrorKind::Limit(limit) => Some(limit.outcome()),
+      ErrorKind::Halted(_) => Some(Outcome::Stopped),
       _ => None,
     }
   }
 
   /// The isolate stopped and will not answer again.
   pub fn is_stopped(&self) -> bool {
-    matches!(self.kind, ErrorKind::Stopped(_))
+    matches!(self.kind, ErrorKind::Stopped(_) | ErrorKind::Start { .. })
   }
 }
 
@@ -72,7 +97,11 @@ impl fmt::Display for Error {
   }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+  fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+    self.kind.source()
+  }
+}
 
 impl From<ErrorKind> for Error {
   fn from(kind: ErrorKind) -> Self {
@@ -89,13 +118,13 @@ pub(crate) fn describe_js_error(err: &deno_core::error::JsError) -> String {
     if let (Some(file), Some(line), Some(col)) =
       (&frame.file_name, frame.line_number, frame.column_number)
     {
-      let file = crate::bundle::display_specifier(file);
+      let file = crate::specifier::display_specifier(file);
       out.push_str(&format!("\n    at {file}:{line}:{col}"));
       for frame in err.frames.iter().skip(1).take(8) {
         if let (Some(file), Some(line), Some(col)) =
           (&frame.file_name, frame.line_number, frame.column_number)
         {
-          let file = crate::bundle::display_specifier(file);
+          let file = crate::specifier::display_specifier(file);
           let func = frame.function_name.as_deref().unwrap_or("<anonymous>");
           out.push_str(&format!("\n    at {func} ({file}:{line}:{col})"));
         }
@@ -114,6 +143,6 @@ pub(crate) fn describe_core_error(err: &deno_core::error::CoreError) -> String {
   use deno_core::error::CoreErrorKind;
   match &*err.0 {
     CoreErrorKind::Js(js) => describe_js_error(js),
-    _ => crate::bundle::strip_file_scheme(&err.to_string()),
+    _ => crate::specifier::clean_message(&err.to_string()),
   }
 }

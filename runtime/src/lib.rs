@@ -27,14 +27,18 @@ mod loader;
 mod manifest;
 mod metrics;
 mod pool;
+mod specifier;
 mod watchdog;
 mod worker;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
+pub use isola_ext::BoxError;
 pub use isola_ext::Level;
+pub use isola_ext::LimitExceeded;
 pub use isola_ext::LogRecord;
 pub use isola_ext::LogSink;
+pub use isola_ext::RequestBody;
 pub use isola_ext::ResponseBody;
 
 pub use crate::bundle::Bundle;
@@ -49,6 +53,7 @@ pub use crate::pool::Config;
 pub use crate::pool::PoolStats;
 pub use crate::pool::Runtime;
 pub use crate::pool::WorkerKey;
+pub use crate::specifier::clean_message;
 pub use crate::worker::Invocation;
 pub use crate::worker::Isolate;
 pub use crate::worker::Worker;
@@ -56,12 +61,6 @@ pub use crate::worker::WorkerConfig;
 pub use crate::worker::WorkerHandle;
 pub use isola_proto::msg::Usage;
 pub use isola_proto::names::ModuleKind;
-
-/// Errors a request body stream can carry.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The body type of requests handed to a worker.
-pub type RequestBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// Wraps any body (e.g. hyper's `Incoming`) as a [`RequestBody`].
 pub fn request_body<B>(body: B) -> RequestBody
@@ -84,9 +83,7 @@ pub fn empty_request(url: &str) -> http::Request<RequestBody> {
 pub fn error_response(error: &Error) -> http::Response<ResponseBody> {
   let (status, text) = match error.limit() {
     // The client sent too much: its fault, and it can retry with less.
-    Some(Outcome::BodyLimit) if error.to_string().contains("request body") => {
-      (http::StatusCode::PAYLOAD_TOO_LARGE, format!("{error}\n"))
-    }
+    Some(Outcome::RequestBodyLimit) => (http::StatusCode::PAYLOAD_TOO_LARGE, format!("{error}\n")),
     Some(_) => (
       http::StatusCode::SERVICE_UNAVAILABLE,
       format!("Worker exceeded a limit: {error}\n"),
@@ -111,4 +108,31 @@ pub fn error_response(error: &Error) -> http::Response<ResponseBody> {
     http::HeaderValue::from_static("text/plain;charset=UTF-8"),
   );
   response
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::error::ErrorKind;
+
+  #[test]
+  fn the_status_follows_the_limit_not_its_wording() {
+    let request: Error = ErrorKind::Limit(LimitExceeded::RequestBody(1000)).into();
+    let response: Error = ErrorKind::Limit(LimitExceeded::ResponseBody(1000)).into();
+    assert_eq!(error_response(&request).status(), 413);
+    assert_eq!(error_response(&response).status(), 503);
+    assert_eq!(request.limit(), Some(Outcome::RequestBodyLimit));
+    assert_eq!(response.limit(), Some(Outcome::ResponseBodyLimit));
+  }
+
+  #[test]
+  fn io_errors_keep_their_cause() {
+    use std::error::Error as _;
+    let err: Error = ErrorKind::Io {
+      what: "cannot read a.js".into(),
+      source: std::io::Error::other("disk on fire"),
+    }
+    .into();
+    assert_eq!(err.source().unwrap().to_string(), "disk on fire");
+  }
 }

@@ -1,7 +1,6 @@
 //! Resolves and loads a worker's modules from its [`Bundle`].
 
 use std::cell::RefCell;
-use std::rc::Rc;
 
 use deno_core::ModuleLoadOptions;
 use deno_core::ModuleLoadReferrer;
@@ -14,13 +13,11 @@ use deno_core::ModuleType;
 use deno_core::RequestedModuleType;
 use deno_core::ResolutionKind;
 use deno_error::JsErrorBox;
-use isola_ext::ModuleBlob;
-use isola_ext::ModuleBlobKind;
-use isola_ext::ModuleBlobs;
+use isola_ext::ModuleValueKind;
 
-use crate::bundle::display_specifier;
 use crate::bundle::Bundle;
-use crate::bundle::SCHEME_PREFIX;
+use crate::specifier::display_specifier;
+use crate::specifier::SCHEME_PREFIX;
 use isola_proto::names::ModuleKind;
 
 /// `import { WorkerEntrypoint } from "cloudflare:workers"`, as wrangler
@@ -40,7 +37,6 @@ const CLOUDFLARE_WORKERS_SPECIFIER: &str = "cloudflare:workers";
 #[derive(Default)]
 pub(crate) struct BundleLoader {
   bundle: RefCell<Option<Bundle>>,
-  pub(crate) blobs: Rc<ModuleBlobs>,
 }
 
 impl BundleLoader {
@@ -134,18 +130,15 @@ impl BundleLoader {
       String::from_utf8(bytes.to_vec())
         .map_err(|e| JsErrorBox::generic(format!("{name} is not valid UTF-8: {e}")))
     };
-    let blob = |kind| {
-      self.blobs.insert(
-        specifier.to_string(),
-        ModuleBlob {
-          kind,
-          bytes: bytes.clone(),
-        },
-      );
-      ModuleSourceCode::String(ModuleBlobs::facade_source(specifier.as_str()).into())
-    };
-    let code = match kind {
-      ModuleKind::EsModule => ModuleSourceCode::String(text(&bytes)?.into()),
+    let kind = match kind {
+      ModuleKind::EsModule => {
+        return Ok(ModuleSource::new(
+          ModuleType::JavaScript,
+          ModuleSourceCode::String(text(&bytes)?.into()),
+          specifier,
+          None,
+        ))
+      }
       ModuleKind::Json => {
         if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
           return Err(JsErrorBox::new(
@@ -162,18 +155,31 @@ impl BundleLoader {
             None,
           ));
         }
-        blob(ModuleBlobKind::Json)
+        ModuleValueKind::Json
       }
-      ModuleKind::Wasm => blob(ModuleBlobKind::Wasm),
+      ModuleKind::Wasm => ModuleValueKind::Wasm,
       ModuleKind::Text => {
         text(&bytes)?;
-        blob(ModuleBlobKind::Text)
+        ModuleValueKind::Text
       }
-      ModuleKind::Data => blob(ModuleBlobKind::Data),
+      ModuleKind::Data => ModuleValueKind::Data,
     };
+    // A plain import gets the facade; the facade's own import (with the
+    // value's module type) gets the bytes, which
+    // `isola_ext::evaluate_module_value` makes into the value.
+    if matches!(&options.requested_module_type,
+      RequestedModuleType::Other(t) if t.as_ref() == kind.module_type())
+    {
+      return Ok(ModuleSource::new(
+        ModuleType::Other(kind.module_type().into()),
+        ModuleSourceCode::Bytes(bytes.to_vec().into_boxed_slice().into()),
+        specifier,
+        None,
+      ));
+    }
     Ok(ModuleSource::new(
       ModuleType::JavaScript,
-      code,
+      ModuleSourceCode::String(kind.facade_source(specifier.as_str()).into()),
       specifier,
       None,
     ))

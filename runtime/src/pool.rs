@@ -29,9 +29,9 @@ use crate::limits::MeterSink;
 use crate::worker::Isolate;
 use crate::worker::WorkerConfig;
 use crate::worker::WorkerHandle;
-use crate::LogSink;
-use crate::RequestBody;
-use crate::ResponseBody;
+use isola_ext::LogSink;
+use isola_ext::RequestBody;
+use isola_ext::ResponseBody;
 
 /// Settings of a [`Runtime`].
 #[derive(Clone, Debug)]
@@ -231,6 +231,55 @@ impl Index {
       self.stats.evictions += 1;
     }
   }
+
+  /// The entry of `key`, marked used at `now` (and most recently used).
+  fn touch(&mut self, key: &WorkerKey, now: Instant) -> Option<&mut Entry> {
+    let entry = self.lru().get_mut(key)?;
+    entry.last_used = now;
+    Some(entry)
+  }
+
+  /// Adds a freshly loaded instance of `key`, used at `now`.
+  fn insert(&mut self, key: &WorkerKey, instance: Instance, now: Instant) {
+    self.memory += instance.memory;
+    let entry = self.lru().get_or_insert_mut(key.clone(), || Entry {
+      instances: Vec::new(),
+      last_used: now,
+    });
+    entry.last_used = now;
+    entry.instances.push(instance);
+  }
+
+  /// Drops least recently used workers while over the count or memory
+  /// limit; never `keep`, which was just used.
+  fn evict_over_limits(&mut self, keep: &WorkerKey, max_isolates: usize, max_memory: u64) {
+    while self.count() > max_isolates || self.memory > max_memory {
+      let Some(victim) = self.lru().peek_lru().map(|(k, _)| k.clone()) else {
+        break;
+      };
+      if &victim == keep {
+        break;
+      }
+      if let Some(entry) = self.lru().pop(&victim) {
+        self.drop_entry(entry);
+      }
+    }
+  }
+
+  /// Drops workers not used for longer than `ttl` before `now`.
+  fn evict_idle(&mut self, now: Instant, ttl: Duration) {
+    let stale: Vec<WorkerKey> = self
+      .lru()
+      .iter()
+      .filter(|(_, e)| now.saturating_duration_since(e.last_used) > ttl)
+      .map(|(k, _)| k.clone())
+      .collect();
+    for key in stale {
+      if let Some(entry) = self.lru().pop(&key) {
+        self.drop_entry(entry);
+      }
+    }
+  }
 }
 
 struct Shared {
@@ -265,7 +314,10 @@ impl Runtime {
       std::thread::Builder::new()
         .name(format!("isola-v8-{idx}"))
         .spawn(move || thread_main(idx, rx, stock, logs, counter, ready_counter))
-        .map_err(|e| ErrorKind::Stopped(format!("cannot start a V8 thread: {e}")))?;
+        .map_err(|e| ErrorKind::Start {
+          what: "cannot start a V8 thread",
+          source: e.into(),
+        })?;
       threads.push(Thread {
         tx,
         isolates,
@@ -287,7 +339,10 @@ impl Runtime {
         };
         shared.evict_idle();
       })
-      .map_err(|e| ErrorKind::Stopped(format!("cannot start the pool sweeper: {e}")))?;
+      .map_err(|e| ErrorKind::Start {
+        what: "cannot start the pool sweeper",
+        source: e.into(),
+      })?;
     Ok(Self { shared })
   }
 
@@ -396,9 +451,8 @@ impl Shared {
     let here = CURRENT_THREAD.with(Cell::get);
     let max = self.config.max_concurrency;
     let mut index = self.lock();
-    let entry = index.lru().get_mut(key)?;
+    let entry = index.touch(key, Instant::now())?;
     let freed = entry.drop_closed();
-    entry.last_used = Instant::now();
     let picked = entry
       .instances
       .iter()
@@ -446,57 +500,19 @@ impl Shared {
     let mut index = self.lock();
     index.stats.cold_starts += 1;
     index.stats.stock_hits += u64::from(from_stock);
-    index.memory += memory;
-    let now = Instant::now();
-    let entry = index.lru().get_or_insert_mut(key.clone(), || Entry {
-      instances: Vec::new(),
-      last_used: now,
-    });
-    entry.last_used = now;
-    entry.instances.push(Instance {
+    let instance = Instance {
       thread,
       handle: handle.clone(),
       inflight: inflight.clone(),
       memory,
-    });
-    self.evict_over_limits(&mut index, key);
+    };
+    index.insert(key, instance, Instant::now());
+    index.evict_over_limits(key, self.config.max_isolates, self.config.max_memory);
     Ok((handle, inflight))
   }
 
-  /// Drops least recently used workers while over the count or memory
-  /// limit; never `keep`, which was just used.
-  fn evict_over_limits(&self, index: &mut Index, keep: &WorkerKey) {
-    while index.count() > self.config.max_isolates || index.memory > self.config.max_memory {
-      let Some((victim, _)) = index
-        .lru()
-        .peek_lru()
-        .map(|(k, e)| (k.clone(), e.last_used))
-      else {
-        break;
-      };
-      if &victim == keep {
-        break;
-      }
-      if let Some(entry) = index.lru().pop(&victim) {
-        index.drop_entry(entry);
-      }
-    }
-  }
-
   fn evict_idle(&self) {
-    let ttl = self.config.idle_ttl;
-    let mut index = self.lock();
-    let stale: Vec<WorkerKey> = index
-      .lru()
-      .iter()
-      .filter(|(_, e)| e.last_used.elapsed() > ttl)
-      .map(|(k, _)| k.clone())
-      .collect();
-    for key in stale {
-      if let Some(entry) = index.lru().pop(&key) {
-        index.drop_entry(entry);
-      }
-    }
+    self.lock().evict_idle(Instant::now(), self.config.idle_ttl);
   }
 
   /// Forgets instances of `key` whose isolate stopped.
@@ -596,4 +612,117 @@ fn thread_main(
       }
     }
   });
+}
+
+#[cfg(test)]
+mod tests {
+  //! The index alone, with injected time: no V8 threads, no sleeps.
+
+  use super::*;
+
+  struct Fixture {
+    index: Index,
+    t0: Instant,
+    _open: Vec<Box<dyn std::any::Any>>,
+  }
+
+  impl Fixture {
+    fn new() -> Self {
+      Self {
+        index: Index::default(),
+        t0: Instant::now(),
+        _open: Vec::new(),
+      }
+    }
+
+    fn at(&self, secs: u64) -> Instant {
+      self.t0 + Duration::from_secs(secs)
+    }
+
+    fn load(&mut self, name: &str, memory: u64, secs: u64) {
+      let (handle, open) = WorkerHandle::detached();
+      self._open.push(open);
+      let instance = Instance {
+        thread: 0,
+        handle,
+        inflight: Arc::new(AtomicUsize::new(0)),
+        memory,
+      };
+      let now = self.at(secs);
+      self.index.insert(&key(name), instance, now);
+    }
+
+    fn keys(&mut self) -> Vec<String> {
+      let mut keys: Vec<String> = self
+        .index
+        .lru()
+        .iter()
+        .map(|(k, _)| k.name.to_string())
+        .collect();
+      keys.sort();
+      keys
+    }
+  }
+
+  fn key(name: &str) -> WorkerKey {
+    WorkerKey::new(name, "v1")
+  }
+
+  #[test]
+  fn the_least_recently_used_worker_goes_first() {
+    let mut f = Fixture::new();
+    f.load("a", 1, 0);
+    f.load("b", 1, 1);
+    f.load("c", 1, 2);
+    // Using `a` again makes `b` the least recently used.
+    let at = f.at(3);
+    assert!(f.index.touch(&key("a"), at).is_some());
+    f.index.evict_over_limits(&key("c"), 2, u64::MAX);
+    assert_eq!(f.keys(), ["a", "c"]);
+    assert_eq!(f.index.stats.evictions, 1);
+  }
+
+  #[test]
+  fn the_worker_just_used_is_never_evicted() {
+    let mut f = Fixture::new();
+    f.load("a", 1, 0);
+    f.index.evict_over_limits(&key("a"), 0, 0);
+    assert_eq!(f.keys(), ["a"]);
+  }
+
+  #[test]
+  fn idle_workers_expire_after_the_ttl() {
+    let mut f = Fixture::new();
+    f.load("a", 1, 0);
+    f.load("b", 1, 5);
+    let ttl = Duration::from_secs(10);
+    let at = f.at(10);
+    f.index.evict_idle(at, ttl);
+    assert_eq!(f.keys(), ["a", "b"], "exactly the TTL is not past it");
+    let at = f.at(11);
+    f.index.evict_idle(at, ttl);
+    assert_eq!(f.keys(), ["b"]);
+    // Use renews the lease.
+    let at = f.at(14);
+    f.index.touch(&key("b"), at);
+    let at = f.at(20);
+    f.index.evict_idle(at, ttl);
+    assert_eq!(f.keys(), ["b"]);
+    let at = f.at(25);
+    f.index.evict_idle(at, ttl);
+    assert!(f.keys().is_empty());
+    assert_eq!(f.index.memory, 0);
+  }
+
+  #[test]
+  fn memory_over_the_limit_evicts_the_oldest() {
+    let mut f = Fixture::new();
+    f.load("a", 60, 0);
+    f.load("b", 30, 1);
+    f.load("c", 30, 2);
+    assert_eq!(f.index.memory, 120);
+    f.index.evict_over_limits(&key("c"), usize::MAX, 100);
+    assert_eq!(f.keys(), ["b", "c"]);
+    assert_eq!(f.index.memory, 60);
+  }
 }

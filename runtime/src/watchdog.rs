@@ -9,6 +9,12 @@
 //! Memory: the V8 heap has a hard limit (near it, execution is terminated),
 //! and ArrayBuffer backing stores come from an allocator that counts them
 //! per isolate and refuses to go past the same limit.
+//!
+//! The crate's only `unsafe` outside `worker/enter.rs` is here, and it is
+//! all FFI that cannot be written otherwise: the libc thread CPU clock, and
+//! the C callbacks V8 calls (the full-GC epilogue and the ArrayBuffer
+//! allocator's vtable, whose `Guard` pointer is an `Arc` kept alive until
+//! V8 calls `ab_drop`).
 
 use std::ffi::c_void;
 use std::sync::atomic::AtomicBool;

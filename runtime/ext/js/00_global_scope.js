@@ -8,7 +8,6 @@ const {
   DatePrototypeToString,
   Error,
   ObjectDefineProperty,
-  ObjectFreeze,
   ObjectGetPrototypeOf,
   ObjectSetPrototypeOf,
   PromiseReject,
@@ -18,7 +17,7 @@ const {
   Symbol,
   TypeError,
 } = primordials;
-const { op_isola_log, op_isola_subrequest } = core.ops;
+const { op_isola_log, op_isola_subrequest, op_isola_user_agent } = core.ops;
 
 // ---------------------------------------------------------------- web APIs --
 const webidl = core.loadExtScript("ext:deno_webidl/00_webidl.js");
@@ -164,12 +163,8 @@ ObjectDefineProperty(performanceMod.Performance.prototype, "now", {
 });
 
 // ------------------------------------------------------------ subrequests --
-function currentInvocationId() {
-  const ctx = core.getAsyncContext();
-  return typeof ctx === "number" ? ctx : -1;
-}
 function fetch(input, init = undefined) {
-  const id = currentInvocationId();
+  const id = currentInvocation();
   if (id >= 0 && !op_isola_subrequest(id)) {
     return PromiseReject(
       new TypeError(
@@ -183,7 +178,7 @@ function fetch(input, init = undefined) {
 // --------------------------------------------------------------- navigator --
 class Navigator {
   get userAgent() {
-    return "Cloudflare-Workers";
+    return op_isola_user_agent();
   }
   get hardwareConcurrency() {
     return 1;
@@ -300,19 +295,14 @@ core.defineGlobalProperties(globalThis, {
 });
 
 export {
-  setClock,
   console,
   consoleMod,
   DOMException,
   event,
-  fetchMod,
   globalEvents,
-  headers,
-  ObjectDefineProperty,
-  ObjectFreeze,
   performanceMod,
   request,
   response,
+  setClock,
   streams,
-  webidl,
 };

@@ -5,6 +5,7 @@ import { core, primordials } from "ext:core/mod.js";
 import {
   console,
   consoleMod,
+  DOMException,
   event,
   globalEvents,
   performanceMod,
@@ -24,10 +25,8 @@ const {
   PromiseResolve,
   ReflectApply,
   SafePromiseAllSettled,
-  SymbolFor,
   TypeError,
   TypedArrayPrototypeGetSymbolToStringTag,
-  JSONParse,
   Float64Array,
   TypedArrayPrototypeGetBuffer,
   Uint8Array,
@@ -39,15 +38,11 @@ const {
   StringPrototypeReplaceAll,
   StringPrototypeSplit,
 } = primordials;
-// Not among deno_core's primordials, and absent while the snapshot is made:
-// captured in init(), before any worker code runs.
-let WebAssemblyModule;
 const {
   op_isola_set_clock,
   op_isola_env,
   op_isola_fail,
   op_isola_invocation_done,
-  op_isola_module_data,
   op_isola_respond,
 } = core.ops;
 const { fromInnerRequest, newInnerRequest } = requestMod;
@@ -91,9 +86,14 @@ let entry = null;
 let entryClass = null;
 
 // ------------------------------------------------------------ FetchEvent --
-const _respondWith = SymbolFor("isola.respondWith");
+/** The promise given to `event.respondWith()`, or null; module-private. */
+let responseOf;
 class FetchEvent extends event.Event {
   #ctx;
+  #response = null;
+  static {
+    responseOf = (ev) => ev.#response;
+  }
   constructor(type, init, ctx) {
     super(type);
     ObjectDefineProperty(this, "request", {
@@ -101,25 +101,18 @@ class FetchEvent extends event.Event {
       enumerable: true,
     });
     this.#ctx = ctx;
-    this[_respondWith] = null;
   }
   respondWith(response) {
-    if (this[_respondWith] !== null) {
-      throw new DOMExceptionLike("respondWith() was already called");
+    if (this.#response !== null) {
+      throw new DOMException("respondWith() was already called", "InvalidStateError");
     }
-    this[_respondWith] = PromiseResolve(response);
+    this.#response = PromiseResolve(response);
   }
   waitUntil(promise) {
     this.#ctx.waitUntil(promise);
   }
   passThroughOnException() {
     this.#ctx.passThroughOnException();
-  }
-}
-class DOMExceptionLike extends Error {
-  constructor(msg) {
-    super(msg);
-    this.name = "InvalidStateError";
   }
 }
 
@@ -211,12 +204,13 @@ function dispatch(id, method, url, headers, bodyRid) {
 function dispatchFetchEvent(request, ctx) {
   const ev = new FetchEvent("fetch", { request }, ctx);
   globalEvents.dispatchEvent(ev);
-  if (ev[_respondWith] === null) {
+  const response = responseOf(ev);
+  if (response === null) {
     throw new TypeError(
       "No response: the \"fetch\" event listener did not call event.respondWith()",
     );
   }
-  return ev[_respondWith];
+  return response;
 }
 
 function respond(inv, response) {
@@ -278,38 +272,14 @@ function describeValue(v) {
   return `a ${typeof v}`;
 }
 
-// ------------------------------------------------------- module values --
-// Non-JS modules import as `export default <value>`; the loader generates a
-// facade module calling this.
-function moduleValue(specifier) {
-  const { 0: kind, 1: bytes } = op_isola_module_data(specifier);
-  switch (kind) {
-    case "wasm":
-      return new WebAssemblyModule(bytes);
-    case "json":
-      return JSONParse(core.decode(bytes));
-    case "text":
-      return core.decode(bytes);
-    default:
-      return bytes.buffer;
-  }
-}
-
 // -------------------------------------------------------------- lifecycle --
 /** Called once before the worker's main module is evaluated. */
 function init() {
-  WebAssemblyModule = globalThis.WebAssembly.Module;
   performanceMod.setTimeOrigin();
   const clock = new Float64Array(2);
   op_isola_set_clock(new Uint8Array(TypedArrayPrototypeGetBuffer(clock)));
   setClock(clock);
   env = op_isola_env();
-  ObjectDefineProperty(globalThis, SymbolFor("isola.moduleValue"), {
-    value: moduleValue,
-    enumerable: false,
-    writable: false,
-    configurable: false,
-  });
 }
 
 /**

@@ -2,10 +2,8 @@
 //! ways so that large bodies never sit whole in memory.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::rc::Weak;
 use std::task::Context;
 use std::task::Poll;
 
@@ -15,7 +13,6 @@ use deno_core::AsyncResult;
 use deno_core::BufView;
 use deno_core::CancelFuture;
 use deno_core::CancelHandle;
-use deno_core::OpState;
 use deno_core::RcRef;
 use deno_core::Resource;
 use deno_error::JsErrorBox;
@@ -24,43 +21,17 @@ use http_body::SizeHint;
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
-use crate::invocation::Invocations;
-use crate::invocation::Outcome;
+use crate::outcome::LimitExceeded;
 
-/// Counts a body's bytes into its invocation's usage and enforces its limit.
-pub struct BodyMeter {
-  pub state: Weak<RefCell<OpState>>,
-  pub id: u32,
-  /// 0: no limit.
-  pub limit: u64,
-}
-
-impl BodyMeter {
-  fn with_invocations<R>(&self, f: impl FnOnce(&mut Invocations) -> R) -> Option<R> {
-    let state = self.state.upgrade()?;
-    let mut state = state.try_borrow_mut().ok()?;
-    Some(f(state.borrow_mut::<Invocations>()))
-  }
-
-  /// Adds `n` bytes; false once the total is past the limit.
-  fn count(&self, total: u64, n: u64, inbound: bool) -> bool {
-    self.with_invocations(|inv| {
-      if inbound {
-        inv.add_bytes_in(self.id, n)
-      } else {
-        inv.add_bytes_out(self.id, n)
-      }
-    });
-    self.limit == 0 || total <= self.limit
-  }
-
-  fn exceeded(&self, what: &str) {
-    let message = format!(
-      "body limit: the {what} body is larger than {} bytes",
-      self.limit
-    );
-    self.with_invocations(|inv| inv.limit(self.id, Outcome::BodyLimit, &message));
-  }
+/// Counts a body's bytes for its invocation and enforces its size limit.
+/// The invocation table implements it (`BodyMeter`); bodies only see this.
+pub trait Meter {
+  /// Adds `n` bytes (`total` so far); false once the total is past the limit.
+  fn count(&self, total: u64, n: u64) -> bool;
+  /// Ends the invocation for breaking the body limit; returns that limit.
+  fn exceeded(&self) -> LimitExceeded;
+  /// A streamed response body started (`true`) or ended (`false`).
+  fn streaming(&self, on: bool);
 }
 
 /// Errors a body stream can carry.
@@ -81,7 +52,7 @@ pub struct RequestBodyResource {
   inner: AsyncRefCell<RequestBodyInner>,
   cancel: CancelHandle,
   size_hint: (u64, Option<u64>),
-  meter: Option<BodyMeter>,
+  meter: Option<Box<dyn Meter>>,
 }
 
 struct RequestBodyInner {
@@ -91,7 +62,7 @@ struct RequestBodyInner {
 }
 
 impl RequestBodyResource {
-  pub fn new(body: RequestBody, meter: Option<BodyMeter>) -> Self {
+  pub fn new<M: Meter + 'static>(body: RequestBody, meter: Option<M>) -> Self {
     let hint = http_body::Body::size_hint(&body);
     Self {
       size_hint: (hint.lower(), hint.upper()),
@@ -101,7 +72,7 @@ impl RequestBodyResource {
         total: 0,
       }),
       cancel: CancelHandle::default(),
-      meter,
+      meter: meter.map(|m| Box::new(m) as Box<dyn Meter>),
     }
   }
 
@@ -129,12 +100,9 @@ impl RequestBodyResource {
             if !data.is_empty() {
               inner.total += data.len() as u64;
               if let Some(meter) = &self.meter {
-                if !meter.count(inner.total, data.len() as u64, true) {
-                  meter.exceeded("request");
-                  return Err(JsErrorBox::type_error(format!(
-                    "the request body is larger than the limit of {} bytes",
-                    meter.limit
-                  )));
+                if !meter.count(inner.total, data.len() as u64) {
+                  let limit = meter.exceeded();
+                  return Err(JsErrorBox::type_error(limit.to_string()));
                 }
               }
               inner.leftover = Some(data);
@@ -210,9 +178,9 @@ impl ResponseBody {
 
   /// Streams a JS `ReadableStream` resource (from `resourceForReadableStream`)
   /// out. Must be called on the isolate's thread, inside its tokio runtime.
-  pub(crate) fn pump(resource: Rc<dyn Resource>, meter: BodyMeter) -> Self {
+  pub(crate) fn pump(resource: Rc<dyn Resource>, meter: impl Meter + 'static) -> Self {
     let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
-    meter.with_invocations(|inv| inv.set_streaming(meter.id, true));
+    meter.streaming(true);
     deno_core::unsync::spawn(async move {
       let mut total = 0u64;
       loop {
@@ -224,9 +192,9 @@ impl ResponseBody {
           Ok(buf) if buf.is_empty() => break,
           Ok(buf) => {
             total += buf.len() as u64;
-            if !meter.count(total, buf.len() as u64, false) {
-              meter.exceeded("response");
-              permit.send(Err("response body limit exceeded".into()));
+            if !meter.count(total, buf.len() as u64) {
+              let limit = meter.exceeded();
+              permit.send(Err(limit.into()));
               break;
             }
             permit.send(Ok(Bytes::copy_from_slice(&buf)))
@@ -238,7 +206,7 @@ impl ResponseBody {
         }
       }
       resource.close();
-      meter.with_invocations(|inv| inv.set_streaming(meter.id, false));
+      meter.streaming(false);
     });
     Self {
       kind: BodyKind::Stream(rx),

@@ -1,71 +1,15 @@
-//! The table of invocations in flight in one isolate, and the ops through
-//! which JS answers them.
+//! The table of invocations in flight in one isolate: pure data, with time
+//! passed in, so it is tested without V8.
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
-use deno_core::op2;
-use deno_core::v8;
-use deno_core::JsRuntime;
-use deno_core::OpState;
-use deno_core::ResourceId;
-use deno_error::JsErrorBox;
-use http::HeaderName;
-use http::HeaderValue;
-use http::StatusCode;
+use std::time::Instant;
+
 use tokio::sync::oneshot;
 
-use crate::body::BodyMeter;
 use crate::body::ResponseBody;
-use crate::log::Level;
-use crate::log::LogRecord;
-use crate::log::LogSink;
-use crate::WorkerName;
-
-/// How an invocation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-  /// A response was produced.
-  Ok,
-  /// The handler threw, rejected, or returned something other than a Response.
-  Exception,
-  CpuLimit,
-  MemoryLimit,
-  WallLimit,
-  SubrequestLimit,
-  /// A request or response body exceeded its size limit.
-  BodyLimit,
-  /// The isolate stopped (shut down, or another invocation broke a limit).
-  Stopped,
-}
-
-impl Outcome {
-  pub fn as_str(self) -> &'static str {
-    match self {
-      Outcome::Ok => "ok",
-      Outcome::Exception => "exception",
-      Outcome::CpuLimit => "cpu_limit",
-      Outcome::MemoryLimit => "memory_limit",
-      Outcome::WallLimit => "wall_limit",
-      Outcome::SubrequestLimit => "subrequest_limit",
-      Outcome::BodyLimit => "body_limit",
-      Outcome::Stopped => "stopped",
-    }
-  }
-
-  /// Every outcome, for exporters that pre-register label values.
-  pub const ALL: [Outcome; 8] = [
-    Outcome::Ok,
-    Outcome::Exception,
-    Outcome::CpuLimit,
-    Outcome::MemoryLimit,
-    Outcome::WallLimit,
-    Outcome::SubrequestLimit,
-    Outcome::BodyLimit,
-    Outcome::Stopped,
-  ];
-}
+use crate::outcome::LimitExceeded;
+use crate::outcome::Outcome;
 
 /// How an invocation answered.
 #[derive(Debug)]
@@ -75,14 +19,27 @@ pub enum Reply {
   /// The handler threw, rejected or returned something that is not a
   /// `Response`; the message (with the JS stack) has already been logged.
   Exception(String),
-  /// A limit ended the invocation; the message names it.
-  Limit(Outcome, String),
+  /// A limit ended the invocation.
+  Limit(LimitExceeded),
+  /// The isolate was stopped (by a limit another invocation broke, or a
+  /// failure) before this invocation answered; the text says why.
+  Stopped(String),
+}
+
+/// Why every invocation still waiting is failed at once.
+#[derive(Clone, Copy, Debug)]
+pub enum Failure<'a> {
+  /// JS can no longer answer (nothing left that could settle the handler's
+  /// promise, or the event loop failed).
+  Exception(&'a str),
+  /// A limit stopped the isolate.
+  Limit(LimitExceeded),
 }
 
 /// What an invocation used, kept while it runs.
 #[derive(Debug)]
 pub struct Usage {
-  pub start: std::time::Instant,
+  pub start: Instant,
   pub start_time: std::time::SystemTime,
   pub cpu_ns: u64,
   pub peak_memory: u64,
@@ -93,9 +50,9 @@ pub struct Usage {
 }
 
 impl Usage {
-  fn new() -> Self {
+  fn new(start: Instant) -> Self {
     Self {
-      start: std::time::Instant::now(),
+      start,
       start_time: std::time::SystemTime::now(),
       cpu_ns: 0,
       peak_memory: 0,
@@ -139,12 +96,13 @@ pub struct Invocations {
 }
 
 impl Invocations {
-  /// Registers an invocation. `done` fires once the response is sent and every
-  /// `ctx.waitUntil()` promise has settled.
+  /// Registers an invocation starting at `now`. `done` fires once the
+  /// response is sent and every `ctx.waitUntil()` promise has settled.
   pub fn insert(
     &mut self,
     reply: oneshot::Sender<Reply>,
     done: Option<oneshot::Sender<()>>,
+    now: Instant,
   ) -> u32 {
     // Ids stay small integers so they travel as V8 Smis.
     self.next_id = (self.next_id + 1) & 0x3fff_ffff;
@@ -154,7 +112,7 @@ impl Invocations {
       Pending {
         reply: Some(reply),
         done,
-        usage: Usage::new(),
+        usage: Usage::new(now),
         js_done: false,
         streaming: false,
       },
@@ -241,12 +199,9 @@ impl Invocations {
 
   /// The earliest start among invocations not finished, and those started
   /// before `cutoff`.
-  pub fn started_before(
-    &self,
-    cutoff: std::time::Instant,
-  ) -> (Vec<u32>, Option<std::time::Instant>) {
+  pub fn started_before(&self, cutoff: Instant) -> (Vec<u32>, Option<Instant>) {
     let mut expired = Vec::new();
-    let mut earliest: Option<std::time::Instant> = None;
+    let mut earliest: Option<Instant> = None;
     for (id, p) in &self.pending {
       if p.usage.start <= cutoff {
         expired.push(*id);
@@ -281,15 +236,16 @@ impl Invocations {
     }
   }
 
-  /// Ends invocation `id` because it broke a limit: a 503 naming the limit
-  /// if it had not answered yet, and it counts as `outcome` either way.
-  pub fn limit(&mut self, id: u32, outcome: Outcome, message: &str) {
+  /// Ends invocation `id` because it broke `limit`: an error naming the
+  /// limit if it had not answered yet, and it counts as the limit's outcome
+  /// either way.
+  pub fn limit(&mut self, id: u32, limit: LimitExceeded) {
     if let Some(p) = self.pending.get_mut(&id) {
       if p.usage.outcome.is_none() || p.usage.outcome == Some(Outcome::Ok) {
-        p.usage.outcome = Some(outcome);
+        p.usage.outcome = Some(limit.outcome());
       }
       if let Some(tx) = p.reply.take() {
-        let _ = tx.send(Reply::Limit(outcome, message.to_string()));
+        let _ = tx.send(Reply::Limit(limit));
       }
     }
   }
@@ -348,7 +304,8 @@ impl Invocations {
         let outcome = match &reply {
           Reply::Response(_) => Outcome::Ok,
           Reply::Exception(_) => Outcome::Exception,
-          Reply::Limit(o, _) => *o,
+          Reply::Limit(limit) => limit.outcome(),
+          Reply::Stopped(_) => Outcome::Stopped,
         };
         p.usage.outcome.get_or_insert(outcome);
         let _ = tx.send(reply);
@@ -356,7 +313,8 @@ impl Invocations {
     }
   }
 
-  fn js_finished(&mut self, id: u32) {
+  /// JS is done with invocation `id` (response out, `waitUntil` settled).
+  pub(crate) fn js_finished(&mut self, id: u32) {
     if let Some(p) = self.pending.get_mut(&id) {
       p.js_done = true;
     }
@@ -365,7 +323,7 @@ impl Invocations {
 
   /// Fails every invocation still waiting for its response (and ends those
   /// only waiting on `waitUntil` work); returns the ids that got no response.
-  pub fn fail_all(&mut self, outcome: Outcome, message: &str) -> Vec<u32> {
+  pub fn fail_all(&mut self, failure: Failure<'_>) -> Vec<u32> {
     let mut failed = Vec::new();
     for id in self.ids() {
       let Some(p) = self.pending.get_mut(&id) else {
@@ -373,10 +331,9 @@ impl Invocations {
       };
       if p.reply.is_some() {
         failed.push(id);
-        if outcome == Outcome::Exception {
-          self.reply(id, Reply::Exception(message.to_string()));
-        } else {
-          self.limit(id, outcome, message);
+        match failure {
+          Failure::Exception(message) => self.reply(id, Reply::Exception(message.to_string())),
+          Failure::Limit(limit) => self.limit(id, limit),
         }
       }
       self.abandon(id);
@@ -385,153 +342,162 @@ impl Invocations {
   }
 }
 
-fn header_pair(
-  scope: &mut v8::PinScope<'_, '_>,
-  headers: &v8::Array,
-  i: u32,
-) -> Option<(HeaderName, HeaderValue)> {
-  let name = headers.get_index(scope, i)?.to_rust_string_lossy(scope);
-  let value = headers.get_index(scope, i + 1)?;
-  let value = value.to_string(scope)?;
-  // Header values are ByteStrings: every code unit fits in one byte.
-  let mut bytes = vec![0u8; value.length()];
-  value.write_one_byte_v2(scope, 0, &mut bytes, v8::WriteFlags::empty());
-  Some((
-    HeaderName::from_bytes(name.as_bytes()).ok()?,
-    HeaderValue::from_bytes(&bytes).ok()?,
-  ))
-}
+#[cfg(test)]
+mod tests {
+  //! The table alone, with injected time: no V8, no sleeps.
 
-enum JsBody {
-  Full(Bytes),
-  Stream(ResourceId),
-}
+  use std::cell::RefCell;
+  use std::rc::Rc;
+  use std::time::Duration;
 
-fn body_from_js(
-  scope: &mut v8::PinScope<'_, '_>,
-  body: v8::Local<'_, v8::Value>,
-) -> Result<JsBody, JsErrorBox> {
-  if body.is_null_or_undefined() {
-    return Ok(JsBody::Full(Bytes::new()));
-  }
-  if let Ok(s) = v8::Local::<v8::String>::try_from(body) {
-    return Ok(JsBody::Full(Bytes::from(s.to_rust_string_lossy(scope))));
-  }
-  if let Ok(view) = v8::Local::<v8::ArrayBufferView>::try_from(body) {
-    let mut bytes = vec![0u8; view.byte_length()];
-    view.copy_contents(&mut bytes);
-    return Ok(JsBody::Full(Bytes::from(bytes)));
-  }
-  if let Some(rid) = body.uint32_value(scope) {
-    return Ok(JsBody::Stream(rid as ResourceId));
-  }
-  Err(JsErrorBox::type_error("unsupported response body"))
-}
+  use super::*;
 
-/// Sends the response of invocation `id`: `headers` is a flat
-/// `[name, value, name, value, ...]` array, `body` is null, a string, a
-/// Uint8Array, or the rid of a `ReadableStream` resource.
-#[op2(fast)]
-pub fn op_isola_respond<'s>(
-  scope: &mut v8::PinScope<'s, '_>,
-  #[smi] id: u32,
-  #[smi] status: u32,
-  headers: &v8::Array,
-  body: v8::Local<'s, v8::Value>,
-) -> Result<(), JsErrorBox> {
-  let state_rc = JsRuntime::op_state_from(scope);
-  let mut state = state_rc.borrow_mut();
-  let status = u16::try_from(status)
-    .ok()
-    .and_then(|s| StatusCode::from_u16(s).ok())
-    .ok_or_else(|| JsErrorBox::range_error(format!("invalid status {status}")))?;
-  let limit = state.borrow::<Invocations>().response_body_limit;
-  let body = match body_from_js(scope, body)? {
-    JsBody::Full(bytes) => {
-      let invocations = state.borrow_mut::<Invocations>();
-      invocations.add_bytes_out(id, bytes.len() as u64);
-      if limit != 0 && bytes.len() as u64 > limit {
-        invocations.limit(
-          id,
-          Outcome::BodyLimit,
-          &format!("body limit: the response body is larger than {limit} bytes"),
-        );
-        return Ok(());
-      }
-      ResponseBody::full(bytes)
+  struct Started {
+    id: u32,
+    reply: oneshot::Receiver<Reply>,
+    done: oneshot::Receiver<()>,
+  }
+
+  fn start(table: &mut Invocations, now: Instant) -> Started {
+    let (reply_tx, reply) = oneshot::channel();
+    let (done_tx, done) = oneshot::channel();
+    let id = table.insert(reply_tx, Some(done_tx), now);
+    Started { id, reply, done }
+  }
+
+  fn respond(table: &mut Invocations, id: u32) {
+    table.reply(
+      id,
+      Reply::Response(http::Response::new(ResponseBody::empty())),
+    );
+    table.js_finished(id);
+  }
+
+  /// Records what the finish hook reports.
+  fn record(table: &mut Invocations) -> Rc<RefCell<Vec<(u32, Usage)>>> {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let sink = seen.clone();
+    table.set_finish_hook(Box::new(move |id, usage| {
+      sink.borrow_mut().push((id, usage))
+    }));
+    seen
+  }
+
+  #[test]
+  fn a_turn_s_cpu_is_split_over_the_invocations_in_it() {
+    let t0 = Instant::now();
+    let mut table = Invocations::default();
+    let seen = record(&mut table);
+    let a = start(&mut table, t0);
+    let b = start(&mut table, t0);
+    table.begin_turn();
+    // `b` answers within the turn: it still shares its CPU, and is only
+    // reported once the turn is charged.
+    respond(&mut table, b.id);
+    assert!(seen.borrow().is_empty());
+    table.charge_turn(1_000, 4096);
+    assert_eq!(table.usage(a.id).unwrap().cpu_ns, 500);
+    assert_eq!(table.usage(a.id).unwrap().peak_memory, 4096);
+    let seen = seen.borrow();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].0, b.id);
+    assert_eq!(seen[0].1.cpu_ns, 500);
+    assert_eq!(seen[0].1.outcome, Some(Outcome::Ok));
+  }
+
+  #[test]
+  fn the_cpu_budget_is_the_smallest_allowance_times_the_sharers() {
+    let t0 = Instant::now();
+    let mut table = Invocations::default();
+    assert_eq!(table.cpu_budget(50_000_000), 50_000_000);
+    let a = start(&mut table, t0);
+    table.begin_turn();
+    table.charge_turn(40_000_000, 0);
+    let _b = start(&mut table, t0);
+    // `a` has 10 ms left, and two invocations share the next turn.
+    assert_eq!(table.cpu_budget(50_000_000), 20_000_000);
+    assert!(table.over_cpu(50_000_000).is_empty());
+    table.begin_turn();
+    table.charge_turn(30_000_000, 0);
+    assert_eq!(table.over_cpu(50_000_000), vec![a.id]);
+    table.limit(a.id, LimitExceeded::Cpu(Duration::from_millis(50)));
+    assert!(table.over_cpu(50_000_000).is_empty(), "reported once");
+  }
+
+  #[test]
+  fn invocations_expire_by_their_start_time() {
+    let t0 = Instant::now();
+    let mut table = Invocations::default();
+    let early = start(&mut table, t0);
+    let late = start(&mut table, t0 + Duration::from_millis(10));
+    let (expired, earliest) = table.started_before(t0 + Duration::from_millis(5));
+    assert_eq!(expired, vec![early.id]);
+    assert_eq!(earliest, Some(t0 + Duration::from_millis(10)));
+    let (mut expired, earliest) = table.started_before(t0 + Duration::from_millis(10));
+    expired.sort();
+    let mut both = vec![early.id, late.id];
+    both.sort();
+    assert_eq!(expired, both);
+    assert_eq!(earliest, None);
+  }
+
+  #[test]
+  fn a_limit_answers_and_outranks_an_earlier_response() {
+    let t0 = Instant::now();
+    let mut table = Invocations::default();
+    let seen = record(&mut table);
+    // Not answered yet: the limit is the answer.
+    let mut a = start(&mut table, t0);
+    table.limit(a.id, LimitExceeded::RequestBody(10));
+    match a.reply.try_recv() {
+      Ok(Reply::Limit(LimitExceeded::RequestBody(10))) => {}
+      other => panic!("{other:?}"),
     }
-    JsBody::Stream(rid) => {
-      let resource = state
-        .resource_table
-        .take_any(rid)
-        .map_err(JsErrorBox::from_err)?;
-      let meter = BodyMeter {
-        state: std::rc::Rc::downgrade(&state_rc),
-        id,
-        limit,
-      };
-      drop(state);
-      let body = ResponseBody::pump(resource, meter);
-      state = state_rc.borrow_mut();
-      body
-    }
-  };
-  let mut response = http::Response::new(body);
-  *response.status_mut() = status;
-  let map = response.headers_mut();
-  let len = headers.length();
-  map.reserve(len as usize / 2);
-  let mut i = 0;
-  while i + 1 < len {
-    if let Some((name, value)) = header_pair(scope, headers, i) {
-      map.append(name, value);
-    }
-    i += 2;
+    table.abandon(a.id);
+    assert!(a.done.try_recv().is_ok());
+    // Answered, then its streamed body broke the limit: it counts as that.
+    let mut b = start(&mut table, t0);
+    table.set_streaming(b.id, true);
+    respond(&mut table, b.id);
+    assert!(matches!(b.reply.try_recv(), Ok(Reply::Response(_))));
+    table.limit(b.id, LimitExceeded::ResponseBody(10));
+    table.set_streaming(b.id, false);
+    assert!(table.is_empty());
+    let seen = seen.borrow();
+    assert_eq!(seen[0].1.outcome, Some(Outcome::RequestBodyLimit));
+    assert_eq!(seen[1].1.outcome, Some(Outcome::ResponseBodyLimit));
   }
-  let invocations = state.borrow_mut::<Invocations>();
-  invocations.reply(id, Reply::Response(response));
-  Ok(())
-}
 
-/// Ends invocation `id` with an exception; `message` carries the JS stack and
-/// goes to the worker's log, never to the client.
-#[op2(fast)]
-pub fn op_isola_fail(state: &mut OpState, #[smi] id: u32, #[string] message: &str) {
-  let worker = state.borrow::<WorkerName>().0.clone();
-  state.borrow::<LogSink>().emit(LogRecord::new(
-    worker,
-    Some(id),
-    Level::Error,
-    message.to_string(),
-  ));
-  state
-    .borrow_mut::<Invocations>()
-    .reply(id, Reply::Exception(message.to_string()));
-}
-
-/// Marks invocation `id` finished: its response is out and its `waitUntil`
-/// promises have settled.
-#[op2(fast)]
-pub fn op_isola_invocation_done(state: &mut OpState, #[smi] id: u32) {
-  state.borrow_mut::<Invocations>().js_finished(id);
-}
-
-/// Counts an outbound `fetch()` of invocation `id`; past the limit the
-/// invocation ends with 503 and this returns false (fetch then rejects).
-#[op2(fast)]
-pub fn op_isola_subrequest(state: &mut OpState, #[smi] id: i32) -> bool {
-  let Ok(id) = u32::try_from(id) else {
-    return true;
-  };
-  let invocations = state.borrow_mut::<Invocations>();
-  if invocations.count_subrequest(id) {
-    return true;
+  #[test]
+  fn failing_all_answers_only_those_still_waiting() {
+    let t0 = Instant::now();
+    let mut table = Invocations::default();
+    let mut waiting = start(&mut table, t0);
+    let answered = start(&mut table, t0);
+    table.reply(
+      answered.id,
+      Reply::Response(http::Response::new(ResponseBody::empty())),
+    );
+    let failed = table.fail_all(Failure::Limit(LimitExceeded::Memory(64 << 20)));
+    assert_eq!(failed, vec![waiting.id]);
+    match waiting.reply.try_recv() {
+      Ok(Reply::Limit(limit)) => assert_eq!(limit.outcome(), Outcome::MemoryLimit),
+      other => panic!("{other:?}"),
+    }
+    assert!(table.is_empty(), "waitUntil work is abandoned too");
   }
-  let limit = invocations.subrequest_limit;
-  invocations.limit(
-    id,
-    Outcome::SubrequestLimit,
-    &format!("subrequest limit: more than {limit} fetch() calls in one invocation"),
-  );
-  false
+
+  #[test]
+  fn a_streaming_response_keeps_the_invocation_open() {
+    let t0 = Instant::now();
+    let mut table = Invocations::default();
+    let mut a = start(&mut table, t0);
+    table.set_streaming(a.id, true);
+    respond(&mut table, a.id);
+    assert_eq!(table.len(), 1);
+    assert!(a.done.try_recv().is_err());
+    table.set_streaming(a.id, false);
+    assert!(table.is_empty());
+    assert!(a.done.try_recv().is_ok());
+  }
 }

@@ -9,28 +9,33 @@
 mod body;
 mod invocation;
 mod log;
+mod meter;
 mod modules;
-
-use std::rc::Rc;
+mod ops;
+mod outcome;
 
 use deno_core::JsBuffer;
 use deno_core::OpState;
 use std::sync::Arc;
 
-pub use body::BodyMeter;
+pub use body::BoxError;
+pub use body::Meter;
+pub use body::RequestBody;
 pub use body::RequestBodyResource;
 pub use body::ResponseBody;
+pub use invocation::Failure;
 pub use invocation::FinishHook;
 pub use invocation::Invocations;
-pub use invocation::Outcome;
 pub use invocation::Reply;
 pub use invocation::Usage;
 pub use log::Level;
 pub use log::LogRecord;
 pub use log::LogSink;
-pub use modules::ModuleBlob;
-pub use modules::ModuleBlobKind;
-pub use modules::ModuleBlobs;
+pub use meter::BodyMeter;
+pub use modules::evaluate as evaluate_module_value;
+pub use modules::ModuleValueKind;
+pub use outcome::LimitExceeded;
+pub use outcome::Outcome;
 
 /// Name of the worker, as shown in logs.
 #[derive(Clone, Debug)]
@@ -44,14 +49,14 @@ deno_core::extension!(
   isola_worker,
   deps = [deno_webidl, deno_web, deno_crypto, deno_fetch],
   ops = [
-    invocation::op_isola_respond,
-    invocation::op_isola_fail,
-    invocation::op_isola_invocation_done,
-    invocation::op_isola_subrequest,
+    ops::op_isola_respond,
+    ops::op_isola_fail,
+    ops::op_isola_invocation_done,
+    ops::op_isola_subrequest,
     log::op_isola_log,
-    modules::op_isola_module_data,
     op_isola_env,
     op_isola_set_clock,
+    op_isola_user_agent,
   ],
   esm_entry_point = "ext:isola_worker/99_main.js",
   esm = [
@@ -116,6 +121,13 @@ fn op_isola_env(state: &mut OpState) -> serde_json::Value {
 /// detect the Workers runtime by this exact string (hono's `getRuntimeKey`).
 pub const USER_AGENT: &str = "Cloudflare-Workers";
 
+/// `navigator.userAgent` reads it from here, so the string has one home.
+#[deno_core::op2]
+#[string]
+fn op_isola_user_agent() -> &'static str {
+  USER_AGENT
+}
+
 /// Every extension of a worker isolate, in load order. The build script and
 /// the runtime must call this with the same list, or the snapshot's op table
 /// does not match.
@@ -159,17 +171,10 @@ pub fn permissions() -> deno_permissions::PermissionsContainer {
 }
 
 /// Puts the per-isolate state the ops read into a fresh runtime's `OpState`.
-pub fn install_state(
-  state: &mut OpState,
-  name: WorkerName,
-  env: WorkerEnv,
-  sink: LogSink,
-  blobs: Rc<ModuleBlobs>,
-) {
+pub fn install_state(state: &mut OpState, name: WorkerName, env: WorkerEnv, sink: LogSink) {
   state.put(permissions());
   state.put(name);
   state.put(env);
   state.put(sink);
-  state.put(blobs);
   state.put(Invocations::default());
 }

@@ -29,6 +29,10 @@
 //! Every worker also gets `env.UPSTREAM`, the base URL of a local HTTP
 //! server: `/echo` answers with the request as JSON, `/status/N` with status
 //! N, `/bytes/N` with N bytes, `/slow/MS` after MS milliseconds.
+//!
+//! A case must assert something: either `load_error` or at least one
+//! request, never both, and every `expect` must check at least one thing.
+//! The runner refuses other cases rather than letting them pass.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -51,7 +55,6 @@ use isola_runtime::LogRecord;
 use isola_runtime::LogSink;
 use isola_runtime::Worker;
 use isola_runtime::WorkerConfig;
-use libtest_mimic::Arguments;
 use libtest_mimic::Failed;
 use libtest_mimic::Trial;
 use serde::Deserialize;
@@ -164,8 +167,45 @@ struct Expect {
   logs: Vec<(String, String)>,
 }
 
-fn main() {
-  let args = Arguments::from_args();
+impl Case {
+  /// Refuses a case that would pass whatever the worker did.
+  fn check_asserts_something(&self) -> anyhow::Result<()> {
+    if self.requests.is_empty() && self.load_error.is_empty() {
+      bail!("case.json asserts nothing: give it \"requests\" or a \"load_error\"");
+    }
+    if !self.requests.is_empty() && !self.load_error.is_empty() {
+      bail!("case.json has both \"requests\" and a \"load_error\"; a worker that fails to load answers no requests");
+    }
+    for (i, request) in self.requests.iter().enumerate() {
+      if request.expect.is_empty() {
+        bail!(
+          "case.json request #{i} ({} {}) has an \"expect\" that checks nothing",
+          request.method,
+          request.path
+        );
+      }
+    }
+    Ok(())
+  }
+}
+
+impl Expect {
+  fn is_empty(&self) -> bool {
+    self.status.is_none()
+      && self.headers.is_empty()
+      && self.header_values.is_empty()
+      && self.absent_headers.is_empty()
+      && self.body.is_none()
+      && self.body_contains.is_empty()
+      && self.body_not_contains.is_empty()
+      && self.body_json.is_none()
+      && self.body_len.is_none()
+      && self.logs.is_empty()
+  }
+}
+
+/// One trial per folder under `tests/fixtures/`, plus the runner's own check.
+pub fn trials() -> Vec<Trial> {
   let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
   let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
     .expect("tests/fixtures exists")
@@ -173,21 +213,26 @@ fn main() {
     .filter(|p| p.join("case.json").is_file())
     .collect();
   dirs.sort();
-  let trials = dirs
+  let mut trials: Vec<Trial> = dirs
     .into_iter()
     .map(|dir| {
       let name = dir.file_name().unwrap().to_string_lossy().to_string();
-      Trial::test(name, move || {
+      Trial::test(format!("fixtures::{name}"), move || {
         run_case(&dir).map_err(|e| Failed::from(format!("{e:#}")))
       })
     })
     .collect();
-  libtest_mimic::run(&args, trials).exit();
+  trials.push(Trial::test(
+    "fixtures::runner_refuses_cases_that_assert_nothing",
+    || refuses_cases_that_assert_nothing().map_err(|e| Failed::from(format!("{e:#}"))),
+  ));
+  trials
 }
 
 fn run_case(dir: &Path) -> anyhow::Result<()> {
   let case: Case = serde_json::from_slice(&std::fs::read(dir.join("case.json"))?)
     .with_context(|| format!("{}/case.json", dir.display()))?;
+  case.check_asserts_something()?;
   let rt = tokio::runtime::Builder::new_current_thread()
     .enable_all()
     .build()?;
@@ -429,4 +474,28 @@ async fn upstream(
       Bytes::from_static(b"no such upstream route"),
     ),
   })
+}
+
+fn refuses_cases_that_assert_nothing() -> anyhow::Result<()> {
+  for (json, why) in [
+    (r#"{}"#, "asserts nothing"),
+    (r#"{ "requests": [] }"#, "asserts nothing"),
+    (
+      r#"{ "requests": [{ "path": "/", "expect": {} }] }"#,
+      "checks nothing",
+    ),
+    (
+      r#"{ "load_error": ["x"], "requests": [{ "expect": { "status": 200 } }] }"#,
+      "both",
+    ),
+  ] {
+    let case: Case = serde_json::from_str(json)?;
+    match case.check_asserts_something() {
+      Ok(()) => bail!("{json} was accepted"),
+      Err(e) if e.to_string().contains(why) => {}
+      Err(e) => bail!("{json}: unexpected refusal {e}"),
+    }
+  }
+  let case: Case = serde_json::from_str(r#"{ "requests": [{ "expect": { "status": 200 } }] }"#)?;
+  case.check_asserts_something()
 }

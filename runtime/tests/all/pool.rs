@@ -1,5 +1,6 @@
 //! The isolate pool under load and abuse: real isolates on real V8 threads.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use isola_runtime::Outcome;
 use isola_runtime::Runtime;
 use isola_runtime::WorkerConfig;
 use isola_runtime::WorkerKey;
+use libtest_mimic::Trial;
 
 fn source(
   name: &str,
@@ -77,7 +79,6 @@ export default {
 };
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misbehaving_tenant_does_not_stop_its_neighbours() {
   // One V8 thread: both tenants share it, the hardest case.
   let rt = Runtime::new(Config::default().threads(1)).unwrap();
@@ -128,7 +129,6 @@ async fn a_misbehaving_tenant_does_not_stop_its_neighbours() {
   }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lru_evicts_by_count_and_idle_ttl() {
   let rt = Runtime::new(
     Config::default()
@@ -154,7 +154,6 @@ async fn lru_evicts_by_count_and_idle_ttl() {
   .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_returns_after_isolates_are_disposed() {
   let rt = Runtime::new(Config::default().threads(1).stock(0)).unwrap();
   let hold = r#"
@@ -186,7 +185,6 @@ async fn memory_returns_after_isolates_are_disposed() {
   );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_invocation_is_metered() {
   let metrics = Metrics::new();
   let rt = Runtime::new(Config::default().threads(1).meter(metrics.sink())).unwrap();
@@ -248,7 +246,6 @@ async fn every_invocation_is_metered() {
   );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_worker_scales_out_to_another_isolate() {
   let rt = Runtime::new(Config::default().threads(2).max_concurrency(1)).unwrap();
   let slow = r#"export default { async fetch() { await new Promise((r) => setTimeout(r, 300)); return new Response("slow"); } };"#;
@@ -269,7 +266,6 @@ async fn a_busy_worker_scales_out_to_another_isolate() {
   );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unseen_workers_load_into_ready_isolates() {
   let rt = Runtime::new(Config::default().threads(1).stock(2)).unwrap();
   eventually("the stock to fill", || rt.stats().stock == 2).await;
@@ -277,4 +273,49 @@ async fn unseen_workers_load_into_ready_isolates() {
   let stats = rt.stats();
   assert_eq!((stats.cold_starts, stats.stock_hits), (1, 1));
   eventually("the stock to refill", || rt.stats().stock == 2).await;
+}
+
+/// The pool tests, each on its own two-thread tokio runtime (as
+/// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]` gave them).
+pub fn trials() -> Vec<Trial> {
+  vec![
+    trial(
+      "a_misbehaving_tenant_does_not_stop_its_neighbours",
+      a_misbehaving_tenant_does_not_stop_its_neighbours,
+    ),
+    trial(
+      "lru_evicts_by_count_and_idle_ttl",
+      lru_evicts_by_count_and_idle_ttl,
+    ),
+    trial("every_invocation_is_metered", every_invocation_is_metered),
+    trial(
+      "a_busy_worker_scales_out_to_another_isolate",
+      a_busy_worker_scales_out_to_another_isolate,
+    ),
+    trial(
+      "unseen_workers_load_into_ready_isolates",
+      unseen_workers_load_into_ready_isolates,
+    ),
+  ]
+}
+
+/// Tests that measure the whole process (RSS), so they run before the
+/// others, one at a time.
+pub fn exclusive_trials() -> Vec<Trial> {
+  vec![trial(
+    "memory_returns_after_isolates_are_disposed",
+    memory_returns_after_isolates_are_disposed,
+  )]
+}
+
+fn trial<F: Future<Output = ()> + 'static>(name: &str, test: fn() -> F) -> Trial {
+  Trial::test(format!("pool::{name}"), move || {
+    tokio::runtime::Builder::new_multi_thread()
+      .worker_threads(2)
+      .enable_all()
+      .build()
+      .expect("a tokio runtime starts")
+      .block_on(test());
+    Ok(())
+  })
 }

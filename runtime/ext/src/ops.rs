@@ -1,0 +1,161 @@
+//! The ops through which JS answers invocations.
+
+use bytes::Bytes;
+use deno_core::op2;
+use deno_core::v8;
+use deno_core::JsRuntime;
+use deno_core::OpState;
+use deno_core::ResourceId;
+use deno_error::JsErrorBox;
+use http::HeaderName;
+use http::HeaderValue;
+use http::StatusCode;
+
+use crate::body::ResponseBody;
+use crate::invocation::Invocations;
+use crate::invocation::Reply;
+use crate::log::Level;
+use crate::log::LogRecord;
+use crate::log::LogSink;
+use crate::meter::BodyMeter;
+use crate::outcome::LimitExceeded;
+use crate::WorkerName;
+
+fn header_pair(
+  scope: &mut v8::PinScope<'_, '_>,
+  headers: &v8::Array,
+  i: u32,
+) -> Option<(HeaderName, HeaderValue)> {
+  let name = headers.get_index(scope, i)?.to_rust_string_lossy(scope);
+  let value = headers.get_index(scope, i + 1)?;
+  let value = value.to_string(scope)?;
+  // Header values are ByteStrings: every code unit fits in one byte.
+  let mut bytes = vec![0u8; value.length()];
+  value.write_one_byte_v2(scope, 0, &mut bytes, v8::WriteFlags::empty());
+  Some((
+    HeaderName::from_bytes(name.as_bytes()).ok()?,
+    HeaderValue::from_bytes(&bytes).ok()?,
+  ))
+}
+
+enum JsBody {
+  Full(Bytes),
+  Stream(ResourceId),
+}
+
+fn body_from_js(
+  scope: &mut v8::PinScope<'_, '_>,
+  body: v8::Local<'_, v8::Value>,
+) -> Result<JsBody, JsErrorBox> {
+  if body.is_null_or_undefined() {
+    return Ok(JsBody::Full(Bytes::new()));
+  }
+  if let Ok(s) = v8::Local::<v8::String>::try_from(body) {
+    return Ok(JsBody::Full(Bytes::from(s.to_rust_string_lossy(scope))));
+  }
+  if let Ok(view) = v8::Local::<v8::ArrayBufferView>::try_from(body) {
+    let mut bytes = vec![0u8; view.byte_length()];
+    view.copy_contents(&mut bytes);
+    return Ok(JsBody::Full(Bytes::from(bytes)));
+  }
+  if let Some(rid) = body.uint32_value(scope) {
+    return Ok(JsBody::Stream(rid as ResourceId));
+  }
+  Err(JsErrorBox::type_error("unsupported response body"))
+}
+
+/// Sends the response of invocation `id`: `headers` is a flat
+/// `[name, value, name, value, ...]` array, `body` is null, a string, a
+/// Uint8Array, or the rid of a `ReadableStream` resource.
+#[op2(fast)]
+pub fn op_isola_respond<'s>(
+  scope: &mut v8::PinScope<'s, '_>,
+  #[smi] id: u32,
+  #[smi] status: u32,
+  headers: &v8::Array,
+  body: v8::Local<'s, v8::Value>,
+) -> Result<(), JsErrorBox> {
+  let state_rc = JsRuntime::op_state_from(scope);
+  let mut state = state_rc.borrow_mut();
+  let status = u16::try_from(status)
+    .ok()
+    .and_then(|s| StatusCode::from_u16(s).ok())
+    .ok_or_else(|| JsErrorBox::range_error(format!("invalid status {status}")))?;
+  let limit = state.borrow::<Invocations>().response_body_limit;
+  let body = match body_from_js(scope, body)? {
+    JsBody::Full(bytes) => {
+      let invocations = state.borrow_mut::<Invocations>();
+      invocations.add_bytes_out(id, bytes.len() as u64);
+      if limit != 0 && bytes.len() as u64 > limit {
+        invocations.limit(id, LimitExceeded::ResponseBody(limit));
+        return Ok(());
+      }
+      ResponseBody::full(bytes)
+    }
+    JsBody::Stream(rid) => {
+      let resource = state
+        .resource_table
+        .take_any(rid)
+        .map_err(JsErrorBox::from_err)?;
+      let meter = BodyMeter::response(std::rc::Rc::downgrade(&state_rc), id, limit);
+      drop(state);
+      let body = ResponseBody::pump(resource, meter);
+      state = state_rc.borrow_mut();
+      body
+    }
+  };
+  let mut response = http::Response::new(body);
+  *response.status_mut() = status;
+  let map = response.headers_mut();
+  let len = headers.length();
+  map.reserve(len as usize / 2);
+  let mut i = 0;
+  while i + 1 < len {
+    if let Some((name, value)) = header_pair(scope, headers, i) {
+      map.append(name, value);
+    }
+    i += 2;
+  }
+  let invocations = state.borrow_mut::<Invocations>();
+  invocations.reply(id, Reply::Response(response));
+  Ok(())
+}
+
+/// Ends invocation `id` with an exception; `message` carries the JS stack and
+/// goes to the worker's log, never to the client.
+#[op2(fast)]
+pub fn op_isola_fail(state: &mut OpState, #[smi] id: u32, #[string] message: &str) {
+  let worker = state.borrow::<WorkerName>().0.clone();
+  state.borrow::<LogSink>().emit(LogRecord::new(
+    worker,
+    Some(id),
+    Level::Error,
+    message.to_string(),
+  ));
+  state
+    .borrow_mut::<Invocations>()
+    .reply(id, Reply::Exception(message.to_string()));
+}
+
+/// Marks invocation `id` finished: its response is out and its `waitUntil`
+/// promises have settled.
+#[op2(fast)]
+pub fn op_isola_invocation_done(state: &mut OpState, #[smi] id: u32) {
+  state.borrow_mut::<Invocations>().js_finished(id);
+}
+
+/// Counts an outbound `fetch()` of invocation `id`; past the limit the
+/// invocation ends with 503 and this returns false (fetch then rejects).
+#[op2(fast)]
+pub fn op_isola_subrequest(state: &mut OpState, #[smi] id: i32) -> bool {
+  let Ok(id) = u32::try_from(id) else {
+    return true;
+  };
+  let invocations = state.borrow_mut::<Invocations>();
+  if invocations.count_subrequest(id) {
+    return true;
+  }
+  let limit = invocations.subrequest_limit;
+  invocations.limit(id, LimitExceeded::Subrequests(limit));
+  false
+}

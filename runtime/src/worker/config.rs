@@ -1,0 +1,83 @@
+//! What a worker is loaded with: its name, version, `env`, limits and meter.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::limits::Limits;
+use crate::limits::MeterSink;
+
+/// Settings of one worker: its name (for logs) and the `env` its handler sees.
+///
+/// ```
+/// # use isola_runtime::WorkerConfig;
+/// let config = WorkerConfig::new("alpha")
+///   .var("GREETING", "hello")
+///   .json_var("LIMITS", serde_json::json!({ "max": 3 }));
+/// ```
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+  pub(super) name: String,
+  pub(super) version: Arc<str>,
+  pub(super) vars: BTreeMap<String, serde_json::Value>,
+  pub(super) limits: Limits,
+  pub(super) meter: MeterSink,
+}
+
+impl Default for WorkerConfig {
+  fn default() -> Self {
+    Self::new("")
+  }
+}
+
+impl WorkerConfig {
+  /// A worker named `name` with no vars.
+  pub fn new(name: impl Into<String>) -> Self {
+    Self {
+      name: name.into(),
+      version: Arc::from(""),
+      vars: BTreeMap::new(),
+      limits: Limits::default(),
+      meter: MeterSink::discard(),
+    }
+  }
+
+  /// The version (content hash) in metering records. Default: empty.
+  pub fn version(mut self, version: impl Into<Arc<str>>) -> Self {
+    self.version = version.into();
+    self
+  }
+
+  /// Limits per invocation. Default: [`Limits::default`].
+  pub fn limits(mut self, limits: Limits) -> Self {
+    self.limits = limits;
+    self
+  }
+
+  /// Where invocation records go. Default: dropped.
+  pub fn meter(mut self, meter: MeterSink) -> Self {
+    self.meter = meter;
+    self
+  }
+
+  pub fn limits_ref(&self) -> &Limits {
+    &self.limits
+  }
+
+  /// Adds a text var: `env.NAME` is the string. Default: none.
+  pub fn var(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    self
+      .vars
+      .insert(name.into(), serde_json::Value::String(value.into()));
+    self
+  }
+
+  /// Adds a JSON var: `env.NAME` is the value, parsed. Default: none.
+  pub fn json_var(mut self, name: impl Into<String>, value: serde_json::Value) -> Self {
+    self.vars.insert(name.into(), value);
+    self
+  }
+
+  pub fn name(&self) -> &str {
+    &self.name
+  }
+}

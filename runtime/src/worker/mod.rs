@@ -1,0 +1,19 @@
+//! Isolates and the workers loaded into them.
+//!
+//! - `config`: [`WorkerConfig`], what a worker is loaded with;
+//! - `isolate`: [`Isolate`], started from the snapshot, and loading a worker;
+//! - `running`: [`Worker`], its turns, limits and event loop;
+//! - `handle`: [`WorkerHandle`] and [`Invocation`], the caller's side;
+//! - `enter`: every `unsafe` line (entering and exiting V8 isolates).
+
+mod config;
+mod enter;
+mod handle;
+mod isolate;
+mod running;
+
+pub use config::WorkerConfig;
+pub use handle::Invocation;
+pub use handle::WorkerHandle;
+pub use isolate::Isolate;
+pub use running::Worker;

@@ -1,0 +1,421 @@
+//! A worker loaded into its isolate: requests in, turns of the isolate
+//! with their CPU, memory and wall-clock accounting, and the event loop.
+
+use std::future::poll_fn;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Context;
+use std::task::Poll;
+
+use deno_core::v8;
+use deno_core::JsRuntime;
+use deno_core::PollEventLoopOptions;
+use http::Method;
+use http_body::Body as _;
+use isola_ext::Failure;
+use isola_ext::Invocations;
+use isola_ext::LimitExceeded;
+use isola_ext::LogSink;
+use isola_ext::Reply;
+use isola_ext::RequestBodyResource;
+use isola_ext::ResponseBody;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+
+use super::enter::EnterGuard;
+use super::enter::JsCell;
+use super::handle::Command;
+use super::handle::Invocation;
+use super::handle::WorkerHandle;
+use crate::error::describe_core_error;
+use crate::error::Error;
+use crate::error::ErrorKind;
+use crate::limits::Limits;
+use crate::loader::BundleLoader;
+use crate::watchdog::Guard;
+use crate::watchdog::Trip;
+use isola_ext::RequestBody;
+
+/// What the answer to a request that never gets one says.
+const NEVER_RESPONDS: &str = "The worker's handler will never produce a response: its promise is still pending but nothing (timer, I/O) is left that could settle it";
+
+/// One turn in this many reads V8's heap statistics.
+const HEAP_SAMPLE_EVERY: u32 = 16;
+
+/// Lets time move for the isolate's JS (see `isola_ext::Clock`).
+pub(super) fn tick_clock(js: &JsRuntime) {
+  if let Some(clock) = js.op_state().borrow().try_borrow::<isola_ext::Clock>() {
+    clock.tick();
+  }
+}
+
+/// The runtime's JS entry points, taken from the snapshot before any
+/// worker code runs.
+pub(super) struct Internals {
+  pub(super) dispatch: v8::Global<v8::Function>,
+  pub(super) init: v8::Global<v8::Function>,
+  pub(super) set_entry: v8::Global<v8::Function>,
+}
+
+/// A worker loaded into its isolate, ready for requests.
+///
+/// It is `!Send`: it lives on one thread. [`Worker::spawn`] runs it as a
+/// task on the current thread and returns a cloneable [`WorkerHandle`].
+pub struct Worker {
+  pub(super) js: JsCell,
+  pub(super) internals: Internals,
+  pub(super) _loader: Rc<BundleLoader>,
+  pub(super) name: Arc<str>,
+  pub(super) guard: Arc<Guard>,
+  pub(super) limits: Limits,
+  /// Why the isolate stopped, once a limit or a failure stopped it; it
+  /// then answers nothing more.
+  pub(super) stopped: Option<String>,
+  /// Turns run so far, and the V8 heap size as last sampled.
+  pub(super) turns: u32,
+  pub(super) heap: usize,
+  pub(super) wall_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Worker {
+  pub fn name(&self) -> &str {
+    &self.name
+  }
+
+  /// Hands `request` to the handler. Nothing happens until the event loop is
+  /// polled ([`Worker::poll_event_loop`], [`Worker::fetch`] or the task of
+  /// [`Worker::spawn`]). The request URI should be absolute.
+  pub fn start(&mut self, request: http::Request<RequestBody>) -> Invocation {
+    let (invocation, reply, done) = Invocation::new();
+    self.dispatch(request, reply, Some(done));
+    invocation
+  }
+
+  fn dispatch(
+    &mut self,
+    request: http::Request<RequestBody>,
+    reply: oneshot::Sender<Reply>,
+    done: Option<oneshot::Sender<()>>,
+  ) {
+    if let Some(why) = &self.stopped {
+      let _ = reply.send(Reply::Stopped(why.clone()));
+      return;
+    }
+    let (parts, body) = request.into_parts();
+    let body_limit = self.limits.request_body_limit();
+    let declared = parts
+      .headers
+      .get(http::header::CONTENT_LENGTH)
+      .and_then(|v| v.to_str().ok())
+      .and_then(|v| v.parse::<u64>().ok());
+    let (id, body_rid) = {
+      let state_rc = self.js.op_state();
+      let mut state = state_rc.borrow_mut();
+      let invocations = state.borrow_mut::<Invocations>();
+      let id = invocations.insert(reply, done, std::time::Instant::now());
+      if declared.is_some_and(|n| n > body_limit) {
+        invocations.limit(id, LimitExceeded::RequestBody(body_limit));
+        invocations.abandon(id);
+        return;
+      }
+      let has_body =
+        !(parts.method == Method::GET || parts.method == Method::HEAD || body.is_end_stream());
+      let rid = has_body.then(|| {
+        let meter = isola_ext::BodyMeter::request(Rc::downgrade(&state_rc), id, body_limit);
+        state
+          .resource_table
+          .add(RequestBodyResource::new(body, Some(meter)))
+      });
+      (id, rid)
+    };
+    let url = if parts.uri.scheme().is_some() {
+      parts.uri.to_string()
+    } else {
+      format!("http://localhost{}", parts.uri)
+    };
+
+    let turn = self.begin_turn();
+    {
+      let _entered = EnterGuard::new(&mut self.js);
+      let js: &mut JsRuntime = &mut self.js;
+      deno_core::scope!(scope, js);
+      v8::tc_scope!(let scope, scope);
+      let id_v = v8::Integer::new(scope, id as i32).into();
+      let method = v8::String::new(scope, parts.method.as_str())
+        .expect("method fits")
+        .into();
+      let url_v = v8::String::new(scope, &url).expect("url fits").into();
+      let mut flat: Vec<v8::Local<v8::Value>> = Vec::with_capacity(parts.headers.len() * 2);
+      for (name, value) in &parts.headers {
+        let n = v8::String::new_from_one_byte(
+          scope,
+          name.as_str().as_bytes(),
+          v8::NewStringType::Internalized,
+        );
+        let v = v8::String::new_from_one_byte(scope, value.as_bytes(), v8::NewStringType::Normal);
+        if let (Some(n), Some(v)) = (n, v) {
+          flat.push(n.into());
+          flat.push(v.into());
+        }
+      }
+      let headers = v8::Array::new_with_elements(scope, &flat).into();
+      let body_v = match body_rid {
+        Some(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),
+        None => v8::null(scope).into(),
+      };
+      let f = v8::Local::new(scope, &self.internals.dispatch);
+      let undefined = v8::undefined(scope).into();
+      // The dispatcher catches handler errors itself; a failed call means the
+      // isolate is being terminated, which `end_turn` reports.
+      let _ = f.call(scope, undefined, &[id_v, method, url_v, headers, body_v]);
+    }
+    self.end_turn(turn);
+  }
+
+  /// Starts a turn in the isolate: time moves, the CPU watchdog arms.
+  fn begin_turn(&mut self) -> u64 {
+    tick_clock(&self.js);
+    let limit = self.limits.cpu_limit().as_nanos() as u64;
+    let budget = {
+      let state = self.js.op_state();
+      let mut state = state.borrow_mut();
+      let invocations = state.borrow_mut::<Invocations>();
+      invocations.begin_turn();
+      invocations.cpu_budget(limit)
+    };
+    self.guard.begin(budget)
+  }
+
+  /// Ends a turn: charges its CPU and notes memory; stops the isolate if a
+  /// limit was broken.
+  fn end_turn(&mut self, start: u64) {
+    let cpu = self.guard.end(start);
+    // Heap statistics cost more than the rest of the accounting; they only
+    // feed `peak_memory` (limits are enforced by the GC callback, V8's heap
+    // limit and the ArrayBuffer allocator), so sample them every few turns.
+    if self.turns.is_multiple_of(HEAP_SAMPLE_EVERY) {
+      let _entered = EnterGuard::new(&mut self.js);
+      self.heap = self.js.v8_isolate().get_heap_statistics().used_heap_size();
+    }
+    self.turns = self.turns.wrapping_add(1);
+    let memory = self.heap + self.guard.array_buffer_bytes();
+    let cpu_limit = LimitExceeded::Cpu(self.limits.cpu_limit());
+    let over = {
+      let state = self.js.op_state();
+      let mut state = state.borrow_mut();
+      let invocations = state.borrow_mut::<Invocations>();
+      invocations.charge_turn(cpu, memory as u64);
+      let over = invocations.over_cpu(self.limits.cpu_limit().as_nanos() as u64);
+      for id in &over {
+        invocations.limit(*id, cpu_limit);
+      }
+      over
+    };
+    for id in over {
+      self.log_error(Some(id), &cpu_limit.to_string());
+    }
+    if self.stopped.is_some() {
+      return;
+    }
+    let memory_limit = LimitExceeded::Memory(self.guard.memory_limit() as u64);
+    let trip = match self.guard.trip() {
+      Trip::Cpu => Some(cpu_limit),
+      Trip::Memory => Some(memory_limit),
+      Trip::None if memory > self.guard.memory_limit() => Some(memory_limit),
+      Trip::None => None,
+    };
+    if let Some(limit) = trip {
+      self.fail_pending(Failure::Limit(limit));
+      self.stopped = Some(limit.to_string());
+    }
+  }
+
+  /// Ends invocations past their wall-clock limit, and arms the timer for
+  /// the next one due.
+  fn check_wall(&mut self, cx: &mut Context<'_>) {
+    let wall = self.limits.wall_limit();
+    loop {
+      let now = std::time::Instant::now();
+      let (expired, earliest) = {
+        let state = self.js.op_state();
+        let state = state.borrow();
+        match now.checked_sub(wall) {
+          Some(cutoff) => state.borrow::<Invocations>().started_before(cutoff),
+          None => (Vec::new(), None),
+        }
+      };
+      let limit = LimitExceeded::Wall(wall);
+      for id in expired {
+        {
+          let state = self.js.op_state();
+          let mut state = state.borrow_mut();
+          let invocations = state.borrow_mut::<Invocations>();
+          invocations.limit(id, limit);
+          invocations.abandon(id);
+        }
+        self.log_error(Some(id), &limit.to_string());
+      }
+      let Some(earliest) = earliest else {
+        self.wall_timer = None;
+        return;
+      };
+      let deadline = tokio::time::Instant::from_std(earliest + wall);
+      match &mut self.wall_timer {
+        Some(timer) => timer.as_mut().reset(deadline),
+        None => self.wall_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+      }
+      let timer = self.wall_timer.as_mut().expect("just set");
+      if timer.as_mut().poll(cx).is_pending() {
+        return;
+      }
+    }
+  }
+
+  fn log_error(&self, invocation: Option<u32>, message: &str) {
+    let state = self.js.op_state();
+    let state = state.borrow();
+    state.borrow::<LogSink>().emit(isola_ext::LogRecord::new(
+      self.name.clone(),
+      invocation,
+      isola_ext::Level::Error,
+      message.to_string(),
+    ));
+  }
+
+  /// Runs the isolate's event loop (timers, I/O, promise jobs).
+  ///
+  /// `Ready(Ok(()))` means nothing is left to do; any invocation still
+  /// waiting for its response then never gets one and is failed.
+  pub fn poll_event_loop(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    if let Some(why) = &self.stopped {
+      return Poll::Ready(Err(ErrorKind::Stopped(why.clone()).into()));
+    }
+    self.check_wall(cx);
+    let turn = self.begin_turn();
+    let polled = {
+      let _entered = EnterGuard::new(&mut self.js);
+      self.js.poll_event_loop(cx, PollEventLoopOptions::default())
+    };
+    self.end_turn(turn);
+    if let Some(why) = &self.stopped {
+      return Poll::Ready(Err(ErrorKind::Stopped(why.clone()).into()));
+    }
+    match polled {
+      Poll::Pending => Poll::Pending,
+      Poll::Ready(Ok(())) => {
+        self.fail_pending(Failure::Exception(NEVER_RESPONDS));
+        Poll::Ready(Ok(()))
+      }
+      Poll::Ready(Err(e)) => {
+        let msg = describe_core_error(&e);
+        self.fail_pending(Failure::Exception(&msg));
+        self.stopped = Some(msg.clone());
+        Poll::Ready(Err(ErrorKind::Stopped(msg).into()))
+      }
+    }
+  }
+
+  /// Invocations not finished yet.
+  pub fn in_flight(&self) -> usize {
+    self.js.op_state().borrow().borrow::<Invocations>().len()
+  }
+
+  /// Memory the isolate holds now (V8 heap in use plus ArrayBuffers).
+  pub fn memory_usage(&mut self) -> u64 {
+    let heap = {
+      let _entered = EnterGuard::new(&mut self.js);
+      self.js.v8_isolate().get_heap_statistics().used_heap_size()
+    };
+    (heap + self.guard.array_buffer_bytes()) as u64
+  }
+
+  /// Whether a limit (or a failure) stopped this isolate for good.
+  pub fn is_stopped(&self) -> bool {
+    self.stopped.is_some()
+  }
+
+  /// Fails every invocation still waiting for its response, logging why
+  /// (the client only sees a plain 500).
+  fn fail_pending(&mut self, failure: Failure<'_>) {
+    let failed = self
+      .js
+      .op_state()
+      .borrow_mut()
+      .borrow_mut::<Invocations>()
+      .fail_all(failure);
+    let why = match failure {
+      Failure::Exception(why) => why.to_string(),
+      Failure::Limit(limit) => limit.to_string(),
+    };
+    for id in failed {
+      self.log_error(Some(id), &why);
+    }
+  }
+
+  /// Sends one request and drives the event loop until its response head is
+  /// ready. Convenient for tests and one-shot use; servers use
+  /// [`Worker::spawn`].
+  pub async fn fetch(
+    &mut self,
+    request: http::Request<RequestBody>,
+  ) -> Result<http::Response<ResponseBody>, Error> {
+    let mut invocation = self.start(request);
+    poll_fn(|cx| {
+      if let Poll::Ready(r) = invocation.poll_response(cx) {
+        return Poll::Ready(r);
+      }
+      match self.poll_event_loop(cx) {
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Ready(Ok(())) => invocation.poll_response(cx),
+        Poll::Pending => Poll::Pending,
+      }
+    })
+    .await
+  }
+
+  /// Runs the worker as a task on the current thread (which must be inside a
+  /// current-thread tokio runtime) and returns a handle to send it requests.
+  pub fn spawn(self) -> WorkerHandle {
+    self.spawn_with_exit(|| {})
+  }
+
+  /// Like [`Worker::spawn`]; `on_exit` runs once the isolate is gone.
+  pub fn spawn_with_exit(self, on_exit: impl FnOnce() + 'static) -> WorkerHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    deno_core::unsync::spawn(async move {
+      self.serve(rx).await;
+      on_exit();
+    });
+    WorkerHandle { tx }
+  }
+
+  async fn serve(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+    let mut closed = false;
+    poll_fn(|cx| {
+      while !closed {
+        match rx.poll_recv(cx) {
+          Poll::Ready(Some(cmd)) => self.dispatch(cmd.request, cmd.reply, Some(cmd.done)),
+          Poll::Ready(None) => closed = true,
+          Poll::Pending => break,
+        }
+      }
+      // Evicted (every handle dropped) and nothing in flight: background
+      // timers do not keep the isolate alive.
+      if closed && self.in_flight() == 0 {
+        return Poll::Ready(());
+      }
+      match self.poll_event_loop(cx) {
+        Poll::Ready(Ok(())) if closed => Poll::Ready(()),
+        Poll::Ready(Ok(())) => Poll::Pending,
+        Poll::Ready(Err(e)) => {
+          tracing::error!(worker = %self.name, "worker isolate stopped: {e}");
+          Poll::Ready(())
+        }
+        Poll::Pending => Poll::Pending,
+      }
+    })
+    .await;
+  }
+}

@@ -1,0 +1,31 @@
+//! The runtime's one integration test binary, in wasmtime's `tests/all`
+//! style: V8 is linked once instead of once per test file, which is most of
+//! the build time on small machines. libtest-mimic runs every trial:
+//! fixture cases (`fixtures.rs`), pool tests (`pool.rs`) and tests of one
+//! worker driven directly (`worker.rs`).
+//!
+//! `cargo test -p isola-runtime --test all -- pool::` runs one group.
+
+mod fixtures;
+mod pool;
+mod worker;
+
+use libtest_mimic::Arguments;
+
+fn main() {
+  let args = Arguments::from_args();
+  // Process-wide measurements first, alone, so that no other trial's
+  // allocations blur them.
+  let alone = Arguments {
+    test_threads: Some(1),
+    ..args.clone()
+  };
+  let first = libtest_mimic::run(&alone, pool::exclusive_trials());
+  let mut trials = fixtures::trials();
+  trials.extend(pool::trials());
+  trials.extend(worker::trials());
+  let rest = libtest_mimic::run(&args, trials);
+  if first.has_failed() || rest.has_failed() {
+    std::process::exit(101);
+  }
+}

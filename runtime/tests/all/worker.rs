@@ -1,0 +1,241 @@
+//! One worker in its isolate, driven directly (no pool): concurrency,
+//! isolation, hidden internals, and how invocations end.
+
+use bytes::Bytes;
+use isola_runtime::Bundle;
+use isola_runtime::Error;
+use isola_runtime::LogSink;
+use isola_runtime::Worker;
+use isola_runtime::WorkerConfig;
+use libtest_mimic::Trial;
+
+fn bundle(code: &str) -> Bundle {
+  Bundle::from_modules(
+    "worker.js",
+    [("worker.js".to_string(), Bytes::from(code.to_string()))],
+  )
+  .unwrap()
+}
+
+async fn text(worker: &mut Worker, url: &str) -> Result<String, Error> {
+  let response = worker.fetch(isola_runtime::empty_request(url)).await?;
+  let body = response.into_body().collect_bytes().await.unwrap();
+  Ok(String::from_utf8(body.to_vec()).unwrap())
+}
+
+fn rt() -> tokio::runtime::Runtime {
+  tokio::runtime::Builder::new_current_thread()
+    .enable_all()
+    .build()
+    .unwrap()
+}
+
+fn one_isolate_serves_concurrent_requests() {
+  rt().block_on(async {
+    let code = r#"
+      let inFlight = 0, maxInFlight = 0;
+      export default {
+        async fetch(request) {
+          inFlight++; maxInFlight = Math.max(maxInFlight, inFlight);
+          await new Promise((r) => setTimeout(r, 20));
+          inFlight--;
+          return new Response(String(maxInFlight));
+        },
+      };
+    "#;
+    let worker = Worker::new(bundle(code), &WorkerConfig::new("c"), LogSink::discard())
+      .await
+      .unwrap()
+      .spawn();
+    let calls = (0..10).map(|_| worker.fetch(isola_runtime::empty_request("http://c.test/")));
+    let responses = futures::future::join_all(calls).await;
+    let mut max = 0;
+    for r in responses {
+      let body = r.unwrap().into_body().collect_bytes().await.unwrap();
+      max = max.max(std::str::from_utf8(&body).unwrap().parse::<u32>().unwrap());
+    }
+    assert_eq!(max, 10, "all ten requests were in flight at once");
+  });
+}
+
+fn isolates_do_not_share_globals() {
+  rt().block_on(async {
+    let code = r#"
+      export default {
+        fetch(request) {
+          const url = new URL(request.url);
+          if (url.pathname === "/set") globalThis.secret = url.search;
+          return new Response(String(globalThis.secret));
+        },
+      };
+    "#;
+    let config = WorkerConfig::new("iso");
+    let mut a = Worker::new(bundle(code), &config, LogSink::discard())
+      .await
+      .unwrap();
+    let mut b = Worker::new(bundle(code), &config, LogSink::discard())
+      .await
+      .unwrap();
+    assert_eq!(text(&mut a, "http://a.test/set?x").await.unwrap(), "?x");
+    assert_eq!(
+      text(&mut b, "http://b.test/get").await.unwrap(),
+      "undefined"
+    );
+    assert_eq!(text(&mut a, "http://a.test/get").await.unwrap(), "?x");
+    // Isolates on one thread may be dropped in any order.
+    drop(a);
+    assert_eq!(
+      text(&mut b, "http://b.test/get").await.unwrap(),
+      "undefined"
+    );
+    let mut c = Worker::new(bundle(code), &config, LogSink::discard())
+      .await
+      .unwrap();
+    assert_eq!(text(&mut c, "http://c.test/set?c").await.unwrap(), "?c");
+    drop(b);
+    assert_eq!(text(&mut c, "http://c.test/get").await.unwrap(), "?c");
+  });
+}
+
+fn runtime_internals_are_hidden_from_workers() {
+  rt().block_on(async {
+    let code = r#"
+      export default {
+        fetch() {
+          const names = ["isola.respondWith", "isola.moduleValue"];
+          return Response.json([typeof Deno, typeof __bootstrap, typeof __isolaInternals,
+            Object.getOwnPropertyNames(globalThis).filter((n) => n.startsWith("__")).length,
+            Object.getOwnPropertySymbols(globalThis).length,
+            names.filter((n) => globalThis[Symbol.for(n)] !== undefined).length]);
+        },
+      };
+    "#;
+    let mut w = Worker::new(bundle(code), &WorkerConfig::new("h"), LogSink::discard())
+      .await
+      .unwrap();
+    assert_eq!(
+      text(&mut w, "http://h.test/").await.unwrap(),
+      r#"["undefined","undefined","undefined",0,0,0]"#
+    );
+  });
+}
+
+fn a_promise_that_can_never_settle_is_an_exception() {
+  rt().block_on(async {
+    let code = "export default { fetch() { return new Promise(() => {}); } };";
+    let mut w = Worker::new(bundle(code), &WorkerConfig::new("n"), LogSink::discard())
+      .await
+      .unwrap();
+    let err = w
+      .fetch(isola_runtime::empty_request("http://n.test/"))
+      .await
+      .unwrap_err();
+    assert!(err.is_exception(), "{err}");
+  });
+}
+
+fn invocation_finishes_after_wait_until_settles() {
+  rt().block_on(async {
+    let code = r#"
+      let done = false;
+      export default {
+        fetch(request, env, ctx) {
+          if (new URL(request.url).pathname === "/check") return new Response(String(done));
+          ctx.waitUntil(new Promise((r) => setTimeout(() => { done = true; r(); }, 30)));
+          return new Response("sent");
+        },
+      };
+    "#;
+    let worker = Worker::new(bundle(code), &WorkerConfig::new("w"), LogSink::discard())
+      .await
+      .unwrap()
+      .spawn();
+    let mut inv = worker.invoke(isola_runtime::empty_request("http://w.test/"));
+    let body = inv
+      .response()
+      .await
+      .unwrap()
+      .into_body()
+      .collect_bytes()
+      .await
+      .unwrap();
+    assert_eq!(&body[..], b"sent");
+    inv.finished().await;
+    let body = worker
+      .fetch(isola_runtime::empty_request("http://w.test/check"))
+      .await
+      .unwrap()
+      .into_body()
+      .collect_bytes()
+      .await
+      .unwrap();
+    assert_eq!(
+      &body[..],
+      b"true",
+      "waitUntil work ran before `finished` resolved"
+    );
+  });
+}
+
+fn a_stopped_worker_reports_it() {
+  rt().block_on(async {
+    let code = "export default { fetch() { for (;;) {} } };";
+    let config = WorkerConfig::new("s")
+      .limits(isola_runtime::Limits::default().cpu(std::time::Duration::from_millis(20)));
+    let worker = Worker::new(bundle(code), &config, LogSink::discard())
+      .await
+      .unwrap()
+      .spawn();
+    let err = worker
+      .fetch(isola_runtime::empty_request("http://s.test/"))
+      .await
+      .unwrap_err();
+    assert_eq!(err.limit(), Some(isola_runtime::Outcome::CpuLimit), "{err}");
+    // The CPU limit stopped the isolate: its task ends and the handle says so.
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+      while !worker.is_closed() {
+        tokio::task::yield_now().await;
+      }
+    })
+    .await
+    .expect("the worker task ends once its isolate is stopped");
+    let err = worker
+      .fetch(isola_runtime::empty_request("http://s.test/"))
+      .await
+      .unwrap_err();
+    assert!(err.is_stopped(), "{err}");
+  });
+}
+
+pub fn trials() -> Vec<Trial> {
+  vec![
+    trial(
+      "one_isolate_serves_concurrent_requests",
+      one_isolate_serves_concurrent_requests,
+    ),
+    trial(
+      "isolates_do_not_share_globals",
+      isolates_do_not_share_globals,
+    ),
+    trial(
+      "runtime_internals_are_hidden_from_workers",
+      runtime_internals_are_hidden_from_workers,
+    ),
+    trial(
+      "a_promise_that_can_never_settle_is_an_exception",
+      a_promise_that_can_never_settle_is_an_exception,
+    ),
+    trial(
+      "invocation_finishes_after_wait_until_settles",
+      invocation_finishes_after_wait_until_settles,
+    ),
+    trial("a_stopped_worker_reports_it", a_stopped_worker_reports_it),
+  ]
+}
+
+fn trial(name: &str, test: fn()) -> Trial {
+  Trial::test(format!("worker::{name}"), move || {
+    test();
+    Ok(())
+  })
+}
