@@ -29,7 +29,7 @@ use isola_runtime::Metrics;
 use tokio::sync::mpsc;
 
 use crate::config::ControlConfig;
-use crate::serve::Node;
+use crate::node::Node;
 use crate::store::write_atomic;
 
 /// The last state applied, if this node ever applied one.
