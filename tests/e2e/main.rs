@@ -128,6 +128,7 @@ fn deploy_rollback_and_catch_up_across_three_edges() {
     );
   }
   // Each edge acknowledges what it applied (just after it starts serving it).
+  let setups = &edges;
   let deadline = std::time::Instant::now() + Duration::from_secs(5);
   loop {
     let status = control.api("GET", "/v1/edges", None).json();
@@ -137,6 +138,24 @@ fn deploy_rollback_and_catch_up_across_three_edges() {
       .iter()
       .all(|e| e["revision"].as_u64() == Some(revision));
     if edges.len() == 3 && acked {
+      // ...and says so itself.
+      for (i, edge) in setups.iter().enumerate() {
+        let state = edge.state().expect("the edge's admin port answers");
+        assert_eq!(
+          state["control_revision"].as_u64(),
+          Some(revision),
+          "edge {i}: {state}"
+        );
+        // One worker (named by its account on the edge), one route, v3 whole.
+        let workers = state["workers"].as_object().expect("a workers map");
+        let worker = workers.values().next().expect("a worker");
+        assert_eq!(workers.len(), 1, "edge {i}: {state}");
+        assert_eq!(worker["routes"], 1, "edge {i}: {state}");
+        assert_eq!(
+          worker["versions"][0]["percentage"], 100,
+          "edge {i}: {state}"
+        );
+      }
       break;
     }
     assert!(

@@ -563,7 +563,7 @@ impl Control {
     .expect("edge.toml is writable");
     EdgeSetup {
       config,
-      http: Arc::default(),
+      addrs: Arc::default(),
     }
   }
 
@@ -633,29 +633,43 @@ impl Control {
   }
 }
 
-/// An enrolled edge's config file, and the HTTP address its latest start
+/// The addresses an edge reported: `(http, admin)`.
+type Reported = Arc<Mutex<Option<(SocketAddr, SocketAddr)>>>;
+
+/// An enrolled edge's config file, and the addresses its latest start
 /// reported (shared by clones, so pollers follow a restarted edge).
 #[derive(Clone, Debug)]
 pub struct EdgeSetup {
   pub config: PathBuf,
-  http: Arc<Mutex<Option<SocketAddr>>>,
+  addrs: Reported,
 }
 
 impl EdgeSetup {
   /// Starts `isola-edge serve` on this config; returns once it listens.
   pub fn start(&self) -> Proc {
-    let edge = Edge::serve(&bin("isola-edge"), &self.config);
-    *self.http.lock().unwrap_or_else(|e| e.into_inner()) = Some(edge.http);
+    let mut edge = Edge::serve(&bin("isola-edge"), &self.config);
+    let admin = edge.proc.listening("admin");
+    *self.addrs.lock().unwrap_or_else(|e| e.into_inner()) = Some((edge.http, admin));
     edge.proc
+  }
+
+  fn addrs(&self) -> (SocketAddr, SocketAddr) {
+    self
+      .addrs
+      .lock()
+      .unwrap_or_else(|e| e.into_inner())
+      .expect("the edge was started")
   }
 
   /// The HTTP address of the latest start.
   pub fn http(&self) -> SocketAddr {
-    self
-      .http
-      .lock()
-      .unwrap_or_else(|e| e.into_inner())
-      .expect("the edge was started")
+    self.addrs().0
+  }
+
+  /// `GET /admin/state` of the latest start; `None` if it does not answer.
+  pub fn state(&self) -> Option<serde_json::Value> {
+    let r = get(self.addrs().1, "admin", "/admin/state")?;
+    (r.status == 200).then(|| r.json())
   }
 
   /// GET `path` on `host`, as a client of this edge would.
