@@ -89,11 +89,11 @@ struct Sources {
 }
 
 /// What [`Node::switch`] did.
-pub struct Switched {
+struct Switched {
   /// Workers now serving a different deployment.
-  pub changed: usize,
+  changed: usize,
   /// Workers that kept their previous deployment, and why.
-  pub errors: Vec<String>,
+  errors: Vec<String>,
 }
 
 /// What the node serves, as `GET /admin/state` shows it: enough for an
@@ -252,25 +252,17 @@ fn build_state(
   ))
 }
 
-/// Logs what a state change left out: each such worker keeps what it
-/// served before, so the node goes on, but the operator must know.
+/// Logs what a state change left out: the workers concerned keep what
+/// they served before, so the node goes on, but the operator must know.
 fn warn_all(errors: &[String], revision: Option<u64>) {
   for e in errors {
-    tracing::warn!(error = %e, revision, "worker not switched");
+    tracing::warn!(error = %e, revision, "part of the state was not applied");
   }
 }
 
 impl Node {
   /// A node serving nothing yet; [`Node::start`] loads its first state.
-  /// `control` is the state last applied from the control plane, as saved
-  /// on disk.
-  pub fn new(
-    config_path: PathBuf,
-    config: EdgeConfig,
-    store: Store,
-    runtime: Runtime,
-    control: Option<&DesiredState>,
-  ) -> Self {
+  pub fn new(config_path: PathBuf, config: EdgeConfig, store: Store, runtime: Runtime) -> Self {
     let static_names = config.workers.iter().map(|w| w.name.clone()).collect();
     Self {
       config_path,
@@ -279,7 +271,7 @@ impl Node {
       state: ArcSwap::from_pointee(State::default()),
       static_names: std::sync::RwLock::new(static_names),
       controlled: config.control.is_some(),
-      control_revision: AtomicU64::new(control.map_or(0, |s| s.revision)),
+      control_revision: AtomicU64::new(0),
       sources: tokio::sync::Mutex::new(Sources {
         config,
         control: None,
@@ -287,15 +279,21 @@ impl Node {
     }
   }
 
-  /// Loads the first state before the node says it is ready. A static
-  /// worker that does not start is fatal; a control-plane worker that does
-  /// not start is logged and left out.
+  /// Loads the first state before the node says it is ready: the config's
+  /// workers and `control`, the control state last applied (as saved on
+  /// disk), so a restart serves before the control plane is reachable. A
+  /// static worker that does not start is fatal; a control-plane worker
+  /// that does not start is logged and left out.
   pub async fn start(&self, control: Option<DesiredState>) -> anyhow::Result<()> {
     let mut sources = self.sources.lock().await;
     let (initial, errors) = build_state(&sources.config, &self.store, control.as_ref())?;
-    warn_all(&errors, None);
+    let revision = control.as_ref().map(|s| s.revision);
+    warn_all(&errors, revision);
     let switched = self.switch(initial, |name| self.is_static(name)).await?;
-    warn_all(&switched.errors, None);
+    warn_all(&switched.errors, revision);
+    self
+      .control_revision
+      .store(revision.unwrap_or(0), Ordering::Release);
     sources.control = control;
     Ok(())
   }

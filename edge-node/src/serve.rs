@@ -72,7 +72,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.clone(),
     store.clone(),
     runtime.clone(),
-    control_state.as_ref(),
   ));
 
   let main_rt = tokio::runtime::Builder::new_current_thread()
