@@ -282,3 +282,54 @@ fn an_edge_without_a_valid_certificate_is_refused() {
     );
   }
 }
+
+#[test]
+fn a_split_deployment_serves_both_versions_and_shows_their_shares() {
+  let dir = tempfile::tempdir().unwrap();
+  let control = Control::init_and_start(&dir.path().join("control"));
+  let edge = control.enroll("edge-0", &dir.path().join("edge-0"), 200);
+  let _proc = edge.start();
+  let v1 = control.upload("alpha", &alpha("v1"), json!({ "GREETING": "hi" }));
+  let v2 = control.upload("alpha", &alpha("v2"), json!({ "GREETING": "hi" }));
+  let r = control.api(
+    "POST",
+    "/v1/routes",
+    Some(json!({ "pattern": "alpha.test/*", "worker": "alpha" })),
+  );
+  assert_eq!(r.status, 201, "route: {}", r.text());
+  let r = control.api(
+    "POST",
+    "/v1/workers/alpha/deployments",
+    Some(json!({ "versions": [
+      { "id": v1, "percentage": 30 },
+      { "id": v2, "percentage": 70 },
+    ] })),
+  );
+  assert_eq!(r.status, 201, "deploy: {}", r.text());
+  let state = isola_integration::poll(Duration::from_secs(10), || {
+    let state = edge.state()?;
+    let worker = state["workers"].as_object()?.values().next()?.clone();
+    (worker["versions"].as_array()?.len() == 2).then_some((state, worker))
+  });
+  let (state, worker) = state.expect("the edge never served the split");
+  let versions = worker["versions"].as_array().unwrap();
+  let shares: Vec<_> = versions.iter().map(|v| &v["percentage"]).collect();
+  assert_eq!(shares, [30, 70], "{state}");
+  assert_ne!(versions[0]["version"], versions[1]["version"], "{state}");
+  assert!(state["control_revision"].as_u64() > Some(0), "{state}");
+  // Each request picks one version; 200 requests see both (a miss of
+  // either has a chance below 1e-30).
+  let mut seen = [0; 2];
+  for _ in 0..200 {
+    let body = edge
+      .get("alpha.test", "/")
+      .expect("the edge answers")
+      .text();
+    match body.as_str() {
+      "alpha v1 hi undefined" => seen[0] += 1,
+      "alpha v2 hi undefined" => seen[1] += 1,
+      other => panic!("unexpected answer {other:?}"),
+    }
+  }
+  assert!(seen[0] > 0 && seen[1] > 0, "both versions served: {seen:?}");
+}
