@@ -84,12 +84,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   let (shutdown_tx, shutdown_rx) = watch::channel(false);
   let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
   let threads = runtime.threads();
-  let mut listening = vec![("http", log_addr(&http))];
+  let mut listening = vec![("http", bound_addr(&http))];
   if let Some(https) = &https {
-    listening.push(("https", log_addr(https)));
+    listening.push(("https", bound_addr(https)));
   }
   if let Some(admin) = &admin_listener {
-    listening.push(("admin", log_addr(admin)));
+    listening.push(("admin", bound_addr(admin)));
   }
   for (listener, tls) in [(Some(http), None), (https, tls)] {
     let Some(listener) = listener else { continue };
@@ -196,6 +196,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// The address a bound listener got (the OS picks the port for port 0);
 /// the `listening` event reports it, so tests and supervisors need not
 /// guess a free port.
-fn log_addr(socket: &std::net::TcpListener) -> SocketAddr {
+fn bound_addr(socket: &std::net::TcpListener) -> SocketAddr {
   socket.local_addr().expect("a bound socket has an address")
 }
