@@ -303,6 +303,8 @@ impl Node {
   }
 
   /// The revision of the control state this node serves (0: none yet).
+  /// It moves only after the state is written to disk (or failed to be),
+  /// so whoever sees it knows a restart serves that state too.
   pub fn control_revision(&self) -> u64 {
     self.control_revision.load(Ordering::Acquire)
   }

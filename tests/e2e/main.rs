@@ -99,6 +99,16 @@ fn deploy_rollback_and_catch_up_across_three_edges() {
     edges[2].get("alpha.test", "/")
   );
   procs.push(restarted);
+  // Serving v2 comes just before the state is on disk; wait for the
+  // revision, which the edge reports once it is saved.
+  let revision = control.api("GET", "/v1/edges", None).json()["revision"]
+    .as_u64()
+    .expect("a revision");
+  assert!(
+    edges[2].wait_revision(revision, Duration::from_secs(5)),
+    "the restarted edge did not apply revision {revision}: {:?}",
+    edges[2].state()
+  );
 
   // With the control plane gone, edges keep serving, even after a restart.
   control.proc.take().unwrap().kill();

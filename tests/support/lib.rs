@@ -677,6 +677,17 @@ impl EdgeSetup {
     get(self.http(), host, path)
   }
 
+  /// Polls `/admin/state` until the edge has applied control revision
+  /// `revision` (applied is also saved: a restart serves it); false after
+  /// `limit`.
+  pub fn wait_revision(&self, revision: u64, limit: Duration) -> bool {
+    poll(limit, || {
+      let state = self.state()?;
+      (state["control_revision"].as_u64() >= Some(revision)).then_some(())
+    })
+    .is_some()
+  }
+
   /// Polls until `host/` answers 200 with a body starting with `prefix`;
   /// returns how long that took, or `None` after `limit`.
   pub fn wait_for(&self, host: &str, prefix: &str, limit: Duration) -> Option<Duration> {
