@@ -303,8 +303,9 @@ impl Node {
   }
 
   /// The revision of the control state this node serves (0: none yet).
-  /// It moves only after the state is written to disk (or failed to be),
-  /// so whoever sees it knows a restart serves that state too.
+  /// It moves only after the state's save to disk (a failed save is among
+  /// the errors `apply_control` returns), so whoever sees it can restart
+  /// the node and have it serve that state.
   pub fn control_revision(&self) -> u64 {
     self.control_revision.load(Ordering::Acquire)
   }
