@@ -127,6 +127,11 @@ pub struct VersionSnapshot {
   pub percentage: u32,
 }
 
+/// Writes an applied control state where the next start finds it. The
+/// command hands it in, so that this module does not depend on the
+/// control channel's (which depends on this one).
+pub type SaveState = Box<dyn Fn(&DesiredState) -> anyhow::Result<()> + Send + Sync>;
+
 /// The running node, shared by the listeners, the signal loop, the admin
 /// endpoints and the control channel.
 pub struct Node {
@@ -141,6 +146,7 @@ pub struct Node {
   /// nothing without one.
   controlled: bool,
   control_revision: AtomicU64,
+  save_state: SaveState,
 }
 
 /// The `env` bindings of a control-plane worker are its version's vars plus
@@ -262,7 +268,14 @@ fn warn_all(errors: &[String], revision: Option<u64>) {
 
 impl Node {
   /// A node serving nothing yet; [`Node::start`] loads its first state.
-  pub fn new(config_path: PathBuf, config: EdgeConfig, store: Store, runtime: Runtime) -> Self {
+  /// `save_state` keeps each control state applied.
+  pub fn new(
+    config_path: PathBuf,
+    config: EdgeConfig,
+    store: Store,
+    runtime: Runtime,
+    save_state: SaveState,
+  ) -> Self {
     let static_names = config.workers.iter().map(|w| w.name.clone()).collect();
     Self {
       config_path,
@@ -272,6 +285,7 @@ impl Node {
       static_names: std::sync::RwLock::new(static_names),
       controlled: config.control.is_some(),
       control_revision: AtomicU64::new(0),
+      save_state,
       sources: tokio::sync::Mutex::new(Sources {
         config,
         control: None,
@@ -499,7 +513,7 @@ impl Node {
       Ok(switched) => errors.extend(switched.errors),
       Err(e) => errors.push(format!("{e:#}")),
     }
-    if let Err(e) = crate::control::save_state(&self.store.control_dir(), &state) {
+    if let Err(e) = (self.save_state)(&state) {
       errors.push(format!("the state is applied but not saved: {e:#}"));
     }
     self

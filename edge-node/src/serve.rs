@@ -67,11 +67,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     Some(_) => crate::control::load_state(&store.control_dir())?,
     None => None,
   };
+  let control_dir = store.control_dir();
   let node = Arc::new(Node::new(
     args.config.clone(),
     config.clone(),
     store.clone(),
     runtime.clone(),
+    Box::new(move |state| crate::control::save_state(&control_dir, state)),
   ));
 
   let main_rt = tokio::runtime::Builder::new_current_thread()
