@@ -530,3 +530,32 @@ impl Node {
     errors
   }
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn secrets(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+      .iter()
+      .map(|(k, v)| (k.to_string(), v.to_string()))
+      .collect()
+  }
+
+  #[test]
+  fn secrets_change_the_isolate_key_and_nothing_else_does() {
+    let key = || WorkerKey::new("alpha", "0123");
+    let config = || WorkerConfig::new("alpha");
+    let (plain, _) = with_secrets(key(), config(), &secrets(&[]));
+    assert_eq!(plain.secrets, None);
+    let (a, _) = with_secrets(key(), config(), &secrets(&[("API_KEY", "one")]));
+    let (b, _) = with_secrets(key(), config(), &secrets(&[("API_KEY", "two")]));
+    let (a2, _) = with_secrets(key(), config(), &secrets(&[("API_KEY", "one")]));
+    let digest = a.secrets.as_deref().expect("a digest");
+    assert_eq!(digest.len(), 16);
+    assert!(digest.bytes().all(|c| c.is_ascii_hexdigit()), "{digest}");
+    assert_ne!(a, b, "another secret value starts fresh isolates");
+    assert_eq!(a, a2, "the same secrets share isolates");
+    assert_eq!((&*a.name, &*a.version), ("alpha", "0123"));
+  }
+}
