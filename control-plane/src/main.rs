@@ -210,6 +210,7 @@ async fn serve(dir: PathBuf, api_addr: SocketAddr, quic_addr: SocketAddr) -> any
     .await
     .with_context(|| format!("cannot listen on {api_addr} for the API; pick another --api"))?;
   let api_addr = listener.local_addr()?;
+  tracing::info!(listener = "api", addr = %api_addr, "listening");
   tracing::info!(api = %api_addr, quic = %quic_addr, revision, "serving");
 
   let api = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());

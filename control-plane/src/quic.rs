@@ -60,6 +60,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
   let socket = std::net::UdpSocket::bind(addr)
     .with_context(|| format!("cannot listen for edges on {addr} (UDP)"))?;
+  tracing::info!(listener = "quic", addr = %socket.local_addr()?, "listening");
   let endpoint = quinn::Endpoint::new(
     endpoint_config(data_dir)?,
     Some(server_config(data_dir)?),

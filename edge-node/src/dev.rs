@@ -16,7 +16,8 @@ use isola_runtime::WorkerKey;
 pub struct DevArgs {
   /// The worker's main module (an ES module with `export default { fetch }`).
   entry: PathBuf,
-  /// Address to listen on.
+  /// Address to listen on (port 0: a free port, reported in the
+  /// `listening` log event).
   #[arg(long, default_value = "127.0.0.1:8787")]
   listen: SocketAddr,
   /// A text var for `env`, as NAME=VALUE. May repeat.
@@ -98,10 +99,13 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     .with_context(|| format!("cannot listen on {}", args.listen))?;
   listener.set_nonblocking(true)?;
   let addr = listener.local_addr()?;
+  // The banner is for the person at the terminal; the event is for
+  // tools, which find the port there when `--listen` asked for port 0.
   println!(
     "isola-edge dev: serving {} at http://{addr}",
     args.entry.display()
   );
+  tracing::info!(listener = "http", addr = %addr, entry = %args.entry.display(), "listening");
 
   // dev runs until the process is stopped: the sender is never used.
   let (_shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

@@ -1,9 +1,13 @@
 //! `isola-edge`: the edge node binary.
 
+#![forbid(unsafe_code)]
+
+mod admin;
 mod config;
 mod control;
 mod dev;
 mod logs;
+mod node;
 mod serve;
 mod server;
 mod store;
@@ -11,14 +15,22 @@ mod tls;
 
 use clap::Parser;
 use clap::Subcommand;
+use isola_io::log::LogFormat;
 
 #[derive(Parser)]
 #[command(
   name = "isola-edge",
   version,
-  about = "Isola edge node: runs Workers-style handlers in V8 isolates"
+  about = "Isola edge node: runs Workers-style handlers in V8 isolates",
+  after_help = "The operator log goes to stderr, filtered by ISOLA_LOG (default: info; \
+                e.g. ISOLA_LOG=debug or ISOLA_LOG=isola_edge=debug,warn). Worker console \
+                output is printed apart from it."
 )]
 struct Cli {
+  /// How the operator log is written: text lines for people, or JSON lines
+  /// (`timestamp`, `level`, `target`, `fields`) for log shippers and tests.
+  #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+  log_format: LogFormat,
   #[command(subcommand)]
   command: Command,
 }
@@ -32,14 +44,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-  tracing_subscriber::fmt()
-    .with_env_filter(
-      tracing_subscriber::EnvFilter::try_from_env("ISOLA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-    )
-    .with_writer(std::io::stderr)
-    .init();
   let cli = Cli::parse();
+  isola_io::log::init(cli.log_format, "info");
   let result = match cli.command {
     Command::Dev(args) => dev::run(args),
     Command::Serve(args) => serve::run(args),
@@ -47,7 +53,12 @@ fn main() -> std::process::ExitCode {
   match result {
     Ok(()) => std::process::ExitCode::SUCCESS,
     Err(e) => {
-      eprintln!("error: {e:#}");
+      // People read the reason on stderr as it stands; log shippers get it
+      // as an event like any other.
+      match cli.log_format {
+        LogFormat::Text => eprintln!("error: {e:#}"),
+        LogFormat::Json => tracing::error!(error = format!("{e:#}"), "stopped"),
+      }
       std::process::ExitCode::FAILURE
     }
   }

@@ -34,21 +34,14 @@ impl ResolvesServerCert for SniResolver {
   }
 }
 
+/// The private key in `path`.
 pub fn load_key(path: &Path) -> anyhow::Result<rustls::pki_types::PrivateKeyDer<'static>> {
-  let pem = std::fs::read(path).with_context(|| format!("cannot read key {}", path.display()))?;
-  rustls_pemfile::private_key(&mut pem.as_slice())
-    .with_context(|| format!("{} is not a PEM private key", path.display()))?
-    .with_context(|| format!("{} holds no private key", path.display()))
+  Ok(isola_io::pem::load_key(path)?)
 }
 
+/// The certificates in `path`, at least one.
 pub fn load_chain(path: &Path) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
-  let pem =
-    std::fs::read(path).with_context(|| format!("cannot read certificate {}", path.display()))?;
-  let chain = rustls_pemfile::certs(&mut pem.as_slice())
-    .collect::<Result<Vec<_>, _>>()
-    .with_context(|| format!("{} is not a PEM certificate chain", path.display()))?;
-  anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", path.display());
-  Ok(chain)
+  Ok(isola_io::pem::load_certs(path)?)
 }
 
 /// The rustls server config of the node's HTTPS listener.

@@ -1,7 +1,5 @@
 //! `isola-edge dev` as a user runs it: the real binary, real HTTP on loopback.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -11,10 +9,15 @@ use http_body_util::BodyExt;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use isola_integration::http;
+use isola_integration::write;
+use isola_integration::Edge;
 
-/// A running `isola-edge dev` and the address it serves.
+const BIN: &str = env!("CARGO_BIN_EXE_isola-edge");
+
+/// A running `isola-edge dev` on the port it picked and reported.
 struct Dev {
-  proc: common::Proc,
+  edge: Edge,
   addr: SocketAddr,
 }
 
@@ -23,34 +26,26 @@ impl Dev {
     let mut args: Vec<&std::ffi::OsStr> = vec!["dev".as_ref(), entry.as_os_str()];
     args.extend(["--listen", "127.0.0.1:0"].iter().map(std::ffi::OsStr::new));
     args.extend(extra.iter().map(std::ffi::OsStr::new));
-    let proc = common::Proc::start(&args);
-    let banner = proc.expect_line(" at http://");
-    let addr = banner
-      .split(" at http://")
-      .nth(1)
-      .and_then(|a| a.trim().parse().ok())
-      .expect("address in banner");
-    Dev { proc, addr }
+    let mut edge = Edge::start(BIN.as_ref(), &args);
+    let addr = edge.http;
+    // The banner for people names the same address as the event.
+    edge.proc.expect_line(&format!(
+      "isola-edge dev: serving {} at http://{addr}",
+      entry.display()
+    ));
+    Dev { edge, addr }
   }
 
-  fn expect_line(&self, needle: &str) -> String {
-    self.proc.expect_line(needle)
+  fn expect_line(&mut self, needle: &str) -> String {
+    self.edge.proc.expect_line(needle)
   }
-}
 
-use common::write;
-
-async fn send(
-  client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-  req: http::Request<Full<Bytes>>,
-) -> (http::StatusCode, http::HeaderMap, Bytes) {
-  let res = client.request(req).await.expect("request succeeds");
-  let (parts, body) = res.into_parts();
-  (
-    parts.status,
-    parts.headers,
-    body.collect().await.unwrap().to_bytes(),
-  )
+  /// One HTTP/1.1 request; the node must answer.
+  fn send(&self, method: &str, path: &str, body: &[u8]) -> isola_integration::Response {
+    let host = self.addr.to_string();
+    http(self.addr, method, &host, path, &[], body)
+      .unwrap_or_else(|| panic!("no answer to {method} {path}"))
+  }
 }
 
 const WORKER: &str = r#"
@@ -75,24 +70,13 @@ export default {
 async fn dev_serves_http1_and_h2c_with_vars_logs_and_errors() {
   let dir = tempfile::tempdir().unwrap();
   let entry = write(dir.path(), "worker.js", WORKER);
-  let dev = Dev::start(&entry, &["--var", "GREETING=hello"]);
+  let mut dev = Dev::start(&entry, &["--var", "GREETING=hello"]);
   let base = format!("http://{}", dev.addr);
 
-  let h1 = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-  let (status, headers, body) = send(
-    &h1,
-    http::Request::get(format!("{base}/page?q=1"))
-      .body(Full::default())
-      .unwrap(),
-  )
-  .await;
-  assert_eq!(status, 200);
-  assert_eq!(
-    String::from_utf8_lossy(&body),
-    format!("hi hello at {base}/page?q=1 via GET")
-  );
-  let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
-  assert_eq!(cookies, ["a=1", "b=2"]);
+  let r = dev.send("GET", "/page?q=1", b"");
+  assert_eq!(r.status, 200);
+  assert_eq!(r.text(), format!("hi hello at {base}/page?q=1 via GET"));
+  assert_eq!(r.header_all("set-cookie"), ["a=1", "b=2"]);
   let line = dev.expect_line("visit /page");
   assert!(
     line.contains(" worker ") && line.contains(" log "),
@@ -103,52 +87,39 @@ async fn dev_serves_http1_and_h2c_with_vars_logs_and_errors() {
   let h2 = Client::builder(TokioExecutor::new())
     .http2_only(true)
     .build_http::<Full<Bytes>>();
-  let (status, _, body) = send(
-    &h2,
-    http::Request::get(format!("{base}/h2"))
-      .body(Full::default())
-      .unwrap(),
-  )
-  .await;
-  assert_eq!(status, 200);
+  let res = h2
+    .request(
+      http::Request::get(format!("{base}/h2"))
+        .body(Full::default())
+        .unwrap(),
+    )
+    .await
+    .expect("request succeeds");
+  assert_eq!(res.status(), 200);
+  let body = res.into_body().collect().await.unwrap().to_bytes();
   assert!(String::from_utf8_lossy(&body).ends_with("/h2 via GET"));
 
   // A 1 MiB body streams through the worker and back.
-  let big = Bytes::from(vec![b'z'; 1 << 20]);
-  let (status, headers, body) = send(
-    &h1,
-    http::Request::post(format!("{base}/echo"))
-      .body(Full::new(big.clone()))
-      .unwrap(),
-  )
-  .await;
-  assert_eq!(status, 200);
-  assert_eq!(headers["x-len"], "1048576");
-  assert_eq!(body, big);
+  let big = vec![b'z'; 1 << 20];
+  let r = dev.send("POST", "/echo", &big);
+  assert_eq!(r.status, 200);
+  assert_eq!(r.header("x-len"), Some("1048576"));
+  assert!(
+    r.body == big,
+    "the echoed body differs ({} bytes)",
+    r.body.len()
+  );
 
   // An exception is a 500 with a plain body; the details go to the log only.
-  let (status, _, body) = send(
-    &h1,
-    http::Request::get(format!("{base}/boom"))
-      .body(Full::default())
-      .unwrap(),
-  )
-  .await;
-  assert_eq!(status, 500);
-  assert_eq!(&body[..], b"Worker threw exception\n");
+  let r = dev.send("GET", "/boom", b"");
+  assert_eq!(r.status, 500);
+  assert_eq!(r.text(), "Worker threw exception\n");
   let line = dev.expect_line("kaboom in handler");
   assert!(line.contains(" error "), "{line}");
   dev.expect_line("worker.js:");
 
   // ...and the worker keeps answering.
-  let (status, _, _) = send(
-    &h1,
-    http::Request::get(format!("{base}/after"))
-      .body(Full::default())
-      .unwrap(),
-  )
-  .await;
-  assert_eq!(status, 200);
+  assert_eq!(dev.send("GET", "/after", b"").status, 200);
 }
 
 #[test]
@@ -181,8 +152,8 @@ fn dev_rejects_a_malformed_var() {
   assert!(stderr.contains("NAME=VALUE"), "{stderr}");
 }
 
-#[tokio::test]
-async fn dev_enforces_limits_and_recovers_with_a_fresh_isolate() {
+#[test]
+fn dev_enforces_limits_and_recovers_with_a_fresh_isolate() {
   let dir = tempfile::tempdir().unwrap();
   let entry = write(
     dir.path(),
@@ -198,25 +169,15 @@ async fn dev_enforces_limits_and_recovers_with_a_fresh_isolate() {
     };
     "#,
   );
-  let dev = Dev::start(&entry, &["--cpu-ms", "20"]);
-  let base = format!("http://{}", dev.addr);
-  let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-  let get = |path: &str| {
-    http::Request::get(format!("{base}{path}"))
-      .body(Full::default())
-      .unwrap()
-  };
+  let mut dev = Dev::start(&entry, &["--cpu-ms", "20"]);
 
-  let (status, _, body) = send(&client, get("/")).await;
-  assert_eq!((status.as_u16(), &body[..]), (200, &b"served 1"[..]));
-  let (status, _, body) = send(&client, get("/spin")).await;
-  assert_eq!(status, 503);
-  assert!(
-    String::from_utf8_lossy(&body).contains("cpu limit"),
-    "{body:?}"
-  );
+  let r = dev.send("GET", "/", b"");
+  assert_eq!((r.status, r.text().as_str()), (200, "served 1"));
+  let r = dev.send("GET", "/spin", b"");
+  assert_eq!(r.status, 503);
+  assert!(r.text().contains("cpu limit"), "{}", r.text());
   dev.expect_line("cpu limit");
   // The stopped isolate is replaced: module state starts over.
-  let (status, _, body) = send(&client, get("/")).await;
-  assert_eq!((status.as_u16(), &body[..]), (200, &b"served 1"[..]));
+  let r = dev.send("GET", "/", b"");
+  assert_eq!((r.status, r.text().as_str()), (200, "served 1"));
 }

@@ -1,15 +1,12 @@
 //! `isola-edge serve` as an operator runs it: the real binary with a config
-//! file, real HTTP, HTTP/2 and TLS on loopback.
-
-mod common;
+//! file, real HTTP, HTTP/2 and TLS on loopback. The tests learn ports from
+//! the node's `listening` events and what it serves from `/admin/state`.
 
 use std::io::Read as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::net::TcpListener;
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,20 +16,17 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
+use isola_integration::get;
+use isola_integration::versions_of;
+use isola_integration::write;
+use isola_integration::Edge;
 
-fn free_port() -> u16 {
-  TcpListener::bind("127.0.0.1:0")
-    .unwrap()
-    .local_addr()
-    .unwrap()
-    .port()
-}
+const BIN: &str = env!("CARGO_BIN_EXE_isola-edge");
 
 struct Node {
-  proc: common::Proc,
+  edge: Edge,
   http: SocketAddr,
   tls: SocketAddr,
   admin: SocketAddr,
@@ -40,20 +34,15 @@ struct Node {
 
 impl Node {
   fn signal(&self, sig: &str) {
-    let ok = Command::new("kill")
-      .args([&format!("-{sig}"), &self.proc.child.id().to_string()])
-      .status()
-      .unwrap()
-      .success();
-    assert!(ok, "kill -{sig}");
+    self.edge.proc.signal(sig);
   }
 
-  fn expect_line(&self, needle: &str) -> String {
-    self.proc.expect_line(needle)
+  /// GET on the public HTTP listener; the node must answer.
+  fn get(&self, host: &str, path: &str) -> (u16, String) {
+    let r = get(self.http, host, path).unwrap_or_else(|| panic!("no answer for {host}{path}"));
+    (r.status, r.text())
   }
 }
-
-use common::write;
 
 /// Two certificates (alpha.test, *.beta.test) signed by one test CA.
 fn make_certs(dir: &Path) -> rustls::RootCertStore {
@@ -76,16 +65,14 @@ fn make_certs(dir: &Path) -> rustls::RootCertStore {
 }
 
 fn start(dir: &Path) -> Node {
-  let (http, tls, admin) = (free_port(), free_port(), free_port());
   write(
     dir,
     "edge.toml",
-    &format!(
-      r#"
+    r#"
 [server]
-listen = "127.0.0.1:{http}"
-listen_tls = "127.0.0.1:{tls}"
-admin = "127.0.0.1:{admin}"
+listen = "127.0.0.1:0"
+listen_tls = "127.0.0.1:0"
+admin = "127.0.0.1:0"
 threads = 2
 max_header_bytes = 16384
 header_timeout_ms = 1000
@@ -103,26 +90,25 @@ key = "certs/beta-key.pem"
 [[worker]]
 name = "alpha"
 entry = "alpha/worker.js"
-vars = {{ NAME = "A" }}
+vars = { NAME = "A" }
 routes = ["alpha.test/*", "*.alpha.test/*"]
 
 [[worker]]
 name = "api"
 entry = "api/worker.js"
 routes = ["shop.alpha.test/api/*", "*.beta.test/*"]
-"#
-    ),
+"#,
   );
-  let config = dir.join("edge.toml");
-  let proc = common::Proc::start(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()]);
-  let node = Node {
-    proc,
-    http: format!("127.0.0.1:{http}").parse().unwrap(),
-    tls: format!("127.0.0.1:{tls}").parse().unwrap(),
-    admin: format!("127.0.0.1:{admin}").parse().unwrap(),
-  };
-  node.expect_line("isola-edge serve:");
-  node
+  let mut edge = Edge::serve(BIN.as_ref(), &dir.join("edge.toml"));
+  let (tls, admin) = (edge.proc.listening("https"), edge.proc.listening("admin"));
+  let http = edge.http;
+  edge.proc.expect_event("serving");
+  Node {
+    edge,
+    http,
+    tls,
+    admin,
+  }
 }
 
 const ALPHA_V1: &str = r#"
@@ -161,19 +147,6 @@ fn setup() -> (tempfile::TempDir, rustls::RootCertStore) {
   );
   write(dir.path(), "api/worker.js", API);
   (dir, roots)
-}
-
-type H1 = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-async fn get(client: &H1, addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
-  let req = http::Request::get(format!("http://{addr}{path}"))
-    .header("host", host)
-    .body(Full::default())
-    .unwrap();
-  let res = client.request(req).await.unwrap();
-  let status = res.status().as_u16();
-  let body = res.into_body().collect().await.unwrap().to_bytes();
-  (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// One request over TLS with SNI `host`; returns status, body, negotiated ALPN.
@@ -229,7 +202,6 @@ async fn get_tls(
 async fn routes_by_host_and_path_with_the_most_specific_match() {
   let (dir, _) = setup();
   let node = start(dir.path());
-  let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
   let cases = [
     ("alpha.test", "/x", 200, "alpha v1 A alpha.test/x"),
     ("WWW.Alpha.Test", "/y", 200, "alpha v1 A www.alpha.test/y"),
@@ -252,7 +224,7 @@ async fn routes_by_host_and_path_with_the_most_specific_match() {
     ("other.test", "/", 404, "No worker is routed"),
   ];
   for (host, path, status, want) in cases {
-    let (got_status, body) = get(&client, node.http, host, path).await;
+    let (got_status, body) = node.get(host, path);
     assert_eq!(got_status, status, "{host}{path}: {body}");
     assert!(body.contains(want), "{host}{path}: {body}");
   }
@@ -275,17 +247,37 @@ async fn routes_by_host_and_path_with_the_most_specific_match() {
   let body = res.into_body().collect().await.unwrap().to_bytes();
   assert_eq!(&body[..], b"alpha v1 A alpha.test/h2");
 
-  let admin = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-  assert_eq!(get(&admin, node.admin, "admin", "/healthz").await.0, 200);
-  assert_eq!(get(&admin, node.admin, "admin", "/readyz").await.0, 200);
-  let (status, metrics) = get(&admin, node.admin, "admin", "/metrics").await;
-  assert_eq!(status, 200);
+  let admin = |path: &str| get(node.admin, "admin", path).expect("the admin port answers");
+  assert_eq!(admin("/healthz").status, 200);
+  assert_eq!(admin("/readyz").status, 200);
+  let metrics = admin("/metrics");
+  assert_eq!(metrics.status, 200);
+  let metrics = metrics.text();
   assert!(
     metrics.contains(r#"isola_http_requests_total{worker="alpha",class="2xx"}"#),
     "{metrics}"
   );
   assert!(metrics.contains("isola_isolates_live"), "{metrics}");
   assert!(metrics.contains("isola_cold_starts_total"), "{metrics}");
+
+  // The served state: no control plane, each worker on one version with
+  // its routes.
+  let state = admin("/admin/state");
+  assert_eq!(state.header("content-type"), Some("application/json"));
+  let state = state.json();
+  assert_eq!(
+    state["control_revision"],
+    serde_json::Value::Null,
+    "{state}"
+  );
+  assert_eq!(state["routes"], 4, "{state}");
+  for worker in ["alpha", "api"] {
+    let versions = versions_of(&state, worker);
+    assert_eq!(versions.len(), 1, "{state}");
+    assert_eq!(versions[0].0.len(), 64, "a sha-256 version id: {state}");
+    assert_eq!(versions[0].1, 100, "{state}");
+    assert_eq!(state["workers"][worker]["routes"], 2, "{state}");
+  }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,21 +303,22 @@ async fn tls_picks_the_certificate_by_sni_and_negotiates_http2() {
   }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_switch_under_load_is_atomic_and_loses_nothing() {
+#[test]
+fn a_version_switch_under_load_is_atomic_and_loses_nothing() {
   let (dir, _) = setup();
-  let node = start(dir.path());
-  let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+  let mut node = start(dir.path());
+  let v1 = versions_of(&node.edge.state(), "alpha");
   let stop = Arc::new(AtomicBool::new(false));
   let mut loaders = Vec::new();
   for _ in 0..4 {
-    let (client, stop, addr) = (client.clone(), stop.clone(), node.http);
-    loaders.push(tokio::spawn(async move {
+    let (stop, addr) = (stop.clone(), node.http);
+    loaders.push(std::thread::spawn(move || {
       let mut seen = Vec::new();
       let start = Instant::now();
       while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(30) {
-        let (status, body) = get(&client, addr, "alpha.test", "/slow").await;
-        assert_eq!(status, 200, "{body}");
+        let r = get(addr, "alpha.test", "/slow").expect("no request fails");
+        let body = r.text();
+        assert_eq!(r.status, 200, "{body}");
         // Each response is wholly one version: module and header agree.
         let version = if body.starts_with("alpha v1 ") {
           "v1"
@@ -333,49 +326,68 @@ async fn a_version_switch_under_load_is_atomic_and_loses_nothing() {
           "v2"
         };
         assert!(body.starts_with(&format!("alpha {version} A ")), "{body}");
+        assert_eq!(r.header("x-version"), Some(version), "{body}");
         seen.push(version);
       }
       seen
     }));
   }
-  tokio::time::sleep(Duration::from_millis(600)).await;
+  std::thread::sleep(Duration::from_millis(600));
   write(
     dir.path(),
     "alpha/version.js",
     "export const version = \"v2\";\n",
   );
   node.signal("HUP");
-  node.expect_line("1 worker(s) switched version");
-  tokio::time::sleep(Duration::from_millis(800)).await;
+  let reloaded = node.edge.proc.expect_event("reloaded");
+  assert_eq!(
+    reloaded.field("changed").as_deref(),
+    Some("1"),
+    "{:?}",
+    reloaded
+  );
+  let state = node.edge.wait_state("alpha on a new version", |s| {
+    let now = versions_of(s, "alpha");
+    now.len() == 1 && now != v1
+  });
+  let v2 = versions_of(&state, "alpha");
+  std::thread::sleep(Duration::from_millis(800));
   stop.store(true, Ordering::Relaxed);
-  let mut all = Vec::new();
-  for l in loaders {
-    all.extend(l.await.unwrap());
+  let per_loader: Vec<Vec<&str>> = loaders.into_iter().map(|l| l.join().unwrap()).collect();
+  for (i, seen) in per_loader.iter().enumerate() {
+    // Requests kept flowing across the switch, and once this client got
+    // the new version it never saw the old one again.
+    let first_v2 = seen
+      .iter()
+      .position(|v| *v == "v2")
+      .unwrap_or_else(|| panic!("loader {i} never got v2: {seen:?}"));
+    assert!(
+      seen[first_v2..].iter().all(|v| *v == "v2"),
+      "loader {i} got v1 after v2: {seen:?}"
+    );
   }
   assert!(
-    all.contains(&"v1") && all.contains(&"v2"),
-    "both versions served: {all:?}"
-  );
-  let first_v2 = all.iter().position(|v| *v == "v2").unwrap();
-  assert!(
-    all.len() > first_v2,
-    "requests kept flowing after the switch"
+    per_loader.iter().flatten().any(|v| *v == "v1"),
+    "v1 served before the switch: {per_loader:?}"
   );
   // A broken new version is refused; the previous one keeps serving.
   write(dir.path(), "alpha/version.js", "export const version = ;\n");
   node.signal("HUP");
-  node.expect_line("reload failed");
+  node
+    .edge
+    .proc
+    .expect_event("reload failed, still serving the previous state");
+  assert_eq!(versions_of(&node.edge.state(), "alpha"), v2);
   assert_eq!(
-    get(&client, node.http, "alpha.test", "/").await.1,
-    "alpha v2 A alpha.test/"
+    node.get("alpha.test", "/"),
+    (200, "alpha v2 A alpha.test/".to_string())
   );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_slow_and_oversized_requests_do_not_hurt_others() {
+#[test]
+fn malformed_slow_and_oversized_requests_do_not_hurt_others() {
   let (dir, _) = setup();
   let node = start(dir.path());
-  let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
 
   // A client that never finishes its request head is cut off.
   let mut slow = TcpStream::connect(node.http).unwrap();
@@ -407,7 +419,7 @@ async fn malformed_slow_and_oversized_requests_do_not_hurt_others() {
 
   // Meanwhile everyone else is served.
   for _ in 0..5 {
-    assert_eq!(get(&client, node.http, "alpha.test", "/").await.0, 200);
+    assert_eq!(node.get("alpha.test", "/").0, 200);
   }
 
   // The slow client was closed by the header timeout (1 s here).
@@ -421,21 +433,27 @@ async fn malformed_slow_and_oversized_requests_do_not_hurt_others() {
   );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_in_flight_requests() {
+#[test]
+fn sigterm_drains_in_flight_requests() {
   let (dir, _) = setup();
   let mut node = start(dir.path());
-  let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
   let in_flight = {
-    let (client, addr) = (client.clone(), node.http);
-    tokio::spawn(async move { get(&client, addr, "alpha.test", "/slow").await })
+    let addr = node.http;
+    std::thread::spawn(move || get(addr, "alpha.test", "/slow").expect("the request is served"))
   };
   // Only once the request is inside the worker: connections still queued in
   // the kernel when the listeners close are refused, as with any server.
-  node.expect_line("slow request started");
+  node.edge.proc.expect_line("slow request started");
   node.signal("TERM");
-  let (status, body) = in_flight.await.unwrap();
-  assert_eq!((status, body.as_str()), (200, "alpha v1 A alpha.test/slow"));
-  let exit = node.proc.child.wait().unwrap();
+  let r = in_flight.join().unwrap();
+  assert_eq!(
+    (r.status, r.text().as_str()),
+    (200, "alpha v1 A alpha.test/slow")
+  );
+  node
+    .edge
+    .proc
+    .expect_event("shutting down, draining in-flight requests");
+  let exit = node.edge.proc.child.wait().unwrap();
   assert!(exit.success(), "{exit:?}");
 }

@@ -99,6 +99,16 @@ fn deploy_rollback_and_catch_up_across_three_edges() {
     edges[2].get("alpha.test", "/")
   );
   procs.push(restarted);
+  // Serving v2 comes just before the state is on disk; wait for the
+  // revision, which the edge reports once it is saved.
+  let revision = control.api("GET", "/v1/edges", None).json()["revision"]
+    .as_u64()
+    .expect("a revision");
+  assert!(
+    edges[2].wait_revision(revision, Duration::from_secs(5)),
+    "the restarted edge did not apply revision {revision}: {:?}",
+    edges[2].state()
+  );
 
   // With the control plane gone, edges keep serving, even after a restart.
   control.proc.take().unwrap().kill();
@@ -128,6 +138,7 @@ fn deploy_rollback_and_catch_up_across_three_edges() {
     );
   }
   // Each edge acknowledges what it applied (just after it starts serving it).
+  let setups = &edges;
   let deadline = std::time::Instant::now() + Duration::from_secs(5);
   loop {
     let status = control.api("GET", "/v1/edges", None).json();
@@ -137,6 +148,24 @@ fn deploy_rollback_and_catch_up_across_three_edges() {
       .iter()
       .all(|e| e["revision"].as_u64() == Some(revision));
     if edges.len() == 3 && acked {
+      // ...and says so itself.
+      for (i, edge) in setups.iter().enumerate() {
+        let state = edge.state().expect("the edge's admin port answers");
+        assert_eq!(
+          state["control_revision"].as_u64(),
+          Some(revision),
+          "edge {i}: {state}"
+        );
+        // One worker (named by its account on the edge), one route, v3 whole.
+        let workers = state["workers"].as_object().expect("a workers map");
+        let worker = workers.values().next().expect("a worker");
+        assert_eq!(workers.len(), 1, "edge {i}: {state}");
+        assert_eq!(worker["routes"], 1, "edge {i}: {state}");
+        assert_eq!(
+          worker["versions"][0]["percentage"], 100,
+          "edge {i}: {state}"
+        );
+      }
       break;
     }
     assert!(
@@ -262,4 +291,55 @@ fn an_edge_without_a_valid_certificate_is_refused() {
       "a refused edge got the deployment"
     );
   }
+}
+
+#[test]
+fn a_split_deployment_serves_both_versions_and_shows_their_shares() {
+  let dir = tempfile::tempdir().unwrap();
+  let control = Control::init_and_start(&dir.path().join("control"));
+  let edge = control.enroll("edge-0", &dir.path().join("edge-0"), 200);
+  let _proc = edge.start();
+  let v1 = control.upload("alpha", &alpha("v1"), json!({ "GREETING": "hi" }));
+  let v2 = control.upload("alpha", &alpha("v2"), json!({ "GREETING": "hi" }));
+  let r = control.api(
+    "POST",
+    "/v1/routes",
+    Some(json!({ "pattern": "alpha.test/*", "worker": "alpha" })),
+  );
+  assert_eq!(r.status, 201, "route: {}", r.text());
+  let r = control.api(
+    "POST",
+    "/v1/workers/alpha/deployments",
+    Some(json!({ "versions": [
+      { "id": v1, "percentage": 30 },
+      { "id": v2, "percentage": 70 },
+    ] })),
+  );
+  assert_eq!(r.status, 201, "deploy: {}", r.text());
+  let state = isola_integration::poll(Duration::from_secs(10), || {
+    let state = edge.state()?;
+    let worker = state["workers"].as_object()?.values().next()?.clone();
+    (worker["versions"].as_array()?.len() == 2).then_some((state, worker))
+  });
+  let (state, worker) = state.expect("the edge never served the split");
+  let versions = worker["versions"].as_array().unwrap();
+  let shares: Vec<_> = versions.iter().map(|v| &v["percentage"]).collect();
+  assert_eq!(shares, [30, 70], "{state}");
+  assert_ne!(versions[0]["version"], versions[1]["version"], "{state}");
+  assert!(state["control_revision"].as_u64() > Some(0), "{state}");
+  // Each request picks one version; 200 requests see both (a miss of
+  // either has a chance below 1e-30).
+  let mut seen = [0; 2];
+  for _ in 0..200 {
+    let body = edge
+      .get("alpha.test", "/")
+      .expect("the edge answers")
+      .text();
+    match body.as_str() {
+      "alpha v1 hi undefined" => seen[0] += 1,
+      "alpha v2 hi undefined" => seen[1] += 1,
+      other => panic!("unexpected answer {other:?}"),
+    }
+  }
+  assert!(seen[0] > 0 && seen[1] > 0, "both versions served: {seen:?}");
 }

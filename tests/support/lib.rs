@@ -1,10 +1,17 @@
-//! What the cross-process tests and the propagation benchmark share: the
-//! real `isola-control` and `isola-edge` binaries started on loopback, and a
-//! small blocking HTTP client to drive them.
+//! What every process-level test shares (the edge's own tests, the
+//! cross-process tests and the propagation benchmark): the real
+//! `isola-control` and `isola-edge` binaries started on loopback, their log
+//! read as lines and JSON events, and one small blocking HTTP client.
 //!
 //! The binaries are the ones cargo built next to the running test (`cargo
 //! test --workspace` builds them); a missing one is a clear panic saying
 //! what to build.
+//!
+//! Ports come from the binaries, not from guessing: an edge listens on port
+//! 0 and reports each bound address in a `listening` event, which
+//! [`Proc::listening`] reads.
+
+#![forbid(unsafe_code)]
 
 use std::io::BufRead as _;
 use std::io::BufReader;
@@ -18,8 +25,13 @@ use std::process::Child;
 use std::process::Command;
 use std::process::Stdio;
 use std::sync::mpsc;
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
+
+/// How long a process gets to print what a test waits for.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// A workspace binary built in the same profile as the running executable.
 pub fn bin(name: &str) -> PathBuf {
@@ -39,21 +51,76 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A free TCP port on loopback (the OS picked it; it stays free unless
-/// something else grabs it in between).
+/// something else grabs it in between). Only for a binary that cannot
+/// report its own port.
 pub fn free_tcp() -> SocketAddr {
   std::net::TcpListener::bind("127.0.0.1:0")
     .and_then(|l| l.local_addr())
     .expect("a free port")
 }
 
-/// A free UDP port on loopback.
+/// A free UDP port on loopback, as [`free_tcp`].
 pub fn free_udp() -> SocketAddr {
   std::net::UdpSocket::bind("127.0.0.1:0")
     .and_then(|s| s.local_addr())
     .expect("a free port")
 }
 
-/// A child process whose output lines are collected; killed when dropped.
+/// Writes `text` to `dir/name`, creating folders.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+  let path = dir.join(name);
+  std::fs::create_dir_all(path.parent().expect("a file has a folder")).expect("mkdir");
+  std::fs::write(&path, text).expect("the test folder is writable");
+  path
+}
+
+/// A log event of a binary run with `--log-format json`.
+#[derive(Clone, Debug)]
+pub struct Event(pub serde_json::Value);
+
+impl Event {
+  /// `line` as an event, if it is a JSON object with `fields.message`.
+  pub fn parse(line: &str) -> Option<Event> {
+    let value: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+    value["fields"]["message"]
+      .is_string()
+      .then_some(Event(value))
+  }
+
+  pub fn message(&self) -> &str {
+    self.0["fields"]["message"].as_str().unwrap_or_default()
+  }
+
+  /// A field of the event (`fields.<name>`), as text.
+  pub fn field(&self, name: &str) -> Option<String> {
+    match &self.0["fields"][name] {
+      serde_json::Value::Null => None,
+      serde_json::Value::String(s) => Some(s.clone()),
+      other => Some(other.to_string()),
+    }
+  }
+}
+
+/// Drops terminal colour codes, so that a text log matches like plain text.
+fn strip_ansi(line: &str) -> String {
+  let mut out = String::with_capacity(line.len());
+  let mut chars = line.chars();
+  while let Some(c) = chars.next() {
+    if c == '\u{1b}' {
+      for c in chars.by_ref() {
+        if c.is_ascii_alphabetic() {
+          break;
+        }
+      }
+    } else {
+      out.push(c);
+    }
+  }
+  out
+}
+
+/// A child process whose output lines (stdout and stderr) are collected;
+/// killed when dropped.
 pub struct Proc {
   pub child: Child,
   lines: mpsc::Receiver<String>,
@@ -83,7 +150,7 @@ impl Proc {
       let tx = tx.clone();
       std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
-          let _ = tx.send(line);
+          let _ = tx.send(strip_ansi(&line));
         }
       });
     }
@@ -94,10 +161,11 @@ impl Proc {
     }
   }
 
-  /// Waits (up to 30 s) for an output line containing `needle`.
-  pub fn expect_line(&mut self, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+  /// Waits (up to 30 s) for an output line that `want` accepts, looking at
+  /// every line since the start; returns the first such line.
+  pub fn wait_line(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    if let Some(line) = self.seen.iter().find(|l| want(l)) {
       return line.clone();
     }
     loop {
@@ -105,13 +173,46 @@ impl Proc {
       match self.lines.recv_timeout(left) {
         Ok(line) => {
           self.seen.push(line.clone());
-          if line.contains(needle) {
+          if want(&line) {
             return line;
           }
         }
-        Err(_) => panic!("no output line containing {needle:?}; saw {:#?}", self.seen),
+        Err(_) => panic!("no output line {what}; saw {:#?}", self.seen),
       }
     }
+  }
+
+  /// Waits for an output line containing `needle` (worker console output,
+  /// or a message of a binary not under test).
+  pub fn expect_line(&mut self, needle: &str) -> String {
+    self.wait_line(&format!("containing {needle:?}"), |l| l.contains(needle))
+  }
+
+  /// Waits for a JSON log event whose message is exactly `message` and
+  /// that `want` accepts.
+  pub fn expect_event_where(&mut self, message: &str, want: impl Fn(&Event) -> bool) -> Event {
+    let line = self.wait_line(&format!("with the event {message:?}"), |l| {
+      Event::parse(l).is_some_and(|e| e.message() == message && want(&e))
+    });
+    Event::parse(&line).expect("it parsed a moment ago")
+  }
+
+  /// Waits for a JSON log event whose message is exactly `message`.
+  pub fn expect_event(&mut self, message: &str) -> Event {
+    self.expect_event_where(message, |_| true)
+  }
+
+  /// The address of `listener` (`http`, `https`, `admin`, ...) from the
+  /// binary's `listening` event.
+  pub fn listening(&mut self, listener: &str) -> SocketAddr {
+    let event = self.expect_event_where("listening", |e| {
+      e.field("listener").as_deref() == Some(listener)
+    });
+    let addr = event.field("addr").expect("a listening event has an addr");
+    addr
+      .trim_start_matches("http://")
+      .parse()
+      .unwrap_or_else(|e| panic!("{addr} is not an address: {e}"))
   }
 
   /// Every line printed so far, for a failure message.
@@ -122,6 +223,16 @@ impl Proc {
     self.seen.join("\n")
   }
 
+  /// Sends `signal` (`HUP`, `TERM`, ...) with kill(1).
+  pub fn signal(&self, signal: &str) {
+    let ok = Command::new("kill")
+      .args([&format!("-{signal}"), &self.child.id().to_string()])
+      .status()
+      .expect("kill runs")
+      .success();
+    assert!(ok, "kill -{signal}");
+  }
+
   /// Kills the process at once (SIGKILL): no chance to flush or say bye.
   pub fn kill(mut self) {
     let _ = self.child.kill();
@@ -130,17 +241,17 @@ impl Proc {
 
   /// Asks the process to stop (SIGTERM) and waits for it.
   pub fn terminate(mut self) {
-    let _ = Command::new("kill")
-      .args(["-TERM", &self.child.id().to_string()])
-      .status();
+    self.signal("TERM");
     let _ = self.child.wait();
   }
 }
 
-/// A response: status and body.
+/// A response: status, headers and body.
 #[derive(Debug)]
 pub struct Response {
   pub status: u16,
+  /// Names lowercased, in the order received; a repeated header repeats.
+  pub headers: Vec<(String, String)>,
   pub body: Vec<u8>,
 }
 
@@ -152,10 +263,26 @@ impl Response {
   pub fn json(&self) -> serde_json::Value {
     serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
   }
+
+  /// Every value of header `name`.
+  pub fn header_all(&self, name: &str) -> Vec<&str> {
+    let name = name.to_ascii_lowercase();
+    self
+      .headers
+      .iter()
+      .filter(|(k, _)| *k == name)
+      .map(|(_, v)| v.as_str())
+      .collect()
+  }
+
+  /// The first value of header `name`.
+  pub fn header(&self, name: &str) -> Option<&str> {
+    self.header_all(name).into_iter().next()
+  }
 }
 
 /// One HTTP/1.1 request with `Connection: close`; `None` when the server
-/// could not be reached or answered nothing.
+/// could not be reached or answered nothing. A chunked body is decoded.
 pub fn http(
   addr: SocketAddr,
   method: &str,
@@ -165,9 +292,7 @@ pub fn http(
   body: &[u8],
 ) -> Option<Response> {
   let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-  stream
-    .set_read_timeout(Some(Duration::from_secs(30)))
-    .ok()?;
+  stream.set_read_timeout(Some(WAIT)).ok()?;
   let mut head = format!(
     "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
     body.len()
@@ -182,15 +307,29 @@ pub fn http(
   stream.read_to_end(&mut raw).ok()?;
   let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
   let head = std::str::from_utf8(&raw[..split]).ok()?;
-  let status = head.split(' ').nth(1)?.parse().ok()?;
+  let mut lines = head.split("\r\n");
+  let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+  let headers: Vec<(String, String)> = lines
+    .filter_map(|l| l.split_once(':'))
+    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+    .collect();
   let mut body = raw[split + 4..].to_vec();
-  if head
-    .to_ascii_lowercase()
-    .contains("transfer-encoding: chunked")
-  {
+  let chunked = headers
+    .iter()
+    .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+  if chunked {
     body = dechunk(&body);
   }
-  Some(Response { status, body })
+  Some(Response {
+    status,
+    headers,
+    body,
+  })
+}
+
+/// GET `path` from `addr` with `Host: host`.
+pub fn get(addr: SocketAddr, host: &str, path: &str) -> Option<Response> {
+  http(addr, "GET", host, path, &[], b"")
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
@@ -226,6 +365,86 @@ pub fn multipart(parts: &[(&str, &str, &[u8])]) -> (String, Vec<u8>) {
   }
   body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
   (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// Polls `probe` every 20 ms until it returns `Some`, for up to `limit`.
+pub fn poll<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+  let start = Instant::now();
+  loop {
+    if let Some(found) = probe() {
+      return Some(found);
+    }
+    if start.elapsed() >= limit {
+      return None;
+    }
+    std::thread::sleep(Duration::from_millis(20));
+  }
+}
+
+/// A running `isola-edge` (`serve` or `dev`) with JSON logs, and its
+/// addresses as it reported them.
+pub struct Edge {
+  pub proc: Proc,
+  pub http: SocketAddr,
+}
+
+impl Edge {
+  /// `isola-edge serve --config <config>`; waits for its `http` listener.
+  pub fn serve(bin: &Path, config: &Path) -> Edge {
+    Edge::start(
+      bin,
+      &["serve".as_ref(), "--config".as_ref(), config.as_os_str()],
+    )
+  }
+
+  /// `isola-edge <args> --log-format json`; waits for its `http` listener.
+  pub fn start(bin: &Path, args: &[&std::ffi::OsStr]) -> Edge {
+    let mut all: Vec<&std::ffi::OsStr> = vec!["--log-format".as_ref(), "json".as_ref()];
+    all.extend_from_slice(args);
+    let mut proc = Proc::start(bin, &all);
+    let http = proc.listening("http");
+    Edge { proc, http }
+  }
+
+  /// `GET /admin/state` on the admin listener.
+  pub fn state(&mut self) -> serde_json::Value {
+    let admin = self.proc.listening("admin");
+    let r = get(admin, "admin", "/admin/state").expect("the admin listener answers");
+    assert_eq!(r.status, 200, "/admin/state: {}", r.text());
+    r.json()
+  }
+
+  /// Polls `/admin/state` until `want` accepts it (up to 30 s); returns it.
+  pub fn wait_state(
+    &mut self,
+    what: &str,
+    want: impl Fn(&serde_json::Value) -> bool,
+  ) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let found = poll(WAIT, || {
+      last = self.state();
+      want(&last).then(|| last.clone())
+    });
+    found.unwrap_or_else(|| panic!("the node never reached: {what}; last state {last:#}"))
+  }
+}
+
+/// The versions `worker` serves in an `/admin/state` answer, as
+/// `(version, percentage)`.
+pub fn versions_of(state: &serde_json::Value, worker: &str) -> Vec<(String, u64)> {
+  state["workers"][worker]["versions"]
+    .as_array()
+    .map(|vs| {
+      vs.iter()
+        .map(|v| {
+          (
+            v["version"].as_str().unwrap_or_default().to_string(),
+            v["percentage"].as_u64().unwrap_or_default(),
+          )
+        })
+        .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// A control plane: its data folder, addresses and admin token.
@@ -265,26 +484,26 @@ impl Control {
     control
   }
 
-  /// Starts `serve` (again) on the same data folder and addresses.
+  /// Starts `serve` (again) on the same data folder and addresses, and
+  /// waits for its `listening` event for the API.
   pub fn start(&mut self) {
+    let program = bin("isola-control");
+    let (api, quic) = (self.api.to_string(), self.quic.to_string());
     let mut proc = Proc::start(
-      &bin("isola-control"),
-      &[
-        "serve".as_ref(),
-        "--data-dir".as_ref(),
-        self.dir.as_os_str(),
-        "--api".as_ref(),
-        self.api.to_string().as_ref(),
-        "--quic".as_ref(),
-        self.quic.to_string().as_ref(),
-      ],
+      &program,
+      &["--log-format", "json", "serve", "--data-dir"]
+        .map(std::ffi::OsStr::new)
+        .into_iter()
+        .chain([self.dir.as_os_str()])
+        .chain(["--api", &api, "--quic", &quic].map(std::ffi::OsStr::new))
+        .collect::<Vec<_>>(),
     );
-    proc.expect_line("isola-control serve: api");
+    self.api = proc.listening("api");
     self.proc = Some(proc);
   }
 
   /// `enroll-edge`, returning the edge's folder with its `edge.toml`
-  /// completed by a `[server]` section on free ports.
+  /// completed by a `[server]` section whose listeners take port 0.
   pub fn enroll(&self, name: &str, out: &Path, usage_interval_ms: u64) -> EdgeSetup {
     let result = Command::new(bin("isola-control"))
       .args(["enroll-edge", "--data-dir"])
@@ -301,7 +520,6 @@ impl Control {
     );
     let config = out.join("edge.toml");
     let text = std::fs::read_to_string(&config).expect("enroll-edge writes edge.toml");
-    let (http, admin) = (free_tcp(), free_tcp());
     let text = text.replacen(
       "[control]\n",
       &format!("[control]\nusage_interval_ms = {usage_interval_ms}\n"),
@@ -309,10 +527,13 @@ impl Control {
     );
     std::fs::write(
       &config,
-      format!("{text}\n[server]\nlisten = \"{http}\"\nadmin = \"{admin}\"\nthreads = 1\n"),
+      format!("{text}\n[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nthreads = 1\n"),
     )
     .expect("edge.toml is writable");
-    EdgeSetup { config, http }
+    EdgeSetup {
+      config,
+      addrs: Arc::default(),
+    }
   }
 
   /// An API call with the admin token.
@@ -381,30 +602,59 @@ impl Control {
   }
 }
 
-/// An enrolled edge's config file and HTTP address.
+/// The addresses an edge reported: `(http, admin)`.
+type Reported = Arc<Mutex<Option<(SocketAddr, SocketAddr)>>>;
+
+/// An enrolled edge's config file, and the addresses its latest start
+/// reported (shared by clones, so pollers follow a restarted edge).
 #[derive(Clone, Debug)]
 pub struct EdgeSetup {
   pub config: PathBuf,
-  pub http: SocketAddr,
+  addrs: Reported,
 }
 
 impl EdgeSetup {
+  /// Starts `isola-edge serve` on this config; returns once it listens.
   pub fn start(&self) -> Proc {
-    let mut proc = Proc::start(
-      &bin("isola-edge"),
-      &[
-        "serve".as_ref(),
-        "--config".as_ref(),
-        self.config.as_os_str(),
-      ],
-    );
-    proc.expect_line("isola-edge serve:");
-    proc
+    let mut edge = Edge::serve(&bin("isola-edge"), &self.config);
+    let admin = edge.proc.listening("admin");
+    *self.addrs.lock().unwrap_or_else(|e| e.into_inner()) = Some((edge.http, admin));
+    edge.proc
+  }
+
+  fn addrs(&self) -> (SocketAddr, SocketAddr) {
+    self
+      .addrs
+      .lock()
+      .unwrap_or_else(|e| e.into_inner())
+      .expect("the edge was started")
+  }
+
+  /// The HTTP address of the latest start.
+  pub fn http(&self) -> SocketAddr {
+    self.addrs().0
+  }
+
+  /// `GET /admin/state` of the latest start; `None` if it does not answer.
+  pub fn state(&self) -> Option<serde_json::Value> {
+    let r = get(self.addrs().1, "admin", "/admin/state")?;
+    (r.status == 200).then(|| r.json())
   }
 
   /// GET `path` on `host`, as a client of this edge would.
   pub fn get(&self, host: &str, path: &str) -> Option<Response> {
-    http(self.http, "GET", host, path, &[], b"")
+    get(self.http(), host, path)
+  }
+
+  /// Polls `/admin/state` until the edge has applied control revision
+  /// `revision` (applied is also saved: a restart serves it); false after
+  /// `limit`.
+  pub fn wait_revision(&self, revision: u64, limit: Duration) -> bool {
+    poll(limit, || {
+      let state = self.state()?;
+      (state["control_revision"].as_u64() >= Some(revision)).then_some(())
+    })
+    .is_some()
   }
 
   /// Polls until `host/` answers 200 with a body starting with `prefix`;

@@ -1,0 +1,571 @@
+//! The routing model of `isola-edge serve` and the [`Node`] that owns it:
+//! which worker versions serve which routes, how a new state is built from
+//! the config file and the control plane's pushes, and how the node
+//! switches to it without dropping a request.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use isola_proto::manifest::sha256_hex;
+use isola_proto::msg::DesiredState;
+use isola_proto::msg::VersionBundle;
+use isola_proto::routes::RouteTable;
+use isola_runtime::Bundle;
+use isola_runtime::Metrics;
+use isola_runtime::ResponseBody;
+use isola_runtime::Runtime;
+use isola_runtime::WorkerConfig;
+use isola_runtime::WorkerKey;
+use serde::Serialize;
+
+use crate::config::toml_to_json;
+use crate::config::EdgeConfig;
+use crate::server::text_response;
+use crate::store::Store;
+
+/// A worker version ready to serve.
+struct Active {
+  key: WorkerKey,
+  bundle: Bundle,
+  config: WorkerConfig,
+}
+
+/// A worker's deployment: one version, or a split between two.
+struct Deployed {
+  /// Each version with the upper bound (exclusive) of its share of 0..100.
+  versions: Vec<(u32, Arc<Active>)>,
+}
+
+impl Deployed {
+  fn single(active: Active) -> Self {
+    Self {
+      versions: vec![(100, Arc::new(active))],
+    }
+  }
+
+  /// The version for one request; a split picks at random per request, as
+  /// Cloudflare's gradual deployments do.
+  fn pick(&self) -> &Arc<Active> {
+    if let [(_, only)] = self.versions.as_slice() {
+      return only;
+    }
+    let roll = rand::random::<u32>() % 100;
+    self
+      .versions
+      .iter()
+      .find(|(upper, _)| roll < *upper)
+      .map_or(&self.versions[self.versions.len() - 1].1, |(_, a)| a)
+  }
+
+  fn keys(&self) -> impl Iterator<Item = &WorkerKey> {
+    self.versions.iter().map(|(_, a)| &a.key)
+  }
+}
+
+/// Everything a request needs, swapped whole: a request is served entirely
+/// by the state it started with, so a version switch is atomic.
+#[derive(Default)]
+struct State {
+  routes: Option<RouteTable<Arc<str>>>,
+  workers: HashMap<Arc<str>, Arc<Deployed>>,
+  /// Routes per worker name, for [`Node::snapshot`]; the table itself
+  /// only answers lookups.
+  route_counts: HashMap<Arc<str>, usize>,
+}
+
+/// Where the node's workers come from: its config file and the state the
+/// control plane last pushed.
+struct Sources {
+  config: EdgeConfig,
+  control: Option<DesiredState>,
+}
+
+/// What [`Node::switch`] did.
+struct Switched {
+  /// Workers now serving a different deployment.
+  changed: usize,
+  /// Workers that kept their previous deployment, and why.
+  errors: Vec<String>,
+}
+
+/// What the node serves, as `GET /admin/state` shows it: enough for an
+/// operator or a test to see that a version is live or a revision applied.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+  /// The control-plane revision applied; `None` (JSON `null`) for a node
+  /// without a control plane, 0 until it applied its first state.
+  pub control_revision: Option<u64>,
+  /// Route patterns in the table, all workers together.
+  pub routes: usize,
+  /// Deployed workers by name, sorted.
+  pub workers: BTreeMap<String, WorkerSnapshot>,
+}
+
+/// One deployed worker in a [`Snapshot`].
+#[derive(Debug, Serialize)]
+pub struct WorkerSnapshot {
+  /// The versions serving it, each with its share of requests.
+  pub versions: Vec<VersionSnapshot>,
+  /// Route patterns that point at it.
+  pub routes: usize,
+}
+
+/// One version of a [`WorkerSnapshot`].
+#[derive(Debug, Serialize)]
+pub struct VersionSnapshot {
+  /// The version id (the manifest hash).
+  pub version: String,
+  /// Its share of the worker's requests, 1..=100.
+  pub percentage: u32,
+}
+
+/// Writes an applied control state where the next start finds it. The
+/// command hands it in, so that this module does not depend on the
+/// control channel's (which depends on this one).
+pub type SaveState = Box<dyn Fn(&DesiredState) -> anyhow::Result<()> + Send + Sync>;
+
+/// The running node, shared by the listeners, the signal loop, the admin
+/// endpoints and the control channel.
+pub struct Node {
+  config_path: PathBuf,
+  store: Store,
+  runtime: Runtime,
+  state: ArcSwap<State>,
+  /// Held while a new state is prepared, so reloads and pushes take turns.
+  sources: tokio::sync::Mutex<Sources>,
+  static_names: std::sync::RwLock<HashSet<String>>,
+  /// Whether the config has a `[control]` section; the revision means
+  /// nothing without one.
+  controlled: bool,
+  control_revision: AtomicU64,
+  save_state: SaveState,
+}
+
+/// The `env` bindings of a control-plane worker are its version's vars plus
+/// its secrets; the isolate key covers the secrets so that a changed secret
+/// starts fresh isolates.
+fn with_secrets(
+  key: WorkerKey,
+  mut config: WorkerConfig,
+  secrets: &BTreeMap<String, String>,
+) -> (WorkerKey, WorkerConfig) {
+  if secrets.is_empty() {
+    return (key, config);
+  }
+  for (k, v) in secrets {
+    config = config.var(k.clone(), v.clone());
+  }
+  let digest = sha256_hex(&serde_json::to_vec(secrets).expect("strings serialise"));
+  (key.with_secrets(&digest[..16]), config)
+}
+
+/// Builds the state the config and the control state describe. A static
+/// worker that cannot be read is an error; a control-plane worker that
+/// cannot be read is left out and named in the returned list.
+fn build_state(
+  config: &EdgeConfig,
+  store: &Store,
+  control: Option<&DesiredState>,
+) -> anyhow::Result<(State, Vec<String>)> {
+  let mut workers = HashMap::new();
+  let mut routes = Vec::new();
+  let mut errors = Vec::new();
+  for w in &config.workers {
+    let vars = w
+      .vars
+      .iter()
+      .map(|(k, v)| (k.clone(), toml_to_json(v)))
+      .collect();
+    let entry = config.resolve(&w.entry);
+    let version = store
+      .import_dir(&w.name, &entry, vars, w.limits.clone())
+      .with_context(|| format!("worker {:?}", w.name))?;
+    let (bundle, worker_config) = store
+      .load(&w.name, &version)
+      .with_context(|| format!("worker {:?} version {version}", w.name))?;
+    let name: Arc<str> = Arc::from(w.name.as_str());
+    workers.insert(
+      name.clone(),
+      Arc::new(Deployed::single(Active {
+        key: WorkerKey::new(name.clone(), version),
+        bundle,
+        config: worker_config,
+      })),
+    );
+    for pattern in &w.routes {
+      routes.push((pattern.clone(), name.clone()));
+    }
+  }
+  for w in control.map_or(&[][..], |c| &c.workers[..]) {
+    let name: Arc<str> = Arc::from(w.name.as_str());
+    if workers.contains_key(&name) {
+      errors.push(format!(
+        "worker {}: a [[worker]] in the config has the same name; the config's wins",
+        w.name
+      ));
+      continue;
+    }
+    let mut versions = Vec::new();
+    let mut upper = 0;
+    for split in &w.versions {
+      match store.load(&w.name, &split.hash) {
+        Ok((bundle, config)) => {
+          let (key, config) = with_secrets(
+            WorkerKey::new(name.clone(), split.hash.as_str()),
+            config,
+            &w.secrets,
+          );
+          upper += u32::from(split.percentage);
+          versions.push((
+            upper,
+            Arc::new(Active {
+              key,
+              bundle,
+              config,
+            }),
+          ));
+        }
+        Err(e) => errors.push(format!("worker {}: {e}", w.name)),
+      }
+    }
+    if versions.len() == w.versions.len() && !versions.is_empty() {
+      workers.insert(name, Arc::new(Deployed { versions }));
+    }
+  }
+  for r in control.map_or(&[][..], |c| &c.routes[..]) {
+    routes.push((r.pattern.clone(), Arc::from(r.worker.as_str())));
+  }
+  let mut route_counts = HashMap::new();
+  for (_, worker) in &routes {
+    *route_counts.entry(worker.clone()).or_default() += 1;
+  }
+  let routes = RouteTable::new(routes).context("invalid route")?;
+  Ok((
+    State {
+      routes: Some(routes),
+      workers,
+      route_counts,
+    },
+    errors,
+  ))
+}
+
+/// Logs what a state change left out: the workers concerned keep what
+/// they served before, so the node goes on, but the operator must know.
+fn warn_all(errors: &[String], revision: Option<u64>) {
+  for e in errors {
+    tracing::warn!(error = %e, revision, "part of the state was not applied");
+  }
+}
+
+impl Node {
+  /// A node serving nothing yet; [`Node::start`] loads its first state.
+  /// `save_state` keeps each control state applied.
+  pub fn new(
+    config_path: PathBuf,
+    config: EdgeConfig,
+    store: Store,
+    runtime: Runtime,
+    save_state: SaveState,
+  ) -> Self {
+    let static_names = config.workers.iter().map(|w| w.name.clone()).collect();
+    Self {
+      config_path,
+      store,
+      runtime,
+      state: ArcSwap::from_pointee(State::default()),
+      static_names: std::sync::RwLock::new(static_names),
+      controlled: config.control.is_some(),
+      control_revision: AtomicU64::new(0),
+      save_state,
+      sources: tokio::sync::Mutex::new(Sources {
+        config,
+        control: None,
+      }),
+    }
+  }
+
+  /// Loads the first state before the node says it is ready: the config's
+  /// workers and `control`, the control state last applied (as saved on
+  /// disk), so a restart serves before the control plane is reachable. A
+  /// static worker that does not start is fatal; a control-plane worker
+  /// that does not start is logged and left out.
+  pub async fn start(&self, control: Option<DesiredState>) -> anyhow::Result<()> {
+    let mut sources = self.sources.lock().await;
+    let (initial, errors) = build_state(&sources.config, &self.store, control.as_ref())?;
+    let revision = control.as_ref().map(|s| s.revision);
+    warn_all(&errors, revision);
+    let switched = self.switch(initial, |name| self.is_static(name)).await?;
+    warn_all(&switched.errors, revision);
+    self
+      .control_revision
+      .store(revision.unwrap_or(0), Ordering::Release);
+    sources.control = control;
+    Ok(())
+  }
+
+  /// The revision of the control state this node serves (0: none yet).
+  /// It moves only after the state's save to disk (a failed save is among
+  /// the errors `apply_control` returns), so whoever sees it can restart
+  /// the node and have it serve that state.
+  pub fn control_revision(&self) -> u64 {
+    self.control_revision.load(Ordering::Acquire)
+  }
+
+  /// Whether `worker` comes from the config file rather than the control
+  /// plane (its usage is not the control plane's to bill).
+  pub fn is_static(&self, worker: &str) -> bool {
+    self
+      .static_names
+      .read()
+      .unwrap_or_else(|e| e.into_inner())
+      .contains(worker)
+  }
+
+  /// The isolate pool's counts, for `/metrics`.
+  pub fn runtime_stats(&self) -> isola_runtime::PoolStats {
+    self.runtime.stats()
+  }
+
+  /// What the node serves right now.
+  pub fn snapshot(&self) -> Snapshot {
+    let state = self.state.load_full();
+    let workers = state
+      .workers
+      .iter()
+      .map(|(name, deployed)| {
+        let mut lower = 0;
+        let versions = deployed
+          .versions
+          .iter()
+          .map(|(upper, active)| {
+            let v = VersionSnapshot {
+              version: active.key.version.to_string(),
+              percentage: upper - lower,
+            };
+            lower = *upper;
+            v
+          })
+          .collect();
+        let routes = state.route_counts.get(name).copied().unwrap_or(0);
+        (name.to_string(), WorkerSnapshot { versions, routes })
+      })
+      .collect();
+    Snapshot {
+      control_revision: self.controlled.then(|| self.control_revision()),
+      routes: state.routes.as_ref().map_or(0, |r| r.len()),
+      workers,
+    }
+  }
+
+  /// Serves one request with the worker its host and path route to.
+  pub async fn handle(
+    &self,
+    metrics: &Metrics,
+    req: http::Request<isola_runtime::RequestBody>,
+  ) -> http::Response<ResponseBody> {
+    let start = Instant::now();
+    let state = self.state.load_full();
+    let host = req.uri().authority().map_or("", |a| a.as_str()).to_string();
+    let path = req.uri().path().to_string();
+    let Some(worker) = state
+      .routes
+      .as_ref()
+      .and_then(|r| r.lookup(&host, &path))
+      .cloned()
+    else {
+      metrics.record_http("", 404, start.elapsed());
+      return text_response(404, format!("No worker is routed for {host}{path}\n"));
+    };
+    let Some(deployed) = state.workers.get(&worker) else {
+      metrics.record_http(&worker, 404, start.elapsed());
+      return text_response(404, format!("Worker {worker} is not deployed\n"));
+    };
+    let active = deployed.pick().clone();
+    let source = {
+      let active = active.clone();
+      move || Ok((active.bundle.clone(), active.config.clone()))
+    };
+    let response = match self.runtime.fetch(&active.key, source, req).await {
+      Ok(r) => r,
+      Err(e) => isola_runtime::error_response(&e),
+    };
+    metrics.record_http(&worker, response.status().as_u16(), start.elapsed());
+    response
+  }
+
+  /// Loads every version of `next` that is not loaded yet, then switches
+  /// to it. A worker whose new version does not start keeps its previous
+  /// deployment (or stays undeployed), named in the returned errors; if
+  /// `strict` says that worker matters, nothing switches and it is an error.
+  async fn switch(
+    &self,
+    mut next: State,
+    strict: impl Fn(&str) -> bool,
+  ) -> anyhow::Result<Switched> {
+    let current = self.state.load_full();
+    let mut errors = Vec::new();
+    let mut failed = Vec::new();
+    let mut changed = 0;
+    for (name, deployed) in &next.workers {
+      let unchanged = current
+        .workers
+        .get(name)
+        .is_some_and(|old| old.keys().eq(deployed.keys()));
+      if unchanged {
+        continue;
+      }
+      changed += 1;
+      for (_, active) in &deployed.versions {
+        if let Err(e) = self
+          .runtime
+          .preload(&active.key, active.bundle.clone(), active.config.clone())
+          .await
+        {
+          if strict(name) {
+            return Err(anyhow::anyhow!(e))
+              .with_context(|| format!("the new version of worker {name} does not start"));
+          }
+          errors.push(format!(
+            "worker {name}: the new version does not start: {e}"
+          ));
+          failed.push(name.clone());
+          break;
+        }
+      }
+    }
+    changed -= failed.len();
+    for name in failed {
+      match current.workers.get(&name) {
+        Some(old) => next.workers.insert(name, old.clone()),
+        None => next.workers.remove(&name),
+      };
+    }
+    let next = Arc::new(next);
+    self.state.store(next.clone());
+    // Old versions finish their in-flight requests, then their isolates go.
+    let live: HashSet<&WorkerKey> = next.workers.values().flat_map(|d| d.keys()).collect();
+    for key in current.workers.values().flat_map(|d| d.keys()) {
+      if !live.contains(key) {
+        self.runtime.evict(key);
+      }
+    }
+    Ok(Switched { changed, errors })
+  }
+
+  /// Re-reads the config file and switches every changed worker, after
+  /// loading it once; on any error the running state stays.
+  pub async fn reload(&self) -> anyhow::Result<usize> {
+    let mut sources = self.sources.lock().await;
+    let config = EdgeConfig::load(&self.config_path)?;
+    let (next, errors) = build_state(&config, &self.store, sources.control.as_ref())?;
+    warn_all(&errors, None);
+    let switched = self.switch(next, |_| true).await?;
+    self.set_static_names(&config);
+    sources.config = config;
+    Ok(switched.changed)
+  }
+
+  fn set_static_names(&self, config: &EdgeConfig) {
+    *self.static_names.write().unwrap_or_else(|e| e.into_inner()) =
+      config.workers.iter().map(|w| w.name.clone()).collect();
+  }
+
+  /// Applies a state pushed by the control plane (its versions were stored
+  /// as they arrived): switches to it, and records it on disk so a restart
+  /// serves it before the control plane is reachable again. Returns what
+  /// did not apply; workers named there keep what they served before.
+  pub async fn apply_control(&self, state: DesiredState) -> Vec<String> {
+    let mut sources = self.sources.lock().await;
+    let mut errors = Vec::new();
+    let (next, build_errors) = match build_state(&sources.config, &self.store, Some(&state)) {
+      Ok(built) => built,
+      Err(e) => {
+        errors.push(format!("revision {} not applied: {e:#}", state.revision));
+        warn_all(&errors, Some(state.revision));
+        return errors;
+      }
+    };
+    errors.extend(build_errors);
+    match self.switch(next, |_| false).await {
+      Ok(switched) => errors.extend(switched.errors),
+      Err(e) => errors.push(format!("{e:#}")),
+    }
+    if let Err(e) = (self.save_state)(&state) {
+      errors.push(format!("the state is applied but not saved: {e:#}"));
+    }
+    self
+      .control_revision
+      .store(state.revision, Ordering::Release);
+    warn_all(&errors, Some(state.revision));
+    tracing::info!(
+      revision = state.revision,
+      workers = state.workers.len(),
+      routes = state.routes.len(),
+      "applied revision"
+    );
+    sources.control = Some(state);
+    errors
+  }
+}
+
+impl crate::control::Target for Node {
+  fn revision(&self) -> u64 {
+    self.control_revision()
+  }
+
+  fn versions(&self) -> anyhow::Result<Vec<String>> {
+    Ok(self.store.all_versions()?)
+  }
+
+  fn store_bundle(&self, bundle: &VersionBundle) -> anyhow::Result<()> {
+    let modules: Vec<&[u8]> = bundle.modules.iter().map(|m| m.as_slice()).collect();
+    self.store.put_pushed(&bundle.manifest, &modules)?;
+    Ok(())
+  }
+
+  async fn apply(&self, state: DesiredState) -> Vec<String> {
+    self.apply_control(state).await
+  }
+
+  fn is_static(&self, worker: &str) -> bool {
+    Node::is_static(self, worker)
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn secrets(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+      .iter()
+      .map(|(k, v)| (k.to_string(), v.to_string()))
+      .collect()
+  }
+
+  #[test]
+  fn secrets_change_the_isolate_key_and_nothing_else_does() {
+    let key = || WorkerKey::new("alpha", "0123");
+    let config = || WorkerConfig::new("alpha");
+    let (plain, _) = with_secrets(key(), config(), &secrets(&[]));
+    assert_eq!(plain.secrets, None);
+    let (a, _) = with_secrets(key(), config(), &secrets(&[("API_KEY", "one")]));
+    let (b, _) = with_secrets(key(), config(), &secrets(&[("API_KEY", "two")]));
+    let (a2, _) = with_secrets(key(), config(), &secrets(&[("API_KEY", "one")]));
+    let digest = a.secrets.as_deref().expect("a digest");
+    assert_eq!(digest.len(), 16);
+    assert!(digest.bytes().all(|c| c.is_ascii_hexdigit()), "{digest}");
+    assert_ne!(a, b, "another secret value starts fresh isolates");
+    assert_eq!(a, a2, "the same secrets share isolates");
+    assert_eq!((&*a.name, &*a.version), ("alpha", "0123"));
+  }
+}
