@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Deserialize;
@@ -23,6 +24,10 @@ pub struct EdgeConfig {
   /// Where deployments come from besides `[[worker]]`; written by
   /// `isola-control enroll-edge`.
   pub control: Option<ControlConfig>,
+  /// Tenant fairness: how workers that keep exceeding their CPU or memory
+  /// limit are kept from starving the others.
+  #[serde(default)]
+  pub fairness: FairnessConfig,
   /// Folder holding the config file; relative paths resolve against it.
   #[serde(skip)]
   pub base_dir: PathBuf,
@@ -83,6 +88,76 @@ fn default_header_timeout_ms() -> u64 {
 }
 fn default_drain_ms() -> u64 {
   30_000
+}
+
+/// `[fairness]`; every key is optional (see `isola_runtime::Fairness`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FairnessConfig {
+  /// Throttle and quarantine abusive workers at all. Default: true.
+  #[serde(default = "default_true")]
+  pub enabled: bool,
+  /// CPU ms per second a worker may burn in invocations a CPU or memory
+  /// limit ended, before it is throttled. Default: 50.
+  #[serde(default = "default_allowance_ms")]
+  pub allowance_ms: u64,
+  /// Debt (CPU ms of limit-ended invocations not yet drained) above which a
+  /// worker is throttled. Default: 100.
+  #[serde(default = "default_burst_ms")]
+  pub burst_ms: u64,
+  /// A worker throttled again within this long drains its debt at half the
+  /// previous rate (down to 1/64); one free of debt this long starts over.
+  /// Default: 60.
+  #[serde(default = "default_forgive_after_s")]
+  pub forgive_after_s: u64,
+  /// How long a throttled request waits before its 503. Default: 250.
+  #[serde(default = "default_hold_ms")]
+  pub hold_ms: u64,
+  /// Run workers with debt on the low-priority quarantine thread. Default:
+  /// true.
+  #[serde(default = "default_true")]
+  pub quarantine: bool,
+}
+
+impl Default for FairnessConfig {
+  fn default() -> Self {
+    Self {
+      enabled: true,
+      allowance_ms: default_allowance_ms(),
+      burst_ms: default_burst_ms(),
+      forgive_after_s: default_forgive_after_s(),
+      hold_ms: default_hold_ms(),
+      quarantine: true,
+    }
+  }
+}
+
+impl FairnessConfig {
+  pub fn to_runtime(&self) -> isola_runtime::Fairness {
+    isola_runtime::Fairness::default()
+      .enabled(self.enabled)
+      .allowance(Duration::from_millis(self.allowance_ms))
+      .burst(Duration::from_millis(self.burst_ms))
+      .forgive_after(Duration::from_secs(self.forgive_after_s))
+      .hold(Duration::from_millis(self.hold_ms))
+      .quarantine(self.quarantine)
+  }
+}
+
+fn default_true() -> bool {
+  true
+}
+fn default_allowance_ms() -> u64 {
+  50
+}
+fn default_burst_ms() -> u64 {
+  100
+}
+fn default_forgive_after_s() -> u64 {
+  60
+}
+fn default_hold_ms() -> u64 {
+  250
 }
 
 #[derive(Clone, Debug, Deserialize)]

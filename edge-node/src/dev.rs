@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use isola_runtime::Bundle;
 use isola_runtime::Config;
+use isola_runtime::Fairness;
 use isola_runtime::Limits;
 use isola_runtime::Runtime;
 use isola_runtime::WorkerConfig;
@@ -85,7 +86,10 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     Config::default()
       .threads(1)
       .stock(1)
-      .logs(crate::logs::stdio_sink()),
+      .logs(crate::logs::stdio_sink())
+      // One worker and no neighbours: a busy loop being fixed should fail
+      // on its limit each time, not be throttled.
+      .fairness(Fairness::default().enabled(false)),
   )?;
   let key = WorkerKey::new(name, "dev");
   let rt = tokio::runtime::Builder::new_current_thread()

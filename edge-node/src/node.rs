@@ -396,7 +396,12 @@ impl Node {
     };
     let response = match self.runtime.fetch(&active.key, source, req).await {
       Ok(r) => r,
-      Err(e) => isola_runtime::error_response(&e),
+      Err(e) => {
+        if e.throttled().is_some() {
+          metrics.record_throttled(&worker);
+        }
+        isola_runtime::error_response(&e)
+      }
     };
     metrics.record_http(&worker, response.status().as_u16(), start.elapsed());
     response

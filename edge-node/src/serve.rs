@@ -57,7 +57,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   let metrics = Metrics::new();
   let mut pool = Config::default()
     .logs(crate::logs::stdio_sink())
-    .meter(metrics.sink());
+    .meter(metrics.sink())
+    .fairness(config.fairness.to_runtime());
   if let Some(threads) = config.server.threads {
     pool = pool.threads(threads);
   }

@@ -457,3 +457,99 @@ fn sigterm_drains_in_flight_requests() {
   let exit = node.edge.proc.child.wait().unwrap();
   assert!(exit.success(), "{exit:?}");
 }
+
+/// The value of one sample in a Prometheus text answer (0 if absent).
+fn sample(metrics: &str, series: &str) -> u64 {
+  metrics
+    .lines()
+    .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+    .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Tenant fairness as an operator sees it: a worker whose requests keep
+/// hitting the CPU limit is throttled — answered 503 naming the limit with
+/// `Retry-After`, without entering its isolate (`/metrics` counts throttled
+/// requests and no new invocations) — while its neighbour answers 200.
+#[test]
+fn a_worker_that_keeps_hitting_its_cpu_limit_is_throttled_without_running() {
+  let dir = tempfile::tempdir().unwrap();
+  let dir = dir.path();
+  write(
+    dir,
+    "hello.js",
+    r#"export default { fetch() { return new Response("hello"); } };"#,
+  );
+  write(
+    dir,
+    "spin.js",
+    r#"export default { fetch() { for (;;) {} } };"#,
+  );
+  write(
+    dir,
+    "edge.toml",
+    r#"
+[server]
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+threads = 1
+
+# Throttled from the first kill on, for minutes; no hold, to keep it quick.
+[fairness]
+burst_ms = 0
+allowance_ms = 1
+hold_ms = 0
+
+[[worker]]
+name = "hello"
+entry = "hello.js"
+routes = ["hello.test/*"]
+
+[[worker]]
+name = "spin"
+entry = "spin.js"
+routes = ["spin.test/*"]
+limits = { cpu_ms = 50 }
+"#,
+  );
+  let mut edge = Edge::serve(BIN.as_ref(), &dir.join("edge.toml"));
+  let admin = edge.proc.listening("admin");
+  let metrics = || get(admin, "admin", "/metrics").unwrap().text();
+  let spin = r#"isola_invocations_total{worker="spin",outcome="cpu_limit"}"#;
+
+  let first = get(edge.http, "spin.test", "/").unwrap();
+  assert_eq!(first.status, 503);
+  assert!(first.text().contains("cpu limit"), "{}", first.text());
+  isola_integration::poll(Duration::from_secs(20), || {
+    (sample(&metrics(), spin) == 1).then_some(())
+  })
+  .expect("the kill is metered");
+
+  for _ in 0..3 {
+    let r = get(edge.http, "spin.test", "/").unwrap();
+    assert_eq!(r.status, 503);
+    assert!(
+      r.text().contains("throttled") && r.text().contains("CPU limit"),
+      "{}",
+      r.text()
+    );
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    let hello = get(edge.http, "hello.test", "/").unwrap();
+    assert_eq!((hello.status, hello.text()), (200, "hello".to_string()));
+  }
+  let m = metrics();
+  assert_eq!(
+    sample(&m, r#"isola_throttled_requests_total{worker="spin"}"#),
+    3,
+    "{m}"
+  );
+  assert_eq!(sample(&m, spin), 1, "throttled requests ran: {m}");
+  assert_eq!(sample(&m, "isola_workers_throttled"), 1, "{m}");
+  assert_eq!(
+    sample(
+      &m,
+      r#"isola_http_requests_total{worker="hello",class="2xx"}"#
+    ),
+    3,
+    "{m}"
+  );
+}

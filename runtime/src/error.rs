@@ -42,6 +42,17 @@ pub(crate) enum ErrorKind {
     #[source]
     source: isola_ext::BoxError,
   },
+  /// Tenant fairness: the worker's invocations keep hitting `limit`, so it
+  /// is not run until its debt drains (see [`crate::Fairness`]).
+  #[error(
+    "throttled: this worker's invocations keep exceeding their {} limit; retry after {} s",
+    limit_name(*.limit),
+    retry_secs(*.retry_after)
+  )]
+  Throttled {
+    limit: Outcome,
+    retry_after: std::time::Duration,
+  },
   /// Reading a dev worker's files failed.
   #[error("{what}: {source}")]
   Io {
@@ -49,6 +60,18 @@ pub(crate) enum ErrorKind {
     #[source]
     source: std::io::Error,
   },
+}
+
+fn limit_name(limit: Outcome) -> &'static str {
+  match limit {
+    Outcome::MemoryLimit => "memory",
+    _ => "CPU",
+  }
+}
+
+/// Whole seconds, rounded up, as `Retry-After` takes them.
+pub(crate) fn retry_secs(d: std::time::Duration) -> u64 {
+  d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// A JS exception as the worker's log shows it: `Name: message` and the
@@ -81,6 +104,15 @@ impl Error {
     match &self.kind {
       ErrorKind::Limit(limit) => Some(limit.outcome()),
       ErrorKind::Halted(_) => Some(Outcome::Stopped),
+      _ => None,
+    }
+  }
+
+  /// When to retry, if the worker was not run because it is throttled for
+  /// tenant fairness.
+  pub fn throttled(&self) -> Option<std::time::Duration> {
+    match &self.kind {
+      ErrorKind::Throttled { retry_after, .. } => Some(*retry_after),
       _ => None,
     }
   }

@@ -147,20 +147,30 @@ impl Account {
     config.allowance / 2u32.pow(halvings)
   }
 
-  /// Drains the debt up to `now` and updates the episode state.
+  /// Drains the debt up to `now` and updates the episode state, dating
+  /// each change to the moment it happened, not to when it is noticed.
   fn drain(&mut self, config: &Fairness, now: Instant) {
-    let elapsed = now.saturating_duration_since(self.updated);
+    let since = self.updated;
+    let elapsed = now.saturating_duration_since(since).as_secs_f64();
     self.updated = now;
-    if self.debt > Duration::ZERO {
-      let drained = self.rate(config).mul_f64(elapsed.as_secs_f64());
-      self.debt = self.debt.saturating_sub(drained);
-      if self.debt.is_zero() {
-        self.clean_since = Some(now);
+    let rate = self.rate(config).as_secs_f64();
+    // When the debt, draining from `since`, falls to `level`.
+    let reaches = |debt: Duration, level: Duration| {
+      since + Duration::from_secs_f64(debt.saturating_sub(level).as_secs_f64() / rate)
+    };
+    let before = self.debt;
+    if before > Duration::ZERO {
+      let zero_at = reaches(before, Duration::ZERO);
+      if zero_at <= now {
+        self.debt = Duration::ZERO;
+        self.clean_since = Some(zero_at);
+      } else {
+        self.debt = before.saturating_sub(Duration::from_secs_f64(rate * elapsed));
       }
     }
     if self.throttled && self.debt <= config.burst {
       self.throttled = false;
-      self.episode_ended = Some(now);
+      self.episode_ended = Some(reaches(before, config.burst).min(now));
     }
     if self
       .clean_since
@@ -189,10 +199,6 @@ impl Ledger {
       config,
       accounts: HashMap::new(),
     }
-  }
-
-  pub(crate) fn config(&self) -> &Fairness {
-    &self.config
   }
 
   /// Whether an invocation of `worker` may start now.
@@ -237,7 +243,13 @@ impl Ledger {
 
   /// Books one finished invocation: `cpu` is charged if `outcome` is a CPU
   /// or memory limit.
-  pub(crate) fn charge(&mut self, worker: &Arc<str>, outcome: Outcome, cpu: Duration, now: Instant) {
+  pub(crate) fn charge(
+    &mut self,
+    worker: &Arc<str>,
+    outcome: Outcome,
+    cpu: Duration,
+    now: Instant,
+  ) {
     if !self.config.enabled || !matches!(outcome, Outcome::CpuLimit | Outcome::MemoryLimit) {
       return;
     }
@@ -316,9 +328,15 @@ mod tests {
     let t0 = Instant::now();
     let w = name("spin");
     // One kill: on probation (quarantined, one at a time), not throttled.
-    assert_eq!(runaway(&mut l, &w, 50 * MS, t0), Admission::Run { quarantine: false });
+    assert_eq!(
+      runaway(&mut l, &w, 50 * MS, t0),
+      Admission::Run { quarantine: false }
+    );
     assert_eq!(l.admit(&w, t0), Admission::Run { quarantine: true });
-    assert!(matches!(l.admit(&w, t0), Admission::Throttled { .. }), "one at a time");
+    assert!(
+      matches!(l.admit(&w, t0), Admission::Throttled { .. }),
+      "one at a time"
+    );
     l.finish(&w, t0);
     // Two more kills push the debt (150 ms) past the burst (100 ms).
     runaway(&mut l, &w, 50 * MS, t0);
@@ -351,9 +369,10 @@ mod tests {
     let mut now = Instant::now();
     let w = name("spin");
     let mut waits = Vec::new();
-    for _ in 0..9 {
-      // Three kills in a row (150 ms) each time it is let back in.
-      for _ in 0..3 {
+    for round in 0..9 {
+      // Three kills in a row (150 ms) the first time; after that the debt
+      // is let back in at the burst, and one more kill throttles again.
+      for _ in 0..if round == 0 { 3 } else { 1 } {
         while let Admission::Throttled { retry_after, .. } = l.admit(&w, now) {
           now += retry_after.max(MS);
         }

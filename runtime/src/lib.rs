@@ -22,6 +22,7 @@
 
 mod bundle;
 mod error;
+mod fairness;
 mod limits;
 mod loader;
 mod manifest;
@@ -43,6 +44,7 @@ pub use isola_ext::ResponseBody;
 
 pub use crate::bundle::Bundle;
 pub use crate::error::Error;
+pub use crate::fairness::Fairness;
 pub use crate::limits::InvocationRecord;
 pub use crate::limits::Limits;
 pub use crate::limits::MeterSink;
@@ -81,6 +83,17 @@ pub fn empty_request(url: &str) -> http::Request<RequestBody> {
 /// The response a server sends when a worker fails: a short plain-text body
 /// that tells the client nothing about the code. The details are in the log.
 pub fn error_response(error: &Error) -> http::Response<ResponseBody> {
+  if let Some(retry_after) = error.throttled() {
+    let mut response = text_response(
+      http::StatusCode::SERVICE_UNAVAILABLE,
+      format!("Worker throttled: {error}\n"),
+    );
+    response.headers_mut().insert(
+      http::header::RETRY_AFTER,
+      http::HeaderValue::from(crate::error::retry_secs(retry_after)),
+    );
+    return response;
+  }
   let (status, text) = match error.limit() {
     // The client sent too much: its fault, and it can retry with less.
     Some(Outcome::RequestBodyLimit) => (http::StatusCode::PAYLOAD_TOO_LARGE, format!("{error}\n")),
@@ -101,8 +114,16 @@ pub fn error_response(error: &Error) -> http::Response<ResponseBody> {
       "Worker unavailable\n".to_string(),
     ),
   };
-  let mut response = http::Response::new(ResponseBody::full(text));
-  *response.status_mut() = status;
+  text_response(status, text)
+}
+
+/// A `text/plain` response, as the node's own answers (errors, 404s) are.
+pub fn text_response(
+  status: impl Into<http::StatusCode>,
+  text: impl Into<String>,
+) -> http::Response<ResponseBody> {
+  let mut response = http::Response::new(ResponseBody::full(text.into()));
+  *response.status_mut() = status.into();
   response.headers_mut().insert(
     http::header::CONTENT_TYPE,
     http::HeaderValue::from_static("text/plain;charset=UTF-8"),

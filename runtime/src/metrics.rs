@@ -66,6 +66,9 @@ struct Inner {
   stock_hits: Counter,
   evictions: Counter,
   usage: Mutex<HashMap<VersionId, Usage>>,
+  throttled: Family<WorkerLabels, Counter>,
+  workers_throttled: Gauge,
+  quarantined: Gauge,
   http_requests: Family<StatusLabels, Counter>,
   http_latency: Family<WorkerLabels, Histogram>,
 }
@@ -148,6 +151,24 @@ impl Metrics {
       "Isolates dropped by LRU, memory or idle TTL",
       evictions.clone(),
     );
+    let throttled = Family::<WorkerLabels, Counter>::default();
+    registry.register(
+      "throttled_requests",
+      "Requests answered 503 without running because their worker is throttled",
+      throttled.clone(),
+    );
+    let workers_throttled = Gauge::default();
+    registry.register(
+      "workers_throttled",
+      "Workers throttled for repeatedly exceeding their CPU or memory limit",
+      workers_throttled.clone(),
+    );
+    let quarantined = Gauge::default();
+    registry.register(
+      "isolates_quarantined",
+      "Worker isolates on the low-priority quarantine thread",
+      quarantined.clone(),
+    );
     let http_requests = Family::<StatusLabels, Counter>::default();
     registry.register(
       "http_requests",
@@ -180,6 +201,9 @@ impl Metrics {
         stock_hits,
         evictions,
         usage: Mutex::new(HashMap::new()),
+        throttled,
+        workers_throttled,
+        quarantined,
       }),
     }
   }
@@ -214,6 +238,18 @@ impl Metrics {
     *usage
       .entry((r.worker.clone(), r.version.clone()))
       .or_default() += &usage_of(r);
+  }
+
+  /// Counts one request of `worker` answered without running it because
+  /// the worker is throttled (see [`crate::Fairness`]).
+  pub fn record_throttled(&self, worker: &str) {
+    self
+      .inner
+      .throttled
+      .get_or_create(&WorkerLabels {
+        worker: worker.to_string(),
+      })
+      .inc();
   }
 
   /// Counts one HTTP request answered for `worker` ("" when no route matched).
@@ -255,6 +291,8 @@ impl Metrics {
     if let Some(stats) = pool {
       i.isolates.set(stats.isolates as i64);
       i.pool_memory.set(stats.memory as i64);
+      i.workers_throttled.set(stats.throttled_workers as i64);
+      i.quarantined.set(stats.quarantined as i64);
       catch_up(&i.cold_starts, stats.cold_starts);
       catch_up(&i.stock_hits, stats.stock_hits);
       catch_up(&i.evictions, stats.evictions);
@@ -319,5 +357,15 @@ mod tests {
     );
     assert!(text.contains("isola_isolates_live 3"), "{text}");
     assert!(text.contains("isola_cold_starts_total 5"), "{text}");
+    m.record_throttled("alpha");
+    let text = m.encode(Some(PoolStats {
+      throttled_workers: 1,
+      ..Default::default()
+    }));
+    assert!(
+      text.contains(r#"isola_throttled_requests_total{worker="alpha"} 1"#),
+      "{text}"
+    );
+    assert!(text.contains("isola_workers_throttled 1"), "{text}");
   }
 }

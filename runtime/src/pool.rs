@@ -25,6 +25,9 @@ use tokio::sync::oneshot;
 use crate::bundle::Bundle;
 use crate::error::Error;
 use crate::error::ErrorKind;
+use crate::fairness::Admission;
+use crate::fairness::Fairness;
+use crate::fairness::Ledger;
 use crate::limits::MeterSink;
 use crate::worker::Isolate;
 use crate::worker::WorkerConfig;
@@ -44,6 +47,7 @@ pub struct Config {
   max_concurrency: usize,
   logs: LogSink,
   meter: MeterSink,
+  fairness: Fairness,
 }
 
 impl Default for Config {
@@ -57,6 +61,7 @@ impl Default for Config {
       max_concurrency: 64,
       logs: LogSink::discard(),
       meter: MeterSink::discard(),
+      fairness: Fairness::default(),
     }
   }
 }
@@ -113,6 +118,14 @@ impl Config {
     self.meter = meter;
     self
   }
+
+  /// How workers whose invocations keep hitting their CPU or memory limit
+  /// are kept from starving the others (see [`Fairness`]). Default: on,
+  /// with [`Fairness::default`]'s settings.
+  pub fn fairness(mut self, fairness: Fairness) -> Self {
+    self.fairness = fairness;
+    self
+  }
 }
 
 /// Identifies a loaded worker: its name and version hash.
@@ -159,6 +172,10 @@ pub struct PoolStats {
   pub running: usize,
   /// Blank isolates ready in the stocks.
   pub stock: usize,
+  /// Workers throttled right now (see [`Fairness`]).
+  pub throttled_workers: usize,
+  /// Worker isolates alive on the quarantine thread.
+  pub quarantined: usize,
 }
 
 /// How long a V8 thread must have had no new command before it makes a
@@ -184,6 +201,8 @@ struct Thread {
 
 struct Instance {
   thread: usize,
+  /// On the quarantine thread.
+  quarantined: bool,
   handle: WorkerHandle,
   inflight: Arc<AtomicUsize>,
   memory: u64,
@@ -284,8 +303,12 @@ impl Index {
 
 struct Shared {
   config: Config,
+  /// The request threads, then the quarantine thread if there is one.
   threads: Vec<Thread>,
+  /// How many of `threads` serve requests (the rest is the quarantine).
+  request_threads: usize,
   index: Mutex<Index>,
+  ledger: Arc<Mutex<Ledger>>,
 }
 
 thread_local! {
@@ -300,20 +323,35 @@ pub struct Runtime {
 }
 
 impl Runtime {
-  /// Starts the V8 threads (each fills its stock of blank isolates).
+  /// Starts the V8 threads (each fills its stock of blank isolates), and the
+  /// quarantine thread unless [`Fairness::quarantine`] is off.
   pub fn new(config: Config) -> Result<Self, Error> {
-    let mut threads = Vec::with_capacity(config.threads);
-    for idx in 0..config.threads {
+    let quarantine = config.fairness.enabled && config.fairness.quarantine;
+    let mut threads = Vec::with_capacity(config.threads + 1);
+    for idx in 0..config.threads + usize::from(quarantine) {
+      let quarantined = idx == config.threads;
       let (tx, rx) = mpsc::unbounded_channel();
       let isolates = Arc::new(AtomicUsize::new(0));
-      let stock = config.stock;
+      // The quarantine makes isolates on demand: an abuser pays for its
+      // own, at its own priority.
+      let stock = if quarantined { 0 } else { config.stock };
       let logs = config.logs.clone();
       let counter = isolates.clone();
       let ready = Arc::new(AtomicUsize::new(0));
       let ready_counter = ready.clone();
+      let name = if quarantined {
+        "isola-v8-quarantine".to_string()
+      } else {
+        format!("isola-v8-{idx}")
+      };
       std::thread::Builder::new()
-        .name(format!("isola-v8-{idx}"))
-        .spawn(move || thread_main(idx, rx, stock, logs, counter, ready_counter))
+        .name(name)
+        .spawn(move || {
+          if quarantined {
+            crate::watchdog::lower_thread_priority();
+          }
+          thread_main(idx, rx, stock, logs, counter, ready_counter)
+        })
         .map_err(|e| ErrorKind::Start {
           what: "cannot start a V8 thread",
           source: e.into(),
@@ -325,6 +363,8 @@ impl Runtime {
       });
     }
     let shared = Arc::new(Shared {
+      request_threads: config.threads,
+      ledger: Arc::new(Mutex::new(Ledger::new(config.fairness.clone()))),
       config,
       threads,
       index: Mutex::new(Index::default()),
@@ -353,7 +393,8 @@ impl Runtime {
     F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
     Fut: Future<Output = ()> + 'static,
   {
-    for (idx, thread) in self.shared.threads.iter().enumerate() {
+    let request_threads = &self.shared.threads[..self.shared.request_threads];
+    for (idx, thread) in request_threads.iter().enumerate() {
       let task = task.clone();
       let _ = thread
         .tx
@@ -362,18 +403,35 @@ impl Runtime {
   }
 
   /// Sends `request` to worker `key`, loading it (from `source`) into an
-  /// isolate first if none is loaded or all are busy.
+  /// isolate first if none is loaded or all are busy. A worker throttled
+  /// for tenant fairness is not run: after [`Fairness::hold`] the error says
+  /// so ([`Error::throttled`]).
   pub async fn fetch(
     &self,
     key: &WorkerKey,
     source: impl FnOnce() -> Result<(Bundle, WorkerConfig), Error>,
     request: http::Request<RequestBody>,
   ) -> Result<http::Response<ResponseBody>, Error> {
-    let (handle, inflight) = match self.shared.pick(key) {
+    let admitted = self.shared.ledger().admit(&key.name, Instant::now());
+    let quarantine = match admitted {
+      Admission::Run { quarantine } => {
+        quarantine && self.shared.threads.len() > self.shared.request_threads
+      }
+      Admission::Throttled { limit, retry_after } => {
+        tokio::time::sleep(self.shared.config.fairness.hold).await;
+        return Err(ErrorKind::Throttled { limit, retry_after }.into());
+      }
+    };
+    // Booked as done however this ends, a dropped request included.
+    let _admitted = Finish {
+      ledger: &self.shared.ledger,
+      worker: &key.name,
+    };
+    let (handle, inflight) = match self.shared.pick(key, quarantine) {
       Some(found) => found,
       None => {
         let (bundle, config) = source()?;
-        self.shared.start(key, bundle, config).await?
+        self.shared.start(key, bundle, config, quarantine).await?
       }
     };
     let result = handle.fetch(request).await;
@@ -394,11 +452,11 @@ impl Runtime {
     bundle: Bundle,
     config: WorkerConfig,
   ) -> Result<(), Error> {
-    if let Some((_, inflight)) = self.shared.pick(key) {
+    if let Some((_, inflight)) = self.shared.pick(key, false) {
       inflight.fetch_sub(1, Ordering::Relaxed);
       return Ok(());
     }
-    let (_, inflight) = self.shared.start(key, bundle, config).await?;
+    let (_, inflight) = self.shared.start(key, bundle, config, false).await?;
     inflight.fetch_sub(1, Ordering::Relaxed);
     Ok(())
   }
@@ -412,10 +470,16 @@ impl Runtime {
   }
 
   pub fn stats(&self) -> PoolStats {
+    let throttled_workers = self.shared.ledger().throttled();
     let mut index = self.shared.lock();
     let isolates = index.count();
     let threads = &self.shared.threads;
     PoolStats {
+      throttled_workers,
+      quarantined: threads[self.shared.request_threads..]
+        .iter()
+        .map(|t| t.isolates.load(Ordering::Relaxed))
+        .sum(),
       isolates,
       memory: index.memory,
       running: threads
@@ -434,10 +498,27 @@ impl Runtime {
     &self.shared.config
   }
 
-  /// Number of V8 threads.
+  /// Number of V8 threads that serve requests (the quarantine thread not
+  /// counted).
   pub fn threads(&self) -> usize {
-    self.shared.threads.len()
+    self.shared.request_threads
   }
+}
+
+/// Tells the ledger an admitted invocation is over when dropped.
+struct Finish<'a> {
+  ledger: &'a Mutex<Ledger>,
+  worker: &'a str,
+}
+
+impl Drop for Finish<'_> {
+  fn drop(&mut self) {
+    lock_ledger(self.ledger).finish(self.worker, Instant::now());
+  }
+}
+
+fn lock_ledger(ledger: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
+  ledger.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {
@@ -445,9 +526,14 @@ impl Shared {
     self.index.lock().unwrap_or_else(|e| e.into_inner())
   }
 
-  /// An instance of `key` with room for one more request, preferring the
-  /// current thread; counts the request in.
-  fn pick(&self, key: &WorkerKey) -> Option<(WorkerHandle, Arc<AtomicUsize>)> {
+  fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+    lock_ledger(&self.ledger)
+  }
+
+  /// An instance of `key` with room for one more request, on the
+  /// quarantine thread if `quarantine` and on a request thread (preferring
+  /// the current one) if not; counts the request in.
+  fn pick(&self, key: &WorkerKey, quarantine: bool) -> Option<(WorkerHandle, Arc<AtomicUsize>)> {
     let here = CURRENT_THREAD.with(Cell::get);
     let max = self.config.max_concurrency;
     let mut index = self.lock();
@@ -456,7 +542,7 @@ impl Shared {
     let picked = entry
       .instances
       .iter()
-      .filter(|i| i.inflight.load(Ordering::Relaxed) < max)
+      .filter(|i| i.quarantined == quarantine && i.inflight.load(Ordering::Relaxed) < max)
       .min_by_key(|i| (Some(i.thread) != here, i.inflight.load(Ordering::Relaxed)))
       .map(|best| {
         best.inflight.fetch_add(1, Ordering::Relaxed);
@@ -466,24 +552,46 @@ impl Shared {
     picked
   }
 
-  /// Loads a new instance of `key` on the least busy thread (this one when
-  /// it is a V8 thread with no more isolates than the others).
+  /// Loads a new instance of `key` on the quarantine thread if
+  /// `quarantine` (and there is one), else on the least busy request thread
+  /// (this one when it is a V8 thread with no more isolates than the
+  /// others).
   async fn start(
     &self,
     key: &WorkerKey,
     bundle: Bundle,
     config: WorkerConfig,
+    quarantine: bool,
   ) -> Result<(WorkerHandle, Arc<AtomicUsize>), Error> {
     let here = CURRENT_THREAD.with(Cell::get);
-    let thread = (0..self.threads.len())
-      .min_by_key(|t| {
-        (
-          self.threads[*t].isolates.load(Ordering::Relaxed),
-          Some(*t) != here,
-        )
-      })
-      .unwrap_or(0);
-    let config = config.meter(self.config.meter.clone());
+    let quarantined = quarantine && self.threads.len() > self.request_threads;
+    let thread = if quarantined {
+      self.request_threads
+    } else {
+      (0..self.request_threads)
+        .min_by_key(|t| {
+          (
+            self.threads[*t].isolates.load(Ordering::Relaxed),
+            Some(*t) != here,
+          )
+        })
+        .unwrap_or(0)
+    };
+    // Every record of this worker also books its cost with the ledger.
+    let (ledger, name, meter) = (
+      self.ledger.clone(),
+      key.name.clone(),
+      self.config.meter.clone(),
+    );
+    let config = config.meter(MeterSink::new(move |record| {
+      lock_ledger(&ledger).charge(
+        &name,
+        record.outcome,
+        Duration::from_micros(record.cpu_us),
+        Instant::now(),
+      );
+      meter.emit(record);
+    }));
     let (tx, rx) = oneshot::channel();
     self.threads[thread]
       .tx
@@ -502,6 +610,7 @@ impl Shared {
     index.stats.stock_hits += u64::from(from_stock);
     let instance = Instance {
       thread,
+      quarantined,
       handle: handle.clone(),
       inflight: inflight.clone(),
       memory,
@@ -644,6 +753,7 @@ mod tests {
       self._open.push(open);
       let instance = Instance {
         thread: 0,
+        quarantined: false,
         handle,
         inflight: Arc::new(AtomicUsize::new(0)),
         memory,

@@ -58,6 +58,24 @@ pub(crate) struct Guard {
   terminated: AtomicBool,
 }
 
+/// Gives the calling thread the lowest scheduling priority (nice 19), so
+/// under contention the OS hands the CPU to every other thread first. Used
+/// for the quarantine thread; failure only costs fairness, so it is logged.
+pub(crate) fn lower_thread_priority() {
+  // SAFETY: plain syscalls on the calling thread's own id; no memory is
+  // shared with the kernel.
+  let rc = unsafe {
+    let tid = libc::gettid();
+    libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
+  };
+  if rc != 0 {
+    tracing::warn!(
+      error = %std::io::Error::last_os_error(),
+      "cannot lower the quarantine thread's priority"
+    );
+  }
+}
+
 fn thread_cpu_ns(clock: libc::clockid_t) -> Option<u64> {
   let mut ts = libc::timespec {
     tv_sec: 0,

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use isola_runtime::Bundle;
 use isola_runtime::Config;
 use isola_runtime::Error;
+use isola_runtime::Fairness;
 use isola_runtime::Limits;
 use isola_runtime::Metrics;
 use isola_runtime::Outcome;
@@ -80,8 +81,14 @@ export default {
 "#;
 
 async fn a_misbehaving_tenant_does_not_stop_its_neighbours() {
-  // One V8 thread: both tenants share it, the hardest case.
-  let rt = Runtime::new(Config::default().threads(1)).unwrap();
+  // One V8 thread: both tenants share it, the hardest case. Fairness off:
+  // this is about each limit ending its invocation, every time.
+  let rt = Runtime::new(
+    Config::default()
+      .threads(1)
+      .fairness(Fairness::default().enabled(false)),
+  )
+  .unwrap();
   // CPU room enough for the memory abusers to reach the memory limit first
   // in unoptimised test builds.
   let limits = Limits::default()
@@ -127,6 +134,158 @@ async fn a_misbehaving_tenant_does_not_stop_its_neighbours() {
       (200, "bad is fine".into())
     );
   }
+}
+
+const SPIN: &str = r#"
+export default {
+  fetch(request) {
+    if (new URL(request.url).pathname === "/ok") return new Response("fine");
+    for (;;) {}
+  },
+};
+"#;
+
+/// How many invocations of `worker` ended with `outcome`, per the metrics.
+fn invocations(metrics: &Metrics, worker: &str, outcome: &str) -> u64 {
+  let needle = format!(r#"isola_invocations_total{{worker="{worker}",outcome="{outcome}"}} "#);
+  metrics
+    .encode(None)
+    .lines()
+    .find_map(|l| l.strip_prefix(&needle))
+    .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// A worker whose invocations keep hitting the CPU limit is throttled: its
+/// requests are answered 503 naming the limit, with `Retry-After`, without
+/// entering its isolate; its neighbour on the same thread sees no error.
+async fn an_abusive_worker_is_throttled_without_running_and_its_neighbour_is_unaffected() {
+  let metrics = Metrics::new();
+  // Throttled at the first kill, for long enough to see it.
+  let fairness = Fairness::default()
+    .burst(Duration::ZERO)
+    .allowance(Duration::from_millis(1))
+    .hold(Duration::ZERO);
+  let rt = Runtime::new(
+    Config::default()
+      .threads(1)
+      .meter(metrics.sink())
+      .fairness(fairness),
+  )
+  .unwrap();
+  let limits = Limits::default().cpu(Duration::from_millis(50));
+  let (status, body) = get(&rt, "spin", SPIN, limits.clone(), "/").await;
+  assert_eq!(status, 503);
+  assert!(body.contains("cpu limit"), "{body}");
+  // The kill is booked when its record arrives.
+  eventually("the kill to be metered", || {
+    invocations(&metrics, "spin", "cpu_limit") == 1
+  })
+  .await;
+  let cold_starts = rt.stats().cold_starts;
+
+  let neighbour = {
+    let (rt, limits) = (rt.clone(), limits.clone());
+    tokio::spawn(async move {
+      let mut answers = Vec::new();
+      for _ in 0..20 {
+        answers.push(get(&rt, "good", GOOD, limits.clone(), "/").await);
+      }
+      answers
+    })
+  };
+  for path in ["/", "/", "/ok", "/"] {
+    let key = WorkerKey::new("spin", "v1");
+    let req = isola_runtime::empty_request(&format!("http://spin.test{path}"));
+    let err = rt
+      .fetch(&key, source("spin", SPIN, limits.clone()), req)
+      .await
+      .expect_err("a throttled worker does not run");
+    assert!(err.throttled().is_some(), "{err}");
+    let response = isola_runtime::error_response(&err);
+    assert_eq!(response.status(), 503);
+    let retry: u64 = response.headers()["retry-after"]
+      .to_str()
+      .unwrap()
+      .parse()
+      .unwrap();
+    assert!(retry >= 1, "{retry}");
+    let body = response.into_body().collect_bytes().await.unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+      body.contains("throttled") && body.contains("CPU limit"),
+      "{body}"
+    );
+    metrics.record_throttled("spin");
+  }
+  for answer in neighbour.await.unwrap() {
+    assert_eq!(answer, (200, "good".into()));
+  }
+  // Nothing of the throttled requests reached an isolate: no invocation
+  // record, no new isolate.
+  assert_eq!(invocations(&metrics, "spin", "cpu_limit"), 1);
+  assert_eq!(invocations(&metrics, "spin", "ok"), 0);
+  assert_eq!(
+    rt.stats().cold_starts,
+    cold_starts + 1,
+    "only the neighbour loaded"
+  );
+  assert_eq!(rt.stats().throttled_workers, 1);
+  let text = metrics.encode(Some(rt.stats()));
+  assert!(
+    text.contains(r#"isola_throttled_requests_total{worker="spin"} 4"#),
+    "{text}"
+  );
+}
+
+/// After one kill a worker runs on the quarantine thread, one invocation at
+/// a time; once its debt drains and it stays clean it is admitted normally
+/// again, on the request threads.
+async fn a_worker_that_stops_misbehaving_is_admitted_normally_again() {
+  let metrics = Metrics::new();
+  // Not throttled at one kill (burst 1 s); the debt drains at 100 ms/s, so
+  // a 50 ms kill is forgiven after about half a second.
+  let fairness = Fairness::default()
+    .burst(Duration::from_secs(1))
+    .allowance(Duration::from_millis(100))
+    .forgive_after(Duration::ZERO)
+    .hold(Duration::ZERO);
+  let rt = Runtime::new(
+    Config::default()
+      .threads(1)
+      .meter(metrics.sink())
+      .fairness(fairness),
+  )
+  .unwrap();
+  let limits = Limits::default().cpu(Duration::from_millis(50));
+  assert_eq!(get(&rt, "spin", SPIN, limits.clone(), "/").await.0, 503);
+  eventually("the kill to be metered", || {
+    invocations(&metrics, "spin", "cpu_limit") == 1
+  })
+  .await;
+  // On probation: it runs, in quarantine.
+  assert_eq!(
+    get(&rt, "spin", SPIN, limits.clone(), "/ok").await,
+    (200, "fine".into())
+  );
+  assert_eq!(rt.stats().quarantined, 1);
+  // Its debt drains; then it runs next to everyone else again: a fresh
+  // isolate on the request thread, while the quarantined one sits idle.
+  let mut answered = false;
+  for _ in 0..200 {
+    let cold = rt.stats().cold_starts;
+    assert_eq!(
+      get(&rt, "spin", SPIN, limits.clone(), "/ok").await,
+      (200, "fine".into())
+    );
+    if rt.stats().cold_starts > cold {
+      answered = true;
+      break;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+  }
+  assert_eq!(rt.stats().quarantined, 1);
+  assert!(answered, "the worker never left quarantine");
+  assert_eq!(invocations(&metrics, "spin", "cpu_limit"), 1);
 }
 
 async fn lru_evicts_by_count_and_idle_ttl() {
@@ -282,6 +441,14 @@ pub fn trials() -> Vec<Trial> {
     trial(
       "a_misbehaving_tenant_does_not_stop_its_neighbours",
       a_misbehaving_tenant_does_not_stop_its_neighbours,
+    ),
+    trial(
+      "an_abusive_worker_is_throttled_without_running_and_its_neighbour_is_unaffected",
+      an_abusive_worker_is_throttled_without_running_and_its_neighbour_is_unaffected,
+    ),
+    trial(
+      "a_worker_that_stops_misbehaving_is_admitted_normally_again",
+      a_worker_that_stops_misbehaving_is_admitted_normally_again,
     ),
     trial(
       "lru_evicts_by_count_and_idle_ttl",
