@@ -344,18 +344,16 @@ impl<T: Target> Handler<EdgeSession> for Connection<'_, T> {
 
 #[cfg(test)]
 mod tests {
-  use std::collections::BTreeMap;
   use std::collections::BTreeSet;
   use std::net::SocketAddr;
   use std::sync::atomic::AtomicU64;
   use std::sync::atomic::Ordering;
   use std::sync::Mutex;
 
+  use isola_io::testing::desired_state as desired;
   use isola_io::testing::Identity;
   use isola_io::testing::SERVER_NAME;
-  use isola_proto::msg::Split;
   use isola_proto::msg::Usage;
-  use isola_proto::msg::WorkerDeployment;
   use isola_proto::ControlEvent;
   use isola_proto::ControlSession;
   use tokio::sync::watch;
@@ -399,24 +397,6 @@ mod tests {
 
     fn is_static(&self, _: &str) -> bool {
       false
-    }
-  }
-
-  fn desired(revision: Revision, hashes: &[&str]) -> DesiredState {
-    DesiredState {
-      revision,
-      workers: hashes
-        .iter()
-        .map(|h| WorkerDeployment {
-          name: format!("acme_{h}"),
-          versions: vec![Split {
-            hash: h.to_string(),
-            percentage: 100,
-          }],
-          secrets: BTreeMap::new(),
-        })
-        .collect(),
-      routes: Vec::new(),
     }
   }
 

@@ -2,21 +2,19 @@
 //! the one driver around the real sessions, with mutual TLS from a CA made
 //! for the test.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use isola_io::channel;
 use isola_io::channel::Handler;
 use isola_io::channel::TlsFiles;
+use isola_io::testing::desired_state;
 use isola_io::testing::Identity;
 use isola_io::testing::SERVER_NAME;
 use isola_io::BoxError;
 use isola_proto::manifest::MAX_MODULE_BYTES;
 use isola_proto::manifest::MAX_VERSION_BYTES;
 use isola_proto::msg::DesiredState;
-use isola_proto::msg::Split;
 use isola_proto::msg::VersionBundle;
-use isola_proto::msg::WorkerDeployment;
 use isola_proto::ControlEvent;
 use isola_proto::ControlSession;
 use isola_proto::EdgeEvent;
@@ -38,25 +36,6 @@ fn full_bundle(hash: &str) -> VersionBundle {
     .into_iter()
     .map(|n| serde_bytes::ByteBuf::from(vec![fill; n]))
     .collect(),
-  }
-}
-
-fn state(hashes: &[String]) -> DesiredState {
-  DesiredState {
-    revision: 1,
-    workers: hashes
-      .iter()
-      .enumerate()
-      .map(|(i, h)| WorkerDeployment {
-        name: format!("acme_w{i}"),
-        versions: vec![Split {
-          hash: h.clone(),
-          percentage: 100,
-        }],
-        secrets: BTreeMap::new(),
-      })
-      .collect(),
-    routes: Vec::new(),
   }
 }
 
@@ -138,7 +117,7 @@ async fn an_edge_missing_300_mib_of_versions_catches_up_over_quic() {
   let dir = tempfile::tempdir().unwrap();
   let id = Identity::new(dir.path());
   let hashes: Vec<String> = (0..12).map(|i| format!("h{i:x}")).collect();
-  let desired = state(&hashes);
+  let desired = desired_state(1, &hashes.iter().map(String::as_str).collect::<Vec<_>>());
 
   let server = quinn::Endpoint::server(
     channel::server_config(id.server()).unwrap(),

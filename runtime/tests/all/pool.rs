@@ -155,21 +155,15 @@ fn invocations(metrics: &Metrics, worker: &str, outcome: &str) -> u64 {
     .map_or(0, |n| n.trim().parse().unwrap())
 }
 
-/// A worker whose invocations keep hitting the CPU limit is throttled: its
-/// requests are answered 503 naming the limit, with `Retry-After`, without
-/// entering its isolate; its neighbour on the same thread sees no error.
-async fn an_abusive_worker_is_throttled_without_running_and_its_neighbour_is_unaffected() {
+/// A one-thread pool with `fairness` (no hold) where worker `spin` has just
+/// been ended by its 50 ms CPU limit, and the ledger has booked it.
+async fn after_one_kill(fairness: Fairness) -> (Runtime, Metrics, Limits) {
   let metrics = Metrics::new();
-  // Throttled at the first kill, for long enough to see it.
-  let fairness = Fairness::default()
-    .burst(Duration::ZERO)
-    .allowance(Duration::from_millis(1))
-    .hold(Duration::ZERO);
   let rt = Runtime::new(
     Config::default()
       .threads(1)
       .meter(metrics.sink())
-      .fairness(fairness),
+      .fairness(fairness.hold(Duration::ZERO)),
   )
   .unwrap();
   let limits = Limits::default().cpu(Duration::from_millis(50));
@@ -180,6 +174,20 @@ async fn an_abusive_worker_is_throttled_without_running_and_its_neighbour_is_una
   eventually("the kill to be metered", || {
     invocations(&metrics, "spin", "cpu_limit") == 1
   })
+  .await;
+  (rt, metrics, limits)
+}
+
+/// A worker whose invocations keep hitting the CPU limit is throttled: its
+/// requests are answered 503 naming the limit, with `Retry-After`, without
+/// entering its isolate; its neighbour on the same thread sees no error.
+async fn an_abusive_worker_is_throttled_without_running_and_its_neighbour_is_unaffected() {
+  // Throttled at the first kill, for long enough to see it.
+  let (rt, metrics, limits) = after_one_kill(
+    Fairness::default()
+      .burst(Duration::ZERO)
+      .allowance(Duration::from_millis(1)),
+  )
   .await;
   let cold_starts = rt.stats().cold_starts;
 
@@ -241,26 +249,14 @@ async fn an_abusive_worker_is_throttled_without_running_and_its_neighbour_is_una
 /// a time; once its debt drains and it stays clean it is admitted normally
 /// again, on the request threads.
 async fn a_worker_that_stops_misbehaving_is_admitted_normally_again() {
-  let metrics = Metrics::new();
   // Not throttled at one kill (burst 1 s); the debt drains at 100 ms/s, so
   // a 50 ms kill is forgiven after about half a second.
-  let fairness = Fairness::default()
-    .burst(Duration::from_secs(1))
-    .allowance(Duration::from_millis(100))
-    .forgive_after(Duration::ZERO)
-    .hold(Duration::ZERO);
-  let rt = Runtime::new(
-    Config::default()
-      .threads(1)
-      .meter(metrics.sink())
-      .fairness(fairness),
+  let (rt, metrics, limits) = after_one_kill(
+    Fairness::default()
+      .burst(Duration::from_secs(1))
+      .allowance(Duration::from_millis(100))
+      .forgive_after(Duration::ZERO),
   )
-  .unwrap();
-  let limits = Limits::default().cpu(Duration::from_millis(50));
-  assert_eq!(get(&rt, "spin", SPIN, limits.clone(), "/").await.0, 503);
-  eventually("the kill to be metered", || {
-    invocations(&metrics, "spin", "cpu_limit") == 1
-  })
   .await;
   // On probation: it runs, in quarantine.
   assert_eq!(
