@@ -32,6 +32,7 @@ use axum::routing::put;
 use axum::Json;
 use axum::Router;
 use bytes::Bytes;
+use isola_proto::manifest::MAX_VERSION_BYTES;
 use isola_proto::msg::DesiredState;
 use isola_proto::msg::Usage;
 use isola_proto::names;
@@ -50,8 +51,7 @@ use crate::validate::Validator;
 
 /// Largest upload request: the modules' limit plus room for the metadata
 /// part and multipart framing.
-pub const UPLOAD_BODY_LIMIT: usize =
-  validate::MAX_TOTAL_BYTES + validate::MAX_METADATA_BYTES + 64 * 1024;
+pub const UPLOAD_BODY_LIMIT: usize = MAX_VERSION_BYTES + validate::MAX_METADATA_BYTES + 64 * 1024;
 /// Largest secret value (Cloudflare allows 5 KiB; a little more room here).
 pub const MAX_SECRET_BYTES: usize = 64 * 1024;
 
@@ -410,7 +410,7 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
   if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
     ApiError::too_large(format!(
       "the upload is larger than {UPLOAD_BODY_LIMIT} bytes; modules may total at most {} bytes",
-      validate::MAX_TOTAL_BYTES
+      MAX_VERSION_BYTES
     ))
   } else {
     ApiError::invalid(format!("malformed multipart body: {}", e.body_text()))
@@ -457,10 +457,10 @@ async fn upload(
       continue;
     }
     total += bytes.len();
-    if total > validate::MAX_TOTAL_BYTES {
+    if total > MAX_VERSION_BYTES {
       return Err(ApiError::too_large(format!(
         "the modules total more than the limit of {} bytes per upload",
-        validate::MAX_TOTAL_BYTES
+        MAX_VERSION_BYTES
       )));
     }
     modules.push((part, bytes));

@@ -12,19 +12,17 @@ use isola_proto::manifest::sha256_hex;
 use isola_proto::manifest::LimitsSpec;
 use isola_proto::manifest::Manifest;
 use isola_proto::manifest::ModuleRef;
+use isola_proto::manifest::MAX_MODULES;
+use isola_proto::manifest::MAX_MODULE_BYTES;
+use isola_proto::manifest::MAX_VERSION_BYTES;
 use isola_proto::names::check_module_name;
 use isola_proto::names::ModuleKind;
+use isola_runtime::clean_message;
 use isola_runtime::Config;
 use isola_runtime::Runtime;
 use isola_runtime::WorkerKey;
 use serde::Deserialize;
 
-/// Largest module (default 10 MiB, Cloudflare's paid-plan worker size).
-pub const MAX_MODULE_BYTES: usize = 10 << 20;
-/// Largest upload, all modules together (default 25 MiB).
-pub const MAX_TOTAL_BYTES: usize = 25 << 20;
-/// Most modules in one version (default 1000).
-pub const MAX_MODULES: usize = 1000;
 /// Largest `metadata` part (default 1 MiB; it holds the vars).
 pub const MAX_METADATA_BYTES: usize = 1 << 20;
 /// How long a worker may take to evaluate its modules at upload.
@@ -142,9 +140,10 @@ pub fn check_upload(
     }
     total += bytes.len();
   }
-  if total > MAX_TOTAL_BYTES {
+  if total > MAX_VERSION_BYTES {
     return Err(Error::TooLarge(format!(
-      "the modules total {total} bytes, more than the limit of {MAX_TOTAL_BYTES} bytes per upload"
+      "the modules total {total} bytes, more than the limit of {MAX_VERSION_BYTES} bytes per \
+       upload"
     )));
   }
   if !seen.contains(metadata.main_module.as_str()) {
@@ -224,14 +223,6 @@ impl Validator {
       ))),
     }
   }
-}
-
-/// The runtime's message without the `file:///` of specifiers, leaving
-/// `module:line:column`.
-// TODO(arch): use the runtime's public function for this once it has one
-// (today `strip_file_scheme` in runtime/src/bundle.rs is crate-private).
-fn clean_message(message: &str) -> String {
-  message.replace("file:///", "")
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
+use isola_proto::manifest::MAX_MODULE_BYTES;
 use isola_proto::msg::DesiredState;
 use isola_proto::msg::Usage;
 use isola_proto::msg::UsageBatch;
@@ -695,7 +696,7 @@ async fn bad_uploads_are_refused_with_reasons() {
   assert_eq!(r.status, 400, "{r:?}");
   assert!(r.message().contains("invalid module name"), "{r:?}");
 
-  let big = vec![b'x'; validate::MAX_MODULE_BYTES + 1];
+  let big = vec![b'x'; MAX_MODULE_BYTES + 1];
   let r = s
     .upload(
       &acme,
