@@ -249,6 +249,7 @@ mod tests {
 
   use rustls::client::danger::ServerCertVerifier as _;
   use rustls::client::WebPkiServerVerifier;
+  use rustls::pki_types::pem::PemObject as _;
   use rustls::pki_types::CertificateDer;
   use rustls::pki_types::ServerName;
   use rustls::pki_types::UnixTime;
@@ -258,10 +259,7 @@ mod tests {
   use super::*;
 
   fn der(pem: &str) -> CertificateDer<'static> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
-      .next()
-      .expect("one certificate")
-      .expect("valid PEM")
+    CertificateDer::from_pem_slice(pem.as_bytes()).expect("one valid PEM certificate")
   }
 
   #[test]
@@ -279,8 +277,11 @@ mod tests {
     let server = ca.issue_server().unwrap();
     let edge = ca.issue_edge("edge-1").unwrap();
 
+    // The CA as edges read it: through the PEM loader both binaries use.
     let mut roots = RootCertStore::empty();
-    roots.add(der(&fs::read_to_string(&f.ca).unwrap())).unwrap();
+    let (added, ignored) =
+      roots.add_parsable_certificates(isola_io::pem::load_certs(&f.ca).unwrap());
+    assert_eq!((added, ignored), (1, 0));
     let roots = Arc::new(roots);
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
 
@@ -308,10 +309,10 @@ mod tests {
       .verify_client_cert(&der(&server.cert_pem), &[], UnixTime::now())
       .is_err());
 
-    // The keys parse as what rustls-pemfile readers expect.
-    assert!(rustls_pemfile::private_key(&mut edge.key_pem.as_bytes())
-      .unwrap()
-      .is_some());
+    // The issued key loads the way the edge loads it.
+    let key = dir.path().join("edge-key.pem");
+    write_file(&key, edge.key_pem.as_bytes(), true).unwrap();
+    isola_io::pem::load_key(&key).unwrap();
   }
 
   #[test]
