@@ -101,24 +101,6 @@ impl Event {
   }
 }
 
-/// Drops terminal colour codes, so that a text log matches like plain text.
-fn strip_ansi(line: &str) -> String {
-  let mut out = String::with_capacity(line.len());
-  let mut chars = line.chars();
-  while let Some(c) = chars.next() {
-    if c == '\u{1b}' {
-      for c in chars.by_ref() {
-        if c.is_ascii_alphabetic() {
-          break;
-        }
-      }
-    } else {
-      out.push(c);
-    }
-  }
-  out
-}
-
 /// A child process whose output lines (stdout and stderr) are collected;
 /// killed when dropped.
 pub struct Proc {
@@ -150,7 +132,7 @@ impl Proc {
       let tx = tx.clone();
       std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
-          let _ = tx.send(strip_ansi(&line));
+          let _ = tx.send(line);
         }
       });
     }

@@ -3,6 +3,8 @@
 //! `ISOLA_LOG=debug` or `ISOLA_LOG=isola_edge=debug,warn`), written to
 //! stderr as text for people or as JSON lines for machines.
 
+use std::io::IsTerminal as _;
+
 /// The variable that filters the log.
 pub const FILTER_VAR: &str = "ISOLA_LOG";
 
@@ -23,8 +25,10 @@ pub enum LogFormat {
 pub fn init(format: LogFormat, default_filter: &str) {
   let filter = tracing_subscriber::EnvFilter::try_from_env(FILTER_VAR)
     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+  // Colour only for a terminal: piped or redirected logs stay plain text.
   let builder = tracing_subscriber::fmt()
     .with_env_filter(filter)
+    .with_ansi(std::io::stderr().is_terminal())
     .with_writer(std::io::stderr);
   // A second init (tests that start a node twice in one process) keeps the
   // first subscriber.
