@@ -350,10 +350,10 @@ mod tests {
   use std::sync::atomic::Ordering;
   use std::sync::Mutex;
 
-  use isola_io::testing::desired_state as desired;
   use isola_io::testing::Identity;
   use isola_io::testing::SERVER_NAME;
   use isola_proto::msg::Usage;
+  use isola_proto::testing::desired;
   use isola_proto::ControlEvent;
   use isola_proto::ControlSession;
   use tokio::sync::watch;

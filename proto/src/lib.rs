@@ -10,6 +10,7 @@
 //!   next; the quinn/tokio code around them only moves bytes and runs timers,
 //!   so every protocol rule is tested here deterministically.
 //! - [`Backoff`]: when an edge reconnects after losing the control plane.
+//! - `testing` (feature `testing`): states and bundles for channel tests.
 
 pub mod codec;
 pub mod manifest;
@@ -17,6 +18,8 @@ pub mod msg;
 pub mod names;
 pub mod routes;
 mod session;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use session::Backoff;
 pub use session::ControlEvent;

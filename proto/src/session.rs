@@ -470,32 +470,11 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
-  use std::collections::BTreeMap;
-
   use super::*;
-  use crate::msg::Split;
   use crate::msg::Usage;
   use crate::msg::UsageRecord;
-  use crate::msg::WorkerDeployment;
-
-  fn desired(revision: Revision, hashes: &[&str]) -> DesiredState {
-    DesiredState {
-      revision,
-      workers: hashes
-        .iter()
-        .enumerate()
-        .map(|(i, h)| WorkerDeployment {
-          name: format!("acme_w{i}"),
-          versions: vec![Split {
-            hash: h.to_string(),
-            percentage: 100,
-          }],
-          secrets: BTreeMap::new(),
-        })
-        .collect(),
-      routes: Vec::new(),
-    }
-  }
+  use crate::testing::desired;
+  use crate::testing::full_bundle;
 
   fn bundle_of(hash: &str) -> Option<VersionBundle> {
     Some(VersionBundle {
@@ -681,7 +660,6 @@ mod tests {
   #[test]
   fn an_edge_missing_300_mib_of_versions_catches_up() {
     use crate::codec;
-    use crate::manifest::MAX_MODULE_BYTES;
     use crate::manifest::MAX_VERSION_BYTES;
     let t0 = Instant::now();
     let mut edge = EdgeSession::new(t0, Timing::default(), "e1".into(), 0, vec![], vec![]);
@@ -690,25 +668,12 @@ mod tests {
     let hashes: Vec<String> = (0..12).map(|i| format!("h{i}")).collect();
     let hash_refs: Vec<&str> = hashes.iter().map(String::as_str).collect();
     let state = desired(1, &hash_refs);
-    // Two modules at the per-module limit and one for the rest: a version
-    // exactly at the 25 MiB limit.
-    let full = |hash: &str| VersionBundle {
-      manifest: hash.as_bytes().to_vec(),
-      modules: [
-        MAX_MODULE_BYTES,
-        MAX_MODULE_BYTES,
-        MAX_VERSION_BYTES - 2 * MAX_MODULE_BYTES,
-      ]
-      .into_iter()
-      .map(|n| serde_bytes::ByteBuf::from(vec![hash.len() as u8; n]))
-      .collect(),
-    };
     control.offer(&state);
     let (mut bundles, mut total, mut largest) = (0, 0usize, 0usize);
     let mut decoder = codec::Decoder::new();
     loop {
       while let Some(ControlEvent::NeedBundle(hash)) = control.poll_event() {
-        control.bundle(&hash, Some(full(&hash)));
+        control.bundle(&hash, Some(full_bundle(&hash)));
       }
       let Some(msg) = control.poll_transmit(t0) else {
         break;

@@ -8,11 +8,6 @@ use rcgen::CertificateParams;
 use rcgen::IsCa;
 use rcgen::KeyPair;
 
-use isola_proto::msg::DesiredState;
-use isola_proto::msg::Revision;
-use isola_proto::msg::Split;
-use isola_proto::msg::WorkerDeployment;
-
 use crate::channel::TlsFiles;
 
 /// The name the test control plane's certificate is issued for.
@@ -74,25 +69,5 @@ impl Identity {
       cert: &self.edge_cert,
       key: &self.edge_key,
     }
-  }
-}
-
-/// A desired state at `revision` serving one worker per hash (`acme_<hash>`,
-/// that version at 100 %), no routes.
-pub fn desired_state(revision: Revision, hashes: &[&str]) -> DesiredState {
-  DesiredState {
-    revision,
-    workers: hashes
-      .iter()
-      .map(|h| WorkerDeployment {
-        name: format!("acme_{h}"),
-        versions: vec![Split {
-          hash: h.to_string(),
-          percentage: 100,
-        }],
-        secrets: Default::default(),
-      })
-      .collect(),
-    routes: Vec::new(),
   }
 }

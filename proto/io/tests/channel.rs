@@ -7,37 +7,19 @@ use std::time::Instant;
 use isola_io::channel;
 use isola_io::channel::Handler;
 use isola_io::channel::TlsFiles;
-use isola_io::testing::desired_state;
 use isola_io::testing::Identity;
 use isola_io::testing::SERVER_NAME;
 use isola_io::BoxError;
-use isola_proto::manifest::MAX_MODULE_BYTES;
 use isola_proto::manifest::MAX_VERSION_BYTES;
 use isola_proto::msg::DesiredState;
-use isola_proto::msg::VersionBundle;
+use isola_proto::testing::desired;
+use isola_proto::testing::full_bundle;
 use isola_proto::ControlEvent;
 use isola_proto::ControlSession;
 use isola_proto::EdgeEvent;
 use isola_proto::EdgeSession;
 use isola_proto::Timing;
 use tokio::sync::mpsc;
-
-/// A version exactly at the upload limit: two modules at the per-module
-/// limit and one for the rest, filled with a byte that names the version.
-fn full_bundle(hash: &str) -> VersionBundle {
-  let fill = hash.bytes().last().unwrap();
-  VersionBundle {
-    manifest: hash.as_bytes().to_vec(),
-    modules: [
-      MAX_MODULE_BYTES,
-      MAX_MODULE_BYTES,
-      MAX_VERSION_BYTES - 2 * MAX_MODULE_BYTES,
-    ]
-    .into_iter()
-    .map(|n| serde_bytes::ByteBuf::from(vec![fill; n]))
-    .collect(),
-  }
-}
 
 /// The control plane's side: offers `state` after the hello, makes each
 /// bundle when asked, reports what the edge applied and then ends.
@@ -117,7 +99,8 @@ async fn an_edge_missing_300_mib_of_versions_catches_up_over_quic() {
   let dir = tempfile::tempdir().unwrap();
   let id = Identity::new(dir.path());
   let hashes: Vec<String> = (0..12).map(|i| format!("h{i:x}")).collect();
-  let desired = desired_state(1, &hashes.iter().map(String::as_str).collect::<Vec<_>>());
+  let hash_refs: Vec<&str> = hashes.iter().map(String::as_str).collect();
+  let state = desired(1, &hash_refs);
 
   let server = quinn::Endpoint::server(
     channel::server_config(id.server()).unwrap(),
@@ -127,7 +110,7 @@ async fn an_edge_missing_300_mib_of_versions_catches_up_over_quic() {
   let addr = server.local_addr().unwrap();
   let (applied_tx, mut applied_rx) = mpsc::unbounded_channel();
   let mut control = Control {
-    state: desired.clone(),
+    state: state.clone(),
     applied: applied_tx,
   };
   let control_task = tokio::spawn(async move {
@@ -160,7 +143,7 @@ async fn an_edge_missing_300_mib_of_versions_catches_up_over_quic() {
   assert_eq!(received, hashes);
   let total: usize = edge.bundles.iter().map(|(_, n)| n).sum();
   assert_eq!(total, 12 * MAX_VERSION_BYTES);
-  assert_eq!(edge.applied, Some(desired));
+  assert_eq!(edge.applied, Some(state));
   assert_eq!(applied_rx.recv().await, Some((1, Vec::new())));
   let control_ended = control_task.await.unwrap().unwrap();
   assert!(
