@@ -141,6 +141,14 @@ impl Server {
     self.send_json("POST", path, token, body).await
   }
 
+  /// Deploys `version` of `worker` at 100 %.
+  async fn deploy(&self, token: &str, worker: &str, version: &str) -> Reply {
+    let body = json!({"versions": [{"id": version, "percentage": 100}]});
+    self
+      .post(&format!("/v1/workers/{worker}/deployments"), token, body)
+      .await
+  }
+
   async fn delete(&self, path: &str, token: &str) -> Reply {
     self
       .call("DELETE", path, Some(token), None, Vec::new())
@@ -243,13 +251,7 @@ async fn upload_deploy_list_and_roll_back() {
   assert_eq!(r.json["workers"][0]["name"], "alpha");
   assert!(r.json["workers"][0]["active_deployment"].is_null());
 
-  let r = s
-    .post(
-      "/v1/workers/alpha/deployments",
-      &acme,
-      json!({"versions": [{"id": v1, "percentage": 100}]}),
-    )
-    .await;
+  let r = s.deploy(&acme, "alpha", &v1).await;
   assert_eq!(r.status, 201, "{r:?}");
   let first = r.json["id"].as_i64().unwrap();
   // Published before the answer.
@@ -286,13 +288,7 @@ async fn upload_deploy_list_and_roll_back() {
     assert_eq!(r.status, 400, "{r:?}");
     assert!(r.message().contains(want), "{r:?}");
   }
-  let r = s
-    .post(
-      "/v1/workers/alpha/deployments",
-      &acme,
-      json!({"versions": [{"id": "nope", "percentage": 100}]}),
-    )
-    .await;
+  let r = s.deploy(&acme, "alpha", "nope").await;
   assert_eq!(r.status, 404, "{r:?}");
 
   let r = s.get("/v1/workers/alpha/deployments", &acme).await;
@@ -369,13 +365,7 @@ async fn accounts_cannot_see_each_other() {
   let acme = s.account("acme").await;
   let evil = s.account("evil").await;
   let (v1, _) = s.upload_ok(&acme, "alpha", "one").await;
-  let r = s
-    .post(
-      "/v1/workers/alpha/deployments",
-      &acme,
-      json!({"versions": [{"id": v1, "percentage": 100}]}),
-    )
-    .await;
+  let r = s.deploy(&acme, "alpha", &v1).await;
   assert_eq!(r.status, 201, "{r:?}");
   let r = s
     .post(
@@ -396,13 +386,7 @@ async fn accounts_cannot_see_each_other() {
     assert_eq!(r.status, 404, "{path}: {r:?}");
     assert_eq!(r.error_code(), "not_found");
   }
-  let r = s
-    .post(
-      "/v1/workers/alpha/deployments",
-      &evil,
-      json!({"versions": [{"id": v1, "percentage": 100}]}),
-    )
-    .await;
+  let r = s.deploy(&evil, "alpha", &v1).await;
   assert_eq!(r.status, 404, "{r:?}");
   let r = s.post("/v1/workers/alpha/rollback", &evil, json!({})).await;
   assert_eq!(r.status, 404, "{r:?}");
@@ -420,13 +404,7 @@ async fn accounts_cannot_see_each_other() {
 
   // Evil's own worker of the same name is another worker.
   let (evil_v1, _) = s.upload_ok(&evil, "alpha", "evil").await;
-  let r = s
-    .post(
-      "/v1/workers/alpha/deployments",
-      &evil,
-      json!({"versions": [{"id": v1, "percentage": 100}]}),
-    )
-    .await;
+  let r = s.deploy(&evil, "alpha", &v1).await;
   assert_eq!(r.status, 404, "acme's version on evil's worker: {r:?}");
   let r = s.get("/v1/workers", &evil).await;
   let workers = r.json["workers"].as_array().unwrap();
@@ -594,12 +572,8 @@ async fn secret_values_are_never_returned() {
   let s = start().await;
   let acme = s.account("acme").await;
   let (v1, _) = s.upload_ok(&acme, "alpha", "one").await;
-  s.post(
-    "/v1/workers/alpha/deployments",
-    &acme,
-    json!({"versions": [{"id": v1, "percentage": 100}]}),
-  )
-  .await;
+  let r = s.deploy(&acme, "alpha", &v1).await;
+  assert_eq!(r.status, 201, "{r:?}");
   let value = "sup3r-s3cret-value";
   let path = "/v1/workers/alpha/secrets/API_TOKEN";
   let r = s
