@@ -45,12 +45,7 @@ fn run(n: usize, deploys: usize) -> Vec<Duration> {
   let _procs: Vec<_> = edges.iter().map(EdgeSetup::start).collect();
   // Warm-up deploy, not measured.
   let v = control.upload("bench", &source(0), json!({}));
-  let r = control.api(
-    "POST",
-    "/v1/routes",
-    Some(json!({ "pattern": "bench.test/*", "worker": "bench" })),
-  );
-  assert_eq!(r.status, 201, "{}", r.text());
+  control.route("bench.test/*", "bench");
   control.deploy("bench", &v);
   for e in &edges {
     e.wait_for("bench.test", "v0", Duration::from_secs(10))

@@ -22,6 +22,18 @@ fn setup_edges(control: &Control, dir: &std::path::Path, n: usize) -> Vec<EdgeSe
     .collect()
 }
 
+/// Asserts that every edge serves a `host` answer starting `prefix` within
+/// `limit`, naming the edge and its last answer otherwise.
+fn assert_all_serve(edges: &[EdgeSetup], host: &str, prefix: &str, limit: Duration) {
+  for (i, edge) in edges.iter().enumerate() {
+    assert!(
+      edge.wait_for(host, prefix, limit).is_some(),
+      "edge {i} does not serve {prefix:?} within {limit:?}: {:?}",
+      edge.get(host, "/")
+    );
+  }
+}
+
 #[test]
 fn deploy_rollback_and_catch_up_across_three_edges() {
   let dir = tempfile::tempdir().unwrap();
@@ -36,22 +48,9 @@ fn deploy_rollback_and_catch_up_across_three_edges() {
     Some(json!({ "value": "k-123" })),
   );
   assert!(r.status == 200 || r.status == 201, "secret: {}", r.text());
-  let r = control.api(
-    "POST",
-    "/v1/routes",
-    Some(json!({ "pattern": "alpha.test/*", "worker": "alpha" })),
-  );
-  assert_eq!(r.status, 201, "route: {}", r.text());
+  control.route("alpha.test/*", "alpha");
   control.deploy("alpha", &v1);
-  for (i, edge) in edges.iter().enumerate() {
-    assert!(
-      edge
-        .wait_for("alpha.test", "alpha v1 hi k-123", ONE_SECOND)
-        .is_some(),
-      "edge {i} does not serve v1 within a second: {:?}",
-      edge.get("alpha.test", "/")
-    );
-  }
+  assert_all_serve(&edges, "alpha.test", "alpha v1 hi k-123", ONE_SECOND);
   // The secret reaches the handler but no API answer carries it.
   let listing = control.api("GET", "/v1/workers/alpha/secrets", None).text();
   assert!(
@@ -61,34 +60,16 @@ fn deploy_rollback_and_catch_up_across_three_edges() {
 
   let v2 = control.upload("alpha", &alpha("v2"), json!({ "GREETING": "hi" }));
   control.deploy("alpha", &v2);
-  for (i, edge) in edges.iter().enumerate() {
-    assert!(
-      edge
-        .wait_for("alpha.test", "alpha v2 ", ONE_SECOND)
-        .is_some(),
-      "edge {i} does not serve v2 within a second"
-    );
-  }
+  assert_all_serve(&edges, "alpha.test", "alpha v2 ", ONE_SECOND);
 
   let r = control.api("POST", "/v1/workers/alpha/rollback", None);
   assert_eq!(r.status, 200, "rollback: {}", r.text());
-  for (i, edge) in edges.iter().enumerate() {
-    assert!(
-      edge
-        .wait_for("alpha.test", "alpha v1 ", ONE_SECOND)
-        .is_some(),
-      "edge {i} is not back on v1 within a second"
-    );
-  }
+  assert_all_serve(&edges, "alpha.test", "alpha v1 ", ONE_SECOND);
 
   // An edge killed outright misses a deploy, then catches up on restart.
   procs.pop().unwrap().kill();
   control.deploy("alpha", &v2);
-  for edge in &edges[..2] {
-    assert!(edge
-      .wait_for("alpha.test", "alpha v2 ", ONE_SECOND)
-      .is_some());
-  }
+  assert_all_serve(&edges[..2], "alpha.test", "alpha v2 ", ONE_SECOND);
   let restarted = edges[2].start();
   // It serves what it had (v1) from disk at once, then catches up.
   assert!(
@@ -187,16 +168,9 @@ fn usage_totals_equal_the_requests_sent_across_a_control_plane_restart() {
                 if (new URL(request.url).pathname === '/fail') throw new Error('asked to');\n    \
                 return new Response('metered');\n  },\n};\n";
   let v1 = control.upload("meter", source, json!({}));
-  let r = control.api(
-    "POST",
-    "/v1/routes",
-    Some(json!({ "pattern": "meter.test/*", "worker": "meter" })),
-  );
-  assert_eq!(r.status, 201, "route: {}", r.text());
+  control.route("meter.test/*", "meter");
   control.deploy("meter", &v1);
-  for edge in &edges {
-    assert!(edge.wait_for("meter.test", "metered", ONE_SECOND).is_some());
-  }
+  assert_all_serve(&edges, "meter.test", "metered", ONE_SECOND);
   // wait_for sent requests too: one answered 200 per edge.
   let mut sent_ok = 3u64;
   let mut sent_err = 0u64;
@@ -253,11 +227,7 @@ fn an_edge_without_a_valid_certificate_is_refused() {
   let dir = tempfile::tempdir().unwrap();
   let control = Control::init_and_start(&dir.path().join("control"));
   let v1 = control.upload("alpha", &alpha("v1"), json!({ "GREETING": "hi" }));
-  control.api(
-    "POST",
-    "/v1/routes",
-    Some(json!({ "pattern": "alpha.test/*", "worker": "alpha" })),
-  );
+  control.route("alpha.test/*", "alpha");
   control.deploy("alpha", &v1);
 
   // Enrolled with another control plane's CA: the handshake fails.
@@ -301,12 +271,7 @@ fn a_split_deployment_serves_both_versions_and_shows_their_shares() {
   let _proc = edge.start();
   let v1 = control.upload("alpha", &alpha("v1"), json!({ "GREETING": "hi" }));
   let v2 = control.upload("alpha", &alpha("v2"), json!({ "GREETING": "hi" }));
-  let r = control.api(
-    "POST",
-    "/v1/routes",
-    Some(json!({ "pattern": "alpha.test/*", "worker": "alpha" })),
-  );
-  assert_eq!(r.status, 201, "route: {}", r.text());
+  control.route("alpha.test/*", "alpha");
   let r = control.api(
     "POST",
     "/v1/workers/alpha/deployments",

@@ -438,18 +438,25 @@ pub struct Control {
   pub proc: Option<Proc>,
 }
 
+/// Runs a one-shot `isola-control` command (`init`, `enroll-edge`) to its
+/// end; it must succeed.
+fn run_control(command: &mut Command) {
+  let out = command.output().expect("isola-control runs");
+  assert!(
+    out.status.success(),
+    "{:?} failed: {}",
+    command.get_args().collect::<Vec<_>>(),
+    String::from_utf8_lossy(&out.stderr)
+  );
+}
+
 impl Control {
   /// `isola-control init` in `dir`, then `serve` on free ports.
   pub fn init_and_start(dir: &Path) -> Control {
-    let out = Command::new(bin("isola-control"))
-      .args(["init", "--data-dir"])
-      .arg(dir)
-      .output()
-      .expect("isola-control init runs");
-    assert!(
-      out.status.success(),
-      "init failed: {}",
-      String::from_utf8_lossy(&out.stderr)
+    run_control(
+      Command::new(bin("isola-control"))
+        .args(["init", "--data-dir"])
+        .arg(dir),
     );
     let token = std::fs::read_to_string(dir.join("admin-token"))
       .expect("init writes admin-token")
@@ -487,18 +494,13 @@ impl Control {
   /// `enroll-edge`, returning the edge's folder with its `edge.toml`
   /// completed by a `[server]` section whose listeners take port 0.
   pub fn enroll(&self, name: &str, out: &Path, usage_interval_ms: u64) -> EdgeSetup {
-    let result = Command::new(bin("isola-control"))
-      .args(["enroll-edge", "--data-dir"])
-      .arg(&self.dir)
-      .args(["--name", name, "--out"])
-      .arg(out)
-      .args(["--control-address", &self.quic.to_string()])
-      .output()
-      .expect("isola-control enroll-edge runs");
-    assert!(
-      result.status.success(),
-      "enroll-edge failed: {}",
-      String::from_utf8_lossy(&result.stderr)
+    run_control(
+      Command::new(bin("isola-control"))
+        .args(["enroll-edge", "--data-dir"])
+        .arg(&self.dir)
+        .args(["--name", name, "--out"])
+        .arg(out)
+        .args(["--control-address", &self.quic.to_string()]),
     );
     let config = out.join("edge.toml");
     let text = std::fs::read_to_string(&config).expect("enroll-edge writes edge.toml");
@@ -571,6 +573,16 @@ impl Control {
     .expect("the API answers an upload");
     assert_eq!(r.status, 201, "upload: {}", r.text());
     r.json()["id"].as_str().expect("an id").to_string()
+  }
+
+  /// Routes `pattern` to `worker`.
+  pub fn route(&self, pattern: &str, worker: &str) {
+    let r = self.api(
+      "POST",
+      "/v1/routes",
+      Some(serde_json::json!({ "pattern": pattern, "worker": worker })),
+    );
+    assert_eq!(r.status, 201, "route: {}", r.text());
   }
 
   /// Deploys `version` of `worker` at 100 %.
