@@ -9,9 +9,9 @@ use crate::Error;
 
 /// Largest frame accepted: one version's bundle (its modules, at most
 /// [`MAX_VERSION_BYTES`], plus its manifest, which names at most
-/// [`MAX_MODULES`](crate::manifest::MAX_MODULES) modules of up to 1 KiB names) with room to spare. Every
-/// bundle travels in a frame of its own, so catching up on any number of
-/// versions never needs a larger one.
+/// [`MAX_MODULES`](crate::manifest::MAX_MODULES) modules of up to 1 KiB
+/// names) with room to spare. Every bundle travels in a frame of its own, so
+/// catching up on any number of versions never needs a larger one.
 pub const MAX_FRAME: usize = MAX_VERSION_BYTES + (4 << 20);
 
 /// `msg` as one frame.

@@ -4,8 +4,9 @@
 //!
 //! Every change edges must see (deploy, rollback, route, secret) takes the
 //! next `revision` in the same transaction, so a revision always names one
-//! consistent [`DesiredState`](isola_proto::msg::DesiredState). WAL with `synchronous=FULL`: a write is on
-//! disk when its call returns, which usage acks rely on.
+//! consistent [`DesiredState`](isola_proto::msg::DesiredState). WAL with
+//! `synchronous=FULL`: a write is on disk when its call returns, which usage
+//! acks rely on.
 
 mod accounts;
 mod deployments;
