@@ -11,8 +11,9 @@ use isola_runtime::ResponseBody;
 use tokio::sync::watch;
 
 use crate::node::Node;
-use crate::server::text_response;
 use crate::server::HttpOptions;
+use http::StatusCode;
+use isola_runtime::text_response;
 
 /// What the admin endpoints read.
 #[derive(Clone)]
@@ -26,20 +27,26 @@ pub struct Admin {
 impl Admin {
   fn answer(&self, path: &str) -> http::Response<ResponseBody> {
     match path {
-      "/healthz" => text_response(200, "ok\n".into()),
-      "/readyz" if self.ready.load(Ordering::Acquire) => text_response(200, "ready\n".into()),
-      "/readyz" => text_response(503, "not ready\n".into()),
+      "/healthz" => text_response(StatusCode::OK, "ok\n"),
+      "/readyz" if self.ready.load(Ordering::Acquire) => text_response(StatusCode::OK, "ready\n"),
+      "/readyz" => text_response(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
       "/metrics" => with_type(
-        text_response(200, self.metrics.encode(Some(self.node.runtime_stats()))),
+        text_response(
+          StatusCode::OK,
+          self.metrics.encode(Some(self.node.runtime_stats())),
+        ),
         "application/openmetrics-text; version=1.0.0; charset=utf-8",
       ),
       "/admin/state" => {
         let json = serde_json::to_string(&self.node.snapshot()).expect("a snapshot serialises");
-        with_type(text_response(200, json + "\n"), "application/json")
+        with_type(
+          text_response(StatusCode::OK, json + "\n"),
+          "application/json",
+        )
       }
       _ => text_response(
-        404,
-        "try /healthz, /readyz, /metrics or /admin/state\n".into(),
+        StatusCode::NOT_FOUND,
+        "try /healthz, /readyz, /metrics or /admin/state\n",
       ),
     }
   }

@@ -28,8 +28,9 @@ use serde::Serialize;
 
 use crate::config::toml_to_json;
 use crate::config::EdgeConfig;
-use crate::server::text_response;
 use crate::store::Store;
+use http::StatusCode;
+use isola_runtime::text_response;
 
 /// A worker version ready to serve.
 struct Active {
@@ -383,11 +384,17 @@ impl Node {
       .cloned()
     else {
       metrics.record_http("", 404, start.elapsed());
-      return text_response(404, format!("No worker is routed for {host}{path}\n"));
+      return text_response(
+        StatusCode::NOT_FOUND,
+        format!("No worker is routed for {host}{path}\n"),
+      );
     };
     let Some(deployed) = state.workers.get(&worker) else {
       metrics.record_http(&worker, 404, start.elapsed());
-      return text_response(404, format!("Worker {worker} is not deployed\n"));
+      return text_response(
+        StatusCode::NOT_FOUND,
+        format!("Worker {worker} is not deployed\n"),
+      );
     };
     let active = deployed.pick().clone();
     let source = {

@@ -37,20 +37,6 @@ impl Default for HttpOptions {
   }
 }
 
-/// A short plain-text answer from the node itself (a 404 for an unrouted
-/// host, the admin endpoints), with the same headers as
-/// [`isola_runtime::error_response`], so every body the node writes looks
-/// alike to a client.
-pub fn text_response(status: u16, text: String) -> http::Response<ResponseBody> {
-  let mut response = http::Response::new(ResponseBody::full(text));
-  *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
-  response.headers_mut().insert(
-    http::header::CONTENT_TYPE,
-    http::HeaderValue::from_static("text/plain;charset=UTF-8"),
-  );
-  response
-}
-
 /// Makes the request URI absolute (`https://host/path?query`), as Workers
 /// handlers expect `request.url` to be.
 pub fn absolute_uri(req: &http::Request<Incoming>, scheme: &str, fallback_host: &str) -> http::Uri {
