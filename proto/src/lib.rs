@@ -12,6 +12,8 @@
 //! - [`Backoff`]: when an edge reconnects after losing the control plane.
 //! - `testing` (feature `testing`): states and bundles for channel tests.
 
+#![forbid(unsafe_code)]
+
 pub mod codec;
 pub mod manifest;
 pub mod msg;
