@@ -193,7 +193,13 @@ pub struct Validator {
 impl Validator {
   pub fn new() -> Result<Self, isola_runtime::Error> {
     Ok(Self {
-      runtime: Runtime::new(Config::default().threads(1).stock(0))?,
+      // Only loads, never serves: no quarantine thread needed.
+      runtime: Runtime::new(
+        Config::default()
+          .threads(1)
+          .stock(0)
+          .fairness(isola_runtime::Fairness::default().enabled(false)),
+      )?,
     })
   }
 
