@@ -307,6 +307,7 @@ async function cmdSecret(args: string[]): Promise<void> {
     let value: string;
     if (process.stdin.isTTY) value = await readLine(`Value for ${key}: `, true);
     else value = (await readStdin()).replace(/\r?\n$/, "");
+    if (value === "") throw new UsageError(`the value of ${key} is empty; pipe it in (echo VALUE | isola secret put ${key}) or run on a terminal`);
     const r = await client().putSecret(name, key, value);
     out(`Secret ${r.key} set on ${name}; the edges get it with revision ${r.revision}`);
     return;

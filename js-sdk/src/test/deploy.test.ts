@@ -117,6 +117,7 @@ test("deploy end to end: routes, secrets, a 10/90 split, rollback, dry run", { s
     const sp = await isola(["secret", "put", "SECRET"], "s3cr3t\n");
     assert.equal(sp.code, 0, sp.stderr);
     let secretSeen = await poll(10_000, async () => ((await get(edgeHttp, "/", "e2e.test"))?.body === "v1 s3cr3t" ? true : undefined));
+    console.log(`secret: ${secretSeen ? "visible by propagation alone" : "needed a redeploy"}`);
     if (!secretSeen) {
       assert.equal((await isola(["deploy"])).code, 0);
       secretSeen = await poll(30_000, async () => ((await get(edgeHttp, "/", "e2e.test"))?.body === "v1 s3cr3t" ? true : undefined));
@@ -152,7 +153,7 @@ test("deploy end to end: routes, secrets, a 10/90 split, rollback, dry run", { s
       if (r?.body.startsWith("v2")) b++;
       else assert.equal(r?.body, "v1 s3cr3t");
     }
-    console.log(`# split: ${b}/200 answers from B (90 % asked)`);
+    console.log(`split: ${b}/200 answers from B (90 % asked)`);
     assert.ok(b >= 150 && b <= 196, `${b}/200 from B`);
 
     // rollback → back to the deployment before (B at 100 %).

@@ -35,7 +35,7 @@ test("dev: serves, reloads on save, keeps the last good build on a syntax error"
       return r?.status === 200 ? r : undefined;
     });
     assert.equal(first?.body, "Hello v1 from-text 7 dotdev cli");
-    console.log(`# cold start (command → first 200): ${Date.now() - started} ms`);
+    console.log(`cold start (command → first 200): ${Date.now() - started} ms`);
 
     const mark = dev.output.length;
     const saved = Date.now();
@@ -45,7 +45,7 @@ test("dev: serves, reloads on save, keeps the last good build on a syntax error"
       return r?.body.includes(" v2 ") ? r : undefined;
     });
     assert.ok(second, `no new answer within 10 s; output:\n${dev.output.slice(mark)}`);
-    console.log(`# reload (saved → new answer): ${Date.now() - saved} ms`);
+    console.log(`reload (saved → new answer): ${Date.now() - saved} ms`);
 
     const beforeBad = dev.output.length;
     write(app, "src/index.ts", source("v3").replace("return new Response(", "return new Response(("));
