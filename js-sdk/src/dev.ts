@@ -1,8 +1,9 @@
 // `isola dev`: bundle, serve with isola-edge, rebuild and restart on change.
 import { execSync } from "node:child_process";
-import { watch, rmSync, mkdirSync, type FSWatcher } from "node:fs";
+import { createHash } from "node:crypto";
+import { watch, readFileSync, rmSync, mkdirSync, type FSWatcher } from "node:fs";
 import { createServer } from "node:net";
-import { join, relative, resolve, sep } from "node:path";
+import { basename, join, relative, resolve, sep } from "node:path";
 import { bundle, BundleError, type BundleResult } from "./bundle.js";
 import { loadConfig, readDevVars, type Config, type JsonValue } from "./config.js";
 import { findEdgeBinary, startDevEdge, type RunningEdge } from "./edge.js";
@@ -39,6 +40,20 @@ export function runBuildCommand(config: Config): void {
 export function requireMain(config: Config): string {
   if (!config.main) throw new Error(`${config.file}: set \`main\` to the worker's entry module, e.g. main = "src/index.ts"`);
   return resolve(config.dir, config.main);
+}
+
+function digest(r: BundleResult): string {
+  const h = createHash("sha256");
+  for (const m of r.modules) {
+    // The inline source map names the build folder, which differs per build.
+    const text = readFileSync(m.path).toString("latin1").replace(/\/\/# sourceMappingURL=.*$/m, "");
+    h.update(m.name).update("\0").update(text).update("\0");
+  }
+  return h.digest("hex");
+}
+
+function sameOutput(a: BundleResult, b: BundleResult): boolean {
+  return digest(a) === digest(b);
 }
 
 /** Runs until SIGINT/SIGTERM. */
@@ -81,7 +96,9 @@ export async function dev(o: DevOptions): Promise<void> {
       print: o.log,
     });
 
+  let lastFailed = false;
   lastGood = await build();
+  let sameVars = JSON.stringify(vars());
   edge = await start(lastGood);
   o.log(`Ready on http://${listen}`);
 
@@ -93,10 +110,17 @@ export async function dev(o: DevOptions): Promise<void> {
       config = loadConfig(config.file, o.env !== undefined ? { env: o.env } : {});
       next = await build();
     } catch (e) {
+      lastFailed = true;
       if (e instanceof BundleError) o.error(`✘ build failed; still serving the last good build\n${e.message}`);
       else o.error(`✘ ${(e as Error).message}; still serving the last good build`);
       return;
     }
+    lastFailed = false;
+    if (sameOutput(lastGood!, next) && sameVars === JSON.stringify(vars())) {
+      rmSync(next.outdir, { recursive: true, force: true });
+      return;
+    }
+    sameVars = JSON.stringify(vars());
     await edge?.stop();
     try {
       edge = await start(next);
@@ -111,11 +135,19 @@ export async function dev(o: DevOptions): Promise<void> {
     o.log(`↻ reloaded; Ready on http://${listen}`);
   };
 
+  // Only the last build's inputs, the config and .dev.vars matter (a log file written into
+  // the project must not loop); after a failed build any change may be the fix.
+  const relevant = (file: string): boolean => {
+    const abs = join(config.dir, file);
+    if (!lastFailed && !lastGood!.inputs.includes(abs) && abs !== config.file && !basename(abs).startsWith(".dev.vars")) return false;
+    return true;
+  };
   const watcher: FSWatcher = watch(config.dir, { recursive: true }, (_event, file) => {
     if (file) {
       const parts = String(file).split(sep);
       if (parts.some((p) => IGNORED.includes(p))) return;
       if (relative(config.dir, join(config.dir, String(file))).startsWith("..")) return;
+      if (!relevant(String(file))) return;
     }
     if (timer) clearTimeout(timer);
     timer = setTimeout(() => {
