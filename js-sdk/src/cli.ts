@@ -35,7 +35,7 @@ const HELP = `isola — build, run and deploy Isola workers
 Usage: isola <command> [options]
 
 Commands:
-  init [DIR] [--template hello|scheduled] [--ts|--js] [-y]   create a worker project
+  init [DIR] [--template hello|scheduled|hono] [--ts|--js] [-y]   create a worker project
   dev [--port 8787] [--ip 127.0.0.1] [--var K:V]... [--env NAME]
                                          run the worker locally, reloading on change
   deploy [--env NAME] [--dry-run --outdir DIR] [--message M]

@@ -3,8 +3,8 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
-export type Template = "hello" | "scheduled";
-export const TEMPLATES: Template[] = ["hello", "scheduled"];
+export type Template = "hello" | "scheduled" | "hono";
+export const TEMPLATES: Template[] = ["hello", "scheduled", "hono"];
 
 export interface InitOptions {
   dir: string;
@@ -36,6 +36,19 @@ function source(template: Template, ts: boolean): string {
   const envType = ts ? "\n\nexport interface Env {\n  GREETING: string;\n}\n" : "\n";
   const sig = ts ? "(request: Request, env: Env, ctx: ExecutionContext): Promise<Response>" : "(request, env, ctx)";
   const satisfies = ts ? " satisfies ExportedHandler<Env>" : "";
+  if (template === "hono") {
+    const generic = ts ? "<{ Bindings: { GREETING: string } }>" : "";
+    return `// A Hono app as an Isola worker (npm install first: the bundle includes hono).
+import { Hono } from "hono";
+
+const app = new Hono${generic}();
+
+app.get("/", (c) => c.text(\`\${c.env.GREETING} from Hono\\n\`));
+app.get("/json/:name", (c) => c.json({ hello: c.req.param("name") }));
+
+export default app;
+`;
+  }
   if (template === "scheduled") {
     const ssig = ts ? "(controller: ScheduledController, env: Env, ctx: ExecutionContext): Promise<void>" : "(controller, env, ctx)";
     return `// A worker with a fetch handler and a scheduled (cron) handler.
@@ -88,6 +101,7 @@ GREETING = "Hello"
           version: "0.0.0",
           private: true,
           type: "module",
+          ...(o.template === "hono" ? { dependencies: { hono: "^4.13.19" } } : {}),
           scripts: { dev: "isola dev", deploy: "isola deploy", types: "isola types" },
           devDependencies: {
             isola: localTarball ? `file:${resolve(localTarball)}` : `^${ownVersion()}`,
