@@ -55,11 +55,11 @@ export const CONFIG_FILES = [
 
 /** Keys the server does not support yet: accepted, with a warning. */
 const NOT_YET = ["triggers", "services", "kv_namespaces", "queues"] as const;
-const TOP_KEYS = ["$schema", "name", "main", "compatibility_date", "routes", "vars", "limits", "rules", "build", "env", ...NOT_YET];
+const TOP_KEYS = ["$schema", "name", "main", "compatibility_date", "route", "routes", "vars", "limits", "rules", "build", "env", ...NOT_YET];
 /** Keys allowed inside [env.NAME]. */
 const ENV_KEYS = TOP_KEYS.filter((k) => k !== "env" && k !== "$schema");
 /** Keys an environment inherits from the top level (wrangler's "inheritable" keys). */
-const INHERITED = ["main", "compatibility_date", "routes", "limits", "rules", "build", "triggers"];
+const INHERITED = ["main", "compatibility_date", "route", "routes", "limits", "rules", "build", "triggers"];
 const LIMIT_KEYS = ["cpu_ms", "memory_mb", "subrequests"];
 const BUILD_KEYS = ["command", "cwd", "watch_dir"];
 const RULE_KEYS = ["type", "globs", "fallthrough"];
@@ -234,6 +234,9 @@ export function loadConfig(dirOrFile: string, options: LoadOptions = {}): Config
         case "compatibility_date":
           if (typeof v !== "string") fail(path, "must be a string");
           break;
+        case "route":
+          if (typeof v !== "string" && !(isObj(v) && typeof v["pattern"] === "string")) fail(path, 'must be a pattern ("host/path*") or { pattern = "..." }');
+          break;
         case "routes":
           if (!Array.isArray(v)) fail(path, 'must be a list of patterns ("host/path*") or { pattern = "..." } tables');
           (v as unknown[]).forEach((r, i) => {
@@ -320,7 +323,16 @@ export function loadConfig(dirOrFile: string, options: LoadOptions = {}): Config
   if (notYet.length > 0) parts.push(`${notYet.join(", ")} ${notYet.length === 1 ? "is" : "are"} accepted but not supported by the Isola server yet (ignored)`);
   if (parts.length > 0) warnings.push(`${basename(abs)}: ${parts.join("; ")}`);
 
-  const routes = ((effective["routes"] as unknown[] | undefined) ?? []).map((r) =>
+  if (options.env !== undefined && isObj(raw["env"]) && isObj(raw["env"][options.env])) {
+    // An environment's own route(s) replace both inherited keys.
+    const own = raw["env"][options.env] as Obj;
+    if ("route" in own || "routes" in own) {
+      if (!("route" in own)) delete effective["route"];
+      if (!("routes" in own)) delete effective["routes"];
+    }
+  }
+  const routeList = [...(effective["route"] !== undefined ? [effective["route"]] : []), ...((effective["routes"] as unknown[] | undefined) ?? [])];
+  const routes = routeList.map((r) =>
     typeof r === "string" ? r : String((r as Obj)["pattern"]),
   );
   const rules = ((effective["rules"] as Obj[] | undefined) ?? []).map((r) => ({

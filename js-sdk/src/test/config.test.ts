@@ -66,8 +66,8 @@ test("unknown key inside a table and inside [env.NAME] names the right line", ()
   withDir((dir) => {
     write(dir, "isola.toml", `name = "a"\n[limits]\ncpu_ms = 5\nmemroy_mb = 3\n`);
     assert.throws(() => loadConfig(dir), /isola\.toml:4: unknown key `limits\.memroy_mb`; did you mean `memory_mb`/);
-    write(dir, "isola.toml", `name = "a"\n[env.staging]\nname = "b"\nroute = ["x/*"]\n`);
-    assert.throws(() => loadConfig(dir), /isola\.toml:4: unknown key `env\.staging\.route`; did you mean `routes`/);
+    write(dir, "isola.toml", `name = "a"\n[env.staging]\nname = "b"\nroottes = ["x/*"]\n`);
+    assert.throws(() => loadConfig(dir), /isola\.toml:4: unknown key `env\.staging\.roottes`; did you mean `routes`/);
   }));
 
 test("an unknown key with nothing close gets no suggestion", () =>
@@ -181,4 +181,12 @@ test("an unquoted TOML date is read as its text", () =>
   withDir((dir) => {
     write(dir, "isola.toml", `name = "a"\ncompatibility_date = 2026-11-01\n`);
     assert.equal(loadConfig(dir).compatibility_date, "2026-11-01");
+  }));
+
+test("wrangler's singular `route` is read too, and an env's own routes replace it", () =>
+  withDir((dir) => {
+    write(dir, "wrangler.toml", `name = "w"\nroute = "w.test/*"\n[env.prod]\nroutes = [{ pattern = "prod.test/*", zone_name = "prod.test" }]\n`);
+    assert.deepEqual(loadConfig(dir).routes, ["w.test/*"]);
+    assert.deepEqual(loadConfig(dir, { env: "prod" }).routes, ["prod.test/*"]);
+    assert.deepEqual(loadConfig(dir).warnings, []);
   }));
