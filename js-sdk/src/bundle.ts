@@ -136,6 +136,9 @@ export async function bundle(options: BundleOptions): Promise<BundleResult> {
         const spec = args.path.replace(/\?module$/, "");
         for (const { rule, res } of compiled) {
           if (rule.type === "ESModule") continue;
+          // require() of an external module cannot work in an ES module bundle; JSON is
+          // inlined there (CommonJS packages often require their own .json files).
+          if (rule.type === "Json" && args.kind === "require-call") return undefined;
           if (!res.some((re) => re.test(spec) || re.test(args.path) || re.test(toPosix(spec)))) continue;
           const found = await build.resolve(spec, {
             kind: args.kind,

@@ -14,9 +14,10 @@ import page from "./page.html";
 import blob from "./blob.bin";
 import { shout } from "shouty";
 import { which } from "cond-pkg";
+import cjs from "cjs-json";
 export default {
   async fetch(): Promise<Response> {
-    return new Response(shout(text) + JSON.stringify(conf) + page + blob.byteLength + which);
+    return new Response(shout(text) + JSON.stringify(conf) + page + blob.byteLength + which + cjs);
   },
 };
 `);
@@ -36,6 +37,9 @@ export default {
     write(dir, "node_modules/cond-pkg/node.js", `export const which = "node";`);
     write(dir, "node_modules/cond-pkg/default.js", `export const which = "default";`);
 
+    write(dir, "node_modules/cjs-json/package.json", `{"name":"cjs-json","main":"index.js"}`);
+    write(dir, "node_modules/cjs-json/index.js", `module.exports = require("./table.json").k;`);
+    write(dir, "node_modules/cjs-json/table.json", `{"k": "required-json"}`);
     const out = join(dir, "out");
     const r = await bundle({ entry: "src/index.ts", root: dir, outdir: out });
     const names = r.modules.map((m) => m.name).sort();
@@ -46,6 +50,7 @@ export default {
     assert.match(js, /toUpperCase/, "the package's module field is bundled");
     assert.match(js, /"workerd"/, "the workerd condition wins");
     assert.doesNotMatch(js, /"node"/);
+    assert.match(js, /"required-json"/, "a JSON file a CommonJS package requires is inlined");
     assert.equal(readFileSync(join(out, "src/data/hello.txt"), "utf8"), "hello text");
     assert.equal(readFileSync(join(out, "conf.json"), "utf8"), `{"answer": 42}`);
     const types = Object.fromEntries(r.modules.map((m) => [m.name, m.contentType]));
