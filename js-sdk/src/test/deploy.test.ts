@@ -101,6 +101,14 @@ test("deploy end to end: routes, secrets, a 10/90 split, rollback, dry run", { s
     assert.match(bad.stderr, /unauthorized: .*\(HTTP 401\)/);
     assert.match(bad.stderr, /hint: .*isola login/);
 
+    // An unknown worker: 404 with a hint.
+    const other = join(dir, "other");
+    write(other, "isola.toml", `name = "nosuch"\nmain = "index.js"\n`);
+    const nf = await runCli(["versions", "list"], { cwd: other, env });
+    assert.equal(nf.code, 1);
+    assert.match(nf.stderr, /not_found: .*\(HTTP 404\)/);
+    assert.match(nf.stderr, /hint: check the worker name/);
+
     // deploy → the edge serves it on its route.
     const d1 = await isola(["deploy"]);
     assert.equal(d1.code, 0, d1.stderr);
