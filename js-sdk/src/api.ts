@@ -1,0 +1,234 @@
+// Credentials and the control plane's REST API.
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { homedir } from "node:os";
+import { dirname, join } from "node:path";
+
+export interface Credentials {
+  api: string;
+  token: string;
+}
+
+export function credentialsPath(): string {
+  const base = process.env["XDG_CONFIG_HOME"] || join(homedir(), ".config");
+  return join(base, "isola", "credentials.json");
+}
+
+export function saveCredentials(c: Credentials): string {
+  const path = credentialsPath();
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  writeFileSync(path, JSON.stringify({ api: c.api, token: c.token }, null, 2) + "\n", { mode: 0o600 });
+  chmodSync(path, 0o600);
+  return path;
+}
+
+export function deleteCredentials(): boolean {
+  const path = credentialsPath();
+  if (!existsSync(path)) return false;
+  rmSync(path);
+  return true;
+}
+
+/** Stored credentials overridden by ISOLA_API_URL / ISOLA_API_TOKEN. */
+export function loadCredentials(): { creds?: Credentials; source: string } {
+  let stored: Partial<Credentials> = {};
+  const path = credentialsPath();
+  if (existsSync(path)) {
+    try {
+      stored = JSON.parse(readFileSync(path, "utf8")) as Partial<Credentials>;
+    } catch {
+      throw new ApiError(0, "bad_credentials", `${path} is not valid JSON; run \`isola login\` again`);
+    }
+  }
+  const api = process.env["ISOLA_API_URL"] || stored.api;
+  const token = process.env["ISOLA_API_TOKEN"] || stored.token;
+  const source = process.env["ISOLA_API_URL"] || process.env["ISOLA_API_TOKEN"] ? "environment" : path;
+  if (!api || !token) return { source };
+  return { creds: { api: api.replace(/\/+$/, ""), token }, source };
+}
+
+export class ApiError extends Error {
+  override name = "ApiError";
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+
+  /** `code: message (HTTP status)` and a hint. */
+  describe(): string {
+    let text = `${this.code}: ${this.message}${this.status ? ` (HTTP ${this.status})` : ""}`;
+    if (this.status === 401) {
+      text += "\nhint: the token was refused; run `isola login --api URL` with a valid token, or set ISOLA_API_TOKEN";
+    } else if (this.status === 404) {
+      text += "\nhint: check the worker name (`name` in isola.toml) and the API URL (`isola whoami`); deploy the worker first if it is new";
+    }
+    return text;
+  }
+}
+
+export function requireCredentials(): Credentials {
+  const { creds } = loadCredentials();
+  if (!creds) {
+    throw new ApiError(
+      0,
+      "not_logged_in",
+      "no API credentials; run `isola login --api URL --token TOKEN` or set ISOLA_API_URL and ISOLA_API_TOKEN",
+    );
+  }
+  return creds;
+}
+
+export type Json = string | number | boolean | null | Json[] | { [key: string]: Json };
+
+export interface DeployedVersion {
+  id: string;
+  percentage: number;
+  hash: string;
+}
+export interface Deployment {
+  id: number;
+  worker: string;
+  versions: DeployedVersion[];
+  created_at: Json;
+  rolled_back: boolean;
+  active: boolean;
+  revision?: number;
+}
+export interface VersionInfo {
+  id: string;
+  hash: string;
+  worker: string;
+  created_at: Json;
+  main_module: string;
+  modules: Json[];
+}
+export interface WorkerInfo {
+  name: string;
+  created_at: Json;
+  active_deployment: Deployment | null;
+}
+export interface RouteInfo {
+  pattern: string;
+  worker: string;
+  created_at?: Json;
+  revision?: number;
+}
+export interface SecretInfo {
+  key: string;
+  updated_at: Json;
+}
+
+export interface Metadata {
+  main_module: string;
+  vars: Record<string, Json>;
+  limits: { cpu_ms?: number; memory_mb?: number; subrequests?: number };
+  compatibility_date?: string;
+}
+
+export interface UploadModule {
+  name: string;
+  contentType: string;
+  bytes: Uint8Array;
+}
+
+export class Client {
+  constructor(readonly creds: Credentials) {}
+
+  async request<T>(method: string, path: string, body?: Json | FormData): Promise<T> {
+    const headers: Record<string, string> = { authorization: `Bearer ${this.creds.token}` };
+    let payload: string | FormData | undefined;
+    if (body instanceof FormData) payload = body;
+    else if (body !== undefined) {
+      payload = JSON.stringify(body);
+      headers["content-type"] = "application/json";
+    }
+    let res: Response;
+    try {
+      res = await fetch(this.creds.api + path, { method, headers, body: payload ?? null, signal: AbortSignal.timeout(60_000) });
+    } catch (e) {
+      const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+      throw new ApiError(
+        0,
+        "unreachable",
+        `cannot reach ${this.creds.api} (${cause?.code ?? cause?.message ?? String(e)}); check the API URL (\`isola login --api URL\` or ISOLA_API_URL)`,
+      );
+    }
+    const text = await res.text();
+    if (!res.ok) {
+      let code = "http_error";
+      let message = text.slice(0, 500) || res.statusText;
+      try {
+        const parsed = JSON.parse(text) as { error?: { code?: string; message?: string } };
+        if (parsed.error?.code) code = parsed.error.code;
+        if (parsed.error?.message) message = parsed.error.message;
+      } catch {
+        // not JSON: keep the text
+      }
+      throw new ApiError(res.status, code, message);
+    }
+    return (text ? JSON.parse(text) : null) as T;
+  }
+
+  async workers(): Promise<WorkerInfo[]> {
+    return (await this.request<{ workers: WorkerInfo[] }>("GET", "/v1/workers")).workers;
+  }
+
+  async versions(worker: string): Promise<VersionInfo[]> {
+    return (await this.request<{ versions: VersionInfo[] }>("GET", `/v1/workers/${enc(worker)}/versions`)).versions;
+  }
+
+  async upload(worker: string, metadata: Metadata, modules: UploadModule[]): Promise<VersionInfo> {
+    const form = new FormData();
+    form.append("metadata", new Blob([JSON.stringify(metadata)], { type: "application/json" }), "metadata");
+    for (const m of modules) form.append(m.name, new Blob([m.bytes], { type: m.contentType }), m.name);
+    return this.request<VersionInfo>("POST", `/v1/workers/${enc(worker)}/versions`, form);
+  }
+
+  async deploy(worker: string, versions: { id: string; percentage: number }[]): Promise<Deployment> {
+    return this.request<Deployment>("POST", `/v1/workers/${enc(worker)}/deployments`, { versions });
+  }
+
+  async deployments(worker: string): Promise<Deployment[]> {
+    return (await this.request<{ deployments: Deployment[] }>("GET", `/v1/workers/${enc(worker)}/deployments`)).deployments;
+  }
+
+  async rollback(worker: string): Promise<Deployment> {
+    return this.request<Deployment>("POST", `/v1/workers/${enc(worker)}/rollback`);
+  }
+
+  async routes(): Promise<RouteInfo[]> {
+    return (await this.request<{ routes: RouteInfo[] }>("GET", "/v1/routes")).routes;
+  }
+
+  /** Adds a route; an identical existing one is fine (returns it). */
+  async ensureRoute(pattern: string, worker: string): Promise<RouteInfo & { existed: boolean }> {
+    try {
+      const r = await this.request<RouteInfo>("POST", "/v1/routes", { pattern, worker });
+      return { ...r, existed: false };
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 409) {
+        const same = (await this.routes()).find((r) => r.pattern === pattern && r.worker === worker);
+        if (same) return { ...same, existed: true };
+      }
+      throw e;
+    }
+  }
+
+  async putSecret(worker: string, key: string, value: string): Promise<{ key: string; revision: number }> {
+    return this.request("PUT", `/v1/workers/${enc(worker)}/secrets/${enc(key)}`, { value });
+  }
+
+  async deleteSecret(worker: string, key: string): Promise<void> {
+    await this.request<null>("DELETE", `/v1/workers/${enc(worker)}/secrets/${enc(key)}`);
+  }
+
+  async secrets(worker: string): Promise<SecretInfo[]> {
+    return (await this.request<{ secrets: SecretInfo[] }>("GET", `/v1/workers/${enc(worker)}/secrets`)).secrets;
+  }
+}
+
+function enc(s: string): string {
+  return encodeURIComponent(s);
+}

@@ -1,0 +1,436 @@
+#!/usr/bin/env node
+// The `isola` command line.
+import { readFileSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import { fileURLToPath } from "node:url";
+import {
+  ApiError,
+  Client,
+  credentialsPath,
+  deleteCredentials,
+  loadCredentials,
+  requireCredentials,
+  saveCredentials,
+  type Deployment,
+  type Metadata,
+} from "./api.js";
+import { bundle, BundleError, readModules } from "./bundle.js";
+import { ConfigError, loadConfig, readDevVars, type Config } from "./config.js";
+import { dev, requireMain, runBuildCommand } from "./dev.js";
+import { EdgeNotFound } from "./edge.js";
+import { init, TEMPLATES, type Template } from "./init.js";
+import { envTypes } from "./typesgen.js";
+
+const out = (s: string): void => void process.stdout.write(s + "\n");
+const err = (s: string): void => void process.stderr.write(s + "\n");
+
+class UsageError extends Error {
+  override name = "UsageError";
+}
+
+const HELP = `isola — build, run and deploy Isola workers
+
+Usage: isola <command> [options]
+
+Commands:
+  init [DIR] [--template hello|scheduled|hono] [--ts|--js] [-y]   create a worker project
+  dev [--port 8787] [--ip 127.0.0.1] [--var K:V]... [--env NAME]
+                                         run the worker locally, reloading on change
+  deploy [--env NAME] [--dry-run --outdir DIR] [--message M]
+                                         upload a version, deploy it at 100 %, add routes
+  versions list [--json]                 the worker's versions
+  versions deploy ID@PCT [ID@PCT] -y     split traffic between one or two versions
+  deployments list [--json]              the worker's deployments
+  rollback                               back to the previous deployment
+  secret put NAME | list [--json] | delete NAME
+  types                                  write worker-configuration.d.ts (interface Env)
+  login --api URL [--token T]            store API credentials
+  logout                                 forget them
+  whoami                                 check the credentials against the API
+
+Common options: --config FILE (default: isola.toml, isola.json(c), wrangler.toml/json(c)),
+--cwd DIR, --help. ISOLA_API_URL and ISOLA_API_TOKEN override stored credentials.`;
+
+function version(): string {
+  const pkg = join(fileURLToPath(import.meta.url), "..", "..", "package.json");
+  return (JSON.parse(readFileSync(pkg, "utf8")) as { version: string }).version;
+}
+
+type Options = NonNullable<ParseArgsConfig["options"]>;
+const COMMON: Options = {
+  help: { type: "boolean", short: "h" },
+  config: { type: "string", short: "c" },
+  cwd: { type: "string" },
+  env: { type: "string", short: "e" },
+  json: { type: "boolean" },
+  yes: { type: "boolean", short: "y" },
+};
+
+function parse(args: string[], options: Options): { values: Record<string, string | boolean | string[] | undefined>; positionals: string[] } {
+  try {
+    const { values, positionals } = parseArgs({ args, options: { ...COMMON, ...options }, allowPositionals: true, strict: true });
+    return { values: values as Record<string, string | boolean | string[] | undefined>, positionals };
+  } catch (e) {
+    throw new UsageError(`${(e as Error).message}\nRun \`isola --help\` for usage.`);
+  }
+}
+
+function str(v: string | boolean | string[] | undefined): string | undefined {
+  return typeof v === "string" ? v : undefined;
+}
+
+function projectConfig(values: Record<string, string | boolean | string[] | undefined>): Config {
+  const base = resolve(str(values["cwd"]) ?? ".");
+  const where = str(values["config"]) ? resolve(base, str(values["config"])!) : base;
+  const env = str(values["env"]);
+  const config = loadConfig(where, env !== undefined ? { env } : {});
+  for (const w of config.warnings) err(`warning: ${w}`);
+  return config;
+}
+
+function workerName(config: Config): string {
+  if (!config.name) throw new ConfigError(`${config.file}: set \`name\`, the worker's name`);
+  return config.name;
+}
+
+async function readLine(prompt: string, hidden = false): Promise<string> {
+  const rl = createInterface({ input: process.stdin, output: process.stderr, terminal: true });
+  if (hidden) {
+    const rlw = rl as unknown as { _writeToOutput: (s: string) => void };
+    rlw._writeToOutput = (s: string) => {
+      if (s.includes(prompt)) process.stderr.write(prompt);
+    };
+  }
+  return new Promise((res) =>
+    rl.question(prompt, (answer) => {
+      rl.close();
+      if (hidden) process.stderr.write("\n");
+      res(answer.trim());
+    }),
+  );
+}
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()).join("\n");
+}
+
+function when(v: unknown): string {
+  if (typeof v === "number") return new Date(v * (v < 1e12 ? 1000 : 1)).toISOString();
+  return String(v ?? "");
+}
+
+function split(d: Deployment): string {
+  return d.versions.map((v) => `${v.id}@${v.percentage}%`).join(" ");
+}
+
+async function cmdInit(args: string[]): Promise<void> {
+  const { values, positionals } = parse(args, {
+    template: { type: "string", short: "t" },
+    ts: { type: "boolean" },
+    js: { type: "boolean" },
+    force: { type: "boolean" },
+  });
+  const template = (str(values["template"]) ?? "hello") as Template;
+  if (!TEMPLATES.includes(template)) throw new UsageError(`unknown template ${template}; pick one of ${TEMPLATES.join(", ")}`);
+  if (values["ts"] && values["js"]) throw new UsageError("pass --ts or --js, not both");
+  const dir = resolve(str(values["cwd"]) ?? ".", positionals[0] ?? ".");
+  const files = init({ dir, template, ts: !values["js"], force: values["force"] === true });
+  out(`Created a ${template} worker in ${dir}:`);
+  for (const f of files) out(`  ${f}`);
+  out(`\nNext: cd ${positionals[0] ?? "."} && npm install && npx isola dev`);
+}
+
+async function cmdDev(args: string[]): Promise<void> {
+  const { values } = parse(args, {
+    port: { type: "string", short: "p" },
+    ip: { type: "string" },
+    var: { type: "string", multiple: true },
+  });
+  const port = Number(str(values["port"]) ?? "8787");
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError(`--port ${str(values["port"])} is not a port number`);
+  const vars: Record<string, string> = {};
+  for (const v of (values["var"] as string[] | undefined) ?? []) {
+    const i = v.indexOf(":");
+    if (i <= 0) throw new UsageError(`--var ${v}: expected NAME:VALUE`);
+    vars[v.slice(0, i)] = v.slice(i + 1);
+  }
+  const base = resolve(str(values["cwd"]) ?? ".");
+  const env = str(values["env"]);
+  await dev({
+    dir: str(values["config"]) ? resolve(base, str(values["config"])!) : base,
+    port,
+    ip: str(values["ip"]) ?? "127.0.0.1",
+    vars,
+    ...(env !== undefined ? { env } : {}),
+    log: out,
+    error: err,
+  });
+}
+
+function metadataOf(config: Config): Metadata {
+  const limits: Metadata["limits"] = {};
+  if (config.limits.cpu_ms !== undefined) limits.cpu_ms = config.limits.cpu_ms;
+  if (config.limits.memory_mb !== undefined) limits.memory_mb = config.limits.memory_mb;
+  if (config.limits.subrequests !== undefined) limits.subrequests = config.limits.subrequests;
+  const m: Metadata = { main_module: "index.js", vars: config.vars, limits };
+  if (config.compatibility_date) m.compatibility_date = config.compatibility_date;
+  return m;
+}
+
+async function cmdDeploy(args: string[]): Promise<void> {
+  const { values } = parse(args, {
+    "dry-run": { type: "boolean" },
+    outdir: { type: "string" },
+    message: { type: "string", short: "m" },
+    minify: { type: "boolean" },
+  });
+  const config = projectConfig(values);
+  const name = workerName(config);
+  const dry = values["dry-run"] === true;
+  if (str(values["outdir"]) && !dry) throw new UsageError("--outdir goes with --dry-run");
+  // Credentials are checked before the build, so a missing login fails fast.
+  const client = dry ? undefined : new Client(requireCredentials());
+  runBuildCommand(config);
+  const outdir = dry ? resolve(str(values["outdir"]) ?? join(config.dir, "dist")) : join(config.dir, ".isola", "deploy");
+  const result = await bundle({
+    entry: requireMain(config),
+    root: config.dir,
+    outdir,
+    rules: config.rules,
+    sourcemap: "none",
+    minify: values["minify"] === true,
+  });
+  const metadata = metadataOf(config);
+  const modules = readModules(result);
+  const size = modules.reduce((n, m) => n + m.bytes.length, 0);
+  if (dry) {
+    writeFileSync(join(outdir, "metadata.json"), JSON.stringify(metadata, null, 2) + "\n");
+    out(`Dry run: ${name}, ${modules.length} module(s), ${(size / 1024).toFixed(1)} KiB, written to ${outdir}:`);
+    for (const m of modules) out(`  ${m.module.name} (${m.module.contentType})`);
+    out("  metadata.json");
+    if (config.routes.length) out(`Routes (not created): ${config.routes.join(", ")}`);
+    return;
+  }
+  const version = await client!.upload(
+    name,
+    metadata,
+    modules.map((m) => ({ name: m.module.name, contentType: m.module.contentType, bytes: m.bytes })),
+  );
+  out(`Uploaded ${name}: version ${version.id} (${modules.length} module(s), ${(size / 1024).toFixed(1)} KiB)`);
+  const deployment = await client!.deploy(name, [{ id: version.id, percentage: 100 }]);
+  out(`Deployed version ${version.id} at 100% (deployment ${deployment.id})`);
+  if (str(values["message"])) out(`Message: ${str(values["message"])} (shown here only; the API does not store messages yet)`);
+  for (const pattern of config.routes) {
+    const r = await client!.ensureRoute(pattern, name);
+    out(`Route ${r.pattern}${r.existed ? " (already there)" : ""}`);
+  }
+  if (config.routes.length === 0) out("No routes in the config; add `routes = [\"host/*\"]` to serve it.");
+}
+
+async function cmdVersions(args: string[]): Promise<void> {
+  const [sub, ...rest] = args;
+  if (sub === "list") {
+    const { values } = parse(rest, {});
+    const name = workerName(projectConfig(values));
+    const versions = await new Client(requireCredentials()).versions(name);
+    if (values["json"]) return out(JSON.stringify(versions, null, 2));
+    if (versions.length === 0) return out(`${name} has no versions; run \`isola deploy\``);
+    out(table([["ID", "CREATED", "HASH"], ...versions.map((v) => [v.id, when(v.created_at), v.hash.slice(0, 12)])]));
+    return;
+  }
+  if (sub === "deploy") {
+    const { values, positionals } = parse(rest, {});
+    const name = workerName(projectConfig(values));
+    if (positionals.length < 1 || positionals.length > 2) throw new UsageError("versions deploy takes one or two ID@PERCENT, e.g. `isola versions deploy A@10 B@90 -y`");
+    const splits = positionals.map((p) => {
+      const at = p.lastIndexOf("@");
+      const id = at < 0 ? p : p.slice(0, at);
+      const pct = at < 0 ? (positionals.length === 1 ? 100 : NaN) : Number(p.slice(at + 1).replace(/%$/, ""));
+      if (!id || !Number.isInteger(pct) || pct < 1 || pct > 100) throw new UsageError(`${p}: expected VERSION_ID@PERCENT with a whole percentage from 1 to 100`);
+      return { id, percentage: pct };
+    });
+    const sum = splits.reduce((n, s) => n + s.percentage, 0);
+    if (sum !== 100) throw new UsageError(`the percentages add up to ${sum}; they must add up to 100`);
+    const what = splits.map((s) => `${s.id} at ${s.percentage}%`).join(", ");
+    if (!values["yes"]) {
+      if (!process.stdin.isTTY) throw new UsageError(`pass -y to deploy ${what} without a prompt`);
+      const answer = await readLine(`Deploy ${name}: ${what}? [y/N] `);
+      if (!/^y(es)?$/i.test(answer)) return out("Not deployed.");
+    }
+    const d = await new Client(requireCredentials()).deploy(name, splits);
+    out(`Deployed ${name}: ${split(d)} (deployment ${d.id})`);
+    return;
+  }
+  throw new UsageError("usage: isola versions list [--json] | isola versions deploy ID@PCT [ID@PCT] -y");
+}
+
+async function cmdDeployments(args: string[]): Promise<void> {
+  const [sub, ...rest] = args;
+  if (sub !== "list") throw new UsageError("usage: isola deployments list [--json]");
+  const { values } = parse(rest, {});
+  const name = workerName(projectConfig(values));
+  const ds = await new Client(requireCredentials()).deployments(name);
+  if (values["json"]) return out(JSON.stringify(ds, null, 2));
+  if (ds.length === 0) return out(`${name} has no deployments; run \`isola deploy\``);
+  out(
+    table([
+      ["ID", "CREATED", "VERSIONS", "STATE"],
+      ...ds.map((d) => [String(d.id), when(d.created_at), split(d), d.active ? "active" : d.rolled_back ? "rolled back" : ""]),
+    ]),
+  );
+}
+
+async function cmdRollback(args: string[]): Promise<void> {
+  const { values } = parse(args, {});
+  const name = workerName(projectConfig(values));
+  const d = await new Client(requireCredentials()).rollback(name);
+  out(`Rolled back ${name}: now ${split(d)} (deployment ${d.id})`);
+}
+
+async function cmdSecret(args: string[]): Promise<void> {
+  const [sub, ...rest] = args;
+  const { values, positionals } = parse(rest, {});
+  const name = workerName(projectConfig(values));
+  const client = (): Client => new Client(requireCredentials());
+  if (sub === "put") {
+    const key = positionals[0];
+    if (!key) throw new UsageError("usage: isola secret put NAME (the value from stdin, or a prompt)");
+    let value: string;
+    if (process.stdin.isTTY) value = await readLine(`Value for ${key}: `, true);
+    else value = (await readStdin()).replace(/\r?\n$/, "");
+    if (value === "") throw new UsageError(`the value of ${key} is empty; pipe it in (echo VALUE | isola secret put ${key}) or run on a terminal`);
+    const r = await client().putSecret(name, key, value);
+    out(`Secret ${r.key} set on ${name}; the edges get it with revision ${r.revision}`);
+    return;
+  }
+  if (sub === "list") {
+    const secrets = await client().secrets(name);
+    if (values["json"]) return out(JSON.stringify(secrets, null, 2));
+    if (secrets.length === 0) return out(`${name} has no secrets`);
+    out(table([["NAME", "UPDATED"], ...secrets.map((s) => [s.key, when(s.updated_at)])]));
+    return;
+  }
+  if (sub === "delete") {
+    const key = positionals[0];
+    if (!key) throw new UsageError("usage: isola secret delete NAME");
+    await client().deleteSecret(name, key);
+    out(`Secret ${key} deleted from ${name}`);
+    return;
+  }
+  throw new UsageError("usage: isola secret put NAME | isola secret list [--json] | isola secret delete NAME");
+}
+
+async function cmdTypes(args: string[]): Promise<void> {
+  const { values } = parse(args, {});
+  const config = projectConfig(values);
+  const secrets = new Set(Object.keys(readDevVars(config.dir, config.env)));
+  const { creds } = loadCredentials();
+  if (creds && config.name) {
+    try {
+      for (const s of await new Client(creds).secrets(config.name)) secrets.add(s.key);
+    } catch {
+      // offline or not deployed yet: .dev.vars only
+    }
+  }
+  const file = join(config.dir, "worker-configuration.d.ts");
+  writeFileSync(file, envTypes(config, [...secrets].sort()));
+  out(`Wrote ${file}`);
+}
+
+async function cmdLogin(args: string[]): Promise<void> {
+  const { values } = parse(args, { api: { type: "string" }, token: { type: "string" } });
+  const api = str(values["api"]) ?? process.env["ISOLA_API_URL"];
+  if (!api) throw new UsageError("usage: isola login --api URL [--token TOKEN]");
+  let token = str(values["token"]) ?? process.env["ISOLA_API_TOKEN"];
+  if (!token) {
+    if (!process.stdin.isTTY) throw new UsageError("pass --token TOKEN (stdin is not a terminal to ask on)");
+    token = await readLine("API token: ", true);
+  }
+  const creds = { api: api.replace(/\/+$/, ""), token };
+  const workers = await new Client(creds).workers();
+  const path = saveCredentials(creds);
+  out(`Logged in to ${creds.api} (${workers.length} worker(s)); credentials in ${path}`);
+}
+
+async function cmdWhoami(args: string[]): Promise<void> {
+  parse(args, {});
+  const { creds, source } = loadCredentials();
+  if (!creds) throw new ApiError(0, "not_logged_in", "not logged in; run `isola login --api URL`");
+  const workers = await new Client(creds).workers();
+  out(`API ${creds.api} (credentials from ${source})`);
+  out(`The token works: ${workers.length} worker(s)${workers.length ? `: ${workers.map((w) => w.name).join(", ")}` : ""}`);
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...args] = argv;
+  try {
+    if (args.includes("--help") || args.includes("-h")) {
+      out(HELP);
+      return 0;
+    }
+    switch (cmd) {
+      case undefined:
+      case "help":
+      case "--help":
+      case "-h":
+        out(HELP);
+        return 0;
+      case "--version":
+      case "-v":
+        out(version());
+        return 0;
+      case "init":
+        await cmdInit(args);
+        return 0;
+      case "dev":
+        await cmdDev(args);
+        return 0;
+      case "deploy":
+        await cmdDeploy(args);
+        return 0;
+      case "versions":
+        await cmdVersions(args);
+        return 0;
+      case "deployments":
+        await cmdDeployments(args);
+        return 0;
+      case "rollback":
+        await cmdRollback(args);
+        return 0;
+      case "secret":
+        await cmdSecret(args);
+        return 0;
+      case "types":
+        await cmdTypes(args);
+        return 0;
+      case "login":
+        await cmdLogin(args);
+        return 0;
+      case "logout":
+        out(deleteCredentials() ? `Removed ${credentialsPath()}` : "Not logged in");
+        return 0;
+      case "whoami":
+        await cmdWhoami(args);
+        return 0;
+      default:
+        throw new UsageError(`unknown command ${cmd}; run \`isola --help\``);
+    }
+  } catch (e) {
+    if (e instanceof ApiError) err(`✘ ${e.describe()}`);
+    else if (e instanceof BundleError) err(`✘ build failed\n${e.message}`);
+    else if (e instanceof ConfigError || e instanceof UsageError || e instanceof EdgeNotFound) err(`✘ ${e.message}`);
+    else err(`✘ ${(e as Error).stack ?? String(e)}`);
+    return e instanceof UsageError ? 2 : 1;
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));

@@ -1,0 +1,85 @@
+// `isola dev` end to end with the real isola-edge (ISOLA_EDGE_BIN).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { CLI, Proc, cleanup, freePort, get, poll, runCli, tempDir, write } from "./helpers.js";
+
+const EDGE = process.env["ISOLA_EDGE_BIN"];
+const skip = EDGE ? false : "ISOLA_EDGE_BIN is not set; build isola-edge (cargo build -p isola-edge) and point ISOLA_EDGE_BIN at it";
+
+const source = (tag: string): string => `import text from "./hello.txt";
+import data from "./data.json";
+export default {
+  async fetch(request: Request, env: { GREETING: string; LOCAL: string; EXTRA: string }): Promise<Response> {
+    return new Response(\`\${env.GREETING} ${tag} \${text} \${data.n} \${env.LOCAL} \${env.EXTRA}\`);
+  },
+};
+`;
+
+test("dev: serves, reloads on save, keeps the last good build on a syntax error", { skip, timeout: 120_000 }, async () => {
+  const dir = tempDir();
+  let dev: Proc | undefined;
+  try {
+    assert.equal((await runCli(["init", "app", "-y"], { cwd: dir })).code, 0);
+    const app = join(dir, "app");
+    write(app, "src/hello.txt", "from-text");
+    write(app, "src/data.json", `{"n": 7}`);
+    write(app, ".dev.vars", "LOCAL=dotdev\n");
+    write(app, "src/index.ts", source("v1"));
+    const port = await freePort();
+    const started = Date.now();
+    dev = new Proc(process.execPath, [CLI, "dev", "--port", String(port), "--var", "EXTRA:cli"], { cwd: app });
+    await dev.waitFor(new RegExp(`Ready on http://127\\.0\\.0\\.1:${port}`));
+    const first = await poll(10_000, async () => {
+      const r = await get(port);
+      return r?.status === 200 ? r : undefined;
+    });
+    assert.equal(first?.body, "Hello v1 from-text 7 dotdev cli");
+    console.log(`cold start (command → first 200): ${Date.now() - started} ms`);
+
+    const mark = dev.output.length;
+    const saved = Date.now();
+    write(app, "src/index.ts", source("v2"));
+    const second = await poll(10_000, async () => {
+      const r = await get(port);
+      return r?.body.includes(" v2 ") ? r : undefined;
+    });
+    assert.ok(second, `no new answer within 10 s; output:\n${dev.output.slice(mark)}`);
+    console.log(`reload (saved → new answer): ${Date.now() - saved} ms`);
+
+    const beforeBad = dev.output.length;
+    write(app, "src/index.ts", source("v3").replace("return new Response(", "return new Response(("));
+    const m = await dev.waitFor(/src\/index\.ts:(\d+):(\d+): error: /, 10_000, beforeBad);
+    assert.equal(m[1], "5", "the line of the error");
+    assert.match(dev.output.slice(beforeBad), /still serving the last good build/);
+    for (let i = 0; i < 5; i++) assert.equal((await get(port))?.body, "Hello v2 from-text 7 dotdev cli");
+
+    // A text module edit reloads too.
+    write(app, "src/hello.txt", "edited-text");
+    write(app, "src/index.ts", source("v4"));
+    const fourth = await poll(10_000, async () => {
+      const r = await get(port);
+      return r?.body.includes(" v4 ") ? r : undefined;
+    });
+    assert.equal(fourth?.body, "Hello v4 edited-text 7 dotdev cli");
+  } finally {
+    await dev?.stop();
+    cleanup(dir);
+  }
+});
+
+test("dev without an edge binary says how to get one", async () => {
+  const dir = tempDir();
+  try {
+    write(dir, "isola.toml", `name = "x"\nmain = "index.js"\n`);
+    write(dir, "index.js", `export default { fetch() { return new Response("x"); } };\n`);
+    const env = { ...process.env, ISOLA_EDGE_BIN: "", PATH: "/nonexistent" };
+    const r = await runCli(["dev", "--port", "0"], { cwd: dir, env });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /no isola-edge binary found/);
+    assert.match(r.stderr, /cargo build --release -p isola-edge/);
+    assert.match(r.stderr, /ISOLA_EDGE_BIN/);
+  } finally {
+    cleanup(dir);
+  }
+});
