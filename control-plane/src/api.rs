@@ -26,9 +26,11 @@ use axum::http::StatusCode;
 use axum::http::Uri;
 use axum::response::IntoResponse;
 use axum::response::Response;
+use axum::routing::delete;
 use axum::routing::get;
 use axum::routing::post;
 use axum::routing::put;
+use axum::routing::MethodRouter;
 use axum::Json;
 use axum::Router;
 use bytes::Bytes;
@@ -38,9 +40,9 @@ use isola_proto::msg::Usage;
 use isola_proto::names;
 use serde::Deserialize;
 use serde::Serialize;
-use serde_json::json;
-use serde_json::Value;
 use tokio::sync::watch;
+use utoipa::OpenApi as _;
+use utoipa::ToSchema;
 
 use crate::db;
 use crate::db::blocking;
@@ -100,38 +102,78 @@ impl AppState {
   }
 }
 
-pub fn router(state: AppState) -> Router {
-  Router::new()
-    .route("/healthz", get(healthz))
-    .route("/v1/accounts", post(create_account))
-    .route("/v1/tokens", post(create_token))
-    .route("/v1/workers", get(list_workers))
-    .route(
+/// Every endpoint: method, axum path and handler. The router is built from
+/// this table alone, and a test checks the OpenAPI document against
+/// [`endpoints`], so an undocumented route cannot slip in.
+fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+  vec![
+    (Method::GET, "/healthz", get(healthz)),
+    (Method::GET, "/v1/openapi.json", get(openapi_json)),
+    (Method::POST, "/v1/accounts", post(create_account)),
+    (Method::POST, "/v1/tokens", post(create_token)),
+    (Method::GET, "/v1/workers", get(list_workers)),
+    (
+      Method::POST,
       "/v1/workers/{name}/versions",
-      post(upload)
-        .layer(DefaultBodyLimit::max(UPLOAD_BODY_LIMIT))
-        .get(list_versions),
-    )
-    .route(
+      post(upload).layer(DefaultBodyLimit::max(UPLOAD_BODY_LIMIT)),
+    ),
+    (
+      Method::GET,
+      "/v1/workers/{name}/versions",
+      get(list_versions),
+    ),
+    (
+      Method::GET,
+      "/v1/workers/{name}/versions/{id}",
+      get(view_version),
+    ),
+    (Method::POST, "/v1/workers/{name}/deployments", post(deploy)),
+    (
+      Method::GET,
       "/v1/workers/{name}/deployments",
-      post(deploy).get(list_deployments),
-    )
-    .route("/v1/workers/{name}/rollback", post(rollback))
-    .route("/v1/workers/{name}/secrets", get(list_secrets))
-    .route(
+      get(list_deployments),
+    ),
+    (Method::POST, "/v1/workers/{name}/rollback", post(rollback)),
+    (Method::GET, "/v1/workers/{name}/secrets", get(list_secrets)),
+    (Method::PUT, "/v1/workers/{name}/secrets", put(put_secrets)),
+    (
+      Method::PUT,
       "/v1/workers/{name}/secrets/{key}",
-      put(put_secret).delete(delete_secret),
-    )
-    .route("/v1/workers/{name}/usage", get(usage))
-    .route(
-      "/v1/routes",
-      post(add_route).get(list_routes).delete(delete_route_query),
-    )
-    .route(
+      put(put_secret),
+    ),
+    (
+      Method::DELETE,
+      "/v1/workers/{name}/secrets/{key}",
+      delete(delete_secret),
+    ),
+    (Method::GET, "/v1/workers/{name}/usage", get(usage)),
+    (Method::POST, "/v1/routes", post(add_route)),
+    (Method::GET, "/v1/routes", get(list_routes)),
+    (Method::DELETE, "/v1/routes", delete(delete_route_query)),
+    (
+      Method::DELETE,
       "/v1/routes/{*pattern}",
-      axum::routing::delete(delete_route_path),
-    )
-    .route("/v1/edges", get(list_edges))
+      delete(delete_route_path),
+    ),
+    (Method::GET, "/v1/edges", get(list_edges)),
+  ]
+}
+
+/// The (method, axum path) of every route of [`router`].
+pub fn endpoints() -> Vec<(Method, &'static str)> {
+  table()
+    .into_iter()
+    .map(|(method, path, _)| (method, path))
+    .collect()
+}
+
+pub fn router(state: AppState) -> Router {
+  let mut router = Router::new();
+  // Routes on one path merge their methods.
+  for (_, path, handler) in table() {
+    router = router.route(path, handler);
+  }
+  router
     .fallback(no_endpoint)
     .method_not_allowed_fallback(wrong_method)
     .layer(axum::middleware::map_response(request_id_header))
@@ -222,13 +264,34 @@ impl std::fmt::Display for ErrorChain<'_> {
   }
 }
 
+/// Every error answer's body.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+  pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+  /// Stable and machine-readable, e.g. `not_found`, `invalid_request`.
+  pub code: String,
+  /// For people: what went wrong and how to fix it.
+  pub message: String,
+  /// Only on internal errors: quote it to the operator, whose log has the
+  /// details.
+  #[serde(skip_serializing_if = "Option::is_none")]
+  pub request_id: Option<String>,
+}
+
 impl IntoResponse for ApiError {
   fn into_response(self) -> Response {
-    let mut error = json!({"code": self.code, "message": self.message});
-    if let Some(id) = &self.request_id {
-      error["request_id"] = json!(id.0);
-    }
-    let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+    let body = ErrorBody {
+      error: ErrorDetail {
+        code: self.code.to_string(),
+        message: self.message,
+        request_id: self.request_id.as_ref().map(|id| id.0.clone()),
+      },
+    };
+    let mut response = (self.status, Json(body)).into_response();
     // The header layer reuses this id, so header, body and log agree.
     if let Some(id) = self.request_id {
       response.extensions_mut().insert(id);
@@ -330,8 +393,61 @@ fn require_admin(caller: &Caller) -> Result<(), ApiError> {
   }
 }
 
-async fn healthz() -> Json<Value> {
-  Json(json!({"ok": true}))
+#[derive(Serialize, ToSchema)]
+struct Health {
+  ok: bool,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "meta", security(()),
+  responses((status = 200, description = "The control plane is up", body = Health)))]
+async fn healthz() -> Json<Health> {
+  Json(Health { ok: true })
+}
+
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta", security(()),
+  responses((status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json")))]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+  Json(openapi())
+}
+
+/// The OpenAPI document of [`router`].
+pub fn openapi() -> utoipa::openapi::OpenApi {
+  ApiDoc::openapi()
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+  info(
+    title = "Isola control plane",
+    description = "Upload, deploy and route workers; manage secrets; read usage. Errors are \
+                   `{\"error\": {\"code\", \"message\", \"request_id\"?}}`."
+  ),
+  paths(
+    healthz, openapi_json, create_account, create_token, list_workers, upload, list_versions,
+    view_version, deploy, list_deployments, rollback, list_secrets, put_secrets, put_secret,
+    delete_secret, usage, add_route, list_routes, delete_route_query, delete_route_path,
+    list_edges,
+  ),
+  components(schemas(ErrorBody, ErrorDetail)),
+  modifiers(&BearerAuth),
+  security(("bearer" = [])),
+)]
+struct ApiDoc;
+
+/// Declares the `bearer` scheme every endpoint but the public ones uses.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+  fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::HttpAuthScheme;
+    use utoipa::openapi::security::HttpBuilder;
+    use utoipa::openapi::security::SecurityScheme;
+    let components = openapi.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+      "bearer",
+      SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+    );
+  }
 }
 
 async fn no_endpoint(method: Method, uri: Uri) -> ApiError {
@@ -352,12 +468,34 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
 
 // Accounts and tokens.
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewAccount {
   name: String,
 }
 
+#[derive(Serialize, ToSchema)]
+struct AccountCreated {
+  account: String,
+  /// The new account's first token.
+  token: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct TokenCreated {
+  token: String,
+}
+
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = NewAccount,
+  responses(
+    (status = 201, description = "Created", body = AccountCreated),
+    (status = 403, description = "Needs an admin token", body = ErrorBody),
+    (status = 409, description = "The account exists", body = ErrorBody),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
 async fn create_account(
   State(state): State<AppState>,
   Auth(caller): Auth,
@@ -374,36 +512,121 @@ async fn create_account(
   tracing::info!(account = %name, "created account");
   Ok((
     StatusCode::CREATED,
-    Json(json!({"account": name, "token": token})),
+    Json(AccountCreated {
+      account: name,
+      token,
+    }),
   ))
 }
 
+#[utoipa::path(post, path = "/v1/tokens", tag = "accounts",
+  responses((status = 201, description = "A new token of the caller's account", body = TokenCreated),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
 async fn create_token(
   State(state): State<AppState>,
   Auth(caller): Auth,
 ) -> Result<impl IntoResponse, ApiError> {
   // New tokens never carry admin rights; the admin token is made once by init.
   let token = blocking(move || state.db.issue_token(&caller.account, false)).await?;
-  Ok((StatusCode::CREATED, Json(json!({"token": token}))))
+  Ok((StatusCode::CREATED, Json(TokenCreated { token })))
 }
 
 // Workers and versions.
 
+#[derive(Serialize, ToSchema)]
+struct WorkerList {
+  workers: Vec<db::WorkerInfo>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct VersionList {
+  /// Newest first.
+  versions: Vec<db::VersionInfo>,
+}
+
+#[utoipa::path(get, path = "/v1/workers", tag = "workers",
+  responses((status = 200, description = "The caller's workers", body = WorkerList),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
 async fn list_workers(
   State(state): State<AppState>,
   Auth(caller): Auth,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WorkerList>, ApiError> {
   let workers = blocking(move || state.db.workers(&caller.account)).await?;
-  Ok(Json(json!({"workers": workers})))
+  Ok(Json(WorkerList { workers }))
 }
 
+#[utoipa::path(get, path = "/v1/workers/{name}/versions", tag = "workers",
+  params(("name" = String, Path, description = "Worker name")),
+  responses((status = 200, description = "The worker's versions", body = VersionList),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
 async fn list_versions(
   State(state): State<AppState>,
   Auth(caller): Auth,
   Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VersionList>, ApiError> {
   let versions = blocking(move || state.db.versions(&caller.account, &name)).await?;
-  Ok(Json(json!({"versions": versions})))
+  Ok(Json(VersionList { versions }))
+}
+
+#[utoipa::path(get, path = "/v1/workers/{name}/versions/{id}", tag = "workers",
+  params(
+    ("name" = String, Path, description = "Worker name"),
+    ("id" = String, Path, description = "Version id"),
+  ),
+  responses((status = 200, description = "The version", body = db::VersionDetail),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
+async fn view_version(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path((name, id)): Path<(String, String)>,
+) -> Result<Json<db::VersionDetail>, ApiError> {
+  let version = blocking(move || state.db.version(&caller.account, &name, &id)).await?;
+  Ok(Json(version))
+}
+
+/// The `metadata` part of an upload (JSON).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct UploadMetadata {
+  /// The module the worker starts from; one of the uploaded parts.
+  main_module: String,
+  /// Plain-text environment: name to any JSON value.
+  #[schema(value_type = Option<Object>)]
+  vars: Option<()>,
+  #[schema(value_type = Option<db::LimitsDoc>)]
+  limits: Option<()>,
+  /// A date like `2024-09-23`.
+  compatibility_date: Option<String>,
+  /// A note about the version, at most 1,000 characters; stored with the
+  /// version but not in its manifest, so it does not change the hash.
+  message: Option<String>,
+}
+
+/// A version upload: a `metadata` part and one part per module, each
+/// named after its module (e.g. `worker.js`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct UploadForm {
+  metadata: UploadMetadata,
+  /// Module parts: any other part name is a module name.
+  #[schema(value_type = Option<String>, format = Binary, rename = "worker.js")]
+  module: Option<()>,
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
@@ -417,6 +640,17 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
   }
 }
 
+#[utoipa::path(post, path = "/v1/workers/{name}/versions", tag = "workers",
+  params(("name" = String, Path, description = "Worker name; created on its first upload")),
+  request_body(content = UploadForm, content_type = "multipart/form-data"),
+  responses(
+    (status = 201, description = "Stored (not yet deployed)", body = db::VersionInfo),
+    (status = 413, description = "Too large", body = ErrorBody),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
 async fn upload(
   State(state): State<AppState>,
   Auth(caller): Auth,
@@ -469,9 +703,13 @@ async fn upload(
   let checked = validate::check_upload(&edge_name, metadata.as_deref(), modules)?;
   state.validator.check_starts(&checked).await?;
   let version = blocking(move || {
-    state
-      .db
-      .insert_version(&caller.account, &name, &checked.manifest, &checked.modules)
+    state.db.insert_version(
+      &caller.account,
+      &name,
+      &checked.manifest,
+      &checked.modules,
+      checked.message.as_deref(),
+    )
   })
   .await?;
   tracing::info!(worker = %edge_name, id = %version.id, hash = %version.hash, "stored version");
@@ -480,13 +718,14 @@ async fn upload(
 
 // Deployments.
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewDeployment {
+  /// One version at 100, or two whose percentages add up to 100.
   versions: Vec<NewSplit>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewSplit {
   id: String,
@@ -530,6 +769,15 @@ fn check_splits(splits: &[NewSplit]) -> Result<Vec<(String, u8)>, String> {
   Ok(out)
 }
 
+#[utoipa::path(post, path = "/v1/workers/{name}/deployments", tag = "deployments",
+  params(("name" = String, Path, description = "Worker name")),
+  request_body = NewDeployment,
+  responses((status = 201, description = "Deployed; the push to edges is under way", body = db::Deployment),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
 async fn deploy(
   State(state): State<AppState>,
   Auth(caller): Auth,
@@ -548,15 +796,38 @@ async fn deploy(
   Ok((StatusCode::CREATED, Json(deployment)))
 }
 
+#[derive(Serialize, ToSchema)]
+struct DeploymentList {
+  deployments: Vec<db::Deployment>,
+}
+
+#[utoipa::path(get, path = "/v1/workers/{name}/deployments", tag = "deployments",
+  params(("name" = String, Path, description = "Worker name")),
+  responses((status = 200, description = "The worker's deployments", body = DeploymentList),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
 async fn list_deployments(
   State(state): State<AppState>,
   Auth(caller): Auth,
   Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeploymentList>, ApiError> {
   let deployments = blocking(move || state.db.deployments(&caller.account, &name)).await?;
-  Ok(Json(json!({"deployments": deployments})))
+  Ok(Json(DeploymentList { deployments }))
 }
 
+#[utoipa::path(post, path = "/v1/workers/{name}/rollback", tag = "deployments",
+  params(("name" = String, Path, description = "Worker name")),
+  responses(
+    (status = 200, description = "The deployment now active", body = db::Deployment),
+    (status = 409, description = "Nothing to roll back to", body = ErrorBody),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
 async fn rollback(
   State(state): State<AppState>,
   Auth(caller): Auth,
@@ -574,13 +845,36 @@ async fn rollback(
 
 // Routes.
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewRoute {
+  /// E.g. `example.com/api/*`.
   pattern: String,
   worker: String,
 }
 
+#[derive(Serialize, ToSchema)]
+struct RouteAdded {
+  pattern: String,
+  worker: String,
+  created_at: db::Timestamp,
+  revision: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+struct RouteList {
+  routes: Vec<db::RouteInfo>,
+}
+
+#[utoipa::path(post, path = "/v1/routes", tag = "routes", request_body = NewRoute,
+  responses(
+    (status = 201, description = "Added", body = RouteAdded),
+    (status = 409, description = "The pattern is taken", body = ErrorBody),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
 async fn add_route(
   State(state): State<AppState>,
   Auth(caller): Auth,
@@ -601,28 +895,44 @@ async fn add_route(
   .await?;
   Ok((
     StatusCode::CREATED,
-    Json(json!({
-      "pattern": route.pattern,
-      "worker": route.worker,
-      "created_at": route.created_at,
-      "revision": revision,
-    })),
+    Json(RouteAdded {
+      pattern: route.pattern,
+      worker: route.worker,
+      created_at: route.created_at,
+      revision,
+    }),
   ))
 }
 
+#[utoipa::path(get, path = "/v1/routes", tag = "routes",
+  responses((status = 200, description = "The caller's routes", body = RouteList),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
 async fn list_routes(
   State(state): State<AppState>,
   Auth(caller): Auth,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RouteList>, ApiError> {
   let routes = blocking(move || state.db.routes(&caller.account)).await?;
-  Ok(Json(json!({"routes": routes})))
+  Ok(Json(RouteList { routes }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PatternQuery {
+  /// The route's pattern, URL-encoded.
   pattern: String,
 }
 
+#[utoipa::path(delete, path = "/v1/routes", tag = "routes", params(PatternQuery),
+  responses((status = 204, description = "Deleted"),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
 async fn delete_route_query(
   State(state): State<AppState>,
   Auth(caller): Auth,
@@ -634,6 +944,14 @@ async fn delete_route_query(
   delete_route(state, caller, pattern).await
 }
 
+#[utoipa::path(delete, path = "/v1/routes/{pattern}", tag = "routes",
+  params(("pattern" = String, Path, description = "The route's pattern; its slashes may stay unencoded")),
+  responses((status = 204, description = "Deleted"),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
 async fn delete_route_path(
   State(state): State<AppState>,
   Auth(caller): Auth,
@@ -657,12 +975,48 @@ async fn delete_route(
 
 // Secrets.
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SecretValue {
   value: String,
 }
 
+#[derive(Serialize, ToSchema)]
+struct SecretSet {
+  key: String,
+  revision: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+struct SecretsSet {
+  /// The keys set, sorted.
+  keys: Vec<String>,
+  revision: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+struct SecretList {
+  secrets: Vec<db::SecretInfo>,
+}
+
+/// Most keys one bulk request may set.
+pub const MAX_BULK_SECRETS: usize = 100;
+
+#[utoipa::path(put, path = "/v1/workers/{name}/secrets/{key}", tag = "secrets",
+  params(
+    ("name" = String, Path, description = "Worker name"),
+    ("key" = String, Path, description = "Secret name"),
+  ),
+  request_body = SecretValue,
+  responses(
+    (status = 200, description = "Replaced", body = SecretSet),
+    (status = 201, description = "Created", body = SecretSet),
+    (status = 413, description = "The value is too large", body = ErrorBody),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
 async fn put_secret(
   State(state): State<AppState>,
   Auth(caller): Auth,
@@ -688,18 +1042,87 @@ async fn put_secret(
   } else {
     StatusCode::OK
   };
-  Ok((status, Json(json!({"key": key, "revision": revision}))))
+  Ok((status, Json(SecretSet { key, revision })))
 }
 
+#[utoipa::path(put, path = "/v1/workers/{name}/secrets", tag = "secrets",
+  params(("name" = String, Path, description = "Worker name")),
+  request_body(content = std::collections::BTreeMap<String, String>,
+    description = "Secret names to values; all are set, or none"),
+  responses(
+    (status = 200, description = "All set, in one revision", body = SecretsSet),
+    (status = 413, description = "A value is too large", body = ErrorBody),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
+async fn put_secrets(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path(name): Path<String>,
+  req: Result<Json<std::collections::BTreeMap<String, String>>, JsonRejection>,
+) -> Result<Json<SecretsSet>, ApiError> {
+  let secrets = body(req)?;
+  if secrets.is_empty() {
+    return Err(ApiError::invalid(
+      "no secrets given; send a JSON object like {\"KEY\": \"value\"}",
+    ));
+  }
+  if secrets.len() > MAX_BULK_SECRETS {
+    return Err(ApiError::invalid(format!(
+      "{} secrets given, more than the limit of {MAX_BULK_SECRETS} per request; split them",
+      secrets.len()
+    )));
+  }
+  for (key, value) in &secrets {
+    names::check_secret_key(key).map_err(|e| ApiError::invalid(e.to_string()))?;
+    if value.len() > MAX_SECRET_BYTES {
+      return Err(ApiError::too_large(format!(
+        "the value of secret {key:?} is {} bytes, more than the limit of {MAX_SECRET_BYTES}",
+        value.len()
+      )));
+    }
+  }
+  let secrets: Vec<(String, String)> = secrets.into_iter().collect();
+  let keys: Vec<String> = secrets.iter().map(|(k, _)| k.clone()).collect();
+  let revision = blocking(move || {
+    let revision = state.db.put_secrets(&caller.account, &name, &secrets)?;
+    state.publish()?;
+    Ok::<_, ApiError>(revision)
+  })
+  .await?;
+  Ok(Json(SecretsSet { keys, revision }))
+}
+
+#[utoipa::path(get, path = "/v1/workers/{name}/secrets", tag = "secrets",
+  params(("name" = String, Path, description = "Worker name")),
+  responses((status = 200, description = "The secrets' names (never their values)", body = SecretList),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
 async fn list_secrets(
   State(state): State<AppState>,
   Auth(caller): Auth,
   Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretList>, ApiError> {
   let secrets = blocking(move || state.db.secrets(&caller.account, &name)).await?;
-  Ok(Json(json!({"secrets": secrets})))
+  Ok(Json(SecretList { secrets }))
 }
 
+#[utoipa::path(delete, path = "/v1/workers/{name}/secrets/{key}", tag = "secrets",
+  params(
+    ("name" = String, Path, description = "Worker name"),
+    ("key" = String, Path, description = "Secret name"),
+  ),
+  responses((status = 204, description = "Deleted"),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
 async fn delete_secret(
   State(state): State<AppState>,
   Auth(caller): Auth,
@@ -715,9 +1138,12 @@ async fn delete_secret(
 
 // Usage.
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UsageQuery {
+  /// Unix seconds or RFC 3339.
   since: Option<String>,
+  /// Unix seconds or RFC 3339.
   until: Option<String>,
 }
 
@@ -736,9 +1162,9 @@ fn parse_time(field: &str, value: &str) -> Result<i64, ApiError> {
     })
 }
 
-/// [`Usage`] as the API shows it: times in ms (stored and summed in µs,
+/// `Usage` as the API shows it: times in ms (stored and summed in µs,
 /// so sums are exact).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, ToSchema)]
 struct UsageTotals {
   requests: u64,
   errors: u64,
@@ -763,15 +1189,15 @@ impl From<&Usage> for UsageTotals {
   }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct VersionUsageView {
   hash: String,
   #[serde(flatten)]
   totals: UsageTotals,
 }
 
-/// A [`db::UsageSummary`] as the API shows it.
-#[derive(Serialize)]
+/// A `db::UsageSummary` as the API shows it.
+#[derive(Serialize, ToSchema)]
 struct UsageView {
   worker: String,
   since: Option<db::Timestamp>,
@@ -800,6 +1226,14 @@ impl From<db::UsageSummary> for UsageView {
   }
 }
 
+#[utoipa::path(get, path = "/v1/workers/{name}/usage", tag = "usage",
+  params(("name" = String, Path, description = "Worker name"), UsageQuery),
+  responses((status = 200, description = "Usage totals, overall and per version", body = UsageView),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
 async fn usage(
   State(state): State<AppState>,
   Auth(caller): Auth,
@@ -823,13 +1257,29 @@ async fn usage(
 
 // Edges.
 
+#[derive(Serialize, ToSchema)]
+struct EdgeList {
+  /// The current desired-state revision.
+  revision: u64,
+  edges: Vec<db::EdgeInfo>,
+}
+
+#[utoipa::path(get, path = "/v1/edges", tag = "edges",
+  responses(
+    (status = 200, description = "Enrolled edges and what each applied", body = EdgeList),
+    (status = 403, description = "Needs an admin token", body = ErrorBody),
+    (status = 400, description = "Invalid request", body = ErrorBody),
+    (status = 401, description = "Missing or invalid token", body = ErrorBody),
+    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
+    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
+  ))]
 async fn list_edges(
   State(state): State<AppState>,
   Auth(caller): Auth,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EdgeList>, ApiError> {
   require_admin(&caller)?;
   let (revision, edges) = blocking(move || state.db.edges()).await?;
-  Ok(Json(json!({"revision": revision, "edges": edges})))
+  Ok(Json(EdgeList { revision, edges }))
 }
 
 #[cfg(test)]

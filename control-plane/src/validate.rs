@@ -52,12 +52,21 @@ struct Metadata {
   limits: LimitsSpec,
   #[serde(default)]
   compatibility_date: Option<String>,
+  /// Stored with the version, outside the manifest.
+  #[serde(default)]
+  message: Option<String>,
 }
+
+/// Longest version message, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 1000;
 
 /// An upload that passed the static checks.
 #[derive(Debug)]
 pub struct Upload {
   pub manifest: Manifest,
+  /// The uploader's note about the version; not in the manifest, so it does
+  /// not change the version's hash.
+  pub message: Option<String>,
   /// Module bytes in the manifest's module order (sorted by name).
   pub modules: Vec<(String, Bytes)>,
 }
@@ -102,6 +111,15 @@ pub fn check_upload(
     if !ok {
       return Err(invalid(format!(
         "invalid metadata: compatibility_date {date:?} is not a date like \"2024-09-23\""
+      )));
+    }
+  }
+  if let Some(message) = &metadata.message {
+    let chars = message.chars().count();
+    if chars > MAX_MESSAGE_CHARS {
+      return Err(invalid(format!(
+        "invalid metadata: the message is {chars} characters, more than the limit of \
+         {MAX_MESSAGE_CHARS}"
       )));
     }
   }
@@ -181,7 +199,11 @@ pub fn check_upload(
     limits: metadata.limits,
     compatibility_date: metadata.compatibility_date,
   };
-  Ok(Upload { manifest, modules })
+  Ok(Upload {
+    manifest,
+    message: metadata.message,
+    modules,
+  })
 }
 
 /// Starts uploaded workers to see that they start. One V8 thread and no

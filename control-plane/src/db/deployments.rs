@@ -23,14 +23,14 @@ struct StoredSplit {
   percentage: u8,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DeployedVersion {
   pub id: String,
   pub percentage: u8,
   pub hash: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Deployment {
   pub id: i64,
   pub worker: String,
@@ -40,6 +40,7 @@ pub struct Deployment {
   pub active: bool,
   /// The revision the change took, on answers to a change.
   #[serde(skip_serializing_if = "Option::is_none")]
+  #[schema(value_type = Option<u64>)]
   pub revision: Option<Revision>,
 }
 

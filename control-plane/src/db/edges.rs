@@ -12,11 +12,12 @@ use super::Error;
 use super::Result;
 use super::Timestamp;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct EdgeInfo {
   pub name: String,
   pub enrolled_at: Timestamp,
   /// Last revision the edge reported applied; none before it first did.
+  #[schema(value_type = Option<u64>)]
   pub revision: Option<Revision>,
   pub last_seen: Option<Timestamp>,
   /// Workers whose last pushed version failed to start on the edge.

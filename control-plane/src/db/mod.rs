@@ -40,13 +40,16 @@ pub use self::routes::RouteInfo;
 pub use self::secrets::SecretInfo;
 pub use self::usage::UsageSummary;
 pub use self::usage::VersionUsage;
+pub use self::versions::LimitsDoc;
+pub use self::versions::VersionDetail;
 pub use self::versions::VersionInfo;
 pub use self::versions::WorkerInfo;
 use crate::secrets::Cipher;
 
 /// Schema changes, applied in order, each once; `PRAGMA user_version` counts
 /// those applied. Append only: never edit a released entry.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+  r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value NOT NULL);
 INSERT INTO meta (key, value) VALUES ('revision', 0);
 CREATE TABLE accounts (name TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
@@ -127,7 +130,11 @@ CREATE TABLE usage (
   subrequests INTEGER NOT NULL
 );
 CREATE INDEX usage_by_worker ON usage (account, worker, window_end);
-"#];
+"#,
+  // A version's message describes the upload; it is not in the manifest, so
+  // it does not change version ids.
+  "ALTER TABLE versions ADD COLUMN message TEXT;",
+];
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -167,6 +174,22 @@ impl Timestamp {
     Self(i64::try_from(secs).unwrap_or(i64::MAX))
   }
 }
+
+/// In the OpenAPI document: an RFC 3339 string, as [`Serialize`] writes it.
+impl utoipa::PartialSchema for Timestamp {
+  fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::KnownFormat;
+    use utoipa::openapi::schema::ObjectBuilder;
+    use utoipa::openapi::schema::SchemaFormat;
+    use utoipa::openapi::schema::Type;
+    ObjectBuilder::new()
+      .schema_type(Type::String)
+      .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+      .into()
+  }
+}
+
+impl utoipa::ToSchema for Timestamp {}
 
 impl Serialize for Timestamp {
   fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -354,7 +377,7 @@ pub(crate) mod testing {
       limits: Default::default(),
       compatibility_date: None,
     };
-    db.insert_version(account, worker, &manifest, &modules)
+    db.insert_version(account, worker, &manifest, &modules, None)
       .unwrap()
   }
 }

@@ -14,7 +14,7 @@ use super::Error;
 use super::Result;
 use super::Timestamp;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct RouteInfo {
   pub pattern: String,
   pub worker: String,

@@ -12,7 +12,7 @@ use super::Error;
 use super::Result;
 use super::Timestamp;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct SecretInfo {
   pub key: String,
   pub updated_at: Timestamp,
@@ -54,6 +54,41 @@ impl Db {
         ],
       )?;
       Ok((!existed, bump_revision(tx)?))
+    })
+  }
+
+  /// Sets all of `secrets` (key, value) of a worker in one transaction and
+  /// one revision, so edges never see half of a set.
+  pub fn put_secrets(
+    &self,
+    account: &str,
+    worker: &str,
+    secrets: &[(String, String)],
+  ) -> Result<Revision> {
+    let sealed: Vec<_> = secrets
+      .iter()
+      .map(|(key, value)| {
+        let (nonce, ciphertext) = self
+          .inner
+          .cipher
+          .seal(account, worker, key, value.as_bytes());
+        (key, nonce, ciphertext)
+      })
+      .collect();
+    self.write(|tx| {
+      require_worker(tx, account, worker)?;
+      let now = Timestamp::now().0;
+      for (key, nonce, ciphertext) in &sealed {
+        tx.execute(
+          "INSERT INTO secrets (account, worker, key, nonce, ciphertext, updated_at)
+           VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+           ON CONFLICT (account, worker, key) DO UPDATE
+           SET nonce = excluded.nonce, ciphertext = excluded.ciphertext,
+               updated_at = excluded.updated_at",
+          params![account, worker, key, &nonce[..], ciphertext, now],
+        )?;
+      }
+      bump_revision(tx)
     })
   }
 

@@ -2,6 +2,7 @@
 //! blobs stored once per content hash.
 
 use bytes::Bytes;
+use isola_proto::manifest::LimitsSpec;
 use isola_proto::manifest::Manifest;
 use isola_proto::manifest::ModuleRef;
 use isola_proto::msg::VersionBundle;
@@ -17,17 +18,58 @@ use super::Error;
 use super::Result;
 use super::Timestamp;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct VersionInfo {
   pub id: String,
+  /// The manifest's hash: what edges know the version by.
   pub hash: String,
   pub worker: String,
   pub created_at: Timestamp,
   pub main_module: String,
+  #[schema(value_type = Vec<ModuleDoc>)]
   pub modules: Vec<ModuleRef>,
+  /// What the uploader said about the version; not part of the manifest.
+  pub message: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// A module of a version, as `ModuleRef` serializes (for the OpenAPI
+/// document; the proto crate stays free of utoipa).
+#[derive(utoipa::ToSchema)]
+#[schema(as = Module)]
+#[allow(dead_code)]
+pub struct ModuleDoc {
+  name: String,
+  /// Lowercase hex sha256 of the module's bytes.
+  sha256: String,
+  size: u64,
+}
+
+/// One version in full: what `VersionInfo` has, plus its vars' names
+/// (values may be sensitive to a reader of the list), limits and date.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct VersionDetail {
+  #[serde(flatten)]
+  pub info: VersionInfo,
+  pub vars: Vec<String>,
+  #[schema(value_type = LimitsDoc)]
+  pub limits: LimitsSpec,
+  pub compatibility_date: Option<String>,
+}
+
+/// `LimitsSpec` as it serializes; unset limits are left out.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Limits)]
+#[allow(dead_code)]
+pub struct LimitsDoc {
+  cpu_ms: Option<u64>,
+  wall_ms: Option<u64>,
+  memory_mb: Option<u64>,
+  subrequests: Option<u32>,
+  request_body_bytes: Option<u64>,
+  response_body_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct WorkerInfo {
   pub name: String,
   pub created_at: Timestamp,
@@ -44,6 +86,7 @@ impl Db {
     worker: &str,
     manifest: &Manifest,
     modules: &[(String, Bytes)],
+    message: Option<&str>,
   ) -> Result<VersionInfo> {
     let manifest_json = manifest.canonical_json();
     let stored: Manifest = serde_json::from_slice(&manifest_json)
@@ -81,9 +124,17 @@ impl Db {
         }
       }
       tx.execute(
-        "INSERT INTO versions (id, account, worker, hash, manifest, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![id, account, worker, hash, manifest_json, created_at.0],
+        "INSERT INTO versions (id, account, worker, hash, manifest, created_at, message)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+          id,
+          account,
+          worker,
+          hash,
+          manifest_json,
+          created_at.0,
+          message
+        ],
       )?;
       Ok(())
     })?;
@@ -94,6 +145,7 @@ impl Db {
       created_at,
       main_module: stored.main_module,
       modules: stored.modules,
+      message: message.map(str::to_string),
     })
   }
 
@@ -123,33 +175,36 @@ impl Db {
     let conn = self.conn();
     require_worker(&conn, account, worker)?;
     let mut stmt = conn.prepare(
-      "SELECT id, hash, manifest, created_at FROM versions
+      "SELECT id, hash, manifest, created_at, message FROM versions
        WHERE account = ?1 AND worker = ?2 ORDER BY created_at DESC, rowid DESC",
     )?;
     let rows = stmt
-      .query_map([account, worker], |row| {
-        Ok((
-          row.get::<_, String>(0)?,
-          row.get::<_, String>(1)?,
-          row.get::<_, Vec<u8>>(2)?,
-          row.get::<_, i64>(3)?,
-        ))
-      })?
+      .query_map([account, worker], StoredVersion::from_row)?
       .collect::<rusqlite::Result<Vec<_>>>()?;
     rows
       .into_iter()
-      .map(|(id, hash, manifest, created_at)| {
-        let manifest = parse_manifest(&hash, &manifest)?;
-        Ok(VersionInfo {
-          id,
-          hash,
-          worker: worker.to_string(),
-          created_at: Timestamp(created_at),
-          main_module: manifest.main_module,
-          modules: manifest.modules,
-        })
-      })
+      .map(|row| Ok(row.into_detail(worker)?.info))
       .collect()
+  }
+
+  /// Version `id` of a worker.
+  pub fn version(&self, account: &str, worker: &str, id: &str) -> Result<VersionDetail> {
+    let conn = self.conn();
+    require_worker(&conn, account, worker)?;
+    let row = conn
+      .query_row(
+        "SELECT id, hash, manifest, created_at, message FROM versions
+         WHERE account = ?1 AND worker = ?2 AND id = ?3",
+        [account, worker, id],
+        StoredVersion::from_row,
+      )
+      .optional()?;
+    let Some(row) = row else {
+      return Err(Error::NotFound(format!(
+        "worker {worker:?} has no version {id:?}; GET /v1/workers/{worker}/versions lists them"
+      )));
+    };
+    row.into_detail(worker)
   }
   /// The canonical manifest and module bytes (in manifest order) of the
   /// version with manifest hash `hash`.
@@ -184,6 +239,45 @@ impl Db {
       manifest: manifest_json,
       modules,
     }))
+  }
+}
+
+/// A row of `versions`, as the list and the view read it.
+struct StoredVersion {
+  id: String,
+  hash: String,
+  manifest: Vec<u8>,
+  created_at: i64,
+  message: Option<String>,
+}
+
+impl StoredVersion {
+  fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+    Ok(Self {
+      id: row.get(0)?,
+      hash: row.get(1)?,
+      manifest: row.get(2)?,
+      created_at: row.get(3)?,
+      message: row.get(4)?,
+    })
+  }
+
+  fn into_detail(self, worker: &str) -> Result<VersionDetail> {
+    let manifest = parse_manifest(&self.hash, &self.manifest)?;
+    Ok(VersionDetail {
+      info: VersionInfo {
+        id: self.id,
+        hash: self.hash,
+        worker: worker.to_string(),
+        created_at: Timestamp(self.created_at),
+        main_module: manifest.main_module,
+        modules: manifest.modules,
+        message: self.message,
+      },
+      vars: manifest.vars.into_keys().collect(),
+      limits: manifest.limits,
+      compatibility_date: manifest.compatibility_date,
+    })
   }
 }
 

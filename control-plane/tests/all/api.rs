@@ -712,3 +712,279 @@ async fn bad_uploads_are_refused_with_reasons() {
   let r = s.get("/v1/workers", &acme).await;
   assert_eq!(r.json["workers"], json!([]));
 }
+
+/// `{*pattern}` (axum's catch-all) is `{pattern}` in OpenAPI.
+fn openapi_path(axum_path: &str) -> String {
+  axum_path.replace("{*", "{")
+}
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_route() {
+  let s = start().await;
+  let r = s
+    .call("GET", "/v1/openapi.json", None, None, Vec::new())
+    .await;
+  assert_eq!(r.status, 200, "{r:?}");
+  let doc = &r.json;
+  assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
+  // What the document names must be what the served document names.
+  assert_eq!(*doc, serde_json::to_value(api::openapi()).unwrap());
+  let documented = documented_operations(doc);
+  let routed: std::collections::BTreeSet<(String, String)> = api::endpoints()
+    .into_iter()
+    .map(|(method, path)| (method.as_str().to_lowercase(), openapi_path(path)))
+    .collect();
+  let undocumented: Vec<_> = routed.difference(&documented).collect();
+  assert!(
+    undocumented.is_empty(),
+    "routes missing from the OpenAPI document: {undocumented:?}"
+  );
+  let unrouted: Vec<_> = documented.difference(&routed).collect();
+  assert!(
+    unrouted.is_empty(),
+    "documented but not routed: {unrouted:?}"
+  );
+
+  // Every documented operation reaches a handler of the real router, not
+  // its fallbacks: the table the test read is the one the router uses.
+  for (method, path) in &documented {
+    let concrete = path
+      .replace("{name}", "alpha")
+      .replace("{id}", "x")
+      .replace("{key}", "K")
+      .replace("{pattern}", "example.com/x");
+    let r = s
+      .call(
+        &method.to_uppercase(),
+        &concrete,
+        Some(&s.admin),
+        None,
+        Vec::new(),
+      )
+      .await;
+    assert!(
+      !matches!(r.error_code(), "method_not_allowed") && !r.message().starts_with("no endpoint"),
+      "{method} {path} is documented but not routed: {r:?}"
+    );
+  }
+
+  // Shapes the CLI and other clients rely on.
+  let schemas = &doc["components"]["schemas"];
+  let error = &schemas["ErrorDetail"];
+  for field in ["code", "message", "request_id"] {
+    assert!(error["properties"].get(field).is_some(), "{error}");
+  }
+  assert_eq!(
+    doc["components"]["securitySchemes"]["bearer"]["scheme"],
+    "bearer"
+  );
+  assert!(
+    doc["security"].is_array(),
+    "bearer security applies by default"
+  );
+  assert_eq!(
+    doc["paths"]["/v1/openapi.json"]["get"]["security"],
+    json!([{}])
+  );
+  let upload = &doc["paths"]["/v1/workers/{name}/versions"]["post"]["requestBody"]["content"];
+  let form = &upload["multipart/form-data"]["schema"];
+  assert!(form.is_object(), "upload is multipart: {upload}");
+  let form_name = form["$ref"].as_str().unwrap().rsplit('/').next().unwrap();
+  assert!(
+    schemas[form_name]["properties"].get("metadata").is_some(),
+    "{}",
+    schemas[form_name]
+  );
+  let metadata = schemas["UploadMetadata"]["properties"].clone();
+  assert!(metadata.get("message").is_some(), "{metadata}");
+  let view = &doc["paths"]["/v1/workers/{name}/versions/{id}"]["get"];
+  assert_eq!(view["parameters"].as_array().unwrap().len(), 2, "{view}");
+  assert!(view["responses"]["404"].is_object(), "{view}");
+}
+
+/// The (lowercase method, path) of every operation in an OpenAPI document.
+fn documented_operations(doc: &Value) -> std::collections::BTreeSet<(String, String)> {
+  let mut out = std::collections::BTreeSet::new();
+  for (path, item) in doc["paths"].as_object().unwrap() {
+    for method in ["get", "put", "post", "delete", "patch", "head", "options"] {
+      if item.get(method).is_some() {
+        out.insert((method.to_string(), path.clone()));
+      }
+    }
+  }
+  out
+}
+
+#[test]
+fn a_missing_path_fails_the_completeness_check() {
+  let mut doc = serde_json::to_value(api::openapi()).unwrap();
+  doc["paths"]
+    .as_object_mut()
+    .unwrap()
+    .remove("/v1/workers/{name}/secrets");
+  let documented = documented_operations(&doc);
+  let missing: Vec<_> = api::endpoints()
+    .into_iter()
+    .map(|(method, path)| (method.as_str().to_lowercase(), openapi_path(path)))
+    .filter(|op| !documented.contains(op))
+    .collect();
+  assert_eq!(
+    missing,
+    [
+      ("get".to_string(), "/v1/workers/{name}/secrets".to_string()),
+      ("put".to_string(), "/v1/workers/{name}/secrets".to_string()),
+    ]
+  );
+}
+
+#[tokio::test]
+async fn a_version_shows_its_message_and_details() {
+  let s = start().await;
+  let acme = s.account("acme").await;
+  let worker = b"export default { fetch() { return new Response('hi') } }";
+  let metadata = json!({
+    "main_module": "worker.js",
+    "vars": {"MODE": "test", "API_URL": "https://example.com"},
+    "limits": {"cpu_ms": 20},
+    "message": "first cut",
+  });
+  let r = s
+    .upload(&acme, "alpha", metadata.clone(), &[("worker.js", worker)])
+    .await;
+  assert_eq!(r.status, 201, "{r:?}");
+  assert_eq!(r.json["message"], "first cut");
+  let id = r.json["id"].as_str().unwrap().to_string();
+  let hash = r.json["hash"].as_str().unwrap().to_string();
+
+  // The message is not in the manifest: the same code has the same hash.
+  let mut other = metadata.clone();
+  other["message"] = json!("same code, other words");
+  let r = s
+    .upload(&acme, "alpha", other, &[("worker.js", worker)])
+    .await;
+  assert_eq!(r.status, 201, "{r:?}");
+  assert_eq!(r.json["hash"], hash.as_str());
+  let mut none = metadata.clone();
+  none.as_object_mut().unwrap().remove("message");
+  let r = s
+    .upload(&acme, "alpha", none, &[("worker.js", worker)])
+    .await;
+  assert_eq!(r.status, 201, "{r:?}");
+  assert!(r.json["message"].is_null(), "{r:?}");
+
+  let r = s.get("/v1/workers/alpha/versions", &acme).await;
+  let messages: Vec<&Value> = r.json["versions"]
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|v| &v["message"])
+    .collect();
+  assert_eq!(
+    messages,
+    [
+      &Value::Null,
+      &json!("same code, other words"),
+      &json!("first cut")
+    ]
+  );
+
+  let r = s
+    .get(&format!("/v1/workers/alpha/versions/{id}"), &acme)
+    .await;
+  assert_eq!(r.status, 200, "{r:?}");
+  let v = &r.json;
+  assert_eq!(v["id"], id.as_str());
+  assert_eq!(v["hash"], hash.as_str());
+  assert_eq!(v["message"], "first cut");
+  assert_eq!(v["main_module"], "worker.js");
+  assert_eq!(v["modules"][0]["name"], "worker.js");
+  assert_eq!(v["modules"][0]["size"], worker.len());
+  assert_eq!(v["vars"], json!(["API_URL", "MODE"]));
+  assert!(
+    !r.text.contains("example.com"),
+    "var values stay out: {}",
+    r.text
+  );
+  assert_eq!(v["limits"], json!({"cpu_ms": 20}));
+  assert!(v["created_at"].as_str().unwrap().ends_with('Z'), "{v}");
+
+  let r = s.get("/v1/workers/alpha/versions/nope", &acme).await;
+  assert_eq!(r.status, 404, "{r:?}");
+  assert_eq!(r.error_code(), "not_found");
+  let other = s.account("other").await;
+  let r = s
+    .get(&format!("/v1/workers/alpha/versions/{id}"), &other)
+    .await;
+  assert_eq!(r.status, 404, "{r:?}");
+
+  let mut long = metadata.clone();
+  long["message"] = json!("é".repeat(1001));
+  let r = s
+    .upload(&acme, "alpha", long, &[("worker.js", worker)])
+    .await;
+  assert_eq!(r.status, 400, "{r:?}");
+  assert!(r.message().contains("1000"), "{r:?}");
+  let mut fits = metadata;
+  fits["message"] = json!("é".repeat(1000));
+  let r = s
+    .upload(&acme, "alpha", fits, &[("worker.js", worker)])
+    .await;
+  assert_eq!(r.status, 201, "1,000 characters, more bytes: {r:?}");
+}
+
+#[tokio::test]
+async fn bulk_secrets_are_all_or_nothing() {
+  let s = start().await;
+  let acme = s.account("acme").await;
+  let (v1, _) = s.upload_ok(&acme, "alpha", "one").await;
+  let r = s.deploy(&acme, "alpha", &v1).await;
+  assert_eq!(r.status, 201, "{r:?}");
+  let before = s.state.borrow().revision;
+  let path = "/v1/workers/alpha/secrets";
+
+  let r = s
+    .send_json("PUT", path, &acme, json!({"B_KEY": "b", "A_KEY": "a"}))
+    .await;
+  assert_eq!(r.status, 200, "{r:?}");
+  assert_eq!(r.json["keys"], json!(["A_KEY", "B_KEY"]));
+  assert_eq!(r.json["revision"], before + 1, "one revision for the set");
+  assert!(!r.text.contains("\"a\""), "{}", r.text);
+  {
+    let state = s.state.borrow();
+    assert_eq!(state.revision, before + 1);
+    assert_eq!(state.workers[0].secrets["A_KEY"], "a");
+    assert_eq!(state.workers[0].secrets["B_KEY"], "b");
+  }
+
+  // One bad key refuses the whole set.
+  let r = s
+    .send_json("PUT", path, &acme, json!({"A_KEY": "new", "9bad": "x"}))
+    .await;
+  assert_eq!(r.status, 400, "{r:?}");
+  assert_eq!(s.state.borrow().workers[0].secrets["A_KEY"], "a");
+  let r = s.get(path, &acme).await;
+  assert_eq!(r.json["secrets"].as_array().unwrap().len(), 2, "{r:?}");
+
+  let many: serde_json::Map<String, Value> =
+    (0..101).map(|i| (format!("K{i}"), json!("v"))).collect();
+  let r = s.send_json("PUT", path, &acme, Value::Object(many)).await;
+  assert_eq!(r.status, 400, "{r:?}");
+  assert!(r.message().contains("100"), "{r:?}");
+  for body in [json!({}), json!(["A"]), json!({"A": 1})] {
+    let r = s.send_json("PUT", path, &acme, body).await;
+    assert_eq!(r.status, 400, "{r:?}");
+  }
+  let r = s
+    .send_json(
+      "PUT",
+      path,
+      &acme,
+      json!({"A": "x".repeat(api::MAX_SECRET_BYTES + 1)}),
+    )
+    .await;
+  assert_eq!(r.status, 413, "{r:?}");
+  let other = s.account("other").await;
+  let r = s.send_json("PUT", path, &other, json!({"A": "x"})).await;
+  assert_eq!(r.status, 404, "{r:?}");
+  assert_eq!(s.state.borrow().revision, before + 1);
+}
