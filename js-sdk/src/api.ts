@@ -96,13 +96,27 @@ export interface Deployment {
   active: boolean;
   revision?: number;
 }
+export interface ModuleRef {
+  name: string;
+  sha256: string;
+  size: number;
+}
 export interface VersionInfo {
   id: string;
   hash: string;
   worker: string;
   created_at: Json;
   main_module: string;
-  modules: Json[];
+  modules: ModuleRef[];
+  /** What the uploader said about the version (`--message`). */
+  message: string | null;
+}
+/** One version in full (GET /v1/workers/{name}/versions/{id}). */
+export interface VersionDetail extends VersionInfo {
+  /** The vars' names; their values stay out of the API's answers. */
+  vars: string[];
+  limits: Record<string, number>;
+  compatibility_date: string | null;
 }
 export interface WorkerInfo {
   name: string;
@@ -125,6 +139,8 @@ export interface Metadata {
   vars: Record<string, Json>;
   limits: { cpu_ms?: number; memory_mb?: number; subrequests?: number };
   compatibility_date?: string;
+  /** Stored with the version, outside its manifest (at most 1,000 characters). */
+  message?: string;
 }
 
 export interface UploadModule {
@@ -179,6 +195,10 @@ export class Client {
     return (await this.request<{ versions: VersionInfo[] }>("GET", `/v1/workers/${enc(worker)}/versions`)).versions;
   }
 
+  async version(worker: string, id: string): Promise<VersionDetail> {
+    return this.request<VersionDetail>("GET", `/v1/workers/${enc(worker)}/versions/${enc(id)}`);
+  }
+
   async upload(worker: string, metadata: Metadata, modules: UploadModule[]): Promise<VersionInfo> {
     const form = new FormData();
     form.append("metadata", new Blob([JSON.stringify(metadata)], { type: "application/json" }), "metadata");
@@ -218,6 +238,11 @@ export class Client {
 
   async putSecret(worker: string, key: string, value: string): Promise<{ key: string; revision: number }> {
     return this.request("PUT", `/v1/workers/${enc(worker)}/secrets/${enc(key)}`, { value });
+  }
+
+  /** Sets all of `secrets` in one change, or none of them. */
+  async putSecrets(worker: string, secrets: Record<string, string>): Promise<{ keys: string[]; revision: number }> {
+    return this.request("PUT", `/v1/workers/${enc(worker)}/secrets`, secrets);
   }
 
   async deleteSecret(worker: string, key: string): Promise<void> {

@@ -15,12 +15,14 @@ import {
   saveCredentials,
   type Deployment,
   type Metadata,
+  type VersionInfo,
 } from "./api.js";
 import { bundle, BundleError, readModules } from "./bundle.js";
 import { ConfigError, loadConfig, readDevVars, type Config } from "./config.js";
 import { dev, requireMain, runBuildCommand } from "./dev.js";
 import { EdgeNotFound } from "./edge.js";
 import { init, TEMPLATES, type Template } from "./init.js";
+import { parseSecretsFile, SecretsFileError } from "./secrets.js";
 import { envTypes } from "./typesgen.js";
 
 const out = (s: string): void => void process.stdout.write(s + "\n");
@@ -41,10 +43,14 @@ Commands:
   deploy [--env NAME] [--dry-run --outdir DIR] [--message M]
                                          upload a version, deploy it at 100 %, add routes
   versions list [--json]                 the worker's versions
+  versions view ID [--json]              one version: modules, vars' names, limits, message
+  versions upload [--message M]          upload a version without deploying it
   versions deploy ID@PCT [ID@PCT] -y     split traffic between one or two versions
   deployments list [--json]              the worker's deployments
   rollback                               back to the previous deployment
   secret put NAME | list [--json] | delete NAME
+  secret bulk FILE                       set many secrets at once from a JSON object or
+                                         .env file (- reads stdin); all or none
   types                                  write worker-configuration.d.ts (interface Env)
   login --api URL [--token T]            store API credentials
   logout                                 forget them
@@ -128,6 +134,11 @@ function when(v: unknown): string {
   return String(v ?? "");
 }
 
+function firstLine(s: string | null): string {
+  const line = (s ?? "").split("\n")[0]!;
+  return line.length > 50 ? line.slice(0, 49) + "…" : line;
+}
+
 function split(d: Deployment): string {
   return d.versions.map((v) => `${v.id}@${v.percentage}%`).join(" ");
 }
@@ -186,7 +197,14 @@ function metadataOf(config: Config): Metadata {
   return m;
 }
 
-async function cmdDeploy(args: string[]): Promise<void> {
+/** Longest `--message`; the API refuses longer ones. */
+const MAX_MESSAGE_CHARS = 1000;
+
+/** Builds the worker and uploads it (or, with --dry-run, writes it out); returns the version and config. */
+async function buildAndUpload(
+  args: string[],
+  verb: string,
+): Promise<{ config: Config; name: string; client: Client; version: VersionInfo } | undefined> {
   const { values } = parse(args, {
     "dry-run": { type: "boolean" },
     outdir: { type: "string" },
@@ -195,6 +213,10 @@ async function cmdDeploy(args: string[]): Promise<void> {
   });
   const config = projectConfig(values);
   const name = workerName(config);
+  const message = str(values["message"]);
+  if (message !== undefined && [...message].length > MAX_MESSAGE_CHARS) {
+    throw new UsageError(`--message is ${[...message].length} characters; the limit is ${MAX_MESSAGE_CHARS}`);
+  }
   const dry = values["dry-run"] === true;
   if (str(values["outdir"]) && !dry) throw new UsageError("--outdir goes with --dry-run");
   // Credentials are checked before the build, so a missing login fails fast.
@@ -210,6 +232,7 @@ async function cmdDeploy(args: string[]): Promise<void> {
     minify: values["minify"] === true,
   });
   const metadata = metadataOf(config);
+  if (message !== undefined) metadata.message = message;
   const modules = readModules(result);
   const size = modules.reduce((n, m) => n + m.bytes.length, 0);
   if (dry) {
@@ -217,8 +240,8 @@ async function cmdDeploy(args: string[]): Promise<void> {
     out(`Dry run: ${name}, ${modules.length} module(s), ${(size / 1024).toFixed(1)} KiB, written to ${outdir}:`);
     for (const m of modules) out(`  ${m.module.name} (${m.module.contentType})`);
     out("  metadata.json");
-    if (config.routes.length) out(`Routes (not created): ${config.routes.join(", ")}`);
-    return;
+    if (verb === "deploy" && config.routes.length) out(`Routes (not created): ${config.routes.join(", ")}`);
+    return undefined;
   }
   const version = await client!.upload(
     name,
@@ -226,11 +249,18 @@ async function cmdDeploy(args: string[]): Promise<void> {
     modules.map((m) => ({ name: m.module.name, contentType: m.module.contentType, bytes: m.bytes })),
   );
   out(`Uploaded ${name}: version ${version.id} (${modules.length} module(s), ${(size / 1024).toFixed(1)} KiB)`);
-  const deployment = await client!.deploy(name, [{ id: version.id, percentage: 100 }]);
+  if (version.message) out(`Message: ${version.message}`);
+  return { config, name, client: client!, version };
+}
+
+async function cmdDeploy(args: string[]): Promise<void> {
+  const uploaded = await buildAndUpload(args, "deploy");
+  if (!uploaded) return;
+  const { config, name, client, version } = uploaded;
+  const deployment = await client.deploy(name, [{ id: version.id, percentage: 100 }]);
   out(`Deployed version ${version.id} at 100% (deployment ${deployment.id})`);
-  if (str(values["message"])) out(`Message: ${str(values["message"])} (shown here only; the API does not store messages yet)`);
   for (const pattern of config.routes) {
-    const r = await client!.ensureRoute(pattern, name);
+    const r = await client.ensureRoute(pattern, name);
     out(`Route ${r.pattern}${r.existed ? " (already there)" : ""}`);
   }
   if (config.routes.length === 0) out("No routes in the config; add `routes = [\"host/*\"]` to serve it.");
@@ -244,7 +274,37 @@ async function cmdVersions(args: string[]): Promise<void> {
     const versions = await new Client(requireCredentials()).versions(name);
     if (values["json"]) return out(JSON.stringify(versions, null, 2));
     if (versions.length === 0) return out(`${name} has no versions; run \`isola deploy\``);
-    out(table([["ID", "CREATED", "HASH"], ...versions.map((v) => [v.id, when(v.created_at), v.hash.slice(0, 12)])]));
+    out(
+      table([
+        ["ID", "CREATED", "HASH", "MESSAGE"],
+        ...versions.map((v) => [v.id, when(v.created_at), v.hash.slice(0, 12), firstLine(v.message)]),
+      ]),
+    );
+    return;
+  }
+  if (sub === "view") {
+    const { values, positionals } = parse(rest, {});
+    const name = workerName(projectConfig(values));
+    const id = positionals[0];
+    if (!id || positionals.length > 1) throw new UsageError("usage: isola versions view ID [--json]");
+    const v = await new Client(requireCredentials()).version(name, id);
+    if (values["json"]) return out(JSON.stringify(v, null, 2));
+    out(`Version ${v.id} of ${v.worker}`);
+    out(`Created:     ${when(v.created_at)}`);
+    out(`Hash:        ${v.hash}`);
+    if (v.message) out(`Message:     ${v.message}`);
+    out(`Main module: ${v.main_module}`);
+    out(`Modules:`);
+    for (const m of v.modules) out(`  ${m.name} (${m.size} bytes)`);
+    out(`Vars:        ${v.vars.length ? v.vars.join(", ") : "(none)"}`);
+    const limits = Object.entries(v.limits).map(([k, n]) => `${k}=${n}`);
+    out(`Limits:      ${limits.length ? limits.join(", ") : "(defaults)"}`);
+    if (v.compatibility_date) out(`Compatibility date: ${v.compatibility_date}`);
+    return;
+  }
+  if (sub === "upload") {
+    const uploaded = await buildAndUpload(rest, "upload");
+    if (uploaded) out(`Not deployed; deploy it with \`isola versions deploy ${uploaded.version.id}@100 -y\``);
     return;
   }
   if (sub === "deploy") {
@@ -270,7 +330,9 @@ async function cmdVersions(args: string[]): Promise<void> {
     out(`Deployed ${name}: ${split(d)} (deployment ${d.id})`);
     return;
   }
-  throw new UsageError("usage: isola versions list [--json] | isola versions deploy ID@PCT [ID@PCT] -y");
+  throw new UsageError(
+    "usage: isola versions list [--json] | isola versions view ID [--json] | isola versions upload [--message M] | isola versions deploy ID@PCT [ID@PCT] -y",
+  );
 }
 
 async function cmdDeployments(args: string[]): Promise<void> {
@@ -312,6 +374,21 @@ async function cmdSecret(args: string[]): Promise<void> {
     out(`Secret ${r.key} set on ${name}; the edges get it with revision ${r.revision}`);
     return;
   }
+  if (sub === "bulk") {
+    const file = positionals[0];
+    if (!file || positionals.length > 1) throw new UsageError("usage: isola secret bulk FILE (a JSON object or .env lines; - reads stdin)");
+    let text: string;
+    try {
+      text = file === "-" ? await readStdin() : readFileSync(resolve(str(values["cwd"]) ?? ".", file), "utf8");
+    } catch (e) {
+      throw new SecretsFileError(`cannot read ${file}: ${(e as Error).message}`);
+    }
+    const secrets = parseSecretsFile(text, file === "-" ? "stdin" : file);
+    if (Object.keys(secrets).length === 0) throw new UsageError(`${file === "-" ? "stdin" : file} has no secrets`);
+    const r = await client().putSecrets(name, secrets);
+    out(`${r.keys.length} secret(s) set on ${name}: ${r.keys.join(", ")}; the edges get them with revision ${r.revision}`);
+    return;
+  }
   if (sub === "list") {
     const secrets = await client().secrets(name);
     if (values["json"]) return out(JSON.stringify(secrets, null, 2));
@@ -326,7 +403,7 @@ async function cmdSecret(args: string[]): Promise<void> {
     out(`Secret ${key} deleted from ${name}`);
     return;
   }
-  throw new UsageError("usage: isola secret put NAME | isola secret list [--json] | isola secret delete NAME");
+  throw new UsageError("usage: isola secret put NAME | isola secret bulk FILE | isola secret list [--json] | isola secret delete NAME");
 }
 
 async function cmdTypes(args: string[]): Promise<void> {
@@ -427,7 +504,7 @@ async function main(argv: string[]): Promise<number> {
   } catch (e) {
     if (e instanceof ApiError) err(`✘ ${e.describe()}`);
     else if (e instanceof BundleError) err(`✘ build failed\n${e.message}`);
-    else if (e instanceof ConfigError || e instanceof UsageError || e instanceof EdgeNotFound) err(`✘ ${e.message}`);
+    else if (e instanceof ConfigError || e instanceof UsageError || e instanceof EdgeNotFound || e instanceof SecretsFileError) err(`✘ ${e.message}`);
     else err(`✘ ${(e as Error).stack ?? String(e)}`);
     return e instanceof UsageError ? 2 : 1;
   }

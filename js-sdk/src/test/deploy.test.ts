@@ -51,7 +51,7 @@ const worker = (tag: string): string => `export default {
 };
 `;
 
-test("deploy end to end: routes, secrets, a 10/90 split, rollback, dry run", { skip, timeout: 240_000 }, async () => {
+test("deploy end to end: routes, secrets (one and bulk), messages, a 10/90 split, rollback, dry run", { skip, timeout: 240_000 }, async () => {
   const dir = tempDir();
   const procs: Proc[] = [];
   try {
@@ -136,14 +136,36 @@ test("deploy end to end: routes, secrets, a 10/90 split, rollback, dry run", { s
 
     // A second version, and a second deploy leaves the route alone ("already there").
     write(app, "src/index.ts", worker("v2"));
-    const d2 = await isola(["deploy"]);
+    const d2 = await isola(["deploy", "--message", "second cut"]);
     assert.equal(d2.code, 0, d2.stderr);
     assert.match(d2.stdout, /already there/);
+    assert.match(d2.stdout, /Message: second cut/);
     const idB = /version ([0-9a-zA-Z-]+)/.exec(d2.stdout)?.[1];
     assert.ok(idB && idB !== idA);
     const vl = await isola(["versions", "list", "--json"]);
-    const ids = (JSON.parse(vl.stdout) as { id: string }[]).map((v) => v.id);
+    const listed = JSON.parse(vl.stdout) as { id: string; message: string | null }[];
+    const ids = listed.map((v) => v.id);
     assert.ok(ids.includes(idA) && ids.includes(idB!), vl.stdout);
+    assert.equal(listed.find((v) => v.id === idB)?.message, "second cut");
+    assert.equal(listed.find((v) => v.id === idA)?.message, null);
+
+    // versions view: the message, modules with sizes, vars' names.
+    const vj = await isola(["versions", "view", idB!, "--json"]);
+    assert.equal(vj.code, 0, vj.stderr);
+    const view = JSON.parse(vj.stdout) as { id: string; message: string; main_module: string; modules: { name: string; size: number }[]; vars: string[] };
+    assert.equal(view.id, idB);
+    assert.equal(view.message, "second cut");
+    assert.equal(view.main_module, "index.js");
+    assert.equal(view.modules[0]?.name, "index.js");
+    assert.ok((view.modules[0]?.size ?? 0) > 0, vj.stdout);
+    assert.deepEqual(view.vars, []);
+    const vt = await isola(["versions", "view", idB!]);
+    assert.equal(vt.code, 0, vt.stderr);
+    assert.match(vt.stdout, /Message: +second cut/);
+    assert.match(vt.stdout, /index\.js \(\d+ bytes\)/);
+    const vn = await isola(["versions", "view", "no-such-id"]);
+    assert.equal(vn.code, 1);
+    assert.match(vn.stderr, /not_found: .*\(HTTP 404\)/);
 
     // 10/90 split: ~90 % v2 over 200 requests.
     const split = await isola(["versions", "deploy", `${idA}@10`, `${idB}@90`, "-y"]);
@@ -180,6 +202,37 @@ test("deploy end to end: routes, secrets, a 10/90 split, rollback, dry run", { s
     // secret delete
     assert.equal((await isola(["secret", "delete", "SECRET"])).code, 0);
     assert.deepEqual(JSON.parse((await isola(["secret", "list", "--json"])).stdout), []);
+
+    // versions upload stores a version with its message and deploys nothing.
+    const vu = await isola(["versions", "upload", "--message", "staged, not live"]);
+    assert.equal(vu.code, 0, vu.stderr);
+    assert.match(vu.stdout, /Not deployed/);
+    const idC = /version ([0-9a-zA-Z-]+)/.exec(vu.stdout)?.[1];
+    assert.ok(idC, vu.stdout);
+    const staged = JSON.parse((await isola(["versions", "view", idC, "--json"])).stdout) as { message: string };
+    assert.equal(staged.message, "staged, not live");
+    const stillB = JSON.parse((await isola(["deployments", "list", "--json"])).stdout) as { active: boolean; versions: { id: string }[] }[];
+    assert.deepEqual(stillB.find((d) => d.active)?.versions.map((v) => v.id), [idB]);
+
+    // secret bulk: a JSON object from stdin, then a .env file; a bad key sets nothing.
+    const bj = await isola(["secret", "bulk", "-"], JSON.stringify({ SECRET: "from-bulk", OTHER: "x" }));
+    assert.equal(bj.code, 0, bj.stderr);
+    assert.match(bj.stdout, /2 secret\(s\) set on e2e: OTHER, SECRET/);
+    const fromBulk = async (): Promise<true | undefined> => ((await get(edgeHttp, "/", "e2e.test"))?.body === "v2 from-bulk" ? true : undefined);
+    let bulkSeen = await poll(10_000, fromBulk);
+    if (!bulkSeen) {
+      assert.equal((await isola(["deploy"])).code, 0);
+      bulkSeen = await poll(30_000, fromBulk);
+    }
+    assert.ok(bulkSeen, "the bulk secret never reached the edge");
+    write(app, "prod.env", `# from a file\nA_ONE=1\nexport B_TWO="two words"\n`);
+    const be = await isola(["secret", "bulk", "prod.env"]);
+    assert.equal(be.code, 0, be.stderr);
+    const badBulk = await isola(["secret", "bulk", "-"], JSON.stringify({ C_THREE: "3", "9bad": "x" }));
+    assert.equal(badBulk.code, 1);
+    assert.match(badBulk.stderr, /invalid_request: .*\(HTTP 400\)/);
+    const keys = (JSON.parse((await isola(["secret", "list", "--json"])).stdout) as { key: string }[]).map((s) => s.key);
+    assert.deepEqual(keys, ["A_ONE", "B_TWO", "OTHER", "SECRET"]);
 
     // --dry-run contacts nothing: a listener that counts connections stays at 0.
     let connections = 0;
