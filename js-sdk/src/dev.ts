@@ -61,6 +61,7 @@ export async function dev(o: DevOptions): Promise<void> {
   let config = loadConfig(o.dir, o.env !== undefined ? { env: o.env } : {});
   for (const w of config.warnings) o.error(`warning: ${w}`);
   const bin = findEdgeBinary(config.dir);
+  o.log(`Using isola-edge at ${bin}`);
   const port = o.port === 0 ? await freePort(o.ip) : o.port;
   const listen = `${o.ip.includes(":") ? `[${o.ip}]` : o.ip}:${port}`;
   const work = join(config.dir, ".isola", "dev");
