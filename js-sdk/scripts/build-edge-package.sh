@@ -8,6 +8,11 @@
 #   --out DIR      write DIR/edge-linux-x64-gnu/ and the tarball in DIR
 #                  (default: js-sdk/dist-platform)
 # Prints the tarball's path last.
+#
+# js-sdk/package.json does not list the package under optionalDependencies:
+# while it is not on the registry, `npm ci` would fail to fetch it. The CLI
+# finds it when a project installs it (npm install -D TARBALL or, once
+# published, @isola/edge-linux-x64-gnu), after ISOLA_EDGE_BIN, before PATH.
 set -euo pipefail
 
 sdk="$(cd "$(dirname "$0")/.." && pwd)"

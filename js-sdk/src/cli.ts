@@ -203,7 +203,7 @@ const MAX_MESSAGE_CHARS = 1000;
 /** Builds the worker and uploads it (or, with --dry-run, writes it out); returns the version and config. */
 async function buildAndUpload(
   args: string[],
-  verb: string,
+  verb: "deploy" | "upload",
 ): Promise<{ config: Config; name: string; client: Client; version: VersionInfo } | undefined> {
   const { values } = parse(args, {
     "dry-run": { type: "boolean" },
