@@ -429,7 +429,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     list_edges,
   ),
   components(schemas(ErrorBody, ErrorDetail)),
-  modifiers(&BearerAuth),
+  modifiers(&BearerAuth, &CommonErrors),
   security(("bearer" = [])),
 )]
 struct ApiDoc;
@@ -447,6 +447,60 @@ impl utoipa::Modify for BearerAuth {
       "bearer",
       SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
     );
+  }
+}
+
+/// The error answers every authenticated endpoint can give, added to each
+/// such operation here rather than repeated in every handler's annotation
+/// (an operation that documents one of these statuses itself keeps its own).
+struct CommonErrors;
+
+impl utoipa::Modify for CommonErrors {
+  fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::SecurityRequirement;
+    use utoipa::openapi::ContentBuilder;
+    use utoipa::openapi::Ref;
+    use utoipa::openapi::ResponseBuilder;
+    let error = |description: &str| {
+      ResponseBuilder::new()
+        .description(description)
+        .content(
+          "application/json",
+          ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .build(),
+        )
+        .build()
+    };
+    let common = [
+      ("400", "Invalid request"),
+      ("401", "Missing or invalid token"),
+      ("404", "No such worker (or not the caller's)"),
+      ("500", "Internal error; `request_id` names it in the log"),
+    ];
+    let public = SecurityRequirement::default();
+    for item in openapi.paths.paths.values_mut() {
+      for op in [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+      ]
+      .into_iter()
+      .flatten()
+      {
+        if op.security.as_ref().is_some_and(|s| s.contains(&public)) {
+          continue;
+        }
+        for (status, description) in common {
+          op.responses
+            .responses
+            .entry(status.to_string())
+            .or_insert_with(|| error(description).into());
+        }
+      }
+    }
   }
 }
 
@@ -491,10 +545,6 @@ struct TokenCreated {
     (status = 201, description = "Created", body = AccountCreated),
     (status = 403, description = "Needs an admin token", body = ErrorBody),
     (status = 409, description = "The account exists", body = ErrorBody),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn create_account(
   State(state): State<AppState>,
@@ -521,10 +571,6 @@ async fn create_account(
 
 #[utoipa::path(post, path = "/v1/tokens", tag = "accounts",
   responses((status = 201, description = "A new token of the caller's account", body = TokenCreated),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn create_token(
   State(state): State<AppState>,
@@ -550,10 +596,6 @@ struct VersionList {
 
 #[utoipa::path(get, path = "/v1/workers", tag = "workers",
   responses((status = 200, description = "The caller's workers", body = WorkerList),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn list_workers(
   State(state): State<AppState>,
@@ -566,10 +608,6 @@ async fn list_workers(
 #[utoipa::path(get, path = "/v1/workers/{name}/versions", tag = "workers",
   params(("name" = String, Path, description = "Worker name")),
   responses((status = 200, description = "The worker's versions", body = VersionList),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn list_versions(
   State(state): State<AppState>,
@@ -586,10 +624,6 @@ async fn list_versions(
     ("id" = String, Path, description = "Version id"),
   ),
   responses((status = 200, description = "The version", body = db::VersionDetail),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn view_version(
   State(state): State<AppState>,
@@ -646,10 +680,6 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
   responses(
     (status = 201, description = "Stored (not yet deployed)", body = db::VersionInfo),
     (status = 413, description = "Too large", body = ErrorBody),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn upload(
   State(state): State<AppState>,
@@ -773,10 +803,6 @@ fn check_splits(splits: &[NewSplit]) -> Result<Vec<(String, u8)>, String> {
   params(("name" = String, Path, description = "Worker name")),
   request_body = NewDeployment,
   responses((status = 201, description = "Deployed; the push to edges is under way", body = db::Deployment),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn deploy(
   State(state): State<AppState>,
@@ -804,10 +830,6 @@ struct DeploymentList {
 #[utoipa::path(get, path = "/v1/workers/{name}/deployments", tag = "deployments",
   params(("name" = String, Path, description = "Worker name")),
   responses((status = 200, description = "The worker's deployments", body = DeploymentList),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn list_deployments(
   State(state): State<AppState>,
@@ -823,10 +845,6 @@ async fn list_deployments(
   responses(
     (status = 200, description = "The deployment now active", body = db::Deployment),
     (status = 409, description = "Nothing to roll back to", body = ErrorBody),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn rollback(
   State(state): State<AppState>,
@@ -870,10 +888,6 @@ struct RouteList {
   responses(
     (status = 201, description = "Added", body = RouteAdded),
     (status = 409, description = "The pattern is taken", body = ErrorBody),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn add_route(
   State(state): State<AppState>,
@@ -906,10 +920,6 @@ async fn add_route(
 
 #[utoipa::path(get, path = "/v1/routes", tag = "routes",
   responses((status = 200, description = "The caller's routes", body = RouteList),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn list_routes(
   State(state): State<AppState>,
@@ -928,10 +938,6 @@ struct PatternQuery {
 
 #[utoipa::path(delete, path = "/v1/routes", tag = "routes", params(PatternQuery),
   responses((status = 204, description = "Deleted"),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn delete_route_query(
   State(state): State<AppState>,
@@ -947,10 +953,6 @@ async fn delete_route_query(
 #[utoipa::path(delete, path = "/v1/routes/{pattern}", tag = "routes",
   params(("pattern" = String, Path, description = "The route's pattern; its slashes may stay unencoded")),
   responses((status = 204, description = "Deleted"),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn delete_route_path(
   State(state): State<AppState>,
@@ -1012,10 +1014,6 @@ pub const MAX_BULK_SECRETS: usize = 100;
     (status = 200, description = "Replaced", body = SecretSet),
     (status = 201, description = "Created", body = SecretSet),
     (status = 413, description = "The value is too large", body = ErrorBody),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn put_secret(
   State(state): State<AppState>,
@@ -1052,10 +1050,6 @@ async fn put_secret(
   responses(
     (status = 200, description = "All set, in one revision", body = SecretsSet),
     (status = 413, description = "A value is too large", body = ErrorBody),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn put_secrets(
   State(state): State<AppState>,
@@ -1098,10 +1092,6 @@ async fn put_secrets(
 #[utoipa::path(get, path = "/v1/workers/{name}/secrets", tag = "secrets",
   params(("name" = String, Path, description = "Worker name")),
   responses((status = 200, description = "The secrets' names (never their values)", body = SecretList),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn list_secrets(
   State(state): State<AppState>,
@@ -1118,10 +1108,6 @@ async fn list_secrets(
     ("key" = String, Path, description = "Secret name"),
   ),
   responses((status = 204, description = "Deleted"),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn delete_secret(
   State(state): State<AppState>,
@@ -1229,10 +1215,6 @@ impl From<db::UsageSummary> for UsageView {
 #[utoipa::path(get, path = "/v1/workers/{name}/usage", tag = "usage",
   params(("name" = String, Path, description = "Worker name"), UsageQuery),
   responses((status = 200, description = "Usage totals, overall and per version", body = UsageView),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn usage(
   State(state): State<AppState>,
@@ -1268,10 +1250,6 @@ struct EdgeList {
   responses(
     (status = 200, description = "Enrolled edges and what each applied", body = EdgeList),
     (status = 403, description = "Needs an admin token", body = ErrorBody),
-    (status = 400, description = "Invalid request", body = ErrorBody),
-    (status = 401, description = "Missing or invalid token", body = ErrorBody),
-    (status = 404, description = "No such worker (or not the caller's)", body = ErrorBody),
-    (status = 500, description = "Internal error; `request_id` names it in the log", body = ErrorBody),
   ))]
 async fn list_edges(
   State(state): State<AppState>,

@@ -12,6 +12,24 @@ use super::Error;
 use super::Result;
 use super::Timestamp;
 
+/// Writes one sealed secret (`[account, worker, key]`), replacing its value.
+fn upsert(
+  tx: &rusqlite::Transaction<'_>,
+  [account, worker, key]: [&str; 3],
+  nonce: &[u8],
+  ciphertext: &[u8],
+  now: i64,
+) -> rusqlite::Result<usize> {
+  tx.execute(
+    "INSERT INTO secrets (account, worker, key, nonce, ciphertext, updated_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+     ON CONFLICT (account, worker, key) DO UPDATE
+     SET nonce = excluded.nonce, ciphertext = excluded.ciphertext,
+         updated_at = excluded.updated_at",
+    params![account, worker, key, nonce, ciphertext, now],
+  )
+}
+
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct SecretInfo {
   pub key: String,
@@ -38,20 +56,12 @@ impl Db {
         [account, worker, key],
         |row| row.get(0),
       )?;
-      tx.execute(
-        "INSERT INTO secrets (account, worker, key, nonce, ciphertext, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (account, worker, key) DO UPDATE
-         SET nonce = excluded.nonce, ciphertext = excluded.ciphertext,
-             updated_at = excluded.updated_at",
-        params![
-          account,
-          worker,
-          key,
-          &nonce[..],
-          ciphertext,
-          Timestamp::now().0
-        ],
+      upsert(
+        tx,
+        [account, worker, key],
+        &nonce,
+        &ciphertext,
+        Timestamp::now().0,
       )?;
       Ok((!existed, bump_revision(tx)?))
     })
@@ -79,14 +89,7 @@ impl Db {
       require_worker(tx, account, worker)?;
       let now = Timestamp::now().0;
       for (key, nonce, ciphertext) in &sealed {
-        tx.execute(
-          "INSERT INTO secrets (account, worker, key, nonce, ciphertext, updated_at)
-           VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-           ON CONFLICT (account, worker, key) DO UPDATE
-           SET nonce = excluded.nonce, ciphertext = excluded.ciphertext,
-               updated_at = excluded.updated_at",
-          params![account, worker, key, &nonce[..], ciphertext, now],
-        )?;
+        upsert(tx, [account, worker, key], nonce, ciphertext, now)?;
       }
       bump_revision(tx)
     })

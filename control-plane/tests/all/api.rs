@@ -786,6 +786,25 @@ async fn the_openapi_document_covers_every_route() {
     doc["paths"]["/v1/openapi.json"]["get"]["security"],
     json!([{}])
   );
+  // Every authenticated operation documents the errors any of them can
+  // answer, in the error shape; the public ones do not claim a 401.
+  for (path, item) in doc["paths"].as_object().unwrap() {
+    for (method, op) in item.as_object().unwrap() {
+      let public = op["security"] == json!([{}]);
+      for status in ["400", "401", "404", "500"] {
+        let response = &op["responses"][status];
+        if public {
+          assert!(response.is_null(), "{method} {path} {status}: {op}");
+        } else {
+          assert_eq!(
+            response["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ErrorBody",
+            "{method} {path} {status}"
+          );
+        }
+      }
+    }
+  }
   let upload = &doc["paths"]["/v1/workers/{name}/versions"]["post"]["requestBody"]["content"];
   let form = &upload["multipart/form-data"]["schema"];
   assert!(form.is_object(), "upload is multipart: {upload}");
