@@ -4,7 +4,9 @@
 //! isolate and when it leaves; a watchdog thread checks, every millisecond,
 //! every isolate currently inside JS against its deadline and terminates
 //! execution past it. This stops JS and Wasm busy loops alike, without
-//! touching the request path beyond two clock reads per turn.
+//! touching the request path beyond two clock reads per turn. When no
+//! isolate has run JS for [`REST_AFTER`] the watchdog parks until the next
+//! turn begins, so an idle node does not wake a thousand times a second.
 //!
 //! Memory: the V8 heap has a hard limit (near it, execution is terminated),
 //! and ArrayBuffer backing stores come from an allocator that counts them
@@ -34,6 +36,9 @@ use deno_core::v8;
 /// limit by, plus V8's time to honour the termination.
 const TICK: Duration = Duration::from_millis(1);
 const IDLE: u64 = u64::MAX;
+/// Ticks with no turn running before the watchdog parks. Long enough that a
+/// busy node, with gaps between turns, never pays for waking it.
+const REST_AFTER: u32 = 100;
 
 /// Why an isolate was stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,15 +133,20 @@ impl Guard {
   /// Starts a turn that may use `budget_ns` of CPU; returns the start time.
   pub(crate) fn begin(&self, budget_ns: u64) -> u64 {
     let now = self.cpu_now();
-    self
+    let before = self
       .deadline
-      .store(now.saturating_add(budget_ns), Ordering::Release);
+      .swap(now.saturating_add(budget_ns), Ordering::AcqRel);
+    if before == IDLE {
+      watchdog().turn_began();
+    }
     now
   }
 
   /// Ends the turn begun at `start`; returns the CPU it used.
   pub(crate) fn end(&self, start: u64) -> u64 {
-    self.deadline.store(IDLE, Ordering::Release);
+    if self.deadline.swap(IDLE, Ordering::AcqRel) != IDLE {
+      watchdog().turn_ended();
+    }
     self.cpu_now().saturating_sub(start)
   }
 
@@ -168,11 +178,36 @@ impl Guard {
   }
 }
 
+impl Drop for Guard {
+  fn drop(&mut self) {
+    // An isolate dropped in the middle of a turn (a kill) ends it here.
+    if *self.deadline.get_mut() != IDLE {
+      watchdog().turn_ended();
+    }
+  }
+}
+
 struct Watchdog {
   guards: Mutex<Vec<Weak<Guard>>>,
+  /// Turns running now, across all isolates.
+  running: AtomicUsize,
+  thread: OnceLock<std::thread::Thread>,
 }
 
 impl Watchdog {
+  fn turn_began(&self) {
+    if self.running.fetch_add(1, Ordering::AcqRel) == 0 {
+      // Cheap unless the watchdog is parked; then it wakes for this turn.
+      if let Some(thread) = self.thread.get() {
+        thread.unpark();
+      }
+    }
+  }
+
+  fn turn_ended(&self) {
+    self.running.fetch_sub(1, Ordering::AcqRel);
+  }
+
   fn register(&self, guard: &Arc<Guard>) {
     let mut guards = self.guards.lock().unwrap_or_else(|e| e.into_inner());
     guards.retain(|g| g.strong_count() > 0);
@@ -180,7 +215,21 @@ impl Watchdog {
   }
 
   fn run(&self) {
+    let mut quiet = 0u32;
     loop {
+      if self.running.load(Ordering::Acquire) == 0 {
+        quiet += 1;
+        if quiet >= REST_AFTER {
+          // A turn that begins from here on unparks this thread (or has
+          // already left its token, and `park` returns at once).
+          while self.running.load(Ordering::Acquire) == 0 {
+            std::thread::park();
+          }
+          quiet = 0;
+        }
+      } else {
+        quiet = 0;
+      }
       std::thread::sleep(TICK);
       let guards = self.guards.lock().unwrap_or_else(|e| e.into_inner());
       for guard in guards.iter().filter_map(Weak::upgrade) {
@@ -203,11 +252,14 @@ fn watchdog() -> &'static Watchdog {
   WATCHDOG.get_or_init(|| {
     let dog: &'static Watchdog = Box::leak(Box::new(Watchdog {
       guards: Mutex::new(Vec::new()),
+      running: AtomicUsize::new(0),
+      thread: OnceLock::new(),
     }));
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
       .name("isola-watchdog".into())
       .spawn(move || dog.run())
       .expect("the watchdog thread starts");
+    let _ = dog.thread.set(thread.thread().clone());
     dog
   })
 }

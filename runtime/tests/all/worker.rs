@@ -207,6 +207,27 @@ fn a_stopped_worker_reports_it() {
   });
 }
 
+/// The watchdog rests when no isolate has run JS for a while; a turn that
+/// starts after that must wake it, so the CPU limit holds as before.
+fn a_busy_loop_after_a_quiet_spell_is_still_stopped() {
+  rt().block_on(async {
+    let code = "export default { fetch() { for (;;) {} } };";
+    let config = WorkerConfig::new("q")
+      .limits(isola_runtime::Limits::default().cpu(std::time::Duration::from_millis(20)));
+    let worker = Worker::new(bundle(code), &config, LogSink::discard())
+      .await
+      .unwrap()
+      .spawn();
+    // Longer than the watchdog's rest threshold (100 ticks of 1 ms).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let err = worker
+      .fetch(isola_runtime::empty_request("http://q.test/"))
+      .await
+      .unwrap_err();
+    assert_eq!(err.limit(), Some(isola_runtime::Outcome::CpuLimit), "{err}");
+  });
+}
+
 pub fn trials() -> Vec<Trial> {
   vec![
     trial(
@@ -230,6 +251,10 @@ pub fn trials() -> Vec<Trial> {
       invocation_finishes_after_wait_until_settles,
     ),
     trial("a_stopped_worker_reports_it", a_stopped_worker_reports_it),
+    trial(
+      "a_busy_loop_after_a_quiet_spell_is_still_stopped",
+      a_busy_loop_after_a_quiet_spell_is_still_stopped,
+    ),
   ]
 }
 
