@@ -187,6 +187,15 @@ impl Server {
   }
 
   /// Uploads a worker answering `text`; returns the version's id and hash.
+  /// Uploads a version of `worker` answering `text` and deploys it at
+  /// 100 %; returns its version id.
+  async fn upload_and_deploy(&self, token: &str, worker: &str, text: &str) -> String {
+    let (version, _) = self.upload_ok(token, worker, text).await;
+    let r = self.deploy(token, worker, &version).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    version
+  }
+
   async fn upload_ok(&self, token: &str, worker: &str, text: &str) -> (String, String) {
     let src = format!(
       "import {{ greet }} from './lib/greet.js';\n\
@@ -364,9 +373,7 @@ async fn accounts_cannot_see_each_other() {
   let s = start().await;
   let acme = s.account("acme").await;
   let evil = s.account("evil").await;
-  let (v1, _) = s.upload_ok(&acme, "alpha", "one").await;
-  let r = s.deploy(&acme, "alpha", &v1).await;
-  assert_eq!(r.status, 201, "{r:?}");
+  let v1 = s.upload_and_deploy(&acme, "alpha", "one").await;
   let r = s
     .post(
       "/v1/routes",
@@ -571,9 +578,7 @@ async fn routes_conflict_across_accounts() {
 async fn secret_values_are_never_returned() {
   let s = start().await;
   let acme = s.account("acme").await;
-  let (v1, _) = s.upload_ok(&acme, "alpha", "one").await;
-  let r = s.deploy(&acme, "alpha", &v1).await;
-  assert_eq!(r.status, 201, "{r:?}");
+  s.upload_and_deploy(&acme, "alpha", "one").await;
   let value = "sup3r-s3cret-value";
   let path = "/v1/workers/alpha/secrets/API_TOKEN";
   let r = s
@@ -955,9 +960,7 @@ async fn a_version_shows_its_message_and_details() {
 async fn bulk_secrets_are_all_or_nothing() {
   let s = start().await;
   let acme = s.account("acme").await;
-  let (v1, _) = s.upload_ok(&acme, "alpha", "one").await;
-  let r = s.deploy(&acme, "alpha", &v1).await;
-  assert_eq!(r.status, 201, "{r:?}");
+  s.upload_and_deploy(&acme, "alpha", "one").await;
   let before = s.state.borrow().revision;
   let path = "/v1/workers/alpha/secrets";
 

@@ -177,15 +177,21 @@ fn invocation_finishes_after_wait_until_settles() {
   });
 }
 
+/// A running worker `name` whose every request is a busy loop, with a
+/// 20 ms CPU limit.
+async fn busy_loop(name: &str) -> isola_runtime::WorkerHandle {
+  let code = "export default { fetch() { for (;;) {} } };";
+  let config = WorkerConfig::new(name)
+    .limits(isola_runtime::Limits::default().cpu(std::time::Duration::from_millis(20)));
+  Worker::new(bundle(code), &config, LogSink::discard())
+    .await
+    .unwrap()
+    .spawn()
+}
+
 fn a_stopped_worker_reports_it() {
   rt().block_on(async {
-    let code = "export default { fetch() { for (;;) {} } };";
-    let config = WorkerConfig::new("s")
-      .limits(isola_runtime::Limits::default().cpu(std::time::Duration::from_millis(20)));
-    let worker = Worker::new(bundle(code), &config, LogSink::discard())
-      .await
-      .unwrap()
-      .spawn();
+    let worker = busy_loop("s").await;
     let err = worker
       .fetch(isola_runtime::empty_request("http://s.test/"))
       .await
@@ -211,13 +217,7 @@ fn a_stopped_worker_reports_it() {
 /// starts after that must wake it, so the CPU limit holds as before.
 fn a_busy_loop_after_a_quiet_spell_is_still_stopped() {
   rt().block_on(async {
-    let code = "export default { fetch() { for (;;) {} } };";
-    let config = WorkerConfig::new("q")
-      .limits(isola_runtime::Limits::default().cpu(std::time::Duration::from_millis(20)));
-    let worker = Worker::new(bundle(code), &config, LogSink::discard())
-      .await
-      .unwrap()
-      .spawn();
+    let worker = busy_loop("q").await;
     // Longer than the watchdog's rest threshold (100 ticks of 1 ms).
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let err = worker
