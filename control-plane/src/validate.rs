@@ -12,6 +12,7 @@ use isola_proto::manifest::sha256_hex;
 use isola_proto::manifest::LimitsSpec;
 use isola_proto::manifest::Manifest;
 use isola_proto::manifest::ModuleRef;
+use isola_proto::manifest::ServiceBinding;
 use isola_proto::manifest::MAX_MODULES;
 use isola_proto::manifest::MAX_MODULE_BYTES;
 use isola_proto::manifest::MAX_VERSION_BYTES;
@@ -52,6 +53,8 @@ struct Metadata {
   limits: LimitsSpec,
   #[serde(default)]
   compatibility_date: Option<String>,
+  #[serde(default)]
+  services: Vec<ServiceBinding>,
   /// Stored with the version, outside the manifest.
   #[serde(default)]
   message: Option<String>,
@@ -198,6 +201,7 @@ pub fn check_upload(
     vars: metadata.vars,
     limits: metadata.limits,
     compatibility_date: metadata.compatibility_date,
+    services: metadata.services,
   };
   Ok(Upload {
     manifest,

@@ -460,6 +460,7 @@ impl Store {
       vars,
       limits,
       compatibility_date: None,
+      services: Vec::new(),
     })
   }
 }
@@ -569,6 +570,7 @@ mod tests {
       vars: BTreeMap::new(),
       limits: LimitsSpec::default(),
       compatibility_date: None,
+      services: Vec::new(),
     }
   }
 

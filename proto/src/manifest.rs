@@ -32,6 +32,25 @@ pub struct Manifest {
   pub limits: LimitsSpec,
   #[serde(default, skip_serializing_if = "Option::is_none")]
   pub compatibility_date: Option<String>,
+  /// Service bindings: `env.BINDING` calls another worker of the same
+  /// account on the same edge. Left out of the JSON when empty, so versions
+  /// without bindings keep their ids.
+  #[serde(default, skip_serializing_if = "Vec::is_empty")]
+  pub services: Vec<ServiceBinding>,
+}
+
+/// `services = [{ binding, service, entrypoint? }]`, wrangler's keys.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceBinding {
+  /// The name in `env`.
+  pub binding: String,
+  /// The callee: a worker name in the caller's account.
+  pub service: String,
+  /// A named `WorkerEntrypoint` class export of the callee; its default
+  /// export when unset.
+  #[serde(default, skip_serializing_if = "Option::is_none")]
+  pub entrypoint: Option<String>,
 }
 
 /// A module of a version: its name in the bundle and the blob holding it.
@@ -60,6 +79,10 @@ pub struct LimitsSpec {
   pub request_body_bytes: Option<u64>,
   #[serde(default, skip_serializing_if = "Option::is_none")]
   pub response_body_bytes: Option<u64>,
+  /// CPU limit of a scheduled (cron) run. Unset: Cloudflare's rule, 30 s
+  /// for a schedule that fires more than once an hour, 15 min otherwise.
+  #[serde(default, skip_serializing_if = "Option::is_none")]
+  pub scheduled_cpu_ms: Option<u64>,
 }
 
 impl LimitsSpec {
@@ -70,6 +93,7 @@ impl LimitsSpec {
       ("cpu_ms", self.cpu_ms),
       ("wall_ms", self.wall_ms),
       ("memory_mb", self.memory_mb),
+      ("scheduled_cpu_ms", self.scheduled_cpu_ms),
     ] {
       if value == Some(0) {
         return Err(format!(
@@ -96,6 +120,7 @@ impl Manifest {
   pub fn canonical_json(&self) -> Vec<u8> {
     let mut manifest = self.clone();
     manifest.modules.sort();
+    manifest.services.sort();
     for value in manifest.vars.values_mut() {
       sort_keys(value);
     }

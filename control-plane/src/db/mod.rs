@@ -376,6 +376,7 @@ pub(crate) mod testing {
       vars: Default::default(),
       limits: Default::default(),
       compatibility_date: None,
+      services: Vec::new(),
     };
     db.insert_version(account, worker, &manifest, &modules, None)
       .unwrap()

@@ -67,6 +67,7 @@ pub struct LimitsDoc {
   subrequests: Option<u32>,
   request_body_bytes: Option<u64>,
   response_body_bytes: Option<u64>,
+  scheduled_cpu_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
