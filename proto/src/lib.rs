@@ -1,5 +1,6 @@
 //! What the control plane and edges agree on, without any IO.
 //!
+//! - [`cron`]: cron expressions as Cloudflare Cron Triggers read them.
 //! - [`manifest`]: a worker version and how its id is computed.
 //! - [`names`]: the naming rules (accounts, workers, edges, secrets, modules).
 //! - [`routes`]: route patterns and the table that matches requests to them.
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod cron;
 pub mod manifest;
 pub mod msg;
 pub mod names;
