@@ -190,7 +190,10 @@ mod tests {
     let err = Schedule::parse("* * * * ?").unwrap_err().to_string();
     assert!(err.contains("day of week") && err.contains('?'), "{err}");
     let err = Schedule::parse("0 0 * * 0").unwrap_err().to_string();
-    assert!(err.contains("day of week") && err.contains("1 or SUN"), "{err}");
+    assert!(
+      err.contains("day of week") && err.contains("1 or SUN"),
+      "{err}"
+    );
     let err = Schedule::parse("61 * * * *").unwrap_err().to_string();
     assert!(err.contains("minute field \"61\""), "{err}");
     let err = Schedule::parse("* 24 * * *").unwrap_err().to_string();
@@ -198,7 +201,10 @@ mod tests {
     let err = Schedule::parse("* * * FOO *").unwrap_err().to_string();
     assert!(err.contains("month field"), "{err}");
     let err = Schedule::parse("* * * *").unwrap_err().to_string();
-    assert!(err.contains("expected 5 fields") && err.contains("found 4"), "{err}");
+    assert!(
+      err.contains("expected 5 fields") && err.contains("found 4"),
+      "{err}"
+    );
     let err = Schedule::parse("0 0 31 2 *").unwrap_err().to_string();
     assert!(err.contains("never fires"), "{err}");
   }
@@ -211,10 +217,22 @@ mod tests {
 
   #[test]
   fn cpu_follows_the_interval() {
-    assert_eq!(Schedule::parse("* * * * *").unwrap().default_cpu(), FREQUENT_CPU);
-    assert_eq!(Schedule::parse("*/30 3 * * *").unwrap().default_cpu(), FREQUENT_CPU);
-    assert_eq!(Schedule::parse("0 * * * *").unwrap().default_cpu(), INFREQUENT_CPU);
-    assert_eq!(Schedule::parse("0 3 * * MON").unwrap().default_cpu(), INFREQUENT_CPU);
+    assert_eq!(
+      Schedule::parse("* * * * *").unwrap().default_cpu(),
+      FREQUENT_CPU
+    );
+    assert_eq!(
+      Schedule::parse("*/30 3 * * *").unwrap().default_cpu(),
+      FREQUENT_CPU
+    );
+    assert_eq!(
+      Schedule::parse("0 * * * *").unwrap().default_cpu(),
+      INFREQUENT_CPU
+    );
+    assert_eq!(
+      Schedule::parse("0 3 * * MON").unwrap().default_cpu(),
+      INFREQUENT_CPU
+    );
   }
 
   #[test]
