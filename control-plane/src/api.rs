@@ -42,6 +42,8 @@ use serde::Deserialize;
 use serde::Serialize;
 use tokio::sync::watch;
 use utoipa::OpenApi as _;
+
+use crate::scheduler::driver::Handle as SchedulerHandle;
 use utoipa::ToSchema;
 
 use crate::db;
@@ -66,6 +68,7 @@ pub struct AppState {
   db: Db,
   state_tx: Arc<watch::Sender<Arc<DesiredState>>>,
   validator: Arc<Validator>,
+  scheduler: SchedulerHandle,
 }
 
 impl AppState {
@@ -78,7 +81,15 @@ impl AppState {
       db,
       state_tx,
       validator,
+      scheduler: SchedulerHandle::detached(),
     }
+  }
+
+  /// The cron scheduler schedule changes are announced to. Default: none
+  /// (changes are stored; nothing runs them).
+  pub fn with_scheduler(mut self, scheduler: SchedulerHandle) -> Self {
+    self.scheduler = scheduler;
+    self
   }
 
   /// Publishes the current desired state, unless a newer one already went
@@ -147,6 +158,21 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
       delete(delete_secret),
     ),
     (Method::GET, "/v1/workers/{name}/usage", get(usage)),
+    (
+      Method::PUT,
+      "/v1/workers/{name}/schedules",
+      put(put_schedules),
+    ),
+    (
+      Method::GET,
+      "/v1/workers/{name}/schedules",
+      get(get_schedules),
+    ),
+    (
+      Method::GET,
+      "/v1/workers/{name}/schedules/runs",
+      get(schedule_runs),
+    ),
     (Method::POST, "/v1/routes", post(add_route)),
     (Method::GET, "/v1/routes", get(list_routes)),
     (Method::DELETE, "/v1/routes", delete(delete_route_query)),
@@ -425,7 +451,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
   paths(
     healthz, openapi_json, create_account, create_token, list_workers, upload, list_versions,
     view_version, deploy, list_deployments, rollback, list_secrets, put_secrets, put_secret,
-    delete_secret, usage, add_route, list_routes, delete_route_query, delete_route_path,
+    delete_secret, usage, put_schedules, get_schedules, schedule_runs, add_route, list_routes, delete_route_query, delete_route_path,
     list_edges,
   ),
   components(schemas(ErrorBody, ErrorDetail)),
@@ -731,6 +757,7 @@ async fn upload(
   }
   let edge_name = names::edge_worker_name(&caller.account, &name);
   let checked = validate::check_upload(&edge_name, metadata.as_deref(), modules)?;
+  check_services_exist(&state, &caller.account, &name, &checked.manifest).await?;
   state.validator.check_starts(&checked).await?;
   let version = blocking(move || {
     state.db.insert_version(
@@ -744,6 +771,94 @@ async fn upload(
   .await?;
   tracing::info!(worker = %edge_name, id = %version.id, hash = %version.hash, "stored version");
   Ok((StatusCode::CREATED, Json(version)))
+}
+
+/// A service binding must name a worker of the account (or the worker
+/// itself), so a deploy never ships a binding that cannot resolve.
+async fn check_services_exist(
+  state: &AppState,
+  account: &str,
+  name: &str,
+  manifest: &isola_proto::manifest::Manifest,
+) -> Result<(), ApiError> {
+  for (i, s) in manifest.services.iter().enumerate() {
+    if s.service == name {
+      continue;
+    }
+    let (db, account2, service) = (state.db.clone(), account.to_string(), s.service.clone());
+    if !blocking(move || db.worker_exists(&account2, &service)).await? {
+      return Err(ApiError::invalid(format!(
+        "invalid metadata: services[{i}] binds {:?} to worker {:?}, which does not exist in \
+         account {account:?}; deploy that worker first",
+        s.binding, s.service
+      )));
+    }
+  }
+  Ok(())
+}
+
+// Schedules (cron triggers).
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Crons {
+  /// Cron expressions (five fields, UTC, Cloudflare's syntax); an empty list
+  /// removes them all.
+  crons: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct RunList {
+  /// The last runs, newest first (at most 100).
+  runs: Vec<db::ScheduleRun>,
+}
+
+#[utoipa::path(put, path = "/v1/workers/{name}/schedules", tag = "schedules",
+  params(("name" = String, Path, description = "Worker name")),
+  request_body = Crons,
+  responses((status = 200, description = "The worker's crons now", body = Crons)))]
+async fn put_schedules(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path(name): Path<String>,
+  req: Result<Json<Crons>, JsonRejection>,
+) -> Result<Json<Crons>, ApiError> {
+  let Crons { crons } = body(req)?;
+  let schedules = isola_proto::cron::parse_all(&crons).map_err(ApiError::invalid)?;
+  let now = state.scheduler.clock().now();
+  let crons = blocking(move || {
+    state
+      .db
+      .set_schedules(&caller.account, &name, &schedules, now)?;
+    state.scheduler.reload();
+    state.db.schedules(&caller.account, &name)
+  })
+  .await?;
+  Ok(Json(Crons { crons }))
+}
+
+#[utoipa::path(get, path = "/v1/workers/{name}/schedules", tag = "schedules",
+  params(("name" = String, Path, description = "Worker name")),
+  responses((status = 200, description = "The worker's crons", body = Crons)))]
+async fn get_schedules(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path(name): Path<String>,
+) -> Result<Json<Crons>, ApiError> {
+  let crons = blocking(move || state.db.schedules(&caller.account, &name)).await?;
+  Ok(Json(Crons { crons }))
+}
+
+#[utoipa::path(get, path = "/v1/workers/{name}/schedules/runs", tag = "schedules",
+  params(("name" = String, Path, description = "Worker name")),
+  responses((status = 200, description = "The last 100 runs, newest first", body = RunList)))]
+async fn schedule_runs(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path(name): Path<String>,
+) -> Result<Json<RunList>, ApiError> {
+  let runs = blocking(move || state.db.schedule_runs(&caller.account, &name)).await?;
+  Ok(Json(RunList { runs }))
 }
 
 // Deployments.

@@ -9,5 +9,6 @@ pub mod api;
 pub mod db;
 pub mod pki;
 pub mod quic;
+pub mod scheduler;
 pub mod secrets;
 pub mod validate;

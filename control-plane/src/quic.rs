@@ -13,6 +13,7 @@ use isola_io::channel;
 use isola_io::channel::Handler;
 use isola_io::BoxError;
 use isola_proto::msg::DesiredState;
+use isola_proto::msg::Tick;
 use isola_proto::ControlEvent;
 use isola_proto::ControlSession;
 use isola_proto::Timing;
@@ -22,6 +23,8 @@ use tokio::sync::watch;
 
 use crate::db::blocking;
 use crate::db::Db;
+use crate::scheduler::driver::EdgeLink;
+use crate::scheduler::driver::Handle as Scheduler;
 
 /// TLS 1.3 with a client certificate required and checked against the CA.
 fn server_config(data_dir: &Path) -> anyhow::Result<quinn::ServerConfig> {
@@ -57,6 +60,7 @@ pub async fn serve(
   data_dir: &Path,
   db: Db,
   state: watch::Receiver<Arc<DesiredState>>,
+  scheduler: Scheduler,
 ) -> anyhow::Result<()> {
   let socket = std::net::UdpSocket::bind(addr)
     .with_context(|| format!("cannot listen for edges on {addr} (UDP)"))?;
@@ -69,10 +73,10 @@ pub async fn serve(
   )
   .context("cannot start the QUIC endpoint")?;
   while let Some(incoming) = endpoint.accept().await {
-    let (db, state) = (db.clone(), state.clone());
+    let (db, state, scheduler) = (db.clone(), state.clone(), scheduler.clone());
     tokio::spawn(async move {
       let remote = incoming.remote_address();
-      if let Err(e) = connection(incoming, db, state).await {
+      if let Err(e) = connection(incoming, db, state, scheduler).await {
         tracing::info!(%remote, "edge connection ended: {e:#}");
       }
     });
@@ -95,6 +99,7 @@ async fn connection(
   incoming: quinn::Incoming,
   db: Db,
   state: watch::Receiver<Arc<DesiredState>>,
+  scheduler: Scheduler,
 ) -> anyhow::Result<()> {
   let conn = incoming.await.context("handshake")?;
   let cert = conn
@@ -109,6 +114,8 @@ async fn connection(
     state,
     cert,
     name: None,
+    scheduler,
+    ticks: None,
   };
   let reason = channel::drive(&mut session, &mut edge, &mut send, &mut recv).await?;
   anyhow::bail!("{reason}")
@@ -122,6 +129,16 @@ struct EdgeConnection {
   cert: CertificateDer<'static>,
   /// The edge's name, once its hello was accepted.
   name: Option<String>,
+  scheduler: Scheduler,
+  /// Ticks the scheduler sends this edge, once it is accepted; the link
+  /// tells the scheduler when the connection ends.
+  ticks: Option<(EdgeLink, tokio::sync::mpsc::UnboundedReceiver<Tick>)>,
+}
+
+/// What an edge connection is handed: a newer desired state, or a tick.
+pub enum Input {
+  State(Arc<DesiredState>),
+  Tick(Tick),
 }
 
 impl EdgeConnection {
@@ -134,16 +151,30 @@ impl EdgeConnection {
 }
 
 impl Handler<ControlSession> for EdgeConnection {
-  type Input = Arc<DesiredState>;
+  type Input = Input;
 
-  async fn next_input(&mut self) -> Option<Arc<DesiredState>> {
-    // A closed channel means the control plane is shutting down.
-    self.state.changed().await.ok()?;
-    Some(self.state.borrow_and_update().clone())
+  async fn next_input(&mut self) -> Option<Input> {
+    let ticks = async {
+      match self.ticks.as_mut() {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+      }
+    };
+    tokio::select! {
+      // A closed channel means the control plane is shutting down.
+      changed = self.state.changed() => {
+        changed.ok()?;
+        Some(Input::State(self.state.borrow_and_update().clone()))
+      }
+      Some(tick) = ticks => Some(Input::Tick(tick)),
+    }
   }
 
-  fn input(&mut self, session: &mut ControlSession, state: Arc<DesiredState>) {
-    session.offer(&state);
+  fn input(&mut self, session: &mut ControlSession, input: Input) {
+    match input {
+      Input::State(state) => session.offer(&state),
+      Input::Tick(tick) => session.run(tick),
+    }
   }
 
   async fn event(
@@ -171,6 +202,7 @@ impl Handler<ControlSession> for EdgeConnection {
           ));
         } else {
           tracing::info!(edge = %name, revision, "edge connected");
+          self.ticks = Some(self.scheduler.edge_up(&name));
           self.name = Some(name);
           let current = self.state.borrow_and_update().clone();
           session.offer(&current);
@@ -204,6 +236,13 @@ impl Handler<ControlSession> for EdgeConnection {
         // connection and the edge sends the batch again later.
         blocking(move || db.store_usage(&name, &batch)).await?;
         session.usage_stored(id);
+      }
+      ControlEvent::RunAccepted(id) => self.scheduler.accepted(id),
+      ControlEvent::RunDone(report) => {
+        let id = report.id;
+        // Acknowledged once stored, so the edge resends it otherwise.
+        self.scheduler.report(report).await;
+        session.run_recorded(id);
       }
     }
     Ok(())

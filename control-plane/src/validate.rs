@@ -60,6 +60,46 @@ struct Metadata {
   message: Option<String>,
 }
 
+/// Service bindings: each binding a JS identifier used once and not also a
+/// var, each service a worker name. Whether the service exists is the API's
+/// check (it needs the account's workers).
+fn check_services(
+  services: &[ServiceBinding],
+  vars: &BTreeMap<String, serde_json::Value>,
+) -> Result<(), String> {
+  let identifier = |s: &str| {
+    let mut chars = s.chars();
+    chars
+      .next()
+      .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$')
+      && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+  };
+  for (i, s) in services.iter().enumerate() {
+    let at = format!("services[{i}]");
+    if !identifier(&s.binding) {
+      return Err(format!(
+        "{at}.binding {:?} is not a JavaScript identifier (letters, digits, _ and $; not starting with a digit)",
+        s.binding
+      ));
+    }
+    if services[..i].iter().any(|o| o.binding == s.binding) || vars.contains_key(&s.binding) {
+      return Err(format!(
+        "{at}.binding {:?} is used twice (by another binding or a var); give each its own name",
+        s.binding
+      ));
+    }
+    if s.service.is_empty() || s.service.len() > 63 {
+      return Err(format!("{at}.service {:?} is not a worker name", s.service));
+    }
+    if let Some(e) = &s.entrypoint {
+      if !identifier(e) {
+        return Err(format!("{at}.entrypoint {e:?} is not an export name"));
+      }
+    }
+  }
+  Ok(())
+}
+
 /// Longest version message, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 1000;
 
@@ -131,6 +171,8 @@ pub fn check_upload(
       "invalid metadata: var name {name:?} is empty"
     )));
   }
+  check_services(&metadata.services, &metadata.vars)
+    .map_err(|e| invalid(format!("invalid metadata: {e}")))?;
 
   if modules.is_empty() {
     return Err(invalid(format!(

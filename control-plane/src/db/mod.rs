@@ -12,6 +12,7 @@ mod accounts;
 mod deployments;
 mod edges;
 mod routes;
+mod schedules;
 mod secrets;
 mod state;
 mod usage;
@@ -37,6 +38,8 @@ pub use self::deployments::DeployedVersion;
 pub use self::deployments::Deployment;
 pub use self::edges::EdgeInfo;
 pub use self::routes::RouteInfo;
+pub use self::schedules::rfc3339_ms;
+pub use self::schedules::ScheduleRun;
 pub use self::secrets::SecretInfo;
 pub use self::usage::UsageSummary;
 pub use self::usage::VersionUsage;
@@ -134,6 +137,34 @@ CREATE INDEX usage_by_worker ON usage (account, worker, window_end);
   // A version's message describes the upload; it is not in the manifest, so
   // it does not change version ids.
   "ALTER TABLE versions ADD COLUMN message TEXT;",
+  // Cron schedules (not versioned) and the runs of their ticks; a run with
+  // no outcome is in flight.
+  r#"
+CREATE TABLE schedules (
+  account TEXT NOT NULL,
+  worker TEXT NOT NULL,
+  cron TEXT NOT NULL,
+  position INTEGER NOT NULL,
+  next_due INTEGER NOT NULL,
+  PRIMARY KEY (account, worker, cron),
+  FOREIGN KEY (account, worker) REFERENCES workers (account, name)
+);
+CREATE TABLE schedule_runs (
+  id INTEGER PRIMARY KEY,
+  account TEXT NOT NULL,
+  worker TEXT NOT NULL,
+  cron TEXT NOT NULL,
+  scheduled_time INTEGER NOT NULL,
+  attempt INTEGER NOT NULL,
+  edge TEXT,
+  started_at INTEGER NOT NULL,
+  outcome TEXT,
+  version TEXT,
+  cpu_us INTEGER NOT NULL DEFAULT 0,
+  wall_us INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX schedule_runs_by_worker ON schedule_runs (account, worker, id);
+"#,
 ];
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -329,6 +360,13 @@ fn bump_revision(tx: &Transaction<'_>) -> Result<Revision> {
     |row| row.get(0),
   )?;
   Ok(to_u64(value))
+}
+
+impl Db {
+  /// Whether `account` has a worker named `worker`.
+  pub fn worker_exists(&self, account: &str, worker: &str) -> Result<bool> {
+    Ok(require_worker(&self.conn(), account, worker).is_ok())
+  }
 }
 
 fn require_worker(conn: &Connection, account: &str, worker: &str) -> Result<()> {
