@@ -24,11 +24,11 @@ use isola_proto::msg::VersionBundle;
 use isola_proto::routes::RouteTable;
 use isola_runtime::Bundle;
 use isola_runtime::Limits;
-use isola_runtime::Outcome;
-use isola_runtime::ScheduledEvent;
 use isola_runtime::Metrics;
+use isola_runtime::Outcome;
 use isola_runtime::ResponseBody;
 use isola_runtime::Runtime;
+use isola_runtime::ScheduledEvent;
 use isola_runtime::WorkerConfig;
 use isola_runtime::WorkerKey;
 use serde::Serialize;
@@ -578,7 +578,10 @@ impl Node {
     };
     let state = self.state.load_full();
     let Some(deployed) = state.workers.get(tick.worker.as_str()) else {
-      tracing::warn!(worker = tick.worker, "a scheduled tick for a worker this edge does not serve");
+      tracing::warn!(
+        worker = tick.worker,
+        "a scheduled tick for a worker this edge does not serve"
+      );
       return report;
     };
     let active = deployed.pick().clone();
@@ -586,8 +589,8 @@ impl Node {
     // A version that sets its own scheduled CPU limit keeps it; otherwise
     // the control plane's (Cloudflare's rule by interval) applies.
     let own = active.config.limits_ref().scheduled_cpu_limit();
-    let cpu_limit = (own == Limits::default().scheduled_cpu_limit())
-      .then(|| Duration::from_millis(tick.cpu_ms));
+    let cpu_limit =
+      (own == Limits::default().scheduled_cpu_limit()).then(|| Duration::from_millis(tick.cpu_ms));
     let event = ScheduledEvent {
       cron: tick.cron.clone(),
       scheduled_time: tick.scheduled_time,
@@ -612,7 +615,11 @@ impl Node {
         report.cpu_us = run.cpu.as_micros() as u64;
         report.wall_us = run.wall.as_micros() as u64;
         if let Some(error) = run.error {
-          tracing::info!(worker = tick.worker, cron = tick.cron, "scheduled run failed: {error}");
+          tracing::info!(
+            worker = tick.worker,
+            cron = tick.cron,
+            "scheduled run failed: {error}"
+          );
         }
       }
       Err(e) => {

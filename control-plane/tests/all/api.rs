@@ -1010,3 +1010,127 @@ async fn bulk_secrets_are_all_or_nothing() {
   assert_eq!(r.status, 404, "{r:?}");
   assert_eq!(s.state.borrow().revision, before + 1);
 }
+
+#[tokio::test]
+async fn schedules_are_checked_stored_and_scoped_to_the_account() {
+  let s = start().await;
+  let acme = s.account("acme").await;
+  let other = s.account("other").await;
+  s.upload_and_deploy(&acme, "ticker", "export default { scheduled() {} }")
+    .await;
+  let path = "/v1/workers/ticker/schedules";
+
+  let r = s
+    .send_json(
+      "PUT",
+      path,
+      &acme,
+      json!({"crons": ["*/5 * * * *", "0 9 * * MON-FRI"]}),
+    )
+    .await;
+  assert_eq!(r.status, 200, "{r:?}");
+  assert_eq!(r.json, json!({"crons": ["*/5 * * * *", "0 9 * * MON-FRI"]}));
+  assert_eq!(s.get(path, &acme).await.json, r.json);
+
+  // A bad expression is refused whole, naming the entry and the field.
+  for (crons, needle) in [
+    (json!(["* * * * *", "* * * * ?"]), "crons[1]"),
+    (json!(["61 * * * *"]), "minute field"),
+    (json!(["0 0 * * 0"]), "1 or SUN"),
+    (json!(["* * * *"]), "expected 5 fields"),
+    (json!(["* * * * *", "* * * * *"]), "twice"),
+  ] {
+    let r = s
+      .send_json("PUT", path, &acme, json!({ "crons": crons }))
+      .await;
+    assert_eq!(
+      (r.status, r.error_code()),
+      (400, "invalid_request"),
+      "{r:?}"
+    );
+    assert!(r.message().contains(needle), "{needle}: {r:?}");
+  }
+  assert_eq!(
+    s.get(path, &acme).await.json["crons"],
+    json!(["*/5 * * * *", "0 9 * * MON-FRI"]),
+    "a refused change changes nothing"
+  );
+  let r = s
+    .send_json("PUT", path, &acme, json!({"cron": ["* * * * *"]}))
+    .await;
+  assert_eq!(r.status, 400, "{r:?}");
+
+  // Another account sees no such worker; an unknown worker is a 404.
+  assert_eq!(s.get(path, &other).await.status, 404);
+  let r = s
+    .send_json(
+      "PUT",
+      "/v1/workers/nope/schedules",
+      &acme,
+      json!({"crons": []}),
+    )
+    .await;
+  assert_eq!(r.status, 404, "{r:?}");
+
+  // An empty list removes them; no run has happened.
+  let r = s.send_json("PUT", path, &acme, json!({"crons": []})).await;
+  assert_eq!(r.json, json!({"crons": []}));
+  let runs = s.get("/v1/workers/ticker/schedules/runs", &acme).await;
+  assert_eq!((runs.status, runs.json.clone()), (200, json!({"runs": []})));
+}
+
+#[tokio::test]
+async fn a_service_binding_must_name_a_worker_of_the_account() {
+  let s = start().await;
+  let acme = s.account("acme").await;
+  let other = s.account("other").await;
+  s.upload_and_deploy(
+    &other,
+    "billing",
+    "export default { fetch() { return new Response('b') } }",
+  )
+  .await;
+  let source: &[u8] = b"export default { fetch(r, env) { return env.BILLING.fetch(r) } }";
+  let meta = json!({"main_module": "worker.js",
+                    "services": [{"binding": "BILLING", "service": "billing"}]});
+  let r = s
+    .upload(&acme, "front", meta.clone(), &[("worker.js", source)])
+    .await;
+  assert_eq!(r.status, 400, "{r:?}");
+  assert!(
+    r.message().contains("services[0]") && r.message().contains("deploy that worker first"),
+    "{r:?}"
+  );
+  s.upload_and_deploy(
+    &acme,
+    "billing",
+    "export default { fetch() { return new Response('b') } }",
+  )
+  .await;
+  let r = s
+    .upload(&acme, "front", meta, &[("worker.js", source)])
+    .await;
+  assert_eq!(r.status, 201, "{r:?}");
+
+  for (services, needle) in [
+    (
+      json!([{"binding": "1X", "service": "billing"}]),
+      "not a JavaScript identifier",
+    ),
+    (
+      json!([{"binding": "B", "service": "billing"}, {"binding": "B", "service": "billing"}]),
+      "used twice",
+    ),
+    (
+      json!([{"binding": "B", "service": "billing", "props": {}}]),
+      "props",
+    ),
+  ] {
+    let meta = json!({"main_module": "worker.js", "services": services});
+    let r = s
+      .upload(&acme, "front", meta, &[("worker.js", source)])
+      .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.message().contains(needle), "{needle}: {r:?}");
+  }
+}
