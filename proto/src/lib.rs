@@ -1,6 +1,7 @@
 //! What the control plane and edges agree on, without any IO.
 //!
 //! - [`cron`]: cron expressions as Cloudflare Cron Triggers read them.
+//! - [`kv`]: Workers KV limits and checks, and the edge→store calls.
 //! - [`manifest`]: a worker version and how its id is computed.
 //! - [`names`]: the naming rules (accounts, workers, edges, secrets, modules).
 //! - [`routes`]: route patterns and the table that matches requests to them.
@@ -17,6 +18,7 @@
 
 pub mod codec;
 pub mod cron;
+pub mod kv;
 pub mod manifest;
 pub mod msg;
 pub mod names;
