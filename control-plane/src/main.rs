@@ -243,8 +243,12 @@ async fn serve(
   let cron = scheduler::driver::start(db.clone(), clock, config)
     .await
     .context("cannot start the cron scheduler")?;
+  let kv = isola_control::kv::Kv::new(db.clone());
+  tokio::spawn(kv.clone().sweep_forever());
   let app = api::router(
-    api::AppState::new(db.clone(), Arc::new(state_tx), validator).with_scheduler(cron.clone()),
+    api::AppState::new(db.clone(), Arc::new(state_tx), validator)
+      .with_scheduler(cron.clone())
+      .with_kv(kv.clone()),
   );
   let listener = tokio::net::TcpListener::bind(api_addr)
     .await
@@ -256,7 +260,7 @@ async fn serve(
   let api = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
   tokio::select! {
     result = api => result.context("the API server failed")?,
-    result = quic::serve(quic_addr, &dir, db, state_rx, cron) => {
+    result = quic::serve(quic_addr, &dir, db, state_rx, cron, kv) => {
       result.context("the QUIC control channel failed")?;
     }
   }

@@ -12,6 +12,8 @@ use anyhow::Context as _;
 use isola_io::channel;
 use isola_io::channel::Handler;
 use isola_io::BoxError;
+use isola_proto::msg::Call;
+use isola_proto::msg::CallReply;
 use isola_proto::msg::DesiredState;
 use isola_proto::msg::Tick;
 use isola_proto::ControlEvent;
@@ -19,10 +21,12 @@ use isola_proto::ControlSession;
 use isola_proto::Timing;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::ServerName;
+use tokio::sync::broadcast;
 use tokio::sync::watch;
 
 use crate::db::blocking;
 use crate::db::Db;
+use crate::kv::Kv;
 use crate::scheduler::driver::EdgeLink;
 use crate::scheduler::driver::Handle as Scheduler;
 
@@ -61,6 +65,7 @@ pub async fn serve(
   db: Db,
   state: watch::Receiver<Arc<DesiredState>>,
   scheduler: Scheduler,
+  kv: Kv,
 ) -> anyhow::Result<()> {
   let socket = std::net::UdpSocket::bind(addr)
     .with_context(|| format!("cannot listen for edges on {addr} (UDP)"))?;
@@ -73,10 +78,10 @@ pub async fn serve(
   )
   .context("cannot start the QUIC endpoint")?;
   while let Some(incoming) = endpoint.accept().await {
-    let (db, state, scheduler) = (db.clone(), state.clone(), scheduler.clone());
+    let (db, state, scheduler, kv) = (db.clone(), state.clone(), scheduler.clone(), kv.clone());
     tokio::spawn(async move {
       let remote = incoming.remote_address();
-      if let Err(e) = connection(incoming, db, state, scheduler).await {
+      if let Err(e) = connection(incoming, db, state, scheduler, kv).await {
         tracing::info!(%remote, "edge connection ended: {e:#}");
       }
     });
@@ -100,6 +105,7 @@ async fn connection(
   db: Db,
   state: watch::Receiver<Arc<DesiredState>>,
   scheduler: Scheduler,
+  kv: Kv,
 ) -> anyhow::Result<()> {
   let conn = incoming.await.context("handshake")?;
   let cert = conn
@@ -116,6 +122,10 @@ async fn connection(
     name: None,
     scheduler,
     ticks: None,
+    kv,
+    conn: conn.clone(),
+    calls: None,
+    changes: None,
   };
   let reason = channel::drive(&mut session, &mut edge, &mut send, &mut recv).await?;
   anyhow::bail!("{reason}")
@@ -133,12 +143,29 @@ struct EdgeConnection {
   /// Ticks the scheduler sends this edge, once it is accepted; the link
   /// tells the scheduler when the connection ends.
   ticks: Option<(EdgeLink, tokio::sync::mpsc::UnboundedReceiver<Tick>)>,
+  kv: Kv,
+  conn: quinn::Connection,
+  /// The task serving the edge's calls (KV), once it is accepted.
+  calls: Option<AbortOnDrop>,
+  /// KV changes to pass on, once it is accepted.
+  changes: Option<broadcast::Receiver<crate::kv::Change>>,
+}
+
+/// Stops a task when the connection that started it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+  fn drop(&mut self) {
+    self.0.abort();
+  }
 }
 
 /// What an edge connection is handed: a newer desired state, or a tick.
 pub enum Input {
   State(Arc<DesiredState>),
   Tick(Tick),
+  /// A KV key changed (`None`: changes were missed).
+  KvChanged(Option<crate::kv::Change>),
 }
 
 impl EdgeConnection {
@@ -160,7 +187,18 @@ impl Handler<ControlSession> for EdgeConnection {
         None => std::future::pending().await,
       }
     };
+    let changes = async {
+      match self.changes.as_mut() {
+        Some(rx) => match rx.recv().await {
+          Ok(change) => Some(Some(change)),
+          Err(broadcast::error::RecvError::Lagged(_)) => Some(None),
+          Err(broadcast::error::RecvError::Closed) => None,
+        },
+        None => std::future::pending().await,
+      }
+    };
     tokio::select! {
+      Some(change) = changes => Some(Input::KvChanged(change)),
       // A closed channel means the control plane is shutting down.
       changed = self.state.changed() => {
         changed.ok()?;
@@ -174,6 +212,7 @@ impl Handler<ControlSession> for EdgeConnection {
     match input {
       Input::State(state) => session.offer(&state),
       Input::Tick(tick) => session.run(tick),
+      Input::KvChanged(change) => session.kv_changed(change),
     }
   }
 
@@ -203,6 +242,19 @@ impl Handler<ControlSession> for EdgeConnection {
         } else {
           tracing::info!(edge = %name, revision, "edge connected");
           self.ticks = Some(self.scheduler.edge_up(&name));
+          self.changes = Some(self.kv.subscribe());
+          let kv = self.kv.clone();
+          self.calls = Some(AbortOnDrop(tokio::spawn(channel::serve_calls(
+            self.conn.clone(),
+            move |call: Call| {
+              let kv = kv.clone();
+              async move {
+                match call {
+                  Call::Kv(call) => CallReply::Kv(kv.call(call).await),
+                }
+              }
+            },
+          ))));
           self.name = Some(name);
           let current = self.state.borrow_and_update().clone();
           session.offer(&current);

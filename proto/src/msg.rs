@@ -248,6 +248,14 @@ pub enum ToEdge {
   RunRecorded {
     id: u64,
   },
+  /// A KV key was written or deleted: drop it from the edge's cache.
+  KvChanged {
+    namespace: String,
+    key: String,
+  },
+  /// Changes were missed (the control plane fell behind): drop every
+  /// cached KV read.
+  KvFlush,
   /// The control plane will not talk to this edge; why, for its log.
   Refused {
     reason: String,
@@ -281,4 +289,18 @@ pub enum ToControl {
   /// A run ended (sent again on the next connection until recorded).
   RunDone(TickReport),
   Ping,
+}
+
+/// A call an edge makes on a stream of its own beside the control stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Call {
+  Kv(crate::kv::KvCall),
+}
+
+/// The answer to a [`Call`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CallReply {
+  Kv(crate::kv::KvReply),
+  /// The control plane could not read the call (another protocol version).
+  Unsupported,
 }

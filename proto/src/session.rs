@@ -132,6 +132,8 @@ pub enum EdgeEvent {
   Run(Tick),
   /// The control plane recorded the report of this run: forget it.
   RunRecorded(u64),
+  /// Drop this KV key from the cache (`None`: every key).
+  KvChanged(Option<(String, String)>),
 }
 
 /// The edge's end of one connection.
@@ -232,6 +234,12 @@ impl Session for EdgeSession {
         self.events.push_back(EdgeEvent::Run(tick));
       }
       ToEdge::RunRecorded { id } => self.events.push_back(EdgeEvent::RunRecorded(id)),
+      ToEdge::KvChanged { namespace, key } => {
+        self
+          .events
+          .push_back(EdgeEvent::KvChanged(Some((namespace, key))));
+      }
+      ToEdge::KvFlush => self.events.push_back(EdgeEvent::KvChanged(None)),
       ToEdge::Refused { reason } => {
         self
           .link
@@ -384,6 +392,17 @@ impl ControlSession {
     if self.link.closed.is_none() {
       self.link.outbox.push_back(ToEdge::Run(tick));
     }
+  }
+
+  /// Tells the edge a KV key changed (`None`: changes were missed).
+  pub fn kv_changed(&mut self, change: Option<(String, String)>) {
+    if self.edge_revision.is_none() || self.link.closed.is_some() {
+      return;
+    }
+    self.link.outbox.push_back(match change {
+      Some((namespace, key)) => ToEdge::KvChanged { namespace, key },
+      None => ToEdge::KvFlush,
+    });
   }
 
   pub fn run_recorded(&mut self, id: u64) {

@@ -11,6 +11,7 @@
 mod accounts;
 mod deployments;
 mod edges;
+mod kv;
 mod routes;
 mod schedules;
 mod secrets;
@@ -37,6 +38,7 @@ pub use self::accounts::Caller;
 pub use self::deployments::DeployedVersion;
 pub use self::deployments::Deployment;
 pub use self::edges::EdgeInfo;
+pub use self::kv::KvNamespace;
 pub use self::routes::RouteInfo;
 pub use self::schedules::rfc3339_ms;
 pub use self::schedules::ScheduleRun;
@@ -164,6 +166,27 @@ CREATE TABLE schedule_runs (
   wall_us INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX schedule_runs_by_worker ON schedule_runs (account, worker, id);
+"#,
+  // KV namespaces and values; keys compare as bytes (BINARY), which is
+  // UTF-8 byte order.
+  r#"
+CREATE TABLE kv_namespaces (
+  id TEXT PRIMARY KEY,
+  account TEXT NOT NULL REFERENCES accounts (name),
+  title TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  UNIQUE (account, title)
+);
+CREATE TABLE kv_values (
+  namespace TEXT NOT NULL,
+  key TEXT NOT NULL,
+  value BLOB NOT NULL,
+  metadata TEXT,
+  expiration INTEGER,
+  updated_at INTEGER NOT NULL,
+  PRIMARY KEY (namespace, key)
+) WITHOUT ROWID;
+CREATE INDEX kv_values_by_expiration ON kv_values (expiration) WHERE expiration IS NOT NULL;
 "#,
 ];
 

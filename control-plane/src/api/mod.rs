@@ -43,6 +43,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 use utoipa::OpenApi as _;
 
+mod kv;
+
+pub use self::kv::METADATA_HEADER as KV_METADATA_HEADER;
 use crate::scheduler::driver::Handle as SchedulerHandle;
 use utoipa::ToSchema;
 
@@ -69,6 +72,7 @@ pub struct AppState {
   state_tx: Arc<watch::Sender<Arc<DesiredState>>>,
   validator: Arc<Validator>,
   scheduler: SchedulerHandle,
+  kv: crate::kv::Kv,
 }
 
 impl AppState {
@@ -78,11 +82,19 @@ impl AppState {
     validator: Arc<Validator>,
   ) -> Self {
     Self {
-      db,
       state_tx,
       validator,
       scheduler: SchedulerHandle::detached(),
+      kv: crate::kv::Kv::new(db.clone()),
+      db,
     }
+  }
+
+  /// The KV service (shared with the edge connections, which announce its
+  /// changes). Default: values in the database, changes announced to no one.
+  pub fn with_kv(mut self, kv: crate::kv::Kv) -> Self {
+    self.kv = kv;
+    self
   }
 
   /// The cron scheduler schedule changes are announced to. Default: none
@@ -182,6 +194,49 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
       delete(delete_route_path),
     ),
     (Method::GET, "/v1/edges", get(list_edges)),
+    (
+      Method::POST,
+      "/v1/kv/namespaces",
+      post(kv::create_namespace),
+    ),
+    (Method::GET, "/v1/kv/namespaces", get(kv::list_namespaces)),
+    (
+      Method::DELETE,
+      "/v1/kv/namespaces/{id}",
+      delete(kv::delete_namespace),
+    ),
+    (
+      Method::PUT,
+      "/v1/kv/namespaces/{id}/values/{*key}",
+      put(kv::put_value).layer(DefaultBodyLimit::max(
+        isola_proto::kv::MAX_VALUE_BYTES + 1024,
+      )),
+    ),
+    (
+      Method::GET,
+      "/v1/kv/namespaces/{id}/values/{*key}",
+      get(kv::get_value),
+    ),
+    (
+      Method::DELETE,
+      "/v1/kv/namespaces/{id}/values/{*key}",
+      delete(kv::delete_value),
+    ),
+    (
+      Method::GET,
+      "/v1/kv/namespaces/{id}/keys",
+      get(kv::list_keys),
+    ),
+    (
+      Method::PUT,
+      "/v1/kv/namespaces/{id}/bulk",
+      put(kv::bulk_put).layer(DefaultBodyLimit::max(100 << 20)),
+    ),
+    (
+      Method::POST,
+      "/v1/kv/namespaces/{id}/bulk/delete",
+      post(kv::bulk_delete),
+    ),
   ]
 }
 
@@ -452,7 +507,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     healthz, openapi_json, create_account, create_token, list_workers, upload, list_versions,
     view_version, deploy, list_deployments, rollback, list_secrets, put_secrets, put_secret,
     delete_secret, usage, put_schedules, get_schedules, schedule_runs, add_route, list_routes, delete_route_query, delete_route_path,
-    list_edges,
+    list_edges, kv::create_namespace, kv::list_namespaces, kv::delete_namespace,
+    kv::put_value, kv::get_value, kv::delete_value, kv::list_keys, kv::bulk_put,
+    kv::bulk_delete,
   ),
   components(schemas(ErrorBody, ErrorDetail)),
   modifiers(&BearerAuth, &CommonErrors),
