@@ -22,7 +22,7 @@ import { ConfigError, loadConfig, readDevVars, type Config } from "./config.js";
 import { dev, requireMain, runBuildCommand } from "./dev.js";
 import { EdgeNotFound } from "./edge.js";
 import { init, TEMPLATES, type Template } from "./init.js";
-import { progress, withProgress } from "./progress.js";
+import { withProgress } from "./progress.js";
 import { parseSecretsFile, SecretsFileError } from "./secrets.js";
 import { envTypes } from "./typesgen.js";
 
