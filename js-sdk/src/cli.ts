@@ -299,7 +299,9 @@ async function applyTriggers(config: Config, name: string, client: Client, conte
   try {
     return (await client.putSchedules(name, config.triggers.crons)).crons;
   } catch (e) {
-    if (e instanceof ApiError && e.status === 400) {
+    if (e instanceof ApiError && (e.status === 405 || (e.status === 404 && /no endpoint/.test(e.message)))) {
+      e.hint = `${context}this isola-control has no schedules endpoint (cron triggers); update it, or remove [triggers] from ${config.file}`;
+    } else if (e instanceof ApiError && e.status === 400) {
       e.hint = `${context}fix \`triggers.crons\` in ${config.file} and run \`isola triggers deploy${config.env ? ` --env ${config.env}` : ""}\``;
     }
     throw e;

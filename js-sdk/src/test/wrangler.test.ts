@@ -122,8 +122,12 @@ test("an existing wrangler project (wrangler.toml, TypeScript, an npm package) d
     // Cron triggers (wrangler's [triggers]) against the real server: the schedules endpoint
     // is being added on the server side; an older server without it skips this part.
     const probe = await new Client({ api, token }).putSchedules("legacy-shop", []).catch((e: unknown) => e);
-    if (probe instanceof ApiError && (probe.status === 404 || probe.status === 405) && probe.code === "http_error") {
+    if (probe instanceof ApiError && (probe.status === 405 || (probe.status === 404 && (probe.code === "http_error" || /no endpoint/.test(probe.message))))) {
       t.diagnostic("this isola-control has no PUT /v1/workers/{name}/schedules yet; the triggers part is skipped");
+      write(app, "wrangler.toml", `${WRANGLER_TOML}\n[triggers]\ncrons = ["*/5 * * * *"]\n`);
+      const old = await isola(["triggers", "deploy"]);
+      assert.equal(old.code, 1);
+      assert.match(old.stderr, /hint: this isola-control has no schedules endpoint \(cron triggers\); update it/);
       return;
     }
     if (probe instanceof Error) throw probe;
