@@ -12,6 +12,7 @@ use isola_proto::manifest::sha256_hex;
 use isola_proto::manifest::LimitsSpec;
 use isola_proto::manifest::Manifest;
 use isola_proto::manifest::ModuleRef;
+use isola_proto::manifest::KvBinding;
 use isola_proto::manifest::ServiceBinding;
 use isola_proto::manifest::MAX_MODULES;
 use isola_proto::manifest::MAX_MODULE_BYTES;
@@ -55,16 +56,19 @@ struct Metadata {
   compatibility_date: Option<String>,
   #[serde(default)]
   services: Vec<ServiceBinding>,
+  #[serde(default)]
+  kv_namespaces: Vec<KvBinding>,
   /// Stored with the version, outside the manifest.
   #[serde(default)]
   message: Option<String>,
 }
 
-/// Service bindings: each binding a JS identifier used once and not also a
-/// var, each service a worker name. Whether the service exists is the API's
-/// check (it needs the account's workers).
-fn check_services(
+/// Bindings: each a JS identifier used once and not also a var; each
+/// service a worker name. Whether services and namespaces exist is the
+/// API's check (it needs the account's).
+fn check_bindings(
   services: &[ServiceBinding],
+  kv: &[KvBinding],
   vars: &BTreeMap<String, serde_json::Value>,
 ) -> Result<(), String> {
   let identifier = |s: &str| {
@@ -82,7 +86,10 @@ fn check_services(
         s.binding
       ));
     }
-    if services[..i].iter().any(|o| o.binding == s.binding) || vars.contains_key(&s.binding) {
+    if services[..i].iter().any(|o| o.binding == s.binding)
+      || vars.contains_key(&s.binding)
+      || kv.iter().any(|k| k.binding == s.binding)
+    {
       return Err(format!(
         "{at}.binding {:?} is used twice (by another binding or a var); give each its own name",
         s.binding
@@ -95,6 +102,21 @@ fn check_services(
       if !identifier(e) {
         return Err(format!("{at}.entrypoint {e:?} is not an export name"));
       }
+    }
+  }
+  for (i, k) in kv.iter().enumerate() {
+    let at = format!("kv_namespaces[{i}]");
+    if !identifier(&k.binding) {
+      return Err(format!(
+        "{at}.binding {:?} is not a JavaScript identifier (letters, digits, _ and $; not starting with a digit)",
+        k.binding
+      ));
+    }
+    if kv[..i].iter().any(|o| o.binding == k.binding) || vars.contains_key(&k.binding) {
+      return Err(format!(
+        "{at}.binding {:?} is used twice (by another binding or a var); give each its own name",
+        k.binding
+      ));
     }
   }
   Ok(())
@@ -171,7 +193,7 @@ pub fn check_upload(
       "invalid metadata: var name {name:?} is empty"
     )));
   }
-  check_services(&metadata.services, &metadata.vars)
+  check_bindings(&metadata.services, &metadata.kv_namespaces, &metadata.vars)
     .map_err(|e| invalid(format!("invalid metadata: {e}")))?;
 
   if modules.is_empty() {
@@ -244,6 +266,7 @@ pub fn check_upload(
     limits: metadata.limits,
     compatibility_date: metadata.compatibility_date,
     services: metadata.services,
+    kv_namespaces: metadata.kv_namespaces,
   };
   Ok(Upload {
     manifest,

@@ -36,6 +36,7 @@ use isola_runtime::Metrics;
 use tokio::sync::mpsc;
 
 use crate::config::ControlConfig;
+use crate::kv::EdgeKv;
 use crate::store::write_atomic;
 
 /// What the control client needs of the node. Narrow on purpose: the
@@ -253,6 +254,7 @@ pub async fn run<T: Target>(
   node: Arc<T>,
   spool: Spool,
   mut usage: mpsc::UnboundedReceiver<UsageBatch>,
+  kv: Arc<EdgeKv>,
 ) -> anyhow::Result<()> {
   let client = channel::client_config(channel::TlsFiles {
     ca: &cfg.ca,
@@ -266,11 +268,13 @@ pub async fn run<T: Target>(
   loop {
     let mut link = Link {
       usage: &mut usage,
+      kv: &kv,
       reports: &reports,
       done_tx: &done_tx,
       done_rx: &mut done_rx,
     };
     let result = session(&cfg, &client, &node, &spool, &mut link, &mut backoff).await;
+    kv.connected(None);
     match result {
       Ok(reason) => tracing::warn!(reason, "control channel closed"),
       Err(e) if !logged_down => tracing::warn!(
@@ -310,6 +314,7 @@ async fn session<T: Target>(
   for report in link.reports.lock().values() {
     session.run_done(report.clone());
   }
+  link.kv.connected(Some(conn.clone()));
   let mut handler = Connection {
     node: node.clone(),
     spool,
@@ -326,6 +331,7 @@ async fn session<T: Target>(
 /// going on and their reports.
 struct Link<'a> {
   usage: &'a mut mpsc::UnboundedReceiver<UsageBatch>,
+  kv: &'a EdgeKv,
   reports: &'a Reports,
   done_tx: &'a mpsc::UnboundedSender<TickReport>,
   done_rx: &'a mut mpsc::UnboundedReceiver<TickReport>,
@@ -401,6 +407,7 @@ impl<T: Target> Handler<EdgeSession> for Connection<'_, '_, T> {
       EdgeEvent::RunRecorded(id) => {
         self.link.reports.lock().remove(&id);
       }
+      EdgeEvent::KvChanged(change) => self.link.kv.invalidate(change),
     }
     Ok(())
   }
@@ -613,7 +620,13 @@ mod tests {
     let node = Arc::new(FakeNode::default());
     let spool = Spool::open(&dir.path().join("control")).unwrap();
     let (usage_tx, usage_rx) = mpsc::unbounded_channel();
-    let client = tokio::spawn(run(cfg, node.clone(), spool.clone(), usage_rx));
+    let client = tokio::spawn(run(
+      cfg,
+      node.clone(),
+      spool.clone(),
+      usage_rx,
+      Arc::new(EdgeKv::new(1 << 20)),
+    ));
 
     assert_eq!(next(&mut seen).await, Seen::Hello(0));
     assert_eq!(next(&mut seen).await, Seen::Asked("h1".into()));

@@ -461,6 +461,7 @@ impl Store {
       limits,
       compatibility_date: None,
       services: Vec::new(),
+      kv_namespaces: Vec::new(),
     })
   }
 }
@@ -571,6 +572,7 @@ mod tests {
       limits: LimitsSpec::default(),
       compatibility_date: None,
       services: Vec::new(),
+      kv_namespaces: Vec::new(),
     }
   }
 

@@ -37,6 +37,18 @@ pub struct Manifest {
   /// without bindings keep their ids.
   #[serde(default, skip_serializing_if = "Vec::is_empty")]
   pub services: Vec<ServiceBinding>,
+  /// KV bindings: `env.BINDING` reads and writes namespace `id`.
+  #[serde(default, skip_serializing_if = "Vec::is_empty")]
+  pub kv_namespaces: Vec<KvBinding>,
+}
+
+/// `kv_namespaces = [{ binding, id }]`, wrangler's keys.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields)]
+pub struct KvBinding {
+  pub binding: String,
+  /// The namespace's id (from `POST /v1/kv/namespaces`).
+  pub id: String,
 }
 
 /// `services = [{ binding, service, entrypoint? }]`, wrangler's keys.
@@ -121,6 +133,7 @@ impl Manifest {
     let mut manifest = self.clone();
     manifest.modules.sort();
     manifest.services.sort();
+    manifest.kv_namespaces.sort();
     for value in manifest.vars.values_mut() {
       sort_keys(value);
     }

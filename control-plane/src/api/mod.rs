@@ -831,7 +831,8 @@ async fn upload(
 }
 
 /// A service binding must name a worker of the account (or the worker
-/// itself), so a deploy never ships a binding that cannot resolve.
+/// itself), and a KV binding a namespace of the account, so a deploy never
+/// ships a binding that cannot resolve.
 async fn check_services_exist(
   state: &AppState,
   account: &str,
@@ -848,6 +849,16 @@ async fn check_services_exist(
         "invalid metadata: services[{i}] binds {:?} to worker {:?}, which does not exist in \
          account {account:?}; deploy that worker first",
         s.binding, s.service
+      )));
+    }
+  }
+  for (i, k) in manifest.kv_namespaces.iter().enumerate() {
+    if state.kv.require(account, &k.id).await.is_err() {
+      return Err(ApiError::invalid(format!(
+        "invalid metadata: kv_namespaces[{i}] binds {:?} to namespace {:?}, which does not \
+         exist in account {account:?}; create it with `isola kv namespace create` (or POST \
+         /v1/kv/namespaces) and use its id",
+        k.binding, k.id
       )));
     }
   }

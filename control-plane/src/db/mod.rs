@@ -438,6 +438,7 @@ pub(crate) mod testing {
       limits: Default::default(),
       compatibility_date: None,
       services: Vec::new(),
+      kv_namespaces: Vec::new(),
     };
     db.insert_version(account, worker, &manifest, &modules, None)
       .unwrap()
