@@ -326,6 +326,8 @@ pub(crate) struct Shared {
   request_threads: usize,
   index: Mutex<Index>,
   ledger: Arc<Mutex<Ledger>>,
+  /// `config.services`, or what [`Runtime::set_services`] put in later.
+  services: std::sync::RwLock<Arc<dyn Services>>,
 }
 
 thread_local! {
@@ -381,6 +383,7 @@ impl Runtime {
     }
     let shared = Arc::new(Shared {
       request_threads: config.threads,
+      services: std::sync::RwLock::new(config.services.0.clone()),
       ledger: Arc::new(Mutex::new(Ledger::new(config.fairness.clone()))),
       config,
       threads,
@@ -558,6 +561,16 @@ impl Runtime {
     Ok(())
   }
 
+  /// Replaces the [`Config::services`], for a node whose routing state
+  /// (what bindings resolve against) is built after its runtime.
+  pub fn set_services(&self, services: Arc<dyn Services>) {
+    *self
+      .shared
+      .services
+      .write()
+      .unwrap_or_else(|e| e.into_inner()) = services;
+  }
+
   /// Drops every isolate of worker `key` (e.g. its version was replaced).
   pub fn evict(&self, key: &WorkerKey) {
     let mut index = self.shared.lock();
@@ -625,6 +638,15 @@ impl Shared {
 
   fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
     lock_ledger(&self.ledger)
+  }
+
+  /// Which worker each service binding reaches.
+  pub(crate) fn services(&self) -> Arc<dyn Services> {
+    self
+      .services
+      .read()
+      .unwrap_or_else(|e| e.into_inner())
+      .clone()
   }
 
   /// An instance of `key` with room for one more request, on the

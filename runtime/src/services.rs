@@ -99,9 +99,7 @@ impl Dispatcher {
         )
       })?;
     let target = shared
-      .config
-      .services
-      .0
+      .services()
       .resolve(&self.caller, &bound.service)
       .ok_or_else(|| {
         format!(
