@@ -181,3 +181,25 @@ impl From<&isola_proto::manifest::LimitsSpec> for Limits {
     limits
   }
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn a_scheduled_cpu_limit_comes_from_the_manifest_or_defaults_to_30_s() {
+    let spec = isola_proto::manifest::LimitsSpec::default();
+    assert_eq!(
+      Limits::from(&spec).scheduled_cpu_limit(),
+      Duration::from_secs(30)
+    );
+    let spec = isola_proto::manifest::LimitsSpec {
+      scheduled_cpu_ms: Some(120_000),
+      cpu_ms: Some(10),
+      ..Default::default()
+    };
+    let limits = Limits::from(&spec);
+    assert_eq!(limits.scheduled_cpu_limit(), Duration::from_secs(120));
+    assert_eq!(limits.cpu_limit(), Duration::from_millis(10));
+  }
+}

@@ -458,7 +458,9 @@ function call(id, entrypoint, method, args) {
       );
     }
     const f = found.target[method];
-    if (typeof f !== "function") {
+    // Object.prototype's methods (valueOf would hand over `this.env`) are
+    // not the worker's API.
+    if (typeof f !== "function" || f === ObjectPrototype[method]) {
       throw new TypeError(`The RPC receiver does not implement the method "${method}".`);
     }
     result = ReflectApply(f, found.target, core.deserialize(args));

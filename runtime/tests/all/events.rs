@@ -293,6 +293,14 @@ async fn each_event_s_cpu_limit_is_honoured() {
   assert_eq!(run.outcome, Outcome::Ok, "{:?}", run.error);
   assert!(run.cpu > Duration::ZERO);
   assert!(pool.logged("busy done"));
+  // Without one of its own, the run takes the worker's scheduled limit.
+  let tight = Spec {
+    file: fixture("scheduled", "busy.js"),
+    config: WorkerConfig::new("busy_tight")
+      .limits(limits().scheduled_cpu(Duration::from_millis(5))),
+  };
+  let run = pool.scheduled(&tight, event("* * * * *")).await.unwrap();
+  assert_eq!(run.outcome, Outcome::CpuLimit, "{:?}", run.error);
 }
 
 async fn a_worker_without_fetch_loads_and_refuses_requests_clearly() {
