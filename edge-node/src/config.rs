@@ -211,6 +211,10 @@ pub struct StaticWorker {
   pub routes: Vec<String>,
   #[serde(default)]
   pub limits: LimitsSpec,
+  /// `services = [{ binding = "B", service = "other" }]`: `env.B` calls the
+  /// `[[worker]]` named `other` (wrangler's keys).
+  #[serde(default)]
+  pub services: Vec<isola_proto::manifest::ServiceBinding>,
 }
 
 impl EdgeConfig {

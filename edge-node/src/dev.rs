@@ -1,15 +1,25 @@
-//! `isola-edge dev`: one worker from disk on one port.
+//! `isola-edge dev`: one worker from disk on one port, with the workers
+//! its service bindings call, and its scheduled handler on demand or on
+//! its cron schedules.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+use std::time::SystemTime;
 
 use anyhow::Context as _;
 use isola_runtime::Bundle;
 use isola_runtime::Config;
 use isola_runtime::Fairness;
 use isola_runtime::Limits;
+use isola_runtime::Outcome;
+use isola_runtime::ResponseBody;
 use isola_runtime::Runtime;
+use isola_runtime::ScheduledEvent;
+use isola_runtime::ServiceTarget;
+use isola_runtime::Services;
 use isola_runtime::WorkerConfig;
 use isola_runtime::WorkerKey;
 
@@ -27,6 +37,18 @@ pub struct DevArgs {
   /// A JSON var for `env`, as NAME=JSON (e.g. --json-var 'LIMITS={"max":3}'). May repeat.
   #[arg(long = "json-var", value_name = "NAME=JSON", value_parser = parse_json_var)]
   json_vars: Vec<(String, serde_json::Value)>,
+  /// Another worker, as BINDING=PATH: the worker at PATH runs as service
+  /// BINDING, and `env.BINDING` of the main worker calls it. May repeat.
+  #[arg(long = "service", value_name = "BINDING=PATH", value_parser = parse_service)]
+  services: Vec<(String, PathBuf)>,
+  /// Serve `GET /__scheduled?cron=<expr>`, which runs the scheduled
+  /// handler once (as wrangler's `--test-scheduled`).
+  #[arg(long)]
+  test_scheduled: bool,
+  /// A cron schedule (five fields, UTC, Cloudflare's syntax) on which the
+  /// scheduled handler runs while dev runs. May repeat.
+  #[arg(long = "cron", value_name = "EXPR", value_parser = parse_cron)]
+  crons: Vec<(String, Arc<saffron::Cron>)>,
   /// Worker name shown in logs (default: the entry file's stem).
   #[arg(long)]
   name: Option<String>,
@@ -58,6 +80,49 @@ fn parse_json_var(s: &str) -> Result<(String, serde_json::Value), String> {
   Ok((name, json))
 }
 
+fn parse_service(s: &str) -> Result<(String, PathBuf), String> {
+  let (binding, path) = parse_var(s)?;
+  if path.is_empty() {
+    return Err(format!("the path is empty in {s:?}"));
+  }
+  Ok((binding, PathBuf::from(path)))
+}
+
+fn parse_cron(s: &str) -> Result<(String, Arc<saffron::Cron>), String> {
+  let cron: saffron::Cron = s
+    .parse()
+    .map_err(|e| format!("invalid cron expression {s:?}: {e}"))?;
+  Ok((s.to_string(), Arc::new(cron)))
+}
+
+/// A dev worker: its key and what loads it.
+#[derive(Clone)]
+struct DevWorker {
+  key: WorkerKey,
+  bundle: Bundle,
+  config: WorkerConfig,
+}
+
+impl DevWorker {
+  fn source(&self) -> impl FnOnce() -> Result<(Bundle, WorkerConfig), isola_runtime::Error> {
+    let (bundle, config) = (self.bundle.clone(), self.config.clone());
+    move || Ok((bundle, config))
+  }
+}
+
+/// `--service` workers by binding name: every binding names its own service.
+struct DevServices(HashMap<String, DevWorker>);
+
+impl Services for DevServices {
+  fn resolve(&self, _caller: &str, service: &str) -> Option<ServiceTarget> {
+    let worker = self.0.get(service)?.clone();
+    Some(ServiceTarget {
+      key: worker.key.clone(),
+      source: Box::new(move || Ok((worker.bundle, worker.config))),
+    })
+  }
+}
+
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
   let name = args.name.clone().unwrap_or_else(|| {
     args
@@ -67,20 +132,31 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
       .unwrap_or("worker")
       .to_string()
   });
-  let mut config = WorkerConfig::new(name.clone()).limits(
-    Limits::default()
-      .cpu(Duration::from_millis(args.cpu_ms))
-      .memory_mib(args.memory_mb)
-      .wall(Duration::from_millis(args.wall_ms)),
-  );
+  let limits = Limits::default()
+    .cpu(Duration::from_millis(args.cpu_ms))
+    .memory_mib(args.memory_mb)
+    .wall(Duration::from_millis(args.wall_ms));
+  let mut config = WorkerConfig::new(name.clone()).limits(limits.clone());
   for (k, v) in args.vars {
     config = config.var(k, v);
   }
   for (k, v) in args.json_vars {
     config = config.json_var(k, v);
   }
-  // Fail before listening if the entry cannot even be opened.
+  // Fail before listening if an entry cannot even be opened.
   let bundle = Bundle::from_entry_file(&args.entry)?;
+  let mut services = HashMap::new();
+  for (binding, path) in &args.services {
+    let bundle = Bundle::from_entry_file(path)
+      .with_context(|| format!("service {binding} ({})", path.display()))?;
+    config = config.service(binding.clone(), binding.clone(), None);
+    let worker = DevWorker {
+      key: WorkerKey::new(binding.as_str(), "dev"),
+      bundle,
+      config: WorkerConfig::new(binding.clone()).limits(limits.clone()),
+    };
+    services.insert(binding.clone(), worker);
+  }
 
   let runtime = Runtime::new(
     Config::default()
@@ -89,15 +165,25 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
       .logs(crate::logs::stdio_sink())
       // One worker and no neighbours: a busy loop being fixed should fail
       // on its limit each time, not be throttled.
-      .fairness(Fairness::default().enabled(false)),
+      .fairness(Fairness::default().enabled(false))
+      .services(Arc::new(DevServices(services.clone()))),
   )?;
-  let key = WorkerKey::new(name, "dev");
+  let main = DevWorker {
+    key: WorkerKey::new(name, "dev"),
+    bundle,
+    config,
+  };
   let rt = tokio::runtime::Builder::new_current_thread()
     .enable_all()
     .build()
     .context("cannot start the async runtime")?;
-  rt.block_on(runtime.preload(&key, bundle.clone(), config.clone()))
+  rt.block_on(runtime.preload(&main.key, main.bundle.clone(), main.config.clone()))
     .with_context(|| format!("cannot load {}", args.entry.display()))?;
+  for (binding, path) in &args.services {
+    let w = &services[binding];
+    rt.block_on(runtime.preload(&w.key, w.bundle.clone(), w.config.clone()))
+      .with_context(|| format!("cannot load service {binding} ({})", path.display()))?;
+  }
 
   let listener = std::net::TcpListener::bind(args.listen)
     .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -111,15 +197,35 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
   );
   tracing::info!(listener = "http", addr = %addr, entry = %args.entry.display(), "listening");
 
+  if !args.crons.is_empty() {
+    let (pool, main, crons) = (runtime.clone(), main.clone(), args.crons.clone());
+    runtime.spawn_on_each_thread(move |idx| {
+      let (pool, main, crons) = (pool.clone(), main.clone(), crons.clone());
+      async move {
+        if idx == 0 {
+          run_crons(pool, main, crons).await;
+        }
+      }
+    });
+  }
+
   // dev runs until the process is stopped: the sender is never used.
   let (_shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
   let (done_tx, done_rx) = std::sync::mpsc::channel();
   let pool = runtime.clone();
-  let handler = move |req| {
-    let (pool, key) = (pool.clone(), key.clone());
-    let source = (bundle.clone(), config.clone());
+  let test_scheduled = args.test_scheduled;
+  let handler = move |req: http::Request<isola_runtime::RequestBody>| {
+    let (pool, main) = (pool.clone(), main.clone());
     async move {
-      match pool.fetch(&key, move || Ok(source), req).await {
+      if test_scheduled && req.uri().path() == "/__scheduled" {
+        let cron = req
+          .uri()
+          .query()
+          .and_then(|q| query_param(q, "cron"))
+          .unwrap_or_default();
+        return test_scheduled_run(&pool, &main, cron).await;
+      }
+      match pool.fetch(&main.key, main.source(), req).await {
         Ok(response) => response,
         Err(e) => isola_runtime::error_response(&e),
       }
@@ -138,4 +244,139 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
   // The server runs on the V8 thread until the process is stopped.
   let _ = done_rx.recv();
   anyhow::bail!("the server stopped (see the log above)")
+}
+
+fn now_ms() -> i64 {
+  SystemTime::now()
+    .duration_since(SystemTime::UNIX_EPOCH)
+    .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// `GET /__scheduled?cron=...`: one run, now; 200 `Ran scheduled event` or
+/// 500 with why not.
+async fn test_scheduled_run(
+  pool: &Runtime,
+  main: &DevWorker,
+  cron: String,
+) -> http::Response<ResponseBody> {
+  let event = ScheduledEvent {
+    cron,
+    scheduled_time: now_ms(),
+    cpu_limit: None,
+  };
+  match pool.scheduled(&main.key, main.source(), event).await {
+    Ok(run) if run.outcome == Outcome::Ok => {
+      isola_runtime::text_response(http::StatusCode::OK, "Ran scheduled event")
+    }
+    Ok(run) => isola_runtime::text_response(
+      http::StatusCode::INTERNAL_SERVER_ERROR,
+      format!(
+        "Scheduled event failed ({}): {}\n",
+        run.outcome.as_str(),
+        run.error.unwrap_or_default()
+      ),
+    ),
+    Err(e) => isola_runtime::text_response(
+      http::StatusCode::INTERNAL_SERVER_ERROR,
+      format!("Scheduled event not run: {e}\n"),
+    ),
+  }
+}
+
+/// Runs the scheduled handler at each tick of `crons`, on real time, with
+/// the tick's time as `scheduledTime`; logs each run.
+async fn run_crons(pool: Runtime, main: DevWorker, crons: Vec<(String, Arc<saffron::Cron>)>) {
+  let mut after = now_ms();
+  loop {
+    let Some(start) = chrono::DateTime::from_timestamp_millis(after) else {
+      return;
+    };
+    let due: Vec<(String, i64)> = crons
+      .iter()
+      .filter_map(|(expr, cron)| Some((expr.clone(), cron.next_after(start)?.timestamp_millis())))
+      .collect();
+    let Some(next) = due.iter().map(|(_, t)| *t).min() else {
+      tracing::warn!("no cron schedule has a next tick");
+      return;
+    };
+    let wait = u64::try_from(next - now_ms()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    for (expr, _) in due.into_iter().filter(|(_, t)| *t == next) {
+      let event = ScheduledEvent {
+        cron: expr.clone(),
+        scheduled_time: next,
+        cpu_limit: None,
+      };
+      match pool.scheduled(&main.key, main.source(), event).await {
+        Ok(run) => tracing::info!(
+          cron = %expr,
+          outcome = run.outcome.as_str(),
+          cpu_ms = run.cpu.as_millis() as u64,
+          error = run.error.as_deref(),
+          "scheduled run"
+        ),
+        Err(e) => tracing::warn!(cron = %expr, error = %e, "scheduled run not started"),
+      }
+    }
+    after = next;
+  }
+}
+
+/// The value of `name` in a query string, `+` and `%XX` decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+  query.split('&').find_map(|pair| {
+    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+    (k == name).then(|| percent_decode(v))
+  })
+}
+
+fn percent_decode(s: &str) -> String {
+  let hex = |b: u8| (b as char).to_digit(16);
+  let bytes = s.as_bytes();
+  let mut out = Vec::with_capacity(bytes.len());
+  let mut i = 0;
+  while i < bytes.len() {
+    let escaped = match bytes[i] {
+      b'%' if i + 2 < bytes.len() => hex(bytes[i + 1]).zip(hex(bytes[i + 2])),
+      _ => None,
+    };
+    match (bytes[i], escaped) {
+      (_, Some((hi, lo))) => {
+        out.push((hi * 16 + lo) as u8);
+        i += 2;
+      }
+      (b'+', None) => out.push(b' '),
+      (b, None) => out.push(b),
+    }
+    i += 1;
+  }
+  String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn the_cron_query_is_decoded_as_wrangler_sends_it() {
+    assert_eq!(
+      query_param("cron=*%2F5+*+*+*+*", "cron").as_deref(),
+      Some("*/5 * * * *")
+    );
+    assert_eq!(
+      query_param("a=1&cron=0%201%20*%20*%20MON", "cron").as_deref(),
+      Some("0 1 * * MON")
+    );
+    assert_eq!(query_param("a=1", "cron"), None);
+    assert_eq!(percent_decode("100%"), "100%");
+    assert_eq!(percent_decode("%zz"), "%zz");
+  }
+
+  #[test]
+  fn cron_expressions_are_checked_on_the_command_line() {
+    assert!(parse_cron("*/5 * * * *").is_ok());
+    assert!(parse_cron("0 0 L * *").is_ok());
+    let err = parse_cron("61 * * * *").unwrap_err();
+    assert!(err.contains("invalid cron expression"), "{err}");
+  }
 }

@@ -21,6 +21,8 @@ use isola_proto::msg::RunOutcome;
 use isola_proto::msg::Tick;
 use isola_proto::msg::TickReport;
 use isola_proto::msg::VersionBundle;
+use isola_proto::names::edge_worker_name;
+use isola_proto::names::split_edge_worker_name;
 use isola_proto::routes::RouteTable;
 use isola_runtime::Bundle;
 use isola_runtime::Limits;
@@ -87,6 +89,8 @@ struct State {
   /// Routes per worker name, for [`Node::snapshot`]; the table itself
   /// only answers lookups.
   route_counts: HashMap<Arc<str>, usize>,
+  /// The `[[worker]]`s of the config file: their bindings reach each other.
+  statics: HashSet<Arc<str>>,
 }
 
 /// Where the node's workers come from: its config file and the state the
@@ -146,7 +150,8 @@ pub struct Node {
   config_path: PathBuf,
   store: Store,
   runtime: Runtime,
-  state: ArcSwap<State>,
+  /// Shared with the runtime's [`NodeServices`].
+  state: Arc<ArcSwap<State>>,
   /// Held while a new state is prepared, so reloads and pushes take turns.
   sources: tokio::sync::Mutex<Sources>,
   static_names: std::sync::RwLock<HashSet<String>>,
@@ -196,9 +201,13 @@ fn build_state(
     let version = store
       .import_dir(&w.name, &entry, vars, w.limits.clone())
       .with_context(|| format!("worker {:?}", w.name))?;
-    let (bundle, worker_config) = store
+    let (bundle, mut worker_config) = store
       .load(&w.name, &version)
       .with_context(|| format!("worker {:?} version {version}", w.name))?;
+    for s in &w.services {
+      worker_config =
+        worker_config.service(s.binding.clone(), s.service.clone(), s.entrypoint.clone());
+    }
     let name: Arc<str> = Arc::from(w.name.as_str());
     workers.insert(
       name.clone(),
@@ -256,11 +265,17 @@ fn build_state(
     *route_counts.entry(worker.clone()).or_default() += 1;
   }
   let routes = RouteTable::new(routes).context("invalid route")?;
+  let statics = config
+    .workers
+    .iter()
+    .map(|w| Arc::from(w.name.as_str()))
+    .collect();
   Ok((
     State {
       routes: Some(routes),
       workers,
       route_counts,
+      statics,
     },
     errors,
   ))
@@ -285,11 +300,13 @@ impl Node {
     save_state: SaveState,
   ) -> Self {
     let static_names = config.workers.iter().map(|w| w.name.clone()).collect();
+    let state = Arc::new(ArcSwap::from_pointee(State::default()));
+    runtime.set_services(Arc::new(NodeServices(state.clone())));
     Self {
       config_path,
       store,
       runtime,
-      state: ArcSwap::from_pointee(State::default()),
+      state,
       static_names: std::sync::RwLock::new(static_names),
       controlled: config.control.is_some(),
       control_revision: AtomicU64::new(0),
@@ -536,6 +553,37 @@ impl Node {
   }
 }
 
+/// Service bindings over the routing state: a control-plane worker
+/// (`account_worker`) reaches the workers of its account, a `[[worker]]` of
+/// the config the other `[[worker]]`s; a split deployment picks a version
+/// per call, as it does per request.
+struct NodeServices(Arc<ArcSwap<State>>);
+
+impl NodeServices {
+  /// The edge name of the worker `service` that `caller` means.
+  fn callee(state: &State, caller: &str, service: &str) -> Option<Arc<str>> {
+    if state.statics.contains(caller) {
+      return state.statics.get(service).cloned();
+    }
+    let (account, _) = split_edge_worker_name(caller)?;
+    let name = edge_worker_name(account, service);
+    // Never a static worker: those are not the account's.
+    (!state.statics.contains(name.as_str())).then(|| Arc::from(name))
+  }
+}
+
+impl isola_runtime::Services for NodeServices {
+  fn resolve(&self, caller: &str, service: &str) -> Option<isola_runtime::ServiceTarget> {
+    let state = self.0.load();
+    let name = Self::callee(&state, caller, service)?;
+    let active = state.workers.get(&name)?.pick().clone();
+    Some(isola_runtime::ServiceTarget {
+      key: active.key.clone(),
+      source: Box::new(move || Ok((active.bundle.clone(), active.config.clone()))),
+    })
+  }
+}
+
 impl crate::control::Target for Node {
   fn revision(&self) -> u64 {
     self.control_revision()
@@ -639,6 +687,27 @@ mod tests {
       .iter()
       .map(|(k, v)| (k.to_string(), v.to_string()))
       .collect()
+  }
+
+  #[test]
+  fn bindings_reach_the_same_account_or_the_other_static_workers() {
+    let state = State {
+      statics: ["site", "api", "acme_billing"]
+        .into_iter()
+        .map(Arc::from)
+        .collect(),
+      ..State::default()
+    };
+    let callee = |caller: &str, service: &str| {
+      NodeServices::callee(&state, caller, service).map(|n| n.to_string())
+    };
+    assert_eq!(callee("acme_web", "auth").as_deref(), Some("acme_auth"));
+    assert_eq!(callee("site", "api").as_deref(), Some("api"));
+    // A static worker reaches no account's worker, and no account reaches
+    // a static one or another account's.
+    assert_eq!(callee("site", "acme_auth"), None);
+    assert_eq!(callee("acme_web", "billing"), None);
+    assert_eq!(callee("nounderscore", "auth"), None);
   }
 
   #[test]

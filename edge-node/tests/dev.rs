@@ -181,3 +181,76 @@ fn dev_enforces_limits_and_recovers_with_a_fresh_isolate() {
   let r = dev.send("GET", "/", b"");
   assert_eq!((r.status, r.text().as_str()), (200, "served 1"));
 }
+
+#[test]
+fn dev_test_scheduled_runs_the_handler_once_per_request() {
+  let dir = tempfile::tempdir().unwrap();
+  let entry = write(
+    dir.path(),
+    "worker.js",
+    r#"
+    export default {
+      async scheduled(controller, env, ctx) {
+        if (controller.cron === "0 0 * * *") throw new Error("midnight job broke");
+        ctx.waitUntil(Promise.resolve().then(() =>
+          console.log(`tick ${controller.cron} ${controller.type} ${typeof controller.scheduledTime}`)));
+      },
+    };
+    "#,
+  );
+  let mut dev = Dev::start(&entry, &["--test-scheduled"]);
+  let r = dev.send("GET", "/__scheduled?cron=*%2F5+*+*+*+*", b"");
+  assert_eq!((r.status, r.text().as_str()), (200, "Ran scheduled event"));
+  dev.expect_line("tick */5 * * * * scheduled number");
+  let r = dev.send("GET", "/__scheduled?cron=0+0+*+*+*", b"");
+  assert_eq!(r.status, 500);
+  assert!(r.text().contains("midnight job broke"), "{}", r.text());
+  // No fetch handler: an ordinary request is told so, in the log.
+  let r = dev.send("GET", "/", b"");
+  assert_eq!(r.status, 500);
+  dev.expect_line("Handler does not export a fetch() function.");
+}
+
+#[test]
+fn dev_service_binds_another_worker_for_fetch_and_rpc() {
+  let dir = tempfile::tempdir().unwrap();
+  let entry = write(
+    dir.path(),
+    "main.js",
+    r#"
+    export default {
+      async fetch(request, env) {
+        if (new URL(request.url).pathname === "/rpc") {
+          return new Response(`sum ${await env.MATH.add(20, 22)}`);
+        }
+        return env.MATH.fetch(request);
+      },
+    };
+    "#,
+  );
+  let service_dir = dir.path().join("math");
+  std::fs::create_dir_all(&service_dir).unwrap();
+  let service = write(
+    &service_dir,
+    "math.js",
+    r#"
+    import { WorkerEntrypoint } from "cloudflare:workers";
+    export default class extends WorkerEntrypoint {
+      fetch(request) {
+        return new Response(request.body, { headers: { "x-served-by": "math" } });
+      }
+      add(a, b) {
+        return a + b;
+      }
+    }
+    "#,
+  );
+  let binding = format!("MATH={}", service.display());
+  let dev = Dev::start(&entry, &["--service", &binding]);
+  let r = dev.send("GET", "/rpc", b"");
+  assert_eq!((r.status, r.text().as_str()), (200, "sum 42"));
+  let r = dev.send("POST", "/echo", b"through the binding");
+  assert_eq!(r.status, 200);
+  assert_eq!(r.header("x-served-by"), Some("math"));
+  assert_eq!(r.text(), "through the binding");
+}

@@ -19,7 +19,7 @@ pub(crate) enum ErrorKind {
   /// The main module threw while it was evaluated.
   #[error("the worker threw while starting: {0}")]
   Startup(String),
-  /// The main module exports no fetch handler.
+  /// The main module exports no handler (for this kind of invocation).
   #[error("{0}")]
   NoHandler(String),
   /// The handler threw; details went to the worker's log.
@@ -114,6 +114,15 @@ impl Error {
     match &self.kind {
       ErrorKind::Throttled { retry_after, .. } => Some(*retry_after),
       _ => None,
+    }
+  }
+
+  /// The text for logs: an exception's message and stack, else the
+  /// `Display` text.
+  pub(crate) fn detail(&self) -> String {
+    match &self.kind {
+      ErrorKind::Exception(JsException(text)) => text.clone(),
+      _ => self.to_string(),
     }
   }
 

@@ -21,6 +21,7 @@ pub struct Limits {
   subrequests: u32,
   request_body: u64,
   response_body: u64,
+  scheduled_cpu: Duration,
 }
 
 impl Default for Limits {
@@ -32,6 +33,7 @@ impl Default for Limits {
       subrequests: 50,
       request_body: 100 << 20,
       response_body: 512 << 20,
+      scheduled_cpu: Duration::from_secs(30),
     }
   }
 }
@@ -74,6 +76,17 @@ impl Limits {
   pub fn response_body_bytes(mut self, n: u64) -> Self {
     self.response_body = n;
     self
+  }
+
+  /// CPU time of one scheduled (cron) run, unless its event sets one.
+  /// Default: 30 s, Cloudflare's for schedules that fire often.
+  pub fn scheduled_cpu(mut self, cpu: Duration) -> Self {
+    self.scheduled_cpu = cpu;
+    self
+  }
+
+  pub fn scheduled_cpu_limit(&self) -> Duration {
+    self.scheduled_cpu
   }
 
   pub fn cpu_limit(&self) -> Duration {
@@ -162,6 +175,31 @@ impl From<&isola_proto::manifest::LimitsSpec> for Limits {
     if let Some(n) = spec.response_body_bytes {
       limits = limits.response_body_bytes(n);
     }
+    if let Some(ms) = spec.scheduled_cpu_ms {
+      limits = limits.scheduled_cpu(Duration::from_millis(ms));
+    }
     limits
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn a_scheduled_cpu_limit_comes_from_the_manifest_or_defaults_to_30_s() {
+    let spec = isola_proto::manifest::LimitsSpec::default();
+    assert_eq!(
+      Limits::from(&spec).scheduled_cpu_limit(),
+      Duration::from_secs(30)
+    );
+    let spec = isola_proto::manifest::LimitsSpec {
+      scheduled_cpu_ms: Some(120_000),
+      cpu_ms: Some(10),
+      ..Default::default()
+    };
+    let limits = Limits::from(&spec);
+    assert_eq!(limits.scheduled_cpu_limit(), Duration::from_secs(120));
+    assert_eq!(limits.cpu_limit(), Duration::from_millis(10));
   }
 }

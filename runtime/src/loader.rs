@@ -64,6 +64,9 @@ impl ModuleLoader for BundleLoader {
     referrer: &str,
     _kind: ResolutionKind,
   ) -> Result<ModuleSpecifier, JsErrorBox> {
+    if specifier == CLOUDFLARE_WORKERS_SPECIFIER {
+      return ModuleSpecifier::parse(specifier).map_err(JsErrorBox::from_err);
+    }
     let relative =
       specifier.starts_with("./") || specifier.starts_with("../") || specifier.starts_with('/');
     if !relative && !specifier.starts_with(SCHEME_PREFIX) {

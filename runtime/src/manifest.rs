@@ -12,8 +12,8 @@ use crate::worker::WorkerConfig;
 
 /// The bundle and config of version `version` (its manifest id) of a
 /// worker, from its manifest and the bytes of its modules: the manifest's
-/// main module, vars (as JSON values) and limits (unset ones take
-/// [`Limits::default`]).
+/// main module, vars (as JSON values), service bindings and limits (unset
+/// ones take [`Limits::default`]).
 pub fn from_manifest(
   manifest: &Manifest,
   version: &str,
@@ -25,6 +25,9 @@ pub fn from_manifest(
     .limits(Limits::from(&manifest.limits));
   for (name, value) in &manifest.vars {
     config = config.json_var(name.clone(), value.clone());
+  }
+  for s in &manifest.services {
+    config = config.service(s.binding.clone(), s.service.clone(), s.entrypoint.clone());
   }
   Ok((bundle, config))
 }

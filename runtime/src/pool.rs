@@ -29,6 +29,15 @@ use crate::fairness::Admission;
 use crate::fairness::Fairness;
 use crate::fairness::Ledger;
 use crate::limits::MeterSink;
+use crate::limits::Outcome;
+use crate::scheduled::ScheduledEvent;
+use crate::scheduled::ScheduledRun;
+use crate::services::PoolLink;
+use crate::services::Services;
+use crate::services::ServicesHandle;
+use crate::worker::Answer;
+use crate::worker::Call;
+use crate::worker::Invocation;
 use crate::worker::Isolate;
 use crate::worker::WorkerConfig;
 use crate::worker::WorkerHandle;
@@ -48,6 +57,7 @@ pub struct Config {
   logs: LogSink,
   meter: MeterSink,
   fairness: Fairness,
+  pub(crate) services: ServicesHandle,
 }
 
 impl Default for Config {
@@ -62,6 +72,7 @@ impl Default for Config {
       logs: LogSink::discard(),
       meter: MeterSink::discard(),
       fairness: Fairness::default(),
+      services: ServicesHandle::default(),
     }
   }
 }
@@ -126,6 +137,12 @@ impl Config {
     self.fairness = fairness;
     self
   }
+
+  /// Which worker each service binding reaches. Default: none resolve.
+  pub fn services(mut self, services: Arc<dyn Services>) -> Self {
+    self.services = ServicesHandle(services);
+    self
+  }
 }
 
 /// Identifies a loaded worker: its name and version hash.
@@ -187,7 +204,7 @@ type TaskFactory = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>
 enum Command {
   Load {
     bundle: Bundle,
-    config: WorkerConfig,
+    config: Box<WorkerConfig>,
     reply: oneshot::Sender<Result<(WorkerHandle, u64, bool), Error>>,
   },
   Spawn(TaskFactory),
@@ -301,14 +318,16 @@ impl Index {
   }
 }
 
-struct Shared {
-  config: Config,
+pub(crate) struct Shared {
+  pub(crate) config: Config,
   /// The request threads, then the quarantine thread if there is one.
   threads: Vec<Thread>,
   /// How many of `threads` serve requests (the rest is the quarantine).
   request_threads: usize,
   index: Mutex<Index>,
   ledger: Arc<Mutex<Ledger>>,
+  /// `config.services`, or what [`Runtime::set_services`] put in later.
+  services: std::sync::RwLock<Arc<dyn Services>>,
 }
 
 thread_local! {
@@ -364,6 +383,7 @@ impl Runtime {
     }
     let shared = Arc::new(Shared {
       request_threads: config.threads,
+      services: std::sync::RwLock::new(config.services.0.clone()),
       ledger: Arc::new(Mutex::new(Ledger::new(config.fairness.clone()))),
       config,
       threads,
@@ -412,6 +432,81 @@ impl Runtime {
     source: impl FnOnce() -> Result<(Bundle, WorkerConfig), Error>,
     request: http::Request<RequestBody>,
   ) -> Result<http::Response<ResponseBody>, Error> {
+    let call = Call::Fetch {
+      request,
+      entrypoint: None,
+    };
+    match self.invoke(key, source, call, 1).await? {
+      (Answer::Response(response), _) => Ok(response),
+      _ => {
+        Err(ErrorKind::Stopped("the worker answered a request without a response".into()).into())
+      }
+    }
+  }
+
+  /// Runs the scheduled handler of worker `key` for one cron tick, as
+  /// [`Runtime::fetch`] runs a request (same loading, fairness and
+  /// metering), and waits until the run is over: its handler and every
+  /// `waitUntil` promise settled. `Err` only when the run could not start
+  /// (the worker does not load, is throttled, or has no scheduled handler).
+  pub async fn scheduled(
+    &self,
+    key: &WorkerKey,
+    source: impl FnOnce() -> Result<(Bundle, WorkerConfig), Error>,
+    event: ScheduledEvent,
+  ) -> Result<ScheduledRun, Error> {
+    let start = Instant::now();
+    let call = Call::Scheduled {
+      cron: event.cron,
+      scheduled_time: event.scheduled_time,
+      cpu_limit: event.cpu_limit,
+    };
+    let (error, invocation) = match self.invoke_raw(key, source, call, 1).await? {
+      (Ok(_), invocation) => (None, invocation),
+      (Err(e), _) if e.is_code_error() => return Err(e),
+      (Err(e), invocation) => (Some(e), invocation),
+    };
+    let usage = invocation.usage().await;
+    self.shared.prune(key);
+    let outcome = match (&usage, &error) {
+      (Some(usage), _) if usage.outcome.is_some() => usage.outcome.unwrap_or(Outcome::Stopped),
+      (_, None) => Outcome::Ok,
+      (_, Some(e)) => e.limit().unwrap_or(if e.is_exception() {
+        Outcome::Exception
+      } else {
+        Outcome::Stopped
+      }),
+    };
+    Ok(ScheduledRun {
+      outcome,
+      no_retry: usage.as_ref().is_some_and(|u| u.no_retry),
+      cpu: Duration::from_nanos(usage.as_ref().map_or(0, |u| u.cpu_ns)),
+      wall: start.elapsed(),
+      error: error.map(|e| e.detail()),
+    })
+  }
+
+  /// An invocation of any kind, through admission and the pool; the
+  /// answer, and the invocation for what follows it.
+  pub(crate) async fn invoke(
+    &self,
+    key: &WorkerKey,
+    source: impl FnOnce() -> Result<(Bundle, WorkerConfig), Error>,
+    call: Call,
+    depth: u32,
+  ) -> Result<(Answer, Invocation), Error> {
+    let (answer, invocation) = self.invoke_raw(key, source, call, depth).await?;
+    Ok((answer?, invocation))
+  }
+
+  /// Like [`Runtime::invoke`]; `Err` only if it did not start.
+  async fn invoke_raw(
+    &self,
+    key: &WorkerKey,
+    source: impl FnOnce() -> Result<(Bundle, WorkerConfig), Error>,
+    call: Call,
+    depth: u32,
+  ) -> Result<(Result<Answer, Error>, Invocation), Error> {
     let admitted = self.shared.ledger().admit(&key.name, Instant::now());
     let quarantine = match admitted {
       Admission::Run { quarantine } => {
@@ -434,14 +529,19 @@ impl Runtime {
         self.shared.start(key, bundle, config, quarantine).await?
       }
     };
-    let result = handle.fetch(request).await;
+    let mut invocation = handle.call(call, depth);
+    let result = invocation.answer().await;
     inflight.fetch_sub(1, Ordering::Relaxed);
     if let Err(e) = &result {
       if e.is_stopped() || e.limit().is_some() {
         self.shared.prune(key);
       }
     }
-    result
+    Ok((result, invocation))
+  }
+
+  pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+    Self { shared }
   }
 
   /// Loads worker `key` into an isolate now (e.g. on deploy, or to check that
@@ -459,6 +559,16 @@ impl Runtime {
     let (_, inflight) = self.shared.start(key, bundle, config, false).await?;
     inflight.fetch_sub(1, Ordering::Relaxed);
     Ok(())
+  }
+
+  /// Replaces the [`Config::services`], for a node whose routing state
+  /// (what bindings resolve against) is built after its runtime.
+  pub fn set_services(&self, services: Arc<dyn Services>) {
+    *self
+      .shared
+      .services
+      .write()
+      .unwrap_or_else(|e| e.into_inner()) = services;
   }
 
   /// Drops every isolate of worker `key` (e.g. its version was replaced).
@@ -530,6 +640,15 @@ impl Shared {
     lock_ledger(&self.ledger)
   }
 
+  /// Which worker each service binding reaches.
+  pub(crate) fn services(&self) -> Arc<dyn Services> {
+    self
+      .services
+      .read()
+      .unwrap_or_else(|e| e.into_inner())
+      .clone()
+  }
+
   /// An instance of `key` with room for one more request, on the
   /// quarantine thread if `quarantine` and on a request thread (preferring
   /// the current one) if not; counts the request in.
@@ -557,7 +676,7 @@ impl Shared {
   /// (this one when it is a V8 thread with no more isolates than the
   /// others).
   async fn start(
-    &self,
+    self: &Arc<Self>,
     key: &WorkerKey,
     bundle: Bundle,
     config: WorkerConfig,
@@ -583,7 +702,8 @@ impl Shared {
       key.name.clone(),
       self.config.meter.clone(),
     );
-    let config = config.meter(MeterSink::new(move |record| {
+    let link = PoolLink(Some(Arc::downgrade(self)));
+    let config = config.pool(link).meter(MeterSink::new(move |record| {
       lock_ledger(&ledger).charge(
         &name,
         record.outcome,
@@ -597,7 +717,7 @@ impl Shared {
       .tx
       .send(Command::Load {
         bundle,
-        config,
+        config: Box::new(config),
         reply: tx,
       })
       .map_err(|_| ErrorKind::Stopped("the V8 thread is gone".into()))?;

@@ -20,11 +20,20 @@ const {
   Error,
   ObjectDefineProperty,
   ObjectFreeze,
+  ObjectGetOwnPropertyNames,
   ObjectPrototypeIsPrototypeOf,
+  Proxy,
+  String,
+  Symbol,
   PromisePrototypeThen,
   PromiseResolve,
   ReflectApply,
   SafePromiseAllSettled,
+  SafeArrayIterator,
+  ArrayPrototypeIncludes,
+  ObjectGetPrototypeOf,
+  ObjectPrototype,
+  PromiseReject,
   TypeError,
   TypedArrayPrototypeGetSymbolToStringTag,
   Float64Array,
@@ -44,9 +53,17 @@ const {
   op_isola_fail,
   op_isola_invocation_done,
   op_isola_respond,
+  op_isola_done_ok,
+  op_isola_no_retry,
+  op_isola_return,
+  op_isola_throw,
+  op_isola_missing,
+  op_isola_service_bindings,
+  op_isola_service_fetch,
+  op_isola_service_call,
 } = core.ops;
-const { fromInnerRequest, newInnerRequest } = requestMod;
-const { ResponsePrototype, toInnerResponse } = responseMod;
+const { fromInnerRequest, newInnerRequest, Request, toInnerRequest } = requestMod;
+const { Response, ResponsePrototype, toInnerResponse } = responseMod;
 const { readableStreamForRid, resourceForReadableStream, isReadableStream } =
   streams;
 const { InnerBody } = core.loadExtScript("ext:deno_fetch/22_body.js");
@@ -84,6 +101,8 @@ let env = {};
 let entry = null;
 /** A class default export (`class extends WorkerEntrypoint`), instantiated per request. */
 let entryClass = null;
+/** The main module's namespace: named entrypoints of service bindings. */
+let exports = null;
 
 // ------------------------------------------------------------ FetchEvent --
 /** The promise given to `event.respondWith()`, or null; module-private. */
@@ -129,7 +148,15 @@ class ExecutionContext {
       PromiseResolve(promise),
       () => settle(inv),
       (err) => {
-        console.error(`ctx.waitUntil() promise rejected: ${describe(err)}`);
+        if (inv.scheduled) {
+          // The run's first rejection is its exception, logged once at the end.
+          if (!inv.failed) {
+            inv.failed = true;
+            inv.error = err;
+          }
+        } else {
+          console.error(`ctx.waitUntil() promise rejected: ${describe(err)}`);
+        }
         settle(inv);
       },
     );
@@ -142,8 +169,50 @@ class ExecutionContext {
 function settle(inv) {
   inv.pending--;
   if (inv.pending === 0 && inv.responded) {
+    if (inv.scheduled) {
+      if (inv.failed) op_isola_fail(inv.id, describe(inv.error));
+      else op_isola_done_ok(inv.id);
+    }
     op_isola_invocation_done(inv.id);
   }
+}
+
+// ----------------------------------------------------------- entrypoints --
+/** What a handler lookup returns when the worker lacks that handler. */
+const NO_HANDLER = Symbol("NO_HANDLER");
+
+/**
+ * The object whose methods serve an invocation: an instance of the class
+ * (called with the invocation's arguments alone, `this.env`/`this.ctx` set)
+ * or the exported object (called with `env` and `ctx` appended); null for
+ * service-worker syntax.
+ */
+function receiver(entrypoint, ctx) {
+  const exported = entrypoint === null
+    ? (entryClass ?? entry)
+    : (exports !== null && ObjectHasOwn(exports, entrypoint) ? exports[entrypoint] : undefined);
+  if (typeof exported === "function") {
+    return { target: new exported(ctx, env), classStyle: true };
+  }
+  if (exported !== null && typeof exported === "object") {
+    return { target: exported, classStyle: false };
+  }
+  if (entrypoint !== null) {
+    throw new TypeError(
+      `The worker has no export named "${entrypoint}" to serve this service binding`,
+    );
+  }
+  return null;
+}
+
+/** Calls handler `name` of the entrypoint; NO_HANDLER if it has none. */
+function callHandler(found, name, args, ctx) {
+  const f = found.target[name];
+  if (typeof f !== "function") return NO_HANDLER;
+  if (!found.classStyle) {
+    ArrayPrototypePush(args, env, ctx);
+  }
+  return ReflectApply(f, found.target, args);
 }
 
 // -------------------------------------------------------------- dispatch --
@@ -162,8 +231,9 @@ function headerList(flat) {
  * @param {string} url absolute URL
  * @param {string[]} headers flat name/value list
  * @param {number | null} bodyRid resource id of the request body stream
+ * @param {string | null} entrypoint named export a service binding calls
  */
-function dispatch(id, method, url, headers, bodyRid) {
+function dispatch(id, method, url, headers, bodyRid, entrypoint) {
   const body = bodyRid === null
     ? null
     : new InnerBody(readableStreamForRid(bodyRid));
@@ -176,13 +246,12 @@ function dispatch(id, method, url, headers, bodyRid) {
   core.setAsyncContext(id);
   let result;
   try {
-    if (entryClass !== null) {
-      const instance = new entryClass(ctx, env);
-      result = instance.fetch(request);
-    } else if (entry !== null) {
-      result = ReflectApply(entry.fetch, entry, [request, env, ctx]);
-    } else {
-      result = dispatchFetchEvent(request, ctx);
+    const found = receiver(entrypoint, ctx);
+    result = found === null
+      ? dispatchFetchEvent(request, ctx)
+      : callHandler(found, "fetch", [request], ctx);
+    if (result === NO_HANDLER) {
+      throw new TypeError("Handler does not export a fetch() function.");
     }
   } catch (err) {
     fail(inv, err);
@@ -202,6 +271,9 @@ function dispatch(id, method, url, headers, bodyRid) {
 }
 
 function dispatchFetchEvent(request, ctx) {
+  if (event.listenerCount(globalEvents, "fetch") === 0) {
+    throw new TypeError("Handler does not export a fetch() function.");
+  }
   const ev = new FetchEvent("fetch", { request }, ctx);
   globalEvents.dispatchEvent(ev);
   const response = responseOf(ev);
@@ -263,6 +335,236 @@ function done(inv) {
   settle(inv);
 }
 
+// ------------------------------------------------------------- scheduled --
+/** Only the dispatcher makes controllers and events. */
+const INTERNAL = Symbol("INTERNAL");
+
+class ScheduledController {
+  #id;
+  constructor(key, id, cron, scheduledTime) {
+    if (key !== INTERNAL) throw new TypeError("Illegal constructor");
+    this.#id = id;
+    ObjectDefineProperty(this, "cron", { value: cron, enumerable: true });
+    ObjectDefineProperty(this, "scheduledTime", { value: scheduledTime, enumerable: true });
+    ObjectDefineProperty(this, "type", { value: "scheduled", enumerable: true });
+  }
+  noRetry() {
+    op_isola_no_retry(this.#id);
+  }
+}
+
+class ScheduledEvent extends event.Event {
+  #id;
+  #ctx;
+  constructor(key, id, cron, scheduledTime, ctx) {
+    if (key !== INTERNAL) throw new TypeError("Illegal constructor");
+    super("scheduled");
+    this.#id = id;
+    this.#ctx = ctx;
+    ObjectDefineProperty(this, "cron", { value: cron, enumerable: true });
+    ObjectDefineProperty(this, "scheduledTime", { value: scheduledTime, enumerable: true });
+  }
+  noRetry() {
+    op_isola_no_retry(this.#id);
+  }
+  waitUntil(promise) {
+    this.#ctx.waitUntil(promise);
+  }
+}
+
+const NO_SCHEDULED =
+  "the worker has no scheduled handler: add `export default { async scheduled(controller, env, ctx) { ... } }` or call `addEventListener(\"scheduled\", (event) => ...)`";
+
+/**
+ * Called from Rust for a cron tick. The run ends once the handler and every
+ * `waitUntil` promise settled; the first rejection is its exception.
+ */
+function scheduled(id, cron, scheduledTime) {
+  const inv = {
+    id,
+    pending: 1,
+    responded: false,
+    passThrough: false,
+    scheduled: true,
+    failed: false,
+    error: undefined,
+  };
+  const ctx = new ExecutionContext(inv);
+  const prevContext = core.getAsyncContext();
+  core.setAsyncContext(id);
+  let result;
+  try {
+    const found = receiver(null, ctx);
+    if (found === null) {
+      if (event.listenerCount(globalEvents, "scheduled") === 0) {
+        result = NO_HANDLER;
+      } else {
+        globalEvents.dispatchEvent(
+          new ScheduledEvent(INTERNAL, id, cron, scheduledTime, ctx),
+        );
+      }
+    } else {
+      const controller = new ScheduledController(INTERNAL, id, cron, scheduledTime);
+      result = callHandler(found, "scheduled", [controller], ctx);
+    }
+  } catch (err) {
+    result = PromiseReject(err);
+  } finally {
+    core.setAsyncContext(prevContext);
+  }
+  if (result === NO_HANDLER) {
+    op_isola_missing(id, NO_SCHEDULED);
+    op_isola_invocation_done(id);
+    return;
+  }
+  PromisePrototypeThen(
+    PromiseResolve(result),
+    () => {
+      inv.responded = true;
+      settle(inv);
+    },
+    (err) => {
+      if (!inv.failed) {
+        inv.failed = true;
+        inv.error = err;
+      }
+      inv.responded = true;
+      settle(inv);
+    },
+  );
+}
+
+// ------------------------------------------------------------------- RPC --
+/** Names a binding answers itself, never as RPC methods (as on Workers). */
+function reservedMethod(name) {
+  return name === "fetch" || name === "connect" || name === "constructor";
+}
+
+/** Called from Rust for `env.BINDING.method(...args)` of another worker. */
+function call(id, entrypoint, method, args) {
+  const inv = { id, pending: 1, responded: false, passThrough: false };
+  const ctx = new ExecutionContext(inv);
+  const prevContext = core.getAsyncContext();
+  core.setAsyncContext(id);
+  let result;
+  try {
+    if (reservedMethod(method)) {
+      throw new TypeError(`"${method}" cannot be called as an RPC method`);
+    }
+    const found = receiver(entrypoint, ctx);
+    if (found === null) {
+      throw new TypeError(
+        "The worker uses service-worker syntax, which has no RPC methods; export a class that extends WorkerEntrypoint",
+      );
+    }
+    const f = found.target[method];
+    // Object.prototype's methods (valueOf would hand over `this.env`) are
+    // not the worker's API.
+    if (typeof f !== "function" || f === ObjectPrototype[method]) {
+      throw new TypeError(`The RPC receiver does not implement the method "${method}".`);
+    }
+    result = ReflectApply(f, found.target, core.deserialize(args));
+  } catch (err) {
+    throwBack(inv, err);
+    return;
+  } finally {
+    core.setAsyncContext(prevContext);
+  }
+  PromisePrototypeThen(
+    PromiseResolve(result),
+    (value) => {
+      let bytes;
+      try {
+        bytes = core.serialize(value);
+      } catch (err) {
+        throwBack(inv, err);
+        return;
+      }
+      op_isola_return(id, bytes);
+      done(inv);
+    },
+    (err) => throwBack(inv, err),
+  );
+}
+
+function throwBack(inv, err) {
+  const isError = ObjectPrototypeIsPrototypeOf(Error.prototype, err);
+  let name = "Error";
+  let message;
+  try {
+    name = isError ? String(err.name) : "Error";
+    message = isError ? String(err.message) : describe(err);
+  } catch {
+    message = "an error that cannot be printed";
+  }
+  op_isola_throw(inv.id, name, message, describe(err));
+  done(inv);
+}
+
+/** `env.BINDING`: `fetch()` calls the other worker's fetch handler, any other method is RPC. */
+function serviceStub(binding) {
+  const stubFetch = (input, init = undefined) => serviceFetch(binding, input, init);
+  const connect = () => {
+    throw new TypeError("connect() through a service binding is not supported");
+  };
+  const methods = { __proto__: null };
+  return new Proxy({ __proto__: null }, {
+    get(_target, prop) {
+      if (prop === "fetch") return stubFetch;
+      if (prop === "connect") return connect;
+      // Not a thenable, and symbols are no methods.
+      if (typeof prop !== "string" || prop === "then") return undefined;
+      return methods[prop] ??= (...args) => serviceCall(binding, prop, args);
+    },
+  });
+}
+
+function currentId() {
+  const id = core.getAsyncContext();
+  return typeof id === "number" ? id : -1;
+}
+
+const NULL_BODY_STATUS = [101, 204, 205, 304];
+
+async function serviceFetch(binding, input, init) {
+  const id = currentId();
+  const request = new Request(input, init);
+  const flat = toInnerRequest(request).headerList;
+  const bodyRid = request.body === null ? -1 : resourceForReadableStream(request.body);
+  const head = await op_isola_service_fetch(
+    id,
+    binding,
+    request.method,
+    request.url,
+    flat,
+    bodyRid,
+  );
+  const status = head.status;
+  const nullBody = head.bodyRid === null || ArrayPrototypeIncludes(NULL_BODY_STATUS, status);
+  return new Response(nullBody ? null : readableStreamForRid(head.bodyRid), {
+    status,
+    headers: head.headers,
+  });
+}
+
+async function serviceCall(binding, method, args) {
+  const id = currentId();
+  const reply = await op_isola_service_call(id, binding, method, core.serialize(args));
+  if (reply.value !== null) {
+    return core.deserialize(reply.value);
+  }
+  const err = new Error(reply.message);
+  if (reply.name !== "Error") {
+    ObjectDefineProperty(err, "name", {
+      value: reply.name,
+      writable: true,
+      configurable: true,
+      enumerable: false,
+    });
+  }
+  throw err;
+}
+
 function describeValue(v) {
   if (v === null) return "null";
   if (v === undefined) return "undefined";
@@ -280,6 +582,10 @@ function init() {
   op_isola_set_clock(new Uint8Array(TypedArrayPrototypeGetBuffer(clock)));
   setClock(clock);
   env = op_isola_env();
+  const bindings = op_isola_service_bindings();
+  for (let i = 0; i < bindings.length; i++) {
+    env[bindings[i]] = serviceStub(bindings[i]);
+  }
 }
 
 /**
@@ -287,16 +593,23 @@ function init() {
  * Returns an error message, or null when the worker has a fetch handler.
  */
 function setEntry(namespace) {
+  exports = namespace;
   const def = namespace.default;
-  if (def !== null && typeof def === "object" && typeof def.fetch === "function") {
+  if (
+    def !== null && typeof def === "object" &&
+    (typeof def.fetch === "function" || typeof def.scheduled === "function")
+  ) {
     entry = def;
     return null;
   }
-  if (typeof def === "function" && typeof def.prototype?.fetch === "function") {
+  if (typeof def === "function" && isEntrypointClass(def)) {
     entryClass = def;
     return null;
   }
-  if (event.listenerCount(globalEvents, "fetch") > 0) {
+  if (
+    event.listenerCount(globalEvents, "fetch") > 0 ||
+    event.listenerCount(globalEvents, "scheduled") > 0
+  ) {
     entry = null;
     // Service-worker syntax has no `env` argument: bindings are globals.
     const names = ObjectKeys(env);
@@ -312,7 +625,21 @@ function setEntry(namespace) {
     }
     return null;
   }
+  // An RPC-only service: named WorkerEntrypoint classes and nothing else.
+  const names = ObjectKeys(namespace);
+  for (let i = 0; i < names.length; i++) {
+    if (names[i] !== "default" && isEntrypointClass(namespace[names[i]])) {
+      return null;
+    }
+  }
   return "the main module has no fetch handler: add `export default { async fetch(request, env, ctx) { ... } }` or call `addEventListener(\"fetch\", (event) => event.respondWith(...))`";
+}
+
+/** A class with methods (`class extends WorkerEntrypoint { ... }`). */
+function isEntrypointClass(value) {
+  if (typeof value !== "function" || value.prototype === undefined) return false;
+  return ObjectGetOwnPropertyNames(value.prototype).length > 1 ||
+    ObjectGetPrototypeOf(value.prototype) !== ObjectPrototype;
 }
 
 core.setUnhandledPromiseRejectionHandler((_promise, reason) => {
@@ -329,5 +656,5 @@ globalEvents.addEventListener("error", (ev) => {
   ev.preventDefault();
 });
 
-const workerInternals = ObjectFreeze({ dispatch, init, setEntry });
+const workerInternals = ObjectFreeze({ call, dispatch, init, scheduled, setEntry });
 export { workerInternals };

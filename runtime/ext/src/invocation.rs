@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use std::time::Duration;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -24,6 +25,40 @@ pub enum Reply {
   /// The isolate was stopped (by a limit another invocation broke, or a
   /// failure) before this invocation answered; the text says why.
   Stopped(String),
+  /// A scheduled run ended without an error (its handler and every
+  /// `waitUntil` promise settled).
+  Done,
+  /// An RPC method returned this value (V8-serialised).
+  Value(Vec<u8>),
+  /// An RPC method threw: the error's `name` and `message`, for the caller
+  /// to rethrow (the stack went to the callee's log).
+  Thrown { name: String, message: String },
+  /// The worker has no handler for this kind of invocation; the text says
+  /// which and how to add one.
+  Missing(String),
+}
+
+/// Per-invocation settings that differ from the isolate's: a scheduled run
+/// has its own CPU and wall limits, a service binding call its depth.
+#[derive(Clone, Copy, Debug)]
+pub struct InvocationSpec {
+  /// Invocations in the chain up to and including this one (1: called from
+  /// outside, 2: through one service binding, ...).
+  pub depth: u32,
+  /// CPU limit in ns; `None`: the isolate's.
+  pub cpu_limit_ns: Option<u64>,
+  /// Wall-clock limit; `None`: the isolate's.
+  pub wall: Option<Duration>,
+}
+
+impl Default for InvocationSpec {
+  fn default() -> Self {
+    Self {
+      depth: 1,
+      cpu_limit_ns: None,
+      wall: None,
+    }
+  }
 }
 
 /// Why every invocation still waiting is failed at once.
@@ -37,7 +72,7 @@ pub enum Failure<'a> {
 }
 
 /// What an invocation used, kept while it runs.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Usage {
   pub start: Instant,
   pub start_time: std::time::SystemTime,
@@ -47,6 +82,8 @@ pub struct Usage {
   pub bytes_in: u64,
   pub bytes_out: u64,
   pub outcome: Option<Outcome>,
+  /// A scheduled handler called `controller.noRetry()`.
+  pub no_retry: bool,
 }
 
 impl Usage {
@@ -60,6 +97,7 @@ impl Usage {
       bytes_in: 0,
       bytes_out: 0,
       outcome: None,
+      no_retry: false,
     }
   }
 }
@@ -70,7 +108,8 @@ pub type FinishHook = Box<dyn Fn(u32, Usage)>;
 
 struct Pending {
   reply: Option<oneshot::Sender<Reply>>,
-  done: Option<oneshot::Sender<()>>,
+  done: Option<oneshot::Sender<Usage>>,
+  spec: InvocationSpec,
   usage: Usage,
   /// JS is done with it (response out, `waitUntil` settled).
   js_done: bool,
@@ -87,7 +126,7 @@ pub struct Invocations {
   on_finish: Option<FinishHook>,
   /// Finished during the current turn; reported once the turn's CPU is
   /// charged, so a handler that answers synchronously is not billed 0.
-  finished: Vec<(u32, Usage)>,
+  finished: Vec<(u32, Usage, Option<oneshot::Sender<Usage>>)>,
   in_turn: bool,
   /// Outbound `fetch()` calls allowed per invocation (0: no limit).
   pub subrequest_limit: u32,
@@ -96,13 +135,24 @@ pub struct Invocations {
 }
 
 impl Invocations {
-  /// Registers an invocation starting at `now`. `done` fires once the
-  /// response is sent and every `ctx.waitUntil()` promise has settled.
+  /// Registers an invocation starting at `now`. `done` gets its usage once
+  /// the response is sent and every `ctx.waitUntil()` promise has settled.
   pub fn insert(
     &mut self,
     reply: oneshot::Sender<Reply>,
-    done: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Sender<Usage>>,
     now: Instant,
+  ) -> u32 {
+    self.insert_with(reply, done, now, InvocationSpec::default())
+  }
+
+  /// Like [`Invocations::insert`], with limits or a depth of its own.
+  pub fn insert_with(
+    &mut self,
+    reply: oneshot::Sender<Reply>,
+    done: Option<oneshot::Sender<Usage>>,
+    now: Instant,
+    spec: InvocationSpec,
   ) -> u32 {
     // Ids stay small integers so they travel as V8 Smis.
     self.next_id = (self.next_id + 1) & 0x3fff_ffff;
@@ -112,6 +162,7 @@ impl Invocations {
       Pending {
         reply: Some(reply),
         done,
+        spec,
         usage: Usage::new(now),
         js_done: false,
         streaming: false,
@@ -161,16 +212,35 @@ impl Invocations {
         .pending
         .values_mut()
         .map(|p| &mut p.usage)
-        .chain(self.finished.iter_mut().map(|(_, u)| u));
+        .chain(self.finished.iter_mut().map(|(_, u, _)| u));
       for usage in usages {
         usage.cpu_ns += share;
         usage.peak_memory = usage.peak_memory.max(memory);
       }
     }
-    for (id, usage) in std::mem::take(&mut self.finished) {
-      if let Some(hook) = &self.on_finish {
-        hook(id, usage);
-      }
+    for (id, usage, done) in std::mem::take(&mut self.finished) {
+      self.report(id, usage, done);
+    }
+  }
+
+  fn report(&self, id: u32, usage: Usage, done: Option<oneshot::Sender<Usage>>) {
+    if let Some(tx) = done {
+      let _ = tx.send(usage.clone());
+    }
+    if let Some(hook) = &self.on_finish {
+      hook(id, usage);
+    }
+  }
+
+  /// The chain depth of invocation `id` (1 if it is unknown).
+  pub fn depth(&self, id: u32) -> u32 {
+    self.pending.get(&id).map_or(1, |p| p.spec.depth)
+  }
+
+  /// Notes that a scheduled run asked not to be retried.
+  pub fn set_no_retry(&mut self, id: u32) {
+    if let Some(p) = self.pending.get_mut(&id) {
+      p.usage.no_retry = true;
     }
   }
 
@@ -181,32 +251,41 @@ impl Invocations {
     let min_left = self
       .pending
       .values()
-      .map(|p| limit_ns.saturating_sub(p.usage.cpu_ns))
+      .map(|p| {
+        p.spec
+          .cpu_limit_ns
+          .unwrap_or(limit_ns)
+          .saturating_sub(p.usage.cpu_ns)
+      })
       .min()
       .unwrap_or(limit_ns);
     min_left.saturating_mul(n.max(1)).max(1_000_000)
   }
 
-  /// Invocations whose CPU use is past `limit_ns` and that are not ended yet.
-  pub fn over_cpu(&self, limit_ns: u64) -> Vec<u32> {
+  /// Invocations whose CPU use is past their limit (`limit_ns` unless
+  /// their own) and that are not ended yet, each with its limit.
+  pub fn over_cpu(&self, limit_ns: u64) -> Vec<(u32, u64)> {
     self
       .pending
       .iter()
-      .filter(|(_, p)| p.usage.cpu_ns > limit_ns && p.usage.outcome != Some(Outcome::CpuLimit))
-      .map(|(id, _)| *id)
+      .map(|(id, p)| (*id, p, p.spec.cpu_limit_ns.unwrap_or(limit_ns)))
+      .filter(|(_, p, limit)| p.usage.cpu_ns > *limit && p.usage.outcome != Some(Outcome::CpuLimit))
+      .map(|(id, _, limit)| (id, limit))
       .collect()
   }
 
-  /// The earliest start among invocations not finished, and those started
-  /// before `cutoff`.
-  pub fn started_before(&self, cutoff: Instant) -> (Vec<u32>, Option<Instant>) {
+  /// Invocations past their wall-clock limit (`wall` unless their own) at
+  /// `now`, each with its limit, and the earliest deadline of the others.
+  pub fn past_wall(&self, now: Instant, wall: Duration) -> (Vec<(u32, Duration)>, Option<Instant>) {
     let mut expired = Vec::new();
     let mut earliest: Option<Instant> = None;
     for (id, p) in &self.pending {
-      if p.usage.start <= cutoff {
-        expired.push(*id);
+      let wall = p.spec.wall.unwrap_or(wall);
+      let deadline = p.usage.start + wall;
+      if deadline <= now {
+        expired.push((*id, wall));
       } else {
-        earliest = Some(earliest.map_or(p.usage.start, |e| e.min(p.usage.start)));
+        earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
       }
     }
     (expired, earliest)
@@ -267,13 +346,11 @@ impl Invocations {
       return;
     }
     if let Some(mut p) = self.pending.remove(&id) {
-      if let Some(tx) = p.done.take() {
-        let _ = tx.send(());
-      }
+      let done = p.done.take();
       if self.in_turn {
-        self.finished.push((id, p.usage));
-      } else if let Some(hook) = &self.on_finish {
-        hook(id, p.usage);
+        self.finished.push((id, p.usage, done));
+      } else {
+        self.report(id, p.usage, done);
       }
     }
   }
@@ -302,8 +379,8 @@ impl Invocations {
     if let Some(p) = self.pending.get_mut(&id) {
       if let Some(tx) = p.reply.take() {
         let outcome = match &reply {
-          Reply::Response(_) => Outcome::Ok,
-          Reply::Exception(_) => Outcome::Exception,
+          Reply::Response(_) | Reply::Done | Reply::Value(_) => Outcome::Ok,
+          Reply::Exception(_) | Reply::Thrown { .. } | Reply::Missing(_) => Outcome::Exception,
           Reply::Limit(limit) => limit.outcome(),
           Reply::Stopped(_) => Outcome::Stopped,
         };
@@ -355,7 +432,7 @@ mod tests {
   struct Started {
     id: u32,
     reply: oneshot::Receiver<Reply>,
-    done: oneshot::Receiver<()>,
+    done: oneshot::Receiver<Usage>,
   }
 
   fn start(table: &mut Invocations, now: Instant) -> Started {
@@ -419,7 +496,7 @@ mod tests {
     assert!(table.over_cpu(50_000_000).is_empty());
     table.begin_turn();
     table.charge_turn(30_000_000, 0);
-    assert_eq!(table.over_cpu(50_000_000), vec![a.id]);
+    assert_eq!(table.over_cpu(50_000_000), vec![(a.id, 50_000_000)]);
     table.limit(a.id, LimitExceeded::Cpu(Duration::from_millis(50)));
     assert!(table.over_cpu(50_000_000).is_empty(), "reported once");
   }
@@ -428,17 +505,43 @@ mod tests {
   fn invocations_expire_by_their_start_time() {
     let t0 = Instant::now();
     let mut table = Invocations::default();
+    let wall = Duration::from_millis(100);
+    let ms = Duration::from_millis;
     let early = start(&mut table, t0);
-    let late = start(&mut table, t0 + Duration::from_millis(10));
-    let (expired, earliest) = table.started_before(t0 + Duration::from_millis(5));
-    assert_eq!(expired, vec![early.id]);
-    assert_eq!(earliest, Some(t0 + Duration::from_millis(10)));
-    let (mut expired, earliest) = table.started_before(t0 + Duration::from_millis(10));
+    let late = start(&mut table, t0 + ms(10));
+    let (expired, earliest) = table.past_wall(t0 + ms(105), wall);
+    assert_eq!(expired, vec![(early.id, wall)]);
+    assert_eq!(earliest, Some(t0 + ms(110)));
+    let (mut expired, earliest) = table.past_wall(t0 + ms(110), wall);
     expired.sort();
-    let mut both = vec![early.id, late.id];
+    let mut both = vec![(early.id, wall), (late.id, wall)];
     both.sort();
     assert_eq!(expired, both);
     assert_eq!(earliest, None);
+  }
+
+  #[test]
+  fn an_invocation_s_own_limits_override_the_isolate_s() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut table = Invocations::default();
+    let (reply, _reply) = oneshot::channel();
+    let spec = InvocationSpec {
+      depth: 3,
+      cpu_limit_ns: Some(30_000_000_000),
+      wall: Some(ms(900_000)),
+    };
+    let long = table.insert_with(reply, None, t0, spec);
+    let short = start(&mut table, t0);
+    assert_eq!(table.depth(long), 3);
+    assert_eq!(table.depth(short.id), 1);
+    table.begin_turn();
+    table.charge_turn(120_000_000, 0);
+    // 60 ms each: past 50 ms, far from 30 s.
+    assert_eq!(table.over_cpu(50_000_000), vec![(short.id, 50_000_000)]);
+    let (expired, earliest) = table.past_wall(t0 + ms(30_000), ms(30_000));
+    assert_eq!(expired, vec![(short.id, ms(30_000))]);
+    assert_eq!(earliest, Some(t0 + ms(900_000)));
   }
 
   #[test]

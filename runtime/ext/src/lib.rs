@@ -13,6 +13,7 @@ mod meter;
 mod modules;
 mod ops;
 mod outcome;
+mod service;
 
 use deno_core::JsBuffer;
 use deno_core::OpState;
@@ -25,6 +26,7 @@ pub use body::RequestBodyResource;
 pub use body::ResponseBody;
 pub use invocation::Failure;
 pub use invocation::FinishHook;
+pub use invocation::InvocationSpec;
 pub use invocation::Invocations;
 pub use invocation::Reply;
 pub use invocation::Usage;
@@ -36,6 +38,10 @@ pub use modules::evaluate as evaluate_module_value;
 pub use modules::ModuleValueKind;
 pub use outcome::LimitExceeded;
 pub use outcome::Outcome;
+pub use service::CallOutcome;
+pub use service::LocalFuture;
+pub use service::ServiceDispatch;
+pub use service::ServiceTable;
 
 /// Name of the worker, as shown in logs.
 #[derive(Clone, Debug)]
@@ -53,6 +59,14 @@ deno_core::extension!(
     ops::op_isola_fail,
     ops::op_isola_invocation_done,
     ops::op_isola_subrequest,
+    ops::op_isola_done_ok,
+    ops::op_isola_no_retry,
+    ops::op_isola_return,
+    ops::op_isola_throw,
+    ops::op_isola_missing,
+    service::op_isola_service_bindings,
+    service::op_isola_service_fetch,
+    service::op_isola_service_call,
     log::op_isola_log,
     op_isola_env,
     op_isola_set_clock,

@@ -159,3 +159,58 @@ pub fn op_isola_subrequest(state: &mut OpState, #[smi] id: i32) -> bool {
   invocations.limit(id, LimitExceeded::Subrequests(limit));
   false
 }
+
+/// Ends invocation `id` without a response: a scheduled run whose handler
+/// and `waitUntil` promises all settled.
+#[op2(fast)]
+pub fn op_isola_done_ok(state: &mut OpState, #[smi] id: u32) {
+  state.borrow_mut::<Invocations>().reply(id, Reply::Done);
+}
+
+/// `controller.noRetry()` of scheduled run `id`.
+#[op2(fast)]
+pub fn op_isola_no_retry(state: &mut OpState, #[smi] id: u32) {
+  state.borrow_mut::<Invocations>().set_no_retry(id);
+}
+
+/// The value an RPC method returned, V8-serialised.
+#[op2(fast)]
+pub fn op_isola_return(state: &mut OpState, #[smi] id: u32, #[buffer] value: &[u8]) {
+  state
+    .borrow_mut::<Invocations>()
+    .reply(id, Reply::Value(value.to_vec()));
+}
+
+/// An RPC method threw: `name` and `message` go back to the caller,
+/// `logged` (with the stack) to this worker's log.
+#[op2(fast)]
+pub fn op_isola_throw(
+  state: &mut OpState,
+  #[smi] id: u32,
+  #[string] name: &str,
+  #[string] message: &str,
+  #[string] logged: &str,
+) {
+  let worker = state.borrow::<WorkerName>().0.clone();
+  state.borrow::<LogSink>().emit(LogRecord::new(
+    worker,
+    Some(id),
+    Level::Error,
+    logged.to_string(),
+  ));
+  state.borrow_mut::<Invocations>().reply(
+    id,
+    Reply::Thrown {
+      name: name.to_string(),
+      message: message.to_string(),
+    },
+  );
+}
+
+/// The worker has no handler for invocation `id`'s kind; `message` says so.
+#[op2(fast)]
+pub fn op_isola_missing(state: &mut OpState, #[smi] id: u32, #[string] message: &str) {
+  state
+    .borrow_mut::<Invocations>()
+    .reply(id, Reply::Missing(message.to_string()));
+}

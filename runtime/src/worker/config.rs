@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use crate::limits::Limits;
 use crate::limits::MeterSink;
+use crate::services::Binding;
+use crate::services::PoolLink;
 
 /// Settings of one worker: its name (for logs) and the `env` its handler sees.
 ///
@@ -21,6 +23,8 @@ pub struct WorkerConfig {
   pub(super) vars: BTreeMap<String, serde_json::Value>,
   pub(super) limits: Limits,
   pub(super) meter: MeterSink,
+  pub(super) services: BTreeMap<String, Binding>,
+  pub(super) pool: PoolLink,
 }
 
 impl Default for WorkerConfig {
@@ -38,6 +42,8 @@ impl WorkerConfig {
       vars: BTreeMap::new(),
       limits: Limits::default(),
       meter: MeterSink::discard(),
+      services: BTreeMap::new(),
+      pool: PoolLink::default(),
     }
   }
 
@@ -74,6 +80,31 @@ impl WorkerConfig {
   /// Adds a JSON var: `env.NAME` is the value, parsed. Default: none.
   pub fn json_var(mut self, name: impl Into<String>, value: serde_json::Value) -> Self {
     self.vars.insert(name.into(), value);
+    self
+  }
+
+  /// Adds a service binding: `env.BINDING` calls worker `service` (its
+  /// named export `entrypoint`, or its default export), as the runtime's
+  /// `Services` resolve it. Default: none.
+  pub fn service(
+    mut self,
+    binding: impl Into<String>,
+    service: impl Into<String>,
+    entrypoint: Option<String>,
+  ) -> Self {
+    self.services.insert(
+      binding.into(),
+      Binding {
+        service: service.into(),
+        entrypoint,
+      },
+    );
+    self
+  }
+
+  /// The pool that loads this worker, for its bindings to call into.
+  pub(crate) fn pool(mut self, pool: PoolLink) -> Self {
+    self.pool = pool;
     self
   }
 

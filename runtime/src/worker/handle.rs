@@ -4,11 +4,15 @@
 use std::future::poll_fn;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::Context;
 use std::task::Poll;
 
 use isola_ext::Reply;
 use isola_ext::ResponseBody;
+use isola_ext::Usage;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
@@ -17,25 +21,78 @@ use crate::error::ErrorKind;
 use crate::error::JsException;
 use isola_ext::RequestBody;
 
+/// What an invocation asks of the worker.
+pub(crate) enum Call {
+  /// A request for the fetch handler of the default export, or of a named
+  /// entrypoint (a service binding's).
+  Fetch {
+    request: http::Request<RequestBody>,
+    entrypoint: Option<String>,
+  },
+  /// A cron tick for the scheduled handler; `cpu_limit` `None`: the
+  /// worker's scheduled CPU limit.
+  Scheduled {
+    cron: String,
+    scheduled_time: i64,
+    cpu_limit: Option<std::time::Duration>,
+  },
+  /// An RPC call through a service binding; `args` V8-serialised.
+  Rpc {
+    entrypoint: Option<String>,
+    method: String,
+    args: Vec<u8>,
+  },
+}
+
 pub(super) struct Command {
-  pub(super) request: http::Request<RequestBody>,
+  pub(super) call: Call,
+  /// Chain depth: 1 from outside, +1 per service binding hop.
+  pub(super) depth: u32,
   pub(super) reply: oneshot::Sender<Reply>,
-  pub(super) done: oneshot::Sender<()>,
+  pub(super) done: oneshot::Sender<Usage>,
+}
+
+/// How an invocation answered, short of an error.
+pub(crate) enum Answer {
+  Response(http::Response<ResponseBody>),
+  /// A scheduled run ended without an error.
+  Done,
+  /// An RPC method's result, V8-serialised.
+  Value(Vec<u8>),
+  /// An RPC method threw.
+  Thrown {
+    name: String,
+    message: String,
+  },
 }
 
 /// Sends requests to a worker running on this thread. Cheap to clone.
 #[derive(Clone)]
 pub struct WorkerHandle {
   pub(super) tx: mpsc::UnboundedSender<Command>,
+  /// The isolate was stopped by a limit or a failure.
+  pub(super) halted: Arc<AtomicBool>,
 }
 
 impl WorkerHandle {
   /// Starts an invocation of the worker.
   pub fn invoke(&self, request: http::Request<RequestBody>) -> Invocation {
+    self.call(
+      Call::Fetch {
+        request,
+        entrypoint: None,
+      },
+      1,
+    )
+  }
+
+  /// Starts an invocation of any kind at chain depth `depth`.
+  pub(crate) fn call(&self, call: Call, depth: u32) -> Invocation {
     let (invocation, reply, done) = Invocation::new();
     // If the worker is gone the receivers report it.
     let _ = self.tx.send(Command {
-      request,
+      call,
+      depth,
       reply,
       done,
     });
@@ -50,21 +107,22 @@ impl WorkerHandle {
     self.invoke(request).response().await
   }
 
-  /// Whether the worker task has stopped.
+  /// Whether the worker task has stopped (or is about to: its isolate
+  /// will answer nothing more).
   pub fn is_closed(&self) -> bool {
-    self.tx.is_closed()
+    self.tx.is_closed() || self.halted.load(Ordering::Acquire)
   }
 }
 
 /// One request in flight.
 pub struct Invocation {
   reply: Option<oneshot::Receiver<Reply>>,
-  done: oneshot::Receiver<()>,
+  done: oneshot::Receiver<Usage>,
 }
 
 impl Invocation {
   /// An invocation and the two ends the isolate answers through.
-  pub(super) fn new() -> (Self, oneshot::Sender<Reply>, oneshot::Sender<()>) {
+  pub(super) fn new() -> (Self, oneshot::Sender<Reply>, oneshot::Sender<Usage>) {
     let (reply_tx, reply_rx) = oneshot::channel();
     let (done_tx, done_rx) = oneshot::channel();
     let invocation = Self {
@@ -78,6 +136,15 @@ impl Invocation {
     &mut self,
     cx: &mut Context<'_>,
   ) -> Poll<Result<http::Response<ResponseBody>, Error>> {
+    self.poll_answer(cx).map(|answer| match answer? {
+      Answer::Response(r) => Ok(r),
+      _ => {
+        Err(ErrorKind::Stopped("the worker answered a request without a response".into()).into())
+      }
+    })
+  }
+
+  fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Result<Answer, Error>> {
     let Some(rx) = self.reply.as_mut() else {
       return Poll::Ready(Err(
         ErrorKind::Stopped("the response was already taken".into()).into(),
@@ -86,7 +153,11 @@ impl Invocation {
     let reply = std::task::ready!(Pin::new(rx).poll(cx));
     self.reply = None;
     Poll::Ready(match reply {
-      Ok(Reply::Response(r)) => Ok(r),
+      Ok(Reply::Response(r)) => Ok(Answer::Response(r)),
+      Ok(Reply::Done) => Ok(Answer::Done),
+      Ok(Reply::Value(v)) => Ok(Answer::Value(v)),
+      Ok(Reply::Thrown { name, message }) => Ok(Answer::Thrown { name, message }),
+      Ok(Reply::Missing(why)) => Err(ErrorKind::NoHandler(why).into()),
       Ok(Reply::Exception(msg)) => Err(ErrorKind::Exception(JsException(msg)).into()),
       Ok(Reply::Limit(limit)) => Err(ErrorKind::Limit(limit).into()),
       Ok(Reply::Stopped(why)) => Err(ErrorKind::Halted(why).into()),
@@ -99,10 +170,21 @@ impl Invocation {
     poll_fn(|cx| self.poll_response(cx)).await
   }
 
+  /// Waits for the answer of any kind of invocation.
+  pub(crate) async fn answer(&mut self) -> Result<Answer, Error> {
+    poll_fn(|cx| self.poll_answer(cx)).await
+  }
+
   /// Waits until the invocation is over: response sent and every
   /// `ctx.waitUntil()` promise settled (or the isolate gone).
   pub async fn finished(self) {
     let _ = self.done.await;
+  }
+
+  /// Like [`Invocation::finished`], with what the invocation used (`None`
+  /// if the isolate went away first).
+  pub(crate) async fn usage(self) -> Option<Usage> {
+    self.done.await.ok()
   }
 }
 
@@ -112,6 +194,12 @@ impl WorkerHandle {
   /// of code that only keeps handles (the pool's index).
   pub(crate) fn detached() -> (Self, Box<dyn std::any::Any>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (Self { tx }, Box::new(rx))
+    (
+      Self {
+        tx,
+        halted: Arc::default(),
+      },
+      Box::new(rx),
+    )
   }
 }

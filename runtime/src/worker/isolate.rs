@@ -141,6 +141,8 @@ impl Isolate {
         dispatch: get("dispatch")?,
         init: get("init")?,
         set_entry: get("setEntry")?,
+        scheduled: get("scheduled")?,
+        call: get("call")?,
       }
     };
     drop(_entered);
@@ -171,6 +173,13 @@ impl Isolate {
       let mut state = state.borrow_mut();
       state.put(WorkerName(name.clone()));
       state.put(WorkerEnv(config.vars.clone().into_iter().collect()));
+      state.put(isola_ext::ServiceTable(Rc::new(
+        crate::services::Dispatcher {
+          caller: name.clone(),
+          bindings: config.services.clone(),
+          pool: config.pool.clone(),
+        },
+      )));
       let invocations = state.borrow_mut::<Invocations>();
       invocations.subrequest_limit = config.limits.subrequest_limit();
       invocations.response_body_limit = config.limits.response_body_limit();
@@ -274,6 +283,7 @@ impl Isolate {
       guard: self.guard,
       limits: config.limits.clone(),
       stopped: None,
+      halted: Arc::default(),
       turns: 0,
       heap: 0,
       wall_timer: None,

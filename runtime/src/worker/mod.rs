@@ -13,6 +13,8 @@ mod isolate;
 mod running;
 
 pub use config::WorkerConfig;
+pub(crate) use handle::Answer;
+pub(crate) use handle::Call;
 pub use handle::Invocation;
 pub use handle::WorkerHandle;
 pub use isolate::Isolate;

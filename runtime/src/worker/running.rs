@@ -15,17 +15,21 @@ use deno_core::PollEventLoopOptions;
 use http::Method;
 use http_body::Body as _;
 use isola_ext::Failure;
+use isola_ext::InvocationSpec;
 use isola_ext::Invocations;
 use isola_ext::LimitExceeded;
 use isola_ext::LogSink;
 use isola_ext::Reply;
 use isola_ext::RequestBodyResource;
 use isola_ext::ResponseBody;
+use isola_ext::Usage;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
 use super::enter::EnterGuard;
 use super::enter::JsCell;
+use super::handle::Call;
 use super::handle::Command;
 use super::handle::Invocation;
 use super::handle::WorkerHandle;
@@ -57,7 +61,12 @@ pub(super) struct Internals {
   pub(super) dispatch: v8::Global<v8::Function>,
   pub(super) init: v8::Global<v8::Function>,
   pub(super) set_entry: v8::Global<v8::Function>,
+  pub(super) scheduled: v8::Global<v8::Function>,
+  pub(super) call: v8::Global<v8::Function>,
 }
+
+/// Wall-clock limit of a scheduled run, as on Workers.
+const SCHEDULED_WALL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// A worker loaded into its isolate, ready for requests.
 ///
@@ -73,6 +82,8 @@ pub struct Worker {
   /// Why the isolate stopped, once a limit or a failure stopped it; it
   /// then answers nothing more.
   pub(super) stopped: Option<String>,
+  /// Set with `stopped`; shared with every [`WorkerHandle`].
+  pub(super) halted: Arc<std::sync::atomic::AtomicBool>,
   /// Turns run so far, and the V8 heap size as last sampled.
   pub(super) turns: u32,
   pub(super) heap: usize,
@@ -89,20 +100,128 @@ impl Worker {
   /// [`Worker::spawn`]). The request URI should be absolute.
   pub fn start(&mut self, request: http::Request<RequestBody>) -> Invocation {
     let (invocation, reply, done) = Invocation::new();
-    self.dispatch(request, reply, Some(done));
+    let call = Call::Fetch {
+      request,
+      entrypoint: None,
+    };
+    self.dispatch(call, 1, reply, Some(done));
     invocation
   }
 
   fn dispatch(
     &mut self,
-    request: http::Request<RequestBody>,
+    call: Call,
+    depth: u32,
     reply: oneshot::Sender<Reply>,
-    done: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Sender<Usage>>,
   ) {
     if let Some(why) = &self.stopped {
       let _ = reply.send(Reply::Stopped(why.clone()));
       return;
     }
+    let spec = InvocationSpec {
+      depth,
+      ..InvocationSpec::default()
+    };
+    match call {
+      Call::Fetch {
+        request,
+        entrypoint,
+      } => self.dispatch_fetch(request, entrypoint, spec, reply, done),
+      Call::Scheduled {
+        cron,
+        scheduled_time,
+        cpu_limit,
+      } => {
+        let cpu = cpu_limit.unwrap_or(self.limits.scheduled_cpu_limit());
+        let spec = InvocationSpec {
+          cpu_limit_ns: Some(cpu.as_nanos() as u64),
+          wall: Some(SCHEDULED_WALL),
+          ..spec
+        };
+        let id = self.insert(reply, done, spec);
+        self.call_internal(
+          |i| &i.scheduled,
+          |scope| {
+            vec![
+              v8::Integer::new(scope, id as i32).into(),
+              v8::String::new(scope, &cron).expect("cron fits").into(),
+              v8::Number::new(scope, scheduled_time as f64).into(),
+            ]
+          },
+        );
+      }
+      Call::Rpc {
+        entrypoint,
+        method,
+        args,
+      } => {
+        let id = self.insert(reply, done, spec);
+        self.call_internal(
+          |i| &i.call,
+          |scope| {
+            let entrypoint = match &entrypoint {
+              Some(name) => v8::String::new(scope, name).expect("name fits").into(),
+              None => v8::null(scope).into(),
+            };
+            let len = args.len();
+            let store = v8::ArrayBuffer::new_backing_store_from_vec(args).make_shared();
+            let buffer = v8::ArrayBuffer::with_backing_store(scope, &store);
+            let bytes = v8::Uint8Array::new(scope, buffer, 0, len).expect("view fits");
+            vec![
+              v8::Integer::new(scope, id as i32).into(),
+              entrypoint,
+              v8::String::new(scope, &method).expect("method fits").into(),
+              bytes.into(),
+            ]
+          },
+        );
+      }
+    }
+  }
+
+  fn insert(
+    &mut self,
+    reply: oneshot::Sender<Reply>,
+    done: Option<oneshot::Sender<Usage>>,
+    spec: InvocationSpec,
+  ) -> u32 {
+    let state = self.js.op_state();
+    let mut state = state.borrow_mut();
+    state
+      .borrow_mut::<Invocations>()
+      .insert_with(reply, done, std::time::Instant::now(), spec)
+  }
+
+  /// Calls a dispatcher function in a turn of its own.
+  fn call_internal(
+    &mut self,
+    pick: fn(&Internals) -> &v8::Global<v8::Function>,
+    args: impl for<'s, 'i> FnOnce(&mut v8::PinScope<'s, 'i>) -> Vec<v8::Local<'s, v8::Value>>,
+  ) {
+    let turn = self.begin_turn();
+    {
+      let _entered = EnterGuard::new(&mut self.js);
+      let js: &mut JsRuntime = &mut self.js;
+      deno_core::scope!(scope, js);
+      v8::tc_scope!(let scope, scope);
+      let args = args(scope);
+      let f = v8::Local::new(scope, pick(&self.internals));
+      let undefined = v8::undefined(scope).into();
+      // As in `dispatch_fetch`: a failed call means termination.
+      let _ = f.call(scope, undefined, &args);
+    }
+    self.end_turn(turn);
+  }
+
+  fn dispatch_fetch(
+    &mut self,
+    request: http::Request<RequestBody>,
+    entrypoint: Option<String>,
+    spec: InvocationSpec,
+    reply: oneshot::Sender<Reply>,
+    done: Option<oneshot::Sender<Usage>>,
+  ) {
     let (parts, body) = request.into_parts();
     let body_limit = self.limits.request_body_limit();
     let declared = parts
@@ -114,7 +233,7 @@ impl Worker {
       let state_rc = self.js.op_state();
       let mut state = state_rc.borrow_mut();
       let invocations = state.borrow_mut::<Invocations>();
-      let id = invocations.insert(reply, done, std::time::Instant::now());
+      let id = invocations.insert_with(reply, done, std::time::Instant::now(), spec);
       if declared.is_some_and(|n| n > body_limit) {
         invocations.limit(id, LimitExceeded::RequestBody(body_limit));
         invocations.abandon(id);
@@ -165,11 +284,19 @@ impl Worker {
         Some(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),
         None => v8::null(scope).into(),
       };
+      let entry_v = match &entrypoint {
+        Some(name) => v8::String::new(scope, name).expect("name fits").into(),
+        None => v8::null(scope).into(),
+      };
       let f = v8::Local::new(scope, &self.internals.dispatch);
       let undefined = v8::undefined(scope).into();
       // The dispatcher catches handler errors itself; a failed call means the
       // isolate is being terminated, which `end_turn` reports.
-      let _ = f.call(scope, undefined, &[id_v, method, url_v, headers, body_v]);
+      let _ = f.call(
+        scope,
+        undefined,
+        &[id_v, method, url_v, headers, body_v, entry_v],
+      );
     }
     self.end_turn(turn);
   }
@@ -201,20 +328,25 @@ impl Worker {
     }
     self.turns = self.turns.wrapping_add(1);
     let memory = self.heap + self.guard.array_buffer_bytes();
-    let cpu_limit = LimitExceeded::Cpu(self.limits.cpu_limit());
+    let mut cpu_limit = LimitExceeded::Cpu(self.limits.cpu_limit());
     let over = {
       let state = self.js.op_state();
       let mut state = state.borrow_mut();
       let invocations = state.borrow_mut::<Invocations>();
       invocations.charge_turn(cpu, memory as u64);
       let over = invocations.over_cpu(self.limits.cpu_limit().as_nanos() as u64);
-      for id in &over {
-        invocations.limit(*id, cpu_limit);
+      for (id, limit) in &over {
+        invocations.limit(*id, LimitExceeded::Cpu(Duration::from_nanos(*limit)));
       }
       over
     };
-    for id in over {
-      self.log_error(Some(id), &cpu_limit.to_string());
+    for (i, (id, limit)) in over.into_iter().enumerate() {
+      let limit = LimitExceeded::Cpu(Duration::from_nanos(limit));
+      if i == 0 {
+        // A watchdog stop below names the limit that was hit.
+        cpu_limit = limit;
+      }
+      self.log_error(Some(id), &limit.to_string());
     }
     if self.stopped.is_some() {
       return;
@@ -227,8 +359,8 @@ impl Worker {
       Trip::None => None,
     };
     if let Some(limit) = trip {
+      self.halt(limit.to_string());
       self.fail_pending(Failure::Limit(limit));
-      self.stopped = Some(limit.to_string());
     }
   }
 
@@ -241,13 +373,10 @@ impl Worker {
       let (expired, earliest) = {
         let state = self.js.op_state();
         let state = state.borrow();
-        match now.checked_sub(wall) {
-          Some(cutoff) => state.borrow::<Invocations>().started_before(cutoff),
-          None => (Vec::new(), None),
-        }
+        state.borrow::<Invocations>().past_wall(now, wall)
       };
-      let limit = LimitExceeded::Wall(wall);
-      for id in expired {
+      for (id, wall) in expired {
+        let limit = LimitExceeded::Wall(wall);
         {
           let state = self.js.op_state();
           let mut state = state.borrow_mut();
@@ -261,7 +390,7 @@ impl Worker {
         self.wall_timer = None;
         return;
       };
-      let deadline = tokio::time::Instant::from_std(earliest + wall);
+      let deadline = tokio::time::Instant::from_std(earliest);
       match &mut self.wall_timer {
         Some(timer) => timer.as_mut().reset(deadline),
         None => self.wall_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -310,11 +439,20 @@ impl Worker {
       }
       Poll::Ready(Err(e)) => {
         let msg = describe_core_error(&e);
+        self.halt(msg.clone());
         self.fail_pending(Failure::Exception(&msg));
-        self.stopped = Some(msg.clone());
         Poll::Ready(Err(ErrorKind::Stopped(msg).into()))
       }
     }
+  }
+
+  /// Stops the isolate for good; handles see it closed before any caller
+  /// learns why, so the pool never picks it again.
+  fn halt(&mut self, why: String) {
+    self
+      .halted
+      .store(true, std::sync::atomic::Ordering::Release);
+    self.stopped = Some(why);
   }
 
   /// Invocations not finished yet.
@@ -384,11 +522,12 @@ impl Worker {
   /// Like [`Worker::spawn`]; `on_exit` runs once the isolate is gone.
   pub fn spawn_with_exit(self, on_exit: impl FnOnce() + 'static) -> WorkerHandle {
     let (tx, rx) = mpsc::unbounded_channel();
+    let halted = self.halted.clone();
     deno_core::unsync::spawn(async move {
       self.serve(rx).await;
       on_exit();
     });
-    WorkerHandle { tx }
+    WorkerHandle { tx, halted }
   }
 
   async fn serve(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
@@ -396,7 +535,7 @@ impl Worker {
     poll_fn(|cx| {
       while !closed {
         match rx.poll_recv(cx) {
-          Poll::Ready(Some(cmd)) => self.dispatch(cmd.request, cmd.reply, Some(cmd.done)),
+          Poll::Ready(Some(cmd)) => self.dispatch(cmd.call, cmd.depth, cmd.reply, Some(cmd.done)),
           Poll::Ready(None) => closed = true,
           Poll::Pending => break,
         }

@@ -1,11 +1,13 @@
 //! The runtime's one integration test binary, in wasmtime's `tests/all`
 //! style: V8 is linked once instead of once per test file, which is most of
 //! the build time on small machines. libtest-mimic runs every trial:
-//! fixture cases (`fixtures.rs`), pool tests (`pool.rs`) and tests of one
+//! fixture cases (`fixtures.rs`), pool tests (`pool.rs`), scheduled runs
+//! and service bindings through the pool (`events.rs`) and tests of one
 //! worker driven directly (`worker.rs`).
 //!
 //! `cargo test -p isola-runtime --test all -- pool::` runs one group.
 
+mod events;
 mod fixtures;
 mod pool;
 mod worker;
@@ -23,6 +25,7 @@ fn main() {
   let first = libtest_mimic::run(&alone, pool::exclusive_trials());
   let mut trials = fixtures::trials();
   trials.extend(pool::trials());
+  trials.extend(events::trials());
   trials.extend(worker::trials());
   let rest = libtest_mimic::run(&args, trials);
   if first.has_failed() || rest.has_failed() {
