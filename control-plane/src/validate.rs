@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use isola_proto::manifest::sha256_hex;
+use isola_proto::manifest::KvBinding;
 use isola_proto::manifest::LimitsSpec;
 use isola_proto::manifest::Manifest;
 use isola_proto::manifest::ModuleRef;
-use isola_proto::manifest::KvBinding;
 use isola_proto::manifest::ServiceBinding;
 use isola_proto::manifest::MAX_MODULES;
 use isola_proto::manifest::MAX_MODULE_BYTES;

@@ -65,12 +65,20 @@ pub trait Target: Send + Sync + 'static {
 /// down is reported on the next one.
 #[derive(Clone, Default)]
 pub struct Reports {
-  pending: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, TickReport>>>,
+  inner: Arc<std::sync::Mutex<RunsState>>,
+}
+
+#[derive(Default)]
+struct RunsState {
+  /// Runs going on now.
+  running: std::collections::BTreeSet<u64>,
+  /// Runs ended and not yet recorded.
+  pending: std::collections::BTreeMap<u64, TickReport>,
 }
 
 impl Reports {
-  fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, TickReport>> {
-    self.pending.lock().unwrap_or_else(|e| e.into_inner())
+  fn lock(&self) -> std::sync::MutexGuard<'_, RunsState> {
+    self.inner.lock().unwrap_or_else(|e| e.into_inner())
   }
 }
 
@@ -311,8 +319,14 @@ async fn session<T: Target>(
     node.versions()?,
     spool.pending()?,
   );
-  for report in link.reports.lock().values() {
-    session.run_done(report.clone());
+  {
+    let runs = link.reports.lock();
+    for id in &runs.running {
+      session.still_running(*id);
+    }
+    for report in runs.pending.values() {
+      session.run_done(report.clone());
+    }
   }
   link.kv.connected(Some(conn.clone()));
   let mut handler = Connection {
@@ -398,14 +412,19 @@ impl<T: Target> Handler<EdgeSession> for Connection<'_, '_, T> {
           self.link.reports.clone(),
           self.link.done_tx.clone(),
         );
+        reports.lock().running.insert(tick.id);
         tokio::spawn(async move {
           let report = node.scheduled(tick).await;
-          reports.lock().insert(report.id, report.clone());
+          {
+            let mut runs = reports.lock();
+            runs.running.remove(&report.id);
+            runs.pending.insert(report.id, report.clone());
+          }
           let _ = done.send(report);
         });
       }
       EdgeEvent::RunRecorded(id) => {
-        self.link.reports.lock().remove(&id);
+        self.link.reports.lock().pending.remove(&id);
       }
       EdgeEvent::KvChanged(change) => self.link.kv.invalidate(change),
     }

@@ -61,9 +61,12 @@ impl EdgeKv {
     let cache = moka::sync::Cache::builder()
       .max_capacity(cache_bytes)
       .weigher(|k: &Key, v: &Cached| {
-        let size = k.0.len() + k.1.len() + 64 + v.entry.as_ref().map_or(0, |e| {
-          e.value.len() + e.metadata.as_ref().map_or(0, String::len)
-        });
+        let size = k.0.len()
+          + k.1.len()
+          + 64
+          + v.entry.as_ref().map_or(0, |e| {
+            e.value.len() + e.metadata.as_ref().map_or(0, String::len)
+          });
         u32::try_from(size).unwrap_or(u32::MAX)
       })
       .expire_after(PerEntry)
@@ -170,7 +173,11 @@ impl EdgeKv {
     let Some(conn) = self.conn.load_full() else {
       return Err(KvError(format!(
         "KV {what} failed: this edge has lost its control plane{}; nothing was changed, try again",
-        if what == "read" { " and the key is not cached" } else { "" }
+        if what == "read" {
+          " and the key is not cached"
+        } else {
+          ""
+        }
       )));
     };
     match isola_io::channel::call::<Call, CallReply>(&conn, &Call::Kv(call)).await {

@@ -193,6 +193,12 @@ impl EdgeSession {
     self.link.outbox.push_back(ToControl::Usage(batch));
   }
 
+  /// Says a run received on an earlier connection is still going, so a
+  /// control plane that restarted does not hand it to another edge.
+  pub fn still_running(&mut self, id: u64) {
+    self.link.outbox.push_back(ToControl::RunAccepted { id });
+  }
+
   /// Reports how a run ended. A report still unrecorded when the
   /// connection ends is passed again to the next session.
   pub fn run_done(&mut self, report: TickReport) {

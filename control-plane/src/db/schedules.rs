@@ -219,6 +219,18 @@ impl Db {
     })
   }
 
+  /// Drops an attempt that is still in flight (it was handed to another
+  /// edge under a new id).
+  pub fn forget_run(&self, id: u64) -> Result<()> {
+    self.write(|tx| {
+      tx.execute(
+        "DELETE FROM schedule_runs WHERE id = ?1 AND outcome IS NULL",
+        [to_i64(id)],
+      )?;
+      Ok(())
+    })
+  }
+
   /// Attempts sent and not ended, for a scheduler starting up.
   pub fn runs_in_flight(&self) -> Result<Vec<InFlight>> {
     let conn = self.conn();

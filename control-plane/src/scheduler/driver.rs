@@ -172,7 +172,7 @@ pub async fn start(db: Db, clock: Clock, config: Config) -> crate::db::Result<Ha
   let (last_id, entries, in_flight) = loaded;
   let mut scheduler = Scheduler::new(config, last_id);
   scheduler.set_schedules(entries);
-  scheduler.resume(in_flight);
+  scheduler.resume(in_flight, clock.now());
   let (tx, rx) = mpsc::unbounded_channel();
   tokio::spawn(run(scheduler, db, clock, rx));
   Ok(Handle {
@@ -259,6 +259,11 @@ async fn apply(
         // An edge gone meanwhile never accepts; the scheduler moves on.
         if let Some((_, tx)) = edges.get(&edge) {
           let _ = tx.send(tick);
+        }
+      }
+      Action::Forget { id } => {
+        if let Err(e) = blocking(move || db.forget_run(id)).await {
+          tracing::error!(error = %e, "scheduler: cannot drop a run handed on");
         }
       }
       Action::Record(record) => {

@@ -134,6 +134,9 @@ pub enum Action {
   Dispatch { run: InFlight, tick: Tick },
   /// Store how an attempt or a tick ended (replacing its in-flight row).
   Record(RunRecord),
+  /// Drop the in-flight row of an attempt an edge did not take (it went
+  /// to another edge under a new id).
+  Forget { id: u64 },
 }
 
 /// The attempt of a cron that is going on, or waiting to be retried.
@@ -205,19 +208,27 @@ impl Scheduler {
     self.crons = crons;
   }
 
-  /// Runs that were in flight when the scheduler last stopped: their
-  /// reports may still come, and their crons must not overlap them.
-  pub fn resume(&mut self, runs: Vec<InFlight>) {
-    for run in runs {
+  /// Runs that were in flight when the scheduler last stopped, resumed at
+  /// `now`: their reports may still come, and their crons must not overlap
+  /// them. Each counts as sent now and not yet accepted: an edge that is
+  /// still running one says so again when it reconnects; one that is not
+  /// (or never reconnects) loses it to the next edge after the ack
+  /// timeout.
+  pub fn resume(&mut self, runs: Vec<InFlight>, now: Millis) {
+    for mut run in runs {
       self.next_id = self.next_id.max(run.id + 1);
       if let Some(cron) = self.crons.get_mut(&run.key) {
+        let began = run.dispatched_at;
+        run.dispatched_at = now;
         cron.running = Some(Running {
-          began: run.dispatched_at,
-          accepted: true,
+          began,
+          accepted: false,
           tried: BTreeSet::new(),
           retry_at: None,
           run,
         });
+      } else {
+        self.actions.push_back(Action::Forget { id: run.id });
       }
     }
   }
@@ -446,6 +457,9 @@ impl Scheduler {
     let cron = self.crons.get_mut(key).expect("known key");
     let running = cron.running.as_mut().expect("a run to move");
     running.tried.insert(running.run.edge.clone());
+    self
+      .actions
+      .push_back(Action::Forget { id: running.run.id });
     running.run.id = id;
     self.send(key, now);
   }

@@ -340,17 +340,24 @@ fn a_restart_resumes_from_what_was_stored_and_runs_no_tick_twice() {
     match action {
       Action::Advance { next_due: n, .. } => next_due = *n,
       Action::Dispatch { run, .. } => in_flight = Some(run.clone()),
-      Action::Record(_) => {}
+      Action::Record(_) | Action::Forget { .. } => {}
     }
   }
   let run = in_flight.unwrap();
   // The control plane restarts at 12:00:40; the edge reports after it.
   let mut s = Scheduler::new(Config::default(), run.id);
   s.set_schedules(vec![entry("w", "* * * * *", next_due)]);
-  s.resume(vec![run.clone()]);
+  s.resume(vec![run.clone()], T12 + 40_000);
   s.edge_up("e1", T12 + 40_000);
   assert!(actions(&mut s).is_empty(), "12:00 was handed out already");
-  s.report(report(run.id, RunOutcome::Ok), T12 + 41_000);
+  // The edge says it is still running it, and reports later.
+  s.accepted(run.id);
+  s.poll(T12 + 55_000);
+  assert!(
+    actions(&mut s).is_empty(),
+    "an accepted run is not handed on"
+  );
+  s.report(report(run.id, RunOutcome::Ok), T12 + 56_000);
   assert_eq!(records(&actions(&mut s)), vec![(T12, RunOutcome::Ok, 1)]);
   s.poll(T12 + MIN);
   let d = dispatches(&actions(&mut s));
@@ -374,4 +381,42 @@ fn rendezvous_ranking_is_stable_and_spreads_workers() {
     firsts.insert(ranked[0].clone());
   }
   assert_eq!(firsts.len(), 3, "30 workers all on one edge");
+}
+
+#[test]
+fn a_resumed_run_no_edge_owns_goes_to_the_next_edge_once() {
+  let mut s = scheduler(&["e1", "e2"], vec![entry("w", "0 * * * *", T12)]);
+  s.poll(T12);
+  let a = actions(&mut s);
+  let Some(Action::Dispatch { run, .. }) = a
+    .iter()
+    .find(|a| matches!(a, Action::Dispatch { .. }))
+    .cloned()
+  else {
+    panic!("{a:?}");
+  };
+  // Restart; the edge that had it never says it is running it.
+  let mut s = Scheduler::new(Config::default(), run.id);
+  s.set_schedules(vec![entry("w", "0 * * * *", T12 + 60 * MIN)]);
+  s.resume(vec![run.clone()], T12 + 30_000);
+  s.edges.extend(["e1".to_string(), "e2".to_string()]);
+  s.poll(T12 + 39_000);
+  assert!(actions(&mut s).is_empty());
+  s.poll(T12 + 40_000);
+  let a = actions(&mut s);
+  assert!(a.contains(&Action::Forget { id: run.id }), "{a:?}");
+  let d = dispatches(&a);
+  assert_eq!(d.len(), 1);
+  assert_ne!(d[0].0, run.edge);
+  assert_eq!((d[0].1, d[0].2), (T12, 1));
+}
+
+#[test]
+fn an_attempt_handed_on_leaves_no_row_in_flight() {
+  let mut s = scheduler(&["e1", "e2"], vec![entry("w", "* * * * *", T12)]);
+  s.poll(T12);
+  let id = dispatches(&actions(&mut s))[0].3;
+  s.poll(T12 + 10_000);
+  let a = actions(&mut s);
+  assert_eq!(a[0], Action::Forget { id });
 }
