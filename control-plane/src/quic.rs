@@ -251,6 +251,7 @@ impl Handler<ControlSession> for EdgeConnection {
               async move {
                 match call {
                   Call::Kv(call) => CallReply::Kv(kv.call(call).await),
+                  Call::Send(_) => CallReply::Unsupported,
                 }
               }
             },
@@ -290,6 +291,7 @@ impl Handler<ControlSession> for EdgeConnection {
         session.usage_stored(id);
       }
       ControlEvent::RunAccepted(id) => self.scheduler.accepted(id),
+      ControlEvent::BatchAccepted(_) | ControlEvent::BatchDone(_) => {}
       ControlEvent::RunDone(report) => {
         let id = report.id;
         // Acknowledged once stored, so the edge resends it otherwise.

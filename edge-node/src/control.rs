@@ -427,6 +427,7 @@ impl<T: Target> Handler<EdgeSession> for Connection<'_, '_, T> {
         self.link.reports.lock().pending.remove(&id);
       }
       EdgeEvent::KvChanged(change) => self.link.kv.invalidate(change),
+      EdgeEvent::Deliver(_) | EdgeEvent::BatchRecorded(_) => {}
     }
     Ok(())
   }

@@ -462,6 +462,7 @@ impl Store {
       compatibility_date: None,
       services: Vec::new(),
       kv_namespaces: Vec::new(),
+      queues: Default::default(),
     })
   }
 }
@@ -573,6 +574,7 @@ mod tests {
       compatibility_date: None,
       services: Vec::new(),
       kv_namespaces: Vec::new(),
+      queues: Default::default(),
     }
   }
 

@@ -40,6 +40,32 @@ pub struct Manifest {
   /// KV bindings: `env.BINDING` reads and writes namespace `id`.
   #[serde(default, skip_serializing_if = "Vec::is_empty")]
   pub kv_namespaces: Vec<KvBinding>,
+  /// Queue producer bindings: `env.BINDING.send()` writes to `queue`.
+  #[serde(default, skip_serializing_if = "QueueBindings::is_empty")]
+  pub queues: QueueBindings,
+}
+
+/// `queues = { producers = [{ binding, queue }] }`, wrangler's keys. (A
+/// consumer is set on the queue, not in a version.)
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QueueBindings {
+  #[serde(default)]
+  pub producers: Vec<QueueProducer>,
+}
+
+impl QueueBindings {
+  pub fn is_empty(&self) -> bool {
+    self.producers.is_empty()
+  }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields)]
+pub struct QueueProducer {
+  pub binding: String,
+  /// The queue's name in the account.
+  pub queue: String,
 }
 
 /// `kv_namespaces = [{ binding, id }]`, wrangler's keys.
@@ -134,6 +160,7 @@ impl Manifest {
     manifest.modules.sort();
     manifest.services.sort();
     manifest.kv_namespaces.sort();
+    manifest.queues.producers.sort();
     for value in manifest.vars.values_mut() {
       sort_keys(value);
     }

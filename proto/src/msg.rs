@@ -256,6 +256,13 @@ pub enum ToEdge {
   /// Changes were missed (the control plane fell behind): drop every
   /// cached KV read.
   KvFlush,
+  /// Run a queue consumer on this batch; the edge acknowledges at once and
+  /// reports when the handler is done.
+  Deliver(crate::queue::Batch),
+  /// The report of this batch is stored; the edge may forget it.
+  BatchRecorded {
+    id: u64,
+  },
   /// The control plane will not talk to this edge; why, for its log.
   Refused {
     reason: String,
@@ -288,6 +295,13 @@ pub enum ToControl {
   },
   /// A run ended (sent again on the next connection until recorded).
   RunDone(TickReport),
+  /// The edge has the batch and is running its consumer (also sent again
+  /// on a new connection for batches still going).
+  BatchAccepted {
+    id: u64,
+  },
+  /// A batch's consumer finished (sent again until recorded).
+  BatchDone(crate::queue::BatchReport),
   Ping,
 }
 
@@ -295,12 +309,14 @@ pub enum ToControl {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Call {
   Kv(crate::kv::KvCall),
+  Send(crate::queue::SendCall),
 }
 
 /// The answer to a [`Call`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum CallReply {
   Kv(crate::kv::KvReply),
+  Send(crate::queue::SendReply),
   /// The control plane could not read the call (another protocol version).
   Unsupported,
 }

@@ -134,6 +134,11 @@ pub enum EdgeEvent {
   RunRecorded(u64),
   /// Drop this KV key from the cache (`None`: every key).
   KvChanged(Option<(String, String)>),
+  /// Run the consumer on this batch (already acknowledged), then call
+  /// [`EdgeSession::batch_done`].
+  Deliver(crate::queue::Batch),
+  /// The control plane recorded this batch's report: forget it.
+  BatchRecorded(u64),
 }
 
 /// The edge's end of one connection.
@@ -199,6 +204,18 @@ impl EdgeSession {
     self.link.outbox.push_back(ToControl::RunAccepted { id });
   }
 
+  /// Says a batch received on an earlier connection is still being
+  /// consumed.
+  pub fn still_consuming(&mut self, id: u64) {
+    self.link.outbox.push_back(ToControl::BatchAccepted { id });
+  }
+
+  /// Reports how a batch's consumer ended (resent on every connection
+  /// until recorded).
+  pub fn batch_done(&mut self, report: crate::queue::BatchReport) {
+    self.link.outbox.push_back(ToControl::BatchDone(report));
+  }
+
   /// Reports how a run ended. A report still unrecorded when the
   /// connection ends is passed again to the next session.
   pub fn run_done(&mut self, report: TickReport) {
@@ -246,6 +263,14 @@ impl Session for EdgeSession {
           .push_back(EdgeEvent::KvChanged(Some((namespace, key))));
       }
       ToEdge::KvFlush => self.events.push_back(EdgeEvent::KvChanged(None)),
+      ToEdge::Deliver(batch) => {
+        self
+          .link
+          .outbox
+          .push_back(ToControl::BatchAccepted { id: batch.id });
+        self.events.push_back(EdgeEvent::Deliver(batch));
+      }
+      ToEdge::BatchRecorded { id } => self.events.push_back(EdgeEvent::BatchRecorded(id)),
       ToEdge::Refused { reason } => {
         self
           .link
@@ -301,6 +326,11 @@ pub enum ControlEvent {
   RunAccepted(u64),
   /// A run ended; record it, then call [`ControlSession::run_recorded`].
   RunDone(TickReport),
+  /// The edge took the batch sent with [`ControlSession::deliver`].
+  BatchAccepted(u64),
+  /// A batch's consumer finished; store the outcome, then call
+  /// [`ControlSession::batch_recorded`].
+  BatchDone(crate::queue::BatchReport),
 }
 
 /// The control plane's end of one edge connection.
@@ -411,6 +441,17 @@ impl ControlSession {
     });
   }
 
+  /// Asks the edge to run a consumer on a batch.
+  pub fn deliver(&mut self, batch: crate::queue::Batch) {
+    if self.link.closed.is_none() {
+      self.link.outbox.push_back(ToEdge::Deliver(batch));
+    }
+  }
+
+  pub fn batch_recorded(&mut self, id: u64) {
+    self.link.outbox.push_back(ToEdge::BatchRecorded { id });
+  }
+
   pub fn run_recorded(&mut self, id: u64) {
     self.link.outbox.push_back(ToEdge::RunRecorded { id });
   }
@@ -470,6 +511,8 @@ impl Session for ControlSession {
       ToControl::Usage(batch) => self.events.push_back(ControlEvent::Usage(batch)),
       ToControl::RunAccepted { id } => self.events.push_back(ControlEvent::RunAccepted(id)),
       ToControl::RunDone(report) => self.events.push_back(ControlEvent::RunDone(report)),
+      ToControl::BatchAccepted { id } => self.events.push_back(ControlEvent::BatchAccepted(id)),
+      ToControl::BatchDone(report) => self.events.push_back(ControlEvent::BatchDone(report)),
       ToControl::Ping => {}
     }
   }

@@ -439,6 +439,7 @@ pub(crate) mod testing {
       compatibility_date: None,
       services: Vec::new(),
       kv_namespaces: Vec::new(),
+      queues: Default::default(),
     };
     db.insert_version(account, worker, &manifest, &modules, None)
       .unwrap()
