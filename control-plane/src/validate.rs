@@ -13,6 +13,7 @@ use isola_proto::manifest::KvBinding;
 use isola_proto::manifest::LimitsSpec;
 use isola_proto::manifest::Manifest;
 use isola_proto::manifest::ModuleRef;
+use isola_proto::manifest::QueueBindings;
 use isola_proto::manifest::ServiceBinding;
 use isola_proto::manifest::MAX_MODULES;
 use isola_proto::manifest::MAX_MODULE_BYTES;
@@ -58,6 +59,8 @@ struct Metadata {
   services: Vec<ServiceBinding>,
   #[serde(default)]
   kv_namespaces: Vec<KvBinding>,
+  #[serde(default)]
+  queues: QueueBindings,
   /// Stored with the version, outside the manifest.
   #[serde(default)]
   message: Option<String>,
@@ -267,6 +270,7 @@ pub fn check_upload(
     compatibility_date: metadata.compatibility_date,
     services: metadata.services,
     kv_namespaces: metadata.kv_namespaces,
+    queues: metadata.queues,
   };
   Ok(Upload {
     manifest,

@@ -182,7 +182,7 @@ impl EdgeKv {
     };
     match isola_io::channel::call::<Call, CallReply>(&conn, &Call::Kv(call)).await {
       Ok(CallReply::Kv(reply)) => Ok(reply),
-      Ok(CallReply::Unsupported) => Err(KvError(
+      Ok(CallReply::Unsupported | CallReply::Send(_)) => Err(KvError(
         "KV failed: the control plane does not support this call; run the same release on both"
           .into(),
       )),
