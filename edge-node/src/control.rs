@@ -513,6 +513,8 @@ mod tests {
     Asked(String),
     Applied(Revision, Vec<String>),
     Usage(String),
+    Accepted(u64),
+    Done(u64),
   }
 
   /// A control plane as far as the channel goes: the real session and
@@ -556,6 +558,15 @@ mod tests {
         ControlEvent::Usage(batch) => {
           session.usage_stored(batch.id.clone());
           Seen::Usage(batch.id)
+        }
+        ControlEvent::RunAccepted(id) | ControlEvent::BatchAccepted(id) => Seen::Accepted(id),
+        ControlEvent::RunDone(report) => {
+          session.run_recorded(report.id);
+          Seen::Done(report.id)
+        }
+        ControlEvent::BatchDone(report) => {
+          session.batch_recorded(report.id);
+          Seen::Done(report.id)
         }
       };
       self.seen.send(seen)?;
