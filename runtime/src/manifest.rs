@@ -12,8 +12,8 @@ use crate::worker::WorkerConfig;
 
 /// The bundle and config of version `version` (its manifest id) of a
 /// worker, from its manifest and the bytes of its modules: the manifest's
-/// main module, vars (as JSON values), service bindings and limits (unset
-/// ones take [`Limits::default`]).
+/// main module, vars (as JSON values), service, KV and queue producer
+/// bindings and limits (unset ones take [`Limits::default`]).
 pub fn from_manifest(
   manifest: &Manifest,
   version: &str,
@@ -28,6 +28,12 @@ pub fn from_manifest(
   }
   for s in &manifest.services {
     config = config.service(s.binding.clone(), s.service.clone(), s.entrypoint.clone());
+  }
+  for kv in &manifest.kv_namespaces {
+    config = config.kv_namespace(kv.binding.clone(), kv.id.clone());
+  }
+  for q in &manifest.queues.producers {
+    config = config.queue_producer(q.binding.clone(), q.queue.clone());
   }
   Ok((bundle, config))
 }

@@ -35,6 +35,7 @@ use crate::scheduled::ScheduledRun;
 use crate::services::PoolLink;
 use crate::services::Services;
 use crate::services::ServicesHandle;
+use crate::storage::Storage;
 use crate::worker::Answer;
 use crate::worker::Call;
 use crate::worker::Invocation;
@@ -58,6 +59,7 @@ pub struct Config {
   meter: MeterSink,
   fairness: Fairness,
   pub(crate) services: ServicesHandle,
+  pub(crate) storage: Storage,
 }
 
 impl Default for Config {
@@ -73,6 +75,7 @@ impl Default for Config {
       meter: MeterSink::discard(),
       fairness: Fairness::default(),
       services: ServicesHandle::default(),
+      storage: Storage::default(),
     }
   }
 }
@@ -141,6 +144,20 @@ impl Config {
   /// Which worker each service binding reaches. Default: none resolve.
   pub fn services(mut self, services: Arc<dyn Services>) -> Self {
     self.services = ServicesHandle(services);
+    self
+  }
+
+  /// Where KV bindings go. Default: every call fails with "KV is not
+  /// available on this node".
+  pub fn kv(mut self, kv: Arc<dyn isola_ext::KvService>) -> Self {
+    self.storage.kv = kv;
+    self
+  }
+
+  /// Where queue producer bindings send. Default: every send fails with
+  /// "Queues are not available on this node".
+  pub fn queues(mut self, queues: Arc<dyn isola_ext::QueueService>) -> Self {
+    self.storage.queues = queues;
     self
   }
 }
@@ -338,7 +355,7 @@ thread_local! {
 /// The node's isolate pool: start it once, send every request through it.
 #[derive(Clone)]
 pub struct Runtime {
-  shared: Arc<Shared>,
+  pub(crate) shared: Arc<Shared>,
 }
 
 impl Runtime {
@@ -500,7 +517,7 @@ impl Runtime {
   }
 
   /// Like [`Runtime::invoke`]; `Err` only if it did not start.
-  async fn invoke_raw(
+  pub(crate) async fn invoke_raw(
     &self,
     key: &WorkerKey,
     source: impl FnOnce() -> Result<(Bundle, WorkerConfig), Error>,
@@ -703,15 +720,19 @@ impl Shared {
       self.config.meter.clone(),
     );
     let link = PoolLink(Some(Arc::downgrade(self)));
-    let config = config.pool(link).meter(MeterSink::new(move |record| {
-      lock_ledger(&ledger).charge(
-        &name,
-        record.outcome,
-        Duration::from_micros(record.cpu_us),
-        Instant::now(),
-      );
-      meter.emit(record);
-    }));
+    let storage = self.config.storage.clone();
+    let config = config
+      .pool(link)
+      .storage(storage)
+      .meter(MeterSink::new(move |record| {
+        lock_ledger(&ledger).charge(
+          &name,
+          record.outcome,
+          Duration::from_micros(record.cpu_us),
+          Instant::now(),
+        );
+        meter.emit(record);
+      }));
     let (tx, rx) = oneshot::channel();
     self.threads[thread]
       .tx
@@ -745,7 +766,7 @@ impl Shared {
   }
 
   /// Forgets instances of `key` whose isolate stopped.
-  fn prune(&self, key: &WorkerKey) {
+  pub(crate) fn prune(&self, key: &WorkerKey) {
     let mut index = self.lock();
     let freed = index.lru().get_mut(key).map_or(0, Entry::drop_closed);
     index.memory = index.memory.saturating_sub(freed);

@@ -14,6 +14,8 @@ import {
   setClock,
   streams,
 } from "ext:isola_worker/00_global_scope.js";
+import { addKvBindings } from "ext:isola_kv/01_kv.js";
+import { addQueueBindings, messageBatch } from "ext:isola_queue/01_queue.js";
 
 const {
   ArrayPrototypePush,
@@ -434,6 +436,62 @@ function scheduled(id, cron, scheduledTime) {
   );
 }
 
+// ----------------------------------------------------------------- queue --
+const NO_QUEUE =
+  "the worker has no queue handler: add `export default { async queue(batch, env, ctx) { ... } }`";
+
+/**
+ * Called from Rust for a batch of a queue this worker consumes. Like a
+ * scheduled run, it ends once the handler and every `waitUntil` promise
+ * settled; the first rejection is its exception. What becomes of each
+ * message is decided in Rust from the calls recorded there.
+ */
+function queue(id) {
+  const inv = {
+    id,
+    pending: 1,
+    responded: false,
+    passThrough: false,
+    scheduled: true,
+    failed: false,
+    error: undefined,
+  };
+  const ctx = new ExecutionContext(inv);
+  const prevContext = core.getAsyncContext();
+  core.setAsyncContext(id);
+  let result;
+  try {
+    const found = receiver(null, ctx);
+    result = found === null
+      ? NO_HANDLER
+      : callHandler(found, "queue", [messageBatch(id)], ctx);
+  } catch (err) {
+    result = PromiseReject(err);
+  } finally {
+    core.setAsyncContext(prevContext);
+  }
+  if (result === NO_HANDLER) {
+    op_isola_missing(id, NO_QUEUE);
+    op_isola_invocation_done(id);
+    return;
+  }
+  PromisePrototypeThen(
+    PromiseResolve(result),
+    () => {
+      inv.responded = true;
+      settle(inv);
+    },
+    (err) => {
+      if (!inv.failed) {
+        inv.failed = true;
+        inv.error = err;
+      }
+      inv.responded = true;
+      settle(inv);
+    },
+  );
+}
+
 // ------------------------------------------------------------------- RPC --
 /** Names a binding answers itself, never as RPC methods (as on Workers). */
 function reservedMethod(name) {
@@ -586,6 +644,8 @@ function init() {
   for (let i = 0; i < bindings.length; i++) {
     env[bindings[i]] = serviceStub(bindings[i]);
   }
+  addKvBindings(env);
+  addQueueBindings(env);
 }
 
 /**
@@ -597,7 +657,8 @@ function setEntry(namespace) {
   const def = namespace.default;
   if (
     def !== null && typeof def === "object" &&
-    (typeof def.fetch === "function" || typeof def.scheduled === "function")
+    (typeof def.fetch === "function" || typeof def.scheduled === "function" ||
+      typeof def.queue === "function")
   ) {
     entry = def;
     return null;
@@ -656,5 +717,5 @@ globalEvents.addEventListener("error", (ev) => {
   ev.preventDefault();
 });
 
-const workerInternals = ObjectFreeze({ call, dispatch, init, scheduled, setEntry });
+const workerInternals = ObjectFreeze({ call, dispatch, init, queue, scheduled, setEntry });
 export { workerInternals };

@@ -8,11 +8,13 @@
 
 mod body;
 mod invocation;
+mod kv;
 mod log;
 mod meter;
 mod modules;
 mod ops;
 mod outcome;
+mod queue;
 mod service;
 
 use deno_core::JsBuffer;
@@ -30,6 +32,8 @@ pub use invocation::InvocationSpec;
 pub use invocation::Invocations;
 pub use invocation::Reply;
 pub use invocation::Usage;
+pub use kv::KvBindings;
+pub use kv::KvService;
 pub use log::Level;
 pub use log::LogRecord;
 pub use log::LogSink;
@@ -38,6 +42,10 @@ pub use modules::evaluate as evaluate_module_value;
 pub use modules::ModuleValueKind;
 pub use outcome::LimitExceeded;
 pub use outcome::Outcome;
+pub use queue::start_consumer;
+pub use queue::Decisions;
+pub use queue::QueueBindings;
+pub use queue::QueueService;
 pub use service::CallOutcome;
 pub use service::LocalFuture;
 pub use service::ServiceDispatch;
@@ -53,7 +61,7 @@ pub struct WorkerEnv(pub serde_json::Map<String, serde_json::Value>);
 
 deno_core::extension!(
   isola_worker,
-  deps = [deno_webidl, deno_web, deno_crypto, deno_fetch],
+  deps = [deno_webidl, deno_web, deno_crypto, deno_fetch, isola_kv, isola_queue],
   ops = [
     ops::op_isola_respond,
     ops::op_isola_fail,
@@ -161,6 +169,8 @@ pub fn extensions() -> Vec<deno_core::Extension> {
     deno_crypto::deno_crypto::init(None),
     deno_net::init(),
     deno_fetch::deno_fetch::init(fetch_options),
+    kv::isola_kv::init(),
+    queue::isola_queue::init(),
     isola_worker::init(),
   ]
 }

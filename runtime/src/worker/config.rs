@@ -7,6 +7,7 @@ use crate::limits::Limits;
 use crate::limits::MeterSink;
 use crate::services::Binding;
 use crate::services::PoolLink;
+use crate::storage::Storage;
 
 /// Settings of one worker: its name (for logs) and the `env` its handler sees.
 ///
@@ -25,6 +26,11 @@ pub struct WorkerConfig {
   pub(super) meter: MeterSink,
   pub(super) services: BTreeMap<String, Binding>,
   pub(super) pool: PoolLink,
+  /// KV bindings: binding name → namespace id.
+  pub(super) kv: BTreeMap<String, String>,
+  /// Queue producer bindings: binding name → queue.
+  pub(super) queues: BTreeMap<String, String>,
+  pub(super) storage: Storage,
 }
 
 impl Default for WorkerConfig {
@@ -44,6 +50,9 @@ impl WorkerConfig {
       meter: MeterSink::discard(),
       services: BTreeMap::new(),
       pool: PoolLink::default(),
+      kv: BTreeMap::new(),
+      queues: BTreeMap::new(),
+      storage: Storage::default(),
     }
   }
 
@@ -105,6 +114,30 @@ impl WorkerConfig {
   /// The pool that loads this worker, for its bindings to call into.
   pub(crate) fn pool(mut self, pool: PoolLink) -> Self {
     self.pool = pool;
+    self
+  }
+
+  /// Adds a KV binding: `env.BINDING` reads and writes namespace
+  /// `namespace_id` through the runtime's KV service. Default: none.
+  pub fn kv_namespace(
+    mut self,
+    binding: impl Into<String>,
+    namespace_id: impl Into<String>,
+  ) -> Self {
+    self.kv.insert(binding.into(), namespace_id.into());
+    self
+  }
+
+  /// Adds a queue producer binding: `env.BINDING.send()` writes to
+  /// `queue` through the runtime's queue service. Default: none.
+  pub fn queue_producer(mut self, binding: impl Into<String>, queue: impl Into<String>) -> Self {
+    self.queues.insert(binding.into(), queue.into());
+    self
+  }
+
+  /// The storage services of the pool that loads this worker.
+  pub(crate) fn storage(mut self, storage: Storage) -> Self {
+    self.storage = storage;
     self
   }
 

@@ -36,6 +36,12 @@ pub(crate) enum Call {
     scheduled_time: i64,
     cpu_limit: Option<std::time::Duration>,
   },
+  /// A batch for the queue handler; `decisions` collects what it decides
+  /// about each message.
+  Queue {
+    batch: isola_proto::queue::Batch,
+    decisions: std::sync::Arc<std::sync::Mutex<isola_ext::Decisions>>,
+  },
   /// An RPC call through a service binding; `args` V8-serialised.
   Rpc {
     entrypoint: Option<String>,

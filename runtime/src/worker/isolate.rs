@@ -143,6 +143,7 @@ impl Isolate {
         set_entry: get("setEntry")?,
         scheduled: get("scheduled")?,
         call: get("call")?,
+        queue: get("queue")?,
       }
     };
     drop(_entered);
@@ -180,6 +181,16 @@ impl Isolate {
           pool: config.pool.clone(),
         },
       )));
+      state.put(isola_ext::KvBindings {
+        worker: name.clone(),
+        namespaces: config.kv.clone(),
+        service: config.storage.kv.clone(),
+      });
+      state.put(isola_ext::QueueBindings {
+        worker: name.clone(),
+        queues: config.queues.clone(),
+        service: config.storage.queues.clone(),
+      });
       let invocations = state.borrow_mut::<Invocations>();
       invocations.subrequest_limit = config.limits.subrequest_limit();
       invocations.response_body_limit = config.limits.response_body_limit();

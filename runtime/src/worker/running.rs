@@ -63,6 +63,7 @@ pub(super) struct Internals {
   pub(super) set_entry: v8::Global<v8::Function>,
   pub(super) scheduled: v8::Global<v8::Function>,
   pub(super) call: v8::Global<v8::Function>,
+  pub(super) queue: v8::Global<v8::Function>,
 }
 
 /// Wall-clock limit of a scheduled run, as on Workers.
@@ -149,6 +150,20 @@ impl Worker {
               v8::Number::new(scope, scheduled_time as f64).into(),
             ]
           },
+        );
+      }
+      Call::Queue { batch, decisions } => {
+        // Limits as a scheduled run's.
+        let spec = InvocationSpec {
+          cpu_limit_ns: Some(self.limits.scheduled_cpu_limit().as_nanos() as u64),
+          wall: Some(SCHEDULED_WALL),
+          ..spec
+        };
+        let id = self.insert(reply, done, spec);
+        isola_ext::start_consumer(&mut self.js.op_state().borrow_mut(), id, batch, decisions);
+        self.call_internal(
+          |i| &i.queue,
+          |scope| vec![v8::Integer::new(scope, id as i32).into()],
         );
       }
       Call::Rpc {

@@ -2,7 +2,8 @@
 //! style: V8 is linked once instead of once per test file, which is most of
 //! the build time on small machines. libtest-mimic runs every trial:
 //! fixture cases (`fixtures.rs`), pool tests (`pool.rs`), scheduled runs
-//! and service bindings through the pool (`events.rs`) and tests of one
+//! and service bindings through the pool (`events.rs`), KV and queue
+//! bindings and consumers (`storage.rs`) and tests of one
 //! worker driven directly (`worker.rs`).
 //!
 //! `cargo test -p isola-runtime --test all -- pool::` runs one group.
@@ -10,6 +11,7 @@
 mod events;
 mod fixtures;
 mod pool;
+mod storage;
 mod worker;
 
 use libtest_mimic::Arguments;
@@ -26,6 +28,7 @@ fn main() {
   let mut trials = fixtures::trials();
   trials.extend(pool::trials());
   trials.extend(events::trials());
+  trials.extend(storage::trials());
   trials.extend(worker::trials());
   let rest = libtest_mimic::run(&args, trials);
   if first.has_failed() || rest.has_failed() {
