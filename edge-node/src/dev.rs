@@ -1,20 +1,32 @@
 //! `isola-edge dev`: one worker from disk on one port, with the workers
-//! its service bindings call, and its scheduled handler on demand or on
-//! its cron schedules.
+//! its service bindings call, its scheduled handler on demand or on its
+//! cron schedules, KV namespaces in memory and local queues.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
+use std::time::Instant;
 use std::time::SystemTime;
 
 use anyhow::Context as _;
+use isola_proto::queue::Batch;
+use isola_proto::queue::Disposition;
+use isola_proto::queue::Message;
+use isola_proto::queue::SendCall;
+use isola_proto::queue::SendReply;
 use isola_runtime::Bundle;
 use isola_runtime::Config;
 use isola_runtime::Fairness;
 use isola_runtime::Limits;
+use isola_runtime::MemoryKv;
 use isola_runtime::Outcome;
+use isola_runtime::QueueService;
 use isola_runtime::ResponseBody;
 use isola_runtime::Runtime;
 use isola_runtime::ScheduledEvent;
@@ -49,6 +61,9 @@ pub struct DevArgs {
   /// scheduled handler runs while dev runs. May repeat.
   #[arg(long = "cron", value_name = "EXPR", value_parser = parse_cron)]
   crons: Vec<(String, Arc<saffron::Cron>)>,
+  /// Boxed: the command enum stays small.
+  #[command(flatten)]
+  storage: Box<StorageArgs>,
   /// Worker name shown in logs (default: the entry file's stem).
   #[arg(long)]
   name: Option<String>,
@@ -61,6 +76,24 @@ pub struct DevArgs {
   /// Wall-clock time per request (response and waitUntil work), in milliseconds.
   #[arg(long, default_value_t = 30_000)]
   wall_ms: u64,
+}
+
+/// `dev`'s local stand-ins for KV and queues.
+#[derive(clap::Args)]
+struct StorageArgs {
+  /// A KV namespace for `env.BINDING`, in memory (in `--persist-to` if
+  /// given). May repeat.
+  #[arg(long = "kv", value_name = "BINDING")]
+  kv: Vec<String>,
+  /// Keep the `--kv` namespaces in a file in DIR, across restarts.
+  #[arg(long = "persist-to", value_name = "DIR")]
+  persist_to: Option<PathBuf>,
+  /// A local queue QUEUE for `env.BINDING.send()`; if the worker has a
+  /// `queue` handler, it consumes the queue (batches of up to 10, at most
+  /// 1 s after a message is ready; a message is retried up to 3 times).
+  /// May repeat.
+  #[arg(long = "queue", value_name = "BINDING=QUEUE", value_parser = parse_var)]
+  queues: Vec<(String, String)>,
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {
@@ -143,6 +176,20 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
   for (k, v) in args.json_vars {
     config = config.json_var(k, v);
   }
+  for binding in &args.storage.kv {
+    config = config.kv_namespace(binding.clone(), binding.clone());
+  }
+  for (binding, queue) in &args.storage.queues {
+    config = config.queue_producer(binding.clone(), queue.clone());
+  }
+  let kv = match &args.storage.persist_to {
+    Some(dir) => {
+      std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+      MemoryKv::open(dir.join("kv.json"))?
+    }
+    None => MemoryKv::new(),
+  };
+  let queues = Arc::new(DevQueues::default());
   // Fail before listening if an entry cannot even be opened.
   let bundle = Bundle::from_entry_file(&args.entry)?;
   let mut services = HashMap::new();
@@ -166,7 +213,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
       // One worker and no neighbours: a busy loop being fixed should fail
       // on its limit each time, not be throttled.
       .fairness(Fairness::default().enabled(false))
-      .services(Arc::new(DevServices(services.clone()))),
+      .services(Arc::new(DevServices(services.clone())))
+      .kv(Arc::new(kv))
+      .queues(queues.clone()),
   )?;
   let main = DevWorker {
     key: WorkerKey::new(name, "dev"),
@@ -204,6 +253,18 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
       async move {
         if idx == 0 {
           run_crons(pool, main, crons).await;
+        }
+      }
+    });
+  }
+
+  if !args.storage.queues.is_empty() {
+    let (pool, main) = (runtime.clone(), main.clone());
+    runtime.spawn_on_each_thread(move |idx| {
+      let (pool, main, queues) = (pool.clone(), main.clone(), queues.clone());
+      async move {
+        if idx == 0 {
+          consume(pool, main, queues).await;
         }
       }
     });
@@ -322,6 +383,161 @@ async fn run_crons(pool: Runtime, main: DevWorker, crons: Vec<(String, Arc<saffr
   }
 }
 
+/// Messages in a batch at most.
+const BATCH_SIZE: usize = 10;
+/// How long a ready message waits for others to fill its batch.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Retries of a message before it is dropped.
+const MAX_RETRIES: u32 = 3;
+
+/// A message of a local queue and when it may be delivered.
+struct Queued {
+  queue: String,
+  message: Message,
+  ready_at: Instant,
+}
+
+/// `--queue` queues, in memory: what producers send waits here until the
+/// consumer loop takes it.
+#[derive(Default)]
+struct DevQueues {
+  waiting: Mutex<VecDeque<Queued>>,
+  changed: tokio::sync::Notify,
+  next_id: AtomicU64,
+}
+
+impl DevQueues {
+  fn push(&self, queue: &str, message: Message, delay: Duration) {
+    let queued = Queued {
+      queue: queue.to_string(),
+      message,
+      ready_at: Instant::now() + delay,
+    };
+    self
+      .waiting
+      .lock()
+      .unwrap_or_else(|e| e.into_inner())
+      .push_back(queued);
+    self.changed.notify_one();
+  }
+
+  /// A batch that is due at `now` (a queue with `BATCH_SIZE` messages
+  /// ready, or one ready for `BATCH_TIMEOUT`), or when to look again.
+  fn take_due(&self, now: Instant) -> Result<(String, Vec<Message>), Option<Instant>> {
+    let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+    let ready = |q: &Queued| q.ready_at <= now;
+    let due = waiting.iter().filter(|q| ready(q)).find_map(|first| {
+      let count = waiting
+        .iter()
+        .filter(|q| ready(q) && q.queue == first.queue)
+        .count();
+      (count >= BATCH_SIZE || first.ready_at + BATCH_TIMEOUT <= now).then(|| first.queue.clone())
+    });
+    let Some(queue) = due else {
+      let next = waiting
+        .iter()
+        .map(|q| {
+          if ready(q) {
+            q.ready_at + BATCH_TIMEOUT
+          } else {
+            q.ready_at
+          }
+        })
+        .min();
+      return Err(next);
+    };
+    let mut batch = Vec::new();
+    let mut rest = VecDeque::with_capacity(waiting.len());
+    for q in waiting.drain(..) {
+      if batch.len() < BATCH_SIZE && q.queue == queue && ready(&q) {
+        batch.push(q.message);
+      } else {
+        rest.push_back(q);
+      }
+    }
+    *waiting = rest;
+    Ok((queue, batch))
+  }
+}
+
+impl QueueService for DevQueues {
+  fn send(
+    &self,
+    call: SendCall,
+  ) -> std::pin::Pin<Box<dyn std::future::Future<Output = SendReply> + Send + '_>> {
+    for m in call.messages {
+      let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+      let message = Message {
+        id: format!("{id:016x}"),
+        timestamp: now_ms(),
+        body: m.body,
+        content_type: m.content_type,
+        attempts: 1,
+      };
+      self.push(&call.queue, message, Duration::from_secs(m.delay_seconds));
+    }
+    Box::pin(async { SendReply::Sent })
+  }
+}
+
+/// Delivers due batches to the worker's `queue` handler until it turns out
+/// to have none; retried messages go back with one more attempt, and are
+/// dropped after `MAX_RETRIES` retries.
+async fn consume(pool: Runtime, main: DevWorker, queues: Arc<DevQueues>) {
+  let mut batch_id = 0;
+  loop {
+    let (queue, messages) = match queues.take_due(Instant::now()) {
+      Ok(due) => due,
+      Err(next) => {
+        let wake = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+          () = queues.changed.notified() => {}
+          () = tokio::time::sleep_until(wake.into()) => {}
+        }
+        continue;
+      }
+    };
+    batch_id += 1;
+    let batch = Batch {
+      id: batch_id,
+      worker: main.config.name().to_string(),
+      queue: queue.clone(),
+      messages: messages.clone(),
+    };
+    let dispositions: Vec<Disposition> = match pool.queue(&main.key, main.source(), batch).await {
+      Ok(run) => {
+        tracing::info!(
+          queue = %queue,
+          messages = messages.len(),
+          outcome = run.outcome.as_str(),
+          error = run.error.as_deref(),
+          "queue batch"
+        );
+        run.messages.into_iter().map(|(_, d)| d).collect()
+      }
+      Err(e) if e.is_code_error() => {
+        tracing::warn!(queue = %queue, error = %e, "the worker does not consume its queues");
+        return;
+      }
+      Err(e) => {
+        tracing::warn!(queue = %queue, error = %e, "queue batch not run");
+        vec![Disposition::Retry(None); messages.len()]
+      }
+    };
+    for (mut message, disposition) in messages.into_iter().zip(dispositions) {
+      let Disposition::Retry(delay) = disposition else {
+        continue;
+      };
+      if message.attempts > MAX_RETRIES {
+        tracing::warn!(queue = %queue, id = %message.id, "message dropped after {MAX_RETRIES} retries");
+        continue;
+      }
+      message.attempts += 1;
+      queues.push(&queue, message, Duration::from_secs(delay.unwrap_or(0)));
+    }
+  }
+}
+
 /// The value of `name` in a query string, `+` and `%XX` decoded.
 fn query_param(query: &str, name: &str) -> Option<String> {
   query.split('&').find_map(|pair| {
@@ -370,6 +586,49 @@ mod tests {
     assert_eq!(query_param("a=1", "cron"), None);
     assert_eq!(percent_decode("100%"), "100%");
     assert_eq!(percent_decode("%zz"), "%zz");
+  }
+
+  fn message(n: u8) -> Message {
+    Message {
+      id: n.to_string(),
+      timestamp: 0,
+      body: vec![n],
+      content_type: isola_proto::queue::ContentType::Bytes,
+      attempts: 1,
+    }
+  }
+
+  #[test]
+  fn a_batch_is_due_when_full_or_after_its_timeout() {
+    let queues = DevQueues::default();
+    let t0 = Instant::now();
+    for n in 0..12 {
+      queues.push("a", message(n), Duration::ZERO);
+    }
+    queues.push("b", message(99), Duration::ZERO);
+    queues.push("a", message(50), Duration::from_secs(30));
+    // Ten ready messages of `a` make a batch at once, in order.
+    let now = Instant::now();
+    let (queue, batch) = queues.take_due(now).ok().unwrap();
+    assert_eq!(queue, "a");
+    let ids: Vec<_> = batch.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
+    // The rest waits for the timeout of its oldest ready message.
+    let next = queues.take_due(now).unwrap_err().unwrap();
+    assert!(next >= t0 + BATCH_TIMEOUT && next <= now + BATCH_TIMEOUT);
+    let (queue, batch) = queues.take_due(next).ok().unwrap();
+    assert_eq!((queue.as_str(), batch.len()), ("a", 2));
+    // `b`'s message came last: its timeout is its own.
+    let (queue, batch) = queues.take_due(now + BATCH_TIMEOUT).ok().unwrap();
+    assert_eq!((queue.as_str(), batch.len()), ("b", 1));
+    // A delayed message is not ready before its delay.
+    let later = queues.take_due(next).unwrap_err().unwrap();
+    assert!(later >= t0 + Duration::from_secs(30));
+    assert!(queues.take_due(later).is_err());
+    assert_eq!(
+      queues.take_due(later + BATCH_TIMEOUT).ok().unwrap().1[0].id,
+      "50"
+    );
   }
 
   #[test]

@@ -195,3 +195,16 @@ impl EdgeKv {
     }
   }
 }
+
+/// Workers' KV bindings on this edge go through its cache to the control
+/// plane.
+impl isola_runtime::KvService for EdgeKv {
+  fn call(
+    &self,
+    call: KvCall,
+    cache_ttl: Option<u64>,
+  ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<KvReply, KvError>> + Send + '_>>
+  {
+    Box::pin(EdgeKv::call(self, call, cache_ttl))
+  }
+}

@@ -60,7 +60,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   let mut pool = Config::default()
     .logs(crate::logs::stdio_sink())
     .meter(metrics.sink())
-    .fairness(config.fairness.to_runtime());
+    .fairness(config.fairness.to_runtime())
+    .kv(kv.clone());
   if let Some(threads) = config.server.threads {
     pool = pool.threads(threads);
   }

@@ -254,3 +254,66 @@ fn dev_service_binds_another_worker_for_fetch_and_rpc() {
   assert_eq!(r.header("x-served-by"), Some("math"));
   assert_eq!(r.text(), "through the binding");
 }
+
+const KV_WORKER: &str = r#"
+export default {
+  async fetch(request, env) {
+    const url = new URL(request.url);
+    if (url.pathname === "/put") {
+      await env.NS.put("greeting", url.searchParams.get("v"), { metadata: { by: "dev" } });
+      return new Response("stored");
+    }
+    const { value, metadata } = await env.NS.getWithMetadata("greeting");
+    return new Response(value === null ? "missing" : `${value} by ${metadata.by}`);
+  },
+};
+"#;
+
+#[test]
+fn dev_kv_keeps_a_put_for_the_next_request_and_across_restarts() {
+  let dir = tempfile::tempdir().unwrap();
+  let entry = write(dir.path(), "worker.js", KV_WORKER);
+  let data = dir.path().join("data");
+  let data_arg = data.to_str().unwrap();
+  {
+    let dev = Dev::start(&entry, &["--kv", "NS", "--persist-to", data_arg]);
+    assert_eq!(dev.send("GET", "/get", b"").text(), "missing");
+    assert_eq!(dev.send("GET", "/put?v=hello", b"").text(), "stored");
+    assert_eq!(dev.send("GET", "/get", b"").text(), "hello by dev");
+  }
+  // A new process finds the namespace in --persist-to.
+  let dev = Dev::start(&entry, &["--kv", "NS", "--persist-to", data_arg]);
+  assert_eq!(dev.send("GET", "/get", b"").text(), "hello by dev");
+  // Without it, a namespace starts empty.
+  let fresh = Dev::start(&entry, &["--kv", "NS"]);
+  assert_eq!(fresh.send("GET", "/get", b"").text(), "missing");
+}
+
+const QUEUE_WORKER: &str = r#"
+export default {
+  async fetch(request, env) {
+    const n = new URL(request.url).searchParams.get("n");
+    await env.JOBS.send({ n, retry: n === "2" });
+    return new Response(`sent ${n}`);
+  },
+  async queue(batch, env) {
+    for (const m of batch.messages) {
+      console.log(`consumed ${batch.queue} n=${m.body.n} attempt ${m.attempts}`);
+      if (m.body.retry && m.attempts === 1) m.retry();
+    }
+  },
+};
+"#;
+
+#[test]
+fn dev_queue_delivers_what_fetch_sends_to_the_consumer() {
+  let dir = tempfile::tempdir().unwrap();
+  let entry = write(dir.path(), "worker.js", QUEUE_WORKER);
+  let mut dev = Dev::start(&entry, &["--queue", "JOBS=jobs"]);
+  assert_eq!(dev.send("GET", "/?n=1", b"").text(), "sent 1");
+  dev.expect_line("consumed jobs n=1 attempt 1");
+  // A retried message comes back with one more attempt.
+  assert_eq!(dev.send("GET", "/?n=2", b"").text(), "sent 2");
+  dev.expect_line("consumed jobs n=2 attempt 1");
+  dev.expect_line("consumed jobs n=2 attempt 2");
+}
