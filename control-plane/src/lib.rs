@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod db;
+pub mod fleet;
 pub mod kv;
 pub mod pki;
 pub mod quic;

@@ -240,7 +240,8 @@ async fn serve(
   .context("cannot read the desired state")?;
   let revision = initial.revision;
   let (state_tx, state_rx) = watch::channel(Arc::new(initial));
-  let cron = scheduler::driver::start(db.clone(), clock, config)
+  let fleet = isola_control::fleet::Fleet::default();
+  let cron = scheduler::driver::start(db.clone(), fleet.clone(), clock, config)
     .await
     .context("cannot start the cron scheduler")?;
   let kv = isola_control::kv::Kv::new(db.clone());
@@ -260,7 +261,7 @@ async fn serve(
   let api = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
   tokio::select! {
     result = api => result.context("the API server failed")?,
-    result = quic::serve(quic_addr, &dir, db, state_rx, cron, kv) => {
+    result = quic::serve(quic_addr, &dir, db, state_rx, cron, kv, fleet) => {
       result.context("the QUIC control channel failed")?;
     }
   }

@@ -15,7 +15,6 @@ use isola_io::BoxError;
 use isola_proto::msg::Call;
 use isola_proto::msg::CallReply;
 use isola_proto::msg::DesiredState;
-use isola_proto::msg::Tick;
 use isola_proto::ControlEvent;
 use isola_proto::ControlSession;
 use isola_proto::Timing;
@@ -26,8 +25,10 @@ use tokio::sync::watch;
 
 use crate::db::blocking;
 use crate::db::Db;
+use crate::fleet::EdgeLink;
+use crate::fleet::Fleet;
+use crate::fleet::Work;
 use crate::kv::Kv;
-use crate::scheduler::driver::EdgeLink;
 use crate::scheduler::driver::Handle as Scheduler;
 
 /// TLS 1.3 with a client certificate required and checked against the CA.
@@ -66,6 +67,7 @@ pub async fn serve(
   state: watch::Receiver<Arc<DesiredState>>,
   scheduler: Scheduler,
   kv: Kv,
+  fleet: Fleet,
 ) -> anyhow::Result<()> {
   let socket = std::net::UdpSocket::bind(addr)
     .with_context(|| format!("cannot listen for edges on {addr} (UDP)"))?;
@@ -79,9 +81,10 @@ pub async fn serve(
   .context("cannot start the QUIC endpoint")?;
   while let Some(incoming) = endpoint.accept().await {
     let (db, state, scheduler, kv) = (db.clone(), state.clone(), scheduler.clone(), kv.clone());
+    let fleet = fleet.clone();
     tokio::spawn(async move {
       let remote = incoming.remote_address();
-      if let Err(e) = connection(incoming, db, state, scheduler, kv).await {
+      if let Err(e) = connection(incoming, db, state, scheduler, kv, fleet).await {
         tracing::info!(%remote, "edge connection ended: {e:#}");
       }
     });
@@ -106,6 +109,7 @@ async fn connection(
   state: watch::Receiver<Arc<DesiredState>>,
   scheduler: Scheduler,
   kv: Kv,
+  fleet: Fleet,
 ) -> anyhow::Result<()> {
   let conn = incoming.await.context("handshake")?;
   let cert = conn
@@ -121,7 +125,8 @@ async fn connection(
     cert,
     name: None,
     scheduler,
-    ticks: None,
+    fleet,
+    work: None,
     kv,
     conn: conn.clone(),
     calls: None,
@@ -140,9 +145,10 @@ struct EdgeConnection {
   /// The edge's name, once its hello was accepted.
   name: Option<String>,
   scheduler: Scheduler,
-  /// Ticks the scheduler sends this edge, once it is accepted; the link
-  /// tells the scheduler when the connection ends.
-  ticks: Option<(EdgeLink, tokio::sync::mpsc::UnboundedReceiver<Tick>)>,
+  fleet: Fleet,
+  /// Work for this edge (ticks, batches), once it is accepted; the link
+  /// takes the edge out of the fleet when the connection ends.
+  work: Option<(EdgeLink, tokio::sync::mpsc::UnboundedReceiver<Work>)>,
   kv: Kv,
   conn: quinn::Connection,
   /// The task serving the edge's calls (KV), once it is accepted.
@@ -163,7 +169,7 @@ impl Drop for AbortOnDrop {
 /// What an edge connection is handed: a newer desired state, or a tick.
 pub enum Input {
   State(Arc<DesiredState>),
-  Tick(Tick),
+  Work(Work),
   /// A KV key changed (`None`: changes were missed).
   KvChanged(Option<crate::kv::Change>),
 }
@@ -181,8 +187,8 @@ impl Handler<ControlSession> for EdgeConnection {
   type Input = Input;
 
   async fn next_input(&mut self) -> Option<Input> {
-    let ticks = async {
-      match self.ticks.as_mut() {
+    let work = async {
+      match self.work.as_mut() {
         Some((_, rx)) => rx.recv().await,
         None => std::future::pending().await,
       }
@@ -204,14 +210,15 @@ impl Handler<ControlSession> for EdgeConnection {
         changed.ok()?;
         Some(Input::State(self.state.borrow_and_update().clone()))
       }
-      Some(tick) = ticks => Some(Input::Tick(tick)),
+      Some(work) = work => Some(Input::Work(work)),
     }
   }
 
   fn input(&mut self, session: &mut ControlSession, input: Input) {
     match input {
       Input::State(state) => session.offer(&state),
-      Input::Tick(tick) => session.run(tick),
+      Input::Work(Work::Tick(tick)) => session.run(tick),
+      Input::Work(Work::Batch(batch)) => session.deliver(batch),
       Input::KvChanged(change) => session.kv_changed(change),
     }
   }
@@ -241,7 +248,7 @@ impl Handler<ControlSession> for EdgeConnection {
           ));
         } else {
           tracing::info!(edge = %name, revision, "edge connected");
-          self.ticks = Some(self.scheduler.edge_up(&name));
+          self.work = Some(self.fleet.connect(&name));
           self.changes = Some(self.kv.subscribe());
           let kv = self.kv.clone();
           self.calls = Some(AbortOnDrop(tokio::spawn(channel::serve_calls(
