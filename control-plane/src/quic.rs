@@ -29,6 +29,7 @@ use crate::fleet::EdgeLink;
 use crate::fleet::Fleet;
 use crate::fleet::Work;
 use crate::kv::Kv;
+use crate::queues::driver::Handle as Queues;
 use crate::scheduler::driver::Handle as Scheduler;
 
 /// TLS 1.3 with a client certificate required and checked against the CA.
@@ -60,15 +61,18 @@ fn endpoint_config(data_dir: &Path) -> anyhow::Result<quinn::EndpointConfig> {
 }
 
 /// Accepts edges on `addr` until the process ends.
-pub async fn serve(
-  addr: SocketAddr,
-  data_dir: &Path,
-  db: Db,
-  state: watch::Receiver<Arc<DesiredState>>,
-  scheduler: Scheduler,
-  kv: Kv,
-  fleet: Fleet,
-) -> anyhow::Result<()> {
+/// What every edge connection works with.
+#[derive(Clone)]
+pub struct Shared {
+  pub db: Db,
+  pub state: watch::Receiver<Arc<DesiredState>>,
+  pub scheduler: Scheduler,
+  pub kv: Kv,
+  pub fleet: Fleet,
+  pub queues: Queues,
+}
+
+pub async fn serve(addr: SocketAddr, data_dir: &Path, shared: Shared) -> anyhow::Result<()> {
   let socket = std::net::UdpSocket::bind(addr)
     .with_context(|| format!("cannot listen for edges on {addr} (UDP)"))?;
   tracing::info!(listener = "quic", addr = %socket.local_addr()?, "listening");
@@ -80,11 +84,10 @@ pub async fn serve(
   )
   .context("cannot start the QUIC endpoint")?;
   while let Some(incoming) = endpoint.accept().await {
-    let (db, state, scheduler, kv) = (db.clone(), state.clone(), scheduler.clone(), kv.clone());
-    let fleet = fleet.clone();
+    let shared = shared.clone();
     tokio::spawn(async move {
       let remote = incoming.remote_address();
-      if let Err(e) = connection(incoming, db, state, scheduler, kv, fleet).await {
+      if let Err(e) = connection(incoming, shared).await {
         tracing::info!(%remote, "edge connection ended: {e:#}");
       }
     });
@@ -103,14 +106,15 @@ fn cert_names_edge(cert: &CertificateDer<'_>, name: &str) -> bool {
   cert.verify_is_valid_for_subject_name(&dns).is_ok()
 }
 
-async fn connection(
-  incoming: quinn::Incoming,
-  db: Db,
-  state: watch::Receiver<Arc<DesiredState>>,
-  scheduler: Scheduler,
-  kv: Kv,
-  fleet: Fleet,
-) -> anyhow::Result<()> {
+async fn connection(incoming: quinn::Incoming, shared: Shared) -> anyhow::Result<()> {
+  let Shared {
+    db,
+    state,
+    scheduler,
+    kv,
+    fleet,
+    queues,
+  } = shared;
   let conn = incoming.await.context("handshake")?;
   let cert = conn
     .peer_identity()
@@ -128,6 +132,7 @@ async fn connection(
     fleet,
     work: None,
     kv,
+    queues,
     conn: conn.clone(),
     calls: None,
     changes: None,
@@ -150,6 +155,7 @@ struct EdgeConnection {
   /// takes the edge out of the fleet when the connection ends.
   work: Option<(EdgeLink, tokio::sync::mpsc::UnboundedReceiver<Work>)>,
   kv: Kv,
+  queues: Queues,
   conn: quinn::Connection,
   /// The task serving the edge's calls (KV), once it is accepted.
   calls: Option<AbortOnDrop>,
@@ -250,15 +256,15 @@ impl Handler<ControlSession> for EdgeConnection {
           tracing::info!(edge = %name, revision, "edge connected");
           self.work = Some(self.fleet.connect(&name));
           self.changes = Some(self.kv.subscribe());
-          let kv = self.kv.clone();
+          let (kv, queues) = (self.kv.clone(), self.queues.clone());
           self.calls = Some(AbortOnDrop(tokio::spawn(channel::serve_calls(
             self.conn.clone(),
             move |call: Call| {
-              let kv = kv.clone();
+              let (kv, queues) = (kv.clone(), queues.clone());
               async move {
                 match call {
                   Call::Kv(call) => CallReply::Kv(kv.call(call).await),
-                  Call::Send(_) => CallReply::Unsupported,
+                  Call::Send { call, ids } => CallReply::Send(queues.call(call, ids).await),
                 }
               }
             },
@@ -298,7 +304,13 @@ impl Handler<ControlSession> for EdgeConnection {
         session.usage_stored(id);
       }
       ControlEvent::RunAccepted(id) => self.scheduler.accepted(id),
-      ControlEvent::BatchAccepted(_) | ControlEvent::BatchDone(_) => {}
+      ControlEvent::BatchAccepted(id) => self.queues.accepted(id),
+      ControlEvent::BatchDone(report) => {
+        let id = report.id;
+        // Acknowledged once stored, so the edge resends it otherwise.
+        self.queues.report(report).await;
+        session.batch_recorded(id);
+      }
       ControlEvent::RunDone(report) => {
         let id = report.id;
         // Acknowledged once stored, so the edge resends it otherwise.
