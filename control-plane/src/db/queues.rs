@@ -558,3 +558,110 @@ impl Db {
     Ok(row.map(|(a, q)| queue_key(&a, &q)))
   }
 }
+
+#[cfg(test)]
+mod tests {
+  use isola_proto::queue::BatchReport;
+  use isola_proto::queue::ContentType;
+  use isola_proto::queue::Disposition;
+  use isola_proto::queue::NewMessage;
+
+  use super::ConsumerSettings;
+  use crate::db::testing::open;
+  use crate::db::testing::upload;
+
+  fn msgs(n: usize) -> Vec<(String, NewMessage)> {
+    (0..n)
+      .map(|i| {
+        (
+          format!("m{i}"),
+          NewMessage {
+            body: vec![i as u8],
+            content_type: ContentType::Bytes,
+            delay_seconds: 0,
+          },
+        )
+      })
+      .collect()
+  }
+
+  fn report(id: u64, messages: Vec<(String, Disposition)>) -> BatchReport {
+    BatchReport {
+      id,
+      ok: false,
+      messages,
+      unavailable: false,
+      cpu_us: 0,
+      wall_us: 0,
+    }
+  }
+
+  #[test]
+  fn acks_delete_retries_come_back_and_the_last_failure_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    db.create_account("acme", false).unwrap();
+    upload(&db, "acme", "eater", "export default { queue() {} }");
+    db.create_queue("acme", "jobs").unwrap();
+    db.create_queue("acme", "dlq").unwrap();
+    db.set_consumer(
+      "acme",
+      "jobs",
+      Some(&ConsumerSettings {
+        worker: "eater".into(),
+        max_batch_size: 10,
+        max_batch_timeout: 1,
+        max_retries: 1,
+        dead_letter_queue: Some("dlq".into()),
+        retry_delay: 5,
+      }),
+    )
+    .unwrap();
+    // Stored once per id, whatever the repeats.
+    assert_eq!(db.enqueue("acme", "jobs", &msgs(4), 0).unwrap().len(), 4);
+    assert_eq!(db.enqueue("acme", "jobs", &msgs(4), 0).unwrap().len(), 0);
+
+    let batch = db.lease("acme/jobs", 1, 10, 0).unwrap();
+    assert_eq!(batch.len(), 4);
+    assert!(batch.iter().all(|m| m.attempts == 1));
+    // Ack m0, retry m1 after 30 s, say nothing of m2 and m3 (retried with
+    // the queue's 5 s).
+    let settled = db
+      .settle(
+        "acme/jobs",
+        &report(
+          1,
+          vec![
+            ("m0".into(), Disposition::Ack),
+            ("m1".into(), Disposition::Retry(Some(30))),
+          ],
+        ),
+        1_000,
+      )
+      .unwrap();
+    assert_eq!(settled.retry_at, [31_000, 6_000, 6_000]);
+    // A repeated report changes nothing.
+    assert_eq!(
+      db.settle("acme/jobs", &report(1, vec![]), 2_000).unwrap(),
+      Default::default()
+    );
+    let info = db.queue_info("acme", "jobs", 7_000).unwrap();
+    assert_eq!(
+      (info.backlog, info.delayed, info.delivered, info.retried),
+      (2, 1, 1, 3)
+    );
+
+    // Second delivery of m2, m3: they fail again and go to the DLQ.
+    let batch = db.lease("acme/jobs", 2, 10, 7_000).unwrap();
+    assert_eq!(batch.iter().map(|m| m.attempts).collect::<Vec<_>>(), [2, 2]);
+    let settled = db.settle("acme/jobs", &report(2, vec![]), 8_000).unwrap();
+    assert_eq!(settled.dead_lettered.len(), 2);
+    assert_eq!(settled.dead_lettered[0].0, "acme/dlq");
+    let dlq = db.queue_info("acme", "dlq", 8_000).unwrap();
+    assert_eq!(dlq.backlog, 2);
+    assert_eq!(
+      db.queue_info("acme", "jobs", 8_000).unwrap().dead_lettered,
+      2
+    );
+  }
+}
