@@ -438,6 +438,30 @@ async fn binding_calls_count_as_subrequests() {
   assert!(body.contains("subrequest limit"), "{body}");
 }
 
+async fn a_call_is_dropped_when_its_caller_ends() {
+  let pool = Pool::new(vec![callee()]);
+  let (status, _, body) = pool.request(&caller(), "GET", "/forget", "").await;
+  assert_eq!((status, body.as_str()), (200, "forgot"));
+  // The callee's `slow()` would take 15 s; it ends with its caller.
+  let start = Instant::now();
+  loop {
+    let canceled = pool
+      .records
+      .lock()
+      .unwrap()
+      .iter()
+      .any(|r| &*r.worker == "callee" && r.outcome == Outcome::Canceled);
+    if canceled {
+      break;
+    }
+    assert!(
+      start.elapsed() < Duration::from_secs(10),
+      "the callee's invocation was not canceled"
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+  }
+}
+
 async fn a_chain_of_32_works_and_33_fails() {
   let mut chain = svc("chain", "chain.js");
   chain.config = chain.config.service("SELF", "chain", None);
@@ -544,6 +568,10 @@ pub fn trials() -> Vec<Trial> {
     trial(
       "services::a_chain_of_32_works_and_33_fails",
       a_chain_of_32_works_and_33_fails,
+    ),
+    trial(
+      "services::a_call_is_dropped_when_its_caller_ends",
+      a_call_is_dropped_when_its_caller_ends,
     ),
   ];
   trials.push(trial("services::bench_binding_calls", bench_binding_calls).with_ignored_flag(true));
