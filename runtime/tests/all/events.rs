@@ -420,6 +420,18 @@ async fn a_named_entrypoint_is_not_the_default_one() {
   );
 }
 
+async fn an_rpc_only_worker_loads_and_answers_calls_but_not_requests() {
+  let api = svc("api", "rpc_only.js");
+  let mut c = svc("rpc_caller", "rpc_caller.js");
+  c.config = c.config.service("API", "api", Some("Api".into()));
+  let pool = Pool::new(vec![api.clone()]);
+  let (status, _, body) = pool.request(&c, "GET", "/", "").await;
+  assert_eq!((status, body.as_str()), (200, "pong to caller"));
+  let (status, _, _) = pool.request(&api, "GET", "/", "").await;
+  assert_eq!(status, 500);
+  assert!(pool.logged("Handler does not export a fetch() function."));
+}
+
 async fn a_binding_to_an_unknown_service_fails_at_call_time() {
   let pool = Pool::new(vec![callee()]);
   let (status, _, body) = pool.request(&caller(), "GET", "/missing", "").await;
@@ -568,6 +580,10 @@ pub fn trials() -> Vec<Trial> {
     trial(
       "services::a_chain_of_32_works_and_33_fails",
       a_chain_of_32_works_and_33_fails,
+    ),
+    trial(
+      "services::an_rpc_only_worker_loads_and_answers_calls_but_not_requests",
+      an_rpc_only_worker_loads_and_answers_calls_but_not_requests,
     ),
     trial(
       "services::a_call_is_dropped_when_its_caller_ends",
