@@ -497,12 +497,15 @@ async fn bench_binding_calls() {
   bench.config = bench
     .config
     .limits(limits().subrequests(0))
-    .service("SELF", "bench", None);
-  let pool = Pool::new(vec![bench.clone()]);
+    .service("SELF", "bench", None)
+    .service("PEER", "bench_peer", None);
+  let mut peer = svc("bench_peer", "bench.js");
+  peer.config = peer.config.limits(limits().subrequests(0));
+  let pool = Pool::new(vec![bench.clone(), peer]);
   // Warm up: the isolate is loaded and its code compiled.
   pool.request(&bench, "GET", "/?mode=rpc&n=100", "").await;
   let n = 1000;
-  for mode in ["direct", "rpc", "fetch"] {
+  for mode in ["direct", "rpc", "rpc-peer", "fetch", "fetch-peer"] {
     let start = Instant::now();
     let (status, _, body) = pool
       .request(&bench, "GET", &format!("/?mode={mode}&n={n}"), "")
