@@ -13,6 +13,8 @@ use isola_control::api;
 use isola_control::db;
 use isola_control::pki;
 use isola_control::quic;
+use isola_control::scheduler;
+use isola_control::scheduler::driver::Clock;
 use isola_control::secrets;
 use isola_control::validate;
 use std::net::SocketAddr;
@@ -67,6 +69,15 @@ enum Command {
     /// QUIC address edges connect to.
     #[arg(long, default_value = "127.0.0.1:8701")]
     quic: SocketAddr,
+    /// How old (seconds) a cron tick that came due while the control plane
+    /// was down may be and still run when it is back; older ones are
+    /// recorded as `missed`.
+    #[arg(long, default_value_t = 300)]
+    cron_catch_up: u64,
+    /// Tests only: the scheduler's clock reads ORIGIN_MS at real time
+    /// ORIGIN_MS (ms since the epoch) and runs SCALE times faster.
+    #[arg(long, hide = true, value_name = "ORIGIN_MS:SCALE", value_parser = parse_test_clock)]
+    test_clock: Option<(i64, i64)>,
   },
   /// Enroll an edge: record it and write its certificate, key and edge.toml.
   EnrollEdge {
@@ -93,9 +104,22 @@ fn main() -> ExitCode {
       data_dir,
       api,
       quic,
-    } => tokio::runtime::Runtime::new()
-      .context("cannot start the async runtime")
-      .and_then(|rt| rt.block_on(serve(data_dir, api, quic))),
+      cron_catch_up,
+      test_clock,
+    } => {
+      let clock = match test_clock {
+        Some((origin, scale)) => Clock::test(origin, scale),
+        None => Clock::real(),
+      };
+      let config = scheduler::Config {
+        catch_up: i64::try_from(cron_catch_up.saturating_mul(1000)).unwrap_or(i64::MAX),
+        ..Default::default()
+      }
+      .scaled(clock.scale());
+      tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")
+        .and_then(|rt| rt.block_on(serve(data_dir, api, quic, clock, config)))
+    }
     Command::EnrollEdge {
       data_dir,
       name,
@@ -189,7 +213,22 @@ fn init(dir: &Path) -> anyhow::Result<()> {
   Ok(())
 }
 
-async fn serve(dir: PathBuf, api_addr: SocketAddr, quic_addr: SocketAddr) -> anyhow::Result<()> {
+fn parse_test_clock(s: &str) -> Result<(i64, i64), String> {
+  let (origin, scale) = s
+    .split_once(':')
+    .ok_or_else(|| "expected ORIGIN_MS:SCALE".to_string())?;
+  let origin = origin.parse().map_err(|e| format!("ORIGIN_MS: {e}"))?;
+  let scale = scale.parse().map_err(|e| format!("SCALE: {e}"))?;
+  Ok((origin, scale))
+}
+
+async fn serve(
+  dir: PathBuf,
+  api_addr: SocketAddr,
+  quic_addr: SocketAddr,
+  clock: Clock,
+  config: scheduler::Config,
+) -> anyhow::Result<()> {
   let db = open_db(&dir)?;
   let validator =
     Arc::new(validate::Validator::new().context("cannot start the runtime that checks uploads")?);
@@ -201,11 +240,17 @@ async fn serve(dir: PathBuf, api_addr: SocketAddr, quic_addr: SocketAddr) -> any
   .context("cannot read the desired state")?;
   let revision = initial.revision;
   let (state_tx, state_rx) = watch::channel(Arc::new(initial));
-  let app = api::router(api::AppState::new(
-    db.clone(),
-    Arc::new(state_tx),
-    validator,
-  ));
+  let fleet = isola_control::fleet::Fleet::default();
+  let cron = scheduler::driver::start(db.clone(), fleet.clone(), clock, config)
+    .await
+    .context("cannot start the cron scheduler")?;
+  let kv = isola_control::kv::Kv::new(db.clone());
+  tokio::spawn(kv.clone().sweep_forever());
+  let app = api::router(
+    api::AppState::new(db.clone(), Arc::new(state_tx), validator)
+      .with_scheduler(cron.clone())
+      .with_kv(kv.clone()),
+  );
   let listener = tokio::net::TcpListener::bind(api_addr)
     .await
     .with_context(|| format!("cannot listen on {api_addr} for the API; pick another --api"))?;
@@ -216,7 +261,7 @@ async fn serve(dir: PathBuf, api_addr: SocketAddr, quic_addr: SocketAddr) -> any
   let api = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
   tokio::select! {
     result = api => result.context("the API server failed")?,
-    result = quic::serve(quic_addr, &dir, db, state_rx) => {
+    result = quic::serve(quic_addr, &dir, db, state_rx, cron, kv, fleet) => {
       result.context("the QUIC control channel failed")?;
     }
   }

@@ -12,16 +12,24 @@ use anyhow::Context as _;
 use isola_io::channel;
 use isola_io::channel::Handler;
 use isola_io::BoxError;
+use isola_proto::msg::Call;
+use isola_proto::msg::CallReply;
 use isola_proto::msg::DesiredState;
 use isola_proto::ControlEvent;
 use isola_proto::ControlSession;
 use isola_proto::Timing;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::ServerName;
+use tokio::sync::broadcast;
 use tokio::sync::watch;
 
 use crate::db::blocking;
 use crate::db::Db;
+use crate::fleet::EdgeLink;
+use crate::fleet::Fleet;
+use crate::fleet::Work;
+use crate::kv::Kv;
+use crate::scheduler::driver::Handle as Scheduler;
 
 /// TLS 1.3 with a client certificate required and checked against the CA.
 fn server_config(data_dir: &Path) -> anyhow::Result<quinn::ServerConfig> {
@@ -57,6 +65,9 @@ pub async fn serve(
   data_dir: &Path,
   db: Db,
   state: watch::Receiver<Arc<DesiredState>>,
+  scheduler: Scheduler,
+  kv: Kv,
+  fleet: Fleet,
 ) -> anyhow::Result<()> {
   let socket = std::net::UdpSocket::bind(addr)
     .with_context(|| format!("cannot listen for edges on {addr} (UDP)"))?;
@@ -69,10 +80,11 @@ pub async fn serve(
   )
   .context("cannot start the QUIC endpoint")?;
   while let Some(incoming) = endpoint.accept().await {
-    let (db, state) = (db.clone(), state.clone());
+    let (db, state, scheduler, kv) = (db.clone(), state.clone(), scheduler.clone(), kv.clone());
+    let fleet = fleet.clone();
     tokio::spawn(async move {
       let remote = incoming.remote_address();
-      if let Err(e) = connection(incoming, db, state).await {
+      if let Err(e) = connection(incoming, db, state, scheduler, kv, fleet).await {
         tracing::info!(%remote, "edge connection ended: {e:#}");
       }
     });
@@ -95,6 +107,9 @@ async fn connection(
   incoming: quinn::Incoming,
   db: Db,
   state: watch::Receiver<Arc<DesiredState>>,
+  scheduler: Scheduler,
+  kv: Kv,
+  fleet: Fleet,
 ) -> anyhow::Result<()> {
   let conn = incoming.await.context("handshake")?;
   let cert = conn
@@ -109,6 +124,13 @@ async fn connection(
     state,
     cert,
     name: None,
+    scheduler,
+    fleet,
+    work: None,
+    kv,
+    conn: conn.clone(),
+    calls: None,
+    changes: None,
   };
   let reason = channel::drive(&mut session, &mut edge, &mut send, &mut recv).await?;
   anyhow::bail!("{reason}")
@@ -122,6 +144,34 @@ struct EdgeConnection {
   cert: CertificateDer<'static>,
   /// The edge's name, once its hello was accepted.
   name: Option<String>,
+  scheduler: Scheduler,
+  fleet: Fleet,
+  /// Work for this edge (ticks, batches), once it is accepted; the link
+  /// takes the edge out of the fleet when the connection ends.
+  work: Option<(EdgeLink, tokio::sync::mpsc::UnboundedReceiver<Work>)>,
+  kv: Kv,
+  conn: quinn::Connection,
+  /// The task serving the edge's calls (KV), once it is accepted.
+  calls: Option<AbortOnDrop>,
+  /// KV changes to pass on, once it is accepted.
+  changes: Option<broadcast::Receiver<crate::kv::Change>>,
+}
+
+/// Stops a task when the connection that started it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+  fn drop(&mut self) {
+    self.0.abort();
+  }
+}
+
+/// What an edge connection is handed: a newer desired state, or a tick.
+pub enum Input {
+  State(Arc<DesiredState>),
+  Work(Work),
+  /// A KV key changed (`None`: changes were missed).
+  KvChanged(Option<crate::kv::Change>),
 }
 
 impl EdgeConnection {
@@ -134,16 +184,43 @@ impl EdgeConnection {
 }
 
 impl Handler<ControlSession> for EdgeConnection {
-  type Input = Arc<DesiredState>;
+  type Input = Input;
 
-  async fn next_input(&mut self) -> Option<Arc<DesiredState>> {
-    // A closed channel means the control plane is shutting down.
-    self.state.changed().await.ok()?;
-    Some(self.state.borrow_and_update().clone())
+  async fn next_input(&mut self) -> Option<Input> {
+    let work = async {
+      match self.work.as_mut() {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+      }
+    };
+    let changes = async {
+      match self.changes.as_mut() {
+        Some(rx) => match rx.recv().await {
+          Ok(change) => Some(Some(change)),
+          Err(broadcast::error::RecvError::Lagged(_)) => Some(None),
+          Err(broadcast::error::RecvError::Closed) => None,
+        },
+        None => std::future::pending().await,
+      }
+    };
+    tokio::select! {
+      Some(change) = changes => Some(Input::KvChanged(change)),
+      // A closed channel means the control plane is shutting down.
+      changed = self.state.changed() => {
+        changed.ok()?;
+        Some(Input::State(self.state.borrow_and_update().clone()))
+      }
+      Some(work) = work => Some(Input::Work(work)),
+    }
   }
 
-  fn input(&mut self, session: &mut ControlSession, state: Arc<DesiredState>) {
-    session.offer(&state);
+  fn input(&mut self, session: &mut ControlSession, input: Input) {
+    match input {
+      Input::State(state) => session.offer(&state),
+      Input::Work(Work::Tick(tick)) => session.run(tick),
+      Input::Work(Work::Batch(batch)) => session.deliver(batch),
+      Input::KvChanged(change) => session.kv_changed(change),
+    }
   }
 
   async fn event(
@@ -171,6 +248,21 @@ impl Handler<ControlSession> for EdgeConnection {
           ));
         } else {
           tracing::info!(edge = %name, revision, "edge connected");
+          self.work = Some(self.fleet.connect(&name));
+          self.changes = Some(self.kv.subscribe());
+          let kv = self.kv.clone();
+          self.calls = Some(AbortOnDrop(tokio::spawn(channel::serve_calls(
+            self.conn.clone(),
+            move |call: Call| {
+              let kv = kv.clone();
+              async move {
+                match call {
+                  Call::Kv(call) => CallReply::Kv(kv.call(call).await),
+                  Call::Send(_) => CallReply::Unsupported,
+                }
+              }
+            },
+          ))));
           self.name = Some(name);
           let current = self.state.borrow_and_update().clone();
           session.offer(&current);
@@ -204,6 +296,14 @@ impl Handler<ControlSession> for EdgeConnection {
         // connection and the edge sends the batch again later.
         blocking(move || db.store_usage(&name, &batch)).await?;
         session.usage_stored(id);
+      }
+      ControlEvent::RunAccepted(id) => self.scheduler.accepted(id),
+      ControlEvent::BatchAccepted(_) | ControlEvent::BatchDone(_) => {}
+      ControlEvent::RunDone(report) => {
+        let id = report.id;
+        // Acknowledged once stored, so the edge resends it otherwise.
+        self.scheduler.report(report).await;
+        session.run_recorded(id);
       }
     }
     Ok(())

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use isola_proto::manifest::sha256_hex;
+use isola_proto::manifest::KvBinding;
 use isola_proto::manifest::LimitsSpec;
 use isola_proto::manifest::Manifest;
 use isola_proto::manifest::ModuleRef;
+use isola_proto::manifest::QueueBindings;
 use isola_proto::manifest::ServiceBinding;
 use isola_proto::manifest::MAX_MODULES;
 use isola_proto::manifest::MAX_MODULE_BYTES;
@@ -55,9 +57,72 @@ struct Metadata {
   compatibility_date: Option<String>,
   #[serde(default)]
   services: Vec<ServiceBinding>,
+  #[serde(default)]
+  kv_namespaces: Vec<KvBinding>,
+  #[serde(default)]
+  queues: QueueBindings,
   /// Stored with the version, outside the manifest.
   #[serde(default)]
   message: Option<String>,
+}
+
+/// Bindings: each a JS identifier used once and not also a var; each
+/// service a worker name. Whether services and namespaces exist is the
+/// API's check (it needs the account's).
+fn check_bindings(
+  services: &[ServiceBinding],
+  kv: &[KvBinding],
+  vars: &BTreeMap<String, serde_json::Value>,
+) -> Result<(), String> {
+  let identifier = |s: &str| {
+    let mut chars = s.chars();
+    chars
+      .next()
+      .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$')
+      && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+  };
+  for (i, s) in services.iter().enumerate() {
+    let at = format!("services[{i}]");
+    if !identifier(&s.binding) {
+      return Err(format!(
+        "{at}.binding {:?} is not a JavaScript identifier (letters, digits, _ and $; not starting with a digit)",
+        s.binding
+      ));
+    }
+    if services[..i].iter().any(|o| o.binding == s.binding)
+      || vars.contains_key(&s.binding)
+      || kv.iter().any(|k| k.binding == s.binding)
+    {
+      return Err(format!(
+        "{at}.binding {:?} is used twice (by another binding or a var); give each its own name",
+        s.binding
+      ));
+    }
+    if s.service.is_empty() || s.service.len() > 63 {
+      return Err(format!("{at}.service {:?} is not a worker name", s.service));
+    }
+    if let Some(e) = &s.entrypoint {
+      if !identifier(e) {
+        return Err(format!("{at}.entrypoint {e:?} is not an export name"));
+      }
+    }
+  }
+  for (i, k) in kv.iter().enumerate() {
+    let at = format!("kv_namespaces[{i}]");
+    if !identifier(&k.binding) {
+      return Err(format!(
+        "{at}.binding {:?} is not a JavaScript identifier (letters, digits, _ and $; not starting with a digit)",
+        k.binding
+      ));
+    }
+    if kv[..i].iter().any(|o| o.binding == k.binding) || vars.contains_key(&k.binding) {
+      return Err(format!(
+        "{at}.binding {:?} is used twice (by another binding or a var); give each its own name",
+        k.binding
+      ));
+    }
+  }
+  Ok(())
 }
 
 /// Longest version message, in characters.
@@ -131,6 +196,8 @@ pub fn check_upload(
       "invalid metadata: var name {name:?} is empty"
     )));
   }
+  check_bindings(&metadata.services, &metadata.kv_namespaces, &metadata.vars)
+    .map_err(|e| invalid(format!("invalid metadata: {e}")))?;
 
   if modules.is_empty() {
     return Err(invalid(format!(
@@ -202,6 +269,8 @@ pub fn check_upload(
     limits: metadata.limits,
     compatibility_date: metadata.compatibility_date,
     services: metadata.services,
+    kv_namespaces: metadata.kv_namespaces,
+    queues: metadata.queues,
   };
   Ok(Upload {
     manifest,

@@ -23,6 +23,8 @@ use isola_io::channel::Handler;
 use isola_io::BoxError;
 use isola_proto::msg::DesiredState;
 use isola_proto::msg::Revision;
+use isola_proto::msg::Tick;
+use isola_proto::msg::TickReport;
 use isola_proto::msg::UsageBatch;
 use isola_proto::msg::UsageRecord;
 use isola_proto::msg::VersionBundle;
@@ -34,6 +36,7 @@ use isola_runtime::Metrics;
 use tokio::sync::mpsc;
 
 use crate::config::ControlConfig;
+use crate::kv::EdgeKv;
 use crate::store::write_atomic;
 
 /// What the control client needs of the node. Narrow on purpose: the
@@ -53,6 +56,30 @@ pub trait Target: Send + Sync + 'static {
   /// Whether `worker` comes from the node's config file rather than the
   /// control plane (its usage is not shipped).
   fn is_static(&self, worker: &str) -> bool;
+  /// Runs a scheduled tick to its end.
+  fn scheduled(&self, tick: Tick) -> impl Future<Output = TickReport> + Send;
+}
+
+/// Reports of scheduled runs the control plane has not recorded yet. Kept
+/// across connections (in memory): a run that ends while the channel is
+/// down is reported on the next one.
+#[derive(Clone, Default)]
+pub struct Reports {
+  inner: Arc<std::sync::Mutex<RunsState>>,
+}
+
+#[derive(Default)]
+struct RunsState {
+  /// Runs going on now.
+  running: std::collections::BTreeSet<u64>,
+  /// Runs ended and not yet recorded.
+  pending: std::collections::BTreeMap<u64, TickReport>,
+}
+
+impl Reports {
+  fn lock(&self) -> std::sync::MutexGuard<'_, RunsState> {
+    self.inner.lock().unwrap_or_else(|e| e.into_inner())
+  }
 }
 
 /// The last state applied, if this node ever applied one.
@@ -235,6 +262,7 @@ pub async fn run<T: Target>(
   node: Arc<T>,
   spool: Spool,
   mut usage: mpsc::UnboundedReceiver<UsageBatch>,
+  kv: Arc<EdgeKv>,
 ) -> anyhow::Result<()> {
   let client = channel::client_config(channel::TlsFiles {
     ca: &cfg.ca,
@@ -243,8 +271,18 @@ pub async fn run<T: Target>(
   })?;
   let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
   let mut logged_down = false;
+  let reports = Reports::default();
+  let (done_tx, mut done_rx) = mpsc::unbounded_channel();
   loop {
-    let result = session(&cfg, &client, &node, &spool, &mut usage, &mut backoff).await;
+    let mut link = Link {
+      usage: &mut usage,
+      kv: &kv,
+      reports: &reports,
+      done_tx: &done_tx,
+      done_rx: &mut done_rx,
+    };
+    let result = session(&cfg, &client, &node, &spool, &mut link, &mut backoff).await;
+    kv.connected(None);
     match result {
       Ok(reason) => tracing::warn!(reason, "control channel closed"),
       Err(e) if !logged_down => tracing::warn!(
@@ -256,9 +294,10 @@ pub async fn run<T: Target>(
     }
     logged_down = true;
     tokio::time::sleep(backoff.next_delay(rand::random())).await;
-    // Batches cut while disconnected are on disk; the next session reads
-    // them from there.
+    // Batches cut while disconnected are on disk, and reports of runs that
+    // ended are in `reports`; the next session sends them from there.
     while usage.try_recv().is_ok() {}
+    while done_rx.try_recv().is_ok() {}
   }
 }
 
@@ -267,7 +306,7 @@ async fn session<T: Target>(
   client: &quinn::ClientConfig,
   node: &Arc<T>,
   spool: &Spool,
-  usage: &mut mpsc::UnboundedReceiver<UsageBatch>,
+  link: &mut Link<'_>,
   backoff: &mut Backoff,
 ) -> anyhow::Result<String> {
   let (_endpoint, conn) = channel::connect(&cfg.address, &cfg.server_name, client).await?;
@@ -280,10 +319,20 @@ async fn session<T: Target>(
     node.versions()?,
     spool.pending()?,
   );
+  {
+    let runs = link.reports.lock();
+    for id in &runs.running {
+      session.still_running(*id);
+    }
+    for report in runs.pending.values() {
+      session.run_done(report.clone());
+    }
+  }
+  link.kv.connected(Some(conn.clone()));
   let mut handler = Connection {
     node: node.clone(),
     spool,
-    usage,
+    link,
     backoff,
     refused: Vec::new(),
   };
@@ -292,26 +341,48 @@ async fn session<T: Target>(
   Ok(reason)
 }
 
+/// What outlives one connection: usage batches to ship, and scheduled runs
+/// going on and their reports.
+struct Link<'a> {
+  usage: &'a mut mpsc::UnboundedReceiver<UsageBatch>,
+  kv: &'a EdgeKv,
+  reports: &'a Reports,
+  done_tx: &'a mpsc::UnboundedSender<TickReport>,
+  done_rx: &'a mut mpsc::UnboundedReceiver<TickReport>,
+}
+
+/// What a connection is handed besides the peer's messages.
+enum Input {
+  Usage(UsageBatch),
+  RunDone(TickReport),
+}
+
 /// One connection's work on the edge: what the session's events ask of the
 /// node and the spool, and usage batches to ship.
-struct Connection<'a, T> {
+struct Connection<'a, 'b, T> {
   node: Arc<T>,
   spool: &'a Spool,
-  usage: &'a mut mpsc::UnboundedReceiver<UsageBatch>,
+  link: &'a mut Link<'b>,
   backoff: &'a mut Backoff,
   /// Pushed versions the store refused, reported with the next apply.
   refused: Vec<String>,
 }
 
-impl<T: Target> Handler<EdgeSession> for Connection<'_, T> {
-  type Input = UsageBatch;
+impl<T: Target> Handler<EdgeSession> for Connection<'_, '_, T> {
+  type Input = Input;
 
-  async fn next_input(&mut self) -> Option<UsageBatch> {
-    self.usage.recv().await
+  async fn next_input(&mut self) -> Option<Input> {
+    tokio::select! {
+      batch = self.link.usage.recv() => batch.map(Input::Usage),
+      report = self.link.done_rx.recv() => report.map(Input::RunDone),
+    }
   }
 
-  fn input(&mut self, session: &mut EdgeSession, batch: UsageBatch) {
-    session.send_usage(batch);
+  fn input(&mut self, session: &mut EdgeSession, input: Input) {
+    match input {
+      Input::Usage(batch) => session.send_usage(batch),
+      Input::RunDone(report) => session.run_done(report),
+    }
   }
 
   async fn event(&mut self, session: &mut EdgeSession, event: EdgeEvent) -> Result<(), BoxError> {
@@ -333,6 +404,30 @@ impl<T: Target> Handler<EdgeSession> for Connection<'_, T> {
         session.applied(revision, errors);
       }
       EdgeEvent::UsageStored(id) => self.spool.remove(&id),
+      EdgeEvent::Run(tick) => {
+        // The run goes on whatever happens to this connection; its report
+        // waits in `reports` until the control plane has recorded it.
+        let (node, reports, done) = (
+          self.node.clone(),
+          self.link.reports.clone(),
+          self.link.done_tx.clone(),
+        );
+        reports.lock().running.insert(tick.id);
+        tokio::spawn(async move {
+          let report = node.scheduled(tick).await;
+          {
+            let mut runs = reports.lock();
+            runs.running.remove(&report.id);
+            runs.pending.insert(report.id, report.clone());
+          }
+          let _ = done.send(report);
+        });
+      }
+      EdgeEvent::RunRecorded(id) => {
+        self.link.reports.lock().pending.remove(&id);
+      }
+      EdgeEvent::KvChanged(change) => self.link.kv.invalidate(change),
+      EdgeEvent::Deliver(_) | EdgeEvent::BatchRecorded(_) => {}
     }
     Ok(())
   }
@@ -398,6 +493,17 @@ mod tests {
     fn is_static(&self, _: &str) -> bool {
       false
     }
+
+    async fn scheduled(&self, tick: Tick) -> TickReport {
+      TickReport {
+        id: tick.id,
+        outcome: isola_proto::msg::RunOutcome::Ok,
+        no_retry: false,
+        version: None,
+        cpu_us: 1,
+        wall_us: 2,
+      }
+    }
   }
 
   /// What the stand-in control plane saw.
@@ -407,6 +513,8 @@ mod tests {
     Asked(String),
     Applied(Revision, Vec<String>),
     Usage(String),
+    Accepted(u64),
+    Done(u64),
   }
 
   /// A control plane as far as the channel goes: the real session and
@@ -450,6 +558,15 @@ mod tests {
         ControlEvent::Usage(batch) => {
           session.usage_stored(batch.id.clone());
           Seen::Usage(batch.id)
+        }
+        ControlEvent::RunAccepted(id) | ControlEvent::BatchAccepted(id) => Seen::Accepted(id),
+        ControlEvent::RunDone(report) => {
+          session.run_recorded(report.id);
+          Seen::Done(report.id)
+        }
+        ControlEvent::BatchDone(report) => {
+          session.batch_recorded(report.id);
+          Seen::Done(report.id)
         }
       };
       self.seen.send(seen)?;
@@ -534,7 +651,13 @@ mod tests {
     let node = Arc::new(FakeNode::default());
     let spool = Spool::open(&dir.path().join("control")).unwrap();
     let (usage_tx, usage_rx) = mpsc::unbounded_channel();
-    let client = tokio::spawn(run(cfg, node.clone(), spool.clone(), usage_rx));
+    let client = tokio::spawn(run(
+      cfg,
+      node.clone(),
+      spool.clone(),
+      usage_rx,
+      Arc::new(EdgeKv::new(1 << 20)),
+    ));
 
     assert_eq!(next(&mut seen).await, Seen::Hello(0));
     assert_eq!(next(&mut seen).await, Seen::Asked("h1".into()));

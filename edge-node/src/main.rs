@@ -6,6 +6,7 @@ mod admin;
 mod config;
 mod control;
 mod dev;
+mod kv;
 mod logs;
 mod node;
 mod serve;

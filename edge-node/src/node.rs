@@ -10,20 +10,27 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use isola_proto::manifest::sha256_hex;
 use isola_proto::msg::DesiredState;
+use isola_proto::msg::RunOutcome;
+use isola_proto::msg::Tick;
+use isola_proto::msg::TickReport;
 use isola_proto::msg::VersionBundle;
 use isola_proto::names::edge_worker_name;
 use isola_proto::names::split_edge_worker_name;
 use isola_proto::routes::RouteTable;
 use isola_runtime::Bundle;
+use isola_runtime::Limits;
 use isola_runtime::Metrics;
+use isola_runtime::Outcome;
 use isola_runtime::ResponseBody;
 use isola_runtime::Runtime;
+use isola_runtime::ScheduledEvent;
 use isola_runtime::WorkerConfig;
 use isola_runtime::WorkerKey;
 use serde::Serialize;
@@ -598,6 +605,76 @@ impl crate::control::Target for Node {
 
   fn is_static(&self, worker: &str) -> bool {
     Node::is_static(self, worker)
+  }
+
+  async fn scheduled(&self, tick: Tick) -> TickReport {
+    self.run_scheduled(tick).await
+  }
+}
+
+impl Node {
+  /// Runs a scheduled tick on the version a request would get now (a split
+  /// deployment picks per tick).
+  pub async fn run_scheduled(&self, tick: Tick) -> TickReport {
+    let mut report = TickReport {
+      id: tick.id,
+      outcome: RunOutcome::Unavailable,
+      no_retry: false,
+      version: None,
+      cpu_us: 0,
+      wall_us: 0,
+    };
+    let state = self.state.load_full();
+    let Some(deployed) = state.workers.get(tick.worker.as_str()) else {
+      tracing::warn!(
+        worker = tick.worker,
+        "a scheduled tick for a worker this edge does not serve"
+      );
+      return report;
+    };
+    let active = deployed.pick().clone();
+    report.version = Some(active.key.version.to_string());
+    // A version that sets its own scheduled CPU limit keeps it; otherwise
+    // the control plane's (Cloudflare's rule by interval) applies.
+    let own = active.config.limits_ref().scheduled_cpu_limit();
+    let cpu_limit =
+      (own == Limits::default().scheduled_cpu_limit()).then(|| Duration::from_millis(tick.cpu_ms));
+    let event = ScheduledEvent {
+      cron: tick.cron.clone(),
+      scheduled_time: tick.scheduled_time,
+      cpu_limit,
+    };
+    let source = {
+      let active = active.clone();
+      move || Ok((active.bundle.clone(), active.config.clone()))
+    };
+    match self.runtime.scheduled(&active.key, source, event).await {
+      Ok(run) => {
+        report.outcome = match run.outcome {
+          Outcome::Ok => RunOutcome::Ok,
+          Outcome::Exception => RunOutcome::Exception,
+          Outcome::CpuLimit => RunOutcome::ExceededCpu,
+          Outcome::MemoryLimit => RunOutcome::ExceededMemory,
+          Outcome::WallLimit => RunOutcome::ExceededWallTime,
+          Outcome::Stopped => RunOutcome::Lost,
+          _ => RunOutcome::ExceededResources,
+        };
+        report.no_retry = run.no_retry;
+        report.cpu_us = run.cpu.as_micros() as u64;
+        report.wall_us = run.wall.as_micros() as u64;
+        if let Some(error) = run.error {
+          tracing::info!(
+            worker = tick.worker,
+            cron = tick.cron,
+            "scheduled run failed: {error}"
+          );
+        }
+      }
+      Err(e) => {
+        tracing::warn!(worker = tick.worker, cron = tick.cron, error = %e, "cannot run a scheduled tick");
+      }
+    }
+    report
   }
 }
 

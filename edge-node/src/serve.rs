@@ -55,6 +55,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   let admin_listener = config.server.admin.map(bind).transpose()?;
 
   let metrics = Metrics::new();
+  // KV reads and writes go to the control plane; without one, none resolve.
+  let kv = Arc::new(crate::kv::EdgeKv::new(crate::kv::DEFAULT_CACHE_BYTES));
   let mut pool = Config::default()
     .logs(crate::logs::stdio_sink())
     .meter(metrics.sink())
@@ -144,9 +146,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .clone()
             .run(Duration::from_millis(control.usage_interval_ms), tx),
         );
-        let (control, node) = (control.clone(), node.clone());
+        let (control, node, kv) = (control.clone(), node.clone(), kv.clone());
         tokio::spawn(async move {
-          if let Err(e) = crate::control::run(control, node, spool, rx).await {
+          if let Err(e) = crate::control::run(control, node, spool, rx, kv).await {
             tracing::error!(error = format!("{e:#}"), "the control channel cannot start");
           }
         });

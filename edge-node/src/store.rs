@@ -461,6 +461,8 @@ impl Store {
       limits,
       compatibility_date: None,
       services: Vec::new(),
+      kv_namespaces: Vec::new(),
+      queues: Default::default(),
     })
   }
 }
@@ -571,6 +573,8 @@ mod tests {
       limits: LimitsSpec::default(),
       compatibility_date: None,
       services: Vec::new(),
+      kv_namespaces: Vec::new(),
+      queues: Default::default(),
     }
   }
 

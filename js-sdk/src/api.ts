@@ -48,6 +48,8 @@ export function loadCredentials(): { creds?: Credentials; source: string } {
 
 export class ApiError extends Error {
   override name = "ApiError";
+  /** What to do about it, when the caller knows better than the status does. */
+  hint?: string;
   constructor(
     readonly status: number,
     readonly code: string,
@@ -59,7 +61,9 @@ export class ApiError extends Error {
   /** `code: message (HTTP status)` and a hint. */
   describe(): string {
     let text = `${this.code}: ${this.message}${this.status ? ` (HTTP ${this.status})` : ""}`;
-    if (this.status === 401) {
+    if (this.hint) {
+      text += `\nhint: ${this.hint}`;
+    } else if (this.status === 401) {
       text += "\nhint: the token was refused; run `isola login --api URL` with a valid token, or set ISOLA_API_TOKEN";
     } else if (this.status === 404) {
       text += "\nhint: check the worker name (`name` in isola.toml) and the API URL (`isola whoami`); deploy the worker first if it is new";
@@ -139,6 +143,8 @@ export interface Metadata {
   vars: Record<string, Json>;
   limits: { cpu_ms?: number; memory_mb?: number; subrequests?: number };
   compatibility_date?: string;
+  /** Service bindings, wrangler's keys; left out when there are none. */
+  services?: { binding: string; service: string; entrypoint?: string }[];
   /** Stored with the version, outside its manifest (at most 1,000 characters). */
   message?: string;
 }
@@ -234,6 +240,11 @@ export class Client {
       }
       throw e;
     }
+  }
+
+  /** Replaces the worker's cron schedules (an empty list clears them). */
+  async putSchedules(worker: string, crons: string[]): Promise<{ crons: string[] }> {
+    return this.request<{ crons: string[] }>("PUT", `/v1/workers/${enc(worker)}/schedules`, { crons });
   }
 
   async putSecret(worker: string, key: string, value: string): Promise<{ key: string; revision: number }> {

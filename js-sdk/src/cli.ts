@@ -22,6 +22,7 @@ import { ConfigError, loadConfig, readDevVars, type Config } from "./config.js";
 import { dev, requireMain, runBuildCommand } from "./dev.js";
 import { EdgeNotFound } from "./edge.js";
 import { init, TEMPLATES, type Template } from "./init.js";
+import { withProgress } from "./progress.js";
 import { parseSecretsFile, SecretsFileError } from "./secrets.js";
 import { envTypes } from "./typesgen.js";
 
@@ -38,10 +39,14 @@ Usage: isola <command> [options]
 
 Commands:
   init [DIR] [--template hello|scheduled|hono] [--ts|--js] [-y]   create a worker project
-  dev [--port 8787] [--ip 127.0.0.1] [--var K:V]... [--env NAME]
-                                         run the worker locally, reloading on change
-  deploy [--env NAME] [--dry-run --outdir DIR] [--message M]
-                                         upload a version, deploy it at 100 %, add routes
+  dev [--port 8787] [--ip 127.0.0.1] [--var K:V]... [--env NAME] [--test-scheduled]
+                                         run the worker locally, reloading on change;
+                                         --test-scheduled: GET /__scheduled?cron=... runs
+                                         the scheduled handler
+  deploy [--env NAME] [--dry-run --outdir DIR] [--message M] [--json]
+                                         upload a version, deploy it at 100 %, add routes,
+                                         apply [triggers] crons
+  triggers deploy [--env NAME]           apply only the config's [triggers] crons
   versions list [--json]                 the worker's versions
   versions view ID [--json]              one version: modules, vars' names, limits, message
   versions upload [--message M]          upload a version without deploying it
@@ -57,7 +62,17 @@ Commands:
   whoami                                 check the credentials against the API
 
 Common options: --config FILE (default: isola.toml, isola.json(c), wrangler.toml/json(c)),
---cwd DIR, --help. ISOLA_API_URL and ISOLA_API_TOKEN override stored credentials.`;
+--cwd DIR, --help. ISOLA_API_URL and ISOLA_API_TOKEN override stored credentials.
+On a terminal, bundling and uploading show progress on stderr.
+
+Examples:
+  isola init my-worker --template hono -y
+  isola dev --port 8787 --var GREETING:hi
+  isola deploy --env staging --message "new greeting"
+  isola deploy --dry-run --outdir dist
+  isola triggers deploy
+  echo "$TOKEN" | isola secret put API_TOKEN
+  isola versions deploy 0a1b@10% 2c3d@90% -y`;
 
 function version(): string {
   const pkg = join(fileURLToPath(import.meta.url), "..", "..", "package.json");
@@ -165,6 +180,7 @@ async function cmdDev(args: string[]): Promise<void> {
     port: { type: "string", short: "p" },
     ip: { type: "string" },
     var: { type: "string", multiple: true },
+    "test-scheduled": { type: "boolean" },
   });
   const port = Number(str(values["port"]) ?? "8787");
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError(`--port ${str(values["port"])} is not a port number`);
@@ -182,6 +198,7 @@ async function cmdDev(args: string[]): Promise<void> {
     ip: str(values["ip"]) ?? "127.0.0.1",
     vars,
     ...(env !== undefined ? { env } : {}),
+    testScheduled: values["test-scheduled"] === true,
     log: out,
     error: err,
   });
@@ -194,6 +211,14 @@ function metadataOf(config: Config): Metadata {
   if (config.limits.subrequests !== undefined) limits.subrequests = config.limits.subrequests;
   const m: Metadata = { main_module: "index.js", vars: config.vars, limits };
   if (config.compatibility_date) m.compatibility_date = config.compatibility_date;
+  // Left out when empty, as the server leaves it out of the manifest (same version ids).
+  if (config.services.length > 0) {
+    m.services = config.services.map((s) => ({
+      binding: s.binding,
+      service: s.service,
+      ...(s.entrypoint !== undefined ? { entrypoint: s.entrypoint } : {}),
+    }));
+  }
   return m;
 }
 
@@ -204,13 +229,16 @@ const MAX_MESSAGE_CHARS = 1000;
 async function buildAndUpload(
   args: string[],
   verb: "deploy" | "upload",
-): Promise<{ config: Config; name: string; client: Client; version: VersionInfo } | undefined> {
+): Promise<{ config: Config; name: string; client: Client; version: VersionInfo; json: boolean } | undefined> {
   const { values } = parse(args, {
     "dry-run": { type: "boolean" },
     outdir: { type: "string" },
     message: { type: "string", short: "m" },
     minify: { type: "boolean" },
   });
+  const json = values["json"] === true;
+  // With --json, stdout carries one JSON document and nothing else.
+  const say = json ? (): void => undefined : out;
   const config = projectConfig(values);
   const name = workerName(config);
   const message = str(values["message"]);
@@ -223,47 +251,107 @@ async function buildAndUpload(
   const client = dry ? undefined : new Client(requireCredentials());
   runBuildCommand(config);
   const outdir = dry ? resolve(str(values["outdir"]) ?? join(config.dir, "dist")) : join(config.dir, ".isola", "deploy");
-  const result = await bundle({
-    entry: requireMain(config),
-    root: config.dir,
-    outdir,
-    rules: config.rules,
-    sourcemap: "none",
-    minify: values["minify"] === true,
-  });
+  const result = await withProgress(`Bundling ${config.main ?? "the worker"}…`, () =>
+    bundle({
+      entry: requireMain(config),
+      root: config.dir,
+      outdir,
+      rules: config.rules,
+      sourcemap: "none",
+      minify: values["minify"] === true,
+    }),
+  );
   const metadata = metadataOf(config);
   if (message !== undefined) metadata.message = message;
   const modules = readModules(result);
   const size = modules.reduce((n, m) => n + m.bytes.length, 0);
+  const kib = `${(size / 1024).toFixed(1)} KiB`;
   if (dry) {
-    writeFileSync(join(outdir, "metadata.json"), JSON.stringify(metadata, null, 2) + "\n");
-    out(`Dry run: ${name}, ${modules.length} module(s), ${(size / 1024).toFixed(1)} KiB, written to ${outdir}:`);
-    for (const m of modules) out(`  ${m.module.name} (${m.module.contentType})`);
-    out("  metadata.json");
-    if (verb === "deploy" && config.routes.length) out(`Routes (not created): ${config.routes.join(", ")}`);
+    // The triggers are applied after the upload, not part of it; the file shows them too.
+    const written = config.triggers ? { ...metadata, triggers: { crons: config.triggers.crons } } : metadata;
+    writeFileSync(join(outdir, "metadata.json"), JSON.stringify(written, null, 2) + "\n");
+    if (json) {
+      out(JSON.stringify({ dry_run: true, worker: name, outdir, modules: modules.map((m) => m.module.name), metadata: written }, null, 2));
+      return undefined;
+    }
+    say(`Dry run: ${name}, ${modules.length} module(s), ${kib}, written to ${outdir}:`);
+    for (const m of modules) say(`  ${m.module.name} (${m.module.contentType})`);
+    say("  metadata.json");
+    if (verb === "deploy" && config.routes.length) say(`Routes (not created): ${config.routes.join(", ")}`);
+    if (verb === "deploy" && config.triggers) say(`Schedules (not applied): ${config.triggers.crons.length ? config.triggers.crons.join(", ") : "none (would clear them)"}`);
     return undefined;
   }
-  const version = await client!.upload(
-    name,
-    metadata,
-    modules.map((m) => ({ name: m.module.name, contentType: m.module.contentType, bytes: m.bytes })),
+  const version = await withProgress(`Uploading ${name} (${modules.length} module(s), ${kib})…`, () =>
+    client!.upload(
+      name,
+      metadata,
+      modules.map((m) => ({ name: m.module.name, contentType: m.module.contentType, bytes: m.bytes })),
+    ),
   );
-  out(`Uploaded ${name}: version ${version.id} (${modules.length} module(s), ${(size / 1024).toFixed(1)} KiB)`);
-  if (version.message) out(`Message: ${version.message}`);
-  return { config, name, client: client!, version };
+  say(`Uploaded ${name}: version ${version.id} (${modules.length} module(s), ${kib})`);
+  if (version.message) say(`Message: ${version.message}`);
+  return { config, name, client: client!, version, json };
+}
+
+/** PUT the config's crons (only when it has a [triggers] table); undefined when it has none. */
+async function applyTriggers(config: Config, name: string, client: Client, context: string): Promise<string[] | undefined> {
+  if (!config.triggers) return undefined;
+  try {
+    return (await client.putSchedules(name, config.triggers.crons)).crons;
+  } catch (e) {
+    if (e instanceof ApiError && (e.status === 405 || (e.status === 404 && /no endpoint/.test(e.message)))) {
+      e.hint = `${context}this isola-control has no schedules endpoint (cron triggers); update it, or remove [triggers] from ${config.file}`;
+    } else if (e instanceof ApiError && e.status === 400) {
+      e.hint = `${context}fix \`triggers.crons\` in ${config.file} and run \`isola triggers deploy${config.env ? ` --env ${config.env}` : ""}\``;
+    }
+    throw e;
+  }
+}
+
+function schedulesLine(crons: string[]): string {
+  return crons.length ? `Schedules: ${crons.join(", ")}` : "Schedules: none (cleared)";
 }
 
 async function cmdDeploy(args: string[]): Promise<void> {
   const uploaded = await buildAndUpload(args, "deploy");
   if (!uploaded) return;
-  const { config, name, client, version } = uploaded;
+  const { config, name, client, version, json } = uploaded;
+  const say = json ? (): void => undefined : out;
   const deployment = await client.deploy(name, [{ id: version.id, percentage: 100 }]);
-  out(`Deployed version ${version.id} at 100% (deployment ${deployment.id})`);
+  say(`Deployed version ${version.id} at 100% (deployment ${deployment.id})`);
+  const routes: { pattern: string; existed: boolean }[] = [];
   for (const pattern of config.routes) {
     const r = await client.ensureRoute(pattern, name);
-    out(`Route ${r.pattern}${r.existed ? " (already there)" : ""}`);
+    routes.push({ pattern: r.pattern, existed: r.existed });
+    say(`Route ${r.pattern}${r.existed ? " (already there)" : ""}`);
   }
-  if (config.routes.length === 0) out("No routes in the config; add `routes = [\"host/*\"]` to serve it.");
+  if (config.routes.length === 0) say("No routes in the config; add `routes = [\"host/*\"]` to serve it.");
+  const crons = await applyTriggers(config, name, client, `version ${version.id} is deployed; `);
+  if (crons) say(schedulesLine(crons));
+  if (json) {
+    out(
+      JSON.stringify(
+        { worker: name, version, deployment, routes, ...(crons ? { crons } : {}) },
+        null,
+        2,
+      ),
+    );
+  }
+}
+
+async function cmdTriggers(args: string[]): Promise<void> {
+  const [sub, ...rest] = args;
+  if (sub !== "deploy") throw new UsageError("usage: isola triggers deploy [--env NAME] [--json]");
+  const { values } = parse(rest, {});
+  const config = projectConfig(values);
+  const name = workerName(config);
+  if (!config.triggers) {
+    throw new ConfigError(`${config.file} has no [triggers] table; add \`[triggers]\` with \`crons = ["*/5 * * * *"]\` (an empty list clears the schedules)`);
+  }
+  const crons = (await applyTriggers(config, name, new Client(requireCredentials()), ""))!;
+  if (values["json"]) return out(JSON.stringify({ worker: name, crons }, null, 2));
+  out(`Applied the schedules of ${name}`);
+  out(schedulesLine(crons));
 }
 
 async function cmdVersions(args: string[]): Promise<void> {
@@ -304,7 +392,8 @@ async function cmdVersions(args: string[]): Promise<void> {
   }
   if (sub === "upload") {
     const uploaded = await buildAndUpload(rest, "upload");
-    if (uploaded) out(`Not deployed; deploy it with \`isola versions deploy ${uploaded.version.id}@100 -y\``);
+    if (uploaded?.json) out(JSON.stringify(uploaded.version, null, 2));
+    else if (uploaded) out(`Not deployed; deploy it with \`isola versions deploy ${uploaded.version.id}@100 -y\``);
     return;
   }
   if (sub === "deploy") {
@@ -473,6 +562,9 @@ async function main(argv: string[]): Promise<number> {
         return 0;
       case "deploy":
         await cmdDeploy(args);
+        return 0;
+      case "triggers":
+        await cmdTriggers(args);
         return 0;
       case "versions":
         await cmdVersions(args);

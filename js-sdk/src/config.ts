@@ -19,6 +19,32 @@ export interface Rule {
   fallthrough?: boolean;
 }
 
+/** `services = [{ binding, service, entrypoint? }]`: `env.BINDING` calls another worker. */
+export interface ServiceBinding {
+  binding: string;
+  service: string;
+  entrypoint?: string;
+}
+
+/** `kv_namespaces = [{ binding, id }]` (validated; the server does not take them yet). */
+export interface KvNamespaceBinding {
+  binding: string;
+  id: string;
+}
+
+export interface QueueProducer {
+  binding: string;
+  queue: string;
+}
+
+export interface QueueConsumer {
+  queue: string;
+  max_batch_size?: number;
+  max_batch_timeout?: number;
+  max_retries?: number;
+  dead_letter_queue?: string;
+}
+
 export interface Config {
   /** The file read (absolute path). */
   file: string;
@@ -36,6 +62,11 @@ export interface Config {
   limits: Limits;
   rules: Rule[];
   build?: { command?: string; cwd?: string };
+  /** `[triggers]`: present when the config has the table (an empty list clears the schedules). */
+  triggers?: { crons: string[] };
+  services: ServiceBinding[];
+  kv_namespaces: KvNamespaceBinding[];
+  queues: { producers: QueueProducer[]; consumers: QueueConsumer[] };
   /** Warnings to print once (unsupported keys). */
   warnings: string[];
 }
@@ -53,9 +84,24 @@ export const CONFIG_FILES = [
   "wrangler.jsonc",
 ] as const;
 
-/** Keys the server does not support yet: accepted, with a warning. */
-const NOT_YET = ["triggers", "services", "kv_namespaces", "queues"] as const;
-const TOP_KEYS = ["$schema", "name", "main", "compatibility_date", "route", "routes", "vars", "limits", "rules", "build", "env", ...NOT_YET];
+/** Keys the server does not support yet: validated, accepted with a warning, not sent. */
+const NOT_YET = ["kv_namespaces", "queues"] as const;
+const TOP_KEYS = [
+  "$schema",
+  "name",
+  "main",
+  "compatibility_date",
+  "route",
+  "routes",
+  "vars",
+  "limits",
+  "rules",
+  "build",
+  "env",
+  "triggers",
+  "services",
+  ...NOT_YET,
+];
 /** Keys allowed inside [env.NAME]. */
 const ENV_KEYS = TOP_KEYS.filter((k) => k !== "env" && k !== "$schema");
 /** Keys an environment inherits from the top level (wrangler's "inheritable" keys). */
@@ -64,6 +110,18 @@ const LIMIT_KEYS = ["cpu_ms", "memory_mb", "subrequests"];
 const BUILD_KEYS = ["command", "cwd", "watch_dir"];
 const RULE_KEYS = ["type", "globs", "fallthrough"];
 const RULE_TYPES = ["ESModule", "CompiledWasm", "Text", "Data", "Json"];
+const TRIGGER_KEYS = ["crons"];
+const SERVICE_KEYS = ["binding", "service", "entrypoint"];
+const KV_KEYS = ["binding", "id"];
+const QUEUE_KEYS = ["producers", "consumers"];
+const PRODUCER_KEYS = ["binding", "queue"];
+const CONSUMER_KEYS = ["queue", "max_batch_size", "max_batch_timeout", "max_retries", "dead_letter_queue"];
+const CONSUMER_NUMBERS = ["max_batch_size", "max_batch_timeout", "max_retries"];
+
+/** A key path as written in messages: `services[0].binding`. */
+export function showPath(path: readonly string[]): string {
+  return path.map((p, i) => (/^\d+$/.test(p) ? `[${p}]` : i === 0 ? p : `.${p}`)).join("");
+}
 
 /** Levenshtein distance. */
 export function editDistance(a: string, b: string): number {
@@ -109,17 +167,29 @@ function isObj(v: unknown): v is Obj {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
-/** The 1-based line of a key path in a TOML text (tables, dotted keys and inline keys, roughly). */
+/**
+ * The 1-based line of a key path in a TOML text (tables, arrays of tables with their index as
+ * a path element, dotted keys, and keys inside inline tables, roughly).
+ */
 function tomlLocator(text: string): Locate {
   const lines = text.split(/\r?\n/);
+  const clean = (i: number): string => lines[i]!.replace(/#.*$/, "").trim();
+  const isHeader = (line: string): boolean => /^\[\[?\s*[^\]]+?\s*\]\]?$/.test(line);
   return (path) => {
     let table: string[] = [];
+    const counts = new Map<string, number>();
     const want = path.join(".");
     for (let i = 0; i < lines.length; i++) {
-      const line = lines[i]!.replace(/#.*$/, "").trim();
-      const header = /^\[\[?\s*([^\]]+?)\s*\]\]?$/.exec(line);
+      const line = clean(i);
+      const header = /^(\[\[?)\s*([^\]]+?)\s*\]\]?$/.exec(line);
       if (header) {
-        table = header[1]!.split(".").map((s) => s.trim().replace(/^["']|["']$/g, ""));
+        table = header[2]!.split(".").map((s) => s.trim().replace(/^["']|["']$/g, ""));
+        if (header[1] === "[[") {
+          const k = table.join(".");
+          const n = counts.get(k) ?? 0;
+          counts.set(k, n + 1);
+          table = [...table, String(n)];
+        }
         if (table.join(".") === want) return i + 1;
         continue;
       }
@@ -127,8 +197,17 @@ function tomlLocator(text: string): Locate {
       if (kv) {
         const key = kv[1]!.split(".").map((s) => s.trim().replace(/^["']|["']$/g, ""));
         const full = [...table, ...key].join(".");
-        if (full === want || want.startsWith(full + ".")) {
-          // An inline table: look for the inner key on this line.
+        if (full === want) return i + 1;
+        if (want.startsWith(full + ".")) {
+          // Inside an inline value: the innermost key's line if the value spans lines.
+          const inner = path[path.length - 1]!;
+          if (/^\d+$/.test(inner)) return i + 1;
+          const re = new RegExp(`(^|[{,\\s])["']?${inner.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}["']?\\s*=`);
+          for (let j = i; j < lines.length; j++) {
+            const l = clean(j);
+            if (j > i && (isHeader(l) || /^[A-Za-z0-9_\-."']+\s*=/.test(l))) break;
+            if (re.test(j === i ? l.slice(kv[0].length) : l)) return j + 1;
+          }
           return i + 1;
         }
       }
@@ -141,7 +220,7 @@ function jsonLocator(text: string): Locate {
   const tree = parseTree(text);
   return (path) => {
     if (!tree) return undefined;
-    const node = findNodeAtLocation(tree, path);
+    const node = findNodeAtLocation(tree, path.map((p) => (/^\d+$/.test(p) ? Number(p) : p)));
     const offset = node?.parent?.type === "property" ? node.parent.offset : node?.offset;
     if (offset === undefined) return undefined;
     return text.slice(0, offset).split("\n").length;
@@ -206,18 +285,41 @@ export function loadConfig(dirOrFile: string, options: LoadOptions = {}): Config
   const unknown = (path: string[], known: readonly string[]): void => {
     const key = path[path.length - 1]!;
     if (wrangler) {
-      unsupported.push(path.join("."));
+      unsupported.push(showPath(path));
       return;
     }
     const line = locate(path);
     const hint = didYouMean(key, known);
     throw new ConfigError(
-      `${abs}${line ? `:${line}` : ""}: unknown key \`${path.join(".")}\`${hint ? `; did you mean \`${hint}\`?` : ""}`,
+      `${abs}${line ? `:${line}` : ""}: unknown key \`${showPath(path)}\`${hint ? `; did you mean \`${hint}\`?` : ""}`,
     );
   };
   const fail = (path: string[], message: string): never => {
     const line = locate(path);
-    throw new ConfigError(`${abs}${line ? `:${line}` : ""}: \`${path.join(".")}\` ${message}`);
+    throw new ConfigError(`${abs}${line ? `:${line}` : ""}: \`${showPath(path)}\` ${message}`);
+  };
+
+  /** A list of tables with `required` string keys, optional ones among `known`, and `numbers`. */
+  const checkEntries = (
+    v: unknown,
+    path: string[],
+    known: readonly string[],
+    required: readonly string[],
+    numbers: readonly string[],
+    shape: string,
+  ): void => {
+    if (!Array.isArray(v)) return fail(path, `must be a list of ${shape} tables`);
+    v.forEach((entry: unknown, i) => {
+      const at = [...path, String(i)];
+      if (!isObj(entry)) return fail(at, `must be a table ${shape}`);
+      for (const [k, x] of Object.entries(entry)) {
+        if (!known.includes(k)) unknown([...at, k], known);
+        else if (numbers.includes(k)) {
+          if (typeof x !== "number" || !Number.isInteger(x) || x < 0) fail([...at, k], "must be a whole number");
+        } else if (typeof x !== "string" || x === "") fail([...at, k], "must be a non-empty string");
+      }
+      for (const k of required) if (!(k in entry)) fail(at, `needs \`${k}\`: ${shape}`);
+    });
   };
 
   const checkSection = (obj: Obj, prefix: string[], known: readonly string[]): void => {
@@ -290,11 +392,31 @@ export function loadConfig(dirOrFile: string, options: LoadOptions = {}): Config
             checkSection(section as Obj, [...path, name], ENV_KEYS);
           }
           break;
-        default:
-          if ((NOT_YET as readonly string[]).includes(key)) {
-            const what = key === "triggers" && isObj(v) && "crons" in v ? "triggers.crons" : key;
-            if (!notYet.includes(what)) notYet.push(what);
+        case "triggers":
+          if (!isObj(v)) fail(path, 'must be a table: [triggers] crons = ["*/5 * * * *"]');
+          for (const [tk, tv] of Object.entries(v as Obj)) {
+            if (!TRIGGER_KEYS.includes(tk)) unknown([...path, tk], TRIGGER_KEYS);
+            else if (!Array.isArray(tv) || !tv.every((c) => typeof c === "string")) {
+              fail([...path, tk], 'must be a list of cron expressions, e.g. ["*/5 * * * *"]');
+            }
           }
+          break;
+        case "services":
+          checkEntries(v, path, SERVICE_KEYS, ["binding", "service"], [], "{ binding, service, entrypoint? }");
+          break;
+        case "kv_namespaces":
+          checkEntries(v, path, KV_KEYS, ["binding", "id"], [], "{ binding, id }");
+          if (!notYet.includes(key)) notYet.push(key);
+          break;
+        case "queues":
+          if (!isObj(v)) fail(path, "must be a table with producers = [{ binding, queue }] and consumers = [{ queue, ... }]");
+          for (const [qk, qv] of Object.entries(v as Obj)) {
+            if (!QUEUE_KEYS.includes(qk)) unknown([...path, qk], QUEUE_KEYS);
+            else if (qk === "producers") checkEntries(qv, [...path, qk], PRODUCER_KEYS, ["binding", "queue"], [], "{ binding, queue }");
+            else checkEntries(qv, [...path, qk], CONSUMER_KEYS, ["queue"], CONSUMER_NUMBERS, "{ queue, max_batch_size?, max_batch_timeout?, max_retries?, dead_letter_queue? }");
+          }
+          if (!notYet.includes(key)) notYet.push(key);
+          break;
       }
     }
   };
@@ -320,7 +442,9 @@ export function loadConfig(dirOrFile: string, options: LoadOptions = {}): Config
   const warnings: string[] = [];
   const parts: string[] = [];
   if (unsupported.length > 0) parts.push(`Isola ignores keys it does not support: ${unsupported.join(", ")}`);
-  if (notYet.length > 0) parts.push(`${notYet.join(", ")} ${notYet.length === 1 ? "is" : "are"} accepted but not supported by the Isola server yet (ignored)`);
+  if (notYet.length > 0) {
+    parts.push(`${notYet.join(" and ")} ${notYet.length === 1 ? "is" : "are"} not supported by this server yet (checked, not deployed)`);
+  }
   if (parts.length > 0) warnings.push(`${basename(abs)}: ${parts.join("; ")}`);
 
   if (options.env !== undefined && isObj(raw["env"]) && isObj(raw["env"][options.env])) {
@@ -348,12 +472,21 @@ export function loadConfig(dirOrFile: string, options: LoadOptions = {}): Config
     vars: (effective["vars"] as Record<string, JsonValue> | undefined) ?? {},
     limits: (effective["limits"] as Limits | undefined) ?? {},
     rules,
+    services: entries(effective["services"], SERVICE_KEYS) as unknown as ServiceBinding[],
+    kv_namespaces: entries(effective["kv_namespaces"], KV_KEYS) as unknown as KvNamespaceBinding[],
+    queues: {
+      producers: entries(isObj(effective["queues"]) ? effective["queues"]["producers"] : undefined, PRODUCER_KEYS) as unknown as QueueProducer[],
+      consumers: entries(isObj(effective["queues"]) ? effective["queues"]["consumers"] : undefined, CONSUMER_KEYS) as unknown as QueueConsumer[],
+    },
     warnings,
   };
   if (options.env !== undefined) config.env = options.env;
   if (typeof effective["name"] === "string") config.name = effective["name"];
   if (typeof effective["main"] === "string") config.main = effective["main"];
   if (typeof effective["compatibility_date"] === "string") config.compatibility_date = effective["compatibility_date"];
+  if (isObj(effective["triggers"])) {
+    config.triggers = { crons: ((effective["triggers"]["crons"] as string[] | undefined) ?? []).slice() };
+  }
   if (isObj(effective["build"])) {
     const b = effective["build"];
     config.build = {};
@@ -361,6 +494,12 @@ export function loadConfig(dirOrFile: string, options: LoadOptions = {}): Config
     if (typeof b["cwd"] === "string") config.build.cwd = b["cwd"];
   }
   return config;
+}
+
+/** A validated list of tables, each with only its `known` keys (a wrangler file may have more). */
+function entries(v: unknown, known: readonly string[]): Obj[] {
+  if (!Array.isArray(v)) return [];
+  return v.filter(isObj).map((e) => Object.fromEntries(known.filter((k) => e[k] !== undefined).map((k) => [k, e[k]])));
 }
 
 /** Reads `.dev.vars` (KEY=VALUE lines; # comments; optional quotes). */

@@ -6,7 +6,7 @@ import { createServer } from "node:net";
 import { basename, join, relative, resolve, sep } from "node:path";
 import { bundle, BundleError, type BundleResult } from "./bundle.js";
 import { loadConfig, readDevVars, type Config, type JsonValue } from "./config.js";
-import { findEdgeBinary, startDevEdge, type RunningEdge } from "./edge.js";
+import { devEdgeFlags, findEdgeBinary, startDevEdge, type RunningEdge } from "./edge.js";
 
 export interface DevOptions {
   dir: string;
@@ -14,6 +14,8 @@ export interface DevOptions {
   ip: string;
   vars: Record<string, string>;
   env?: string;
+  /** Pass `--test-scheduled` to the edge: `GET /__scheduled?cron=...` runs the scheduled handler. */
+  testScheduled?: boolean;
   log: (line: string) => void;
   error: (line: string) => void;
 }
@@ -62,6 +64,17 @@ export async function dev(o: DevOptions): Promise<void> {
   for (const w of config.warnings) o.error(`warning: ${w}`);
   const bin = findEdgeBinary(config.dir);
   o.log(`Using isola-edge at ${bin}`);
+  // Cron triggers and --test-scheduled need an edge that has the flags; an older one still
+  // serves fetch, with a warning instead of a failed start.
+  const flags = config.triggers?.crons.length || o.testScheduled ? devEdgeFlags(bin) : new Set<string>();
+  const cronsOk = flags.has("--cron");
+  const testScheduled = o.testScheduled === true && flags.has("--test-scheduled");
+  if (config.triggers?.crons.length && !cronsOk) {
+    o.error(`warning: this isola-edge (${bin}) does not run cron triggers in dev (no --cron flag); update it to run ${config.triggers.crons.join(", ")}`);
+  }
+  if (o.testScheduled && !testScheduled) {
+    o.error(`warning: this isola-edge (${bin}) has no --test-scheduled; update it to get GET /__scheduled`);
+  }
   const port = o.port === 0 ? await freePort(o.ip) : o.port;
   const listen = `${o.ip.includes(":") ? `[${o.ip}]` : o.ip}:${port}`;
   const work = join(config.dir, ".isola", "dev");
@@ -94,6 +107,8 @@ export async function dev(o: DevOptions): Promise<void> {
       vars: vars(),
       ...(config.limits.cpu_ms !== undefined ? { cpuMs: config.limits.cpu_ms } : {}),
       ...(config.limits.memory_mb !== undefined ? { memoryMb: config.limits.memory_mb } : {}),
+      ...(cronsOk && config.triggers ? { crons: config.triggers.crons } : {}),
+      testScheduled,
       print: o.log,
     });
 
@@ -102,6 +117,7 @@ export async function dev(o: DevOptions): Promise<void> {
   let sameVars = JSON.stringify(vars());
   edge = await start(lastGood);
   o.log(`Ready on http://${listen}`);
+  if (testScheduled) o.log(`Run the scheduled handler: curl "http://${listen}/__scheduled?cron=*+*+*+*+*"`);
 
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<void> = Promise.resolve();

@@ -1,5 +1,5 @@
 // Finds and runs the isola-edge binary.
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { accessSync, constants, existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { delimiter, dirname, join } from "node:path";
@@ -58,6 +58,10 @@ export interface DevEdgeOptions {
   vars: Record<string, unknown>;
   cpuMs?: number;
   memoryMb?: number;
+  /** `--cron EXPR` for each (the config's `triggers.crons`). */
+  crons?: string[];
+  /** `--test-scheduled`: the edge answers `GET /__scheduled?cron=...` by running `scheduled`. */
+  testScheduled?: boolean;
   /** Called with each line the worker or edge prints that the user should see. */
   print: (line: string) => void;
 }
@@ -69,7 +73,8 @@ export interface RunningEdge {
 }
 
 /** Starts `isola-edge dev` and resolves once it listens (rejects with its output if it exits first). */
-export function startDevEdge(o: DevEdgeOptions): Promise<RunningEdge> {
+/** The command line of `isola-edge dev` for these options. */
+export function devEdgeArgs(o: Omit<DevEdgeOptions, "bin" | "print">): string[] {
   const args = ["--log-format", "json", "dev", o.entry, "--listen", o.listen];
   if (o.name) args.push("--name", o.name);
   for (const [k, v] of Object.entries(o.vars)) {
@@ -78,6 +83,23 @@ export function startDevEdge(o: DevEdgeOptions): Promise<RunningEdge> {
   }
   if (o.cpuMs !== undefined) args.push("--cpu-ms", String(o.cpuMs));
   if (o.memoryMb !== undefined) args.push("--memory-mb", String(o.memoryMb));
+  for (const cron of o.crons ?? []) args.push("--cron", cron);
+  if (o.testScheduled) args.push("--test-scheduled");
+  return args;
+}
+
+/** The long flags `isola-edge dev --help` lists (an older binary lacks the newer ones). */
+export function devEdgeFlags(bin: string): Set<string> {
+  try {
+    const help = execFileSync(bin, ["dev", "--help"], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 15_000 });
+    return new Set(help.match(/--[a-z][a-z0-9-]*/g) ?? []);
+  } catch {
+    return new Set();
+  }
+}
+
+export function startDevEdge(o: DevEdgeOptions): Promise<RunningEdge> {
+  const args = devEdgeArgs(o);
   const child = spawn(o.bin, args, { stdio: ["ignore", "pipe", "pipe"] });
   return new Promise((resolve, reject) => {
     let ready = false;

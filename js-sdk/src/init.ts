@@ -52,7 +52,7 @@ export default app;
   if (template === "scheduled") {
     const ssig = ts ? "(controller: ScheduledController, env: Env, ctx: ExecutionContext): Promise<void>" : "(controller, env, ctx)";
     return `// A worker with a fetch handler and a scheduled (cron) handler.
-// Note: the Isola server does not run cron triggers yet; the handler is ready for when it does.${envType}
+// \`isola dev --test-scheduled\`, then GET /__scheduled?cron=*/5+*+*+*+* runs it locally.${envType}
 export default {
   async fetch${sig} {
     return new Response(\`\${env.GREETING} from \${new URL(request.url).pathname}\\n\`);
@@ -85,7 +85,7 @@ export function init(o: InitOptions): string[] {
 main = "src/index.${ext}"
 compatibility_date = "${new Date().toISOString().slice(0, 10)}"
 # routes = ["${name}.example.com/*"]
-${o.template === "scheduled" ? '\n# Accepted, but the Isola server does not run crons yet.\n# [triggers]\n# crons = ["*/5 * * * *"]\n' : ""}
+${o.template === "scheduled" ? '\n# `isola deploy` (or `isola triggers deploy`) applies these; an empty list clears them.\n[triggers]\ncrons = ["*/5 * * * *"]\n' : ""}
 [vars]
 GREETING = "Hello"
 

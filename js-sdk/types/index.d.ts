@@ -13,14 +13,45 @@ declare global {
 
   /** What a `scheduled` (cron) handler gets. */
   interface ScheduledController {
+    /** When the run was due, in milliseconds since the epoch. */
     readonly scheduledTime: number;
+    /** The expression that fired, as written in `triggers.crons`. */
     readonly cron: string;
+    readonly type: "scheduled";
+    /** Do not retry this run if it fails. */
     noRetry(): void;
   }
 
-  /** A service binding or any object with `fetch`. */
+  /** A service binding (`services = [{ binding, service }]`) or any object with `fetch`. */
   interface Fetcher {
     fetch(input: RequestInfo | URL, init?: RequestInit): Promise<Response>;
+  }
+
+  /** A method of an RPC target as the caller sees it: always async. */
+  type RpcMethod<F> = F extends (...args: infer A) => infer R ? (...args: A) => Promise<Awaited<R>> : never;
+
+  /**
+   * The public methods of `T` (a `WorkerEntrypoint` class or its instance) as RPC calls;
+   * `fetch` keeps the Fetcher's signature.
+   */
+  type Rpc<T> = {
+    [K in keyof T as K extends "fetch" | "constructor" | "env" | "ctx" ? never : T[K] extends (...args: never[]) => unknown ? K : never]: RpcMethod<T[K]>;
+  };
+
+  /**
+   * A service binding typed by the callee: `Service<typeof import("../other/src").MyEntrypoint>`
+   * or `Service<MyEntrypoint>`; `Service` alone is a plain Fetcher.
+   */
+  type Service<T = undefined> = Fetcher &
+    (T extends undefined ? unknown : T extends abstract new (...args: never[]) => infer I ? Rpc<I> : Rpc<T>);
+
+  /** A queue producer binding (`queues.producers`; the Isola server does not run queues yet). */
+  interface Queue<Body = unknown> {
+    send(body: Body, options?: { contentType?: "json" | "text" | "bytes" | "v8"; delaySeconds?: number }): Promise<void>;
+    sendBatch(
+      messages: Iterable<{ body: Body; contentType?: "json" | "text" | "bytes" | "v8"; delaySeconds?: number }>,
+      options?: { delaySeconds?: number },
+    ): Promise<void>;
   }
 
   interface KVNamespaceListKey<Metadata = unknown> {

@@ -1,6 +1,10 @@
 //! What the control plane and edges agree on, without any IO.
 //!
+//! - [`cron`]: cron expressions as Cloudflare Cron Triggers read them.
+//! - [`kv`]: Workers KV limits and checks, and the edge→store calls.
 //! - [`manifest`]: a worker version and how its id is computed.
+//! - [`queue`]: Queues' limits, messages, the producer's calls and the
+//!   consumer's batches.
 //! - [`names`]: the naming rules (accounts, workers, edges, secrets, modules).
 //! - [`routes`]: route patterns and the table that matches requests to them.
 //! - [`msg`] and [`codec`]: the control channel's messages and framing.
@@ -15,9 +19,12 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod cron;
+pub mod kv;
 pub mod manifest;
 pub mod msg;
 pub mod names;
+pub mod queue;
 pub mod routes;
 mod session;
 #[cfg(any(test, feature = "testing"))]

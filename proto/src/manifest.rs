@@ -37,6 +37,44 @@ pub struct Manifest {
   /// without bindings keep their ids.
   #[serde(default, skip_serializing_if = "Vec::is_empty")]
   pub services: Vec<ServiceBinding>,
+  /// KV bindings: `env.BINDING` reads and writes namespace `id`.
+  #[serde(default, skip_serializing_if = "Vec::is_empty")]
+  pub kv_namespaces: Vec<KvBinding>,
+  /// Queue producer bindings: `env.BINDING.send()` writes to `queue`.
+  #[serde(default, skip_serializing_if = "QueueBindings::is_empty")]
+  pub queues: QueueBindings,
+}
+
+/// `queues = { producers = [{ binding, queue }] }`, wrangler's keys. (A
+/// consumer is set on the queue, not in a version.)
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QueueBindings {
+  #[serde(default)]
+  pub producers: Vec<QueueProducer>,
+}
+
+impl QueueBindings {
+  pub fn is_empty(&self) -> bool {
+    self.producers.is_empty()
+  }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields)]
+pub struct QueueProducer {
+  pub binding: String,
+  /// The queue's name in the account.
+  pub queue: String,
+}
+
+/// `kv_namespaces = [{ binding, id }]`, wrangler's keys.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields)]
+pub struct KvBinding {
+  pub binding: String,
+  /// The namespace's id (from `POST /v1/kv/namespaces`).
+  pub id: String,
 }
 
 /// `services = [{ binding, service, entrypoint? }]`, wrangler's keys.
@@ -121,6 +159,8 @@ impl Manifest {
     let mut manifest = self.clone();
     manifest.modules.sort();
     manifest.services.sort();
+    manifest.kv_namespaces.sort();
+    manifest.queues.producers.sort();
     for value in manifest.vars.values_mut() {
       sort_keys(value);
     }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 /// Bumped on any incompatible change; a peer speaking another version is
 /// refused with a message naming both.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// ALPN of the control channel, so nothing else is mistaken for it.
 pub const ALPN: &[u8] = b"isola-control/1";
@@ -124,6 +124,107 @@ pub struct UsageBatch {
   pub records: Vec<UsageRecord>,
 }
 
+/// One run of a worker's scheduled handler, asked of one edge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tick {
+  /// The run's id, unique in the control plane; the report carries it back.
+  pub id: u64,
+  /// Edge name of the worker.
+  pub worker: String,
+  /// The expression, byte for byte (`controller.cron`).
+  pub cron: String,
+  /// The tick's nominal time, ms since the Unix epoch.
+  pub scheduled_time: i64,
+  /// CPU limit of the run, ms.
+  pub cpu_ms: u64,
+}
+
+/// How a scheduled run ended. The names are Cloudflare's (Cron Events,
+/// tail), plus the scheduler's own for ticks that never ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RunOutcome {
+  Ok,
+  /// The handler (or a `waitUntil` promise) threw or rejected.
+  Exception,
+  ExceededCpu,
+  ExceededMemory,
+  ExceededWallTime,
+  /// Another limit (subrequests, body sizes) ended it.
+  ExceededResources,
+  /// The edge could not run it: the worker is not deployed there, failed
+  /// to start, or has no `scheduled` handler.
+  Unavailable,
+  /// The edge stopped answering before it reported; the run may or may not
+  /// have happened there.
+  Lost,
+  /// Came due while the previous run of the same cron was still going.
+  Skipped,
+  /// Came due while the scheduler was down and is older than the catch-up
+  /// window.
+  Missed,
+  /// No edge holding the worker was connected.
+  NoEdge,
+}
+
+impl RunOutcome {
+  pub fn as_str(self) -> &'static str {
+    match self {
+      RunOutcome::Ok => "ok",
+      RunOutcome::Exception => "exception",
+      RunOutcome::ExceededCpu => "exceededCpu",
+      RunOutcome::ExceededMemory => "exceededMemory",
+      RunOutcome::ExceededWallTime => "exceededWallTime",
+      RunOutcome::ExceededResources => "exceededResources",
+      RunOutcome::Unavailable => "unavailable",
+      RunOutcome::Lost => "lost",
+      RunOutcome::Skipped => "skipped",
+      RunOutcome::Missed => "missed",
+      RunOutcome::NoEdge => "noEdge",
+    }
+  }
+
+  pub fn parse(s: &str) -> Option<Self> {
+    use RunOutcome::*;
+    [
+      Ok,
+      Exception,
+      ExceededCpu,
+      ExceededMemory,
+      ExceededWallTime,
+      ExceededResources,
+      Unavailable,
+      Lost,
+      Skipped,
+      Missed,
+      NoEdge,
+    ]
+    .into_iter()
+    .find(|o| o.as_str() == s)
+  }
+
+  /// Whether the handler ran and failed: the kind of end a retry may mend.
+  pub fn failed(self) -> bool {
+    !matches!(
+      self,
+      RunOutcome::Ok | RunOutcome::Skipped | RunOutcome::Missed
+    )
+  }
+}
+
+/// An edge's account of one [`Tick`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickReport {
+  pub id: u64,
+  pub outcome: RunOutcome,
+  /// The handler called `controller.noRetry()`.
+  pub no_retry: bool,
+  /// Manifest hash of the version that ran, if one did.
+  pub version: Option<String>,
+  pub cpu_us: u64,
+  pub wall_us: u64,
+}
+
 /// Control plane → edge.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToEdge {
@@ -139,6 +240,28 @@ pub enum ToEdge {
   /// The batch is stored; the edge may forget it.
   UsageStored {
     id: String,
+  },
+  /// Run a worker's scheduled handler now; the edge acknowledges at once
+  /// and reports when the run ends.
+  Run(Tick),
+  /// The report of this run is stored; the edge may forget it.
+  RunRecorded {
+    id: u64,
+  },
+  /// A KV key was written or deleted: drop it from the edge's cache.
+  KvChanged {
+    namespace: String,
+    key: String,
+  },
+  /// Changes were missed (the control plane fell behind): drop every
+  /// cached KV read.
+  KvFlush,
+  /// Run a queue consumer on this batch; the edge acknowledges at once and
+  /// reports when the handler is done.
+  Deliver(crate::queue::Batch),
+  /// The report of this batch is stored; the edge may forget it.
+  BatchRecorded {
+    id: u64,
   },
   /// The control plane will not talk to this edge; why, for its log.
   Refused {
@@ -166,5 +289,34 @@ pub enum ToControl {
     errors: Vec<String>,
   },
   Usage(UsageBatch),
+  /// The edge has the [`Tick`] and is running it.
+  RunAccepted {
+    id: u64,
+  },
+  /// A run ended (sent again on the next connection until recorded).
+  RunDone(TickReport),
+  /// The edge has the batch and is running its consumer (also sent again
+  /// on a new connection for batches still going).
+  BatchAccepted {
+    id: u64,
+  },
+  /// A batch's consumer finished (sent again until recorded).
+  BatchDone(crate::queue::BatchReport),
   Ping,
+}
+
+/// A call an edge makes on a stream of its own beside the control stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Call {
+  Kv(crate::kv::KvCall),
+  Send(crate::queue::SendCall),
+}
+
+/// The answer to a [`Call`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CallReply {
+  Kv(crate::kv::KvReply),
+  Send(crate::queue::SendReply),
+  /// The control plane could not read the call (another protocol version).
+  Unsupported,
 }

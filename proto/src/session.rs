@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use crate::msg::DesiredState;
 use crate::msg::Revision;
+use crate::msg::Tick;
+use crate::msg::TickReport;
 use crate::msg::ToControl;
 use crate::msg::ToEdge;
 use crate::msg::UsageBatch;
@@ -125,6 +127,18 @@ pub enum EdgeEvent {
   Apply(DesiredState),
   /// The control plane stored this usage batch: delete it from disk.
   UsageStored(String),
+  /// Run this scheduled tick (already acknowledged), then call
+  /// [`EdgeSession::run_done`].
+  Run(Tick),
+  /// The control plane recorded the report of this run: forget it.
+  RunRecorded(u64),
+  /// Drop this KV key from the cache (`None`: every key).
+  KvChanged(Option<(String, String)>),
+  /// Run the consumer on this batch (already acknowledged), then call
+  /// [`EdgeSession::batch_done`].
+  Deliver(crate::queue::Batch),
+  /// The control plane recorded this batch's report: forget it.
+  BatchRecorded(u64),
 }
 
 /// The edge's end of one connection.
@@ -184,6 +198,30 @@ impl EdgeSession {
     self.link.outbox.push_back(ToControl::Usage(batch));
   }
 
+  /// Says a run received on an earlier connection is still going, so a
+  /// control plane that restarted does not hand it to another edge.
+  pub fn still_running(&mut self, id: u64) {
+    self.link.outbox.push_back(ToControl::RunAccepted { id });
+  }
+
+  /// Says a batch received on an earlier connection is still being
+  /// consumed.
+  pub fn still_consuming(&mut self, id: u64) {
+    self.link.outbox.push_back(ToControl::BatchAccepted { id });
+  }
+
+  /// Reports how a batch's consumer ended (resent on every connection
+  /// until recorded).
+  pub fn batch_done(&mut self, report: crate::queue::BatchReport) {
+    self.link.outbox.push_back(ToControl::BatchDone(report));
+  }
+
+  /// Reports how a run ended. A report still unrecorded when the
+  /// connection ends is passed again to the next session.
+  pub fn run_done(&mut self, report: TickReport) {
+    self.link.outbox.push_back(ToControl::RunDone(report));
+  }
+
   /// Batches sent and not yet acknowledged.
   pub fn usage_in_flight(&self) -> usize {
     self.in_flight.len()
@@ -211,6 +249,28 @@ impl Session for EdgeSession {
           self.events.push_back(EdgeEvent::UsageStored(id));
         }
       }
+      ToEdge::Run(tick) => {
+        self
+          .link
+          .outbox
+          .push_back(ToControl::RunAccepted { id: tick.id });
+        self.events.push_back(EdgeEvent::Run(tick));
+      }
+      ToEdge::RunRecorded { id } => self.events.push_back(EdgeEvent::RunRecorded(id)),
+      ToEdge::KvChanged { namespace, key } => {
+        self
+          .events
+          .push_back(EdgeEvent::KvChanged(Some((namespace, key))));
+      }
+      ToEdge::KvFlush => self.events.push_back(EdgeEvent::KvChanged(None)),
+      ToEdge::Deliver(batch) => {
+        self
+          .link
+          .outbox
+          .push_back(ToControl::BatchAccepted { id: batch.id });
+        self.events.push_back(EdgeEvent::Deliver(batch));
+      }
+      ToEdge::BatchRecorded { id } => self.events.push_back(EdgeEvent::BatchRecorded(id)),
       ToEdge::Refused { reason } => {
         self
           .link
@@ -262,6 +322,15 @@ pub enum ControlEvent {
   /// [`ControlSession::bundle`]. Asked one at a time, each after the last
   /// was handed over, so a catch-up of any size holds one bundle in memory.
   NeedBundle(String),
+  /// The edge took the tick sent with [`ControlSession::run`].
+  RunAccepted(u64),
+  /// A run ended; record it, then call [`ControlSession::run_recorded`].
+  RunDone(TickReport),
+  /// The edge took the batch sent with [`ControlSession::deliver`].
+  BatchAccepted(u64),
+  /// A batch's consumer finished; store the outcome, then call
+  /// [`ControlSession::batch_recorded`].
+  BatchDone(crate::queue::BatchReport),
 }
 
 /// The control plane's end of one edge connection.
@@ -354,6 +423,39 @@ impl ControlSession {
     }
   }
 
+  /// Asks the edge to run a scheduled tick.
+  pub fn run(&mut self, tick: Tick) {
+    if self.link.closed.is_none() {
+      self.link.outbox.push_back(ToEdge::Run(tick));
+    }
+  }
+
+  /// Tells the edge a KV key changed (`None`: changes were missed).
+  pub fn kv_changed(&mut self, change: Option<(String, String)>) {
+    if self.edge_revision.is_none() || self.link.closed.is_some() {
+      return;
+    }
+    self.link.outbox.push_back(match change {
+      Some((namespace, key)) => ToEdge::KvChanged { namespace, key },
+      None => ToEdge::KvFlush,
+    });
+  }
+
+  /// Asks the edge to run a consumer on a batch.
+  pub fn deliver(&mut self, batch: crate::queue::Batch) {
+    if self.link.closed.is_none() {
+      self.link.outbox.push_back(ToEdge::Deliver(batch));
+    }
+  }
+
+  pub fn batch_recorded(&mut self, id: u64) {
+    self.link.outbox.push_back(ToEdge::BatchRecorded { id });
+  }
+
+  pub fn run_recorded(&mut self, id: u64) {
+    self.link.outbox.push_back(ToEdge::RunRecorded { id });
+  }
+
   pub fn usage_stored(&mut self, id: String) {
     self.link.outbox.push_back(ToEdge::UsageStored { id });
   }
@@ -407,6 +509,10 @@ impl Session for ControlSession {
           .push_back(ControlEvent::Applied { revision, errors });
       }
       ToControl::Usage(batch) => self.events.push_back(ControlEvent::Usage(batch)),
+      ToControl::RunAccepted { id } => self.events.push_back(ControlEvent::RunAccepted(id)),
+      ToControl::RunDone(report) => self.events.push_back(ControlEvent::RunDone(report)),
+      ToControl::BatchAccepted { id } => self.events.push_back(ControlEvent::BatchAccepted(id)),
+      ToControl::BatchDone(report) => self.events.push_back(ControlEvent::BatchDone(report)),
       ToControl::Ping => {}
     }
   }
@@ -796,6 +902,41 @@ mod tests {
     edge.handle(ToEdge::UsageStored { id: "b1".into() }, t0);
     edge.handle(ToEdge::UsageStored { id: "zz".into() }, t0);
     assert!(edge.poll_event().is_none());
+  }
+
+  #[test]
+  fn a_tick_is_accepted_at_once_and_its_report_recorded() {
+    let t0 = Instant::now();
+    let mut edge = EdgeSession::new(t0, Timing::default(), "e1".into(), 0, vec![], vec![]);
+    let mut control = ControlSession::new(t0, Timing::default());
+    pump(&mut edge, &mut control, t0);
+    let tick = Tick {
+      id: 7,
+      worker: "acme_cron".into(),
+      cron: "*/5 * * * *".into(),
+      scheduled_time: 1_800_000_000_000,
+      cpu_ms: 30_000,
+    };
+    control.run(tick.clone());
+    let events = pump(&mut edge, &mut control, t0);
+    assert_eq!(events, vec![ControlEvent::RunAccepted(7)]);
+    assert_eq!(drain(|| edge.poll_event()), vec![EdgeEvent::Run(tick)]);
+    let report = TickReport {
+      id: 7,
+      outcome: crate::msg::RunOutcome::Exception,
+      no_retry: true,
+      version: Some("v".into()),
+      cpu_us: 5,
+      wall_us: 9,
+    };
+    edge.run_done(report.clone());
+    assert_eq!(
+      pump(&mut edge, &mut control, t0),
+      vec![ControlEvent::RunDone(report)]
+    );
+    control.run_recorded(7);
+    pump(&mut edge, &mut control, t0);
+    assert_eq!(drain(|| edge.poll_event()), vec![EdgeEvent::RunRecorded(7)]);
   }
 
   #[test]

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use isola_integration::poll;
 use isola_integration::Control;
 use isola_integration::EdgeSetup;
 use serde_json::json;
@@ -307,4 +308,158 @@ fn a_split_deployment_serves_both_versions_and_shows_their_shares() {
     }
   }
   assert!(seen[0] > 0 && seen[1] > 0, "both versions served: {seen:?}");
+}
+
+/// Runs of worker `ticker`'s schedule: (scheduled time, outcome, edge, attempt).
+fn runs(control: &Control) -> Vec<(String, String, Option<String>, u64)> {
+  let r = control.api("GET", "/v1/workers/ticker/schedules/runs", None);
+  assert_eq!(r.status, 200, "runs: {}", r.text());
+  r.json()["runs"]
+    .as_array()
+    .expect("a runs list")
+    .iter()
+    .map(|run| {
+      (
+        run["scheduled_time"].as_str().unwrap().to_string(),
+        run["outcome"].as_str().unwrap().to_string(),
+        run["edge"].as_str().map(str::to_string),
+        run["attempt"].as_u64().unwrap(),
+      )
+    })
+    .collect()
+}
+
+/// Ticks with an `ok` run, and whether any tick has two.
+fn ok_ticks(runs: &[(String, String, Option<String>, u64)]) -> Vec<(String, String)> {
+  let mut ok: Vec<(String, String)> = runs
+    .iter()
+    .filter(|r| r.1 == "ok")
+    .map(|r| (r.0.clone(), r.2.clone().unwrap_or_default()))
+    .collect();
+  ok.sort();
+  let mut times: Vec<&String> = ok.iter().map(|(t, _)| t).collect();
+  times.dedup();
+  assert_eq!(times.len(), ok.len(), "a tick ran twice: {runs:#?}");
+  ok
+}
+
+#[test]
+fn a_cron_tick_runs_once_on_one_edge_through_edge_and_control_plane_failures() {
+  // A test clock sixty times faster than real time: a minute a second.
+  let origin = std::time::SystemTime::now()
+    .duration_since(std::time::UNIX_EPOCH)
+    .unwrap()
+    .as_millis()
+    .to_string();
+  let clock = format!("{origin}:60");
+  let dir = tempfile::tempdir().unwrap();
+  let mut control = Control::init_and_start_with(
+    &dir.path().join("control"),
+    &["--test-clock", &clock, "--cron-catch-up", "900"],
+  );
+  let edges = setup_edges(&control, dir.path(), 3);
+  let mut procs: Vec<_> = edges.iter().map(EdgeSetup::start).collect();
+  let source = "export default {\n  async scheduled(controller, env, ctx) {\n    \
+                if (controller.cron !== \"* * * * *\") throw new Error(\"cron: \" + controller.cron);\n    \
+                ctx.waitUntil(new Promise((r) => setTimeout(r, 10)));\n  },\n};\n";
+  let v1 = control.upload("ticker", source, json!({}));
+  control.deploy("ticker", &v1);
+  let bad = control.api(
+    "PUT",
+    "/v1/workers/ticker/schedules",
+    Some(json!({ "crons": ["* * * * *", "0 0 * * 0"] })),
+  );
+  assert_eq!(bad.status, 400, "{}", bad.text());
+  assert!(
+    bad.text().contains("crons[1]") && bad.text().contains("day of week"),
+    "{}",
+    bad.text()
+  );
+  let r = control.api(
+    "PUT",
+    "/v1/workers/ticker/schedules",
+    Some(json!({ "crons": ["* * * * *"] })),
+  );
+  assert_eq!(r.status, 200, "{}", r.text());
+  assert_eq!(r.json()["crons"], json!(["* * * * *"]));
+
+  // Three ticks run, each once, all on the same edge.
+  let first = poll(Duration::from_secs(20), || {
+    let ok = ok_ticks(&runs(&control));
+    (ok.len() >= 3).then_some(ok)
+  })
+  .unwrap_or_else(|| panic!("no three ok runs: {:#?}", runs(&control)));
+  let edge = first[0].1.clone();
+  assert!(first.iter().all(|(_, e)| *e == edge), "{first:?}");
+
+  // Kill that edge: the next ticks run elsewhere.
+  let index: usize = edge.trim_start_matches("edge-").parse().unwrap();
+  procs.remove(index).kill();
+  let moved = poll(Duration::from_secs(30), || {
+    let ok = ok_ticks(&runs(&control));
+    ok.iter().any(|(_, e)| *e != edge).then_some(ok)
+  })
+  .unwrap_or_else(|| panic!("no run moved off {edge}: {:#?}", runs(&control)));
+  assert!(moved.iter().any(|(_, e)| *e != edge));
+
+  // Stop the control plane across a tick or two; they run once when it is
+  // back (inside the catch-up window).
+  let before = ok_ticks(&runs(&control));
+  control.proc.take().unwrap().kill();
+  std::thread::sleep(Duration::from_millis(2500));
+  control.start();
+  let last_before = before.last().unwrap().0.clone();
+  let after = poll(Duration::from_secs(40), || {
+    let ok = ok_ticks(&runs(&control));
+    (ok.iter().filter(|(t, _)| *t > last_before).count() >= 4).then_some(ok)
+  })
+  .unwrap_or_else(|| {
+    panic!(
+      "no runs after the restart: {:#?}\ncontrol: {}",
+      runs(&control),
+      control.proc.as_mut().unwrap().output()
+    )
+  });
+  // Every minute after the restart's gap ran exactly once: consecutive
+  // minutes from the last tick before the stop, none missing, none twice
+  // (ok_ticks asserts the latter).
+  let all = runs(&control);
+  let chain: Vec<&String> = std::iter::once(&last_before)
+    .chain(after.iter().map(|(t, _)| t).filter(|t| **t > last_before))
+    .collect();
+  for pair in chain.windows(2) {
+    let gap = minutes_between(pair[0], pair[1]);
+    let skipped_between = all
+      .iter()
+      .filter(|r| r.1 == "skipped" && r.0 > *pair[0] && r.0 < *pair[1])
+      .count() as i64;
+    assert_eq!(
+      gap - 1,
+      skipped_between,
+      "a tick between {pair:?} vanished: {all:#?}"
+    );
+  }
+  let missed = all
+    .iter()
+    .filter(|r| r.1 == "missed" || r.1 == "noEdge")
+    .count();
+  assert_eq!(missed, 0, "the catch-up window covers the stop: {all:#?}");
+  assert!(
+    after
+      .iter()
+      .filter(|(t, _)| *t > last_before)
+      .all(|(_, e)| *e != edge),
+    "a run after the kill is credited to the killed edge: {after:?}"
+  );
+}
+
+/// Whole minutes between two RFC 3339 times of the same hour or day.
+fn minutes_between(a: &str, b: &str) -> i64 {
+  let minutes = |t: &str| -> i64 {
+    let day: i64 = t[8..10].parse().unwrap();
+    let h: i64 = t[11..13].parse().unwrap();
+    let m: i64 = t[14..16].parse().unwrap();
+    day * 1440 + h * 60 + m
+  };
+  minutes(b) - minutes(a)
 }

@@ -436,6 +436,8 @@ pub struct Control {
   pub quic: SocketAddr,
   pub token: String,
   pub proc: Option<Proc>,
+  /// More arguments for `serve` (e.g. a test clock).
+  pub serve_args: Vec<String>,
 }
 
 /// Runs a one-shot `isola-control` command (`init`, `enroll-edge`) to its
@@ -453,6 +455,11 @@ fn run_control(command: &mut Command) {
 impl Control {
   /// `isola-control init` in `dir`, then `serve` on free ports.
   pub fn init_and_start(dir: &Path) -> Control {
+    Self::init_and_start_with(dir, &[])
+  }
+
+  /// [`Control::init_and_start`] with more arguments for `serve`.
+  pub fn init_and_start_with(dir: &Path, serve_args: &[&str]) -> Control {
     run_control(
       Command::new(bin("isola-control"))
         .args(["init", "--data-dir"])
@@ -468,6 +475,7 @@ impl Control {
       quic: free_udp(),
       token,
       proc: None,
+      serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
     };
     control.start();
     control
@@ -485,6 +493,7 @@ impl Control {
         .into_iter()
         .chain([self.dir.as_os_str()])
         .chain(["--api", &api, "--quic", &quic].map(std::ffi::OsStr::new))
+        .chain(self.serve_args.iter().map(std::ffi::OsStr::new))
         .collect::<Vec<_>>(),
     );
     self.api = proc.listening("api");

@@ -11,7 +11,9 @@
 mod accounts;
 mod deployments;
 mod edges;
+mod kv;
 mod routes;
+mod schedules;
 mod secrets;
 mod state;
 mod usage;
@@ -36,7 +38,10 @@ pub use self::accounts::Caller;
 pub use self::deployments::DeployedVersion;
 pub use self::deployments::Deployment;
 pub use self::edges::EdgeInfo;
+pub use self::kv::KvNamespace;
 pub use self::routes::RouteInfo;
+pub use self::schedules::rfc3339_ms;
+pub use self::schedules::ScheduleRun;
 pub use self::secrets::SecretInfo;
 pub use self::usage::UsageSummary;
 pub use self::usage::VersionUsage;
@@ -134,6 +139,55 @@ CREATE INDEX usage_by_worker ON usage (account, worker, window_end);
   // A version's message describes the upload; it is not in the manifest, so
   // it does not change version ids.
   "ALTER TABLE versions ADD COLUMN message TEXT;",
+  // Cron schedules (not versioned) and the runs of their ticks; a run with
+  // no outcome is in flight.
+  r#"
+CREATE TABLE schedules (
+  account TEXT NOT NULL,
+  worker TEXT NOT NULL,
+  cron TEXT NOT NULL,
+  position INTEGER NOT NULL,
+  next_due INTEGER NOT NULL,
+  PRIMARY KEY (account, worker, cron),
+  FOREIGN KEY (account, worker) REFERENCES workers (account, name)
+);
+CREATE TABLE schedule_runs (
+  id INTEGER PRIMARY KEY,
+  account TEXT NOT NULL,
+  worker TEXT NOT NULL,
+  cron TEXT NOT NULL,
+  scheduled_time INTEGER NOT NULL,
+  attempt INTEGER NOT NULL,
+  edge TEXT,
+  started_at INTEGER NOT NULL,
+  outcome TEXT,
+  version TEXT,
+  cpu_us INTEGER NOT NULL DEFAULT 0,
+  wall_us INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX schedule_runs_by_worker ON schedule_runs (account, worker, id);
+"#,
+  // KV namespaces and values; keys compare as bytes (BINARY), which is
+  // UTF-8 byte order.
+  r#"
+CREATE TABLE kv_namespaces (
+  id TEXT PRIMARY KEY,
+  account TEXT NOT NULL REFERENCES accounts (name),
+  title TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  UNIQUE (account, title)
+);
+CREATE TABLE kv_values (
+  namespace TEXT NOT NULL,
+  key TEXT NOT NULL,
+  value BLOB NOT NULL,
+  metadata TEXT,
+  expiration INTEGER,
+  updated_at INTEGER NOT NULL,
+  PRIMARY KEY (namespace, key)
+) WITHOUT ROWID;
+CREATE INDEX kv_values_by_expiration ON kv_values (expiration) WHERE expiration IS NOT NULL;
+"#,
 ];
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -331,6 +385,13 @@ fn bump_revision(tx: &Transaction<'_>) -> Result<Revision> {
   Ok(to_u64(value))
 }
 
+impl Db {
+  /// Whether `account` has a worker named `worker`.
+  pub fn worker_exists(&self, account: &str, worker: &str) -> Result<bool> {
+    Ok(require_worker(&self.conn(), account, worker).is_ok())
+  }
+}
+
 fn require_worker(conn: &Connection, account: &str, worker: &str) -> Result<()> {
   let exists: bool = conn.query_row(
     "SELECT EXISTS (SELECT 1 FROM workers WHERE account = ?1 AND name = ?2)",
@@ -377,6 +438,8 @@ pub(crate) mod testing {
       limits: Default::default(),
       compatibility_date: None,
       services: Vec::new(),
+      kv_namespaces: Vec::new(),
+      queues: Default::default(),
     };
     db.insert_version(account, worker, &manifest, &modules, None)
       .unwrap()

@@ -105,9 +105,13 @@ impl Server {
       .headers()
       .get(api::REQUEST_ID_HEADER)
       .map(|v| v.to_str().unwrap().to_string());
+    let is_json = res
+      .headers()
+      .get("content-type")
+      .is_some_and(|v| v.to_str().unwrap_or("").contains("json"));
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    let json = if bytes.is_empty() {
+    let json = if bytes.is_empty() || !is_json {
       Value::Null
     } else {
       serde_json::from_slice(&bytes)
@@ -1009,4 +1013,300 @@ async fn bulk_secrets_are_all_or_nothing() {
   let r = s.send_json("PUT", path, &other, json!({"A": "x"})).await;
   assert_eq!(r.status, 404, "{r:?}");
   assert_eq!(s.state.borrow().revision, before + 1);
+}
+
+#[tokio::test]
+async fn schedules_are_checked_stored_and_scoped_to_the_account() {
+  let s = start().await;
+  let acme = s.account("acme").await;
+  let other = s.account("other").await;
+  s.upload_and_deploy(&acme, "ticker", "export default { scheduled() {} }")
+    .await;
+  let path = "/v1/workers/ticker/schedules";
+
+  let r = s
+    .send_json(
+      "PUT",
+      path,
+      &acme,
+      json!({"crons": ["*/5 * * * *", "0 9 * * MON-FRI"]}),
+    )
+    .await;
+  assert_eq!(r.status, 200, "{r:?}");
+  assert_eq!(r.json, json!({"crons": ["*/5 * * * *", "0 9 * * MON-FRI"]}));
+  assert_eq!(s.get(path, &acme).await.json, r.json);
+
+  // A bad expression is refused whole, naming the entry and the field.
+  for (crons, needle) in [
+    (json!(["* * * * *", "* * * * ?"]), "crons[1]"),
+    (json!(["61 * * * *"]), "minute field"),
+    (json!(["0 0 * * 0"]), "1 or SUN"),
+    (json!(["* * * *"]), "expected 5 fields"),
+    (json!(["* * * * *", "* * * * *"]), "twice"),
+  ] {
+    let r = s
+      .send_json("PUT", path, &acme, json!({ "crons": crons }))
+      .await;
+    assert_eq!(
+      (r.status, r.error_code()),
+      (400, "invalid_request"),
+      "{r:?}"
+    );
+    assert!(r.message().contains(needle), "{needle}: {r:?}");
+  }
+  assert_eq!(
+    s.get(path, &acme).await.json["crons"],
+    json!(["*/5 * * * *", "0 9 * * MON-FRI"]),
+    "a refused change changes nothing"
+  );
+  let r = s
+    .send_json("PUT", path, &acme, json!({"cron": ["* * * * *"]}))
+    .await;
+  assert_eq!(r.status, 400, "{r:?}");
+
+  // Another account sees no such worker; an unknown worker is a 404.
+  assert_eq!(s.get(path, &other).await.status, 404);
+  let r = s
+    .send_json(
+      "PUT",
+      "/v1/workers/nope/schedules",
+      &acme,
+      json!({"crons": []}),
+    )
+    .await;
+  assert_eq!(r.status, 404, "{r:?}");
+
+  // An empty list removes them; no run has happened.
+  let r = s.send_json("PUT", path, &acme, json!({"crons": []})).await;
+  assert_eq!(r.json, json!({"crons": []}));
+  let runs = s.get("/v1/workers/ticker/schedules/runs", &acme).await;
+  assert_eq!((runs.status, runs.json.clone()), (200, json!({"runs": []})));
+}
+
+#[tokio::test]
+async fn a_service_binding_must_name_a_worker_of_the_account() {
+  let s = start().await;
+  let acme = s.account("acme").await;
+  let other = s.account("other").await;
+  s.upload_and_deploy(
+    &other,
+    "billing",
+    "export default { fetch() { return new Response('b') } }",
+  )
+  .await;
+  let source: &[u8] = b"export default { fetch(r, env) { return env.BILLING.fetch(r) } }";
+  let meta = json!({"main_module": "worker.js",
+                    "services": [{"binding": "BILLING", "service": "billing"}]});
+  let r = s
+    .upload(&acme, "front", meta.clone(), &[("worker.js", source)])
+    .await;
+  assert_eq!(r.status, 400, "{r:?}");
+  assert!(
+    r.message().contains("services[0]") && r.message().contains("deploy that worker first"),
+    "{r:?}"
+  );
+  s.upload_and_deploy(
+    &acme,
+    "billing",
+    "export default { fetch() { return new Response('b') } }",
+  )
+  .await;
+  let r = s
+    .upload(&acme, "front", meta, &[("worker.js", source)])
+    .await;
+  assert_eq!(r.status, 201, "{r:?}");
+
+  for (services, needle) in [
+    (
+      json!([{"binding": "1X", "service": "billing"}]),
+      "not a JavaScript identifier",
+    ),
+    (
+      json!([{"binding": "B", "service": "billing"}, {"binding": "B", "service": "billing"}]),
+      "used twice",
+    ),
+    (
+      json!([{"binding": "B", "service": "billing", "props": {}}]),
+      "props",
+    ),
+  ] {
+    let meta = json!({"main_module": "worker.js", "services": services});
+    let r = s
+      .upload(&acme, "front", meta, &[("worker.js", source)])
+      .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.message().contains(needle), "{needle}: {r:?}");
+  }
+}
+
+#[tokio::test]
+async fn kv_values_round_trip_page_in_byte_order_and_stay_in_their_account() {
+  let s = start().await;
+  let acme = s.account("acme").await;
+  let other = s.account("other").await;
+  let r = s
+    .post("/v1/kv/namespaces", &acme, json!({"title": "users"}))
+    .await;
+  assert_eq!(r.status, 201, "{r:?}");
+  let ns = r.json["id"].as_str().unwrap().to_string();
+  let dup = s
+    .post("/v1/kv/namespaces", &acme, json!({"title": "users"}))
+    .await;
+  assert_eq!(dup.status, 409, "{dup:?}");
+  assert_eq!(
+    s.get("/v1/kv/namespaces", &acme).await.json["namespaces"][0]["id"],
+    json!(ns)
+  );
+  assert_eq!(
+    s.get("/v1/kv/namespaces", &other).await.json["namespaces"],
+    json!([])
+  );
+
+  let values = |key: &str| format!("/v1/kv/namespaces/{ns}/values/{key}");
+  // A raw value with metadata; keys may hold '/' and need URL-encoding.
+  let r = s
+    .call(
+      "PUT",
+      &values("u%3A1%2Fa"),
+      Some(&acme),
+      Some("application/octet-stream"),
+      b"alice".to_vec(),
+    )
+    .await;
+  assert_eq!(r.status, 204, "{r:?}");
+  let r = s.get(&values("u%3A1%2Fa"), &acme).await;
+  assert_eq!((r.status, r.text.as_str()), (200, "alice"));
+  assert_eq!(s.get(&values("u%3A1%2Fa"), &other).await.status, 404);
+  assert_eq!(s.get(&values("missing"), &acme).await.status, 404);
+
+  // Bulk, in byte order: "u:10" < "u:2" < "u:é".
+  let pairs: Vec<Value> = ["u:2", "u:10", "u:\u{e9}", "v:1", "u:3"]
+    .iter()
+    .map(|k| json!({"key": k, "value": format!("val {k}"), "metadata": {"k": k}}))
+    .collect();
+  let r = s
+    .send_json(
+      "PUT",
+      &format!("/v1/kv/namespaces/{ns}/bulk"),
+      &acme,
+      json!(pairs),
+    )
+    .await;
+  assert_eq!(
+    (r.status, r.json["count"].clone()),
+    (200, json!(5)),
+    "{r:?}"
+  );
+  let mut names = Vec::new();
+  let mut cursor: Option<String> = None;
+  let mut pages = 0;
+  loop {
+    let mut path = format!("/v1/kv/namespaces/{ns}/keys?prefix=u:&limit=2");
+    if let Some(c) = &cursor {
+      path.push_str(&format!("&cursor={c}"));
+    }
+    let page = s.get(&path, &acme).await.json;
+    pages += 1;
+    for k in page["keys"].as_array().unwrap() {
+      names.push(k["name"].as_str().unwrap().to_string());
+    }
+    if page["list_complete"] == json!(true) {
+      assert!(page.get("cursor").is_none(), "{page}");
+      break;
+    }
+    cursor = Some(page["cursor"].as_str().unwrap().to_string());
+  }
+  assert_eq!(names, ["u:1/a", "u:10", "u:2", "u:3", "u:\u{e9}"]);
+  assert_eq!(pages, 3);
+  let page = s
+    .get(&format!("/v1/kv/namespaces/{ns}/keys?prefix=v:"), &acme)
+    .await
+    .json;
+  assert_eq!(
+    page["keys"],
+    json!([{"name": "v:1", "metadata": {"k": "v:1"}}])
+  );
+
+  // Cloudflare's limits, each named.
+  for (path, body, needle) in [
+    (values(&"k".repeat(513)), b"x".to_vec(), "414"),
+    (values("%2E%2E"), b"x".to_vec(), "not allowed"),
+    (
+      format!("{}?expiration_ttl=59", values("t")),
+      b"x".to_vec(),
+      "at least 60",
+    ),
+  ] {
+    let r = s
+      .call(
+        "PUT",
+        &path,
+        Some(&acme),
+        Some("application/octet-stream"),
+        body,
+      )
+      .await;
+    assert_eq!(r.status, 400, "{path}: {r:?}");
+    assert!(r.message().contains(needle), "{needle}: {r:?}");
+  }
+  let big = vec![7u8; isola_proto::kv::MAX_VALUE_BYTES];
+  let r = s
+    .call(
+      "PUT",
+      &values("big"),
+      Some(&acme),
+      Some("application/octet-stream"),
+      big.clone(),
+    )
+    .await;
+  assert_eq!(r.status, 204, "{}", r.text);
+  let r = s
+    .call("GET", &values("big"), Some(&acme), None, Vec::new())
+    .await;
+  assert_eq!(r.text.len(), big.len());
+  let mut too_big = big;
+  too_big.push(0);
+  let r = s
+    .call(
+      "PUT",
+      &values("big"),
+      Some(&acme),
+      Some("application/octet-stream"),
+      too_big,
+    )
+    .await;
+  assert!(r.status == 400 || r.status == 413, "{}", r.status);
+
+  // Deletes, single and bulk; a namespace of another account is not found.
+  assert_eq!(s.delete(&values("u%3A1%2Fa"), &acme).await.status, 204);
+  assert_eq!(s.get(&values("u%3A1%2Fa"), &acme).await.status, 404);
+  let r = s
+    .post(
+      &format!("/v1/kv/namespaces/{ns}/bulk/delete"),
+      &acme,
+      json!(["u:2", "u:3"]),
+    )
+    .await;
+  assert_eq!(r.json["count"], json!(2));
+  let r = s
+    .post(
+      &format!("/v1/kv/namespaces/{ns}/bulk/delete"),
+      &other,
+      json!(["u:10"]),
+    )
+    .await;
+  assert_eq!(r.status, 404, "{r:?}");
+  assert_eq!(
+    s.delete(&format!("/v1/kv/namespaces/{ns}"), &other)
+      .await
+      .status,
+    404
+  );
+  assert_eq!(
+    s.delete(&format!("/v1/kv/namespaces/{ns}"), &acme)
+      .await
+      .status,
+    204
+  );
+  assert_eq!(s.get(&values("u:10"), &acme).await.status, 404);
 }

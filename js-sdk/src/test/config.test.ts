@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { loadConfig, ConfigError, didYouMean, readDevVars } from "../config.js";
+import { join } from "node:path";
 import { cleanup, tempDir, write } from "./helpers.js";
 
 function withDir(fn: (dir: string) => void): void {
@@ -107,7 +108,10 @@ test("wrangler.toml is read as is with ONE warning naming unsupported keys", () 
     assert.equal(c.wrangler, true);
     assert.equal(c.warnings.length, 1);
     assert.match(c.warnings[0]!, /account_id, workers_dev/);
-    assert.match(c.warnings[0]!, /kv_namespaces, triggers\.crons are accepted but not supported by the Isola server yet/);
+    assert.match(c.warnings[0]!, /; kv_namespaces is not supported by this server yet/);
+    assert.doesNotMatch(c.warnings[0]!, /\b(triggers|crons|name|main)\b/);
+    assert.deepEqual(c.triggers, { crons: ["* * * * *"] });
+    assert.deepEqual(c.kv_namespaces, [{ binding: "KV", id: "x" }]);
   }));
 
 test("wrangler.jsonc is read too", () =>
@@ -118,12 +122,108 @@ test("wrangler.jsonc is read too", () =>
     assert.match(c.warnings[0]!, /ignores keys it does not support: observability/);
   }));
 
-test("isola.toml: crons, services, queues are accepted with a warning", () =>
+test("isola.toml: triggers and services are read; kv_namespaces and queues are checked, with one warning", () =>
   withDir((dir) => {
-    write(dir, "isola.toml", `name = "a"\n[triggers]\ncrons = ["0 * * * *"]\n[[services]]\nbinding = "S"\nservice = "s"\n[queues]\n`);
+    write(
+      dir,
+      "isola.toml",
+      `name = "a"
+[triggers]
+crons = ["0 * * * *", "*/5 * * * *"]
+[[services]]
+binding = "AUTH"
+service = "auth-worker"
+[[services]]
+binding = "RPC"
+service = "rpc-worker"
+entrypoint = "Api"
+[[kv_namespaces]]
+binding = "CACHE"
+id = "abc"
+[[queues.producers]]
+binding = "JOBS"
+queue = "jobs"
+[[queues.consumers]]
+queue = "jobs"
+max_batch_size = 10
+max_retries = 3
+dead_letter_queue = "jobs-dlq"
+`,
+    );
+    const c = loadConfig(dir);
+    assert.deepEqual(c.triggers, { crons: ["0 * * * *", "*/5 * * * *"] });
+    assert.deepEqual(c.services, [
+      { binding: "AUTH", service: "auth-worker" },
+      { binding: "RPC", service: "rpc-worker", entrypoint: "Api" },
+    ]);
+    assert.deepEqual(c.kv_namespaces, [{ binding: "CACHE", id: "abc" }]);
+    assert.deepEqual(c.queues, {
+      producers: [{ binding: "JOBS", queue: "jobs" }],
+      consumers: [{ queue: "jobs", max_batch_size: 10, max_retries: 3, dead_letter_queue: "jobs-dlq" }],
+    });
+    assert.equal(c.warnings.length, 1);
+    assert.equal(c.warnings[0], "isola.toml: kv_namespaces and queues are not supported by this server yet (checked, not deployed)");
+    // No [triggers] table: undefined (deploy leaves the schedules alone); an empty list clears.
+    write(dir, "isola.toml", `name = "a"\n`);
+    assert.equal(loadConfig(dir).triggers, undefined);
+    assert.deepEqual(loadConfig(dir).services, []);
+    write(dir, "isola.toml", `name = "a"\n[triggers]\ncrons = []\n`);
+    assert.deepEqual(loadConfig(dir).triggers, { crons: [] });
+    assert.deepEqual(loadConfig(dir).warnings, []);
+  }));
+
+test("unknown keys and bad shapes in triggers, services, kv_namespaces, queues name file and line", () =>
+  withDir((dir) => {
+    const bad = (text: string, re: RegExp): void => {
+      write(dir, "isola.toml", text);
+      assert.throws(() => loadConfig(dir), re);
+    };
+    bad(`name = "a"\n[[services]]\nbinding = "A"\nservice = "a"\n[[services]]\nbinding = "B"\nservise = "b"\n`, /isola\.toml:7: unknown key `services\[1\]\.servise`; did you mean `service`\?/);
+    bad(`name = "a"\nservices = [\n  { binding = "A", service = "a" },\n  { binding = "B", service = "b", entry_point = "X" },\n]\n`, /isola\.toml:4: unknown key `services\[1\]\.entry_point`; did you mean `entrypoint`\?/);
+    bad(`name = "a"\nservices = [{ binding = "A", service = "a", env = "x" }]\n`, /isola\.toml:2: unknown key `services\[0\]\.env`/);
+    bad(`name = "a"\n[[services]]\nbinding = "A"\n`, /isola\.toml:2: `services\[0\]` needs `service`/);
+    bad(`name = "a"\n[[services]]\nbinding = 3\nservice = "a"\n`, /isola\.toml:3: `services\[0\]\.binding` must be a non-empty string/);
+    bad(`name = "a"\nservices = { binding = "A" }\n`, /isola\.toml:2: `services` must be a list/);
+    bad(`name = "a"\n[triggers]\ncron = ["* * * * *"]\n`, /isola\.toml:3: unknown key `triggers\.cron`; did you mean `crons`\?/);
+    bad(`name = "a"\n[triggers]\ncrons = "* * * * *"\n`, /isola\.toml:3: `triggers\.crons` must be a list of cron expressions/);
+    bad(`name = "a"\n[[kv_namespaces]]\nbinding = "K"\nid = "x"\npreview_id = "y"\n`, /isola\.toml:5: unknown key `kv_namespaces\[0\]\.preview_id`/);
+    bad(`name = "a"\n[[queues.consumers]]\nqueue = "q"\nmax_batch_size = "ten"\n`, /isola\.toml:4: `queues\.consumers\[0\]\.max_batch_size` must be a whole number/);
+    bad(`name = "a"\n[[queues.producers]]\nbinding = "Q"\n`, /isola\.toml:2: `queues\.producers\[0\]` needs `queue`/);
+    bad(`name = "a"\n[queues]\nproducer = []\n`, /isola\.toml:3: unknown key `queues\.producer`; did you mean `producers`\?/);
+    bad(`name = "a"\n[env.prod]\n[[env.prod.services]]\nbinding = "A"\nservice = "a"\nbogus = 1\n`, /isola\.toml:6: unknown key `env\.prod\.services\[0\]\.bogus`/);
+    write(dir, "isola.jsonc", `{\n  "name": "a",\n  "services": [\n    { "binding": "A", "service": "a" },\n    { "binding": "B", "service": "b", "bogus": 1 }\n  ]\n}\n`);
+    write(dir, "isola.toml", "");
+    assert.throws(() => loadConfig(join(dir, "isola.jsonc")), /isola\.jsonc:5: unknown key `services\[1\]\.bogus`/);
+  }));
+
+test("[env.NAME]: triggers are inherited unless the env has its own; bindings are not inherited", () =>
+  withDir((dir) => {
+    write(
+      dir,
+      "wrangler.toml",
+      `name = "w"\n[triggers]\ncrons = ["0 0 * * *"]\n[[services]]\nbinding = "A"\nservice = "a"\n[env.staging]\n[env.prod]\n[env.prod.triggers]\ncrons = ["*/5 * * * *"]\n[[env.prod.services]]\nbinding = "B"\nservice = "b-prod"\nentrypoint = "Api"\n`,
+    );
+    assert.deepEqual(loadConfig(dir).triggers, { crons: ["0 0 * * *"] });
+    assert.deepEqual(loadConfig(dir, { env: "staging" }).triggers, { crons: ["0 0 * * *"] });
+    assert.deepEqual(loadConfig(dir, { env: "staging" }).services, []);
+    const prod = loadConfig(dir, { env: "prod" });
+    assert.deepEqual(prod.triggers, { crons: ["*/5 * * * *"] });
+    assert.deepEqual(prod.services, [{ binding: "B", service: "b-prod", entrypoint: "Api" }]);
+    assert.deepEqual(prod.warnings, []);
+  }));
+
+test("wrangler.toml: extra keys inside entries are named in the one warning, not fatal", () =>
+  withDir((dir) => {
+    write(
+      dir,
+      "wrangler.toml",
+      `name = "w"\nworkers_dev = true\n[[kv_namespaces]]\nbinding = "K"\nid = "x"\npreview_id = "y"\n[[services]]\nbinding = "S"\nservice = "s"\nenvironment = "production"\n`,
+    );
     const c = loadConfig(dir);
     assert.equal(c.warnings.length, 1);
-    assert.match(c.warnings[0]!, /triggers\.crons, services, queues are accepted but not supported by the Isola server yet/);
+    assert.match(c.warnings[0]!, /does not support: workers_dev, kv_namespaces\[0\]\.preview_id, services\[0\]\.environment;/);
+    assert.deepEqual(c.services, [{ binding: "S", service: "s" }]);
+    assert.deepEqual(c.kv_namespaces, [{ binding: "K", id: "x" }]);
   }));
 
 test("[env.NAME]: inherits main/routes/limits, not vars; name gets the suffix; overrides win", () =>

@@ -2,47 +2,11 @@
 // isola-edge (ISOLA_CONTROL_BIN, ISOLA_EDGE_BIN).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { createSocket } from "node:dgram";
-import { appendFileSync, existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
-import { Proc, cleanup, get, poll, runCli, tempDir, write } from "./helpers.js";
-
-const CONTROL = process.env["ISOLA_CONTROL_BIN"];
-const EDGE = process.env["ISOLA_EDGE_BIN"];
-const skip =
-  CONTROL && EDGE
-    ? false
-    : "ISOLA_CONTROL_BIN and ISOLA_EDGE_BIN are not set; build them (cargo build -p isola-control -p isola-edge) and point the variables at them";
-
-async function freeUdp(): Promise<number> {
-  return new Promise((res) => {
-    const s = createSocket("udp4");
-    s.bind(0, "127.0.0.1", () => {
-      const port = s.address().port;
-      s.close(() => res(port));
-    });
-  });
-}
-
-/** The address of `listener` from a JSON `listening` event. */
-async function listening(p: Proc, listener: string): Promise<string> {
-  const re = new RegExp(`^.*"message":"listening".*$`, "gm");
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    for (const line of p.output.match(re) ?? []) {
-      try {
-        const e = JSON.parse(line) as { fields: { listener?: string; addr?: string } };
-        if (e.fields.listener === listener && e.fields.addr) return e.fields.addr.replace(/^https?:\/\//, "");
-      } catch {
-        // a partial line
-      }
-    }
-    if (Date.now() > deadline) throw new Error(`no listening event for ${listener}:\n${p.output}`);
-    await p.waitFor(/listening/, 1000, p.output.length).catch(() => undefined);
-  }
-}
+import { startCluster, skipWithoutBinaries as skip, type Cluster } from "./cluster.js";
+import { cleanup, get, poll, runCli, tempDir, write } from "./helpers.js";
 
 const worker = (tag: string): string => `export default {
   async fetch(request: Request, env: { SECRET?: string }): Promise<Response> {
@@ -53,25 +17,10 @@ const worker = (tag: string): string => `export default {
 
 test("deploy end to end: routes, secrets (one and bulk), messages, a 10/90 split, rollback, dry run", { skip, timeout: 240_000 }, async () => {
   const dir = tempDir();
-  const procs: Proc[] = [];
+  let cluster: Cluster | undefined;
   try {
-    const data = join(dir, "cp");
-    execFileSync(CONTROL!, ["init", "--data-dir", data], { stdio: "pipe" });
-    const token = readFileSync(join(data, "admin-token"), "utf8").trim();
-    const quic = await freeUdp();
-    const control = new Proc(CONTROL!, ["--log-format", "json", "serve", "--data-dir", data, "--api", "127.0.0.1:0", "--quic", `127.0.0.1:${quic}`]);
-    procs.push(control);
-    const api = `http://${await listening(control, "api")}`;
-
-    const edgeDir = join(dir, "edge-1");
-    execFileSync(CONTROL!, ["enroll-edge", "--data-dir", data, "--name", "edge-1", "--out", edgeDir, "--control-address", `127.0.0.1:${quic}`], {
-      stdio: "pipe",
-    });
-    appendFileSync(join(edgeDir, "edge.toml"), `\n[server]\nlisten = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\nthreads = 1\n`);
-    const edgeProc = new Proc(EDGE!, ["--log-format", "json", "serve", "--config", join(edgeDir, "edge.toml")]);
-    procs.push(edgeProc);
-    const edgeHttp = Number((await listening(edgeProc, "http")).split(":").pop());
-    const edgeAdmin = Number((await listening(edgeProc, "admin")).split(":").pop());
+    cluster = await startCluster(dir);
+    const { api, token, edgeHttp, edgeAdmin } = cluster;
 
     const home = join(dir, "home");
     const env = { ...process.env, XDG_CONFIG_HOME: home, ISOLA_API_URL: "", ISOLA_API_TOKEN: "" };
@@ -265,7 +214,7 @@ test("deploy end to end: routes, secrets (one and bulk), messages, a 10/90 split
     assert.equal((await isola(["logout"])).code, 0);
     assert.equal(existsSync(credFile), false);
   } finally {
-    for (const p of procs.reverse()) await p.stop();
+    await cluster?.stop();
     cleanup(dir);
   }
 });

@@ -1,6 +1,6 @@
 // Shared by the tests: temp folders, files, free ports, child processes.
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -163,5 +163,76 @@ export async function poll<T>(ms: number, probe: () => Promise<T | undefined>): 
     if (v !== undefined) return v;
     if (Date.now() > deadline) return undefined;
     await sleep(50);
+  }
+}
+
+/** `script` (util-linux) runs a command on a pseudo-terminal; undefined where it is missing. */
+export function scriptBinary(): string | undefined {
+  for (const dir of (process.env["PATH"] ?? "/usr/bin:/bin").split(":")) {
+    const p = join(dir, "script");
+    if (dir && existsSync(p)) return p;
+  }
+  return undefined;
+}
+
+function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/**
+ * Runs the CLI with stdin, stdout and stderr on a pseudo-terminal (`script -qfec`), so
+ * `isTTY` is true in it. `output` is everything the terminal showed (stdout and stderr
+ * together, with the terminal's \r\n). `converse`, if given, gets the live output and a
+ * way to type into the terminal, and resolves when it is done typing.
+ */
+export async function runCliInTty(
+  args: string[],
+  opts: {
+    cwd?: string;
+    env?: NodeJS.ProcessEnv;
+    timeoutMs?: number;
+    converse?: (io: { waitFor(re: RegExp): Promise<void>; type(text: string): void }) => Promise<void>;
+  } = {},
+): Promise<{ code: number; output: string }> {
+  const script = scriptBinary();
+  if (!script) throw new Error("no `script` binary (util-linux)");
+  const cmd = [process.execPath, CLI, ...args].map(shellQuote).join(" ");
+  const child = spawn(script, ["-qfec", cmd, "/dev/null"], {
+    cwd: opts.cwd,
+    env: { ...(opts.env ?? process.env), SHELL: "/bin/sh" },
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  let output = "";
+  const waiters: (() => void)[] = [];
+  const on = (d: Buffer): void => {
+    output += d.toString();
+    for (const w of waiters.splice(0)) w();
+  };
+  child.stdout.on("data", on);
+  child.stderr.on("data", on);
+  const exited = new Promise<number>((res) => child.on("exit", (code) => res(code ?? -1)));
+  const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 60_000);
+  try {
+    if (opts.converse) {
+      let gone = false;
+      void exited.then(() => {
+        gone = true;
+        for (const w of waiters.splice(0)) w();
+      });
+      await opts.converse({
+        waitFor: async (re) => {
+          while (!re.test(output)) {
+            if (gone) throw new Error(`exited before ${re}; output:\n${output}`);
+            await new Promise<void>((r) => waiters.push(r));
+          }
+        },
+        type: (text) => void child.stdin.write(text),
+      });
+    }
+    const code = await exited;
+    return { code, output };
+  } finally {
+    clearTimeout(timer);
+    child.stdin.destroy();
   }
 }

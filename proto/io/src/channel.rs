@@ -268,3 +268,71 @@ where
     }
   }
 }
+
+/// Makes one call on a stream of its own (KV, queues): the request, then
+/// the reply. A stream per call keeps a large value from waiting behind a
+/// bundle on the control stream, and the control stream from waiting
+/// behind it.
+pub async fn call<Req, Resp>(conn: &quinn::Connection, request: &Req) -> Result<Resp, Error>
+where
+  Req: serde::Serialize,
+  Resp: serde::de::DeserializeOwned,
+{
+  let (mut send, mut recv) = conn.open_bi().await.map_err(Error::Stream)?;
+  send
+    .write_all(&codec::encode(request))
+    .await
+    .map_err(Error::Write)?;
+  let _ = send.finish();
+  read_one(&mut recv).await
+}
+
+/// Serves the calls of [`call`] on every stream the peer opens after the
+/// control stream, each on a task of its own, until the connection ends.
+pub async fn serve_calls<Req, Resp, F, Fut>(conn: quinn::Connection, handle: F)
+where
+  Req: serde::de::DeserializeOwned + Send + 'static,
+  Resp: serde::Serialize + Send + 'static,
+  F: Fn(Req) -> Fut + Clone + Send + 'static,
+  Fut: std::future::Future<Output = Resp> + Send + 'static,
+{
+  while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+    let handle = handle.clone();
+    tokio::spawn(async move {
+      let request: Req = match read_one(&mut recv).await {
+        Ok(request) => request,
+        Err(e) => {
+          tracing::debug!(error = %e, "an unreadable call");
+          let _ = send.reset(0u32.into());
+          return;
+        }
+      };
+      let reply = handle(request).await;
+      if send.write_all(&codec::encode(&reply)).await.is_ok() {
+        let _ = send.finish();
+      }
+    });
+  }
+}
+
+/// Reads one message that ends its stream.
+async fn read_one<T: serde::de::DeserializeOwned>(
+  recv: &mut quinn::RecvStream,
+) -> Result<T, Error> {
+  let bytes = recv
+    .read_to_end(codec::MAX_FRAME + 8)
+    .await
+    .map_err(|e| match e {
+      quinn::ReadToEndError::Read(e) => Error::Receive(e),
+      quinn::ReadToEndError::TooLong => {
+        Error::Decode(isola_proto::Error::FrameTooLarge(codec::MAX_FRAME + 8))
+      }
+    })?;
+  let mut decoder = codec::Decoder::new();
+  decoder.push(&bytes);
+  decoder.decode().map_err(Error::Decode)?.ok_or_else(|| {
+    Error::Decode(isola_proto::Error::Malformed(
+      "a call ended mid-message".into(),
+    ))
+  })
+}

@@ -49,7 +49,7 @@ impl Handler<ControlSession> for Control {
         self.applied.send((revision, errors))?;
         session.refuse("the test is over".into());
       }
-      ControlEvent::Usage(_) => return Err("no usage expected".into()),
+      other => return Err(format!("unexpected {other:?}").into()),
     }
     Ok(())
   }
@@ -85,7 +85,7 @@ impl Handler<EdgeSession> for Edge {
         self.applied = Some(state);
         session.applied(revision, Vec::new());
       }
-      EdgeEvent::UsageStored(_) => return Err("no usage sent".into()),
+      other => return Err(format!("unexpected {other:?}").into()),
     }
     Ok(())
   }

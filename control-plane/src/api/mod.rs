@@ -42,6 +42,11 @@ use serde::Deserialize;
 use serde::Serialize;
 use tokio::sync::watch;
 use utoipa::OpenApi as _;
+
+mod kv;
+
+pub use self::kv::METADATA_HEADER as KV_METADATA_HEADER;
+use crate::scheduler::driver::Handle as SchedulerHandle;
 use utoipa::ToSchema;
 
 use crate::db;
@@ -66,6 +71,8 @@ pub struct AppState {
   db: Db,
   state_tx: Arc<watch::Sender<Arc<DesiredState>>>,
   validator: Arc<Validator>,
+  scheduler: SchedulerHandle,
+  kv: crate::kv::Kv,
 }
 
 impl AppState {
@@ -75,10 +82,26 @@ impl AppState {
     validator: Arc<Validator>,
   ) -> Self {
     Self {
-      db,
       state_tx,
       validator,
+      scheduler: SchedulerHandle::detached(),
+      kv: crate::kv::Kv::new(db.clone()),
+      db,
     }
+  }
+
+  /// The KV service (shared with the edge connections, which announce its
+  /// changes). Default: values in the database, changes announced to no one.
+  pub fn with_kv(mut self, kv: crate::kv::Kv) -> Self {
+    self.kv = kv;
+    self
+  }
+
+  /// The cron scheduler schedule changes are announced to. Default: none
+  /// (changes are stored; nothing runs them).
+  pub fn with_scheduler(mut self, scheduler: SchedulerHandle) -> Self {
+    self.scheduler = scheduler;
+    self
   }
 
   /// Publishes the current desired state, unless a newer one already went
@@ -147,6 +170,21 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
       delete(delete_secret),
     ),
     (Method::GET, "/v1/workers/{name}/usage", get(usage)),
+    (
+      Method::PUT,
+      "/v1/workers/{name}/schedules",
+      put(put_schedules),
+    ),
+    (
+      Method::GET,
+      "/v1/workers/{name}/schedules",
+      get(get_schedules),
+    ),
+    (
+      Method::GET,
+      "/v1/workers/{name}/schedules/runs",
+      get(schedule_runs),
+    ),
     (Method::POST, "/v1/routes", post(add_route)),
     (Method::GET, "/v1/routes", get(list_routes)),
     (Method::DELETE, "/v1/routes", delete(delete_route_query)),
@@ -156,6 +194,49 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
       delete(delete_route_path),
     ),
     (Method::GET, "/v1/edges", get(list_edges)),
+    (
+      Method::POST,
+      "/v1/kv/namespaces",
+      post(kv::create_namespace),
+    ),
+    (Method::GET, "/v1/kv/namespaces", get(kv::list_namespaces)),
+    (
+      Method::DELETE,
+      "/v1/kv/namespaces/{id}",
+      delete(kv::delete_namespace),
+    ),
+    (
+      Method::PUT,
+      "/v1/kv/namespaces/{id}/values/{*key}",
+      put(kv::put_value).layer(DefaultBodyLimit::max(
+        isola_proto::kv::MAX_VALUE_BYTES + 1024,
+      )),
+    ),
+    (
+      Method::GET,
+      "/v1/kv/namespaces/{id}/values/{*key}",
+      get(kv::get_value),
+    ),
+    (
+      Method::DELETE,
+      "/v1/kv/namespaces/{id}/values/{*key}",
+      delete(kv::delete_value),
+    ),
+    (
+      Method::GET,
+      "/v1/kv/namespaces/{id}/keys",
+      get(kv::list_keys),
+    ),
+    (
+      Method::PUT,
+      "/v1/kv/namespaces/{id}/bulk",
+      put(kv::bulk_put).layer(DefaultBodyLimit::max(100 << 20)),
+    ),
+    (
+      Method::POST,
+      "/v1/kv/namespaces/{id}/bulk/delete",
+      post(kv::bulk_delete),
+    ),
   ]
 }
 
@@ -425,8 +506,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
   paths(
     healthz, openapi_json, create_account, create_token, list_workers, upload, list_versions,
     view_version, deploy, list_deployments, rollback, list_secrets, put_secrets, put_secret,
-    delete_secret, usage, add_route, list_routes, delete_route_query, delete_route_path,
-    list_edges,
+    delete_secret, usage, put_schedules, get_schedules, schedule_runs, add_route, list_routes, delete_route_query, delete_route_path,
+    list_edges, kv::create_namespace, kv::list_namespaces, kv::delete_namespace,
+    kv::put_value, kv::get_value, kv::delete_value, kv::list_keys, kv::bulk_put,
+    kv::bulk_delete,
   ),
   components(schemas(ErrorBody, ErrorDetail)),
   modifiers(&BearerAuth, &CommonErrors),
@@ -731,6 +814,7 @@ async fn upload(
   }
   let edge_name = names::edge_worker_name(&caller.account, &name);
   let checked = validate::check_upload(&edge_name, metadata.as_deref(), modules)?;
+  check_services_exist(&state, &caller.account, &name, &checked.manifest).await?;
   state.validator.check_starts(&checked).await?;
   let version = blocking(move || {
     state.db.insert_version(
@@ -744,6 +828,105 @@ async fn upload(
   .await?;
   tracing::info!(worker = %edge_name, id = %version.id, hash = %version.hash, "stored version");
   Ok((StatusCode::CREATED, Json(version)))
+}
+
+/// A service binding must name a worker of the account (or the worker
+/// itself), and a KV binding a namespace of the account, so a deploy never
+/// ships a binding that cannot resolve.
+async fn check_services_exist(
+  state: &AppState,
+  account: &str,
+  name: &str,
+  manifest: &isola_proto::manifest::Manifest,
+) -> Result<(), ApiError> {
+  for (i, s) in manifest.services.iter().enumerate() {
+    if s.service == name {
+      continue;
+    }
+    let (db, account2, service) = (state.db.clone(), account.to_string(), s.service.clone());
+    if !blocking(move || db.worker_exists(&account2, &service)).await? {
+      return Err(ApiError::invalid(format!(
+        "invalid metadata: services[{i}] binds {:?} to worker {:?}, which does not exist in \
+         account {account:?}; deploy that worker first",
+        s.binding, s.service
+      )));
+    }
+  }
+  for (i, k) in manifest.kv_namespaces.iter().enumerate() {
+    if state.kv.require(account, &k.id).await.is_err() {
+      return Err(ApiError::invalid(format!(
+        "invalid metadata: kv_namespaces[{i}] binds {:?} to namespace {:?}, which does not \
+         exist in account {account:?}; create it with `isola kv namespace create` (or POST \
+         /v1/kv/namespaces) and use its id",
+        k.binding, k.id
+      )));
+    }
+  }
+  Ok(())
+}
+
+// Schedules (cron triggers).
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Crons {
+  /// Cron expressions (five fields, UTC, Cloudflare's syntax); an empty list
+  /// removes them all.
+  crons: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct RunList {
+  /// The last runs, newest first (at most 100).
+  runs: Vec<db::ScheduleRun>,
+}
+
+#[utoipa::path(put, path = "/v1/workers/{name}/schedules", tag = "schedules",
+  params(("name" = String, Path, description = "Worker name")),
+  request_body = Crons,
+  responses((status = 200, description = "The worker's crons now", body = Crons)))]
+async fn put_schedules(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path(name): Path<String>,
+  req: Result<Json<Crons>, JsonRejection>,
+) -> Result<Json<Crons>, ApiError> {
+  let Crons { crons } = body(req)?;
+  let schedules = isola_proto::cron::parse_all(&crons).map_err(ApiError::invalid)?;
+  let now = state.scheduler.clock().now();
+  let crons = blocking(move || {
+    state
+      .db
+      .set_schedules(&caller.account, &name, &schedules, now)?;
+    state.scheduler.reload();
+    state.db.schedules(&caller.account, &name)
+  })
+  .await?;
+  Ok(Json(Crons { crons }))
+}
+
+#[utoipa::path(get, path = "/v1/workers/{name}/schedules", tag = "schedules",
+  params(("name" = String, Path, description = "Worker name")),
+  responses((status = 200, description = "The worker's crons", body = Crons)))]
+async fn get_schedules(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path(name): Path<String>,
+) -> Result<Json<Crons>, ApiError> {
+  let crons = blocking(move || state.db.schedules(&caller.account, &name)).await?;
+  Ok(Json(Crons { crons }))
+}
+
+#[utoipa::path(get, path = "/v1/workers/{name}/schedules/runs", tag = "schedules",
+  params(("name" = String, Path, description = "Worker name")),
+  responses((status = 200, description = "The last 100 runs, newest first", body = RunList)))]
+async fn schedule_runs(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path(name): Path<String>,
+) -> Result<Json<RunList>, ApiError> {
+  let runs = blocking(move || state.db.schedule_runs(&caller.account, &name)).await?;
+  Ok(Json(RunList { runs }))
 }
 
 // Deployments.
