@@ -29,7 +29,6 @@ const {
   PromiseResolve,
   ReflectApply,
   SafePromiseAllSettled,
-  SafeArrayIterator,
   ArrayPrototypeIncludes,
   ObjectGetPrototypeOf,
   ObjectPrototype,
