@@ -7,8 +7,10 @@
 
 pub mod api;
 pub mod db;
+pub mod fleet;
 pub mod kv;
 pub mod pki;
+pub mod queues;
 pub mod quic;
 pub mod scheduler;
 pub mod secrets;

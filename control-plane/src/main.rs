@@ -240,15 +240,27 @@ async fn serve(
   .context("cannot read the desired state")?;
   let revision = initial.revision;
   let (state_tx, state_rx) = watch::channel(Arc::new(initial));
-  let cron = scheduler::driver::start(db.clone(), clock, config)
+  let fleet = isola_control::fleet::Fleet::default();
+  let cron = scheduler::driver::start(db.clone(), fleet.clone(), clock, config)
     .await
     .context("cannot start the cron scheduler")?;
   let kv = isola_control::kv::Kv::new(db.clone());
+  // Queue timing is real time even under a test clock: batch timeouts are
+  // seconds.
+  let queues = isola_control::queues::driver::start(
+    db.clone(),
+    fleet.clone(),
+    Clock::real(),
+    isola_control::queues::Config::default(),
+  )
+  .await
+  .context("cannot start the queues")?;
   tokio::spawn(kv.clone().sweep_forever());
   let app = api::router(
     api::AppState::new(db.clone(), Arc::new(state_tx), validator)
       .with_scheduler(cron.clone())
-      .with_kv(kv.clone()),
+      .with_kv(kv.clone())
+      .with_queues(queues.clone()),
   );
   let listener = tokio::net::TcpListener::bind(api_addr)
     .await
@@ -260,7 +272,14 @@ async fn serve(
   let api = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
   tokio::select! {
     result = api => result.context("the API server failed")?,
-    result = quic::serve(quic_addr, &dir, db, state_rx, cron, kv) => {
+    result = quic::serve(quic_addr, &dir, quic::Shared {
+      db,
+      state: state_rx,
+      scheduler: cron,
+      kv,
+      fleet,
+      queues,
+    }) => {
       result.context("the QUIC control channel failed")?;
     }
   }

@@ -15,7 +15,6 @@ use isola_io::BoxError;
 use isola_proto::msg::Call;
 use isola_proto::msg::CallReply;
 use isola_proto::msg::DesiredState;
-use isola_proto::msg::Tick;
 use isola_proto::ControlEvent;
 use isola_proto::ControlSession;
 use isola_proto::Timing;
@@ -26,8 +25,11 @@ use tokio::sync::watch;
 
 use crate::db::blocking;
 use crate::db::Db;
+use crate::fleet::EdgeLink;
+use crate::fleet::Fleet;
+use crate::fleet::Work;
 use crate::kv::Kv;
-use crate::scheduler::driver::EdgeLink;
+use crate::queues::driver::Handle as Queues;
 use crate::scheduler::driver::Handle as Scheduler;
 
 /// TLS 1.3 with a client certificate required and checked against the CA.
@@ -59,14 +61,18 @@ fn endpoint_config(data_dir: &Path) -> anyhow::Result<quinn::EndpointConfig> {
 }
 
 /// Accepts edges on `addr` until the process ends.
-pub async fn serve(
-  addr: SocketAddr,
-  data_dir: &Path,
-  db: Db,
-  state: watch::Receiver<Arc<DesiredState>>,
-  scheduler: Scheduler,
-  kv: Kv,
-) -> anyhow::Result<()> {
+/// What every edge connection works with.
+#[derive(Clone)]
+pub struct Shared {
+  pub db: Db,
+  pub state: watch::Receiver<Arc<DesiredState>>,
+  pub scheduler: Scheduler,
+  pub kv: Kv,
+  pub fleet: Fleet,
+  pub queues: Queues,
+}
+
+pub async fn serve(addr: SocketAddr, data_dir: &Path, shared: Shared) -> anyhow::Result<()> {
   let socket = std::net::UdpSocket::bind(addr)
     .with_context(|| format!("cannot listen for edges on {addr} (UDP)"))?;
   tracing::info!(listener = "quic", addr = %socket.local_addr()?, "listening");
@@ -78,10 +84,10 @@ pub async fn serve(
   )
   .context("cannot start the QUIC endpoint")?;
   while let Some(incoming) = endpoint.accept().await {
-    let (db, state, scheduler, kv) = (db.clone(), state.clone(), scheduler.clone(), kv.clone());
+    let shared = shared.clone();
     tokio::spawn(async move {
       let remote = incoming.remote_address();
-      if let Err(e) = connection(incoming, db, state, scheduler, kv).await {
+      if let Err(e) = connection(incoming, shared).await {
         tracing::info!(%remote, "edge connection ended: {e:#}");
       }
     });
@@ -100,13 +106,15 @@ fn cert_names_edge(cert: &CertificateDer<'_>, name: &str) -> bool {
   cert.verify_is_valid_for_subject_name(&dns).is_ok()
 }
 
-async fn connection(
-  incoming: quinn::Incoming,
-  db: Db,
-  state: watch::Receiver<Arc<DesiredState>>,
-  scheduler: Scheduler,
-  kv: Kv,
-) -> anyhow::Result<()> {
+async fn connection(incoming: quinn::Incoming, shared: Shared) -> anyhow::Result<()> {
+  let Shared {
+    db,
+    state,
+    scheduler,
+    kv,
+    fleet,
+    queues,
+  } = shared;
   let conn = incoming.await.context("handshake")?;
   let cert = conn
     .peer_identity()
@@ -121,8 +129,10 @@ async fn connection(
     cert,
     name: None,
     scheduler,
-    ticks: None,
+    fleet,
+    work: None,
     kv,
+    queues,
     conn: conn.clone(),
     calls: None,
     changes: None,
@@ -140,10 +150,12 @@ struct EdgeConnection {
   /// The edge's name, once its hello was accepted.
   name: Option<String>,
   scheduler: Scheduler,
-  /// Ticks the scheduler sends this edge, once it is accepted; the link
-  /// tells the scheduler when the connection ends.
-  ticks: Option<(EdgeLink, tokio::sync::mpsc::UnboundedReceiver<Tick>)>,
+  fleet: Fleet,
+  /// Work for this edge (ticks, batches), once it is accepted; the link
+  /// takes the edge out of the fleet when the connection ends.
+  work: Option<(EdgeLink, tokio::sync::mpsc::UnboundedReceiver<Work>)>,
   kv: Kv,
+  queues: Queues,
   conn: quinn::Connection,
   /// The task serving the edge's calls (KV), once it is accepted.
   calls: Option<AbortOnDrop>,
@@ -163,7 +175,7 @@ impl Drop for AbortOnDrop {
 /// What an edge connection is handed: a newer desired state, or a tick.
 pub enum Input {
   State(Arc<DesiredState>),
-  Tick(Tick),
+  Work(Work),
   /// A KV key changed (`None`: changes were missed).
   KvChanged(Option<crate::kv::Change>),
 }
@@ -181,8 +193,8 @@ impl Handler<ControlSession> for EdgeConnection {
   type Input = Input;
 
   async fn next_input(&mut self) -> Option<Input> {
-    let ticks = async {
-      match self.ticks.as_mut() {
+    let work = async {
+      match self.work.as_mut() {
         Some((_, rx)) => rx.recv().await,
         None => std::future::pending().await,
       }
@@ -204,14 +216,15 @@ impl Handler<ControlSession> for EdgeConnection {
         changed.ok()?;
         Some(Input::State(self.state.borrow_and_update().clone()))
       }
-      Some(tick) = ticks => Some(Input::Tick(tick)),
+      Some(work) = work => Some(Input::Work(work)),
     }
   }
 
   fn input(&mut self, session: &mut ControlSession, input: Input) {
     match input {
       Input::State(state) => session.offer(&state),
-      Input::Tick(tick) => session.run(tick),
+      Input::Work(Work::Tick(tick)) => session.run(tick),
+      Input::Work(Work::Batch(batch)) => session.deliver(batch),
       Input::KvChanged(change) => session.kv_changed(change),
     }
   }
@@ -241,17 +254,17 @@ impl Handler<ControlSession> for EdgeConnection {
           ));
         } else {
           tracing::info!(edge = %name, revision, "edge connected");
-          self.ticks = Some(self.scheduler.edge_up(&name));
+          self.work = Some(self.fleet.connect(&name));
           self.changes = Some(self.kv.subscribe());
-          let kv = self.kv.clone();
+          let (kv, queues) = (self.kv.clone(), self.queues.clone());
           self.calls = Some(AbortOnDrop(tokio::spawn(channel::serve_calls(
             self.conn.clone(),
             move |call: Call| {
-              let kv = kv.clone();
+              let (kv, queues) = (kv.clone(), queues.clone());
               async move {
                 match call {
                   Call::Kv(call) => CallReply::Kv(kv.call(call).await),
-                  Call::Send(_) => CallReply::Unsupported,
+                  Call::Send { call, ids } => CallReply::Send(queues.call(call, ids).await),
                 }
               }
             },
@@ -291,7 +304,13 @@ impl Handler<ControlSession> for EdgeConnection {
         session.usage_stored(id);
       }
       ControlEvent::RunAccepted(id) => self.scheduler.accepted(id),
-      ControlEvent::BatchAccepted(_) | ControlEvent::BatchDone(_) => {}
+      ControlEvent::BatchAccepted(id) => self.queues.accepted(id),
+      ControlEvent::BatchDone(report) => {
+        let id = report.id;
+        // Acknowledged once stored, so the edge resends it otherwise.
+        self.queues.report(report).await;
+        session.batch_recorded(id);
+      }
       ControlEvent::RunDone(report) => {
         let id = report.id;
         // Acknowledged once stored, so the edge resends it otherwise.

@@ -295,6 +295,35 @@ mod tests {
   use super::*;
 
   #[test]
+  fn a_static_worker_binds_another_by_name() {
+    let text = r#"
+      [[worker]]
+      name = "site"
+      entry = "site/worker.js"
+      services = [{ binding = "API", service = "api" }, { binding = "ADMIN", service = "api", entrypoint = "Admin" }]
+
+      [[worker]]
+      name = "api"
+      entry = "api/worker.js"
+    "#;
+    let c: EdgeConfig = toml::from_str(text).unwrap();
+    let s = &c.workers[0].services;
+    assert_eq!(
+      (s[0].binding.as_str(), s[0].service.as_str()),
+      ("API", "api")
+    );
+    assert_eq!(s[1].entrypoint.as_deref(), Some("Admin"));
+    // A typo in a binding is an error, not a silently missing binding.
+    let typo = r#"
+      [[worker]]
+      name = "site"
+      entry = "w.js"
+      services = [{ binding = "API", servce = "api" }]
+    "#;
+    assert!(toml::from_str::<EdgeConfig>(typo).is_err());
+  }
+
+  #[test]
   fn the_documented_example_parses() {
     let text = r#"
       [server]
@@ -315,6 +344,7 @@ mod tests {
     "#;
     let c: EdgeConfig = toml::from_str(text).unwrap();
     assert_eq!(c.workers[0].routes.len(), 2);
+    assert!(c.workers[0].services.is_empty());
     assert_eq!(
       toml_to_json(&c.workers[0].vars["CONF"]),
       serde_json::json!({ "max": 3 })

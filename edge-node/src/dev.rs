@@ -15,6 +15,7 @@ use std::time::Instant;
 use std::time::SystemTime;
 
 use anyhow::Context as _;
+use isola_proto::cron::Schedule;
 use isola_proto::queue::Batch;
 use isola_proto::queue::Disposition;
 use isola_proto::queue::Message;
@@ -60,7 +61,7 @@ pub struct DevArgs {
   /// A cron schedule (five fields, UTC, Cloudflare's syntax) on which the
   /// scheduled handler runs while dev runs. May repeat.
   #[arg(long = "cron", value_name = "EXPR", value_parser = parse_cron)]
-  crons: Vec<(String, Arc<saffron::Cron>)>,
+  crons: Vec<Schedule>,
   /// Boxed: the command enum stays small.
   #[command(flatten)]
   storage: Box<StorageArgs>,
@@ -121,11 +122,8 @@ fn parse_service(s: &str) -> Result<(String, PathBuf), String> {
   Ok((binding, PathBuf::from(path)))
 }
 
-fn parse_cron(s: &str) -> Result<(String, Arc<saffron::Cron>), String> {
-  let cron: saffron::Cron = s
-    .parse()
-    .map_err(|e| format!("invalid cron expression {s:?}: {e}"))?;
-  Ok((s.to_string(), Arc::new(cron)))
+fn parse_cron(s: &str) -> Result<Schedule, String> {
+  Schedule::parse(s).map_err(|e| e.to_string())
 }
 
 /// A dev worker: its key and what loads it.
@@ -345,16 +343,14 @@ async fn test_scheduled_run(
 }
 
 /// Runs the scheduled handler at each tick of `crons`, on real time, with
-/// the tick's time as `scheduledTime`; logs each run.
-async fn run_crons(pool: Runtime, main: DevWorker, crons: Vec<(String, Arc<saffron::Cron>)>) {
+/// the tick's time as `scheduledTime` and Cloudflare's CPU limit for the
+/// schedule's frequency; logs each run.
+async fn run_crons(pool: Runtime, main: DevWorker, crons: Vec<Schedule>) {
   let mut after = now_ms();
   loop {
-    let Some(start) = chrono::DateTime::from_timestamp_millis(after) else {
-      return;
-    };
-    let due: Vec<(String, i64)> = crons
+    let due: Vec<(&Schedule, i64)> = crons
       .iter()
-      .filter_map(|(expr, cron)| Some((expr.clone(), cron.next_after(start)?.timestamp_millis())))
+      .filter_map(|cron| Some((cron, cron.next_after(after)?)))
       .collect();
     let Some(next) = due.iter().map(|(_, t)| *t).min() else {
       tracing::warn!("no cron schedule has a next tick");
@@ -362,21 +358,21 @@ async fn run_crons(pool: Runtime, main: DevWorker, crons: Vec<(String, Arc<saffr
     };
     let wait = u64::try_from(next - now_ms()).unwrap_or(0);
     tokio::time::sleep(Duration::from_millis(wait)).await;
-    for (expr, _) in due.into_iter().filter(|(_, t)| *t == next) {
+    for (cron, _) in due.into_iter().filter(|(_, t)| *t == next) {
       let event = ScheduledEvent {
-        cron: expr.clone(),
+        cron: cron.as_str().to_string(),
         scheduled_time: next,
-        cpu_limit: None,
+        cpu_limit: Some(cron.default_cpu()),
       };
       match pool.scheduled(&main.key, main.source(), event).await {
         Ok(run) => tracing::info!(
-          cron = %expr,
+          cron = cron.as_str(),
           outcome = run.outcome.as_str(),
           cpu_ms = run.cpu.as_millis() as u64,
           error = run.error.as_deref(),
           "scheduled run"
         ),
-        Err(e) => tracing::warn!(cron = %expr, error = %e, "scheduled run not started"),
+        Err(e) => tracing::warn!(cron = cron.as_str(), error = %e, "scheduled run not started"),
       }
     }
     after = next;
@@ -636,6 +632,6 @@ mod tests {
     assert!(parse_cron("*/5 * * * *").is_ok());
     assert!(parse_cron("0 0 L * *").is_ok());
     let err = parse_cron("61 * * * *").unwrap_err();
-    assert!(err.contains("invalid cron expression"), "{err}");
+    assert!(err.contains("minute"), "{err}");
   }
 }

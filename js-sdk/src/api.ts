@@ -138,6 +138,31 @@ export interface SecretInfo {
   updated_at: Json;
 }
 
+export interface KvNamespace {
+  id: string;
+  title: string;
+  created_at: Json;
+}
+export interface KvKey {
+  name: string;
+  expiration?: number;
+  metadata?: Json;
+}
+export interface KvKeyPage {
+  keys: KvKey[];
+  list_complete: boolean;
+  cursor?: string;
+}
+/** One pair of a bulk write, Cloudflare's shape. */
+export interface KvBulkPair {
+  key: string;
+  value: string;
+  base64?: boolean;
+  expiration?: number;
+  expiration_ttl?: number;
+  metadata?: Json;
+}
+
 export interface Metadata {
   main_module: string;
   vars: Record<string, Json>;
@@ -145,6 +170,8 @@ export interface Metadata {
   compatibility_date?: string;
   /** Service bindings, wrangler's keys; left out when there are none. */
   services?: { binding: string; service: string; entrypoint?: string }[];
+  /** KV bindings: `env.BINDING` is the namespace `id`; left out when there are none. */
+  kv_namespaces?: { binding: string; id: string }[];
   /** Stored with the version, outside its manifest (at most 1,000 characters). */
   message?: string;
 }
@@ -158,17 +185,21 @@ export interface UploadModule {
 export class Client {
   constructor(readonly creds: Credentials) {}
 
-  async request<T>(method: string, path: string, body?: Json | FormData): Promise<T> {
-    const headers: Record<string, string> = { authorization: `Bearer ${this.creds.token}` };
-    let payload: string | FormData | undefined;
-    if (body instanceof FormData) payload = body;
-    else if (body !== undefined) {
-      payload = JSON.stringify(body);
-      headers["content-type"] = "application/json";
-    }
+  /** Sends a request; a non-2xx answer becomes an ApiError with the server's code and message. */
+  async send(
+    method: string,
+    path: string,
+    opts: { body?: string | FormData | Uint8Array; headers?: Record<string, string>; timeoutMs?: number } = {},
+  ): Promise<Response> {
+    const headers: Record<string, string> = { authorization: `Bearer ${this.creds.token}`, ...opts.headers };
     let res: Response;
     try {
-      res = await fetch(this.creds.api + path, { method, headers, body: payload ?? null, signal: AbortSignal.timeout(60_000) });
+      res = await fetch(this.creds.api + path, {
+        method,
+        headers,
+        body: opts.body ?? null,
+        signal: AbortSignal.timeout(opts.timeoutMs ?? 60_000),
+      });
     } catch (e) {
       const cause = (e as { cause?: { code?: string; message?: string } }).cause;
       throw new ApiError(
@@ -177,8 +208,8 @@ export class Client {
         `cannot reach ${this.creds.api} (${cause?.code ?? cause?.message ?? String(e)}); check the API URL (\`isola login --api URL\` or ISOLA_API_URL)`,
       );
     }
-    const text = await res.text();
     if (!res.ok) {
+      const text = await res.text();
       let code = "http_error";
       let message = text.slice(0, 500) || res.statusText;
       try {
@@ -190,6 +221,15 @@ export class Client {
       }
       throw new ApiError(res.status, code, message);
     }
+    return res;
+  }
+
+  async request<T>(method: string, path: string, body?: Json | FormData): Promise<T> {
+    let res: Response;
+    if (body instanceof FormData) res = await this.send(method, path, { body });
+    else if (body !== undefined) res = await this.send(method, path, { body: JSON.stringify(body), headers: { "content-type": "application/json" } });
+    else res = await this.send(method, path);
+    const text = await res.text();
     return (text ? JSON.parse(text) : null) as T;
   }
 
@@ -263,6 +303,77 @@ export class Client {
   async secrets(worker: string): Promise<SecretInfo[]> {
     return (await this.request<{ secrets: SecretInfo[] }>("GET", `/v1/workers/${enc(worker)}/secrets`)).secrets;
   }
+
+  async kvNamespaces(): Promise<KvNamespace[]> {
+    return (await this.request<{ namespaces: KvNamespace[] }>("GET", "/v1/kv/namespaces")).namespaces;
+  }
+
+  async createKvNamespace(title: string): Promise<KvNamespace> {
+    return this.request<KvNamespace>("POST", "/v1/kv/namespaces", { title });
+  }
+
+  async deleteKvNamespace(id: string): Promise<void> {
+    await this.send("DELETE", `/v1/kv/namespaces/${enc(id)}`);
+  }
+
+  async kvPut(id: string, key: string, value: Uint8Array, opts: { expiration?: number; expirationTtl?: number; metadata?: string } = {}): Promise<void> {
+    const q = new URLSearchParams();
+    if (opts.expiration !== undefined) q.set("expiration", String(opts.expiration));
+    if (opts.expirationTtl !== undefined) q.set("expiration_ttl", String(opts.expirationTtl));
+    const headers: Record<string, string> = { "content-type": "application/octet-stream" };
+    if (opts.metadata !== undefined) headers[KV_METADATA_HEADER] = opts.metadata;
+    const query = q.toString() ? `?${q.toString()}` : "";
+    await this.send("PUT", `${kvValuePath(id, key)}${query}`, { body: value, headers, timeoutMs: 300_000 });
+  }
+
+  /** The value's bytes, its metadata (JSON text) and expiry; undefined when the key is not there. */
+  async kvGet(id: string, key: string): Promise<{ value: Uint8Array; metadata?: string; expiration?: number } | undefined> {
+    let res: Response;
+    try {
+      res = await this.send("GET", kvValuePath(id, key), { timeoutMs: 300_000 });
+    } catch (e) {
+      // A missing key is a 404 about the key; a missing namespace is one about the namespace.
+      if (e instanceof ApiError && e.status === 404 && /no key/.test(e.message)) return undefined;
+      throw e;
+    }
+    const value = new Uint8Array(await res.arrayBuffer());
+    const metadata = res.headers.get(KV_METADATA_HEADER) ?? undefined;
+    const exp = res.headers.get("isola-kv-expiration");
+    return { value, ...(metadata !== undefined ? { metadata } : {}), ...(exp ? { expiration: Number(exp) } : {}) };
+  }
+
+  async kvDelete(id: string, key: string): Promise<void> {
+    await this.send("DELETE", kvValuePath(id, key));
+  }
+
+  async kvKeys(id: string, opts: { prefix?: string; limit?: number; cursor?: string } = {}): Promise<KvKeyPage> {
+    const q = new URLSearchParams();
+    if (opts.prefix !== undefined) q.set("prefix", opts.prefix);
+    if (opts.limit !== undefined) q.set("limit", String(opts.limit));
+    if (opts.cursor !== undefined) q.set("cursor", opts.cursor);
+    const query = q.toString() ? `?${q.toString()}` : "";
+    return this.request<KvKeyPage>("GET", `/v1/kv/namespaces/${enc(id)}/keys${query}`);
+  }
+
+  async kvBulkPut(id: string, pairs: KvBulkPair[]): Promise<{ count: number }> {
+    const res = await this.send("PUT", `/v1/kv/namespaces/${enc(id)}/bulk`, {
+      body: JSON.stringify(pairs),
+      headers: { "content-type": "application/json" },
+      timeoutMs: 600_000,
+    });
+    return (await res.json()) as { count: number };
+  }
+
+  async kvBulkDelete(id: string, keys: string[]): Promise<{ count: number }> {
+    return this.request<{ count: number }>("POST", `/v1/kv/namespaces/${enc(id)}/bulk/delete`, keys);
+  }
+}
+
+/** The header a KV value's metadata (JSON) travels in. */
+export const KV_METADATA_HEADER = "isola-kv-metadata";
+
+function kvValuePath(id: string, key: string): string {
+  return `/v1/kv/namespaces/${enc(id)}/values/${enc(key)}`;
 }
 
 function enc(s: string): string {

@@ -21,17 +21,15 @@ import { bundle, BundleError, readModules } from "./bundle.js";
 import { ConfigError, loadConfig, readDevVars, type Config } from "./config.js";
 import { dev, requireMain, runBuildCommand } from "./dev.js";
 import { EdgeNotFound } from "./edge.js";
+import { UsageError } from "./errors.js";
 import { init, TEMPLATES, type Template } from "./init.js";
+import { cmdKv, KvFileError } from "./kv.js";
 import { withProgress } from "./progress.js";
 import { parseSecretsFile, SecretsFileError } from "./secrets.js";
 import { envTypes } from "./typesgen.js";
 
 const out = (s: string): void => void process.stdout.write(s + "\n");
 const err = (s: string): void => void process.stderr.write(s + "\n");
-
-class UsageError extends Error {
-  override name = "UsageError";
-}
 
 const HELP = `isola — build, run and deploy Isola workers
 
@@ -57,6 +55,10 @@ Commands:
   secret bulk FILE                       set many secrets at once from a JSON object or
                                          .env file (- reads stdin); all or none
   types                                  write worker-configuration.d.ts (interface Env)
+  kv namespace create TITLE | list | delete
+  kv key put KEY [VALUE] | get KEY | list | delete KEY
+  kv bulk put FILE | delete FILE         KV namespaces and values (\`isola kv --help\`);
+                                         --binding NAME or --namespace-id ID picks one
   login --api URL [--token T]            store API credentials
   logout                                 forget them
   whoami                                 check the credentials against the API
@@ -72,7 +74,9 @@ Examples:
   isola deploy --dry-run --outdir dist
   isola triggers deploy
   echo "$TOKEN" | isola secret put API_TOKEN
-  isola versions deploy 0a1b@10% 2c3d@90% -y`;
+  isola versions deploy 0a1b@10% 2c3d@90% -y
+  isola kv namespace create SESSIONS
+  isola kv key put greeting hello --binding SESSIONS`;
 
 function version(): string {
   const pkg = join(fileURLToPath(import.meta.url), "..", "..", "package.json");
@@ -133,10 +137,14 @@ async function readLine(prompt: string, hidden = false): Promise<string> {
   );
 }
 
-async function readStdin(): Promise<string> {
+async function readStdinBytes(): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const c of process.stdin) chunks.push(c as Buffer);
-  return Buffer.concat(chunks).toString("utf8");
+  return Buffer.concat(chunks);
+}
+
+async function readStdin(): Promise<string> {
+  return (await readStdinBytes()).toString("utf8");
 }
 
 function table(rows: string[][]): string {
@@ -218,6 +226,9 @@ function metadataOf(config: Config): Metadata {
       service: s.service,
       ...(s.entrypoint !== undefined ? { entrypoint: s.entrypoint } : {}),
     }));
+  }
+  if (config.kv_namespaces.length > 0) {
+    m.kv_namespaces = config.kv_namespaces.map((k) => ({ binding: k.binding, id: k.id }));
   }
   return m;
 }
@@ -536,9 +547,28 @@ async function cmdWhoami(args: string[]): Promise<void> {
   out(`The token works: ${workers.length} worker(s)${workers.length ? `: ${workers.map((w) => w.name).join(", ")}` : ""}`);
 }
 
+async function cmdKvWithDeps(args: string[]): Promise<void> {
+  await cmdKv(args, {
+    projectConfig,
+    client: () => new Client(requireCredentials()),
+    out,
+    write: (bytes) => void process.stdout.write(bytes),
+    readStdin: readStdinBytes,
+    confirm: async (question) => {
+      if (!process.stdin.isTTY) return undefined;
+      return /^y(es)?$/i.test(await readLine(`${question} [y/N] `));
+    },
+  });
+}
+
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...args] = argv;
   try {
+    // `isola kv ... --help` has a page per subcommand.
+    if (cmd === "kv") {
+      await cmdKvWithDeps(args);
+      return 0;
+    }
     if (args.includes("--help") || args.includes("-h")) {
       out(HELP);
       return 0;
@@ -596,7 +626,7 @@ async function main(argv: string[]): Promise<number> {
   } catch (e) {
     if (e instanceof ApiError) err(`✘ ${e.describe()}`);
     else if (e instanceof BundleError) err(`✘ build failed\n${e.message}`);
-    else if (e instanceof ConfigError || e instanceof UsageError || e instanceof EdgeNotFound || e instanceof SecretsFileError) err(`✘ ${e.message}`);
+    else if (e instanceof ConfigError || e instanceof UsageError || e instanceof EdgeNotFound || e instanceof SecretsFileError || e instanceof KvFileError) err(`✘ ${e.message}`);
     else err(`✘ ${(e as Error).stack ?? String(e)}`);
     return e instanceof UsageError ? 2 : 1;
   }

@@ -26,7 +26,7 @@ export interface ServiceBinding {
   entrypoint?: string;
 }
 
-/** `kv_namespaces = [{ binding, id }]` (validated; the server does not take them yet). */
+/** `kv_namespaces = [{ binding, id }]`: `env.BINDING` is the KV namespace `id`. */
 export interface KvNamespaceBinding {
   binding: string;
   id: string;
@@ -85,7 +85,7 @@ export const CONFIG_FILES = [
 ] as const;
 
 /** Keys the server does not support yet: validated, accepted with a warning, not sent. */
-const NOT_YET = ["kv_namespaces", "queues"] as const;
+const NOT_YET = ["queues"] as const;
 const TOP_KEYS = [
   "$schema",
   "name",
@@ -100,6 +100,7 @@ const TOP_KEYS = [
   "env",
   "triggers",
   "services",
+  "kv_namespaces",
   ...NOT_YET,
 ];
 /** Keys allowed inside [env.NAME]. */
@@ -406,7 +407,6 @@ export function loadConfig(dirOrFile: string, options: LoadOptions = {}): Config
           break;
         case "kv_namespaces":
           checkEntries(v, path, KV_KEYS, ["binding", "id"], [], "{ binding, id }");
-          if (!notYet.includes(key)) notYet.push(key);
           break;
         case "queues":
           if (!isObj(v)) fail(path, "must be a table with producers = [{ binding, queue }] and consumers = [{ queue, ... }]");

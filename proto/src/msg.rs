@@ -309,7 +309,12 @@ pub enum ToControl {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Call {
   Kv(crate::kv::KvCall),
-  Send(crate::queue::SendCall),
+  /// A producer's messages, with the ids the edge gave them: a send
+  /// repeated after a lost answer stores nothing twice.
+  Send {
+    call: crate::queue::SendCall,
+    ids: Vec<String>,
+  },
 }
 
 /// The answer to a [`Call`].

@@ -44,6 +44,7 @@ use tokio::sync::watch;
 use utoipa::OpenApi as _;
 
 mod kv;
+mod queues;
 
 pub use self::kv::METADATA_HEADER as KV_METADATA_HEADER;
 use crate::scheduler::driver::Handle as SchedulerHandle;
@@ -73,6 +74,7 @@ pub struct AppState {
   validator: Arc<Validator>,
   scheduler: SchedulerHandle,
   kv: crate::kv::Kv,
+  queues: crate::queues::driver::Handle,
 }
 
 impl AppState {
@@ -86,8 +88,16 @@ impl AppState {
       validator,
       scheduler: SchedulerHandle::detached(),
       kv: crate::kv::Kv::new(db.clone()),
+      queues: crate::queues::driver::Handle::detached(db.clone()),
       db,
     }
+  }
+
+  /// The queues (shared with the edge connections, which deliver their
+  /// batches). Default: messages are stored and never delivered.
+  pub fn with_queues(mut self, queues: crate::queues::driver::Handle) -> Self {
+    self.queues = queues;
+    self
   }
 
   /// The KV service (shared with the edge connections, which announce its
@@ -235,7 +245,35 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     (
       Method::POST,
       "/v1/kv/namespaces/{id}/bulk/delete",
-      post(kv::bulk_delete),
+      post(kv::bulk_delete).layer(DefaultBodyLimit::max(16 << 20)),
+    ),
+    (Method::POST, "/v1/queues", post(queues::create_queue)),
+    (Method::GET, "/v1/queues", get(queues::list_queues)),
+    (Method::GET, "/v1/queues/{name}", get(queues::get_queue)),
+    (
+      Method::DELETE,
+      "/v1/queues/{name}",
+      delete(queues::delete_queue),
+    ),
+    (
+      Method::PUT,
+      "/v1/queues/{name}/consumer",
+      put(queues::put_consumer),
+    ),
+    (
+      Method::DELETE,
+      "/v1/queues/{name}/consumer",
+      delete(queues::delete_consumer),
+    ),
+    (
+      Method::POST,
+      "/v1/queues/{name}/messages",
+      post(queues::send_message),
+    ),
+    (
+      Method::POST,
+      "/v1/queues/{name}/messages/batch",
+      post(queues::send_batch),
     ),
   ]
 }
@@ -509,7 +547,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     delete_secret, usage, put_schedules, get_schedules, schedule_runs, add_route, list_routes, delete_route_query, delete_route_path,
     list_edges, kv::create_namespace, kv::list_namespaces, kv::delete_namespace,
     kv::put_value, kv::get_value, kv::delete_value, kv::list_keys, kv::bulk_put,
-    kv::bulk_delete,
+    kv::bulk_delete, queues::create_queue, queues::list_queues, queues::get_queue,
+    queues::delete_queue, queues::put_consumer, queues::delete_consumer, queues::send_message,
+    queues::send_batch,
   ),
   components(schemas(ErrorBody, ErrorDetail)),
   modifiers(&BearerAuth, &CommonErrors),

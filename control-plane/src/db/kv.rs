@@ -237,3 +237,50 @@ fn require_namespace(conn: &rusqlite::Connection, account: &str, id: &str) -> Re
     Err(not_found_namespace(id))
   }
 }
+
+#[cfg(test)]
+mod tests {
+  use isola_proto::kv::KvEntry;
+
+  use crate::db::testing::open;
+
+  fn entry(v: &str, expiration: Option<u64>) -> KvEntry {
+    KvEntry {
+      value: v.as_bytes().to_vec(),
+      metadata: None,
+      expiration,
+    }
+  }
+
+  #[test]
+  fn an_expired_key_is_gone_from_get_and_list_and_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    db.create_account("acme", false).unwrap();
+    let ns = db.create_kv_namespace("acme", "n").unwrap().id;
+    db.kv_put(
+      &ns,
+      &[
+        ("a".into(), entry("1", Some(1_000))),
+        ("b".into(), entry("2", None)),
+      ],
+    )
+    .unwrap();
+    assert!(db.kv_get(&ns, "a", 999).unwrap().is_some());
+    assert!(db.kv_get(&ns, "a", 1_000).unwrap().is_none());
+    let names = |now| -> Vec<String> {
+      db.kv_list(&ns, None, 10, None, now)
+        .unwrap()
+        .keys
+        .into_iter()
+        .map(|k| k.name)
+        .collect()
+    };
+    assert_eq!(names(999), ["a", "b"]);
+    assert_eq!(names(1_000), ["b"]);
+    assert_eq!(db.kv_sweep(1_000).unwrap(), 1);
+    assert_eq!(db.kv_sweep(1_000).unwrap(), 0);
+    // A bad cursor is the caller's error.
+    assert!(db.kv_list(&ns, None, 10, Some("!!"), 0).is_err());
+  }
+}

@@ -12,6 +12,7 @@ mod accounts;
 mod deployments;
 mod edges;
 mod kv;
+mod queues;
 mod routes;
 mod schedules;
 mod secrets;
@@ -39,6 +40,10 @@ pub use self::deployments::DeployedVersion;
 pub use self::deployments::Deployment;
 pub use self::edges::EdgeInfo;
 pub use self::kv::KvNamespace;
+pub use self::queues::queue_key;
+pub use self::queues::ConsumerSettings;
+pub use self::queues::QueueInfo;
+pub use self::queues::Settled;
 pub use self::routes::RouteInfo;
 pub use self::schedules::rfc3339_ms;
 pub use self::schedules::ScheduleRun;
@@ -187,6 +192,39 @@ CREATE TABLE kv_values (
   PRIMARY KEY (namespace, key)
 ) WITHOUT ROWID;
 CREATE INDEX kv_values_by_expiration ON kv_values (expiration) WHERE expiration IS NOT NULL;
+"#,
+  // Queues, their consumer settings and counters, and their messages; a
+  // message with a lease is in a batch a consumer has.
+  r#"
+CREATE TABLE queues (
+  account TEXT NOT NULL REFERENCES accounts (name),
+  name TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  consumer TEXT,
+  max_batch_size INTEGER NOT NULL DEFAULT 10,
+  max_batch_timeout INTEGER NOT NULL DEFAULT 5,
+  max_retries INTEGER NOT NULL DEFAULT 3,
+  dead_letter_queue TEXT,
+  retry_delay INTEGER NOT NULL DEFAULT 0,
+  delivered INTEGER NOT NULL DEFAULT 0,
+  retried INTEGER NOT NULL DEFAULT 0,
+  dead_lettered INTEGER NOT NULL DEFAULT 0,
+  dropped INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (account, name)
+);
+CREATE TABLE queue_messages (
+  id TEXT PRIMARY KEY,
+  account TEXT NOT NULL,
+  queue TEXT NOT NULL,
+  body BLOB NOT NULL,
+  content_type TEXT NOT NULL,
+  sent_at INTEGER NOT NULL,
+  visible_at INTEGER NOT NULL,
+  attempts INTEGER NOT NULL,
+  lease INTEGER
+);
+CREATE INDEX queue_messages_ready ON queue_messages (account, queue, lease, visible_at);
+CREATE INDEX queue_messages_by_lease ON queue_messages (lease) WHERE lease IS NOT NULL;
 "#,
 ];
 

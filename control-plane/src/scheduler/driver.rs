@@ -2,15 +2,10 @@
 //! its actions say in the database (before any tick leaves), and hands
 //! ticks to the edge connections.
 
-use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 use std::time::SystemTime;
 use std::time::UNIX_EPOCH;
 
-use isola_proto::msg::Tick;
 use isola_proto::msg::TickReport;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
@@ -21,6 +16,9 @@ use super::Millis;
 use super::Scheduler;
 use crate::db::blocking;
 use crate::db::Db;
+use crate::fleet::Change;
+use crate::fleet::Fleet;
+use crate::fleet::Work;
 
 /// The scheduler's time. Real time, or for tests a clock that runs `scale`
 /// times faster from `origin` on (a pure function of real time, so a
@@ -68,15 +66,6 @@ impl Clock {
 }
 
 enum Msg {
-  EdgeUp {
-    edge: String,
-    conn: u64,
-    ticks: mpsc::UnboundedSender<Tick>,
-  },
-  EdgeDown {
-    edge: String,
-    conn: u64,
-  },
   Accepted(u64),
   Report(TickReport, oneshot::Sender<()>),
   Reload,
@@ -88,24 +77,6 @@ enum Msg {
 pub struct Handle {
   tx: mpsc::UnboundedSender<Msg>,
   clock: Clock,
-  conns: Arc<AtomicU64>,
-}
-
-/// An edge connection's place in the scheduler; dropping it tells the
-/// scheduler the edge is gone (unless it has reconnected since).
-pub struct EdgeLink {
-  tx: mpsc::UnboundedSender<Msg>,
-  edge: String,
-  conn: u64,
-}
-
-impl Drop for EdgeLink {
-  fn drop(&mut self) {
-    let _ = self.tx.send(Msg::EdgeDown {
-      edge: std::mem::take(&mut self.edge),
-      conn: self.conn,
-    });
-  }
 }
 
 impl Handle {
@@ -116,30 +87,11 @@ impl Handle {
     Self {
       tx,
       clock: Clock::real(),
-      conns: Arc::new(AtomicU64::new(0)),
     }
   }
 
   pub fn clock(&self) -> Clock {
     self.clock
-  }
-
-  /// Edge `edge` is connected: ticks for it arrive on the receiver until
-  /// the link is dropped.
-  pub fn edge_up(&self, edge: &str) -> (EdgeLink, mpsc::UnboundedReceiver<Tick>) {
-    let conn = self.conns.fetch_add(1, Ordering::Relaxed);
-    let (ticks, rx) = mpsc::unbounded_channel();
-    let _ = self.tx.send(Msg::EdgeUp {
-      edge: edge.to_string(),
-      conn,
-      ticks,
-    });
-    let link = EdgeLink {
-      tx: self.tx.clone(),
-      edge: edge.to_string(),
-      conn,
-    };
-    (link, rx)
   }
 
   pub fn accepted(&self, id: u64) {
@@ -161,7 +113,12 @@ impl Handle {
 }
 
 /// Loads the schedules and the runs in flight, and starts the loop.
-pub async fn start(db: Db, clock: Clock, config: Config) -> crate::db::Result<Handle> {
+pub async fn start(
+  db: Db,
+  fleet: Fleet,
+  clock: Clock,
+  config: Config,
+) -> crate::db::Result<Handle> {
   let loaded = {
     let db = db.clone();
     blocking(move || {
@@ -174,24 +131,36 @@ pub async fn start(db: Db, clock: Clock, config: Config) -> crate::db::Result<Ha
   scheduler.set_schedules(entries);
   scheduler.resume(in_flight, clock.now());
   let (tx, rx) = mpsc::unbounded_channel();
-  tokio::spawn(run(scheduler, db, clock, rx));
-  Ok(Handle {
-    tx,
-    clock,
-    conns: Arc::new(AtomicU64::new(0)),
-  })
+  tokio::spawn(run(scheduler, db, fleet, clock, rx));
+  Ok(Handle { tx, clock })
 }
 
-async fn run(mut scheduler: Scheduler, db: Db, clock: Clock, mut rx: mpsc::UnboundedReceiver<Msg>) {
-  let mut edges: HashMap<String, (u64, mpsc::UnboundedSender<Tick>)> = HashMap::new();
+async fn run(
+  mut scheduler: Scheduler,
+  db: Db,
+  fleet: Fleet,
+  clock: Clock,
+  mut rx: mpsc::UnboundedReceiver<Msg>,
+) {
+  let (up, mut changes) = fleet.subscribe();
+  for edge in up {
+    scheduler.edge_up(&edge, clock.now());
+  }
   loop {
     scheduler.poll(clock.now());
-    apply(&mut scheduler, &db, &edges).await;
+    apply(&mut scheduler, &db, &fleet).await;
     let wait = scheduler
       .poll_timeout()
       .map_or(Duration::from_secs(3600), |at| clock.until(at));
     let msg = tokio::select! {
       msg = rx.recv() => msg,
+      Some(change) = changes.recv() => {
+        match change {
+          Change::Up(edge) => scheduler.edge_up(&edge, clock.now()),
+          Change::Down(edge) => scheduler.edge_down(&edge, clock.now()),
+        }
+        continue;
+      }
       () = tokio::time::sleep(wait) => continue,
     };
     let Some(msg) = msg else {
@@ -199,23 +168,10 @@ async fn run(mut scheduler: Scheduler, db: Db, clock: Clock, mut rx: mpsc::Unbou
     };
     let now = clock.now();
     match msg {
-      Msg::EdgeUp { edge, conn, ticks } => {
-        tracing::debug!(edge, "scheduler: edge up");
-        edges.insert(edge.clone(), (conn, ticks));
-        scheduler.edge_up(&edge, now);
-      }
-      Msg::EdgeDown { edge, conn } => {
-        // A reconnect may have replaced this connection already.
-        if edges.get(&edge).is_some_and(|(c, _)| *c == conn) {
-          tracing::debug!(edge, "scheduler: edge down");
-          edges.remove(&edge);
-          scheduler.edge_down(&edge, now);
-        }
-      }
       Msg::Accepted(id) => scheduler.accepted(id),
       Msg::Report(report, done) => {
         scheduler.report(report, now);
-        apply(&mut scheduler, &db, &edges).await;
+        apply(&mut scheduler, &db, &fleet).await;
         let _ = done.send(());
       }
       Msg::Reload => {
@@ -230,11 +186,7 @@ async fn run(mut scheduler: Scheduler, db: Db, clock: Clock, mut rx: mpsc::Unbou
 }
 
 /// Stores and sends what the scheduler asked, in its order.
-async fn apply(
-  scheduler: &mut Scheduler,
-  db: &Db,
-  edges: &HashMap<String, (u64, mpsc::UnboundedSender<Tick>)>,
-) {
+async fn apply(scheduler: &mut Scheduler, db: &Db, fleet: &Fleet) {
   while let Some(action) = scheduler.poll_action() {
     let db = db.clone();
     match action {
@@ -257,9 +209,7 @@ async fn apply(
           "scheduler: tick sent"
         );
         // An edge gone meanwhile never accepts; the scheduler moves on.
-        if let Some((_, tx)) = edges.get(&edge) {
-          let _ = tx.send(tick);
-        }
+        fleet.send(&edge, Work::Tick(tick));
       }
       Action::Forget { id } => {
         if let Err(e) = blocking(move || db.forget_run(id)).await {

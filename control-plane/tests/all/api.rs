@@ -1310,3 +1310,155 @@ async fn kv_values_round_trip_page_in_byte_order_and_stay_in_their_account() {
   );
   assert_eq!(s.get(&values("u:10"), &acme).await.status, 404);
 }
+
+#[tokio::test]
+async fn queues_take_messages_and_consumers_with_cloudflare_limits() {
+  let s = start().await;
+  let acme = s.account("acme").await;
+  let other = s.account("other").await;
+  assert_eq!(
+    s.post("/v1/queues", &acme, json!({"name": "jobs"}))
+      .await
+      .status,
+    201
+  );
+  assert_eq!(
+    s.post("/v1/queues", &acme, json!({"name": "jobs"}))
+      .await
+      .status,
+    409
+  );
+  assert_eq!(
+    s.post("/v1/queues", &acme, json!({"name": "Bad Name"}))
+      .await
+      .status,
+    400
+  );
+  assert_eq!(
+    s.post("/v1/queues", &acme, json!({"name": "dlq"}))
+      .await
+      .status,
+    201
+  );
+
+  let r = s
+    .post("/v1/queues/jobs/messages", &acme, json!({"body": {"n": 1}}))
+    .await;
+  assert_eq!(r.status, 201, "{r:?}");
+  let r = s
+    .post(
+      "/v1/queues/jobs/messages/batch",
+      &acme,
+      json!({"messages": [
+        {"body": "hi", "content_type": "text"},
+        {"body": "AAEC", "content_type": "bytes"},
+        {"body": 1, "content_type": "json", "delay_seconds": 600},
+      ]}),
+    )
+    .await;
+  assert_eq!(r.json["ids"].as_array().map(Vec::len), Some(3), "{r:?}");
+  let info = s.get("/v1/queues/jobs", &acme).await.json;
+  assert_eq!(
+    (info["backlog"].clone(), info["delayed"].clone()),
+    (json!(3), json!(1)),
+    "{info}"
+  );
+  assert_eq!(s.get("/v1/queues/jobs", &other).await.status, 404);
+  let r = s
+    .post("/v1/queues/jobs/messages", &other, json!({"body": 1}))
+    .await;
+  assert_eq!(r.status, 404, "{r:?}");
+
+  for (body, needle) in [
+    (
+      json!({"body": 5, "content_type": "text"}),
+      "must be a string",
+    ),
+    (
+      json!({"body": "x", "content_type": "v8"}),
+      "use json, text or bytes",
+    ),
+    (
+      json!({"body": "x".repeat(128_001), "content_type": "text"}),
+      "128 KB",
+    ),
+    (json!({"body": 1, "delay_seconds": 43_201}), "12 hours"),
+  ] {
+    let r = s.post("/v1/queues/jobs/messages", &acme, body).await;
+    assert_eq!(r.status, 400, "{needle}: {r:?}");
+    assert!(r.message().contains(needle), "{needle}: {r:?}");
+  }
+  let many: Vec<Value> = (0..101).map(|i| json!({"body": i})).collect();
+  let r = s
+    .post(
+      "/v1/queues/jobs/messages/batch",
+      &acme,
+      json!({"messages": many}),
+    )
+    .await;
+  assert!(r.message().contains("101"), "{r:?}");
+
+  // Consumers: the worker and the dead-letter queue must exist here.
+  let consumer = |worker: &str, dlq: &str| json!({"worker": worker, "dead_letter_queue": dlq});
+  let r = s
+    .send_json(
+      "PUT",
+      "/v1/queues/jobs/consumer",
+      &acme,
+      consumer("nope", "dlq"),
+    )
+    .await;
+  assert_eq!(r.status, 404, "{r:?}");
+  s.upload_and_deploy(&acme, "eater", "export default { queue() {} }")
+    .await;
+  let r = s
+    .send_json(
+      "PUT",
+      "/v1/queues/jobs/consumer",
+      &acme,
+      consumer("eater", "jobs"),
+    )
+    .await;
+  assert!(r.message().contains("its own dead-letter queue"), "{r:?}");
+  let r = s
+    .send_json(
+      "PUT",
+      "/v1/queues/jobs/consumer",
+      &acme,
+      consumer("eater", "gone"),
+    )
+    .await;
+  assert!(r.message().contains("does not exist"), "{r:?}");
+  let r = s
+    .send_json(
+      "PUT",
+      "/v1/queues/jobs/consumer",
+      &acme,
+      json!({"worker": "eater", "max_batch_size": 101}),
+    )
+    .await;
+  assert!(r.message().contains("max_batch_size is 101"), "{r:?}");
+  let r = s
+    .send_json(
+      "PUT",
+      "/v1/queues/jobs/consumer",
+      &acme,
+      consumer("eater", "dlq"),
+    )
+    .await;
+  assert_eq!(r.status, 200, "{r:?}");
+  assert_eq!(
+    r.json,
+    json!({"worker": "eater", "max_batch_size": 10, "max_batch_timeout": 5, "max_retries": 3,
+           "dead_letter_queue": "dlq", "retry_delay": 0})
+  );
+  assert_eq!(
+    s.get("/v1/queues/jobs", &acme).await.json["consumer"],
+    r.json
+  );
+  // The dead-letter queue is in use; the queue itself can go.
+  assert_eq!(s.delete("/v1/queues/dlq", &acme).await.status, 409);
+  assert_eq!(s.delete("/v1/queues/jobs", &acme).await.status, 204);
+  assert_eq!(s.delete("/v1/queues/dlq", &acme).await.status, 204);
+  assert_eq!(s.get("/v1/queues", &acme).await.json, json!({"queues": []}));
+}

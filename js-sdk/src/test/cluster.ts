@@ -8,6 +8,9 @@ import { Proc } from "./helpers.js";
 
 export const CONTROL = process.env["ISOLA_CONTROL_BIN"];
 export const EDGE = process.env["ISOLA_EDGE_BIN"];
+export const skipWithoutControl: string | false = CONTROL
+  ? false
+  : "ISOLA_CONTROL_BIN is not set; build it (cargo build -p isola-control) and point the variable at it";
 export const skipWithoutBinaries: string | false =
   CONTROL && EDGE
     ? false
@@ -50,6 +53,32 @@ export interface Cluster {
   stop(): Promise<void>;
 }
 
+export interface Control {
+  /** http://127.0.0.1:PORT of the control plane's API. */
+  api: string;
+  token: string;
+  /** Its data folder and QUIC port, for enrolling edges. */
+  data: string;
+  quic: number;
+  proc: Proc;
+}
+
+/** Starts isola-control alone (data in `dir`/cp): enough for the API-only commands (kv, secrets). */
+export async function startControl(dir: string): Promise<Control> {
+  const data = join(dir, "cp");
+  execFileSync(CONTROL!, ["init", "--data-dir", data], { stdio: "pipe" });
+  const token = readFileSync(join(data, "admin-token"), "utf8").trim();
+  const quic = await freeUdp();
+  const proc = new Proc(CONTROL!, ["--log-format", "json", "serve", "--data-dir", data, "--api", "127.0.0.1:0", "--quic", `127.0.0.1:${quic}`]);
+  try {
+    const api = `http://${await listening(proc, "api")}`;
+    return { api, token, data, quic, proc };
+  } catch (e) {
+    await proc.stop();
+    throw e;
+  }
+}
+
 /** Starts isola-control (data in `dir`/cp) and one enrolled isola-edge (`dir`/edge-1). */
 export async function startCluster(dir: string): Promise<Cluster> {
   const procs: Proc[] = [];
@@ -57,13 +86,8 @@ export async function startCluster(dir: string): Promise<Cluster> {
     for (const p of procs.reverse()) await p.stop();
   };
   try {
-    const data = join(dir, "cp");
-    execFileSync(CONTROL!, ["init", "--data-dir", data], { stdio: "pipe" });
-    const token = readFileSync(join(data, "admin-token"), "utf8").trim();
-    const quic = await freeUdp();
-    const control = new Proc(CONTROL!, ["--log-format", "json", "serve", "--data-dir", data, "--api", "127.0.0.1:0", "--quic", `127.0.0.1:${quic}`]);
+    const { api, token, data, quic, proc: control } = await startControl(dir);
     procs.push(control);
-    const api = `http://${await listening(control, "api")}`;
     const edgeDir = join(dir, "edge-1");
     execFileSync(CONTROL!, ["enroll-edge", "--data-dir", data, "--name", "edge-1", "--out", edgeDir, "--control-address", `127.0.0.1:${quic}`], {
       stdio: "pipe",

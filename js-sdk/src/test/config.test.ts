@@ -108,8 +108,8 @@ test("wrangler.toml is read as is with ONE warning naming unsupported keys", () 
     assert.equal(c.wrangler, true);
     assert.equal(c.warnings.length, 1);
     assert.match(c.warnings[0]!, /account_id, workers_dev/);
-    assert.match(c.warnings[0]!, /; kv_namespaces is not supported by this server yet/);
-    assert.doesNotMatch(c.warnings[0]!, /\b(triggers|crons|name|main)\b/);
+    assert.doesNotMatch(c.warnings[0]!, /\b(triggers|crons|name|main|kv_namespaces)\b/);
+    assert.doesNotMatch(c.warnings[0]!, /not supported by this server yet/);
     assert.deepEqual(c.triggers, { crons: ["* * * * *"] });
     assert.deepEqual(c.kv_namespaces, [{ binding: "KV", id: "x" }]);
   }));
@@ -122,7 +122,7 @@ test("wrangler.jsonc is read too", () =>
     assert.match(c.warnings[0]!, /ignores keys it does not support: observability/);
   }));
 
-test("isola.toml: triggers and services are read; kv_namespaces and queues are checked, with one warning", () =>
+test("isola.toml: triggers, services and kv_namespaces are read; queues are checked, with one warning", () =>
   withDir((dir) => {
     write(
       dir,
@@ -162,13 +162,16 @@ dead_letter_queue = "jobs-dlq"
       consumers: [{ queue: "jobs", max_batch_size: 10, max_retries: 3, dead_letter_queue: "jobs-dlq" }],
     });
     assert.equal(c.warnings.length, 1);
-    assert.equal(c.warnings[0], "isola.toml: kv_namespaces and queues are not supported by this server yet (checked, not deployed)");
+    assert.equal(c.warnings[0], "isola.toml: queues is not supported by this server yet (checked, not deployed)");
     // No [triggers] table: undefined (deploy leaves the schedules alone); an empty list clears.
     write(dir, "isola.toml", `name = "a"\n`);
     assert.equal(loadConfig(dir).triggers, undefined);
     assert.deepEqual(loadConfig(dir).services, []);
     write(dir, "isola.toml", `name = "a"\n[triggers]\ncrons = []\n`);
     assert.deepEqual(loadConfig(dir).triggers, { crons: [] });
+    assert.deepEqual(loadConfig(dir).warnings, []);
+    // kv_namespaces alone: no warning (the server takes them).
+    write(dir, "isola.toml", `name = "a"\n[[kv_namespaces]]\nbinding = "CACHE"\nid = "abc"\n`);
     assert.deepEqual(loadConfig(dir).warnings, []);
   }));
 
@@ -221,7 +224,7 @@ test("wrangler.toml: extra keys inside entries are named in the one warning, not
     );
     const c = loadConfig(dir);
     assert.equal(c.warnings.length, 1);
-    assert.match(c.warnings[0]!, /does not support: workers_dev, kv_namespaces\[0\]\.preview_id, services\[0\]\.environment;/);
+    assert.match(c.warnings[0]!, /does not support: workers_dev, kv_namespaces\[0\]\.preview_id, services\[0\]\.environment$/);
     assert.deepEqual(c.services, [{ binding: "S", service: "s" }]);
     assert.deepEqual(c.kv_namespaces, [{ binding: "K", id: "x" }]);
   }));

@@ -113,25 +113,27 @@ process.on("exit", () => {
   }
 });
 
-/** Runs the CLI to its end. */
+/** Runs the CLI to its end; `stdoutBytes` is stdout as it came (for binary output). */
 export async function runCli(
   args: string[],
-  opts: { cwd?: string; env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number } = {},
-): Promise<{ code: number; stdout: string; stderr: string }> {
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv; input?: string | Uint8Array; timeoutMs?: number } = {},
+): Promise<{ code: number; stdout: string; stderr: string; stdoutBytes: Buffer }> {
   return new Promise((res, rej) => {
     const child = spawn(process.execPath, [CLI, ...args], { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ["pipe", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const out: Buffer[] = [];
+    const errs: Buffer[] = [];
+    child.stdout.on("data", (d: Buffer) => out.push(d));
+    child.stderr.on("data", (d: Buffer) => errs.push(d));
     const t = setTimeout(() => {
       child.kill("SIGKILL");
-      rej(new Error(`isola ${args.join(" ")} timed out; stdout:\n${stdout}\nstderr:\n${stderr}`));
+      rej(new Error(`isola ${args.join(" ")} timed out; stdout:\n${Buffer.concat(out).toString()}\nstderr:\n${Buffer.concat(errs).toString()}`));
     }, opts.timeoutMs ?? 60_000);
-    child.on("exit", (code) => {
+    child.on("close", (code) => {
       clearTimeout(t);
-      res({ code: code ?? -1, stdout, stderr });
+      const stdoutBytes = Buffer.concat(out);
+      res({ code: code ?? -1, stdout: stdoutBytes.toString("utf8"), stderr: Buffer.concat(errs).toString("utf8"), stdoutBytes });
     });
+    child.stdin.on("error", () => undefined);
     child.stdin.end(opts.input ?? "");
   });
 }

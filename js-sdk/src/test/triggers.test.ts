@@ -1,183 +1,262 @@
-// deploy's triggers, services and --json, `isola triggers deploy`, progress on a TTY and the
-// secret prompt, against a stand-in API that records what the CLI sends.
-import { test } from "node:test";
+// deploy's triggers, services, kv_namespaces and --json, `isola triggers deploy`, --dry-run,
+// progress on a TTY and the secret prompt, against a real isola-control and one isola-edge
+// on loopback (ISOLA_CONTROL_BIN, ISOLA_EDGE_BIN): what the CLI sent is read back from the
+// server (schedules, secrets, versions) or seen in what the edge serves.
+import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { join } from "node:path";
+import { Client } from "../api.js";
 import { devEdgeArgs } from "../edge.js";
-import { fakeApi, type FakeApi } from "./fakeapi.js";
-import { cleanup, runCli, runCliInTty, scriptBinary, tempDir, write } from "./helpers.js";
+import { startCluster, skipWithoutBinaries as skip, type Cluster } from "./cluster.js";
+import { cleanup, get, poll, runCli, runCliInTty, scriptBinary, tempDir, write } from "./helpers.js";
 
 const noScript = scriptBinary() ? false : "no `script` (util-linux) to run the CLI on a pseudo-terminal";
 
-async function project(
-  config: string,
-  fn: (o: { dir: string; api: FakeApi; isola: (args: string[], input?: string) => ReturnType<typeof runCli>; env: NodeJS.ProcessEnv }) => Promise<void>,
-): Promise<void> {
-  const dir = tempDir();
-  const api = await fakeApi();
-  try {
-    write(dir, "isola.toml", config);
-    write(dir, "src/index.ts", `export default { fetch: () => new Response("hi") };\n`);
-    const env = { ...process.env, XDG_CONFIG_HOME: join(dir, "home"), ISOLA_API_URL: api.url, ISOLA_API_TOKEN: "t0ken" };
-    await fn({ dir, api, env, isola: (args, input) => runCli(args, { cwd: dir, env, ...(input !== undefined ? { input } : {}) }) });
-  } finally {
-    await api.close();
-    cleanup(dir);
-  }
+let dir = "";
+let cluster: Cluster | undefined;
+let env: NodeJS.ProcessEnv = {};
+let client: Client;
+
+before(async () => {
+  if (skip) return;
+  dir = tempDir();
+  cluster = await startCluster(dir);
+  env = { ...process.env, XDG_CONFIG_HOME: join(dir, "home"), ISOLA_API_URL: cluster.api, ISOLA_API_TOKEN: cluster.token };
+  client = new Client({ api: cluster.api, token: cluster.token });
+});
+
+after(async () => {
+  await cluster?.stop();
+  if (dir) cleanup(dir);
+});
+
+/** A project folder with `config` and a worker answering `source` (default: "hi"). */
+function project(name: string, config: string, source = `export default { fetch: () => new Response("hi") };\n`) {
+  const app = join(dir, name);
+  write(app, "isola.toml", config);
+  write(app, "src/index.ts", source);
+  return {
+    app,
+    isola: (args: string[], input?: string) => runCli(args, { cwd: app, env, ...(input !== undefined ? { input } : {}) }),
+  };
 }
 
-const calls = (api: FakeApi): string[] => api.requests.map((r) => `${r.method} ${r.path}`);
+const schedules = async (worker: string): Promise<string[]> =>
+  (await client.request<{ crons: string[] }>("GET", `/v1/workers/${worker}/schedules`)).crons;
 
-test("deploy: upload with services, deploy, routes, then PUT schedules; printed after the routes", () =>
-  project(
-    `name = "cron-app"\nmain = "src/index.ts"\nroutes = ["cron.test/*"]\n[triggers]\ncrons = ["*/5 * * * *", "0 3 * * 1"]\n[[services]]\nbinding = "AUTH"\nservice = "auth"\n[[services]]\nbinding = "API"\nservice = "api"\nentrypoint = "Rpc"\n`,
-    async ({ api, isola }) => {
-      const r = await isola(["deploy"]);
-      assert.equal(r.code, 0, r.stderr);
-      assert.deepEqual(calls(api), [
-        "POST /v1/workers/cron-app/versions",
-        "POST /v1/workers/cron-app/deployments",
-        "POST /v1/routes",
-        "PUT /v1/workers/cron-app/schedules",
-      ]);
-      const upload = api.requests[0]!.body as { metadata: Record<string, unknown>; modules: string[] };
-      assert.deepEqual(upload.metadata["services"], [
-        { binding: "AUTH", service: "auth" },
-        { binding: "API", service: "api", entrypoint: "Rpc" },
-      ]);
-      assert.equal("triggers" in upload.metadata, false);
-      assert.deepEqual(api.requests[3]!.body, { crons: ["*/5 * * * *", "0 3 * * 1"] });
-      assert.match(r.stdout, /Route cron\.test\/\*\nSchedules: \*\/5 \* \* \* \*, 0 3 \* \* 1\n$/);
-      assert.equal(r.stderr, "", "no warning, no progress off a terminal");
-    },
-  ));
+/** Polls the edge until `host` answers `body`. */
+const serves = async (host: string, body: string): Promise<boolean> =>
+  (await poll(30_000, async () => ((await get(cluster!.edgeHttp, "/", host))?.body === body ? true : undefined))) ?? false;
 
-test("deploy --json: one JSON document with the version, deployment, routes and crons", () =>
-  project(`name = "j"\nmain = "src/index.ts"\nroutes = ["j.test/*"]\n[triggers]\ncrons = ["0 * * * *"]\n`, async ({ isola }) => {
-    const r = await isola(["deploy", "--json"]);
-    assert.equal(r.code, 0, r.stderr);
-    const doc = JSON.parse(r.stdout) as { worker: string; version: { id: string }; deployment: { id: number }; routes: { pattern: string }[]; crons: string[] };
-    assert.equal(doc.worker, "j");
-    assert.equal(doc.version.id, "v1");
-    assert.deepEqual(doc.routes.map((x) => x.pattern), ["j.test/*"]);
-    assert.deepEqual(doc.crons, ["0 * * * *"]);
-  }));
+test("deploy: services and crons reach the server; routes then schedules are printed; the edge calls the bound worker", { skip }, async () => {
+  const auth = project("auth", `name = "auth"\nmain = "src/index.ts"\n`, `export default { fetch: () => new Response("from auth") };\n`);
+  assert.equal((await auth.isola(["deploy"])).code, 0);
+  const { isola } = project(
+    "cron-app",
+    `name = "cron-app"\nmain = "src/index.ts"\nroutes = ["cron.test/*"]\n[triggers]\ncrons = ["*/5 * * * *", "0 3 * * 1"]\n[[services]]\nbinding = "AUTH"\nservice = "auth"\n`,
+    `export default {
+  async fetch(request: Request, env: { AUTH: Fetcher }): Promise<Response> {
+    return new Response("via " + (await (await env.AUTH.fetch(request)).text()));
+  },
+  async scheduled(): Promise<void> {},
+};
+`,
+  );
+  const r = await isola(["deploy"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /Uploaded cron-app: version \S+[\s\S]*Deployed version[\s\S]*\nRoute cron\.test\/\*\nSchedules: \*\/5 \* \* \* \*, 0 3 \* \* 1\n$/);
+  assert.equal(r.stderr, "", "no warning, no progress off a terminal");
+  assert.deepEqual(await schedules("cron-app"), ["*/5 * * * *", "0 3 * * 1"]);
+  assert.ok(await serves("cron.test", "via from auth"), "the edge never answered through the AUTH service binding");
 
-test("deploy: no [triggers] leaves the schedules alone; an empty list clears them", () =>
-  project(`name = "n"\nmain = "src/index.ts"\n`, async ({ dir, api, isola }) => {
-    const r = await isola(["deploy"]);
-    assert.equal(r.code, 0, r.stderr);
-    assert.ok(!calls(api).some((c) => c.includes("schedules")), calls(api).join("\n"));
-    assert.doesNotMatch(r.stdout, /Schedules/);
-    const j = JSON.parse((await isola(["deploy", "--json"])).stdout) as Record<string, unknown>;
-    assert.equal("crons" in j, false);
-    assert.equal("services" in ((api.requests[0]!.body as { metadata: object }).metadata), false);
-    write(dir, "isola.toml", `name = "n"\nmain = "src/index.ts"\n[triggers]\ncrons = []\n`);
-    api.requests.length = 0;
-    const c = await isola(["deploy"]);
-    assert.equal(c.code, 0, c.stderr);
-    assert.deepEqual(api.requests.at(-1), { method: "PUT", path: "/v1/workers/n/schedules", body: { crons: [] } });
-    assert.match(c.stdout, /Schedules: none \(cleared\)/);
-  }));
+  // A binding to a worker that does not exist: the server names services[0]; nothing deployed.
+  const missing = project("orphan", `name = "orphan"\nmain = "src/index.ts"\n[[services]]\nbinding = "GONE"\nservice = "no-such-worker"\n`);
+  const m = await missing.isola(["deploy"]);
+  assert.equal(m.code, 1, m.stdout);
+  assert.match(m.stderr, /invalid_request: .*services\[0\] binds "GONE" to worker "no-such-worker", which does not exist.*\(HTTP 400\)/);
+});
 
-test("deploy: a cron the server refuses prints its message and exits 1", () =>
-  project(`name = "b"\nmain = "src/index.ts"\n[triggers]\ncrons = ["bad cron"]\n`, async ({ isola }) => {
-    const r = await isola(["deploy"]);
-    assert.equal(r.code, 1);
-    assert.match(r.stderr, /invalid: cron expression "bad cron" is not valid: expected 5 fields \(HTTP 400\)/);
-    assert.match(r.stderr, /hint: version v1 is deployed; fix `triggers\.crons` in .*isola\.toml and run `isola triggers deploy`/);
-  }));
+test("deploy: kv_namespaces are sent (a real namespace deploys, an unknown id is refused naming kv_namespaces[0]); queues warn once", { skip }, async () => {
+  const created = await runCli(["kv", "namespace", "create", "CACHE", "--json"], { cwd: dir, env });
+  assert.equal(created.code, 0, created.stderr);
+  const id = (JSON.parse(created.stdout) as { id: string }).id;
+  const kvApp = `name = "k"\nmain = "src/index.ts"\nroutes = ["kv.test/*"]\n[[kv_namespaces]]\nbinding = "CACHE"\nid = "${id}"\n`;
+  const { app, isola } = project("kv-app", kvApp);
+  const r = await isola(["deploy"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stderr, "", "kv_namespaces are not warned about any more");
+  assert.ok(await serves("kv.test", "hi"), "the edge never served the worker with a KV binding");
 
-test("triggers deploy: only the schedules, per environment; no [triggers] is an error", () =>
-  project(
+  write(app, "isola.toml", kvApp.replace(id, "no-such-namespace"));
+  const bad = await isola(["deploy"]);
+  assert.equal(bad.code, 1, bad.stdout);
+  assert.match(bad.stderr, /invalid_request: .*kv_namespaces\[0\] binds "CACHE" to namespace "no-such-namespace", which does not exist.*\(HTTP 400\)/);
+
+  // queues: one warning, left out of the upload (the dry run's metadata is what is uploaded).
+  write(app, "isola.toml", `${kvApp}[[queues.producers]]\nbinding = "JOBS"\nqueue = "jobs"\n[[queues.consumers]]\nqueue = "jobs"\nmax_retries = 2\n`);
+  const q = await isola(["deploy"]);
+  assert.equal(q.code, 0, q.stderr);
+  assert.equal(q.stderr.match(/not supported by this server yet/g)?.length, 1, q.stderr);
+  assert.match(q.stderr, /isola\.toml: queues is not supported by this server yet/);
+  assert.equal((await isola(["deploy", "--dry-run", "--outdir", "out"])).code, 0);
+  const metadata = JSON.parse(readFileSync(join(app, "out", "metadata.json"), "utf8")) as Record<string, unknown>;
+  assert.deepEqual(Object.keys(metadata).sort(), ["kv_namespaces", "limits", "main_module", "vars"]);
+  assert.deepEqual(metadata["kv_namespaces"], [{ binding: "CACHE", id }]);
+});
+
+test("deploy --json: one JSON document with the version, deployment, routes and crons", { skip }, async () => {
+  const { isola } = project("j", `name = "j"\nmain = "src/index.ts"\nroutes = ["j.test/*"]\n[triggers]\ncrons = ["0 * * * *"]\n`);
+  const r = await isola(["deploy", "--json"]);
+  assert.equal(r.code, 0, r.stderr);
+  const doc = JSON.parse(r.stdout) as { worker: string; version: { id: string }; deployment: { versions: { id: string; percentage: number }[] }; routes: { pattern: string; existed: boolean }[]; crons: string[] };
+  assert.equal(doc.worker, "j");
+  assert.deepEqual(doc.deployment.versions.map((v) => [v.id, v.percentage]), [[doc.version.id, 100]]);
+  assert.deepEqual((await client.versions("j")).map((v) => v.id), [doc.version.id]);
+  assert.deepEqual(doc.routes, [{ pattern: "j.test/*", existed: false }]);
+  assert.deepEqual(doc.crons, ["0 * * * *"]);
+});
+
+test("deploy: no [triggers] leaves the schedules alone; an empty list clears them", { skip }, async () => {
+  const { app, isola } = project("n", `name = "n"\nmain = "src/index.ts"\n[triggers]\ncrons = ["15 * * * *"]\n`);
+  assert.equal((await isola(["deploy"])).code, 0);
+  assert.deepEqual(await schedules("n"), ["15 * * * *"]);
+  write(app, "isola.toml", `name = "n"\nmain = "src/index.ts"\n`);
+  const r = await isola(["deploy"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.doesNotMatch(r.stdout, /Schedules/);
+  const j = JSON.parse((await isola(["deploy", "--json"])).stdout) as Record<string, unknown>;
+  assert.equal("crons" in j, false);
+  assert.deepEqual(await schedules("n"), ["15 * * * *"], "a config without [triggers] changed the schedules");
+  write(app, "isola.toml", `name = "n"\nmain = "src/index.ts"\n[triggers]\ncrons = []\n`);
+  const c = await isola(["deploy"]);
+  assert.equal(c.code, 0, c.stderr);
+  assert.match(c.stdout, /Schedules: none \(cleared\)/);
+  assert.deepEqual(await schedules("n"), []);
+});
+
+test("deploy: a cron the server refuses prints its message and a hint, exits 1; the version is deployed", { skip }, async () => {
+  const { isola } = project("b", `name = "b"\nmain = "src/index.ts"\n[triggers]\ncrons = ["0 0 * * *", "* * * * funday"]\n`);
+  const r = await isola(["deploy"]);
+  assert.equal(r.code, 1, r.stdout);
+  assert.match(r.stderr, /invalid_request: crons\[1\]: cron "\* \* \* \* funday": .*\(HTTP 400\)/);
+  const id = /version (\S+)/.exec(r.stdout)?.[1];
+  assert.ok(id, r.stdout);
+  assert.match(r.stderr, new RegExp(`hint: version ${id} is deployed; fix \`triggers\\.crons\` in .*isola\\.toml and run \`isola triggers deploy\``));
+  assert.deepEqual(await schedules("b"), [], "a refused list changes nothing");
+});
+
+test("triggers deploy: only the schedules, per environment; no [triggers] is an error", { skip }, async () => {
+  const { app, isola } = project(
+    "t",
     `name = "t"\nmain = "src/index.ts"\n[triggers]\ncrons = ["0 0 * * *"]\n[env.staging.triggers]\ncrons = ["*/10 * * * *"]\n[env.bare]\n`,
-    async ({ dir, api, isola }) => {
-      const r = await isola(["triggers", "deploy"]);
-      assert.equal(r.code, 0, r.stderr);
-      assert.deepEqual(api.requests, [{ method: "PUT", path: "/v1/workers/t/schedules", body: { crons: ["0 0 * * *"] } }]);
-      assert.match(r.stdout, /Schedules: 0 0 \* \* \*/);
-      const s = await isola(["triggers", "deploy", "--env", "staging", "--json"]);
-      assert.equal(s.code, 0, s.stderr);
-      assert.deepEqual(JSON.parse(s.stdout), { worker: "t-staging", crons: ["*/10 * * * *"] });
-      assert.deepEqual(api.requests[1], { method: "PUT", path: "/v1/workers/t-staging/schedules", body: { crons: ["*/10 * * * *"] } });
-      // [env.bare] inherits the top-level triggers (wrangler's inheritable key).
-      assert.equal((await isola(["triggers", "deploy", "--env", "bare"])).code, 0);
-      assert.deepEqual(api.requests[2]!.body, { crons: ["0 0 * * *"] });
-      write(dir, "isola.toml", `name = "t"\nmain = "src/index.ts"\n`);
-      const none = await isola(["triggers", "deploy"]);
-      assert.equal(none.code, 1);
-      assert.match(none.stderr, /has no \[triggers\] table/);
-      const bad = await isola(["triggers"]);
-      assert.equal(bad.code, 2);
+  );
+  // The workers exist once deployed (without their schedules applied yet: triggers deploy does that).
+  for (const e of [[], ["--env", "staging"], ["--env", "bare"]]) assert.equal((await isola(["versions", "upload", ...e])).code, 0);
+  const before = await client.versions("t");
+  const r = await isola(["triggers", "deploy"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /Applied the schedules of t\nSchedules: 0 0 \* \* \*\n$/);
+  assert.deepEqual(await schedules("t"), ["0 0 * * *"]);
+  assert.deepEqual(await client.versions("t"), before, "triggers deploy uploaded a version");
+  const s = await isola(["triggers", "deploy", "--env", "staging", "--json"]);
+  assert.equal(s.code, 0, s.stderr);
+  assert.deepEqual(JSON.parse(s.stdout), { worker: "t-staging", crons: ["*/10 * * * *"] });
+  assert.deepEqual(await schedules("t-staging"), ["*/10 * * * *"]);
+  // [env.bare] inherits the top-level triggers (wrangler's inheritable key).
+  assert.equal((await isola(["triggers", "deploy", "--env", "bare"])).code, 0);
+  assert.deepEqual(await schedules("t-bare"), ["0 0 * * *"]);
+  write(app, "isola.toml", `name = "t"\nmain = "src/index.ts"\n`);
+  const none = await isola(["triggers", "deploy"]);
+  assert.equal(none.code, 1);
+  assert.match(none.stderr, /has no \[triggers\] table/);
+  assert.equal((await isola(["triggers"])).code, 2);
+});
+
+test("deploy --dry-run: metadata.json has services, kv_namespaces and triggers; contacts nothing", { skip }, async () => {
+  const { app, isola } = project(
+    "d",
+    `name = "d"\nmain = "src/index.ts"\n[triggers]\ncrons = ["*/5 * * * *"]\n[[services]]\nbinding = "S"\nservice = "s"\nentrypoint = "E"\n[[kv_namespaces]]\nbinding = "KV"\nid = "ns1"\n`,
+  );
+  // A listener that counts connections stands where the API would be.
+  let connections = 0;
+  const trap = createServer((s) => {
+    connections++;
+    s.destroy();
+  });
+  await new Promise<void>((r) => trap.listen(0, "127.0.0.1", () => r()));
+  try {
+    const port = (trap.address() as { port: number }).port;
+    const r = await runCli(["deploy", "--dry-run", "--outdir", "out"], { cwd: app, env: { ...env, ISOLA_API_URL: `http://127.0.0.1:${port}` } });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /Schedules \(not applied\): \*\/5 \* \* \* \*/);
+  } finally {
+    trap.close();
+  }
+  assert.equal(connections, 0);
+  assert.deepEqual(JSON.parse(readFileSync(join(app, "out", "metadata.json"), "utf8")), {
+    main_module: "index.js",
+    vars: {},
+    limits: {},
+    services: [{ binding: "S", service: "s", entrypoint: "E" }],
+    kv_namespaces: [{ binding: "KV", id: "ns1" }],
+    triggers: { crons: ["*/5 * * * *"] },
+  });
+  assert.ok(existsSync(join(app, "out", "index.js")));
+  // --json: the same, as one document.
+  const j = await isola(["deploy", "--dry-run", "--outdir", "out2", "--json"]);
+  const doc = JSON.parse(j.stdout) as { dry_run: boolean; modules: string[]; metadata: Record<string, unknown> };
+  assert.equal(doc.dry_run, true);
+  assert.deepEqual(doc.modules, ["index.js"]);
+  assert.deepEqual(doc.metadata["kv_namespaces"], [{ binding: "KV", id: "ns1" }]);
+});
+
+test("progress: none off a terminal; on a terminal, bundling and uploading show on stderr", { skip: skip || noScript }, async () => {
+  const { app, isola } = project("p", `name = "p"\nmain = "src/index.ts"\n`);
+  const quiet = await isola(["deploy"]);
+  assert.equal(quiet.code, 0, quiet.stderr);
+  assert.equal(quiet.stderr, "");
+  assert.doesNotMatch(quiet.stdout, /Bundling|Uploading|\r/);
+  const dry = await isola(["deploy", "--dry-run"]);
+  assert.equal(dry.stderr, "");
+  const tty = await runCliInTty(["deploy"], { cwd: app, env });
+  assert.equal(tty.code, 0, tty.output);
+  assert.match(tty.output, /Bundling src\/index\.ts…/);
+  assert.match(tty.output, /Uploading p \(1 module\(s\), [\d.]+ KiB\)…/);
+  assert.match(tty.output, /Uploaded p: version \S+/);
+});
+
+test("secret put: reads stdin when piped; prompts with hidden input on a terminal; env sees the value", { skip: skip || noScript }, async () => {
+  const { app, isola } = project(
+    "s",
+    `name = "s"\nmain = "src/index.ts"\nroutes = ["secret.test/*"]\n`,
+    `export default { fetch: (_r: Request, env: { TOKEN?: string }) => new Response(env.TOKEN ?? "none") };\n`,
+  );
+  assert.equal((await isola(["deploy"])).code, 0);
+  const piped = await isola(["secret", "put", "TOKEN"], "from-pipe\n");
+  assert.equal(piped.code, 0, piped.stderr);
+  assert.doesNotMatch(piped.stderr + piped.stdout, /Value for/);
+  assert.deepEqual((await client.secrets("s")).map((x) => x.key), ["TOKEN"]);
+  const tty = await runCliInTty(["secret", "put", "TOKEN"], {
+    cwd: app,
+    env,
+    converse: async ({ waitFor, type }) => {
+      await waitFor(/Value for TOKEN: /);
+      type("typed-s3cret\r");
     },
-  ));
-
-test("deploy --dry-run: metadata.json has services and triggers; contacts nothing", () =>
-  project(
-    `name = "d"\nmain = "src/index.ts"\n[triggers]\ncrons = ["*/5 * * * *"]\n[[services]]\nbinding = "S"\nservice = "s"\nentrypoint = "E"\n`,
-    async ({ dir, api, isola }) => {
-      const r = await isola(["deploy", "--dry-run", "--outdir", "out"]);
-      assert.equal(r.code, 0, r.stderr);
-      assert.deepEqual(JSON.parse(readFileSync(join(dir, "out", "metadata.json"), "utf8")), {
-        main_module: "index.js",
-        vars: {},
-        limits: {},
-        services: [{ binding: "S", service: "s", entrypoint: "E" }],
-        triggers: { crons: ["*/5 * * * *"] },
-      });
-      assert.match(r.stdout, /Schedules \(not applied\): \*\/5 \* \* \* \*/);
-      assert.deepEqual(api.requests, []);
-    },
-  ));
-
-test("deploy: kv_namespaces and queues warn once, are not sent, and do not fail", () =>
-  project(
-    `name = "k"\nmain = "src/index.ts"\n[[kv_namespaces]]\nbinding = "CACHE"\nid = "c1"\n[[queues.producers]]\nbinding = "JOBS"\nqueue = "jobs"\n[[queues.consumers]]\nqueue = "jobs"\nmax_retries = 2\n`,
-    async ({ api, isola }) => {
-      const r = await isola(["deploy"]);
-      assert.equal(r.code, 0, r.stderr);
-      assert.equal(r.stderr.match(/not supported by this server yet/g)?.length, 1, r.stderr);
-      assert.match(r.stderr, /kv_namespaces and queues/);
-      const metadata = (api.requests[0]!.body as { metadata: Record<string, unknown> }).metadata;
-      assert.deepEqual(Object.keys(metadata).sort(), ["limits", "main_module", "vars"]);
-    },
-  ));
-
-test("progress: none off a terminal; on a terminal, bundling and uploading show on stderr", { skip: noScript }, () =>
-  project(`name = "p"\nmain = "src/index.ts"\n`, async ({ dir, env, isola }) => {
-    const quiet = await isola(["deploy"]);
-    assert.equal(quiet.code, 0, quiet.stderr);
-    assert.equal(quiet.stderr, "");
-    assert.doesNotMatch(quiet.stdout, /Bundling|Uploading|\r/);
-    const dry = await isola(["deploy", "--dry-run"]);
-    assert.equal(dry.stderr, "");
-    const tty = await runCliInTty(["deploy"], { cwd: dir, env });
-    assert.equal(tty.code, 0, tty.output);
-    assert.match(tty.output, /Bundling src\/index\.ts…/);
-    assert.match(tty.output, /Uploading p \(1 module\(s\), [\d.]+ KiB\)…/);
-    assert.match(tty.output, /Uploaded p: version v\d+/);
-  }));
-
-test("secret put: reads stdin when piped; prompts with hidden input on a terminal", { skip: noScript }, () =>
-  project(`name = "s"\nmain = "src/index.ts"\n`, async ({ dir, api, env, isola }) => {
-    const piped = await isola(["secret", "put", "TOKEN"], "from-pipe\n");
-    assert.equal(piped.code, 0, piped.stderr);
-    assert.doesNotMatch(piped.stderr + piped.stdout, /Value for/);
-    assert.deepEqual(api.requests.at(-1), { method: "PUT", path: "/v1/workers/s/secrets/TOKEN", body: { value: "from-pipe" } });
-    const tty = await runCliInTty(["secret", "put", "TOKEN"], {
-      cwd: dir,
-      env,
-      converse: async ({ waitFor, type }) => {
-        await waitFor(/Value for TOKEN: /);
-        type("typed-s3cret\r");
-      },
-    });
-    assert.equal(tty.code, 0, tty.output);
-    assert.deepEqual(api.requests.at(-1), { method: "PUT", path: "/v1/workers/s/secrets/TOKEN", body: { value: "typed-s3cret" } });
-    assert.doesNotMatch(tty.output, /typed-s3cret/, "the value was echoed");
-    assert.match(tty.output, /Secret TOKEN set on s/);
-  }));
+  });
+  assert.equal(tty.code, 0, tty.output);
+  assert.doesNotMatch(tty.output, /typed-s3cret/, "the value was echoed");
+  assert.match(tty.output, /Secret TOKEN set on s/);
+  // The value typed (not the piped one, not with the \r) is what the worker sees.
+  let seen = await serves("secret.test", "typed-s3cret");
+  if (!seen) {
+    assert.equal((await isola(["deploy"])).code, 0);
+    seen = await serves("secret.test", "typed-s3cret");
+  }
+  assert.ok(seen, `env.TOKEN is not the typed value: ${(await get(cluster!.edgeHttp, "/", "secret.test"))?.body}`);
+});
 
 test("dev: the isola-edge arguments for crons and --test-scheduled", () => {
   const base = { entry: "/b/index.js", listen: "127.0.0.1:8787", vars: { A: "x", N: 3 } };

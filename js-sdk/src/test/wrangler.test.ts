@@ -5,7 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { ApiError, Client } from "../api.js";
+import { Client } from "../api.js";
 import { startCluster, skipWithoutBinaries as skip, type Cluster } from "./cluster.js";
 import { cleanup, get, poll, runCli, tempDir, write } from "./helpers.js";
 
@@ -74,7 +74,7 @@ export default {
 } satisfies ExportedHandler<Env>;
 `;
 
-test("an existing wrangler project (wrangler.toml, TypeScript, an npm package) deploys unchanged", { skip, timeout: 180_000 }, async (t) => {
+test("an existing wrangler project (wrangler.toml, TypeScript, an npm package) deploys unchanged", { skip, timeout: 180_000 }, async () => {
   const dir = tempDir();
   let cluster: Cluster | undefined;
   try {
@@ -119,18 +119,7 @@ test("an existing wrangler project (wrangler.toml, TypeScript, an npm package) d
     assert.deepEqual(readdirSync(app).filter((f) => !before.includes(f)), [".isola"]);
     assert.ok(!existsSync(join(app, "isola.toml")));
 
-    // Cron triggers (wrangler's [triggers]) against the real server: the schedules endpoint
-    // is being added on the server side; an older server without it skips this part.
-    const probe = await new Client({ api, token }).putSchedules("legacy-shop", []).catch((e: unknown) => e);
-    if (probe instanceof ApiError && (probe.status === 405 || (probe.status === 404 && (probe.code === "http_error" || /no endpoint/.test(probe.message))))) {
-      t.diagnostic("this isola-control has no PUT /v1/workers/{name}/schedules yet; the triggers part is skipped");
-      write(app, "wrangler.toml", `${WRANGLER_TOML}\n[triggers]\ncrons = ["*/5 * * * *"]\n`);
-      const old = await isola(["triggers", "deploy"]);
-      assert.equal(old.code, 1);
-      assert.match(old.stderr, /hint: this isola-control has no schedules endpoint \(cron triggers\); update it/);
-      return;
-    }
-    if (probe instanceof Error) throw probe;
+    // Cron triggers (wrangler's [triggers]) against the real server's schedules.
     write(app, "wrangler.toml", `${WRANGLER_TOML}\n[triggers]\ncrons = ["*/5 * * * *"]\n`);
     const tr = await isola(["triggers", "deploy", "--json"]);
     assert.equal(tr.code, 0, tr.stderr);
@@ -141,7 +130,8 @@ test("an existing wrangler project (wrangler.toml, TypeScript, an npm package) d
     write(app, "wrangler.toml", `${WRANGLER_TOML}\n[triggers]\ncrons = ["not a cron"]\n`);
     const bad = await isola(["triggers", "deploy"]);
     assert.equal(bad.code, 1, bad.stdout);
-    assert.match(bad.stderr, /invalid: .+\(HTTP 400\)/);
+    assert.match(bad.stderr, /invalid_request: crons\[0\]: cron "not a cron": .+\(HTTP 400\)/);
+    assert.deepEqual((await new Client({ api, token }).request<{ crons: string[] }>("GET", "/v1/workers/legacy-shop/schedules")).crons, ["*/5 * * * *"]);
   } finally {
     await cluster?.stop();
     cleanup(dir);

@@ -31,7 +31,6 @@ const {
   PromiseResolve,
   ReflectApply,
   SafePromiseAllSettled,
-  SafeArrayIterator,
   ArrayPrototypeIncludes,
   ObjectGetPrototypeOf,
   ObjectPrototype,

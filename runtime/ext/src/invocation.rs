@@ -2,6 +2,8 @@
 //! passed in, so it is tested without V8.
 
 use std::collections::HashMap;
+use std::rc::Rc;
+use std::task::Context;
 
 use std::time::Duration;
 use std::time::Instant;
@@ -115,6 +117,8 @@ struct Pending {
   js_done: bool,
   /// A streamed response body is still being sent.
   streaming: bool,
+  /// Cancels the service binding calls it made when it ends.
+  calls: Option<Rc<deno_core::CancelHandle>>,
 }
 
 /// Invocations in flight in one isolate, by id. The id travels into JS with
@@ -166,6 +170,7 @@ impl Invocations {
         usage: Usage::new(now),
         js_done: false,
         streaming: false,
+        calls: None,
       },
     );
     id
@@ -235,6 +240,35 @@ impl Invocations {
   /// The chain depth of invocation `id` (1 if it is unknown).
   pub fn depth(&self, id: u32) -> u32 {
     self.pending.get(&id).map_or(1, |p| p.spec.depth)
+  }
+
+  /// What cancels the service binding calls of invocation `id` once it
+  /// ends (`None`: it has ended).
+  pub fn calls_of(&mut self, id: u32) -> Option<Rc<deno_core::CancelHandle>> {
+    let p = self.pending.get_mut(&id)?;
+    Some(p.calls.get_or_insert_with(Default::default).clone())
+  }
+
+  /// Ends the invocations called through a service binding whose caller
+  /// went away before they answered; returns their ids.
+  pub fn drop_orphans(&mut self, cx: &mut Context<'_>) -> Vec<u32> {
+    let orphans: Vec<u32> = self
+      .pending
+      .iter_mut()
+      .filter(|(_, p)| p.spec.depth > 1)
+      .filter_map(|(id, p)| {
+        let tx = p.reply.as_mut()?;
+        tx.poll_closed(cx).is_ready().then_some(*id)
+      })
+      .collect();
+    for id in &orphans {
+      if let Some(p) = self.pending.get_mut(id) {
+        p.reply = None;
+        p.usage.outcome.get_or_insert(Outcome::Canceled);
+      }
+      self.abandon(*id);
+    }
+    orphans
   }
 
   /// Notes that a scheduled run asked not to be retried.
@@ -346,6 +380,9 @@ impl Invocations {
       return;
     }
     if let Some(mut p) = self.pending.remove(&id) {
+      if let Some(calls) = p.calls.take() {
+        calls.cancel();
+      }
       let done = p.done.take();
       if self.in_turn {
         self.finished.push((id, p.usage, done));
@@ -588,6 +625,51 @@ mod tests {
       other => panic!("{other:?}"),
     }
     assert!(table.is_empty(), "waitUntil work is abandoned too");
+  }
+
+  #[test]
+  fn a_called_invocation_whose_caller_left_is_canceled() {
+    let t0 = Instant::now();
+    let mut table = Invocations::default();
+    let seen = record(&mut table);
+    let spec = InvocationSpec {
+      depth: 2,
+      ..InvocationSpec::default()
+    };
+    let (called_tx, called_rx) = oneshot::channel();
+    let called = table.insert_with(called_tx, None, t0, spec);
+    // A request from outside whose client left is not canceled here.
+    let (outside_tx, outside_rx) = oneshot::channel();
+    let outside = table.insert(outside_tx, None, t0);
+    let waker = futures_waker();
+    let mut cx = Context::from_waker(&waker);
+    assert!(table.drop_orphans(&mut cx).is_empty());
+    drop(called_rx);
+    drop(outside_rx);
+    assert_eq!(table.drop_orphans(&mut cx), vec![called]);
+    assert_eq!(table.len(), 1);
+    assert!(table.usage(outside).is_some());
+    assert_eq!(seen.borrow()[0].1.outcome, Some(Outcome::Canceled));
+  }
+
+  #[test]
+  fn an_ended_invocation_cancels_its_binding_calls() {
+    let t0 = Instant::now();
+    let mut table = Invocations::default();
+    let a = start(&mut table, t0);
+    let calls = table.calls_of(a.id).unwrap();
+    assert!(!calls.is_canceled());
+    respond(&mut table, a.id);
+    assert!(calls.is_canceled());
+    assert!(table.calls_of(a.id).is_none());
+  }
+
+  fn futures_waker() -> std::task::Waker {
+    struct Noop;
+    impl std::task::Wake for Noop {
+      fn wake(self: std::sync::Arc<Self>) {}
+    }
+    std::task::Waker::from(std::sync::Arc::new(Noop))
   }
 
   #[test]

@@ -20,6 +20,9 @@ pub enum Outcome {
   ResponseBodyLimit,
   /// The isolate stopped (shut down, or another invocation broke a limit).
   Stopped,
+  /// The caller went away first: a service binding call whose calling
+  /// invocation ended.
+  Canceled,
 }
 
 impl Outcome {
@@ -35,11 +38,12 @@ impl Outcome {
       Outcome::RequestBodyLimit => "request_body_limit",
       Outcome::ResponseBodyLimit => "response_body_limit",
       Outcome::Stopped => "stopped",
+      Outcome::Canceled => "canceled",
     }
   }
 
   /// Every outcome, for exporters that pre-register label values.
-  pub const ALL: [Outcome; 9] = [
+  pub const ALL: [Outcome; 10] = [
     Outcome::Ok,
     Outcome::Exception,
     Outcome::CpuLimit,
@@ -49,6 +53,7 @@ impl Outcome {
     Outcome::RequestBodyLimit,
     Outcome::ResponseBodyLimit,
     Outcome::Stopped,
+    Outcome::Canceled,
   ];
 }
 

@@ -10,6 +10,8 @@ use std::rc::Rc;
 use bytes::Bytes;
 use deno_core::op2;
 use deno_core::ByteString;
+use deno_core::CancelFuture as _;
+use deno_core::CancelHandle;
 use deno_core::OpState;
 use deno_core::ResourceId;
 use deno_core::ToJsBuffer;
@@ -75,10 +77,18 @@ impl Meter for Unmetered {
   fn streaming(&self, _on: bool) {}
 }
 
+/// What a binding call needs from its caller's invocation.
+struct Caller {
+  depth: u32,
+  table: ServiceTable,
+  /// Fires when the calling invocation ends: the call is dropped with it.
+  ended: Rc<CancelHandle>,
+}
+
 /// Counts a binding call as a subrequest of invocation `id` and returns
 /// its depth and the dispatcher; past the subrequest limit the invocation
 /// ends (503) and the call fails.
-fn begin_call(state: &mut OpState, id: i32) -> Result<(u32, ServiceTable), JsErrorBox> {
+fn begin_call(state: &mut OpState, id: i32) -> Result<Caller, JsErrorBox> {
   let table = state
     .try_borrow::<ServiceTable>()
     .cloned()
@@ -96,8 +106,17 @@ fn begin_call(state: &mut OpState, id: i32) -> Result<(u32, ServiceTable), JsErr
       "Too many subrequests: this invocation reached its limit of fetch() and service binding calls",
     ));
   }
-  Ok((invocations.depth(id), table))
+  let ended = invocations
+    .calls_of(id)
+    .ok_or_else(|| JsErrorBox::generic(ENDED))?;
+  Ok(Caller {
+    depth: invocations.depth(id),
+    table,
+    ended,
+  })
 }
+
+const ENDED: &str = "the invocation that made this service binding call has ended";
 
 #[op2]
 #[serde]
@@ -131,9 +150,9 @@ pub async fn op_isola_service_fetch(
   #[serde] headers: Vec<(ByteString, ByteString)>,
   #[smi] body_rid: i32,
 ) -> Result<ServiceResponse, JsErrorBox> {
-  let (depth, table, body) = {
+  let (caller, body) = {
     let mut state = state.borrow_mut();
-    let (depth, table) = begin_call(&mut state, id)?;
+    let caller = begin_call(&mut state, id)?;
     let body = match u32::try_from(body_rid) {
       Ok(rid) => Some(
         state
@@ -143,7 +162,7 @@ pub async fn op_isola_service_fetch(
       ),
       Err(_) => None,
     };
-    (depth, table, body)
+    (caller, body)
   };
   let body: RequestBody = match body {
     // Pumped like a response body: the callee may run on another thread.
@@ -159,10 +178,13 @@ pub async fn op_isola_service_fetch(
   let request = request
     .body(body)
     .map_err(|e| JsErrorBox::type_error(format!("invalid request: {e}")))?;
-  let response = table
+  let response = caller
+    .table
     .0
-    .fetch(&binding, depth, request)
+    .fetch(&binding, caller.depth, request)
+    .or_cancel(caller.ended)
     .await
+    .map_err(|_| JsErrorBox::generic(ENDED))?
     .map_err(JsErrorBox::generic)?;
   let (parts, body) = response.into_parts();
   let headers = parts
@@ -201,11 +223,14 @@ pub async fn op_isola_service_call(
   #[string] method: String,
   #[buffer(copy)] args: Vec<u8>,
 ) -> Result<CallReply, JsErrorBox> {
-  let (depth, table) = begin_call(&mut state.borrow_mut(), id)?;
-  let outcome = table
+  let caller = begin_call(&mut state.borrow_mut(), id)?;
+  let outcome = caller
+    .table
     .0
-    .call(&binding, depth, method, args)
+    .call(&binding, caller.depth, method, args)
+    .or_cancel(caller.ended)
     .await
+    .map_err(|_| JsErrorBox::generic(ENDED))?
     .map_err(JsErrorBox::generic)?;
   Ok(match outcome {
     CallOutcome::Value(bytes) => CallReply {

@@ -417,6 +417,14 @@ impl Worker {
     }
   }
 
+  /// Ends invocations called through a service binding whose caller has
+  /// gone (its own invocation ended, or its isolate stopped).
+  fn drop_orphans(&mut self, cx: &mut Context<'_>) {
+    let state = self.js.op_state();
+    let mut state = state.borrow_mut();
+    state.borrow_mut::<Invocations>().drop_orphans(cx);
+  }
+
   fn log_error(&self, invocation: Option<u32>, message: &str) {
     let state = self.js.op_state();
     let state = state.borrow();
@@ -437,6 +445,7 @@ impl Worker {
       return Poll::Ready(Err(ErrorKind::Stopped(why.clone()).into()));
     }
     self.check_wall(cx);
+    self.drop_orphans(cx);
     let turn = self.begin_turn();
     let polled = {
       let _entered = EnterGuard::new(&mut self.js);

@@ -420,6 +420,18 @@ async fn a_named_entrypoint_is_not_the_default_one() {
   );
 }
 
+async fn an_rpc_only_worker_loads_and_answers_calls_but_not_requests() {
+  let api = svc("api", "rpc_only.js");
+  let mut c = svc("rpc_caller", "rpc_caller.js");
+  c.config = c.config.service("API", "api", Some("Api".into()));
+  let pool = Pool::new(vec![api.clone()]);
+  let (status, _, body) = pool.request(&c, "GET", "/", "").await;
+  assert_eq!((status, body.as_str()), (200, "pong to caller"));
+  let (status, _, _) = pool.request(&api, "GET", "/", "").await;
+  assert_eq!(status, 500);
+  assert!(pool.logged("Handler does not export a fetch() function."));
+}
+
 async fn a_binding_to_an_unknown_service_fails_at_call_time() {
   let pool = Pool::new(vec![callee()]);
   let (status, _, body) = pool.request(&caller(), "GET", "/missing", "").await;
@@ -436,6 +448,30 @@ async fn binding_calls_count_as_subrequests() {
   let (status, _, body) = pool.request(&c, "GET", "/many?n=4", "").await;
   assert_eq!(status, 503, "{body}");
   assert!(body.contains("subrequest limit"), "{body}");
+}
+
+async fn a_call_is_dropped_when_its_caller_ends() {
+  let pool = Pool::new(vec![callee()]);
+  let (status, _, body) = pool.request(&caller(), "GET", "/forget", "").await;
+  assert_eq!((status, body.as_str()), (200, "forgot"));
+  // The callee's `slow()` would take 15 s; it ends with its caller.
+  let start = Instant::now();
+  loop {
+    let canceled = pool
+      .records
+      .lock()
+      .unwrap()
+      .iter()
+      .any(|r| &*r.worker == "callee" && r.outcome == Outcome::Canceled);
+    if canceled {
+      break;
+    }
+    assert!(
+      start.elapsed() < Duration::from_secs(10),
+      "the callee's invocation was not canceled"
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+  }
 }
 
 async fn a_chain_of_32_works_and_33_fails() {
@@ -461,12 +497,15 @@ async fn bench_binding_calls() {
   bench.config = bench
     .config
     .limits(limits().subrequests(0))
-    .service("SELF", "bench", None);
-  let pool = Pool::new(vec![bench.clone()]);
+    .service("SELF", "bench", None)
+    .service("PEER", "bench_peer", None);
+  let mut peer = svc("bench_peer", "bench.js");
+  peer.config = peer.config.limits(limits().subrequests(0));
+  let pool = Pool::new(vec![bench.clone(), peer]);
   // Warm up: the isolate is loaded and its code compiled.
   pool.request(&bench, "GET", "/?mode=rpc&n=100", "").await;
   let n = 1000;
-  for mode in ["direct", "rpc", "fetch"] {
+  for mode in ["direct", "rpc", "rpc-peer", "fetch", "fetch-peer"] {
     let start = Instant::now();
     let (status, _, body) = pool
       .request(&bench, "GET", &format!("/?mode={mode}&n={n}"), "")
@@ -544,6 +583,14 @@ pub fn trials() -> Vec<Trial> {
     trial(
       "services::a_chain_of_32_works_and_33_fails",
       a_chain_of_32_works_and_33_fails,
+    ),
+    trial(
+      "services::an_rpc_only_worker_loads_and_answers_calls_but_not_requests",
+      an_rpc_only_worker_loads_and_answers_calls_but_not_requests,
+    ),
+    trial(
+      "services::a_call_is_dropped_when_its_caller_ends",
+      a_call_is_dropped_when_its_caller_ends,
     ),
   ];
   trials.push(trial("services::bench_binding_calls", bench_binding_calls).with_ignored_flag(true));
