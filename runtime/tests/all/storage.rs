@@ -203,7 +203,7 @@ fn kv_worker() -> Spec {
   Spec {
     file: fixture("kv.js"),
     config: WorkerConfig::new("kv-worker")
-      .limits(limits().memory_mib(512))
+      .limits(limits())
       .kv_namespace("KV", "ns-1")
       .kv_namespace("DENIED", "denied")
       .kv_namespace("BROKEN", "broken"),
