@@ -720,19 +720,16 @@ impl Shared {
       self.config.meter.clone(),
     );
     let link = PoolLink(Some(Arc::downgrade(self)));
-    let storage = self.config.storage.clone();
-    let config = config
-      .pool(link)
-      .storage(storage)
-      .meter(MeterSink::new(move |record| {
-        lock_ledger(&ledger).charge(
-          &name,
-          record.outcome,
-          Duration::from_micros(record.cpu_us),
-          Instant::now(),
-        );
-        meter.emit(record);
-      }));
+    let config = config.storage(self.config.storage.clone());
+    let config = config.pool(link).meter(MeterSink::new(move |record| {
+      lock_ledger(&ledger).charge(
+        &name,
+        record.outcome,
+        Duration::from_micros(record.cpu_us),
+        Instant::now(),
+      );
+      meter.emit(record);
+    }));
     let (tx, rx) = oneshot::channel();
     self.threads[thread]
       .tx

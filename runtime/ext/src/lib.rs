@@ -5,6 +5,11 @@
 //! without re-serialising HTTP. It lives in its own crate because the
 //! runtime's build script needs the exact same extension list to make the
 //! startup snapshot that worker isolates are created from.
+//!
+//! KV (`kv`, extension `isola_kv`) and queues (`queue`, `isola_queue`) are
+//! extensions of their own, one per API surface as in deno's `ext/*`, but
+//! modules of this crate: the snapshot needs the one extension list, and
+//! each crate more would be one more build of everything that links V8.
 
 mod body;
 mod invocation;
