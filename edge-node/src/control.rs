@@ -37,7 +37,10 @@ use tokio::sync::mpsc;
 
 use crate::config::ControlConfig;
 use crate::kv::EdgeKv;
+use crate::kv::Upstream;
 use crate::store::write_atomic;
+use isola_proto::queue::Batch;
+use isola_proto::queue::BatchReport;
 
 /// What the control client needs of the node. Narrow on purpose: the
 /// client depends on this, not on the node, so it is tested in-process
@@ -58,6 +61,8 @@ pub trait Target: Send + Sync + 'static {
   fn is_static(&self, worker: &str) -> bool;
   /// Runs a scheduled tick to its end.
   fn scheduled(&self, tick: Tick) -> impl Future<Output = TickReport> + Send;
+  /// Runs a queue consumer on a batch to its end.
+  fn consume(&self, batch: Batch) -> impl Future<Output = BatchReport> + Send;
 }
 
 /// Reports of scheduled runs the control plane has not recorded yet. Kept
@@ -74,6 +79,9 @@ struct RunsState {
   running: std::collections::BTreeSet<u64>,
   /// Runs ended and not yet recorded.
   pending: std::collections::BTreeMap<u64, TickReport>,
+  /// The same for queue batches (their ids are another series).
+  consuming: std::collections::BTreeSet<u64>,
+  consumed: std::collections::BTreeMap<u64, BatchReport>,
 }
 
 impl Reports {
@@ -263,6 +271,7 @@ pub async fn run<T: Target>(
   spool: Spool,
   mut usage: mpsc::UnboundedReceiver<UsageBatch>,
   kv: Arc<EdgeKv>,
+  upstream: Arc<Upstream>,
 ) -> anyhow::Result<()> {
   let client = channel::client_config(channel::TlsFiles {
     ca: &cfg.ca,
@@ -277,12 +286,13 @@ pub async fn run<T: Target>(
     let mut link = Link {
       usage: &mut usage,
       kv: &kv,
+      upstream: &upstream,
       reports: &reports,
       done_tx: &done_tx,
       done_rx: &mut done_rx,
     };
     let result = session(&cfg, &client, &node, &spool, &mut link, &mut backoff).await;
-    kv.connected(None);
+    upstream.set(None);
     match result {
       Ok(reason) => tracing::warn!(reason, "control channel closed"),
       Err(e) if !logged_down => tracing::warn!(
@@ -327,8 +337,17 @@ async fn session<T: Target>(
     for report in runs.pending.values() {
       session.run_done(report.clone());
     }
+    for id in &runs.consuming {
+      session.still_consuming(*id);
+    }
+    for report in runs.consumed.values() {
+      session.batch_done(report.clone());
+    }
   }
-  link.kv.connected(Some(conn.clone()));
+  // Changes missed while the channel was down are unknown: the KV cache
+  // starts over.
+  link.kv.invalidate(None);
+  link.upstream.set(Some(conn.clone()));
   let mut handler = Connection {
     node: node.clone(),
     spool,
@@ -346,15 +365,22 @@ async fn session<T: Target>(
 struct Link<'a> {
   usage: &'a mut mpsc::UnboundedReceiver<UsageBatch>,
   kv: &'a EdgeKv,
+  upstream: &'a Upstream,
   reports: &'a Reports,
-  done_tx: &'a mpsc::UnboundedSender<TickReport>,
-  done_rx: &'a mut mpsc::UnboundedReceiver<TickReport>,
+  done_tx: &'a mpsc::UnboundedSender<Done>,
+  done_rx: &'a mut mpsc::UnboundedReceiver<Done>,
+}
+
+/// A run or a batch that ended.
+enum Done {
+  Run(TickReport),
+  Batch(BatchReport),
 }
 
 /// What a connection is handed besides the peer's messages.
 enum Input {
   Usage(UsageBatch),
-  RunDone(TickReport),
+  Done(Done),
 }
 
 /// One connection's work on the edge: what the session's events ask of the
@@ -374,14 +400,15 @@ impl<T: Target> Handler<EdgeSession> for Connection<'_, '_, T> {
   async fn next_input(&mut self) -> Option<Input> {
     tokio::select! {
       batch = self.link.usage.recv() => batch.map(Input::Usage),
-      report = self.link.done_rx.recv() => report.map(Input::RunDone),
+      done = self.link.done_rx.recv() => done.map(Input::Done),
     }
   }
 
   fn input(&mut self, session: &mut EdgeSession, input: Input) {
     match input {
       Input::Usage(batch) => session.send_usage(batch),
-      Input::RunDone(report) => session.run_done(report),
+      Input::Done(Done::Run(report)) => session.run_done(report),
+      Input::Done(Done::Batch(report)) => session.batch_done(report),
     }
   }
 
@@ -420,14 +447,33 @@ impl<T: Target> Handler<EdgeSession> for Connection<'_, '_, T> {
             runs.running.remove(&report.id);
             runs.pending.insert(report.id, report.clone());
           }
-          let _ = done.send(report);
+          let _ = done.send(Done::Run(report));
         });
+      }
+      EdgeEvent::Deliver(batch) => {
+        let (node, reports, done) = (
+          self.node.clone(),
+          self.link.reports.clone(),
+          self.link.done_tx.clone(),
+        );
+        reports.lock().consuming.insert(batch.id);
+        tokio::spawn(async move {
+          let report = node.consume(batch).await;
+          {
+            let mut runs = reports.lock();
+            runs.consuming.remove(&report.id);
+            runs.consumed.insert(report.id, report.clone());
+          }
+          let _ = done.send(Done::Batch(report));
+        });
+      }
+      EdgeEvent::BatchRecorded(id) => {
+        self.link.reports.lock().consumed.remove(&id);
       }
       EdgeEvent::RunRecorded(id) => {
         self.link.reports.lock().pending.remove(&id);
       }
       EdgeEvent::KvChanged(change) => self.link.kv.invalidate(change),
-      EdgeEvent::Deliver(_) | EdgeEvent::BatchRecorded(_) => {}
     }
     Ok(())
   }
@@ -492,6 +538,17 @@ mod tests {
 
     fn is_static(&self, _: &str) -> bool {
       false
+    }
+
+    async fn consume(&self, batch: Batch) -> BatchReport {
+      BatchReport {
+        id: batch.id,
+        ok: true,
+        messages: Vec::new(),
+        unavailable: false,
+        cpu_us: 1,
+        wall_us: 2,
+      }
     }
 
     async fn scheduled(&self, tick: Tick) -> TickReport {
@@ -656,7 +713,8 @@ mod tests {
       node.clone(),
       spool.clone(),
       usage_rx,
-      Arc::new(EdgeKv::new(1 << 20)),
+      Arc::new(EdgeKv::new(Arc::default(), 1 << 20)),
+      Arc::default(),
     ));
 
     assert_eq!(next(&mut seen).await, Seen::Hello(0));

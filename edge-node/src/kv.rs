@@ -47,9 +47,28 @@ impl moka::Expiry<Key, Cached> for PerEntry {
   }
 }
 
+/// The control plane's connection, for calls beside the control stream
+/// (KV, queue sends); empty while the channel is down.
+#[derive(Default)]
+pub struct Upstream {
+  conn: ArcSwapOption<quinn::Connection>,
+}
+
+impl Upstream {
+  pub fn set(&self, conn: Option<quinn::Connection>) {
+    self.conn.store(conn.map(Arc::new));
+  }
+
+  /// Makes one call; `None` while the control plane is unreachable.
+  pub async fn call(&self, call: &Call) -> Option<Result<CallReply, isola_io::Error>> {
+    let conn = self.conn.load_full()?;
+    Some(isola_io::channel::call::<Call, CallReply>(&conn, call).await)
+  }
+}
+
 /// The edge's KV client. Cheap to share (`Arc`).
 pub struct EdgeKv {
-  conn: ArcSwapOption<quinn::Connection>,
+  upstream: Arc<Upstream>,
   cache: moka::sync::Cache<Key, Cached>,
   /// Bumped on every invalidation: a read that started before one may
   /// carry the old value and is not cached.
@@ -57,7 +76,7 @@ pub struct EdgeKv {
 }
 
 impl EdgeKv {
-  pub fn new(cache_bytes: u64) -> Self {
+  pub fn new(upstream: Arc<Upstream>, cache_bytes: u64) -> Self {
     let cache = moka::sync::Cache::builder()
       .max_capacity(cache_bytes)
       .weigher(|k: &Key, v: &Cached| {
@@ -72,19 +91,10 @@ impl EdgeKv {
       .expire_after(PerEntry)
       .build();
     Self {
-      conn: ArcSwapOption::empty(),
+      upstream,
       cache,
       epoch: AtomicU64::new(0),
     }
-  }
-
-  /// The control channel is up on `conn` (or, with `None`, down). Changes
-  /// missed while it was down are unknown, so the cache starts over.
-  pub fn connected(&self, conn: Option<quinn::Connection>) {
-    if conn.is_some() {
-      self.invalidate(None);
-    }
-    self.conn.store(conn.map(Arc::new));
   }
 
   /// A key changed elsewhere (`None`: any key may have).
@@ -170,7 +180,7 @@ impl EdgeKv {
       KvOp::Get { .. } | KvOp::List { .. } => "read",
       KvOp::Put { .. } | KvOp::Delete { .. } => "write",
     };
-    let Some(conn) = self.conn.load_full() else {
+    let Some(reply) = self.upstream.call(&Call::Kv(call)).await else {
       return Err(KvError(format!(
         "KV {what} failed: this edge has lost its control plane{}; nothing was changed, try again",
         if what == "read" {
@@ -180,7 +190,7 @@ impl EdgeKv {
         }
       )));
     };
-    match isola_io::channel::call::<Call, CallReply>(&conn, &Call::Kv(call)).await {
+    match reply {
       Ok(CallReply::Kv(reply)) => Ok(reply),
       Ok(CallReply::Unsupported | CallReply::Send(_)) => Err(KvError(
         "KV failed: the control plane does not support this call; run the same release on both"

@@ -9,6 +9,7 @@ mod dev;
 mod kv;
 mod logs;
 mod node;
+mod queues;
 mod serve;
 mod server;
 mod store;

@@ -23,6 +23,8 @@ use isola_proto::msg::TickReport;
 use isola_proto::msg::VersionBundle;
 use isola_proto::names::edge_worker_name;
 use isola_proto::names::split_edge_worker_name;
+use isola_proto::queue::Batch;
+use isola_proto::queue::BatchReport;
 use isola_proto::routes::RouteTable;
 use isola_runtime::Bundle;
 use isola_runtime::Limits;
@@ -610,9 +612,56 @@ impl crate::control::Target for Node {
   async fn scheduled(&self, tick: Tick) -> TickReport {
     self.run_scheduled(tick).await
   }
+
+  async fn consume(&self, batch: Batch) -> BatchReport {
+    self.run_batch(batch).await
+  }
 }
 
 impl Node {
+  /// Runs a queue consumer on a batch, on the version a request would get
+  /// now. A consumer this edge cannot run (not deployed here, fails to
+  /// start, no `queue` handler) is reported unavailable, so the batch goes
+  /// to another edge.
+  pub async fn run_batch(&self, batch: Batch) -> BatchReport {
+    let mut report = BatchReport {
+      id: batch.id,
+      ok: false,
+      messages: Vec::new(),
+      unavailable: true,
+      cpu_us: 0,
+      wall_us: 0,
+    };
+    let state = self.state.load_full();
+    let Some(deployed) = state.workers.get(batch.worker.as_str()) else {
+      tracing::warn!(
+        worker = batch.worker,
+        "a queue batch for a worker this edge does not serve"
+      );
+      return report;
+    };
+    let active = deployed.pick().clone();
+    let source = {
+      let active = active.clone();
+      move || Ok((active.bundle.clone(), active.config.clone()))
+    };
+    let (worker, queue) = (batch.worker.clone(), batch.queue.clone());
+    match self.runtime.queue(&active.key, source, batch).await {
+      Ok(run) => {
+        report.unavailable = false;
+        report.ok = run.outcome == Outcome::Ok;
+        report.messages = run.messages;
+        report.cpu_us = run.cpu.as_micros() as u64;
+        report.wall_us = run.wall.as_micros() as u64;
+        if let Some(error) = run.error {
+          tracing::info!(worker, queue, "queue consumer failed: {error}");
+        }
+      }
+      Err(e) => tracing::warn!(worker, queue, error = %e, "cannot run a queue consumer"),
+    }
+    report
+  }
+
   /// Runs a scheduled tick on the version a request would get now (a split
   /// deployment picks per tick).
   pub async fn run_scheduled(&self, tick: Tick) -> TickReport {

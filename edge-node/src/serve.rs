@@ -56,7 +56,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
   let metrics = Metrics::new();
   // KV reads and writes go to the control plane; without one, none resolve.
-  let kv = Arc::new(crate::kv::EdgeKv::new(crate::kv::DEFAULT_CACHE_BYTES));
+  let upstream = Arc::new(crate::kv::Upstream::default());
+  let kv = Arc::new(crate::kv::EdgeKv::new(
+    upstream.clone(),
+    crate::kv::DEFAULT_CACHE_BYTES,
+  ));
+  let queues = Arc::new(crate::queues::EdgeQueues::new(upstream.clone()));
   let mut pool = Config::default()
     .logs(crate::logs::stdio_sink())
     .meter(metrics.sink())
@@ -148,8 +153,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .run(Duration::from_millis(control.usage_interval_ms), tx),
         );
         let (control, node, kv) = (control.clone(), node.clone(), kv.clone());
+        let upstream = upstream.clone();
         tokio::spawn(async move {
-          if let Err(e) = crate::control::run(control, node, spool, rx, kv).await {
+          if let Err(e) = crate::control::run(control, node, spool, rx, kv, upstream).await {
             tracing::error!(error = format!("{e:#}"), "the control channel cannot start");
           }
         });
