@@ -122,7 +122,7 @@ test("wrangler.jsonc is read too", () =>
     assert.match(c.warnings[0]!, /ignores keys it does not support: observability/);
   }));
 
-test("isola.toml: triggers, services and kv_namespaces are read; queues are checked, with one warning", () =>
+test("isola.toml: triggers, services, kv_namespaces and queues are read, with no warning", () =>
   withDir((dir) => {
     write(
       dir,
@@ -148,6 +148,7 @@ queue = "jobs"
 max_batch_size = 10
 max_retries = 3
 dead_letter_queue = "jobs-dlq"
+retry_delay = 30
 `,
     );
     const c = loadConfig(dir);
@@ -159,10 +160,9 @@ dead_letter_queue = "jobs-dlq"
     assert.deepEqual(c.kv_namespaces, [{ binding: "CACHE", id: "abc" }]);
     assert.deepEqual(c.queues, {
       producers: [{ binding: "JOBS", queue: "jobs" }],
-      consumers: [{ queue: "jobs", max_batch_size: 10, max_retries: 3, dead_letter_queue: "jobs-dlq" }],
+      consumers: [{ queue: "jobs", max_batch_size: 10, max_retries: 3, dead_letter_queue: "jobs-dlq", retry_delay: 30 }],
     });
-    assert.equal(c.warnings.length, 1);
-    assert.equal(c.warnings[0], "isola.toml: queues is not supported by this server yet (checked, not deployed)");
+    assert.deepEqual(c.warnings, []);
     // No [triggers] table: undefined (deploy leaves the schedules alone); an empty list clears.
     write(dir, "isola.toml", `name = "a"\n`);
     assert.equal(loadConfig(dir).triggers, undefined);
