@@ -163,6 +163,46 @@ export interface KvBulkPair {
   metadata?: Json;
 }
 
+/** A queue's consumer as the server stores it (unset fields filled with the defaults). */
+export interface ConsumerSettings {
+  worker: string;
+  max_batch_size: number;
+  /** Seconds. */
+  max_batch_timeout: number;
+  max_retries: number;
+  dead_letter_queue: string | null;
+  /** Seconds. */
+  retry_delay: number;
+}
+/** What PUT /v1/queues/{name}/consumer takes: the worker, and any settings to change from the defaults. */
+export interface ConsumerRequest {
+  worker: string;
+  max_batch_size?: number;
+  max_batch_timeout?: number;
+  max_retries?: number;
+  dead_letter_queue?: string;
+  retry_delay?: number;
+}
+/** A queue and its counts (GET /v1/queues/{name}). */
+export interface QueueInfo {
+  name: string;
+  created_at: Json;
+  consumer: ConsumerSettings | null;
+  backlog: number;
+  delayed: number;
+  in_flight: number;
+  delivered: number;
+  retried: number;
+  dead_lettered: number;
+  dropped: number;
+}
+/** One message sent from outside the platform: `body` is any JSON (json), a string (text) or base64 (bytes). */
+export interface OutsideMessage {
+  body: Json;
+  content_type?: "json" | "text" | "bytes";
+  delay_seconds?: number;
+}
+
 export interface Metadata {
   main_module: string;
   vars: Record<string, Json>;
@@ -172,6 +212,8 @@ export interface Metadata {
   services?: { binding: string; service: string; entrypoint?: string }[];
   /** KV bindings: `env.BINDING` is the namespace `id`; left out when there are none. */
   kv_namespaces?: { binding: string; id: string }[];
+  /** Queue producer bindings: `env.BINDING.send()` writes to `queue`; left out when there are none. */
+  queues?: { producers: { binding: string; queue: string }[] };
   /** Stored with the version, outside its manifest (at most 1,000 characters). */
   message?: string;
 }
@@ -366,6 +408,41 @@ export class Client {
 
   async kvBulkDelete(id: string, keys: string[]): Promise<{ count: number }> {
     return this.request<{ count: number }>("POST", `/v1/kv/namespaces/${enc(id)}/bulk/delete`, keys);
+  }
+
+  async queues(): Promise<QueueInfo[]> {
+    return (await this.request<{ queues: QueueInfo[] }>("GET", "/v1/queues")).queues;
+  }
+
+  async queue(name: string): Promise<QueueInfo> {
+    return this.request<QueueInfo>("GET", `/v1/queues/${enc(name)}`);
+  }
+
+  async createQueue(name: string): Promise<QueueInfo> {
+    return this.request<QueueInfo>("POST", "/v1/queues", { name });
+  }
+
+  async deleteQueue(name: string): Promise<void> {
+    await this.send("DELETE", `/v1/queues/${enc(name)}`);
+  }
+
+  /** Sets the queue's consumer (replacing any other). */
+  async putConsumer(queue: string, consumer: ConsumerRequest): Promise<ConsumerSettings> {
+    return this.request<ConsumerSettings>("PUT", `/v1/queues/${enc(queue)}/consumer`, { ...consumer });
+  }
+
+  async deleteConsumer(queue: string): Promise<void> {
+    await this.send("DELETE", `/v1/queues/${enc(queue)}/consumer`);
+  }
+
+  /** Stores one message durably; returns its id. */
+  async sendMessage(queue: string, message: OutsideMessage): Promise<{ ids: string[] }> {
+    return this.request<{ ids: string[] }>("POST", `/v1/queues/${enc(queue)}/messages`, { ...message });
+  }
+
+  /** Stores up to 100 messages (256 KB), all or none. */
+  async sendBatch(queue: string, messages: OutsideMessage[]): Promise<{ ids: string[] }> {
+    return this.request<{ ids: string[] }>("POST", `/v1/queues/${enc(queue)}/messages/batch`, { messages: messages.map((m) => ({ ...m })) });
   }
 }
 

@@ -25,6 +25,7 @@ import { UsageError } from "./errors.js";
 import { init, TEMPLATES, type Template } from "./init.js";
 import { cmdKv, KvFileError } from "./kv.js";
 import { withProgress } from "./progress.js";
+import { applyQueues, cmdQueues, consumerLine } from "./queues.js";
 import { parseSecretsFile, SecretsFileError } from "./secrets.js";
 import { envTypes } from "./typesgen.js";
 
@@ -43,7 +44,7 @@ Commands:
                                          the scheduled handler
   deploy [--env NAME] [--dry-run --outdir DIR] [--message M] [--json]
                                          upload a version, deploy it at 100 %, add routes,
-                                         apply [triggers] crons
+                                         apply [triggers] crons and [[queues.consumers]]
   triggers deploy [--env NAME]           apply only the config's [triggers] crons
   versions list [--json]                 the worker's versions
   versions view ID [--json]              one version: modules, vars' names, limits, message
@@ -59,6 +60,10 @@ Commands:
   kv key put KEY [VALUE] | get KEY | list | delete KEY
   kv bulk put FILE | delete FILE         KV namespaces and values (\`isola kv --help\`);
                                          --binding NAME or --namespace-id ID picks one
+  queues create NAME | list | info NAME | delete NAME
+  queues consumer add QUEUE WORKER | consumer remove QUEUE WORKER
+  queues send QUEUE BODY                 queues, their consumer, and sending a message
+                                         (\`isola queues --help\`)
   login --api URL [--token T]            store API credentials
   logout                                 forget them
   whoami                                 check the credentials against the API
@@ -76,7 +81,9 @@ Examples:
   echo "$TOKEN" | isola secret put API_TOKEN
   isola versions deploy 0a1b@10% 2c3d@90% -y
   isola kv namespace create SESSIONS
-  isola kv key put greeting hello --binding SESSIONS`;
+  isola kv key put greeting hello --binding SESSIONS
+  isola queues create jobs
+  isola queues send jobs '{"id":7}'`;
 
 function version(): string {
   const pkg = join(fileURLToPath(import.meta.url), "..", "..", "package.json");
@@ -230,6 +237,10 @@ function metadataOf(config: Config): Metadata {
   if (config.kv_namespaces.length > 0) {
     m.kv_namespaces = config.kv_namespaces.map((k) => ({ binding: k.binding, id: k.id }));
   }
+  // Consumers are not part of a version: deploy sets them on their queues afterwards.
+  if (config.queues.producers.length > 0) {
+    m.queues = { producers: config.queues.producers.map((p) => ({ binding: p.binding, queue: p.queue })) };
+  }
   return m;
 }
 
@@ -278,8 +289,11 @@ async function buildAndUpload(
   const size = modules.reduce((n, m) => n + m.bytes.length, 0);
   const kib = `${(size / 1024).toFixed(1)} KiB`;
   if (dry) {
-    // The triggers are applied after the upload, not part of it; the file shows them too.
-    const written = config.triggers ? { ...metadata, triggers: { crons: config.triggers.crons } } : metadata;
+    // The triggers and queue consumers are applied after the upload, not part of it; the file
+    // shows them too.
+    const written: Record<string, unknown> = { ...metadata };
+    if (config.triggers) written["triggers"] = { crons: config.triggers.crons };
+    if (config.queues.consumers.length > 0) written["queues"] = { ...metadata.queues, consumers: config.queues.consumers };
     writeFileSync(join(outdir, "metadata.json"), JSON.stringify(written, null, 2) + "\n");
     if (json) {
       out(JSON.stringify({ dry_run: true, worker: name, outdir, modules: modules.map((m) => m.module.name), metadata: written }, null, 2));
@@ -290,6 +304,7 @@ async function buildAndUpload(
     say("  metadata.json");
     if (verb === "deploy" && config.routes.length) say(`Routes (not created): ${config.routes.join(", ")}`);
     if (verb === "deploy" && config.triggers) say(`Schedules (not applied): ${config.triggers.crons.length ? config.triggers.crons.join(", ") : "none (would clear them)"}`);
+    if (verb === "deploy" && config.queues.consumers.length) say(`Queue consumers (not applied): ${config.queues.consumers.map((c) => c.queue).join(", ")}`);
     return undefined;
   }
   const version = await withProgress(`Uploading ${name} (${modules.length} module(s), ${kib})…`, () =>
@@ -337,12 +352,16 @@ async function cmdDeploy(args: string[]): Promise<void> {
     say(`Route ${r.pattern}${r.existed ? " (already there)" : ""}`);
   }
   if (config.routes.length === 0) say("No routes in the config; add `routes = [\"host/*\"]` to serve it.");
-  const crons = await applyTriggers(config, name, client, `version ${version.id} is deployed; `);
+  const context = `version ${version.id} is deployed; `;
+  const crons = await applyTriggers(config, name, client, context);
   if (crons) say(schedulesLine(crons));
+  // With --json, what deploy created still goes to stderr: stdout is the one document.
+  const consumers = await applyQueues(config, name, client, { say: json ? (s) => err(s) : out, warn: (s) => err(`warning: ${s}`) }, context);
+  for (const c of consumers) say(consumerLine(c));
   if (json) {
     out(
       JSON.stringify(
-        { worker: name, version, deployment, routes, ...(crons ? { crons } : {}) },
+        { worker: name, version, deployment, routes, ...(crons ? { crons } : {}), ...(config.queues.consumers.length ? { consumers } : {}) },
         null,
         2,
       ),
@@ -561,9 +580,26 @@ async function cmdKvWithDeps(args: string[]): Promise<void> {
   });
 }
 
+async function cmdQueuesWithDeps(args: string[]): Promise<void> {
+  await cmdQueues(args, {
+    client: () => new Client(requireCredentials()),
+    out,
+    readStdin: readStdinBytes,
+    confirm: async (question) => {
+      if (!process.stdin.isTTY) return undefined;
+      return /^y(es)?$/i.test(await readLine(`${question} [y/N] `));
+    },
+  });
+}
+
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...args] = argv;
   try {
+    // So has `isola queues ... --help`.
+    if (cmd === "queues") {
+      await cmdQueuesWithDeps(args);
+      return 0;
+    }
     // `isola kv ... --help` has a page per subcommand.
     if (cmd === "kv") {
       await cmdKvWithDeps(args);

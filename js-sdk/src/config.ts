@@ -43,6 +43,7 @@ export interface QueueConsumer {
   max_batch_timeout?: number;
   max_retries?: number;
   dead_letter_queue?: string;
+  retry_delay?: number;
 }
 
 export interface Config {
@@ -84,8 +85,6 @@ export const CONFIG_FILES = [
   "wrangler.jsonc",
 ] as const;
 
-/** Keys the server does not support yet: validated, accepted with a warning, not sent. */
-const NOT_YET = ["queues"] as const;
 const TOP_KEYS = [
   "$schema",
   "name",
@@ -101,7 +100,7 @@ const TOP_KEYS = [
   "triggers",
   "services",
   "kv_namespaces",
-  ...NOT_YET,
+  "queues",
 ];
 /** Keys allowed inside [env.NAME]. */
 const ENV_KEYS = TOP_KEYS.filter((k) => k !== "env" && k !== "$schema");
@@ -116,8 +115,8 @@ const SERVICE_KEYS = ["binding", "service", "entrypoint"];
 const KV_KEYS = ["binding", "id"];
 const QUEUE_KEYS = ["producers", "consumers"];
 const PRODUCER_KEYS = ["binding", "queue"];
-const CONSUMER_KEYS = ["queue", "max_batch_size", "max_batch_timeout", "max_retries", "dead_letter_queue"];
-const CONSUMER_NUMBERS = ["max_batch_size", "max_batch_timeout", "max_retries"];
+const CONSUMER_KEYS = ["queue", "max_batch_size", "max_batch_timeout", "max_retries", "dead_letter_queue", "retry_delay"];
+const CONSUMER_NUMBERS = ["max_batch_size", "max_batch_timeout", "max_retries", "retry_delay"];
 
 /** A key path as written in messages: `services[0].binding`. */
 export function showPath(path: readonly string[]): string {
@@ -281,7 +280,6 @@ export function loadConfig(dirOrFile: string, options: LoadOptions = {}): Config
   const { raw, locate } = readRaw(abs);
   const wrangler = basename(abs).startsWith("wrangler.");
   const unsupported: string[] = [];
-  const notYet: string[] = [];
 
   const unknown = (path: string[], known: readonly string[]): void => {
     const key = path[path.length - 1]!;
@@ -413,9 +411,8 @@ export function loadConfig(dirOrFile: string, options: LoadOptions = {}): Config
           for (const [qk, qv] of Object.entries(v as Obj)) {
             if (!QUEUE_KEYS.includes(qk)) unknown([...path, qk], QUEUE_KEYS);
             else if (qk === "producers") checkEntries(qv, [...path, qk], PRODUCER_KEYS, ["binding", "queue"], [], "{ binding, queue }");
-            else checkEntries(qv, [...path, qk], CONSUMER_KEYS, ["queue"], CONSUMER_NUMBERS, "{ queue, max_batch_size?, max_batch_timeout?, max_retries?, dead_letter_queue? }");
+            else checkEntries(qv, [...path, qk], CONSUMER_KEYS, ["queue"], CONSUMER_NUMBERS, "{ queue, max_batch_size?, max_batch_timeout?, max_retries?, dead_letter_queue?, retry_delay? }");
           }
-          if (!notYet.includes(key)) notYet.push(key);
           break;
       }
     }
@@ -442,9 +439,6 @@ export function loadConfig(dirOrFile: string, options: LoadOptions = {}): Config
   const warnings: string[] = [];
   const parts: string[] = [];
   if (unsupported.length > 0) parts.push(`Isola ignores keys it does not support: ${unsupported.join(", ")}`);
-  if (notYet.length > 0) {
-    parts.push(`${notYet.join(" and ")} ${notYet.length === 1 ? "is" : "are"} not supported by this server yet (checked, not deployed)`);
-  }
   if (parts.length > 0) warnings.push(`${basename(abs)}: ${parts.join("; ")}`);
 
   if (options.env !== undefined && isObj(raw["env"]) && isObj(raw["env"][options.env])) {

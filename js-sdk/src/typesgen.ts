@@ -31,7 +31,7 @@ export function envTypes(config: Config, secrets: string[]): string {
   }
   for (const q of config.queues.producers) {
     bindings.add(q.binding);
-    lines.push(`  ${propName(q.binding)}: Queue;`);
+    lines.push(`  ${propName(q.binding)}: Queue<unknown>;`);
   }
   for (const k of secrets) if (!(k in config.vars) && !bindings.has(k)) lines.push(`  ${propName(k)}: string;`);
   lines.push("}", "");

@@ -45,7 +45,7 @@ declare global {
   type Service<T = undefined> = Fetcher &
     (T extends undefined ? unknown : T extends abstract new (...args: never[]) => infer I ? Rpc<I> : Rpc<T>);
 
-  /** A queue producer binding (`queues.producers`; the Isola server does not run queues yet). */
+  /** A queue producer binding (`queues.producers`): `send` resolves once the message is stored. */
   interface Queue<Body = unknown> {
     send(body: Body, options?: { contentType?: "json" | "text" | "bytes" | "v8"; delaySeconds?: number }): Promise<void>;
     sendBatch(
@@ -72,7 +72,7 @@ declare global {
     metadata?: unknown;
   }
 
-  /** Workers KV's shape (the Isola server does not provide KV bindings yet). */
+  /** A KV namespace binding (`kv_namespaces`), Workers KV's shape. */
   interface KVNamespace<Key extends string = string> {
     get(key: Key, type?: "text"): Promise<string | null>;
     get<T = unknown>(key: Key, type: "json"): Promise<T | null>;
@@ -92,7 +92,7 @@ declare global {
     retry(options?: { delaySeconds?: number }): void;
   }
 
-  /** A batch for a `queue` handler (queues are not run by the Isola server yet). */
+  /** A batch for a `queue` handler (`queues.consumers`). */
   interface MessageBatch<Body = unknown> {
     readonly queue: string;
     readonly messages: readonly Message<Body>[];

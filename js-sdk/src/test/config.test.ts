@@ -122,7 +122,7 @@ test("wrangler.jsonc is read too", () =>
     assert.match(c.warnings[0]!, /ignores keys it does not support: observability/);
   }));
 
-test("isola.toml: triggers, services and kv_namespaces are read; queues are checked, with one warning", () =>
+test("isola.toml: triggers, services, kv_namespaces and queues are read, with no warning", () =>
   withDir((dir) => {
     write(
       dir,
@@ -148,6 +148,7 @@ queue = "jobs"
 max_batch_size = 10
 max_retries = 3
 dead_letter_queue = "jobs-dlq"
+retry_delay = 30
 `,
     );
     const c = loadConfig(dir);
@@ -159,10 +160,9 @@ dead_letter_queue = "jobs-dlq"
     assert.deepEqual(c.kv_namespaces, [{ binding: "CACHE", id: "abc" }]);
     assert.deepEqual(c.queues, {
       producers: [{ binding: "JOBS", queue: "jobs" }],
-      consumers: [{ queue: "jobs", max_batch_size: 10, max_retries: 3, dead_letter_queue: "jobs-dlq" }],
+      consumers: [{ queue: "jobs", max_batch_size: 10, max_retries: 3, dead_letter_queue: "jobs-dlq", retry_delay: 30 }],
     });
-    assert.equal(c.warnings.length, 1);
-    assert.equal(c.warnings[0], "isola.toml: queues is not supported by this server yet (checked, not deployed)");
+    assert.deepEqual(c.warnings, []);
     // No [triggers] table: undefined (deploy leaves the schedules alone); an empty list clears.
     write(dir, "isola.toml", `name = "a"\n`);
     assert.equal(loadConfig(dir).triggers, undefined);
@@ -191,6 +191,8 @@ test("unknown keys and bad shapes in triggers, services, kv_namespaces, queues n
     bad(`name = "a"\n[triggers]\ncrons = "* * * * *"\n`, /isola\.toml:3: `triggers\.crons` must be a list of cron expressions/);
     bad(`name = "a"\n[[kv_namespaces]]\nbinding = "K"\nid = "x"\npreview_id = "y"\n`, /isola\.toml:5: unknown key `kv_namespaces\[0\]\.preview_id`/);
     bad(`name = "a"\n[[queues.consumers]]\nqueue = "q"\nmax_batch_size = "ten"\n`, /isola\.toml:4: `queues\.consumers\[0\]\.max_batch_size` must be a whole number/);
+    bad(`name = "a"\n[[queues.consumers]]\nqueue = "q"\nretry_delay = -5\n`, /isola\.toml:4: `queues\.consumers\[0\]\.retry_delay` must be a whole number/);
+    bad(`name = "a"\n[[queues.consumers]]\nqueue = "q"\nmax_concurency = 2\n`, /isola\.toml:4: unknown key `queues\.consumers\[0\]\.max_concurency`/);
     bad(`name = "a"\n[[queues.producers]]\nbinding = "Q"\n`, /isola\.toml:2: `queues\.producers\[0\]` needs `queue`/);
     bad(`name = "a"\n[queues]\nproducer = []\n`, /isola\.toml:3: unknown key `queues\.producer`; did you mean `producers`\?/);
     bad(`name = "a"\n[env.prod]\n[[env.prod.services]]\nbinding = "A"\nservice = "a"\nbogus = 1\n`, /isola\.toml:6: unknown key `env\.prod\.services\[0\]\.bogus`/);

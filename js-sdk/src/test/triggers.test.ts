@@ -78,7 +78,7 @@ test("deploy: services and crons reach the server; routes then schedules are pri
   assert.match(m.stderr, /invalid_request: .*services\[0\] binds "GONE" to worker "no-such-worker", which does not exist.*\(HTTP 400\)/);
 });
 
-test("deploy: kv_namespaces are sent (a real namespace deploys, an unknown id is refused naming kv_namespaces[0]); queues warn once", { skip }, async () => {
+test("deploy: kv_namespaces are sent (a real namespace deploys, an unknown id is refused naming kv_namespaces[0])", { skip }, async () => {
   const created = await runCli(["kv", "namespace", "create", "CACHE", "--json"], { cwd: dir, env });
   assert.equal(created.code, 0, created.stderr);
   const id = (JSON.parse(created.stdout) as { id: string }).id;
@@ -94,16 +94,110 @@ test("deploy: kv_namespaces are sent (a real namespace deploys, an unknown id is
   assert.equal(bad.code, 1, bad.stdout);
   assert.match(bad.stderr, /invalid_request: .*kv_namespaces\[0\] binds "CACHE" to namespace "no-such-namespace", which does not exist.*\(HTTP 400\)/);
 
-  // queues: one warning, left out of the upload (the dry run's metadata is what is uploaded).
-  write(app, "isola.toml", `${kvApp}[[queues.producers]]\nbinding = "JOBS"\nqueue = "jobs"\n[[queues.consumers]]\nqueue = "jobs"\nmax_retries = 2\n`);
-  const q = await isola(["deploy"]);
-  assert.equal(q.code, 0, q.stderr);
-  assert.equal(q.stderr.match(/not supported by this server yet/g)?.length, 1, q.stderr);
-  assert.match(q.stderr, /isola\.toml: queues is not supported by this server yet/);
+});
+
+test("deploy: queues.producers go in the upload; queues.consumers are applied after the schedules (missing queues created)", { skip }, async () => {
+  // The dead-letter queue exists; the consumed queue does not yet.
+  const dlq = await runCli(["queues", "create", "orders-dlq"], { cwd: dir, env });
+  assert.equal(dlq.code, 0, dlq.stderr);
+  const base = `name = "orders"\nmain = "src/index.ts"\nroutes = ["orders.test/*"]\n[triggers]\ncrons = ["0 * * * *"]\n`;
+  const queues = `[[queues.producers]]
+binding = "ORDERS"
+queue = "orders"
+[[queues.producers]]
+binding = "AUDIT"
+queue = "audit"
+[[queues.consumers]]
+queue = "orders"
+max_batch_size = 25
+max_batch_timeout = 2
+max_retries = 4
+dead_letter_queue = "orders-dlq"
+retry_delay = 30
+[[queues.consumers]]
+queue = "later"
+`;
+  const { app, isola } = project(
+    "orders",
+    base + queues,
+    `export default {
+  fetch: () => new Response("orders"),
+  async scheduled(): Promise<void> {},
+  async queue(batch: { ackAll(): void }): Promise<void> {
+    batch.ackAll();
+  },
+};
+`,
+  );
+  const r = await isola(["deploy"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(
+    r.stdout,
+    /\nSchedules: 0 \* \* \* \*\nCreated queue orders \(queues\.consumers\[0\] consumes it; it did not exist\)\nCreated queue later \(queues\.consumers\[1\] consumes it; it did not exist\)\nConsumer of queue orders: batch size 25, batch timeout 2 s, retries 4, dead-letter queue orders-dlq, retry delay 30 s\nConsumer of queue later: batch size 10, batch timeout 5 s, retries 3, no dead-letter queue, retry delay 0 s\n$/,
+  );
+  // The one producer whose queue does not exist is warned about; nothing else is.
+  assert.equal(
+    r.stderr,
+    "warning: queues.producers[1]: env.AUDIT sends to queue audit, which does not exist; its send() calls fail until you run `isola queues create audit`\n",
+  );
+  assert.equal(r.stderr.match(/not supported/g), null);
+  // Read back from the server.
+  assert.deepEqual((await client.queue("orders")).consumer, {
+    worker: "orders",
+    max_batch_size: 25,
+    max_batch_timeout: 2,
+    max_retries: 4,
+    dead_letter_queue: "orders-dlq",
+    retry_delay: 30,
+  });
+  assert.deepEqual((await client.queue("later")).consumer, {
+    worker: "orders",
+    max_batch_size: 10,
+    max_batch_timeout: 5,
+    max_retries: 3,
+    dead_letter_queue: null,
+    retry_delay: 0,
+  });
+  assert.equal((await client.queues()).some((q) => q.name === "audit"), false, "producers' queues are not created");
+  assert.ok(await serves("orders.test", "orders"), "the edge never served the worker with queue bindings");
+
+  // --json: "consumers" after the crons; the queues exist now, so nothing is created.
+  const j = await isola(["deploy", "--json"]);
+  assert.equal(j.code, 0, j.stderr);
+  const doc = JSON.parse(j.stdout) as { version: { hash: string }; crons: string[]; consumers: Record<string, unknown>[] };
+  assert.deepEqual(doc.crons, ["0 * * * *"]);
+  assert.deepEqual(doc.consumers, [
+    { queue: "orders", created: false, worker: "orders", max_batch_size: 25, max_batch_timeout: 2, max_retries: 4, dead_letter_queue: "orders-dlq", retry_delay: 30 },
+    { queue: "later", created: false, worker: "orders", max_batch_size: 10, max_batch_timeout: 5, max_retries: 3, dead_letter_queue: null, retry_delay: 0 },
+  ]);
+  assert.doesNotMatch(j.stderr, /Created queue/);
+
+  // The producers are part of the upload (what the dry run writes is what is uploaded), and
+  // they make a different version than the same code without them.
   assert.equal((await isola(["deploy", "--dry-run", "--outdir", "out"])).code, 0);
   const metadata = JSON.parse(readFileSync(join(app, "out", "metadata.json"), "utf8")) as Record<string, unknown>;
-  assert.deepEqual(Object.keys(metadata).sort(), ["kv_namespaces", "limits", "main_module", "vars"]);
-  assert.deepEqual(metadata["kv_namespaces"], [{ binding: "CACHE", id }]);
+  assert.deepEqual(metadata["queues"], {
+    producers: [
+      { binding: "ORDERS", queue: "orders" },
+      { binding: "AUDIT", queue: "audit" },
+    ],
+    consumers: [{ queue: "orders", max_batch_size: 25, max_batch_timeout: 2, max_retries: 4, dead_letter_queue: "orders-dlq", retry_delay: 30 }, { queue: "later" }],
+  });
+  write(app, "isola.toml", base);
+  const without = await isola(["deploy", "--json"]);
+  assert.equal(without.code, 0, without.stderr);
+  const plain = JSON.parse(without.stdout) as { version: { hash: string } } & Record<string, unknown>;
+  assert.notEqual(plain.version.hash, doc.version.hash);
+  assert.equal("consumers" in plain, false);
+  assert.equal((await client.queue("orders")).consumer?.worker, "orders", "a config without consumers leaves them alone");
+
+  // A consumer setting the server refuses: its message, and a hint naming the entry; the version is deployed.
+  write(app, "isola.toml", `${base}[[queues.consumers]]\nqueue = "orders"\nmax_batch_size = 500\n`);
+  const bad = await isola(["deploy"]);
+  assert.equal(bad.code, 1, bad.stdout);
+  assert.match(bad.stderr, /invalid_request: max_batch_size is 500; use 1 to 100 \(HTTP 400\)/);
+  assert.match(bad.stderr, /hint: version \S+ is deployed; fix `queues\.consumers\[0\]` \(queue orders\) in .*isola\.toml and run `isola deploy` again/);
+  assert.equal((await client.queue("orders")).consumer?.max_batch_size, 25, "a refused consumer changes nothing");
 });
 
 test("deploy --json: one JSON document with the version, deployment, routes and crons", { skip }, async () => {
