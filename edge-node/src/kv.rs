@@ -106,11 +106,6 @@ impl EdgeKv {
     }
   }
 
-  /// Cached reads held now, for metrics.
-  pub fn cached(&self) -> u64 {
-    self.cache.entry_count()
-  }
-
   /// Serves one binding call. `cache_ttl` (seconds, reads only) is raised
   /// to Cloudflare's minimum of 60.
   pub async fn call(&self, call: KvCall, cache_ttl: Option<u64>) -> Result<KvReply, KvError> {

@@ -54,3 +54,12 @@ impl EdgeQueues {
     ))
   }
 }
+
+impl isola_runtime::QueueService for EdgeQueues {
+  fn send(
+    &self,
+    call: SendCall,
+  ) -> std::pin::Pin<Box<dyn std::future::Future<Output = SendReply> + Send + '_>> {
+    Box::pin(EdgeQueues::send(self, call))
+  }
+}

@@ -55,7 +55,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   let admin_listener = config.server.admin.map(bind).transpose()?;
 
   let metrics = Metrics::new();
-  // KV reads and writes go to the control plane; without one, none resolve.
+  // KV and queue calls go to the control plane; without one, only cached KV
+  // reads resolve.
   let upstream = Arc::new(crate::kv::Upstream::default());
   let kv = Arc::new(crate::kv::EdgeKv::new(
     upstream.clone(),
@@ -66,7 +67,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     .logs(crate::logs::stdio_sink())
     .meter(metrics.sink())
     .fairness(config.fairness.to_runtime())
-    .kv(kv.clone());
+    .kv(kv.clone())
+    .queues(queues);
   if let Some(threads) = config.server.threads {
     pool = pool.threads(threads);
   }

@@ -267,8 +267,10 @@ impl Db {
     self.write(|tx| {
       require_queue(tx, account, name)?;
       let Some(c) = consumer else {
+        // Its dead-letter queue goes with it, so that queue can be deleted.
         tx.execute(
-          "UPDATE queues SET consumer = NULL WHERE account = ?1 AND name = ?2",
+          "UPDATE queues SET consumer = NULL, dead_letter_queue = NULL
+           WHERE account = ?1 AND name = ?2",
           [account, name],
         )?;
         return Ok(());
