@@ -1,6 +1,8 @@
 //! A control plane and edges as separate processes on loopback, driven
 //! through the upload API the way a user would.
 
+mod storage;
+
 use std::time::Duration;
 
 use isola_integration::poll;

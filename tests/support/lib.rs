@@ -561,7 +561,17 @@ impl Control {
 
   /// Uploads a one-module worker version; returns its id.
   pub fn upload(&self, worker: &str, source: &str, vars: serde_json::Value) -> String {
-    let metadata = serde_json::json!({ "main_module": "worker.js", "vars": vars }).to_string();
+    self.upload_with(
+      worker,
+      source,
+      serde_json::json!({ "main_module": "worker.js", "vars": vars }),
+    )
+  }
+
+  /// Uploads a one-module worker version with `metadata` (bindings, limits);
+  /// returns its id.
+  pub fn upload_with(&self, worker: &str, source: &str, metadata: serde_json::Value) -> String {
+    let metadata = metadata.to_string();
     let (content_type, body) = multipart(&[
       ("metadata", "application/json", metadata.as_bytes()),
       (

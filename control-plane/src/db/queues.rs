@@ -345,7 +345,7 @@ impl Db {
   }
 
   /// Leases up to `max` ready messages of queue `key` to batch `batch`,
-  /// oldest first, counting the delivery.
+  /// oldest first (in the order they were sent), counting the delivery.
   pub fn lease(&self, key: &str, batch: u64, max: u32, now: Millis) -> Result<Vec<Message>> {
     let (account, name) = split_key(key)?;
     self.write(|tx| {
@@ -353,7 +353,7 @@ impl Db {
         "UPDATE queue_messages SET lease = ?3, attempts = attempts + 1
          WHERE id IN (SELECT id FROM queue_messages
                       WHERE account = ?1 AND queue = ?2 AND lease IS NULL AND visible_at <= ?4
-                      ORDER BY visible_at, sent_at, id LIMIT ?5)",
+                      ORDER BY visible_at, rowid LIMIT ?5)",
         params![account, name, to_i64(batch), now, max],
       )?;
       messages_of(tx, batch)
@@ -519,7 +519,7 @@ impl Db {
 fn messages_of(conn: &rusqlite::Connection, batch: u64) -> Result<Vec<Message>> {
   let mut stmt = conn.prepare(
     "SELECT id, sent_at, body, content_type, attempts FROM queue_messages
-     WHERE lease = ?1 ORDER BY visible_at, sent_at, id",
+     WHERE lease = ?1 ORDER BY visible_at, rowid",
   )?;
   let rows = stmt.query_map([to_i64(batch)], |r| {
     Ok((
