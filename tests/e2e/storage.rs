@@ -19,6 +19,11 @@ export default {
         return new Response("stored");
       case "/get":
         return new Response(String(await env.NS.get(k)));
+      case "/put-ttl":
+        await env.NS.put(k, url.searchParams.get("v"), { expirationTtl: 60 });
+        return new Response("stored");
+      case "/list":
+        return new Response((await env.NS.list()).keys.map((k) => k.name).join(","));
       case "/big": {
         const value = await env.NS.get(k, "arrayBuffer");
         return new Response(String(value === null ? -1 : value.byteLength));
@@ -185,7 +190,7 @@ fn queue_batches_fill_or_time_out_and_failures_retry_then_dead_letter() {
   setup_queue(
     &control,
     "ok",
-    json!({"worker": "qw", "max_batch_size": 10, "max_batch_timeout": 2, "max_retries": 1,
+    json!({"worker": "qw", "max_batch_size": 10, "max_batch_timeout": 2, "max_retries": 2,
            "dead_letter_queue": "dead"}),
   );
   let deploy = |mode: &str| {
@@ -239,7 +244,7 @@ fn queue_batches_fill_or_time_out_and_failures_retry_then_dead_letter() {
     "{info}"
   );
 
-  // A message that always fails: delivered max_retries + 1 = 2 times, then
+  // A message that always fails: delivered max_retries + 1 = 3 times, then
   // in the dead-letter queue.
   deploy("always-fail");
   assert_eq!(
@@ -257,7 +262,7 @@ fn queue_batches_fill_or_time_out_and_failures_retry_then_dead_letter() {
     .filter(|(i, _)| *i == 500)
     .map(|(_, a)| *a)
     .collect();
-  assert_eq!(tries, [1, 2], "{msgs:?}");
+  assert_eq!(tries, [1, 2, 3], "{msgs:?}");
 }
 
 #[test]
@@ -334,4 +339,44 @@ fn a_consumer_edge_killed_mid_batch_has_it_delivered_again_and_a_control_plane_r
   late.sort();
   late.dedup();
   assert_eq!(late, (100..120).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_expired_kv_key_is_gone_from_get_and_list_on_every_edge() {
+  let dir = tempfile::tempdir().unwrap();
+  let control = Control::init_and_start(&dir.path().join("control"));
+  let setups = edges(&control, dir.path(), 2);
+  let _procs: Vec<_> = setups.iter().map(EdgeSetup::start).collect();
+  let r = control.api("POST", "/v1/kv/namespaces", Some(json!({"title": "ttl"})));
+  let ns = r.json()["id"].as_str().unwrap().to_string();
+  let v = control.upload_with(
+    "kvw",
+    KV_WORKER,
+    json!({"main_module": "worker.js", "kv_namespaces": [{"binding": "NS", "id": ns}]}),
+  );
+  control.route("kv.test/*", "kvw");
+  control.deploy("kvw", &v);
+  let (a, b) = (&setups[0], &setups[1]);
+  for e in [a, b] {
+    assert!(e
+      .wait_for("kv.test", "ready", Duration::from_secs(10))
+      .is_some());
+  }
+  let start = std::time::Instant::now();
+  assert_eq!(text(a, "kv.test", "/put-ttl?k=short&v=1"), "stored");
+  assert_eq!(text(a, "kv.test", "/put?k=long&v=2"), "stored");
+  // Both edges read it (and cache it) while it lives.
+  for e in [a, b] {
+    assert_eq!(text(e, "kv.test", "/get?k=short"), "1");
+    assert_eq!(text(e, "kv.test", "/list"), "long,short");
+  }
+  // Cloudflare's shortest expiry is 60 s: wait it out, then it is gone
+  // everywhere, cached or not.
+  std::thread::sleep(Duration::from_secs(61).saturating_sub(start.elapsed()));
+  for e in [a, b] {
+    assert_eq!(text(e, "kv.test", "/get?k=short"), "null");
+    assert_eq!(text(e, "kv.test", "/list"), "long");
+  }
+  let r = control.api("GET", &format!("/v1/kv/namespaces/{ns}/keys"), None);
+  assert_eq!(r.json()["keys"], json!([{"name": "long"}]));
 }
