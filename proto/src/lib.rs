@@ -6,6 +6,7 @@
 //! - [`queue`]: Queues' limits, messages, the producer's calls and the
 //!   consumer's batches.
 //! - [`names`]: the naming rules (accounts, workers, edges, secrets, modules).
+//! - [`trace`]: trace events (one per invocation) for tail, logs and analytics.
 //! - [`routes`]: route patterns and the table that matches requests to them.
 //! - [`msg`] and [`codec`]: the control channel's messages and framing.
 //! - [`EdgeSession`] and [`ControlSession`]: the two ends of one connection
@@ -26,6 +27,7 @@ pub mod msg;
 pub mod names;
 pub mod queue;
 pub mod routes;
+pub mod trace;
 mod session;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
