@@ -187,7 +187,7 @@ impl EdgeKv {
     };
     match reply {
       Ok(CallReply::Kv(reply)) => Ok(reply),
-      Ok(CallReply::Unsupported | CallReply::Send(_)) => Err(KvError(
+      Ok(_) => Err(KvError(
         "KV failed: the control plane does not support this call; run the same release on both"
           .into(),
       )),

@@ -315,6 +315,8 @@ pub enum Call {
     call: crate::queue::SendCall,
     ids: Vec<String>,
   },
+  /// Trace events, best effort (never retried).
+  Trace(crate::trace::TraceBatch),
 }
 
 /// The answer to a [`Call`].
@@ -322,6 +324,8 @@ pub enum Call {
 pub enum CallReply {
   Kv(crate::kv::KvReply),
   Send(crate::queue::SendReply),
+  /// The trace batch was taken.
+  Traced,
   /// The control plane could not read the call (another protocol version).
   Unsupported,
 }
