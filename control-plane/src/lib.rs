@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod billing;
+pub mod config;
 pub mod db;
 pub mod fleet;
 pub mod kv;

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 use isola_control::api;
+use isola_control::config::ControlConfig;
 use isola_control::db;
 use isola_control::pki;
 use isola_control::quic;
@@ -63,21 +64,29 @@ enum Command {
   Serve {
     #[arg(long)]
     data_dir: PathBuf,
-    /// REST API address.
-    #[arg(long, default_value = "127.0.0.1:8700")]
-    api: SocketAddr,
-    /// QUIC address edges connect to.
-    #[arg(long, default_value = "127.0.0.1:8701")]
-    quic: SocketAddr,
+    /// Settings file (addresses, `[billing]` prices); flags beat it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// REST API address. Default: 127.0.0.1:8700.
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// QUIC address edges connect to. Default: 127.0.0.1:8701.
+    #[arg(long)]
+    quic: Option<SocketAddr>,
     /// How old (seconds) a cron tick that came due while the control plane
     /// was down may be and still run when it is back; older ones are
-    /// recorded as `missed`.
-    #[arg(long, default_value_t = 300)]
-    cron_catch_up: u64,
+    /// recorded as `missed`. Default: 300.
+    #[arg(long)]
+    cron_catch_up: Option<u64>,
     /// Tests only: the scheduler's clock reads ORIGIN_MS at real time
     /// ORIGIN_MS (ms since the epoch) and runs SCALE times faster.
     #[arg(long, hide = true, value_name = "ORIGIN_MS:SCALE", value_parser = parse_test_clock)]
     test_clock: Option<(i64, i64)>,
+  },
+  /// Invoices from the usage records and the price sheet.
+  Billing {
+    #[command(subcommand)]
+    command: BillingCommand,
   },
   /// Enroll an edge: record it and write its certificate, key and edge.toml.
   EnrollEdge {
@@ -95,6 +104,25 @@ enum Command {
   },
 }
 
+#[derive(Subcommand)]
+enum BillingCommand {
+  /// Print each account's invoice for a month as CSV (the same numbers as
+  /// `GET /v1/accounts/{id}/invoices/{month}`).
+  Report {
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// `YYYY-MM`.
+    #[arg(long)]
+    month: String,
+    /// One account; default: all.
+    #[arg(long)]
+    account: Option<String>,
+    /// The settings file holding `[billing]`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+  },
+}
+
 fn main() -> ExitCode {
   let cli = Cli::parse();
   isola_io::log::init(cli.log_format, "info");
@@ -102,24 +130,37 @@ fn main() -> ExitCode {
     Command::Init { data_dir } => init(&data_dir),
     Command::Serve {
       data_dir,
+      config,
       api,
       quic,
       cron_catch_up,
       test_clock,
-    } => {
+    } => (|| {
+      let file = load_config(config.as_deref())?;
       let clock = match test_clock {
         Some((origin, scale)) => Clock::test(origin, scale),
         None => Clock::real(),
       };
-      let config = scheduler::Config {
-        catch_up: i64::try_from(cron_catch_up.saturating_mul(1000)).unwrap_or(i64::MAX),
+      let catch_up = cron_catch_up.or(file.cron_catch_up).unwrap_or(300);
+      let cron = scheduler::Config {
+        catch_up: i64::try_from(catch_up.saturating_mul(1000)).unwrap_or(i64::MAX),
         ..Default::default()
       }
       .scaled(clock.scale());
-      tokio::runtime::Runtime::new()
-        .context("cannot start the async runtime")
-        .and_then(|rt| rt.block_on(serve(data_dir, api, quic, clock, config)))
-    }
+      let api = api.or(file.api).unwrap_or(([127, 0, 0, 1], 8700).into());
+      let quic = quic.or(file.quic).unwrap_or(([127, 0, 0, 1], 8701).into());
+      let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+      rt.block_on(serve(data_dir, api, quic, clock, cron, file.billing))
+    })(),
+    Command::Billing {
+      command:
+        BillingCommand::Report {
+          data_dir,
+          month,
+          account,
+          config,
+        },
+    } => billing_report(&data_dir, &month, account.as_deref(), config.as_deref()),
     Command::EnrollEdge {
       data_dir,
       name,
@@ -222,12 +263,51 @@ fn parse_test_clock(s: &str) -> Result<(i64, i64), String> {
   Ok((origin, scale))
 }
 
+fn load_config(path: Option<&Path>) -> anyhow::Result<ControlConfig> {
+  Ok(match path {
+    Some(path) => ControlConfig::load(path)?,
+    None => ControlConfig::default(),
+  })
+}
+
+fn billing_report(
+  dir: &Path,
+  month: &str,
+  account: Option<&str>,
+  config: Option<&Path>,
+) -> anyhow::Result<()> {
+  let sheet = load_config(config)?.billing;
+  let db = open_db(dir)?;
+  let accounts = match account {
+    Some(a) => vec![a.to_string()],
+    None => db.account_names()?,
+  };
+  let now = db::Timestamp::now().0;
+  let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+  for account in accounts {
+    let invoice = rt.block_on(isola_control::billing::invoice_for(
+      &db, &sheet, &account, month, now,
+    ))?;
+    println!(
+      "# account {account}, {month}{}",
+      if invoice.closed {
+        ""
+      } else {
+        " (month not over)"
+      }
+    );
+    print!("{}", isola_control::billing::csv(&invoice));
+  }
+  Ok(())
+}
+
 async fn serve(
   dir: PathBuf,
   api_addr: SocketAddr,
   quic_addr: SocketAddr,
   clock: Clock,
   config: scheduler::Config,
+  prices: isola_control::billing::PriceSheet,
 ) -> anyhow::Result<()> {
   let db = open_db(&dir)?;
   let validator =
@@ -260,7 +340,8 @@ async fn serve(
     api::AppState::new(db.clone(), Arc::new(state_tx), validator)
       .with_scheduler(cron.clone())
       .with_kv(kv.clone())
-      .with_queues(queues.clone()),
+      .with_queues(queues.clone())
+      .with_prices(prices),
   );
   let listener = tokio::net::TcpListener::bind(api_addr)
     .await

@@ -27,10 +27,10 @@ pub mod msg;
 pub mod names;
 pub mod queue;
 pub mod routes;
-pub mod trace;
 mod session;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod trace;
 
 pub use session::Backoff;
 pub use session::ControlEvent;

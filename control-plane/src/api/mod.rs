@@ -75,6 +75,7 @@ pub struct AppState {
   scheduler: SchedulerHandle,
   kv: crate::kv::Kv,
   queues: crate::queues::driver::Handle,
+  prices: Arc<crate::billing::PriceSheet>,
 }
 
 impl AppState {
@@ -89,8 +90,15 @@ impl AppState {
       scheduler: SchedulerHandle::detached(),
       kv: crate::kv::Kv::new(db.clone()),
       queues: crate::queues::driver::Handle::detached(db.clone()),
+      prices: Arc::default(),
       db,
     }
+  }
+
+  /// Prices invoices are made with. Default: everything free.
+  pub fn with_prices(mut self, prices: crate::billing::PriceSheet) -> Self {
+    self.prices = Arc::new(prices);
+    self
   }
 
   /// The queues (shared with the edge connections, which deliver their
@@ -246,6 +254,11 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
       Method::POST,
       "/v1/kv/namespaces/{id}/bulk/delete",
       post(kv::bulk_delete).layer(DefaultBodyLimit::max(16 << 20)),
+    ),
+    (
+      Method::GET,
+      "/v1/accounts/{id}/invoices/{month}",
+      get(get_invoice),
     ),
     (Method::POST, "/v1/queues", post(queues::create_queue)),
     (Method::GET, "/v1/queues", get(queues::list_queues)),
@@ -549,7 +562,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     kv::put_value, kv::get_value, kv::delete_value, kv::list_keys, kv::bulk_put,
     kv::bulk_delete, queues::create_queue, queues::list_queues, queues::get_queue,
     queues::delete_queue, queues::put_consumer, queues::delete_consumer, queues::send_message,
-    queues::send_batch,
+    queues::send_batch, get_invoice,
   ),
   components(schemas(ErrorBody, ErrorDetail)),
   modifiers(&BearerAuth, &CommonErrors),
@@ -903,6 +916,38 @@ async fn check_services_exist(
     }
   }
   Ok(())
+}
+
+// Billing.
+
+#[utoipa::path(get, path = "/v1/accounts/{id}/invoices/{month}", tag = "billing",
+  params(("id" = String, Path, description = "Account name"),
+         ("month" = String, Path, description = "`YYYY-MM`, or `YYYY-MM.csv` for CSV")),
+  responses((status = 200, description = "The month's invoice; a closed month's never changes", body = crate::billing::Invoice)))]
+async fn get_invoice(
+  State(state): State<AppState>,
+  Auth(caller): Auth,
+  Path((id, month)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+  // Another account's invoices do not exist, as far as this caller knows.
+  if !caller.admin && caller.account != id {
+    return Err(db::Error::NotFound(format!("no account named {id:?}")).into());
+  }
+  let (month, as_csv) = match month.strip_suffix(".csv") {
+    Some(m) => (m.to_string(), true),
+    None => (month, false),
+  };
+  let now = db::Timestamp::now().0;
+  let invoice = crate::billing::invoice_for(&state.db, &state.prices, &id, &month, now).await?;
+  if as_csv {
+    let mut r = crate::billing::csv(&invoice).into_response();
+    r.headers_mut().insert(
+      axum::http::header::CONTENT_TYPE,
+      HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    return Ok(r);
+  }
+  Ok(Json(invoice).into_response())
 }
 
 // Schedules (cron triggers).

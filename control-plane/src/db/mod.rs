@@ -9,6 +9,7 @@
 //! acks rely on.
 
 mod accounts;
+mod billing;
 mod deployments;
 mod edges;
 mod kv;
@@ -225,6 +226,18 @@ CREATE TABLE queue_messages (
 );
 CREATE INDEX queue_messages_ready ON queue_messages (account, queue, lease, visible_at);
 CREATE INDEX queue_messages_by_lease ON queue_messages (lease) WHERE lease IS NOT NULL;
+"#,
+  // Invoices of closed months, as issued; usage by account and stored time
+  // for billing.
+  r#"
+CREATE TABLE invoices (
+  account TEXT NOT NULL,
+  month TEXT NOT NULL,
+  issued_at INTEGER NOT NULL,
+  body TEXT NOT NULL,
+  PRIMARY KEY (account, month)
+);
+CREATE INDEX usage_by_account ON usage (account, window_end);
 "#,
 ];
 

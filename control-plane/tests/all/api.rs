@@ -50,6 +50,10 @@ impl Reply {
 }
 
 async fn start() -> Server {
+  start_with(isola_control::billing::PriceSheet::default()).await
+}
+
+async fn start_with(prices: isola_control::billing::PriceSheet) -> Server {
   let dir = tempfile::tempdir().unwrap();
   let db = db::Db::open(
     &dir.path().join("control.db"),
@@ -59,7 +63,8 @@ async fn start() -> Server {
   let admin = db.create_account("default", true).unwrap();
   let (tx, rx) = watch::channel(Arc::new(db.desired_state().unwrap()));
   let validator = Arc::new(validate::Validator::new().unwrap());
-  let app = api::router(api::AppState::new(db.clone(), Arc::new(tx), validator));
+  let app =
+    api::router(api::AppState::new(db.clone(), Arc::new(tx), validator).with_prices(prices));
   let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
   let addr = listener.local_addr().unwrap();
   tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -1461,4 +1466,100 @@ async fn queues_take_messages_and_consumers_with_cloudflare_limits() {
   assert_eq!(s.delete("/v1/queues/jobs", &acme).await.status, 204);
   assert_eq!(s.delete("/v1/queues/dlq", &acme).await.status, 204);
   assert_eq!(s.get("/v1/queues", &acme).await.json, json!({"queues": []}));
+}
+
+#[tokio::test]
+async fn a_closed_month_s_invoice_is_computed_once_and_never_changes() {
+  use std::str::FromStr as _;
+  let prices = isola_control::billing::PriceSheet {
+    currency: Some("EUR".into()),
+    per_million_requests: rust_decimal::Decimal::from_str("0.50").unwrap(),
+    per_million_cpu_ms: rust_decimal::Decimal::from_str("0.02").unwrap(),
+    included_requests: 1_000,
+    ..Default::default()
+  };
+  let s = start_with(prices).await;
+  let acme = s.account("acme").await;
+  let other = s.account("other").await;
+  s.upload_and_deploy(
+    &acme,
+    "api",
+    "export default { fetch() { return new Response('x') } }",
+  )
+  .await;
+  s.db.enroll_edge("edge-1").unwrap();
+  // 3,000 requests and 2,000 ms of CPU on 2026-10-03, 1,000 on 2026-10-31.
+  let record = |end: u64, requests: u64, cpu_us: u64| UsageRecord {
+    worker: "acme_api".into(),
+    version: "h".into(),
+    start: end - 1,
+    end,
+    usage: Usage {
+      requests,
+      cpu_us,
+      ..Default::default()
+    },
+  };
+  let batch = UsageBatch {
+    id: "b1".into(),
+    records: vec![
+      record(1_791_000_000, 3_000, 2_000_000),
+      record(1_793_480_000, 1_000, 0),
+    ],
+  };
+  s.db.store_usage("edge-1", &batch).unwrap();
+  let r = s.get("/v1/accounts/acme/invoices/2026-10", &acme).await;
+  assert_eq!(r.status, 200, "{r:?}");
+  // (4,000 − 1,000) × 0.50/M + 2,000 ms × 0.02/M = 0.0015 + 0.00004
+  assert_eq!(r.json["total"], json!("0.00154"));
+  assert_eq!(r.json["amount_due"], json!("0.00"));
+  assert_eq!(r.json["currency"], json!("EUR"));
+  assert_eq!(r.json["closed"], json!(true));
+  let days: Vec<&str> = r.json["days"]
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|d| d["day"].as_str().unwrap())
+    .collect();
+  assert_eq!(days, ["2026-10-03", "2026-10-31"]);
+  // Usage for October arriving now goes to this month's bill, not October's.
+  let late = UsageBatch {
+    id: "b2".into(),
+    records: vec![record(1_793_400_000, 9_999, 0)],
+  };
+  s.db.store_usage("edge-1", &late).unwrap();
+  let again = s.get("/v1/accounts/acme/invoices/2026-10", &acme).await;
+  assert_eq!(again.json, r.json, "an issued invoice never changes");
+  let csv = s.get("/v1/accounts/acme/invoices/2026-10.csv", &acme).await;
+  assert!(
+    csv
+      .text
+      .starts_with("worker,item,quantity,unit_price,amount,currency\n"),
+    "{}",
+    csv.text
+  );
+  assert!(
+    csv.text.contains("api,requests,4000,0.0000005,0.002,EUR"),
+    "{}",
+    csv.text
+  );
+  // Another account cannot see it; a bad month is a 400.
+  assert_eq!(
+    s.get("/v1/accounts/acme/invoices/2026-10", &other)
+      .await
+      .status,
+    404
+  );
+  assert_eq!(
+    s.get("/v1/accounts/acme/invoices/2026-13", &acme)
+      .await
+      .status,
+    400
+  );
+  assert_eq!(
+    s.get("/v1/accounts/acme/invoices/2026-10", &s.admin)
+      .await
+      .json,
+    r.json
+  );
 }

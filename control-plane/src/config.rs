@@ -1,0 +1,105 @@
+//! `control.toml`: the control plane's settings file for `serve` (and
+//! `billing report`). Every key is optional; a command-line flag beats the
+//! file, and the file beats the default.
+//!
+//! ```toml
+//! api = "0.0.0.0:8700"
+//! quic = "0.0.0.0:8701"
+//! cron_catch_up = 300
+//!
+//! [billing]
+//! currency = "EUR"
+//! per_million_requests = "0.30"
+//! per_million_cpu_ms = "0.02"
+//! per_gb_egress = "0.05"
+//! included_requests = 10000000
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::billing::PriceSheet;
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+  /// REST API address. Default: 127.0.0.1:8700.
+  pub api: Option<SocketAddr>,
+  /// QUIC address edges connect to. Default: 127.0.0.1:8701.
+  pub quic: Option<SocketAddr>,
+  /// Seconds a cron tick missed while down may be late. Default: 300.
+  pub cron_catch_up: Option<u64>,
+  pub billing: PriceSheet,
+}
+
+/// Why `control.toml` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+  #[error("cannot read {path}")]
+  Read {
+    path: String,
+    #[source]
+    source: std::io::Error,
+  },
+  #[error("{path}: {message}")]
+  Invalid { path: String, message: String },
+}
+
+impl ControlConfig {
+  pub fn load(path: &Path) -> Result<Self, Error> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+      path: shown.clone(),
+      source,
+    })?;
+    Self::parse(&text).map_err(|message| Error::Invalid {
+      path: shown,
+      message,
+    })
+  }
+
+  /// Parses the file's text; the error names the line and the key.
+  pub fn parse(text: &str) -> Result<Self, String> {
+    toml::from_str(text).map_err(|e| {
+      let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+      match line {
+        Some(line) => format!("line {line}: {}", e.message()),
+        None => e.message().to_string(),
+      }
+    })
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use std::str::FromStr;
+
+  use rust_decimal::Decimal;
+
+  use super::*;
+
+  #[test]
+  fn a_file_sets_addresses_and_prices_and_unknown_keys_are_named() {
+    let c = ControlConfig::parse(
+      "api = \"0.0.0.0:9000\"\n[billing]\ncurrency = \"EUR\"\nper_million_requests = \"0.30\"\nincluded_requests = 5\n",
+    )
+    .unwrap();
+    assert_eq!(c.api, Some("0.0.0.0:9000".parse().unwrap()));
+    assert_eq!(
+      c.billing.per_million_requests,
+      Decimal::from_str("0.30").unwrap()
+    );
+    assert_eq!(c.billing.included_requests, 5);
+    assert_eq!(c.billing.per_gb_egress, Decimal::ZERO);
+    let err = ControlConfig::parse("[billing]\nper_million_request = \"1\"\n").unwrap_err();
+    assert!(
+      err.starts_with("line 2:") && err.contains("per_million_request"),
+      "{err}"
+    );
+    assert_eq!(ControlConfig::parse("").unwrap(), ControlConfig::default());
+  }
+}
