@@ -27,6 +27,7 @@ import { cmdKv, KvFileError } from "./kv.js";
 import { withProgress } from "./progress.js";
 import { applyQueues, cmdQueues, consumerLine } from "./queues.js";
 import { parseSecretsFile, SecretsFileError } from "./secrets.js";
+import { cmdTail } from "./tail.js";
 import { envTypes } from "./typesgen.js";
 
 const out = (s: string): void => void process.stdout.write(s + "\n");
@@ -56,6 +57,10 @@ Commands:
   secret bulk FILE                       set many secrets at once from a JSON object or
                                          .env file (- reads stdin); all or none
   types                                  write worker-configuration.d.ts (interface Env)
+  tail [WORKER] [--format pretty|json] [--status ok|error|canceled]... [--method M]...
+       [--header K:V] [--ip IP]... [--search TEXT] [--sampling-rate R] [--version-id ID]
+                                         live events, logs and exceptions from every edge
+                                         (\`isola tail --help\`)
   kv namespace create TITLE | list | delete
   kv key put KEY [VALUE] | get KEY | list | delete KEY
   kv bulk put FILE | delete FILE         KV namespaces and values (\`isola kv --help\`);
@@ -83,7 +88,8 @@ Examples:
   isola kv namespace create SESSIONS
   isola kv key put greeting hello --binding SESSIONS
   isola queues create jobs
-  isola queues send jobs '{"id":7}'`;
+  isola queues send jobs '{"id":7}'
+  isola tail --status error`;
 
 function version(): string {
   const pkg = join(fileURLToPath(import.meta.url), "..", "..", "package.json");
@@ -592,9 +598,38 @@ async function cmdQueuesWithDeps(args: string[]): Promise<void> {
   });
 }
 
+/** `isola tail` until Ctrl-C (or the server closes it); the exit status. */
+async function cmdTailWithDeps(args: string[]): Promise<number> {
+  const stop = new AbortController();
+  const onSignal = (): void => stop.abort();
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  // `isola tail | head` ends the tail when the reader goes away.
+  const onStdoutError = (e: NodeJS.ErrnoException): void => {
+    if (e.code === "EPIPE") stop.abort();
+    else throw e;
+  };
+  process.stdout.on("error", onStdoutError);
+  try {
+    return await cmdTail(args, {
+      projectConfig,
+      creds: requireCredentials,
+      io: { out, err },
+      isTTY: process.stdout.isTTY === true,
+      signal: stop.signal,
+    });
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+    process.stdout.off("error", onStdoutError);
+  }
+}
+
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...args] = argv;
   try {
+    // `isola tail --help` has its own page.
+    if (cmd === "tail") return await cmdTailWithDeps(args);
     // So has `isola queues ... --help`.
     if (cmd === "queues") {
       await cmdQueuesWithDeps(args);
