@@ -9,6 +9,7 @@ pub mod api;
 pub mod db;
 pub mod fleet;
 pub mod kv;
+pub mod observe;
 pub mod pki;
 pub mod queues;
 pub mod quic;
