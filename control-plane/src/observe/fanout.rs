@@ -138,10 +138,7 @@ mod tests {
   use crate::observe::filter::Status;
 
   fn all() -> TailFilter {
-    TailFilter {
-      sampling_rate: 1.0,
-      ..TailFilter::default()
-    }
+    TailFilter::default()
   }
 
   #[test]

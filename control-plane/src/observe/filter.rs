@@ -42,7 +42,7 @@ impl Status {
 
 /// Filters of `GET /v1/workers/{name}/tail`; every one given must match
 /// (several values of one filter: any of them).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TailFilter {
   pub status: Vec<Status>,
   /// Upper case.
@@ -56,6 +56,21 @@ pub struct TailFilter {
   pub sampling_rate: f64,
   /// Version hashes (the API resolves version ids to hashes).
   pub version: Vec<String>,
+}
+
+/// Everything, unsampled.
+impl Default for TailFilter {
+  fn default() -> Self {
+    Self {
+      status: Vec::new(),
+      method: Vec::new(),
+      header: Vec::new(),
+      client_ip: Vec::new(),
+      search: None,
+      sampling_rate: 1.0,
+      version: Vec::new(),
+    }
+  }
 }
 
 /// Filters of `GET /v1/workers/{name}/logs`, which also pages.
@@ -93,10 +108,7 @@ fn search(value: &str) -> Result<Option<String>, String> {
 impl TailFilter {
   /// From the query's `(key, value)` pairs; a key may repeat.
   pub fn from_pairs(pairs: &[(String, String)]) -> Result<Self, String> {
-    let mut filter = Self {
-      sampling_rate: 1.0,
-      ..Self::default()
-    };
+    let mut filter = Self::default();
     for (key, value) in pairs {
       match key.as_str() {
         "status" => filter.status.push(status(value)?),

@@ -762,3 +762,91 @@ async fn retention_prunes_old_logs() {
     "https://api.test/recent"
   );
 }
+
+/// An edge's trace call over a real QUIC connection is answered at once
+/// and reaches a tail opened through the hub.
+#[tokio::test]
+async fn a_trace_call_over_quic_reaches_the_hub() {
+  use isola_control::pki;
+  use isola_control::quic;
+  use isola_io::channel;
+  use isola_proto::msg::Call;
+  use isola_proto::msg::CallReply;
+  use isola_proto::msg::ToControl;
+
+  let dir = tempfile::tempdir().unwrap();
+  let files = pki::files(dir.path());
+  let ca = pki::Ca::generate().unwrap();
+  pki::write_file(&files.ca, ca.cert_pem().as_bytes(), false).unwrap();
+  let server = ca.issue_server().unwrap();
+  pki::write_file(&files.cert, server.cert_pem.as_bytes(), false).unwrap();
+  pki::write_file(&files.key, server.key_pem.as_bytes(), true).unwrap();
+  let edge = ca.issue_edge("edge-1").unwrap();
+  let (edge_cert, edge_key) = (dir.path().join("edge.pem"), dir.path().join("edge-key.pem"));
+  pki::write_file(&edge_cert, edge.cert_pem.as_bytes(), false).unwrap();
+  pki::write_file(&edge_key, edge.key_pem.as_bytes(), true).unwrap();
+
+  let db = db::Db::open(
+    &dir.path().join("control.db"),
+    secrets::Cipher::new(&secrets::generate_key()),
+  )
+  .unwrap();
+  db.create_account("default", true).unwrap();
+  db.enroll_edge("edge-1").unwrap();
+  let traces = Traces::start(db.clone());
+  let (_state_tx, state) = tokio::sync::watch::channel(Arc::new(db.desired_state().unwrap()));
+  // A free UDP port (bound and released).
+  let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+    .unwrap()
+    .local_addr()
+    .unwrap();
+  let shared = quic::Shared {
+    db: db.clone(),
+    state,
+    scheduler: isola_control::scheduler::driver::Handle::detached(),
+    kv: isola_control::kv::Kv::new(db.clone()),
+    fleet: isola_control::fleet::Fleet::default(),
+    queues: isola_control::queues::driver::Handle::detached(db.clone()),
+    traces: traces.clone(),
+  };
+  let data_dir = dir.path().to_path_buf();
+  tokio::spawn(async move { quic::serve(addr, &data_dir, shared).await });
+
+  let mut tail = traces.tail("default_api", Default::default());
+  let client = channel::client_config(channel::TlsFiles {
+    ca: &files.ca,
+    cert: &edge_cert,
+    key: &edge_key,
+  })
+  .unwrap();
+  // The endpoint may not listen yet: try until it answers.
+  let (_endpoint, conn) = loop {
+    match channel::connect(&addr.to_string(), pki::SERVER_NAME, &client).await {
+      Ok(c) => break c,
+      Err(_) => tokio::task::yield_now().await,
+    }
+  };
+  let (mut send, _recv) = channel::open_stream(&conn).await.unwrap();
+  let hello = ToControl::Hello {
+    protocol: isola_proto::msg::PROTOCOL_VERSION,
+    edge: "edge-1".into(),
+    revision: 0,
+    versions: vec![],
+  };
+  send
+    .write_all(&isola_proto::codec::encode(&hello))
+    .await
+    .unwrap();
+  let batch = TraceBatch {
+    events: vec![event("api", "h1", "ok", 1_700_000_000_000, "/quic")],
+    dropped: 7,
+  };
+  let reply: CallReply = channel::call(&conn, &Call::Trace(batch)).await.unwrap();
+  assert_eq!(reply, CallReply::Traced);
+  let message = tail.receiver.rx.recv().await.unwrap();
+  let message: Value = serde_json::from_str(&message).unwrap();
+  assert_eq!(message["event"]["request"]["url"], "https://api.test/quic");
+  assert!(traces
+    .metrics()
+    .contains("isola_trace_events_dropped_total{edge=\"edge-1\"} 7"));
+}
