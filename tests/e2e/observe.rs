@@ -179,9 +179,9 @@ fn tail_analytics_and_sampled_logs_of_115_invocations_over_two_edges() {
   let mut seen: BTreeMap<String, u64> = BTreeMap::new();
   let mut edges_seen = std::collections::BTreeSet::new();
   for n in 0..115 {
-    let m = tail
-      .next()
-      .unwrap_or_else(|| panic!("the tail ended after {n} events: {seen:?}"));
+    let m = tail.next().unwrap_or_else(|| {
+      panic!("no more tail events (closed, or none for 30 s) after {n}: {seen:?}")
+    });
     let url = m["event"]["request"]["url"]
       .as_str()
       .expect("a fetch event");
