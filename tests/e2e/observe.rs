@@ -1,5 +1,6 @@
 //! Watching a worker across a control plane and two edges: live tail,
-//! analytics and head-sampled invocation logs, from the events edges ship.
+//! analytics and head-sampled invocation logs, from the trace events edges
+//! ship on their channel (`Call::Trace`).
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
