@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod fleet;
 pub mod kv;
+pub mod observe;
 pub mod pki;
 pub mod queues;
 pub mod quic;

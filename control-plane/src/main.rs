@@ -336,12 +336,14 @@ async fn serve(
   .await
   .context("cannot start the queues")?;
   tokio::spawn(kv.clone().sweep_forever());
+  let traces = isola_control::observe::Traces::start(db.clone());
   let app = api::router(
     api::AppState::new(db.clone(), Arc::new(state_tx), validator)
       .with_scheduler(cron.clone())
       .with_kv(kv.clone())
       .with_queues(queues.clone())
-      .with_prices(prices),
+      .with_prices(prices)
+      .with_traces(traces.clone()),
   );
   let listener = tokio::net::TcpListener::bind(api_addr)
     .await
@@ -360,6 +362,7 @@ async fn serve(
       kv,
       fleet,
       queues,
+      traces,
     }) => {
       result.context("the QUIC control channel failed")?;
     }

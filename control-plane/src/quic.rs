@@ -70,6 +70,7 @@ pub struct Shared {
   pub kv: Kv,
   pub fleet: Fleet,
   pub queues: Queues,
+  pub traces: crate::observe::Traces,
 }
 
 pub async fn serve(addr: SocketAddr, data_dir: &Path, shared: Shared) -> anyhow::Result<()> {
@@ -114,6 +115,7 @@ async fn connection(incoming: quinn::Incoming, shared: Shared) -> anyhow::Result
     kv,
     fleet,
     queues,
+    traces,
   } = shared;
   let conn = incoming.await.context("handshake")?;
   let cert = conn
@@ -133,6 +135,7 @@ async fn connection(incoming: quinn::Incoming, shared: Shared) -> anyhow::Result
     work: None,
     kv,
     queues,
+    traces,
     conn: conn.clone(),
     calls: None,
     changes: None,
@@ -156,6 +159,7 @@ struct EdgeConnection {
   work: Option<(EdgeLink, tokio::sync::mpsc::UnboundedReceiver<Work>)>,
   kv: Kv,
   queues: Queues,
+  traces: crate::observe::Traces,
   conn: quinn::Connection,
   /// The task serving the edge's calls (KV), once it is accepted.
   calls: Option<AbortOnDrop>,
@@ -257,16 +261,21 @@ impl Handler<ControlSession> for EdgeConnection {
           self.work = Some(self.fleet.connect(&name));
           self.changes = Some(self.kv.subscribe());
           let (kv, queues) = (self.kv.clone(), self.queues.clone());
+          let (traces, edge) = (self.traces.clone(), name.clone());
           self.calls = Some(AbortOnDrop(tokio::spawn(channel::serve_calls(
             self.conn.clone(),
             move |call: Call| {
               let (kv, queues) = (kv.clone(), queues.clone());
+              let (traces, edge) = (traces.clone(), edge.clone());
               async move {
                 match call {
                   Call::Kv(call) => CallReply::Kv(kv.call(call).await),
                   Call::Send { call, ids } => CallReply::Send(queues.call(call, ids).await),
-                  // Taken by the observability work; until then, dropped.
-                  Call::Trace(_) => CallReply::Traced,
+                  // Best effort: taken (or counted as dropped) at once.
+                  Call::Trace(batch) => {
+                    traces.ingest(&edge, batch);
+                    CallReply::Traced
+                  }
                 }
               }
             },
@@ -302,7 +311,11 @@ impl Handler<ControlSession> for EdgeConnection {
         let db = self.db.clone();
         // Acknowledged only once committed; a failure drops the
         // connection and the edge sends the batch again later.
-        blocking(move || db.store_usage(&name, &batch)).await?;
+        let stored =
+          blocking(move || db.store_usage(&name, &batch).map(|new| (new, batch))).await?;
+        if let (true, batch) = stored {
+          self.traces.usage_stored(&batch);
+        }
         session.usage_stored(id);
       }
       ControlEvent::RunAccepted(id) => self.scheduler.accepted(id),

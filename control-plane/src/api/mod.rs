@@ -44,6 +44,7 @@ use tokio::sync::watch;
 use utoipa::OpenApi as _;
 
 mod kv;
+mod observe;
 mod queues;
 
 pub use self::kv::METADATA_HEADER as KV_METADATA_HEADER;
@@ -76,6 +77,7 @@ pub struct AppState {
   kv: crate::kv::Kv,
   queues: crate::queues::driver::Handle,
   prices: Arc<crate::billing::PriceSheet>,
+  traces: crate::observe::Traces,
 }
 
 impl AppState {
@@ -91,6 +93,7 @@ impl AppState {
       kv: crate::kv::Kv::new(db.clone()),
       queues: crate::queues::driver::Handle::detached(db.clone()),
       prices: Arc::default(),
+      traces: crate::observe::Traces::detached(),
       db,
     }
   }
@@ -105,6 +108,13 @@ impl AppState {
   /// batches). Default: messages are stored and never delivered.
   pub fn with_queues(mut self, queues: crate::queues::driver::Handle) -> Self {
     self.queues = queues;
+    self
+  }
+
+  /// The trace hub (shared with the edge connections, which feed it).
+  /// Default: tails and metrics work, nothing is stored.
+  pub fn with_traces(mut self, traces: crate::observe::Traces) -> Self {
+    self.traces = traces;
     self
   }
 
@@ -288,6 +298,24 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
       "/v1/queues/{name}/messages/batch",
       post(queues::send_batch),
     ),
+    (Method::GET, "/metrics", get(observe::metrics)),
+    (
+      Method::GET,
+      "/v1/workers/{name}/observability",
+      get(observe::get_observability),
+    ),
+    (
+      Method::PUT,
+      "/v1/workers/{name}/observability",
+      put(observe::put_observability),
+    ),
+    (Method::GET, "/v1/workers/{name}/logs", get(observe::logs)),
+    (
+      Method::GET,
+      "/v1/workers/{name}/analytics",
+      get(observe::analytics),
+    ),
+    (Method::GET, "/v1/workers/{name}/tail", get(observe::tail)),
   ]
 }
 
@@ -563,6 +591,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     kv::bulk_delete, queues::create_queue, queues::list_queues, queues::get_queue,
     queues::delete_queue, queues::put_consumer, queues::delete_consumer, queues::send_message,
     queues::send_batch, get_invoice,
+    observe::metrics, observe::get_observability, observe::put_observability, observe::logs,
+    observe::analytics, observe::tail,
   ),
   components(schemas(ErrorBody, ErrorDetail)),
   modifiers(&BearerAuth, &CommonErrors),

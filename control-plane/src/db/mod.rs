@@ -9,10 +9,12 @@
 //! acks rely on.
 
 mod accounts;
+mod analytics;
 mod billing;
 mod deployments;
 mod edges;
 mod kv;
+mod logs;
 mod queues;
 mod routes;
 mod schedules;
@@ -41,6 +43,9 @@ pub use self::deployments::DeployedVersion;
 pub use self::deployments::Deployment;
 pub use self::edges::EdgeInfo;
 pub use self::kv::KvNamespace;
+pub use self::logs::LogFilter;
+pub use self::logs::LogPage;
+pub use self::logs::Observability;
 pub use self::queues::queue_key;
 pub use self::queues::ConsumerSettings;
 pub use self::queues::QueueInfo;
@@ -238,6 +243,41 @@ CREATE TABLE invoices (
   PRIMARY KEY (account, month)
 );
 CREATE INDEX usage_by_account ON usage (account, window_end);
+"#,
+  // Observability: per-worker settings, invocation logs (the tail message
+  // as JSON, and the text `search` looks through), and per-minute
+  // analytics sketches of each version.
+  r#"
+CREATE TABLE observability (
+  account TEXT NOT NULL,
+  worker TEXT NOT NULL,
+  head_sampling_rate REAL NOT NULL,
+  retention_days INTEGER NOT NULL,
+  PRIMARY KEY (account, worker),
+  FOREIGN KEY (account, worker) REFERENCES workers (account, name)
+);
+CREATE TABLE invocation_logs (
+  id INTEGER PRIMARY KEY,
+  account TEXT NOT NULL,
+  worker TEXT NOT NULL,
+  version TEXT NOT NULL,
+  edge TEXT NOT NULL,
+  timestamp INTEGER NOT NULL,
+  outcome TEXT NOT NULL,
+  message TEXT NOT NULL,
+  search TEXT NOT NULL
+);
+CREATE INDEX invocation_logs_by_worker ON invocation_logs (account, worker, timestamp, id);
+CREATE INDEX invocation_logs_by_time ON invocation_logs (timestamp);
+CREATE TABLE trace_minutes (
+  account TEXT NOT NULL,
+  worker TEXT NOT NULL,
+  version TEXT NOT NULL,
+  minute INTEGER NOT NULL,
+  stats TEXT NOT NULL,
+  PRIMARY KEY (account, worker, version, minute)
+) WITHOUT ROWID;
+CREATE INDEX trace_minutes_by_time ON trace_minutes (minute);
 "#,
 ];
 

@@ -1,0 +1,215 @@
+//! An event as tail and the logs API show it: the shape of `wrangler tail`'s
+//! messages, so tools written for it read ours.
+
+use std::collections::BTreeMap;
+
+use isola_proto::names::split_edge_worker_name;
+use isola_proto::trace::EventInfo;
+use isola_proto::trace::TraceEvent;
+use serde::Deserialize;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TailMessage {
+  /// `ok`, `exception`, `exceededCpu`, `exceededMemory`, `exceededWall`,
+  /// `exceededResources`, `canceled` or `unknown`.
+  pub outcome: String,
+  /// When the invocation started, ms since the Unix epoch.
+  pub event_timestamp: i64,
+  /// The worker's name in its account.
+  pub script_name: String,
+  pub script_version: ScriptVersion,
+  pub event: TailEvent,
+  pub logs: Vec<TailLog>,
+  pub exceptions: Vec<TailException>,
+  /// ms.
+  pub cpu_time: f64,
+  /// ms.
+  pub wall_time: f64,
+  /// The edge that ran it.
+  pub edge: String,
+  /// Logs past 128 KiB were left out.
+  pub truncated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ScriptVersion {
+  /// The version's hash (as in `GET /v1/workers/{name}/versions`).
+  pub id: String,
+}
+
+/// What started the invocation; one of the four shapes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum TailEvent {
+  Fetch {
+    request: TailRequest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    response: Option<TailResponse>,
+  },
+  #[serde(rename_all = "camelCase")]
+  Scheduled { cron: String, scheduled_time: i64 },
+  #[serde(rename_all = "camelCase")]
+  Queue { queue: String, batch_size: u32 },
+  #[serde(rename_all = "camelCase")]
+  Rpc { rpc_method: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TailRequest {
+  pub url: String,
+  pub method: String,
+  /// The headers the edge selected, lowercase names.
+  pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TailResponse {
+  pub status: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TailLog {
+  /// `log`, `debug`, `info`, `warn` or `error`.
+  pub level: String,
+  /// The `console.*` arguments, as one formatted string.
+  pub message: Vec<String>,
+  /// ms since the Unix epoch.
+  pub timestamp: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TailException {
+  pub name: String,
+  pub message: String,
+  pub stack: Option<String>,
+  /// ms since the Unix epoch.
+  pub timestamp: i64,
+}
+
+impl From<&TraceEvent> for TailMessage {
+  fn from(e: &TraceEvent) -> Self {
+    let event = match &e.event {
+      EventInfo::Fetch {
+        method,
+        url,
+        headers,
+        status,
+        ..
+      } => TailEvent::Fetch {
+        request: TailRequest {
+          url: url.clone(),
+          method: method.clone(),
+          headers: headers.iter().cloned().collect(),
+        },
+        response: status.map(|status| TailResponse { status }),
+      },
+      EventInfo::Scheduled {
+        cron,
+        scheduled_time,
+      } => TailEvent::Scheduled {
+        cron: cron.clone(),
+        scheduled_time: *scheduled_time,
+      },
+      EventInfo::Queue { queue, batch_size } => TailEvent::Queue {
+        queue: queue.clone(),
+        batch_size: *batch_size,
+      },
+      EventInfo::Rpc { method } => TailEvent::Rpc {
+        rpc_method: method.clone(),
+      },
+    };
+    Self {
+      outcome: e.outcome.clone(),
+      event_timestamp: e.timestamp,
+      script_name: split_edge_worker_name(&e.worker)
+        .map_or(e.worker.as_str(), |(_, w)| w)
+        .to_string(),
+      script_version: ScriptVersion {
+        id: e.version.clone(),
+      },
+      event,
+      logs: e
+        .logs
+        .iter()
+        .map(|l| TailLog {
+          level: l.level.clone(),
+          message: vec![l.message.clone()],
+          timestamp: l.timestamp,
+        })
+        .collect(),
+      exceptions: e
+        .exceptions
+        .iter()
+        .map(|x| TailException {
+          name: x.name.clone(),
+          message: x.message.clone(),
+          stack: x.stack.clone(),
+          timestamp: x.timestamp,
+        })
+        .collect(),
+      cpu_time: e.cpu_us as f64 / 1000.0,
+      wall_time: e.wall_us as f64 / 1000.0,
+      edge: e.edge.clone(),
+      truncated: e.truncated,
+    }
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use serde_json::json;
+
+  use super::*;
+  use crate::observe::filter::tests::fetch;
+
+  #[test]
+  fn shaped_like_wrangler_tail() {
+    let e = fetch("ok", "GET", "https://a.test/x");
+    let v = serde_json::to_value(TailMessage::from(&e)).unwrap();
+    assert_eq!(
+      v,
+      json!({
+        "outcome": "ok",
+        "eventTimestamp": 1_700_000_000_000i64,
+        "scriptName": "api",
+        "scriptVersion": {"id": "h1"},
+        "event": {
+          "request": {"url": "https://a.test/x", "method": "GET", "headers": {"x-user": "alice"}},
+          "response": {"status": 200}
+        },
+        "logs": [{"level": "log", "message": ["hello from the handler"], "timestamp": 1_700_000_000_001i64}],
+        "exceptions": [],
+        "cpuTime": 1.5,
+        "wallTime": 3.0,
+        "edge": "edge-0",
+        "truncated": false
+      })
+    );
+    let mut cron = e.clone();
+    cron.event = EventInfo::Scheduled {
+      cron: "*/5 * * * *".into(),
+      scheduled_time: 5,
+    };
+    let v = serde_json::to_value(TailMessage::from(&cron)).unwrap();
+    assert_eq!(
+      v["event"],
+      json!({"cron": "*/5 * * * *", "scheduledTime": 5})
+    );
+    let mut queue = e.clone();
+    queue.event = EventInfo::Queue {
+      queue: "jobs".into(),
+      batch_size: 3,
+    };
+    let v = serde_json::to_value(TailMessage::from(&queue)).unwrap();
+    assert_eq!(v["event"], json!({"queue": "jobs", "batchSize": 3}));
+    let mut rpc = e;
+    rpc.event = EventInfo::Rpc {
+      method: "add".into(),
+    };
+    let v = serde_json::to_value(TailMessage::from(&rpc)).unwrap();
+    assert_eq!(v["event"], json!({"rpcMethod": "add"}));
+  }
+}
