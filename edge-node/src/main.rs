@@ -14,6 +14,7 @@ mod serve;
 mod server;
 mod store;
 mod tls;
+mod trace;
 
 use clap::Parser;
 use clap::Subcommand;

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::Weak;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -72,6 +74,26 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   if let Some(threads) = config.server.threads {
     pool = pool.threads(threads);
   }
+  // Trace events of the control plane's workers go to it; the config
+  // file's workers are not its to show, and without a control plane no
+  // event is built at all.
+  let node_slot: Arc<OnceLock<Weak<Node>>> = Arc::default();
+  let mut traces = config.control.as_ref().map(|_| {
+    crate::trace::TraceBuffer::new(
+      crate::trace::MAX_EVENTS,
+      crate::trace::MAX_BYTES,
+      metrics.clone(),
+    )
+  });
+  if let Some((buffer, _)) = &traces {
+    let slot = node_slot.clone();
+    pool = pool.trace(buffer.sink(move |worker| {
+      slot
+        .get()
+        .and_then(Weak::upgrade)
+        .is_some_and(|node| !node.is_static(worker))
+    }));
+  }
   let runtime = Runtime::new(pool)?;
   let ready = Arc::new(AtomicBool::new(false));
   let control_state = match &config.control {
@@ -86,6 +108,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.clone(),
     Box::new(move |state| crate::control::save_state(&control_dir, state)),
   ));
+  let _ = node_slot.set(Arc::downgrade(&node));
 
   let main_rt = tokio::runtime::Builder::new_current_thread()
     .enable_all()
@@ -154,6 +177,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .clone()
             .run(Duration::from_millis(control.usage_interval_ms), tx),
         );
+        if let Some((buffer, queue)) = traces.take() {
+          let upstream = upstream.clone();
+          let send = move |batch| {
+            let upstream = upstream.clone();
+            async move { crate::trace::send_upstream(&upstream, batch).await }
+          };
+          tokio::spawn(crate::trace::ship(
+            buffer,
+            queue,
+            control.name.clone(),
+            send,
+          ));
+        }
         let (control, node, kv) = (control.clone(), node.clone(), kv.clone());
         let upstream = upstream.clone();
         tokio::spawn(async move {

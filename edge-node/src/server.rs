@@ -123,7 +123,7 @@ pub async fn serve<H, F>(
   let builder = Arc::new(builder(&options));
   let graceful = GracefulShutdown::new();
   loop {
-    let (stream, _peer) = tokio::select! {
+    let (stream, peer) = tokio::select! {
       conn = listener.accept() => match conn {
         Ok(conn) => conn,
         Err(e) => {
@@ -141,6 +141,10 @@ pub async fn serve<H, F>(
       let uri = absolute_uri(&req, scheme, &fallback_host);
       let (mut parts, body) = req.into_parts();
       parts.uri = uri;
+      // Trace events show who asked.
+      parts
+        .extensions
+        .insert(isola_runtime::ClientAddr(peer.ip()));
       let req = http::Request::from_parts(parts, isola_runtime::request_body(body));
       let response = handle(req);
       async move { Ok::<_, std::convert::Infallible>(response.await) }

@@ -1,5 +1,6 @@
 //! Runtime benchmarks: isolate start from the snapshot, first request to a
-//! new worker (with and without a ready isolate), warm requests.
+//! new worker (with and without a ready isolate), warm requests, and warm
+//! requests whose trace events are kept and shipped as an edge does.
 //!
 //! `cargo bench -p isola-runtime` (medians are in criterion's report).
 
@@ -8,9 +9,16 @@ use criterion::criterion_group;
 use criterion::criterion_main;
 use criterion::BatchSize;
 use criterion::Criterion;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
 use isola_runtime::Bundle;
+use isola_runtime::ClientAddr;
 use isola_runtime::Isolate;
 use isola_runtime::LogSink;
+use isola_runtime::TraceEvent;
+use isola_runtime::TraceSink;
 use isola_runtime::Worker;
 use isola_runtime::WorkerConfig;
 
@@ -34,11 +42,63 @@ fn rt() -> tokio::runtime::Runtime {
     .unwrap()
 }
 
+/// A request as an edge's server hands it over: with a user agent and the
+/// client's address.
+fn hello_request() -> http::Request<isola_runtime::RequestBody> {
+  let mut request = isola_runtime::empty_request("http://bench.test/");
+  request.headers_mut().insert(
+    http::header::USER_AGENT,
+    http::HeaderValue::from_static("wrk"),
+  );
+  request
+    .extensions_mut()
+    .insert(ClientAddr(std::net::Ipv4Addr::LOCALHOST.into()));
+  request
+}
+
+/// What an edge does with trace events: a bounded channel filled with
+/// `try_send` (a byte count beside it) on the isolate's thread, and a
+/// shipper thread that takes batches of up to 256 and encodes each as the
+/// call it sends to the control plane (the network left out).
+fn shipping_sink() -> TraceSink {
+  let (tx, mut rx) = tokio::sync::mpsc::channel::<(TraceEvent, usize)>(10_000);
+  let bytes = Arc::new(AtomicUsize::new(0));
+  let shipped = bytes.clone();
+  std::thread::spawn(move || {
+    let mut batch = Vec::with_capacity(256);
+    while let Some(first) = rx.blocking_recv() {
+      batch.push(first);
+      while batch.len() < 256 {
+        match rx.try_recv() {
+          Ok(e) => batch.push(e),
+          Err(_) => break,
+        }
+      }
+      let events = batch
+        .drain(..)
+        .map(|(mut e, size)| {
+          shipped.fetch_sub(size, Ordering::Relaxed);
+          e.edge = "bench-edge".into();
+          e
+        })
+        .collect();
+      let call =
+        isola_proto::msg::Call::Trace(isola_proto::trace::TraceBatch { events, dropped: 0 });
+      std::hint::black_box(isola_proto::codec::encode(&call));
+    }
+  });
+  TraceSink::new(move |event| {
+    let size = 128 + event.worker.len() + event.version.len();
+    if bytes.fetch_add(size, Ordering::Relaxed) + size > 16 << 20
+      || tx.try_send((event, size)).is_err()
+    {
+      bytes.fetch_sub(size, Ordering::Relaxed);
+    }
+  })
+}
+
 async fn request(worker: &mut Worker) {
-  let response = worker
-    .fetch(isola_runtime::empty_request("http://bench.test/"))
-    .await
-    .expect("hello answers");
+  let response = worker.fetch(hello_request()).await.expect("hello answers");
   let body = response.into_body().collect_bytes().await.unwrap();
   assert_eq!(&body[..], b"Hello, world!");
 }
@@ -80,6 +140,15 @@ fn benches(c: &mut Criterion) {
     .unwrap();
   c.bench_function("warm_request", |b| {
     b.iter(|| rt.block_on(request(&mut worker)))
+  });
+  let traced = WorkerConfig::new("bench")
+    .version("v1")
+    .trace(shipping_sink());
+  let mut traced = rt
+    .block_on(Worker::new(hello_bundle(), &traced, LogSink::discard()))
+    .unwrap();
+  c.bench_function("warm_request_traced", |b| {
+    b.iter(|| rt.block_on(request(&mut traced)))
   });
 }
 

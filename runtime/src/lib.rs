@@ -33,6 +33,7 @@ mod scheduled;
 mod services;
 mod specifier;
 mod storage;
+mod trace;
 mod watchdog;
 mod worker;
 
@@ -69,6 +70,9 @@ pub use crate::services::Services;
 pub use crate::services::MAX_CHAIN_DEPTH;
 pub use crate::specifier::clean_message;
 pub use crate::storage::MemoryKv;
+pub use crate::trace::ClientAddr;
+pub use crate::trace::TraceEvent;
+pub use crate::trace::TraceSink;
 pub use crate::worker::Invocation;
 pub use crate::worker::Isolate;
 pub use crate::worker::Worker;

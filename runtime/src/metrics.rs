@@ -71,6 +71,7 @@ struct Inner {
   quarantined: Gauge,
   http_requests: Family<StatusLabels, Counter>,
   http_latency: Family<WorkerLabels, Histogram>,
+  trace_dropped: Counter,
 }
 
 /// (worker, version)
@@ -183,8 +184,15 @@ impl Metrics {
       "Time to the response head",
       http_latency.clone(),
     );
+    let trace_dropped = Counter::default();
+    registry.register(
+      "trace_events_dropped",
+      "Trace events left out (buffer full, or the control plane unreachable)",
+      trace_dropped.clone(),
+    );
     Self {
       inner: Arc::new(Inner {
+        trace_dropped,
         http_requests,
         http_latency,
         registry,
@@ -270,6 +278,11 @@ impl Metrics {
         worker: worker.to_string(),
       })
       .observe(elapsed.as_secs_f64());
+  }
+
+  /// Counts `n` trace events the node left out.
+  pub fn record_trace_dropped(&self, n: u64) {
+    self.inner.trace_dropped.inc_by(n);
   }
 
   /// A sink that counts every record it gets here.

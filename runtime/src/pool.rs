@@ -36,6 +36,7 @@ use crate::services::PoolLink;
 use crate::services::Services;
 use crate::services::ServicesHandle;
 use crate::storage::Storage;
+use crate::trace::TraceSink;
 use crate::worker::Answer;
 use crate::worker::Call;
 use crate::worker::Invocation;
@@ -57,6 +58,7 @@ pub struct Config {
   max_concurrency: usize,
   logs: LogSink,
   meter: MeterSink,
+  trace: TraceSink,
   fairness: Fairness,
   pub(crate) services: ServicesHandle,
   pub(crate) storage: Storage,
@@ -73,6 +75,7 @@ impl Default for Config {
       max_concurrency: 64,
       logs: LogSink::discard(),
       meter: MeterSink::discard(),
+      trace: TraceSink::discard(),
       fairness: Fairness::default(),
       services: ServicesHandle::default(),
       storage: Storage::default(),
@@ -130,6 +133,13 @@ impl Config {
   /// Where invocation records go. Default: dropped.
   pub fn meter(mut self, meter: MeterSink) -> Self {
     self.meter = meter;
+    self
+  }
+
+  /// Where trace events go: one per invocation (fetch, scheduled, queue,
+  /// RPC), with its logs and exceptions. Default: none are built.
+  pub fn trace(mut self, trace: TraceSink) -> Self {
+    self.trace = trace;
     self
   }
 
@@ -720,7 +730,9 @@ impl Shared {
       self.config.meter.clone(),
     );
     let link = PoolLink(Some(Arc::downgrade(self)));
-    let config = config.storage(self.config.storage.clone());
+    let config = config
+      .storage(self.config.storage.clone())
+      .trace(self.config.trace.clone());
     let config = config.pool(link).meter(MeterSink::new(move |record| {
       lock_ledger(&ledger).charge(
         &name,

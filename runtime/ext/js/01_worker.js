@@ -171,7 +171,7 @@ function settle(inv) {
   inv.pending--;
   if (inv.pending === 0 && inv.responded) {
     if (inv.scheduled) {
-      if (inv.failed) op_isola_fail(inv.id, describe(inv.error));
+      if (inv.failed) failWith(inv.id, inv.error, describe(inv.error));
       else op_isola_done_ok(inv.id);
     }
     op_isola_invocation_done(inv.id);
@@ -326,8 +326,23 @@ function fail(inv, err) {
     message +=
       "\n(passThroughOnException() was called, but this node has no origin to pass the request to)";
   }
-  op_isola_fail(inv.id, message);
+  failWith(inv.id, err, message);
   done(inv);
+}
+
+/** Ends invocation `id` with `err`; `logged` (its stack) goes to the log. */
+function failWith(id, err, logged) {
+  let name = "Error";
+  let message = logged;
+  if (ObjectPrototypeIsPrototypeOf(Error.prototype, err)) {
+    try {
+      name = String(err.name);
+      message = String(err.message);
+    } catch {
+      // An error whose name or message cannot be read keeps the defaults.
+    }
+  }
+  op_isola_fail(id, logged, name, message);
 }
 
 function done(inv) {

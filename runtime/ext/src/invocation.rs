@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use crate::body::ResponseBody;
 use crate::outcome::LimitExceeded;
 use crate::outcome::Outcome;
+use crate::trace::Trace;
 
 /// How an invocation answered.
 #[derive(Debug)]
@@ -86,6 +87,8 @@ pub struct Usage {
   pub outcome: Option<Outcome>,
   /// A scheduled handler called `controller.noRetry()`.
   pub no_retry: bool,
+  /// What observers see of it; `None` unless [`Invocations::tracing`].
+  pub trace: Option<Box<Trace>>,
 }
 
 impl Usage {
@@ -100,6 +103,7 @@ impl Usage {
       bytes_out: 0,
       outcome: None,
       no_retry: false,
+      trace: None,
     }
   }
 }
@@ -136,6 +140,8 @@ pub struct Invocations {
   pub subrequest_limit: u32,
   /// Response body bytes allowed per invocation (0: no limit).
   pub response_body_limit: u64,
+  /// Trace events are kept: invocations collect their logs and exceptions.
+  pub tracing: bool,
 }
 
 impl Invocations {
@@ -228,13 +234,29 @@ impl Invocations {
     }
   }
 
-  fn report(&self, id: u32, usage: Usage, done: Option<oneshot::Sender<Usage>>) {
+  fn report(&self, id: u32, mut usage: Usage, done: Option<oneshot::Sender<Usage>>) {
     if let Some(tx) = done {
+      // The trace goes to the hook alone: its logs are not copied.
+      let trace = usage.trace.take();
       let _ = tx.send(usage.clone());
+      usage.trace = trace;
     }
     if let Some(hook) = &self.on_finish {
       hook(id, usage);
     }
+  }
+
+  /// Starts the trace of invocation `id` with what started it (callers
+  /// check [`Invocations::tracing`] first, so as not to build `event`).
+  pub fn trace(&mut self, id: u32, event: isola_proto::trace::EventInfo) {
+    if let Some(p) = self.pending.get_mut(&id) {
+      p.usage.trace = Some(Box::new(Trace::new(event)));
+    }
+  }
+
+  /// The trace of invocation `id`, if it is traced and not over.
+  pub fn trace_mut(&mut self, id: u32) -> Option<&mut Trace> {
+    self.pending.get_mut(&id)?.usage.trace.as_deref_mut()
   }
 
   /// The chain depth of invocation `id` (1 if it is unknown).
@@ -356,6 +378,9 @@ impl Invocations {
     if let Some(p) = self.pending.get_mut(&id) {
       if p.usage.outcome.is_none() || p.usage.outcome == Some(Outcome::Ok) {
         p.usage.outcome = Some(limit.outcome());
+        if let Some(trace) = &mut p.usage.trace {
+          trace.exception("Error", &limit.to_string(), None);
+        }
       }
       if let Some(tx) = p.reply.take() {
         let _ = tx.send(Reply::Limit(limit));
@@ -422,6 +447,13 @@ impl Invocations {
           Reply::Stopped(_) => Outcome::Stopped,
         };
         p.usage.outcome.get_or_insert(outcome);
+        if let Some(trace) = &mut p.usage.trace {
+          match &reply {
+            Reply::Response(r) => trace.set_status(r.status().as_u16()),
+            Reply::Stopped(why) => trace.exception("Error", why, None),
+            _ => {}
+          }
+        }
         let _ = tx.send(reply);
       }
     }
@@ -446,7 +478,12 @@ impl Invocations {
       if p.reply.is_some() {
         failed.push(id);
         match failure {
-          Failure::Exception(message) => self.reply(id, Reply::Exception(message.to_string())),
+          Failure::Exception(message) => {
+            if let Some(trace) = self.trace_mut(id) {
+              trace.exception("Error", message, None);
+            }
+            self.reply(id, Reply::Exception(message.to_string()))
+          }
           Failure::Limit(limit) => self.limit(id, limit),
         }
       }
@@ -670,6 +707,44 @@ mod tests {
       fn wake(self: std::sync::Arc<Self>) {}
     }
     std::task::Waker::from(std::sync::Arc::new(Noop))
+  }
+
+  #[test]
+  fn a_trace_goes_to_the_hook_with_its_status_and_limit() {
+    let t0 = Instant::now();
+    let mut table = Invocations {
+      tracing: true,
+      ..Invocations::default()
+    };
+    let seen = record(&mut table);
+    let mut a = start(&mut table, t0);
+    table.trace(
+      a.id,
+      isola_proto::trace::EventInfo::Fetch {
+        method: "GET".into(),
+        url: "http://a.test/".into(),
+        headers: vec![],
+        client_ip: None,
+        status: None,
+      },
+    );
+    table.set_streaming(a.id, true);
+    respond(&mut table, a.id);
+    table.limit(a.id, LimitExceeded::ResponseBody(10));
+    table.set_streaming(a.id, false);
+    // The usage waiter gets no copy of the trace; the hook gets it.
+    assert!(a.done.try_recv().unwrap().trace.is_none());
+    let seen = seen.borrow();
+    let trace = seen[0].1.trace.as_deref().unwrap();
+    assert!(matches!(
+      trace.event,
+      isola_proto::trace::EventInfo::Fetch {
+        status: Some(200),
+        ..
+      }
+    ));
+    assert_eq!(trace.exceptions.len(), 1);
+    assert!(trace.exceptions[0].message.starts_with("body limit"));
   }
 
   #[test]

@@ -21,6 +21,7 @@ mod ops;
 mod outcome;
 mod queue;
 mod service;
+mod trace;
 
 use deno_core::JsBuffer;
 use deno_core::OpState;
@@ -55,6 +56,8 @@ pub use service::CallOutcome;
 pub use service::LocalFuture;
 pub use service::ServiceDispatch;
 pub use service::ServiceTable;
+pub use trace::epoch_ms;
+pub use trace::Trace;
 
 /// Name of the worker, as shown in logs.
 #[derive(Clone, Debug)]

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use deno_core::op2;
 use deno_core::OpState;
 
+use crate::Invocations;
 use crate::WorkerName;
 
 /// Severity of a log line, as the `console` method that wrote it.
@@ -97,10 +98,19 @@ pub fn op_isola_log(
 ) {
   let worker = state.borrow::<WorkerName>().0.clone();
   let message = message.strip_suffix('\n').unwrap_or(message).to_string();
-  state.borrow::<LogSink>().emit(LogRecord::new(
+  let record = LogRecord::new(
     worker,
     u32::try_from(invocation).ok(),
     Level::from_console(level),
     message,
-  ));
+  );
+  if let Some(id) = record.invocation {
+    let invocations = state.borrow_mut::<Invocations>();
+    if invocations.tracing {
+      if let Some(trace) = invocations.trace_mut(id) {
+        trace.log(record.level, &record.message, record.timestamp);
+      }
+    }
+  }
+  state.borrow::<LogSink>().emit(record);
 }

@@ -121,20 +121,42 @@ pub fn op_isola_respond<'s>(
   Ok(())
 }
 
-/// Ends invocation `id` with an exception; `message` carries the JS stack and
-/// goes to the worker's log, never to the client.
+/// Ends invocation `id` with an exception; `logged` carries the JS stack and
+/// goes to the worker's log, never to the client. `name` and `message` are
+/// the error's own, for its trace.
 #[op2(fast)]
-pub fn op_isola_fail(state: &mut OpState, #[smi] id: u32, #[string] message: &str) {
+pub fn op_isola_fail(
+  state: &mut OpState,
+  #[smi] id: u32,
+  #[string] logged: &str,
+  #[string] name: &str,
+  #[string] message: &str,
+) {
   let worker = state.borrow::<WorkerName>().0.clone();
   state.borrow::<LogSink>().emit(LogRecord::new(
     worker,
     Some(id),
     Level::Error,
-    message.to_string(),
+    logged.to_string(),
   ));
-  state
-    .borrow_mut::<Invocations>()
-    .reply(id, Reply::Exception(message.to_string()));
+  let invocations = state.borrow_mut::<Invocations>();
+  trace_exception(invocations, id, name, message, logged);
+  invocations.reply(id, Reply::Exception(logged.to_string()));
+}
+
+/// Notes an uncaught exception in invocation `id`'s trace, if it has one;
+/// `logged` is its stack unless it is only the message (a thrown non-Error).
+fn trace_exception(
+  invocations: &mut Invocations,
+  id: u32,
+  name: &str,
+  message: &str,
+  logged: &str,
+) {
+  if let Some(trace) = invocations.trace_mut(id) {
+    let stack = (logged != message).then_some(logged);
+    trace.exception(name, message, stack);
+  }
 }
 
 /// Marks invocation `id` finished: its response is out and its `waitUntil`
@@ -198,7 +220,9 @@ pub fn op_isola_throw(
     Level::Error,
     logged.to_string(),
   ));
-  state.borrow_mut::<Invocations>().reply(
+  let invocations = state.borrow_mut::<Invocations>();
+  trace_exception(invocations, id, name, message, logged);
+  invocations.reply(
     id,
     Reply::Thrown {
       name: name.to_string(),

@@ -42,6 +42,24 @@ impl Outcome {
     }
   }
 
+  /// The name `wrangler tail` shows for this outcome. Limits with no name of
+  /// their own there are `exceededResources`; an invocation whose isolate
+  /// stopped under it (another invocation broke a limit, or shutdown) was
+  /// `canceled`, as one whose caller went away.
+  pub fn tail_name(self) -> &'static str {
+    match self {
+      Outcome::Ok => "ok",
+      Outcome::Exception => "exception",
+      Outcome::CpuLimit => "exceededCpu",
+      Outcome::MemoryLimit => "exceededMemory",
+      Outcome::WallLimit => "exceededWall",
+      Outcome::SubrequestLimit | Outcome::RequestBodyLimit | Outcome::ResponseBodyLimit => {
+        "exceededResources"
+      }
+      Outcome::Stopped | Outcome::Canceled => "canceled",
+    }
+  }
+
   /// Every outcome, for exporters that pre-register label values.
   pub const ALL: [Outcome; 10] = [
     Outcome::Ok,

@@ -8,6 +8,7 @@ use crate::limits::MeterSink;
 use crate::services::Binding;
 use crate::services::PoolLink;
 use crate::storage::Storage;
+use crate::trace::TraceSink;
 
 /// Settings of one worker: its name (for logs) and the `env` its handler sees.
 ///
@@ -24,6 +25,7 @@ pub struct WorkerConfig {
   pub(super) vars: BTreeMap<String, serde_json::Value>,
   pub(super) limits: Limits,
   pub(super) meter: MeterSink,
+  pub(super) trace: TraceSink,
   pub(super) services: BTreeMap<String, Binding>,
   pub(super) pool: PoolLink,
   /// KV bindings: binding name → namespace id.
@@ -48,6 +50,7 @@ impl WorkerConfig {
       vars: BTreeMap::new(),
       limits: Limits::default(),
       meter: MeterSink::discard(),
+      trace: TraceSink::discard(),
       services: BTreeMap::new(),
       pool: PoolLink::default(),
       kv: BTreeMap::new(),
@@ -71,6 +74,13 @@ impl WorkerConfig {
   /// Where invocation records go. Default: dropped.
   pub fn meter(mut self, meter: MeterSink) -> Self {
     self.meter = meter;
+    self
+  }
+
+  /// Where trace events go (a [`crate::Runtime`] sets its own). Default:
+  /// none are built.
+  pub fn trace(mut self, trace: TraceSink) -> Self {
+    self.trace = trace;
     self
   }
 

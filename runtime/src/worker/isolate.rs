@@ -35,6 +35,7 @@ use crate::limits::InvocationRecord;
 use crate::limits::Limits;
 use crate::limits::Outcome;
 use crate::loader::BundleLoader;
+use crate::trace::TraceEvent;
 use crate::watchdog::Guard;
 use crate::watchdog::Trip;
 
@@ -194,9 +195,12 @@ impl Isolate {
       let invocations = state.borrow_mut::<Invocations>();
       invocations.subrequest_limit = config.limits.subrequest_limit();
       invocations.response_body_limit = config.limits.response_body_limit();
+      invocations.tracing = config.trace.is_enabled();
       let (worker, version, meter) = (name.clone(), config.version.clone(), config.meter.clone());
-      invocations.set_finish_hook(Box::new(move |_id, usage| {
-        meter.emit(InvocationRecord {
+      let trace_sink = config.trace.clone();
+      invocations.set_finish_hook(Box::new(move |_id, mut usage| {
+        let trace = usage.trace.take();
+        let record = InvocationRecord {
           worker: worker.clone(),
           version: version.clone(),
           start: usage.start_time,
@@ -207,7 +211,23 @@ impl Isolate {
           bytes_out: usage.bytes_out,
           subrequests: usage.subrequests,
           outcome: usage.outcome.unwrap_or(Outcome::Stopped),
-        })
+        };
+        if let Some(trace) = trace {
+          trace_sink.emit(TraceEvent {
+            worker: worker.to_string(),
+            version: version.to_string(),
+            edge: String::new(),
+            timestamp: isola_ext::epoch_ms(record.start),
+            event: trace.event,
+            outcome: record.outcome.tail_name().to_string(),
+            cpu_us: record.cpu_us,
+            wall_us: record.wall_us,
+            logs: trace.logs,
+            exceptions: trace.exceptions,
+            truncated: trace.truncated,
+          });
+        }
+        meter.emit(record)
       }));
     }
     call_sync(&mut self.js, &self.internals.init, |_| vec![]).map_err(ErrorKind::Stopped)?;

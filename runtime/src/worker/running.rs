@@ -23,6 +23,7 @@ use isola_ext::Reply;
 use isola_ext::RequestBodyResource;
 use isola_ext::ResponseBody;
 use isola_ext::Usage;
+use isola_proto::trace::EventInfo;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
@@ -141,6 +142,10 @@ impl Worker {
           ..spec
         };
         let id = self.insert(reply, done, spec);
+        self.trace(id, || EventInfo::Scheduled {
+          cron: cron.clone(),
+          scheduled_time,
+        });
         self.call_internal(
           |i| &i.scheduled,
           |scope| {
@@ -160,6 +165,10 @@ impl Worker {
           ..spec
         };
         let id = self.insert(reply, done, spec);
+        self.trace(id, || EventInfo::Queue {
+          queue: batch.queue.clone(),
+          batch_size: u32::try_from(batch.messages.len()).unwrap_or(u32::MAX),
+        });
         isola_ext::start_consumer(&mut self.js.op_state().borrow_mut(), id, batch, decisions);
         self.call_internal(
           |i| &i.queue,
@@ -172,6 +181,9 @@ impl Worker {
         args,
       } => {
         let id = self.insert(reply, done, spec);
+        self.trace(id, || EventInfo::Rpc {
+          method: method.clone(),
+        });
         self.call_internal(
           |i| &i.call,
           |scope| {
@@ -206,6 +218,17 @@ impl Worker {
     state
       .borrow_mut::<Invocations>()
       .insert_with(reply, done, std::time::Instant::now(), spec)
+  }
+
+  /// Starts invocation `id`'s trace if the node keeps trace events;
+  /// `event` is only built then.
+  fn trace(&mut self, id: u32, event: impl FnOnce() -> EventInfo) {
+    let state = self.js.op_state();
+    let mut state = state.borrow_mut();
+    let invocations = state.borrow_mut::<Invocations>();
+    if invocations.tracing {
+      invocations.trace(id, event());
+    }
   }
 
   /// Calls a dispatcher function in a turn of its own.
@@ -244,11 +267,19 @@ impl Worker {
       .get(http::header::CONTENT_LENGTH)
       .and_then(|v| v.to_str().ok())
       .and_then(|v| v.parse::<u64>().ok());
+    let url = if parts.uri.scheme().is_some() {
+      parts.uri.to_string()
+    } else {
+      format!("http://localhost{}", parts.uri)
+    };
     let (id, body_rid) = {
       let state_rc = self.js.op_state();
       let mut state = state_rc.borrow_mut();
       let invocations = state.borrow_mut::<Invocations>();
       let id = invocations.insert_with(reply, done, std::time::Instant::now(), spec);
+      if invocations.tracing {
+        invocations.trace(id, crate::trace::fetch_info(&parts, &url));
+      }
       if declared.is_some_and(|n| n > body_limit) {
         invocations.limit(id, LimitExceeded::RequestBody(body_limit));
         invocations.abandon(id);
@@ -263,11 +294,6 @@ impl Worker {
           .add(RequestBodyResource::new(body, Some(meter)))
       });
       (id, rid)
-    };
-    let url = if parts.uri.scheme().is_some() {
-      parts.uri.to_string()
-    } else {
-      format!("http://localhost{}", parts.uri)
     };
 
     let turn = self.begin_turn();

@@ -3,7 +3,8 @@
 //! the build time on small machines. libtest-mimic runs every trial:
 //! fixture cases (`fixtures.rs`), pool tests (`pool.rs`), scheduled runs
 //! and service bindings through the pool (`events.rs`), KV and queue
-//! bindings and consumers (`storage.rs`) and tests of one
+//! bindings and consumers (`storage.rs`), trace events of every kind of
+//! invocation (`trace.rs`) and tests of one
 //! worker driven directly (`worker.rs`).
 //!
 //! `cargo test -p isola-runtime --test all -- pool::` runs one group.
@@ -12,6 +13,7 @@ mod events;
 mod fixtures;
 mod pool;
 mod storage;
+mod trace;
 mod worker;
 
 use libtest_mimic::Arguments;
@@ -29,6 +31,7 @@ fn main() {
   trials.extend(pool::trials());
   trials.extend(events::trials());
   trials.extend(storage::trials());
+  trials.extend(trace::trials());
   trials.extend(worker::trials());
   let rest = libtest_mimic::run(&args, trials);
   if first.has_failed() || rest.has_failed() {

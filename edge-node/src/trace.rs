@@ -1,0 +1,343 @@
+//! Trace events on their way to the control plane (live tail, invocation
+//! logs). Best effort, unlike usage: a bounded buffer filled from the
+//! runtime's [`TraceSink`] without ever waiting, sampling when it is full
+//! (keep 1 in N, N doubling while it stays full), and one shipper task that
+//! sends what it holds every 100 ms or at 256 events, never retried. Every
+//! event left out is counted (`isola_trace_events_dropped_total`, and the
+//! next batch's `dropped`).
+
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use isola_proto::msg::Call;
+use isola_proto::msg::CallReply;
+use isola_proto::trace::TraceBatch;
+use isola_runtime::Metrics;
+use isola_runtime::TraceEvent;
+use isola_runtime::TraceSink;
+use tokio::sync::mpsc;
+
+use crate::kv::Upstream;
+
+/// Events the buffer holds at most.
+pub const MAX_EVENTS: usize = 10_000;
+/// Bytes of events (as [`event_bytes`] counts them) it holds at most.
+pub const MAX_BYTES: usize = 16 << 20;
+/// A batch leaves once it has this many events...
+pub const BATCH_EVENTS: usize = 256;
+/// ...or this long after the last one left.
+pub const BATCH_EVERY: Duration = Duration::from_millis(100);
+/// How long one batch may take to reach the control plane; past it the
+/// batch counts as dropped, so a stalled control plane only costs events.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// The sampling never gets sparser than 1 in this many.
+const MAX_EVERY: u64 = 1 << 16;
+
+type Queued = (TraceEvent, usize);
+
+/// The edge's bounded buffer of trace events. Shared by every V8 thread.
+pub struct TraceBuffer {
+  tx: mpsc::Sender<Queued>,
+  capacity: usize,
+  bytes: AtomicUsize,
+  max_bytes: usize,
+  /// Keep 1 in this many offered events (1: all of them).
+  every: AtomicU64,
+  offered: AtomicU64,
+  /// Dropped since the last batch left.
+  dropped: AtomicU64,
+  metrics: Metrics,
+}
+
+/// The buffer's other end, for the shipper.
+pub struct TraceQueue(mpsc::Receiver<Queued>);
+
+impl TraceBuffer {
+  pub fn new(capacity: usize, max_bytes: usize, metrics: Metrics) -> (Arc<Self>, TraceQueue) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let buffer = Self {
+      tx,
+      capacity: capacity.max(1),
+      bytes: AtomicUsize::new(0),
+      max_bytes,
+      every: AtomicU64::new(1),
+      offered: AtomicU64::new(0),
+      dropped: AtomicU64::new(0),
+      metrics,
+    };
+    (Arc::new(buffer), TraceQueue(rx))
+  }
+
+  /// Takes `event` if there is room and the sampling keeps it; never waits.
+  pub fn offer(&self, event: TraceEvent) {
+    let every = self.every.load(Ordering::Relaxed);
+    if every > 1
+      && !self
+        .offered
+        .fetch_add(1, Ordering::Relaxed)
+        .is_multiple_of(every)
+    {
+      self.drop_events(1);
+      return;
+    }
+    let size = event_bytes(&event);
+    let bytes = self.bytes.fetch_add(size, Ordering::Relaxed) + size;
+    if bytes > self.max_bytes || self.tx.try_send((event, size)).is_err() {
+      self.bytes.fetch_sub(size, Ordering::Relaxed);
+      self
+        .every
+        .store((every * 2).min(MAX_EVERY), Ordering::Relaxed);
+      self.drop_events(1);
+      return;
+    }
+    // Room again (the shipper caught up): keep everything.
+    if every > 1 && self.tx.capacity() * 2 >= self.capacity && bytes * 2 <= self.max_bytes {
+      self.every.store(1, Ordering::Relaxed);
+    }
+  }
+
+  /// Keep 1 in how many offered events, now.
+  #[cfg(test)]
+  fn sampling(&self) -> u64 {
+    self.every.load(Ordering::Relaxed)
+  }
+
+  fn drop_events(&self, n: u64) {
+    self.dropped.fetch_add(n, Ordering::Relaxed);
+    self.metrics.record_trace_dropped(n);
+  }
+
+  /// The sink that feeds this buffer with the events of the workers
+  /// `shipped` accepts (the control plane's, not the config file's).
+  pub fn sink(
+    self: &Arc<Self>,
+    shipped: impl Fn(&str) -> bool + Send + Sync + 'static,
+  ) -> TraceSink {
+    let buffer = self.clone();
+    TraceSink::new(move |event| {
+      if shipped(&event.worker) {
+        buffer.offer(event);
+      }
+    })
+  }
+}
+
+/// Roughly what an event holds, for the byte bound.
+fn event_bytes(e: &TraceEvent) -> usize {
+  let info = match &e.event {
+    isola_proto::trace::EventInfo::Fetch { url, headers, .. } => {
+      url.len()
+        + headers
+          .iter()
+          .map(|(n, v)| n.len() + v.len())
+          .sum::<usize>()
+    }
+    isola_proto::trace::EventInfo::Scheduled { cron, .. } => cron.len(),
+    isola_proto::trace::EventInfo::Queue { queue, .. } => queue.len(),
+    isola_proto::trace::EventInfo::Rpc { method } => method.len(),
+  };
+  let logs: usize = e.logs.iter().map(|l| l.message.len() + 32).sum();
+  let exceptions: usize = e
+    .exceptions
+    .iter()
+    .map(|x| x.name.len() + x.message.len() + x.stack.as_ref().map_or(0, String::len) + 16)
+    .sum();
+  128 + e.worker.len() + e.version.len() + info + logs + exceptions
+}
+
+/// Sends the buffer's events in batches through `send` (true: the batch
+/// went out) until every [`TraceBuffer`] is gone; each event gets `edge`.
+/// A batch that does not go out is dropped and counted.
+pub async fn ship<F, Fut>(buffer: Arc<TraceBuffer>, queue: TraceQueue, edge: String, mut send: F)
+where
+  F: FnMut(TraceBatch) -> Fut,
+  Fut: Future<Output = bool>,
+{
+  let TraceQueue(mut rx) = queue;
+  // The shipper must not keep the buffer open: the runtime's sinks do.
+  let buffer = {
+    let weak = Arc::downgrade(&buffer);
+    drop(buffer);
+    weak
+  };
+  let mut queued: Vec<Queued> = Vec::with_capacity(BATCH_EVENTS);
+  let mut tick = tokio::time::interval(BATCH_EVERY);
+  tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+  loop {
+    let room = BATCH_EVENTS - queued.len();
+    let (ticked, received) = tokio::select! {
+      _ = tick.tick() => (true, None),
+      n = rx.recv_many(&mut queued, room) => (false, Some(n)),
+    };
+    let closed = received == Some(0);
+    let due = ticked || queued.len() >= BATCH_EVENTS;
+    let Some(buffer) = buffer.upgrade() else {
+      return;
+    };
+    if !(due || closed) {
+      continue;
+    }
+    let mut events = Vec::with_capacity(queued.len());
+    for (mut event, size) in queued.drain(..) {
+      buffer.bytes.fetch_sub(size, Ordering::Relaxed);
+      event.edge.clone_from(&edge);
+      events.push(event);
+    }
+    let dropped = buffer.dropped.swap(0, Ordering::Relaxed);
+    if events.is_empty() && dropped == 0 {
+      if closed {
+        return;
+      }
+      continue;
+    }
+    let n = events.len() as u64;
+    if !send(TraceBatch { events, dropped }).await {
+      // Lost with its batch: its events, and the count it carried.
+      buffer.drop_events(n);
+      buffer.dropped.fetch_add(dropped, Ordering::Relaxed);
+    }
+    if due {
+      tick.reset();
+    }
+    if closed {
+      return;
+    }
+  }
+}
+
+/// Sends one batch to the control plane through `upstream`: false if the
+/// control plane is unreachable, does not answer in time, or refuses it.
+pub async fn send_upstream(upstream: &Upstream, batch: TraceBatch) -> bool {
+  let call = Call::Trace(batch);
+  match tokio::time::timeout(SEND_TIMEOUT, upstream.call(&call)).await {
+    Ok(Some(Ok(CallReply::Traced))) => true,
+    Ok(Some(Ok(other))) => {
+      tracing::debug!(?other, "the control plane refused trace events");
+      false
+    }
+    Ok(Some(Err(e))) => {
+      tracing::debug!(error = %e, "trace events did not reach the control plane");
+      false
+    }
+    Ok(None) | Err(_) => false,
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use isola_proto::trace::EventInfo;
+
+  use super::*;
+
+  fn event(worker: &str) -> TraceEvent {
+    TraceEvent {
+      worker: worker.into(),
+      version: "v1".into(),
+      edge: String::new(),
+      timestamp: 1,
+      event: EventInfo::Rpc { method: "m".into() },
+      outcome: "ok".into(),
+      cpu_us: 1,
+      wall_us: 2,
+      logs: vec![],
+      exceptions: vec![],
+      truncated: false,
+    }
+  }
+
+  fn dropped_metric(metrics: &Metrics) -> String {
+    metrics
+      .encode(None)
+      .lines()
+      .find(|l| l.starts_with("isola_trace_events_dropped_total"))
+      .unwrap_or_default()
+      .to_string()
+  }
+
+  #[test]
+  fn a_full_buffer_samples_and_counts_what_it_drops() {
+    let metrics = Metrics::new();
+    let (buffer, TraceQueue(mut rx)) = TraceBuffer::new(4, MAX_BYTES, metrics.clone());
+    for _ in 0..4 {
+      buffer.offer(event("a"));
+    }
+    assert_eq!(buffer.sampling(), 1);
+    // Full: the next one is dropped and sampling starts at 1 in 2.
+    buffer.offer(event("a"));
+    assert_eq!(buffer.sampling(), 2);
+    // Of the next four, the first is tried (and dropped: still full, so N
+    // doubles again); the other three are sampled out.
+    for _ in 0..4 {
+      buffer.offer(event("a"));
+    }
+    assert_eq!(buffer.sampling(), 4);
+    assert_eq!(buffer.dropped.load(Ordering::Relaxed), 5);
+    assert_eq!(
+      dropped_metric(&metrics),
+      "isola_trace_events_dropped_total 5"
+    );
+    // Drained: the first event the sampling keeps finds room and ends it.
+    while rx.try_recv().is_ok() {}
+    buffer.offer(event("a"));
+    assert_eq!(buffer.sampling(), 1);
+    assert_eq!(
+      rx.try_recv().map(|(e, _)| e.worker).ok().as_deref(),
+      Some("a")
+    );
+  }
+
+  #[test]
+  fn the_byte_bound_holds_too() {
+    let (buffer, _queue) = TraceBuffer::new(100, 3 * event_bytes(&event("a")), Metrics::new());
+    for _ in 0..4 {
+      buffer.offer(event("a"));
+    }
+    assert_eq!(buffer.dropped.load(Ordering::Relaxed), 1);
+  }
+
+  #[test]
+  fn only_the_workers_the_filter_accepts_are_buffered() {
+    let (buffer, TraceQueue(mut rx)) = TraceBuffer::new(10, MAX_BYTES, Metrics::new());
+    let sink = buffer.sink(|worker| worker != "static");
+    sink.emit(event("static"));
+    sink.emit(event("shipped"));
+    assert_eq!(rx.try_recv().unwrap().0.worker, "shipped");
+    assert!(rx.try_recv().is_err());
+  }
+
+  #[tokio::test]
+  async fn batches_carry_the_edge_name_and_what_was_lost_before_them() {
+    let (buffer, queue) = TraceBuffer::new(1000, MAX_BYTES, Metrics::new());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut first = true;
+    let shipper = tokio::spawn(ship(buffer.clone(), queue, "edge-1".into(), move |batch| {
+      // The first batch does not go out (no control plane).
+      let delivered = !std::mem::replace(&mut first, false);
+      let _ = tx.send((batch, delivered));
+      async move { delivered }
+    }));
+    for _ in 0..BATCH_EVENTS {
+      buffer.offer(event("a"));
+    }
+    let (lost, delivered) = rx.recv().await.unwrap();
+    assert!(!delivered);
+    assert_eq!(
+      lost.events.len(),
+      BATCH_EVENTS,
+      "a full batch leaves at once"
+    );
+    assert!(lost.events.iter().all(|e| e.edge == "edge-1"));
+    buffer.offer(event("b"));
+    let (next, _) = rx.recv().await.unwrap();
+    assert_eq!(next.events.len(), 1);
+    assert_eq!(next.events[0].worker, "b");
+    assert_eq!(next.dropped, BATCH_EVENTS as u64);
+    // Every buffer gone: the shipper ends.
+    drop(buffer);
+    shipper.await.unwrap();
+  }
+}
