@@ -3,15 +3,13 @@
 //! ship on their channel (`Call::Trace`).
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
-use std::io::Write as _;
-use std::net::TcpStream;
 use std::time::Duration;
 use std::time::Instant;
 
 use isola_integration::poll;
 use isola_integration::Control;
 use isola_integration::EdgeSetup;
+use isola_integration::TailClient;
 use serde_json::json;
 use serde_json::Value;
 
@@ -26,70 +24,6 @@ export default {
   },
 };
 "#;
-
-/// A WebSocket client just big enough for a tail: it reads the server's
-/// (unmasked) text frames and never sends any.
-struct TailClient {
-  stream: TcpStream,
-}
-
-impl TailClient {
-  fn open(control: &Control, worker: &str, query: &str) -> TailClient {
-    let mut stream = TcpStream::connect(control.api).expect("the API accepts connections");
-    stream
-      .set_read_timeout(Some(Duration::from_secs(30)))
-      .unwrap();
-    write!(
-      stream,
-      "GET /v1/workers/{worker}/tail{query} HTTP/1.1\r\nHost: control\r\n\
-       Authorization: Bearer {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-      control.token
-    )
-    .unwrap();
-    // The answer's head, byte by byte so no frame is read past it.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-      stream
-        .read_exact(&mut byte)
-        .expect("the upgrade is answered");
-      head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(
-      head.starts_with("HTTP/1.1 101"),
-      "the tail was not opened: {head}"
-    );
-    TailClient { stream }
-  }
-
-  /// The next text message as JSON; `None` once the server closes.
-  fn next(&mut self) -> Option<Value> {
-    loop {
-      let mut h = [0u8; 2];
-      self.stream.read_exact(&mut h).ok()?;
-      let opcode = h[0] & 0x0f;
-      let mut len = u64::from(h[1] & 0x7f);
-      if len == 126 {
-        let mut b = [0u8; 2];
-        self.stream.read_exact(&mut b).ok()?;
-        len = u64::from(u16::from_be_bytes(b));
-      } else if len == 127 {
-        let mut b = [0u8; 8];
-        self.stream.read_exact(&mut b).ok()?;
-        len = u64::from_be_bytes(b);
-      }
-      let mut payload = vec![0u8; usize::try_from(len).unwrap()];
-      self.stream.read_exact(&mut payload).ok()?;
-      match opcode {
-        0x1 => return Some(serde_json::from_slice(&payload).expect("a JSON message")),
-        0x8 => return None,
-        _ => {}
-      }
-    }
-  }
-}
 
 fn setup(control: &Control, dir: &std::path::Path) -> Vec<EdgeSetup> {
   (0..2)
@@ -180,7 +114,7 @@ fn tail_analytics_and_sampled_logs_of_115_invocations_over_two_edges() {
   let mut seen: BTreeMap<String, u64> = BTreeMap::new();
   let mut edges_seen = std::collections::BTreeSet::new();
   for n in 0..115 {
-    let m = tail.next().unwrap_or_else(|| {
+    let m = tail.next_event().unwrap_or_else(|| {
       panic!("no more tail events (closed, or none for 30 s) after {n}: {seen:?}")
     });
     let url = m["event"]["request"]["url"]
@@ -224,7 +158,7 @@ fn tail_analytics_and_sampled_logs_of_115_invocations_over_two_edges() {
   assert_eq!(edges_seen.len(), 2, "{edges_seen:?}");
   for n in 0..15 {
     let m = errors_only
-      .next()
+      .next_event()
       .unwrap_or_else(|| panic!("the error tail ended after {n}"));
     assert_ne!(m["outcome"], "ok", "{m}");
   }

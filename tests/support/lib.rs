@@ -685,3 +685,67 @@ impl EdgeSetup {
     None
   }
 }
+
+/// A WebSocket client just big enough for a tail: it reads the server's
+/// (unmasked) text frames and never sends any.
+pub struct TailClient {
+  stream: TcpStream,
+}
+
+impl TailClient {
+  pub fn open(control: &Control, worker: &str, query: &str) -> TailClient {
+    let mut stream = TcpStream::connect(control.api).expect("the API accepts connections");
+    stream
+      .set_read_timeout(Some(Duration::from_secs(30)))
+      .unwrap();
+    write!(
+      stream,
+      "GET /v1/workers/{worker}/tail{query} HTTP/1.1\r\nHost: control\r\n\
+       Authorization: Bearer {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+      control.token
+    )
+    .unwrap();
+    // The answer's head, byte by byte so no frame is read past it.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+      stream
+        .read_exact(&mut byte)
+        .expect("the upgrade is answered");
+      head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(
+      head.starts_with("HTTP/1.1 101"),
+      "the tail was not opened: {head}"
+    );
+    TailClient { stream }
+  }
+
+  /// The next text message as JSON; `None` once the server closes.
+  pub fn next_event(&mut self) -> Option<serde_json::Value> {
+    loop {
+      let mut h = [0u8; 2];
+      self.stream.read_exact(&mut h).ok()?;
+      let opcode = h[0] & 0x0f;
+      let mut len = u64::from(h[1] & 0x7f);
+      if len == 126 {
+        let mut b = [0u8; 2];
+        self.stream.read_exact(&mut b).ok()?;
+        len = u64::from(u16::from_be_bytes(b));
+      } else if len == 127 {
+        let mut b = [0u8; 8];
+        self.stream.read_exact(&mut b).ok()?;
+        len = u64::from_be_bytes(b);
+      }
+      let mut payload = vec![0u8; usize::try_from(len).unwrap()];
+      self.stream.read_exact(&mut payload).ok()?;
+      match opcode {
+        0x1 => return Some(serde_json::from_slice(&payload).expect("a JSON message")),
+        0x8 => return None,
+        _ => {}
+      }
+    }
+  }
+}
