@@ -396,6 +396,25 @@ const NO_SCHEDULED =
  * `waitUntil` promise settled; the first rejection is its exception.
  */
 function scheduled(id, cron, scheduledTime) {
+  runEvent(id, NO_SCHEDULED, (ctx) => {
+    const found = receiver(null, ctx);
+    if (found !== null) {
+      const controller = new ScheduledController(INTERNAL, id, cron, scheduledTime);
+      return callHandler(found, "scheduled", [controller], ctx);
+    }
+    if (event.listenerCount(globalEvents, "scheduled") === 0) return NO_HANDLER;
+    globalEvents.dispatchEvent(new ScheduledEvent(INTERNAL, id, cron, scheduledTime, ctx));
+    return undefined;
+  });
+}
+
+/**
+ * Runs a non-HTTP event (a cron tick, a queue batch) to its end: `start`
+ * calls the handler; the invocation ends once it and every `waitUntil`
+ * promise settled, and the first rejection is its exception. `missing` is
+ * what the error says when `start` finds no handler.
+ */
+function runEvent(id, missing, start) {
   const inv = {
     id,
     pending: 1,
@@ -410,43 +429,29 @@ function scheduled(id, cron, scheduledTime) {
   core.setAsyncContext(id);
   let result;
   try {
-    const found = receiver(null, ctx);
-    if (found === null) {
-      if (event.listenerCount(globalEvents, "scheduled") === 0) {
-        result = NO_HANDLER;
-      } else {
-        globalEvents.dispatchEvent(
-          new ScheduledEvent(INTERNAL, id, cron, scheduledTime, ctx),
-        );
-      }
-    } else {
-      const controller = new ScheduledController(INTERNAL, id, cron, scheduledTime);
-      result = callHandler(found, "scheduled", [controller], ctx);
-    }
+    result = start(ctx);
   } catch (err) {
     result = PromiseReject(err);
   } finally {
     core.setAsyncContext(prevContext);
   }
   if (result === NO_HANDLER) {
-    op_isola_missing(id, NO_SCHEDULED);
+    op_isola_missing(id, missing);
     op_isola_invocation_done(id);
     return;
   }
+  const end = (err, failed) => {
+    if (failed && !inv.failed) {
+      inv.failed = true;
+      inv.error = err;
+    }
+    inv.responded = true;
+    settle(inv);
+  };
   PromisePrototypeThen(
     PromiseResolve(result),
-    () => {
-      inv.responded = true;
-      settle(inv);
-    },
-    (err) => {
-      if (!inv.failed) {
-        inv.failed = true;
-        inv.error = err;
-      }
-      inv.responded = true;
-      settle(inv);
-    },
+    () => end(undefined, false),
+    (err) => end(err, true),
   );
 }
 
@@ -461,49 +466,12 @@ const NO_QUEUE =
  * message is decided in Rust from the calls recorded there.
  */
 function queue(id) {
-  const inv = {
-    id,
-    pending: 1,
-    responded: false,
-    passThrough: false,
-    scheduled: true,
-    failed: false,
-    error: undefined,
-  };
-  const ctx = new ExecutionContext(inv);
-  const prevContext = core.getAsyncContext();
-  core.setAsyncContext(id);
-  let result;
-  try {
+  runEvent(id, NO_QUEUE, (ctx) => {
     const found = receiver(null, ctx);
-    result = found === null
+    return found === null
       ? NO_HANDLER
       : callHandler(found, "queue", [messageBatch(id)], ctx);
-  } catch (err) {
-    result = PromiseReject(err);
-  } finally {
-    core.setAsyncContext(prevContext);
-  }
-  if (result === NO_HANDLER) {
-    op_isola_missing(id, NO_QUEUE);
-    op_isola_invocation_done(id);
-    return;
-  }
-  PromisePrototypeThen(
-    PromiseResolve(result),
-    () => {
-      inv.responded = true;
-      settle(inv);
-    },
-    (err) => {
-      if (!inv.failed) {
-        inv.failed = true;
-        inv.error = err;
-      }
-      inv.responded = true;
-      settle(inv);
-    },
-  );
+  });
 }
 
 // ------------------------------------------------------------------- RPC --
