@@ -40,6 +40,23 @@ impl Inner {
   }
 }
 
+/// What hands out work to edges (the cron scheduler, the queue dispatcher)
+/// and so must hear when they come and go.
+pub trait Follower {
+  fn edge_up(&mut self, edge: &str, now: crate::scheduler::Millis);
+  fn edge_down(&mut self, edge: &str, now: crate::scheduler::Millis);
+}
+
+impl Change {
+  /// Tells `follower` of this change.
+  pub fn tell(self, follower: &mut impl Follower, now: crate::scheduler::Millis) {
+    match self {
+      Change::Up(edge) => follower.edge_up(&edge, now),
+      Change::Down(edge) => follower.edge_down(&edge, now),
+    }
+  }
+}
+
 /// Cheap to clone; all clones are one registry.
 #[derive(Clone, Default)]
 pub struct Fleet {
@@ -100,6 +117,20 @@ impl Fleet {
     let mut inner = self.lock();
     inner.subscribers.push(tx);
     (inner.edges.keys().cloned().collect(), rx)
+  }
+
+  /// Tells `follower` of the edges up now; the changes after come on the
+  /// receiver.
+  pub fn follow(
+    &self,
+    follower: &mut impl Follower,
+    now: crate::scheduler::Millis,
+  ) -> mpsc::UnboundedReceiver<Change> {
+    let (up, changes) = self.subscribe();
+    for edge in up {
+      follower.edge_up(&edge, now);
+    }
+    changes
   }
 
   /// Hands `work` to `edge`; false if it is not connected.

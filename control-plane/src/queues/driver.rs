@@ -22,7 +22,6 @@ use crate::db;
 use crate::db::blocking;
 use crate::db::queue_key;
 use crate::db::Db;
-use crate::fleet::Change;
 use crate::fleet::Fleet;
 use crate::fleet::Work;
 use crate::scheduler::driver::Clock;
@@ -158,10 +157,7 @@ async fn run(
   clock: Clock,
   mut rx: mpsc::UnboundedReceiver<Msg>,
 ) {
-  let (up, mut changes) = fleet.subscribe();
-  for edge in up {
-    dispatcher.edge_up(&edge, clock.now());
-  }
+  let mut changes = fleet.follow(&mut dispatcher, clock.now());
   loop {
     dispatcher.poll(clock.now());
     apply(&mut dispatcher, &db, &fleet, clock).await;
@@ -173,10 +169,7 @@ async fn run(
     let msg = tokio::select! {
       msg = rx.recv() => msg,
       Some(change) = changes.recv() => {
-        match change {
-          Change::Up(edge) => dispatcher.edge_up(&edge, clock.now()),
-          Change::Down(edge) => dispatcher.edge_down(&edge, clock.now()),
-        }
+        change.tell(&mut dispatcher, clock.now());
         continue;
       }
       () = tokio::time::sleep(wait) => continue,

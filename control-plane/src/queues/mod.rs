@@ -418,5 +418,15 @@ impl Dispatcher {
   }
 }
 
+impl crate::fleet::Follower for Dispatcher {
+  fn edge_up(&mut self, edge: &str, now: Millis) {
+    Dispatcher::edge_up(self, edge, now);
+  }
+
+  fn edge_down(&mut self, edge: &str, now: Millis) {
+    Dispatcher::edge_down(self, edge, now);
+  }
+}
+
 #[cfg(test)]
 mod tests;

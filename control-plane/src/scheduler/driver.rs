@@ -16,7 +16,6 @@ use super::Millis;
 use super::Scheduler;
 use crate::db::blocking;
 use crate::db::Db;
-use crate::fleet::Change;
 use crate::fleet::Fleet;
 use crate::fleet::Work;
 
@@ -142,10 +141,7 @@ async fn run(
   clock: Clock,
   mut rx: mpsc::UnboundedReceiver<Msg>,
 ) {
-  let (up, mut changes) = fleet.subscribe();
-  for edge in up {
-    scheduler.edge_up(&edge, clock.now());
-  }
+  let mut changes = fleet.follow(&mut scheduler, clock.now());
   loop {
     scheduler.poll(clock.now());
     apply(&mut scheduler, &db, &fleet).await;
@@ -155,10 +151,7 @@ async fn run(
     let msg = tokio::select! {
       msg = rx.recv() => msg,
       Some(change) = changes.recv() => {
-        match change {
-          Change::Up(edge) => scheduler.edge_up(&edge, clock.now()),
-          Change::Down(edge) => scheduler.edge_down(&edge, clock.now()),
-        }
+        change.tell(&mut scheduler, clock.now());
         continue;
       }
       () = tokio::time::sleep(wait) => continue,

@@ -579,3 +579,13 @@ pub fn rank(edges: &BTreeSet<String>, worker: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests;
+
+impl crate::fleet::Follower for Scheduler {
+  fn edge_up(&mut self, edge: &str, now: Millis) {
+    Scheduler::edge_up(self, edge, now);
+  }
+
+  fn edge_down(&mut self, edge: &str, now: Millis) {
+    Scheduler::edge_down(self, edge, now);
+  }
+}
