@@ -51,15 +51,20 @@ pub struct TraceBuffer {
   /// Dropped since the last batch left.
   dropped: AtomicU64,
   metrics: Metrics,
+  /// Wakes the shipper when a full batch is waiting. Only then: a wake-up
+  /// per event would cost the request thread a cross-thread signal each.
+  full: Arc<tokio::sync::Notify>,
 }
 
 /// The buffer's other end, for the shipper.
-pub struct TraceQueue(mpsc::Receiver<Queued>);
+pub struct TraceQueue(mpsc::Receiver<Queued>, Arc<tokio::sync::Notify>);
 
 impl TraceBuffer {
   pub fn new(capacity: usize, max_bytes: usize, metrics: Metrics) -> (Arc<Self>, TraceQueue) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
+    let full = Arc::new(tokio::sync::Notify::new());
     let buffer = Self {
+      full: full.clone(),
       tx,
       capacity: capacity.max(1),
       bytes: AtomicUsize::new(0),
@@ -69,7 +74,7 @@ impl TraceBuffer {
       dropped: AtomicU64::new(0),
       metrics,
     };
-    (Arc::new(buffer), TraceQueue(rx))
+    (Arc::new(buffer), TraceQueue(rx, full))
   }
 
   /// Takes `event` if there is room and the sampling keeps it; never waits.
@@ -93,6 +98,9 @@ impl TraceBuffer {
         .store((every * 2).min(MAX_EVERY), Ordering::Relaxed);
       self.drop_events(1);
       return;
+    }
+    if self.capacity - self.tx.capacity() == BATCH_EVENTS {
+      self.full.notify_one();
     }
     // Room again (the shipper caught up): keep everything.
     if every > 1 && self.tx.capacity() * 2 >= self.capacity && bytes * 2 <= self.max_bytes {
@@ -157,54 +165,67 @@ where
   F: FnMut(TraceBatch) -> Fut,
   Fut: Future<Output = bool>,
 {
-  let TraceQueue(mut rx) = queue;
+  let TraceQueue(mut rx, full) = queue;
   // The shipper must not keep the buffer open: the runtime's sinks do.
   let buffer = {
     let weak = Arc::downgrade(&buffer);
     drop(buffer);
     weak
   };
-  let mut queued: Vec<Queued> = Vec::with_capacity(BATCH_EVENTS);
   let mut tick = tokio::time::interval(BATCH_EVERY);
   tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
   loop {
-    let room = BATCH_EVENTS - queued.len();
-    let (ticked, received) = tokio::select! {
-      _ = tick.tick() => (true, None),
-      n = rx.recv_many(&mut queued, room) => (false, Some(n)),
-    };
-    let closed = received == Some(0);
-    let due = ticked || queued.len() >= BATCH_EVENTS;
-    let Some(buffer) = buffer.upgrade() else {
-      return;
-    };
-    if !(due || closed) {
-      continue;
+    // Every BATCH_EVERY, or sooner when a full batch waits; the events
+    // are taken without waiting, so none wakes the shipper by itself.
+    tokio::select! {
+      _ = tick.tick() => {}
+      () = full.notified() => tick.reset(),
     }
-    let mut events = Vec::with_capacity(queued.len());
-    for (mut event, size) in queued.drain(..) {
-      buffer.bytes.fetch_sub(size, Ordering::Relaxed);
-      event.edge.clone_from(&edge);
-      events.push(event);
-    }
-    let dropped = buffer.dropped.swap(0, Ordering::Relaxed);
-    if events.is_empty() && dropped == 0 {
+    let mut first = true;
+    loop {
+      let mut queued: Vec<Queued> = Vec::with_capacity(BATCH_EVENTS);
+      let mut closed = false;
+      while queued.len() < BATCH_EVENTS {
+        match rx.try_recv() {
+          Ok(e) => queued.push(e),
+          Err(mpsc::error::TryRecvError::Empty) => break,
+          Err(mpsc::error::TryRecvError::Disconnected) => {
+            closed = true;
+            break;
+          }
+        }
+      }
+      let more = queued.len() == BATCH_EVENTS;
+      let Some(buffer) = buffer.upgrade() else {
+        return;
+      };
+      // After a full batch, an empty drain ends this round; a count of
+      // drops alone waits for the next tick.
+      if !first && queued.is_empty() && !closed {
+        break;
+      }
+      first = false;
+      let mut events = Vec::with_capacity(queued.len());
+      for (mut event, size) in queued {
+        buffer.bytes.fetch_sub(size, Ordering::Relaxed);
+        event.edge.clone_from(&edge);
+        events.push(event);
+      }
+      let dropped = buffer.dropped.swap(0, Ordering::Relaxed);
+      if !events.is_empty() || dropped > 0 {
+        let n = events.len() as u64;
+        if !send(TraceBatch { events, dropped }).await {
+          // Lost with its batch: its events, and the count it carried.
+          buffer.drop_events(n);
+          buffer.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+      }
       if closed {
         return;
       }
-      continue;
-    }
-    let n = events.len() as u64;
-    if !send(TraceBatch { events, dropped }).await {
-      // Lost with its batch: its events, and the count it carried.
-      buffer.drop_events(n);
-      buffer.dropped.fetch_add(dropped, Ordering::Relaxed);
-    }
-    if due {
-      tick.reset();
-    }
-    if closed {
-      return;
+      if !more {
+        break;
+      }
     }
   }
 }
@@ -261,7 +282,7 @@ mod tests {
   #[test]
   fn a_full_buffer_samples_and_counts_what_it_drops() {
     let metrics = Metrics::new();
-    let (buffer, TraceQueue(mut rx)) = TraceBuffer::new(4, MAX_BYTES, metrics.clone());
+    let (buffer, TraceQueue(mut rx, _)) = TraceBuffer::new(4, MAX_BYTES, metrics.clone());
     for _ in 0..4 {
       buffer.offer(event("a"));
     }
@@ -301,7 +322,7 @@ mod tests {
 
   #[test]
   fn only_the_workers_the_filter_accepts_are_buffered() {
-    let (buffer, TraceQueue(mut rx)) = TraceBuffer::new(10, MAX_BYTES, Metrics::new());
+    let (buffer, TraceQueue(mut rx, _)) = TraceBuffer::new(10, MAX_BYTES, Metrics::new());
     let sink = buffer.sink(|worker| worker != "static");
     sink.emit(event("static"));
     sink.emit(event("shipped"));
