@@ -10,7 +10,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
-use isola_runtime::Bundle;
 use isola_runtime::Config;
 use isola_runtime::Error;
 use isola_runtime::Fairness;
@@ -26,8 +25,9 @@ use isola_runtime::ScheduledRun;
 use isola_runtime::ServiceTarget;
 use isola_runtime::Services;
 use isola_runtime::WorkerConfig;
-use isola_runtime::WorkerKey;
 use libtest_mimic::Trial;
+
+use crate::Spec;
 
 fn fixture(group: &str, file: &str) -> PathBuf {
   PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -42,24 +42,6 @@ struct Pool {
   rt: Runtime,
   logs: Arc<Mutex<Vec<LogRecord>>>,
   records: Arc<Mutex<Vec<InvocationRecord>>>,
-}
-
-/// A worker of the test: its file, its config.
-#[derive(Clone)]
-struct Spec {
-  file: PathBuf,
-  config: WorkerConfig,
-}
-
-impl Spec {
-  fn source(&self) -> impl FnOnce() -> Result<(Bundle, WorkerConfig), Error> + Send + 'static {
-    let spec = self.clone();
-    move || Ok((Bundle::from_entry_file(&spec.file)?, spec.config))
-  }
-
-  fn key(&self) -> WorkerKey {
-    WorkerKey::new(self.config.name(), "v1")
-  }
 }
 
 /// Service name → worker.

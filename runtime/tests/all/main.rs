@@ -16,7 +16,31 @@ mod storage;
 mod trace;
 mod worker;
 
+use std::path::PathBuf;
+
+use isola_runtime::Bundle;
+use isola_runtime::Error;
+use isola_runtime::WorkerConfig;
+use isola_runtime::WorkerKey;
 use libtest_mimic::Arguments;
+
+/// A worker of the pool tests (`events`, `storage`): its file, its config.
+#[derive(Clone)]
+pub struct Spec {
+  pub file: PathBuf,
+  pub config: WorkerConfig,
+}
+
+impl Spec {
+  pub fn source(&self) -> impl FnOnce() -> Result<(Bundle, WorkerConfig), Error> + Send + 'static {
+    let spec = self.clone();
+    move || Ok((Bundle::from_entry_file(&spec.file)?, spec.config))
+  }
+
+  pub fn key(&self) -> WorkerKey {
+    WorkerKey::new(self.config.name(), "v1")
+  }
+}
 
 fn main() {
   let args = Arguments::from_args();

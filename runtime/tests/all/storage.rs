@@ -20,9 +20,7 @@ use isola_proto::queue::Message;
 use isola_proto::queue::QueueError;
 use isola_proto::queue::SendCall;
 use isola_proto::queue::SendReply;
-use isola_runtime::Bundle;
 use isola_runtime::Config;
-use isola_runtime::Error;
 use isola_runtime::Fairness;
 use isola_runtime::InvocationRecord;
 use isola_runtime::KvService;
@@ -39,6 +37,8 @@ use isola_runtime::WorkerKey;
 use libtest_mimic::Trial;
 use serde_json::json;
 use serde_json::Value;
+
+use crate::Spec;
 
 fn fixture(file: &str) -> PathBuf {
   PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -179,23 +179,6 @@ impl Pool {
 
   fn sent(&self) -> Vec<SendCall> {
     self.queues.sent.lock().unwrap().clone()
-  }
-}
-
-#[derive(Clone)]
-struct Spec {
-  file: PathBuf,
-  config: WorkerConfig,
-}
-
-impl Spec {
-  fn source(&self) -> impl FnOnce() -> Result<(Bundle, WorkerConfig), Error> + Send + 'static {
-    let spec = self.clone();
-    move || Ok((Bundle::from_entry_file(&spec.file)?, spec.config))
-  }
-
-  fn key(&self) -> WorkerKey {
-    WorkerKey::new(self.config.name(), "v1")
   }
 }
 
