@@ -307,7 +307,15 @@ const RENDEZVOUS: Spec = Spec {
       const me = new URL(request.url).pathname;
       console.log(`start ${me}`);
       if (waiting === null) {
-        await new Promise((resolve) => { waiting = resolve; });
+        // The timer keeps the isolate from judging this request unable to
+        // ever answer before the second one arrives (a busy machine may
+        // dispatch it a turn later); the second wakes it long before.
+        let timer;
+        await new Promise((resolve) => {
+          waiting = resolve;
+          timer = setTimeout(resolve, 20000);
+        });
+        clearTimeout(timer);
       } else {
         const wake = waiting;
         waiting = null;
