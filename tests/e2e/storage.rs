@@ -45,13 +45,22 @@ fn text(edge: &EdgeSetup, host: &str, path: &str) -> String {
   r.text()
 }
 
-#[test]
-fn a_kv_write_on_one_edge_is_read_on_another_and_reads_outlive_the_control_plane() {
+/// A control plane, two edges serving `KV_WORKER` on `kv.test` with a new
+/// namespace bound as `NS`, both ready.
+struct KvCluster {
+  _dir: tempfile::TempDir,
+  control: Control,
+  setups: Vec<EdgeSetup>,
+  procs: Vec<isola_integration::Proc>,
+  ns: String,
+}
+
+fn kv_cluster(title: &str) -> KvCluster {
   let dir = tempfile::tempdir().unwrap();
-  let mut control = Control::init_and_start(&dir.path().join("control"));
+  let control = Control::init_and_start(&dir.path().join("control"));
   let setups = edges(&control, dir.path(), 2);
-  let mut procs: Vec<_> = setups.iter().map(EdgeSetup::start).collect();
-  let r = control.api("POST", "/v1/kv/namespaces", Some(json!({"title": "cache"})));
+  let procs: Vec<_> = setups.iter().map(EdgeSetup::start).collect();
+  let r = control.api("POST", "/v1/kv/namespaces", Some(json!({ "title": title })));
   assert_eq!(r.status, 201, "{}", r.text());
   let ns = r.json()["id"].as_str().unwrap().to_string();
   let v = control.upload_with(
@@ -61,12 +70,30 @@ fn a_kv_write_on_one_edge_is_read_on_another_and_reads_outlive_the_control_plane
   );
   control.route("kv.test/*", "kvw");
   control.deploy("kvw", &v);
-  let (a, b) = (&setups[0], &setups[1]);
-  for e in [a, b] {
+  for e in &setups {
     assert!(e
       .wait_for("kv.test", "ready", Duration::from_secs(10))
       .is_some());
   }
+  KvCluster {
+    _dir: dir,
+    control,
+    setups,
+    procs,
+    ns,
+  }
+}
+
+#[test]
+fn a_kv_write_on_one_edge_is_read_on_another_and_reads_outlive_the_control_plane() {
+  let KvCluster {
+    _dir,
+    mut control,
+    setups,
+    mut procs,
+    ns,
+  } = kv_cluster("cache");
+  let (a, b) = (&setups[0], &setups[1]);
   // B has read the key (and cached that it is missing); A writes it; B sees
   // the write long before its 60 s cache would have let it.
   assert_eq!(text(b, "kv.test", "/get?k=color"), "null");
@@ -343,25 +370,14 @@ fn a_consumer_edge_killed_mid_batch_has_it_delivered_again_and_a_control_plane_r
 
 #[test]
 fn an_expired_kv_key_is_gone_from_get_and_list_on_every_edge() {
-  let dir = tempfile::tempdir().unwrap();
-  let control = Control::init_and_start(&dir.path().join("control"));
-  let setups = edges(&control, dir.path(), 2);
-  let _procs: Vec<_> = setups.iter().map(EdgeSetup::start).collect();
-  let r = control.api("POST", "/v1/kv/namespaces", Some(json!({"title": "ttl"})));
-  let ns = r.json()["id"].as_str().unwrap().to_string();
-  let v = control.upload_with(
-    "kvw",
-    KV_WORKER,
-    json!({"main_module": "worker.js", "kv_namespaces": [{"binding": "NS", "id": ns}]}),
-  );
-  control.route("kv.test/*", "kvw");
-  control.deploy("kvw", &v);
+  let KvCluster {
+    _dir,
+    control,
+    setups,
+    procs: _procs,
+    ns,
+  } = kv_cluster("ttl");
   let (a, b) = (&setups[0], &setups[1]);
-  for e in [a, b] {
-    assert!(e
-      .wait_for("kv.test", "ready", Duration::from_secs(10))
-      .is_some());
-  }
   let start = std::time::Instant::now();
   assert_eq!(text(a, "kv.test", "/put-ttl?k=short&v=1"), "stored");
   assert_eq!(text(a, "kv.test", "/put?k=long&v=2"), "stored");
