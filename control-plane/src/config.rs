@@ -13,6 +13,14 @@
 //! per_million_cpu_ms = "0.02"
 //! per_gb_egress = "0.05"
 //! included_requests = 10000000
+//!
+//! [limits]            # what accounts may set; an admin raises one account's
+//! cpu_ms = 60000
+//! memory_mb = 256
+//!
+//! [rate_limit]        # per API token
+//! per_second = 100
+//! burst = 500
 //! ```
 
 use std::net::SocketAddr;
@@ -20,6 +28,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use isola_proto::manifest::LimitsSpec;
+
+use crate::api::RateLimit;
 use crate::billing::PriceSheet;
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -32,6 +43,20 @@ pub struct ControlConfig {
   /// Seconds a cron tick missed while down may be late. Default: 300.
   pub cron_catch_up: Option<u64>,
   pub billing: PriceSheet,
+  /// What every account's uploads may set (the keys of a version's
+  /// `limits`); keys left out keep the built-in ceilings (CPU 30 s, memory
+  /// 128 MiB, ...: `LimitsSpec::default_ceilings`). An admin raises one
+  /// account's with `PUT /v1/accounts/{id}/limits`.
+  pub limits: LimitsSpec,
+  /// Requests per token. Default: 100/s with bursts of 500.
+  pub rate_limit: RateLimit,
+}
+
+impl ControlConfig {
+  /// The ceilings accounts get: the built-in ones overlaid by `[limits]`.
+  pub fn ceilings(&self) -> LimitsSpec {
+    LimitsSpec::default_ceilings().overlaid(&self.limits)
+  }
 }
 
 /// Why `control.toml` cannot be used.
@@ -62,7 +87,7 @@ impl ControlConfig {
 
   /// Parses the file's text; the error names the line and the key.
   pub fn parse(text: &str) -> Result<Self, String> {
-    toml::from_str(text).map_err(|e| {
+    let config: Self = toml::from_str(text).map_err(|e| {
       let line = e
         .span()
         .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
@@ -70,7 +95,12 @@ impl ControlConfig {
         Some(line) => format!("line {line}: {}", e.message()),
         None => e.message().to_string(),
       }
-    })
+    })?;
+    config
+      .limits
+      .validate()
+      .map_err(|e| format!("[limits]: {e}"))?;
+    Ok(config)
   }
 }
 

@@ -150,7 +150,7 @@ fn main() -> ExitCode {
       let api = api.or(file.api).unwrap_or(([127, 0, 0, 1], 8700).into());
       let quic = quic.or(file.quic).unwrap_or(([127, 0, 0, 1], 8701).into());
       let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-      rt.block_on(serve(data_dir, api, quic, clock, cron, file.billing))
+      rt.block_on(serve(data_dir, api, quic, clock, cron, file))
     })(),
     Command::Billing {
       command:
@@ -307,7 +307,7 @@ async fn serve(
   quic_addr: SocketAddr,
   clock: Clock,
   config: scheduler::Config,
-  prices: isola_control::billing::PriceSheet,
+  settings: isola_control::config::ControlConfig,
 ) -> anyhow::Result<()> {
   let db = open_db(&dir)?;
   let validator =
@@ -342,7 +342,9 @@ async fn serve(
       .with_scheduler(cron.clone())
       .with_kv(kv.clone())
       .with_queues(queues.clone())
-      .with_prices(prices)
+      .with_prices(settings.billing.clone())
+      .with_ceilings(settings.ceilings())
+      .with_rate_limit(settings.rate_limit)
       .with_traces(traces.clone()),
   );
   let listener = tokio::net::TcpListener::bind(api_addr)
@@ -352,6 +354,8 @@ async fn serve(
   tracing::info!(listener = "api", addr = %api_addr, "listening");
   tracing::info!(api = %api_addr, quic = %quic_addr, revision, "serving");
 
+  // The peer address goes into the audit log.
+  let app = app.into_make_service_with_connect_info::<SocketAddr>();
   let api = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
   tokio::select! {
     result = api => result.context("the API server failed")?,

@@ -28,6 +28,11 @@ pub struct EdgeConfig {
   /// limit are kept from starving the others.
   #[serde(default)]
   pub fairness: FairnessConfig,
+  /// `[limits]`: the most any control-plane worker gets on this node,
+  /// whatever its version asks for (the keys of a version's `limits`);
+  /// keys left out keep [`default_node_maxima`]. See [`Self::node_maxima`].
+  #[serde(default)]
+  pub limits: LimitsSpec,
   /// Folder holding the config file; relative paths resolve against it.
   #[serde(skip)]
   pub base_dir: PathBuf,
@@ -88,6 +93,22 @@ fn default_header_timeout_ms() -> u64 {
 }
 fn default_drain_ms() -> u64 {
   30_000
+}
+
+/// The node's own ceilings unless `[limits]` sets them: CPU 5 min, wall
+/// 15 min, memory 1 GiB, 10,000 subrequests, bodies 512 MiB / 1 GiB,
+/// scheduled CPU 15 min. Above the control plane's default per-account
+/// ceilings, so they only bite when a control plane lets a tenant go far.
+pub fn default_node_maxima() -> LimitsSpec {
+  LimitsSpec {
+    cpu_ms: Some(300_000),
+    wall_ms: Some(900_000),
+    memory_mb: Some(1024),
+    subrequests: Some(10_000),
+    request_body_bytes: Some(512 << 20),
+    response_body_bytes: Some(1 << 30),
+    scheduled_cpu_ms: Some(900_000),
+  }
 }
 
 /// `[fairness]`; every key is optional (see `isola_runtime::Fairness`).
@@ -218,6 +239,11 @@ pub struct StaticWorker {
 }
 
 impl EdgeConfig {
+  /// The node's ceilings: the defaults overlaid by `[limits]`.
+  pub fn node_maxima(&self) -> LimitsSpec {
+    default_node_maxima().overlaid(&self.limits)
+  }
+
   pub fn load(path: &Path) -> anyhow::Result<Self> {
     let text = std::fs::read_to_string(path)
       .with_context(|| format!("cannot read the config file {}", path.display()))?;
@@ -227,6 +253,9 @@ impl EdgeConfig {
       .parent()
       .map(Path::to_path_buf)
       .unwrap_or_else(|| PathBuf::from("."));
+    if let Err(e) = config.limits.validate() {
+      anyhow::bail!("{}: [limits]: {e}", path.display());
+    }
     if config.server.listen_tls.is_some() && config.certificates.is_empty() {
       anyhow::bail!(
         "{}: [server] listen_tls is set but there is no [[certificate]]; add one or remove listen_tls",
@@ -365,6 +394,15 @@ mod tests {
     let control = c.control.unwrap();
     assert_eq!(control.server_name, "isola-control");
     assert_eq!(control.usage_interval_ms, 1000);
+  }
+
+  #[test]
+  fn node_limits_override_the_default_maxima_key_by_key() {
+    let c: EdgeConfig = toml::from_str("[limits]\nmemory_mb = 256\n").unwrap();
+    let max = c.node_maxima();
+    assert_eq!(max.memory_mb, Some(256));
+    assert_eq!(max.cpu_ms, default_node_maxima().cpu_ms);
+    assert!(toml::from_str::<EdgeConfig>("[limits]\nmemory = 256\n").is_err());
   }
 
   #[test]

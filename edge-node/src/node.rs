@@ -182,6 +182,28 @@ fn with_secrets(
   (key.with_secrets(&digest[..16]), config)
 }
 
+/// A control-plane version's config with its limits lowered to the node's
+/// maxima; the control plane caps tenants too, but a node does not rely on
+/// it.
+fn within_node_maxima(
+  config: WorkerConfig,
+  maxima: &isola_proto::manifest::LimitsSpec,
+  worker: &str,
+  version: &str,
+) -> WorkerConfig {
+  let (limits, lowered) = config.limits_ref().at_most(maxima);
+  if lowered.is_empty() {
+    return config;
+  }
+  tracing::warn!(
+    worker,
+    version,
+    lowered = ?lowered,
+    "a version asks for more than this node's [limits] allow; it runs with the node's maxima"
+  );
+  config.limits(limits)
+}
+
 /// Builds the state the config and the control state describe. A static
 /// worker that cannot be read is an error; a control-plane worker that
 /// cannot be read is left out and named in the returned list.
@@ -223,6 +245,7 @@ fn build_state(
       routes.push((pattern.clone(), name.clone()));
     }
   }
+  let maxima = config.node_maxima();
   for w in control.map_or(&[][..], |c| &c.workers[..]) {
     let name: Arc<str> = Arc::from(w.name.as_str());
     if workers.contains_key(&name) {
@@ -236,7 +259,8 @@ fn build_state(
     let mut upper = 0;
     for split in &w.versions {
       match store.load(&w.name, &split.hash) {
-        Ok((bundle, config)) => {
+        Ok((bundle, version_config)) => {
+          let config = within_node_maxima(version_config, &maxima, &w.name, &split.hash);
           let (key, config) = with_secrets(
             WorkerKey::new(name.clone(), split.hash.as_str()),
             config,
@@ -736,6 +760,14 @@ mod tests {
       .iter()
       .map(|(k, v)| (k.to_string(), v.to_string()))
       .collect()
+  }
+
+  #[test]
+  fn a_version_asking_past_the_node_s_maxima_gets_the_maxima() {
+    let asked =
+      WorkerConfig::new("greedy").limits(isola_runtime::Limits::default().memory_mib(1 << 20));
+    let config = within_node_maxima(asked, &crate::config::default_node_maxima(), "greedy", "v1");
+    assert_eq!(config.limits_ref().memory_bytes(), 1024 << 20);
   }
 
   #[test]

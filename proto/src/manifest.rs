@@ -124,6 +124,63 @@ pub struct LimitsSpec {
 }
 
 impl LimitsSpec {
+  /// What an account may set unless an operator says otherwise (the
+  /// control plane's `[limits]`, or an admin's per-account ceiling): CPU
+  /// 30 s, wall 15 min, memory 128 MiB, 1,000 subrequests, request bodies
+  /// 100 MiB, response bodies 512 MiB, scheduled CPU 15 min. Without a
+  /// ceiling a tenant could turn its own memory limit off.
+  pub fn default_ceilings() -> Self {
+    Self {
+      cpu_ms: Some(30_000),
+      wall_ms: Some(900_000),
+      memory_mb: Some(128),
+      subrequests: Some(1_000),
+      request_body_bytes: Some(100 << 20),
+      response_body_bytes: Some(512 << 20),
+      scheduled_cpu_ms: Some(900_000),
+    }
+  }
+
+  /// Each field with its name, in a fixed order.
+  pub fn fields(&self) -> [(&'static str, Option<u64>); 7] {
+    [
+      ("cpu_ms", self.cpu_ms),
+      ("wall_ms", self.wall_ms),
+      ("memory_mb", self.memory_mb),
+      ("subrequests", self.subrequests.map(u64::from)),
+      ("request_body_bytes", self.request_body_bytes),
+      ("response_body_bytes", self.response_body_bytes),
+      ("scheduled_cpu_ms", self.scheduled_cpu_ms),
+    ]
+  }
+
+  /// The fields set here above the same field of `ceilings` (where that
+  /// one is set), as (name, value, ceiling).
+  pub fn above(&self, ceilings: &LimitsSpec) -> Vec<(&'static str, u64, u64)> {
+    self
+      .fields()
+      .into_iter()
+      .zip(ceilings.fields())
+      .filter_map(|((name, value), (_, max))| match (value, max) {
+        (Some(v), Some(m)) if v > m => Some((name, v, m)),
+        _ => None,
+      })
+      .collect()
+  }
+
+  /// These fields, each replaced by `other`'s where that one is set.
+  pub fn overlaid(&self, other: &LimitsSpec) -> LimitsSpec {
+    LimitsSpec {
+      cpu_ms: other.cpu_ms.or(self.cpu_ms),
+      wall_ms: other.wall_ms.or(self.wall_ms),
+      memory_mb: other.memory_mb.or(self.memory_mb),
+      subrequests: other.subrequests.or(self.subrequests),
+      request_body_bytes: other.request_body_bytes.or(self.request_body_bytes),
+      response_body_bytes: other.response_body_bytes.or(self.response_body_bytes),
+      scheduled_cpu_ms: other.scheduled_cpu_ms.or(self.scheduled_cpu_ms),
+    }
+  }
+
   /// A zero CPU, wall or memory limit would fail every request; better to
   /// refuse the upload.
   pub fn validate(&self) -> Result<(), String> {
@@ -190,4 +247,42 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Whether `s` looks like a [`sha256_hex`] output.
 pub fn is_sha256_hex(s: &str) -> bool {
   s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn limits_above_their_ceilings_are_named() {
+    let asked = LimitsSpec {
+      memory_mb: Some(1_000_000_000),
+      cpu_ms: Some(10),
+      subrequests: Some(5_000),
+      ..Default::default()
+    };
+    let ceilings = LimitsSpec::default_ceilings();
+    assert_eq!(
+      asked.above(&ceilings),
+      vec![
+        ("memory_mb", 1_000_000_000, 128),
+        ("subrequests", 5_000, 1_000)
+      ]
+    );
+    let raised = ceilings.overlaid(&LimitsSpec {
+      memory_mb: Some(2048),
+      ..Default::default()
+    });
+    assert_eq!(raised.memory_mb, Some(2048));
+    assert_eq!(raised.cpu_ms, Some(30_000));
+    assert_eq!(
+      asked.above(&raised),
+      vec![
+        ("memory_mb", 1_000_000_000, 2048),
+        ("subrequests", 5_000, 1_000)
+      ]
+    );
+    // No ceiling, nothing above it.
+    assert!(asked.above(&LimitsSpec::default()).is_empty());
+  }
 }

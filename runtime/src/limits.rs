@@ -182,9 +182,85 @@ impl From<&isola_proto::manifest::LimitsSpec> for Limits {
   }
 }
 
+impl Limits {
+  /// These limits, each lowered to `max`'s where that one is set and lower,
+  /// with the names of those lowered. An edge applies its own maxima to
+  /// whatever a control plane sends.
+  pub fn at_most(&self, max: &isola_proto::manifest::LimitsSpec) -> (Limits, Vec<&'static str>) {
+    let mut out = self.clone();
+    let mut lowered = Vec::new();
+    let ms = Duration::from_millis;
+    let mut lower = |name, current: &mut u64, max: Option<u64>| {
+      if let Some(max) = max.filter(|m| *current > *m) {
+        *current = max;
+        lowered.push(name);
+      }
+    };
+    let mut cpu = self.cpu.as_millis() as u64;
+    lower("cpu_ms", &mut cpu, max.cpu_ms);
+    let mut wall = self.wall.as_millis() as u64;
+    lower("wall_ms", &mut wall, max.wall_ms);
+    let mut memory = self.memory >> 20;
+    lower("memory_mb", &mut memory, max.memory_mb);
+    let mut subrequests = u64::from(self.subrequests);
+    lower(
+      "subrequests",
+      &mut subrequests,
+      max.subrequests.map(u64::from),
+    );
+    lower(
+      "request_body_bytes",
+      &mut out.request_body,
+      max.request_body_bytes,
+    );
+    lower(
+      "response_body_bytes",
+      &mut out.response_body,
+      max.response_body_bytes,
+    );
+    let mut scheduled = self.scheduled_cpu.as_millis() as u64;
+    lower("scheduled_cpu_ms", &mut scheduled, max.scheduled_cpu_ms);
+    if lowered.contains(&"cpu_ms") {
+      out.cpu = ms(cpu);
+    }
+    if lowered.contains(&"wall_ms") {
+      out.wall = ms(wall);
+    }
+    if lowered.contains(&"memory_mb") {
+      out.memory = memory << 20;
+    }
+    if lowered.contains(&"subrequests") {
+      out.subrequests = u32::try_from(subrequests).unwrap_or(u32::MAX);
+    }
+    if lowered.contains(&"scheduled_cpu_ms") {
+      out.scheduled_cpu = ms(scheduled);
+    }
+    (out, lowered)
+  }
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
+
+  #[test]
+  fn an_edge_lowers_limits_to_its_maxima_and_names_them() {
+    let asked = Limits::default()
+      .memory_mib(4096)
+      .cpu(Duration::from_millis(10));
+    let max = isola_proto::manifest::LimitsSpec {
+      memory_mb: Some(512),
+      cpu_ms: Some(1_000),
+      subrequests: Some(10),
+      ..Default::default()
+    };
+    let (clamped, lowered) = asked.at_most(&max);
+    assert_eq!(lowered, ["memory_mb", "subrequests"]);
+    assert_eq!(clamped.memory_bytes(), 512 << 20);
+    assert_eq!(clamped.cpu_limit(), Duration::from_millis(10));
+    assert_eq!(clamped.subrequest_limit(), 10);
+    assert_eq!(clamped.wall_limit(), Duration::from_secs(30));
+  }
 
   #[test]
   fn a_scheduled_cpu_limit_comes_from_the_manifest_or_defaults_to_30_s() {

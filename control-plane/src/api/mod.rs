@@ -43,10 +43,12 @@ use serde::Serialize;
 use tokio::sync::watch;
 use utoipa::OpenApi as _;
 
+mod guard;
 mod kv;
 mod observe;
 mod queues;
 
+pub use self::guard::RateLimit;
 pub use self::kv::METADATA_HEADER as KV_METADATA_HEADER;
 use crate::scheduler::driver::Handle as SchedulerHandle;
 use utoipa::ToSchema;
@@ -78,6 +80,8 @@ pub struct AppState {
   queues: crate::queues::driver::Handle,
   prices: Arc<crate::billing::PriceSheet>,
   traces: crate::observe::Traces,
+  ceilings: Arc<isola_proto::manifest::LimitsSpec>,
+  limiter: Arc<guard::Limiter>,
 }
 
 impl AppState {
@@ -94,8 +98,23 @@ impl AppState {
       queues: crate::queues::driver::Handle::detached(db.clone()),
       prices: Arc::default(),
       traces: crate::observe::Traces::detached(),
+      ceilings: Arc::new(isola_proto::manifest::LimitsSpec::default_ceilings()),
+      limiter: Arc::new(guard::Limiter::new(RateLimit::default())),
       db,
     }
+  }
+
+  /// What accounts' uploads may set unless an admin raised their own.
+  /// Default: [`isola_proto::manifest::LimitsSpec::default_ceilings`].
+  pub fn with_ceilings(mut self, ceilings: isola_proto::manifest::LimitsSpec) -> Self {
+    self.ceilings = Arc::new(ceilings);
+    self
+  }
+
+  /// Requests each token may send. Default: [`RateLimit::default`].
+  pub fn with_rate_limit(mut self, rate: RateLimit) -> Self {
+    self.limiter = Arc::new(guard::Limiter::new(rate));
+    self
   }
 
   /// Prices invoices are made with. Default: everything free.
@@ -316,6 +335,17 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
       get(observe::analytics),
     ),
     (Method::GET, "/v1/workers/{name}/tail", get(observe::tail)),
+    (Method::GET, "/v1/audit", get(guard::list_audit)),
+    (
+      Method::GET,
+      "/v1/accounts/{id}/limits",
+      get(guard::get_limits),
+    ),
+    (
+      Method::PUT,
+      "/v1/accounts/{id}/limits",
+      put(guard::put_limits),
+    ),
   ]
 }
 
@@ -337,6 +367,10 @@ pub fn router(state: AppState) -> Router {
     .fallback(no_endpoint)
     .method_not_allowed_fallback(wrong_method)
     .layer(axum::middleware::map_response(request_id_header))
+    .layer(axum::middleware::from_fn_with_state(
+      state.clone(),
+      guard::audit,
+    ))
     .with_state(state)
 }
 
@@ -350,6 +384,8 @@ pub struct ApiError {
   code: &'static str,
   message: String,
   request_id: Option<RequestId>,
+  /// Seconds, for a `Retry-After` header.
+  retry_after: Option<u64>,
 }
 
 /// Names one API response, in its `x-request-id` header and, for internal
@@ -380,6 +416,7 @@ impl ApiError {
       code,
       message: message.into(),
       request_id: None,
+      retry_after: None,
     }
   }
 
@@ -405,6 +442,7 @@ impl ApiError {
       code: "internal",
       message: "internal error; the control plane's log has the details".to_string(),
       request_id: Some(request_id),
+      retry_after: None,
     }
   }
 }
@@ -452,6 +490,11 @@ impl IntoResponse for ApiError {
       },
     };
     let mut response = (self.status, Json(body)).into_response();
+    if let Some(seconds) = self.retry_after {
+      response
+        .headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     // The header layer reuses this id, so header, body and log agree.
     if let Some(id) = self.request_id {
       response.extensions_mut().insert(id);
@@ -535,9 +578,16 @@ impl FromRequestParts<AppState> for Auth {
       .to_string();
     let db = state.db.clone();
     let caller = blocking(move || db.authenticate(&token)).await?;
-    caller.map(Auth).ok_or_else(|| {
-      ApiError::unauthorized("the token is not valid; check it, or create one with POST /v1/tokens")
-    })
+    let Some(caller) = caller else {
+      return Err(ApiError::unauthorized(
+        "the token is not valid; check it, or create one with POST /v1/tokens",
+      ));
+    };
+    if let Some(slot) = parts.extensions.get::<guard::AuditSlot>() {
+      slot.fill(&caller);
+    }
+    state.limiter.check(&caller)?;
+    Ok(Auth(caller))
   }
 }
 
@@ -592,7 +642,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     queues::delete_queue, queues::put_consumer, queues::delete_consumer, queues::send_message,
     queues::send_batch, get_invoice,
     observe::metrics, observe::get_observability, observe::put_observability, observe::logs,
-    observe::analytics, observe::tail,
+    observe::analytics, observe::tail, guard::list_audit, guard::get_limits, guard::put_limits,
   ),
   components(schemas(ErrorBody, ErrorDetail)),
   modifiers(&BearerAuth, &CommonErrors),
@@ -641,6 +691,10 @@ impl utoipa::Modify for CommonErrors {
     let common = [
       ("400", "Invalid request"),
       ("401", "Missing or invalid token"),
+      (
+        "429",
+        "Too many requests from this token; `Retry-After` says when to retry",
+      ),
       ("404", "No such worker (or not the caller's)"),
       ("500", "Internal error; `request_id` names it in the log"),
     ];
@@ -897,6 +951,8 @@ async fn upload(
   }
   let edge_name = names::edge_worker_name(&caller.account, &name);
   let checked = validate::check_upload(&edge_name, metadata.as_deref(), modules)?;
+  let ceilings = guard::ceilings_of(&state, &caller.account).await?;
+  guard::check_ceilings(&caller.account, &checked.manifest.limits, &ceilings)?;
   check_services_exist(&state, &caller.account, &name, &checked.manifest).await?;
   state.validator.check_starts(&checked).await?;
   let version = blocking(move || {

@@ -1,5 +1,6 @@
 //! Accounts and their API tokens.
 
+use isola_proto::manifest::LimitsSpec;
 use rand::RngCore as _;
 use rusqlite::params;
 use rusqlite::OptionalExtension as _;
@@ -28,6 +29,9 @@ fn token_hash(token: &str) -> String {
 pub struct Caller {
   pub account: String,
   pub admin: bool,
+  /// The first 12 hex digits of the token's sha256: names the token in the
+  /// audit log and the rate limiter without being usable as one.
+  pub token: String,
 }
 
 impl Db {
@@ -56,19 +60,67 @@ impl Db {
   /// The owner of `token`, if it is one.
   pub fn authenticate(&self, token: &str) -> Result<Option<Caller>> {
     let conn = self.conn();
+    let hash = token_hash(token);
     let caller = conn
       .query_row(
         "SELECT account, admin FROM tokens WHERE sha256 = ?1",
-        [token_hash(token)],
+        [&hash],
         |row| {
           Ok(Caller {
             account: row.get(0)?,
             admin: row.get(1)?,
+            token: hash[..12].to_string(),
           })
         },
       )
       .optional()?;
     Ok(caller)
+  }
+
+  /// The limit ceilings an admin set for `account`, if any.
+  pub fn account_limits(&self, account: &str) -> Result<Option<LimitsSpec>> {
+    let text: Option<String> = self
+      .conn()
+      .query_row(
+        "SELECT limits FROM account_limits WHERE account = ?1",
+        [account],
+        |row| row.get(0),
+      )
+      .optional()?;
+    text
+      .map(|t| {
+        serde_json::from_str(&t)
+          .map_err(|e| Error::Invalid(format!("stored limits of {account:?}: {e}")))
+      })
+      .transpose()
+  }
+
+  /// Sets (or, with `None`, drops) the ceilings of an existing `account`.
+  pub fn set_account_limits(&self, account: &str, limits: Option<&LimitsSpec>) -> Result<()> {
+    self.write(|tx| {
+      let exists: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM accounts WHERE name = ?1)",
+        [account],
+        |row| row.get(0),
+      )?;
+      if !exists {
+        return Err(Error::NotFound(format!("no account named {account:?}")));
+      }
+      match limits {
+        Some(limits) => {
+          let text = serde_json::to_string(limits).expect("limits serialise");
+          tx.execute(
+            "INSERT INTO account_limits (account, limits) VALUES (?1, ?2)
+             ON CONFLICT (account) DO UPDATE SET limits = excluded.limits",
+            params![account, text],
+          )?;
+        }
+        None => {
+          tx.execute("DELETE FROM account_limits WHERE account = ?1", [account])?;
+        }
+      }
+      Ok(())
+    })
   }
 }
 
@@ -97,7 +149,8 @@ mod tests {
       db.authenticate(&admin).unwrap(),
       Some(Caller {
         account: "default".into(),
-        admin: true
+        admin: true,
+        token: token_hash(&admin)[..12].to_string(),
       })
     );
     assert!(!db.authenticate(&user).unwrap().unwrap().admin);
@@ -108,5 +161,25 @@ mod tests {
       .query_row("SELECT group_concat(sha256) FROM tokens", [], |r| r.get(0))
       .unwrap();
     assert!(!stored.contains(&admin[6..]));
+  }
+
+  #[test]
+  fn ceilings_belong_to_existing_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    db.create_account("acme", false).unwrap();
+    assert_eq!(db.account_limits("acme").unwrap(), None);
+    let raised = LimitsSpec {
+      memory_mb: Some(512),
+      ..Default::default()
+    };
+    db.set_account_limits("acme", Some(&raised)).unwrap();
+    assert_eq!(db.account_limits("acme").unwrap(), Some(raised));
+    db.set_account_limits("acme", None).unwrap();
+    assert_eq!(db.account_limits("acme").unwrap(), None);
+    assert!(matches!(
+      db.set_account_limits("nobody", None),
+      Err(Error::NotFound(_))
+    ));
   }
 }

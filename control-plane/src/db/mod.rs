@@ -10,6 +10,7 @@
 
 mod accounts;
 mod analytics;
+mod audit;
 mod billing;
 mod deployments;
 mod edges;
@@ -39,6 +40,8 @@ use rusqlite::TransactionBehavior;
 use serde::Serialize;
 
 pub use self::accounts::Caller;
+pub use self::audit::AuditEntry;
+pub use self::audit::AuditQuery;
 pub use self::deployments::DeployedVersion;
 pub use self::deployments::Deployment;
 pub use self::edges::EdgeInfo;
@@ -278,6 +281,26 @@ CREATE TABLE trace_minutes (
   PRIMARY KEY (account, worker, version, minute)
 ) WITHOUT ROWID;
 CREATE INDEX trace_minutes_by_time ON trace_minutes (minute);
+"#,
+  // Guard rails: an account's limit ceilings when an admin set them, and
+  // the audit log of every authenticated change.
+  r#"
+CREATE TABLE account_limits (
+  account TEXT PRIMARY KEY REFERENCES accounts (name),
+  limits TEXT NOT NULL
+);
+CREATE TABLE audit (
+  id INTEGER PRIMARY KEY,
+  at INTEGER NOT NULL,
+  account TEXT NOT NULL,
+  admin INTEGER NOT NULL,
+  token TEXT NOT NULL,
+  method TEXT NOT NULL,
+  path TEXT NOT NULL,
+  status INTEGER NOT NULL,
+  client TEXT
+);
+CREATE INDEX audit_by_time ON audit (at, id);
 "#,
 ];
 

@@ -37,6 +37,7 @@ struct Reply {
   text: String,
   /// The `x-request-id` header.
   request_id: Option<String>,
+  retry_after: Option<String>,
 }
 
 impl Reply {
@@ -54,6 +55,10 @@ async fn start() -> Server {
 }
 
 async fn start_with(prices: isola_control::billing::PriceSheet) -> Server {
+  start_configured(|state| state.with_prices(prices)).await
+}
+
+async fn start_configured(configure: impl FnOnce(api::AppState) -> api::AppState) -> Server {
   let dir = tempfile::tempdir().unwrap();
   let db = db::Db::open(
     &dir.path().join("control.db"),
@@ -63,8 +68,12 @@ async fn start_with(prices: isola_control::billing::PriceSheet) -> Server {
   let admin = db.create_account("default", true).unwrap();
   let (tx, rx) = watch::channel(Arc::new(db.desired_state().unwrap()));
   let validator = Arc::new(validate::Validator::new().unwrap());
-  let app =
-    api::router(api::AppState::new(db.clone(), Arc::new(tx), validator).with_prices(prices));
+  let app = api::router(configure(api::AppState::new(
+    db.clone(),
+    Arc::new(tx),
+    validator,
+  )))
+  .into_make_service_with_connect_info::<SocketAddr>();
   let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
   let addr = listener.local_addr().unwrap();
   tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -110,6 +119,10 @@ impl Server {
       .headers()
       .get(api::REQUEST_ID_HEADER)
       .map(|v| v.to_str().unwrap().to_string());
+    let retry_after = res
+      .headers()
+      .get("retry-after")
+      .map(|v| v.to_str().unwrap().to_string());
     let is_json = res
       .headers()
       .get("content-type")
@@ -127,6 +140,7 @@ impl Server {
       json,
       text,
       request_id,
+      retry_after,
     }
   }
 
@@ -1562,4 +1576,185 @@ async fn a_closed_month_s_invoice_is_computed_once_and_never_changes() {
       .json,
     r.json
   );
+}
+
+#[tokio::test]
+async fn uploads_stay_under_their_account_s_ceilings_which_an_admin_can_raise() {
+  let s = start().await;
+  let acme = s.account("acme").await;
+  let module: &[(&str, &[u8])] = &[(
+    "worker.js",
+    b"export default { fetch() { return new Response('x') } }",
+  )];
+  let greedy =
+    json!({"main_module": "worker.js", "limits": {"memory_mb": 1_000_000_000u64, "cpu_ms": 20}});
+  let r = s.upload(&acme, "alpha", greedy.clone(), module).await;
+  assert_eq!(r.status, 400, "{r:?}");
+  assert!(
+    r.message()
+      .contains("limits.memory_mb is 1000000000, above the ceiling of 128"),
+    "{r:?}"
+  );
+  assert!(
+    r.message().contains("PUT /v1/accounts/acme/limits"),
+    "{r:?}"
+  );
+
+  let r = s.get("/v1/accounts/acme/limits", &acme).await;
+  assert_eq!(r.status, 200, "{r:?}");
+  assert_eq!(r.json["ceilings"]["memory_mb"], 128);
+  assert_eq!(r.json["ceilings"]["cpu_ms"], 30_000);
+  assert_eq!(r.json["custom"], Value::Null);
+  // Another account's ceilings do not exist for this caller; only admins set them.
+  assert_eq!(
+    s.get("/v1/accounts/default/limits", &acme).await.status,
+    404
+  );
+  let raise = json!({"memory_mb": 2_000_000_000u64});
+  let r = s
+    .send_json("PUT", "/v1/accounts/acme/limits", &acme, raise.clone())
+    .await;
+  assert_eq!(r.status, 403, "{r:?}");
+  let r = s
+    .send_json("PUT", "/v1/accounts/nobody/limits", &s.admin, raise.clone())
+    .await;
+  assert_eq!(r.status, 404, "{r:?}");
+  let r = s
+    .send_json(
+      "PUT",
+      "/v1/accounts/acme/limits",
+      &s.admin,
+      json!({"memory_mb": 0}),
+    )
+    .await;
+  assert_eq!(r.status, 400, "{r:?}");
+
+  let r = s
+    .send_json("PUT", "/v1/accounts/acme/limits", &s.admin, raise)
+    .await;
+  assert_eq!(r.status, 200, "{r:?}");
+  assert_eq!(r.json["ceilings"]["memory_mb"], 2_000_000_000u64);
+  assert_eq!(r.json["ceilings"]["cpu_ms"], 30_000);
+  let r = s.upload(&acme, "alpha", greedy.clone(), module).await;
+  assert_eq!(r.status, 201, "{r:?}");
+
+  // `{}` gives the account the operator's ceilings back.
+  let r = s
+    .send_json("PUT", "/v1/accounts/acme/limits", &s.admin, json!({}))
+    .await;
+  assert_eq!(r.json["custom"], Value::Null, "{r:?}");
+  let r = s
+    .upload(
+      &acme,
+      "alpha",
+      json!({"main_module": "worker.js", "limits": {"cpu_ms": 40_000}}),
+      module,
+    )
+    .await;
+  assert_eq!(r.status, 400, "{r:?}");
+  assert!(
+    r.message()
+      .contains("limits.cpu_ms is 40000, above the ceiling of 30000"),
+    "{r:?}"
+  );
+}
+
+#[tokio::test]
+async fn a_token_past_its_rate_limit_gets_429_with_retry_after() {
+  let s = start_configured(|state| {
+    state.with_rate_limit(api::RateLimit {
+      per_second: 1,
+      burst: 3,
+    })
+  })
+  .await;
+  let token = s.db.create_account("acme", false).unwrap();
+  for _ in 0..3 {
+    assert_eq!(s.get("/v1/workers", &token).await.status, 200);
+  }
+  let r = s.get("/v1/workers", &token).await;
+  assert_eq!(r.status, 429, "{r:?}");
+  assert_eq!(r.error_code(), "rate_limited");
+  let wait: u64 = r.retry_after.as_deref().unwrap().parse().unwrap();
+  assert!((1..=2).contains(&wait), "{r:?}");
+  // Each token has its own allowance.
+  assert_eq!(s.get("/v1/workers", &s.admin).await.status, 200);
+  // A bad token is not counted against anyone's: it never authenticates.
+  assert_eq!(s.get("/v1/workers", "isola_bad").await.status, 401);
+}
+
+#[tokio::test]
+async fn every_change_is_audited_and_only_admins_read_the_log() {
+  let s = start().await;
+  let acme = s.account("acme").await;
+  s.upload_ok(&acme, "alpha", "one").await;
+  let r = s.deploy(&acme, "alpha", "no-such-version").await;
+  assert!(r.status >= 400, "{r:?}");
+  assert_eq!(s.get("/v1/workers", &acme).await.status, 200);
+  // An unauthenticated attempt leaves no entry (it names nobody).
+  assert_eq!(
+    s.post("/v1/accounts", "isola_bad", json!({"name": "x"}))
+      .await
+      .status,
+    401
+  );
+
+  let r = s.get("/v1/audit", &acme).await;
+  assert_eq!(r.status, 403, "{r:?}");
+  let r = s.get("/v1/audit", &s.admin).await;
+  assert_eq!(r.status, 200, "{r:?}");
+  let entries = r.json["entries"].as_array().unwrap();
+  let seen: Vec<(&str, &str, &str)> = entries
+    .iter()
+    .map(|e| {
+      (
+        e["account"].as_str().unwrap(),
+        e["method"].as_str().unwrap(),
+        e["path"].as_str().unwrap(),
+      )
+    })
+    .collect();
+  assert_eq!(
+    seen,
+    [
+      ("acme", "POST", "/v1/workers/alpha/deployments"),
+      ("acme", "POST", "/v1/workers/alpha/versions"),
+      ("default", "POST", "/v1/accounts"),
+    ],
+    "{r:?}"
+  );
+  assert_eq!(entries[1]["status"], 201);
+  assert!(entries[0]["status"].as_u64().unwrap() >= 400);
+  assert!(
+    entries[0]["client"]
+      .as_str()
+      .unwrap()
+      .starts_with("127.0.0.1:"),
+    "{r:?}"
+  );
+  assert_eq!(entries[0]["token"].as_str().unwrap().len(), 12);
+  assert!(!r.text.contains(&acme[6..]), "the log holds no token");
+
+  let r = s.get("/v1/audit?account=default&limit=1", &s.admin).await;
+  assert_eq!(r.json["entries"].as_array().unwrap().len(), 1, "{r:?}");
+  assert_eq!(r.json["entries"][0]["path"], "/v1/accounts");
+  let r = s.get("/v1/audit?limit=5000", &s.admin).await;
+  assert_eq!(r.status, 400, "{r:?}");
+}
+
+#[tokio::test]
+async fn json_bodies_are_limited() {
+  let s = start().await;
+  let big = format!("{{\"name\": \"{}\"}}", "a".repeat(3 << 20));
+  let r = s
+    .call(
+      "POST",
+      "/v1/accounts",
+      Some(&s.admin),
+      Some("application/json"),
+      big.into_bytes(),
+    )
+    .await;
+  assert_eq!(r.status, 413, "{r:?}");
+  assert_eq!(r.error_code(), "too_large");
 }
