@@ -33,6 +33,9 @@ pub struct EdgeConfig {
   /// keys left out keep [`default_node_maxima`]. See [`Self::node_maxima`].
   #[serde(default)]
   pub limits: LimitsSpec,
+  /// `[egress]`: where workers' `fetch()` may connect.
+  #[serde(default)]
+  pub egress: EgressConfig,
   /// Folder holding the config file; relative paths resolve against it.
   #[serde(skip)]
   pub base_dir: PathBuf,
@@ -93,6 +96,35 @@ fn default_header_timeout_ms() -> u64 {
 }
 fn default_drain_ms() -> u64 {
   30_000
+}
+
+/// `[egress]`. By default `fetch()` reaches no loopback, private,
+/// link-local (cloud metadata), CGNAT, unique-local, multicast or reserved
+/// address, in any spelling, nor this node's own listeners; `allow` makes
+/// exceptions.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+  /// Default: true. `false` lets workers reach everything this host can.
+  #[serde(default = "yes")]
+  pub enabled: bool,
+  /// `"10.1.2.0/24"`, `"10.1.2.3"`, `"10.1.2.3:5432"`, `"[fd00::1]:80"`,
+  /// `"db.internal"`, `"db.internal:5432"`. Default: none.
+  #[serde(default)]
+  pub allow: Vec<String>,
+}
+
+impl Default for EgressConfig {
+  fn default() -> Self {
+    Self {
+      enabled: true,
+      allow: Vec::new(),
+    }
+  }
+}
+
+fn yes() -> bool {
+  true
 }
 
 /// The node's own ceilings unless `[limits]` sets them: CPU 5 min, wall
@@ -239,6 +271,26 @@ pub struct StaticWorker {
 }
 
 impl EdgeConfig {
+  /// The runtime's egress policy from `[egress]`, with this node's own
+  /// listening sockets denied.
+  pub fn egress_policy(&self) -> anyhow::Result<isola_runtime::EgressPolicy> {
+    if !self.egress.enabled {
+      return Ok(isola_runtime::EgressPolicy::allow_all());
+    }
+    let own = [
+      Some(self.server.listen),
+      self.server.listen_tls,
+      self.server.admin,
+    ];
+    let mut policy = isola_runtime::EgressPolicy::default().own_sockets(own.into_iter().flatten());
+    for entry in &self.egress.allow {
+      policy = policy
+        .allow(entry)
+        .map_err(|e| anyhow::anyhow!("[egress] {e}"))?;
+    }
+    Ok(policy)
+  }
+
   /// The node's ceilings: the defaults overlaid by `[limits]`.
   pub fn node_maxima(&self) -> LimitsSpec {
     default_node_maxima().overlaid(&self.limits)
@@ -255,6 +307,9 @@ impl EdgeConfig {
       .unwrap_or_else(|| PathBuf::from("."));
     if let Err(e) = config.limits.validate() {
       anyhow::bail!("{}: [limits]: {e}", path.display());
+    }
+    if let Err(e) = config.egress_policy() {
+      anyhow::bail!("{}: {e}", path.display());
     }
     if config.server.listen_tls.is_some() && config.certificates.is_empty() {
       anyhow::bail!(
@@ -403,6 +458,23 @@ mod tests {
     assert_eq!(max.memory_mb, Some(256));
     assert_eq!(max.cpu_ms, default_node_maxima().cpu_ms);
     assert!(toml::from_str::<EdgeConfig>("[limits]\nmemory = 256\n").is_err());
+  }
+
+  #[test]
+  fn egress_entries_are_checked_when_the_config_is_read() {
+    let c: EdgeConfig =
+      toml::from_str("[egress]\nallow = [\"10.1.2.0/24\", \"db.internal:5432\"]\n").unwrap();
+    let policy = c.egress_policy().unwrap();
+    assert!(policy.check_ip("10.1.2.3".parse().unwrap(), 80).is_ok());
+    assert!(policy.check_ip("127.0.0.1".parse().unwrap(), 80).is_err());
+    let c: EdgeConfig = toml::from_str("[egress]\nallow = [\"10.1.2.0/33\"]\n").unwrap();
+    let err = c.egress_policy().unwrap_err().to_string();
+    assert!(
+      err.contains("[egress]") && err.contains("10.1.2.0/33"),
+      "{err}"
+    );
+    let off: EdgeConfig = toml::from_str("[egress]\nenabled = false\n").unwrap();
+    assert!(!off.egress_policy().unwrap().is_enabled());
   }
 
   #[test]

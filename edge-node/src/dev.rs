@@ -23,6 +23,7 @@ use isola_proto::queue::SendCall;
 use isola_proto::queue::SendReply;
 use isola_runtime::Bundle;
 use isola_runtime::Config;
+use isola_runtime::EgressPolicy;
 use isola_runtime::Fairness;
 use isola_runtime::Limits;
 use isola_runtime::MemoryKv;
@@ -79,7 +80,7 @@ pub struct DevArgs {
   wall_ms: u64,
 }
 
-/// `dev`'s local stand-ins for KV and queues.
+/// `dev`'s local stand-ins for KV and queues, and its egress policy.
 #[derive(clap::Args)]
 struct StorageArgs {
   /// A KV namespace for `env.BINDING`, in memory (in `--persist-to` if
@@ -95,6 +96,19 @@ struct StorageArgs {
   /// May repeat.
   #[arg(long = "queue", value_name = "BINDING=QUEUE", value_parser = parse_var)]
   queues: Vec<(String, String)>,
+  /// Apply `isola-edge serve`'s egress policy: `fetch()` cannot reach
+  /// loopback, private or link-local addresses. Off by default in dev, so a
+  /// worker can call services on this machine.
+  #[arg(long)]
+  egress_policy: bool,
+  /// With `--egress-policy`: an exception (`10.1.2.0/24`, `127.0.0.1:5432`,
+  /// `db.internal:5432`). May repeat.
+  #[arg(
+    long = "egress-allow",
+    value_name = "ENTRY",
+    requires = "egress_policy"
+  )]
+  egress_allow: Vec<String>,
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {
@@ -203,6 +217,15 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     services.insert(binding.clone(), worker);
   }
 
+  let egress = if args.storage.egress_policy {
+    let mut policy = EgressPolicy::default().own_sockets([args.listen]);
+    for entry in &args.storage.egress_allow {
+      policy = policy.allow(entry).map_err(anyhow::Error::msg)?;
+    }
+    policy
+  } else {
+    EgressPolicy::allow_all()
+  };
   let runtime = Runtime::new(
     Config::default()
       .threads(1)
@@ -213,7 +236,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
       .fairness(Fairness::default().enabled(false))
       .services(Arc::new(DevServices(services.clone())))
       .kv(Arc::new(kv))
-      .queues(queues.clone()),
+      .queues(queues.clone())
+      .egress(egress),
   )?;
   let main = DevWorker {
     key: WorkerKey::new(name, "dev"),

@@ -70,7 +70,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     .meter(metrics.sink())
     .fairness(config.fairness.to_runtime())
     .kv(kv.clone())
-    .queues(queues);
+    .queues(queues)
+    .egress(config.egress_policy()?);
   if let Some(threads) = config.server.threads {
     pool = pool.threads(threads);
   }

@@ -553,3 +553,77 @@ limits = { cpu_ms = 50 }
     "{m}"
   );
 }
+
+/// A worker on a node reaches nothing of the node's: not its admin port,
+/// not a service on its loopback; `[egress] allow` opens exactly what it
+/// names.
+#[test]
+fn workers_cannot_reach_the_node_s_own_network_unless_allowed() {
+  let dir = tempfile::tempdir().unwrap();
+  let dir = dir.path();
+  // A service on the node's loopback that the operator chooses to open.
+  let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+  let service_addr = service.local_addr().unwrap();
+  std::thread::spawn(move || {
+    for mut stream in service.incoming().flatten() {
+      let mut buf = [0u8; 1024];
+      let _ = stream.read(&mut buf);
+      let _ = stream
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close\r\n\r\nservice");
+    }
+  });
+  write(
+    dir,
+    "fetcher.js",
+    r#"export default {
+  async fetch(request) {
+    const target = new URL(request.url).searchParams.get("u");
+    try {
+      const r = await fetch(target);
+      return new Response(`ok ${await r.text()}`);
+    } catch (e) {
+      return new Response(`${e.name}: ${e.message}`);
+    }
+  },
+};"#,
+  );
+  write(
+    dir,
+    "edge.toml",
+    &format!(
+      r#"
+[server]
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+threads = 1
+
+[egress]
+allow = ["{service_addr}"]
+
+[[worker]]
+name = "fetcher"
+entry = "fetcher.js"
+routes = ["fetcher.test/*"]
+"#
+    ),
+  );
+  let mut edge = Edge::serve(BIN.as_ref(), &dir.join("edge.toml"));
+  let admin = edge.proc.listening("admin");
+  edge.proc.expect_event("serving");
+  let ask = |target: &str| {
+    let r = get(edge.http, "fetcher.test", &format!("/?u={target}")).expect("the node answers");
+    r.text()
+  };
+  let answer = ask(&format!("http://{admin}/admin/state"));
+  assert!(
+    answer.starts_with("TypeError:")
+      && answer.contains("egress policy")
+      && answer.contains(&admin.to_string()),
+    "{answer}"
+  );
+  let answer = ask(&format!("http://localhost:{}/admin/state", admin.port()));
+  assert!(answer.contains("egress policy"), "{answer}");
+  let answer = ask("http://169.254.169.254/latest/meta-data/");
+  assert!(answer.contains("link-local"), "{answer}");
+  assert_eq!(ask(&format!("http://{service_addr}/")), "ok service");
+}

@@ -43,6 +43,7 @@ use crate::worker::Invocation;
 use crate::worker::Isolate;
 use crate::worker::WorkerConfig;
 use crate::worker::WorkerHandle;
+use isola_ext::egress::EgressPolicy;
 use isola_ext::LogSink;
 use isola_ext::RequestBody;
 use isola_ext::ResponseBody;
@@ -60,6 +61,7 @@ pub struct Config {
   meter: MeterSink,
   trace: TraceSink,
   fairness: Fairness,
+  egress: Arc<EgressPolicy>,
   pub(crate) services: ServicesHandle,
   pub(crate) storage: Storage,
 }
@@ -77,6 +79,7 @@ impl Default for Config {
       meter: MeterSink::discard(),
       trace: TraceSink::discard(),
       fairness: Fairness::default(),
+      egress: Arc::new(EgressPolicy::default()),
       services: ServicesHandle::default(),
       storage: Storage::default(),
     }
@@ -84,6 +87,14 @@ impl Default for Config {
 }
 
 impl Config {
+  /// Where workers' `fetch()` may connect. Default:
+  /// [`EgressPolicy::default`], nothing of the node's networks (loopback,
+  /// private, link-local, ...).
+  pub fn egress(mut self, policy: EgressPolicy) -> Self {
+    self.egress = Arc::new(policy);
+    self
+  }
+
   /// V8 threads. Default: one per CPU core.
   pub fn threads(mut self, n: usize) -> Self {
     self.threads = n.max(1);
@@ -382,6 +393,7 @@ impl Runtime {
       // own, at its own priority.
       let stock = if quarantined { 0 } else { config.stock };
       let logs = config.logs.clone();
+      let egress = config.egress.clone();
       let counter = isolates.clone();
       let ready = Arc::new(AtomicUsize::new(0));
       let ready_counter = ready.clone();
@@ -396,6 +408,7 @@ impl Runtime {
           if quarantined {
             crate::watchdog::lower_thread_priority();
           }
+          isola_ext::egress::set_thread_policy(egress);
           thread_main(idx, rx, stock, logs, counter, ready_counter)
         })
         .map_err(|e| ErrorKind::Start {

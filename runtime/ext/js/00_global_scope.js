@@ -13,7 +13,11 @@ const {
   PromiseReject,
   ReflectApply,
   ReflectConstruct,
+  PromisePrototypeCatch,
   SafeArrayIterator,
+  StringPrototypeIncludes,
+  StringPrototypeIndexOf,
+  StringPrototypeSlice,
   Symbol,
   TypeError,
 } = primordials;
@@ -172,7 +176,25 @@ function fetch(input, init = undefined) {
       ),
     );
   }
-  return ReflectApply(fetchMod.fetch, this, arguments);
+  return PromisePrototypeCatch(
+    ReflectApply(fetchMod.fetch, this, arguments),
+    egressError,
+  );
+}
+
+// A name the egress policy refused reaches JS as deno_fetch's generic
+// `TypeError: fetch failed`, the reason in its cause; say it up front, as
+// for an address refused before the request was sent.
+const EGRESS_DENIED = "is denied by the egress policy";
+function egressError(e) {
+  const cause = e?.cause?.message;
+  if (typeof cause === "string") {
+    const at = StringPrototypeIndexOf(cause, "fetch() to ");
+    if (at >= 0 && StringPrototypeIncludes(cause, EGRESS_DENIED)) {
+      throw new TypeError(StringPrototypeSlice(cause, at));
+    }
+  }
+  throw e;
 }
 
 // --------------------------------------------------------------- navigator --

@@ -12,6 +12,7 @@
 //! each crate more would be one more build of everything that links V8.
 
 mod body;
+pub mod egress;
 mod invocation;
 mod kv;
 mod log;
@@ -164,6 +165,8 @@ fn op_isola_user_agent() -> &'static str {
 pub fn extensions() -> Vec<deno_core::Extension> {
   let fetch_options = deno_fetch::Options {
     user_agent: USER_AGENT.to_string(),
+    request_builder_hook: Some(egress::request_hook),
+    resolver: deno_fetch::dns::Resolver::custom(Arc::new(egress::EgressResolver::new())),
     ..Default::default()
   };
   vec![

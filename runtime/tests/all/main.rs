@@ -3,12 +3,13 @@
 //! the build time on small machines. libtest-mimic runs every trial:
 //! fixture cases (`fixtures.rs`), pool tests (`pool.rs`), scheduled runs
 //! and service bindings through the pool (`events.rs`), KV and queue
-//! bindings and consumers (`storage.rs`), trace events of every kind of
+//! bindings and consumers (`storage.rs`), the egress policy (`egress.rs`), trace events of every kind of
 //! invocation (`trace.rs`) and tests of one
 //! worker driven directly (`worker.rs`).
 //!
 //! `cargo test -p isola-runtime --test all -- pool::` runs one group.
 
+mod egress;
 mod events;
 mod fixtures;
 mod pool;
@@ -54,6 +55,7 @@ fn main() {
   let mut trials = fixtures::trials();
   trials.extend(pool::trials());
   trials.extend(events::trials());
+  trials.extend(egress::trials());
   trials.extend(storage::trials());
   trials.extend(trace::trials());
   trials.extend(worker::trials());

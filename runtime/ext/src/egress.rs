@@ -1,0 +1,531 @@
+//! Where a worker's `fetch()` may connect. By default nothing of the node's
+//! own networks: loopback, private, link-local (cloud metadata), CGNAT,
+//! unique-local, multicast and reserved ranges, and the node's own listening
+//! sockets, in every spelling an address can take. Two checks make it
+//! hold:
+//!
+//! - before a request is sent (deno_fetch's request hook, on the isolate's
+//!   thread, for every hop of a redirect): an IP-literal host is checked as
+//!   is (the WHATWG URL parser has already turned `2130706433`, `0x7f.1` and
+//!   `017700000001` into `127.0.0.1`), and a host name that the allow list
+//!   names only for other ports is refused;
+//! - when a host name is resolved (the fetch client's resolver): every
+//!   address it resolves to is checked, and the connection goes only to the
+//!   addresses checked, so a name that changes its answer between a check
+//!   and the connect (DNS rebinding) gains nothing.
+//!
+//! The policy belongs to the V8 thread (set by the pool when it starts the
+//! thread), because deno_fetch's hooks are plain functions without access
+//! to the isolate.
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::net::Ipv4Addr;
+use std::net::Ipv6Addr;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use deno_error::JsErrorBox;
+use deno_fetch::dns::Resolve;
+use deno_fetch::dns::Resolving;
+use hyper_util::client::legacy::connect::dns::GaiResolver;
+use hyper_util::client::legacy::connect::dns::Name;
+use ipnet::IpNet;
+use tower_service::Service as _;
+
+/// One `allow` entry: a network (any port, or one), or a host name (any
+/// port, or one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Allow {
+  Net(IpNet, Option<u16>),
+  Host(String, Option<u16>),
+}
+
+/// What `fetch()` may reach. [`EgressPolicy::default`] denies the node's
+/// networks; [`EgressPolicy::allow_all`] turns the checks off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressPolicy {
+  enabled: bool,
+  allow: Vec<Allow>,
+  own: Vec<SocketAddr>,
+}
+
+impl Default for EgressPolicy {
+  fn default() -> Self {
+    Self {
+      enabled: true,
+      allow: Vec::new(),
+      own: Vec::new(),
+    }
+  }
+}
+
+impl EgressPolicy {
+  /// No checks at all (`isola-edge dev` unless asked for the policy).
+  pub fn allow_all() -> Self {
+    Self {
+      enabled: false,
+      ..Self::default()
+    }
+  }
+
+  pub fn is_enabled(&self) -> bool {
+    self.enabled
+  }
+
+  /// Adds an exception: `10.1.2.0/24`, `10.1.2.3`, `10.1.2.3:5432`,
+  /// `[fd00::1]:80`, `fd00::/8`, `db.internal` or `db.internal:5432`. The
+  /// error says what is wrong with the entry.
+  pub fn allow(mut self, entry: &str) -> Result<Self, String> {
+    self.allow.push(parse_allow(entry)?);
+    Ok(self)
+  }
+
+  /// The node's own listening sockets: denied even where an `allow` entry
+  /// covers their address (a worker calling its own edge's admin port, or
+  /// looping through its public listener).
+  pub fn own_sockets(mut self, sockets: impl IntoIterator<Item = SocketAddr>) -> Self {
+    self.own.extend(sockets);
+    self
+  }
+
+  /// Whether `fetch()` may connect to `ip:port`; the error is the message
+  /// the worker's `TypeError` carries.
+  pub fn check_ip(&self, ip: IpAddr, port: u16) -> Result<(), String> {
+    if !self.enabled {
+      return Ok(());
+    }
+    let ip = canonical(ip);
+    let shown = SocketAddr::new(ip, port);
+    if self
+      .own
+      .iter()
+      .any(|own| own.port() == port && canonical(own.ip()) == ip)
+    {
+      return Err(format!(
+        "fetch() to {shown} is denied by the egress policy: it is one of this node's own \
+         listening addresses"
+      ));
+    }
+    let Some(reason) = denied_range(ip) else {
+      return Ok(());
+    };
+    let allowed = self.allow.iter().any(|a| match a {
+      Allow::Net(net, p) => net.contains(&ip) && p.is_none_or(|p| p == port),
+      Allow::Host(..) => false,
+    });
+    if allowed {
+      return Ok(());
+    }
+    Err(format!(
+      "fetch() to {shown} is denied by the egress policy: {reason} addresses are not reachable \
+       from workers (the node's operator can allow it with `[egress] allow` in edge.toml)"
+    ))
+  }
+
+  /// What the allow list says of host name `host` on `port`: `Some(true)`
+  /// when it allows the name there (its addresses are not checked),
+  /// `Some(false)` when it names the host for other ports only, `None` when
+  /// it does not name the host.
+  fn host_verdict(&self, host: &str, port: Option<u16>) -> Option<bool> {
+    let host = normal_host(host);
+    let mut named = false;
+    for a in &self.allow {
+      if let Allow::Host(h, p) = a {
+        if *h == host {
+          named = true;
+          if p.is_none() || port.is_none() || *p == port {
+            return Some(true);
+          }
+        }
+      }
+    }
+    named.then_some(false)
+  }
+}
+
+fn normal_host(host: &str) -> String {
+  host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn parse_allow(entry: &str) -> Result<Allow, String> {
+  let bad = |why: &str| {
+    format!(
+      "egress allow entry {entry:?}: {why}; write a network (\"10.1.2.0/24\"), an address \
+       (\"10.1.2.3\", \"10.1.2.3:5432\", \"[fd00::1]:80\") or a host (\"db.internal\", \
+       \"db.internal:5432\")"
+    )
+  };
+  let entry = entry.trim();
+  if entry.is_empty() {
+    return Err(bad("it is empty"));
+  }
+  if let Ok(net) = entry.parse::<IpNet>() {
+    return Ok(Allow::Net(net.trunc(), None));
+  }
+  if let Ok(ip) = entry.parse::<IpAddr>() {
+    return Ok(Allow::Net(IpNet::from(ip), None));
+  }
+  if let Ok(sock) = entry.parse::<SocketAddr>() {
+    return Ok(Allow::Net(IpNet::from(sock.ip()), Some(sock.port())));
+  }
+  let (host, port) = match entry.rsplit_once(':') {
+    Some((h, p)) => {
+      let port = p
+        .parse::<u16>()
+        .map_err(|_| bad(&format!("{p:?} is not a port")))?;
+      (h, Some(port))
+    }
+    None => (entry, None),
+  };
+  // A fully qualified name's root dot changes nothing.
+  let host = host.strip_suffix('.').unwrap_or(host);
+  let valid = !host.is_empty()
+    && host.len() <= 253
+    && host.split('.').all(|label| {
+      !label.is_empty()
+        && label.len() <= 63
+        && label
+          .bytes()
+          .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+  if !valid || host.parse::<IpAddr>().is_ok() {
+    return Err(bad("it is not a network, an address or a host name"));
+  }
+  Ok(Allow::Host(normal_host(host), port))
+}
+
+/// The address itself for IPv4-mapped (`::ffff:a.b.c.d`) and IPv4-compatible
+/// IPv6 forms, so each is judged as the IPv4 address it reaches.
+fn canonical(ip: IpAddr) -> IpAddr {
+  match ip {
+    IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+      Some(v4) => IpAddr::V4(v4),
+      None => {
+        let s = v6.segments();
+        // `::a.b.c.d` (deprecated IPv4-compatible), but not `::` or `::1`.
+        if s[..6] == [0; 6] && (s[6] != 0 || s[7] > 1) {
+          IpAddr::V4(Ipv4Addr::from(u32::from(s[6]) << 16 | u32::from(s[7])))
+        } else {
+          IpAddr::V6(v6)
+        }
+      }
+    },
+    v4 => v4,
+  }
+}
+
+/// Why `ip` (canonical) is off limits by default, or `None` for a public
+/// address.
+fn denied_range(ip: IpAddr) -> Option<&'static str> {
+  match ip {
+    IpAddr::V4(v4) => denied_v4(v4),
+    IpAddr::V6(v6) => denied_v6(v6),
+  }
+}
+
+fn denied_v4(ip: Ipv4Addr) -> Option<&'static str> {
+  let [a, b, c, _] = ip.octets();
+  Some(match (a, b, c) {
+    (0, ..) => "\"this network\" (0.0.0.0/8)",
+    (10, ..) => "private (10.0.0.0/8)",
+    (100, 64..=127, _) => "carrier-grade NAT (100.64.0.0/10)",
+    (127, ..) => "loopback",
+    (169, 254, _) => "link-local (incl. cloud metadata, 169.254.0.0/16)",
+    (172, 16..=31, _) => "private (172.16.0.0/12)",
+    (192, 0, 0) => "IETF protocol (192.0.0.0/24)",
+    (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => "documentation",
+    (192, 88, 99) => "6to4 relay anycast (192.88.99.0/24)",
+    (192, 168, _) => "private (192.168.0.0/16)",
+    (198, 18..=19, _) => "benchmarking (198.18.0.0/15)",
+    (224..=239, ..) => "multicast",
+    (240..=255, ..) => "reserved or broadcast",
+    _ => return None,
+  })
+}
+
+fn denied_v6(ip: Ipv6Addr) -> Option<&'static str> {
+  let s = ip.segments();
+  if ip.is_unspecified() {
+    return Some("unspecified (::)");
+  }
+  if ip.is_loopback() {
+    return Some("loopback");
+  }
+  // NAT64 (64:ff9b::/96) and 6to4 (2002::/16) carry an IPv4 address that a
+  // gateway may reach for us: judge that one.
+  if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+    let v4 = Ipv4Addr::from(u32::from(s[6]) << 16 | u32::from(s[7]));
+    return denied_v4(v4).map(|_| "NAT64 of a denied IPv4");
+  }
+  if s[0] == 0x2002 {
+    let v4 = Ipv4Addr::from(u32::from(s[1]) << 16 | u32::from(s[2]));
+    return denied_v4(v4).map(|_| "6to4 of a denied IPv4");
+  }
+  Some(match s[0] {
+    0x0064 if s[1] == 0xff9b && s[2] == 1 => "NAT64 local use (64:ff9b:1::/48)",
+    0x0100 if s[1..4] == [0, 0, 0] => "discard (100::/64)",
+    0x2001 if s[1] == 0x0db8 => "documentation (2001:db8::/32)",
+    0x2001 if s[1] < 0x0200 => "IETF protocol (2001::/23)",
+    0xfc00..=0xfdff => "unique local (fc00::/7)",
+    0xfe80..=0xfebf => "link-local (fe80::/10)",
+    0xfec0..=0xfeff => "site-local (fec0::/10)",
+    0xff00..=0xffff => "multicast",
+    _ => return None,
+  })
+}
+
+thread_local! {
+  static POLICY: RefCell<Option<Arc<EgressPolicy>>> = const { RefCell::new(None) };
+}
+
+/// Makes `policy` the one for every isolate on this thread. Threads that
+/// never call it (a test running a worker on its own thread) apply none.
+pub fn set_thread_policy(policy: Arc<EgressPolicy>) {
+  POLICY.with(|p| *p.borrow_mut() = Some(policy));
+}
+
+fn thread_policy() -> Option<Arc<EgressPolicy>> {
+  POLICY.with(|p| p.borrow().clone())
+}
+
+/// deno_fetch's request hook: runs in `op_fetch` on the isolate's thread
+/// for each request and each redirect hop.
+pub(crate) fn request_hook(
+  request: &mut http::Request<deno_fetch::ReqBody>,
+) -> Result<(), JsErrorBox> {
+  let Some(policy) = thread_policy().filter(|p| p.enabled) else {
+    return Ok(());
+  };
+  let uri = request.uri();
+  let Some(host) = uri.host() else {
+    return Ok(());
+  };
+  let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+    Some("https") => 443,
+    _ => 80,
+  });
+  let bare = host
+    .strip_prefix('[')
+    .and_then(|h| h.strip_suffix(']'))
+    .unwrap_or(host);
+  if let Ok(ip) = bare.parse::<IpAddr>() {
+    return policy.check_ip(ip, port).map_err(JsErrorBox::type_error);
+  }
+  if policy.host_verdict(bare, Some(port)) == Some(false) {
+    return Err(JsErrorBox::type_error(format!(
+      "fetch() to {bare}:{port} is denied by the egress policy: it allows {bare} on other ports \
+       only"
+    )));
+  }
+  Ok(())
+}
+
+/// The fetch client's resolver: the system's (`getaddrinfo`, so
+/// `/etc/hosts` applies), then the policy on every address.
+#[derive(Debug)]
+pub(crate) struct EgressResolver {
+  system: GaiResolver,
+}
+
+impl EgressResolver {
+  pub(crate) fn new() -> Self {
+    Self {
+      system: GaiResolver::new(),
+    }
+  }
+}
+
+impl Resolve for EgressResolver {
+  fn resolve(&self, name: Name) -> Resolving {
+    // Called inside the task deno_fetch spawns on the isolate thread's
+    // current-thread runtime, so the thread's policy is the isolate's.
+    let policy = thread_policy().filter(|p| p.enabled);
+    let mut system = self.system.clone();
+    Box::pin(async move {
+      let addrs: Vec<SocketAddr> = system.call(name.clone()).await?.collect();
+      let Some(policy) = policy else {
+        return Ok(addrs.into_iter());
+      };
+      if policy.host_verdict(name.as_str(), None) == Some(true) {
+        return Ok(addrs.into_iter());
+      }
+      let mut denied = None;
+      let kept: Vec<SocketAddr> = addrs
+        .into_iter()
+        .filter(|a| match denied_range(canonical(a.ip())) {
+          None => true,
+          Some(reason) => {
+            let allowed = policy
+              .allow
+              .iter()
+              .any(|al| matches!(al, Allow::Net(net, None) if net.contains(&canonical(a.ip()))));
+            if !allowed {
+              denied.get_or_insert((canonical(a.ip()), reason));
+            }
+            allowed
+          }
+        })
+        .collect();
+      if kept.is_empty() {
+        let (ip, reason) = denied.unwrap_or((IpAddr::V4(Ipv4Addr::UNSPECIFIED), "no"));
+        return Err(std::io::Error::new(
+          std::io::ErrorKind::PermissionDenied,
+          format!(
+            "fetch() to {} is denied by the egress policy: it resolves to {ip}, and {reason} \
+             addresses are not reachable from workers (the node's operator can allow it with \
+             `[egress] allow` in edge.toml)",
+            name.as_str()
+          ),
+        ));
+      }
+      Ok(kept.into_iter())
+    })
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  /// Each host as `new URL()` (the WHATWG parser fetch uses) leaves it,
+  /// then the policy's verdict. Every spelling of a denied address must be
+  /// denied.
+  #[test]
+  fn every_spelling_of_a_denied_address_is_denied() {
+    let policy = EgressPolicy::default();
+    let denied = [
+      "http://127.0.0.1/",
+      "http://127.0.0.1:9090/admin",
+      "http://127.1/",
+      "http://127.0.1/",
+      "http://2130706433/",
+      "http://0x7f000001/",
+      "http://0x7f.0.0.1/",
+      "http://0177.0.0.1/",
+      "http://017700000001/",
+      "http://0/",
+      "http://0.0.0.0/",
+      "http://[::1]/",
+      "http://[::]/",
+      "http://[0:0:0:0:0:0:0:1]/",
+      "http://[::ffff:127.0.0.1]/",
+      "http://[::ffff:7f00:1]/",
+      "http://[::127.0.0.1]/",
+      "http://[0:0:0:0:0:ffff:a00:1]/",
+      "http://10.0.0.1/",
+      "http://10.255.255.255/",
+      "http://012.0.0.1/",
+      "http://167772161/",
+      "http://172.16.0.1/",
+      "http://172.31.255.254/",
+      "http://192.168.1.1/",
+      "http://0xc0a80101/",
+      "http://169.254.169.254/latest/meta-data/",
+      "http://0xa9fea9fe/",
+      "http://[::ffff:169.254.169.254]/",
+      "http://100.64.0.1/",
+      "http://100.127.255.255/",
+      "http://224.0.0.1/",
+      "http://239.255.255.250/",
+      "http://255.255.255.255/",
+      "http://240.0.0.1/",
+      "http://198.18.0.1/",
+      "http://192.0.2.1/",
+      "http://[fc00::1]/",
+      "http://[fd12:3456::1]/",
+      "http://[fe80::1]/",
+      "http://[fec0::1]/",
+      "http://[ff02::1]/",
+      "http://[64:ff9b::7f00:1]/",
+      "http://[64:ff9b::a9fe:a9fe]/",
+      "http://[2002:7f00:1::]/",
+      "http://[2001:db8::1]/",
+      "https://127.0.0.1:8443/",
+      "http://127.255.255.254:1/",
+    ];
+    for spelling in denied {
+      let url = deno_core::url::Url::parse(spelling).unwrap_or_else(|e| panic!("{spelling}: {e}"));
+      let ip = match url.host().unwrap() {
+        deno_core::url::Host::Ipv4(v4) => IpAddr::V4(v4),
+        deno_core::url::Host::Ipv6(v6) => IpAddr::V6(v6),
+        deno_core::url::Host::Domain(d) => panic!("{spelling} parsed as the name {d}"),
+      };
+      let port = url.port_or_known_default().unwrap();
+      assert!(
+        policy.check_ip(ip, port).is_err(),
+        "{spelling} ({ip}) is not denied"
+      );
+    }
+    let public = [
+      "http://1.1.1.1/",
+      "http://8.8.8.8:53/",
+      "http://[2606:4700:4700::1111]/",
+      "http://100.128.0.1/",
+      "http://172.32.0.1/",
+      "http://[::ffff:1.1.1.1]/",
+      "http://[64:ff9b::808:808]/",
+    ];
+    for spelling in public {
+      let url = deno_core::url::Url::parse(spelling).unwrap();
+      let ip = match url.host().unwrap() {
+        deno_core::url::Host::Ipv4(v4) => IpAddr::V4(v4),
+        deno_core::url::Host::Ipv6(v6) => IpAddr::V6(v6),
+        deno_core::url::Host::Domain(d) => panic!("{spelling} parsed as the name {d}"),
+      };
+      assert_eq!(policy.check_ip(ip, 80), Ok(()), "{spelling} is denied");
+    }
+  }
+
+  #[test]
+  fn allow_entries_open_networks_addresses_ports_and_hosts() {
+    let policy = EgressPolicy::default()
+      .allow("10.1.2.0/24")
+      .unwrap()
+      .allow("192.168.1.5:5432")
+      .unwrap()
+      .allow("[fd00::1]:80")
+      .unwrap()
+      .allow("DB.Internal.:5432")
+      .unwrap()
+      .own_sockets(["10.1.2.9:9090".parse().unwrap()]);
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert_eq!(policy.check_ip(ip("10.1.2.3"), 443), Ok(()));
+    assert!(policy.check_ip(ip("10.1.3.3"), 443).is_err());
+    assert_eq!(policy.check_ip(ip("192.168.1.5"), 5432), Ok(()));
+    assert!(policy.check_ip(ip("192.168.1.5"), 22).is_err());
+    assert_eq!(policy.check_ip(ip("fd00::1"), 80), Ok(()));
+    assert_eq!(policy.check_ip(ip("::ffff:10.1.2.3"), 80), Ok(()));
+    // The node's own socket stays denied inside an allowed network.
+    let own = policy.check_ip(ip("10.1.2.9"), 9090).unwrap_err();
+    assert!(own.contains("own listening"), "{own}");
+    assert_eq!(policy.host_verdict("db.internal", Some(5432)), Some(true));
+    assert_eq!(policy.host_verdict("db.internal", Some(80)), Some(false));
+    assert_eq!(policy.host_verdict("example.com", Some(80)), None);
+    let msg = EgressPolicy::default()
+      .check_ip(ip("169.254.169.254"), 80)
+      .unwrap_err();
+    assert!(
+      msg.contains("169.254.169.254:80") && msg.contains("link-local") && msg.contains("[egress]"),
+      "{msg}"
+    );
+    assert!(EgressPolicy::allow_all()
+      .check_ip(ip("127.0.0.1"), 1)
+      .is_ok());
+  }
+
+  #[test]
+  fn bad_allow_entries_say_what_to_write() {
+    for bad in [
+      "",
+      "10.0.0.0/33",
+      "db internal",
+      "host:port",
+      "10.0.0.1:99999",
+      "-.-:1a",
+    ] {
+      let err = EgressPolicy::default().allow(bad).unwrap_err();
+      assert!(err.contains("write a network"), "{bad:?}: {err}");
+    }
+  }
+}
