@@ -224,15 +224,23 @@ impl Target {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
       .await
       .context("HTTP handshake")?;
-    tokio::spawn(conn);
     let request = http::Request::get(self.path.as_str())
       .header(http::header::HOST, self.authority.as_str())
       .body(String::new())
       .context("the probe request")?;
-    let response = sender
-      .send_request(request)
-      .await
-      .context("no HTTP answer")?;
+    // The connection is driven here, not spawned: a probe that times out
+    // drops it with the socket. Once it ends, the answer (if any) is
+    // already with the sender.
+    let response = sender.send_request(request);
+    tokio::pin!(conn, response);
+    let response = tokio::select! {
+      response = &mut response => response,
+      end = &mut conn => match end {
+        Ok(()) => response.await,
+        Err(e) => Err(e),
+      },
+    }
+    .context("no HTTP answer")?;
     let status = response.status();
     if !status.is_success() {
       anyhow::bail!("answered {status}");
@@ -382,6 +390,7 @@ pub fn run(args: HealthcheckArgs) -> anyhow::Result<()> {
       announce = args.announce,
       "health checking"
     );
+    let mut failing = false;
     loop {
       tokio::select! {
         _ = term.recv() => break,
@@ -409,13 +418,19 @@ pub fn run(args: HealthcheckArgs) -> anyhow::Result<()> {
       }
       if let Some(action) = checker.due(Instant::now()) {
         let outcome = actions.run(action).await;
-        if let Err(e) = &outcome {
-          tracing::warn!(
+        // A failing action is retried after every probe; it is reported
+        // when it starts and stops failing, not each time.
+        match (&outcome, failing) {
+          (Err(e), false) => tracing::warn!(
             health = label(checker.health()),
             error = format!("{e:#}"),
-            "action failed, retrying after the next probe"
-          );
+            "action failed, retrying after each probe"
+          ),
+          (Err(e), true) => tracing::debug!(error = format!("{e:#}"), "action failed again"),
+          (Ok(()), true) => tracing::info!(health = label(checker.health()), "action succeeded"),
+          (Ok(()), false) => {}
         }
+        failing = outcome.is_err();
         checker.ran(action, Instant::now(), outcome.is_ok());
       }
     }
@@ -528,6 +543,46 @@ mod tests {
     assert_eq!(c.observe(true), Some(Health::Up));
     assert_eq!(c.observe(true), None);
     assert_eq!(c.observe(false), Some(Health::Down));
+  }
+
+  /// A server that answers every request with `head` (or never, if
+  /// empty); the URL of its /readyz.
+  async fn answering(head: &'static str) -> Target {
+    use tokio::io::AsyncReadExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+      loop {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        tokio::spawn(async move {
+          let mut buf = [0u8; 1024];
+          let _ = socket.read(&mut buf).await;
+          if head.is_empty() {
+            std::future::pending::<()>().await;
+          }
+          let _ = socket.write_all(head.as_bytes()).await;
+        });
+      }
+    });
+    Target::parse(&format!("http://{addr}/readyz").parse().unwrap()).unwrap()
+  }
+
+  #[tokio::test]
+  async fn a_probe_is_good_only_for_a_2xx_answer() {
+    let ok = answering("HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nready\n").await;
+    ok.probe().await.unwrap();
+    let draining = answering("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n").await;
+    let e = draining.probe().await.unwrap_err();
+    assert!(format!("{e:#}").contains("503"), "{e:#}");
+    let closed = answering("garbage\r\n\r\n").await;
+    assert!(closed.probe().await.is_err());
+    let silent = answering("").await;
+    let waited = tokio::time::timeout(Duration::from_millis(200), silent.probe()).await;
+    assert!(
+      waited.is_err(),
+      "a silent server is left to the probe timeout"
+    );
   }
 
   #[test]
