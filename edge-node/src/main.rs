@@ -6,6 +6,7 @@ mod admin;
 mod config;
 mod control;
 mod dev;
+mod healthcheck;
 mod kv;
 mod logs;
 mod node;
@@ -44,6 +45,9 @@ enum Command {
   Dev(dev::DevArgs),
   /// Run an edge node from its config file (edge.toml).
   Serve(serve::ServeArgs),
+  /// Poll an edge's /readyz and announce or withdraw its anycast route
+  /// (BIRD) as its health changes; see deploy/anycast/.
+  Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +56,7 @@ fn main() -> std::process::ExitCode {
   let result = match cli.command {
     Command::Dev(args) => dev::run(args),
     Command::Serve(args) => serve::run(args),
+    Command::Healthcheck(args) => healthcheck::run(args),
   };
   match result {
     Ok(()) => std::process::ExitCode::SUCCESS,
