@@ -404,7 +404,7 @@ function renderCharts(a: Analytics, label: (hash: string) => string): HTMLElemen
       : [];
   const outcomes = [...new Set(a.buckets.flatMap((b) => Object.keys(b.errors_by_outcome)))];
   const requests: Series[] = [
-    { label: "all", values: a.buckets.map((b) => b.requests), summary: `${num(total)} requests` },
+    { label: "all", values: a.buckets.map((b) => b.requests), summary: `${num(total)} requests`, dashed: true },
     { label: "ok", values: a.buckets.map((b) => b.requests - b.errors), summary: num(sum((b) => b.requests - b.errors)) },
     ...(outcomes.length
       ? outcomes.map((o) => ({ label: o, values: a.buckets.map((b) => b.errors_by_outcome[o] ?? 0), summary: num(sum((b) => b.errors_by_outcome[o] ?? 0)) }))
@@ -473,6 +473,9 @@ function tailSection(api: Api, name: string): HTMLElement {
   const method = h("input", { id: "tail-method", placeholder: "GET", size: 6 });
   const search = h("input", { id: "tail-search", type: "search" });
   const sampling = h("input", { id: "tail-sampling", type: "number", min: 0.01, max: 1, step: 0.01, value: 1 });
+  const header = h("input", { id: "tail-header", placeholder: "name:value", size: 14 });
+  const ip = h("input", { id: "tail-ip", placeholder: "203.0.113.7", size: 12 });
+  const version = h("input", { id: "tail-version", placeholder: "id or hash", size: 10 });
   const state = h("p", { class: "muted", role: "status", "data-testid": "tail-state" }, "Not started.");
   const list = h("ol", { class: "tail", "aria-live": "polite", "aria-label": "Live events, newest first", "data-testid": "tail-lines" });
   const startBtn = h("button", { type: "submit" }, "Start");
@@ -498,6 +501,12 @@ function tailSection(api: Api, name: string): HTMLElement {
     method,
     h("label", { for: "tail-search" }, "Search"),
     search,
+    h("label", { for: "tail-header" }, "Header"),
+    header,
+    h("label", { for: "tail-ip" }, "Client IP"),
+    ip,
+    h("label", { for: "tail-version" }, "Version"),
+    version,
     h("label", { for: "tail-sampling" }, "Sampling rate"),
     sampling,
     startBtn,
@@ -510,6 +519,9 @@ function tailSection(api: Api, name: string): HTMLElement {
     if (statusSel.value) q.append("status", statusSel.value);
     for (const m of method.value.split(/[ ,]+/).filter(Boolean)) q.append("method", m.toUpperCase());
     if (search.value) q.set("search", search.value);
+    if (header.value) q.append("header", header.value);
+    for (const a of ip.value.split(/[ ,]+/).filter(Boolean)) q.append("client_ip", a);
+    if (version.value) q.append("version", version.value.trim());
     if (sampling.value && Number(sampling.value) !== 1) q.set("sampling_rate", sampling.value);
     const socket = api.tail(name, q);
     ws = socket;

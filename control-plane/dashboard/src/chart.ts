@@ -8,6 +8,8 @@ export interface Series {
   values: (number | null)[];
   /** Legend text after the label, e.g. "120 requests". */
   summary: string;
+  /** Drawn dashed: a total that other lines add up to. */
+  dashed?: boolean;
 }
 
 const W = 640;
@@ -44,7 +46,7 @@ export function lineChart(title: string, times: number[], series: Series[], form
     const dots = sr.values.map((v, i) =>
       v !== null && (sr.values[i - 1] ?? null) === null && (sr.values[i + 1] ?? null) === null ? s("circle", { cx: x(i).toFixed(1), cy: y(v).toFixed(1), r: 3, class: `dot c${k % 6}` }) : null,
     );
-    return s("g", {}, s("path", { d: parts.join(""), class: `line c${k % 6}` }), dots);
+    return s("g", {}, s("path", { d: parts.join(""), class: `line c${k % 6}${sr.dashed ? " dashed" : ""}` }), dots);
   });
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${title}: ${series.map((sr) => `${sr.label} ${sr.summary}`).join(", ")}` }, grid, axis, lines);
   return h(

@@ -357,7 +357,10 @@ impl FromRequestParts<AppState> for TailAuth {
     parts: &mut axum::http::request::Parts,
     state: &AppState,
   ) -> Result<Self, ApiError> {
-    if parts.headers.contains_key(axum::http::header::AUTHORIZATION) {
+    if parts
+      .headers
+      .contains_key(axum::http::header::AUTHORIZATION)
+    {
       return Auth::from_request_parts(parts, state)
         .await
         .map(|Auth(caller)| Self(caller));

@@ -1620,7 +1620,10 @@ async fn the_dashboard_is_served_with_types_csp_and_etags() {
   assert!(csp.contains("script-src 'self';"), "{csp}");
   assert!(!csp.contains("unsafe-inline"), "{csp}");
   assert_eq!(header(&h, "x-content-type-options"), "nosniff");
-  assert!(html.contains(r#"<script defer src="/assets/app.js"></script>"#), "{html}");
+  assert!(
+    html.contains(r#"<script defer src="/assets/app.js"></script>"#),
+    "{html}"
+  );
   // No inline script: every <script> has a src and no body.
   assert_eq!(html.matches("<script").count(), 1, "{html}");
 
@@ -1628,7 +1631,10 @@ async fn the_dashboard_is_served_with_types_csp_and_etags() {
   assert_eq!(status, 200);
   assert_eq!(header(&h, "content-type"), "text/javascript; charset=utf-8");
   assert!(header(&h, "content-security-policy").contains("default-src 'none'"));
-  assert!(js.contains("/v1/whoami"), "the bundle signs in through the API");
+  assert!(
+    js.contains("/v1/whoami"),
+    "the bundle signs in through the API"
+  );
   let etag = header(&h, "etag");
   assert_eq!(header(&h, "cache-control"), "no-cache");
   let (status, h, body) = get("/assets/app.js", Some(etag.clone())).await;

@@ -878,12 +878,21 @@ async fn a_tail_takes_its_token_as_a_websocket_subprotocol() {
   s.traces.ingest(
     "edge-0",
     TraceBatch {
-      events: vec![event("api", &hash, "ok", 1_700_000_000_000, "/from-browser")],
+      events: vec![event(
+        "api",
+        &hash,
+        "ok",
+        1_700_000_000_000,
+        "/from-browser",
+      )],
       dropped: 0,
     },
   );
   let got = next_json(&mut ws).await;
-  assert_eq!(got["event"]["request"]["url"], "https://api.test/from-browser");
+  assert_eq!(
+    got["event"]["request"]["url"],
+    "https://api.test/from-browser"
+  );
 
   for protocols in ["isola.tail, isola.bearer.isola_0000", "isola.tail"] {
     match open(protocols.to_string()).await {
