@@ -31,6 +31,7 @@ export function lineChart(title: string, times: number[], series: Series[], form
     first === undefined ? null : s("text", { x: PAD.l, y: H - 6, class: "tick" }, new Date(first).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })),
     last === undefined ? null : s("text", { x: W - PAD.r, y: H - 6, class: "tick", "text-anchor": "end" }, new Date(last).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })),
   ];
+  // The first series (a total) is drawn last, on top.
   const lines = series.map((sr, k) => {
     const parts: string[] = [];
     let pen = false;
@@ -48,7 +49,7 @@ export function lineChart(title: string, times: number[], series: Series[], form
     );
     return s("g", {}, s("path", { d: parts.join(""), class: `line c${k % 6}${sr.dashed ? " dashed" : ""}` }), dots);
   });
-  const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${title}: ${series.map((sr) => `${sr.label} ${sr.summary}`).join(", ")}` }, grid, axis, lines);
+  const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${title}: ${series.map((sr) => `${sr.label} ${sr.summary}`).join(", ")}` }, grid, axis, lines.reverse());
   return h(
     "figure",
     { class: "chart", "data-testid": testid },
