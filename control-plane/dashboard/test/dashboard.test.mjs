@@ -219,6 +219,11 @@ test("the dashboard shows a worker's traffic, deploys a split, rolls back and ta
     assert.match(await page.getByTestId("requests-chart").textContent(), new RegExp(`all: ${sent} requests`));
     await page.getByRole("button", { name: "Deploy split" }).waitFor();
     await page.screenshot({ path: join(SHOTS, "worker.png"), fullPage: true });
+    // Every control has a label.
+    const unlabeled = await page.evaluate(() =>
+      [...document.querySelectorAll("input, select, button")].filter((e) => !(e.labels?.length || e.getAttribute("aria-label") || e.textContent.trim())).map((e) => e.outerHTML),
+    );
+    assert.deepEqual(unlabeled, []);
 
     // A 50/50 split from the page: both versions answer.
     await page.locator("#split-a").selectOption(v1.id);
@@ -298,7 +303,10 @@ test("the dashboard shows a worker's traffic, deploys a split, rolls back and ta
     // A bad token: a clear error, and nothing stored.
     const bad = await browser.newContext();
     const badPage = await bad.newPage();
-    await signIn(badPage, base, "isola_not-a-token");
+    // By keyboard: the token field has the focus, Enter signs in.
+    await badPage.goto(`${base}/`);
+    await badPage.keyboard.type("isola_not-a-token");
+    await badPage.keyboard.press("Enter");
     await badPage.getByRole("alert").getByText("This token was not accepted by the control plane (401)").waitFor();
     assert.equal(await badPage.evaluate(() => sessionStorage.length), 0);
     await badPage.screenshot({ path: join(SHOTS, "bad-token.png") });
