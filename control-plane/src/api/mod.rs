@@ -43,6 +43,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use utoipa::OpenApi as _;
 
+mod dashboard;
 mod guard;
 mod kv;
 mod observe;
@@ -50,6 +51,8 @@ mod queues;
 
 pub use self::guard::RateLimit;
 pub use self::kv::METADATA_HEADER as KV_METADATA_HEADER;
+pub use self::observe::BEARER_PROTOCOL_PREFIX;
+pub use self::observe::TAIL_PROTOCOL;
 use crate::scheduler::driver::Handle as SchedulerHandle;
 use utoipa::ToSchema;
 
@@ -181,6 +184,7 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     (Method::GET, "/v1/openapi.json", get(openapi_json)),
     (Method::POST, "/v1/accounts", post(create_account)),
     (Method::POST, "/v1/tokens", post(create_token)),
+    (Method::GET, "/v1/whoami", get(whoami)),
     (Method::GET, "/v1/workers", get(list_workers)),
     (
       Method::POST,
@@ -364,6 +368,7 @@ pub fn router(state: AppState) -> Router {
     router = router.route(path, handler);
   }
   router
+    .merge(dashboard::router())
     .fallback(no_endpoint)
     .method_not_allowed_fallback(wrong_method)
     .layer(axum::middleware::map_response(request_id_header))
@@ -576,19 +581,22 @@ impl FromRequestParts<AppState> for Auth {
         ApiError::unauthorized("malformed Authorization header; expected `Bearer TOKEN`")
       })?
       .to_string();
-    let db = state.db.clone();
-    let caller = blocking(move || db.authenticate(&token)).await?;
-    let Some(caller) = caller else {
-      return Err(ApiError::unauthorized(
-        "the token is not valid; check it, or create one with POST /v1/tokens",
-      ));
-    };
+    let caller = authenticate(state, token).await?;
     if let Some(slot) = parts.extensions.get::<guard::AuditSlot>() {
       slot.fill(&caller);
     }
     state.limiter.check(&caller)?;
     Ok(Auth(caller))
   }
+}
+
+/// The owner of `token`, or 401.
+async fn authenticate(state: &AppState, token: String) -> Result<Caller, ApiError> {
+  let db = state.db.clone();
+  let caller = blocking(move || db.authenticate(&token)).await?;
+  caller.ok_or_else(|| {
+    ApiError::unauthorized("the token is not valid; check it, or create one with POST /v1/tokens")
+  })
 }
 
 fn require_admin(caller: &Caller) -> Result<(), ApiError> {
@@ -601,6 +609,24 @@ fn require_admin(caller: &Caller) -> Result<(), ApiError> {
       "this needs an admin token (the one `isola-control init` wrote to DATA_DIR/admin-token)",
     ))
   }
+}
+
+/// Who a token belongs to.
+#[derive(Serialize, ToSchema)]
+struct WhoAmI {
+  /// The token's account.
+  account: String,
+  /// Whether it is an admin token (fleet-wide endpoints such as `GET /v1/edges`).
+  admin: bool,
+}
+
+#[utoipa::path(get, path = "/v1/whoami", tag = "accounts",
+  responses((status = 200, description = "The caller's account and rights", body = WhoAmI)))]
+async fn whoami(Auth(caller): Auth) -> Json<WhoAmI> {
+  Json(WhoAmI {
+    account: caller.account,
+    admin: caller.admin,
+  })
 }
 
 #[derive(Serialize, ToSchema)]
@@ -642,7 +668,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     queues::delete_queue, queues::put_consumer, queues::delete_consumer, queues::send_message,
     queues::send_batch, get_invoice,
     observe::metrics, observe::get_observability, observe::put_observability, observe::logs,
-    observe::analytics, observe::tail, guard::list_audit, guard::get_limits, guard::put_limits,
+    observe::analytics, observe::tail, whoami, guard::list_audit, guard::get_limits,
+    guard::put_limits,
   ),
   components(schemas(ErrorBody, ErrorDetail)),
   modifiers(&BearerAuth, &CommonErrors),

@@ -9,6 +9,7 @@ use axum::extract::ws::CloseFrame;
 use axum::extract::ws::Message;
 use axum::extract::ws::WebSocket;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::FromRequestParts;
 use axum::extract::Path;
 use axum::extract::Query;
 use axum::extract::State;
@@ -302,11 +303,13 @@ pub const SLOW_TAIL_CLOSE_CODE: u16 = 1008;
   responses(
     (status = 101, description = "A WebSocket: one text message per invocation, a JSON \
       object shaped like wrangler tail's. A client that reads too slowly is closed with code \
-      1008 and a reason.", body = TailMessage),
+      1008 and a reason. A client that cannot set `Authorization` (a browser) offers the \
+      subprotocols `isola.tail` and `isola.bearer.TOKEN` instead; the answer selects \
+      `isola.tail`.", body = TailMessage),
   ))]
 pub(super) async fn tail(
   State(state): State<AppState>,
-  Auth(caller): Auth,
+  TailAuth(caller): TailAuth,
   Path(name): Path<String>,
   query: Pairs,
   ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -325,7 +328,60 @@ pub(super) async fn tail(
     .traces
     .tail(&edge_worker_name(&caller.account, &name), filter);
   tracing::debug!(account = %caller.account, worker = %name, "tail opened");
-  Ok(ws.on_upgrade(move |socket| run_tail(socket, tail)))
+  // Browsers must see one of the protocols they offered selected; the
+  // bearer one is never echoed.
+  Ok(
+    ws.protocols([TAIL_PROTOCOL])
+      .on_upgrade(move |socket| run_tail(socket, tail)),
+  )
+}
+
+/// The WebSocket subprotocol a tail answers with when the client offers it
+/// (browsers, which cannot set `Authorization` on a WebSocket, offer it
+/// beside their token; see [`TailAuth`]).
+pub const TAIL_PROTOCOL: &str = "isola.tail";
+
+/// Prefix of the subprotocol that carries a token: `isola.bearer.TOKEN`.
+pub const BEARER_PROTOCOL_PREFIX: &str = "isola.bearer.";
+
+/// The caller of a tail: from `Authorization: Bearer TOKEN` like every
+/// endpoint, or, without that header, from a `Sec-WebSocket-Protocol` entry
+/// `isola.bearer.TOKEN` (offered with `isola.tail`), since a browser's
+/// `WebSocket` can set no other header.
+pub(super) struct TailAuth(Caller);
+
+impl FromRequestParts<AppState> for TailAuth {
+  type Rejection = ApiError;
+
+  async fn from_request_parts(
+    parts: &mut axum::http::request::Parts,
+    state: &AppState,
+  ) -> Result<Self, ApiError> {
+    if parts
+      .headers
+      .contains_key(axum::http::header::AUTHORIZATION)
+    {
+      return Auth::from_request_parts(parts, state)
+        .await
+        .map(|Auth(caller)| Self(caller));
+    }
+    let token = parts
+      .headers
+      .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+      .iter()
+      .filter_map(|v| v.to_str().ok())
+      .flat_map(|v| v.split(','))
+      .find_map(|p| p.trim().strip_prefix(BEARER_PROTOCOL_PREFIX))
+      .filter(|t| !t.is_empty())
+      .map(str::to_string);
+    match token {
+      Some(token) => super::authenticate(state, token).await.map(Self),
+      // Answers as every endpoint does without a token.
+      None => Auth::from_request_parts(parts, state)
+        .await
+        .map(|Auth(caller)| Self(caller)),
+    }
+  }
 }
 
 async fn run_tail(mut socket: WebSocket, mut tail: Tail) {

@@ -1757,4 +1757,87 @@ async fn json_bodies_are_limited() {
     .await;
   assert_eq!(r.status, 413, "{r:?}");
   assert_eq!(r.error_code(), "too_large");
+async fn whoami_names_the_tokens_account_and_rights() {
+  let s = start().await;
+  let r = s.get("/v1/whoami", &s.admin).await;
+  assert_eq!(r.status, 200, "{r:?}");
+  assert_eq!(r.json, json!({"account": "default", "admin": true}));
+  let acme = s.account("acme").await;
+  let r = s.get("/v1/whoami", &acme).await;
+  assert_eq!(r.json, json!({"account": "acme", "admin": false}));
+  let r = s.get("/v1/whoami", "isola_0000").await;
+  assert_eq!(r.status, 401, "{r:?}");
+}
+
+/// The dashboard at `/`: the embedded page and assets, with their types,
+/// a CSP that allows no inline script, and ETags that answer 304.
+#[tokio::test]
+async fn the_dashboard_is_served_with_types_csp_and_etags() {
+  let s = start().await;
+  let get = |path: &'static str, etag: Option<String>| {
+    let addr = s.addr;
+    async move {
+      let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+      let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+      tokio::spawn(conn);
+      let mut req = hyper::Request::builder()
+        .uri(path)
+        .header("host", "control.test");
+      if let Some(etag) = etag {
+        req = req.header("if-none-match", etag);
+      }
+      let res = sender
+        .send_request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+      let headers = res.headers().clone();
+      let status = res.status().as_u16();
+      let body = res.into_body().collect().await.unwrap().to_bytes();
+      (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+  };
+  let header = |h: &hyper::HeaderMap, name: &str| {
+    h.get(name)
+      .unwrap_or_else(|| panic!("no {name} header"))
+      .to_str()
+      .unwrap()
+      .to_string()
+  };
+  let (status, h, html) = get("/", None).await;
+  assert_eq!(status, 200);
+  assert_eq!(header(&h, "content-type"), "text/html; charset=utf-8");
+  let csp = header(&h, "content-security-policy");
+  assert!(csp.contains("script-src 'self';"), "{csp}");
+  assert!(!csp.contains("unsafe-inline"), "{csp}");
+  assert_eq!(header(&h, "x-content-type-options"), "nosniff");
+  assert!(
+    html.contains(r#"<script defer src="/assets/app.js"></script>"#),
+    "{html}"
+  );
+  // No inline script: every <script> has a src and no body.
+  assert_eq!(html.matches("<script").count(), 1, "{html}");
+
+  let (status, h, js) = get("/assets/app.js", None).await;
+  assert_eq!(status, 200);
+  assert_eq!(header(&h, "content-type"), "text/javascript; charset=utf-8");
+  assert!(header(&h, "content-security-policy").contains("default-src 'none'"));
+  assert!(
+    js.contains("/v1/whoami"),
+    "the bundle signs in through the API"
+  );
+  let etag = header(&h, "etag");
+  assert_eq!(header(&h, "cache-control"), "no-cache");
+  let (status, h, body) = get("/assets/app.js", Some(etag.clone())).await;
+  assert_eq!(status, 304);
+  assert!(body.is_empty());
+  assert_eq!(header(&h, "etag"), etag);
+
+  let (status, h, _) = get("/assets/app.css", None).await;
+  assert_eq!(status, 200);
+  assert_eq!(header(&h, "content-type"), "text/css; charset=utf-8");
+  let (status, h, _) = get("/assets/nope.js", None).await;
+  assert_eq!(status, 404);
+  assert!(header(&h, "content-type").contains("json"));
 }

@@ -850,3 +850,54 @@ async fn a_trace_call_over_quic_reaches_the_hub() {
     .metrics()
     .contains("isola_trace_events_dropped_total{edge=\"edge-1\"} 7"));
 }
+
+/// Browsers cannot set `Authorization` on a WebSocket: the token may come
+/// as the subprotocol `isola.bearer.TOKEN` beside `isola.tail`, which the
+/// answer selects (never echoing the token).
+#[tokio::test]
+async fn a_tail_takes_its_token_as_a_websocket_subprotocol() {
+  let s = start().await;
+  let (_, hash) = s.upload("api", "one").await;
+  let open = |protocols: String| {
+    let mut req = format!("ws://{}/v1/workers/api/tail", s.addr)
+      .into_client_request()
+      .unwrap();
+    req
+      .headers_mut()
+      .insert("sec-websocket-protocol", protocols.parse().unwrap());
+    tokio_tungstenite::connect_async(req)
+  };
+  let (mut ws, response) = open(format!("isola.tail, isola.bearer.{}", s.admin))
+    .await
+    .unwrap();
+  assert_eq!(response.status(), 101);
+  assert_eq!(
+    response.headers()["sec-websocket-protocol"],
+    api::TAIL_PROTOCOL
+  );
+  s.traces.ingest(
+    "edge-0",
+    TraceBatch {
+      events: vec![event(
+        "api",
+        &hash,
+        "ok",
+        1_700_000_000_000,
+        "/from-browser",
+      )],
+      dropped: 0,
+    },
+  );
+  let got = next_json(&mut ws).await;
+  assert_eq!(
+    got["event"]["request"]["url"],
+    "https://api.test/from-browser"
+  );
+
+  for protocols in ["isola.tail, isola.bearer.isola_0000", "isola.tail"] {
+    match open(protocols.to_string()).await {
+      Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
+      other => panic!("{protocols:?} opened a tail: {other:?}"),
+    }
+  }
+}
