@@ -33,5 +33,5 @@ call("POST", "/v1/workers/hello/deployments", {"versions": [{"id": version["id"]
 call("POST", "/v1/routes", {"pattern": "hello.test/*", "worker": "hello"})
 ns = call("POST", "/v1/kv/namespaces", {"title": "fuzz"})
 call("PUT", "/v1/kv/namespaces/%s/values/greeting" % ns["id"], b"hello", "application/octet-stream")
-call("POST", "/v1/queues", {"queue_name": "fuzz"})
+call("POST", "/v1/queues", {"name": "fuzz"})
 print("api-fuzz: seeded worker hello, namespace %s, queue fuzz" % ns["id"])
