@@ -1757,6 +1757,9 @@ async fn json_bodies_are_limited() {
     .await;
   assert_eq!(r.status, 413, "{r:?}");
   assert_eq!(r.error_code(), "too_large");
+}
+
+#[tokio::test]
 async fn whoami_names_the_tokens_account_and_rights() {
   let s = start().await;
   let r = s.get("/v1/whoami", &s.admin).await;
