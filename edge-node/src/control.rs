@@ -328,7 +328,8 @@ async fn session<T: Target>(
     node.revision(),
     node.versions()?,
     spool.pending()?,
-  );
+  )
+  .with_site(cfg.site.clone());
   {
     let runs = link.reports.lock();
     for id in &runs.running {
