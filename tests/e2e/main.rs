@@ -1,6 +1,7 @@
 //! A control plane and edges as separate processes on loopback, driven
 //! through the upload API the way a user would.
 
+mod dns;
 mod observe;
 mod storage;
 

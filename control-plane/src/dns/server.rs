@@ -18,7 +18,6 @@ use hickory_proto::op::Header;
 use hickory_proto::op::Message;
 use hickory_proto::op::MessageType;
 use hickory_proto::op::OpCode;
-use hickory_proto::op::Query;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::opt::ClientSubnet;
 use hickory_proto::rr::rdata::opt::EdnsCode;
@@ -451,6 +450,8 @@ mod tests {
 
   use isola_proto::msg::EdgeSite;
   use isola_proto::msg::Route;
+
+  use hickory_proto::op::Query;
 
   use super::*;
   use crate::dns::health::Status;
