@@ -129,7 +129,9 @@ mod tests {
   const NEW_YORK: [f64; 2] = [40.71, -74.01];
   const PARIS: [f64; 2] = [48.86, 2.35];
 
-  fn edges() -> Vec<(&'static str, Option<&'static str>, Option<[f64; 2]>)> {
+  type Edge = (&'static str, Option<&'static str>, Option<[f64; 2]>);
+
+  fn edges() -> Vec<Edge> {
     vec![
       ("us", Some("us-east"), Some(NEW_YORK)),
       ("eu", Some("eu-west"), Some(FRANKFURT)),
