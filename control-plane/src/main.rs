@@ -432,6 +432,11 @@ fn enroll_edge(dir: &Path, name: &str, out: &Path, control_address: &str) -> any
      # serves HTTP (default 127.0.0.1:8080), e.g.:\n\
      #   [server]\n\
      #   listen = \"0.0.0.0:8080\"\n\
+     # For geo DNS, say where it is and how the internet reaches it:\n\
+     #   [edge]\n\
+     #   region = \"eu-west\"\n\
+     #   location = [50.11, 8.68]\n\
+     #   public_ipv4 = [\"192.0.2.10\"]\n\
      \n\
      [control]\n\
      address = \"{control_address}\"\n\
