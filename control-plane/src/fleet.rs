@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
 
+use isola_proto::msg::EdgeSite;
 use isola_proto::msg::Tick;
 use isola_proto::queue::Batch;
 use tokio::sync::mpsc;
@@ -31,6 +32,9 @@ struct Inner {
   /// Each connected edge: its connection number and where its work goes.
   edges: HashMap<String, (u64, mpsc::UnboundedSender<Work>)>,
   next_conn: u64,
+  /// What each edge said of itself in its last hello; kept after it goes,
+  /// so the API and DNS still know a down edge.
+  sites: HashMap<String, EdgeSite>,
   subscribers: Vec<mpsc::UnboundedSender<Change>>,
 }
 
@@ -90,11 +94,13 @@ impl Fleet {
     self.inner.lock().unwrap_or_else(|e| e.into_inner())
   }
 
-  /// Edge `edge` is connected: its work arrives on the receiver until the
-  /// link is dropped. A reconnect replaces the previous connection.
-  pub fn connect(&self, edge: &str) -> (EdgeLink, mpsc::UnboundedReceiver<Work>) {
+  /// Edge `edge` is connected, at `site`: its work arrives on the receiver
+  /// until the link is dropped. A reconnect replaces the previous
+  /// connection.
+  pub fn connect(&self, edge: &str, site: EdgeSite) -> (EdgeLink, mpsc::UnboundedReceiver<Work>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut inner = self.lock();
+    inner.sites.insert(edge.to_string(), site);
     let conn = inner.next_conn;
     inner.next_conn += 1;
     let replaced = inner.edges.insert(edge.to_string(), (conn, tx)).is_some();
@@ -109,6 +115,11 @@ impl Fleet {
       conn,
     };
     (link, rx)
+  }
+
+  /// What edge `edge` said of itself when it last connected.
+  pub fn site(&self, edge: &str) -> Option<EdgeSite> {
+    self.lock().sites.get(edge).cloned()
   }
 
   /// The edges up now, and every change after.
@@ -152,9 +163,9 @@ mod tests {
     let fleet = Fleet::default();
     let (up, mut changes) = fleet.subscribe();
     assert!(up.is_empty());
-    let (first, _rx1) = fleet.connect("e1");
+    let (first, _rx1) = fleet.connect("e1", EdgeSite::default());
     assert_eq!(changes.try_recv().unwrap(), Change::Up("e1".into()));
-    let (second, mut rx2) = fleet.connect("e1");
+    let (second, mut rx2) = fleet.connect("e1", EdgeSite::default());
     assert_eq!(changes.try_recv().unwrap(), Change::Down("e1".into()));
     assert_eq!(changes.try_recv().unwrap(), Change::Up("e1".into()));
     // The old link going away does not take the new connection down.

@@ -9,6 +9,7 @@ pub mod api;
 pub mod billing;
 pub mod config;
 pub mod db;
+pub mod dns;
 pub mod fleet;
 pub mod kv;
 pub mod observe;

@@ -82,6 +82,13 @@ enum Command {
     /// ORIGIN_MS (ms since the epoch) and runs SCALE times faster.
     #[arg(long, hide = true, value_name = "ORIGIN_MS:SCALE", value_parser = parse_test_clock)]
     test_clock: Option<(i64, i64)>,
+    /// Serve geo DNS (UDP and TCP) on this address, authoritative for the
+    /// zones of --dns-config. Default: no DNS.
+    #[arg(long, requires = "dns_config")]
+    dns: Option<SocketAddr>,
+    /// The DNS server's settings (zones, TTL, networks, health checks).
+    #[arg(long, requires = "dns")]
+    dns_config: Option<PathBuf>,
   },
   /// Invoices from the usage records and the price sheet.
   Billing {
@@ -135,8 +142,14 @@ fn main() -> ExitCode {
       quic,
       cron_catch_up,
       test_clock,
+      dns,
+      dns_config,
     } => (|| {
       let file = load_config(config.as_deref())?;
+      let dns = match (dns, dns_config) {
+        (Some(addr), Some(path)) => Some((addr, isola_control::dns::DnsConfig::load(&path)?)),
+        _ => None,
+      };
       let clock = match test_clock {
         Some((origin, scale)) => Clock::test(origin, scale),
         None => Clock::real(),
@@ -150,7 +163,7 @@ fn main() -> ExitCode {
       let api = api.or(file.api).unwrap_or(([127, 0, 0, 1], 8700).into());
       let quic = quic.or(file.quic).unwrap_or(([127, 0, 0, 1], 8701).into());
       let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-      rt.block_on(serve(data_dir, api, quic, clock, cron, file))
+      rt.block_on(serve(data_dir, api, quic, clock, cron, file, dns))
     })(),
     Command::Billing {
       command:
@@ -308,6 +321,7 @@ async fn serve(
   clock: Clock,
   config: scheduler::Config,
   settings: isola_control::config::ControlConfig,
+  dns: Option<(SocketAddr, isola_control::dns::DnsConfig)>,
 ) -> anyhow::Result<()> {
   let db = open_db(&dir)?;
   let validator =
@@ -337,6 +351,17 @@ async fn serve(
   .context("cannot start the queues")?;
   tokio::spawn(kv.clone().sweep_forever());
   let traces = isola_control::observe::Traces::start(db.clone());
+  // Edge health for the API always; active checks only for DNS answers.
+  let edges = isola_control::dns::health::start(
+    fleet.clone(),
+    dns.as_ref().map(|(_, c)| c.health).unwrap_or_default(),
+    dns.is_some(),
+  );
+  if let Some((addr, config)) = dns {
+    isola_control::dns::Dns::start(addr, config, edges.clone(), state_rx.clone())
+      .await
+      .context("cannot start the DNS server")?;
+  }
   let app = api::router(
     api::AppState::new(db.clone(), Arc::new(state_tx), validator)
       .with_scheduler(cron.clone())
@@ -345,7 +370,8 @@ async fn serve(
       .with_prices(settings.billing.clone())
       .with_ceilings(settings.ceilings())
       .with_rate_limit(settings.rate_limit)
-      .with_traces(traces.clone()),
+      .with_traces(traces.clone())
+      .with_edge_health(edges),
   );
   let listener = tokio::net::TcpListener::bind(api_addr)
     .await
@@ -410,6 +436,11 @@ fn enroll_edge(dir: &Path, name: &str, out: &Path, control_address: &str) -> any
      # serves HTTP (default 127.0.0.1:8080), e.g.:\n\
      #   [server]\n\
      #   listen = \"0.0.0.0:8080\"\n\
+     # For geo DNS, say where it is and how the internet reaches it:\n\
+     #   [edge]\n\
+     #   region = \"eu-west\"\n\
+     #   location = [50.11, 8.68]\n\
+     #   public_ipv4 = [\"192.0.2.10\"]\n\
      \n\
      [control]\n\
      address = \"{control_address}\"\n\

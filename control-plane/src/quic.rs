@@ -242,6 +242,7 @@ impl Handler<ControlSession> for EdgeConnection {
       ControlEvent::Hello {
         edge: name,
         revision,
+        site,
       } => {
         let known = {
           let (db, name) = (self.db.clone(), name.clone());
@@ -258,7 +259,7 @@ impl Handler<ControlSession> for EdgeConnection {
           ));
         } else {
           tracing::info!(edge = %name, revision, "edge connected");
-          self.work = Some(self.fleet.connect(&name));
+          self.work = Some(self.fleet.connect(&name, site));
           self.changes = Some(self.kv.subscribe());
           let (kv, queues) = (self.kv.clone(), self.queues.clone());
           let (traces, edge) = (self.traces.clone(), name.clone());

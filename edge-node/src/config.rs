@@ -36,6 +36,9 @@ pub struct EdgeConfig {
   /// `[egress]`: where workers' `fetch()` may connect.
   #[serde(default)]
   pub egress: EgressConfig,
+  /// Where this edge is, for the control plane's geo DNS.
+  #[serde(default)]
+  pub edge: SiteConfig,
   /// Folder holding the config file; relative paths resolve against it.
   #[serde(skip)]
   pub base_dir: PathBuf,
@@ -222,6 +225,79 @@ pub struct CertificateConfig {
   pub key: PathBuf,
 }
 
+/// `[edge]`: where this edge is and how the internet reaches it. The edge
+/// sends it in its hello; the control plane's geo DNS answers queries with
+/// the public addresses of the nearest healthy edges. Every key is
+/// optional; an edge without public addresses is never in a DNS answer.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+  /// Region name clients are matched against, like `eu-west`.
+  pub region: Option<String>,
+  /// `[latitude, longitude]` in degrees.
+  pub location: Option<[f64; 2]>,
+  /// Addresses DNS answers with (A records).
+  #[serde(default)]
+  pub public_ipv4: Vec<String>,
+  /// Addresses DNS answers with (AAAA records).
+  #[serde(default)]
+  pub public_ipv6: Vec<String>,
+}
+
+impl SiteConfig {
+  /// The checked section as the hello carries it (without the HTTP port,
+  /// known once the listener is bound); the error says what to fix.
+  pub fn site(&self) -> Result<isola_proto::msg::EdgeSite, String> {
+    if let Some(region) = &self.region {
+      let ok = !region.is_empty()
+        && region.len() <= 63
+        && region
+          .bytes()
+          .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+      if !ok {
+        return Err(format!(
+          "[edge] region {region:?} is not a region name; use 1 to 63 of a-z, 0-9 and '-', like \"eu-west\""
+        ));
+      }
+    }
+    if let Some([lat, lon]) = self.location {
+      if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
+        return Err(format!(
+          "[edge] location [{lat}, {lon}] is off the globe; write [latitude, longitude] with \
+           latitude in -90..90 and longitude in -180..180, like [50.11, 8.68]"
+        ));
+      }
+    }
+    let public_ipv4 = self
+      .public_ipv4
+      .iter()
+      .map(|a| {
+        a.parse().map_err(|_| {
+          format!("[edge] public_ipv4: {a:?} is not an IPv4 address; write it like \"192.0.2.10\"")
+        })
+      })
+      .collect::<Result<_, _>>()?;
+    let public_ipv6 = self
+      .public_ipv6
+      .iter()
+      .map(|a| {
+        a.parse().map_err(|_| {
+          format!(
+            "[edge] public_ipv6: {a:?} is not an IPv6 address; write it like \"2001:db8::10\""
+          )
+        })
+      })
+      .collect::<Result<_, _>>()?;
+    Ok(isola_proto::msg::EdgeSite {
+      region: self.region.clone(),
+      location: self.location,
+      public_ipv4,
+      public_ipv6,
+      http_port: None,
+    })
+  }
+}
+
 /// The control plane this node follows.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -242,6 +318,10 @@ pub struct ControlConfig {
   /// How often usage is collected and shipped. Default: 1 s.
   #[serde(default = "default_usage_interval_ms")]
   pub usage_interval_ms: u64,
+  /// What the hello says of this edge: `[edge]`, and the HTTP port once
+  /// bound.
+  #[serde(skip)]
+  pub site: isola_proto::msg::EdgeSite,
 }
 
 fn default_server_name() -> String {
@@ -282,7 +362,20 @@ impl EdgeConfig {
       self.server.listen_tls,
       self.server.admin,
     ];
-    let mut policy = isola_runtime::EgressPolicy::default().own_sockets(own.into_iter().flatten());
+    // The public addresses DNS hands out reach this node too.
+    let public: Vec<std::net::IpAddr> = self
+      .edge
+      .public_ipv4
+      .iter()
+      .chain(&self.edge.public_ipv6)
+      .filter_map(|a| a.parse().ok())
+      .collect();
+    let mut sockets: Vec<SocketAddr> = own.into_iter().flatten().collect();
+    let ports: Vec<u16> = sockets.iter().map(SocketAddr::port).collect();
+    for ip in public {
+      sockets.extend(ports.iter().map(|p| SocketAddr::new(ip, *p)));
+    }
+    let mut policy = isola_runtime::EgressPolicy::default().own_sockets(sockets);
     for entry in &self.egress.allow {
       policy = policy
         .allow(entry)
@@ -323,7 +416,12 @@ impl EdgeConfig {
         anyhow::bail!("{}: worker {:?} is defined twice", path.display(), w.name);
       }
     }
+    let site = config
+      .edge
+      .site()
+      .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     if let Some(control) = &mut config.control {
+      control.site = site;
       for p in [&mut control.ca, &mut control.cert, &mut control.key] {
         if p.is_relative() {
           *p = config.base_dir.join(&*p);
@@ -473,8 +571,50 @@ mod tests {
       err.contains("[egress]") && err.contains("10.1.2.0/33"),
       "{err}"
     );
+    // A public address of this node, on its own port, is refused too.
+    let c: EdgeConfig = toml::from_str(
+      "[server]\nlisten = \"0.0.0.0:8080\"\n[edge]\npublic_ipv4 = [\"203.0.113.7\"]\n[egress]\nallow = [\"203.0.113.0/24\"]\n",
+    )
+    .unwrap();
+    let policy = c.egress_policy().unwrap();
+    assert!(policy
+      .check_ip("203.0.113.7".parse().unwrap(), 8080)
+      .is_err());
+    assert!(policy.check_ip("203.0.113.7".parse().unwrap(), 443).is_ok());
     let off: EdgeConfig = toml::from_str("[egress]\nenabled = false\n").unwrap();
     assert!(!off.egress_policy().unwrap().is_enabled());
+  }
+
+  #[test]
+  fn the_edge_section_is_checked() {
+    let c: EdgeConfig = toml::from_str(
+      "[edge]\nregion = \"eu-west\"\nlocation = [50.1, 8.7]\npublic_ipv4 = [\"192.0.2.1\"]\npublic_ipv6 = [\"2001:db8::1\"]\n",
+    )
+    .unwrap();
+    let site = c.edge.site().unwrap();
+    assert_eq!(site.region.as_deref(), Some("eu-west"));
+    assert_eq!(site.location, Some([50.1, 8.7]));
+    assert_eq!(
+      site.public_ipv4,
+      ["192.0.2.1".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    assert_eq!(site.public_ipv6.len(), 1);
+    let err = |text: &str| {
+      toml::from_str::<EdgeConfig>(text)
+        .unwrap()
+        .edge
+        .site()
+        .unwrap_err()
+    };
+    assert!(err("[edge]\nlocation = [91.0, 0.0]\n").contains("latitude in -90..90"));
+    assert!(err("[edge]\nlocation = [0.0, 181.0]\n").contains("off the globe"));
+    assert!(err("[edge]\npublic_ipv4 = [\"1.2.3\"]\n").contains("\"1.2.3\" is not an IPv4"));
+    assert!(err("[edge]\npublic_ipv6 = [\"1.2.3.4\"]\n").contains("public_ipv6"));
+    assert!(err("[edge]\nregion = \"EU West\"\n").contains("region"));
+    assert!(toml::from_str::<EdgeConfig>("[edge]\nregoin = \"x\"\n")
+      .unwrap_err()
+      .to_string()
+      .contains("regoin"));
   }
 
   #[test]

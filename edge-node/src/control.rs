@@ -328,7 +328,8 @@ async fn session<T: Target>(
     node.revision(),
     node.versions()?,
     spool.pending()?,
-  );
+  )
+  .with_site(cfg.site.clone());
   {
     let runs = link.reports.lock();
     for id in &runs.running {
@@ -704,6 +705,7 @@ mod tests {
       key: id.edge_key.clone(),
       server_name: SERVER_NAME.into(),
       usage_interval_ms: 1000,
+      site: Default::default(),
     };
     let node = Arc::new(FakeNode::default());
     let spool = Spool::open(&dir.path().join("control")).unwrap();

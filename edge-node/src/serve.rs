@@ -121,6 +121,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   let (shutdown_tx, shutdown_rx) = watch::channel(false);
   let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
   let threads = runtime.threads();
+  let http_port = bound_addr(&http).port();
   let mut listening = vec![("http", bound_addr(&http))];
   if let Some(https) = &https {
     listening.push(("https", bound_addr(https)));
@@ -191,7 +192,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             send,
           ));
         }
-        let (control, node, kv) = (control.clone(), node.clone(), kv.clone());
+        let (mut control, node, kv) = (control.clone(), node.clone(), kv.clone());
+        // The control plane health-checks the edge where users reach it.
+        control.site.http_port = Some(http_port);
         let upstream = upstream.clone();
         tokio::spawn(async move {
           if let Err(e) = crate::control::run(control, node, spool, rx, kv, upstream).await {

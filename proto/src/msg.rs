@@ -270,6 +270,22 @@ pub enum ToEdge {
   Ping,
 }
 
+/// Where an edge is and how it is reached from the internet, from its
+/// `[edge]` section: the control plane's geo DNS answers with it and health
+/// checks it. Everything is empty when the edge does not say.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EdgeSite {
+  /// Operator-chosen region name, like `eu-west`.
+  pub region: Option<String>,
+  /// Latitude and longitude in degrees.
+  pub location: Option<[f64; 2]>,
+  pub public_ipv4: Vec<std::net::Ipv4Addr>,
+  pub public_ipv6: Vec<std::net::Ipv6Addr>,
+  /// Port of the edge's plain HTTP listener, where health checks go.
+  pub http_port: Option<u16>,
+}
+
 /// Edge → control plane.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToControl {
@@ -281,6 +297,10 @@ pub enum ToControl {
     revision: Revision,
     /// Hashes of the versions in the edge's store, so none is sent twice.
     versions: Vec<String>,
+    /// Where the edge is and how the internet reaches it. Defaulted, so a
+    /// hello without it (an older edge) still reads.
+    #[serde(default)]
+    site: EdgeSite,
   },
   /// The edge serves `revision` now. `errors` names workers whose new
   /// version did not start (they keep serving their previous one).

@@ -7,6 +7,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use crate::msg::DesiredState;
+use crate::msg::EdgeSite;
 use crate::msg::Revision;
 use crate::msg::Tick;
 use crate::msg::TickReport;
@@ -176,11 +177,20 @@ impl EdgeSession {
       edge,
       revision,
       versions,
+      site: EdgeSite::default(),
     });
     for batch in pending_usage {
       session.send_usage(batch);
     }
     session
+  }
+
+  /// Says in the hello where this edge is (see [`EdgeSite`]).
+  pub fn with_site(mut self, site: EdgeSite) -> Self {
+    if let Some(ToControl::Hello { site: s, .. }) = self.link.outbox.front_mut() {
+      *s = site;
+    }
+    self
   }
 
   /// The IO layer finished applying `revision`.
@@ -309,7 +319,11 @@ pub enum ControlEvent {
   /// The edge introduced itself. Check that `edge` is the name its
   /// certificate was issued for (else [`ControlSession::refuse`]), then
   /// [`ControlSession::offer`] it the current state.
-  Hello { edge: String, revision: Revision },
+  Hello {
+    edge: String,
+    revision: Revision,
+    site: EdgeSite,
+  },
   /// The edge serves `revision` now.
   Applied {
     revision: Revision,
@@ -482,6 +496,7 @@ impl Session for ControlSession {
         edge,
         revision,
         versions,
+        site,
       } => {
         if protocol != PROTOCOL_VERSION {
           self.refuse(format!(
@@ -496,9 +511,11 @@ impl Session for ControlSession {
         }
         self.edge_revision = Some(revision);
         self.edge_has = versions.into_iter().collect();
-        self
-          .events
-          .push_back(ControlEvent::Hello { edge, revision });
+        self.events.push_back(ControlEvent::Hello {
+          edge,
+          revision,
+          site,
+        });
       }
       _ if self.edge_revision.is_none() => {
         self.refuse("the first message must be hello".to_string());
@@ -655,7 +672,15 @@ mod tests {
   #[test]
   fn a_new_edge_gets_the_state_and_every_bundle_once() {
     let t0 = Instant::now();
-    let mut edge = EdgeSession::new(t0, Timing::default(), "e1".into(), 0, vec![], vec![]);
+    let site = EdgeSite {
+      region: Some("eu-west".into()),
+      location: Some([50.1, 8.7]),
+      public_ipv4: vec!["192.0.2.1".parse().unwrap()],
+      public_ipv6: vec!["2001:db8::1".parse().unwrap()],
+      http_port: Some(80),
+    };
+    let mut edge = EdgeSession::new(t0, Timing::default(), "e1".into(), 0, vec![], vec![])
+      .with_site(site.clone());
     let mut control = ControlSession::new(t0, Timing::default());
     let s1 = desired(1, &["h1", "h2"]);
     // Before the hello there is nobody to offer to.
@@ -667,7 +692,8 @@ mod tests {
       pump(&mut edge, &mut control, t0),
       vec![ControlEvent::Hello {
         edge: "e1".into(),
-        revision: 0
+        revision: 0,
+        site
       }]
     );
     control.offer(&s1);
@@ -980,6 +1006,7 @@ mod tests {
         edge: "e1".into(),
         revision: 0,
         versions: vec![],
+        site: EdgeSite::default(),
       },
       t0,
     );

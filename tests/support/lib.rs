@@ -749,3 +749,171 @@ impl TailClient {
     }
   }
 }
+
+/// A MaxMind-format database (IPv4, 24-bit records) placing each network
+/// `(address, prefix, latitude, longitude)` the way GeoIP2 City records do
+/// (`location.latitude`, `location.longitude`); built here so tests never
+/// need a downloaded database. Networks must not nest.
+pub fn mmdb(networks: &[(std::net::Ipv4Addr, u8, f64, f64)]) -> Vec<u8> {
+  #[derive(Clone, Copy)]
+  enum Rec {
+    Empty,
+    Node(u32),
+    Data(u32),
+  }
+  fn string(out: &mut Vec<u8>, s: &str) {
+    assert!(s.len() < 29);
+    out.push((2 << 5) | s.len() as u8);
+    out.extend_from_slice(s.as_bytes());
+  }
+  fn double(out: &mut Vec<u8>, v: f64) {
+    out.push((3 << 5) | 8);
+    out.extend_from_slice(&v.to_be_bytes());
+  }
+  fn uint(out: &mut Vec<u8>, kind: u8, v: u64) {
+    let bytes = v.to_be_bytes();
+    let skip = bytes.iter().take_while(|&&b| b == 0).count();
+    let n = (8 - skip) as u8;
+    if kind <= 7 {
+      out.push((kind << 5) | n);
+    } else {
+      out.extend_from_slice(&[n, kind - 7]);
+    }
+    out.extend_from_slice(&bytes[skip..]);
+  }
+  let mut data = Vec::new();
+  let mut nodes: Vec<[Rec; 2]> = vec![[Rec::Empty; 2]];
+  for &(ip, prefix, lat, lon) in networks {
+    let offset = data.len() as u32;
+    // {"location": {"latitude": lat, "longitude": lon}}
+    data.push((7 << 5) | 1);
+    string(&mut data, "location");
+    data.push((7 << 5) | 2);
+    string(&mut data, "latitude");
+    double(&mut data, lat);
+    string(&mut data, "longitude");
+    double(&mut data, lon);
+    let bits = u32::from(ip);
+    let mut node = 0usize;
+    for i in 0..prefix {
+      let bit = ((bits >> (31 - i)) & 1) as usize;
+      if i + 1 == prefix {
+        nodes[node][bit] = Rec::Data(offset);
+        break;
+      }
+      node = match nodes[node][bit] {
+        Rec::Node(n) => n as usize,
+        Rec::Empty => {
+          nodes.push([Rec::Empty; 2]);
+          let n = nodes.len() - 1;
+          nodes[node][bit] = Rec::Node(n as u32);
+          n
+        }
+        Rec::Data(_) => panic!("networks must not nest"),
+      };
+    }
+  }
+  let count = nodes.len() as u32;
+  let mut out = Vec::new();
+  for pair in &nodes {
+    for rec in pair {
+      let value = match *rec {
+        Rec::Empty => count,
+        Rec::Node(n) => n,
+        Rec::Data(offset) => count + 16 + offset,
+      };
+      out.extend_from_slice(&value.to_be_bytes()[1..]);
+    }
+  }
+  out.extend_from_slice(&[0; 16]);
+  out.extend_from_slice(&data);
+  out.extend_from_slice(b"\xAB\xCD\xEFMaxMind.com");
+  out.push((7 << 5) | 9);
+  string(&mut out, "node_count");
+  uint(&mut out, 6, u64::from(count));
+  string(&mut out, "record_size");
+  uint(&mut out, 5, 24);
+  string(&mut out, "ip_version");
+  uint(&mut out, 5, 4);
+  string(&mut out, "database_type");
+  string(&mut out, "Isola-Test-City");
+  string(&mut out, "languages");
+  out.extend_from_slice(&[0, 11 - 7]);
+  string(&mut out, "binary_format_major_version");
+  uint(&mut out, 5, 2);
+  string(&mut out, "binary_format_minor_version");
+  uint(&mut out, 5, 0);
+  string(&mut out, "build_epoch");
+  uint(&mut out, 9, 1);
+  string(&mut out, "description");
+  out.push(7 << 5);
+  out
+}
+
+/// One DNS query over UDP from `socket` to `server`, as a resolver with
+/// client `subnet` (ECS) would send it; the answer, or `None` after 2 s.
+pub fn dns_query(
+  socket: &std::net::UdpSocket,
+  server: SocketAddr,
+  id: u16,
+  name: &str,
+  qtype: hickory_proto::rr::RecordType,
+  subnet: Option<&str>,
+) -> Option<hickory_proto::op::Message> {
+  let packet = dns_packet(id, name, qtype, subnet);
+  socket
+    .set_read_timeout(Some(Duration::from_secs(2)))
+    .expect("a timeout can be set");
+  socket.send_to(&packet, server).ok()?;
+  let mut buf = [0u8; 4096];
+  loop {
+    let (len, _) = socket.recv_from(&mut buf).ok()?;
+    let answer = hickory_proto::op::Message::from_vec(&buf[..len]).ok()?;
+    // A late answer to an earlier query is skipped.
+    if answer.id() == id {
+      return Some(answer);
+    }
+  }
+}
+
+/// A query packet with an optional ECS option (`"198.51.100.0/24"`).
+pub fn dns_packet(
+  id: u16,
+  name: &str,
+  qtype: hickory_proto::rr::RecordType,
+  subnet: Option<&str>,
+) -> Vec<u8> {
+  use hickory_proto::op;
+  use hickory_proto::rr::rdata::opt::EdnsOption;
+  let mut m = op::Message::new();
+  m.set_id(id)
+    .set_message_type(op::MessageType::Query)
+    .set_op_code(op::OpCode::Query);
+  m.add_query(op::Query::query(
+    hickory_proto::rr::Name::from_ascii(name).expect("a valid name"),
+    qtype,
+  ));
+  if let Some(subnet) = subnet {
+    let mut edns = op::Edns::new();
+    edns.set_max_payload(1232);
+    edns
+      .options_mut()
+      .insert(EdnsOption::Subnet(subnet.parse().expect("a subnet")));
+    m.set_edns(edns);
+  }
+  m.to_vec().expect("a query encodes")
+}
+
+/// The addresses of the A and AAAA records of `answer`, in order.
+pub fn dns_addresses(answer: &hickory_proto::op::Message) -> Vec<std::net::IpAddr> {
+  use hickory_proto::rr::RData;
+  answer
+    .answers()
+    .iter()
+    .filter_map(|r| match r.data() {
+      RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+      RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
+      _ => None,
+    })
+    .collect()
+}

@@ -85,6 +85,7 @@ pub struct AppState {
   traces: crate::observe::Traces,
   ceilings: Arc<isola_proto::manifest::LimitsSpec>,
   limiter: Arc<guard::Limiter>,
+  edges: crate::dns::Directory,
 }
 
 impl AppState {
@@ -103,6 +104,7 @@ impl AppState {
       traces: crate::observe::Traces::detached(),
       ceilings: Arc::new(isola_proto::manifest::LimitsSpec::default_ceilings()),
       limiter: Arc::new(guard::Limiter::new(RateLimit::default())),
+      edges: crate::dns::Directory::default(),
       db,
     }
   }
@@ -117,6 +119,13 @@ impl AppState {
   /// Requests each token may send. Default: [`RateLimit::default`].
   pub fn with_rate_limit(mut self, rate: RateLimit) -> Self {
     self.limiter = Arc::new(guard::Limiter::new(rate));
+    self
+  }
+
+  /// Where each edge is and its health, for `GET /v1/edges`. Default: no
+  /// edge seen (each shows as down).
+  pub fn with_edge_health(mut self, edges: crate::dns::Directory) -> Self {
+    self.edges = edges;
     self
   }
 
@@ -1624,7 +1633,26 @@ async fn usage(
 struct EdgeList {
   /// The current desired-state revision.
   revision: u64,
-  edges: Vec<db::EdgeInfo>,
+  edges: Vec<EdgeEntry>,
+}
+
+/// An enrolled edge, where it said it is when it last connected, and
+/// whether DNS answers with it.
+#[derive(Serialize, ToSchema)]
+struct EdgeEntry {
+  #[serde(flatten)]
+  info: db::EdgeInfo,
+  region: Option<String>,
+  /// `[latitude, longitude]`.
+  #[schema(value_type = Option<Vec<f64>>)]
+  location: Option<[f64; 2]>,
+  #[schema(value_type = Vec<String>)]
+  public_ipv4: Vec<std::net::Ipv4Addr>,
+  #[schema(value_type = Vec<String>)]
+  public_ipv6: Vec<std::net::Ipv6Addr>,
+  /// The edge's HTTP port, where health checks go.
+  http_port: Option<u16>,
+  health: crate::dns::health::Status,
 }
 
 #[utoipa::path(get, path = "/v1/edges", tag = "edges",
@@ -1637,7 +1665,30 @@ async fn list_edges(
   Auth(caller): Auth,
 ) -> Result<Json<EdgeList>, ApiError> {
   require_admin(&caller)?;
+  let seen = state.edges.get();
   let (revision, edges) = blocking(move || state.db.edges()).await?;
+  let edges = edges
+    .into_iter()
+    .map(|info| {
+      let view = seen.iter().find(|v| v.name == info.name);
+      let site = view.map(|v| v.site.clone()).unwrap_or_default();
+      let health = match view {
+        Some(v) => v.status.clone(),
+        None => crate::dns::health::Status::Down {
+          reason: "not connected since the control plane started".into(),
+        },
+      };
+      EdgeEntry {
+        info,
+        region: site.region,
+        location: site.location,
+        public_ipv4: site.public_ipv4,
+        public_ipv6: site.public_ipv6,
+        http_port: site.http_port,
+        health,
+      }
+    })
+    .collect();
   Ok(Json(EdgeList { revision, edges }))
 }
 

@@ -832,6 +832,7 @@ async fn a_trace_call_over_quic_reaches_the_hub() {
     edge: "edge-1".into(),
     revision: 0,
     versions: vec![],
+    site: Default::default(),
   };
   send
     .write_all(&isola_proto::codec::encode(&hello))
