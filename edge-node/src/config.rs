@@ -36,6 +36,9 @@ pub struct EdgeConfig {
   /// `[egress]`: where workers' `fetch()` may connect.
   #[serde(default)]
   pub egress: EgressConfig,
+  /// `[sandbox]`: the OS layer around the process (Linux).
+  #[serde(default)]
+  pub sandbox: SandboxConfig,
   /// Folder holding the config file; relative paths resolve against it.
   #[serde(skip)]
   pub base_dir: PathBuf,
@@ -119,6 +122,31 @@ impl Default for EgressConfig {
     Self {
       enabled: true,
       allow: Vec::new(),
+    }
+  }
+}
+
+/// `[sandbox]`: on Linux, `serve` limits the process's file access
+/// (Landlock) and system calls (seccomp) once it has started; see
+/// `crate::sandbox` and deploy/README.md "Sandbox".
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+  /// Allow only the syscalls the edge needs; others fail with EPERM.
+  /// Default: true.
+  #[serde(default = "yes")]
+  pub seccomp: bool,
+  /// Limit file access to the data dir (read-write), the config folder,
+  /// certificates and the system files TLS and DNS read. Default: true.
+  #[serde(default = "yes")]
+  pub landlock: bool,
+}
+
+impl Default for SandboxConfig {
+  fn default() -> Self {
+    Self {
+      seccomp: true,
+      landlock: true,
     }
   }
 }
@@ -475,6 +503,15 @@ mod tests {
     );
     let off: EdgeConfig = toml::from_str("[egress]\nenabled = false\n").unwrap();
     assert!(!off.egress_policy().unwrap().is_enabled());
+  }
+
+  #[test]
+  fn the_sandbox_is_on_unless_turned_off() {
+    let c: EdgeConfig = toml::from_str("").unwrap();
+    assert!(c.sandbox.seccomp && c.sandbox.landlock);
+    let c: EdgeConfig = toml::from_str("[sandbox]\nseccomp = false\n").unwrap();
+    assert!(!c.sandbox.seccomp && c.sandbox.landlock);
+    assert!(toml::from_str::<EdgeConfig>("[sandbox]\nlandlok = false\n").is_err());
   }
 
   #[test]
