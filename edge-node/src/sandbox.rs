@@ -12,9 +12,9 @@
 //!   lookup). Nothing else. Before Landlock ABI 8 a ruleset covers the
 //!   calling thread and the threads it starts afterwards only, so
 //!   [`landlock`] runs on the main thread before the V8 pool, the async
-//!   runtime or any other thread starts; on ABI 8 and later it also asks
-//!   the kernel to cover every thread. Best effort: what the kernel
-//!   enforces (fully, partially, not) is logged.
+//!   runtime or any other thread starts (should one run already, it asks
+//!   the kernel to cover it too, which ABI 8 can). Best effort: what the
+//!   kernel enforces (fully, partially, not) is logged.
 //! - **seccomp** (system calls): an allow list ([`ALLOWED`]) found by
 //!   tracing the serve and e2e tests, installed with TSYNC on every thread
 //!   once start-up is done. Anything else fails with `EPERM` rather than
@@ -127,7 +127,7 @@ impl Paths {
 /// folder has `""` as its folder.
 fn absolute(p: &Path) -> PathBuf {
   if p.as_os_str().is_empty() {
-    return PathBuf::from(".");
+    return std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
   }
   std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
@@ -419,5 +419,77 @@ fn refused(errno: Option<i32>) -> String {
     Some(libc::EACCES) => "denied (EACCES)".into(),
     Some(n) => format!("failed (errno {n}), not by the sandbox"),
     None => "failed".into(),
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn a_config_named_without_a_folder_gets_absolute_rules() {
+    let mut config: EdgeConfig = toml::from_str(
+      r#"
+      [[certificate]]
+      hosts = ["a.test"]
+      cert = "certs/a.pem"
+      key = "/etc/isola/a-key.pem"
+
+      [[worker]]
+      name = "site"
+      entry = "site/worker.js"
+    "#,
+    )
+    .unwrap();
+    config.base_dir = PathBuf::new();
+    let paths = Paths::for_config(&config, Path::new("edge.toml"));
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(paths.read_write[0], cwd.join(".isola-edge"));
+    assert!(paths.read.contains(&cwd.join("certs/a.pem")));
+    assert!(paths.read.contains(&PathBuf::from("/etc/isola/a-key.pem")));
+    assert!(paths.read.contains(&cwd.join("site")));
+    assert!(paths
+      .read
+      .iter()
+      .all(|p| p.is_absolute() || p == Path::new(".")));
+  }
+
+  #[cfg(target_os = "linux")]
+  #[test]
+  fn the_allow_list_leaves_out_what_an_escape_would_want() {
+    let names: Vec<&str> = ALLOWED.iter().map(|(name, _)| *name).collect();
+    for denied in [
+      "execve",
+      "execveat",
+      "fork",
+      "vfork",
+      "ptrace",
+      "process_vm_readv",
+      "process_vm_writev",
+      "mount",
+      "umount2",
+      "pivot_root",
+      "chroot",
+      "unshare",
+      "setns",
+      "bpf",
+      "perf_event_open",
+      "userfaultfd",
+      "keyctl",
+      "add_key",
+      "init_module",
+      "finit_module",
+      "kexec_load",
+      "io_uring_setup",
+      "setuid",
+      "open_by_handle_at",
+      "personality",
+    ] {
+      assert!(!names.contains(&denied), "{denied} is allowed");
+    }
+    let mut unique = names.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "a syscall is listed twice");
   }
 }
