@@ -125,7 +125,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   // Workers load before the node says it is ready.
   main_rt.block_on(node.start(control_state))?;
   let seccomp = if config.sandbox.seccomp {
-    crate::sandbox::seccomp().context("cannot install the seccomp filter")?
+    crate::sandbox::seccomp().context(
+      "cannot install the seccomp filter; `[sandbox] seccomp = false` in edge.toml runs without it",
+    )?
   } else {
     crate::sandbox::Layer::Disabled
   };
@@ -281,7 +283,9 @@ fn apply_landlock(
     );
   }
   let paths = crate::sandbox::Paths::for_config(config, config_path);
-  crate::sandbox::landlock(&paths, threads > 1).context("cannot apply the Landlock ruleset")
+  crate::sandbox::landlock(&paths, threads > 1).context(
+    "cannot apply the Landlock ruleset; `[sandbox] landlock = false` in edge.toml runs without it",
+  )
 }
 
 /// The address a bound listener got (the OS picks the port for port 0);
