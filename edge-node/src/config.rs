@@ -39,6 +39,9 @@ pub struct EdgeConfig {
   /// Where this edge is, for the control plane's geo DNS.
   #[serde(default)]
   pub edge: SiteConfig,
+  /// `[sandbox]`: the OS layer around the process (Linux).
+  #[serde(default)]
+  pub sandbox: SandboxConfig,
   /// Folder holding the config file; relative paths resolve against it.
   #[serde(skip)]
   pub base_dir: PathBuf,
@@ -122,6 +125,31 @@ impl Default for EgressConfig {
     Self {
       enabled: true,
       allow: Vec::new(),
+    }
+  }
+}
+
+/// `[sandbox]`: on Linux, `serve` limits the process's file access
+/// (Landlock) and system calls (seccomp) once it has started; see
+/// `crate::sandbox` and deploy/README.md "Sandbox".
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+  /// Allow only the syscalls the edge needs; others fail with EPERM.
+  /// Default: true.
+  #[serde(default = "yes")]
+  pub seccomp: bool,
+  /// Limit file access to the data dir (read-write), the config folder,
+  /// certificates and the system files TLS and DNS read. Default: true.
+  #[serde(default = "yes")]
+  pub landlock: bool,
+}
+
+impl Default for SandboxConfig {
+  fn default() -> Self {
+    Self {
+      seccomp: true,
+      landlock: true,
     }
   }
 }
@@ -615,6 +643,15 @@ mod tests {
       .unwrap_err()
       .to_string()
       .contains("regoin"));
+  }
+
+  #[test]
+  fn the_sandbox_is_on_unless_turned_off() {
+    let c: EdgeConfig = toml::from_str("").unwrap();
+    assert!(c.sandbox.seccomp && c.sandbox.landlock);
+    let c: EdgeConfig = toml::from_str("[sandbox]\nseccomp = false\n").unwrap();
+    assert!(!c.sandbox.seccomp && c.sandbox.landlock);
+    assert!(toml::from_str::<EdgeConfig>("[sandbox]\nlandlok = false\n").is_err());
   }
 
   #[test]

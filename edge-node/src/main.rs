@@ -11,6 +11,7 @@ mod kv;
 mod logs;
 mod node;
 mod queues;
+mod sandbox;
 mod serve;
 mod server;
 mod store;

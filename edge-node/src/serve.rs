@@ -29,6 +29,10 @@ pub struct ServeArgs {
   /// free port, reported in the `listening` log event.
   #[arg(long)]
   config: PathBuf,
+  /// After the sandbox is on, try to read this file and make a forbidden
+  /// syscall, and log what happened (for tests and new kernels).
+  #[arg(long, hide = true, value_name = "PATH")]
+  sandbox_selftest: Option<PathBuf>,
 }
 
 /// Binds `addr` now, so a taken port fails the start rather than a later
@@ -55,6 +59,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   let http = bind(config.server.listen)?;
   let https = config.server.listen_tls.map(bind).transpose()?;
   let admin_listener = config.server.admin.map(bind).transpose()?;
+  // File access is limited now, while this is the only thread: before
+  // Landlock ABI 8 later threads inherit the ruleset, earlier ones do not.
+  let landlock = apply_landlock(&config, &args.config)?;
 
   let metrics = Metrics::new();
   // KV and queue calls go to the control plane; without one, only cached KV
@@ -117,6 +124,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     .context("cannot start the async runtime")?;
   // Workers load before the node says it is ready.
   main_rt.block_on(node.start(control_state))?;
+  let seccomp = if config.sandbox.seccomp {
+    crate::sandbox::seccomp().context(
+      "cannot install the seccomp filter; `[sandbox] seccomp = false` in edge.toml runs without it",
+    )?
+  } else {
+    crate::sandbox::Layer::Disabled
+  };
+  tracing::info!(
+    seccomp = %seccomp,
+    landlock = %landlock,
+    "sandbox in force"
+  );
+  if let Some(path) = &args.sandbox_selftest {
+    crate::sandbox::selftest(path);
+  }
 
   let (shutdown_tx, shutdown_rx) = watch::channel(false);
   let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
@@ -245,6 +267,28 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     cutter.cut();
   }
   Ok(())
+}
+
+/// Landlock per `[sandbox]`; warns when threads already run that it cannot
+/// cover.
+fn apply_landlock(
+  config: &EdgeConfig,
+  config_path: &std::path::Path,
+) -> anyhow::Result<crate::sandbox::Layer> {
+  if !config.sandbox.landlock {
+    return Ok(crate::sandbox::Layer::Disabled);
+  }
+  let threads = crate::sandbox::thread_count().unwrap_or(1);
+  if threads > 1 {
+    tracing::warn!(
+      threads,
+      "Landlock is applied with other threads running; on kernels before Landlock ABI 8 they stay unrestricted"
+    );
+  }
+  let paths = crate::sandbox::Paths::for_config(config, config_path);
+  crate::sandbox::landlock(&paths, threads > 1).context(
+    "cannot apply the Landlock ruleset; `[sandbox] landlock = false` in edge.toml runs without it",
+  )
 }
 
 /// The address a bound listener got (the OS picks the port for port 0);

@@ -68,6 +68,16 @@ impl Schedule {
           FIELDS[i]
         )));
       }
+      // saffron builds a wrong schedule for a wrap-around range with a
+      // step (`9-2/2` in months or weekdays panics when it is matched).
+      if i >= 3 && field.split(',').any(|part| wraps_with_step(i, part)) {
+        return Err(error(format!(
+          "the {} field {field:?} has a range that wraps around with a step, which is not \
+           supported; list the values or ascending ranges joined with `,` (e.g. `9-2/2` \
+           as `9,11,1`)",
+          FIELDS[i]
+        )));
+      }
       // Each field alone, the others `*`: the first that fails is the one
       // to point at (saffron's own error has no position).
       let mut probe = ["*"; 5];
@@ -133,6 +143,31 @@ impl Schedule {
   }
 }
 
+/// Whether `part` of the month (`field` 3) or day-of-week (4) field is a
+/// range that runs backwards (wraps around) and has a step, like `9-2/2`.
+fn wraps_with_step(field: usize, part: &str) -> bool {
+  const MONTHS: [&str; 12] = [
+    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+  ];
+  const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+  let value = |v: &str| -> Option<usize> {
+    let names: &[&str] = if field == 3 { &MONTHS } else { &DAYS };
+    v.parse().ok().or_else(|| {
+      names
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(v))
+        .map(|i| i + 1)
+    })
+  };
+  let Some((range, _step)) = part.split_once('/') else {
+    return false;
+  };
+  let Some((from, to)) = range.split_once('-') else {
+    return false;
+  };
+  matches!((value(from), value(to)), (Some(a), Some(b)) if a > b)
+}
+
 /// Checks a worker's list of expressions: each valid, none repeated, at
 /// most [`MAX_CRONS_PER_WORKER`]. The error names the entry (`crons[2]`).
 pub fn parse_all(crons: &[String]) -> Result<Vec<Schedule>, String> {
@@ -159,6 +194,31 @@ mod tests {
 
   fn ms(s: &str) -> i64 {
     DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
+  }
+
+  #[test]
+  fn a_wrap_around_range_with_a_step_is_refused_not_a_panic() {
+    // Found by tests/fuzz (cron): saffron panicked matching these.
+    for expr in [
+      "30 20 2 9-2/2 2",
+      "* * * SEP-FEB/2 *",
+      "0 0 * * 6-2/2",
+      "0 0 * * sat-mon/2",
+    ] {
+      let err = Schedule::parse(expr).unwrap_err().to_string();
+      assert!(err.contains("wraps around with a step"), "{expr}: {err}");
+    }
+    // Without a step, or ascending, they stay valid and fire.
+    for expr in [
+      "0 0 * 9-2 *",
+      "0 0 * * 6-2",
+      "0 0 * 1-12/2 *",
+      "* 22-2/3 * * *",
+    ] {
+      let s = Schedule::parse(expr).unwrap();
+      let next = s.next_after(ms("2026-11-29T12:00:00Z")).unwrap();
+      assert!(s.contains(next), "{expr}");
+    }
   }
 
   #[test]
