@@ -13,6 +13,9 @@
 //! per_million_cpu_ms = "0.02"
 //! per_gb_egress = "0.05"
 //! included_requests = 10000000
+//!
+//! [telemetry]
+//! otlp_endpoint = "http://127.0.0.1:4318"
 //! ```
 
 use std::net::SocketAddr;
@@ -32,6 +35,10 @@ pub struct ControlConfig {
   /// Seconds a cron tick missed while down may be late. Default: 300.
   pub cron_catch_up: Option<u64>,
   pub billing: PriceSheet,
+  /// OpenTelemetry export of the API's spans (`otlp_endpoint`,
+  /// `service_name` — default `isola-control` —, `sample_ratio` — default
+  /// 1.0). Off by default.
+  pub telemetry: isola_io::telemetry::TelemetryConfig,
 }
 
 /// Why `control.toml` cannot be used.
@@ -62,7 +69,7 @@ impl ControlConfig {
 
   /// Parses the file's text; the error names the line and the key.
   pub fn parse(text: &str) -> Result<Self, String> {
-    toml::from_str(text).map_err(|e| {
+    let config: Self = toml::from_str(text).map_err(|e| {
       let line = e
         .span()
         .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
@@ -70,7 +77,9 @@ impl ControlConfig {
         Some(line) => format!("line {line}: {}", e.message()),
         None => e.message().to_string(),
       }
-    })
+    })?;
+    config.telemetry.validate("[telemetry]")?;
+    Ok(config)
   }
 }
 
@@ -101,5 +110,15 @@ mod tests {
       "{err}"
     );
     assert_eq!(ControlConfig::parse("").unwrap(), ControlConfig::default());
+    let t =
+      ControlConfig::parse("[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n").unwrap();
+    assert_eq!(
+      t.telemetry.otlp_endpoint.as_deref(),
+      Some("http://127.0.0.1:4318")
+    );
+    let err = ControlConfig::parse("[telemetry]\notlp_endpont = \"http://a\"\n").unwrap_err();
+    assert!(err.contains("otlp_endpont"), "{err}");
+    let err = ControlConfig::parse("[telemetry]\nsample_ratio = 2.0\n").unwrap_err();
+    assert!(err.contains("0.0 to 1.0"), "{err}");
   }
 }

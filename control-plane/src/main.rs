@@ -150,7 +150,15 @@ fn main() -> ExitCode {
       let api = api.or(file.api).unwrap_or(([127, 0, 0, 1], 8700).into());
       let quic = quic.or(file.quic).unwrap_or(([127, 0, 0, 1], 8701).into());
       let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-      rt.block_on(serve(data_dir, api, quic, clock, cron, file.billing))
+      rt.block_on(serve(
+        data_dir,
+        api,
+        quic,
+        clock,
+        cron,
+        file.billing,
+        file.telemetry,
+      ))
     })(),
     Command::Billing {
       command:
@@ -308,6 +316,7 @@ async fn serve(
   clock: Clock,
   config: scheduler::Config,
   prices: isola_control::billing::PriceSheet,
+  telemetry: isola_io::telemetry::TelemetryConfig,
 ) -> anyhow::Result<()> {
   let db = open_db(&dir)?;
   let validator =
@@ -345,6 +354,11 @@ async fn serve(
       .with_prices(prices)
       .with_traces(traces.clone()),
   );
+  let telemetry = isola_control::telemetry::ApiTelemetry::start(&telemetry)?;
+  let app = match &telemetry {
+    Some(t) => t.layer(app),
+    None => app,
+  };
   let listener = tokio::net::TcpListener::bind(api_addr)
     .await
     .with_context(|| format!("cannot listen on {api_addr} for the API; pick another --api"))?;
@@ -366,6 +380,9 @@ async fn serve(
     }) => {
       result.context("the QUIC control channel failed")?;
     }
+  }
+  if let Some(t) = telemetry {
+    let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
   }
   tracing::info!("stopped");
   Ok(())

@@ -28,6 +28,10 @@ pub struct EdgeConfig {
   /// limit are kept from starving the others.
   #[serde(default)]
   pub fairness: FairnessConfig,
+  /// OpenTelemetry export (`otlp_endpoint`, `service_name` — default
+  /// `isola-edge` —, `sample_ratio` — default 1.0). Off by default.
+  #[serde(default)]
+  pub telemetry: isola_io::telemetry::TelemetryConfig,
   /// Folder holding the config file; relative paths resolve against it.
   #[serde(skip)]
   pub base_dir: PathBuf,
@@ -227,6 +231,10 @@ impl EdgeConfig {
       .parent()
       .map(Path::to_path_buf)
       .unwrap_or_else(|| PathBuf::from("."));
+    config
+      .telemetry
+      .validate("[telemetry]")
+      .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     if config.server.listen_tls.is_some() && config.certificates.is_empty() {
       anyhow::bail!(
         "{}: [server] listen_tls is set but there is no [[certificate]]; add one or remove listen_tls",

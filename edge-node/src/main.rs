@@ -13,6 +13,7 @@ mod queues;
 mod serve;
 mod server;
 mod store;
+mod telemetry;
 mod tls;
 mod trace;
 

@@ -3,6 +3,7 @@
 
 mod observe;
 mod storage;
+mod telemetry;
 
 use std::time::Duration;
 
