@@ -324,8 +324,10 @@ impl Trace {
 
   /// The response status of a fetch invocation.
   pub fn set_status(&mut self, code: u16) {
-    if let Started::Fetch(f) = &mut self.event {
-      f.status = Some(code);
+    match &mut self.event {
+      Started::Fetch(f) => f.status = Some(code),
+      Started::Other(EventInfo::Fetch { status, .. }) => *status = Some(code),
+      Started::Other(_) => {}
     }
   }
 
