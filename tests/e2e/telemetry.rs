@@ -169,10 +169,13 @@ fn otlp_receiver() -> (SocketAddr, Arc<Mutex<Vec<Got>>>) {
   (addr, got)
 }
 
+/// Each downstream request's path and `traceparent`.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 /// The downstream server: answers `down` and keeps each request's path and
 /// `traceparent`.
-fn downstream() -> (SocketAddr, Arc<Mutex<Vec<(String, Option<String>)>>>) {
-  let seen: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+fn downstream() -> (SocketAddr, Seen) {
+  let seen: Seen = Arc::default();
   let log = seen.clone();
   let addr = server(move |path, headers, _| {
     let traceparent = headers
