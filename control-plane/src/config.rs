@@ -21,6 +21,9 @@
 //! [rate_limit]        # per API token
 //! per_second = 100
 //! burst = 500
+//!
+//! [telemetry]
+//! otlp_endpoint = "http://127.0.0.1:4318"
 //! ```
 
 use std::net::SocketAddr;
@@ -50,6 +53,10 @@ pub struct ControlConfig {
   pub limits: LimitsSpec,
   /// Requests per token. Default: 100/s with bursts of 500.
   pub rate_limit: RateLimit,
+  /// OpenTelemetry export of the API's spans (`otlp_endpoint`,
+  /// `service_name` — default `isola-control` —, `sample_ratio` — default
+  /// 1.0). Off by default.
+  pub telemetry: isola_io::telemetry::TelemetryConfig,
 }
 
 impl ControlConfig {
@@ -100,6 +107,7 @@ impl ControlConfig {
       .limits
       .validate()
       .map_err(|e| format!("[limits]: {e}"))?;
+    config.telemetry.validate("[telemetry]")?;
     Ok(config)
   }
 }
@@ -131,5 +139,15 @@ mod tests {
       "{err}"
     );
     assert_eq!(ControlConfig::parse("").unwrap(), ControlConfig::default());
+    let t =
+      ControlConfig::parse("[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n").unwrap();
+    assert_eq!(
+      t.telemetry.otlp_endpoint.as_deref(),
+      Some("http://127.0.0.1:4318")
+    );
+    let err = ControlConfig::parse("[telemetry]\notlp_endpont = \"http://a\"\n").unwrap_err();
+    assert!(err.contains("otlp_endpont"), "{err}");
+    let err = ControlConfig::parse("[telemetry]\nsample_ratio = 2.0\n").unwrap_err();
+    assert!(err.contains("0.0 to 1.0"), "{err}");
   }
 }

@@ -18,4 +18,5 @@ pub mod queues;
 pub mod quic;
 pub mod scheduler;
 pub mod secrets;
+pub mod telemetry;
 pub mod validate;

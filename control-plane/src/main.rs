@@ -373,6 +373,11 @@ async fn serve(
       .with_traces(traces.clone())
       .with_edge_health(edges),
   );
+  let telemetry = isola_control::telemetry::ApiTelemetry::start(&settings.telemetry)?;
+  let app = match &telemetry {
+    Some(t) => t.layer(app),
+    None => app,
+  };
   let listener = tokio::net::TcpListener::bind(api_addr)
     .await
     .with_context(|| format!("cannot listen on {api_addr} for the API; pick another --api"))?;
@@ -396,6 +401,9 @@ async fn serve(
     }) => {
       result.context("the QUIC control channel failed")?;
     }
+  }
+  if let Some(t) = telemetry {
+    let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
   }
   tracing::info!("stopped");
   Ok(())

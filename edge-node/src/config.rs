@@ -42,6 +42,10 @@ pub struct EdgeConfig {
   /// `[sandbox]`: the OS layer around the process (Linux).
   #[serde(default)]
   pub sandbox: SandboxConfig,
+  /// OpenTelemetry export (`otlp_endpoint`, `service_name` — default
+  /// `isola-edge` —, `sample_ratio` — default 1.0). Off by default.
+  #[serde(default)]
+  pub telemetry: isola_io::telemetry::TelemetryConfig,
   /// Folder holding the config file; relative paths resolve against it.
   #[serde(skip)]
   pub base_dir: PathBuf,
@@ -432,6 +436,10 @@ impl EdgeConfig {
     if let Err(e) = config.egress_policy() {
       anyhow::bail!("{}: {e}", path.display());
     }
+    config
+      .telemetry
+      .validate("[telemetry]")
+      .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     if config.server.listen_tls.is_some() && config.certificates.is_empty() {
       anyhow::bail!(
         "{}: [server] listen_tls is set but there is no [[certificate]]; add one or remove listen_tls",

@@ -15,6 +15,7 @@ mod sandbox;
 mod serve;
 mod server;
 mod store;
+mod telemetry;
 mod tls;
 mod trace;
 

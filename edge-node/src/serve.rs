@@ -86,7 +86,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   // file's workers are not its to show, and without a control plane no
   // event is built at all.
   let node_slot: Arc<OnceLock<Weak<Node>>> = Arc::default();
-  let mut traces = config.control.as_ref().map(|_| {
+  // With `[telemetry] otlp_endpoint`, every worker's records come too, for
+  // their OpenTelemetry spans.
+  let spans = config.telemetry.otlp_endpoint.is_some();
+  let mut traces = (config.control.is_some() || spans).then(|| {
     crate::trace::TraceBuffer::new(
       crate::trace::MAX_EVENTS,
       crate::trace::MAX_BYTES,
@@ -95,12 +98,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   });
   if let Some((buffer, _)) = &traces {
     let slot = node_slot.clone();
-    pool = pool.trace(buffer.sink(move |worker| {
+    let shipped = move |worker: &str| {
       slot
         .get()
         .and_then(Weak::upgrade)
         .is_some_and(|node| !node.is_static(worker))
-    }));
+    };
+    pool = pool.trace(buffer.sink(shipped, spans));
   }
   let runtime = Runtime::new(pool)?;
   let ready = Arc::new(AtomicBool::new(false));
@@ -187,6 +191,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    if let Some((buffer, queue)) = traces.take() {
+      let edge = config
+        .control
+        .as_ref()
+        .map_or_else(String::new, |c| c.name.clone());
+      let telemetry = crate::telemetry::Telemetry::start(&config.telemetry, &edge)?.map(Arc::new);
+      let upstream = upstream.clone();
+      let send = move |batch| {
+        let upstream = upstream.clone();
+        async move { crate::trace::send_upstream(&upstream, batch).await }
+      };
+      tokio::spawn(crate::trace::ship(buffer, queue, edge, telemetry, send));
+    }
     let usage = match &config.control {
       Some(control) => {
         let spool = crate::control::Spool::open(&store.control_dir())?;
@@ -201,19 +218,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .clone()
             .run(Duration::from_millis(control.usage_interval_ms), tx),
         );
-        if let Some((buffer, queue)) = traces.take() {
-          let upstream = upstream.clone();
-          let send = move |batch| {
-            let upstream = upstream.clone();
-            async move { crate::trace::send_upstream(&upstream, batch).await }
-          };
-          tokio::spawn(crate::trace::ship(
-            buffer,
-            queue,
-            control.name.clone(),
-            send,
-          ));
-        }
         let (mut control, node, kv) = (control.clone(), node.clone(), kv.clone());
         // The control plane health-checks the edge where users reach it.
         control.site.http_port = Some(http_port);

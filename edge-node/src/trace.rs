@@ -4,7 +4,9 @@
 //! (keep 1 in N, N doubling while it stays full), and one shipper task that
 //! sends what it holds every 100 ms or at 256 events, never retried. Every
 //! event left out is counted (`isola_trace_events_dropped_total`, and the
-//! next batch's `dropped`).
+//! next batch's `dropped`). The request's thread only queues the runtime's
+//! raw record; the shipper builds the event (and, when the edge exports
+//! OpenTelemetry spans, the spans) from it.
 
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
@@ -17,7 +19,7 @@ use isola_proto::msg::Call;
 use isola_proto::msg::CallReply;
 use isola_proto::trace::TraceBatch;
 use isola_runtime::Metrics;
-use isola_runtime::TraceEvent;
+use isola_runtime::TraceRecord;
 use isola_runtime::TraceSink;
 use tokio::sync::mpsc;
 
@@ -37,7 +39,9 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// The sampling never gets sparser than 1 in this many.
 const MAX_EVERY: u64 = 1 << 16;
 
-type Queued = (TraceEvent, usize);
+/// A record, its size, and whether its event goes to the control plane
+/// (else it is only here for its spans).
+type Queued = (TraceRecord, usize, bool);
 
 /// The edge's bounded buffer of trace events. Shared by every V8 thread.
 pub struct TraceBuffer {
@@ -77,8 +81,9 @@ impl TraceBuffer {
     (Arc::new(buffer), TraceQueue(rx, full))
   }
 
-  /// Takes `event` if there is room and the sampling keeps it; never waits.
-  pub fn offer(&self, event: TraceEvent) {
+  /// Takes `record` if there is room and the sampling keeps it; never
+  /// waits. `upstream`: its event goes to the control plane.
+  pub fn offer(&self, record: TraceRecord, upstream: bool) {
     let every = self.every.load(Ordering::Relaxed);
     if every > 1
       && !self
@@ -89,9 +94,9 @@ impl TraceBuffer {
       self.drop_events(1);
       return;
     }
-    let size = event_bytes(&event);
+    let size = record.approx_bytes();
     let bytes = self.bytes.fetch_add(size, Ordering::Relaxed) + size;
-    if bytes > self.max_bytes || self.tx.try_send((event, size)).is_err() {
+    if bytes > self.max_bytes || self.tx.try_send((record, size, upstream)).is_err() {
       self.bytes.fetch_sub(size, Ordering::Relaxed);
       self
         .every
@@ -120,48 +125,40 @@ impl TraceBuffer {
   }
 
   /// The sink that feeds this buffer with the events of the workers
-  /// `shipped` accepts (the control plane's, not the config file's).
+  /// `shipped` accepts (the control plane's, not the config file's); with
+  /// `spans`, every worker's records come (for their spans) and carry
+  /// spans.
   pub fn sink(
     self: &Arc<Self>,
     shipped: impl Fn(&str) -> bool + Send + Sync + 'static,
+    spans: bool,
   ) -> TraceSink {
     let buffer = self.clone();
-    TraceSink::new(move |event| {
-      if shipped(&event.worker) {
-        buffer.offer(event);
+    if spans {
+      return TraceSink::with_spans(move |record| {
+        let upstream = shipped(&record.worker);
+        buffer.offer(record, upstream);
+      });
+    }
+    TraceSink::new(move |record| {
+      if shipped(&record.worker) {
+        buffer.offer(record, true);
       }
     })
   }
 }
 
-/// Roughly what an event holds, for the byte bound.
-fn event_bytes(e: &TraceEvent) -> usize {
-  let info = match &e.event {
-    isola_proto::trace::EventInfo::Fetch { url, headers, .. } => {
-      url.len()
-        + headers
-          .iter()
-          .map(|(n, v)| n.len() + v.len())
-          .sum::<usize>()
-    }
-    isola_proto::trace::EventInfo::Scheduled { cron, .. } => cron.len(),
-    isola_proto::trace::EventInfo::Queue { queue, .. } => queue.len(),
-    isola_proto::trace::EventInfo::Rpc { method } => method.len(),
-  };
-  let logs: usize = e.logs.iter().map(|l| l.message.len() + 32).sum();
-  let exceptions: usize = e
-    .exceptions
-    .iter()
-    .map(|x| x.name.len() + x.message.len() + x.stack.as_ref().map_or(0, String::len) + 16)
-    .sum();
-  128 + e.worker.len() + e.version.len() + info + logs + exceptions
-}
-
 /// Sends the buffer's events in batches through `send` (true: the batch
 /// went out) until every [`TraceBuffer`] is gone; each event gets `edge`.
-/// A batch that does not go out is dropped and counted.
-pub async fn ship<F, Fut>(buffer: Arc<TraceBuffer>, queue: TraceQueue, edge: String, mut send: F)
-where
+/// A batch that does not go out is dropped and counted. With `telemetry`,
+/// every record's spans are queued for export too.
+pub async fn ship<F, Fut>(
+  buffer: Arc<TraceBuffer>,
+  queue: TraceQueue,
+  edge: String,
+  telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+  mut send: F,
+) where
   F: FnMut(TraceBatch) -> Fut,
   Fut: Future<Output = bool>,
 {
@@ -206,10 +203,16 @@ where
       }
       first = false;
       let mut events = Vec::with_capacity(queued.len());
-      for (mut event, size) in queued {
+      for (record, size, upstream) in queued {
         buffer.bytes.fetch_sub(size, Ordering::Relaxed);
-        event.edge.clone_from(&edge);
-        events.push(event);
+        if let Some(telemetry) = &telemetry {
+          telemetry.export(&record, &edge);
+        }
+        if upstream {
+          let mut event = record.into_event();
+          event.edge.clone_from(&edge);
+          events.push(event);
+        }
       }
       let dropped = buffer.dropped.swap(0, Ordering::Relaxed);
       if !events.is_empty() || dropped > 0 {
@@ -221,6 +224,10 @@ where
         }
       }
       if closed {
+        if let Some(telemetry) = telemetry {
+          // Sends what it holds; it waits for the receiver, so not here.
+          let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        }
         return;
       }
       if !more {
@@ -254,19 +261,17 @@ mod tests {
 
   use super::*;
 
-  fn event(worker: &str) -> TraceEvent {
-    TraceEvent {
+  fn event(worker: &str) -> TraceRecord {
+    TraceRecord {
       worker: worker.into(),
       version: "v1".into(),
-      edge: String::new(),
-      timestamp: 1,
-      event: EventInfo::Rpc { method: "m".into() },
-      outcome: "ok".into(),
+      start: std::time::UNIX_EPOCH + Duration::from_millis(1),
+      outcome: isola_runtime::Outcome::Ok,
       cpu_us: 1,
       wall_us: 2,
-      logs: vec![],
-      exceptions: vec![],
-      truncated: false,
+      trace: Box::new(isola_runtime::Trace::new(EventInfo::Rpc {
+        method: "m".into(),
+      })),
     }
   }
 
@@ -284,16 +289,16 @@ mod tests {
     let metrics = Metrics::new();
     let (buffer, TraceQueue(mut rx, _)) = TraceBuffer::new(4, MAX_BYTES, metrics.clone());
     for _ in 0..4 {
-      buffer.offer(event("a"));
+      buffer.offer(event("a"), true);
     }
     assert_eq!(buffer.sampling(), 1);
     // Full: the next one is dropped and sampling starts at 1 in 2.
-    buffer.offer(event("a"));
+    buffer.offer(event("a"), true);
     assert_eq!(buffer.sampling(), 2);
     // Of the next four, the first is tried (and dropped: still full, so N
     // doubles again); the other three are sampled out.
     for _ in 0..4 {
-      buffer.offer(event("a"));
+      buffer.offer(event("a"), true);
     }
     assert_eq!(buffer.sampling(), 4);
     assert_eq!(buffer.dropped.load(Ordering::Relaxed), 5);
@@ -303,19 +308,19 @@ mod tests {
     );
     // Drained: the first event the sampling keeps finds room and ends it.
     while rx.try_recv().is_ok() {}
-    buffer.offer(event("a"));
+    buffer.offer(event("a"), true);
     assert_eq!(buffer.sampling(), 1);
     assert_eq!(
-      rx.try_recv().map(|(e, _)| e.worker).ok().as_deref(),
+      rx.try_recv().map(|(e, _, _)| e.worker).ok().as_deref(),
       Some("a")
     );
   }
 
   #[test]
   fn the_byte_bound_holds_too() {
-    let (buffer, _queue) = TraceBuffer::new(100, 3 * event_bytes(&event("a")), Metrics::new());
+    let (buffer, _queue) = TraceBuffer::new(100, 3 * event("a").approx_bytes(), Metrics::new());
     for _ in 0..4 {
-      buffer.offer(event("a"));
+      buffer.offer(event("a"), true);
     }
     assert_eq!(buffer.dropped.load(Ordering::Relaxed), 1);
   }
@@ -323,11 +328,28 @@ mod tests {
   #[test]
   fn only_the_workers_the_filter_accepts_are_buffered() {
     let (buffer, TraceQueue(mut rx, _)) = TraceBuffer::new(10, MAX_BYTES, Metrics::new());
-    let sink = buffer.sink(|worker| worker != "static");
+    let sink = buffer.sink(|worker| worker != "static", false);
+    assert!(!sink.spans());
     sink.emit(event("static"));
     sink.emit(event("shipped"));
-    assert_eq!(rx.try_recv().unwrap().0.worker, "shipped");
+    assert_eq!(&*rx.try_recv().unwrap().0.worker, "shipped");
     assert!(rx.try_recv().is_err());
+  }
+
+  #[test]
+  fn with_spans_every_worker_comes_and_only_the_shipped_go_upstream() {
+    let (buffer, TraceQueue(mut rx, _)) = TraceBuffer::new(10, MAX_BYTES, Metrics::new());
+    let sink = buffer.sink(|worker| worker != "static", true);
+    assert!(sink.spans());
+    sink.emit(event("static"));
+    sink.emit(event("shipped"));
+    let got: Vec<(String, bool)> = std::iter::from_fn(|| rx.try_recv().ok())
+      .map(|(r, _, upstream)| (r.worker.to_string(), upstream))
+      .collect();
+    assert_eq!(
+      got,
+      vec![("static".into(), false), ("shipped".into(), true)]
+    );
   }
 
   #[tokio::test]
@@ -335,14 +357,20 @@ mod tests {
     let (buffer, queue) = TraceBuffer::new(1000, MAX_BYTES, Metrics::new());
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut first = true;
-    let shipper = tokio::spawn(ship(buffer.clone(), queue, "edge-1".into(), move |batch| {
-      // The first batch does not go out (no control plane).
-      let delivered = !std::mem::replace(&mut first, false);
-      let _ = tx.send((batch, delivered));
-      async move { delivered }
-    }));
+    let shipper = tokio::spawn(ship(
+      buffer.clone(),
+      queue,
+      "edge-1".into(),
+      None,
+      move |batch| {
+        // The first batch does not go out (no control plane).
+        let delivered = !std::mem::replace(&mut first, false);
+        let _ = tx.send((batch, delivered));
+        async move { delivered }
+      },
+    ));
     for _ in 0..BATCH_EVENTS {
-      buffer.offer(event("a"));
+      buffer.offer(event("a"), true);
     }
     let (lost, delivered) = rx.recv().await.unwrap();
     assert!(!delivered);
@@ -352,7 +380,7 @@ mod tests {
       "a full batch leaves at once"
     );
     assert!(lost.events.iter().all(|e| e.edge == "edge-1"));
-    buffer.offer(event("b"));
+    buffer.offer(event("b"), true);
     let (next, _) = rx.recv().await.unwrap();
     assert_eq!(next.events.len(), 1);
     assert_eq!(next.events[0].worker, "b");

@@ -5,6 +5,7 @@ mod anycast;
 mod dns;
 mod observe;
 mod storage;
+mod telemetry;
 
 use std::time::Duration;
 

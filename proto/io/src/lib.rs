@@ -8,6 +8,7 @@
 pub mod channel;
 pub mod log;
 pub mod pem;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -17,6 +18,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Why shared IO failed; each message names the file or peer and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+  #[error("cannot set up OpenTelemetry export: {0}")]
+  Telemetry(String),
   #[error("cannot read {what} {path}")]
   Read {
     what: &'static str,

@@ -10,6 +10,7 @@ const {
   ObjectDefineProperty,
   ObjectGetPrototypeOf,
   ObjectSetPrototypeOf,
+  PromisePrototypeThen,
   PromiseReject,
   ReflectApply,
   ReflectConstruct,
@@ -21,7 +22,13 @@ const {
   Symbol,
   TypeError,
 } = primordials;
-const { op_isola_log, op_isola_subrequest, op_isola_user_agent } = core.ops;
+const {
+  op_isola_fetch_span,
+  op_isola_fetch_span_done,
+  op_isola_log,
+  op_isola_subrequest,
+  op_isola_user_agent,
+} = core.ops;
 
 // ---------------------------------------------------------------- web APIs --
 const webidl = core.loadExtScript("ext:deno_webidl/00_webidl.js");
@@ -169,12 +176,17 @@ ObjectDefineProperty(performanceMod.Performance.prototype, "now", {
 // ------------------------------------------------------------ subrequests --
 function fetch(input, init = undefined) {
   const id = currentInvocation();
-  if (id >= 0 && !op_isola_subrequest(id)) {
-    return PromiseReject(
-      new TypeError(
-        "Too many subrequests: this invocation reached its limit of fetch() calls",
-      ),
-    );
+  if (id >= 0) {
+    const counted = op_isola_subrequest(id);
+    if (counted === 0) {
+      return PromiseReject(
+        new TypeError(
+          "Too many subrequests: this invocation reached its limit of fetch() calls",
+        ),
+      );
+    }
+    // 2: the node exports spans; this fetch gets one and says so.
+    if (counted === 2) return tracedFetch(id, input, init);
   }
   return PromisePrototypeCatch(
     ReflectApply(fetchMod.fetch, this, arguments),
@@ -195,6 +207,35 @@ function egressError(e) {
     }
   }
   throw e;
+}
+
+// A fetch() with a span: its `traceparent` header names the span (unless
+// the worker set one), and the span ends when the response headers come.
+function tracedFetch(id, input, init) {
+  let req;
+  try {
+    req = new request.Request(input, init);
+  } catch (e) {
+    return PromiseReject(e);
+  }
+  const traceparent = op_isola_fetch_span(id, req.method, req.url);
+  if (traceparent === "") {
+    return PromisePrototypeCatch(fetchMod.fetch(req), egressError);
+  }
+  if (!req.headers.has("traceparent")) {
+    req.headers.set("traceparent", traceparent);
+  }
+  return PromisePrototypeThen(
+    fetchMod.fetch(req),
+    (res) => {
+      op_isola_fetch_span_done(id, traceparent, res.status);
+      return res;
+    },
+    (e) => {
+      op_isola_fetch_span_done(id, traceparent, 0);
+      egressError(e);
+    },
+  );
 }
 
 // --------------------------------------------------------------- navigator --

@@ -142,6 +142,9 @@ pub struct Invocations {
   pub response_body_limit: u64,
   /// Trace events are kept: invocations collect their logs and exceptions.
   pub tracing: bool,
+  /// Traced invocations also get a span (W3C trace context) and time
+  /// their outgoing `fetch()` calls: the node exports OpenTelemetry spans.
+  pub spans: bool,
 }
 
 impl Invocations {
@@ -247,10 +250,17 @@ impl Invocations {
   }
 
   /// Starts the trace of invocation `id` with what started it (callers
-  /// check [`Invocations::tracing`] first, so as not to build `event`).
-  pub fn trace(&mut self, id: u32, event: isola_proto::trace::EventInfo) {
+  /// check [`Invocations::tracing`] first, so as not to build `event`);
+  /// with [`Invocations::spans`], its span is the child of `traceparent`
+  /// (the request's header) or starts a new trace.
+  pub fn trace(&mut self, id: u32, event: impl Into<crate::Started>, traceparent: Option<&[u8]>) {
+    let spans = self.spans;
     if let Some(p) = self.pending.get_mut(&id) {
-      p.usage.trace = Some(Box::new(Trace::new(event)));
+      let mut trace = Trace::new(event);
+      if spans {
+        trace.span = Some(crate::SpanContext::start(traceparent));
+      }
+      p.usage.trace = Some(Box::new(trace));
     }
   }
 
@@ -727,6 +737,7 @@ mod tests {
         client_ip: None,
         status: None,
       },
+      None,
     );
     table.set_streaming(a.id, true);
     respond(&mut table, a.id);
@@ -736,8 +747,9 @@ mod tests {
     assert!(a.done.try_recv().unwrap().trace.is_none());
     let seen = seen.borrow();
     let trace = seen[0].1.trace.as_deref().unwrap();
+    assert!(trace.span.is_none(), "no span unless the node exports them");
     assert!(matches!(
-      trace.event,
+      trace.event.info(),
       isola_proto::trace::EventInfo::Fetch {
         status: Some(200),
         ..

@@ -58,7 +58,16 @@ pub use service::LocalFuture;
 pub use service::ServiceDispatch;
 pub use service::ServiceTable;
 pub use trace::epoch_ms;
+pub use trace::format_traceparent;
+pub use trace::parse_traceparent;
+pub use trace::url_of;
+pub use trace::FetchStart;
+pub use trace::SpanContext;
+pub use trace::Started;
+pub use trace::SubrequestSpan;
 pub use trace::Trace;
+pub use trace::SHOWN_COUNT;
+pub use trace::SHOWN_HEADERS;
 
 /// Name of the worker, as shown in logs.
 #[derive(Clone, Debug)]
@@ -76,6 +85,8 @@ deno_core::extension!(
     ops::op_isola_fail,
     ops::op_isola_invocation_done,
     ops::op_isola_subrequest,
+    ops::op_isola_fetch_span,
+    ops::op_isola_fetch_span_done,
     ops::op_isola_done_ok,
     ops::op_isola_no_retry,
     ops::op_isola_return,

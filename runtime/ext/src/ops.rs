@@ -167,19 +167,60 @@ pub fn op_isola_invocation_done(state: &mut OpState, #[smi] id: u32) {
 }
 
 /// Counts an outbound `fetch()` of invocation `id`; past the limit the
-/// invocation ends with 503 and this returns false (fetch then rejects).
+/// invocation ends with 503 and this returns 0 (fetch then rejects). Else
+/// 1, or 2 when the invocation has a span: fetch then asks for a
+/// subrequest span ([`op_isola_fetch_span`]).
 #[op2(fast)]
-pub fn op_isola_subrequest(state: &mut OpState, #[smi] id: i32) -> bool {
+#[smi]
+pub fn op_isola_subrequest(state: &mut OpState, #[smi] id: i32) -> u32 {
   let Ok(id) = u32::try_from(id) else {
-    return true;
+    return 1;
   };
   let invocations = state.borrow_mut::<Invocations>();
   if invocations.count_subrequest(id) {
-    return true;
+    let spans = invocations.spans && invocations.trace_mut(id).is_some_and(|t| t.span.is_some());
+    return if spans { 2 } else { 1 };
   }
   let limit = invocations.subrequest_limit;
   invocations.limit(id, LimitExceeded::Subrequests(limit));
-  false
+  0
+}
+
+/// Starts the span of a `fetch()` of invocation `id`: returns the
+/// `traceparent` header that names it (empty if there is none to give).
+#[op2]
+#[string]
+pub fn op_isola_fetch_span(
+  state: &mut OpState,
+  #[smi] id: u32,
+  #[string] method: &str,
+  #[string] url: &str,
+) -> String {
+  state
+    .borrow_mut::<Invocations>()
+    .trace_mut(id)
+    .and_then(|t| t.span.as_mut())
+    .and_then(|s| s.subrequest(method, url, std::time::SystemTime::now()))
+    .unwrap_or_default()
+}
+
+/// Ends the `fetch()` span named by `traceparent` with the response's
+/// `status` (0: the fetch failed).
+#[op2(fast)]
+pub fn op_isola_fetch_span_done(
+  state: &mut OpState,
+  #[smi] id: u32,
+  #[string] traceparent: &str,
+  #[smi] status: u32,
+) {
+  if let Some(span) = state
+    .borrow_mut::<Invocations>()
+    .trace_mut(id)
+    .and_then(|t| t.span.as_mut())
+  {
+    let status = u16::try_from(status).unwrap_or(0);
+    span.subrequest_done(traceparent, status, std::time::SystemTime::now());
+  }
 }
 
 /// Ends invocation `id` without a response: a scheduled run whose handler

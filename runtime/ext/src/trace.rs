@@ -1,7 +1,12 @@
-//! What observers (live tail, invocation logs) see of one invocation,
-//! collected while it runs. Only kept when the node ships trace events:
-//! otherwise nothing here is ever built.
+//! What observers (live tail, invocation logs, OpenTelemetry spans) see of
+//! one invocation, collected while it runs. Only kept when the node ships
+//! trace events: otherwise nothing here is ever built. What the request
+//! thread records is kept raw (the method, the URL it already has, shared
+//! header values, the address); turning it into strings is left to
+//! [`Started::info`], which the node calls off the request's thread.
 
+use std::net::IpAddr;
+use std::time::Duration;
 use std::time::SystemTime;
 
 use isola_proto::trace::EventInfo;
@@ -11,24 +16,278 @@ use isola_proto::trace::MAX_LOG_BYTES;
 
 use crate::log::Level;
 
+/// How many headers [`SHOWN_HEADERS`] names.
+pub const SHOWN_COUNT: usize = 6;
+
+/// Request headers a fetch event shows, as tail shows a selection
+/// (names ready-made: looking one up parses nothing).
+pub static SHOWN_HEADERS: [http::HeaderName; SHOWN_COUNT] = [
+  http::header::USER_AGENT,
+  http::header::CONTENT_TYPE,
+  http::header::REFERER,
+  http::HeaderName::from_static("cf-connecting-ip"),
+  http::HeaderName::from_static("x-forwarded-for"),
+  http::HeaderName::from_static("x-real-ip"),
+];
+
+/// A fetch invocation's request, as the request thread saw it.
+#[derive(Clone, Debug)]
+pub struct FetchStart {
+  pub method: http::Method,
+  /// The request's URI (shared, not copied): see [`FetchStart::url`].
+  pub uri: http::Uri,
+  /// The values of [`SHOWN_HEADERS`] (shared with the request, not copied).
+  pub headers: [Option<http::HeaderValue>; SHOWN_COUNT],
+  pub client: Option<IpAddr>,
+  pub status: Option<u16>,
+}
+
+impl FetchStart {
+  /// The URL the worker saw (`http://localhost` before a bare path).
+  pub fn url(&self) -> String {
+    url_of(&self.uri)
+  }
+}
+
+/// The URL a worker sees for a request to `uri`.
+pub fn url_of(uri: &http::Uri) -> String {
+  if uri.scheme().is_some() {
+    uri.to_string()
+  } else {
+    format!("http://localhost{uri}")
+  }
+}
+
+/// What started an invocation.
+#[derive(Clone, Debug)]
+// Unboxed: it lives in the boxed `Trace`, one allocation per invocation.
+#[allow(clippy::large_enum_variant)]
+pub enum Started {
+  Fetch(FetchStart),
+  /// Scheduled, queue and RPC invocations (built as they are: they are
+  /// not on the hot path).
+  Other(EventInfo),
+}
+
+impl From<EventInfo> for Started {
+  fn from(info: EventInfo) -> Self {
+    Self::Other(info)
+  }
+}
+
+impl Started {
+  /// The event info observers see (strings built here, not on the
+  /// request's thread).
+  pub fn info(&self) -> EventInfo {
+    match self {
+      Self::Fetch(f) => EventInfo::Fetch {
+        method: f.method.as_str().to_string(),
+        url: f.url(),
+        headers: SHOWN_HEADERS
+          .iter()
+          .zip(&f.headers)
+          .filter_map(|(name, value)| {
+            let value = value.as_ref()?;
+            Some((
+              name.as_str().to_string(),
+              String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            ))
+          })
+          .collect(),
+        client_ip: f.client.map(|a| a.to_string()),
+        status: f.status,
+      },
+      Self::Other(info) => info.clone(),
+    }
+  }
+
+  /// [`Self::info`], taking what it can instead of copying.
+  pub fn into_info(self) -> EventInfo {
+    match self {
+      Self::Other(info) => info,
+      fetch => fetch.info(),
+    }
+  }
+
+  /// Roughly the bytes it holds, for bounded buffers.
+  pub fn approx_bytes(&self) -> usize {
+    match self {
+      Self::Fetch(f) => {
+        16 + f.uri.authority().map_or(0, |a| a.as_str().len())
+          + f.uri.path_and_query().map_or(0, |p| p.as_str().len())
+          + f
+            .headers
+            .iter()
+            .flatten()
+            .map(|v| v.len() + 16)
+            .sum::<usize>()
+      }
+      Self::Other(EventInfo::Scheduled { cron, .. }) => cron.len(),
+      Self::Other(EventInfo::Queue { queue, .. }) => queue.len(),
+      Self::Other(EventInfo::Rpc { method }) => method.len(),
+      Self::Other(EventInfo::Fetch { url, headers, .. }) => {
+        url.len()
+          + headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>()
+      }
+    }
+  }
+}
+
+/// W3C trace context of an invocation, kept when the node exports spans:
+/// the invocation's span and the outgoing `fetch()` calls under it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanContext {
+  pub trace_id: u128,
+  pub span_id: u64,
+  /// The caller's span, from the request's `traceparent` (0: a new trace).
+  pub parent_id: u64,
+  /// The trace flags (bit 0: sampled), kept from the caller.
+  pub flags: u8,
+  pub subrequests: Vec<SubrequestSpan>,
+}
+
+/// One outgoing `fetch()` of an invocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubrequestSpan {
+  pub span_id: u64,
+  pub method: String,
+  pub url: String,
+  pub start: SystemTime,
+  /// Until its response headers came (or it failed); `None` if the
+  /// invocation ended first.
+  pub duration: Option<Duration>,
+  /// The response status; 0 if it failed.
+  pub status: u16,
+}
+
+/// Subrequest spans kept per invocation at most (the subrequest limit
+/// normally ends an invocation well before).
+pub const MAX_SUBREQUEST_SPANS: usize = 1000;
+
+impl SpanContext {
+  /// A span for a new invocation: the child of `traceparent` if it is a
+  /// valid W3C version-00 header, else the root of a new trace.
+  pub fn start(traceparent: Option<&[u8]>) -> Self {
+    let span_id = nonzero_u64();
+    match traceparent.and_then(parse_traceparent) {
+      Some((trace_id, parent_id, flags)) => Self {
+        trace_id,
+        span_id,
+        parent_id,
+        flags,
+        subrequests: Vec::new(),
+      },
+      None => Self {
+        trace_id: loop {
+          let id = fastrand::u128(..);
+          if id != 0 {
+            break id;
+          }
+        },
+        span_id,
+        parent_id: 0,
+        flags: 1,
+        subrequests: Vec::new(),
+      },
+    }
+  }
+
+  /// Starts a subrequest span; returns the `traceparent` that names it, or
+  /// `None` past [`MAX_SUBREQUEST_SPANS`].
+  pub fn subrequest(&mut self, method: &str, url: &str, now: SystemTime) -> Option<String> {
+    if self.subrequests.len() >= MAX_SUBREQUEST_SPANS {
+      return None;
+    }
+    let span_id = nonzero_u64();
+    self.subrequests.push(SubrequestSpan {
+      span_id,
+      method: method.to_string(),
+      url: url.to_string(),
+      start: now,
+      duration: None,
+      status: 0,
+    });
+    Some(format_traceparent(self.trace_id, span_id, self.flags))
+  }
+
+  /// Ends the subrequest span that `traceparent` names.
+  pub fn subrequest_done(&mut self, traceparent: &str, status: u16, now: SystemTime) {
+    let Some((_, span_id, _)) = parse_traceparent(traceparent.as_bytes()) else {
+      return;
+    };
+    if let Some(s) = self
+      .subrequests
+      .iter_mut()
+      .rev()
+      .find(|s| s.span_id == span_id)
+    {
+      s.duration = Some(now.duration_since(s.start).unwrap_or_default());
+      s.status = status;
+    }
+  }
+}
+
+fn nonzero_u64() -> u64 {
+  loop {
+    let id = fastrand::u64(..);
+    if id != 0 {
+      return id;
+    }
+  }
+}
+
+/// `00-<trace id>-<span id>-<flags>`, W3C trace context version 00.
+pub fn format_traceparent(trace_id: u128, span_id: u64, flags: u8) -> String {
+  format!("00-{trace_id:032x}-{span_id:016x}-{flags:02x}")
+}
+
+/// Trace id, parent span id and flags of a W3C `traceparent` header;
+/// `None` unless it is well formed (version 00, lowercase hex, ids not all
+/// zero). Later versions' extra fields are refused too: we only speak 00.
+pub fn parse_traceparent(value: &[u8]) -> Option<(u128, u64, u8)> {
+  let s = std::str::from_utf8(value).ok()?.trim_matches([' ', '\t']);
+  let b = s.as_bytes();
+  if b.len() != 55 || &b[..3] != b"00-" || b[35] != b'-' || b[52] != b'-' {
+    return None;
+  }
+  let hex = |s: &str| {
+    s.bytes()
+      .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+  };
+  let (trace, span, flags) = (&s[3..35], &s[36..52], &s[53..55]);
+  if !(hex(trace) && hex(span) && hex(flags)) {
+    return None;
+  }
+  let trace_id = u128::from_str_radix(trace, 16).ok()?;
+  let span_id = u64::from_str_radix(span, 16).ok()?;
+  let flags = u8::from_str_radix(flags, 16).ok()?;
+  (trace_id != 0 && span_id != 0).then_some((trace_id, span_id, flags))
+}
+
 /// One invocation's event info, logs and exceptions so far.
 #[derive(Clone, Debug)]
 pub struct Trace {
-  pub event: EventInfo,
+  pub event: Started,
   pub logs: Vec<LogLine>,
   pub exceptions: Vec<ExceptionInfo>,
   /// Log lines past [`MAX_LOG_BYTES`] were left out.
   pub truncated: bool,
+  /// Its span, when the node exports OpenTelemetry spans.
+  pub span: Option<SpanContext>,
   log_bytes: usize,
 }
 
 impl Trace {
-  pub fn new(event: EventInfo) -> Self {
+  pub fn new(event: impl Into<Started>) -> Self {
     Self {
-      event,
+      event: event.into(),
       logs: Vec::new(),
       exceptions: Vec::new(),
       truncated: false,
+      span: None,
       log_bytes: 0,
     }
   }
@@ -65,9 +324,26 @@ impl Trace {
 
   /// The response status of a fetch invocation.
   pub fn set_status(&mut self, code: u16) {
-    if let EventInfo::Fetch { status, .. } = &mut self.event {
-      *status = Some(code);
+    match &mut self.event {
+      Started::Fetch(f) => f.status = Some(code),
+      Started::Other(EventInfo::Fetch { status, .. }) => *status = Some(code),
+      Started::Other(_) => {}
     }
+  }
+
+  /// Roughly the bytes it holds, for bounded buffers.
+  pub fn approx_bytes(&self) -> usize {
+    let logs: usize = self.logs.iter().map(|l| l.message.len() + 32).sum();
+    let exceptions: usize = self
+      .exceptions
+      .iter()
+      .map(|x| x.name.len() + x.message.len() + x.stack.as_ref().map_or(0, String::len) + 16)
+      .sum();
+    let spans = self
+      .span
+      .as_ref()
+      .map_or(0, |s| s.subrequests.iter().map(|r| r.url.len() + 64).sum());
+    self.event.approx_bytes() + logs + exceptions + spans
   }
 }
 
@@ -106,21 +382,66 @@ mod tests {
   fn only_a_fetch_has_a_status() {
     let mut trace = rpc();
     trace.set_status(200);
-    assert_eq!(trace.event, EventInfo::Rpc { method: "m".into() });
-    let mut fetch = Trace::new(EventInfo::Fetch {
-      method: "GET".into(),
-      url: "http://a.test/".into(),
-      headers: vec![],
-      client_ip: None,
+    assert_eq!(trace.event.info(), EventInfo::Rpc { method: "m".into() });
+    let mut fetch = Trace::new(Started::Fetch(FetchStart {
+      method: http::Method::GET,
+      uri: "http://a.test/".parse().unwrap(),
+      headers: Default::default(),
+      client: None,
       status: None,
-    });
+    }));
     fetch.set_status(204);
     assert!(matches!(
-      fetch.event,
+      fetch.event.into_info(),
       EventInfo::Fetch {
         status: Some(204),
         ..
       }
     ));
+  }
+
+  #[test]
+  fn a_traceparent_is_parsed_and_bad_ones_start_a_new_trace() {
+    let good = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    assert_eq!(
+      parse_traceparent(good),
+      Some((0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7, 1))
+    );
+    for bad in [
+      &b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"[..],
+      b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+      b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+      b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+      b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+      b"00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+      b"garbage",
+    ] {
+      assert_eq!(
+        parse_traceparent(bad),
+        None,
+        "{}",
+        String::from_utf8_lossy(bad)
+      );
+    }
+    let child = SpanContext::start(Some(good));
+    assert_eq!(child.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+    assert_eq!(child.parent_id, 0x00f067aa0ba902b7);
+    assert_ne!(child.span_id, child.parent_id);
+    let root = SpanContext::start(Some(b"00-zz"));
+    assert_eq!(root.parent_id, 0);
+    assert_ne!(root.trace_id, child.trace_id);
+  }
+
+  #[test]
+  fn a_subrequest_is_named_by_its_traceparent_and_timed() {
+    let mut span = SpanContext::start(None);
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+    let header = span.subrequest("GET", "http://b.test/", t0).unwrap();
+    let (trace, id, flags) = parse_traceparent(header.as_bytes()).unwrap();
+    assert_eq!((trace, flags), (span.trace_id, 1));
+    assert_eq!(span.subrequests[0].span_id, id);
+    span.subrequest_done(&header, 204, t0 + Duration::from_millis(7));
+    assert_eq!(span.subrequests[0].status, 204);
+    assert_eq!(span.subrequests[0].duration, Some(Duration::from_millis(7)));
   }
 }

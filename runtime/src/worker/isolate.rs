@@ -35,7 +35,7 @@ use crate::limits::InvocationRecord;
 use crate::limits::Limits;
 use crate::limits::Outcome;
 use crate::loader::BundleLoader;
-use crate::trace::TraceEvent;
+use crate::trace::TraceRecord;
 use crate::watchdog::Guard;
 use crate::watchdog::Trip;
 
@@ -196,6 +196,7 @@ impl Isolate {
       invocations.subrequest_limit = config.limits.subrequest_limit();
       invocations.response_body_limit = config.limits.response_body_limit();
       invocations.tracing = config.trace.is_enabled();
+      invocations.spans = config.trace.spans();
       let (worker, version, meter) = (name.clone(), config.version.clone(), config.meter.clone());
       let trace_sink = config.trace.clone();
       invocations.set_finish_hook(Box::new(move |_id, mut usage| {
@@ -213,18 +214,14 @@ impl Isolate {
           outcome: usage.outcome.unwrap_or(Outcome::Stopped),
         };
         if let Some(trace) = trace {
-          trace_sink.emit(TraceEvent {
-            worker: worker.to_string(),
-            version: version.to_string(),
-            edge: String::new(),
-            timestamp: isola_ext::epoch_ms(record.start),
-            event: trace.event,
-            outcome: record.outcome.tail_name().to_string(),
+          trace_sink.emit(TraceRecord {
+            worker: worker.clone(),
+            version: version.clone(),
+            start: record.start,
+            outcome: record.outcome,
             cpu_us: record.cpu_us,
             wall_us: record.wall_us,
-            logs: trace.logs,
-            exceptions: trace.exceptions,
-            truncated: trace.truncated,
+            trace,
           });
         }
         meter.emit(record)

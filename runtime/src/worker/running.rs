@@ -227,7 +227,7 @@ impl Worker {
     let mut state = state.borrow_mut();
     let invocations = state.borrow_mut::<Invocations>();
     if invocations.tracing {
-      invocations.trace(id, event());
+      invocations.trace(id, event(), None);
     }
   }
 
@@ -278,7 +278,15 @@ impl Worker {
       let invocations = state.borrow_mut::<Invocations>();
       let id = invocations.insert_with(reply, done, std::time::Instant::now(), spec);
       if invocations.tracing {
-        invocations.trace(id, crate::trace::fetch_info(&parts, &url));
+        let traceparent = if invocations.spans {
+          parts
+            .headers
+            .get("traceparent")
+            .map(http::HeaderValue::as_bytes)
+        } else {
+          None
+        };
+        invocations.trace(id, crate::trace::fetch_start(&parts), traceparent);
       }
       if declared.is_some_and(|n| n > body_limit) {
         invocations.limit(id, LimitExceeded::RequestBody(body_limit));

@@ -104,7 +104,7 @@ impl Pool {
       })
       .trace({
         let events = events.clone();
-        TraceSink::new(move |e| events.lock().unwrap().push(e))
+        TraceSink::new(move |e| events.lock().unwrap().push(e.into_event()))
       });
     Self {
       rt: Runtime::new(config).unwrap(),
