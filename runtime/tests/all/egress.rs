@@ -195,12 +195,5 @@ pub fn trials() -> Vec<Trial> {
 }
 
 fn trial<F: Future<Output = ()> + 'static>(name: &str, test: fn() -> F) -> Trial {
-  Trial::test(format!("egress::{name}"), move || {
-    tokio::runtime::Builder::new_current_thread()
-      .enable_all()
-      .build()
-      .expect("a tokio runtime starts")
-      .block_on(test());
-    Ok(())
-  })
+  crate::async_trial(&format!("egress::{name}"), test)
 }

@@ -43,6 +43,22 @@ impl Spec {
   }
 }
 
+/// A trial named `name` that runs `test` on a current-thread tokio runtime
+/// of its own.
+pub fn async_trial<F: std::future::Future<Output = ()> + 'static>(
+  name: &str,
+  test: fn() -> F,
+) -> libtest_mimic::Trial {
+  libtest_mimic::Trial::test(name, move || {
+    tokio::runtime::Builder::new_current_thread()
+      .enable_all()
+      .build()
+      .expect("a tokio runtime starts")
+      .block_on(test());
+    Ok(())
+  })
+}
+
 fn main() {
   let args = Arguments::from_args();
   // Process-wide measurements first, alone, so that no other trial's

@@ -500,14 +500,7 @@ async fn rpc_calls_are_events_of_the_callee() {
 // ---------------------------------------------------------------------------
 
 fn trial<F: Future<Output = ()> + 'static>(name: &str, test: fn() -> F) -> Trial {
-  Trial::test(format!("trace::{name}"), move || {
-    tokio::runtime::Builder::new_current_thread()
-      .enable_all()
-      .build()
-      .expect("a tokio runtime starts")
-      .block_on(test());
-    Ok(())
-  })
+  crate::async_trial(&format!("trace::{name}"), test)
 }
 
 pub fn trials() -> Vec<Trial> {
