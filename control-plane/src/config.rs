@@ -94,15 +94,7 @@ impl ControlConfig {
 
   /// Parses the file's text; the error names the line and the key.
   pub fn parse(text: &str) -> Result<Self, String> {
-    let config: Self = toml::from_str(text).map_err(|e| {
-      let line = e
-        .span()
-        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-      match line {
-        Some(line) => format!("line {line}: {}", e.message()),
-        None => e.message().to_string(),
-      }
-    })?;
+    let config: Self = from_toml(text)?;
     config
       .limits
       .validate()
@@ -110,6 +102,20 @@ impl ControlConfig {
     config.telemetry.validate("[telemetry]")?;
     Ok(config)
   }
+}
+
+/// `text` as TOML into `T`; the error names the line, for every settings
+/// file of the control plane.
+pub(crate) fn from_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+  toml::from_str(text).map_err(|e| {
+    let line = e
+      .span()
+      .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    match line {
+      Some(line) => format!("line {line}: {}", e.message()),
+      None => e.message().to_string(),
+    }
+  })
 }
 
 #[cfg(test)]

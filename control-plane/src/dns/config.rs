@@ -141,15 +141,7 @@ impl DnsConfig {
   /// Parses and checks the file's text; the error names the line or key and
   /// how to fix it.
   pub fn parse(text: &str) -> Result<Self, String> {
-    let file: File = toml::from_str(text).map_err(|e| {
-      let line = e
-        .span()
-        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-      match line {
-        Some(line) => format!("line {line}: {}", e.message()),
-        None => e.message().to_string(),
-      }
-    })?;
+    let file: File = crate::config::from_toml(text)?;
     if file.zones.is_empty() {
       return Err("zones is empty; name at least one zone, like zones = [\"apps.example\"]".into());
     }
