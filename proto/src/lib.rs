@@ -31,6 +31,7 @@ mod session;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trace;
+pub mod upload;
 
 pub use session::Backoff;
 pub use session::ControlEvent;
