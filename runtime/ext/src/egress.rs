@@ -110,17 +110,22 @@ impl EgressPolicy {
     let Some(reason) = denied_range(ip) else {
       return Ok(());
     };
-    let allowed = self.allow.iter().any(|a| match a {
-      Allow::Net(net, p) => net.contains(&ip) && p.is_none_or(|p| p == port),
-      Allow::Host(..) => false,
-    });
-    if allowed {
+    if self.allows_net(ip, Some(port)) {
       return Ok(());
     }
     Err(format!(
       "fetch() to {shown} is denied by the egress policy: {reason} addresses are not reachable \
        from workers (the node's operator can allow it with `[egress] allow` in edge.toml)"
     ))
+  }
+
+  /// Whether a network entry opens canonical `ip` on `port` (`None`: on a
+  /// port not known yet, so only entries for every port count).
+  fn allows_net(&self, ip: IpAddr, port: Option<u16>) -> bool {
+    self.allow.iter().any(|a| match a {
+      Allow::Net(net, p) => net.contains(&ip) && (p.is_none() || *p == port),
+      Allow::Host(..) => false,
+    })
   }
 
   /// What the allow list says of host name `host` on `port`: `Some(true)`
@@ -353,17 +358,17 @@ impl Resolve for EgressResolver {
       let mut denied = None;
       let kept: Vec<SocketAddr> = addrs
         .into_iter()
-        .filter(|a| match denied_range(canonical(a.ip())) {
-          None => true,
-          Some(reason) => {
-            let allowed = policy
-              .allow
-              .iter()
-              .any(|al| matches!(al, Allow::Net(net, None) if net.contains(&canonical(a.ip()))));
-            if !allowed {
-              denied.get_or_insert((canonical(a.ip()), reason));
+        .filter(|a| {
+          let ip = canonical(a.ip());
+          match denied_range(ip) {
+            None => true,
+            Some(reason) => {
+              let allowed = policy.allows_net(ip, None);
+              if !allowed {
+                denied.get_or_insert((ip, reason));
+              }
+              allowed
             }
-            allowed
           }
         })
         .collect();
