@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Isola benchmark harness, end to end: installs wrk and the peer runtimes if
-# missing, builds raw hyper and isola-edge (release), then runs bench/run.py,
-# which writes bench/results/<timestamp>.md and prints the table.
+# Isola benchmark harness, end to end: installs wrk, oha and the peer runtimes
+# if missing, builds raw hyper, isola-edge and isola-control (release), then
+# runs bench/measure.py, which writes bench/results/<timestamp>.json (raw) and
+# .md (rendered by bench/report.py) and prints the table.
 #
 # Quick run:   RUNS=1 DURATION=3 WARMUP=1 STARTUP_RUNS=5 bench/run.sh
-# See bench/README.md for every knob.
+# Re-render or compare saved results: bench/report.py (see bench/README.md).
 set -euo pipefail
 
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH/.." && pwd)"
 
 DENO_VERSION="${DENO_VERSION:-2.9.6}"
+OHA_VERSION="${OHA_VERSION:-1.16.0}"
 WORKERD_VERSION="${WORKERD_VERSION:-1.20261117.1}"
 export PEERS_DIR="${PEERS_DIR:-$BENCH/.peers}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/root/.cache/isola-target}"
@@ -19,7 +21,7 @@ if [[ -z "${RUSTY_V8_ARCHIVE:-}" ]]; then
   [[ -f "$v8" ]] && export RUSTY_V8_ARCHIVE="$(realpath "$v8")"
 fi
 
-# Every server run.py starts is listed here; on any exit, end those still alive.
+# Every server measure.py starts is listed here; on any exit, end those still alive.
 export BENCH_PIDFILE="$(mktemp -t isola-bench-pids.XXXXXX)"
 cleanup() {
   local pid
@@ -50,6 +52,18 @@ if ! command -v wrk >/dev/null; then
   fi
 fi
 
+# Open-loop load for the latency columns: oha from crates.io into bench/.tools
+# (git-ignored), unless OHA names a binary.
+if [[ -z "${OHA:-}" ]]; then
+  oha="$BENCH/.tools/bin/oha"
+  if [[ ! -x "$oha" || "$("$oha" --version 2>/dev/null)" != "oha $OHA_VERSION" ]]; then
+    log "installing oha $OHA_VERSION into $BENCH/.tools (cargo install; a few minutes once)"
+    CARGO_TARGET_DIR="$CARGO_TARGET_DIR/bench-oha" cargo install --quiet --locked \
+      --version "$OHA_VERSION" --root "$BENCH/.tools" oha
+  fi
+  export OHA="$oha"
+fi
+
 # --- peers: deno and workerd from npm, into bench/.peers ---------------------
 installed_version() { # package dir -> version from its package.json, or nothing
   python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["version"])' \
@@ -74,15 +88,35 @@ if [[ -z "${HYPER_BASELINE:-}" ]]; then
   CARGO_TARGET_DIR="$CARGO_TARGET_DIR/bench-hyper-baseline" \
     cargo build --release --quiet --manifest-path "$BENCH/hyper-baseline/Cargo.toml"
 fi
-if [[ -z "${ISOLA_EDGE:-}" && "${SKIP_BUILD:-0}" != "1" ]]; then
-  log "building isola-edge (cargo build --release -p isola-edge; slow the first time)"
-  if ! (cd "$ROOT" && cargo build --release --quiet -p isola-edge); then
-    bin="$CARGO_TARGET_DIR/release/isola-edge"
-    [[ -x "$bin" ]] || { echo "isola-edge does not build and no earlier binary exists" >&2; exit 1; }
-    log "isola-edge FAILED to build; benchmarking the earlier binary $bin"
-    export ISOLA_BUILD_NOTE="cargo build failed at $(date -Iseconds); the earlier binary was used"
+# isola-edge and isola-control, unless ISOLA_EDGE / ISOLA_CONTROL name binaries.
+packages=()
+[[ -z "${ISOLA_EDGE:-}" ]] && packages+=(-p isola-edge)
+[[ -z "${ISOLA_CONTROL:-}" ]] && packages+=(-p isola-control)
+if [[ ${#packages[@]} -gt 0 && "${SKIP_BUILD:-0}" != "1" ]]; then
+  log "building ${packages[*]} (cargo build --release; slow the first time)"
+  if ! (cd "$ROOT" && cargo build --release --quiet "${packages[@]}"); then
+    for bin in isola-edge isola-control; do
+      [[ -x "$CARGO_TARGET_DIR/release/$bin" ]] ||
+        { echo "$bin does not build and no earlier binary exists" >&2; exit 1; }
+    done
+    log "the build FAILED; benchmarking the earlier binaries in $CARGO_TARGET_DIR/release"
+    export ISOLA_BUILD_NOTE="cargo build failed at $(date -Iseconds); the earlier binaries were used"
   fi
+fi
+# DENSITY=1: the runtime's density bench too (built here, run by measure.py).
+if [[ "${DENSITY:-0}" == "1" && -z "${DENSITY_BIN:-}" && -z "${DENSITY_FILE:-}" ]]; then
+  log "building the density bench (cargo bench -p isola-runtime --bench density --no-run)"
+  DENSITY_BIN="$(cd "$ROOT" && cargo bench --quiet -p isola-runtime --bench density --no-run \
+    --message-format=json | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "density" \
+            and m.get("executable"):
+        print(m["executable"])')"
+  [[ -x "$DENSITY_BIN" ]] || { echo "the density bench did not build" >&2; exit 1; }
+  export DENSITY_BIN
 fi
 
 # --- run ----------------------------------------------------------------------
-python3 "$BENCH/run.py"
+python3 "$BENCH/measure.py"

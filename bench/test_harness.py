@@ -1,0 +1,136 @@
+"""Tests of the harness's pure parts: density parsing, report rendering,
+pooling and comparison. `python3 -m unittest bench/test_harness.py` (no
+server is started)."""
+
+import json
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import measure  # noqa: E402
+import report  # noqa: E402
+
+DENSITY_OUT = """| figure | value |
+|---|---|
+| RSS per idle worker isolate, 100 workers | 2.76 MiB |
+| RSS per idle worker isolate, 1000 workers | 1.90 MiB |
+| first request to an unseen worker, ready-isolate stock: p50 / p99 | 0.42 ms / 2.44 ms |
+| first request to an unseen worker, no stock: p50 / p99 | 4.89 ms / 11.20 ms |
+| busy loop past a 50 ms CPU limit: median / max overrun (CPU) | 0.50 ms / 1.10 ms |
+| busy loop: request → 503, median wall time | 51.2 ms |
+"""
+
+
+def run(rps, cpu_us, p99=None):
+    r = {"rps": rps, "cpu_us_per_req": cpu_us, "cpu_util": 0.9, "load_cpu_util": 0.5,
+         "other_cpu_util": 0.01, "errors": 0, "p50_ms": 0.4, "p99_ms": 1.0}
+    if p99 is not None:
+        r.update(achieved_rps=rps, p50_ms=p99 / 4, p99_ms=p99, p999_ms=p99 * 2, max_ms=p99 * 3)
+    return r
+
+
+def cell(row, workload, rps, cpu_us, p99):
+    return {"row": row, "workload": workload, "runs": [run(rps, cpu_us)],
+            "open_runs": [run(rps / 2, cpu_us, p99)], "open_rate": rps / 2, "problems": []}
+
+
+def result(isola_cpu, scaling=(50_000, 85_000)):
+    return {
+        "format": 2, "started": "2026-11-30 03:00:00", "elapsed_s": 10, "pinned": True,
+        "config": {"server_cpu": 1, "load_cpu": 0, "threads": 1, "connections": 50,
+                   "duration_s": 8, "warmup_s": 3, "runs": 1, "startup_runs": 2,
+                   "workloads": ["hello"], "scaling_threads": [1, 2], "scaling_wrk_threads": 2},
+        "latency_rates": {"hello": {"rps": 60_000, "basis": "0.5 × hyper"}},
+        "cells": [cell("hyper", "hello", 120_000, 5.0, 0.5),
+                  cell("isola", "hello", 70_000, isola_cpu, 1.5),
+                  cell("serve100", "hello", 60_000, isola_cpu + 2, 2.0),
+                  cell("deno", "hello", 110_000, 5.2, 0.9)],
+        "scaling": [dict(cell("serve-t1", "hello", scaling[0], 14, 1), open_runs=[]),
+                    dict(cell("serve-t2", "hello", scaling[1], 15, 1), open_runs=[])],
+        "startup": [{"server": "isola", "ms": [8.0, 12.0, 9.0], "problems": []}],
+        "density": {"source": "test", "rows": measure.parse_density(DENSITY_OUT)},
+        "problems": [],
+    }
+
+
+def target_rows(md):
+    return {line.split(" | ")[0].lstrip("| "): line.rsplit("|", 2)[1].strip()
+            for line in md.split("## Targets")[1].split("\n\n")[1].splitlines()[2:]}
+
+
+class Density(unittest.TestCase):
+    def test_rows_and_numbers(self):
+        rows = measure.parse_density(DENSITY_OUT)
+        self.assertEqual(len(rows), 6)
+        self.assertEqual(rows[2]["figure"],
+                         "first request to an unseen worker, ready-isolate stock: p50 / p99")
+        self.assertEqual([n["value"] for n in rows[2]["numbers"]], [0.42, 2.44])
+        self.assertEqual(rows[1]["numbers"][0], {"value": 1.9, "unit": "MiB"})
+
+
+class Render(unittest.TestCase):
+    def test_targets(self):
+        t = target_rows(report.render(result(isola_cpu=6.0)))
+        self.assertEqual(t["Warm CPU per request ≤ deno's: isola-edge dev, `hello`"], "**no**")
+        self.assertEqual(t["`serve` 2 threads ≥ 1.8× 1 thread (shared cores), `hello`"], "**no**")
+        self.assertEqual(t["Process start → first 200 ≤ 10 ms (isola-edge dev)"], "yes")
+        self.assertEqual(
+            t["First request to an unseen worker (ready stock): p50 ≤ 0.5 ms, p99 ≤ 2 ms"], "**no**")
+        self.assertEqual(t["Idle worker isolate ≤ 2 MiB RSS at 1,000 workers"], "yes")
+        self.assertEqual(t["First request, 1 MB bundle: p50 ≤ 10 ms"], "–")
+        t = target_rows(report.render(result(isola_cpu=5.0, scaling=(50_000, 95_000))))
+        self.assertEqual(t["Warm CPU per request ≤ deno's: isola-edge dev, `hello`"], "yes")
+        self.assertEqual(t["`serve` 2 threads ≥ 1.8× 1 thread (shared cores), `hello`"], "yes")
+
+    def test_ratio_columns(self):
+        md = report.render(result(isola_cpu=10.4))
+        line = next(ln for ln in md.splitlines() if ln.startswith("| isola-edge dev | 70,000"))
+        # CPU µs/req, vs hyper, vs deno
+        self.assertIn("| 10.4 | 2.08× | 2.00× |", line)
+        lat = [ln for ln in md.splitlines() if ln.startswith("| isola-edge dev | 35,000")]
+        self.assertEqual(len(lat), 1, md)
+        self.assertIn("| 1.500 | 3.0× |", lat[0])
+
+    def test_format_1_renders(self):
+        old = {"config": result(1)["config"], "env": {}, "startup": [],
+               "cells": [{"server": "hyper", "workload": "hello", "runs": [run(100, 5)],
+                          "problems": []}]}
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "old.json"
+            p.write_text(json.dumps(old))
+            md = report.render(report.load(p))
+        self.assertIn("Latency (closed loop, wrk", md)
+
+    def test_not_a_result(self):
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "x.json"
+            p.write_text("[1, 2]")
+            with self.assertRaises(SystemExit) as e:
+                report.load(p)
+        self.assertIn("not a benchmark result", str(e.exception))
+
+
+class PoolAndCompare(unittest.TestCase):
+    def test_pool_takes_medians_over_all_runs(self):
+        a, b, c = result(6.0), result(8.0), result(10.0)
+        for i, r in enumerate((a, b, c)):
+            r["source"] = f"r{i}.json"
+        pooled = report.pool([a, b, c])
+        isola = report.cells_by(pooled)[("isola", "hello")]
+        self.assertEqual(len(isola["runs"]), 3)
+        self.assertEqual(report.summarize(isola)["cpu_us"], 8.0)
+        self.assertEqual(len(pooled["startup"][0]["ms"]), 9)
+
+    def test_compare(self):
+        a, b = result(10.0), result(5.0)
+        a["source"], b["source"] = "before.json", "after.json"
+        md = report.render_compare(a, b)
+        line = next(ln for ln in md.splitlines() if ln.startswith("| isola-edge dev |"))
+        self.assertIn("| 10.0 | 5.0 | -50.0% | 1.92× | 0.96× |", line)
+
+
+if __name__ == "__main__":
+    unittest.main()
