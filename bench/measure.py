@@ -396,6 +396,7 @@ def run_series(cell: dict, key: str, target: Target, logs: Path, stem: str, load
                count: int) -> None:
     """`count` measured runs into cell[key]; runs during which other
     processes used more than QUIET_MAX cores are redone (NOISY_RETRIES)."""
+    kind = {"runs": "closed-loop run", "open_runs": "open-loop run"}[key]
     attempts, retries_left = 0, CFG["noisy_retries"]
     idle = [target.control.pid] if target.control else []
     while len(cell[key]) < count and attempts < count + CFG["noisy_retries"]:
@@ -405,7 +406,7 @@ def run_series(cell: dict, key: str, target: Target, logs: Path, stem: str, load
             break
         run, err = measured(target, load)
         if err:
-            cell["problems"].append(f"{key} run {i + 1}: {err}")
+            cell["problems"].append(f"{kind} {i + 1}: {err}")
             continue
         noisy = run.get("other_cpu_util", 0) > CFG["quiet_max"]
         if noisy and retries_left > 0:
@@ -418,10 +419,10 @@ def run_series(cell: dict, key: str, target: Target, logs: Path, stem: str, load
         if stdout:
             (logs / f"{stem}-{key}{i + 1}.txt").write_text(stdout)
         if run["errors"]:
-            cell["problems"].append(f"{key} run {i + 1}: errors {run['err_detail']}")
+            cell["problems"].append(f"{kind} {i + 1}: errors {run['err_detail']}")
         if noisy:
             cell["problems"].append(
-                f"{key} run {i + 1}: other processes used {run['other_cpu_util'] * 100:.0f}% "
+                f"{kind} {i + 1}: other processes used {run['other_cpu_util'] * 100:.0f}% "
                 "of a core during the run (noisy measurement)")
 
 
@@ -441,7 +442,7 @@ def bench_target(row: str, workload: str, logs: Path, start, wrk_threads: int,
             cell["log_tail"] = servers.log_tail(target.log_path)
             return cell
         hosts = target.hosts or [None]
-        for host in (hosts[0], hosts[-1]):
+        for host in dict.fromkeys((hosts[0], hosts[-1])):
             bad = servers.check_reply(target.port, workload, host)
             if bad:
                 cell["problems"].append(f"wrong reply before load{f' ({host})' if host else ''}: "
