@@ -427,8 +427,9 @@ def run_series(cell: dict, key: str, target: Target, logs: Path, stem: str, load
 
 
 def bench_target(row: str, workload: str, logs: Path, start, wrk_threads: int,
-                 wrk_cpus: set[int] | None, rate: float | None) -> dict:
-    """One cell: start(), check, warm up, closed-loop runs, open-loop runs."""
+                 wrk_cpus: set[int] | None, rate) -> dict:
+    """One cell: start(), check, warm up, closed-loop runs, open-loop runs at
+    `rate` (None: none; a function: of the closed-loop runs)."""
     cell: dict = {"row": row, "workload": workload, "runs": [], "open_runs": [],
                   "problems": [], "noisy_discarded": 0}
     target, why = start()
@@ -457,6 +458,8 @@ def bench_target(row: str, workload: str, logs: Path, start, wrk_threads: int,
         run_series(cell, "runs", target, logs, stem, lambda: run_wrk(
             target.port, workload, script, CFG["duration_s"], wrk_threads, wrk_cpus),
             CFG["runs"])
+        if callable(rate):  # raw hyper: the rate comes from its own closed-loop runs
+            rate = rate(cell["runs"])
         if rate and OHA:
             cell["open_rate"] = rate
             run_series(cell, "open_runs", target, logs, stem, lambda: run_oha(
@@ -725,17 +728,24 @@ def main() -> int:
                 continue
             busy = wait_for_quiet()
             print(f"  {w:6} {s:9} ...", end="", flush=True)
+            cell_rate = rate
+            if s == "hyper" and not rate:
+                def cell_rate(runs, w=w):
+                    if not runs:
+                        return None
+                    base = median([r["rps"] for r in runs])
+                    rates[w] = {"rps": CFG["latency_fraction"] * base,
+                                "basis": f"{CFG['latency_fraction']:g} × raw hyper's median "
+                                f"{base:,.0f} req/s"}
+                    return rates[w]["rps"]
             cell = bench_target(s, w, logs, start_single(s, w, logs), CFG["threads"],
-                                load_cpus(), rate if CFG["latency"] else None)
+                                load_cpus(), cell_rate if CFG["latency"] else None)
             if busy:
                 cell["problems"].insert(0, busy)
             cells.append(cell)
             print_cell(cell)
-            if s == "hyper" and not rate and cell["runs"]:
-                base = median([r["rps"] for r in cell["runs"]])
-                rate = CFG["latency_fraction"] * base
-                rates[w] = {"rps": rate, "basis": f"{CFG['latency_fraction']:g} × raw hyper's "
-                            f"median {base:,.0f} req/s"}
+            if s == "hyper" and not rate and w in rates:
+                rate = rates[w]["rps"]
         if CFG["latency"] and not rate:
             global_problems.append(f"`{w}`: no open-loop latency (raw hyper not measured and "
                                    "LATENCY_RATE unset)")

@@ -106,6 +106,7 @@ def summarize(cell: dict) -> dict:
         "max_ms": med([r.get("max_ms") for r in opens]),
         "open_cpu_us": med([r.get("cpu_us_per_req") for r in opens]),
         "open_cpu_util": med([r.get("cpu_util") for r in opens]),
+        "open_load_util": med([r.get("load_cpu_util") for r in opens]),
         "open_errors": sum(r.get("errors", 0) for r in opens),
         "open_n": len(opens),
     }
@@ -356,8 +357,8 @@ def render_workload(raw: dict, w: str) -> list[str]:
         rate = (raw.get("latency_rates") or {}).get(w, {}).get("rps")
         out += [f"Latency (open loop, oha, {fmt(rate, ',.0f')} req/s offered):", "",
                 "| server | achieved req/s | p50 ms | p99 ms | vs hyper | vs deno | p99.9 ms "
-                "| max ms | CPU µs/req | server CPU | errors |",
-                "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+                "| max ms | CPU µs/req | server CPU | load CPU | errors |",
+                "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
         for r in opened:
             cell = by[(r, w)]
             m = summarize(cell)
@@ -369,7 +370,7 @@ def render_workload(raw: dict, w: str) -> list[str]:
                 f"| {ratio(m['p99_ms'], deno.get('p99_ms'), '.1f')} "
                 f"| {fmt(m['p999_ms'], '.3f')} | {fmt(m['max_ms'], '.2f')} "
                 f"| {fmt(m['open_cpu_us'], '.1f')} | {pct(m['open_cpu_util'])} "
-                f"| {m['open_errors']} |")
+                f"| {pct(m['open_load_util'])} | {m['open_errors']} |")
         out.append("")
     elif any(summarize(by[(r, w)])["closed_p99_ms"] is not None for r in rows):
         out += ["Latency (closed loop, wrk; this result has no open-loop runs):", "",
