@@ -376,7 +376,7 @@ def measured(target: Target, load) -> tuple[dict | None, str | None]:
     if "error" in r:
         return None, r["error"]
     secs = r["duration_s"]
-    run = {k: v for k, v in r.items() if k != "stdout"}
+    run = dict(r)
     run["rps"] = r["requests"] / secs if secs else 0.0
     if t0 is not None and t1 is not None and r["requests"] and secs:
         cpu_s = (t1 - t0) / CLK_TCK

@@ -89,18 +89,18 @@ if [[ -z "${HYPER_BASELINE:-}" ]]; then
     cargo build --release --quiet --manifest-path "$BENCH/hyper-baseline/Cargo.toml"
 fi
 # isola-edge and isola-control, unless ISOLA_EDGE / ISOLA_CONTROL name binaries.
-packages=()
-[[ -z "${ISOLA_EDGE:-}" ]] && packages+=(-p isola-edge)
-[[ -z "${ISOLA_CONTROL:-}" ]] && packages+=(-p isola-control)
-if [[ ${#packages[@]} -gt 0 && "${SKIP_BUILD:-0}" != "1" ]]; then
-  log "building ${packages[*]} (cargo build --release; slow the first time)"
-  if ! (cd "$ROOT" && cargo build --release --quiet "${packages[@]}"); then
-    for bin in isola-edge isola-control; do
+build=()
+if [[ -z "${ISOLA_EDGE:-}" ]]; then build+=(isola-edge); fi
+if [[ -z "${ISOLA_CONTROL:-}" ]]; then build+=(isola-control); fi
+if [[ ${#build[@]} -gt 0 && "${SKIP_BUILD:-0}" != "1" ]]; then
+  log "building ${build[*]} (cargo build --release; slow the first time)"
+  if ! (cd "$ROOT" && cargo build --release --quiet "${build[@]/#/--package=}"); then
+    for bin in "${build[@]}"; do
       [[ -x "$CARGO_TARGET_DIR/release/$bin" ]] ||
         { echo "$bin does not build and no earlier binary exists" >&2; exit 1; }
     done
-    log "the build FAILED; benchmarking the earlier binaries in $CARGO_TARGET_DIR/release"
-    export ISOLA_BUILD_NOTE="cargo build failed at $(date -Iseconds); the earlier binaries were used"
+    log "the build FAILED; benchmarking the earlier ${build[*]} in $CARGO_TARGET_DIR/release"
+    export ISOLA_BUILD_NOTE="cargo build failed at $(date -Iseconds); the earlier ${build[*]} was used"
   fi
 fi
 # DENSITY=1: the runtime's density bench too (built here, run by measure.py).
