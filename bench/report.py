@@ -158,6 +158,7 @@ def pool(results: list[dict]) -> dict:
             s["ms"] += st["ms"]
             s["problems"] += st["problems"]
     out["startup"] = list(starts.values())
+    out["latency_rates"] = {w: v for r in results for w, v in (r.get("latency_rates") or {}).items()}
     out["density"] = next((r["density"] for r in reversed(results) if r.get("density")), None)
     out["problems"] = [p for r in results for p in r.get("problems", [])]
     out["elapsed_s"] = sum(r.get("elapsed_s", 0) for r in results)
@@ -246,7 +247,7 @@ def render(raw: dict) -> str:
         out += ["", "</details>", ""]
 
     out += render_targets(raw)
-    for w in [w for w in c["workloads"] if any(k[1] == w for k in by)]:
+    for w in [w for w in workloads_in(raw) if any(k[1] == w for k in by)]:
         out += render_workload(raw, w)
     out += render_scaling(raw)
     out += render_startup(raw)
@@ -336,7 +337,7 @@ def render_workload(raw: dict, w: str) -> list[str]:
         cell = by[(r, w)]
         m = summarize(cell)
         if m["n"] == 0:
-            out.append(f"| {label(r, cell)} | **failed** |" + " |" * (11 + serve))
+            out.append(f"| {label(r, cell)} | **failed** |" + " |" * (10 + serve))
             continue
         rss = cell.get("rss_kib_after")
         control = ""
@@ -501,7 +502,8 @@ def render_compare(a: dict, b: dict) -> str:
         for r in rows:
             x, y = side(ba, r), side(bb, r)
             out.append(
-                f"| {label(r)} | {fmt(x.get('rps'), ',.0f')} | {fmt(y.get('rps'), ',.0f')} "
+                f"| {label(r, ba.get((r, w)) or bb.get((r, w)))} "
+                f"| {fmt(x.get('rps'), ',.0f')} | {fmt(y.get('rps'), ',.0f')} "
                 f"| {change(x.get('rps'), y.get('rps'))} "
                 f"| {fmt(x.get('cpu_us'), '.1f')} | {fmt(y.get('cpu_us'), '.1f')} "
                 f"| {change(x.get('cpu_us'), y.get('cpu_us'))} "
