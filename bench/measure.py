@@ -124,6 +124,7 @@ CFG = {
     "serve_workers": env_int("SERVE_WORKERS", 100, 1, 10000),
     "serve_threads": env_int("SERVE_THREADS", 1, 1, 256),
     "serve_ready_timeout_s": env_float("SERVE_READY_TIMEOUT", 120.0, 1.0, 3600.0),
+    "control_nice": env_int("CONTROL_NICE", 19, 0, 19),
     # thread scaling (unpinned)
     "scaling": env_int("SCALING", 1, 0, 1),
     "scaling_threads": env_ints("SCALING_THREADS", [1, 2]),
@@ -784,7 +785,8 @@ def bench_serve(w: str, logs: Path, rate: float | None,
     """The `serve` rows of one workload (all workers; one of them), pinned
     like the others, then the thread-scaling cells (unpinned)."""
     n = CFG["serve_workers"]
-    site = servers.ServeSite(BINS["control"], BINS["isola"], w, n, logs, load_cpus())
+    site = servers.ServeSite(BINS["control"], BINS["isola"], w, n, logs, load_cpus(),
+                             CFG["control_nice"])
     cells, scaling = [], []
     try:
         print(f"  {w:6} serve     setting up a control plane with {n} workers ...",

@@ -79,12 +79,15 @@ def install_cleanup() -> None:
 
 
 def spawn(argv: list[str], log_path: Path | None, env: dict | None = None,
-          cpus: set[int] | None = None, cwd: Path = BENCH) -> subprocess.Popen:
-    """Start a process in its own session; `cpus` pins it (like taskset -c)."""
+          cpus: set[int] | None = None, cwd: Path = BENCH, nice: int = 0) -> subprocess.Popen:
+    """Start a process in its own session; `cpus` pins it (like taskset -c),
+    `nice` lowers its priority (like nice -n)."""
 
     def pin():
         if cpus:
             os.sched_setaffinity(0, cpus)
+        if nice:
+            os.nice(nice)
 
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
@@ -291,9 +294,10 @@ class ServeSite:
     HOST = "w{i}.bench.test"
 
     def __init__(self, control_bin: Path, edge_bin: Path, workload: str, n: int,
-                 logs: Path, cpus: set[int] | None):
+                 logs: Path, cpus: set[int] | None, nice: int):
         self.control_bin, self.edge_bin = control_bin, edge_bin
         self.workload, self.n, self.logs, self.cpus = workload, n, logs, cpus
+        self.nice = nice
         self.dir = Path(tempfile.mkdtemp(prefix=f"isola-bench-serve-{workload}-"))
         atexit.register(shutil.rmtree, self.dir, True)
         self.control: subprocess.Popen | None = None
@@ -337,7 +341,7 @@ class ServeSite:
             [str(self.control_bin), "serve", "--data-dir", str(cp_dir), "--config",
              str(self.dir / "control.toml"), "--api", f"127.0.0.1:{self.api_port}",
              "--quic", self.quic_addr],
-            self.logs / f"control-{self.workload}.log", env, self.cpus)
+            self.logs / f"control-{self.workload}.log", env, self.cpus, nice=self.nice)
         admin = (cp_dir / "admin-token").read_text().strip()
         deadline = time.monotonic() + ready_timeout_s
         while True:
