@@ -1,6 +1,7 @@
 //! What the control plane and edges agree on, without any IO.
 //!
 //! - [`cron`]: cron expressions as Cloudflare Cron Triggers read them.
+//! - [`egress`]: egress allow entries (a node's and a worker's lists).
 //! - [`kv`]: Workers KV limits and checks, and the edge→store calls.
 //! - [`manifest`]: a worker version and how its id is computed.
 //! - [`queue`]: Queues' limits, messages, the producer's calls and the
@@ -21,6 +22,7 @@
 
 pub mod codec;
 pub mod cron;
+pub mod egress;
 pub mod kv;
 pub mod manifest;
 pub mod msg;
