@@ -1,5 +1,7 @@
 //! What the control plane and edges agree on, without any IO.
 //!
+//! - [`config`]: settings files without IO: `edge.toml`, `[telemetry]`, and
+//!   the TOML reader whose errors name the line.
 //! - [`cron`]: cron expressions as Cloudflare Cron Triggers read them.
 //! - [`egress`]: egress allow entries (a node's and a worker's lists).
 //! - [`kv`]: Workers KV limits and checks, and the edge→store calls.
@@ -21,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod config;
 pub mod cron;
 pub mod egress;
 pub mod kv;
