@@ -286,10 +286,7 @@ mod tests {
     check(
       "acct--w",
       Some(metadata.as_bytes()),
-      vec![(
-        "worker.js".into(),
-        Bytes::from_static(b"export default {}"),
-      )],
+      vec![("worker.js".into(), Bytes::from_static(b"export default {}"))],
     )
   }
 
