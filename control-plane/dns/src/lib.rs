@@ -3,7 +3,7 @@
 //! (`isola-control`'s `dns`) runs them on its sockets and feeds them the
 //! fleet's health.
 //!
-//! - [`config`]: `dns.toml`.
+//! - [`config`], `dns.toml`.
 //! - [`geo`]: where a client is, and the edges ranked for it.
 //! - [`names`]: the host names routes cover.
 //! - [`directory`]: the edges that may be in answers.

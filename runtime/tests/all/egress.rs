@@ -227,7 +227,7 @@ async fn a_worker_list_narrows_the_node_policy_for_that_worker_only() {
     (format!("http://localhost:{b}/"), format!("localhost:{b}")),
     ("http://1.1.1.1/".to_string(), "1.1.1.1:80".to_string()),
     (
-      format!("http://[::ffff:1.1.1.1]:443/"),
+      "http://[::ffff:1.1.1.1]:443/".to_string(),
       "1.1.1.1:443".to_string(),
     ),
     (
