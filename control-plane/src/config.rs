@@ -104,19 +104,8 @@ impl ControlConfig {
   }
 }
 
-/// `text` as TOML into `T`; the error names the line, for every settings
-/// file of the control plane.
-pub(crate) fn from_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
-  toml::from_str(text).map_err(|e| {
-    let line = e
-      .span()
-      .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-    match line {
-      Some(line) => format!("line {line}: {}", e.message()),
-      None => e.message().to_string(),
-    }
-  })
-}
+/// The one TOML reader whose errors name the line (`isola_proto::config`).
+pub(crate) use isola_proto::config::from_toml;
 
 #[cfg(test)]
 mod tests {

@@ -37,7 +37,7 @@ impl ApiTelemetry {
   /// The exporter `config` asks for, or `None` (no endpoint). Call from
   /// within the tokio runtime that serves the API.
   pub fn start(config: &TelemetryConfig) -> Result<Option<Self>, isola_io::Error> {
-    let resource = config.resource("isola-control", Vec::new());
+    let resource = isola_io::telemetry::resource(config, "isola-control", Vec::new());
     let Some(processor) = isola_io::telemetry::processor(config, &resource)? else {
       return Ok(None);
     };

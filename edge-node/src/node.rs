@@ -527,7 +527,7 @@ impl Node {
   /// loading it once; on any error the running state stays.
   pub async fn reload(&self) -> anyhow::Result<usize> {
     let mut sources = self.sources.lock().await;
-    let config = EdgeConfig::load(&self.config_path)?;
+    let config = crate::config::load(&self.config_path)?;
     let (next, errors) = build_state(&config, &self.store, sources.control.as_ref())?;
     warn_all(&errors, None);
     let switched = self.switch(next, |_| true).await?;

@@ -45,7 +45,7 @@ fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-  let config = EdgeConfig::load(&args.config)?;
+  let config = crate::config::load(&args.config)?;
   let options = HttpOptions {
     max_header_bytes: config.server.max_header_bytes,
     header_timeout: Duration::from_millis(config.server.header_timeout_ms),
@@ -75,10 +75,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   let mut pool = Config::default()
     .logs(crate::logs::stdio_sink())
     .meter(metrics.sink())
-    .fairness(config.fairness.to_runtime())
+    .fairness(crate::config::fairness(&config.fairness))
     .kv(kv.clone())
     .queues(queues)
-    .egress(config.egress_policy()?);
+    .egress(crate::config::egress_policy(&config)?);
   if let Some(threads) = config.server.threads {
     pool = pool.threads(threads);
   }

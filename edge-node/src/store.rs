@@ -463,6 +463,7 @@ impl Store {
       services: Vec::new(),
       kv_namespaces: Vec::new(),
       queues: Default::default(),
+      egress: None,
     })
   }
 }
@@ -575,6 +576,7 @@ mod tests {
       services: Vec::new(),
       kv_namespaces: Vec::new(),
       queues: Default::default(),
+      egress: None,
     }
   }
 

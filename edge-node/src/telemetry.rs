@@ -36,7 +36,8 @@ impl Telemetry {
   /// The exporter `config` asks for, or `None` (no endpoint). Call from
   /// within the edge's tokio runtime.
   pub fn start(config: &TelemetryConfig, edge: &str) -> anyhow::Result<Option<Self>> {
-    let resource = config.resource(
+    let resource = isola_io::telemetry::resource(
+      config,
       "isola-edge",
       vec![KeyValue::new("isola.edge", edge.to_string())],
     );

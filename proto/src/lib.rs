@@ -1,6 +1,9 @@
 //! What the control plane and edges agree on, without any IO.
 //!
+//! - [`config`]: settings files without IO: `edge.toml`, `[telemetry]`, and
+//!   the TOML reader whose errors name the line.
 //! - [`cron`]: cron expressions as Cloudflare Cron Triggers read them.
+//! - [`egress`]: egress allow entries (a node's and a worker's lists).
 //! - [`kv`]: Workers KV limits and checks, and the edge→store calls.
 //! - [`manifest`]: a worker version and how its id is computed.
 //! - [`queue`]: Queues' limits, messages, the producer's calls and the
@@ -20,7 +23,9 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod config;
 pub mod cron;
+pub mod egress;
 pub mod kv;
 pub mod manifest;
 pub mod msg;

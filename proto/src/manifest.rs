@@ -9,6 +9,8 @@ use serde::Serialize;
 use sha2::Digest as _;
 use sha2::Sha256;
 
+use crate::egress::EgressSpec;
+
 /// Largest module of a version (Cloudflare's per-module limit).
 pub const MAX_MODULE_BYTES: usize = 10 << 20;
 /// Largest version, all modules together (Cloudflare's worker size limit).
@@ -43,6 +45,10 @@ pub struct Manifest {
   /// Queue producer bindings: `env.BINDING.send()` writes to `queue`.
   #[serde(default, skip_serializing_if = "QueueBindings::is_empty")]
   pub queues: QueueBindings,
+  /// The worker's own egress allow list, narrowing the node's. Left out of
+  /// the JSON when unset, so versions without one keep their ids.
+  #[serde(default, skip_serializing_if = "Option::is_none")]
+  pub egress: Option<EgressSpec>,
 }
 
 /// `queues = { producers = [{ binding, queue }] }`, wrangler's keys. (A

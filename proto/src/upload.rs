@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use serde::Deserialize;
 
+use crate::egress::EgressSpec;
 use crate::manifest::sha256_hex;
 use crate::manifest::KvBinding;
 use crate::manifest::LimitsSpec;
@@ -50,6 +51,9 @@ struct Metadata {
   kv_namespaces: Vec<KvBinding>,
   #[serde(default)]
   queues: QueueBindings,
+  /// `egress = { allow = [...] }`: narrows the node's egress policy.
+  #[serde(default)]
+  egress: Option<EgressSpec>,
   /// Stored with the version, outside the manifest.
   #[serde(default)]
   message: Option<String>,
@@ -187,6 +191,11 @@ pub fn check(
   }
   check_bindings(&metadata.services, &metadata.kv_namespaces, &metadata.vars)
     .map_err(|e| invalid(format!("invalid metadata: {e}")))?;
+  if let Some(egress) = &metadata.egress {
+    egress
+      .entries()
+      .map_err(|e| invalid(format!("invalid metadata: {e}")))?;
+  }
 
   if modules.is_empty() {
     return Err(invalid(format!(
@@ -260,10 +269,53 @@ pub fn check(
     services: metadata.services,
     kv_namespaces: metadata.kv_namespaces,
     queues: metadata.queues,
+    egress: metadata.egress,
   };
   Ok(Upload {
     manifest,
     message: metadata.message,
     modules,
   })
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn upload(metadata: &str) -> Result<Upload, UploadError> {
+    check(
+      "acct--w",
+      Some(metadata.as_bytes()),
+      vec![("worker.js".into(), Bytes::from_static(b"export default {}"))],
+    )
+  }
+
+  #[test]
+  fn a_worker_egress_list_travels_in_the_manifest_and_a_bad_entry_is_named() {
+    let ok = upload(
+      r#"{"main_module": "worker.js", "egress": {"allow": ["api.example.com:443", "10.1.2.0/24"]}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+      ok.manifest.egress.unwrap().allow,
+      ["api.example.com:443", "10.1.2.0/24"]
+    );
+    let none = upload(r#"{"main_module": "worker.js"}"#).unwrap();
+    assert_eq!(none.manifest.egress, None);
+    let err = upload(
+      r#"{"main_module": "worker.js", "egress": {"allow": ["api.example.com:443", "api.example.com:https"]}}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+      err.starts_with("invalid metadata: egress.allow[1]: ")
+        && err.contains("\"api.example.com:https\"")
+        && err.contains("\"https\" is not a port"),
+      "{err}"
+    );
+    let err = upload(r#"{"main_module": "worker.js", "egress": {"deny": []}}"#)
+      .unwrap_err()
+      .to_string();
+    assert!(err.contains("unknown field `deny`"), "{err}");
+  }
 }

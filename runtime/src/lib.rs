@@ -40,6 +40,7 @@ mod worker;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 pub use isola_ext::egress::EgressPolicy;
+pub use isola_ext::egress::WorkerEgress;
 pub use isola_ext::BoxError;
 pub use isola_ext::KvService;
 pub use isola_ext::Level;

@@ -3,17 +3,20 @@
 //! manifests; this is the one place that turns one into the other.
 
 use bytes::Bytes;
+use isola_ext::egress::WorkerEgress;
 use isola_proto::manifest::Manifest;
 
 use crate::bundle::Bundle;
 use crate::error::Error;
+use crate::error::ErrorKind;
 use crate::limits::Limits;
 use crate::worker::WorkerConfig;
 
 /// The bundle and config of version `version` (its manifest id) of a
 /// worker, from its manifest and the bytes of its modules: the manifest's
 /// main module, vars (as JSON values), service, KV and queue producer
-/// bindings and limits (unset ones take [`Limits::default`]).
+/// bindings, limits (unset ones take [`Limits::default`]) and egress allow
+/// list.
 pub fn from_manifest(
   manifest: &Manifest,
   version: &str,
@@ -34,6 +37,10 @@ pub fn from_manifest(
   }
   for q in &manifest.queues.producers {
     config = config.queue_producer(q.binding.clone(), q.queue.clone());
+  }
+  if let Some(spec) = &manifest.egress {
+    let egress = WorkerEgress::new(spec).map_err(ErrorKind::Module)?;
+    config = config.egress(egress);
   }
   Ok((bundle, config))
 }

@@ -16,7 +16,7 @@ seconds="${1:-600}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(frame manifest routes cron upload)
+  targets=(frame manifest routes cron upload edge_toml dns)
 fi
 target_dir="${FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:+$CARGO_TARGET_DIR-fuzz}}"
 target_dir="${target_dir:-$here/target}"

@@ -903,9 +903,21 @@ struct UploadMetadata {
   limits: Option<()>,
   /// A date like `2024-09-23`.
   compatibility_date: Option<String>,
+  /// The worker's own egress allow list: its `fetch()` reaches only what
+  /// both this list and the edge's `[egress]` policy allow.
+  egress: Option<EgressDoc>,
   /// A note about the version, at most 1,000 characters; stored with the
   /// version but not in its manifest, so it does not change the hash.
   message: Option<String>,
+}
+
+/// `{"allow": [...]}` in upload metadata.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct EgressDoc {
+  /// Networks (`10.1.2.0/24`), addresses (`203.0.113.7:443`) or hosts
+  /// (`api.example.com:443`), any port unless one is given.
+  allow: Vec<String>,
 }
 
 /// A version upload: a `metadata` part and one part per module, each

@@ -554,6 +554,7 @@ pub(crate) mod testing {
       services: Vec::new(),
       kv_namespaces: Vec::new(),
       queues: Default::default(),
+      egress: None,
     };
     db.insert_version(account, worker, &manifest, &modules, None)
       .unwrap()

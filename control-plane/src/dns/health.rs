@@ -13,34 +13,20 @@ use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::RwLock;
 use std::time::Duration;
 
 use isola_proto::msg::EdgeSite;
-use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::config::HealthConfig;
 use crate::fleet::Change;
 use crate::fleet::Fleet;
+use isola_dns::config::HealthConfig;
+pub use isola_dns::directory::Directory;
+pub use isola_dns::directory::EdgeView;
+pub use isola_dns::directory::Status;
 
 /// Milliseconds on the driver's clock.
 pub type Millis = i64;
-
-/// Whether an edge may be in answers, and if not, why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(tag = "state", rename_all = "lowercase")]
-pub enum Status {
-  Healthy,
-  Down { reason: String },
-}
-
-impl Status {
-  pub fn is_healthy(&self) -> bool {
-    matches!(self, Status::Healthy)
-  }
-}
 
 #[derive(Debug)]
 struct Edge {
@@ -159,28 +145,6 @@ impl Health {
       .map(|e| e.since.saturating_add(grace))
       .filter(|&t| t > now)
       .min()
-  }
-}
-
-/// An edge as the DNS server and `GET /v1/edges` see it.
-#[derive(Clone, Debug)]
-pub struct EdgeView {
-  pub name: String,
-  pub site: EdgeSite,
-  pub status: Status,
-}
-
-/// The last published view of every edge seen; cheap to read per packet.
-#[derive(Clone, Debug, Default)]
-pub struct Directory(Arc<RwLock<Arc<Vec<EdgeView>>>>);
-
-impl Directory {
-  pub fn get(&self) -> Arc<Vec<EdgeView>> {
-    self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-  }
-
-  pub fn set(&self, edges: Vec<EdgeView>) {
-    *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(edges);
   }
 }
 

@@ -1,5 +1,5 @@
-//! OpenTelemetry export both binaries share: the `[telemetry]` settings,
-//! and a batch span processor that sends spans as OTLP over HTTP/protobuf
+//! OpenTelemetry export both binaries share: the `[telemetry]` settings
+//! (`isola_proto::config::TelemetryConfig`), and a batch span processor that sends spans as OTLP over HTTP/protobuf
 //! to `<otlp_endpoint>/v1/traces`. Off unless an endpoint is configured.
 //! Export never blocks the caller: spans wait in the processor's bounded
 //! queue (spans past it are dropped and counted by the processor) and its
@@ -16,7 +16,6 @@ use opentelemetry_sdk::trace::BatchConfigBuilder;
 use opentelemetry_sdk::trace::BatchSpanProcessor;
 use opentelemetry_sdk::trace::SpanProcessor;
 use opentelemetry_sdk::Resource;
-use serde::Deserialize;
 
 /// Spans held for export at most; past it new spans are dropped.
 pub const MAX_QUEUED_SPANS: usize = 8192;
@@ -27,89 +26,25 @@ pub const EXPORT_EVERY: Duration = Duration::from_secs(1);
 /// One export may take this long; past it the batch is given up.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `[telemetry]` of `edge.toml` and `control.toml`. Unknown keys are
-/// errors.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TelemetryConfig {
-  /// Base URL of an OTLP/HTTP receiver (`http://host:4318`); spans go to
-  /// its `/v1/traces`. Default: none, and nothing is exported.
-  pub otlp_endpoint: Option<String>,
-  /// `service.name` of the exported spans. Default: the binary's
-  /// (`isola-edge`, `isola-control`).
-  pub service_name: Option<String>,
-  /// Share of traces exported, 0.0 to 1.0, decided by trace id so a trace
-  /// is kept or left out whole. Default: 1.0.
-  pub sample_ratio: Option<f64>,
+pub use isola_proto::config::TelemetryConfig;
+
+/// The resource of this process's spans: `config`'s service name, else
+/// `default_name`.
+pub fn resource(
+  config: &TelemetryConfig,
+  default_name: &str,
+  attributes: Vec<KeyValue>,
+) -> Resource {
+  Resource::builder_empty()
+    .with_service_name(
+      config
+        .service_name
+        .clone()
+        .unwrap_or_else(|| default_name.to_string()),
+    )
+    .with_attributes(attributes)
+    .build()
 }
-
-impl TelemetryConfig {
-  /// Checks the settings; `section` names them in errors
-  /// (`edge.toml [telemetry]`).
-  pub fn validate(&self, section: &str) -> Result<(), String> {
-    if let Some(endpoint) = &self.otlp_endpoint {
-      let uri: http::Uri = endpoint.parse().map_err(|e| {
-        format!("{section} otlp_endpoint {endpoint:?} is not a URL ({e}); use http://host:port")
-      })?;
-      if uri.scheme_str() != Some("http") || uri.host().is_none() {
-        return Err(format!(
-          "{section} otlp_endpoint {endpoint:?} must be an http:// URL with a host \
-           (an OTLP/HTTP receiver such as http://127.0.0.1:4318; https is not supported)"
-        ));
-      }
-    }
-    if let Some(ratio) = self.sample_ratio {
-      if !(0.0..=1.0).contains(&ratio) {
-        return Err(format!(
-          "{section} sample_ratio {ratio} is out of range; use a number from 0.0 to 1.0"
-        ));
-      }
-    }
-    if self.service_name.as_deref() == Some("") {
-      return Err(format!(
-        "{section} service_name is empty; leave it out for the default"
-      ));
-    }
-    Ok(())
-  }
-
-  /// The share of traces to export.
-  pub fn ratio(&self) -> f64 {
-    self.sample_ratio.unwrap_or(1.0)
-  }
-
-  /// Whether the trace `trace_id` is exported: the same rule as
-  /// OpenTelemetry's trace-id-ratio sampler (the id's low 64 bits against
-  /// the ratio), so every process keeps or leaves out the same traces.
-  pub fn samples(&self, trace_id: u128) -> bool {
-    let ratio = self.ratio();
-    if ratio >= 1.0 {
-      return true;
-    }
-    let x = (trace_id as u64) >> 1;
-    x < (ratio * (1u64 << 63) as f64) as u64
-  }
-
-  /// Where spans go: the endpoint's `/v1/traces`.
-  pub fn traces_url(&self) -> Option<String> {
-    let base = self.otlp_endpoint.as_deref()?;
-    Some(format!("{}/v1/traces", base.trim_end_matches('/')))
-  }
-
-  /// The resource of this process's spans.
-  pub fn resource(&self, default_name: &str, attributes: Vec<KeyValue>) -> Resource {
-    Resource::builder_empty()
-      .with_service_name(
-        self
-          .service_name
-          .clone()
-          .unwrap_or_else(|| default_name.to_string()),
-      )
-      .with_attributes(attributes)
-      .build()
-  }
-}
-
 /// A batch span processor exporting to `config`'s endpoint with `resource`;
 /// `None` when no endpoint is configured. Call from within a tokio runtime:
 /// exports run on it.

@@ -14,9 +14,28 @@
 //!   addresses checked, so a name that changes its answer between a check
 //!   and the connect (DNS rebinding) gains nothing.
 //!
-//! The policy belongs to the V8 thread (set by the pool when it starts the
-//! thread), because deno_fetch's hooks are plain functions without access
-//! to the isolate.
+//! Two policies apply, and a destination must pass both: the node's
+//! ([`EgressPolicy`], edge.toml `[egress]`) and, when the worker's manifest
+//! has one, the worker's own list ([`WorkerEgress`], `egress.allow`), which
+//! can only narrow: it opens nothing the node denies, and it limits public
+//! destinations too. Errors say which policy refused.
+//!
+//! Where each policy lives, and why: deno_fetch's request hook is a plain
+//! `fn` without access to the isolate, and one V8 thread runs many
+//! isolates, interleaved at every await (so "the policy of the running
+//! invocation" is not a thread's state either). Hence:
+//! - the node's policy is the V8 thread's (set by the pool when it starts
+//!   the thread; every isolate on it shares the node);
+//! - the worker's list is in its isolate's `OpState`, and reaches the two
+//!   checks from there: the resolver is the fetch client's, and each
+//!   isolate with a list gets its own client (deno_fetch builds the client
+//!   lazily from the `Options` in `OpState`, so [`install_worker_egress`]
+//!   puts a copy whose resolver holds the list); the request hook runs
+//!   synchronously inside `op_fetch`, and [`op_metrics_factory`] hooks that
+//!   one op's dispatch to hand the calling isolate's list to the hook
+//!   through a thread-local, set just before and taken by the hook (no
+//!   await in between, so no other isolate can run). Without that hand-over
+//!   the hook refuses the fetch rather than skip the worker's list.
 
 use std::cell::RefCell;
 use std::net::IpAddr;
@@ -25,21 +44,16 @@ use std::net::Ipv6Addr;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use deno_core::OpState;
 use deno_error::JsErrorBox;
 use deno_fetch::dns::Resolve;
 use deno_fetch::dns::Resolving;
 use hyper_util::client::legacy::connect::dns::GaiResolver;
 use hyper_util::client::legacy::connect::dns::Name;
-use ipnet::IpNet;
+use isola_proto::egress::normal_host;
+use isola_proto::egress::AllowEntry as Allow;
+use isola_proto::egress::EgressSpec;
 use tower_service::Service as _;
-
-/// One `allow` entry: a network (any port, or one), or a host name (any
-/// port, or one).
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Allow {
-  Net(IpNet, Option<u16>),
-  Host(String, Option<u16>),
-}
 
 /// What `fetch()` may reach. [`EgressPolicy::default`] denies the node's
 /// networks; [`EgressPolicy::allow_all`] turns the checks off.
@@ -77,7 +91,7 @@ impl EgressPolicy {
   /// `[fd00::1]:80`, `fd00::/8`, `db.internal` or `db.internal:5432`. The
   /// error says what is wrong with the entry.
   pub fn allow(mut self, entry: &str) -> Result<Self, String> {
-    self.allow.push(parse_allow(entry)?);
+    self.allow.push(Allow::parse(entry)?);
     Ok(self)
   }
 
@@ -103,8 +117,8 @@ impl EgressPolicy {
       .any(|own| own.port() == port && canonical(own.ip()) == ip)
     {
       return Err(format!(
-        "fetch() to {shown} is denied by the egress policy: it is one of this node's own \
-         listening addresses"
+        "fetch() to {shown} is denied by the egress policy (node): it is one of this node's \
+         own listening addresses"
       ));
     }
     let Some(reason) = denied_range(ip) else {
@@ -114,8 +128,9 @@ impl EgressPolicy {
       return Ok(());
     }
     Err(format!(
-      "fetch() to {shown} is denied by the egress policy: {reason} addresses are not reachable \
-       from workers (the node's operator can allow it with `[egress] allow` in edge.toml)"
+      "fetch() to {shown} is denied by the egress policy (node): {reason} addresses are not \
+       reachable from workers (the node's operator can allow it with `[egress] allow` in \
+       edge.toml)"
     ))
   }
 
@@ -128,76 +143,11 @@ impl EgressPolicy {
     })
   }
 
-  /// What the allow list says of host name `host` on `port`: `Some(true)`
-  /// when it allows the name there (its addresses are not checked),
-  /// `Some(false)` when it names the host for other ports only, `None` when
-  /// it does not name the host.
+  /// What the allow list says of host name `host` on `port` (see
+  /// [`host_verdict`]).
   fn host_verdict(&self, host: &str, port: Option<u16>) -> Option<bool> {
-    let host = normal_host(host);
-    let mut named = false;
-    for a in &self.allow {
-      if let Allow::Host(h, p) = a {
-        if *h == host {
-          named = true;
-          if p.is_none() || port.is_none() || *p == port {
-            return Some(true);
-          }
-        }
-      }
-    }
-    named.then_some(false)
+    host_verdict(&self.allow, host, port)
   }
-}
-
-fn normal_host(host: &str) -> String {
-  host.trim_end_matches('.').to_ascii_lowercase()
-}
-
-fn parse_allow(entry: &str) -> Result<Allow, String> {
-  let bad = |why: &str| {
-    format!(
-      "egress allow entry {entry:?}: {why}; write a network (\"10.1.2.0/24\"), an address \
-       (\"10.1.2.3\", \"10.1.2.3:5432\", \"[fd00::1]:80\") or a host (\"db.internal\", \
-       \"db.internal:5432\")"
-    )
-  };
-  let entry = entry.trim();
-  if entry.is_empty() {
-    return Err(bad("it is empty"));
-  }
-  if let Ok(net) = entry.parse::<IpNet>() {
-    return Ok(Allow::Net(net.trunc(), None));
-  }
-  if let Ok(ip) = entry.parse::<IpAddr>() {
-    return Ok(Allow::Net(IpNet::from(ip), None));
-  }
-  if let Ok(sock) = entry.parse::<SocketAddr>() {
-    return Ok(Allow::Net(IpNet::from(sock.ip()), Some(sock.port())));
-  }
-  let (host, port) = match entry.rsplit_once(':') {
-    Some((h, p)) => {
-      let port = p
-        .parse::<u16>()
-        .map_err(|_| bad(&format!("{p:?} is not a port")))?;
-      (h, Some(port))
-    }
-    None => (entry, None),
-  };
-  // A fully qualified name's root dot changes nothing.
-  let host = host.strip_suffix('.').unwrap_or(host);
-  let valid = !host.is_empty()
-    && host.len() <= 253
-    && host.split('.').all(|label| {
-      !label.is_empty()
-        && label.len() <= 63
-        && label
-          .bytes()
-          .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    });
-  if !valid || host.parse::<IpAddr>().is_ok() {
-    return Err(bad("it is not a network, an address or a host name"));
-  }
-  Ok(Allow::Host(normal_host(host), port))
 }
 
 /// The address itself for IPv4-mapped (`::ffff:a.b.c.d`) and IPv4-compatible
@@ -282,6 +232,9 @@ fn denied_v6(ip: Ipv6Addr) -> Option<&'static str> {
 
 thread_local! {
   static POLICY: RefCell<Option<Arc<EgressPolicy>>> = const { RefCell::new(None) };
+  /// The worker list of the isolate whose `op_fetch` is being dispatched
+  /// (see [`op_metrics_factory`]); taken by the request hook.
+  static DISPATCHING: RefCell<Option<Caller>> = const { RefCell::new(None) };
 }
 
 /// Makes `policy` the one for every isolate on this thread. Threads that
@@ -294,13 +247,151 @@ fn thread_policy() -> Option<Arc<EgressPolicy>> {
   POLICY.with(|p| p.borrow().clone())
 }
 
+/// A worker's own allow list (its manifest's `egress.allow`). It narrows
+/// the node's policy: a destination must also be in it. An address entry
+/// opens literal addresses and the addresses names resolve to (a network
+/// with a port: literal addresses on that port only, as the node's); a
+/// host entry opens the name (on its port), whatever it resolves to that
+/// the node allows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerEgress {
+  allow: Vec<Allow>,
+}
+
+impl WorkerEgress {
+  /// The list of `spec`; the error names the bad entry.
+  pub fn new(spec: &EgressSpec) -> Result<Self, String> {
+    Ok(Self {
+      allow: spec.entries()?,
+    })
+  }
+
+  /// Whether the list lets `fetch()` send a request to `host` (an IP
+  /// literal or a name) on `port`; a name may still be refused once
+  /// resolved ([`Self::allows_resolved`]).
+  fn check_request(&self, host: &str, ip: Option<IpAddr>, port: u16) -> Result<(), String> {
+    let denied = |why: &str| {
+      Err(format!(
+        "fetch() to {} is denied by the egress policy (worker): {why}",
+        match ip {
+          Some(ip) => SocketAddr::new(canonical(ip), port).to_string(),
+          None => format!("{host}:{port}"),
+        }
+      ))
+    };
+    if let Some(ip) = ip {
+      let ip = canonical(ip);
+      let listed = self.allow.iter().any(|a| match a {
+        Allow::Net(net, p) => net.contains(&ip) && p.is_none_or(|p| p == port),
+        Allow::Host(..) => false,
+      });
+      return if listed {
+        Ok(())
+      } else {
+        denied("the worker's `egress.allow` does not list it")
+      };
+    }
+    match host_verdict(&self.allow, host, Some(port)) {
+      Some(true) => Ok(()),
+      Some(false) => denied(&format!(
+        "the worker's `egress.allow` lists {} on other ports only",
+        normal_host(host)
+      )),
+      // The name may resolve into a listed network.
+      None if self.allow.iter().any(|a| matches!(a, Allow::Net(_, None))) => Ok(()),
+      None => denied("the worker's `egress.allow` does not list it"),
+    }
+  }
+
+  /// Whether name `host`, resolved to canonical `ip`, may be connected to.
+  fn allows_resolved(&self, host: &str, ip: IpAddr) -> bool {
+    host_verdict(&self.allow, host, None) == Some(true)
+      || self.allow.iter().any(|a| match a {
+        Allow::Net(net, None) => net.contains(&ip),
+        _ => false,
+      })
+  }
+}
+
+/// The worker list of an isolate, in its `OpState`; `None`: the worker has
+/// none, and the node's policy alone applies.
+#[derive(Clone, Debug, Default)]
+struct Caller(Option<Arc<WorkerEgress>>);
+
+/// Gives the isolate of `state` the worker list `egress` (once, when a
+/// worker is loaded into it): for the request hook, and as the resolver of
+/// a fetch client of its own.
+pub fn install_worker_egress(state: &mut OpState, egress: Option<Arc<WorkerEgress>>) {
+  if egress.is_some() {
+    state.put(crate::fetch_options(egress.clone()));
+    // A client made before (by the blank isolate) has the shared resolver.
+    state.try_take::<deno_fetch::Client>();
+  }
+  state.put(Caller(egress));
+}
+
+/// For `RuntimeOptions::op_metrics_factory_fn`: on each dispatch of
+/// `op_fetch`, hands the calling isolate's worker list to the request hook.
+/// Other ops get no metrics function, so they run as without one.
+pub fn op_metrics_factory() -> deno_core::OpMetricsFactoryFn {
+  Box::new(
+    |_id: deno_core::OpId, _count: usize, decl: &deno_core::OpDecl| {
+      if decl.name != "op_fetch" {
+        return None;
+      }
+      let hand_over: deno_core::OpMetricsFn = std::rc::Rc::new(
+        |ctx: &deno_core::_ops::OpCtx,
+         event: deno_core::OpMetricsEvent,
+         _source: deno_core::OpMetricsSource| {
+          if matches!(event, deno_core::OpMetricsEvent::Dispatched) {
+            // `op_fetch` borrows the state only once it runs, after this.
+            let caller = ctx
+              .state()
+              .try_borrow()
+              .ok()
+              .map(|state| state.try_borrow::<Caller>().cloned().unwrap_or_default());
+            DISPATCHING.with(|d| *d.borrow_mut() = caller);
+          } else {
+            DISPATCHING.with(|d| d.borrow_mut().take());
+          }
+        },
+      );
+      Some(hand_over)
+    },
+  )
+}
+
+/// What the allow list `allow` says of host name `host` on `port`:
+/// `Some(true)` when it allows the name there (`port` `None`: on some
+/// port), `Some(false)` when it names the host for other ports only,
+/// `None` when it does not name the host.
+fn host_verdict(allow: &[Allow], host: &str, port: Option<u16>) -> Option<bool> {
+  let host = normal_host(host);
+  let mut named = false;
+  for a in allow {
+    if let Allow::Host(h, p) = a {
+      if *h == host {
+        named = true;
+        if p.is_none() || port.is_none() || *p == port {
+          return Some(true);
+        }
+      }
+    }
+  }
+  named.then_some(false)
+}
+
 /// deno_fetch's request hook: runs in `op_fetch` on the isolate's thread
-/// for each request and each redirect hop.
+/// for each request and each redirect hop. The node's policy first, then
+/// the worker's list.
 pub(crate) fn request_hook(
   request: &mut http::Request<deno_fetch::ReqBody>,
 ) -> Result<(), JsErrorBox> {
-  let Some(policy) = thread_policy().filter(|p| p.enabled) else {
-    return Ok(());
+  let Some(Caller(worker)) = DISPATCHING.with(|d| d.borrow_mut().take()) else {
+    return Err(JsErrorBox::type_error(
+      "fetch() is denied by the egress policy (worker): the runtime could not tell which \
+       worker is calling",
+    ));
   };
   let uri = request.uri();
   let Some(host) = uri.host() else {
@@ -314,29 +405,41 @@ pub(crate) fn request_hook(
     .strip_prefix('[')
     .and_then(|h| h.strip_suffix(']'))
     .unwrap_or(host);
-  if let Ok(ip) = bare.parse::<IpAddr>() {
-    return policy.check_ip(ip, port).map_err(JsErrorBox::type_error);
+  let ip = bare.parse::<IpAddr>().ok();
+  if let Some(policy) = thread_policy().filter(|p| p.enabled) {
+    match ip {
+      Some(ip) => policy.check_ip(ip, port).map_err(JsErrorBox::type_error)?,
+      None if policy.host_verdict(bare, Some(port)) == Some(false) => {
+        return Err(JsErrorBox::type_error(format!(
+          "fetch() to {bare}:{port} is denied by the egress policy (node): it allows {bare} on \
+           other ports only"
+        )));
+      }
+      None => {}
+    }
   }
-  if policy.host_verdict(bare, Some(port)) == Some(false) {
-    return Err(JsErrorBox::type_error(format!(
-      "fetch() to {bare}:{port} is denied by the egress policy: it allows {bare} on other ports \
-       only"
-    )));
+  if let Some(worker) = worker {
+    worker
+      .check_request(bare, ip, port)
+      .map_err(JsErrorBox::type_error)?;
   }
   Ok(())
 }
 
 /// The fetch client's resolver: the system's (`getaddrinfo`, so
-/// `/etc/hosts` applies), then the policy on every address.
+/// `/etc/hosts` applies), then the node's policy and the worker's list (of
+/// the isolate whose client this is) on every address.
 #[derive(Debug)]
 pub(crate) struct EgressResolver {
   system: GaiResolver,
+  worker: Option<Arc<WorkerEgress>>,
 }
 
 impl EgressResolver {
-  pub(crate) fn new() -> Self {
+  pub(crate) fn new(worker: Option<Arc<WorkerEgress>>) -> Self {
     Self {
       system: GaiResolver::new(),
+      worker,
     }
   }
 }
@@ -346,47 +449,62 @@ impl Resolve for EgressResolver {
     // Called inside the task deno_fetch spawns on the isolate thread's
     // current-thread runtime, so the thread's policy is the isolate's.
     let policy = thread_policy().filter(|p| p.enabled);
+    let worker = self.worker.clone();
     let mut system = self.system.clone();
     Box::pin(async move {
       let addrs: Vec<SocketAddr> = system.call(name.clone()).await?.collect();
-      let Some(policy) = policy else {
-        return Ok(addrs.into_iter());
-      };
-      if policy.host_verdict(name.as_str(), None) == Some(true) {
-        return Ok(addrs.into_iter());
-      }
+      let host = name.as_str();
       let mut denied = None;
       let kept: Vec<SocketAddr> = addrs
         .into_iter()
         .filter(|a| {
           let ip = canonical(a.ip());
-          match denied_range(ip) {
-            None => true,
-            Some(reason) => {
-              let allowed = policy.allows_net(ip, None);
-              if !allowed {
-                denied.get_or_insert((ip, reason));
+          if let Some(policy) = &policy {
+            if policy.host_verdict(host, None) != Some(true) {
+              if let Some(reason) = denied_range(ip) {
+                if !policy.allows_net(ip, None) {
+                  denied.get_or_insert((ip, Denial::Node(reason)));
+                  return false;
+                }
               }
-              allowed
             }
           }
+          if let Some(worker) = &worker {
+            if !worker.allows_resolved(host, ip) {
+              denied.get_or_insert((ip, Denial::Worker));
+              return false;
+            }
+          }
+          true
         })
         .collect();
       if kept.is_empty() {
-        let (ip, reason) = denied.unwrap_or((IpAddr::V4(Ipv4Addr::UNSPECIFIED), "no"));
+        let message = match denied {
+          Some((ip, Denial::Node(reason))) => format!(
+            "fetch() to {host} is denied by the egress policy (node): it resolves to {ip}, and \
+             {reason} addresses are not reachable from workers (the node's operator can allow \
+             it with `[egress] allow` in edge.toml)"
+          ),
+          Some((ip, Denial::Worker)) => format!(
+            "fetch() to {host} is denied by the egress policy (worker): it resolves to {ip}, \
+             which the worker's `egress.allow` does not list"
+          ),
+          None => format!("fetch() to {host}: the name resolves to no address"),
+        };
         return Err(std::io::Error::new(
           std::io::ErrorKind::PermissionDenied,
-          format!(
-            "fetch() to {} is denied by the egress policy: it resolves to {ip}, and {reason} \
-             addresses are not reachable from workers (the node's operator can allow it with \
-             `[egress] allow` in edge.toml)",
-            name.as_str()
-          ),
+          message,
         ));
       }
       Ok(kept.into_iter())
     })
   }
+}
+
+/// Which policy refused a resolved address.
+enum Denial {
+  Node(&'static str),
+  Worker,
 }
 
 #[cfg(test)]
@@ -517,6 +635,57 @@ mod tests {
     assert!(EgressPolicy::allow_all()
       .check_ip(ip("127.0.0.1"), 1)
       .is_ok());
+  }
+
+  #[test]
+  fn a_worker_list_opens_only_what_it_names() {
+    let spec = EgressSpec {
+      allow: vec![
+        "api.example.com:443".into(),
+        "203.0.113.0/24".into(),
+        "198.51.100.7:8443".into(),
+      ],
+    };
+    let worker = WorkerEgress::new(&spec).unwrap();
+    let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+    assert_eq!(worker.check_request("api.example.com", None, 443), Ok(()));
+    let other_port = worker
+      .check_request("API.example.com.", None, 80)
+      .unwrap_err();
+    assert!(
+      other_port.contains("(worker)") && other_port.contains("on other ports only"),
+      "{other_port}"
+    );
+    // Another name may still resolve into 203.0.113.0/24: the resolver decides.
+    assert_eq!(worker.check_request("cdn.example.net", None, 443), Ok(()));
+    assert!(worker.allows_resolved("cdn.example.net", "203.0.113.9".parse().unwrap()));
+    assert!(!worker.allows_resolved("cdn.example.net", "1.1.1.1".parse().unwrap()));
+    assert!(worker.allows_resolved("api.example.com", "1.1.1.1".parse().unwrap()));
+    assert_eq!(
+      worker.check_request("", ip("::ffff:203.0.113.5"), 1),
+      Ok(())
+    );
+    assert_eq!(worker.check_request("", ip("198.51.100.7"), 8443), Ok(()));
+    let err = worker
+      .check_request("", ip("198.51.100.7"), 443)
+      .unwrap_err();
+    assert!(
+      err.starts_with("fetch() to 198.51.100.7:443 is denied by the egress policy (worker)"),
+      "{err}"
+    );
+    // Without networks, an unlisted name is refused before it is resolved.
+    let names_only = WorkerEgress::new(&EgressSpec {
+      allow: vec!["api.example.com".into()],
+    })
+    .unwrap();
+    assert!(names_only
+      .check_request("cdn.example.net", None, 443)
+      .is_err());
+    let err = WorkerEgress::new(&EgressSpec {
+      allow: vec!["10.0.0.0/40".into()],
+    })
+    .unwrap_err();
+    assert!(err.starts_with("egress.allow[0]: "), "{err}");
   }
 
   #[test]

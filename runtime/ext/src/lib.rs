@@ -170,16 +170,22 @@ fn op_isola_user_agent() -> &'static str {
   USER_AGENT
 }
 
+/// deno_fetch's settings: the egress checks (the request hook, and a
+/// resolver holding the worker's own list, if any: see [`egress`]).
+pub(crate) fn fetch_options(worker: Option<Arc<egress::WorkerEgress>>) -> deno_fetch::Options {
+  deno_fetch::Options {
+    user_agent: USER_AGENT.to_string(),
+    request_builder_hook: Some(egress::request_hook),
+    resolver: deno_fetch::dns::Resolver::custom(Arc::new(egress::EgressResolver::new(worker))),
+    ..Default::default()
+  }
+}
+
 /// Every extension of a worker isolate, in load order. The build script and
 /// the runtime must call this with the same list, or the snapshot's op table
 /// does not match.
 pub fn extensions() -> Vec<deno_core::Extension> {
-  let fetch_options = deno_fetch::Options {
-    user_agent: USER_AGENT.to_string(),
-    request_builder_hook: Some(egress::request_hook),
-    resolver: deno_fetch::dns::Resolver::custom(Arc::new(egress::EgressResolver::new())),
-    ..Default::default()
-  };
+  let fetch_options = fetch_options(None);
   vec![
     deno_webidl::deno_webidl::init(),
     deno_web::deno_web::init(

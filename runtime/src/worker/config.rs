@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use isola_ext::egress::WorkerEgress;
+
 use crate::limits::Limits;
 use crate::limits::MeterSink;
 use crate::services::Binding;
@@ -33,6 +35,8 @@ pub struct WorkerConfig {
   /// Queue producer bindings: binding name → queue.
   pub(super) queues: BTreeMap<String, String>,
   pub(super) storage: Storage,
+  /// The worker's own egress allow list, narrowing the node's.
+  pub(super) egress: Option<Arc<WorkerEgress>>,
 }
 
 impl Default for WorkerConfig {
@@ -56,7 +60,16 @@ impl WorkerConfig {
       kv: BTreeMap::new(),
       queues: BTreeMap::new(),
       storage: Storage::default(),
+      egress: None,
     }
+  }
+
+  /// The worker's own egress allow list (its manifest's `egress.allow`):
+  /// its `fetch()` reaches only what both this list and the node's policy
+  /// allow.
+  pub fn egress(mut self, egress: WorkerEgress) -> Self {
+    self.egress = Some(Arc::new(egress));
+    self
   }
 
   /// The version (content hash) in metering records. Default: empty.

@@ -93,6 +93,8 @@ impl Isolate {
       extensions: isola_ext::extensions(),
       module_loader: Some(loader.clone()),
       custom_module_evaluation_cb: Some(Box::new(isola_ext::evaluate_module_value)),
+      // Hands each `op_fetch` its isolate's egress list (isola_ext::egress).
+      op_metrics_factory_fn: Some(isola_ext::egress::op_metrics_factory()),
       ..Default::default()
     })
     .map_err(|e| ErrorKind::Start {
@@ -175,6 +177,7 @@ impl Isolate {
       let mut state = state.borrow_mut();
       state.put(WorkerName(name.clone()));
       state.put(WorkerEnv(config.vars.clone().into_iter().collect()));
+      isola_ext::egress::install_worker_egress(&mut state, config.egress.clone());
       state.put(isola_ext::ServiceTable(Rc::new(
         crate::services::Dispatcher {
           caller: name.clone(),

@@ -10,6 +10,7 @@ use isola_runtime::Config;
 use isola_runtime::EgressPolicy;
 use isola_runtime::Runtime;
 use isola_runtime::WorkerConfig;
+use isola_runtime::WorkerEgress;
 use isola_runtime::WorkerKey;
 use libtest_mimic::Trial;
 
@@ -65,8 +66,20 @@ export default {
 "#;
 
 async fn fetch_via(rt: &Runtime, target: &str) -> String {
-  let key = WorkerKey::new("fetcher", "v1");
+  fetch_as(rt, "fetcher", None, target).await
+}
+
+/// [`fetch_via`] from worker `name`, with its own egress list if given.
+async fn fetch_as(rt: &Runtime, name: &str, allow: Option<&[String]>, target: &str) -> String {
+  let key = WorkerKey::new(name, "v1");
   let source = || {
+    let mut config = WorkerConfig::new(name);
+    if let Some(allow) = allow {
+      let spec = isola_proto::egress::EgressSpec {
+        allow: allow.to_vec(),
+      };
+      config = config.egress(WorkerEgress::new(&spec).unwrap());
+    }
     Ok((
       Bundle::from_modules(
         "worker.js",
@@ -75,7 +88,7 @@ async fn fetch_via(rt: &Runtime, target: &str) -> String {
           Bytes::from_static(FETCHER.as_bytes()),
         )],
       )?,
-      WorkerConfig::new("fetcher"),
+      config,
     ))
   };
   let url = format!("http://fetcher.test/?u={}", urlencode(target));
@@ -173,6 +186,113 @@ async fn with_the_policy_off_loopback_is_reached() {
   assert_eq!(answer, format!("ok 200 hello from {}", up.port()));
 }
 
+/// A worker's own list narrows the node's, for that worker only: on one V8
+/// thread, a worker without a list reaches what the node allows, the
+/// worker with one only what both allow.
+async fn a_worker_list_narrows_the_node_policy_for_that_worker_only() {
+  let (a, b, c) = (listener().await, listener().await, listener().await);
+  let (a, b, c) = (a.port(), b.port(), c.port());
+  let rt = runtime(
+    EgressPolicy::default()
+      .allow(&format!("127.0.0.1:{a}"))
+      .unwrap()
+      .allow(&format!("127.0.0.1:{b}"))
+      .unwrap()
+      .allow("localhost")
+      .unwrap(),
+  );
+  let list = [
+    format!("127.0.0.1:{a}"),
+    format!("127.0.0.1:{c}"),
+    format!("localhost:{a}"),
+  ];
+  let narrow = |target: String| {
+    let rt = &rt;
+    let list = &list;
+    async move { fetch_as(rt, "narrow", Some(list), &target).await }
+  };
+  // Allowed by both.
+  assert_eq!(
+    narrow(format!("http://127.0.0.1:{a}/")).await,
+    format!("ok 200 hello from {a}")
+  );
+  assert_eq!(
+    narrow(format!("http://localhost:{a}/")).await,
+    format!("ok 200 hello from {a}")
+  );
+  // Allowed by the node, not by the worker: by address, by name on
+  // another port, a public-looking address, and a redirect hop.
+  for (target, shown) in [
+    (format!("http://127.0.0.1:{b}/"), format!("127.0.0.1:{b}")),
+    (format!("http://localhost:{b}/"), format!("localhost:{b}")),
+    ("http://1.1.1.1/".to_string(), "1.1.1.1:80".to_string()),
+    (
+      "http://[::ffff:1.1.1.1]:443/".to_string(),
+      "1.1.1.1:443".to_string(),
+    ),
+    (
+      format!("http://127.0.0.1:{a}/redirect/{b}"),
+      format!("127.0.0.1:{b}"),
+    ),
+  ] {
+    let answer = narrow(target.clone()).await;
+    assert!(
+      answer.starts_with("TypeError:")
+        && answer.contains(&format!(
+          "fetch() to {shown} is denied by the egress policy (worker)"
+        )),
+      "{target}: {answer}"
+    );
+  }
+  // Listed by the worker, denied by the node: stays denied, and says so.
+  let answer = narrow(format!("http://127.0.0.1:{c}/")).await;
+  assert!(
+    answer.starts_with("TypeError:")
+      && answer.contains(&format!(
+        "127.0.0.1:{c} is denied by the egress policy (node)"
+      ))
+      && answer.contains("loopback"),
+    "{answer}"
+  );
+  // Another worker on the same thread has no list: the node's policy only.
+  assert_eq!(
+    fetch_as(&rt, "wide", None, &format!("http://127.0.0.1:{b}/")).await,
+    format!("ok 200 hello from {b}")
+  );
+}
+
+/// A worker list of networks applies to the addresses a name resolves to.
+async fn a_worker_network_entry_applies_to_resolved_names() {
+  let up = listener().await;
+  let port = up.port();
+  let rt = runtime(EgressPolicy::allow_all());
+  let loopback = ["127.0.0.0/8".to_string()];
+  assert_eq!(
+    fetch_as(
+      &rt,
+      "loopback-only",
+      Some(&loopback),
+      &format!("http://localhost:{port}/")
+    )
+    .await,
+    format!("ok 200 hello from {port}")
+  );
+  let elsewhere = ["10.9.0.0/16".to_string()];
+  let answer = fetch_as(
+    &rt,
+    "elsewhere-only",
+    Some(&elsewhere),
+    &format!("http://localhost:{port}/"),
+  )
+  .await;
+  assert!(
+    answer.starts_with("TypeError:")
+      && answer.contains("fetch() to localhost is denied by the egress policy (worker)")
+      && answer.contains("resolves to"),
+    "{answer}"
+  );
+}
+
 pub fn trials() -> Vec<Trial> {
   vec![
     trial(
@@ -190,6 +310,14 @@ pub fn trials() -> Vec<Trial> {
     trial(
       "with_the_policy_off_loopback_is_reached",
       with_the_policy_off_loopback_is_reached,
+    ),
+    trial(
+      "a_worker_list_narrows_the_node_policy_for_that_worker_only",
+      a_worker_list_narrows_the_node_policy_for_that_worker_only,
+    ),
+    trial(
+      "a_worker_network_entry_applies_to_resolved_names",
+      a_worker_network_entry_applies_to_resolved_names,
     ),
   ]
 }

@@ -433,6 +433,7 @@ async fn kv_and_queue_bindings_come_from_the_manifest() {
         queue: "jobs".into(),
       }],
     },
+    egress: None,
   };
   let (bundle, config) = isola_runtime::from_manifest(
     &manifest,

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::Error;
+use crate::Error;
 
 /// The file as written. Unknown keys are errors, so a typo never passes
 /// silently.
@@ -141,7 +141,7 @@ impl DnsConfig {
   /// Parses and checks the file's text; the error names the line or key and
   /// how to fix it.
   pub fn parse(text: &str) -> Result<Self, String> {
-    let file: File = crate::config::from_toml(text)?;
+    let file: File = isola_proto::config::from_toml(text)?;
     if file.zones.is_empty() {
       return Err("zones is empty; name at least one zone, like zones = [\"apps.example\"]".into());
     }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use super::config::NetworkRule;
+use crate::config::NetworkRule;
 
 /// What is known of a client's place.
 #[derive(Clone, Debug, Default, PartialEq)]
