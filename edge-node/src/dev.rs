@@ -149,9 +149,10 @@ struct DevWorker {
 }
 
 impl DevWorker {
-  fn source(&self) -> impl FnOnce() -> Result<(Bundle, WorkerConfig), isola_runtime::Error> {
-    let (bundle, config) = (self.bundle.clone(), self.config.clone());
-    move || Ok((bundle, config))
+  /// What loads the worker; it copies the bundle and config only when the
+  /// pool has no isolate for it, not on every request.
+  fn source(&self) -> impl FnOnce() -> Result<(Bundle, WorkerConfig), isola_runtime::Error> + '_ {
+    move || Ok((self.bundle.clone(), self.config.clone()))
   }
 }
 
@@ -239,11 +240,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
       .queues(queues.clone())
       .egress(egress),
   )?;
-  let main = DevWorker {
+  let main = Arc::new(DevWorker {
     key: WorkerKey::new(name, "dev"),
     bundle,
     config,
-  };
+  });
   let rt = tokio::runtime::Builder::new_current_thread()
     .enable_all()
     .build()
@@ -369,7 +370,7 @@ async fn test_scheduled_run(
 /// Runs the scheduled handler at each tick of `crons`, on real time, with
 /// the tick's time as `scheduledTime` and Cloudflare's CPU limit for the
 /// schedule's frequency; logs each run.
-async fn run_crons(pool: Runtime, main: DevWorker, crons: Vec<Schedule>) {
+async fn run_crons(pool: Runtime, main: Arc<DevWorker>, crons: Vec<Schedule>) {
   let mut after = now_ms();
   loop {
     let due: Vec<(&Schedule, i64)> = crons
@@ -503,7 +504,7 @@ impl QueueService for DevQueues {
 /// Delivers due batches to the worker's `queue` handler until it turns out
 /// to have none; retried messages go back with one more attempt, and are
 /// dropped after `MAX_RETRIES` retries.
-async fn consume(pool: Runtime, main: DevWorker, queues: Arc<DevQueues>) {
+async fn consume(pool: Runtime, main: Arc<DevWorker>, queues: Arc<DevQueues>) {
   let mut batch_id = 0;
   loop {
     let (queue, messages) = match queues.take_due(Instant::now()) {

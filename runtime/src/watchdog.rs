@@ -142,6 +142,16 @@ impl Guard {
     now
   }
 
+  /// Lets the turn begun at `start` use `budget_ns` in all (more
+  /// invocations joined it); reads no clock.
+  pub(crate) fn extend(&self, start: u64, budget_ns: u64) {
+    let _ = self
+      .deadline
+      .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+        (d != IDLE).then(|| d.max(start.saturating_add(budget_ns)))
+      });
+  }
+
   /// Ends the turn begun at `start`; returns the CPU it used.
   pub(crate) fn end(&self, start: u64) -> u64 {
     if self.deadline.swap(IDLE, Ordering::AcqRel) != IDLE {

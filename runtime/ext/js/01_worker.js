@@ -47,6 +47,7 @@ const {
   StringPrototypeIncludes,
   StringPrototypeReplaceAll,
   StringPrototypeSplit,
+  StringPrototypeToLowerCase,
 } = primordials;
 const {
   op_isola_set_clock,
@@ -63,7 +64,7 @@ const {
   op_isola_service_fetch,
   op_isola_service_call,
 } = core.ops;
-const { fromInnerRequest, newInnerRequest, Request, toInnerRequest } = requestMod;
+const { fromInnerRequest, Request, toInnerRequest } = requestMod;
 const { Response, ResponsePrototype, toInnerResponse } = responseMod;
 const { readableStreamForRid, resourceForReadableStream, isReadableStream } =
   streams;
@@ -226,6 +227,75 @@ function headerList(flat) {
 }
 
 /**
+ * An incoming request's inner request: the fields deno_fetch's
+ * `newInnerRequest` gives one, with the accessors on this prototype. That
+ * function returns an object literal with getters, and V8 defines each
+ * getter anew (a runtime call, then a dictionary-mode object) every time it
+ * runs, which cost more than the rest of the request's JS. The header list
+ * is still built only when first read.
+ */
+class IncomingInnerRequest {
+  constructor(method, url, flatHeaders, body) {
+    this.method = method;
+    this.headerListInner = null;
+    this.flatHeaders = flatHeaders;
+    this.body = body;
+    this.redirectMode = "follow";
+    this.redirectCount = 0;
+    this.urlList = [() => url];
+    this.urlListProcessed = [url];
+    this.clientRid = null;
+    this.blobUrlEntry = null;
+  }
+  get headerList() {
+    if (this.headerListInner === null) {
+      this.headerListInner = headerList(this.flatHeaders);
+      this.flatHeaders = null;
+    }
+    return this.headerListInner;
+  }
+  set headerList(value) {
+    this.headerListInner = value;
+    this.flatHeaders = null;
+  }
+  /**
+   * One header's value (several joined by ", "), or null: what
+   * `request.headers.get()` asks before the header list exists, so a
+   * handler that reads a few headers never builds it.
+   */
+  header(name) {
+    const lower = StringPrototypeToLowerCase(name);
+    const flat = this.flatHeaders;
+    let found = null;
+    if (flat !== null) {
+      for (let i = 0; i < flat.length; i += 2) {
+        if (flat[i] === lower) {
+          found = found === null ? flat[i + 1] : `${found}, ${flat[i + 1]}`;
+        }
+      }
+      return found;
+    }
+    const list = this.headerListInner;
+    for (let i = 0; i < list.length; i++) {
+      if (StringPrototypeToLowerCase(list[i][0]) === lower) {
+        found = found === null ? list[i][1] : `${found}, ${list[i][1]}`;
+      }
+    }
+    return found;
+  }
+  url() {
+    return this.urlListProcessed[0];
+  }
+  currentUrl() {
+    const last = this.urlList.length - 1;
+    if (this.urlListProcessed[last] === undefined) {
+      this.urlListProcessed[last] = this.urlList[last]();
+    }
+    return this.urlListProcessed[last];
+  }
+}
+
+/**
  * Called from Rust for every request.
  * @param {number} id invocation id
  * @param {string} method
@@ -238,7 +308,7 @@ function dispatch(id, method, url, headers, bodyRid, entrypoint) {
   const body = bodyRid === null
     ? null
     : new InnerBody(readableStreamForRid(bodyRid));
-  const inner = newInnerRequest(method, url, () => headerList(headers), body);
+  const inner = new IncomingInnerRequest(method, url, headers, body);
   const request = fromInnerRequest(inner, "immutable");
   const inv = { id, pending: 1, responded: false, passThrough: false };
   const ctx = new ExecutionContext(inv);

@@ -318,6 +318,8 @@ impl Isolate {
       turns: 0,
       heap: 0,
       wall_timer: None,
+      open_turn: None,
+      batching: false,
     })
   }
 }

@@ -90,6 +90,11 @@ pub struct Worker {
   pub(super) turns: u32,
   pub(super) heap: usize,
   pub(super) wall_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+  /// The turn in progress: its start on the thread's CPU clock.
+  pub(super) open_turn: Option<u64>,
+  /// While the task of [`Worker::spawn`] handles one wake-up: the requests
+  /// that arrived and the event loop's poll then share one turn.
+  pub(super) batching: bool,
 }
 
 impl Worker {
@@ -237,7 +242,7 @@ impl Worker {
     pick: fn(&Internals) -> &v8::Global<v8::Function>,
     args: impl for<'s, 'i> FnOnce(&mut v8::PinScope<'s, 'i>) -> Vec<v8::Local<'s, v8::Value>>,
   ) {
-    let turn = self.begin_turn();
+    self.open_turn();
     {
       let _entered = EnterGuard::new(&mut self.js);
       let js: &mut JsRuntime = &mut self.js;
@@ -249,7 +254,7 @@ impl Worker {
       // As in `dispatch_fetch`: a failed call means termination.
       let _ = f.call(scope, undefined, &args);
     }
-    self.end_turn(turn);
+    self.close_turn();
   }
 
   fn dispatch_fetch(
@@ -304,7 +309,7 @@ impl Worker {
       (id, rid)
     };
 
-    let turn = self.begin_turn();
+    self.open_turn();
     {
       let _entered = EnterGuard::new(&mut self.js);
       let js: &mut JsRuntime = &mut self.js;
@@ -347,21 +352,48 @@ impl Worker {
         &[id_v, method, url_v, headers, body_v, entry_v],
       );
     }
-    self.end_turn(turn);
+    self.close_turn();
   }
 
-  /// Starts a turn in the isolate: time moves, the CPU watchdog arms.
-  fn begin_turn(&mut self) -> u64 {
-    tick_clock(&self.js);
+  /// Starts a turn in the isolate (time moves, the CPU watchdog arms), or,
+  /// inside a batch that has one open already, widens its CPU budget to the
+  /// invocations now in flight.
+  ///
+  /// Reading the thread's CPU clock is a system call (no vDSO for it) and
+  /// was the largest single cost of a small request, so one wake-up of the
+  /// worker's task reads it twice, however many requests it starts: the
+  /// turn's CPU is split evenly over every invocation in flight during it,
+  /// as for any turn, so each isolate's total stays exact.
+  fn open_turn(&mut self) {
     let limit = self.limits.cpu_limit().as_nanos() as u64;
-    let budget = {
-      let state = self.js.op_state();
+    let budget = |js: &JsCell, begin: bool| {
+      let state = js.op_state();
       let mut state = state.borrow_mut();
       let invocations = state.borrow_mut::<Invocations>();
-      invocations.begin_turn();
+      if begin {
+        invocations.begin_turn();
+      }
       invocations.cpu_budget(limit)
     };
-    self.guard.begin(budget)
+    match self.open_turn {
+      Some(start) => self.guard.extend(start, budget(&self.js, false)),
+      None => {
+        tick_clock(&self.js);
+        let budget = budget(&self.js, true);
+        self.open_turn = Some(self.guard.begin(budget));
+      }
+    }
+  }
+
+  /// Ends the open turn, unless a batch keeps it open for more work and no
+  /// limit has stopped the isolate's JS meanwhile.
+  fn close_turn(&mut self) {
+    if self.batching && self.guard.trip() == Trip::None {
+      return;
+    }
+    if let Some(start) = self.open_turn.take() {
+      self.end_turn(start);
+    }
   }
 
   /// Ends a turn: charges its CPU and notes memory; stops the isolate if a
@@ -480,12 +512,12 @@ impl Worker {
     }
     self.check_wall(cx);
     self.drop_orphans(cx);
-    let turn = self.begin_turn();
+    self.open_turn();
     let polled = {
       let _entered = EnterGuard::new(&mut self.js);
       self.js.poll_event_loop(cx, PollEventLoopOptions::default())
     };
-    self.end_turn(turn);
+    self.close_turn();
     if let Some(why) = &self.stopped {
       return Poll::Ready(Err(ErrorKind::Stopped(why.clone()).into()));
     }
@@ -591,28 +623,52 @@ impl Worker {
   async fn serve(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
     let mut closed = false;
     poll_fn(|cx| {
-      while !closed {
-        match rx.poll_recv(cx) {
-          Poll::Ready(Some(cmd)) => self.dispatch(cmd.call, cmd.depth, cmd.reply, Some(cmd.done)),
-          Poll::Ready(None) => closed = true,
-          Poll::Pending => break,
-        }
-      }
-      // Evicted (every handle dropped) and nothing in flight: background
-      // timers do not keep the isolate alive.
-      if closed && self.in_flight() == 0 {
-        return Poll::Ready(());
-      }
-      match self.poll_event_loop(cx) {
-        Poll::Ready(Ok(())) if closed => Poll::Ready(()),
-        Poll::Ready(Ok(())) => Poll::Pending,
-        Poll::Ready(Err(e)) => {
-          tracing::error!(worker = %self.name, "worker isolate stopped: {e}");
+      // The requests that arrived and the event loop's poll share a turn.
+      self.batching = true;
+      let polled = self.serve_once(&mut rx, &mut closed, cx);
+      self.batching = false;
+      self.close_turn();
+      match (&self.stopped, polled) {
+        (_, Poll::Ready(())) => Poll::Ready(()),
+        // A limit found as the turn closed: the isolate answers no more.
+        (Some(why), Poll::Pending) => {
+          tracing::error!(worker = %self.name, "worker isolate stopped: {why}");
           Poll::Ready(())
         }
-        Poll::Pending => Poll::Pending,
+        (None, Poll::Pending) => Poll::Pending,
       }
     })
     .await;
+  }
+
+  /// One wake-up of the task of [`Worker::spawn`]: starts what arrived,
+  /// then polls the event loop.
+  fn serve_once(
+    &mut self,
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+    closed: &mut bool,
+    cx: &mut Context<'_>,
+  ) -> Poll<()> {
+    while !*closed {
+      match rx.poll_recv(cx) {
+        Poll::Ready(Some(cmd)) => self.dispatch(cmd.call, cmd.depth, cmd.reply, Some(cmd.done)),
+        Poll::Ready(None) => *closed = true,
+        Poll::Pending => break,
+      }
+    }
+    // Evicted (every handle dropped) and nothing in flight: background
+    // timers do not keep the isolate alive.
+    if *closed && self.in_flight() == 0 {
+      return Poll::Ready(());
+    }
+    match self.poll_event_loop(cx) {
+      Poll::Ready(Ok(())) if *closed => Poll::Ready(()),
+      Poll::Ready(Ok(())) => Poll::Pending,
+      Poll::Ready(Err(e)) => {
+        tracing::error!(worker = %self.name, "worker isolate stopped: {e}");
+        Poll::Ready(())
+      }
+      Poll::Pending => Poll::Pending,
+    }
   }
 }
