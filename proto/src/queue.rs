@@ -180,6 +180,11 @@ pub struct BatchReport {
   pub unavailable: bool,
   pub cpu_us: u64,
   pub wall_us: u64,
+  /// Manifest hash of the version that ran, so the control plane bills
+  /// the batch's queue operations to it. Defaulted: an older edge's
+  /// report still reads.
+  #[serde(default)]
+  pub version: Option<String>,
 }
 
 #[cfg(test)]
