@@ -1,8 +1,9 @@
 //! Pay-per-use invoices: a price sheet applied to the exact usage records,
 //! in decimal arithmetic (no floats touch money).
 //!
-//! Per worker and line item (requests, CPU time, egress) an invoice shows
-//! quantity, unit price and amount; the account's monthly allowance is one
+//! Per worker and line item (requests, CPU time, egress, KV reads, writes,
+//! deletes and lists, queue operations) an invoice shows quantity, unit
+//! price and amount; the account's monthly allowance is one
 //! credit line per item. Each day's amount consumes the allowance in day
 //! order, so the month's total is exactly the sum of its days. Nothing is
 //! charged for a worker that did not run: there are no fixed fees.
@@ -32,6 +33,31 @@ pub struct PriceSheet {
   pub included_cpu_ms: u64,
   /// Egress GB included each month, per account.
   pub included_egress_gb: Decimal,
+  /// Price of a million KV reads (`get`, `getWithMetadata`; edge cache
+  /// hits too). Cloudflare's: 0.50 USD, 10,000,000 included.
+  pub per_million_kv_reads: Decimal,
+  /// Price of a million KV writes (`put`). Cloudflare's: 5.00 USD,
+  /// 1,000,000 included.
+  pub per_million_kv_writes: Decimal,
+  /// Price of a million KV deletes. Cloudflare's: 5.00 USD, 1,000,000
+  /// included.
+  pub per_million_kv_deletes: Decimal,
+  /// Price of a million KV lists. Cloudflare's: 5.00 USD, 1,000,000
+  /// included.
+  pub per_million_kv_lists: Decimal,
+  /// Price of a million queue operations (each 64 KB of a message written,
+  /// read or deleted). Cloudflare's: 0.40 USD, 1,000,000 included.
+  pub per_million_queue_operations: Decimal,
+  /// KV reads included each month, per account.
+  pub included_kv_reads: u64,
+  /// KV writes included each month, per account.
+  pub included_kv_writes: u64,
+  /// KV deletes included each month, per account.
+  pub included_kv_deletes: u64,
+  /// KV lists included each month, per account.
+  pub included_kv_lists: u64,
+  /// Queue operations included each month, per account.
+  pub included_queue_operations: u64,
 }
 
 impl PriceSheet {
@@ -49,8 +75,34 @@ pub struct DayUsage {
   pub requests: u64,
   pub cpu_us: u64,
   pub egress_bytes: u64,
+  pub kv_reads: u64,
+  pub kv_writes: u64,
+  pub kv_deletes: u64,
+  pub kv_lists: u64,
+  pub queue_ops: u64,
 }
 
+impl DayUsage {
+  /// Nothing used yet by `worker` on `day`.
+  pub fn new(day: String, worker: String) -> Self {
+    Self {
+      day,
+      worker,
+      requests: 0,
+      cpu_us: 0,
+      egress_bytes: 0,
+      kv_reads: 0,
+      kv_writes: 0,
+      kv_deletes: 0,
+      kv_lists: 0,
+      queue_ops: 0,
+    }
+  }
+}
+
+/// A line item. New items are added at the end, so the order of lines on
+/// invoices issued before them does not change; such invoices read back
+/// as issued (they simply have no lines for the newer items).
 #[derive(
   Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
 )]
@@ -59,16 +111,35 @@ pub enum Item {
   Requests,
   CpuMs,
   EgressGb,
+  KvReads,
+  KvWrites,
+  KvDeletes,
+  KvLists,
+  QueueOperations,
 }
 
 impl Item {
-  const ALL: [Item; 3] = [Item::Requests, Item::CpuMs, Item::EgressGb];
+  const ALL: [Item; 8] = [
+    Item::Requests,
+    Item::CpuMs,
+    Item::EgressGb,
+    Item::KvReads,
+    Item::KvWrites,
+    Item::KvDeletes,
+    Item::KvLists,
+    Item::QueueOperations,
+  ];
 
   pub fn as_str(self) -> &'static str {
     match self {
       Item::Requests => "requests",
       Item::CpuMs => "cpu_ms",
       Item::EgressGb => "egress_gb",
+      Item::KvReads => "kv_reads",
+      Item::KvWrites => "kv_writes",
+      Item::KvDeletes => "kv_deletes",
+      Item::KvLists => "kv_lists",
+      Item::QueueOperations => "queue_operations",
     }
   }
 
@@ -78,15 +149,26 @@ impl Item {
       // Exact: µs → ms and bytes → GB are powers of ten.
       Item::CpuMs => Decimal::from(u.cpu_us) / Decimal::from(1000),
       Item::EgressGb => Decimal::from(u.egress_bytes) / Decimal::from(1_000_000_000u64),
+      Item::KvReads => Decimal::from(u.kv_reads),
+      Item::KvWrites => Decimal::from(u.kv_writes),
+      Item::KvDeletes => Decimal::from(u.kv_deletes),
+      Item::KvLists => Decimal::from(u.kv_lists),
+      Item::QueueOperations => Decimal::from(u.queue_ops),
     }
   }
 
   fn unit_price(self, sheet: &PriceSheet) -> Decimal {
-    match self {
-      Item::Requests => sheet.per_million_requests / Decimal::from(1_000_000),
-      Item::CpuMs => sheet.per_million_cpu_ms / Decimal::from(1_000_000),
-      Item::EgressGb => sheet.per_gb_egress,
-    }
+    let per_million = match self {
+      Item::EgressGb => return sheet.per_gb_egress,
+      Item::Requests => sheet.per_million_requests,
+      Item::CpuMs => sheet.per_million_cpu_ms,
+      Item::KvReads => sheet.per_million_kv_reads,
+      Item::KvWrites => sheet.per_million_kv_writes,
+      Item::KvDeletes => sheet.per_million_kv_deletes,
+      Item::KvLists => sheet.per_million_kv_lists,
+      Item::QueueOperations => sheet.per_million_queue_operations,
+    };
+    per_million / Decimal::from(1_000_000)
   }
 
   fn included(self, sheet: &PriceSheet) -> Decimal {
@@ -94,6 +176,11 @@ impl Item {
       Item::Requests => Decimal::from(sheet.included_requests),
       Item::CpuMs => Decimal::from(sheet.included_cpu_ms),
       Item::EgressGb => sheet.included_egress_gb,
+      Item::KvReads => Decimal::from(sheet.included_kv_reads),
+      Item::KvWrites => Decimal::from(sheet.included_kv_writes),
+      Item::KvDeletes => Decimal::from(sheet.included_kv_deletes),
+      Item::KvLists => Decimal::from(sheet.included_kv_lists),
+      Item::QueueOperations => Decimal::from(sheet.included_queue_operations),
     }
   }
 }
@@ -321,11 +408,10 @@ mod tests {
 
   fn day(day: &str, worker: &str, requests: u64, cpu_us: u64, egress: u64) -> DayUsage {
     DayUsage {
-      day: day.into(),
-      worker: worker.into(),
       requests,
       cpu_us,
       egress_bytes: egress,
+      ..DayUsage::new(day.into(), worker.into())
     }
   }
 
@@ -336,9 +422,100 @@ mod tests {
       per_million_cpu_ms: d("0.02"),
       per_gb_egress: d("0.05"),
       included_requests: 1_000_000,
-      included_cpu_ms: 0,
-      included_egress_gb: d("0"),
+      ..PriceSheet::default()
     }
+  }
+
+  /// Cloudflare's published storage prices (Workers Paid, USD).
+  fn storage_sheet() -> PriceSheet {
+    PriceSheet {
+      per_million_kv_reads: d("0.50"),
+      per_million_kv_writes: d("5.00"),
+      per_million_kv_deletes: d("5.00"),
+      per_million_kv_lists: d("5.00"),
+      per_million_queue_operations: d("0.40"),
+      included_kv_reads: 10_000_000,
+      included_kv_writes: 1_000_000,
+      included_kv_deletes: 1_000_000,
+      included_kv_lists: 1_000_000,
+      included_queue_operations: 1_000_000,
+      ..sheet()
+    }
+  }
+
+  #[test]
+  fn kv_and_queue_operations_are_priced_per_million_after_their_allowance() {
+    let usage = [
+      DayUsage {
+        kv_reads: 12_000_000,
+        kv_writes: 1_200_000,
+        kv_deletes: 3,
+        kv_lists: 1_000_001,
+        queue_ops: 2_500_000,
+        ..DayUsage::new("2026-11-01".into(), "api".into())
+      },
+      DayUsage {
+        kv_writes: 300_000,
+        queue_ops: 7,
+        ..DayUsage::new("2026-11-02".into(), "eater".into())
+      },
+    ];
+    let inv = invoice("acme", "2026-11", &storage_sheet(), &usage, false);
+    let line = |w: Option<&str>, item| {
+      inv
+        .lines
+        .iter()
+        .find(|l| l.worker.as_deref() == w && l.item == item)
+        .map(|l| (l.quantity, l.unit_price, l.amount))
+    };
+    assert_eq!(
+      line(Some("api"), Item::KvReads),
+      Some((d("12000000"), d("0.0000005"), d("6")))
+    );
+    assert_eq!(
+      line(Some("api"), Item::KvDeletes),
+      Some((d("3"), d("0.000005"), d("0.000015")))
+    );
+    assert_eq!(
+      line(Some("eater"), Item::QueueOperations),
+      Some((d("7"), d("0.0000004"), d("0.0000028")))
+    );
+    assert_eq!(line(Some("eater"), Item::KvReads), None, "nothing used");
+    assert_eq!(
+      line(None, Item::KvWrites),
+      Some((d("-1000000"), d("0.000005"), d("-5")))
+    );
+    // Reads: 2,000,000 × 0.50/M = 1; writes: 500,000 × 5/M = 2.5;
+    // deletes: all 3 included; lists: 1 × 5/M = 0.000005; queues:
+    // 1,500,007 × 0.40/M = 0.6000028.
+    assert_eq!(inv.total, d("4.1000078"));
+    assert_eq!(inv.amount_due, d("4.10"));
+    let days: Decimal = inv.days.iter().map(|d| d.amount).sum();
+    assert_eq!(days, inv.total);
+    let csv = csv(&inv);
+    assert!(
+      csv.contains("eater,queue_operations,7,0.0000004,0.0000028,EUR\n"),
+      "{csv}"
+    );
+    assert!(
+      csv.contains("(included allowance),kv_reads,-10000000,0.0000005,-5,EUR\n"),
+      "{csv}"
+    );
+  }
+
+  #[test]
+  fn an_invoice_issued_before_storage_items_reads_back_unchanged() {
+    let issued = r#"{"account":"acme","month":"2026-10","currency":"EUR","lines":[
+      {"worker":"api","item":"requests","quantity":"4000","unit_price":"0.0000005","amount":"0.002"},
+      {"worker":null,"item":"requests","quantity":"-1000","unit_price":"0.0000005","amount":"-0.0005"}],
+      "days":[{"day":"2026-10-03","amount":"0.0015"}],"total":"0.0015","amount_due":"0.00","closed":true}"#;
+    let inv: Invoice = serde_json::from_str(issued).unwrap();
+    assert_eq!(inv.lines.len(), 2);
+    assert_eq!(inv.total, d("0.0015"));
+    assert_eq!(
+      serde_json::to_value(&inv).unwrap(),
+      serde_json::from_str::<serde_json::Value>(issued).unwrap()
+    );
   }
 
   #[test]

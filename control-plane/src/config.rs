@@ -13,6 +13,9 @@
 //! per_million_cpu_ms = "0.02"
 //! per_gb_egress = "0.05"
 //! included_requests = 10000000
+//! per_million_kv_reads = "0.50"
+//! per_million_queue_operations = "0.40"
+//! included_kv_reads = 10000000
 //!
 //! [limits]            # what accounts may set; an admin raises one account's
 //! cpu_ms = 60000
@@ -134,6 +137,30 @@ mod tests {
       "{err}"
     );
     assert_eq!(ControlConfig::parse("").unwrap(), ControlConfig::default());
+    let c = ControlConfig::parse(
+      "[billing]\nper_million_kv_reads = \"0.50\"\nper_million_kv_writes = \"5\"\n\
+       per_million_kv_deletes = \"5\"\nper_million_kv_lists = \"5\"\n\
+       per_million_queue_operations = \"0.40\"\nincluded_kv_reads = 10000000\n\
+       included_queue_operations = 1000000\n",
+    )
+    .unwrap();
+    let b = &c.billing;
+    assert_eq!(b.per_million_kv_reads, Decimal::from_str("0.50").unwrap());
+    assert_eq!(b.per_million_kv_lists, Decimal::from(5));
+    assert_eq!(
+      b.per_million_queue_operations,
+      Decimal::from_str("0.4").unwrap()
+    );
+    assert_eq!(
+      (
+        b.included_kv_reads,
+        b.included_kv_writes,
+        b.included_queue_operations
+      ),
+      (10_000_000, 0, 1_000_000)
+    );
+    let err = ControlConfig::parse("[billing]\nper_million_kv_read = \"1\"\n").unwrap_err();
+    assert!(err.contains("per_million_kv_read"), "{err}");
     let t =
       ControlConfig::parse("[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n").unwrap();
     assert_eq!(

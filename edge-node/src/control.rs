@@ -549,6 +549,7 @@ mod tests {
         unavailable: false,
         cpu_us: 1,
         wall_us: 2,
+        version: None,
       }
     }
 

@@ -655,6 +655,7 @@ impl Node {
       unavailable: true,
       cpu_us: 0,
       wall_us: 0,
+      version: None,
     };
     let state = self.state.load_full();
     let Some(deployed) = state.workers.get(batch.worker.as_str()) else {
@@ -665,6 +666,7 @@ impl Node {
       return report;
     };
     let active = deployed.pick().clone();
+    report.version = Some(active.key.version.to_string());
     let source = {
       let active = active.clone();
       move || Ok((active.bundle.clone(), active.config.clone()))

@@ -119,6 +119,11 @@ mod tests {
         ingress_bytes: 10,
         egress_bytes: 20,
         subrequests: 2,
+        kv_reads: 5,
+        kv_writes: 4,
+        kv_deletes: 3,
+        kv_lists: 2,
+        queue_ops: 7,
       },
     };
     let msg = ToControl::Usage(UsageBatch {
@@ -133,6 +138,48 @@ mod tests {
     assert_eq!(json["requests"], 3);
     assert_eq!(json["cpu_us"], 1500);
     assert_eq!(serde_json::from_value::<UsageRecord>(json).unwrap(), record);
+  }
+
+  #[test]
+  fn usage_from_an_edge_that_predates_storage_counters_still_reads() {
+    // A record as an older edge spooled (JSON) and sent (CBOR) it.
+    let old = serde_json::json!({
+      "worker": "acme_api", "version": "h1", "start": 1, "end": 2,
+      "requests": 3, "errors": 0, "cpu_us": 1500, "wall_us": 9000,
+      "ingress_bytes": 10, "egress_bytes": 20, "subrequests": 2,
+    });
+    let want = UsageRecord {
+      worker: "acme_api".into(),
+      version: "h1".into(),
+      start: 1,
+      end: 2,
+      usage: Usage {
+        requests: 3,
+        cpu_us: 1500,
+        wall_us: 9000,
+        ingress_bytes: 10,
+        egress_bytes: 20,
+        subrequests: 2,
+        ..Usage::default()
+      },
+    };
+    let spooled: UsageBatch =
+      serde_json::from_value(serde_json::json!({"id": "b0", "records": [old]})).unwrap();
+    assert_eq!(spooled.records, std::slice::from_ref(&want));
+    let mut decoder = Decoder::new();
+    decoder.push(&encode(
+      &serde_json::json!({"Usage": {"id": "b0", "records": [old]}}),
+    ));
+    match decoder.decode::<ToControl>().unwrap() {
+      Some(ToControl::Usage(batch)) => assert_eq!(batch.records, [want]),
+      other => panic!("{other:?}"),
+    }
+    // And one with them keeps them.
+    let mut new = old.clone();
+    new["kv_reads"] = 4.into();
+    new["queue_ops"] = 6.into();
+    let record: UsageRecord = serde_json::from_value(new).unwrap();
+    assert_eq!((record.usage.kv_reads, record.usage.queue_ops), (4, 6));
   }
 
   #[test]

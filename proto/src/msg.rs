@@ -75,6 +75,11 @@ pub struct VersionBundle {
 /// Usage counters: the one shape the runtime meters, the control channel
 /// carries and the control plane stores and bills. Times are µs so sums
 /// stay exact; presentation (ms) happens at the API's edge.
+///
+/// Storage operations are counted as Cloudflare bills them, and only those
+/// that reached storage (a call refused by a limit or that failed is not).
+/// The counters added after the first release are defaulted, so usage
+/// spooled or sent by an older edge still reads (as 0).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
   pub requests: u64,
@@ -85,6 +90,25 @@ pub struct Usage {
   pub ingress_bytes: u64,
   pub egress_bytes: u64,
   pub subrequests: u64,
+  /// KV `get`/`getWithMetadata` calls, one per key, whether an edge's
+  /// cache answered or the store.
+  #[serde(default)]
+  pub kv_reads: u64,
+  /// KV `put` calls.
+  #[serde(default)]
+  pub kv_writes: u64,
+  /// KV `delete` calls.
+  #[serde(default)]
+  pub kv_deletes: u64,
+  /// KV `list` calls (one per page asked for).
+  #[serde(default)]
+  pub kv_lists: u64,
+  /// Queue operations: each started 64 KB of a message written (sent, or
+  /// moved to a dead-letter queue), read (delivered, once per attempt) or
+  /// deleted (acknowledged, or dropped after its last retry); see
+  /// [`crate::queue::operations`].
+  #[serde(default)]
+  pub queue_ops: u64,
 }
 
 impl std::ops::AddAssign<&Usage> for Usage {
@@ -96,6 +120,11 @@ impl std::ops::AddAssign<&Usage> for Usage {
     self.ingress_bytes += other.ingress_bytes;
     self.egress_bytes += other.egress_bytes;
     self.subrequests += other.subrequests;
+    self.kv_reads += other.kv_reads;
+    self.kv_writes += other.kv_writes;
+    self.kv_deletes += other.kv_deletes;
+    self.kv_lists += other.kv_lists;
+    self.queue_ops += other.queue_ops;
   }
 }
 

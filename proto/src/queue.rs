@@ -21,6 +21,18 @@ pub const DEFAULT_BATCH_TIMEOUT_SECONDS: u32 = 5;
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
 pub const MAX_RETRIES: u32 = 100;
 
+/// Bytes of a message that make one billed queue operation (Cloudflare's
+/// 64 KB, where a KB is 1,000 bytes, as in [`MAX_MESSAGE_BYTES`]).
+pub const OPERATION_BYTES: usize = 64 * 1000;
+
+/// Queue operations one write, read or delete of a message of `len` body
+/// bytes counts: one per started [`OPERATION_BYTES`], at least one (an
+/// empty body is still a message). Cloudflare also counts about 100 bytes
+/// of its own metadata; Isola counts the body alone, so the count is exact.
+pub fn operations(len: usize) -> u64 {
+  len.div_ceil(OPERATION_BYTES).max(1) as u64
+}
+
 /// How a body was serialized, as `send(body, {contentType})` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -168,6 +180,11 @@ pub struct BatchReport {
   pub unavailable: bool,
   pub cpu_us: u64,
   pub wall_us: u64,
+  /// Manifest hash of the version that ran, so the control plane bills
+  /// the batch's queue operations to it. Defaulted: an older edge's
+  /// report still reads.
+  #[serde(default)]
+  pub version: Option<String>,
 }
 
 #[cfg(test)]
@@ -202,5 +219,15 @@ mod tests {
     late.delay_seconds = MAX_DELAY_SECONDS + 1;
     assert!(check_send(&[late]).unwrap_err().0.contains("12 hours"));
     assert!(check_send(&[]).is_err());
+  }
+
+  #[test]
+  fn a_message_is_one_operation_per_started_64_kb() {
+    assert_eq!(operations(0), 1);
+    assert_eq!(operations(1), 1);
+    assert_eq!(operations(64_000), 1);
+    assert_eq!(operations(64_001), 2);
+    assert_eq!(operations(65_000), 2);
+    assert_eq!(operations(MAX_MESSAGE_BYTES), 2);
   }
 }

@@ -50,6 +50,7 @@ pub use isola_ext::LogSink;
 pub use isola_ext::QueueService;
 pub use isola_ext::RequestBody;
 pub use isola_ext::ResponseBody;
+pub use isola_ext::StorageOps;
 
 pub use crate::bundle::Bundle;
 pub use crate::error::Error;

@@ -125,6 +125,8 @@ pub struct InvocationRecord {
   pub bytes_in: u64,
   pub bytes_out: u64,
   pub subrequests: u32,
+  /// KV and queue operations that reached storage.
+  pub ops: isola_ext::StorageOps,
   pub outcome: Outcome,
 }
 

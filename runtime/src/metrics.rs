@@ -48,6 +48,11 @@ fn usage_of(r: &InvocationRecord) -> Usage {
     ingress_bytes: r.bytes_in,
     egress_bytes: r.bytes_out,
     subrequests: u64::from(r.subrequests),
+    kv_reads: u64::from(r.ops.kv_reads),
+    kv_writes: u64::from(r.ops.kv_writes),
+    kv_deletes: u64::from(r.ops.kv_deletes),
+    kv_lists: u64::from(r.ops.kv_lists),
+    queue_ops: r.ops.queue_ops,
   }
 }
 
@@ -342,6 +347,13 @@ mod tests {
       bytes_in: 10,
       bytes_out: 100,
       subrequests: 1,
+      ops: isola_ext::StorageOps {
+        kv_reads: 3,
+        kv_writes: 2,
+        kv_deletes: 1,
+        kv_lists: 1,
+        queue_ops: 4,
+      },
       outcome,
     }
   }
@@ -357,6 +369,16 @@ mod tests {
     assert_eq!(
       (t.requests, t.errors, t.cpu_us, t.egress_bytes),
       (2, 1, 1000, 200)
+    );
+    assert_eq!(
+      (
+        t.kv_reads,
+        t.kv_writes,
+        t.kv_deletes,
+        t.kv_lists,
+        t.queue_ops
+      ),
+      (6, 4, 2, 2, 8)
     );
     assert!(m.drain_usage().is_empty(), "draining resets");
     let text = m.encode(Some(PoolStats {

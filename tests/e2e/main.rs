@@ -2,6 +2,7 @@
 //! through the upload API the way a user would.
 
 mod anycast;
+mod billing;
 mod dns;
 mod observe;
 mod storage;

@@ -151,6 +151,11 @@ export interface UsageView {
   wall_ms: number;
   egress_bytes: number;
   subrequests: number;
+  kv_reads: number;
+  kv_writes: number;
+  kv_deletes: number;
+  kv_lists: number;
+  queue_operations: number;
 }
 
 export interface InvoiceLine {

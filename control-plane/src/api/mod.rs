@@ -1561,6 +1561,14 @@ struct UsageTotals {
   egress_bytes: u64,
   ingress_bytes: u64,
   subrequests: u64,
+  /// KV `get`/`getWithMetadata` calls (edge cache hits too).
+  kv_reads: u64,
+  kv_writes: u64,
+  kv_deletes: u64,
+  kv_lists: u64,
+  /// Queue operations: each 64 KB of a message sent, delivered (once per
+  /// attempt), acknowledged or dropped, or dead-lettered.
+  queue_operations: u64,
 }
 
 impl From<&Usage> for UsageTotals {
@@ -1573,6 +1581,11 @@ impl From<&Usage> for UsageTotals {
       egress_bytes: u.egress_bytes,
       ingress_bytes: u.ingress_bytes,
       subrequests: u.subrequests,
+      kv_reads: u.kv_reads,
+      kv_writes: u.kv_writes,
+      kv_deletes: u.kv_deletes,
+      kv_lists: u.kv_lists,
+      queue_operations: u.queue_ops,
     }
   }
 }
@@ -1745,9 +1758,12 @@ mod tests {
       requests: 3,
       cpu_us: 4500,
       wall_us: 1,
+      kv_reads: 2,
+      queue_ops: 5,
       ..Usage::default()
     });
     assert_eq!(totals.requests, 3);
+    assert_eq!((totals.kv_reads, totals.queue_operations), (2, 5));
     assert_eq!(totals.cpu_ms, 4.5);
     assert_eq!(totals.wall_ms, 0.001);
   }

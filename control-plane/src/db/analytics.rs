@@ -25,7 +25,8 @@ impl Db {
       "SELECT window_start, version_hash, requests, errors, cpu_us, wall_us, ingress_bytes,
               egress_bytes, subrequests
        FROM usage
-       WHERE account = ?1 AND worker = ?2 AND window_end > ?3 AND window_start < ?4",
+       WHERE account = ?1 AND worker = ?2 AND window_end > ?3 AND window_start < ?4
+         AND requests > 0",
     )?;
     let mut rows = stmt.query(params![account, worker, grid.since, grid.until()])?;
     while let Some(row) = rows.next()? {
@@ -37,6 +38,7 @@ impl Db {
         ingress_bytes: to_u64(row.get(6)?),
         egress_bytes: to_u64(row.get(7)?),
         subrequests: to_u64(row.get(8)?),
+        ..Usage::default()
       };
       buckets.add_usage(row.get(0)?, &row.get::<_, String>(1)?, &usage);
     }

@@ -45,24 +45,17 @@ impl Db {
       rows.collect::<rusqlite::Result<_>>()?
     };
     let mut stmt = conn.prepare(
-      "SELECT u.worker, u.window_end, b.stored_at, u.requests, u.cpu_us, u.egress_bytes
+      "SELECT u.worker, u.window_end, b.stored_at, u.requests, u.cpu_us, u.egress_bytes,
+              u.kv_reads, u.kv_writes, u.kv_deletes, u.kv_lists, u.queue_ops
        FROM usage u JOIN usage_batches b ON b.id = u.batch_id
        WHERE u.account = ?1
          AND ((u.window_end >= ?2 AND u.window_end < ?3) OR (b.stored_at >= ?2 AND b.stored_at < ?3))",
     )?;
-    let rows = stmt.query_map(params![account, start, end], |r| {
-      Ok((
-        r.get::<_, String>(0)?,
-        r.get::<_, i64>(1)?,
-        r.get::<_, i64>(2)?,
-        r.get::<_, i64>(3)?,
-        r.get::<_, i64>(4)?,
-        r.get::<_, i64>(5)?,
-      ))
-    })?;
+    let mut rows = stmt.query(params![account, start, end])?;
     let mut days: std::collections::BTreeMap<(String, String), DayUsage> = Default::default();
-    for row in rows {
-      let (worker, window_end, stored_at, requests, cpu_us, egress) = row?;
+    while let Some(r) = rows.next()? {
+      let worker: String = r.get(0)?;
+      let (window_end, stored_at): (i64, i64) = (r.get(1)?, r.get(2)?);
       let natural = month_of(window_end);
       let late = issued.get(&natural).is_some_and(|at| stored_at > *at);
       let billed_at = if late { stored_at } else { window_end };
@@ -72,16 +65,16 @@ impl Db {
       let day = day_of(billed_at);
       let entry = days
         .entry((day.clone(), worker.clone()))
-        .or_insert(DayUsage {
-          day,
-          worker,
-          requests: 0,
-          cpu_us: 0,
-          egress_bytes: 0,
-        });
-      entry.requests += to_u64(requests);
-      entry.cpu_us += to_u64(cpu_us);
-      entry.egress_bytes += to_u64(egress);
+        .or_insert_with(|| DayUsage::new(day, worker));
+      let n = |i: usize| r.get::<_, i64>(i).map(to_u64);
+      entry.requests += n(3)?;
+      entry.cpu_us += n(4)?;
+      entry.egress_bytes += n(5)?;
+      entry.kv_reads += n(6)?;
+      entry.kv_writes += n(7)?;
+      entry.kv_deletes += n(8)?;
+      entry.kv_lists += n(9)?;
+      entry.queue_ops += n(10)?;
     }
     Ok(days.into_values().collect())
   }

@@ -302,6 +302,16 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_by_time ON audit (at, id);
 "#,
+  // Storage operations in usage (0 in rows stored before they were
+  // counted). Queue deliveries are counted by the control plane itself,
+  // in rows whose batch id starts `queue-batch-` and whose edge is "".
+  r#"
+ALTER TABLE usage ADD COLUMN kv_reads INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN kv_writes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN kv_deletes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN kv_lists INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN queue_ops INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

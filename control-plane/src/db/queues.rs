@@ -3,6 +3,8 @@
 //! after a lost answer does not store it twice; it is leased to one batch
 //! at a time and deleted when acknowledged.
 
+use isola_proto::msg::Usage;
+use isola_proto::msg::UsageRecord;
 use isola_proto::queue::BatchReport;
 use isola_proto::queue::ContentType;
 use isola_proto::queue::Disposition;
@@ -382,9 +384,20 @@ impl Db {
   /// once they have failed `max_retries` times. Messages the report does
   /// not name count as retried. A second report of the same batch finds
   /// nothing leased and changes nothing.
+  ///
+  /// The batch's queue operations are billed to the consumer here, in the
+  /// same transaction: every lease ends in exactly one settle (a report, or
+  /// a release when the edge vanished), so counting at the settle is exact
+  /// across restarts of either side, where an edge could count a delivery
+  /// it never reported, or lose one it ran as it crashed. Per started
+  /// 64 KB of each message: one read (this delivery attempt), one delete
+  /// if acknowledged or dropped, one write if dead-lettered.
   pub fn settle(&self, key: &str, report: &BatchReport, now: Millis) -> Result<Settled> {
     let (account, name) = split_key(key)?;
     let consumer = consumer_of(&self.conn(), account, name)?;
+    let billed = consumer
+      .as_ref()
+      .map(|c| isola_proto::names::edge_worker_name(account, &c.worker));
     let (max_retries, dlq, retry_delay) = consumer.map_or((3, None, 0), |c| {
       (c.max_retries, c.dead_letter_queue, c.retry_delay)
     });
@@ -392,7 +405,11 @@ impl Db {
       let leased = messages_of(tx, report.id)?;
       let mut settled = Settled::default();
       let (mut acked, mut retried, mut dead, mut dropped) = (0i64, 0i64, 0i64, 0i64);
-      for m in leased {
+      let mut ops = 0u64;
+      for m in &leased {
+        let chunks = isola_proto::queue::operations(m.body.len());
+        // The read of this delivery.
+        ops += chunks;
         let disposition = report
           .messages
           .iter()
@@ -402,6 +419,7 @@ impl Db {
           Disposition::Ack => {
             tx.execute("DELETE FROM queue_messages WHERE id = ?1", [&m.id])?;
             acked += 1;
+            ops += chunks;
           }
           Disposition::Retry(delay) if m.attempts <= max_retries => {
             let secs = delay.unwrap_or(u64::from(retry_delay));
@@ -423,13 +441,37 @@ impl Db {
               )?;
               settled.dead_lettered.push((queue_key(account, dlq), now));
               dead += 1;
+              ops += chunks;
             }
             None => {
               tx.execute("DELETE FROM queue_messages WHERE id = ?1", [&m.id])?;
               dropped += 1;
+              ops += chunks;
             }
           },
         }
+      }
+      match &billed {
+        Some(worker) if ops > 0 => {
+          let secs = to_u64(now / 1000);
+          let record = UsageRecord {
+            worker: worker.clone(),
+            version: report.version.clone().unwrap_or_default(),
+            start: secs,
+            end: secs,
+            usage: Usage {
+              queue_ops: ops,
+              ..Usage::default()
+            },
+          };
+          super::usage::store_counted(tx, &format!("queue-batch-{}", report.id), &record)?;
+        }
+        None if ops > 0 => tracing::warn!(
+          queue = key,
+          ops,
+          "a batch settled after its queue lost its consumer; its operations are not billed"
+        ),
+        _ => {}
       }
       tx.execute(
         "UPDATE queues SET delivered = delivered + ?3, retried = retried + ?4,
@@ -595,6 +637,7 @@ mod tests {
       unavailable: false,
       cpu_us: 0,
       wall_us: 0,
+      version: Some("h1".into()),
     }
   }
 
@@ -665,5 +708,32 @@ mod tests {
       db.queue_info("acme", "jobs", 8_000).unwrap().dead_lettered,
       2
     );
+
+    // Billed to the consumer, per started 64 KB: batch 1 read 4 and
+    // deleted 1 (the repeat added nothing), batch 2 read 2 and wrote 2 to
+    // the dead-letter queue; a 100 KB message read and acknowledged is 4.
+    let big = NewMessage {
+      body: vec![0; 100_000],
+      content_type: ContentType::Bytes,
+      delay_seconds: 0,
+    };
+    db.enqueue("acme", "jobs", &[("big".into(), big)], 8_000)
+      .unwrap();
+    assert_eq!(db.lease("acme/jobs", 3, 10, 8_000).unwrap().len(), 1);
+    let mut last = report(3, vec![("big".into(), Disposition::Ack)]);
+    last.version = None;
+    db.settle("acme/jobs", &last, 9_000).unwrap();
+    let usage = db.usage("acme", "eater", None, None).unwrap();
+    assert_eq!(usage.total.queue_ops, 5 + 4 + 4);
+    assert_eq!(
+      usage.total.requests, 0,
+      "an invocation is the edge's to count"
+    );
+    let by: Vec<(&str, u64)> = usage
+      .by_version
+      .iter()
+      .map(|v| (v.hash.as_str(), v.usage.queue_ops))
+      .collect();
+    assert_eq!(by, [("", 4), ("h1", 9)]);
   }
 }

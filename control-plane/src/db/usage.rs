@@ -2,8 +2,10 @@
 
 use isola_proto::msg::Usage;
 use isola_proto::msg::UsageBatch;
+use isola_proto::msg::UsageRecord;
 use isola_proto::names::split_edge_worker_name;
 use rusqlite::params;
+use rusqlite::Transaction;
 use rusqlite::TransactionBehavior;
 
 use super::require_worker;
@@ -44,7 +46,8 @@ impl Db {
     require_worker(&conn, account, worker)?;
     let mut stmt = conn.prepare(
       "SELECT version_hash, SUM(requests), SUM(errors), SUM(cpu_us), SUM(wall_us),
-              SUM(egress_bytes), SUM(ingress_bytes), SUM(subrequests)
+              SUM(egress_bytes), SUM(ingress_bytes), SUM(subrequests), SUM(kv_reads),
+              SUM(kv_writes), SUM(kv_deletes), SUM(kv_lists), SUM(queue_ops)
        FROM usage
        WHERE account = ?1 AND worker = ?2 AND window_end >= ?3 AND window_end < ?4
        GROUP BY version_hash ORDER BY version_hash",
@@ -68,6 +71,11 @@ impl Db {
               egress_bytes: to_u64(row.get(5)?),
               ingress_bytes: to_u64(row.get(6)?),
               subrequests: to_u64(row.get(7)?),
+              kv_reads: to_u64(row.get(8)?),
+              kv_writes: to_u64(row.get(9)?),
+              kv_deletes: to_u64(row.get(10)?),
+              kv_lists: to_u64(row.get(11)?),
+              queue_ops: to_u64(row.get(12)?),
             },
           ))
         },
@@ -101,44 +109,80 @@ impl Db {
     if inserted == 0 {
       return Ok(false);
     }
-    {
-      let mut stmt = tx.prepare(
-        "INSERT INTO usage (batch_id, edge, account, worker, version_hash, window_start,
-           window_end, requests, errors, cpu_us, wall_us, ingress_bytes, egress_bytes, subrequests)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-      )?;
-      for r in &batch.records {
-        let Some((account, worker)) = split_edge_worker_name(&r.worker) else {
-          tracing::warn!(edge, worker = %r.worker, "usage for a worker name that is no account_worker; dropped");
-          continue;
-        };
-        stmt.execute(params![
-          batch.id,
-          edge,
-          account,
-          worker,
-          r.version,
-          to_i64(r.start),
-          to_i64(r.end),
-          to_i64(r.usage.requests),
-          to_i64(r.usage.errors),
-          to_i64(r.usage.cpu_us),
-          to_i64(r.usage.wall_us),
-          to_i64(r.usage.ingress_bytes),
-          to_i64(r.usage.egress_bytes),
-          to_i64(r.usage.subrequests),
-        ])?;
-      }
+    for r in &batch.records {
+      let Some((account, worker)) = split_edge_worker_name(&r.worker) else {
+        tracing::warn!(edge, worker = %r.worker, "usage for a worker name that is no account_worker; dropped");
+        continue;
+      };
+      insert_usage(&tx, &batch.id, edge, account, worker, r)?;
     }
     tx.commit()?;
     Ok(true)
   }
 }
 
+/// Stores usage the control plane counted itself (a queue batch's
+/// deliveries), in the caller's transaction, under batch id `id`: once,
+/// however often it is called with that id. The record's `worker` is the
+/// edge name.
+pub(super) fn store_counted(tx: &Transaction<'_>, id: &str, record: &UsageRecord) -> Result<()> {
+  let Some((account, worker)) = split_edge_worker_name(&record.worker) else {
+    return Err(super::Error::Corrupt(format!(
+      "usage for worker {:?}, which is no account_worker name",
+      record.worker
+    )));
+  };
+  let inserted = tx.execute(
+    "INSERT OR IGNORE INTO usage_batches (id, edge, stored_at) VALUES (?1, '', ?2)",
+    params![id, Timestamp::now().0],
+  )?;
+  if inserted > 0 {
+    insert_usage(tx, id, "", account, worker, record)?;
+  }
+  Ok(())
+}
+
+fn insert_usage(
+  tx: &Transaction<'_>,
+  batch: &str,
+  edge: &str,
+  account: &str,
+  worker: &str,
+  r: &UsageRecord,
+) -> Result<()> {
+  let u = &r.usage;
+  let mut stmt = tx.prepare_cached(
+    "INSERT INTO usage (batch_id, edge, account, worker, version_hash, window_start,
+       window_end, requests, errors, cpu_us, wall_us, ingress_bytes, egress_bytes, subrequests,
+       kv_reads, kv_writes, kv_deletes, kv_lists, queue_ops)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+  )?;
+  stmt.execute(params![
+    batch,
+    edge,
+    account,
+    worker,
+    r.version,
+    to_i64(r.start),
+    to_i64(r.end),
+    to_i64(u.requests),
+    to_i64(u.errors),
+    to_i64(u.cpu_us),
+    to_i64(u.wall_us),
+    to_i64(u.ingress_bytes),
+    to_i64(u.egress_bytes),
+    to_i64(u.subrequests),
+    to_i64(u.kv_reads),
+    to_i64(u.kv_writes),
+    to_i64(u.kv_deletes),
+    to_i64(u.kv_lists),
+    to_i64(u.queue_ops),
+  ])?;
+  Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-  use isola_proto::msg::UsageRecord;
-
   use super::*;
   use crate::db::testing::open;
   use crate::db::testing::upload;
@@ -164,6 +208,11 @@ mod tests {
         ingress_bytes: 100,
         egress_bytes: 1000,
         subrequests: 2,
+        kv_reads: 7,
+        kv_writes: 3,
+        kv_deletes: 1,
+        kv_lists: 2,
+        queue_ops: 5,
       },
     };
     let batch = UsageBatch {
@@ -175,6 +224,16 @@ mod tests {
     let usage = db.usage("acme", "api", None, None).unwrap();
     assert_eq!(usage.total.requests, 30);
     assert_eq!(usage.total.cpu_us, 4500);
+    assert_eq!(
+      (
+        usage.total.kv_reads,
+        usage.total.kv_writes,
+        usage.total.kv_deletes,
+        usage.total.kv_lists,
+        usage.total.queue_ops
+      ),
+      (21, 9, 3, 6, 15)
+    );
     assert_eq!(usage.by_version.len(), 2);
     assert_eq!(usage.by_version[0].hash, "h1");
     assert_eq!(usage.by_version[0].usage.requests, 20);

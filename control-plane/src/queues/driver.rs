@@ -277,6 +277,9 @@ async fn apply(dispatcher: &mut Dispatcher, db: &Db, fleet: &Fleet, clock: Clock
           unavailable: false,
           cpu_us: 0,
           wall_us: 0,
+          // Nothing reported which version ran: its reads are billed to
+          // no version.
+          version: None,
         };
         tracing::info!(
           batch = id,

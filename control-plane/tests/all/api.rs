@@ -359,6 +359,11 @@ async fn upload_deploy_list_and_roll_back() {
       ingress_bytes: 10,
       egress_bytes: 100,
       subrequests: 0,
+      kv_reads: 4,
+      kv_writes: 3,
+      kv_deletes: 2,
+      kv_lists: 1,
+      queue_ops: 6,
     },
   };
   let batch = UsageBatch {
@@ -375,6 +380,15 @@ async fn upload_deploy_list_and_roll_back() {
   assert_eq!(r.status, 200, "{r:?}");
   assert_eq!(r.json["requests"], 15);
   assert_eq!(r.json["cpu_ms"], 7.5);
+  for (field, per_record) in [
+    ("kv_reads", 4),
+    ("kv_writes", 3),
+    ("kv_deletes", 2),
+    ("kv_lists", 1),
+    ("queue_operations", 6),
+  ] {
+    assert_eq!(r.json[field], 3 * per_record, "{field}: {r:?}");
+  }
   assert_eq!(r.json["by_version"].as_array().unwrap().len(), 2);
   let r = s
     .get(

@@ -74,6 +74,22 @@ pub enum Failure<'a> {
   Limit(LimitExceeded),
 }
 
+/// Storage operations an invocation made, counted as Cloudflare bills
+/// them: KV reads, writes, deletes and lists apart (a read an edge's cache
+/// answers still counts), and queue operations per started 64 KB of each
+/// message sent. Only operations that reached storage count: one refused
+/// by a check or a limit, or whose call failed, does not; nor does one
+/// that completes after its invocation is over (neither awaited nor
+/// passed to `waitUntil`), like the CPU of such work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StorageOps {
+  pub kv_reads: u32,
+  pub kv_writes: u32,
+  pub kv_deletes: u32,
+  pub kv_lists: u32,
+  pub queue_ops: u64,
+}
+
 /// What an invocation used, kept while it runs.
 #[derive(Clone, Debug)]
 pub struct Usage {
@@ -84,6 +100,7 @@ pub struct Usage {
   pub subrequests: u32,
   pub bytes_in: u64,
   pub bytes_out: u64,
+  pub ops: StorageOps,
   pub outcome: Option<Outcome>,
   /// A scheduled handler called `controller.noRetry()`.
   pub no_retry: bool,
@@ -101,6 +118,7 @@ impl Usage {
       subrequests: 0,
       bytes_in: 0,
       bytes_out: 0,
+      ops: StorageOps::default(),
       outcome: None,
       no_retry: false,
       trace: None,
@@ -366,6 +384,14 @@ impl Invocations {
         limit == 0 || p.usage.subrequests <= limit
       }
       None => true,
+    }
+  }
+
+  /// Counts storage operations of invocation `id` that reached storage;
+  /// an invocation already over is not charged.
+  pub fn count_ops(&mut self, id: u32, count: impl FnOnce(&mut StorageOps)) {
+    if let Some(p) = self.pending.get_mut(&id) {
+      count(&mut p.usage.ops);
     }
   }
 
@@ -757,6 +783,29 @@ mod tests {
     ));
     assert_eq!(trace.exceptions.len(), 1);
     assert!(trace.exceptions[0].message.starts_with("body limit"));
+  }
+
+  #[test]
+  fn storage_operations_are_reported_with_their_invocation_and_not_after_it() {
+    let t0 = Instant::now();
+    let mut table = Invocations::default();
+    let seen = record(&mut table);
+    let mut a = start(&mut table, t0);
+    table.count_ops(a.id, |o| o.kv_reads += 1);
+    table.count_ops(a.id, |o| o.kv_reads += 1);
+    table.count_ops(a.id, |o| o.kv_writes += 1);
+    table.count_ops(a.id, |o| o.queue_ops += 3);
+    respond(&mut table, a.id);
+    // An operation that completes once the invocation is over is not billed.
+    table.count_ops(a.id, |o| o.kv_deletes += 1);
+    let want = StorageOps {
+      kv_reads: 2,
+      kv_writes: 1,
+      queue_ops: 3,
+      ..StorageOps::default()
+    };
+    assert_eq!(a.done.try_recv().unwrap().ops, want);
+    assert_eq!(seen.borrow()[0].1.ops, want);
   }
 
   #[test]

@@ -24,6 +24,7 @@ use isola_proto::kv::MAX_LIST_LIMIT;
 use isola_proto::kv::MAX_OPS_PER_INVOCATION;
 
 use crate::invocation::Invocations;
+use crate::invocation::StorageOps;
 
 /// Where a worker's KV bindings go: the edge implements it over the control
 /// plane (with its cache), `isola-edge dev` over a local store.
@@ -54,13 +55,13 @@ struct KvOps(HashMap<u32, u32>);
 const FAILED: &str = "KV operation failed";
 
 /// Counts one KV operation of invocation `id` against
-/// [`MAX_OPS_PER_INVOCATION`]; returns the call's worker, namespace and
-/// service.
+/// [`MAX_OPS_PER_INVOCATION`]; returns the invocation's id, and the call's
+/// worker, namespace and service.
 fn begin(
   state: &mut OpState,
   id: i32,
   binding: &str,
-) -> Result<(String, String, Arc<dyn KvService>), JsErrorBox> {
+) -> Result<(u32, String, String, Arc<dyn KvService>), JsErrorBox> {
   let (worker, namespace, service) = {
     let bindings = state
       .try_borrow::<KvBindings>()
@@ -101,10 +102,13 @@ fn begin(
       "KV operation limit: more than {MAX_OPS_PER_INVOCATION} KV operations in one invocation"
     )));
   }
-  Ok((worker, namespace, service))
+  Ok((id, worker, namespace, service))
 }
 
-/// Runs `op` for `binding` of invocation `id`.
+/// Runs `op` for `binding` of invocation `id`. An operation that the store
+/// (or the edge's cache) answered counts for billing; one refused by a
+/// check or a limit, or whose call failed, never reached storage and does
+/// not.
 async fn run(
   state: &Rc<RefCell<OpState>>,
   id: i32,
@@ -112,7 +116,13 @@ async fn run(
   op: KvOp,
   cache_ttl: Option<u64>,
 ) -> Result<KvReply, JsErrorBox> {
-  let (worker, namespace, service) = begin(&mut state.borrow_mut(), id, binding)?;
+  let (id, worker, namespace, service) = begin(&mut state.borrow_mut(), id, binding)?;
+  let count: fn(&mut StorageOps) = match &op {
+    KvOp::Get { .. } => |o| o.kv_reads += 1,
+    KvOp::Put { .. } => |o| o.kv_writes += 1,
+    KvOp::Delete { .. } => |o| o.kv_deletes += 1,
+    KvOp::List { .. } => |o| o.kv_lists += 1,
+  };
   let call = KvCall {
     worker,
     namespace,
@@ -121,7 +131,13 @@ async fn run(
   match service.call(call, cache_ttl).await {
     Ok(KvReply::Refused(e)) | Err(e) => Err(JsErrorBox::generic(e.0)),
     Ok(KvReply::Failed) => Err(JsErrorBox::generic(FAILED)),
-    Ok(reply) => Ok(reply),
+    Ok(reply) => {
+      state
+        .borrow_mut()
+        .borrow_mut::<Invocations>()
+        .count_ops(id, count);
+      Ok(reply)
+    }
   }
 }
 

@@ -38,6 +38,7 @@ pub use invocation::FinishHook;
 pub use invocation::InvocationSpec;
 pub use invocation::Invocations;
 pub use invocation::Reply;
+pub use invocation::StorageOps;
 pub use invocation::Usage;
 pub use kv::KvBindings;
 pub use kv::KvService;

@@ -146,7 +146,7 @@ pub async fn op_isola_queue_send(
   #[string] binding: String,
   #[serde] messages: Vec<Outgoing>,
 ) -> Result<(), JsErrorBox> {
-  let (call, service) = {
+  let (call, service, id, ops) = {
     let mut state = state.borrow_mut();
     let (worker, queue, service) = {
       let bindings = state
@@ -189,15 +189,26 @@ pub async fn op_isola_queue_send(
         "Too many subrequests: this invocation reached its limit of fetch(), service binding and queue calls",
       ));
     }
+    // Counted once stored: a refused or failed send wrote nothing.
+    let ops: u64 = messages
+      .iter()
+      .map(|m| isola_proto::queue::operations(m.body.len()))
+      .sum();
     let call = SendCall {
       worker,
       queue,
       messages,
     };
-    (call, service)
+    (call, service, id, ops)
   };
   match service.send(call).await {
-    SendReply::Sent => Ok(()),
+    SendReply::Sent => {
+      state
+        .borrow_mut()
+        .borrow_mut::<Invocations>()
+        .count_ops(id, |o| o.queue_ops += ops);
+      Ok(())
+    }
     SendReply::Refused(e) => Err(JsErrorBox::generic(e.0)),
     SendReply::Failed => Err(JsErrorBox::generic("Queue send failed")),
   }

@@ -214,6 +214,7 @@ impl Isolate {
           bytes_in: usage.bytes_in,
           bytes_out: usage.bytes_out,
           subrequests: usage.subrequests,
+          ops: usage.ops,
           outcome: usage.outcome.unwrap_or(Outcome::Stopped),
         };
         if let Some(trace) = trace {

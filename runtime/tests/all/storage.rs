@@ -32,6 +32,7 @@ use isola_runtime::MeterSink;
 use isola_runtime::Outcome;
 use isola_runtime::QueueService;
 use isola_runtime::Runtime;
+use isola_runtime::StorageOps;
 use isola_runtime::WorkerConfig;
 use isola_runtime::WorkerKey;
 use libtest_mimic::Trial;
@@ -179,6 +180,27 @@ impl Pool {
 
   fn sent(&self) -> Vec<SendCall> {
     self.queues.sent.lock().unwrap().clone()
+  }
+
+  /// The storage operations of `worker`'s one invocation, once metered.
+  async fn ops_of(&self, worker: &str) -> StorageOps {
+    let start = Instant::now();
+    loop {
+      let ops: Vec<StorageOps> = {
+        let records = self.records.lock().unwrap();
+        records
+          .iter()
+          .filter(|r| &*r.worker == worker)
+          .map(|r| r.ops)
+          .collect()
+      };
+      if let Some(first) = ops.first() {
+        assert_eq!(ops.len(), 1, "one invocation");
+        return *first;
+      }
+      assert!(start.elapsed() < Duration::from_secs(20), "no record");
+      tokio::time::sleep(Duration::from_millis(10)).await;
+    }
   }
 }
 
@@ -455,6 +477,38 @@ async fn kv_and_queue_bindings_come_from_the_manifest() {
   assert!(calls
     .iter()
     .all(|c| *c == ("from-manifest".to_string(), "ns-9".to_string())));
+}
+
+/// Each operation that reached storage counts once, by kind; calls a
+/// check, a limit, a refusal or a failure stopped count nothing.
+async fn operations_that_reach_storage_are_metered() {
+  let ops = |kv_reads, kv_writes, kv_deletes, kv_lists, queue_ops| StorageOps {
+    kv_reads,
+    kv_writes,
+    kv_deletes,
+    kv_lists,
+    queue_ops,
+  };
+  for (worker, path, want) in [
+    // A put, two gets, and two deletes (one of a key never there).
+    (kv_worker(), "/delete", ops(2, 1, 2, 0, 0)),
+    // Seven puts, three pages and a whole listing; two lists out of range.
+    (kv_worker(), "/list", ops(0, 7, 0, 4, 0)),
+    // Keys refused before the call: only the longest key's put and get.
+    (kv_worker(), "/keys", ops(1, 1, 0, 0, 0)),
+    // Refused by the store, or it failed.
+    (kv_worker(), "/refused", ops(0, 0, 0, 0, 0)),
+    // Five small messages, one operation each.
+    (producer(50), "/types", ops(0, 0, 0, 0, 5)),
+    // Only the 128,000-byte message is sent: two 64 KB operations.
+    (producer(50), "/limits", ops(0, 0, 0, 0, 2)),
+    (producer(50), "/refused", ops(0, 0, 0, 0, 0)),
+  ] {
+    let pool = Pool::new(true);
+    pool.scenario(&worker, path).await;
+    let got = pool.ops_of(worker.config.name()).await;
+    assert_eq!(got, want, "{path}");
+  }
 }
 
 async fn kv_without_a_service_says_so() {
@@ -819,6 +873,10 @@ async fn a_worker_without_a_queue_handler_cannot_consume() {
 pub fn trials() -> Vec<Trial> {
   vec![
     trial("kv::get_returns_each_type", kv_get_returns_each_type),
+    trial(
+      "operations_that_reach_storage_are_metered",
+      operations_that_reach_storage_are_metered,
+    ),
     trial(
       "kv::put_takes_strings_buffers_views_and_streams",
       kv_put_takes_strings_buffers_views_and_streams,
