@@ -60,8 +60,12 @@ pub fn absolute_uri(req: &http::Request<Incoming>, scheme: &str, fallback_host: 
 
 fn builder(options: &HttpOptions) -> auto::Builder<TokioExecutor> {
   let mut builder = auto::Builder::new(TokioExecutor::new());
+  // One buffer per response (head and a small body copied together) and a
+  // plain `send`, rather than `writev` of the parts: less kernel work per
+  // response, as `deno serve` does.
   builder
     .http1()
+    .writev(false)
     .timer(TokioTimer::new())
     .header_read_timeout(options.header_timeout)
     .max_buf_size(options.max_header_bytes.max(8192));

@@ -29,7 +29,7 @@ struct WorkerLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
   worker: String,
-  class: String,
+  class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -267,7 +267,10 @@ impl Metrics {
 
   /// Counts one HTTP request answered for `worker` ("" when no route matched).
   pub fn record_http(&self, worker: &str, status: u16, elapsed: std::time::Duration) {
-    let class = format!("{}xx", status / 100);
+    const CLASSES: [&str; 10] = [
+      "0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
+    ];
+    let class = CLASSES[usize::from(status / 100).min(9)];
     self
       .inner
       .http_requests
