@@ -224,7 +224,8 @@ fn s3_builder_from_env() -> AmazonS3Builder {
 
 /// How often and how long an S3 request is retried. Shorter than the
 /// crate's default (10 tries within 3 minutes): an edge waiting for a
-/// bundle should hear "not applied" and retry on its next connection.
+/// bundle should rather hear "not applied" and get it with the next
+/// revision or connection.
 fn retry() -> object_store::RetryConfig {
   object_store::RetryConfig {
     max_retries: 3,
@@ -260,7 +261,8 @@ impl Blobs {
           .map_err(open_err)?;
         let prefix = object_store::path::Path::from(prefix.as_str());
         // A key that never exists: "not found" proves the bucket answers
-        // and the key may read it.
+        // and the credentials may read it (S3 says "access denied" instead
+        // without s3:ListBucket).
         match store.head(&prefix.clone().join(".isola-probe")).await {
           Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
           Err(e) => return Err(open_err(e)),
