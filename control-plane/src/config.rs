@@ -27,6 +27,9 @@
 //!
 //! [telemetry]
 //! otlp_endpoint = "http://127.0.0.1:4318"
+//!
+//! [storage]
+//! blobs = "s3://isola-fleet/blobs"   # or a path; default DATA_DIR/blobs
 //! ```
 
 use std::net::SocketAddr;
@@ -38,6 +41,7 @@ use isola_proto::manifest::LimitsSpec;
 
 use crate::api::RateLimit;
 use crate::billing::PriceSheet;
+use crate::blobs::Location;
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -60,6 +64,27 @@ pub struct ControlConfig {
   /// `service_name` — default `isola-control` —, `sample_ratio` — default
   /// 1.0). Off by default.
   pub telemetry: isola_io::telemetry::TelemetryConfig,
+  pub storage: StorageConfig,
+}
+
+/// `[storage]`: where module bytes live.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+  /// The blob store: a path, `file:///PATH` or `s3://BUCKET/PREFIX` (AWS
+  /// variables give endpoint, region and credentials). Default:
+  /// `DATA_DIR/blobs`.
+  #[serde(deserialize_with = "blobs_location")]
+  pub blobs: Option<Location>,
+}
+
+/// A bad value is an error on its line, saying how to fix it.
+fn blobs_location<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Location>, D::Error> {
+  let value = String::deserialize(d)?;
+  value
+    .parse()
+    .map(Some)
+    .map_err(|e| serde::de::Error::custom(format!("blobs {value:?}: {e}")))
 }
 
 impl ControlConfig {
@@ -171,5 +196,27 @@ mod tests {
     assert!(err.contains("otlp_endpont"), "{err}");
     let err = ControlConfig::parse("[telemetry]\nsample_ratio = 2.0\n").unwrap_err();
     assert!(err.contains("0.0 to 1.0"), "{err}");
+  }
+
+  #[test]
+  fn storage_names_the_blob_store_and_a_bad_one_is_an_error_on_its_line() {
+    let c = ControlConfig::parse("[storage]\nblobs = \"s3://isola-fleet/prod\"\n").unwrap();
+    assert_eq!(
+      c.storage.blobs,
+      Some(Location::S3 {
+        bucket: "isola-fleet".into(),
+        prefix: "prod".into()
+      })
+    );
+    assert_eq!(ControlConfig::parse("").unwrap().storage.blobs, None);
+    let err =
+      ControlConfig::parse("api = \"127.0.0.1:1\"\n[storage]\nblobs = \"s4://x\"\n").unwrap_err();
+    assert!(
+      err.starts_with("line 3:")
+        && err.contains("blobs \"s4://x\": unknown scheme \"s4\"; use a path"),
+      "{err}"
+    );
+    let err = ControlConfig::parse("[storage]\nblob = \"x\"\n").unwrap_err();
+    assert!(err.starts_with("line 2:") && err.contains("blob"), "{err}");
   }
 }

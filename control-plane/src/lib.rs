@@ -1,4 +1,4 @@
-//! Isola's control plane: the store, the upload API, the checks an upload
+//! Isola's control plane: the store, the blob store, the upload API, the checks an upload
 //! passes, the PKI of the control channel and its QUIC endpoint. The
 //! `isola-control` binary is a thin command line over these; tests drive
 //! the API in-process.
@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod billing;
+pub mod blobs;
 pub mod config;
 pub mod db;
 pub mod dns;

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 use isola_control::api;
+use isola_control::blobs;
 use isola_control::config::ControlConfig;
 use isola_control::db;
 use isola_control::pki;
@@ -89,6 +90,13 @@ enum Command {
     /// The DNS server's settings (zones, TTL, networks, health checks).
     #[arg(long, requires = "dns")]
     dns_config: Option<PathBuf>,
+    /// Where module bytes are stored: a path, file:///PATH, or
+    /// s3://BUCKET/PREFIX for S3-compatible storage (endpoint, region and
+    /// credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY; AWS_ALLOW_HTTP=true for a plain-HTTP
+    /// endpoint). Default: DATA_DIR/blobs.
+    #[arg(long, value_name = "URL")]
+    blobs: Option<blobs::Location>,
   },
   /// Invoices from the usage records and the price sheet.
   Billing {
@@ -144,8 +152,10 @@ fn main() -> ExitCode {
       test_clock,
       dns,
       dns_config,
+      blobs,
     } => (|| {
-      let file = load_config(config.as_deref())?;
+      let mut file = load_config(config.as_deref())?;
+      file.storage.blobs = blobs.or(file.storage.blobs);
       let dns = match (dns, dns_config) {
         (Some(addr), Some(path)) => Some((addr, isola_control::dns::DnsConfig::load(&path)?)),
         _ => None,
@@ -324,6 +334,14 @@ async fn serve(
   dns: Option<(SocketAddr, isola_control::dns::DnsConfig)>,
 ) -> anyhow::Result<()> {
   let db = open_db(&dir)?;
+  let location = settings.storage.blobs.clone();
+  let blobs =
+    blobs::Blobs::open(location.unwrap_or_else(|| blobs::Location::default_in(&dir))).await?;
+  blobs
+    .adopt_legacy(&db)
+    .await
+    .context("cannot move module blobs from the database into the blob store")?;
+  tracing::info!(store = %blobs.location(), "blob store");
   let validator =
     Arc::new(validate::Validator::new().context("cannot start the runtime that checks uploads")?);
   let initial = db::blocking({
@@ -363,7 +381,7 @@ async fn serve(
       .context("cannot start the DNS server")?;
   }
   let app = api::router(
-    api::AppState::new(db.clone(), Arc::new(state_tx), validator)
+    api::AppState::new(db.clone(), blobs.clone(), Arc::new(state_tx), validator)
       .with_scheduler(cron.clone())
       .with_kv(kv.clone())
       .with_queues(queues.clone())
@@ -392,6 +410,7 @@ async fn serve(
     result = api => result.context("the API server failed")?,
     result = quic::serve(quic_addr, &dir, quic::Shared {
       db,
+      blobs,
       state: state_rx,
       scheduler: cron,
       kv,

@@ -23,6 +23,8 @@ use rustls::pki_types::ServerName;
 use tokio::sync::broadcast;
 use tokio::sync::watch;
 
+use crate::api::ErrorChain;
+use crate::blobs::Blobs;
 use crate::db::blocking;
 use crate::db::Db;
 use crate::fleet::EdgeLink;
@@ -65,6 +67,8 @@ fn endpoint_config(data_dir: &Path) -> anyhow::Result<quinn::EndpointConfig> {
 #[derive(Clone)]
 pub struct Shared {
   pub db: Db,
+  /// Where the bundles' module bytes are read from.
+  pub blobs: Blobs,
   pub state: watch::Receiver<Arc<DesiredState>>,
   pub scheduler: Scheduler,
   pub kv: Kv,
@@ -110,6 +114,7 @@ fn cert_names_edge(cert: &CertificateDer<'_>, name: &str) -> bool {
 async fn connection(incoming: quinn::Incoming, shared: Shared) -> anyhow::Result<()> {
   let Shared {
     db,
+    blobs,
     state,
     scheduler,
     kv,
@@ -127,6 +132,7 @@ async fn connection(incoming: quinn::Incoming, shared: Shared) -> anyhow::Result
   let mut session = ControlSession::new(Instant::now(), Timing::default());
   let mut edge = EdgeConnection {
     db,
+    blobs,
     state,
     cert,
     name: None,
@@ -147,6 +153,7 @@ async fn connection(incoming: quinn::Incoming, shared: Shared) -> anyhow::Result
 /// One edge's connection: the database work its session's events ask for.
 struct EdgeConnection {
   db: Db,
+  blobs: Blobs,
   state: watch::Receiver<Arc<DesiredState>>,
   /// The certificate the edge presented (already chained to the CA).
   cert: CertificateDer<'static>,
@@ -287,12 +294,18 @@ impl Handler<ControlSession> for EdgeConnection {
         }
       }
       ControlEvent::NeedBundle(hash) => {
-        let db = self.db.clone();
-        let key = hash.clone();
-        let bundle = match blocking(move || db.bundle(&key)).await {
+        // The edge reports the worker as not applied and asks again on
+        // its next connection; the log names the blob, version and store.
+        let bundle = match self.blobs.bundle(&self.db, &hash).await {
           Ok(bundle) => bundle,
           Err(e) => {
-            tracing::error!(hash, error = %e, "cannot read a version's bundle");
+            tracing::error!(
+              version = hash,
+              store = %self.blobs.location(),
+              error = %ErrorChain(&e),
+              "cannot read a version's bundle; upload the version again to repair a \
+               missing or corrupt blob"
+            );
             None
           }
         };

@@ -410,14 +410,19 @@ impl ControlSession {
   }
 
   /// The bundle asked for with [`ControlEvent::NeedBundle`]; `None` if it
-  /// cannot be read (the edge then reports the worker as not applied).
+  /// cannot be read (the edge then reports the worker as not applied, and
+  /// the next offer asks for it again, so a repaired blob reaches the edge
+  /// with the next revision).
   pub fn bundle(&mut self, hash: &str, bundle: Option<VersionBundle>) {
     if self.asked.as_deref() != Some(hash) {
       return;
     }
     self.asked = None;
-    if let Some(bundle) = bundle {
-      self.link.outbox.push_back(ToEdge::Bundle(bundle));
+    match bundle {
+      Some(bundle) => self.link.outbox.push_back(ToEdge::Bundle(bundle)),
+      None => {
+        self.edge_has.remove(hash);
+      }
     }
     self.ask_next();
   }
@@ -784,6 +789,18 @@ mod tests {
       vec![bundle_of("h1").unwrap(), bundle_of("h2").unwrap()]
     );
     assert_eq!(states, vec![desired(2, &["h2", "h3"])]);
+
+    // The unreadable bundle is asked for again with the next revision.
+    control.offer(&desired(3, &["h2", "h3"]));
+    assert_eq!(
+      drain(|| control.poll_event()),
+      vec![ControlEvent::NeedBundle("h3".into())]
+    );
+    control.bundle("h3", bundle_of("h3"));
+    pump(&mut edge, &mut control, t0);
+    let (bundles, states) = received(&mut edge);
+    assert_eq!(bundles, vec![bundle_of("h3").unwrap()]);
+    assert_eq!(states, vec![desired(3, &["h2", "h3"])]);
   }
 
   /// The catch-up that once needed one frame of every missing bundle: an

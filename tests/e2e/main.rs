@@ -3,6 +3,7 @@
 
 mod anycast;
 mod billing;
+mod blobs;
 mod dns;
 mod observe;
 mod storage;

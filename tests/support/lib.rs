@@ -118,12 +118,16 @@ impl Drop for Proc {
 
 impl Proc {
   pub fn start(program: &Path, args: &[&std::ffi::OsStr]) -> Proc {
-    let mut child = Command::new(program)
-      .args(args)
+    Self::spawn(Command::new(program).args(args))
+  }
+
+  /// Starts `command` (with its environment) and collects its output.
+  pub fn spawn(command: &mut Command) -> Proc {
+    let mut child = command
       .stdout(Stdio::piped())
       .stderr(Stdio::piped())
       .spawn()
-      .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+      .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", command.get_program()));
     let (tx, lines) = mpsc::channel();
     for stream in [
       Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
@@ -438,6 +442,8 @@ pub struct Control {
   pub proc: Option<Proc>,
   /// More arguments for `serve` (e.g. a test clock).
   pub serve_args: Vec<String>,
+  /// More environment variables for `serve` (e.g. AWS settings).
+  pub serve_env: Vec<(String, String)>,
 }
 
 /// Runs a one-shot `isola-control` command (`init`, `enroll-edge`) to its
@@ -460,6 +466,11 @@ impl Control {
 
   /// [`Control::init_and_start`] with more arguments for `serve`.
   pub fn init_and_start_with(dir: &Path, serve_args: &[&str]) -> Control {
+    Self::init_and_start_env(dir, serve_args, &[])
+  }
+
+  /// [`Control::init_and_start_with`] with environment variables for `serve`.
+  pub fn init_and_start_env(dir: &Path, serve_args: &[&str], env: &[(&str, &str)]) -> Control {
     run_control(
       Command::new(bin("isola-control"))
         .args(["init", "--data-dir"])
@@ -476,6 +487,10 @@ impl Control {
       token,
       proc: None,
       serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
+      serve_env: env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
     };
     control.start();
     control
@@ -486,15 +501,13 @@ impl Control {
   pub fn start(&mut self) {
     let program = bin("isola-control");
     let (api, quic) = (self.api.to_string(), self.quic.to_string());
-    let mut proc = Proc::start(
-      &program,
-      &["--log-format", "json", "serve", "--data-dir"]
-        .map(std::ffi::OsStr::new)
-        .into_iter()
-        .chain([self.dir.as_os_str()])
-        .chain(["--api", &api, "--quic", &quic].map(std::ffi::OsStr::new))
-        .chain(self.serve_args.iter().map(std::ffi::OsStr::new))
-        .collect::<Vec<_>>(),
+    let mut proc = Proc::spawn(
+      Command::new(&program)
+        .args(["--log-format", "json", "serve", "--data-dir"])
+        .arg(&self.dir)
+        .args(["--api", &api, "--quic", &quic])
+        .args(&self.serve_args)
+        .envs(self.serve_env.iter().map(|(k, v)| (k, v))),
     );
     self.api = proc.listening("api");
     self.proc = Some(proc);

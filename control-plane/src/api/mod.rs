@@ -76,6 +76,7 @@ pub const MAX_PATTERN_BYTES: usize = 2048;
 #[derive(Clone)]
 pub struct AppState {
   db: Db,
+  blobs: crate::blobs::Blobs,
   state_tx: Arc<watch::Sender<Arc<DesiredState>>>,
   validator: Arc<Validator>,
   scheduler: SchedulerHandle,
@@ -91,10 +92,12 @@ pub struct AppState {
 impl AppState {
   pub fn new(
     db: Db,
+    blobs: crate::blobs::Blobs,
     state_tx: Arc<watch::Sender<Arc<DesiredState>>>,
     validator: Arc<Validator>,
   ) -> Self {
     Self {
+      blobs,
       state_tx,
       validator,
       scheduler: SchedulerHandle::detached(),
@@ -462,7 +465,7 @@ impl ApiError {
 }
 
 /// An error and its sources, `outer: inner: ...`, for the log.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {
   fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -537,6 +540,17 @@ impl From<db::Error> for ApiError {
       db::Error::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m),
       db::Error::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
       db::Error::Invalid(m) => Self::invalid(m),
+      e => Self::internal(&e),
+    }
+  }
+}
+
+/// Blob store failures are the operator's business: logged, answered as
+/// an internal error.
+impl From<crate::blobs::Error> for ApiError {
+  fn from(e: crate::blobs::Error) -> Self {
+    match e {
+      crate::blobs::Error::Db(e) => e.into(),
       e => Self::internal(&e),
     }
   }
@@ -1003,6 +1017,11 @@ async fn upload(
   guard::check_ceilings(&caller.account, &checked.manifest.limits, &ceilings)?;
   check_services_exist(&state, &caller.account, &name, &checked.manifest).await?;
   state.validator.check_starts(&checked).await?;
+  // Blobs first: a crash before the version row commits leaves blobs no
+  // version names, never a version without its blobs.
+  for (module, (_, bytes)) in checked.manifest.modules.iter().zip(&checked.modules) {
+    state.blobs.put(&module.sha256, bytes.clone()).await?;
+  }
   let version = blocking(move || {
     state.db.insert_version(
       &caller.account,

@@ -1,5 +1,5 @@
 //! The control plane's store: one SQLite file holding accounts, uploaded
-//! versions (content-addressed module blobs plus immutable manifests),
+//! versions (immutable manifests; module bytes are in `crate::blobs`),
 //! deployments, routes, encrypted secrets, edges and usage.
 //!
 //! Every change edges must see (deploy, rollback, route, secret) takes the

@@ -85,7 +85,6 @@ impl Db {
 
 #[cfg(test)]
 mod tests {
-  use isola_proto::manifest::Manifest;
 
   use super::*;
   use crate::db::testing::upload;
@@ -140,10 +139,9 @@ mod tests {
     ));
     assert!(db.desired_state().unwrap().workers[0].secrets.is_empty());
 
-    let bundle = db.bundle(&v.hash).unwrap().unwrap();
-    let manifest: Manifest = serde_json::from_slice(&bundle.manifest).unwrap();
+    let (json, manifest) = db.version_manifest(&v.hash).unwrap().unwrap();
     assert_eq!(manifest.version_id(), v.hash);
-    assert_eq!(bundle.modules[0].as_slice(), b"export default {}");
-    assert!(db.bundle(&"0".repeat(64)).unwrap().is_none());
+    assert_eq!(json, manifest.canonical_json());
+    assert!(db.version_manifest(&"0".repeat(64)).unwrap().is_none());
   }
 }

@@ -1,11 +1,11 @@
-//! Workers and their uploaded versions: immutable manifests plus module
-//! blobs stored once per content hash.
+//! Workers and their uploaded versions: immutable manifests. Module bytes
+//! live in the blob store (`crate::blobs`); the `blobs` table only holds
+//! what older releases stored here, until `serve` moves it out.
 
 use bytes::Bytes;
 use isola_proto::manifest::LimitsSpec;
 use isola_proto::manifest::Manifest;
 use isola_proto::manifest::ModuleRef;
-use isola_proto::msg::VersionBundle;
 use rusqlite::params;
 use rusqlite::OptionalExtension as _;
 use serde::Serialize;
@@ -80,7 +80,7 @@ pub struct WorkerInfo {
 impl Db {
   /// Stores a checked upload as a new version of `account`'s `worker`,
   /// creating the worker on its first upload. `modules` are in the
-  /// manifest's order.
+  /// manifest's order; their bytes must already be in the blob store.
   pub fn insert_version(
     &self,
     account: &str,
@@ -111,19 +111,6 @@ impl Db {
         "INSERT OR IGNORE INTO workers (account, name, created_at) VALUES (?1, ?2, ?3)",
         params![account, worker, created_at.0],
       )?;
-      for (module, (_, bytes)) in stored.modules.iter().zip(modules) {
-        let have: bool = tx.query_row(
-          "SELECT EXISTS (SELECT 1 FROM blobs WHERE sha256 = ?1)",
-          [&module.sha256],
-          |row| row.get(0),
-        )?;
-        if !have {
-          tx.execute(
-            "INSERT INTO blobs (sha256, bytes) VALUES (?1, ?2)",
-            params![module.sha256, bytes.as_ref()],
-          )?;
-        }
-      }
       tx.execute(
         "INSERT INTO versions (id, account, worker, hash, manifest, created_at, message)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -207,39 +194,67 @@ impl Db {
     };
     row.into_detail(worker)
   }
-  /// The canonical manifest and module bytes (in manifest order) of the
-  /// version with manifest hash `hash`.
-  pub fn bundle(&self, hash: &str) -> Result<Option<VersionBundle>> {
-    let conn = self.conn();
-    let manifest: Option<Vec<u8>> = conn
+  /// The canonical manifest of the version with manifest hash `hash`, as
+  /// stored and parsed.
+  pub fn version_manifest(&self, hash: &str) -> Result<Option<(Vec<u8>, Manifest)>> {
+    let manifest: Option<Vec<u8>> = self
+      .conn()
       .query_row(
         "SELECT manifest FROM versions WHERE hash = ?1 LIMIT 1",
         [hash],
         |row| row.get(0),
       )
       .optional()?;
-    let Some(manifest_json) = manifest else {
-      return Ok(None);
-    };
-    let manifest = parse_manifest(hash, &manifest_json)?;
-    let mut stmt = conn.prepare("SELECT bytes FROM blobs WHERE sha256 = ?1")?;
-    let mut modules = Vec::with_capacity(manifest.modules.len());
-    for module in &manifest.modules {
-      let bytes: Option<Vec<u8>> = stmt
-        .query_row([&module.sha256], |row| row.get(0))
-        .optional()?;
-      let bytes = bytes.ok_or_else(|| {
-        Error::Corrupt(format!(
-          "blob {} of module {} of version {hash} is missing",
-          module.sha256, module.name
-        ))
-      })?;
-      modules.push(serde_bytes::ByteBuf::from(bytes));
-    }
-    Ok(Some(VersionBundle {
-      manifest: manifest_json,
-      modules,
-    }))
+    manifest
+      .map(|json| {
+        let parsed = parse_manifest(hash, &json)?;
+        Ok((json, parsed))
+      })
+      .transpose()
+  }
+
+  /// The keys of the module blobs older releases kept in this database.
+  pub fn legacy_blob_keys(&self) -> Result<Vec<String>> {
+    let conn = self.conn();
+    let mut stmt = conn.prepare("SELECT sha256 FROM blobs ORDER BY sha256")?;
+    let keys = stmt
+      .query_map([], |row| row.get(0))?
+      .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(keys)
+  }
+
+  /// The bytes of legacy blob `sha256`, unchecked.
+  pub fn legacy_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
+    Ok(
+      self
+        .conn()
+        .query_row(
+          "SELECT bytes FROM blobs WHERE sha256 = ?1",
+          [sha256],
+          |row| row.get(0),
+        )
+        .optional()?,
+    )
+  }
+
+  /// Deletes legacy blob `sha256`, once the blob store holds it.
+  pub fn forget_legacy_blob(&self, sha256: &str) -> Result<()> {
+    self.write(|tx| {
+      tx.execute("DELETE FROM blobs WHERE sha256 = ?1", [sha256])?;
+      Ok(())
+    })
+  }
+
+  /// A blob as releases before the blob store kept it.
+  #[cfg(test)]
+  pub fn insert_legacy_blob(&self, sha256: &str, bytes: &[u8]) -> Result<()> {
+    self.write(|tx| {
+      tx.execute(
+        "INSERT INTO blobs (sha256, bytes) VALUES (?1, ?2)",
+        params![sha256, bytes],
+      )?;
+      Ok(())
+    })
   }
 }
 

@@ -2,6 +2,8 @@
 //! SQLite store and upload checker, driven over HTTP/1.1 with hyper.
 
 use isola_control::api;
+use isola_control::blobs::Blobs;
+use isola_control::blobs::Location;
 use isola_control::db;
 use isola_control::secrets;
 use isola_control::validate;
@@ -26,6 +28,7 @@ struct Server {
   addr: SocketAddr,
   admin: String,
   db: db::Db,
+  blobs: Blobs,
   state: watch::Receiver<Arc<DesiredState>>,
   _dir: tempfile::TempDir,
 }
@@ -68,8 +71,10 @@ async fn start_configured(configure: impl FnOnce(api::AppState) -> api::AppState
   let admin = db.create_account("default", true).unwrap();
   let (tx, rx) = watch::channel(Arc::new(db.desired_state().unwrap()));
   let validator = Arc::new(validate::Validator::new().unwrap());
+  let blobs = Blobs::open(Location::default_in(dir.path())).await.unwrap();
   let app = api::router(configure(api::AppState::new(
     db.clone(),
+    blobs.clone(),
     Arc::new(tx),
     validator,
   )))
@@ -81,6 +86,7 @@ async fn start_configured(configure: impl FnOnce(api::AppState) -> api::AppState
     addr,
     admin,
     db,
+    blobs,
     state: rx,
     _dir: dir,
   }
@@ -292,7 +298,7 @@ async fn upload_deploy_list_and_roll_back() {
   assert_eq!(state.workers[0].name, "acme_alpha");
   assert_eq!(state.workers[0].versions[0].hash, h1);
   assert_eq!(state.workers[0].versions[0].percentage, 100);
-  let bundle = s.db.bundle(&h1).unwrap().unwrap();
+  let bundle = s.blobs.bundle(&s.db, &h1).await.unwrap().unwrap();
   assert_eq!(bundle.modules.len(), 2);
 
   let r = s
@@ -553,6 +559,42 @@ async fn internal_errors_do_not_reach_clients() {
       assert!(!r.text.contains(leak), "{leak:?} leaked: {}", r.text);
     }
   }
+}
+
+#[tokio::test]
+async fn an_upload_whose_blobs_cannot_be_stored_records_no_version() {
+  let s = start().await;
+  // Blobs are written before the version row: with the blob folder made
+  // unusable (a file where it was; root ignores permission bits), the
+  // upload fails opaquely and leaves no version behind.
+  let folder = s._dir.path().join("blobs");
+  std::fs::remove_dir_all(&folder).unwrap();
+  std::fs::write(&folder, b"not a folder").unwrap();
+  let r = s
+    .upload(
+      &s.admin,
+      "alpha",
+      json!({"main_module": "worker.js"}),
+      &[(
+        "worker.js",
+        b"export default { fetch() { return new Response('a') } }",
+      )],
+    )
+    .await;
+  assert_eq!(r.status, 500, "{r:?}");
+  assert_eq!(r.error_code(), "internal", "{r:?}");
+  for leak in ["blob", "folder", s._dir.path().to_str().unwrap()] {
+    assert!(!r.text.contains(leak), "{leak:?} leaked: {}", r.text);
+  }
+  let r = s.get("/v1/workers/alpha/versions", &s.admin).await;
+  assert_eq!(r.status, 404, "no worker was created: {r:?}");
+
+  // Repaired, the same upload is stored and its bundle reads back.
+  std::fs::remove_file(&folder).unwrap();
+  std::fs::create_dir(&folder).unwrap();
+  let (_, hash) = s.upload_ok(&s.admin, "alpha", "a").await;
+  let bundle = s.blobs.bundle(&s.db, &hash).await.unwrap().unwrap();
+  assert_eq!(bundle.modules.len(), 2);
 }
 
 #[tokio::test]

@@ -310,3 +310,64 @@ fn help_documents_logging() {
     assert!(help.contains(needle), "{needle} in {help}");
   }
 }
+
+#[test]
+fn a_bad_blob_store_is_refused_at_start_saying_how_to_fix_it() {
+  let tmp = tempfile::tempdir().unwrap();
+  let data = tmp.path().join("cp");
+  assert!(control(&["init", "--data-dir", path(&data)])
+    .status
+    .success());
+
+  let out = control(&["serve", "--data-dir", path(&data), "--blobs", "s4://x"]);
+  assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+  let err = stderr(&out);
+  assert!(
+    err.contains("--blobs")
+      && err.contains("unknown scheme \"s4\"; use a path, file:///PATH or s3://BUCKET/PREFIX"),
+    "{err}"
+  );
+
+  let config = tmp.path().join("control.toml");
+  fs::write(&config, "[storage]\nblobs = \"s3://Not_A_Bucket\"\n").unwrap();
+  let out = control(&[
+    "serve",
+    "--data-dir",
+    path(&data),
+    "--config",
+    path(&config),
+  ]);
+  let err = failure(&out);
+  assert!(
+    err.contains("line 2") && err.contains("\"Not_A_Bucket\" is not a bucket name"),
+    "{err}"
+  );
+
+  // Nothing answers at the endpoint: the start fails naming the store and
+  // the settings to check.
+  let closed = std::net::TcpListener::bind("127.0.0.1:0")
+    .unwrap()
+    .local_addr()
+    .unwrap();
+  let out = command()
+    .args([
+      "serve",
+      "--data-dir",
+      path(&data),
+      "--blobs",
+      "s3://isola-test/x",
+    ])
+    .env("AWS_ENDPOINT_URL", format!("http://{closed}"))
+    .env("AWS_ALLOW_HTTP", "true")
+    .env("AWS_ACCESS_KEY_ID", "test")
+    .env("AWS_SECRET_ACCESS_KEY", "test")
+    .env("AWS_REGION", "us-east-1")
+    .output()
+    .unwrap();
+  let err = failure(&out);
+  assert!(
+    err.contains("cannot use the blob store s3://isola-test/x") && err.contains("AWS_ENDPOINT_URL"),
+    "{err}"
+  );
+  assert!(!data.join("blobs").exists());
+}

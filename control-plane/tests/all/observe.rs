@@ -12,6 +12,8 @@ use http_body_util::BodyExt as _;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use isola_control::api;
+use isola_control::blobs::Blobs;
+use isola_control::blobs::Location;
 use isola_control::db;
 use isola_control::observe::Traces;
 use isola_control::observe::TAIL_QUEUE;
@@ -49,8 +51,9 @@ async fn start() -> Server {
   let (tx, _rx) = tokio::sync::watch::channel(Arc::new(db.desired_state().unwrap()));
   let validator = Arc::new(validate::Validator::new().unwrap());
   let traces = Traces::start(db.clone());
+  let blobs = Blobs::open(Location::default_in(dir.path())).await.unwrap();
   let app = api::router(
-    api::AppState::new(db.clone(), Arc::new(tx), validator).with_traces(traces.clone()),
+    api::AppState::new(db.clone(), blobs, Arc::new(tx), validator).with_traces(traces.clone()),
   );
   let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
   let addr = listener.local_addr().unwrap();
@@ -802,6 +805,7 @@ async fn a_trace_call_over_quic_reaches_the_hub() {
     .unwrap();
   let shared = quic::Shared {
     db: db.clone(),
+    blobs: Blobs::open(Location::default_in(dir.path())).await.unwrap(),
     state,
     scheduler: isola_control::scheduler::driver::Handle::detached(),
     kv: isola_control::kv::Kv::new(db.clone()),
