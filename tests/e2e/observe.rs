@@ -219,8 +219,20 @@ fn tail_analytics_and_sampled_logs_of_115_invocations_over_two_edges() {
       None => break,
     }
   }
+  // The log store is best effort: a batch it could not take (its queue was
+  // full, as on a loaded machine) is counted, not sampled.
+  let metrics = control.api("GET", "/metrics", None).text();
+  let unstored: u64 = metrics
+    .lines()
+    .find(|l| l.starts_with("isola_trace_events_unstored_total{worker=\"sampled\"}"))
+    .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    .unwrap_or(0);
+  assert!(unstored < 500, "the log store took only {} of 1,000 events", 1000 - unstored);
+  let offered = 1000 - unstored;
+  // 0.1 of them, ± 30 % (over 3 standard deviations at 1,000).
+  let (low, high) = (offered * 7 / 100, offered * 13 / 100);
   assert!(
-    (70..=130).contains(&kept),
-    "kept {kept} logs of 1,000 at 0.1"
+    (low..=high).contains(&kept),
+    "kept {kept} logs of the {offered} events the store took at 0.1 (want {low}..={high})"
   );
 }
