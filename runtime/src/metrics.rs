@@ -164,7 +164,7 @@ impl Metrics {
     let code_cache_hits = Counter::default();
     registry.register(
       "code_cache_hits",
-      "Worker modules compiled from a V8 code cache",
+      "Worker modules compiled with a V8 code cache (one V8 refused is also a rejection)",
       code_cache_hits.clone(),
     );
     let code_cache_misses = Counter::default();

@@ -155,6 +155,34 @@ async fn a_later_isolate_compiles_from_the_code_cache() {
   }
 }
 
+async fn a_preloaded_version_leaves_its_caches_for_requests() {
+  // As an edge loads a new version before routing to it: its first isolate
+  // pays for the caches, the isolates requests start use them.
+  let rt = Runtime::new(Config::default().threads(2).stock(0)).unwrap();
+  let bundle = Bundle::from_modules(
+    "main.js",
+    [
+      ("main.js".to_string(), Bytes::from_static(MAIN.as_bytes())),
+      ("lib.js".to_string(), Bytes::from_static(LIB.as_bytes())),
+    ],
+  )
+  .unwrap();
+  rt.preload(
+    &WorkerKey::new("pre", "v1"),
+    bundle,
+    WorkerConfig::new("pre"),
+  )
+  .await
+  .unwrap();
+  eventually("both caches to be kept", || {
+    rt.stats().code_cache.modules == 2
+  })
+  .await;
+  assert_eq!(counts(&rt), (0, 2, 0));
+  assert_eq!(get(&rt, "other", "/x").await, (200, "hello, x!".into()));
+  assert_eq!(counts(&rt), (2, 2, 0));
+}
+
 async fn code_caches_can_be_turned_off() {
   let rt = Runtime::new(
     Config::default()
@@ -253,6 +281,10 @@ pub fn trials() -> Vec<Trial> {
     trial(
       "a_later_isolate_compiles_from_the_code_cache",
       a_later_isolate_compiles_from_the_code_cache,
+    ),
+    trial(
+      "a_preloaded_version_leaves_its_caches_for_requests",
+      a_preloaded_version_leaves_its_caches_for_requests,
     ),
     trial(
       "code_caches_can_be_turned_off",
