@@ -982,7 +982,10 @@ export default { fetch(request, env) { return new Response(greet(env.WHO) + " " 
       .join(CodeCacheKey::current_engine());
     for dir in fs::read_dir(engine).into_iter().flatten().flatten() {
       for file in fs::read_dir(dir.path()).into_iter().flatten().flatten() {
-        files.push(file.path());
+        // Not the temp files of a write under way.
+        if !file.file_name().to_string_lossy().starts_with('.') {
+          files.push(file.path());
+        }
       }
     }
     files.sort();

@@ -561,7 +561,8 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let path = entry.path();
     if path.is_dir() {
       out.extend(files_under(&path));
-    } else {
+    } else if !entry.file_name().to_string_lossy().starts_with('.') {
+      // Not the temp file of a write under way.
       out.push(path);
     }
   }
