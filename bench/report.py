@@ -304,9 +304,13 @@ def render_targets(raw: dict) -> list[str]:
                      + (f" (density row “{burst['figure']}”)" if burst else ""),
                      burst["value"] if burst else "not in the density output",
                      None if p99 is None else p99 <= 5.0))
-        big = density_find(raw, "1 mb") or density_find(raw, "1 mib")
+        # A later isolate of the version (code cache warm) when the bench
+        # tells the cases apart.
+        big = (density_find(raw, "1 mb", "cache warm") or density_find(raw, "1 mb")
+               or density_find(raw, "1 mib"))
         p50 = density_num(big, 0)
-        rows.append(("First request, 1 MB bundle: p50 ≤ 10 ms",
+        rows.append(("First request, 1 MB bundle: p50 ≤ 10 ms"
+                     + (f" (density row “{big['figure']}”)" if big else ""),
                      big["value"] if big else "not in the density output",
                      None if p50 is None else p50 <= 10.0))
         iso = density_find(raw, "rss", "1000") or density_find(raw, "rss", "1,000")

@@ -72,6 +72,22 @@ class Density(unittest.TestCase):
 
 
 class Render(unittest.TestCase):
+    def test_big_bundle_target_reads_the_warm_cache_row(self):
+        raw = result(isola_cpu=5.0)
+        raw["density"]["rows"] = measure.parse_density(DENSITY_OUT + """\
+| first request to an unseen worker, burst of 200 never-seen workers back to back (stock exhausted): p50 / p99 | 3.00 ms / 4.50 ms |
+| first request to an unseen worker, 1 MB bundle, code cache warm (a later isolate of its version): p50 / p99 | 8.00 ms / 9.00 ms |
+| first request to an unseen worker, 1 MB bundle, code cache cold (the first isolate of its version): p50 / p99 | 30.00 ms / 33.00 ms |
+| first request to an unseen worker, 1 MB bundle, no code cache: p50 / p99 | 29.00 ms / 31.00 ms |
+""")
+        t = target_rows(report.render(raw))
+        big = next(k for k in t if k.startswith("First request, 1 MB bundle"))
+        self.assertIn("code cache warm", big)
+        self.assertEqual(t[big], "yes")
+        burst = next(k for k in t if k.startswith("First request, stock exhausted"))
+        self.assertIn("burst", burst)
+        self.assertEqual(t[burst], "yes")
+
     def test_targets(self):
         t = target_rows(report.render(result(isola_cpu=6.0)))
         self.assertEqual(t["Warm CPU per request ≤ deno's: isola-edge dev, `hello`"], "**no**")

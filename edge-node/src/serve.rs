@@ -12,6 +12,8 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use isola_runtime::CodeCacheConfig;
+use isola_runtime::CodeCacheKey;
 use isola_runtime::Config;
 use isola_runtime::Metrics;
 use isola_runtime::Runtime;
@@ -52,6 +54,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     drain_timeout: Duration::from_millis(config.server.drain_timeout_ms),
   };
   let store = Store::open(&config.data_dir())?;
+  store.prune_code_caches(CodeCacheKey::current_engine());
   let tls = match config.server.listen_tls {
     Some(_) => Some(crate::tls::server_config(&config)?),
     None => None,
@@ -78,7 +81,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     .fairness(crate::config::fairness(&config.fairness))
     .kv(kv.clone())
     .queues(queues)
-    .egress(crate::config::egress_policy(&config)?);
+    .egress(crate::config::egress_policy(&config)?)
+    // Compiled code next to the modules, so a restart starts warm.
+    .code_cache(CodeCacheConfig::default().store(Arc::new(store.clone())));
   if let Some(threads) = config.server.threads {
     pool = pool.threads(threads);
   }

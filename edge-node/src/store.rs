@@ -8,7 +8,13 @@
 //! ```text
 //! <dir>/blobs/sha256/<first 2 hex>/<64 hex>    module bytes
 //! <dir>/versions/<worker>/<version id>.json    canonical manifest JSON
+//! <dir>/code-cache/<engine>/<first 2 hex>/<64 hex>  V8 code cache of a module
 //! ```
+//!
+//! A code cache is named by its module's sha256 (the module's blob name for
+//! an ES module) under the V8 version it was made by; the runtime makes and
+//! checks it ([`isola_runtime::CodeCacheStore`]), so a cache that went bad
+//! only costs a compile. Folders of other engines are removed on open.
 //!
 //! Every file is written to a temp file in its final folder, fsynced and
 //! renamed, so a crash leaves either the old state or the new one.
@@ -26,6 +32,8 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use isola_runtime::Bundle;
+use isola_runtime::CodeCacheKey;
+use isola_runtime::CodeCacheStore;
 use isola_runtime::WorkerConfig;
 
 use isola_proto::manifest::is_sha256_hex;
@@ -137,6 +145,31 @@ impl Store {
       fs::create_dir_all(&sub).map_err(io_err("create the store folder", &sub))?;
     }
     Ok(store)
+  }
+
+  /// Removes the code caches of other V8 versions than `engine`: no
+  /// isolate of this build can use them.
+  pub fn prune_code_caches(&self, engine: &str) {
+    let Ok(entries) = fs::read_dir(self.root.join("code-cache")) else {
+      return;
+    };
+    for entry in entries.flatten() {
+      if entry.file_name().to_str() != Some(engine) {
+        if let Err(e) = fs::remove_dir_all(entry.path()) {
+          tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove old code caches");
+        }
+      }
+    }
+  }
+
+  fn code_cache_path(&self, key: &CodeCacheKey) -> PathBuf {
+    let sha256 = key.source_sha256();
+    self
+      .root
+      .join("code-cache")
+      .join(key.engine())
+      .join(&sha256[..2])
+      .join(sha256)
   }
 
   fn blob_path(&self, sha256: &str) -> PathBuf {
@@ -465,6 +498,19 @@ impl Store {
       queues: Default::default(),
       egress: None,
     })
+  }
+}
+
+impl CodeCacheStore for Store {
+  fn get(&self, key: &CodeCacheKey) -> Option<Vec<u8>> {
+    fs::read(self.code_cache_path(key)).ok()
+  }
+
+  fn put(&self, key: &CodeCacheKey, bytes: &[u8]) {
+    let path = self.code_cache_path(key);
+    if let Err(e) = write_atomic(&path, bytes) {
+      tracing::warn!(error = %e, "cannot store a code cache");
+    }
   }
 }
 
@@ -888,5 +934,121 @@ export default { fetch(request, env) { return new Response(greet(env.WHO) + " " 
       )
       .unwrap_err();
     assert!(err.to_string().contains("missing.js"), "{err}");
+  }
+
+  /// Serves `id` of `app` once on a fresh runtime whose code caches live in
+  /// `store`; the runtime's code cache counts (hits, misses, rejections).
+  fn serve_once(store: &Store, id: &str) -> (u64, u64, u64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+      .worker_threads(1)
+      .enable_all()
+      .build()
+      .unwrap();
+    rt.block_on(async {
+      let runtime = isola_runtime::Runtime::new(
+        isola_runtime::Config::default()
+          .threads(1)
+          .stock(0)
+          .code_cache(
+            isola_runtime::CodeCacheConfig::default().store(std::sync::Arc::new(store.clone())),
+          ),
+      )
+      .unwrap();
+      let (store, id) = (store.clone(), id.to_string());
+      let key = isola_runtime::WorkerKey::new("app", id.as_str());
+      let source = move || Ok(store.load("app", &id).expect("the version loads"));
+      let response = runtime
+        .fetch(&key, source, isola_runtime::empty_request("http://x.test/"))
+        .await
+        .unwrap();
+      let body = response.into_body().collect_bytes().await.unwrap();
+      assert_eq!(&body[..], b"hello edge 7");
+      // V8 hands the new caches over when the event loop next runs, which
+      // serving did; the store then gets them on the cache's own thread.
+      let start = std::time::Instant::now();
+      while runtime.stats().code_cache.modules < 2 && start.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+      }
+      let stats = runtime.stats().code_cache;
+      (stats.hits, stats.misses, stats.rejections)
+    })
+  }
+
+  fn code_cache_files(store: &Store) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let engine = store
+      .root
+      .join("code-cache")
+      .join(CodeCacheKey::current_engine());
+    for dir in fs::read_dir(engine).into_iter().flatten().flatten() {
+      for file in fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+        // Not the temp files of a write under way.
+        if !file.file_name().to_string_lossy().starts_with('.') {
+          files.push(file.path());
+        }
+      }
+    }
+    files.sort();
+    files
+  }
+
+  #[test]
+  fn code_caches_are_kept_next_to_the_modules_and_survive_garbage() {
+    let (_dir, store) = store();
+    let mut m = manifest(
+      &store,
+      "app",
+      "index.js",
+      &[("index.js", INDEX), ("lib/greet.js", GREET)],
+    );
+    m.vars.insert("WHO".into(), "edge".into());
+    m.vars.insert("N".into(), serde_json::json!({"n": 7}));
+    let id = store.put_version(&m).unwrap();
+
+    assert_eq!(serve_once(&store, &id), (0, 2, 0));
+    let wait_for_files = |n: usize| {
+      let start = std::time::Instant::now();
+      while code_cache_files(&store).len() < n && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(10));
+      }
+      code_cache_files(&store)
+    };
+    let files = wait_for_files(2);
+    // Named by the modules' sha256, as their blobs are.
+    let mut names: Vec<String> = files
+      .iter()
+      .map(|f| f.file_name().unwrap().to_str().unwrap().to_string())
+      .collect();
+    names.sort();
+    let mut blobs: Vec<String> = m.modules.iter().map(|r| r.sha256.clone()).collect();
+    blobs.sort();
+    assert_eq!(names, blobs);
+
+    // A restarted edge compiles from them.
+    assert_eq!(serve_once(&store, &id), (2, 0, 0));
+
+    // Garbage in their place: the worker still runs, compiled from source,
+    // and the caches are written again.
+    for f in &files {
+      fs::write(f, b"not a code cache").unwrap();
+    }
+    assert_eq!(serve_once(&store, &id), (0, 2, 2));
+    let start = std::time::Instant::now();
+    while files
+      .iter()
+      .any(|f| fs::read(f).unwrap() == b"not a code cache")
+      && start.elapsed() < Duration::from_secs(20)
+    {
+      std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(serve_once(&store, &id), (2, 0, 0));
+
+    // Caches of another V8 go when the edge starts.
+    let old = store.root.join("code-cache").join("v8-0.0.0").join("ab");
+    fs::create_dir_all(&old).unwrap();
+    fs::write(old.join("x"), b"old").unwrap();
+    store.prune_code_caches(CodeCacheKey::current_engine());
+    assert!(!store.root.join("code-cache").join("v8-0.0.0").exists());
+    assert_eq!(code_cache_files(&store).len(), 2);
   }
 }

@@ -554,6 +554,100 @@ limits = { cpu_ms = 50 }
   );
 }
 
+/// The files under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+  let mut out = Vec::new();
+  for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+    let path = entry.path();
+    if path.is_dir() {
+      out.extend(files_under(&path));
+    } else if !entry.file_name().to_string_lossy().starts_with('.') {
+      // Not the temp file of a write under way.
+      out.push(path);
+    }
+  }
+  out
+}
+
+/// V8 code caches as an operator sees them: the first start compiles the
+/// worker and writes its cache into the data dir; a restarted edge compiles
+/// from it; garbage in its place only costs a compile (`/metrics` counts
+/// hits, misses and rejections).
+#[test]
+fn a_restarted_edge_compiles_from_its_stored_code_cache() {
+  let dir = tempfile::tempdir().unwrap();
+  let dir = dir.path();
+  write(
+    dir,
+    "hello.js",
+    r#"export default { fetch() { return new Response("hello"); } };"#,
+  );
+  write(
+    dir,
+    "edge.toml",
+    r#"
+[server]
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+threads = 1
+
+[[worker]]
+name = "hello"
+entry = "hello.js"
+routes = ["hello.test/*"]
+"#,
+  );
+  let caches = dir.join(".isola-edge").join("code-cache");
+  // Starts the edge, answers one request; the edge's code cache counts.
+  let run = || {
+    let mut edge = Edge::serve(BIN.as_ref(), &dir.join("edge.toml"));
+    let admin = edge.proc.listening("admin");
+    let hello = get(edge.http, "hello.test", "/").unwrap();
+    assert_eq!((hello.status, hello.text()), (200, "hello".to_string()));
+    let m = get(admin, "admin", "/metrics").unwrap().text();
+    let counts = (
+      sample(&m, "isola_code_cache_hits_total"),
+      sample(&m, "isola_code_cache_misses_total"),
+      sample(&m, "isola_code_cache_rejections_total"),
+    );
+    (edge, counts)
+  };
+  let wait_for_cache = |old: Option<&[u8]>| {
+    isola_integration::poll(Duration::from_secs(20), || {
+      let files = files_under(&caches);
+      let [file] = files.as_slice() else {
+        return None;
+      };
+      let bytes = std::fs::read(file).ok()?;
+      (Some(&bytes[..]) != old).then(|| file.clone())
+    })
+    .expect("the code cache is stored")
+  };
+
+  let (edge, counts) = run();
+  assert_eq!(counts, (0, 1, 0));
+  let file = wait_for_cache(None);
+  edge.proc.terminate();
+
+  let (edge, counts) = run();
+  assert_eq!(
+    counts,
+    (1, 0, 0),
+    "the restarted edge used the stored cache"
+  );
+  edge.proc.terminate();
+
+  std::fs::write(&file, b"not a code cache").unwrap();
+  let (edge, counts) = run();
+  assert_eq!(counts, (0, 1, 1));
+  wait_for_cache(Some(b"not a code cache"));
+  edge.proc.terminate();
+
+  let (edge, counts) = run();
+  assert_eq!(counts, (1, 0, 0), "the cache was written again");
+  edge.proc.terminate();
+}
+
 /// A worker on a node reaches nothing of the node's: not its admin port,
 /// not a service on its loopback; `[egress] allow` opens exactly what it
 /// names.

@@ -1,5 +1,7 @@
 //! Node-level figures: memory per idle worker isolate, first-request latency
-//! to an unseen worker, and how far a busy loop overruns its CPU limit.
+//! to an unseen worker (a 1 KB one, a burst of them, and a 1 MB esbuild-style
+//! app without, before and with its code cache), and how far a busy loop
+//! overruns its CPU limit.
 //!
 //! `cargo bench -p isola-runtime --bench density` (set `DENSITY_MAX=1000`,
 //! the default, for the 1,000-worker figure). Prints a markdown table.
@@ -11,6 +13,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use isola_runtime::Bundle;
+use isola_runtime::CodeCacheConfig;
 use isola_runtime::Config;
 use isola_runtime::InvocationRecord;
 use isola_runtime::Limits;
@@ -39,16 +42,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn hit(rt: &Runtime, name: &str, code: &'static str, limits: Limits) -> u16 {
+  fetch(rt, name, Bytes::from_static(code.as_bytes()), limits, "/").await
+}
+
+/// A request to `path` of worker `name`, version `v1`, whose one module is
+/// `code`.
+async fn fetch(rt: &Runtime, name: &str, code: Bytes, limits: Limits, path: &str) -> u16 {
   let key = WorkerKey::new(name.to_string(), "v1");
   let config = WorkerConfig::new(name).limits(limits);
   let source = move || {
-    Bundle::from_modules(
-      "worker.js",
-      [("worker.js".to_string(), Bytes::from_static(code.as_bytes()))],
-    )
-    .map(|b| (b, config))
+    Bundle::from_modules("worker.js", [("worker.js".to_string(), code)]).map(|b| (b, config))
   };
-  let req = isola_runtime::empty_request("http://bench.test/");
+  let req = isola_runtime::empty_request(&format!("http://bench.test{path}"));
   match rt.fetch(&key, source, req).await {
     Ok(r) => {
       let status = r.status().as_u16();
@@ -84,28 +89,261 @@ async fn density(max: usize) -> Vec<(usize, f64)> {
   out
 }
 
-async fn first_request(stock: usize, n: usize) -> (f64, f64) {
-  let rt = Runtime::new(Config::default().threads(1).stock(stock).max_isolates(100)).unwrap();
+/// A hello worker whose source no other worker has (so no code cache of
+/// it exists yet), as every tenant's code is its own.
+fn unique_hello(name: &str) -> Bytes {
+  Bytes::from(format!("{HELLO}\n// {name}\n"))
+}
+
+fn p50_p99(mut times: Vec<f64>) -> (f64, f64) {
+  times.sort_by(f64::total_cmp);
+  (percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
+async fn first_request(stock: usize, n: usize, code_cache: CodeCacheConfig) -> (f64, f64) {
+  let rt = Runtime::new(
+    Config::default()
+      .threads(1)
+      .stock(stock)
+      .max_isolates(100)
+      .code_cache(code_cache),
+  )
+  .unwrap();
   hit(&rt, "warmup", HELLO, Limits::default()).await;
   let mut times = Vec::with_capacity(n);
   for i in 0..n {
     // A warm node: the stock has had time to refill since the last arrival.
     wait_for(|| rt.stats().stock >= stock).await;
+    let name = format!("unseen-{stock}-{i}");
     let start = Instant::now();
     assert_eq!(
-      hit(
-        &rt,
-        &format!("unseen-{stock}-{i}"),
-        HELLO,
-        Limits::default()
-      )
-      .await,
+      fetch(&rt, &name, unique_hello(&name), Limits::default(), "/").await,
       200
     );
     times.push(start.elapsed().as_secs_f64() * 1000.0);
   }
-  times.sort_by(f64::total_cmp);
-  (percentile(&times, 0.5), percentile(&times, 0.99))
+  p50_p99(times)
+}
+
+/// `n` never-seen workers back to back on a node with the default stock:
+/// the stock is used up by the first ones and has no quiet time to refill.
+async fn burst(n: usize) -> (f64, f64) {
+  let rt = Runtime::new(Config::default().threads(1).max_isolates(n + 10)).unwrap();
+  hit(&rt, "warmup", HELLO, Limits::default()).await;
+  wait_for(|| rt.stats().stock >= 2).await;
+  let mut times = Vec::with_capacity(n);
+  for i in 0..n {
+    let name = format!("burst-{i}");
+    let start = Instant::now();
+    assert_eq!(
+      fetch(&rt, &name, unique_hello(&name), Limits::default(), "/").await,
+      200
+    );
+    times.push(start.elapsed().as_secs_f64() * 1000.0);
+  }
+  p50_p99(times)
+}
+
+/// An esbuild-style bundle of about 1 MB: `__export` helpers, modules of
+/// helper functions and classes with routes, a big object table and a
+/// router built at the top level. `build` makes its source unique.
+fn big_bundle(build: &str) -> Bytes {
+  use std::fmt::Write as _;
+  let mut js = String::with_capacity(1 << 20);
+  js.push_str(
+    r#"var __defProp = Object.defineProperty;
+var __export = (target, all) => {
+  for (var name in all) __defProp(target, name, { get: all[name], enumerable: true });
+};
+class BaseModel {
+  constructor(fields) { this.fields = fields; this.createdAt = 0; }
+  validate() { for (const [k, v] of Object.entries(this.fields)) { if (v === undefined) throw new TypeError(`missing ${k}`); } return true; }
+  toJSON() { return { ...this.fields, kind: this.constructor.name }; }
+}
+"#,
+  );
+  let _ = writeln!(js, "const BUILD = {build:?};");
+  let modules = 300;
+  for m in 0..modules {
+    let _ = write!(
+      js,
+      r#"
+// src/modules/m{m}.ts
+var m{m}_exports = {{}};
+__export(m{m}_exports, {{ Model{m}: () => Model{m}, handler{m}: () => handler{m} }});
+function format{m}(values, sep) {{
+  const out = [];
+  for (let i = 0; i < values.length; i++) {{
+    if (values[i] % {k} === 0) out.push(String(values[i] * 2));
+    else if (typeof values[i] === "string") out.push(values[i].toUpperCase());
+    else out.push(String(values[i] + {m}));
+  }}
+  return out.join(sep ?? ",");
+}}
+function parse{m}(text) {{
+  const parts = String(text).split("&").map((p) => p.split("="));
+  const result = Object.create(null);
+  for (const [k, v] of parts) {{ if (k) result[decodeURIComponent(k)] = v === undefined ? true : decodeURIComponent(v); }}
+  return result;
+}}
+async function load{m}(id, cache) {{
+  const key = "m{m}:" + id;
+  if (cache.has(key)) return cache.get(key);
+  const value = {{ id, score: (Number(id) * {k}) % 97, label: format{m}([id, {m}, "x{m}"], "-") }};
+  cache.set(key, value);
+  return value;
+}}
+class Model{m} extends BaseModel {{
+  static table = "t{m}";
+  constructor(fields) {{ super(fields); this.version = {m}; }}
+  get summary() {{ return `${{Model{m}.table}}#${{this.fields.id}} v${{this.version}}`; }}
+  validate() {{ super.validate(); if (String(this.fields.id).length > 64) throw new RangeError("id too long"); return true; }}
+  static from(o) {{ const m = new Model{m}({{ id: o.id ?? "0", label: o.label ?? "" }}); m.validate(); return m; }}
+}}
+const cache{m} = new Map();
+async function handler{m}(request, params) {{
+  const url = new URL(request.url);
+  const query = parse{m}(url.search.slice(1));
+  const data = await load{m}(params.id, cache{m});
+  const model = Model{m}.from({{ id: params.id, label: data.label }});
+  return new Response(JSON.stringify({{ route: {m}, build: BUILD, summary: model.summary, model, data, query }}), {{
+    headers: {{ "content-type": "application/json" }},
+  }});
+}}
+"#,
+      k = m % 7 + 2
+    );
+  }
+  js.push_str(
+    "
+const CATALOG = {
+",
+  );
+  while js.len() < (1 << 20) - 4096 {
+    let i = js.len();
+    let _ = writeln!(
+      js,
+      r#"  "sku-{i}": {{ name: "Item {i}", price: {}.{:02}, tags: ["t{}", "t{}"], stock: {} }},"#,
+      i % 1000,
+      i % 100,
+      i % 13,
+      i % 17,
+      i % 50
+    );
+  }
+  js.push_str(
+    "};
+",
+  );
+  js.push_str(
+    r#"
+class Router {
+  constructor() { this.routes = []; }
+  add(method, pattern, handler) {
+    const keys = [];
+    const source = pattern.replace(/:([a-z]+)/g, (_, k) => { keys.push(k); return "([^/]+)"; });
+    this.routes.push({ method, re: new RegExp("^" + source + "$"), keys, handler });
+    return this;
+  }
+  match(method, path) {
+    for (const r of this.routes) {
+      if (r.method !== method) continue;
+      const m = r.re.exec(path);
+      if (m) return { handler: r.handler, params: Object.fromEntries(r.keys.map((k, i) => [k, m[i + 1]])) };
+    }
+    return null;
+  }
+}
+const router = new Router();
+"#,
+  );
+  for m in 0..modules {
+    let _ = writeln!(
+      js,
+      r#"router.add("GET", "/api/r{m}/:id", m{m}_exports.handler{m});"#
+    );
+  }
+  js.push_str(
+    r#"router.add("GET", "/catalog/:sku", async (request, params) => Response.json(CATALOG[params.sku] ?? null));
+export default {
+  async fetch(request) {
+    const url = new URL(request.url);
+    const found = router.match(request.method, url.pathname);
+    if (!found) return new Response("not found", { status: 404 });
+    return found.handler(request, found.params);
+  },
+};
+"#,
+  );
+  Bytes::from(js)
+}
+
+/// How the 1 MB figure's isolates find the code cache.
+#[derive(Clone, Copy, PartialEq)]
+enum Cache {
+  /// Turned off: every isolate parses and compiles.
+  Off,
+  /// On, each sample a new version: its first isolate makes the cache.
+  Cold,
+  /// On, each sample a later isolate of one version (after eviction).
+  Warm,
+}
+
+/// The 1 MB bundle's figures: first-request p50 and p99 (ms) and, with the
+/// cache on, the size of its code cache (bytes).
+async fn first_request_big(cache: Cache, n: usize) -> (f64, f64, u64) {
+  let code_cache = if cache == Cache::Off {
+    CodeCacheConfig::disabled()
+  } else {
+    CodeCacheConfig::default()
+  };
+  let rt = Runtime::new(
+    Config::default()
+      .threads(1)
+      .stock(2)
+      .max_isolates(100)
+      .code_cache(code_cache),
+  )
+  .unwrap();
+  hit(&rt, "warmup", HELLO, Limits::default()).await;
+  let warm = big_bundle("warm");
+  if cache == Cache::Warm {
+    assert_eq!(
+      fetch(&rt, "big", warm.clone(), Limits::default(), "/api/r7/42").await,
+      200
+    );
+    wait_for(|| rt.stats().code_cache.modules >= 1).await;
+  }
+  let mut times = Vec::with_capacity(n);
+  for i in 0..n {
+    let (name, code) = match cache {
+      Cache::Warm => {
+        rt.evict(&WorkerKey::new("big", "v1"));
+        ("big".to_string(), warm.clone())
+      }
+      _ => {
+        let name = format!("big-{i}");
+        let code = big_bundle(&name);
+        (name, code)
+      }
+    };
+    wait_for(|| rt.stats().stock >= 2).await;
+    let start = Instant::now();
+    assert_eq!(
+      fetch(&rt, &name, code, Limits::default(), "/api/r7/42").await,
+      200
+    );
+    times.push(start.elapsed().as_secs_f64() * 1000.0);
+  }
+  let mut size = 0;
+  if cache == Cache::Warm {
+    let stats = rt.stats().code_cache;
+    assert_eq!(stats.rejections, 0, "V8 refused a cache it made");
+    // The hello warm-up's cache is the rest.
+    size = stats.memory;
+  }
+  let (p50, p99) = p50_p99(times);
+  (p50, p99, size)
 }
 
 async fn cpu_overshoot(n: usize) -> (f64, f64, f64) {
@@ -159,10 +397,28 @@ fn main() {
     for (n, per) in density(max).await {
       println!("| RSS per idle worker isolate, {n} workers | {per:.2} MiB |");
     }
-    let (p50, p99) = first_request(2, samples).await;
+    let (p50, p99) = first_request(2, samples, CodeCacheConfig::default()).await;
     println!("| first request to an unseen worker, ready-isolate stock: p50 / p99 | {p50:.2} ms / {p99:.2} ms |");
-    let (p50, p99) = first_request(0, samples.min(50)).await;
+    let (p50, p99) = first_request(2, samples, CodeCacheConfig::disabled()).await;
+    println!("| first request to an unseen worker, ready-isolate stock, code cache off: p50 / p99 | {p50:.2} ms / {p99:.2} ms |");
+    let (p50, p99) = first_request(0, samples.min(50), CodeCacheConfig::default()).await;
     println!("| first request to an unseen worker, no stock: p50 / p99 | {p50:.2} ms / {p99:.2} ms |");
+    let n = if quick { 20 } else { 200 };
+    let (p50, p99) = burst(n).await;
+    println!("| first request to an unseen worker, burst of {n} never-seen workers back to back (stock exhausted): p50 / p99 | {p50:.2} ms / {p99:.2} ms |");
+    let big = if quick { 3 } else { 40 };
+    for (cache, what) in [
+      (Cache::Warm, "code cache warm (a later isolate of its version)"),
+      (Cache::Cold, "code cache cold (the first isolate of its version)"),
+      (Cache::Off, "no code cache"),
+    ] {
+      let (p50, p99, size) = first_request_big(cache, big).await;
+      println!("| first request to an unseen worker, 1 MB bundle, {what}: p50 / p99 | {p50:.2} ms / {p99:.2} ms |");
+      if size > 0 {
+        let kib = size as f64 / 1024.0;
+        println!("| V8 code cache of the 1 MB bundle (and of the warm-up worker) | {kib:.0} KiB |");
+      }
+    }
     let (over50, over_max, wall) = cpu_overshoot(if quick { 3 } else { 20 }).await;
     println!("| busy loop past a 50 ms CPU limit: median / max overrun (CPU) | {over50:.2} ms / {over_max:.2} ms |");
     println!("| busy loop: request → 503, median wall time | {wall:.1} ms |");

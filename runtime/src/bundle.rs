@@ -7,20 +7,33 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use isola_proto::names::check_module_name;
 
+use crate::code_cache::source_hash;
+use crate::code_cache::SourceHash;
 use crate::error::Error;
 use crate::error::ErrorKind;
 use crate::specifier::SCHEME_PREFIX;
 
 #[derive(Clone, Debug)]
 enum Source {
-  /// Modules held in memory (an uploaded version).
-  Memory(BTreeMap<String, Bytes>),
+  /// Modules held in memory (an uploaded version), shared by the clones
+  /// each isolate of the version gets.
+  Memory(Arc<BTreeMap<String, Module>>),
   /// Modules read from a folder on first import (`isola-edge dev`).
   Dir(PathBuf),
+}
+
+#[derive(Debug)]
+struct Module {
+  bytes: Bytes,
+  /// The sha256 of `bytes`, the key of its code cache: worked out once per
+  /// version, not once per isolate.
+  hash: OnceLock<SourceHash>,
 }
 
 /// The modules of one worker version.
@@ -39,7 +52,13 @@ impl Bundle {
     let main = normalize_name(&main.into())?;
     let mut map = BTreeMap::new();
     for (name, bytes) in modules {
-      map.insert(normalize_name(&name)?, bytes);
+      map.insert(
+        normalize_name(&name)?,
+        Module {
+          bytes,
+          hash: OnceLock::new(),
+        },
+      );
     }
     if !map.contains_key(&main) {
       return Err(
@@ -51,7 +70,7 @@ impl Bundle {
     }
     Ok(Self {
       main,
-      source: Source::Memory(map),
+      source: Source::Memory(Arc::new(map)),
     })
   }
 
@@ -89,7 +108,7 @@ impl Bundle {
   /// The bytes of module `name`, or `None` if the bundle has no such module.
   pub(crate) fn read(&self, name: &str) -> Result<Option<Bytes>, Error> {
     match &self.source {
-      Source::Memory(map) => Ok(map.get(name).cloned()),
+      Source::Memory(map) => Ok(map.get(name).map(|m| m.bytes.clone())),
       Source::Dir(dir) => {
         let path = dir.join(name);
         match std::fs::read(&path) {
@@ -104,6 +123,21 @@ impl Bundle {
           ),
         }
       }
+    }
+  }
+}
+
+impl Bundle {
+  /// The sha256 of module `name`, whose bytes [`Bundle::read`] returned as
+  /// `bytes`.
+  pub(crate) fn source_hash(&self, name: &str, bytes: &[u8]) -> SourceHash {
+    match &self.source {
+      Source::Memory(map) => match map.get(name) {
+        Some(m) => *m.hash.get_or_init(|| source_hash(&m.bytes)),
+        None => source_hash(bytes),
+      },
+      // The file may have changed since the last read.
+      Source::Dir(_) => source_hash(bytes),
     }
   }
 }

@@ -21,6 +21,7 @@
 //! ```
 
 mod bundle;
+mod code_cache;
 mod error;
 mod fairness;
 mod limits;
@@ -53,6 +54,10 @@ pub use isola_ext::ResponseBody;
 pub use isola_ext::StorageOps;
 
 pub use crate::bundle::Bundle;
+pub use crate::code_cache::CodeCacheConfig;
+pub use crate::code_cache::CodeCacheKey;
+pub use crate::code_cache::CodeCacheStats;
+pub use crate::code_cache::CodeCacheStore;
 pub use crate::error::Error;
 pub use crate::fairness::Fairness;
 pub use crate::limits::InvocationRecord;

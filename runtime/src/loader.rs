@@ -1,6 +1,11 @@
 //! Resolves and loads a worker's modules from its [`Bundle`].
 
+use std::borrow::Cow;
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use deno_core::ModuleLoadOptions;
 use deno_core::ModuleLoadReferrer;
@@ -12,10 +17,13 @@ use deno_core::ModuleSpecifier;
 use deno_core::ModuleType;
 use deno_core::RequestedModuleType;
 use deno_core::ResolutionKind;
+use deno_core::SourceCodeCacheInfo;
 use deno_error::JsErrorBox;
 use isola_ext::ModuleValueKind;
 
 use crate::bundle::Bundle;
+use crate::code_cache::CodeCache;
+use crate::code_cache::SourceHash;
 use crate::specifier::display_specifier;
 use crate::specifier::SCHEME_PREFIX;
 use isola_proto::names::ModuleKind;
@@ -37,11 +45,42 @@ const CLOUDFLARE_WORKERS_SPECIFIER: &str = "cloudflare:workers";
 #[derive(Default)]
 pub(crate) struct BundleLoader {
   bundle: RefCell<Option<Bundle>>,
+  code_cache: RefCell<Option<Arc<CodeCache>>>,
+  /// Modules handed to V8 with cache info, by specifier: their source hash
+  /// and whether a cache came with them (V8 hands back a new cache only
+  /// when there was none or it refused the one it got).
+  compiled: RefCell<HashMap<String, (SourceHash, bool)>>,
 }
 
 impl BundleLoader {
-  pub(crate) fn set_bundle(&self, bundle: Bundle) {
+  /// The worker's modules, and the runtime's code caches if it keeps any.
+  pub(crate) fn set_bundle(&self, bundle: Bundle, code_cache: Option<Arc<CodeCache>>) {
     *self.bundle.borrow_mut() = Some(bundle);
+    *self.code_cache.borrow_mut() = code_cache;
+  }
+
+  /// The code cache V8 should compile ES module `name` with, and a note
+  /// that its new cache (if V8 makes one) is wanted.
+  fn code_cache_info(
+    &self,
+    specifier: &ModuleSpecifier,
+    name: &str,
+    bundle: &Bundle,
+    bytes: &[u8],
+  ) -> Option<SourceCodeCacheInfo> {
+    let cache = self.code_cache.borrow().clone()?;
+    let source = bundle.source_hash(name, bytes);
+    let data = cache.lookup(&source);
+    self
+      .compiled
+      .borrow_mut()
+      .insert(specifier.to_string(), (source, data.is_some()));
+    let mut hash = [0; 8];
+    hash.copy_from_slice(&source[..8]);
+    Some(SourceCodeCacheInfo {
+      hash: u64::from_le_bytes(hash),
+      data: data.map(|d| Cow::Owned(d.to_vec())),
+    })
   }
 }
 
@@ -91,6 +130,19 @@ impl ModuleLoader for BundleLoader {
   ) -> ModuleLoadResponse {
     ModuleLoadResponse::Sync(self.load_sync(specifier, referrer, options))
   }
+
+  fn code_cache_ready(
+    &self,
+    specifier: ModuleSpecifier,
+    _hash: u64,
+    code_cache: &[u8],
+  ) -> Pin<Box<dyn Future<Output = ()>>> {
+    let compiled = self.compiled.borrow_mut().remove(specifier.as_str());
+    if let (Some(cache), Some((source, offered))) = (self.code_cache.borrow().as_ref(), compiled) {
+      cache.ready(source, code_cache, offered);
+    }
+    Box::pin(std::future::ready(()))
+  }
 }
 
 impl BundleLoader {
@@ -135,12 +187,14 @@ impl BundleLoader {
     };
     let kind = match kind {
       ModuleKind::EsModule => {
+        let code = text(&bytes)?;
+        let code_cache = self.code_cache_info(specifier, &name, bundle, &bytes);
         return Ok(ModuleSource::new(
           ModuleType::JavaScript,
-          ModuleSourceCode::String(text(&bytes)?.into()),
+          ModuleSourceCode::String(code.into()),
           specifier,
-          None,
-        ))
+          code_cache,
+        ));
       }
       ModuleKind::Json => {
         if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {

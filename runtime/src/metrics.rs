@@ -70,6 +70,10 @@ struct Inner {
   cold_starts: Counter,
   stock_hits: Counter,
   evictions: Counter,
+  code_cache_hits: Counter,
+  code_cache_misses: Counter,
+  code_cache_rejections: Counter,
+  code_cache_memory: Gauge,
   usage: Mutex<HashMap<VersionId, Usage>>,
   throttled: Family<WorkerLabels, Counter>,
   workers_throttled: Gauge,
@@ -157,6 +161,30 @@ impl Metrics {
       "Isolates dropped by LRU, memory or idle TTL",
       evictions.clone(),
     );
+    let code_cache_hits = Counter::default();
+    registry.register(
+      "code_cache_hits",
+      "Worker modules compiled with a V8 code cache (one V8 refused is also a rejection)",
+      code_cache_hits.clone(),
+    );
+    let code_cache_misses = Counter::default();
+    registry.register(
+      "code_cache_misses",
+      "Worker modules parsed and compiled without a code cache",
+      code_cache_misses.clone(),
+    );
+    let code_cache_rejections = Counter::default();
+    registry.register(
+      "code_cache_rejections",
+      "Code caches refused by V8 or found corrupt in the store",
+      code_cache_rejections.clone(),
+    );
+    let code_cache_memory = Gauge::default();
+    registry.register(
+      "code_cache_memory_bytes",
+      "Code caches held in memory",
+      code_cache_memory.clone(),
+    );
     let throttled = Family::<WorkerLabels, Counter>::default();
     registry.register(
       "throttled_requests",
@@ -213,6 +241,10 @@ impl Metrics {
         cold_starts,
         stock_hits,
         evictions,
+        code_cache_hits,
+        code_cache_misses,
+        code_cache_rejections,
+        code_cache_memory,
         usage: Mutex::new(HashMap::new()),
         throttled,
         workers_throttled,
@@ -317,6 +349,10 @@ impl Metrics {
       catch_up(&i.cold_starts, stats.cold_starts);
       catch_up(&i.stock_hits, stats.stock_hits);
       catch_up(&i.evictions, stats.evictions);
+      catch_up(&i.code_cache_hits, stats.code_cache.hits);
+      catch_up(&i.code_cache_misses, stats.code_cache.misses);
+      catch_up(&i.code_cache_rejections, stats.code_cache.rejections);
+      i.code_cache_memory.set(stats.code_cache.memory as i64);
     }
     let mut out = String::new();
     // Writing into a String cannot fail.

@@ -23,6 +23,9 @@ use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
 use crate::bundle::Bundle;
+use crate::code_cache::CodeCache;
+use crate::code_cache::CodeCacheConfig;
+use crate::code_cache::CodeCacheStats;
 use crate::error::Error;
 use crate::error::ErrorKind;
 use crate::fairness::Admission;
@@ -62,6 +65,7 @@ pub struct Config {
   trace: TraceSink,
   fairness: Fairness,
   egress: Arc<EgressPolicy>,
+  code_cache: CodeCacheConfig,
   pub(crate) services: ServicesHandle,
   pub(crate) storage: Storage,
 }
@@ -80,6 +84,7 @@ impl Default for Config {
       trace: TraceSink::discard(),
       fairness: Fairness::default(),
       egress: Arc::new(EgressPolicy::default()),
+      code_cache: CodeCacheConfig::default(),
       services: ServicesHandle::default(),
       storage: Storage::default(),
     }
@@ -92,6 +97,14 @@ impl Config {
   /// private, link-local, ...).
   pub fn egress(mut self, policy: EgressPolicy) -> Self {
     self.egress = Arc::new(policy);
+    self
+  }
+
+  /// How V8 code caches of worker modules are kept, so that only the first
+  /// isolate of a version parses and compiles it (see
+  /// [`CodeCacheConfig`]). Default: on, 64 MiB in memory, no store.
+  pub fn code_cache(mut self, code_cache: CodeCacheConfig) -> Self {
+    self.code_cache = code_cache;
     self
   }
 
@@ -231,6 +244,8 @@ pub struct PoolStats {
   pub throttled_workers: usize,
   /// Worker isolates alive on the quarantine thread.
   pub quarantined: usize,
+  /// Code cache hits, misses and rejections (all 0 with the cache off).
+  pub code_cache: CodeCacheStats,
 }
 
 /// How long a V8 thread must have had no new command before it makes a
@@ -364,6 +379,7 @@ pub(crate) struct Shared {
   request_threads: usize,
   index: Mutex<Index>,
   ledger: Arc<Mutex<Ledger>>,
+  code_cache: Option<Arc<CodeCache>>,
   /// `config.services`, or what [`Runtime::set_services`] put in later.
   services: std::sync::RwLock<Arc<dyn Services>>,
 }
@@ -425,6 +441,7 @@ impl Runtime {
       request_threads: config.threads,
       services: std::sync::RwLock::new(config.services.0.clone()),
       ledger: Arc::new(Mutex::new(Ledger::new(config.fairness.clone()))),
+      code_cache: CodeCache::new(&config.code_cache),
       config,
       threads,
       index: Mutex::new(Index::default()),
@@ -640,6 +657,12 @@ impl Runtime {
         .iter()
         .map(|t| t.stock.load(Ordering::Relaxed))
         .sum(),
+      code_cache: self
+        .shared
+        .code_cache
+        .as_ref()
+        .map(|c| c.stats())
+        .unwrap_or_default(),
       ..index.stats
     }
   }
@@ -745,6 +768,7 @@ impl Shared {
     let link = PoolLink(Some(Arc::downgrade(self)));
     let config = config
       .storage(self.config.storage.clone())
+      .code_cache(self.code_cache.clone())
       .trace(self.config.trace.clone());
     let config = config.pool(link).meter(MeterSink::new(move |record| {
       lock_ledger(&ledger).charge(

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use isola_ext::egress::WorkerEgress;
 
+use crate::code_cache::CodeCache;
 use crate::limits::Limits;
 use crate::limits::MeterSink;
 use crate::services::Binding;
@@ -37,6 +38,8 @@ pub struct WorkerConfig {
   pub(super) storage: Storage,
   /// The worker's own egress allow list, narrowing the node's.
   pub(super) egress: Option<Arc<WorkerEgress>>,
+  /// The pool's code caches, if it keeps them.
+  pub(super) code_cache: Option<Arc<CodeCache>>,
 }
 
 impl Default for WorkerConfig {
@@ -61,6 +64,7 @@ impl WorkerConfig {
       queues: BTreeMap::new(),
       storage: Storage::default(),
       egress: None,
+      code_cache: None,
     }
   }
 
@@ -155,6 +159,12 @@ impl WorkerConfig {
   /// `queue` through the runtime's queue service. Default: none.
   pub fn queue_producer(mut self, binding: impl Into<String>, queue: impl Into<String>) -> Self {
     self.queues.insert(binding.into(), queue.into());
+    self
+  }
+
+  /// The code caches of the pool that loads this worker.
+  pub(crate) fn code_cache(mut self, code_cache: Option<Arc<CodeCache>>) -> Self {
+    self.code_cache = code_cache;
     self
   }
 

@@ -239,7 +239,7 @@ impl Isolate {
         bundle.main_module()
       ))
     })?;
-    self.loader.set_bundle(bundle);
+    self.loader.set_bundle(bundle, config.code_cache.clone());
     let isolate: *mut v8::Isolate = &mut **self.js.v8_isolate();
     let id = entered(isolate, self.js.load_main_es_module(&specifier))
       .await

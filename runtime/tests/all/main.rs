@@ -1,7 +1,8 @@
 //! The runtime's one integration test binary, in wasmtime's `tests/all`
 //! style: V8 is linked once instead of once per test file, which is most of
 //! the build time on small machines. libtest-mimic runs every trial:
-//! fixture cases (`fixtures.rs`), pool tests (`pool.rs`), scheduled runs
+//! fixture cases (`fixtures.rs`), pool tests (`pool.rs`), code caches
+//! (`code_cache.rs`), scheduled runs
 //! and service bindings through the pool (`events.rs`), KV and queue
 //! bindings and consumers (`storage.rs`), the egress policy (`egress.rs`), trace events of every kind of
 //! invocation (`trace.rs`) and tests of one
@@ -9,6 +10,7 @@
 //!
 //! `cargo test -p isola-runtime --test all -- pool::` runs one group.
 
+mod code_cache;
 mod egress;
 mod events;
 mod fixtures;
@@ -70,6 +72,7 @@ fn main() {
   let first = libtest_mimic::run(&alone, pool::exclusive_trials());
   let mut trials = fixtures::trials();
   trials.extend(pool::trials());
+  trials.extend(code_cache::trials());
   trials.extend(events::trials());
   trials.extend(egress::trials());
   trials.extend(storage::trials());
