@@ -227,7 +227,11 @@ fn tail_analytics_and_sampled_logs_of_115_invocations_over_two_edges() {
     .find(|l| l.starts_with("isola_trace_events_unstored_total{worker=\"sampled\"}"))
     .and_then(|l| l.rsplit(' ').next()?.parse().ok())
     .unwrap_or(0);
-  assert!(unstored < 500, "the log store took only {} of 1,000 events", 1000 - unstored);
+  assert!(
+    unstored < 500,
+    "the log store took only {} of 1,000 events",
+    1000 - unstored
+  );
   let offered = 1000 - unstored;
   // 0.1 of them, ± 30 % (over 3 standard deviations at 1,000).
   let (low, high) = (offered * 7 / 100, offered * 13 / 100);
