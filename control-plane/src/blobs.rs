@@ -18,14 +18,10 @@
 //! in the database.
 
 use std::fmt;
-use std::io::Write as _;
 use std::os::unix::fs::DirBuilderExt as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -499,41 +495,14 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> E
   }
 }
 
-/// Writes `bytes` to `path` whole or not at all: a temporary file in the
-/// same folder, synced, renamed over `path`, and the folder synced, so
-/// after a crash `path` holds the old bytes or the new ones.
+/// Writes `bytes` to `path` whole or not at all
+/// ([`isola_io::fs::write_atomic`]), in owner-only folders.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-  // Unique per write: two uploads of one module may race.
-  static COUNTER: AtomicU64 = AtomicU64::new(0);
-  let dir = path.parent().expect("blob paths have a folder");
-  std::fs::DirBuilder::new()
-    .recursive(true)
-    .mode(0o700)
-    .create(dir)
-    .map_err(io_err("create the folder", dir))?;
-  let tmp = dir.join(format!(
-    ".tmp-{}-{}",
-    std::process::id(),
-    COUNTER.fetch_add(1, Ordering::Relaxed)
-  ));
-  let result = (|| {
-    let mut file = std::fs::OpenOptions::new()
-      .write(true)
-      .create_new(true)
-      .mode(0o600)
-      .open(&tmp)
-      .map_err(io_err("create", &tmp))?;
-    file.write_all(bytes).map_err(io_err("write", &tmp))?;
-    file.sync_all().map_err(io_err("sync", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err("rename the temporary file to", path))
-  })();
-  if result.is_err() {
-    let _ = std::fs::remove_file(&tmp);
-  }
-  result?;
-  std::fs::File::open(dir)
-    .and_then(|d| d.sync_all())
-    .map_err(io_err("sync the folder", dir))
+  isola_io::fs::write_atomic(path, bytes, 0o700).map_err(|e| Error::Io {
+    action: e.action,
+    path: e.path,
+    source: e.source,
+  })
 }
 
 #[cfg(test)]

@@ -23,12 +23,8 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use isola_runtime::Bundle;
@@ -559,36 +555,14 @@ fn check_module_name(name: &str) -> Result<(), StoreError> {
     .map_err(StoreError::InvalidModuleName)
 }
 
-/// Writes `bytes` to `path` via a temp file in the same folder, fsync and
-/// rename, then fsyncs the folder so the rename itself survives a crash.
+/// Writes `bytes` to `path` whole or not at all
+/// ([`isola_io::fs::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-  static COUNTER: AtomicU64 = AtomicU64::new(0);
-  let dir = path.parent().expect("store paths have a parent");
-  fs::create_dir_all(dir).map_err(io_err("create the folder", dir))?;
-  let tmp = dir.join(format!(
-    ".tmp-{}-{}",
-    std::process::id(),
-    COUNTER.fetch_add(1, Ordering::Relaxed)
-  ));
-  let result = (|| {
-    // Owner-only: the control state holds secrets.
-    let mut file = fs::OpenOptions::new()
-      .write(true)
-      .create_new(true)
-      .mode(0o600)
-      .open(&tmp)
-      .map_err(io_err("create", &tmp))?;
-    file.write_all(bytes).map_err(io_err("write", &tmp))?;
-    file.sync_all().map_err(io_err("sync", &tmp))?;
-    fs::rename(&tmp, path).map_err(io_err("rename the temp file to", path))
-  })();
-  if result.is_err() {
-    let _ = fs::remove_file(&tmp);
-  }
-  result?;
-  fs::File::open(dir)
-    .and_then(|d| d.sync_all())
-    .map_err(io_err("sync the folder", dir))
+  isola_io::fs::write_atomic(path, bytes, 0o777).map_err(|e| StoreError::Io {
+    action: e.action,
+    path: e.path,
+    source: e.source,
+  })
 }
 
 #[cfg(test)]

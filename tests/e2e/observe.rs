@@ -222,7 +222,7 @@ fn tail_analytics_and_sampled_logs_of_115_invocations_over_two_edges() {
   // The log store is best effort: a batch it could not take (its queue was
   // full, as on a loaded machine) is counted, not sampled.
   let metrics = control.api("GET", "/metrics", None).text();
-  let unstored: u64 = metrics
+  let unstored: usize = metrics
     .lines()
     .find(|l| l.starts_with("isola_trace_events_unstored_total{worker=\"sampled\"}"))
     .and_then(|l| l.rsplit(' ').next()?.parse().ok())

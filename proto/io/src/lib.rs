@@ -1,11 +1,12 @@
 //! The IO half of what `isola-edge` and `isola-control` share, next to the
 //! sans-IO [`isola_proto`]: the control channel's driver and QUIC/TLS setup
-//! ([`channel`]), reading TLS files ([`pem`]) and the operator log
-//! ([`log`]).
+//! ([`channel`]), reading TLS files ([`pem`]), the operator log ([`log`])
+//! and files written whole or not at all ([`fs`]).
 
 #![forbid(unsafe_code)]
 
 pub mod channel;
+pub mod fs;
 pub mod log;
 pub mod pem;
 pub mod telemetry;
