@@ -12,7 +12,10 @@ target="${CARGO_TARGET_DIR:-$HOME/.cache/isola-target}"
 k8s_version="${ISOLA_K8S_VERSION:-1.30.0}"
 
 venv="$target/k8s-venv"
-if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+# A venv moved with its target dir keeps scripts that name the old path:
+# made again when its pip no longer runs.
+if [ ! -x "$venv/bin/kubernetes-validate" ] || ! "$venv/bin/pip" --version >/dev/null 2>&1; then
+  rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==1.37.0"
 fi

@@ -17,7 +17,10 @@ bin="${ISOLA_CONTROL_BIN:-$target/debug/isola-control}"
 [ -x "$bin" ] || { echo "api-fuzz: no isola-control at $bin; run cargo build -p isola-control first" >&2; exit 1; }
 
 venv="$target/api-fuzz-venv"
-if [ ! -x "$venv/bin/schemathesis" ]; then
+# A venv moved with its target dir keeps scripts that name the old path:
+# made again when its pip no longer runs.
+if [ ! -x "$venv/bin/schemathesis" ] || ! "$venv/bin/pip" --version >/dev/null 2>&1; then
+  rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==4.32.5"
 fi

@@ -7,7 +7,10 @@
 set -euo pipefail
 target="${CARGO_TARGET_DIR:-$HOME/.cache/isola-target}"
 venv="$target/s3-venv"
-if [ ! -x "$venv/bin/moto_server" ]; then
+# A venv moved with its target dir keeps scripts that name the old path:
+# made again when its pip no longer runs.
+if [ ! -x "$venv/bin/moto_server" ] || ! "$venv/bin/pip" --version >/dev/null 2>&1; then
+  rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==5.2.5"
 fi
