@@ -30,14 +30,7 @@ pub use isola_dns::DnsConfig;
 /// Why the DNS server cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-  #[error("cannot read {path}")]
-  Read {
-    path: String,
-    #[source]
-    source: std::io::Error,
-  },
-  #[error("{path}: {message}")]
-  Config { path: String, message: String },
+  /// The settings or the GeoIP database (read or checked).
   #[error(transparent)]
   Dns(#[from] isola_dns::Error),
   #[error("cannot listen for DNS on {addr} ({what}); pick another --dns address")]
@@ -78,20 +71,23 @@ impl Dns {
     state: watch::Receiver<Arc<DesiredState>>,
   ) -> Result<SocketAddr, Error> {
     let db = match &config.geoip_db {
-      Some(path) => Some(std::fs::read(path).map_err(|source| Error::Read {
-        path: path.display().to_string(),
-        source,
-      })?),
+      Some(path) => Some(
+        std::fs::read(path).map_err(|source| isola_dns::Error::Read {
+          path: path.display().to_string(),
+          source,
+        })?,
+      ),
       None => None,
     };
-    let geo = geo::Geo::new(config.networks.clone(), db).map_err(|message| Error::Config {
-      path: config
-        .geoip_db
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default(),
-      message,
-    })?;
+    let geo =
+      geo::Geo::new(config.networks.clone(), db).map_err(|message| isola_dns::Error::Config {
+        path: config
+          .geoip_db
+          .as_ref()
+          .map(|p| p.display().to_string())
+          .unwrap_or_default(),
+        message,
+      })?;
     let names = follow_names(state);
     let responder = isola_dns::Responder::new(Arc::new(config), geo, edges, names)?;
     server::start(addr, Arc::new(responder)).await
