@@ -122,6 +122,7 @@ CFG = {
     # isola-edge serve
     "serve_workers": env_int("SERVE_WORKERS", 100, 1, 10000),
     "serve_threads": env_int("SERVE_THREADS", 1, 1, 256),
+    "serve_events_ab": env_int("SERVE_EVENTS_AB", 1, 0, 1) == 1,
     "serve_ready_timeout_s": env_float("SERVE_READY_TIMEOUT", 120.0, 1.0, 3600.0),
     "control_nice": env_int("CONTROL_NICE", 19, 0, 19),
     # thread scaling (unpinned)
@@ -497,7 +498,8 @@ def start_serve(site: servers.ServeSite, row: str, threads: int, hosts: list[str
     def start():
         port = servers.free_port()
         log_path = logs / f"{row}-{site.workload}.log"
-        proc = servers.spawn(site.edge_argv(port, threads), log_path, None, cpus)
+        proc = servers.spawn(site.edge_argv(port, threads, events=row != "serve100q"),
+                             log_path, None, cpus)
         t = Target(proc, port, log_path, hosts, site.control)
         return t, site.wait_all_served(proc, port, CFG["serve_ready_timeout_s"])
     return start
@@ -801,7 +803,12 @@ def bench_serve(w: str, logs: Path, rate: float | None,
         print(f" uploaded in {secs:.1f} s", flush=True)
         setup = {"workers": n, "upload_s": secs}
         hosts = site.hosts()
-        for row, hs in (("serve100", hosts), ("serve1", hosts[:1])):
+        rows = [("serve100", hosts), ("serve1", hosts[:1])]
+        if CFG["serve_events_ab"]:
+            # The same as serve100 with `[control] trace_events = false`:
+            # what trace events cost the edge.
+            rows.insert(1, ("serve100q", hosts))
+        for row, hs in rows:
             busy = wait_for_quiet([site.control.pid])
             print(f"  {w:6} {row:9} ...", end="", flush=True)
             cell = bench_target(row, w, logs, start_serve(

@@ -53,8 +53,8 @@ if ! command -v wrk >/dev/null; then
 fi
 
 # Open-loop load for the latency columns: oha from crates.io into bench/.tools
-# (git-ignored), unless OHA names a binary.
-if [[ -z "${OHA:-}" ]]; then
+# (git-ignored), unless OHA names a binary or LATENCY=0 turns the columns off.
+if [[ -z "${OHA:-}" && "${LATENCY:-1}" != 0 ]]; then
   oha="$BENCH/.tools/bin/oha"
   if [[ ! -x "$oha" || "$("$oha" --version 2>/dev/null)" != "oha $OHA_VERSION" ]]; then
     log "installing oha $OHA_VERSION into $BENCH/.tools (cargo install; a few minutes once)"

@@ -389,10 +389,14 @@ class ServeSite:
         self.edge_toml = out / "edge.toml"
         self.edge_base = self.edge_toml.read_text()
 
-    def edge_argv(self, port: int, threads: int) -> list[str]:
-        """Rewrites edge.toml for this start (listener, thread count)."""
+    def edge_argv(self, port: int, threads: int, events: bool = True) -> list[str]:
+        """Rewrites edge.toml for this start (listener, thread count, and
+        whether trace events go to the control plane)."""
+        base = self.edge_base
+        if not events:
+            base = base.replace("[control]\n", "[control]\ntrace_events = false\n", 1)
         self.edge_toml.write_text(
-            self.edge_base + f'\n[server]\nlisten = "127.0.0.1:{port}"\n'
+            base + f'\n[server]\nlisten = "127.0.0.1:{port}"\n'
             f'admin = "127.0.0.1:{free_port()}"\nthreads = {threads}\n')
         return [str(self.edge_bin), "serve", "--config", str(self.edge_toml)]
 

@@ -101,6 +101,22 @@ class Render(unittest.TestCase):
         self.assertEqual(t["Warm CPU per request ≤ deno's: isola-edge dev, `hello`"], "yes")
         self.assertEqual(t["`serve` 2 threads ≥ 1.8× 1 thread (shared cores), `hello`"], "yes")
 
+    def test_trace_events_cost(self):
+        raw = result(isola_cpu=6.0)
+        raw["cells"].append(cell("serve100q", "hello", 62_000, 7.8, 2.0))
+        t = target_rows(report.render(raw))
+        key = ("Trace events cost ≤ 5% of edge CPU (`serve`, events on vs off, same offered "
+               "rate), `hello`")
+        self.assertEqual(t[key], "yes")  # 8.0 µs vs 7.8 µs: +2.6 %
+        raw["cells"][-1] = cell("serve100q", "hello", 62_000, 7.0, 2.0)
+        self.assertEqual(target_rows(report.render(raw))[key], "**no**")  # +14 %
+        self.assertNotIn(key, target_rows(report.render(result(isola_cpu=6.0))))
+        # Without open-loop runs the closed-loop figures stand in, and say so.
+        for c in raw["cells"]:
+            c["open_runs"] = []
+        closed = key.replace("same offered rate", "closed loop")
+        self.assertEqual(target_rows(report.render(raw))[closed], "**no**")
+
     def test_ratio_columns(self):
         md = report.render(result(isola_cpu=10.4))
         line = next(ln for ln in md.splitlines() if ln.startswith("| isola-edge dev | 70,000"))

@@ -94,7 +94,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   // With `[telemetry] otlp_endpoint`, every worker's records come too, for
   // their OpenTelemetry spans.
   let spans = config.telemetry.otlp_endpoint.is_some();
-  let mut traces = (config.control.is_some() || spans).then(|| {
+  // `[control] trace_events = false`: no event goes to the control plane.
+  let events = config.control.as_ref().is_some_and(|c| c.trace_events);
+  let mut traces = (events || spans).then(|| {
     crate::trace::TraceBuffer::new(
       crate::trace::MAX_EVENTS,
       crate::trace::MAX_BYTES,
@@ -104,10 +106,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   if let Some((buffer, _)) = &traces {
     let slot = node_slot.clone();
     let shipped = move |worker: &str| {
-      slot
-        .get()
-        .and_then(Weak::upgrade)
-        .is_some_and(|node| !node.is_static(worker))
+      events
+        && slot
+          .get()
+          .and_then(Weak::upgrade)
+          .is_some_and(|node| !node.is_static(worker))
     };
     pool = pool.trace(buffer.sink(shipped, spans));
   }

@@ -326,7 +326,13 @@ impl SiteConfig {
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
   /// The control plane's QUIC address, `host:port`.
-  pub address: String,
+  #[serde(default, skip_serializing_if = "Option::is_none")]
+  pub address: Option<String>,
+  /// More addresses of the same control plane (its replicas). The edge
+  /// uses one at a time, starting with `address`, and moves to the next
+  /// when it cannot reach it or loses it. Default: none.
+  #[serde(default, skip_serializing_if = "Vec::is_empty")]
+  pub addresses: Vec<String>,
   /// This edge's name, as enrolled; its certificate must be issued for it.
   pub name: String,
   /// CA certificate the control plane's certificate must chain to.
@@ -341,10 +347,28 @@ pub struct ControlConfig {
   /// How often usage is collected and shipped. Default: 1 s.
   #[serde(default = "default_usage_interval_ms")]
   pub usage_interval_ms: u64,
+  /// Whether invocations' trace events (live tail, invocation logs,
+  /// analytics' quantiles) go to the control plane. `false` builds none:
+  /// tail and logs stay empty for this edge; usage and billing are not
+  /// affected. Default: true.
+  #[serde(default = "default_true")]
+  pub trace_events: bool,
   /// What the hello says of this edge: `[edge]`, and the HTTP port once
   /// bound.
   #[serde(skip)]
   pub site: crate::msg::EdgeSite,
+}
+
+impl ControlConfig {
+  /// Every address to try, in order: `address`, then `addresses`.
+  pub fn addresses(&self) -> Vec<&str> {
+    self
+      .address
+      .iter()
+      .chain(&self.addresses)
+      .map(String::as_str)
+      .collect()
+  }
 }
 
 fn default_server_name() -> String {
@@ -410,6 +434,22 @@ impl EdgeConfig {
       }
       if control.usage_interval_ms == 0 {
         return Err("[control] usage_interval_ms is 0; leave it unset for 1000".into());
+      }
+      let all = control.addresses();
+      if all.is_empty() {
+        return Err(
+          "[control] has no address; add `address = \"host:port\"` (or `addresses = [...]` \
+           for several control-plane replicas)"
+            .into(),
+        );
+      }
+      for (i, a) in all.iter().enumerate() {
+        if a.trim().is_empty() {
+          return Err("[control] has an empty address; write host:port".into());
+        }
+        if all[..i].contains(a) {
+          return Err(format!("[control] lists the address {a:?} twice"));
+        }
       }
     }
     Ok(config)
@@ -530,6 +570,30 @@ mod tests {
     let control = c.control.unwrap();
     assert_eq!(control.server_name, "isola-control");
     assert_eq!(control.usage_interval_ms, 1000);
+    assert!(control.trace_events);
+    assert_eq!(control.addresses(), ["127.0.0.1:8701"]);
+  }
+
+  #[test]
+  fn control_replicas_are_tried_in_order_and_checked() {
+    let base = Path::new("/etc/isola");
+    let section = "[control]\nname = \"e\"\nca = \"ca.pem\"\ncert = \"e.pem\"\nkey = \"k.pem\"\n";
+    let c = EdgeConfig::parse(
+      &format!("{section}address = \"a:1\"\naddresses = [\"b:1\", \"c:1\"]\n"),
+      base,
+    )
+    .unwrap();
+    assert_eq!(c.control.unwrap().addresses(), ["a:1", "b:1", "c:1"]);
+    let c = EdgeConfig::parse(&format!("{section}addresses = [\"b:1\"]\n"), base).unwrap();
+    assert_eq!(c.control.unwrap().addresses(), ["b:1"]);
+    let err = EdgeConfig::parse(section, base).unwrap_err();
+    assert!(err.contains("no address"), "{err}");
+    let err = EdgeConfig::parse(
+      &format!("{section}address = \"a:1\"\naddresses = [\"a:1\"]\n"),
+      base,
+    )
+    .unwrap_err();
+    assert!(err.contains("twice"), "{err}");
   }
 
   #[test]
