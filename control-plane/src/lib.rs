@@ -13,6 +13,7 @@ pub mod db;
 pub mod dns;
 pub mod fleet;
 pub mod kv;
+pub mod lease;
 pub mod observe;
 pub mod pki;
 pub mod queues;

@@ -49,6 +49,18 @@ struct Cli {
   /// object per line) for log shippers and scripts. The filter is ISOLA_LOG.
   #[arg(long, global = true, value_enum, default_value = "text")]
   log_format: LogFormat,
+  /// The store: a PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/DB),
+  /// shared by every replica of the control plane. Default: the SQLite file
+  /// DATA_DIR/control.db. The data directory still holds the CA, the
+  /// server certificate and the secrets key, which replicas share.
+  #[arg(
+    long,
+    global = true,
+    env = "ISOLA_DATABASE",
+    value_name = "URL",
+    hide_env_values = true
+  )]
+  database: Option<String>,
   #[command(subcommand)]
   command: Command,
 }
@@ -113,9 +125,10 @@ enum Command {
     /// Folder to write edge.toml, edge.pem, edge-key.pem and ca.pem into.
     #[arg(long)]
     out: PathBuf,
-    /// The control plane's QUIC address as the edge reaches it.
+    /// The control plane's QUIC address as the edge reaches it; repeat it
+    /// for each replica of the control plane.
     #[arg(long, default_value = "127.0.0.1:8701")]
-    control_address: String,
+    control_address: Vec<String>,
   },
 }
 
@@ -141,8 +154,9 @@ enum BillingCommand {
 fn main() -> ExitCode {
   let cli = Cli::parse();
   isola_io::log::init(cli.log_format, "info");
+  let database = cli.database.as_deref();
   let result = match cli.command {
-    Command::Init { data_dir } => init(&data_dir),
+    Command::Init { data_dir } => init(&data_dir, database),
     Command::Serve {
       data_dir,
       config,
@@ -173,7 +187,8 @@ fn main() -> ExitCode {
       let api = api.or(file.api).unwrap_or(([127, 0, 0, 1], 8700).into());
       let quic = quic.or(file.quic).unwrap_or(([127, 0, 0, 1], 8701).into());
       let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-      rt.block_on(serve(data_dir, api, quic, clock, cron, file, dns))
+      let db = open_db(&data_dir, database)?;
+      rt.block_on(serve(data_dir, db, api, quic, clock, cron, file, dns))
     })(),
     Command::Billing {
       command:
@@ -183,13 +198,14 @@ fn main() -> ExitCode {
           account,
           config,
         },
-    } => billing_report(&data_dir, &month, account.as_deref(), config.as_deref()),
+    } => open_db(&data_dir, database)
+      .and_then(|db| billing_report(&db, &month, account.as_deref(), config.as_deref())),
     Command::EnrollEdge {
       data_dir,
       name,
       out,
       control_address,
-    } => enroll_edge(&data_dir, &name, &out, &control_address),
+    } => enroll_edge(&data_dir, database, &name, &out, &control_address),
   };
   match result {
     Ok(()) => ExitCode::SUCCESS,
@@ -208,8 +224,22 @@ fn secrets_key_path(dir: &Path) -> PathBuf {
   dir.join("secrets.key")
 }
 
-/// Opens an initialised data directory's database.
-fn open_db(dir: &Path) -> anyhow::Result<db::Db> {
+/// Opens an initialised data directory's database, or the PostgreSQL
+/// database `--database` names.
+fn open_db(dir: &Path, database: Option<&str>) -> anyhow::Result<db::Db> {
+  if let Some(url) = database {
+    let key = secrets_key_path(dir);
+    if !key.exists() {
+      bail!(
+        "{} has no secrets.key; create the data directory with `isola-control init --data-dir {} \
+         --database URL` once, then copy it to each replica",
+        dir.display(),
+        dir.display()
+      );
+    }
+    let cipher = secrets::Cipher::load(&key)?;
+    return db::Db::connect_postgres(url, cipher).context("cannot open the PostgreSQL database");
+  }
   let path = db_path(dir);
   if !path.exists() {
     bail!(
@@ -224,13 +254,19 @@ fn open_db(dir: &Path) -> anyhow::Result<db::Db> {
 
 /// Writes the database last, through a temporary name: until it exists the
 /// directory counts as uninitialised, so an interrupted init can be re-run.
-fn init(dir: &Path) -> anyhow::Result<()> {
+/// With PostgreSQL the secrets key is the last file written instead.
+fn init(dir: &Path, database: Option<&str>) -> anyhow::Result<()> {
   let db_file = db_path(dir);
-  if db_file.exists() {
+  let done = match database {
+    Some(_) => secrets_key_path(dir),
+    None => db_file.clone(),
+  };
+  if done.exists() {
     bail!(
-      "{} is already initialised (it has control.db); use another --data-dir, or remove the \
-       folder to start over (that forgets every worker, edge and token)",
-      dir.display()
+      "{} is already initialised (it has {}); use another --data-dir, or remove the folder to \
+       start over (that forgets every worker, edge and token)",
+      dir.display(),
+      done.file_name().unwrap_or_default().to_string_lossy()
     );
   }
   // Only the control plane's user may look inside: keys, tokens, code.
@@ -241,7 +277,9 @@ fn init(dir: &Path) -> anyhow::Result<()> {
     .with_context(|| format!("cannot create {}", dir.display()))?;
 
   let key = secrets::generate_key();
-  pki::write_file(&secrets_key_path(dir), &key, true)?;
+  if database.is_none() {
+    pki::write_file(&secrets_key_path(dir), &key, true)?;
+  }
   let files = pki::files(dir);
   let ca = pki::Ca::generate()?;
   pki::write_file(&files.ca, ca.cert_pem().as_bytes(), false)?;
@@ -250,6 +288,29 @@ fn init(dir: &Path) -> anyhow::Result<()> {
   pki::write_file(&files.cert, server.cert_pem.as_bytes(), false)?;
   pki::write_file(&files.key, server.key_pem.as_bytes(), true)?;
 
+  if let Some(url) = database {
+    let db = db::Db::connect_postgres(url, secrets::Cipher::new(&key))
+      .context("cannot open the PostgreSQL database")?;
+    let token = match db.create_account("default", true) {
+      Err(db::Error::Conflict(_)) => bail!(
+        "the PostgreSQL database was initialised before (it has account `default`); copy that \
+         data directory to this replica instead, or use an empty database"
+      ),
+      other => other?,
+    };
+    let token_path = dir.join("admin-token");
+    pki::write_file(&token_path, format!("{token}\n").as_bytes(), true)?;
+    pki::write_file(&secrets_key_path(dir), &key, true)?;
+    tracing::info!(
+      data_dir = %dir.display(),
+      account = "default",
+      token_file = %token_path.display(),
+      "initialised the data directory and the PostgreSQL database; the admin token follows on \
+       stdout"
+    );
+    println!("{token}");
+    return Ok(());
+  }
   let tmp = dir.join("control.db.init");
   for suffix in ["", "-wal", "-shm"] {
     let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
@@ -277,6 +338,53 @@ fn init(dir: &Path) -> anyhow::Result<()> {
   Ok(())
 }
 
+/// Applies what other replicas change: a new revision goes to this
+/// replica's edges, and changed schedules or queues reach this replica's
+/// scheduler and deliveries (which act on them only while it leads).
+async fn follow_replicas(
+  mut changes: tokio::sync::mpsc::UnboundedReceiver<db::Changed>,
+  db: db::Db,
+  state_tx: Arc<watch::Sender<Arc<isola_proto::msg::DesiredState>>>,
+  cron: scheduler::driver::Handle,
+  queues: isola_control::queues::driver::Handle,
+) {
+  use db::Changed;
+  while let Some(changed) = changes.recv().await {
+    if matches!(changed, Changed::Everything | Changed::Schedules) {
+      cron.reload();
+    }
+    if matches!(changed, Changed::Everything | Changed::Queues) {
+      queues.reload();
+    }
+    if !matches!(changed, Changed::Everything | Changed::Revision) {
+      continue;
+    }
+    let current = state_tx.borrow().revision;
+    let db2 = db.clone();
+    let newer = db::blocking(move || match db2.current_revision()? {
+      r if r > current => db2.desired_state().map(Some),
+      _ => Ok(None),
+    })
+    .await;
+    match newer {
+      Ok(Some(desired)) => {
+        let revision = desired.revision;
+        state_tx.send_if_modified(|current| {
+          if desired.revision > current.revision {
+            *current = Arc::new(desired);
+            true
+          } else {
+            false
+          }
+        });
+        tracing::debug!(revision, "published another replica's change");
+      }
+      Ok(None) => {}
+      Err(e) => tracing::warn!(error = %e, "cannot read another replica's change"),
+    }
+  }
+}
+
 fn parse_test_clock(s: &str) -> Result<(i64, i64), String> {
   let (origin, scale) = s
     .split_once(':')
@@ -294,13 +402,12 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<ControlConfig> {
 }
 
 fn billing_report(
-  dir: &Path,
+  db: &db::Db,
   month: &str,
   account: Option<&str>,
   config: Option<&Path>,
 ) -> anyhow::Result<()> {
   let sheet = load_config(config)?.billing;
-  let db = open_db(dir)?;
   let accounts = match account {
     Some(a) => vec![a.to_string()],
     None => db.account_names()?,
@@ -324,8 +431,10 @@ fn billing_report(
   Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
   dir: PathBuf,
+  db: db::Db,
   api_addr: SocketAddr,
   quic_addr: SocketAddr,
   clock: Clock,
@@ -333,8 +442,14 @@ async fn serve(
   settings: isola_control::config::ControlConfig,
   dns: Option<(SocketAddr, isola_control::dns::DnsConfig)>,
 ) -> anyhow::Result<()> {
-  let db = open_db(&dir)?;
   let location = settings.storage.blobs.clone();
+  if db.is_shared() && location.is_none() {
+    tracing::warn!(
+      "the database is shared but module blobs are kept in this replica's data directory; \
+       give every replica the same --blobs (s3://BUCKET/PREFIX or a shared folder), or edges \
+       connected to another replica cannot load what was uploaded here"
+    );
+  }
   let blobs =
     blobs::Blobs::open(location.unwrap_or_else(|| blobs::Location::default_in(&dir))).await?;
   blobs
@@ -352,8 +467,13 @@ async fn serve(
   .context("cannot read the desired state")?;
   let revision = initial.revision;
   let (state_tx, state_rx) = watch::channel(Arc::new(initial));
+  let state_tx = Arc::new(state_tx);
   let fleet = isola_control::fleet::Fleet::default();
-  let cron = scheduler::driver::start(db.clone(), fleet.clone(), clock, config)
+  // Replicas on one PostgreSQL database: one of them runs cron and queue
+  // deliveries at a time.
+  let replica = format!("{api_addr}/{}", uuid::Uuid::new_v4().simple());
+  let leading = isola_control::lease::start(db.clone(), replica, Default::default());
+  let cron = scheduler::driver::start(db.clone(), fleet.clone(), clock, config, leading.clone())
     .await
     .context("cannot start the cron scheduler")?;
   let kv = isola_control::kv::Kv::new(db.clone());
@@ -364,9 +484,19 @@ async fn serve(
     fleet.clone(),
     Clock::real(),
     isola_control::queues::Config::default(),
+    leading,
   )
   .await
   .context("cannot start the queues")?;
+  if let Some(changes) = db.follow() {
+    tokio::spawn(follow_replicas(
+      changes,
+      db.clone(),
+      state_tx.clone(),
+      cron.clone(),
+      queues.clone(),
+    ));
+  }
   tokio::spawn(kv.clone().sweep_forever());
   let traces = isola_control::observe::Traces::start(db.clone());
   // Edge health for the API always; active checks only for DNS answers.
@@ -381,7 +511,7 @@ async fn serve(
       .context("cannot start the DNS server")?;
   }
   let app = api::router(
-    api::AppState::new(db.clone(), blobs.clone(), Arc::new(state_tx), validator)
+    api::AppState::new(db.clone(), blobs.clone(), state_tx, validator)
       .with_scheduler(cron.clone())
       .with_kv(kv.clone())
       .with_queues(queues.clone())
@@ -446,12 +576,29 @@ async fn shutdown_signal() {
   tracing::info!("shutting down");
 }
 
-fn enroll_edge(dir: &Path, name: &str, out: &Path, control_address: &str) -> anyhow::Result<()> {
+fn enroll_edge(
+  dir: &Path,
+  database: Option<&str>,
+  name: &str,
+  out: &Path,
+  control_address: &[String],
+) -> anyhow::Result<()> {
   isola_proto::names::check_edge_name(name)?;
-  if control_address.trim().is_empty() || control_address.contains(['"', '\\', '\n']) {
-    bail!("invalid --control-address {control_address:?}; use host:port, like 127.0.0.1:8701");
+  for a in control_address {
+    if a.trim().is_empty() || a.contains(['"', '\\', '\n']) {
+      bail!("invalid --control-address {a:?}; use host:port, like 127.0.0.1:8701");
+    }
   }
-  let db = open_db(dir)?;
+  let (first, replicas) = control_address
+    .split_first()
+    .context("give --control-address")?;
+  let replicas = if replicas.is_empty() {
+    String::new()
+  } else {
+    let list: Vec<String> = replicas.iter().map(|a| format!("\"{a}\"")).collect();
+    format!("addresses = [{}]\n", list.join(", "))
+  };
+  let db = open_db(dir, database)?;
   let ca = pki::Ca::load(dir)?;
   let issued = ca.issue_edge(name)?;
   std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -470,7 +617,8 @@ fn enroll_edge(dir: &Path, name: &str, out: &Path, control_address: &str) -> any
      #   public_ipv4 = [\"192.0.2.10\"]\n\
      \n\
      [control]\n\
-     address = \"{control_address}\"\n\
+     address = \"{first}\"\n\
+     {replicas}\
      name = \"{name}\"\n\
      ca = \"ca.pem\"\n\
      cert = \"edge.pem\"\n\

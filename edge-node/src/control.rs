@@ -280,6 +280,9 @@ pub async fn run<T: Target>(
   })?;
   let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
   let mut logged_down = false;
+  let addresses: Vec<String> = cfg.addresses().into_iter().map(str::to_owned).collect();
+  // The replica in use; the next one is tried after any failure.
+  let mut at = 0;
   let reports = Reports::default();
   let (done_tx, mut done_rx) = mpsc::unbounded_channel();
   loop {
@@ -291,19 +294,43 @@ pub async fn run<T: Target>(
       done_tx: &done_tx,
       done_rx: &mut done_rx,
     };
-    let result = session(&cfg, &client, &node, &spool, &mut link, &mut backoff).await;
+    let address = &addresses[at % addresses.len()];
+    let result = session(
+      address,
+      &cfg,
+      &client,
+      &node,
+      &spool,
+      &mut link,
+      &mut backoff,
+    )
+    .await;
     upstream.set(None);
     match result {
-      Ok(reason) => tracing::warn!(reason, "control channel closed"),
-      Err(e) if !logged_down => tracing::warn!(
-        address = %cfg.address,
+      Ok(reason) => {
+        tracing::warn!(address, reason, "control channel closed");
+        logged_down = false;
+      }
+      Err(e) if !logged_down => {
+        tracing::warn!(
+          address,
+          error = format!("{e:#}"),
+          "control plane unreachable, serving the last applied state"
+        );
+        logged_down = true;
+      }
+      Err(e) => tracing::debug!(
+        address,
         error = format!("{e:#}"),
-        "control plane unreachable, serving the last applied state"
+        "control plane unreachable"
       ),
-      Err(_) => {}
     }
-    logged_down = true;
-    tokio::time::sleep(backoff.next_delay(rand::random())).await;
+    at += 1;
+    // A lost replica: the next one straight away, once per round; the
+    // backoff paces whole rounds.
+    if at % addresses.len() == 0 {
+      tokio::time::sleep(backoff.next_delay(rand::random())).await;
+    }
     // Batches cut while disconnected are on disk, and reports of runs that
     // ended are in `reports`; the next session sends them from there.
     while usage.try_recv().is_ok() {}
@@ -312,6 +339,7 @@ pub async fn run<T: Target>(
 }
 
 async fn session<T: Target>(
+  address: &str,
   cfg: &ControlConfig,
   client: &quinn::ClientConfig,
   node: &Arc<T>,
@@ -319,7 +347,7 @@ async fn session<T: Target>(
   link: &mut Link<'_>,
   backoff: &mut Backoff,
 ) -> anyhow::Result<String> {
-  let (_endpoint, conn) = channel::connect(&cfg.address, &cfg.server_name, client).await?;
+  let (_endpoint, conn) = channel::connect(address, &cfg.server_name, client).await?;
   let (mut send, mut recv) = channel::open_stream(&conn).await?;
   let mut session = EdgeSession::new(
     Instant::now(),
@@ -699,7 +727,9 @@ mod tests {
       seen_tx.clone(),
     );
     let cfg = ControlConfig {
-      address: addr.to_string(),
+      address: Some(addr.to_string()),
+      addresses: Vec::new(),
+      trace_events: true,
       name: "edge-1".into(),
       ca: id.ca.clone(),
       cert: id.edge_cert.clone(),

@@ -6,6 +6,7 @@ mod billing;
 mod blobs;
 mod dns;
 mod observe;
+mod replicas;
 mod storage;
 mod telemetry;
 

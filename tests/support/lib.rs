@@ -513,17 +513,82 @@ impl Control {
     self.proc = Some(proc);
   }
 
+  /// `isola-control init --database URL` in `dir` (a PostgreSQL store),
+  /// then `serve` on it on free ports.
+  pub fn init_postgres(dir: &Path, url: &str) -> Control {
+    run_control(
+      Command::new(bin("isola-control"))
+        .env("ISOLA_DATABASE", url)
+        .args(["init", "--data-dir"])
+        .arg(dir),
+    );
+    let token = std::fs::read_to_string(dir.join("admin-token"))
+      .expect("init writes admin-token")
+      .trim()
+      .to_string();
+    let mut control = Control {
+      dir: dir.to_path_buf(),
+      api: free_tcp(),
+      quic: free_udp(),
+      token,
+      proc: None,
+      serve_args: Vec::new(),
+      serve_env: vec![("ISOLA_DATABASE".to_string(), url.to_string())],
+    };
+    control.start();
+    control
+  }
+
+  /// Another replica of this control plane: its data folder copied to
+  /// `dir` (CA, server certificate, secrets key), the same database, its
+  /// own ports.
+  pub fn replica(&self, dir: &Path) -> Control {
+    let status = Command::new("cp")
+      .arg("-a")
+      .arg(&self.dir)
+      .arg(dir)
+      .status()
+      .expect("cp runs");
+    assert!(status.success(), "cannot copy {}", self.dir.display());
+    let mut control = Control {
+      dir: dir.to_path_buf(),
+      api: free_tcp(),
+      quic: free_udp(),
+      token: self.token.clone(),
+      proc: None,
+      serve_args: self.serve_args.clone(),
+      serve_env: self.serve_env.clone(),
+    };
+    control.start();
+    control
+  }
+
   /// `enroll-edge`, returning the edge's folder with its `edge.toml`
   /// completed by a `[server]` section whose listeners take port 0.
   pub fn enroll(&self, name: &str, out: &Path, usage_interval_ms: u64) -> EdgeSetup {
-    run_control(
-      Command::new(bin("isola-control"))
-        .args(["enroll-edge", "--data-dir"])
-        .arg(&self.dir)
-        .args(["--name", name, "--out"])
-        .arg(out)
-        .args(["--control-address", &self.quic.to_string()]),
-    );
+    self.enroll_to(name, out, usage_interval_ms, &[self.quic])
+  }
+
+  /// [`Control::enroll`] for an edge that follows the control plane at
+  /// `addresses`, in that order (its replicas).
+  pub fn enroll_to(
+    &self,
+    name: &str,
+    out: &Path,
+    usage_interval_ms: u64,
+    addresses: &[SocketAddr],
+  ) -> EdgeSetup {
+    let mut command = Command::new(bin("isola-control"));
+    command
+      .args(["enroll-edge", "--data-dir"])
+      .arg(&self.dir)
+      .args(["--name", name, "--out"])
+      .arg(out)
+      .envs(self.serve_env.iter().map(|(k, v)| (k, v)));
+    for a in addresses {
+      command.args(["--control-address", &a.to_string()]);
+    }
+    run_control(&mut command);
     let config = out.join("edge.toml");
     let text = std::fs::read_to_string(&config).expect("enroll-edge writes edge.toml");
     let text = text.replacen(
@@ -625,6 +690,57 @@ impl Control {
       Some(serde_json::json!({ "versions": [{ "id": version, "percentage": 100 }] })),
     );
     assert_eq!(r.status, 201, "deploy: {}", r.text());
+  }
+}
+
+/// A throwaway PostgreSQL server (Debian's packages, started by
+/// `tests/support/postgres.sh`), stopped and removed on drop.
+pub struct Postgres {
+  dir: PathBuf,
+  /// `postgres://postgres@127.0.0.1:PORT`, without a database.
+  pub server: String,
+}
+
+impl Postgres {
+  /// Starts one; `None` (with the reason on stderr) where the server's
+  /// binaries are missing and cannot be installed.
+  pub fn start() -> Option<Postgres> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/postgres.sh");
+    let dir = std::env::temp_dir().join(format!(
+      "isola-pg-{}-{}",
+      std::process::id(),
+      NEXT_PG.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let out = Command::new(&script)
+      .arg("start")
+      .arg(&dir)
+      .output()
+      .expect("postgres.sh runs");
+    if !out.status.success() {
+      eprintln!(
+        "no PostgreSQL server: {}",
+        String::from_utf8_lossy(&out.stderr)
+      );
+      let _ = std::fs::remove_dir_all(&dir);
+      return None;
+    }
+    let server = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Some(Postgres { dir, server })
+  }
+
+  /// The URL of its `postgres` database.
+  pub fn url(&self) -> String {
+    format!("{}/postgres", self.server)
+  }
+}
+
+static NEXT_PG: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Drop for Postgres {
+  fn drop(&mut self) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/postgres.sh");
+    let _ = Command::new(script).arg("stop").arg(&self.dir).output();
+    let _ = std::fs::remove_dir_all(&self.dir);
   }
 }
 

@@ -1,10 +1,10 @@
 //! Accounts and their API tokens.
 
+use super::sql::params;
+use super::sql::OptionalExtension as _;
+use super::sql::Sql;
 use isola_proto::manifest::LimitsSpec;
 use rand::RngCore as _;
-use rusqlite::params;
-use rusqlite::OptionalExtension as _;
-use rusqlite::Transaction;
 use sha2::Digest as _;
 
 use super::Db;
@@ -40,7 +40,7 @@ impl Db {
     self.write(|tx| {
       let now = Timestamp::now().0;
       let inserted = tx.execute(
-        "INSERT OR IGNORE INTO accounts (name, created_at) VALUES (?1, ?2)",
+        "INSERT INTO accounts (name, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
         params![account, now],
       )?;
       if inserted == 0 {
@@ -124,7 +124,7 @@ impl Db {
   }
 }
 
-fn insert_token(tx: &Transaction<'_>, account: &str, admin: bool) -> Result<String> {
+fn insert_token(tx: &Sql<'_>, account: &str, admin: bool) -> Result<String> {
   let token = new_token();
   tx.execute(
     "INSERT INTO tokens (sha256, account, admin, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -158,8 +158,12 @@ mod tests {
     // Only hashes are stored.
     let stored: String = db
       .conn()
-      .query_row("SELECT group_concat(sha256) FROM tokens", [], |r| r.get(0))
-      .unwrap();
+      .rows("SELECT sha256 FROM tokens", ())
+      .unwrap()
+      .iter()
+      .map(|r| r.get::<String>(0).unwrap())
+      .collect::<Vec<_>>()
+      .join(",");
     assert!(!stored.contains(&admin[6..]));
   }
 

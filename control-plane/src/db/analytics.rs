@@ -1,8 +1,8 @@
 //! Analytics of one worker: its usage records and per-minute sketches in a
 //! time range, cut into buckets by [`Buckets`].
 
+use super::sql::params;
 use isola_proto::msg::Usage;
-use rusqlite::params;
 
 use super::require_worker;
 use super::to_u64;
@@ -40,7 +40,7 @@ impl Db {
         subrequests: to_u64(row.get(8)?),
         ..Usage::default()
       };
-      buckets.add_usage(row.get(0)?, &row.get::<_, String>(1)?, &usage);
+      buckets.add_usage(row.get(0)?, &row.get::<String>(1)?, &usage);
     }
     let mut stmt = conn.prepare(
       "SELECT minute, version, stats FROM trace_minutes
@@ -48,9 +48,9 @@ impl Db {
     )?;
     let mut rows = stmt.query(params![account, worker, grid.since, grid.until()])?;
     while let Some(row) = rows.next()? {
-      let stats: MinuteStats = serde_json::from_str(&row.get::<_, String>(2)?)
+      let stats: MinuteStats = serde_json::from_str(&row.get::<String>(2)?)
         .map_err(|e| Error::Corrupt(format!("analytics sketch: {e}")))?;
-      buckets.add_minute(row.get(0)?, &row.get::<_, String>(1)?, &stats);
+      buckets.add_minute(row.get(0)?, &row.get::<String>(1)?, &stats);
     }
     Ok(buckets.finish())
   }

@@ -2,7 +2,7 @@
 //! authenticated request that can change something is kept, whatever its
 //! answer, so an operator can see attempts as well as changes.
 
-use rusqlite::params;
+use super::sql::params;
 use serde::Serialize;
 
 use super::Db;
@@ -64,8 +64,8 @@ impl Db {
     let conn = self.conn();
     let mut stmt = conn.prepare_cached(
       "SELECT id, at, account, admin, token, method, path, status, client FROM audit
-       WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR at < ?2)
-         AND (?3 IS NULL OR account = ?3) AND (?4 IS NULL OR id < ?4)
+       WHERE (CAST(?1 AS BIGINT) IS NULL OR at >= ?1) AND (CAST(?2 AS BIGINT) IS NULL OR at < ?2)
+         AND (CAST(?3 AS TEXT) IS NULL OR account = ?3) AND (CAST(?4 AS BIGINT) IS NULL OR id < ?4)
        ORDER BY id DESC LIMIT ?5",
     )?;
     let rows = stmt.query_map(
@@ -84,7 +84,7 @@ impl Db {
         })
       },
     )?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    Ok(rows.collect::<super::sql::Result<_>>()?)
   }
 }
 

@@ -6,8 +6,8 @@
 //! cut off across the month's end): then it is billed in the month it was
 //! stored, so no usage is lost and no issued invoice moves.
 
-use rusqlite::params;
-use rusqlite::OptionalExtension as _;
+use super::sql::params;
+use super::sql::OptionalExtension as _;
 
 use super::to_u64;
 use super::Db;
@@ -42,7 +42,7 @@ impl Db {
     let issued: std::collections::HashMap<String, i64> = {
       let mut stmt = conn.prepare("SELECT month, issued_at FROM invoices WHERE account = ?1")?;
       let rows = stmt.query_map([account], |r| Ok((r.get(0)?, r.get(1)?)))?;
-      rows.collect::<rusqlite::Result<_>>()?
+      rows.collect::<super::sql::Result<_>>()?
     };
     let mut stmt = conn.prepare(
       "SELECT u.worker, u.window_end, b.stored_at, u.requests, u.cpu_us, u.egress_bytes,
@@ -66,7 +66,7 @@ impl Db {
       let entry = days
         .entry((day.clone(), worker.clone()))
         .or_insert_with(|| DayUsage::new(day, worker));
-      let n = |i: usize| r.get::<_, i64>(i).map(to_u64);
+      let n = |i: usize| r.get::<i64>(i).map(to_u64);
       entry.requests += n(3)?;
       entry.cpu_us += n(4)?;
       entry.egress_bytes += n(5)?;
@@ -99,7 +99,8 @@ impl Db {
     let body = serde_json::to_string(invoice).map_err(|e| Error::Corrupt(e.to_string()))?;
     self.write(|tx| {
       tx.execute(
-        "INSERT OR IGNORE INTO invoices (account, month, issued_at, body) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO invoices (account, month, issued_at, body) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT DO NOTHING",
         params![invoice.account, invoice.month, issued_at, body],
       )?;
       Ok(tx.query_row(
@@ -114,8 +115,8 @@ impl Db {
   pub fn account_names(&self) -> Result<Vec<String>> {
     let conn = self.conn();
     let mut stmt = conn.prepare("SELECT name FROM accounts ORDER BY name")?;
-    let rows = stmt.query_map([], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let rows = stmt.query_map((), |r| r.get(0))?;
+    Ok(rows.collect::<super::sql::Result<_>>()?)
   }
 
   /// Whether `account` exists.

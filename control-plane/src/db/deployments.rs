@@ -1,9 +1,9 @@
 //! Deployments: which versions of a worker serve, at what percentages, and
 //! rollback to the previous deployment.
 
-use rusqlite::params;
-use rusqlite::Connection;
-use rusqlite::OptionalExtension as _;
+use super::sql::params;
+use super::sql::OptionalExtension as _;
+use super::sql::Sql;
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -85,16 +85,17 @@ impl Db {
         })
         .collect();
       let created_at = Timestamp::now();
-      tx.execute(
-        "INSERT INTO deployments (account, worker, versions, created_at) VALUES (?1, ?2, ?3, ?4)",
+      let id: i64 = tx.query_row(
+        "INSERT INTO deployments (account, worker, versions, created_at) VALUES (?1, ?2, ?3, ?4)
+         RETURNING id",
         params![
           account,
           worker,
           serde_json::to_string(&stored).expect("splits serialise"),
           created_at.0
         ],
+        |row| row.get(0),
       )?;
-      let id = tx.last_insert_rowid();
       let revision = bump_revision(tx)?;
       Ok(Deployment {
         id,
@@ -118,7 +119,7 @@ impl Db {
     )?;
     let rows = stmt
       .query_map([account, worker], deployment_row)?
-      .collect::<rusqlite::Result<Vec<_>>>()?;
+      .collect::<super::sql::Result<Vec<_>>>()?;
     let mut active_seen = false;
     rows
       .into_iter()
@@ -172,12 +173,12 @@ impl Db {
 /// (id, versions JSON, created_at, rolled_back)
 type DeploymentRow = (i64, String, i64, bool);
 
-fn deployment_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeploymentRow> {
+fn deployment_row(row: &super::sql::Row) -> super::sql::Result<DeploymentRow> {
   Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
 }
 
 fn load_deployment(
-  conn: &Connection,
+  conn: &Sql<'_>,
   worker: &str,
   (id, versions, created_at, rolled_back): DeploymentRow,
   active: bool,
@@ -211,7 +212,7 @@ fn load_deployment(
 
 /// The worker's latest deployment not rolled back.
 pub(super) fn active_deployment(
-  conn: &Connection,
+  conn: &Sql<'_>,
   account: &str,
   worker: &str,
 ) -> Result<Option<Deployment>> {

@@ -1,7 +1,7 @@
 //! Enrolled edges and what each last reported applying.
 
+use super::sql::params;
 use isola_proto::msg::Revision;
-use rusqlite::params;
 use serde::Serialize;
 
 use super::revision;
@@ -49,16 +49,16 @@ impl Db {
     let mut stmt = conn
       .prepare("SELECT name, enrolled_at, revision, last_seen, errors FROM edges ORDER BY name")?;
     let edges = stmt
-      .query_map([], |row| {
+      .query_map((), |row| {
         Ok((
-          row.get::<_, String>(0)?,
-          row.get::<_, i64>(1)?,
-          row.get::<_, Option<i64>>(2)?,
-          row.get::<_, Option<i64>>(3)?,
-          row.get::<_, String>(4)?,
+          row.get::<String>(0)?,
+          row.get::<i64>(1)?,
+          row.get::<Option<i64>>(2)?,
+          row.get::<Option<i64>>(3)?,
+          row.get::<String>(4)?,
         ))
       })?
-      .collect::<rusqlite::Result<Vec<_>>>()?
+      .collect::<super::sql::Result<Vec<_>>>()?
       .into_iter()
       .map(|(name, enrolled_at, revision, last_seen, errors)| {
         let errors = serde_json::from_str(&errors)

@@ -1,12 +1,13 @@
 //! KV namespaces (account-scoped) and their values, in the control plane's
 //! SQLite file: the default [`KvStore`](crate::kv::KvStore).
 
+use super::sql::params;
+use super::sql::OptionalExtension as _;
+use super::sql::Sql;
 use base64::Engine as _;
 use isola_proto::kv::KvEntry;
 use isola_proto::kv::KvKey;
 use isola_proto::kv::KvList;
-use rusqlite::params;
-use rusqlite::OptionalExtension as _;
 use serde::Serialize;
 
 use super::Db;
@@ -81,7 +82,7 @@ impl Db {
         created_at: Timestamp(r.get(2)?),
       })
     })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    Ok(rows.collect::<super::sql::Result<_>>()?)
   }
 
   /// Deletes a namespace and every value in it.
@@ -113,7 +114,7 @@ impl Db {
           Ok(KvEntry {
             value: r.get(0)?,
             metadata: r.get(1)?,
-            expiration: r.get::<_, Option<i64>>(2)?.map(|e| e as u64),
+            expiration: r.get::<Option<i64>>(2)?.map(|e| e as u64),
           })
         },
       )
@@ -203,7 +204,7 @@ impl Db {
       keys.push(KvKey {
         name,
         metadata: r.get(1)?,
-        expiration: r.get::<_, Option<i64>>(2)?.map(|e| e as u64),
+        expiration: r.get::<Option<i64>>(2)?.map(|e| e as u64),
       });
     }
     let cursor = more.then(|| encode_cursor(&keys.last().expect("a full page").name));
@@ -225,7 +226,7 @@ impl Db {
   }
 }
 
-fn require_namespace(conn: &rusqlite::Connection, account: &str, id: &str) -> Result<()> {
+fn require_namespace(conn: &Sql<'_>, account: &str, id: &str) -> Result<()> {
   let found: bool = conn.query_row(
     "SELECT EXISTS (SELECT 1 FROM kv_namespaces WHERE id = ?1 AND account = ?2)",
     [id, account],

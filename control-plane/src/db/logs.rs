@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 
+use super::sql::params;
+use super::sql::OptionalExtension as _;
+use super::sql::Value;
 use isola_proto::names::split_edge_worker_name;
 use isola_proto::trace::TraceEvent;
-use rusqlite::params;
-use rusqlite::types::Value;
-use rusqlite::OptionalExtension as _;
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -272,14 +272,14 @@ impl Db {
     args.push(i64::try_from(f.limit + 1).unwrap_or(i64::MAX).into());
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt
-      .query_map(rusqlite::params_from_iter(args), |row| {
+      .query_map(args, |row| {
         Ok((
-          row.get::<_, i64>(0)?,
-          row.get::<_, i64>(1)?,
-          row.get::<_, String>(2)?,
+          row.get::<i64>(0)?,
+          row.get::<i64>(1)?,
+          row.get::<String>(2)?,
         ))
       })?
-      .collect::<rusqlite::Result<Vec<_>>>()?;
+      .collect::<super::sql::Result<Vec<_>>>()?;
     let more = rows.len() > f.limit;
     rows.truncate(f.limit);
     let cursor = more
@@ -472,7 +472,7 @@ mod tests {
       .conn()
       .query_row(
         "SELECT stats FROM trace_minutes WHERE minute = 60",
-        [],
+        (),
         |r| r.get(0),
       )
       .unwrap();

@@ -1,11 +1,17 @@
-//! The control plane's store: one SQLite file holding accounts, uploaded
-//! versions (immutable manifests; module bytes are in `crate::blobs`),
-//! deployments, routes, encrypted secrets, edges and usage.
+//! The control plane's store: accounts, uploaded versions (immutable
+//! manifests; module bytes are in `crate::blobs`), deployments, routes,
+//! encrypted secrets, edges, usage, schedules, KV, queues and logs. One SQLite
+//! file (the embedded default) or a PostgreSQL database, which several
+//! control-plane replicas can share; the statements are the same
+//! ([`sql`]).
 //!
 //! Every change edges must see (deploy, rollback, route, secret) takes the
 //! next `revision` in the same transaction, so a revision always names one
-//! consistent [`DesiredState`](isola_proto::msg::DesiredState). WAL with
-//! `synchronous=FULL`: a write is on disk when its call returns, which usage
+//! consistent [`DesiredState`](isola_proto::msg::DesiredState). Writes are
+//! one at a time on both: SQLite's IMMEDIATE transactions, and on
+//! PostgreSQL a transaction-scoped advisory lock taken first, so replicas
+//! see the same serial order of changes as one process. A write is durable
+//! when its call returns (SQLite: WAL with `synchronous=FULL`), which usage
 //! acks rely on.
 
 mod accounts;
@@ -15,11 +21,15 @@ mod billing;
 mod deployments;
 mod edges;
 mod kv;
+mod leases;
 mod logs;
+mod pg;
+mod postgres;
 mod queues;
 mod routes;
 mod schedules;
 mod secrets;
+pub mod sql;
 mod state;
 mod usage;
 mod versions;
@@ -35,9 +45,10 @@ use std::time::UNIX_EPOCH;
 
 use isola_proto::msg::Revision;
 use rusqlite::Connection;
-use rusqlite::Transaction;
 use rusqlite::TransactionBehavior;
 use serde::Serialize;
+
+use self::sql::Sql;
 
 pub use self::accounts::Caller;
 pub use self::audit::AuditEntry;
@@ -312,6 +323,8 @@ ALTER TABLE usage ADD COLUMN kv_deletes INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE usage ADD COLUMN kv_lists INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE usage ADD COLUMN queue_ops INTEGER NOT NULL DEFAULT 0;
 "#,
+  // Leases: which replica of a shared database does once-only work.
+  "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at INTEGER NOT NULL);",
 ];
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -319,7 +332,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
   #[error("database error: {0}")]
-  Sqlite(#[from] rusqlite::Error),
+  Database(#[from] sql::Error),
   #[error(
     "the database is from a newer isola-control (schema version {found}; this release knows up \
      to {known}); run the newer release, or restore a backup made by this one"
@@ -384,18 +397,43 @@ impl Serialize for Timestamp {
   }
 }
 
-/// The store. Cheap to clone; one connection behind a mutex, since SQLite
-/// writes one transaction at a time anyway. Calls block: async callers go
-/// through [`blocking`].
+/// The store. Cheap to clone. SQLite: one connection behind a mutex, since
+/// SQLite writes one transaction at a time anyway; PostgreSQL: a pool.
+/// Calls block: async callers go through [`blocking`].
 #[derive(Clone)]
 pub struct Db {
   inner: Arc<Inner>,
 }
 
 struct Inner {
-  conn: Mutex<Connection>,
+  backend: Backend,
   cipher: Cipher,
 }
+
+enum Backend {
+  Sqlite(Mutex<Connection>),
+  Postgres(pg::PgPool),
+}
+
+/// What another replica changed, as [`Db::follow`] hears it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Changed {
+  /// Anything may have changed (the listening connection was (re)made).
+  Everything,
+  /// The revision may have moved (a change, or the periodic check).
+  Revision,
+  /// Cron schedules.
+  Schedules,
+  /// Queues, consumers or messages.
+  Queues,
+}
+
+/// The channel changes are announced on.
+const NOTIFY_CHANNEL: &str = "isola_changes";
+
+/// The advisory lock every PostgreSQL write transaction takes first ("isola"
+/// in ASCII): one writer at a time across replicas, as on SQLite.
+const PG_WRITE_LOCK: i64 = 0x6973_6f6c_61;
 
 impl std::fmt::Debug for Db {
   fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -432,57 +470,267 @@ where
 }
 
 impl Db {
-  /// Opens (or creates) the database at `path` and applies pending
+  /// Opens (or creates) the SQLite database at `path` and applies pending
   /// migrations. `cipher` encrypts secret values.
   pub fn open(path: &Path, cipher: Cipher) -> Result<Self> {
-    let mut conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    migrate(&mut conn)?;
+    let sqlite = |e| Error::Database(sql::Error::Sqlite(e));
+    let mut conn = Connection::open(path).map_err(sqlite)?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(sqlite)?;
+    conn
+      .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
+      .map_err(sqlite)?;
+    conn
+      .pragma_update(None, "synchronous", "FULL")
+      .map_err(sqlite)?;
+    conn
+      .pragma_update(None, "foreign_keys", "ON")
+      .map_err(sqlite)?;
+    migrate(&mut conn).map_err(|e| match e {
+      MigrateError::Sqlite(e) => sqlite(e),
+      MigrateError::Db(e) => e,
+    })?;
     Ok(Self {
       inner: Arc::new(Inner {
-        conn: Mutex::new(conn),
+        backend: Backend::Sqlite(Mutex::new(conn)),
         cipher,
       }),
     })
   }
 
-  fn conn(&self) -> MutexGuard<'_, Connection> {
-    self
-      .inner
-      .conn
-      .lock()
-      .unwrap_or_else(PoisonError::into_inner)
+  /// Connects to PostgreSQL at `url` (`postgres://user:password@host/db`,
+  /// or key=value settings) and applies pending migrations, under the
+  /// write lock so replicas starting together apply each once.
+  pub fn connect_postgres(url: &str, cipher: Cipher) -> Result<Self> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+      Error::Invalid(format!(
+        "the PostgreSQL URL is not valid ({e}); write postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+      ))
+    })?;
+    if config.get_connect_timeout().is_none() {
+      config.connect_timeout(Duration::from_secs(10));
+    }
+    let pool = pg::PgPool::new(config)?;
+    // Unreachable or refused: say so now, not at the first request.
+    drop(pool.get()?);
+    let db = Self {
+      inner: Arc::new(Inner {
+        backend: Backend::Postgres(pool),
+        cipher,
+      }),
+    };
+    db.write(|tx| {
+      tx.execute_batch("CREATE TABLE IF NOT EXISTS isola_schema (version BIGINT NOT NULL)")?;
+      let version: Option<i64> = tx
+        .query_row("SELECT version FROM isola_schema", (), |r| r.get(0))
+        .map(Some)
+        .or_else(|e| match e {
+          sql::Error::NoRows => Ok(None),
+          e => Err(e),
+        })?;
+      let version = version.unwrap_or(0);
+      let known = postgres::MIGRATIONS.len();
+      if version > known as i64 {
+        return Err(Error::TooNew {
+          found: version,
+          known,
+        });
+      }
+      for (i, step) in postgres::MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(version as usize)
+      {
+        tx.execute_batch(step)?;
+        tracing::info!(version = i + 1, "applied database migration");
+      }
+      tx.execute("DELETE FROM isola_schema", ())?;
+      tx.execute(
+        "INSERT INTO isola_schema (version) VALUES (?1)",
+        [known as i64],
+      )?;
+      Ok(())
+    })?;
+    Ok(db)
   }
 
-  /// Runs `f` in an IMMEDIATE transaction (the write lock is taken up front,
-  /// so another process writing cannot deadlock an upgrade) and commits if
-  /// it succeeds.
-  fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-    let mut conn = self.conn();
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let value = f(&tx)?;
-    tx.commit()?;
-    Ok(value)
+  /// Whether other processes (control-plane replicas) share this store.
+  pub fn is_shared(&self) -> bool {
+    matches!(self.inner.backend, Backend::Postgres { .. })
+  }
+
+  /// What other replicas change, for a replica to follow: `None` on SQLite,
+  /// which no other process writes. A thread listens on its own
+  /// connection (reconnecting, then announcing [`Changed::Everything`]) and
+  /// announces [`Changed::Revision`] at least every second as well, in case
+  /// a notification is lost.
+  pub fn follow(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Changed>> {
+    let Backend::Postgres(pool) = &self.inner.backend else {
+      return None;
+    };
+    let config = pool.config().clone();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    pool.spawn(async move {
+      let mut logged = false;
+      while !tx.is_closed() {
+        let (client, mut connection) = match config.connect(tokio_postgres::NoTls).await {
+          Ok(c) => c,
+          Err(e) => {
+            if !logged {
+              tracing::warn!(error = %e, "cannot listen for other replicas' changes; retrying");
+              logged = true;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+          }
+        };
+        // The connection's messages, notifications among them, come from
+        // polling it; the LISTEN below needs it polled too.
+        let (note_tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+          let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+          while let Some(message) = futures::StreamExt::next(&mut messages).await {
+            match message {
+              Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                let _ = note_tx.send(n.payload().to_string());
+              }
+              Ok(_) => {}
+              Err(e) => {
+                tracing::warn!(error = %e, "lost the connection that listens for other replicas' changes");
+                break;
+              }
+            }
+          }
+        });
+        if let Err(e) = client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}")).await {
+          tracing::warn!(error = %e, "cannot listen for other replicas' changes; retrying");
+          driver.abort();
+          tokio::time::sleep(Duration::from_secs(1)).await;
+          continue;
+        }
+        logged = false;
+        if tx.send(Changed::Everything).is_err() {
+          break;
+        }
+        loop {
+          let changed = match tokio::time::timeout(Duration::from_secs(1), notes.recv()).await {
+            Ok(Some(payload)) => match payload.as_str() {
+              "schedules" => Changed::Schedules,
+              "queues" => Changed::Queues,
+              _ => Changed::Revision,
+            },
+            // The periodic check.
+            Err(_) => Changed::Revision,
+            // The connection ended: listen again.
+            Ok(None) => break,
+          };
+          if tx.send(changed).is_err() {
+            driver.abort();
+            return;
+          }
+        }
+        drop(client);
+      }
+    });
+    Some(rx)
+  }
+
+  /// The current revision.
+  pub fn current_revision(&self) -> Result<Revision> {
+    revision(&self.conn())
+  }
+
+  /// A connection for reads (and single-statement writes).
+  fn conn(&self) -> Sql<'_> {
+    match &self.inner.backend {
+      Backend::Sqlite(conn) => Sql::sqlite(sql::SqliteRef::Guard(
+        conn.lock().unwrap_or_else(PoisonError::into_inner),
+      )),
+      Backend::Postgres(pool) => match pool.get() {
+        Ok(c) => Sql::postgres(sql::PgRef::Pooled(c)),
+        Err(e) => Sql::failed(&e),
+      },
+    }
+  }
+
+  /// Runs `f` in a read transaction: what it reads is one snapshot.
+  fn read<T>(&self, f: impl FnOnce(&Sql<'_>) -> Result<T>) -> Result<T> {
+    match &self.inner.backend {
+      Backend::Sqlite(conn) => {
+        let mut conn: MutexGuard<'_, Connection> =
+          conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = conn.transaction().map_err(sql::Error::from)?;
+        let value = f(&Sql::sqlite(sql::SqliteRef::Borrowed(&tx)))?;
+        tx.commit().map_err(sql::Error::from)?;
+        Ok(value)
+      }
+      Backend::Postgres(pool) => {
+        let mut conn = pool.get()?;
+        conn.begin("ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        let value = f(&Sql::postgres(sql::PgRef::Borrowed(&mut conn)));
+        conn.finish(value.is_ok())?;
+        value
+      }
+    }
+  }
+
+  /// Runs `f` in a write transaction and commits if it succeeds. SQLite:
+  /// IMMEDIATE (the write lock is taken up front, so another process
+  /// writing cannot deadlock an upgrade); PostgreSQL: the advisory write
+  /// lock first.
+  fn write<T>(&self, f: impl FnOnce(&Sql<'_>) -> Result<T>) -> Result<T> {
+    match &self.inner.backend {
+      Backend::Sqlite(conn) => {
+        let mut conn: MutexGuard<'_, Connection> =
+          conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = conn
+          .transaction_with_behavior(TransactionBehavior::Immediate)
+          .map_err(sql::Error::from)?;
+        let value = f(&Sql::sqlite(sql::SqliteRef::Borrowed(&tx)))?;
+        tx.commit().map_err(sql::Error::from)?;
+        Ok(value)
+      }
+      Backend::Postgres(pool) => {
+        let mut conn = pool.get()?;
+        conn.begin("")?;
+        let locked = conn.execute(
+          "SELECT pg_advisory_xact_lock($1)",
+          vec![sql::Value::Int(PG_WRITE_LOCK)],
+        );
+        let value = locked
+          .map_err(Error::from)
+          .and_then(|_| f(&Sql::postgres(sql::PgRef::Borrowed(&mut conn))));
+        conn.finish(value.is_ok())?;
+        value
+      }
+    }
   }
 
   #[cfg(test)]
   pub fn revision(&self) -> Result<Revision> {
-    revision(&self.conn())
+    self.current_revision()
   }
 }
 
-fn migrate(conn: &mut Connection) -> Result<()> {
+enum MigrateError {
+  Sqlite(rusqlite::Error),
+  Db(Error),
+}
+
+impl From<rusqlite::Error> for MigrateError {
+  fn from(e: rusqlite::Error) -> Self {
+    Self::Sqlite(e)
+  }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
   let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
   let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
   let known = MIGRATIONS.len();
   if version > known as i64 {
-    return Err(Error::TooNew {
+    return Err(MigrateError::Db(Error::TooNew {
       found: version,
       known,
-    });
+    }));
   }
   for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
     tx.execute_batch(sql)?;
@@ -493,20 +741,30 @@ fn migrate(conn: &mut Connection) -> Result<()> {
   Ok(())
 }
 
-fn revision(conn: &Connection) -> Result<Revision> {
-  let value: i64 = conn.query_row("SELECT value FROM meta WHERE key = 'revision'", [], |row| {
+fn revision(conn: &Sql<'_>) -> Result<Revision> {
+  let value: i64 = conn.query_row("SELECT value FROM meta WHERE key = 'revision'", (), |row| {
     row.get(0)
   })?;
   Ok(to_u64(value))
 }
 
-fn bump_revision(tx: &Transaction<'_>) -> Result<Revision> {
+fn bump_revision(tx: &Sql<'_>) -> Result<Revision> {
   let value: i64 = tx.query_row(
     "UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value",
-    [],
+    (),
     |row| row.get(0),
   )?;
+  notify(tx, "revision")?;
   Ok(to_u64(value))
+}
+
+/// Tells the other replicas, when the transaction commits, that `what`
+/// changed (see [`Db::follow`]); nothing on SQLite.
+fn notify(tx: &Sql<'_>, what: &str) -> Result<()> {
+  if tx.dialect() == sql::Dialect::Postgres {
+    tx.execute("SELECT pg_notify(?1, ?2)", [NOTIFY_CHANNEL, what])?;
+  }
+  Ok(())
 }
 
 impl Db {
@@ -516,7 +774,7 @@ impl Db {
   }
 }
 
-fn require_worker(conn: &Connection, account: &str, worker: &str) -> Result<()> {
+fn require_worker(conn: &Sql<'_>, account: &str, worker: &str) -> Result<()> {
   let exists: bool = conn.query_row(
     "SELECT EXISTS (SELECT 1 FROM workers WHERE account = ?1 AND name = ?2)",
     [account, worker],
@@ -526,6 +784,58 @@ fn require_worker(conn: &Connection, account: &str, worker: &str) -> Result<()> 
     Ok(())
   } else {
     Err(not_found_worker(worker))
+  }
+}
+
+/// Stores for tests, on the backend the environment picks: with
+/// `ISOLA_TEST_POSTGRES=postgres://USER@HOST:PORT` (a server where USER may
+/// create databases) each store is a new PostgreSQL database there, so the
+/// same tests run on both backends; else SQLite.
+#[doc(hidden)]
+pub mod test_support {
+  use std::path::Path;
+
+  use super::Db;
+  use super::Result;
+  use crate::secrets::Cipher;
+
+  /// The server tests use, if any.
+  pub fn postgres_server() -> Option<String> {
+    std::env::var("ISOLA_TEST_POSTGRES")
+      .ok()
+      .filter(|s| !s.is_empty())
+      .map(|s| s.trim_end_matches('/').to_string())
+  }
+
+  /// A new empty database on the test server: its URL.
+  pub fn fresh_postgres() -> Option<String> {
+    let server = postgres_server()?;
+    let name = format!("isola_t_{}", uuid::Uuid::new_v4().simple());
+    let config: tokio_postgres::Config = format!("{server}/postgres")
+      .parse()
+      .unwrap_or_else(|e| panic!("ISOLA_TEST_POSTGRES={server} is not a URL: {e}"));
+    let admin = super::pg::PgPool::new(config).expect("a runtime for PostgreSQL");
+    admin
+      .get()
+      .and_then(|mut c| c.batch(&format!("CREATE DATABASE {name}")))
+      .unwrap_or_else(|e| {
+        panic!("ISOLA_TEST_POSTGRES={server}: cannot create database {name}: {e}")
+      });
+    Some(format!("{server}/{name}"))
+  }
+
+  /// Runs `sql` on the store as it is, for tests that break it on
+  /// purpose.
+  pub fn execute_batch(db: &Db, sql: &str) -> Result<()> {
+    Ok(db.conn().execute_batch(sql)?)
+  }
+
+  /// A store for a test: a new PostgreSQL database, or SQLite at `path`.
+  pub fn open(path: &Path, cipher: Cipher) -> Result<Db> {
+    match fresh_postgres() {
+      Some(url) => Db::connect_postgres(&url, cipher),
+      None => Db::open(path, cipher),
+    }
   }
 }
 
@@ -545,7 +855,7 @@ pub(crate) mod testing {
   use crate::secrets::Cipher;
 
   pub(crate) fn open(dir: &Path) -> Db {
-    Db::open(&dir.join("control.db"), Cipher::new(&[7; 32])).unwrap()
+    super::test_support::open(&dir.join("control.db"), Cipher::new(&[7; 32])).unwrap()
   }
 
   pub(crate) fn upload(db: &Db, account: &str, worker: &str, src: &str) -> VersionInfo {
@@ -579,6 +889,30 @@ mod tests {
   #[test]
   fn migrations_apply_once_and_a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
+    let cipher = || Cipher::new(&[7; 32]);
+    if let Some(url) = test_support::fresh_postgres() {
+      let db = Db::connect_postgres(&url, cipher()).unwrap();
+      db.create_account("acme", false).unwrap();
+      drop(db);
+      let db = Db::connect_postgres(&url, cipher()).unwrap();
+      let version: i64 = db
+        .conn()
+        .query_row("SELECT version FROM isola_schema", (), |r| r.get(0))
+        .unwrap();
+      assert_eq!(version, postgres::MIGRATIONS.len() as i64);
+      assert_eq!(postgres::MIGRATIONS.len(), MIGRATIONS.len());
+      assert!(matches!(
+        db.create_account("acme", false),
+        Err(Error::Conflict(_))
+      ));
+      db.conn()
+        .execute("UPDATE isola_schema SET version = version + 1", ())
+        .unwrap();
+      drop(db);
+      let err = Db::connect_postgres(&url, cipher()).unwrap_err();
+      assert!(matches!(err, Error::TooNew { .. }), "{err}");
+      return;
+    }
     let db = open(dir.path());
     db.create_account("acme", false).unwrap();
     drop(db);
@@ -586,7 +920,7 @@ mod tests {
     let db = open(dir.path());
     let version: i64 = db
       .conn()
-      .query_row("PRAGMA user_version", [], |r| r.get(0))
+      .query_row("PRAGMA user_version", (), |r| r.get(0))
       .unwrap();
     assert_eq!(version, MIGRATIONS.len() as i64);
     assert!(matches!(
@@ -595,14 +929,14 @@ mod tests {
     ));
     let mode: String = db
       .conn()
-      .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+      .query_row("PRAGMA journal_mode", (), |r| r.get(0))
       .unwrap();
     assert_eq!(mode, "wal");
     db.conn()
       .execute_batch(&format!("PRAGMA user_version = {}", MIGRATIONS.len() + 1))
       .unwrap();
     drop(db);
-    let err = Db::open(&dir.path().join("control.db"), Cipher::new(&[7; 32])).unwrap_err();
+    let err = Db::open(&dir.path().join("control.db"), cipher()).unwrap_err();
     assert!(matches!(err, Error::TooNew { .. }), "{err}");
     assert!(err.to_string().contains("newer isola-control"), "{err}");
   }

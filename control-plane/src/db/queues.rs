@@ -3,6 +3,9 @@
 //! after a lost answer does not store it twice; it is leased to one batch
 //! at a time and deleted when acknowledged.
 
+use super::sql::params;
+use super::sql::OptionalExtension as _;
+use super::sql::Sql;
 use isola_proto::msg::Usage;
 use isola_proto::msg::UsageRecord;
 use isola_proto::queue::BatchReport;
@@ -10,8 +13,6 @@ use isola_proto::queue::ContentType;
 use isola_proto::queue::Disposition;
 use isola_proto::queue::Message;
 use isola_proto::queue::NewMessage;
-use rusqlite::params;
-use rusqlite::OptionalExtension as _;
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -100,7 +101,7 @@ fn not_found_queue(name: &str) -> Error {
   ))
 }
 
-fn require_queue(conn: &rusqlite::Connection, account: &str, name: &str) -> Result<()> {
+fn require_queue(conn: &Sql<'_>, account: &str, name: &str) -> Result<()> {
   let found: bool = conn.query_row(
     "SELECT EXISTS (SELECT 1 FROM queues WHERE account = ?1 AND name = ?2)",
     [account, name],
@@ -113,11 +114,7 @@ fn require_queue(conn: &rusqlite::Connection, account: &str, name: &str) -> Resu
   }
 }
 
-fn consumer_of(
-  conn: &rusqlite::Connection,
-  account: &str,
-  name: &str,
-) -> Result<Option<ConsumerSettings>> {
+fn consumer_of(conn: &Sql<'_>, account: &str, name: &str) -> Result<Option<ConsumerSettings>> {
   let row = conn
     .query_row(
       "SELECT consumer, max_batch_size, max_batch_timeout, max_retries, dead_letter_queue, retry_delay
@@ -125,12 +122,12 @@ fn consumer_of(
       [account, name],
       |r| {
         Ok((
-          r.get::<_, Option<String>>(0)?,
-          r.get::<_, u32>(1)?,
-          r.get::<_, u32>(2)?,
-          r.get::<_, u32>(3)?,
-          r.get::<_, Option<String>>(4)?,
-          r.get::<_, u32>(5)?,
+          r.get::<Option<String>>(0)?,
+          r.get::<u32>(1)?,
+          r.get::<u32>(2)?,
+          r.get::<u32>(3)?,
+          r.get::<Option<String>>(4)?,
+          r.get::<u32>(5)?,
         ))
       },
     )
@@ -166,7 +163,7 @@ impl Db {
         "INSERT INTO queues (account, name, created_at) VALUES (?1, ?2, ?3)",
         params![account, name, now.0],
       )?;
-      Ok(())
+      super::notify(tx, "queues")
     })?;
     self.queue_info(account, name, 0)
   }
@@ -176,7 +173,7 @@ impl Db {
       let conn = self.conn();
       let mut stmt = conn.prepare("SELECT name FROM queues WHERE account = ?1 ORDER BY name")?;
       let rows = stmt.query_map([account], |r| r.get(0))?;
-      rows.collect::<rusqlite::Result<_>>()?
+      rows.collect::<super::sql::Result<_>>()?
     };
     names
       .iter()
@@ -194,27 +191,21 @@ impl Db {
       |r| {
         Ok((
           r.get(0)?,
-          r.get::<_, i64>(1)?,
-          r.get::<_, i64>(2)?,
-          r.get::<_, i64>(3)?,
-          r.get::<_, i64>(4)?,
+          r.get::<i64>(1)?,
+          r.get::<i64>(2)?,
+          r.get::<i64>(3)?,
+          r.get::<i64>(4)?,
         ))
       },
     )?;
     let (backlog, delayed, in_flight) = conn.query_row(
       "SELECT
-         COALESCE(SUM(lease IS NULL AND visible_at <= ?3), 0),
-         COALESCE(SUM(lease IS NULL AND visible_at > ?3), 0),
-         COALESCE(SUM(lease IS NOT NULL), 0)
+         COALESCE(SUM(CASE WHEN lease IS NULL AND visible_at <= ?3 THEN 1 ELSE 0 END), 0),
+         COALESCE(SUM(CASE WHEN lease IS NULL AND visible_at > ?3 THEN 1 ELSE 0 END), 0),
+         COALESCE(SUM(CASE WHEN lease IS NOT NULL THEN 1 ELSE 0 END), 0)
        FROM queue_messages WHERE account = ?1 AND queue = ?2",
       params![account, name, now],
-      |r| {
-        Ok((
-          r.get::<_, i64>(0)?,
-          r.get::<_, i64>(1)?,
-          r.get::<_, i64>(2)?,
-        ))
-      },
+      |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?, r.get::<i64>(2)?)),
     )?;
     Ok(QueueInfo {
       name: name.to_string(),
@@ -255,7 +246,7 @@ impl Db {
         "DELETE FROM queues WHERE account = ?1 AND name = ?2",
         [account, name],
       )?;
-      Ok(())
+      super::notify(tx, "queues")
     })
   }
 
@@ -275,7 +266,7 @@ impl Db {
            WHERE account = ?1 AND name = ?2",
           [account, name],
         )?;
-        return Ok(());
+        return super::notify(tx, "queues");
       };
       require_worker(tx, account, &c.worker)?;
       if let Some(dlq) = &c.dead_letter_queue {
@@ -305,7 +296,7 @@ impl Db {
           c.retry_delay
         ],
       )?;
-      Ok(())
+      super::notify(tx, "queues")
     })
   }
 
@@ -321,9 +312,9 @@ impl Db {
     self.write(|tx| {
       require_queue(tx, account, name)?;
       let mut stmt = tx.prepare(
-        "INSERT OR IGNORE INTO queue_messages
+        "INSERT INTO queue_messages
            (id, account, queue, body, content_type, sent_at, visible_at, attempts)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0) ON CONFLICT DO NOTHING",
       )?;
       let mut visible = Vec::new();
       for (id, m) in messages {
@@ -341,6 +332,9 @@ impl Db {
         {
           visible.push(at);
         }
+      }
+      if !visible.is_empty() {
+        super::notify(tx, "queues")?;
       }
       Ok(visible)
     })
@@ -497,8 +491,8 @@ impl Db {
     let conn = self.conn();
     let queues: Vec<(String, String)> = {
       let mut stmt = conn.prepare("SELECT account, name FROM queues")?;
-      let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-      rows.collect::<rusqlite::Result<_>>()?
+      let rows = stmt.query_map((), |r| Ok((r.get(0)?, r.get(1)?)))?;
+      rows.collect::<super::sql::Result<_>>()?
     };
     let mut out = Vec::new();
     for (account, name) in queues {
@@ -514,7 +508,7 @@ impl Db {
       let mut stmt = conn.prepare(
         "SELECT DISTINCT lease FROM queue_messages WHERE account = ?1 AND queue = ?2 AND lease IS NOT NULL",
       )?;
-      for lease in stmt.query_map([&account, &name], |r| r.get::<_, i64>(0))? {
+      for lease in stmt.query_map([&account, &name], |r| r.get::<i64>(0))? {
         backlog.leased.push((to_u64(lease?), String::new()));
       }
       out.push(QueueBacklog {
@@ -533,7 +527,7 @@ impl Db {
       .conn()
       .query_row(
         "SELECT value FROM meta WHERE key = 'last_batch_id'",
-        [],
+        (),
         |r| r.get(0),
       )
       .optional()?;
@@ -545,7 +539,8 @@ impl Db {
     self.write(|tx| {
       tx.execute(
         "INSERT INTO meta (key, value) VALUES ('last_batch_id', ?1)
-         ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+         ON CONFLICT (key) DO UPDATE SET value =
+           CASE WHEN excluded.value > meta.value THEN excluded.value ELSE meta.value END",
         [to_i64(id)],
       )?;
       Ok(())
@@ -558,18 +553,18 @@ impl Db {
   }
 }
 
-fn messages_of(conn: &rusqlite::Connection, batch: u64) -> Result<Vec<Message>> {
+fn messages_of(conn: &Sql<'_>, batch: u64) -> Result<Vec<Message>> {
   let mut stmt = conn.prepare(
     "SELECT id, sent_at, body, content_type, attempts FROM queue_messages
      WHERE lease = ?1 ORDER BY visible_at, rowid",
   )?;
   let rows = stmt.query_map([to_i64(batch)], |r| {
     Ok((
-      r.get::<_, String>(0)?,
-      r.get::<_, i64>(1)?,
-      r.get::<_, Vec<u8>>(2)?,
-      r.get::<_, String>(3)?,
-      r.get::<_, u32>(4)?,
+      r.get::<String>(0)?,
+      r.get::<i64>(1)?,
+      r.get::<Vec<u8>>(2)?,
+      r.get::<String>(3)?,
+      r.get::<u32>(4)?,
     ))
   })?;
   let mut out = Vec::new();

@@ -1,10 +1,10 @@
 //! Routes: URL patterns, global across accounts, each to one worker.
 
+use super::sql::params;
+use super::sql::OptionalExtension as _;
 use isola_proto::msg::Revision;
 use isola_proto::routes::RouteError;
 use isola_proto::routes::RouteTable;
-use rusqlite::params;
-use rusqlite::OptionalExtension as _;
 use serde::Serialize;
 
 use super::bump_revision;
@@ -51,8 +51,8 @@ impl Db {
       }
       let mut stmt = tx.prepare("SELECT pattern FROM routes ORDER BY created_at, pattern")?;
       let mut all = stmt
-        .query_map([], |row| Ok((row.get::<_, String>(0)?, ())))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .query_map((), |row| Ok((row.get::<String>(0)?, ())))?
+        .collect::<super::sql::Result<Vec<_>>>()?;
       all.push((pattern.to_string(), ()));
       match RouteTable::new(all) {
         Ok(_) => {}
@@ -89,7 +89,7 @@ impl Db {
           created_at: Timestamp(row.get(2)?),
         })
       })?
-      .collect::<rusqlite::Result<Vec<_>>>()?;
+      .collect::<super::sql::Result<Vec<_>>>()?;
     Ok(routes)
   }
 

@@ -1,12 +1,12 @@
 //! Cron schedules (not versioned: they apply to whatever version is
 //! deployed) and the runs of their ticks, the last [`KEEP_RUNS`] per worker.
 
+use super::sql::params;
+use super::sql::OptionalExtension as _;
 use isola_proto::cron::Schedule;
 use isola_proto::msg::RunOutcome;
 use isola_proto::names::edge_worker_name;
 use isola_proto::names::split_edge_worker_name;
-use rusqlite::params;
-use rusqlite::OptionalExtension as _;
 use serde::Serialize;
 
 use super::require_worker;
@@ -90,7 +90,7 @@ impl Db {
         let mut stmt =
           tx.prepare("SELECT cron FROM schedules WHERE account = ?1 AND worker = ?2")?;
         let rows = stmt.query_map([account, worker], |r| r.get(0))?;
-        rows.collect::<rusqlite::Result<_>>()?
+        rows.collect::<super::sql::Result<_>>()?
       };
       for cron in &old {
         if !kept.contains(&cron.as_str()) {
@@ -109,7 +109,7 @@ impl Db {
           params![account, worker, schedule.as_str(), position as i64, next],
         )?;
       }
-      Ok(())
+      super::notify(tx, "schedules")
     })
   }
 
@@ -120,19 +120,19 @@ impl Db {
     let mut stmt = conn
       .prepare("SELECT cron FROM schedules WHERE account = ?1 AND worker = ?2 ORDER BY position")?;
     let rows = stmt.query_map([account, worker], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    Ok(rows.collect::<super::sql::Result<_>>()?)
   }
 
   /// Every schedule, for the scheduler.
   pub fn all_schedules(&self) -> Result<Vec<Entry>> {
     let conn = self.conn();
     let mut stmt = conn.prepare("SELECT account, worker, cron, next_due FROM schedules")?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map((), |r| {
       Ok((
-        r.get::<_, String>(0)?,
-        r.get::<_, String>(1)?,
-        r.get::<_, String>(2)?,
-        r.get::<_, i64>(3)?,
+        r.get::<String>(0)?,
+        r.get::<String>(1)?,
+        r.get::<String>(2)?,
+        r.get::<i64>(3)?,
       ))
     })?;
     let mut entries = Vec::new();
@@ -238,17 +238,17 @@ impl Db {
       "SELECT id, account, worker, cron, scheduled_time, attempt, edge, started_at
        FROM schedule_runs WHERE outcome IS NULL",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map((), |r| {
       Ok(InFlight {
         id: to_u64(r.get(0)?),
-        key: key_of(&r.get::<_, String>(1)?, &r.get::<_, String>(2)?, r.get(3)?),
+        key: key_of(&r.get::<String>(1)?, &r.get::<String>(2)?, r.get(3)?),
         scheduled_time: r.get(4)?,
         attempt: r.get(5)?,
-        edge: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+        edge: r.get::<Option<String>>(6)?.unwrap_or_default(),
         dispatched_at: r.get(7)?,
       })
     })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    Ok(rows.collect::<super::sql::Result<_>>()?)
   }
 
   /// The highest run id stored. Old runs are trimmed oldest first, so the
@@ -256,7 +256,7 @@ impl Db {
   pub fn last_run_id(&self) -> Result<u64> {
     let conn = self.conn();
     let id: Option<i64> = conn
-      .query_row("SELECT MAX(id) FROM schedule_runs", [], |r| r.get(0))
+      .query_row("SELECT MAX(id) FROM schedule_runs", (), |r| r.get(0))
       .optional()?
       .flatten();
     Ok(to_u64(id.unwrap_or(0)))
@@ -285,7 +285,7 @@ impl Db {
         duration_ms: to_u64(r.get(9)?) as f64 / 1000.0,
       })
     })?;
-    let runs: Vec<ScheduleRun> = rows.collect::<rusqlite::Result<_>>()?;
+    let runs: Vec<ScheduleRun> = rows.collect::<super::sql::Result<_>>()?;
     debug_assert!(runs
       .iter()
       .all(|r| r.outcome == "running" || RunOutcome::parse(&r.outcome).is_some()));

@@ -1,8 +1,9 @@
 //! Secrets: values sealed with the data directory's key, bound to their
 //! account, worker and name.
 
+use super::sql::params;
+use super::sql::Sql;
 use isola_proto::msg::Revision;
-use rusqlite::params;
 use serde::Serialize;
 
 use super::bump_revision;
@@ -14,12 +15,12 @@ use super::Timestamp;
 
 /// Writes one sealed secret (`[account, worker, key]`), replacing its value.
 fn upsert(
-  tx: &rusqlite::Transaction<'_>,
+  tx: &Sql<'_>,
   [account, worker, key]: [&str; 3],
   nonce: &[u8],
   ciphertext: &[u8],
   now: i64,
-) -> rusqlite::Result<usize> {
+) -> super::sql::Result<usize> {
   tx.execute(
     "INSERT INTO secrets (account, worker, key, nonce, ciphertext, updated_at)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -109,7 +110,7 @@ impl Db {
           updated_at: Timestamp(row.get(1)?),
         })
       })?
-      .collect::<rusqlite::Result<Vec<_>>>()?;
+      .collect::<super::sql::Result<Vec<_>>>()?;
     Ok(secrets)
   }
 

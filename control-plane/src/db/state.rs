@@ -8,6 +8,7 @@ use isola_proto::names::edge_worker_name;
 
 use super::deployments::active_deployment;
 use super::revision;
+use super::sql::Sql;
 use super::Db;
 use super::Error;
 use super::Result;
@@ -16,20 +17,20 @@ impl Db {
   /// Everything edges must serve as of the current revision: each worker's
   /// active deployment with its decrypted secrets, and every route.
   pub fn desired_state(&self) -> Result<DesiredState> {
-    let mut conn = self.conn();
     // One read transaction, so the revision matches what is read with it.
-    let tx = conn.transaction()?;
-    let revision = revision(&tx)?;
+    self.read(|tx| self.desired_state_in(tx))
+  }
+
+  fn desired_state_in(&self, tx: &Sql<'_>) -> Result<DesiredState> {
+    let revision = revision(tx)?;
     let mut stmt = tx.prepare("SELECT account, name FROM workers ORDER BY account, name")?;
     let names = stmt
-      .query_map([], |row| {
-        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-      })?
-      .collect::<rusqlite::Result<Vec<_>>>()?;
+      .query_map((), |row| Ok((row.get::<String>(0)?, row.get::<String>(1)?)))?
+      .collect::<super::sql::Result<Vec<_>>>()?;
     drop(stmt);
     let mut workers = Vec::new();
     for (account, worker) in names {
-      let Some(deployment) = active_deployment(&tx, &account, &worker)? else {
+      let Some(deployment) = active_deployment(tx, &account, &worker)? else {
         continue;
       };
       let mut stmt = tx
@@ -37,12 +38,12 @@ impl Db {
       let rows = stmt
         .query_map([&account, &worker], |row| {
           Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, Vec<u8>>(1)?,
-            row.get::<_, Vec<u8>>(2)?,
+            row.get::<String>(0)?,
+            row.get::<Vec<u8>>(1)?,
+            row.get::<Vec<u8>>(2)?,
           ))
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<super::sql::Result<Vec<_>>>()?;
       let mut secrets = std::collections::BTreeMap::new();
       for (key, nonce, ciphertext) in rows {
         let plain = self
@@ -68,13 +69,13 @@ impl Db {
     }
     let mut stmt = tx.prepare("SELECT pattern, account, worker FROM routes ORDER BY pattern")?;
     let routes = stmt
-      .query_map([], |row| {
+      .query_map((), |row| {
         Ok(Route {
           pattern: row.get(0)?,
-          worker: edge_worker_name(&row.get::<_, String>(1)?, &row.get::<_, String>(2)?),
+          worker: edge_worker_name(&row.get::<String>(1)?, &row.get::<String>(2)?),
         })
       })?
-      .collect::<rusqlite::Result<Vec<_>>>()?;
+      .collect::<super::sql::Result<Vec<_>>>()?;
     Ok(DesiredState {
       revision,
       workers,

@@ -1,12 +1,11 @@
 //! Usage the edges report: stored once per batch, summed per worker.
 
+use super::sql::params;
+use super::sql::Sql;
 use isola_proto::msg::Usage;
 use isola_proto::msg::UsageBatch;
 use isola_proto::msg::UsageRecord;
 use isola_proto::names::split_edge_worker_name;
-use rusqlite::params;
-use rusqlite::Transaction;
-use rusqlite::TransactionBehavior;
 
 use super::require_worker;
 use super::to_i64;
@@ -62,7 +61,7 @@ impl Db {
         ],
         |row| {
           Ok((
-            row.get::<_, String>(0)?,
+            row.get::<String>(0)?,
             Usage {
               requests: to_u64(row.get(1)?),
               errors: to_u64(row.get(2)?),
@@ -80,7 +79,7 @@ impl Db {
           ))
         },
       )?
-      .collect::<rusqlite::Result<Vec<_>>>()?;
+      .collect::<super::sql::Result<Vec<_>>>()?;
     let mut total = Usage::default();
     for (_, usage) in &by_version {
       total += usage;
@@ -100,24 +99,24 @@ impl Db {
   /// Stores a usage batch from edge `edge`, once: returns `false` (storing
   /// nothing) if its id was stored before. Durable when it returns.
   pub fn store_usage(&self, edge: &str, batch: &UsageBatch) -> Result<bool> {
-    let mut conn = self.conn();
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let inserted = tx.execute(
-      "INSERT OR IGNORE INTO usage_batches (id, edge, stored_at) VALUES (?1, ?2, ?3)",
-      params![batch.id, edge, Timestamp::now().0],
-    )?;
-    if inserted == 0 {
-      return Ok(false);
-    }
-    for r in &batch.records {
-      let Some((account, worker)) = split_edge_worker_name(&r.worker) else {
-        tracing::warn!(edge, worker = %r.worker, "usage for a worker name that is no account_worker; dropped");
-        continue;
-      };
-      insert_usage(&tx, &batch.id, edge, account, worker, r)?;
-    }
-    tx.commit()?;
-    Ok(true)
+    self.write(|tx| {
+      let inserted = tx.execute(
+        "INSERT INTO usage_batches (id, edge, stored_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT DO NOTHING",
+        params![batch.id, edge, Timestamp::now().0],
+      )?;
+      if inserted == 0 {
+        return Ok(false);
+      }
+      for r in &batch.records {
+        let Some((account, worker)) = split_edge_worker_name(&r.worker) else {
+          tracing::warn!(edge, worker = %r.worker, "usage for a worker name that is no account_worker; dropped");
+          continue;
+        };
+        insert_usage(tx, &batch.id, edge, account, worker, r)?;
+      }
+      Ok(true)
+    })
   }
 }
 
@@ -125,7 +124,7 @@ impl Db {
 /// deliveries), in the caller's transaction, under batch id `id`: once,
 /// however often it is called with that id. The record's `worker` is the
 /// edge name.
-pub(super) fn store_counted(tx: &Transaction<'_>, id: &str, record: &UsageRecord) -> Result<()> {
+pub(super) fn store_counted(tx: &Sql<'_>, id: &str, record: &UsageRecord) -> Result<()> {
   let Some((account, worker)) = split_edge_worker_name(&record.worker) else {
     return Err(super::Error::Corrupt(format!(
       "usage for worker {:?}, which is no account_worker name",
@@ -133,7 +132,7 @@ pub(super) fn store_counted(tx: &Transaction<'_>, id: &str, record: &UsageRecord
     )));
   };
   let inserted = tx.execute(
-    "INSERT OR IGNORE INTO usage_batches (id, edge, stored_at) VALUES (?1, '', ?2)",
+    "INSERT INTO usage_batches (id, edge, stored_at) VALUES (?1, '', ?2) ON CONFLICT DO NOTHING",
     params![id, Timestamp::now().0],
   )?;
   if inserted > 0 {
@@ -143,7 +142,7 @@ pub(super) fn store_counted(tx: &Transaction<'_>, id: &str, record: &UsageRecord
 }
 
 fn insert_usage(
-  tx: &Transaction<'_>,
+  tx: &Sql<'_>,
   batch: &str,
   edge: &str,
   account: &str,

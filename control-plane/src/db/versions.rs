@@ -2,12 +2,12 @@
 //! live in the blob store (`crate::blobs`); the `blobs` table only holds
 //! what older releases stored here, until `serve` moves it out.
 
+use super::sql::params;
+use super::sql::OptionalExtension as _;
 use bytes::Bytes;
 use isola_proto::manifest::LimitsSpec;
 use isola_proto::manifest::Manifest;
 use isola_proto::manifest::ModuleRef;
-use rusqlite::params;
-use rusqlite::OptionalExtension as _;
 use serde::Serialize;
 
 use super::deployments::active_deployment;
@@ -108,7 +108,8 @@ impl Db {
     let hash = manifest.version_id();
     self.write(|tx| {
       tx.execute(
-        "INSERT OR IGNORE INTO workers (account, name, created_at) VALUES (?1, ?2, ?3)",
+        "INSERT INTO workers (account, name, created_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT DO NOTHING",
         params![account, worker, created_at.0],
       )?;
       tx.execute(
@@ -143,8 +144,8 @@ impl Db {
     let mut stmt =
       conn.prepare("SELECT name, created_at FROM workers WHERE account = ?1 ORDER BY name")?;
     let rows = stmt
-      .query_map([account], |row| Ok((row.get::<_, String>(0)?, row.get(1)?)))?
-      .collect::<rusqlite::Result<Vec<_>>>()?;
+      .query_map([account], |row| Ok((row.get::<String>(0)?, row.get(1)?)))?
+      .collect::<super::sql::Result<Vec<_>>>()?;
     rows
       .into_iter()
       .map(|(name, created_at)| {
@@ -168,7 +169,7 @@ impl Db {
     )?;
     let rows = stmt
       .query_map([account, worker], StoredVersion::from_row)?
-      .collect::<rusqlite::Result<Vec<_>>>()?;
+      .collect::<super::sql::Result<Vec<_>>>()?;
     rows
       .into_iter()
       .map(|row| Ok(row.into_detail(worker)?.info))
@@ -218,8 +219,8 @@ impl Db {
     let conn = self.conn();
     let mut stmt = conn.prepare("SELECT sha256 FROM blobs ORDER BY sha256")?;
     let keys = stmt
-      .query_map([], |row| row.get(0))?
-      .collect::<rusqlite::Result<Vec<String>>>()?;
+      .query_map((), |row| row.get(0))?
+      .collect::<super::sql::Result<Vec<String>>>()?;
     Ok(keys)
   }
 
@@ -268,7 +269,7 @@ struct StoredVersion {
 }
 
 impl StoredVersion {
-  fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+  fn from_row(row: &super::sql::Row) -> super::sql::Result<Self> {
     Ok(Self {
       id: row.get(0)?,
       hash: row.get(1)?,

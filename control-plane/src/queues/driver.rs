@@ -24,6 +24,8 @@ use crate::db::queue_key;
 use crate::db::Db;
 use crate::fleet::Fleet;
 use crate::fleet::Work;
+use crate::lease::Leading;
+use crate::lease::Standby;
 use crate::scheduler::driver::Clock;
 use crate::scheduler::Millis;
 
@@ -122,17 +124,117 @@ impl Handle {
   }
 }
 
-/// Loads every queue's backlog and starts the loop.
-pub async fn start(db: Db, fleet: Fleet, clock: Clock, config: Config) -> db::Result<Handle> {
+/// Starts the loop. While `leading` says so (always, on one SQLite file)
+/// it delivers: every queue's backlog is loaded when leadership starts. A
+/// standby stores what edges send and settles the reports they bring.
+pub async fn start(
+  db: Db,
+  fleet: Fleet,
+  clock: Clock,
+  config: Config,
+  leading: Leading,
+) -> db::Result<Handle> {
+  let first = if *leading.borrow() {
+    Some(dispatcher(&db, &config, clock).await?)
+  } else {
+    None
+  };
+  let (tx, rx) = mpsc::unbounded_channel();
+  tokio::spawn(supervise(
+    first,
+    db.clone(),
+    fleet,
+    clock,
+    config,
+    rx,
+    leading,
+  ));
+  Ok(Handle { tx, db, clock })
+}
+
+async fn dispatcher(db: &Db, config: &Config, clock: Clock) -> db::Result<Dispatcher> {
   let last = {
     let db = db.clone();
     blocking(move || db.last_batch_id()).await?
   };
-  let mut dispatcher = Dispatcher::new(config, last);
-  load(&mut dispatcher, &db, clock.now()).await?;
-  let (tx, rx) = mpsc::unbounded_channel();
-  tokio::spawn(run(dispatcher, db.clone(), fleet, clock, rx));
-  Ok(Handle { tx, db, clock })
+  let mut dispatcher = Dispatcher::new(config.clone(), last);
+  load(&mut dispatcher, db, clock.now()).await?;
+  Ok(dispatcher)
+}
+
+async fn supervise(
+  mut first: Option<Dispatcher>,
+  db: Db,
+  fleet: Fleet,
+  clock: Clock,
+  config: Config,
+  mut rx: mpsc::UnboundedReceiver<Msg>,
+  mut leading: Leading,
+) {
+  loop {
+    let dispatcher = match first.take() {
+      Some(d) => d,
+      None => {
+        match standby(&db, clock, &mut rx, &mut leading).await {
+          Standby::Closed => return,
+          Standby::Leading => {}
+        }
+        match dispatcher(&db, &config, clock).await {
+          Ok(d) => {
+            tracing::info!("queues: leading; backlogs loaded");
+            d
+          }
+          Err(e) => {
+            tracing::error!(error = %e, "queues: cannot load the queues; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+          }
+        }
+      }
+    };
+    if run(dispatcher, &db, &fleet, clock, &mut rx, &mut leading).await {
+      return;
+    }
+    tracing::info!("queues: no longer leading; another replica delivers");
+  }
+}
+
+/// Waits while another replica leads. Reports are settled in the database
+/// (as the leader would: the batch's messages are acked, retried or
+/// dead-lettered) and answered.
+async fn standby(
+  db: &Db,
+  clock: Clock,
+  rx: &mut mpsc::UnboundedReceiver<Msg>,
+  leading: &mut Leading,
+) -> Standby {
+  loop {
+    if *leading.borrow() {
+      return Standby::Leading;
+    }
+    tokio::select! {
+      msg = rx.recv() => match msg {
+        None => return Standby::Closed,
+        Some(Msg::Done(report, done)) => {
+          if !report.unavailable {
+            let (db, id, now) = (db.clone(), report.id, clock.now());
+            let settled = blocking(move || match db.lease_queue(id)? {
+              Some(key) => db.settle(&key, &report, now).map(|_| ()),
+              None => Ok(()),
+            })
+            .await;
+            if let Err(e) = settled {
+              tracing::error!(error = %e, batch = id, "queues: cannot settle a batch");
+            }
+          }
+          let _ = done.send(());
+        }
+        // Loaded whole when leadership starts.
+        Some(Msg::Stored { .. } | Msg::Accepted(_) | Msg::Reload) => {}
+      },
+      () = crate::lease::changed(leading) => {}
+    }
+  }
 }
 
 async fn load(dispatcher: &mut Dispatcher, db: &Db, now: Millis) -> db::Result<()> {
@@ -150,15 +252,21 @@ async fn load(dispatcher: &mut Dispatcher, db: &Db, now: Millis) -> db::Result<(
   Ok(())
 }
 
+/// Delivers until leadership ends (false) or every handle is gone (true).
 async fn run(
   mut dispatcher: Dispatcher,
-  db: Db,
-  fleet: Fleet,
+  db: &Db,
+  fleet: &Fleet,
   clock: Clock,
-  mut rx: mpsc::UnboundedReceiver<Msg>,
-) {
+  rx: &mut mpsc::UnboundedReceiver<Msg>,
+  leading: &mut Leading,
+) -> bool {
+  let (db, fleet) = (db.clone(), fleet.clone());
   let mut changes = fleet.follow(&mut dispatcher, clock.now());
   loop {
+    if !*leading.borrow() {
+      return false;
+    }
     dispatcher.poll(clock.now());
     apply(&mut dispatcher, &db, &fleet, clock).await;
     let wait = dispatcher
@@ -172,10 +280,11 @@ async fn run(
         change.tell(&mut dispatcher, clock.now());
         continue;
       }
+      () = crate::lease::changed(leading) => continue,
       () = tokio::time::sleep(wait) => continue,
     };
     let Some(msg) = msg else {
-      return;
+      return true;
     };
     let now = clock.now();
     match msg {

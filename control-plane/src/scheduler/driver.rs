@@ -18,6 +18,8 @@ use crate::db::blocking;
 use crate::db::Db;
 use crate::fleet::Fleet;
 use crate::fleet::Work;
+use crate::lease::Leading;
+use crate::lease::Standby;
 
 /// The scheduler's time. Real time, or for tests a clock that runs `scale`
 /// times faster from `origin` on (a pure function of real time, so a
@@ -111,13 +113,30 @@ impl Handle {
   }
 }
 
-/// Loads the schedules and the runs in flight, and starts the loop.
+/// Starts the loop. While `leading` says so (always, on one SQLite
+/// file) it runs the schedules: loaded from the database when leadership
+/// starts, as after a restart, so another replica taking over neither
+/// reruns nor drops a tick. A standby keeps the reports edges send it and
+/// hands them to its scheduler if it comes to lead.
 pub async fn start(
   db: Db,
   fleet: Fleet,
   clock: Clock,
   config: Config,
+  leading: Leading,
 ) -> crate::db::Result<Handle> {
+  // Leading from the start: a database that cannot be read stops the start.
+  let first = if *leading.borrow() {
+    Some(load(&db, &config, clock).await?)
+  } else {
+    None
+  };
+  let (tx, rx) = mpsc::unbounded_channel();
+  tokio::spawn(supervise(first, db, fleet, clock, config, rx, leading));
+  Ok(Handle { tx, clock })
+}
+
+async fn load(db: &Db, config: &Config, clock: Clock) -> crate::db::Result<Scheduler> {
   let loaded = {
     let db = db.clone();
     blocking(move || {
@@ -126,38 +145,100 @@ pub async fn start(
     .await?
   };
   let (last_id, entries, in_flight) = loaded;
-  let mut scheduler = Scheduler::new(config, last_id);
+  let mut scheduler = Scheduler::new(config.clone(), last_id);
   scheduler.set_schedules(entries);
   scheduler.resume(in_flight, clock.now());
-  let (tx, rx) = mpsc::unbounded_channel();
-  tokio::spawn(run(scheduler, db, fleet, clock, rx));
-  Ok(Handle { tx, clock })
+  Ok(scheduler)
 }
 
-async fn run(
-  mut scheduler: Scheduler,
+/// Reports held by a standby at most; older ones are dropped (their runs
+/// count as lost and are retried by the leader).
+const HELD_MAX: usize = 10_000;
+
+async fn supervise(
+  mut first: Option<Scheduler>,
   db: Db,
   fleet: Fleet,
   clock: Clock,
+  config: Config,
   mut rx: mpsc::UnboundedReceiver<Msg>,
+  mut leading: Leading,
 ) {
+  let mut held = std::collections::VecDeque::new();
+  loop {
+    let scheduler = match first.take() {
+      Some(s) => s,
+      None => {
+        match standby(&mut rx, &mut leading, &mut held, HELD_MAX).await {
+          Standby::Closed => return,
+          Standby::Leading => {}
+        }
+        match load(&db, &config, clock).await {
+          Ok(s) => {
+            tracing::info!("scheduler: leading; schedules loaded");
+            s
+          }
+          Err(e) => {
+            tracing::error!(error = %e, "scheduler: cannot load the schedules; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+          }
+        }
+      }
+    };
+    if run(
+      scheduler,
+      &db,
+      &fleet,
+      clock,
+      &mut rx,
+      &mut leading,
+      &mut held,
+    )
+    .await
+    {
+      return;
+    }
+    tracing::info!("scheduler: no longer leading; another replica runs the schedules");
+  }
+}
+
+/// Runs the schedules until leadership ends (false) or every handle is gone
+/// (true).
+async fn run(
+  mut scheduler: Scheduler,
+  db: &Db,
+  fleet: &Fleet,
+  clock: Clock,
+  rx: &mut mpsc::UnboundedReceiver<Msg>,
+  leading: &mut Leading,
+  held: &mut std::collections::VecDeque<Msg>,
+) -> bool {
+  let (db, fleet) = (db.clone(), fleet.clone());
   let mut changes = fleet.follow(&mut scheduler, clock.now());
   loop {
+    if !*leading.borrow() {
+      return false;
+    }
     scheduler.poll(clock.now());
     apply(&mut scheduler, &db, &fleet).await;
     let wait = scheduler
       .poll_timeout()
       .map_or(Duration::from_secs(3600), |at| clock.until(at));
-    let msg = tokio::select! {
-      msg = rx.recv() => msg,
-      Some(change) = changes.recv() => {
-        change.tell(&mut scheduler, clock.now());
-        continue;
-      }
-      () = tokio::time::sleep(wait) => continue,
+    let msg = match held.pop_front() {
+      Some(msg) => Some(msg),
+      None => tokio::select! {
+        msg = rx.recv() => msg,
+        Some(change) = changes.recv() => {
+          change.tell(&mut scheduler, clock.now());
+          continue;
+        }
+        () = crate::lease::changed(leading) => continue,
+        () = tokio::time::sleep(wait) => continue,
+      },
     };
     let Some(msg) = msg else {
-      return;
+      return true;
     };
     let now = clock.now();
     match msg {
@@ -174,6 +255,38 @@ async fn run(
           Err(e) => tracing::error!(error = %e, "scheduler: cannot read the schedules"),
         }
       }
+    }
+  }
+}
+
+/// Waits while another replica leads. Reports are answered at once (the
+/// edge may forget them) and kept for the scheduler this replica may come
+/// to run; at most `max`, oldest dropped first.
+async fn standby(
+  rx: &mut mpsc::UnboundedReceiver<Msg>,
+  leading: &mut Leading,
+  held: &mut std::collections::VecDeque<Msg>,
+  max: usize,
+) -> Standby {
+  loop {
+    if *leading.borrow() {
+      return Standby::Leading;
+    }
+    tokio::select! {
+      msg = rx.recv() => match msg {
+        None => return Standby::Closed,
+        Some(Msg::Report(report, done)) => {
+          let _ = done.send(());
+          held.push_back(Msg::Report(report, oneshot::channel().0));
+        }
+        Some(msg @ Msg::Accepted(_)) => held.push_back(msg),
+        // Loaded whole when leadership starts.
+        Some(Msg::Reload) => {}
+      },
+      () = crate::lease::changed(leading) => {}
+    }
+    while held.len() > max {
+      held.pop_front();
     }
   }
 }

@@ -63,7 +63,7 @@ async fn start_with(prices: isola_control::billing::PriceSheet) -> Server {
 
 async fn start_configured(configure: impl FnOnce(api::AppState) -> api::AppState) -> Server {
   let dir = tempfile::tempdir().unwrap();
-  let db = db::Db::open(
+  let db = db::test_support::open(
     &dir.path().join("control.db"),
     secrets::Cipher::new(&secrets::generate_key()),
   )
@@ -529,21 +529,21 @@ async fn every_response_has_a_request_id() {
 async fn internal_errors_do_not_reach_clients() {
   let s = start().await;
   s.db.enroll_edge("edge-1").unwrap();
-  // Another connection breaks the store behind the control plane's back:
-  // first a row the store cannot read, then a table it cannot find.
-  let conn = rusqlite::Connection::open(s._dir.path().join("control.db")).unwrap();
-  conn
-    .execute("UPDATE edges SET errors = 'not json'", [])
-    .unwrap();
+  // The store is broken behind the control plane's back: first a row it
+  // cannot read, then a table it cannot find.
+  let raw = |sql: &str| db::test_support::execute_batch(&s.db, sql).unwrap();
+  raw("UPDATE edges SET errors = 'not json'");
+  let missing = if db::test_support::postgres_server().is_some() {
+    "does not exist"
+  } else {
+    "no such table"
+  };
   for (breakage, internal_text) in [
     (None, "errors of edge"),
-    (
-      Some("ALTER TABLE edges RENAME TO edges_moved"),
-      "no such table",
-    ),
+    (Some("ALTER TABLE edges RENAME TO edges_moved"), missing),
   ] {
     if let Some(sql) = breakage {
-      conn.execute_batch(sql).unwrap();
+      raw(sql);
     }
     let r = s.get("/v1/edges", &s.admin).await;
     assert_eq!(r.status, 500, "{r:?}");

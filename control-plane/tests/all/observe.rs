@@ -42,7 +42,7 @@ struct Server {
 
 async fn start() -> Server {
   let dir = tempfile::tempdir().unwrap();
-  let db = db::Db::open(
+  let db = db::test_support::open(
     &dir.path().join("control.db"),
     secrets::Cipher::new(&secrets::generate_key()),
   )
@@ -789,7 +789,7 @@ async fn a_trace_call_over_quic_reaches_the_hub() {
   pki::write_file(&edge_cert, edge.cert_pem.as_bytes(), false).unwrap();
   pki::write_file(&edge_key, edge.key_pem.as_bytes(), true).unwrap();
 
-  let db = db::Db::open(
+  let db = db::test_support::open(
     &dir.path().join("control.db"),
     secrets::Cipher::new(&secrets::generate_key()),
   )
