@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Validates deploy/kubernetes/ offline: every manifest against the Kubernetes JSON
 # schemas (kubernetes-validate, which bundles them, in strict mode: unknown fields fail),
-# kustomization.yaml's resources against the files here, and the TOML in ConfigMaps. Exits non-zero on any error.
+# each kustomization.yaml's resources against the files and folders there, the
+# $(VAR) references in containers' args against their env and envFrom sources, the TOML
+# in ConfigMaps, and, where kubectl is installed, what `kubectl kustomize` renders of
+# each kustomization (against the schemas again). Exits non-zero on any error.
 #
-#   deploy/kubernetes/validate.sh [FILE...]    # default: every *.yaml here
+#   deploy/kubernetes/validate.sh [FILE...]    # default: every *.yaml here and below
 #
 # The validator, pinned, lives in a venv under $CARGO_TARGET_DIR (as tests/api-fuzz/).
 set -euo pipefail
@@ -23,7 +26,7 @@ fi
 if [ "$#" -gt 0 ]; then
   files=("$@")
 else
-  files=("$here"/*.yaml)
+  mapfile -t files < <(find "$here" -name '*.yaml' -type f | sort)
 fi
 
 manifests=()
@@ -40,8 +43,10 @@ if [ "${#manifests[@]}" -gt 0 ]; then
   "$venv/bin/kubernetes-validate" --strict --no-warn -k "$k8s_version" "${manifests[@]}" || status=1
 fi
 
-# kustomization.yaml is not a Kubernetes object: check its shape and that it lists
-# files that exist, each once, and every manifest here but the *.planned.yaml ones.
+# kustomization.yaml is not a Kubernetes object: check its shape and that its resources
+# are files next to it (kustomize refuses files above its folder) or folders holding a
+# kustomization.yaml, each once, and that it lists every manifest in its folder but the
+# *.example.yaml ones (placeholders the operator fills in and applies by hand).
 for k in "${kustomizations[@]+"${kustomizations[@]}"}"; do
   "$venv/bin/python" - "$k" <<'PY' || status=1
 import os, sys, yaml
@@ -65,14 +70,23 @@ resources = doc.get("resources") or []
 if not isinstance(resources, list) or not resources:
     errors.append("resources must be a non-empty list")
     resources = []
+listed = set()
 for r in resources:
-    if not isinstance(r, str) or not os.path.isfile(os.path.join(base, r)):
-        errors.append(f"resource {r!r} is not a file next to it")
+    target = os.path.normpath(os.path.join(base, r)) if isinstance(r, str) else ""
+    if isinstance(r, str) and os.path.isdir(target):
+        if not os.path.isfile(os.path.join(target, "kustomization.yaml")):
+            errors.append(f"resource {r!r} is a folder without a kustomization.yaml")
+    elif isinstance(r, str) and os.path.isfile(target):
+        if os.path.dirname(target) != os.path.normpath(base):
+            errors.append(f"resource {r!r} is not in this folder; list its folder's kustomization instead")
+        listed.add(os.path.basename(target))
+    else:
+        errors.append(f"resource {r!r} is neither a file nor a folder next to it")
 if len(set(resources)) != len(resources):
     errors.append("a resource is listed twice")
 here = {f for f in os.listdir(base)
-        if f.endswith(".yaml") and f != "kustomization.yaml" and not f.endswith(".planned.yaml")}
-for f in sorted(here - set(resources)):
+        if f.endswith(".yaml") and f != "kustomization.yaml" and not f.endswith(".example.yaml")}
+for f in sorted(here - listed):
     errors.append(f"{f} is not listed in resources")
 for e in errors:
     print(f"{path}: {e}", file=sys.stderr)
@@ -81,6 +95,48 @@ if errors:
 print(f"{path}: ok ({len(resources)} resources)")
 PY
 done
+
+# A $(VAR) in a container's command or args that no env entry or envFrom source defines
+# stays literal (Kubernetes passes "$(VAR)" on): every one must be defined, by `env` or
+# by a key of a Secret or ConfigMap here (*.example.yaml included) that `envFrom` names.
+if [ "${#manifests[@]}" -gt 0 ]; then
+  "$venv/bin/python" - "$here" "${manifests[@]}" <<'PY' || status=1
+import os, re, sys, yaml
+root, paths = sys.argv[1], sys.argv[2:]
+sources = {}
+for dirpath, _, names in os.walk(root):
+    for n in names:
+        if n.endswith(".yaml") and n != "kustomization.yaml":
+            with open(os.path.join(dirpath, n)) as f:
+                for doc in yaml.safe_load_all(f):
+                    if isinstance(doc, dict) and doc.get("kind") in ("Secret", "ConfigMap"):
+                        keys = set((doc.get("data") or {}).keys()) | set((doc.get("stringData") or {}).keys())
+                        sources[(doc["kind"], doc["metadata"]["name"])] = keys
+bad = False
+for path in paths:
+    with open(path) as f:
+        for doc in yaml.safe_load_all(f):
+            if not isinstance(doc, dict):
+                continue
+            spec = ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
+            for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+                defined = {e["name"] for e in c.get("env") or []}
+                for src in c.get("envFrom") or []:
+                    for kind, ref in (("Secret", "secretRef"), ("ConfigMap", "configMapRef")):
+                        if ref in src:
+                            name = src[ref]["name"]
+                            if (kind, name) not in sources:
+                                print(f"{path}: container {c['name']}: envFrom {kind} {name} is not here", file=sys.stderr)
+                                bad = True
+                            defined |= {src.get("prefix", "") + k for k in sources.get((kind, name), ())}
+                for word in (c.get("command") or []) + (c.get("args") or []):
+                    for var in re.findall(r"(?<!\$)\$\(([A-Za-z_][A-Za-z0-9_]*)\)", word):
+                        if var not in defined:
+                            print(f"{path}: container {c['name']}: $({var}) is defined by no env or envFrom source", file=sys.stderr)
+                            bad = True
+sys.exit(1 if bad else 0)
+PY
+fi
 
 # The TOML files carried in ConfigMaps must parse (the binaries refuse a broken one at
 # start, which a schema check cannot see).
@@ -106,6 +162,30 @@ for path in sys.argv[1:]:
                         bad = True
 sys.exit(1 if bad else 0)
 PY
+fi
+
+# What kustomize makes of each kustomization: refused references, clashing names and
+# the merged objects fail here. kubectl is optional: without it this step is skipped.
+if [ "${#kustomizations[@]}" -gt 0 ]; then
+  if command -v kubectl >/dev/null 2>&1; then
+    rendered="$(mktemp -d)"
+    trap 'rm -rf "$rendered"' EXIT
+    for k in "${kustomizations[@]}"; do
+      out="$rendered/$(echo "${k#"$here"/}" | tr / _)"
+      if kubectl kustomize "$(dirname "$k")" >"$out"; then
+        "$venv/bin/kubernetes-validate" --strict --no-warn -k "$k8s_version" "$out" >/dev/null || {
+          echo "$k: what kustomize renders is not valid" >&2
+          status=1
+        }
+        echo "$k: kustomize renders $(grep -c '^kind:' "$out") objects"
+      else
+        echo "$k: kubectl kustomize refused it" >&2
+        status=1
+      fi
+    done
+  else
+    echo "deploy/kubernetes: kubectl not found, kustomizations not rendered" >&2
+  fi
 fi
 
 if [ "$status" -ne 0 ]; then
