@@ -161,6 +161,7 @@ pub fn start(db: crate::db::Db, holder: String, timing: Timing) -> Leading {
   tokio::spawn(async move {
     let mut lease = Lease::new(timing);
     let mut failing = false;
+    let mut first = true;
     loop {
       let now = wall_now();
       if let Some(until) = lease.due(now) {
@@ -184,6 +185,9 @@ pub fn start(db: crate::db::Db, holder: String, timing: Timing) -> Leading {
       }
       lease.expire(wall_now());
       let leading = lease.leading(wall_now());
+      if std::mem::take(&mut first) && !leading {
+        tracing::info!(replica = %holder, "standing by: another replica runs cron and queue deliveries");
+      }
       tx.send_if_modified(|v| {
         if *v == leading {
           return false;

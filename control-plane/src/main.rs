@@ -287,6 +287,7 @@ fn init(dir: &Path, database: Option<&str>) -> anyhow::Result<()> {
   let server = ca.issue_server()?;
   pki::write_file(&files.cert, server.cert_pem.as_bytes(), false)?;
   pki::write_file(&files.key, server.key_pem.as_bytes(), true)?;
+  isola_control::quic::reset_key(dir)?;
 
   if let Some(url) = database {
     let db = db::Db::connect_postgres(url, secrets::Cipher::new(&key))
@@ -416,7 +417,7 @@ fn billing_report(
   let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
   for account in accounts {
     let invoice = rt.block_on(isola_control::billing::invoice_for(
-      &db, &sheet, &account, month, now,
+      db, &sheet, &account, month, now,
     ))?;
     println!(
       "# account {account}, {month}{}",

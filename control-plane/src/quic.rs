@@ -47,9 +47,11 @@ fn server_config(data_dir: &Path) -> anyhow::Result<quinn::ServerConfig> {
 /// The stateless-reset key is kept in the data folder: after a restart, a
 /// packet an edge sends on its old connection can be answered with a reset
 /// it recognises, so it need not wait for the idle timeout to reconnect.
-fn endpoint_config(data_dir: &Path) -> anyhow::Result<quinn::EndpointConfig> {
+/// `init` writes it, so a data folder copied to replicas (or mounted read
+/// only) is complete; older folders get one at the first `serve`.
+pub fn reset_key(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
   let path = data_dir.join("quic-reset.key");
-  let key = match std::fs::read(&path) {
+  Ok(match std::fs::read(&path) {
     Ok(key) if key.len() == 64 => key,
     _ => {
       let key: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
@@ -57,7 +59,11 @@ fn endpoint_config(data_dir: &Path) -> anyhow::Result<quinn::EndpointConfig> {
         .with_context(|| format!("cannot write {}", path.display()))?;
       key
     }
-  };
+  })
+}
+
+fn endpoint_config(data_dir: &Path) -> anyhow::Result<quinn::EndpointConfig> {
+  let key = reset_key(data_dir)?;
   let hmac = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key);
   Ok(quinn::EndpointConfig::new(Arc::new(hmac)))
 }

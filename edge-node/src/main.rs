@@ -19,6 +19,9 @@ mod telemetry;
 mod tls;
 mod trace;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use clap::Subcommand;
 use isola_io::log::LogFormat;

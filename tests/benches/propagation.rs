@@ -1,11 +1,16 @@
 //! Deploy propagation: from the deploy call returning to every edge serving
-//! the new version, for 1 and 10 edge processes on loopback.
+//! the new version, for 1 and 10 edge processes on loopback (one control
+//! plane on SQLite), and for 50 edges fed by two control-plane replicas on
+//! one PostgreSQL (`tests/support/postgres.sh` starts it; skipped without
+//! PostgreSQL's server binaries). With replicas, half the edges list A
+//! first and half B, and deploys alternate between A and B.
 //!
 //! ```text
 //! cargo build --release -p isola-control -p isola-edge
 //! cargo bench -p isola-integration --bench propagation
 //! ```
-//! `ISOLA_BENCH_DEPLOYS` sets the deploys per fleet size (default 50).
+//! `ISOLA_BENCH_DEPLOYS` sets the deploys per fleet size (default 50; the
+//! 50-edge fleet does 20 unless it is set).
 
 use std::sync::Arc;
 use std::sync::Barrier;
@@ -14,6 +19,7 @@ use std::time::Instant;
 
 use isola_integration::Control;
 use isola_integration::EdgeSetup;
+use isola_integration::Postgres;
 use serde_json::json;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -29,16 +35,20 @@ fn source(i: usize) -> String {
   format!("export default {{ fetch() {{ return new Response('v{i}'); }} }};\n")
 }
 
-/// One fleet of `n` edges; returns the propagation time of each deploy.
-fn run(n: usize, deploys: usize) -> Vec<Duration> {
-  let dir = tempfile::tempdir().expect("a temp dir");
-  let control = Control::init_and_start(&dir.path().join("control"));
+/// One fleet of `n` edges fed by `controls` (one, or replicas of one
+/// control plane); returns the propagation time of each deploy.
+fn run(dir: &std::path::Path, controls: &[Control], n: usize, deploys: usize) -> Vec<Duration> {
+  let control = &controls[0];
   let edges: Vec<EdgeSetup> = (0..n)
     .map(|i| {
-      control.enroll(
+      // Replicas: each edge starts on another one.
+      let mut addresses: Vec<_> = controls.iter().map(|c| c.quic).collect();
+      addresses.rotate_left(i % controls.len());
+      control.enroll_to(
         &format!("edge-{i}"),
-        &dir.path().join(format!("e{i}")),
+        &dir.join(format!("e{i}")),
         1000,
+        &addresses,
       )
     })
     .collect();
@@ -81,7 +91,7 @@ fn run(n: usize, deploys: usize) -> Vec<Duration> {
         })
       })
       .collect();
-    control.deploy("bench", &v);
+    controls[i % controls.len()].deploy("bench", &v);
     start.wait();
     let slowest = pollers
       .into_iter()
@@ -100,16 +110,43 @@ fn main() {
     .and_then(|v| v.parse().ok())
     .unwrap_or(50);
   println!("deploy propagation (deploy call returned → every edge serves the new version)");
-  println!("| edges | deploys | p50 ms | p99 ms | max ms |");
-  println!("|--:|--:|--:|--:|--:|");
-  for n in [1, 10] {
-    let mut times = run(n, deploys);
+  println!("| edges | control plane | deploys | p50 ms | p99 ms | max ms |");
+  println!("|--:|---|--:|--:|--:|--:|");
+  let report = |n: usize, what: &str, mut times: Vec<Duration>| {
     times.sort();
     println!(
-      "| {n} | {deploys} | {:.1} | {:.1} | {:.1} |",
+      "| {n} | {what} | {} | {:.1} | {:.1} | {:.1} |",
+      times.len(),
       ms(percentile(&times, 0.5)),
       ms(percentile(&times, 0.99)),
       ms(*times.last().expect("some deploys")),
     );
+  };
+  for n in [1, 10] {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let control = Control::init_and_start(&dir.path().join("control"));
+    report(n, "1, SQLite", run(dir.path(), &[control], n, deploys));
   }
+  let Some(pg) = Postgres::start() else {
+    println!("(50 edges, 2 replicas: skipped, no PostgreSQL server binaries)");
+    return;
+  };
+  let dir = tempfile::tempdir().expect("a temp dir");
+  let mut a = Control::init_postgres(&dir.path().join("a"), &pg.url());
+  a.serve_args = vec![
+    "--blobs".into(),
+    dir.path().join("blobs").display().to_string(),
+  ];
+  a.proc.take().expect("started").terminate();
+  a.start();
+  let b = a.replica(&dir.path().join("b"));
+  let deploys = std::env::var("ISOLA_BENCH_DEPLOYS")
+    .ok()
+    .and_then(|v| v.parse().ok())
+    .unwrap_or(20);
+  report(
+    50,
+    "2 replicas, PostgreSQL",
+    run(dir.path(), &[a, b], 50, deploys),
+  );
 }

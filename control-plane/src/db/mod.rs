@@ -433,7 +433,7 @@ const NOTIFY_CHANNEL: &str = "isola_changes";
 
 /// The advisory lock every PostgreSQL write transaction takes first ("isola"
 /// in ASCII): one writer at a time across replicas, as on SQLite.
-const PG_WRITE_LOCK: i64 = 0x6973_6f6c_61;
+const PG_WRITE_LOCK: i64 = 0x0069_736f_6c61;
 
 impl std::fmt::Debug for Db {
   fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

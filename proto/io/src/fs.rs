@@ -44,10 +44,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8], dir_mode: u32) -> Result<(), Writ
     .mode(dir_mode)
     .create(dir)
     .map_err(step("create the folder", dir))?;
+  // Processes sharing a folder (control-plane replicas on one blob
+  // folder) may have the same pid in their containers: a random part too.
   let tmp = dir.join(format!(
-    ".tmp-{}-{}",
+    ".tmp-{}-{}-{:016x}",
     std::process::id(),
-    COUNTER.fetch_add(1, Ordering::Relaxed)
+    COUNTER.fetch_add(1, Ordering::Relaxed),
+    {
+      use std::hash::BuildHasher as _;
+      std::collections::hash_map::RandomState::new().hash_one(COUNTER.load(Ordering::Relaxed))
+    }
   ));
   let result = (|| {
     let mut file = std::fs::OpenOptions::new()
