@@ -35,7 +35,7 @@ const WORKER: &str =
 
 /// moto's server: `ISOLA_S3_SERVER`, else the venv `s3-server.sh` makes
 /// beside the binaries' folder (`$CARGO_TARGET_DIR/s3-venv`).
-fn moto_server() -> Option<PathBuf> {
+pub(crate) fn moto_server() -> Option<PathBuf> {
   if let Some(path) = std::env::var_os("ISOLA_S3_SERVER") {
     return Some(PathBuf::from(path));
   }
@@ -46,13 +46,13 @@ fn moto_server() -> Option<PathBuf> {
 }
 
 /// The S3 server, on a port it picked and printed.
-struct S3 {
+pub(crate) struct S3 {
   _proc: Proc,
-  addr: SocketAddr,
+  pub(crate) addr: SocketAddr,
 }
 
 impl S3 {
-  fn start(program: &Path) -> S3 {
+  pub(crate) fn start(program: &Path) -> S3 {
     let mut proc = Proc::spawn(Command::new(program).args(["-H", "127.0.0.1", "-p", "0"]));
     let line = proc.expect_line("Running on http://");
     let addr = line
@@ -71,7 +71,7 @@ impl S3 {
   /// A request with a made-up signature: moto does not check signatures,
   /// but takes an unsigned request as anonymous, which may not replace or
   /// delete objects.
-  fn call(&self, method: &str, path: &str) -> Response {
+  pub(crate) fn call(&self, method: &str, path: &str) -> Response {
     self.call_with(method, path, b"")
   }
 

@@ -1,6 +1,7 @@
 //! Two control-plane replicas on one PostgreSQL database (Debian's server,
-//! started by the test through `tests/support/postgres.sh`) and three
-//! edges: two list replica A first, one lists B first.
+//! started by the test through `tests/support/postgres.sh`) and one
+//! S3-compatible blob store (moto's, as in `blobs.rs`), and three edges:
+//! two list replica A first, one lists B first.
 //!
 //! - A deploy through A reaches every edge, the one on B too (B hears it
 //!   through PostgreSQL's LISTEN/NOTIFY).
@@ -95,14 +96,37 @@ fn two_replicas_share_one_postgres_and_an_edge_moves_when_its_replica_dies() {
     .unwrap()
     .as_millis();
   let mut a = Control::init_postgres(&dir.path().join("a"), &pg.url());
-  // Replicas share the blob store as they share the database (a shared
-  // folder here; S3 in production).
-  let blobs = dir.path().join("blobs");
+  // Replicas share the blob store as they share the database: an
+  // S3-compatible server (moto's, as in the blob test) where it is
+  // installed, else a shared folder.
+  let s3 = crate::blobs::moto_server().map(|moto| crate::blobs::S3::start(&moto));
+  assert!(
+    s3.is_some() || std::env::var_os("ISOLA_S3_REQUIRED").is_none(),
+    "ISOLA_S3_REQUIRED is set, but moto_server is missing (tests/support/s3-server.sh)"
+  );
+  let blobs = match &s3 {
+    Some(s3) => {
+      let r = s3.call("PUT", "/isola-replicas");
+      assert_eq!(r.status, 200, "create the bucket: {}", r.text());
+      a.serve_env.extend(
+        [
+          ("AWS_ENDPOINT_URL", format!("http://{}", s3.addr)),
+          ("AWS_ALLOW_HTTP", "true".into()),
+          ("AWS_REGION", "us-east-1".into()),
+          ("AWS_ACCESS_KEY_ID", "isola-test".into()),
+          ("AWS_SECRET_ACCESS_KEY", "isola-test-secret".into()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+      );
+      "s3://isola-replicas/fleet".to_string()
+    }
+    None => dir.path().join("blobs").display().to_string(),
+  };
   a.serve_args = vec![
     "--test-clock".into(),
     format!("{origin}:{SCALE}"),
     "--blobs".into(),
-    blobs.display().to_string(),
+    blobs,
   ];
   a.proc.take().unwrap().terminate();
   a.start();

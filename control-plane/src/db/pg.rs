@@ -20,6 +20,9 @@ use super::sql::Result;
 use super::sql::Row;
 use super::sql::Value;
 
+/// Connections open at once at most (PostgreSQL's own default limit is
+/// 100 for the whole server); a caller past it waits for one.
+const MAX_OPEN: usize = 32;
 /// Idle connections kept for reuse at most.
 const MAX_IDLE: usize = 16;
 /// How long one statement may take before the call gives up on it.
@@ -33,6 +36,9 @@ struct Inner {
   rt: Option<tokio::runtime::Runtime>,
   config: tokio_postgres::Config,
   idle: Mutex<Vec<Arc<Client>>>,
+  /// Connections handed out now, and the wait for one to come back.
+  open: Mutex<usize>,
+  returned: std::sync::Condvar,
 }
 
 impl Drop for Inner {
@@ -57,6 +63,8 @@ impl PgPool {
       rt: Some(rt),
       config,
       idle: Mutex::new(Vec::new()),
+      open: Mutex::new(0),
+      returned: std::sync::Condvar::new(),
     })))
   }
 
@@ -86,8 +94,29 @@ impl PgPool {
     }
   }
 
-  /// A connection: an idle one, or a new one.
+  /// A connection: an idle one, or a new one; waits while [`MAX_OPEN`] are
+  /// out.
   pub fn get(&self) -> Result<PgConn> {
+    {
+      let open = self.0.open.lock().unwrap_or_else(PoisonError::into_inner);
+      let (mut open, wait) = self
+        .0
+        .returned
+        .wait_timeout_while(open, CALL_TIMEOUT, |n| *n >= MAX_OPEN)
+        .unwrap_or_else(PoisonError::into_inner);
+      if wait.timed_out() && *open >= MAX_OPEN {
+        return Err(Error::Unavailable(format!(
+          "all {MAX_OPEN} connections stayed busy for {CALL_TIMEOUT:?}"
+        )));
+      }
+      *open += 1;
+    }
+    // Counted from here: given back when the connection drops, or now if
+    // none is made.
+    let mut slot = Slot {
+      pool: self,
+      armed: true,
+    };
     let idle = {
       let mut idle = self.0.idle.lock().unwrap_or_else(PoisonError::into_inner);
       std::iter::from_fn(|| idle.pop()).find(|c| !c.is_closed())
@@ -109,11 +138,32 @@ impl PgPool {
         })?
       }
     };
+    slot.armed = false;
     Ok(PgConn {
       pool: self.clone(),
       client: Some(client),
       in_transaction: false,
     })
+  }
+
+  fn give_back(&self) {
+    *self.0.open.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+    self.0.returned.notify_one();
+  }
+}
+
+/// One of the [`MAX_OPEN`] places, given back unless disarmed (a
+/// connection was made and holds it).
+struct Slot<'a> {
+  pool: &'a PgPool,
+  armed: bool,
+}
+
+impl Drop for Slot<'_> {
+  fn drop(&mut self) {
+    if self.armed {
+      self.pool.give_back();
+    }
   }
 }
 
@@ -188,6 +238,10 @@ impl PgConn {
 
 impl Drop for PgConn {
   fn drop(&mut self) {
+    let _slot = Slot {
+      pool: &self.pool,
+      armed: true,
+    };
     let Some(client) = self.client.take() else {
       return;
     };
