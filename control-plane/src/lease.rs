@@ -41,6 +41,53 @@ pub enum Standby {
   Closed,
 }
 
+/// A driver of once-only work (the scheduler's, the queues'): what it does
+/// while another replica leads, how it loads its state when the lease
+/// comes to it (as after a restart), and its run.
+pub trait OnceOnly {
+  type State;
+  /// Names the work in log lines.
+  const WORK: &'static str;
+  /// Waits while another replica leads.
+  fn standby(&mut self) -> impl std::future::Future<Output = Standby> + Send;
+  fn load(&mut self) -> impl std::future::Future<Output = crate::db::Result<Self::State>> + Send;
+  /// Runs until leadership ends (false) or every handle is gone (true).
+  fn run(&mut self, state: Self::State) -> impl std::future::Future<Output = bool> + Send;
+}
+
+/// Stands `driver` by, loads and runs it as leadership comes and goes;
+/// `first` is the state loaded at start when this replica led then.
+pub async fn supervise<D: OnceOnly>(mut driver: D, mut first: Option<D::State>) {
+  loop {
+    let state = match first.take() {
+      Some(state) => state,
+      None => {
+        if let Standby::Closed = driver.standby().await {
+          return;
+        }
+        match driver.load().await {
+          Ok(state) => {
+            tracing::info!(work = D::WORK, "leading; state loaded");
+            state
+          }
+          Err(e) => {
+            tracing::error!(work = D::WORK, error = %e, "cannot load the state; retrying");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            continue;
+          }
+        }
+      }
+    };
+    if driver.run(state).await {
+      return;
+    }
+    tracing::info!(
+      work = D::WORK,
+      "no longer leading; another replica has this work"
+    );
+  }
+}
+
 /// Timing of a [`Lease`].
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {

@@ -476,6 +476,23 @@ impl Control {
         .args(["init", "--data-dir"])
         .arg(dir),
     );
+    Self::serve_initialised(
+      dir,
+      serve_args.iter().map(|s| s.to_string()).collect(),
+      env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    )
+  }
+
+  /// `serve` on free ports in `dir`, which `init` made (its admin token is
+  /// this control plane's token).
+  fn serve_initialised(
+    dir: &Path,
+    serve_args: Vec<String>,
+    serve_env: Vec<(String, String)>,
+  ) -> Control {
     let token = std::fs::read_to_string(dir.join("admin-token"))
       .expect("init writes admin-token")
       .trim()
@@ -486,11 +503,8 @@ impl Control {
       quic: free_udp(),
       token,
       proc: None,
-      serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
-      serve_env: env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
+      serve_args,
+      serve_env,
     };
     control.start();
     control
@@ -522,21 +536,11 @@ impl Control {
         .args(["init", "--data-dir"])
         .arg(dir),
     );
-    let token = std::fs::read_to_string(dir.join("admin-token"))
-      .expect("init writes admin-token")
-      .trim()
-      .to_string();
-    let mut control = Control {
-      dir: dir.to_path_buf(),
-      api: free_tcp(),
-      quic: free_udp(),
-      token,
-      proc: None,
-      serve_args: Vec::new(),
-      serve_env: vec![("ISOLA_DATABASE".to_string(), url.to_string())],
-    };
-    control.start();
-    control
+    Self::serve_initialised(
+      dir,
+      Vec::new(),
+      vec![("ISOLA_DATABASE".to_string(), url.to_string())],
+    )
   }
 
   /// Another replica of this control plane: its data folder copied to
@@ -550,17 +554,7 @@ impl Control {
       .status()
       .expect("cp runs");
     assert!(status.success(), "cannot copy {}", self.dir.display());
-    let mut control = Control {
-      dir: dir.to_path_buf(),
-      api: free_tcp(),
-      quic: free_udp(),
-      token: self.token.clone(),
-      proc: None,
-      serve_args: self.serve_args.clone(),
-      serve_env: self.serve_env.clone(),
-    };
-    control.start();
-    control
+    Self::serve_initialised(dir, self.serve_args.clone(), self.serve_env.clone())
   }
 
   /// `enroll-edge`, returning the edge's folder with its `edge.toml`

@@ -140,15 +140,15 @@ pub async fn start(
     None
   };
   let (tx, rx) = mpsc::unbounded_channel();
-  tokio::spawn(supervise(
-    first,
-    db.clone(),
+  let driver = Driver {
+    db: db.clone(),
     fleet,
     clock,
     config,
     rx,
     leading,
-  ));
+  };
+  tokio::spawn(crate::lease::supervise(driver, first));
   Ok(Handle { tx, db, clock })
 }
 
@@ -162,40 +162,38 @@ async fn dispatcher(db: &Db, config: &Config, clock: Clock) -> db::Result<Dispat
   Ok(dispatcher)
 }
 
-async fn supervise(
-  mut first: Option<Dispatcher>,
+/// The queues' side of [`crate::lease::supervise`].
+struct Driver {
   db: Db,
   fleet: Fleet,
   clock: Clock,
   config: Config,
-  mut rx: mpsc::UnboundedReceiver<Msg>,
-  mut leading: Leading,
-) {
-  loop {
-    let dispatcher = match first.take() {
-      Some(d) => d,
-      None => {
-        match standby(&db, clock, &mut rx, &mut leading).await {
-          Standby::Closed => return,
-          Standby::Leading => {}
-        }
-        match dispatcher(&db, &config, clock).await {
-          Ok(d) => {
-            tracing::info!("queues: leading; backlogs loaded");
-            d
-          }
-          Err(e) => {
-            tracing::error!(error = %e, "queues: cannot load the queues; retrying");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-          }
-        }
-      }
-    };
-    if run(dispatcher, &db, &fleet, clock, &mut rx, &mut leading).await {
-      return;
-    }
-    tracing::info!("queues: no longer leading; another replica delivers");
+  rx: mpsc::UnboundedReceiver<Msg>,
+  leading: Leading,
+}
+
+impl crate::lease::OnceOnly for Driver {
+  type State = Dispatcher;
+  const WORK: &'static str = "queue deliveries";
+
+  async fn standby(&mut self) -> Standby {
+    standby(&self.db, self.clock, &mut self.rx, &mut self.leading).await
+  }
+
+  async fn load(&mut self) -> db::Result<Dispatcher> {
+    dispatcher(&self.db, &self.config, self.clock).await
+  }
+
+  async fn run(&mut self, dispatcher: Dispatcher) -> bool {
+    run(
+      dispatcher,
+      &self.db,
+      &self.fleet,
+      self.clock,
+      &mut self.rx,
+      &mut self.leading,
+    )
+    .await
   }
 }
 

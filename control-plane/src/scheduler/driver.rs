@@ -132,7 +132,16 @@ pub async fn start(
     None
   };
   let (tx, rx) = mpsc::unbounded_channel();
-  tokio::spawn(supervise(first, db, fleet, clock, config, rx, leading));
+  let driver = Driver {
+    db,
+    fleet,
+    clock,
+    config,
+    rx,
+    leading,
+    held: std::collections::VecDeque::new(),
+  };
+  tokio::spawn(crate::lease::supervise(driver, first));
   Ok(Handle { tx, clock })
 }
 
@@ -155,51 +164,41 @@ async fn load(db: &Db, config: &Config, clock: Clock) -> crate::db::Result<Sched
 /// count as lost and are retried by the leader).
 const HELD_MAX: usize = 10_000;
 
-async fn supervise(
-  mut first: Option<Scheduler>,
+/// The scheduler's side of [`crate::lease::supervise`].
+struct Driver {
   db: Db,
   fleet: Fleet,
   clock: Clock,
   config: Config,
-  mut rx: mpsc::UnboundedReceiver<Msg>,
-  mut leading: Leading,
-) {
-  let mut held = std::collections::VecDeque::new();
-  loop {
-    let scheduler = match first.take() {
-      Some(s) => s,
-      None => {
-        match standby(&mut rx, &mut leading, &mut held, HELD_MAX).await {
-          Standby::Closed => return,
-          Standby::Leading => {}
-        }
-        match load(&db, &config, clock).await {
-          Ok(s) => {
-            tracing::info!("scheduler: leading; schedules loaded");
-            s
-          }
-          Err(e) => {
-            tracing::error!(error = %e, "scheduler: cannot load the schedules; retrying");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-          }
-        }
-      }
-    };
-    if run(
+  rx: mpsc::UnboundedReceiver<Msg>,
+  leading: Leading,
+  /// Reports kept while standing by, for the scheduler to come.
+  held: std::collections::VecDeque<Msg>,
+}
+
+impl crate::lease::OnceOnly for Driver {
+  type State = Scheduler;
+  const WORK: &'static str = "cron";
+
+  async fn standby(&mut self) -> Standby {
+    standby(&mut self.rx, &mut self.leading, &mut self.held, HELD_MAX).await
+  }
+
+  async fn load(&mut self) -> crate::db::Result<Scheduler> {
+    load(&self.db, &self.config, self.clock).await
+  }
+
+  async fn run(&mut self, scheduler: Scheduler) -> bool {
+    run(
       scheduler,
-      &db,
-      &fleet,
-      clock,
-      &mut rx,
-      &mut leading,
-      &mut held,
+      &self.db,
+      &self.fleet,
+      self.clock,
+      &mut self.rx,
+      &mut self.leading,
+      &mut self.held,
     )
     .await
-    {
-      return;
-    }
-    tracing::info!("scheduler: no longer leading; another replica runs the schedules");
   }
 }
 
