@@ -82,8 +82,11 @@ impl Isolate {
   pub fn with_memory_limit(logs: LogSink, bytes: u64) -> Result<Self, Error> {
     let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
     let guard = Guard::new(bytes);
+    // The guard enforces `bytes`, however small; V8's own limit stays
+    // where V8 can still run, since reaching that one is a fatal error of
+    // the whole process, not a worker's memory error.
     let params = v8::CreateParams::default()
-      .heap_limits(0, bytes)
+      .heap_limits(0, bytes.max(V8_HEAP_FLOOR))
       .array_buffer_allocator(crate::watchdog::allocator(&guard));
     let loader = Rc::new(BundleLoader::default());
     let js = JsRuntime::try_new(RuntimeOptions {
@@ -324,6 +327,12 @@ impl Isolate {
     })
   }
 }
+
+/// The least heap V8 is given. A snapshot-started isolate uses about a MiB
+/// before any worker code runs; with a 2 MiB limit V8 aborted the process
+/// ("Fatal JavaScript out of memory") instead of calling the near-limit
+/// callback.
+const V8_HEAP_FLOOR: usize = 16 << 20;
 
 impl Worker {
   /// Starts an isolate and loads `bundle` into it.

@@ -459,7 +459,38 @@ pub fn trials() -> Vec<Trial> {
       "unseen_workers_load_into_ready_isolates",
       unseen_workers_load_into_ready_isolates,
     ),
+    trial(
+      "a_tiny_memory_limit_is_a_workers_error_not_the_processes",
+      a_tiny_memory_limit_is_a_workers_error_not_the_processes,
+    ),
   ]
+}
+
+/// A version may ask for 2 MiB; without a ready isolate (the upload check
+/// has none) its isolate is made with that limit. V8 must not abort the
+/// process: the worker runs within it or stops with a memory error, and
+/// the node goes on.
+async fn a_tiny_memory_limit_is_a_workers_error_not_the_processes() {
+  let rt = Runtime::new(Config::default().threads(1).stock(0)).unwrap();
+  for mib in [1, 2, 4] {
+    let limits = Limits::default().memory_mib(mib);
+    // Below what a started isolate holds, the worker cannot start (503);
+    // else it answers, and a hog is stopped at its limit.
+    let (status, body) = get(&rt, &format!("tiny-{mib}"), GOOD, limits.clone(), "/").await;
+    assert!(
+      (status, body.as_str()) == (200, "good") || status == 503,
+      "{mib} MiB: {status} {body}"
+    );
+    let (status, body) = get(&rt, &format!("hog-{mib}"), BAD, limits, "/hog").await;
+    assert!(
+      status == 503 || body.contains("memory limit"),
+      "{mib} MiB: {status} {body}"
+    );
+  }
+  assert_eq!(
+    get(&rt, "good", GOOD, Limits::default(), "/").await,
+    (200, "good".into())
+  );
 }
 
 /// Tests that measure the whole process (RSS), so they run before the
