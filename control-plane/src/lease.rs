@@ -36,7 +36,7 @@ pub async fn changed(leading: &mut Leading) {
 }
 
 /// How a standby's wait ended.
-pub enum Standby {
+enum Standby {
   Leading,
   Closed,
 }
@@ -46,13 +46,42 @@ pub enum Standby {
 /// comes to it (as after a restart), and its run.
 pub trait OnceOnly {
   type State;
+  /// What its handles send it.
+  type Msg: Send;
   /// Names the work in log lines.
   const WORK: &'static str;
-  /// Waits while another replica leads.
-  fn standby(&mut self) -> impl std::future::Future<Output = Standby> + Send;
+  /// Its handles' messages, and the leadership it follows.
+  fn channels(
+    &mut self,
+  ) -> (
+    &mut tokio::sync::mpsc::UnboundedReceiver<Self::Msg>,
+    &mut Leading,
+  );
+  /// Handles a message that came while another replica leads.
+  fn standing_by(&mut self, msg: Self::Msg) -> impl std::future::Future<Output = ()> + Send;
   fn load(&mut self) -> impl std::future::Future<Output = crate::db::Result<Self::State>> + Send;
   /// Runs until leadership ends (false) or every handle is gone (true).
   fn run(&mut self, state: Self::State) -> impl std::future::Future<Output = bool> + Send;
+}
+
+/// Waits while another replica leads, handing `driver` what comes meanwhile.
+async fn standby<D: OnceOnly>(driver: &mut D) -> Standby {
+  loop {
+    let msg = {
+      let (rx, leading) = driver.channels();
+      if *leading.borrow() {
+        return Standby::Leading;
+      }
+      tokio::select! {
+        msg = rx.recv() => match msg {
+          Some(msg) => msg,
+          None => return Standby::Closed,
+        },
+        () = changed(leading) => continue,
+      }
+    };
+    driver.standing_by(msg).await;
+  }
 }
 
 /// Stands `driver` by, loads and runs it as leadership comes and goes;
@@ -62,7 +91,7 @@ pub async fn supervise<D: OnceOnly>(mut driver: D, mut first: Option<D::State>) 
     let state = match first.take() {
       Some(state) => state,
       None => {
-        if let Standby::Closed = driver.standby().await {
+        if let Standby::Closed = standby(&mut driver).await {
           return;
         }
         match driver.load().await {

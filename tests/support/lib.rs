@@ -470,9 +470,11 @@ impl Control {
   }
 
   /// [`Control::init_and_start_with`] with environment variables for `serve`.
+  /// `init` sees `env` too (a `--database` in `ISOLA_DATABASE`).
   pub fn init_and_start_env(dir: &Path, serve_args: &[&str], env: &[(&str, &str)]) -> Control {
     run_control(
       Command::new(bin("isola-control"))
+        .envs(env.iter().copied())
         .args(["init", "--data-dir"])
         .arg(dir),
     );
@@ -530,17 +532,7 @@ impl Control {
   /// `isola-control init --database URL` in `dir` (a PostgreSQL store),
   /// then `serve` on it on free ports.
   pub fn init_postgres(dir: &Path, url: &str) -> Control {
-    run_control(
-      Command::new(bin("isola-control"))
-        .env("ISOLA_DATABASE", url)
-        .args(["init", "--data-dir"])
-        .arg(dir),
-    );
-    Self::serve_initialised(
-      dir,
-      Vec::new(),
-      vec![("ISOLA_DATABASE".to_string(), url.to_string())],
-    )
+    Self::init_and_start_env(dir, &[], &[("ISOLA_DATABASE", url)])
   }
 
   /// Another replica of this control plane: its data folder copied to

@@ -62,7 +62,7 @@ impl Db {
 
   pub fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
     let conn = self.conn();
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = conn.prepare(
       "SELECT id, at, account, admin, token, method, path, status, client FROM audit
        WHERE (CAST(?1 AS BIGINT) IS NULL OR at >= ?1) AND (CAST(?2 AS BIGINT) IS NULL OR at < ?2)
          AND (CAST(?3 AS TEXT) IS NULL OR account = ?3) AND (CAST(?4 AS BIGINT) IS NULL OR id < ?4)

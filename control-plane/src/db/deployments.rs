@@ -185,7 +185,7 @@ fn load_deployment(
 ) -> Result<Deployment> {
   let stored: Vec<StoredSplit> = serde_json::from_str(&versions)
     .map_err(|e| Error::Corrupt(format!("versions of deployment {id}: {e}")))?;
-  let mut stmt = conn.prepare_cached("SELECT hash FROM versions WHERE id = ?1")?;
+  let mut stmt = conn.prepare("SELECT hash FROM versions WHERE id = ?1")?;
   let versions = stored
     .into_iter()
     .map(|s| {

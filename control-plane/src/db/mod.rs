@@ -654,23 +654,7 @@ impl Db {
 
   /// Runs `f` in a read transaction: what it reads is one snapshot.
   fn read<T>(&self, f: impl FnOnce(&Sql<'_>) -> Result<T>) -> Result<T> {
-    match &self.inner.backend {
-      Backend::Sqlite(conn) => {
-        let mut conn: MutexGuard<'_, Connection> =
-          conn.lock().unwrap_or_else(PoisonError::into_inner);
-        let tx = conn.transaction().map_err(sql::Error::from)?;
-        let value = f(&Sql::sqlite(sql::SqliteRef::Borrowed(&tx)))?;
-        tx.commit().map_err(sql::Error::from)?;
-        Ok(value)
-      }
-      Backend::Postgres(pool) => {
-        let mut conn = pool.get()?;
-        conn.begin("ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
-        let value = f(&Sql::postgres(sql::PgRef::Borrowed(&mut conn)));
-        conn.finish(value.is_ok())?;
-        value
-      }
-    }
+    self.transaction(false, f)
   }
 
   /// Runs `f` in a write transaction and commits if it succeeds. SQLite:
@@ -678,12 +662,21 @@ impl Db {
   /// writing cannot deadlock an upgrade); PostgreSQL: the advisory write
   /// lock first.
   fn write<T>(&self, f: impl FnOnce(&Sql<'_>) -> Result<T>) -> Result<T> {
+    self.transaction(true, f)
+  }
+
+  fn transaction<T>(&self, write: bool, f: impl FnOnce(&Sql<'_>) -> Result<T>) -> Result<T> {
     match &self.inner.backend {
       Backend::Sqlite(conn) => {
         let mut conn: MutexGuard<'_, Connection> =
           conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let behavior = if write {
+          TransactionBehavior::Immediate
+        } else {
+          TransactionBehavior::Deferred
+        };
         let tx = conn
-          .transaction_with_behavior(TransactionBehavior::Immediate)
+          .transaction_with_behavior(behavior)
           .map_err(sql::Error::from)?;
         let value = f(&Sql::sqlite(sql::SqliteRef::Borrowed(&tx)))?;
         tx.commit().map_err(sql::Error::from)?;
@@ -691,14 +684,21 @@ impl Db {
       }
       Backend::Postgres(pool) => {
         let mut conn = pool.get()?;
-        conn.begin("")?;
-        let locked = conn.execute(
-          "SELECT pg_advisory_xact_lock($1)",
-          vec![sql::Value::Int(PG_WRITE_LOCK)],
-        );
-        let value = locked
+        let value = if write {
+          conn.begin("")?;
+          conn
+            .execute(
+              "SELECT pg_advisory_xact_lock($1)",
+              vec![sql::Value::Int(PG_WRITE_LOCK)],
+            )
+            .map(drop)
+        } else {
+          conn.begin("ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+          Ok(())
+        };
+        let value = value
           .map_err(Error::from)
-          .and_then(|_| f(&Sql::postgres(sql::PgRef::Borrowed(&mut conn))));
+          .and_then(|()| f(&Sql::postgres(sql::PgRef::Borrowed(&mut conn))));
         conn.finish(value.is_ok())?;
         value
       }

@@ -406,17 +406,13 @@ impl<'a> Sql<'a> {
     f(rows.first().ok_or(Error::NoRows)?)
   }
 
-  /// A statement to run (rusqlite's shape: prepared, then queried).
+  /// A statement to run (rusqlite's shape: prepared, then queried). SQLite
+  /// caches its prepared statements.
   pub fn prepare(&self, sql: &str) -> Result<Stmt<'_, 'a>> {
     Ok(Stmt {
       conn: self,
       sql: sql.to_owned(),
     })
-  }
-
-  /// The same as [`Self::prepare`]; SQLite statements are always cached.
-  pub fn prepare_cached(&self, sql: &str) -> Result<Stmt<'_, 'a>> {
-    self.prepare(sql)
   }
 }
 

@@ -150,7 +150,7 @@ fn insert_usage(
   r: &UsageRecord,
 ) -> Result<()> {
   let u = &r.usage;
-  let mut stmt = tx.prepare_cached(
+  let mut stmt = tx.prepare(
     "INSERT INTO usage (batch_id, edge, account, worker, version_hash, window_start,
        window_end, requests, errors, cpu_us, wall_us, ingress_bytes, egress_bytes, subrequests,
        kv_reads, kv_writes, kv_deletes, kv_lists, queue_ops)

@@ -25,7 +25,6 @@ use crate::db::Db;
 use crate::fleet::Fleet;
 use crate::fleet::Work;
 use crate::lease::Leading;
-use crate::lease::Standby;
 use crate::scheduler::driver::Clock;
 use crate::scheduler::Millis;
 
@@ -176,8 +175,33 @@ impl crate::lease::OnceOnly for Driver {
   type State = Dispatcher;
   const WORK: &'static str = "queue deliveries";
 
-  async fn standby(&mut self) -> Standby {
-    standby(&self.db, self.clock, &mut self.rx, &mut self.leading).await
+  type Msg = Msg;
+
+  fn channels(&mut self) -> (&mut mpsc::UnboundedReceiver<Msg>, &mut Leading) {
+    (&mut self.rx, &mut self.leading)
+  }
+
+  /// Reports are settled in the database (as the leader would: the batch's
+  /// messages are acked, retried or dead-lettered) and answered.
+  async fn standing_by(&mut self, msg: Msg) {
+    match msg {
+      Msg::Done(report, done) => {
+        if !report.unavailable {
+          let (db, id, now) = (self.db.clone(), report.id, self.clock.now());
+          let settled = blocking(move || match db.lease_queue(id)? {
+            Some(key) => db.settle(&key, &report, now).map(|_| ()),
+            None => Ok(()),
+          })
+          .await;
+          if let Err(e) = settled {
+            tracing::error!(error = %e, batch = id, "queues: cannot settle a batch");
+          }
+        }
+        let _ = done.send(());
+      }
+      // Loaded whole when leadership starts.
+      Msg::Stored { .. } | Msg::Accepted(_) | Msg::Reload => {}
+    }
   }
 
   async fn load(&mut self) -> db::Result<Dispatcher> {
@@ -194,44 +218,6 @@ impl crate::lease::OnceOnly for Driver {
       &mut self.leading,
     )
     .await
-  }
-}
-
-/// Waits while another replica leads. Reports are settled in the database
-/// (as the leader would: the batch's messages are acked, retried or
-/// dead-lettered) and answered.
-async fn standby(
-  db: &Db,
-  clock: Clock,
-  rx: &mut mpsc::UnboundedReceiver<Msg>,
-  leading: &mut Leading,
-) -> Standby {
-  loop {
-    if *leading.borrow() {
-      return Standby::Leading;
-    }
-    tokio::select! {
-      msg = rx.recv() => match msg {
-        None => return Standby::Closed,
-        Some(Msg::Done(report, done)) => {
-          if !report.unavailable {
-            let (db, id, now) = (db.clone(), report.id, clock.now());
-            let settled = blocking(move || match db.lease_queue(id)? {
-              Some(key) => db.settle(&key, &report, now).map(|_| ()),
-              None => Ok(()),
-            })
-            .await;
-            if let Err(e) = settled {
-              tracing::error!(error = %e, batch = id, "queues: cannot settle a batch");
-            }
-          }
-          let _ = done.send(());
-        }
-        // Loaded whole when leadership starts.
-        Some(Msg::Stored { .. } | Msg::Accepted(_) | Msg::Reload) => {}
-      },
-      () = crate::lease::changed(leading) => {}
-    }
   }
 }
 

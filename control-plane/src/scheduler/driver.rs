@@ -19,7 +19,6 @@ use crate::db::Db;
 use crate::fleet::Fleet;
 use crate::fleet::Work;
 use crate::lease::Leading;
-use crate::lease::Standby;
 
 /// The scheduler's time. Real time, or for tests a clock that runs `scale`
 /// times faster from `origin` on (a pure function of real time, so a
@@ -180,8 +179,30 @@ impl crate::lease::OnceOnly for Driver {
   type State = Scheduler;
   const WORK: &'static str = "cron";
 
-  async fn standby(&mut self) -> Standby {
-    standby(&mut self.rx, &mut self.leading, &mut self.held, HELD_MAX).await
+  type Msg = Msg;
+
+  fn channels(&mut self) -> (&mut mpsc::UnboundedReceiver<Msg>, &mut Leading) {
+    (&mut self.rx, &mut self.leading)
+  }
+
+  /// Reports are answered at once (the edge may forget them) and kept for
+  /// the scheduler this replica may come to run; at most [`HELD_MAX`],
+  /// oldest dropped first.
+  async fn standing_by(&mut self, msg: Msg) {
+    match msg {
+      Msg::Report(report, done) => {
+        let _ = done.send(());
+        self
+          .held
+          .push_back(Msg::Report(report, oneshot::channel().0));
+      }
+      msg @ Msg::Accepted(_) => self.held.push_back(msg),
+      // Loaded whole when leadership starts.
+      Msg::Reload => {}
+    }
+    while self.held.len() > HELD_MAX {
+      self.held.pop_front();
+    }
   }
 
   async fn load(&mut self) -> crate::db::Result<Scheduler> {
@@ -254,38 +275,6 @@ async fn run(
           Err(e) => tracing::error!(error = %e, "scheduler: cannot read the schedules"),
         }
       }
-    }
-  }
-}
-
-/// Waits while another replica leads. Reports are answered at once (the
-/// edge may forget them) and kept for the scheduler this replica may come
-/// to run; at most `max`, oldest dropped first.
-async fn standby(
-  rx: &mut mpsc::UnboundedReceiver<Msg>,
-  leading: &mut Leading,
-  held: &mut std::collections::VecDeque<Msg>,
-  max: usize,
-) -> Standby {
-  loop {
-    if *leading.borrow() {
-      return Standby::Leading;
-    }
-    tokio::select! {
-      msg = rx.recv() => match msg {
-        None => return Standby::Closed,
-        Some(Msg::Report(report, done)) => {
-          let _ = done.send(());
-          held.push_back(Msg::Report(report, oneshot::channel().0));
-        }
-        Some(msg @ Msg::Accepted(_)) => held.push_back(msg),
-        // Loaded whole when leadership starts.
-        Some(Msg::Reload) => {}
-      },
-      () = crate::lease::changed(leading) => {}
-    }
-    while held.len() > max {
-      held.pop_front();
     }
   }
 }
