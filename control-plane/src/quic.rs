@@ -290,6 +290,16 @@ impl Handler<ControlSession> for EdgeConnection {
                     traces.ingest(&edge, batch);
                     CallReply::Traced
                   }
+                  Call::Events(packed) => match packed.unpack(&edge) {
+                    Ok(batch) => {
+                      traces.ingest(&edge, batch);
+                      CallReply::Traced
+                    }
+                    Err(e) => {
+                      tracing::debug!(edge = %edge, error = %e, "an unreadable trace batch");
+                      CallReply::Unsupported
+                    }
+                  },
                 }
               }
             },

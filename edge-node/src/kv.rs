@@ -59,10 +59,14 @@ impl Upstream {
     self.conn.store(conn.map(Arc::new));
   }
 
-  /// Makes one call; `None` while the control plane is unreachable.
-  pub async fn call(&self, call: &Call) -> Option<Result<CallReply, isola_io::Error>> {
+  /// Makes one call (a [`Call`], or what serializes as one); `None` while
+  /// the control plane is unreachable.
+  pub async fn call(
+    &self,
+    call: &impl serde::Serialize,
+  ) -> Option<Result<CallReply, isola_io::Error>> {
     let conn = self.conn.load_full()?;
-    Some(isola_io::channel::call::<Call, CallReply>(&conn, call).await)
+    Some(isola_io::channel::call::<_, CallReply>(&conn, call).await)
   }
 }
 

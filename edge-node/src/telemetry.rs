@@ -112,7 +112,7 @@ pub fn spans(record: &TraceRecord, edge: &str, scope: &InstrumentationScope) -> 
       attributes.push(KeyValue::new("faas.trigger", "http"));
       attributes.push(KeyValue::new("http.request.method", f.method.to_string()));
       attributes.push(KeyValue::new("url.full", f.url()));
-      attributes.push(KeyValue::new("url.path", f.uri.path().to_string()));
+      attributes.push(KeyValue::new("url.path", f.path().to_string()));
       if let Some(status) = f.status {
         attributes.push(KeyValue::new(
           "http.response.status_code",
@@ -123,7 +123,7 @@ pub fn spans(record: &TraceRecord, edge: &str, scope: &InstrumentationScope) -> 
         attributes.push(KeyValue::new("client.address", client.to_string()));
       }
       (
-        format!("fetch {} {}", f.method, f.uri.path()).into(),
+        format!("fetch {} {}", f.method, f.path()).into(),
         SpanKind::Server,
       )
     }
@@ -252,13 +252,14 @@ mod tests {
 
   #[test]
   fn an_invocation_is_a_server_span_with_a_client_span_per_fetch() {
-    let mut trace = Trace::new(Started::Fetch(FetchStart {
-      method: http::Method::GET,
-      uri: "http://a.test/x?q=1".parse().unwrap(),
-      headers: Default::default(),
-      client: None,
-      status: Some(500),
-    }));
+    let mut start = FetchStart::new(
+      &http::Method::GET,
+      &"http://a.test/x?q=1".parse().unwrap(),
+      &http::HeaderMap::new(),
+      None,
+    );
+    start.status = Some(500);
+    let mut trace = Trace::new(Started::Fetch(start));
     let mut ctx = Ctx::start(Some(
       b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     ));

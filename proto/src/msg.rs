@@ -364,8 +364,11 @@ pub enum Call {
     call: crate::queue::SendCall,
     ids: Vec<String>,
   },
-  /// Trace events, best effort (never retried).
+  /// Trace events, best effort (never retried). What edges before
+  /// [`Call::Events`] send; still taken.
   Trace(crate::trace::TraceBatch),
+  /// Trace events in the compact form edges send, best effort.
+  Events(crate::trace::PackedBatch),
 }
 
 /// The answer to a [`Call`].

@@ -94,18 +94,16 @@ fn shipping_sink() -> TraceSink {
             }
           }
           let more = batch.len() == 256;
-          let events = batch
-            .into_iter()
-            .map(|(record, size): (TraceRecord, usize)| {
-              shipped.fetch_sub(size, Ordering::Relaxed);
-              let mut e = record.into_event();
-              e.edge = "bench-edge".into();
-              e
-            })
-            .collect();
-          let call =
-            isola_proto::msg::Call::Trace(isola_proto::trace::TraceBatch { events, dropped: 0 });
-          std::hint::black_box(isola_proto::codec::encode(&call));
+          // As the edge ships them: packed straight from the records.
+          for (_, size) in &batch {
+            shipped.fetch_sub(*size, Ordering::Relaxed);
+          }
+          let records: Vec<TraceRecord> = batch.into_iter().map(|(record, _)| record).collect();
+          let packed = isola_runtime::Packed {
+            records: &records,
+            dropped: 0,
+          };
+          std::hint::black_box(isola_proto::codec::encode(&packed));
           if !more {
             break;
           }

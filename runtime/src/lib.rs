@@ -80,6 +80,7 @@ pub use crate::specifier::clean_message;
 pub use crate::storage::MemoryKv;
 pub use crate::trace::ClientAddr;
 pub use crate::trace::FetchStart;
+pub use crate::trace::Packed;
 pub use crate::trace::SpanContext;
 pub use crate::trace::Started;
 pub use crate::trace::SubrequestSpan;

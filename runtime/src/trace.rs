@@ -2,6 +2,7 @@
 //! They are only built when the node's [`TraceSink`] keeps them, so a node
 //! that discards them pays one branch per invocation and per log line.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -11,6 +12,7 @@ pub use isola_ext::SpanContext;
 pub use isola_ext::Started;
 pub use isola_ext::SubrequestSpan;
 pub use isola_ext::Trace;
+use isola_proto::trace::EventInfo;
 pub use isola_proto::trace::TraceEvent;
 
 use crate::Outcome;
@@ -57,6 +59,179 @@ impl TraceRecord {
   /// Roughly the bytes it holds, for bounded buffers.
   pub fn approx_bytes(&self) -> usize {
     128 + self.worker.len() + self.version.len() + self.trace.approx_bytes()
+  }
+}
+
+/// Records written as a [`PackedBatch`](isola_proto::trace::PackedBatch)
+/// straight from what the request threads kept: each distinct string
+/// (worker, version, URL, header value...) once in the table, the events
+/// as rows of positions. The bytes decode to the `PackedBatch` whose
+/// [`unpack`](isola_proto::trace::PackedBatch::unpack) gives the events
+/// of [`TraceRecord::into_event`]; no event is built on the way.
+pub struct Packed<'a> {
+  pub records: &'a [TraceRecord],
+  pub dropped: u64,
+}
+
+impl serde::Serialize for Packed<'_> {
+  fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut table = Table::default();
+    let rows: Vec<Row<'_>> = self
+      .records
+      .iter()
+      .map(|record| Row::new(record, &mut table))
+      .collect();
+    let mut s = serializer.serialize_struct("PackedBatch", 3)?;
+    s.serialize_field("strings", &table.in_order())?;
+    s.serialize_field("events", &rows)?;
+    s.serialize_field("dropped", &self.dropped)?;
+    s.end()
+  }
+}
+
+type FastMap<K> = std::collections::HashMap<K, u32, foldhash::fast::FixedState>;
+
+/// A batch's strings, each once, numbered as they first come. URLs and
+/// addresses are also found by what they are made from, so a repeated one
+/// is neither formatted nor allocated again.
+#[derive(Default)]
+struct Table<'a> {
+  strings: FastMap<Cow<'a, str>>,
+  urls: FastMap<(&'a [u8], bool)>,
+  addresses: FastMap<IpAddr>,
+}
+
+impl<'a> Table<'a> {
+  fn add(&mut self, s: impl Into<Cow<'a, str>>) -> u32 {
+    let next = u32::try_from(self.strings.len()).expect("a batch holds far fewer strings");
+    *self.strings.entry(s.into()).or_insert(next)
+  }
+
+  fn url(&mut self, f: &'a FetchStart) -> u32 {
+    if let Some(&i) = self.urls.get(&f.uri_key()) {
+      return i;
+    }
+    let i = self.add(f.url());
+    self.urls.insert(f.uri_key(), i);
+    i
+  }
+
+  fn address(&mut self, ip: IpAddr) -> u32 {
+    if let Some(&i) = self.addresses.get(&ip) {
+      return i;
+    }
+    let i = self.add(ip.to_string());
+    self.addresses.insert(ip, i);
+    i
+  }
+
+  fn in_order(&self) -> Vec<&str> {
+    let mut strings = vec![""; self.strings.len()];
+    for (s, &i) in &self.strings {
+      strings[i as usize] = s;
+    }
+    strings
+  }
+}
+
+/// A `PackedEvent`: positions, and the record for the rest.
+struct Row<'a> {
+  record: &'a TraceRecord,
+  worker: u32,
+  version: u32,
+  outcome: u32,
+  info: RowInfo<'a>,
+}
+
+/// A `PackedInfo`.
+enum RowInfo<'a> {
+  Fetch(FetchRow),
+  Other(&'a EventInfo),
+}
+
+/// A `PackedFetch`.
+struct FetchRow {
+  method: u32,
+  url: u32,
+  headers: [(u32, u32); isola_ext::SHOWN_COUNT],
+  shown: usize,
+  client: Option<u32>,
+  status: Option<u16>,
+}
+
+impl<'a> Row<'a> {
+  fn new(record: &'a TraceRecord, table: &mut Table<'a>) -> Self {
+    let info = match &record.trace.event {
+      Started::Fetch(f) => {
+        let mut headers = [(0, 0); isola_ext::SHOWN_COUNT];
+        let mut shown = 0;
+        for (name, value) in f.shown_headers() {
+          headers[shown] = (
+            table.add(name.as_str()),
+            table.add(String::from_utf8_lossy(value)),
+          );
+          shown += 1;
+        }
+        RowInfo::Fetch(FetchRow {
+          method: table.add(f.method.as_str()),
+          url: table.url(f),
+          headers,
+          shown,
+          client: f.client.map(|ip| table.address(ip)),
+          status: f.status,
+        })
+      }
+      Started::Other(info) => RowInfo::Other(info),
+    };
+    Self {
+      record,
+      worker: table.add(&*record.worker),
+      version: table.add(&*record.version),
+      outcome: table.add(record.outcome.tail_name()),
+      info,
+    }
+  }
+}
+
+impl serde::Serialize for Row<'_> {
+  fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeTupleStruct;
+    let r = self.record;
+    let mut s = serializer.serialize_tuple_struct("PackedEvent", 10)?;
+    s.serialize_field(&self.worker)?;
+    s.serialize_field(&self.version)?;
+    s.serialize_field(&isola_ext::epoch_ms(r.start))?;
+    s.serialize_field(&self.info)?;
+    s.serialize_field(&self.outcome)?;
+    s.serialize_field(&r.cpu_us)?;
+    s.serialize_field(&r.wall_us)?;
+    s.serialize_field(&r.trace.logs)?;
+    s.serialize_field(&r.trace.exceptions)?;
+    s.serialize_field(&r.trace.truncated)?;
+    s.end()
+  }
+}
+
+impl serde::Serialize for RowInfo<'_> {
+  fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+    match self {
+      Self::Fetch(f) => serializer.serialize_newtype_variant("PackedInfo", 0, "Fetch", f),
+      Self::Other(info) => serializer.serialize_newtype_variant("PackedInfo", 1, "Other", info),
+    }
+  }
+}
+
+impl serde::Serialize for FetchRow {
+  fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeTupleStruct;
+    let mut s = serializer.serialize_tuple_struct("PackedFetch", 5)?;
+    s.serialize_field(&self.method)?;
+    s.serialize_field(&self.url)?;
+    s.serialize_field(&self.headers[..self.shown])?;
+    s.serialize_field(&self.client)?;
+    s.serialize_field(&self.status)?;
+    s.end()
   }
 }
 
@@ -122,22 +297,15 @@ impl std::fmt::Debug for TraceSink {
   }
 }
 
-/// What a fetch event records of its request: shared values only (the
-/// method, the URI, the shown headers' values, the address), no strings.
+/// What a fetch event records of its request: the method, a copy of the
+/// URI and the shown headers' values, the address; no strings formatted.
 pub(crate) fn fetch_start(parts: &http::request::Parts) -> Started {
-  let mut headers: [Option<http::HeaderValue>; isola_ext::SHOWN_COUNT] = Default::default();
-  if !parts.headers.is_empty() {
-    for (slot, name) in headers.iter_mut().zip(&isola_ext::SHOWN_HEADERS) {
-      *slot = parts.headers.get(name).cloned();
-    }
-  }
-  Started::Fetch(FetchStart {
-    method: parts.method.clone(),
-    uri: parts.uri.clone(),
-    headers,
-    client: parts.extensions.get::<ClientAddr>().map(|a| a.0),
-    status: None,
-  })
+  Started::Fetch(FetchStart::new(
+    &parts.method,
+    &parts.uri,
+    &parts.headers,
+    parts.extensions.get::<ClientAddr>().map(|a| a.0),
+  ))
 }
 
 #[cfg(test)]

@@ -61,7 +61,6 @@ pub use service::ServiceTable;
 pub use trace::epoch_ms;
 pub use trace::format_traceparent;
 pub use trace::parse_traceparent;
-pub use trace::url_of;
 pub use trace::FetchStart;
 pub use trace::SpanContext;
 pub use trace::Started;

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Trace events' cost on the edge, measured paired (issue #15's ≤ 5 %).
+
+Two `isola-edge serve` processes run at the same time on the same core,
+enrolled with one control plane that routes the same workers: one ships
+trace events, the other has `trace_events = false`. An open-loop load
+(oha, RATE/2 req/s each, on the other core with the control plane) hits
+both at once, so whatever else the shared machine does falls on both
+alike; each round swaps the two enrolled identities. The figure is the
+ratio of the two processes' CPU time per request (every thread: request
+threads, the shipper, the watchdog), read from /proc/PID/task/*/schedstat.
+
+Sequential A/B runs on this 2-core VM spread ±20 % between identical
+processes; these paired rounds agree within about a per cent.
+
+    ISOLA_EDGE=target/release/isola-edge ISOLA_CONTROL=target/release/isola-control \\
+      bench/events_overhead.py            # hello, 100 workers, 4 rounds
+
+Environment: WORKLOAD (hello), WORKERS (100 routed copies; requests pick
+one at random), ONE=1 (every request to the first worker: warm hello),
+RATE (10000 req/s in all), WINDOW (15 s measured per round, after 8 s of
+warm-up), ROUNDS (4), OTHER_EDGE (a second binary for the events-off
+side, to compare two builds with events on: OTHER_EVENTS=1).
+"""
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+import measure  # noqa: E402
+import servers  # noqa: E402
+
+measure.CFG["latency_connections"] = 50
+
+
+def cpu_by_thread(pid: int) -> dict[str, int]:
+    """ns on CPU so far per thread group: the V8 request threads, the main
+    runtime (the trace shipper, QUIC, usage), and the rest."""
+    out: dict[str, int] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            ns = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except OSError:
+            continue
+        group = ("v8" if comm.startswith("isola-v8")
+                 else "main" if comm.startswith("isola-edge") else "other")
+        out[group] = out.get(group, 0) + ns
+    return out
+
+
+def main() -> int:
+    edge = Path(os.environ.get("ISOLA_EDGE", "/root/.cache/isola-target/release/isola-edge"))
+    control = Path(os.environ.get("ISOLA_CONTROL",
+                                  "/root/.cache/isola-target/release/isola-control"))
+    other_edge = Path(os.environ.get("OTHER_EDGE", str(edge)))
+    other_events = os.environ.get("OTHER_EVENTS") == "1"
+    workload = os.environ.get("WORKLOAD", "hello")
+    workers = int(os.environ.get("WORKERS", "100"))
+    rate = int(os.environ.get("RATE", "10000")) // 2
+    window = float(os.environ.get("WINDOW", "15"))
+    rounds = int(os.environ.get("ROUNDS", "4"))
+    logs = Path(tempfile.mkdtemp(prefix="isola-events-ab-"))
+    sides = [("events on", edge, True),
+             ("events on (other)" if other_events else "events off", other_edge, other_events)]
+
+    site = servers.ServeSite(control, edge, workload, workers, logs, {0}, 19)
+    site.start_control(30)
+    site.upload_all()
+    identities = []
+    for i in range(2):
+        out = site.dir / f"edge{i}"
+        site._run([str(control), "enroll-edge", "--data-dir", str(site.dir / "cp"),
+                   "--name", f"bench-edge-{i}", "--out", str(out),
+                   "--control-address", site.quic_addr])
+        identities.append((out / "edge.toml", (out / "edge.toml").read_text()))
+
+    def argv(identity: int, port: int, binary: Path, events: bool) -> list[str]:
+        path, base = identities[identity]
+        if not events:
+            base = base.replace("[control]\n", "[control]\ntrace_events = false\n", 1)
+        path.write_text(base + f'\n[server]\nlisten = "127.0.0.1:{port}"\n'
+                        f'admin = "127.0.0.1:{servers.free_port()}"\nthreads = 1\n')
+        return [str(binary), "serve", "--config", str(path)]
+
+    hosts = site.hosts()[:1] if os.environ.get("ONE") == "1" else site.hosts()
+    results: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in sides}
+    ratios = []
+    try:
+        for rnd in range(rounds):
+            procs = []
+            for i, (label, binary, events) in enumerate(sides):
+                port = servers.free_port()
+                proc = servers.spawn(argv((i + rnd) % 2, port, binary, events),
+                                     logs / f"edge{i}-{rnd}.log", None, {1})
+                procs.append((label, proc, port))
+            for label, proc, port in procs:
+                err = site.wait_all_served(proc, port, 60)
+                if err:
+                    print(f"{label}: {err}", file=sys.stderr)
+                    return 1
+            load = [subprocess.Popen(["taskset", "-c", "0"] + measure.oha_argv(
+                port, workload, rate, int(window) + 13, hosts, logs),
+                stdout=subprocess.DEVNULL) for _, _, port in procs]
+            time.sleep(8)
+            before = [cpu_by_thread(p.pid) for _, p, _ in procs]
+            t0 = time.monotonic()
+            time.sleep(window)
+            after = [cpu_by_thread(p.pid) for _, p, _ in procs]
+            t1 = time.monotonic()
+            for o in load:
+                o.wait()
+            row = {}
+            for (label, proc, _), a, b in zip(procs, before, after):
+                servers.stop(proc)
+                n = (t1 - t0) * rate
+                us = {g: (b.get(g, 0) - a.get(g, 0)) / n / 1000 for g in b}
+                us["total"] = sum(us.values())
+                results[label].append(us)
+                row[label] = us["total"]
+            (la, _, _), (lb, _, _) = sides
+            ratios.append(row[la] / row[lb] - 1)
+            print(f"round {rnd + 1}: {la} {row[la]:.2f} µs/req, {lb} {row[lb]:.2f} µs/req, "
+                  f"{ratios[-1] * 100:+.1f} %", flush=True)
+    finally:
+        site.stop()
+
+    print(f"\n{workload}, {len(hosts)} worker(s) of {workers}, {rate * 2} req/s in all, "
+          f"{rounds} rounds of {window:.0f} s; CPU µs per request, medians:\n")
+    print("| | V8 threads | main (shipper, QUIC) | other | total |")
+    print("|---|--:|--:|--:|--:|")
+    for label, rows in results.items():
+        med = {k: statistics.median(r.get(k, 0.0) for r in rows)
+               for k in ("v8", "main", "other", "total")}
+        print(f"| {label} | {med['v8']:.2f} | {med['main']:.2f} | {med['other']:.2f} "
+              f"| {med['total']:.2f} |")
+    print(f"\npaired difference: median {statistics.median(ratios) * 100:+.1f} % "
+          f"(rounds: {', '.join(f'{r * 100:+.1f} %' for r in ratios)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
