@@ -495,7 +495,7 @@ mod tests {
 
   #[tokio::test]
   async fn batches_carry_what_was_lost_before_them() {
-    let (buffer, queue) = TraceBuffer::new(1000, MAX_BYTES, Metrics::new());
+    let (buffer, queue) = TraceBuffer::new(4 * BATCH_EVENTS, MAX_BYTES, Metrics::new());
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut first = true;
     let shipper = tokio::spawn(ship(
