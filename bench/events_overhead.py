@@ -72,21 +72,8 @@ def main() -> int:
     site = servers.ServeSite(control, edge, workload, workers, logs, {0}, 19)
     site.start_control(30)
     site.upload_all()
-    identities = []
     for i in range(2):
-        out = site.dir / f"edge{i}"
-        site._run([str(control), "enroll-edge", "--data-dir", str(site.dir / "cp"),
-                   "--name", f"bench-edge-{i}", "--out", str(out),
-                   "--control-address", site.quic_addr])
-        identities.append((out / "edge.toml", (out / "edge.toml").read_text()))
-
-    def argv(identity: int, port: int, binary: Path, events: bool) -> list[str]:
-        path, base = identities[identity]
-        if not events:
-            base = base.replace("[control]\n", "[control]\ntrace_events = false\n", 1)
-        path.write_text(base + f'\n[server]\nlisten = "127.0.0.1:{port}"\n'
-                        f'admin = "127.0.0.1:{servers.free_port()}"\nthreads = 1\n')
-        return [str(binary), "serve", "--config", str(path)]
+        site.enroll(f"bench-edge-{i}", f"edge{i}")
 
     hosts = site.hosts()[:1] if os.environ.get("ONE") == "1" else site.hosts()
     results: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in sides}
@@ -96,7 +83,8 @@ def main() -> int:
             procs = []
             for i, (label, binary, events) in enumerate(sides):
                 port = servers.free_port()
-                proc = servers.spawn(argv((i + rnd) % 2, port, binary, events),
+                argv = site.edge_argv(port, 1, events, identity=(i + rnd) % 2, binary=binary)
+                proc = servers.spawn(argv,
                                      logs / f"edge{i}-{rnd}.log", None, {1})
                 procs.append((label, proc, port))
             for label, proc, port in procs:

@@ -303,6 +303,8 @@ class ServeSite:
         self.control: subprocess.Popen | None = None
         self.api_port = free_port()
         self.token = ""
+        # Enrolled edges: each one's edge.toml and its text as enrolled.
+        self.identities: list[tuple[Path, str]] = []
 
     def hosts(self) -> list[str]:
         return [self.HOST.format(i=i) for i in range(self.n)]
@@ -381,24 +383,28 @@ class ServeSite:
                                              "worker": name})
         return time.monotonic() - t0
 
-    def enroll(self) -> None:
-        out = self.dir / "edge"
+    def enroll(self, name: str = "bench-edge", out_name: str = "edge") -> int:
+        """Enrolls an edge `name` (its files in `out_name`); returns its
+        identity's number for `edge_argv` (0 for the first)."""
+        out = self.dir / out_name
         self._run([str(self.control_bin), "enroll-edge", "--data-dir", str(self.dir / "cp"),
-                   "--name", "bench-edge", "--out", str(out),
+                   "--name", name, "--out", str(out),
                    "--control-address", self.quic_addr])
-        self.edge_toml = out / "edge.toml"
-        self.edge_base = self.edge_toml.read_text()
+        toml = out / "edge.toml"
+        self.identities.append((toml, toml.read_text()))
+        return len(self.identities) - 1
 
-    def edge_argv(self, port: int, threads: int, events: bool = True) -> list[str]:
-        """Rewrites edge.toml for this start (listener, thread count, and
-        whether trace events go to the control plane)."""
-        base = self.edge_base
+    def edge_argv(self, port: int, threads: int, events: bool = True,
+                  identity: int = 0, binary: Path | None = None) -> list[str]:
+        """Rewrites an enrolled edge's edge.toml for this start (listener,
+        thread count, and whether trace events go to the control plane)."""
+        toml, base = self.identities[identity]
         if not events:
             base = base.replace("[control]\n", "[control]\ntrace_events = false\n", 1)
-        self.edge_toml.write_text(
+        toml.write_text(
             base + f'\n[server]\nlisten = "127.0.0.1:{port}"\n'
             f'admin = "127.0.0.1:{free_port()}"\nthreads = {threads}\n')
-        return [str(self.edge_bin), "serve", "--config", str(self.edge_toml)]
+        return [str(binary or self.edge_bin), "serve", "--config", str(toml)]
 
     def wait_all_served(self, proc: subprocess.Popen, port: int, timeout_s: float) -> str | None:
         """Waits until every host answers 200; None, or what went wrong."""
