@@ -33,9 +33,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 import measure  # noqa: E402
+import report  # noqa: E402
 import servers  # noqa: E402
-
-measure.CFG["latency_connections"] = 50
 
 
 def cpu_by_thread(pid: int) -> dict[str, int]:
@@ -54,81 +53,100 @@ def cpu_by_thread(pid: int) -> dict[str, int]:
     return out
 
 
-def main() -> int:
-    edge = Path(os.environ.get("ISOLA_EDGE", "/root/.cache/isola-target/release/isola-edge"))
-    control = Path(os.environ.get("ISOLA_CONTROL",
-                                  "/root/.cache/isola-target/release/isola-control"))
-    other_edge = Path(os.environ.get("OTHER_EDGE", str(edge)))
-    other_events = os.environ.get("OTHER_EVENTS") == "1"
-    workload = os.environ.get("WORKLOAD", "hello")
-    workers = int(os.environ.get("WORKERS", "100"))
-    rate = int(os.environ.get("RATE", "10000")) // 2
-    window = float(os.environ.get("WINDOW", "15"))
-    rounds = int(os.environ.get("ROUNDS", "4"))
-    logs = Path(tempfile.mkdtemp(prefix="isola-events-ab-"))
+def paired(control: Path, edge: Path, workload: str, workers: int, one: bool,
+           rate: int, window: float, rounds: int, logs: Path,
+           other_edge: Path | None = None, other_events: bool = False,
+           say=print) -> dict:
+    """Paired rounds of two edges side by side (see the module's doc);
+    `rate` is the offered req/s in all. Returns the per-side CPU µs per
+    request by thread group, each round's difference and their median;
+    raises RuntimeError when an edge does not come up."""
+    half = rate // 2
     sides = [("events on", edge, True),
-             ("events on (other)" if other_events else "events off", other_edge, other_events)]
-
+             ("events on (other)" if other_events else "events off",
+              other_edge or edge, other_events)]
     site = servers.ServeSite(control, edge, workload, workers, logs, {0}, 19)
-    site.start_control(30)
-    site.upload_all()
-    for i in range(2):
-        site.enroll(f"bench-edge-{i}", f"edge{i}")
-
-    hosts = site.hosts()[:1] if os.environ.get("ONE") == "1" else site.hosts()
     results: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in sides}
     ratios = []
     try:
+        site.start_control(30)
+        site.upload_all()
+        for i in range(2):
+            site.enroll(f"bench-edge-{i}", f"edge{i}")
+        hosts = site.hosts()[:1] if one else site.hosts()
         for rnd in range(rounds):
             procs = []
             for i, (label, binary, events) in enumerate(sides):
                 port = servers.free_port()
                 argv = site.edge_argv(port, 1, events, identity=(i + rnd) % 2, binary=binary)
                 proc = servers.spawn(argv,
-                                     logs / f"edge{i}-{rnd}.log", None, {1})
+                                     logs / f"events-ab-edge{i}-{rnd}.log", None, {1})
                 procs.append((label, proc, port))
-            for label, proc, port in procs:
-                err = site.wait_all_served(proc, port, 60)
-                if err:
-                    print(f"{label}: {err}", file=sys.stderr)
-                    return 1
-            load = [subprocess.Popen(["taskset", "-c", "0"] + measure.oha_argv(
-                port, workload, rate, int(window) + 13, hosts, logs),
-                stdout=subprocess.DEVNULL) for _, _, port in procs]
-            time.sleep(8)
-            before = [cpu_by_thread(p.pid) for _, p, _ in procs]
-            t0 = time.monotonic()
-            time.sleep(window)
-            after = [cpu_by_thread(p.pid) for _, p, _ in procs]
-            t1 = time.monotonic()
-            for o in load:
-                o.wait()
+            try:
+                for label, proc, port in procs:
+                    err = site.wait_all_served(proc, port, 60)
+                    if err:
+                        raise RuntimeError(f"{label}: {err}")
+                load = [subprocess.Popen(["taskset", "-c", "0"] + measure.oha_argv(
+                    port, workload, half, int(window) + 13, hosts, logs),
+                    stdout=subprocess.DEVNULL) for _, _, port in procs]
+                time.sleep(8)
+                before = [cpu_by_thread(p.pid) for _, p, _ in procs]
+                t0 = time.monotonic()
+                time.sleep(window)
+                after = [cpu_by_thread(p.pid) for _, p, _ in procs]
+                t1 = time.monotonic()
+                for o in load:
+                    o.wait()
+            finally:
+                for _, proc, _ in procs:
+                    servers.stop(proc)
             row = {}
-            for (label, proc, _), a, b in zip(procs, before, after):
-                servers.stop(proc)
-                n = (t1 - t0) * rate
+            for (label, _, _), a, b in zip(procs, before, after):
+                n = (t1 - t0) * half
                 us = {g: (b.get(g, 0) - a.get(g, 0)) / n / 1000 for g in b}
                 us["total"] = sum(us.values())
                 results[label].append(us)
                 row[label] = us["total"]
             (la, _, _), (lb, _, _) = sides
             ratios.append(row[la] / row[lb] - 1)
-            print(f"round {rnd + 1}: {la} {row[la]:.2f} µs/req, {lb} {row[lb]:.2f} µs/req, "
-                  f"{ratios[-1] * 100:+.1f} %", flush=True)
+            say(f"round {rnd + 1}: {la} {row[la]:.2f} µs/req, {lb} {row[lb]:.2f} µs/req, "
+                f"{ratios[-1] * 100:+.1f} %")
     finally:
         site.stop()
+    sides_med = {label: {k: statistics.median(r.get(k, 0.0) for r in rows)
+                         for k in ("v8", "main", "other", "total")}
+                 for label, rows in results.items()}
+    return {"workload": workload, "workers": workers, "one": one, "rate": rate,
+            "window_s": window, "rounds": ratios, "median": statistics.median(ratios),
+            "sides": sides_med, "labels": [label for label, _, _ in sides]}
 
-    print(f"\n{workload}, {len(hosts)} worker(s) of {workers}, {rate * 2} req/s in all, "
-          f"{rounds} rounds of {window:.0f} s; CPU µs per request, medians:\n")
-    print("| | V8 threads | main (shipper, QUIC) | other | total |")
-    print("|---|--:|--:|--:|--:|")
-    for label, rows in results.items():
-        med = {k: statistics.median(r.get(k, 0.0) for r in rows)
-               for k in ("v8", "main", "other", "total")}
-        print(f"| {label} | {med['v8']:.2f} | {med['main']:.2f} | {med['other']:.2f} "
-              f"| {med['total']:.2f} |")
-    print(f"\npaired difference: median {statistics.median(ratios) * 100:+.1f} % "
-          f"(rounds: {', '.join(f'{r * 100:+.1f} %' for r in ratios)})")
+
+def main() -> int:
+    edge = Path(os.environ.get("ISOLA_EDGE", "/root/.cache/isola-target/release/isola-edge"))
+    control = Path(os.environ.get("ISOLA_CONTROL",
+                                  "/root/.cache/isola-target/release/isola-control"))
+    other = os.environ.get("OTHER_EDGE")
+    workload = os.environ.get("WORKLOAD", "hello")
+    workers = int(os.environ.get("WORKERS", "100"))
+    rate = int(os.environ.get("RATE", "10000"))
+    window = float(os.environ.get("WINDOW", "15"))
+    rounds = int(os.environ.get("ROUNDS", "4"))
+    logs = Path(tempfile.mkdtemp(prefix="isola-events-ab-"))
+    try:
+        res = paired(control, edge, workload, workers, os.environ.get("ONE") == "1", rate,
+                     window, rounds, logs, Path(other) if other else None,
+                     os.environ.get("OTHER_EVENTS") == "1",
+                     say=lambda line: print(line, flush=True))
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(f"\n{workload}, {'1 worker' if res['one'] else f'{workers} workers'} of {workers}, "
+          f"{rate} req/s in all, {rounds} rounds of {window:.0f} s; CPU µs per request, "
+          "medians:\n")
+    print("\n".join(report.render_event_sides(res)))
+    print(f"\npaired difference: median {res['median'] * 100:+.1f} % "
+          f"(rounds: {', '.join(f'{r * 100:+.1f} %' for r in res['rounds'])})")
     return 0
 
 

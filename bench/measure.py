@@ -6,8 +6,8 @@ SERVER_CPU, check one reply, warm up with wrk, then RUNS closed-loop wrk runs
 (pinned to LOAD_CPU) for throughput and server CPU per request, then RUNS
 open-loop oha runs at LATENCY_FRACTION of raw hyper's measured req/s for
 latency. Then, optionally: thread scaling of `isola-edge serve` with wrk and
-the server sharing every core, process start -> first 200, and the runtime's
-density bench. Writes bench/results/<stamp>.json (every run's numbers) and
+the server sharing every core, process start -> first 200, trace events'
+cost measured paired (events_overhead.py), and the runtime's density bench. Writes bench/results/<stamp>.json (every run's numbers) and
 renders <stamp>.md with report.py.
 
 Normally started by bench/run.sh, which installs the tools and builds the
@@ -122,9 +122,14 @@ CFG = {
     # isola-edge serve
     "serve_workers": env_int("SERVE_WORKERS", 100, 1, 10000),
     "serve_threads": env_int("SERVE_THREADS", 1, 1, 256),
-    "serve_events_ab": env_int("SERVE_EVENTS_AB", 1, 0, 1) == 1,
+    "serve_events_ab": env_int("SERVE_EVENTS_AB", 0, 0, 1) == 1,
     "serve_ready_timeout_s": env_float("SERVE_READY_TIMEOUT", 120.0, 1.0, 3600.0),
     "control_nice": env_int("CONTROL_NICE", 19, 0, 19),
+    # Paired rounds of trace events on vs off (events_overhead.py), on
+    # `hello`: rounds per setting (0: skip), seconds measured per round.
+    "events_rounds": env_int("EVENTS_ROUNDS", 3, 0, 20),
+    "events_window_s": env_float("EVENTS_WINDOW", 10.0, 1.0, 600.0),
+    "events_rate": env_int("EVENTS_RATE", 10000, 100, 1000000),
     # thread scaling (unpinned)
     "scaling": env_int("SCALING", 1, 0, 1),
     "scaling_threads": env_ints("SCALING_THREADS", [1, 2]),
@@ -762,12 +767,13 @@ def main() -> int:
             startups.append(st)
             print(f" median {report.fmt(median(st['ms']))} ms over {len(st['ms'])} runs",
                   flush=True)
+    events = bench_events(logs, chosen, global_problems)
     density = bench_density(logs)
 
     raw = {
         "format": FORMAT, "started": started, "elapsed_s": time.monotonic() - t_start,
         "pinned": PIN, "config": CFG, "env": env, "latency_rates": rates, "cells": cells,
-        "scaling": scaling, "startup": startups, "density": density,
+        "scaling": scaling, "startup": startups, "density": density, "events": events,
         "problems": global_problems, "binaries": {k: str(v) for k, v in BINS.items()},
     }
     out_json = results / f"{stamp}.json"
@@ -779,6 +785,27 @@ def main() -> int:
     print(md)
     print(f"written: {out_md} and {out_json.name}")
     return 0
+
+
+def bench_events(logs: Path, chosen: list[str], global_problems: list[str]) -> list[dict]:
+    """Trace events' cost, paired (events_overhead.py): warm `hello` on one
+    worker, and spread over SERVE_WORKERS."""
+    if "serve" not in chosen or not CFG["events_rounds"] or "hello" not in CFG["workloads"]:
+        return []
+    import events_overhead  # it imports this module
+    out = []
+    for one in (True, False):
+        what = "one warm worker" if one else f"{CFG['serve_workers']} workers"
+        print(f"  events on vs off, paired, hello, {what} ...", flush=True)
+        wait_for_quiet()
+        try:
+            out.append(events_overhead.paired(
+                BINS["control"], BINS["isola"], "hello", CFG["serve_workers"], one,
+                CFG["events_rate"], CFG["events_window_s"], CFG["events_rounds"], logs,
+                say=lambda line: print(f"    {line}", flush=True)))
+        except (RuntimeError, servers.ApiError, OSError, subprocess.SubprocessError) as e:
+            global_problems.append(f"events on vs off ({what}): {e}")
+    return out
 
 
 def bench_serve(w: str, logs: Path, rate: float | None,

@@ -39,6 +39,10 @@ STARTUP_TARGET_MS = 10.0
 EVENTS_TARGET = 0.05
 
 
+def events_what(e: dict) -> str:
+    return "one warm worker" if e["one"] else f"{e['workers']} workers"
+
+
 def label(row: str, cell: dict | None = None) -> str:
     if row.startswith("serve-t"):
         return f"isola-edge serve, {row[len('serve-t'):]} thread(s)"
@@ -164,9 +168,26 @@ def pool(results: list[dict]) -> dict:
     out["startup"] = list(starts.values())
     out["latency_rates"] = {w: v for r in results for w, v in (r.get("latency_rates") or {}).items()}
     out["density"] = next((r["density"] for r in reversed(results) if r.get("density")), None)
+    out["events"] = pool_events([e for r in results for e in r.get("events") or []])
     out["problems"] = [p for r in results for p in r.get("problems", [])]
     out["elapsed_s"] = sum(r.get("elapsed_s", 0) for r in results)
     return out
+
+
+def pool_events(events: list[dict]) -> list[dict]:
+    """Paired events runs of the same setting as one: all their rounds."""
+    pooled: dict[tuple, dict] = {}
+    for e in events:
+        key = (e["workload"], e["one"], e["workers"], e["rate"])
+        p = pooled.setdefault(key, dict(e, rounds=[], runs=[]))
+        p["rounds"] = p["rounds"] + e["rounds"]
+        p["runs"].append(e)
+    for p in pooled.values():
+        p["median"] = statistics.median(p["rounds"])
+        p["sides"] = {side: {k: statistics.median(r["sides"][side][k] for r in p["runs"])
+                             for k in p["sides"][side]} for side in p["labels"]}
+        del p["runs"]
+    return list(pooled.values())
 
 
 def cells_by(raw: dict, key: str = "cells") -> dict[tuple[str, str], dict]:
@@ -255,6 +276,7 @@ def render(raw: dict) -> str:
         out += render_workload(raw, w)
     out += render_scaling(raw)
     out += render_startup(raw)
+    out += render_events(raw)
     out += render_density(raw)
     out += render_problems(raw)
     out += [
@@ -290,7 +312,15 @@ def render_targets(raw: dict) -> list[str]:
         rows.append((f"`serve` {n} threads ≥ {SCALING_TARGET}× 1 thread (shared cores), `{w}`",
                      f"{fmt(x, '.2f')}× ({fmt(r1, ',.0f')} → {fmt(rn, ',.0f')} req/s)",
                      None if x is None else x >= SCALING_TARGET))
-    for w in workloads_in(raw):
+    for e in raw.get("events") or []:
+        x = e["median"]
+        on, off = (e["sides"][label]["total"] for label in e["labels"])
+        rows.append((f"Trace events cost ≤ {EVENTS_TARGET:.0%} of edge CPU (`serve`, `hello`, "
+                     f"{events_what(e)}, events on vs off paired)",
+                     f"{x * 100:+.1f} % (median of {len(e['rounds'])} rounds; "
+                     f"{on:.2f} vs {off:.2f} µs)", x <= EVENTS_TARGET))
+    for w in workloads_in(raw) if not raw.get("events") else []:
+        # Older results: the sequential rows, which spread far more.
         on, off = by.get(("serve100", w)), by.get(("serve100q", w))
         if not on or not off:
             continue
@@ -466,6 +496,34 @@ def render_startup(raw: dict) -> list[str]:
                    f"| {fmt(max(ms) if ms else None)} | {ratio(med(ms), bmed, '.1f')} "
                    f"| {len(ms)} |")
     return out + [""]
+
+
+def render_event_sides(e: dict) -> list[str]:
+    """CPU µs per request of each side of a paired events run, by thread."""
+    out = ["| edge | V8 threads | main (shipper, QUIC) | other | total |",
+           "|---|--:|--:|--:|--:|"]
+    for side in e["labels"]:
+        m = e["sides"][side]
+        out.append(f"| {side} | {m['v8']:.2f} | {m['main']:.2f} | {m['other']:.2f} "
+                   f"| {m['total']:.2f} |")
+    return out
+
+
+def render_events(raw: dict) -> list[str]:
+    events = raw.get("events") or []
+    if not events:
+        return []
+    out = ["## Trace events on vs off, paired (`bench/events_overhead.py`)", "",
+           "Two `isola-edge serve` edges on the server's core at once, one with "
+           "`trace_events = false`, each offered half the rate by oha; the identities swap "
+           "every round. CPU µs per request, every thread, medians over rounds.", ""]
+    for e in events:
+        out += [f"`hello`, {events_what(e)}, {e['rate']:,} req/s in all, "
+                f"{len(e['rounds'])} rounds of {e['window_s']:g} s: median "
+                f"**{e['median'] * 100:+.1f} %** (rounds: "
+                + ", ".join(f"{r * 100:+.1f} %" for r in e["rounds"]) + ")", ""]
+        out += render_event_sides(e) + [""]
+    return out
 
 
 def render_density(raw: dict) -> list[str]:

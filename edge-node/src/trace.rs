@@ -11,10 +11,13 @@
 //! and the packed form cut the shipper's CPU per event by three quarters.
 
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
 use std::time::Duration;
 
 use isola_proto::msg::CallReply;
@@ -22,13 +25,13 @@ use isola_runtime::Metrics;
 use isola_runtime::Packed;
 use isola_runtime::TraceRecord;
 use isola_runtime::TraceSink;
-use tokio::sync::mpsc;
 
 use crate::kv::Upstream;
 
 /// Events the buffer holds at most.
 pub const MAX_EVENTS: usize = 10_000;
-/// Bytes of events (as [`event_bytes`] counts them) it holds at most.
+/// Bytes of events (as [`TraceRecord::approx_bytes`] counts them) it
+/// holds at most.
 pub const MAX_BYTES: usize = 16 << 20;
 /// A batch leaves once it has this many events...
 pub const BATCH_EVENTS: usize = 1024;
@@ -44,47 +47,84 @@ const MAX_EVERY: u64 = 1 << 16;
 /// (else it is only here for its spans).
 type Queued = (TraceRecord, usize, bool);
 
+/// What the request threads fill and the shipper empties. A plain `Vec`
+/// behind a mutex that the shipper swaps out whole: a push costs the
+/// request thread one uncontended lock, where a channel took a permit
+/// and a slot per event and gave them back on the shipper's side.
+struct Inbox {
+  queue: Mutex<Vec<Queued>>,
+  bytes: AtomicUsize,
+  /// Dropped since the last batch left.
+  dropped: AtomicU64,
+  metrics: Metrics,
+  /// Wakes the shipper when a full batch is waiting, or when the buffer
+  /// is gone. Only then: a wake-up per event would cost the request
+  /// thread a cross-thread signal each.
+  wake: tokio::sync::Notify,
+  /// Every [`TraceBuffer`] is gone: nothing more will come.
+  closed: AtomicBool,
+}
+
+impl Inbox {
+  fn lock(&self) -> MutexGuard<'_, Vec<Queued>> {
+    // A panic while holding it cannot leave the Vec half-written.
+    self
+      .queue
+      .lock()
+      .unwrap_or_else(std::sync::PoisonError::into_inner)
+  }
+
+  fn drop_events(&self, n: u64) {
+    self.dropped.fetch_add(n, Ordering::Relaxed);
+    self.metrics.record_trace_dropped(n);
+  }
+}
+
 /// The edge's bounded buffer of trace events. Shared by every V8 thread.
 pub struct TraceBuffer {
-  tx: mpsc::Sender<Queued>,
+  inbox: Arc<Inbox>,
   capacity: usize,
-  bytes: AtomicUsize,
   max_bytes: usize,
   /// Keep 1 in this many offered events (1: all of them).
   every: AtomicU64,
   offered: AtomicU64,
-  /// Dropped since the last batch left.
-  dropped: AtomicU64,
-  metrics: Metrics,
-  /// Wakes the shipper when a full batch is waiting. Only then: a wake-up
-  /// per event would cost the request thread a cross-thread signal each.
-  full: Arc<tokio::sync::Notify>,
 }
 
 /// The buffer's other end, for the shipper.
-pub struct TraceQueue(mpsc::Receiver<Queued>, Arc<tokio::sync::Notify>);
+pub struct TraceQueue(Arc<Inbox>);
+
+#[cfg(test)]
+impl TraceQueue {
+  /// What the buffer holds now, taken out of it.
+  fn take(&self) -> Vec<Queued> {
+    std::mem::take(&mut *self.0.lock())
+  }
+}
 
 impl TraceBuffer {
   pub fn new(capacity: usize, max_bytes: usize, metrics: Metrics) -> (Arc<Self>, TraceQueue) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
-    let full = Arc::new(tokio::sync::Notify::new());
-    let buffer = Self {
-      full: full.clone(),
-      tx,
-      capacity: capacity.max(1),
+    let inbox = Arc::new(Inbox {
+      queue: Mutex::new(Vec::with_capacity(BATCH_EVENTS)),
       bytes: AtomicUsize::new(0),
+      dropped: AtomicU64::new(0),
+      metrics,
+      wake: tokio::sync::Notify::new(),
+      closed: AtomicBool::new(false),
+    });
+    let buffer = Self {
+      inbox: inbox.clone(),
+      capacity: capacity.max(1),
       max_bytes,
       every: AtomicU64::new(1),
       offered: AtomicU64::new(0),
-      dropped: AtomicU64::new(0),
-      metrics,
     };
-    (Arc::new(buffer), TraceQueue(rx, full))
+    (Arc::new(buffer), TraceQueue(inbox))
   }
 
   /// Takes `record` if there is room and the sampling keeps it; never
   /// waits. `upstream`: its event goes to the control plane.
   pub fn offer(&self, record: TraceRecord, upstream: bool) {
+    let inbox = &*self.inbox;
     let every = self.every.load(Ordering::Relaxed);
     if every > 1
       && !self
@@ -92,24 +132,33 @@ impl TraceBuffer {
         .fetch_add(1, Ordering::Relaxed)
         .is_multiple_of(every)
     {
-      self.drop_events(1);
+      inbox.drop_events(1);
       return;
     }
     let size = record.approx_bytes();
-    let bytes = self.bytes.fetch_add(size, Ordering::Relaxed) + size;
-    if bytes > self.max_bytes || self.tx.try_send((record, size, upstream)).is_err() {
-      self.bytes.fetch_sub(size, Ordering::Relaxed);
+    let bytes = inbox.bytes.fetch_add(size, Ordering::Relaxed) + size;
+    let held = (bytes <= self.max_bytes)
+      .then(|| {
+        let mut queue = inbox.lock();
+        (queue.len() < self.capacity).then(|| {
+          queue.push((record, size, upstream));
+          queue.len()
+        })
+      })
+      .flatten();
+    let Some(held) = held else {
+      inbox.bytes.fetch_sub(size, Ordering::Relaxed);
       self
         .every
         .store((every * 2).min(MAX_EVERY), Ordering::Relaxed);
-      self.drop_events(1);
+      inbox.drop_events(1);
       return;
-    }
-    if self.capacity - self.tx.capacity() == BATCH_EVENTS {
-      self.full.notify_one();
+    };
+    if held == BATCH_EVENTS {
+      inbox.wake.notify_one();
     }
     // Room again (the shipper caught up): keep everything.
-    if every > 1 && self.tx.capacity() * 2 >= self.capacity && bytes * 2 <= self.max_bytes {
+    if every > 1 && held * 2 <= self.capacity && bytes * 2 <= self.max_bytes {
       self.every.store(1, Ordering::Relaxed);
     }
   }
@@ -118,11 +167,6 @@ impl TraceBuffer {
   #[cfg(test)]
   fn sampling(&self) -> u64 {
     self.every.load(Ordering::Relaxed)
-  }
-
-  fn drop_events(&self, n: u64) {
-    self.dropped.fetch_add(n, Ordering::Relaxed);
-    self.metrics.record_trace_dropped(n);
   }
 
   /// The sink that feeds this buffer with the events of the workers
@@ -149,10 +193,18 @@ impl TraceBuffer {
   }
 }
 
+impl Drop for TraceBuffer {
+  /// The last sink is gone: the shipper sends what is left and ends.
+  fn drop(&mut self) {
+    self.inbox.closed.store(true, Ordering::Release);
+    self.inbox.wake.notify_one();
+  }
+}
+
 /// Sends the buffer's events in batches through `send` (true: the batch
-/// went out) until every [`TraceBuffer`] is gone. A batch that does not
-/// go out is dropped and counted. With `telemetry`, every record's spans
-/// are queued for export too, from edge `edge`.
+/// went out) until the [`TraceBuffer`] is gone, then what it left. A
+/// batch that does not go out is dropped and counted. With `telemetry`,
+/// every record's spans are queued for export too, from edge `edge`.
 pub async fn ship<F, Fut>(
   buffer: Arc<TraceBuffer>,
   queue: TraceQueue,
@@ -163,49 +215,28 @@ pub async fn ship<F, Fut>(
   F: FnMut(Outgoing) -> Fut,
   Fut: Future<Output = bool>,
 {
-  let TraceQueue(mut rx, full) = queue;
   // The shipper must not keep the buffer open: the runtime's sinks do.
-  let buffer = {
-    let weak = Arc::downgrade(&buffer);
-    drop(buffer);
-    weak
-  };
+  drop(buffer);
+  let inbox = queue.0;
   let mut tick = tokio::time::interval(BATCH_EVERY);
   tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+  let mut taken: Vec<Queued> = Vec::with_capacity(BATCH_EVENTS);
   loop {
     // Every BATCH_EVERY, or sooner when a full batch waits; the events
     // are taken without waiting, so none wakes the shipper by itself.
     tokio::select! {
       _ = tick.tick() => {}
-      () = full.notified() => tick.reset(),
+      () = inbox.wake.notified() => tick.reset(),
     }
-    let mut first = true;
+    // Read before the swap: whatever was pushed before the close is in it.
+    let closed = inbox.closed.load(Ordering::Acquire);
+    std::mem::swap(&mut *inbox.lock(), &mut taken);
+    let mut rest = taken.drain(..);
     loop {
-      let mut queued: Vec<Queued> = Vec::with_capacity(BATCH_EVENTS);
-      let mut closed = false;
-      while queued.len() < BATCH_EVENTS {
-        match rx.try_recv() {
-          Ok(e) => queued.push(e),
-          Err(mpsc::error::TryRecvError::Empty) => break,
-          Err(mpsc::error::TryRecvError::Disconnected) => {
-            closed = true;
-            break;
-          }
-        }
-      }
-      let more = queued.len() == BATCH_EVENTS;
-      let Some(buffer) = buffer.upgrade() else {
-        return;
-      };
-      // After a full batch, an empty drain ends this round; a count of
-      // drops alone waits for the next tick.
-      if !first && queued.is_empty() && !closed {
-        break;
-      }
-      first = false;
-      let mut records = Vec::with_capacity(queued.len());
-      for (record, size, upstream) in queued {
-        buffer.bytes.fetch_sub(size, Ordering::Relaxed);
+      let mut records = Vec::with_capacity(rest.len().min(BATCH_EVENTS));
+      let mut size = 0;
+      for (record, bytes, upstream) in rest.by_ref().take(BATCH_EVENTS) {
+        size += bytes;
         if let Some(telemetry) = &telemetry {
           telemetry.export(&record, &edge);
         }
@@ -213,26 +244,28 @@ pub async fn ship<F, Fut>(
           records.push(record);
         }
       }
-      let dropped = buffer.dropped.swap(0, Ordering::Relaxed);
+      inbox.bytes.fetch_sub(size, Ordering::Relaxed);
+      let dropped = inbox.dropped.swap(0, Ordering::Relaxed);
       if !records.is_empty() || dropped > 0 {
         let n = records.len() as u64;
         let batch = Outgoing { records, dropped };
         if !send(batch).await {
           // Lost with its batch: its events, and the count it carried.
-          buffer.drop_events(n);
-          buffer.dropped.fetch_add(dropped, Ordering::Relaxed);
+          inbox.drop_events(n);
+          inbox.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
       }
-      if closed {
-        if let Some(telemetry) = telemetry {
-          // Sends what it holds; it waits for the receiver, so not here.
-          let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
-        }
-        return;
-      }
-      if !more {
+      if rest.len() == 0 {
         break;
       }
+    }
+    drop(rest);
+    if closed {
+      if let Some(telemetry) = telemetry {
+        // Sends what it holds; it waits for the receiver, so not here.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+      }
+      return;
     }
   }
 }
@@ -328,7 +361,7 @@ mod tests {
   #[test]
   fn a_full_buffer_samples_and_counts_what_it_drops() {
     let metrics = Metrics::new();
-    let (buffer, TraceQueue(mut rx, _)) = TraceBuffer::new(4, MAX_BYTES, metrics.clone());
+    let (buffer, queue) = TraceBuffer::new(4, MAX_BYTES, metrics.clone());
     for _ in 0..4 {
       buffer.offer(event("a"), true);
     }
@@ -342,19 +375,18 @@ mod tests {
       buffer.offer(event("a"), true);
     }
     assert_eq!(buffer.sampling(), 4);
-    assert_eq!(buffer.dropped.load(Ordering::Relaxed), 5);
+    assert_eq!(buffer.inbox.dropped.load(Ordering::Relaxed), 5);
     assert_eq!(
       dropped_metric(&metrics),
       "isola_trace_events_dropped_total 5"
     );
     // Drained: the first event the sampling keeps finds room and ends it.
-    while rx.try_recv().is_ok() {}
+    queue.take();
     buffer.offer(event("a"), true);
     assert_eq!(buffer.sampling(), 1);
-    assert_eq!(
-      rx.try_recv().map(|(e, _, _)| e.worker).ok().as_deref(),
-      Some("a")
-    );
+    let held = queue.take();
+    assert_eq!(held.len(), 1);
+    assert_eq!(&*held[0].0.worker, "a");
   }
 
   #[test]
@@ -363,28 +395,31 @@ mod tests {
     for _ in 0..4 {
       buffer.offer(event("a"), true);
     }
-    assert_eq!(buffer.dropped.load(Ordering::Relaxed), 1);
+    assert_eq!(buffer.inbox.dropped.load(Ordering::Relaxed), 1);
   }
 
   #[test]
   fn only_the_workers_the_filter_accepts_are_buffered() {
-    let (buffer, TraceQueue(mut rx, _)) = TraceBuffer::new(10, MAX_BYTES, Metrics::new());
+    let (buffer, queue) = TraceBuffer::new(10, MAX_BYTES, Metrics::new());
     let sink = buffer.sink(|worker| worker != "static", false);
     assert!(!sink.spans());
     sink.emit(event("static"));
     sink.emit(event("shipped"));
-    assert_eq!(&*rx.try_recv().unwrap().0.worker, "shipped");
-    assert!(rx.try_recv().is_err());
+    let held = queue.take();
+    assert_eq!(held.len(), 1);
+    assert_eq!(&*held[0].0.worker, "shipped");
   }
 
   #[test]
   fn with_spans_every_worker_comes_and_only_the_shipped_go_upstream() {
-    let (buffer, TraceQueue(mut rx, _)) = TraceBuffer::new(10, MAX_BYTES, Metrics::new());
+    let (buffer, queue) = TraceBuffer::new(10, MAX_BYTES, Metrics::new());
     let sink = buffer.sink(|worker| worker != "static", true);
     assert!(sink.spans());
     sink.emit(event("static"));
     sink.emit(event("shipped"));
-    let got: Vec<(String, bool)> = std::iter::from_fn(|| rx.try_recv().ok())
+    let got: Vec<(String, bool)> = queue
+      .take()
+      .into_iter()
       .map(|(r, _, upstream)| (r.worker.to_string(), upstream))
       .collect();
     assert_eq!(
@@ -496,7 +531,7 @@ mod tests {
   #[tokio::test]
   async fn batches_carry_what_was_lost_before_them() {
     let (buffer, queue) = TraceBuffer::new(4 * BATCH_EVENTS, MAX_BYTES, Metrics::new());
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut first = true;
     let shipper = tokio::spawn(ship(
       buffer.clone(),
@@ -525,8 +560,13 @@ mod tests {
     assert_eq!(next.events.len(), 1);
     assert_eq!(next.events[0].worker, "b");
     assert_eq!(next.dropped, BATCH_EVENTS as u64);
-    // Every buffer gone: the shipper ends.
+    // Every buffer gone: the shipper sends what is left, and ends.
+    buffer.offer(event("c"), true);
     drop(buffer);
     shipper.await.unwrap();
+    let (last, delivered) = rx.recv().await.unwrap();
+    assert!(delivered);
+    assert_eq!(last.events.len(), 1);
+    assert_eq!(last.events[0].worker, "c");
   }
 }

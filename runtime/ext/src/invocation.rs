@@ -148,7 +148,9 @@ struct Pending {
 #[derive(Default)]
 pub struct Invocations {
   next_id: u32,
-  pending: HashMap<u32, Pending>,
+  /// Looked up a dozen times per request: keyed by our own counter, so a
+  /// fast hash has nothing to defend against.
+  pending: HashMap<u32, Pending, foldhash::fast::FixedState>,
   on_finish: Option<FinishHook>,
   /// Finished during the current turn; reported once the turn's CPU is
   /// charged, so a handler that answers synchronously is not billed 0.

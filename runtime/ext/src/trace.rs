@@ -78,12 +78,15 @@ impl FetchStart {
     }
     let uri_len = text.len();
     let mut shown = [None; SHOWN_COUNT];
-    if !headers.is_empty() {
-      for (slot, name) in shown.iter_mut().zip(&SHOWN_HEADERS) {
-        if let Some(value) = headers.get(name) {
+    // One pass over the request's few headers costs less than a hashed
+    // lookup per shown name; the first value of a name is the one shown,
+    // as `HeaderMap::get` gives it.
+    for (name, value) in headers {
+      if let Some(i) = SHOWN_HEADERS.iter().position(|n| n == name) {
+        if shown[i].is_none() {
           let start = text.len();
           text.extend_from_slice(value.as_bytes());
-          *slot = Some((start, text.len()));
+          shown[i] = Some((start, text.len()));
         }
       }
     }
@@ -457,6 +460,9 @@ mod tests {
         "x-real-ip",
         http::HeaderValue::from_bytes(b"\xff1").unwrap(),
       );
+      // Given twice (and after the others): the first value is shown.
+      headers.insert("x-forwarded-for", "192.0.2.1".parse().unwrap());
+      headers.append("x-forwarded-for", "192.0.2.2".parse().unwrap());
       let start = FetchStart::new(&http::Method::PUT, &parsed, &headers, None);
       // The URL a worker sees: `Uri`'s text, after `http://localhost`
       // when it has no scheme.
@@ -473,7 +479,11 @@ mod tests {
         .collect();
       assert_eq!(
         shown,
-        vec![("user-agent", &b"curl/8"[..]), ("x-real-ip", &b"\xff1"[..])],
+        vec![
+          ("user-agent", &b"curl/8"[..]),
+          ("x-forwarded-for", &b"192.0.2.1"[..]),
+          ("x-real-ip", &b"\xff1"[..])
+        ],
         "credentials are never kept"
       );
     }
