@@ -850,7 +850,10 @@ fn thread_main(
           Ok(Some(cmd)) => cmd,
           Ok(None) => return,
           Err(_) => {
-            match Isolate::new(logs.clone()) {
+            match Isolate::new(logs.clone()).and_then(|mut isolate| {
+              isolate.warm()?;
+              Ok(isolate)
+            }) {
               Ok(isolate) => {
                 stock.push_back(isolate);
                 ready.store(stock.len(), Ordering::Relaxed);
