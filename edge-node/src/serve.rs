@@ -199,7 +199,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    if let Some((buffer, queue)) = traces.take() {
+    if let Some((_, queue)) = traces.take() {
       let edge = config
         .control
         .as_ref()
@@ -210,7 +210,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let upstream = upstream.clone();
         async move { crate::trace::send_upstream(&upstream, batch).await }
       };
-      tokio::spawn(crate::trace::ship(buffer, queue, edge, telemetry, send));
+      tokio::spawn(crate::trace::ship(queue, edge, telemetry, send));
     }
     let usage = match &config.control {
       Some(control) => {

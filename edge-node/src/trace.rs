@@ -137,15 +137,16 @@ impl TraceBuffer {
     }
     let size = record.approx_bytes();
     let bytes = inbox.bytes.fetch_add(size, Ordering::Relaxed) + size;
-    let held = (bytes <= self.max_bytes)
-      .then(|| {
-        let mut queue = inbox.lock();
-        (queue.len() < self.capacity).then(|| {
-          queue.push((record, size, upstream));
-          queue.len()
-        })
+    // How many the buffer holds with this one, if it took it.
+    let held = if bytes <= self.max_bytes {
+      let mut queue = inbox.lock();
+      (queue.len() < self.capacity).then(|| {
+        queue.push((record, size, upstream));
+        queue.len()
       })
-      .flatten();
+    } else {
+      None
+    };
     let Some(held) = held else {
       inbox.bytes.fetch_sub(size, Ordering::Relaxed);
       self
@@ -206,7 +207,6 @@ impl Drop for TraceBuffer {
 /// batch that does not go out is dropped and counted. With `telemetry`,
 /// every record's spans are queued for export too, from edge `edge`.
 pub async fn ship<F, Fut>(
-  buffer: Arc<TraceBuffer>,
   queue: TraceQueue,
   edge: String,
   telemetry: Option<Arc<crate::telemetry::Telemetry>>,
@@ -215,8 +215,6 @@ pub async fn ship<F, Fut>(
   F: FnMut(Outgoing) -> Fut,
   Fut: Future<Output = bool>,
 {
-  // The shipper must not keep the buffer open: the runtime's sinks do.
-  drop(buffer);
   let inbox = queue.0;
   let mut tick = tokio::time::interval(BATCH_EVERY);
   tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -533,18 +531,12 @@ mod tests {
     let (buffer, queue) = TraceBuffer::new(4 * BATCH_EVENTS, MAX_BYTES, Metrics::new());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut first = true;
-    let shipper = tokio::spawn(ship(
-      buffer.clone(),
-      queue,
-      "edge-1".into(),
-      None,
-      move |batch| {
-        // The first batch does not go out (no control plane).
-        let delivered = !std::mem::replace(&mut first, false);
-        let _ = tx.send((batch.into_batch("edge-1"), delivered));
-        async move { delivered }
-      },
-    ));
+    let shipper = tokio::spawn(ship(queue, "edge-1".into(), None, move |batch| {
+      // The first batch does not go out (no control plane).
+      let delivered = !std::mem::replace(&mut first, false);
+      let _ = tx.send((batch.into_batch("edge-1"), delivered));
+      async move { delivered }
+    }));
     for _ in 0..BATCH_EVENTS {
       buffer.offer(event("a"), true);
     }
