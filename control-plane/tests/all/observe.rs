@@ -181,6 +181,17 @@ impl Server {
   }
 }
 
+/// The start of a whole minute an hour ago, in ms: inside every retention.
+/// Events the store keeps must be this recent, since the hub's pruning
+/// (whose first pass may run while a test feeds them) deletes older ones.
+fn recent_minute_ms() -> i64 {
+  let now = std::time::SystemTime::now()
+    .duration_since(std::time::UNIX_EPOCH)
+    .expect("after 1970")
+    .as_millis() as i64;
+  (now / 60_000 - 60) * 60_000
+}
+
 /// A fetch event of worker `default_{worker}`.
 fn event(worker: &str, hash: &str, outcome: &str, timestamp: i64, path: &str) -> TraceEvent {
   TraceEvent {
@@ -301,7 +312,7 @@ async fn logs_page_newest_first_and_filter() {
   let s = start().await;
   let (v1, h1) = s.upload("api", "one").await;
   let (_, h2) = s.upload("api", "two").await;
-  let base = 1_700_000_000_000i64;
+  let base = recent_minute_ms();
   let events: Vec<_> = (0..30)
     .map(|i| {
       let outcome = match i % 10 {
@@ -410,7 +421,7 @@ async fn head_sampling_keeps_a_share_of_logs_and_analytics_count_all() {
     )
     .await;
   assert_eq!(status, 200);
-  let base = 1_700_000_040_000i64; // on a minute
+  let base = recent_minute_ms();
   let events: Vec<_> = (0..1000)
     .map(|i| event("api", &h1, "ok", base + i, "/"))
     .collect();
@@ -434,7 +445,7 @@ async fn analytics_buckets_usage_and_events_per_version() {
   let s = start().await;
   let (_, h1) = s.upload("api", "one").await;
   let (_, h2) = s.upload("api", "two").await;
-  let minute = 1_700_000_040i64;
+  let minute = recent_minute_ms() / 1000;
   // Minute 0: 8 ok + 2 exceptions on h1, 3 exceededCpu on h2.
   let mut events = Vec::new();
   for i in 0..8 {
