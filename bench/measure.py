@@ -7,7 +7,8 @@ SERVER_CPU, check one reply, warm up with wrk, then RUNS closed-loop wrk runs
 open-loop oha runs at LATENCY_FRACTION of raw hyper's measured req/s for
 latency. Then, optionally: thread scaling of `isola-edge serve` with wrk and
 the server sharing every core, process start -> first 200, trace events'
-cost measured paired (events_overhead.py), and the runtime's density bench. Writes bench/results/<stamp>.json (every run's numbers) and
+cost measured paired (events_overhead.py), and the runtime's density
+bench. Writes bench/results/<stamp>.json (every run's numbers) and
 renders <stamp>.md with report.py.
 
 Normally started by bench/run.sh, which installs the tools and builds the
