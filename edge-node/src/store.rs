@@ -924,7 +924,10 @@ export default { fetch(request, env) { return new Response(greet(env.WHO) + " " 
           .threads(1)
           .stock(0)
           .code_cache(
-            isola_runtime::CodeCacheConfig::default().store(std::sync::Arc::new(store.clone())),
+            // These modules are short; cache them anyway.
+            isola_runtime::CodeCacheConfig::default()
+              .min_source_bytes(0)
+              .store(std::sync::Arc::new(store.clone())),
           ),
       )
       .unwrap();

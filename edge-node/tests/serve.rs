@@ -577,11 +577,12 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
 fn a_restarted_edge_compiles_from_its_stored_code_cache() {
   let dir = tempfile::tempdir().unwrap();
   let dir = dir.path();
-  write(
-    dir,
-    "hello.js",
-    r#"export default { fetch() { return new Response("hello"); } };"#,
+  // Longer than 1 KiB: shorter modules get no cache.
+  let hello = format!(
+    "export default {{ fetch() {{ return new Response(\"hello\"); }} }};\n// {}\n",
+    "-".repeat(1024)
   );
+  write(dir, "hello.js", &hello);
   write(
     dir,
     "edge.toml",

@@ -89,10 +89,49 @@ async fn density(max: usize) -> Vec<(usize, f64)> {
   out
 }
 
-/// A hello worker whose source no other worker has (so no code cache of
+/// A small worker of about 1 KB: a few routes, `GET /` answers text.
+const SMALL: &str = r#"const json = (body, status = 200) =>
+  new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json" } });
+
+function hello(request) {
+  return new Response("Hello, world!", { headers: { "content-type": "text/plain" } });
+}
+
+async function echo(request) {
+  if (request.method !== "POST") return json({ error: "use POST" }, 405);
+  const body = await request.text();
+  return json({ length: body.length, type: request.headers.get("content-type") });
+}
+
+function whoami(request, env) {
+  return json({
+    agent: request.headers.get("user-agent"),
+    country: request.cf?.country ?? null,
+    name: env.NAME ?? "anonymous",
+  });
+}
+
+const routes = new Map([
+  ["/", hello],
+  ["/echo", echo],
+  ["/whoami", whoami],
+  ["/health", () => json({ ok: true })],
+]);
+
+export default {
+  async fetch(request, env, ctx) {
+    const { pathname } = new URL(request.url);
+    const route = routes.get(pathname);
+    if (route === undefined) return json({ error: `no route ${pathname}` }, 404);
+    return route(request, env, ctx);
+  },
+};
+"#;
+
+/// The 1 KB worker with a source no other worker has (so no code cache of
 /// it exists yet), as every tenant's code is its own.
-fn unique_hello(name: &str) -> Bytes {
-  Bytes::from(format!("{HELLO}\n// {name}\n"))
+fn unique_worker(name: &str) -> Bytes {
+  Bytes::from(format!("{SMALL}// {name}\n"))
 }
 
 fn p50_p99(mut times: Vec<f64>) -> (f64, f64) {
@@ -117,7 +156,7 @@ async fn first_request(stock: usize, n: usize, code_cache: CodeCacheConfig) -> (
     let name = format!("unseen-{stock}-{i}");
     let start = Instant::now();
     assert_eq!(
-      fetch(&rt, &name, unique_hello(&name), Limits::default(), "/").await,
+      fetch(&rt, &name, unique_worker(&name), Limits::default(), "/").await,
       200
     );
     times.push(start.elapsed().as_secs_f64() * 1000.0);
@@ -136,7 +175,7 @@ async fn burst(n: usize) -> (f64, f64) {
     let name = format!("burst-{i}");
     let start = Instant::now();
     assert_eq!(
-      fetch(&rt, &name, unique_hello(&name), Limits::default(), "/").await,
+      fetch(&rt, &name, unique_worker(&name), Limits::default(), "/").await,
       200
     );
     times.push(start.elapsed().as_secs_f64() * 1000.0);

@@ -69,6 +69,9 @@ impl BundleLoader {
     bytes: &[u8],
   ) -> Option<SourceCodeCacheInfo> {
     let cache = self.code_cache.borrow().clone()?;
+    if !cache.wants(bytes.len()) {
+      return None;
+    }
     let source = bundle.source_hash(name, bytes);
     let data = cache.lookup(&source);
     self

@@ -102,7 +102,8 @@ impl Config {
 
   /// How V8 code caches of worker modules are kept, so that only the first
   /// isolate of a version parses and compiles it (see
-  /// [`CodeCacheConfig`]). Default: on, 64 MiB in memory, no store.
+  /// [`CodeCacheConfig`]). Default: on, 64 MiB in memory, modules of 1 KiB
+  /// and more, no store.
   pub fn code_cache(mut self, code_cache: CodeCacheConfig) -> Self {
     self.code_cache = code_cache;
     self
@@ -850,10 +851,7 @@ fn thread_main(
           Ok(Some(cmd)) => cmd,
           Ok(None) => return,
           Err(_) => {
-            match Isolate::new(logs.clone()).and_then(|mut isolate| {
-              isolate.warm()?;
-              Ok(isolate)
-            }) {
+            match Isolate::new(logs.clone()) {
               Ok(isolate) => {
                 stock.push_back(isolate);
                 ready.store(stock.len(), Ordering::Relaxed);

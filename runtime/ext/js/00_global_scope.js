@@ -115,9 +115,10 @@ const console = new consoleMod.Console((msg, level) =>
 // the runtime writes [epoch ms, ms since time origin] here each time it
 // enters the isolate, so a busy loop cannot time itself (side channels).
 let clock = null;
-function setClock(buffer) {
+// Parenthesized: compiled into the startup snapshot (see 01_worker.js, warm).
+const setClock = (function setClock(buffer) {
   clock = buffer;
-}
+});
 function frozenNow() {
   return clock === null ? DateNow() : clock[0];
 }

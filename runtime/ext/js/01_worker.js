@@ -69,6 +69,7 @@ const { Response, ResponsePrototype, toInnerResponse } = responseMod;
 const { readableStreamForRid, resourceForReadableStream, isReadableStream } =
   streams;
 const { InnerBody } = core.loadExtScript("ext:deno_fetch/22_body.js");
+const { URL } = core.loadExtScript("ext:deno_web/00_url.js");
 
 // ------------------------------------------------------------ error text --
 function describe(err) {
@@ -168,7 +169,7 @@ class ExecutionContext {
   }
 }
 
-function settle(inv) {
+const settle = (function settle(inv) {
   inv.pending--;
   if (inv.pending === 0 && inv.responded) {
     if (inv.scheduled) {
@@ -177,7 +178,7 @@ function settle(inv) {
     }
     op_isola_invocation_done(inv.id);
   }
-}
+});
 
 // ----------------------------------------------------------- entrypoints --
 /** What a handler lookup returns when the worker lacks that handler. */
@@ -189,7 +190,7 @@ const NO_HANDLER = Symbol("NO_HANDLER");
  * or the exported object (called with `env` and `ctx` appended); null for
  * service-worker syntax.
  */
-function receiver(entrypoint, ctx) {
+const receiver = (function receiver(entrypoint, ctx) {
   const exported = entrypoint === null
     ? (entryClass ?? entry)
     : (exports !== null && ObjectHasOwn(exports, entrypoint) ? exports[entrypoint] : undefined);
@@ -205,17 +206,17 @@ function receiver(entrypoint, ctx) {
     );
   }
   return null;
-}
+});
 
 /** Calls handler `name` of the entrypoint; NO_HANDLER if it has none. */
-function callHandler(found, name, args, ctx) {
+const callHandler = (function callHandler(found, name, args, ctx) {
   const f = found.target[name];
   if (typeof f !== "function") return NO_HANDLER;
   if (!found.classStyle) {
     ArrayPrototypePush(args, env, ctx);
   }
   return ReflectApply(f, found.target, args);
-}
+});
 
 // -------------------------------------------------------------- dispatch --
 function headerList(flat) {
@@ -304,7 +305,7 @@ class IncomingInnerRequest {
  * @param {number | null} bodyRid resource id of the request body stream
  * @param {string | null} entrypoint named export a service binding calls
  */
-function dispatch(id, method, url, headers, bodyRid, entrypoint) {
+const dispatch = (function dispatch(id, method, url, headers, bodyRid, entrypoint) {
   const body = bodyRid === null
     ? null
     : new InnerBody(readableStreamForRid(bodyRid));
@@ -339,7 +340,7 @@ function dispatch(id, method, url, headers, bodyRid, entrypoint) {
       (err) => fail(inv, err),
     );
   }
-}
+});
 
 function dispatchFetchEvent(request, ctx) {
   if (event.listenerCount(globalEvents, "fetch") === 0) {
@@ -356,7 +357,7 @@ function dispatchFetchEvent(request, ctx) {
   return response;
 }
 
-function respond(inv, response) {
+const respond = (function respond(inv, response) {
   try {
     if (!ObjectPrototypeIsPrototypeOf(ResponsePrototype, response)) {
       throw new TypeError(
@@ -367,11 +368,7 @@ function respond(inv, response) {
     if (inner === undefined) {
       throw new TypeError("The handler returned an object that is not a Response made by `new Response()`");
     }
-    const list = inner.headerList;
-    const flat = [];
-    for (let i = 0; i < list.length; i++) {
-      ArrayPrototypePush(flat, list[i][0], list[i][1]);
-    }
+    const flat = flatHeaders(inner.headerList);
     let body = null;
     if (inner.body !== null) {
       const s = inner.body.streamOrStatic;
@@ -388,6 +385,15 @@ function respond(inv, response) {
     return;
   }
   done(inv);
+});
+
+/** `[[name, value], ...]` as the `[name, value, ...]` `op_isola_respond` takes. */
+function flatHeaders(list) {
+  const flat = [];
+  for (let i = 0; i < list.length; i++) {
+    ArrayPrototypePush(flat, list[i][0], list[i][1]);
+  }
+  return flat;
 }
 
 function fail(inv, err) {
@@ -415,11 +421,11 @@ function failWith(id, err, logged) {
   op_isola_fail(id, logged, name, message);
 }
 
-function done(inv) {
+const done = (function done(inv) {
   if (inv.responded) return;
   inv.responded = true;
   settle(inv);
-}
+});
 
 // ------------------------------------------------------------- scheduled --
 /** Only the dispatcher makes controllers and events. */
@@ -686,12 +692,15 @@ function describeValue(v) {
 
 // ------------------------------------------------------------------ warm --
 /**
- * Runs the request path's JS once in a blank stock isolate, with no worker
- * and no invocation (so no op): a request built as `dispatch` builds it,
- * its headers read, a response made as a handler makes one and read as
- * `respond` reads it. V8 compiles a function on its first call, in each
- * isolate; a stock isolate that ran this answers its first request without
- * those compiles. Nothing it makes outlives the call.
+ * Runs the request path's JS once while the startup snapshot is made
+ * (build.rs), with no worker and no invocation (so no op): a request built
+ * as `dispatch` builds it, its URL parsed and headers read as most handlers
+ * do, a response made as a handler makes one and read as `respond` reads
+ * it. V8 compiles a function on its first call and keeps the bytecode in
+ * the snapshot, so no isolate compiles these again. The functions this
+ * cannot call (they call ops) are parenthesized instead: V8 compiles a
+ * parenthesized function expression eagerly, so they are in the snapshot
+ * compiled too. Nothing it makes outlives the call.
  */
 function warm() {
   const inner = new IncomingInnerRequest(
@@ -700,9 +709,13 @@ function warm() {
     ["accept", "*/*", "user-agent", "isola"],
     null,
   );
+  // init sets the real origin when a worker is loaded.
+  performanceMod.setTimeOrigin();
   const request = fromInnerRequest(inner, "immutable");
   request.headers.get("accept");
-  void request.url;
+  const url = new URL(request.url);
+  void url.pathname;
+  void url.searchParams;
   void request.method;
   void new ExecutionContext({
     id: 0,
@@ -714,19 +727,14 @@ function warm() {
     status: 200,
     headers: { "content-type": "text/plain" },
   });
-  if (!ObjectPrototypeIsPrototypeOf(ResponsePrototype, response)) return;
   const out = toInnerResponse(response);
-  const list = out.headerList;
-  const flat = [];
-  for (let i = 0; i < list.length; i++) {
-    ArrayPrototypePush(flat, list[i][0], list[i][1]);
-  }
+  flatHeaders(out.headerList);
   if (out.body !== null) isReadableStream(out.body.streamOrStatic);
 }
 
 // -------------------------------------------------------------- lifecycle --
 /** Called once before the worker's main module is evaluated. */
-function init() {
+const init = (function init() {
   performanceMod.setTimeOrigin();
   const clock = new Float64Array(2);
   op_isola_set_clock(new Uint8Array(TypedArrayPrototypeGetBuffer(clock)));
@@ -738,13 +746,13 @@ function init() {
   }
   addKvBindings(env);
   addQueueBindings(env);
-}
+});
 
 /**
  * Called with the main module's namespace once it has been evaluated.
  * Returns an error message, or null when the worker has a fetch handler.
  */
-function setEntry(namespace) {
+const setEntry = (function setEntry(namespace) {
   exports = namespace;
   const def = namespace.default;
   if (
@@ -786,7 +794,7 @@ function setEntry(namespace) {
     }
   }
   return "the main module has no fetch handler: add `export default { async fetch(request, env, ctx) { ... } }` or call `addEventListener(\"fetch\", (event) => event.respondWith(...))`";
-}
+});
 
 /** A class with methods (`class extends WorkerEntrypoint { ... }`). */
 function isEntrypointClass(value) {

@@ -150,7 +150,6 @@ impl Isolate {
         scheduled: get("scheduled")?,
         call: get("call")?,
         queue: get("queue")?,
-        warm: get("warm")?,
       }
     };
     drop(_entered);
@@ -160,15 +159,6 @@ impl Isolate {
       internals,
       guard,
     })
-  }
-
-  /// Runs the request path's JS once, so this blank isolate's first
-  /// request does not compile it (V8 compiles per isolate, on first call).
-  /// For the stock, which is refilled in quiet moments.
-  pub fn warm(&mut self) -> Result<(), Error> {
-    call_sync(&mut self.js, &self.internals.warm, |_| vec![])
-      .map(|_| ())
-      .map_err(|e| ErrorKind::Stopped(e).into())
   }
 
   /// The most memory a worker loaded into this isolate may use.

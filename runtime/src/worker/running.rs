@@ -65,8 +65,6 @@ pub(super) struct Internals {
   pub(super) scheduled: v8::Global<v8::Function>,
   pub(super) call: v8::Global<v8::Function>,
   pub(super) queue: v8::Global<v8::Function>,
-  /// Compiles the request path in a blank isolate (stock isolates).
-  pub(super) warm: v8::Global<v8::Function>,
 }
 
 /// Wall-clock limit of a scheduled run, as on Workers.

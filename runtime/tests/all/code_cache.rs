@@ -32,21 +32,21 @@ class Greeter { constructor(word) { this.word = word; } say(who) { return `${thi
 export function greet(path) { return new Greeter("hello").say(path.slice(1)); }
 "#;
 
-/// Worker `name`, version `v1`, of the two modules above; answers
-/// "hello, <path>!".
+/// The two modules above, each made longer than the 1 KiB below which a
+/// module gets no cache (`CodeCacheConfig::min_source_bytes`).
+fn modules() -> [(String, Bytes); 2] {
+  let long = |src: &str| Bytes::from(format!("{src}// {}\n", "-".repeat(1024)));
+  [
+    ("main.js".to_string(), long(MAIN)),
+    ("lib.js".to_string(), long(LIB)),
+  ]
+}
+
+/// Worker `name`, version `v1`, of [`modules`]; answers "hello, <path>!".
 async fn get(rt: &Runtime, name: &str, path: &str) -> (u16, String) {
   let key = WorkerKey::new(name, "v1");
   let config = WorkerConfig::new(name);
-  let source = move || {
-    Bundle::from_modules(
-      "main.js",
-      [
-        ("main.js".to_string(), Bytes::from_static(MAIN.as_bytes())),
-        ("lib.js".to_string(), Bytes::from_static(LIB.as_bytes())),
-      ],
-    )
-    .map(|b| (b, config))
-  };
+  let source = move || Bundle::from_modules("main.js", modules()).map(|b| (b, config));
   let req = isola_runtime::empty_request(&format!("http://{name}.test{path}"));
   let response = match rt.fetch(&key, source, req).await {
     Ok(r) => r,
@@ -159,14 +159,7 @@ async fn a_preloaded_version_leaves_its_caches_for_requests() {
   // As an edge loads a new version before routing to it: its first isolate
   // pays for the caches, the isolates requests start use them.
   let rt = Runtime::new(Config::default().threads(2).stock(0)).unwrap();
-  let bundle = Bundle::from_modules(
-    "main.js",
-    [
-      ("main.js".to_string(), Bytes::from_static(MAIN.as_bytes())),
-      ("lib.js".to_string(), Bytes::from_static(LIB.as_bytes())),
-    ],
-  )
-  .unwrap();
+  let bundle = Bundle::from_modules("main.js", modules()).unwrap();
   rt.preload(
     &WorkerKey::new("pre", "v1"),
     bundle,
@@ -181,6 +174,33 @@ async fn a_preloaded_version_leaves_its_caches_for_requests() {
   assert_eq!(counts(&rt), (0, 2, 0));
   assert_eq!(get(&rt, "other", "/x").await, (200, "hello, x!".into()));
   assert_eq!(counts(&rt), (2, 2, 0));
+}
+
+async fn a_small_module_gets_no_cache() {
+  let rt = Runtime::new(Config::default().threads(1).stock(0)).unwrap();
+  // `main.js` as above, importing a `lib.js` under 1 KiB.
+  let [main, _] = modules();
+  let small = Bytes::from_static(LIB.as_bytes());
+  assert!(small.len() < 1024);
+  for name in ["one", "two"] {
+    let (main, small) = (main.clone(), small.clone());
+    let key = WorkerKey::new(name, "v1");
+    let source = move || {
+      Bundle::from_modules("main.js", [main, ("lib.js".to_string(), small)])
+        .map(|b| (b, WorkerConfig::new(name)))
+    };
+    let req = isola_runtime::empty_request("http://x.test/small");
+    let response = rt.fetch(&key, source, req).await.unwrap();
+    let body = response.into_body().collect_bytes().await.unwrap();
+    assert_eq!(&body[..], b"hello, small!");
+    eventually("the long module's cache to be kept", || {
+      rt.stats().code_cache.modules == 1
+    })
+    .await;
+  }
+  // Only `main.js` was looked up (a miss, then a hit); `lib.js` compiled
+  // from source both times and is counted nowhere.
+  assert_eq!(counts(&rt), (1, 1, 0));
 }
 
 async fn code_caches_can_be_turned_off() {
@@ -286,6 +306,7 @@ pub fn trials() -> Vec<Trial> {
       "a_preloaded_version_leaves_its_caches_for_requests",
       a_preloaded_version_leaves_its_caches_for_requests,
     ),
+    trial("a_small_module_gets_no_cache", a_small_module_gets_no_cache),
     trial(
       "code_caches_can_be_turned_off",
       code_caches_can_be_turned_off,

@@ -220,12 +220,14 @@ class KvNamespace {
   }
 }
 
-/** Adds this isolate's KV bindings to `env`. */
-function addKvBindings(env) {
+/** Adds this isolate's KV bindings to `env`.
+ * Parenthesized: compiled into the startup snapshot (01_worker.js, `warm`).
+ */
+const addKvBindings = (function addKvBindings(env) {
   const names = op_isola_kv_bindings();
   for (let i = 0; i < names.length; i++) {
     env[names[i]] = new KvNamespace(INTERNAL, names[i]);
   }
-}
+});
 
 export { addKvBindings };

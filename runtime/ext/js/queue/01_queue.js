@@ -216,12 +216,14 @@ function messageBatch(id) {
   return new MessageBatch(INTERNAL, id, raw);
 }
 
-/** Adds this isolate's queue producer bindings to `env`. */
-function addQueueBindings(env) {
+/** Adds this isolate's queue producer bindings to `env`.
+ * Parenthesized: compiled into the startup snapshot (01_worker.js, `warm`).
+ */
+const addQueueBindings = (function addQueueBindings(env) {
   const names = op_isola_queue_bindings();
   for (let i = 0; i < names.length; i++) {
     env[names[i]] = new Queue(INTERNAL, names[i]);
   }
-}
+});
 
 export { addQueueBindings, messageBatch };
