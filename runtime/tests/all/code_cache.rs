@@ -44,9 +44,19 @@ fn modules() -> [(String, Bytes); 2] {
 
 /// Worker `name`, version `v1`, of [`modules`]; answers "hello, <path>!".
 async fn get(rt: &Runtime, name: &str, path: &str) -> (u16, String) {
+  get_of(rt, name, path, modules()).await
+}
+
+/// As [`get`], with the worker made of `modules` (`main.js` the main one).
+async fn get_of(
+  rt: &Runtime,
+  name: &str,
+  path: &str,
+  modules: [(String, Bytes); 2],
+) -> (u16, String) {
   let key = WorkerKey::new(name, "v1");
   let config = WorkerConfig::new(name);
-  let source = move || Bundle::from_modules("main.js", modules()).map(|b| (b, config));
+  let source = move || Bundle::from_modules("main.js", modules).map(|b| (b, config));
   let req = isola_runtime::empty_request(&format!("http://{name}.test{path}"));
   let response = match rt.fetch(&key, source, req).await {
     Ok(r) => r,
@@ -183,16 +193,11 @@ async fn a_small_module_gets_no_cache() {
   let small = Bytes::from_static(LIB.as_bytes());
   assert!(small.len() < 1024);
   for name in ["one", "two"] {
-    let (main, small) = (main.clone(), small.clone());
-    let key = WorkerKey::new(name, "v1");
-    let source = move || {
-      Bundle::from_modules("main.js", [main, ("lib.js".to_string(), small)])
-        .map(|b| (b, WorkerConfig::new(name)))
-    };
-    let req = isola_runtime::empty_request("http://x.test/small");
-    let response = rt.fetch(&key, source, req).await.unwrap();
-    let body = response.into_body().collect_bytes().await.unwrap();
-    assert_eq!(&body[..], b"hello, small!");
+    let modules = [main.clone(), ("lib.js".to_string(), small.clone())];
+    assert_eq!(
+      get_of(&rt, name, "/small", modules).await,
+      (200, "hello, small!".into())
+    );
     eventually("the long module's cache to be kept", || {
       rt.stats().code_cache.modules == 1
     })
