@@ -940,8 +940,8 @@ export default { fetch(request, env) { return new Response(greet(env.WHO) + " " 
         .unwrap();
       let body = response.into_body().collect_bytes().await.unwrap();
       assert_eq!(&body[..], b"hello edge 7");
-      // V8 hands the new caches over when the event loop next runs, which
-      // serving did; the store then gets them on the cache's own thread.
+      // The worker makes the new caches shortly after its first request;
+      // the store then gets them on the cache's own thread.
       let start = std::time::Instant::now();
       while runtime.stats().code_cache.modules < 2 && start.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(10)).await;

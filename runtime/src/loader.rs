@@ -46,10 +46,12 @@ const CLOUDFLARE_WORKERS_SPECIFIER: &str = "cloudflare:workers";
 pub(crate) struct BundleLoader {
   bundle: RefCell<Option<Bundle>>,
   code_cache: RefCell<Option<Arc<CodeCache>>>,
-  /// Modules handed to V8 with cache info, by specifier: their source hash
-  /// and whether a cache came with them (V8 hands back a new cache only
-  /// when there was none or it refused the one it got).
-  compiled: RefCell<HashMap<String, (SourceHash, bool)>>,
+  /// Modules handed to V8 with a cache, by specifier: their source hash
+  /// (V8 hands back a new cache only if it refused the one it got).
+  compiled: RefCell<HashMap<String, SourceHash>>,
+  /// Modules compiled without a cache: the worker makes theirs after its
+  /// first response ([`BundleLoader::take_deferred`]).
+  deferred: RefCell<Vec<(ModuleSpecifier, SourceHash)>>,
 }
 
 impl BundleLoader {
@@ -60,7 +62,9 @@ impl BundleLoader {
   }
 
   /// The code cache V8 should compile ES module `name` with, and a note
-  /// that its new cache (if V8 makes one) is wanted.
+  /// that its new cache (if V8 makes one) is wanted. A module without one
+  /// compiles without cache info, so that V8 does not make its cache right
+  /// away, on the first request's path: it is deferred instead.
   fn code_cache_info(
     &self,
     specifier: &ModuleSpecifier,
@@ -73,18 +77,54 @@ impl BundleLoader {
       return None;
     }
     let source = bundle.source_hash(name, bytes);
-    let data = cache.lookup(&source);
+    let Some(data) = cache.lookup(&source) else {
+      self.deferred.borrow_mut().push((specifier.clone(), source));
+      return None;
+    };
     self
       .compiled
       .borrow_mut()
-      .insert(specifier.to_string(), (source, data.is_some()));
+      .insert(specifier.to_string(), source);
     let mut hash = [0; 8];
     hash.copy_from_slice(&source[..8]);
     Some(SourceCodeCacheInfo {
       hash: u64::from_le_bytes(hash),
-      data: data.map(|d| Cow::Owned(d.to_vec())),
+      data: Some(Cow::Owned(data.to_vec())),
     })
   }
+
+  /// Whether modules compiled without a cache wait for theirs.
+  pub(crate) fn has_deferred(&self) -> bool {
+    !self.deferred.borrow().is_empty()
+  }
+
+  /// The modules compiled without a cache, each with its source text, and
+  /// the runtime's caches to hand their new caches to.
+  pub(crate) fn take_deferred(&self) -> (Option<Arc<CodeCache>>, Vec<DeferredModule>) {
+    let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+    let bundle = self.bundle.borrow();
+    let modules = deferred
+      .into_iter()
+      .filter_map(|(specifier, source)| {
+        let name = display_specifier(specifier.as_str());
+        let bytes = bundle.as_ref()?.read(name).ok()??;
+        let text = String::from_utf8(bytes.to_vec()).ok()?;
+        Some(DeferredModule {
+          specifier,
+          source,
+          text,
+        })
+      })
+      .collect();
+    (self.code_cache.borrow().clone(), modules)
+  }
+}
+
+/// A module whose code cache is made after the worker's first response.
+pub(crate) struct DeferredModule {
+  pub(crate) specifier: ModuleSpecifier,
+  pub(crate) source: SourceHash,
+  pub(crate) text: String,
 }
 
 fn referrer_text(referrer: Option<&ModuleLoadReferrer>) -> String {
@@ -141,8 +181,9 @@ impl ModuleLoader for BundleLoader {
     code_cache: &[u8],
   ) -> Pin<Box<dyn Future<Output = ()>>> {
     let compiled = self.compiled.borrow_mut().remove(specifier.as_str());
-    if let (Some(cache), Some((source, offered))) = (self.code_cache.borrow().as_ref(), compiled) {
-      cache.ready(source, code_cache, offered);
+    if let (Some(cache), Some(source)) = (self.code_cache.borrow().as_ref(), compiled) {
+      // Only a refused cache gets a new one here.
+      cache.ready(source, code_cache, true);
     }
     Box::pin(std::future::ready(()))
   }

@@ -313,7 +313,8 @@ impl Isolate {
     Ok(Worker {
       js: self.js,
       internals: self.internals,
-      _loader: self.loader,
+      loader: self.loader,
+      cache_timer: None,
       name,
       guard: self.guard,
       limits: config.limits.clone(),

@@ -49,6 +49,13 @@ const NEVER_RESPONDS: &str = "The worker's handler will never produce a response
 /// One turn in this many reads V8's heap statistics.
 const HEAP_SAMPLE_EVERY: u32 = 16;
 
+/// How long after a worker's first wake-up the code caches of its modules
+/// that had none are made: long enough for the first response to have
+/// left, so making them (a few hundred µs for 1 KiB, milliseconds for a
+/// big bundle) is not on its path, and they cover the functions that the
+/// first request compiled.
+const CACHE_DELAY: Duration = Duration::from_millis(10);
+
 /// Lets time move for the isolate's JS (see `isola_ext::Clock`).
 pub(super) fn tick_clock(js: &JsRuntime) {
   if let Some(clock) = js.op_state().borrow().try_borrow::<isola_ext::Clock>() {
@@ -77,7 +84,9 @@ const SCHEDULED_WALL: std::time::Duration = std::time::Duration::from_secs(15 * 
 pub struct Worker {
   pub(super) js: JsCell,
   pub(super) internals: Internals,
-  pub(super) _loader: Rc<BundleLoader>,
+  pub(super) loader: Rc<BundleLoader>,
+  /// Armed while modules wait for their code caches ([`CACHE_DELAY`]).
+  pub(super) cache_timer: Option<Pin<Box<tokio::time::Sleep>>>,
   pub(super) name: Arc<str>,
   pub(super) guard: Arc<Guard>,
   pub(super) limits: Limits,
@@ -628,6 +637,9 @@ impl Worker {
       let polled = self.serve_once(&mut rx, &mut closed, cx);
       self.batching = false;
       self.close_turn();
+      if self.stopped.is_none() && self.loader.has_deferred() {
+        self.deferred_caches(polled.is_ready(), cx);
+      }
       match (&self.stopped, polled) {
         (_, Poll::Ready(())) => Poll::Ready(()),
         // A limit found as the turn closed: the isolate answers no more.
@@ -639,6 +651,32 @@ impl Worker {
       }
     })
     .await;
+  }
+
+  /// Makes the code caches of the modules compiled without one, once
+  /// [`CACHE_DELAY`] has passed since the first wake-up, or now if the
+  /// worker is `ending` (evicted) before that.
+  fn deferred_caches(&mut self, ending: bool, cx: &mut Context<'_>) {
+    if !ending {
+      let timer = self
+        .cache_timer
+        .get_or_insert_with(|| Box::pin(tokio::time::sleep(CACHE_DELAY)));
+      if timer.as_mut().poll(cx).is_pending() {
+        return;
+      }
+    }
+    self.cache_timer = None;
+    let (Some(cache), modules) = self.loader.take_deferred() else {
+      return;
+    };
+    let _entered = EnterGuard::new(&mut self.js);
+    let js: &mut JsRuntime = &mut self.js;
+    deno_core::scope!(scope, js);
+    for module in modules {
+      if let Some(bytes) = module_code_cache(scope, &module) {
+        cache.ready(module.source, &bytes, false);
+      }
+    }
   }
 
   /// One wake-up of the task of [`Worker::spawn`]: starts what arrived,
@@ -671,4 +709,37 @@ impl Worker {
       Poll::Pending => Poll::Pending,
     }
   }
+}
+
+/// A new code cache for `module`, compiled again as deno_core compiled it
+/// (same name, same origin), since deno_core does not hand out its module
+/// handles. V8 finds the compiled module in its per-isolate compilation
+/// cache, so this costs little more than serialising, and the cache holds
+/// every function compiled so far, as Chrome's cache made after execution.
+fn module_code_cache(
+  scope: &mut v8::PinScope<'_, '_>,
+  module: &crate::loader::DeferredModule,
+) -> Option<Vec<u8>> {
+  let name = v8::String::new(scope, module.specifier.as_str())?;
+  let text = v8::String::new(scope, &module.text)?;
+  let origin = v8::ScriptOrigin::new(
+    scope,
+    name.into(),
+    0,
+    0,
+    false,
+    0,
+    None,
+    false,
+    false,
+    true,
+    None,
+  );
+  let mut source = v8::script_compiler::Source::new(text, Some(&origin));
+  v8::tc_scope!(let scope, scope);
+  let compiled = v8::script_compiler::compile_module(scope, &mut source)?;
+  let cache = compiled
+    .get_unbound_module_script(scope)
+    .create_code_cache()?;
+  Some(cache.to_vec())
 }

@@ -132,8 +132,8 @@ async fn a_later_isolate_compiles_from_the_code_cache() {
     get(&rt, "one", "/world").await,
     (200, "hello, world!".into())
   );
-  // Both modules compiled without a cache; V8 hands each one's over when
-  // the isolate's event loop next runs, which serving the request did.
+  // Both modules compiled without a cache; the worker makes theirs
+  // shortly after its first request.
   assert_eq!(counts(&rt), (0, 2, 0));
   eventually("both caches to be kept", || {
     rt.stats().code_cache.modules == 2
@@ -288,6 +288,50 @@ async fn a_corrupt_code_cache_only_costs_a_compile() {
   assert_eq!(counts(&rt), (4, 0, 2));
 }
 
+async fn the_cache_holds_what_the_first_request_compiled() {
+  // Two one-module workers alike but for their handler: `route` is a long
+  // function that V8 compiles lazily, and only `called`'s request runs it.
+  let route = (0..200)
+    .map(|i| format!("  if (path === \"/r{i}\") return \"route {i}\";\n"))
+    .collect::<String>();
+  let module = |body: &str| {
+    Bytes::from(format!(
+      "function route(path) {{\n{route}  return \"none\";\n}}\n\
+       export default {{ fetch(request) {{ return new Response({body}); }} }};\n"
+    ))
+  };
+  let workers = [
+    ("called", module("route(new URL(request.url).pathname)")),
+    ("idle", module("\"no route\"")),
+  ];
+  let store = Arc::new(MemoryStore::default());
+  let rt = Runtime::new(with_store(&store)).unwrap();
+  let mut sizes = Vec::new();
+  for (name, code) in workers {
+    let key = WorkerKey::new(name, "v1");
+    let config = WorkerConfig::new(name);
+    let source =
+      move || Bundle::from_modules("main.js", [("main.js".to_string(), code)]).map(|b| (b, config));
+    let req = isola_runtime::empty_request(&format!("http://{name}.test/r7"));
+    let response = rt.fetch(&key, source, req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let before = store.snapshot();
+    eventually("the cache to be stored", || store.len() == before.len() + 1).await;
+    let made = store
+      .snapshot()
+      .into_iter()
+      .find(|(key, _)| !before.contains_key(key))
+      .map(|(_, bytes)| bytes.len());
+    sizes.push(made.unwrap());
+  }
+  // Made after the request, the cache holds `route`'s bytecode too.
+  let (called, idle) = (sizes[0], sizes[1]);
+  assert!(
+    called > idle + 2000,
+    "the cache of the worker that ran `route` ({called} bytes) should be well over the other's ({idle} bytes)"
+  );
+}
+
 /// Whether every cache in `store` differs from the one in `before`.
 fn replaced(store: &MemoryStore, before: &HashMap<CodeCacheKey, Vec<u8>>) -> bool {
   let now = store.snapshot();
@@ -312,6 +356,10 @@ pub fn trials() -> Vec<Trial> {
       a_preloaded_version_leaves_its_caches_for_requests,
     ),
     trial("a_small_module_gets_no_cache", a_small_module_gets_no_cache),
+    trial(
+      "the_cache_holds_what_the_first_request_compiled",
+      the_cache_holds_what_the_first_request_compiled,
+    ),
     trial(
       "code_caches_can_be_turned_off",
       code_caches_can_be_turned_off,
