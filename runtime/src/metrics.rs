@@ -81,6 +81,58 @@ struct Inner {
   http_requests: Family<StatusLabels, Counter>,
   http_latency: Family<WorkerLabels, Histogram>,
   trace_dropped: Counter,
+  /// Each worker's series, cloned out of the families above on its first
+  /// record: a request then costs one lookup by name, not a labelled
+  /// lookup and label strings for each of its nine series.
+  series: Mutex<HashMap<Arc<str>, Series>>,
+}
+
+/// One worker's series (handles onto the same values as the families').
+/// Each is made on first use, as the families would make it, so the
+/// exposition does not change.
+#[derive(Default)]
+struct Series {
+  invocations: Option<InvocationSeries>,
+  outcomes: Vec<(Outcome, Counter)>,
+  http_classes: Vec<(&'static str, Counter)>,
+  http_latency: Option<Histogram>,
+}
+
+/// The series every invocation record adds to.
+struct InvocationSeries {
+  cpu_seconds: Counter<f64>,
+  cpu_histogram: Histogram,
+  wall_seconds: Histogram,
+  egress: Counter,
+  ingress: Counter,
+  subrequests: Counter,
+}
+
+impl InvocationSeries {
+  fn new(i: &Inner, worker: &str) -> Self {
+    let labels = WorkerLabels {
+      worker: worker.to_string(),
+    };
+    Self {
+      cpu_seconds: i.cpu_seconds.get_or_create(&labels).clone(),
+      cpu_histogram: i.cpu_histogram.get_or_create(&labels).clone(),
+      wall_seconds: i.wall_seconds.get_or_create(&labels).clone(),
+      egress: i.egress.get_or_create(&labels).clone(),
+      ingress: i.ingress.get_or_create(&labels).clone(),
+      subrequests: i.subrequests.get_or_create(&labels).clone(),
+    }
+  }
+}
+
+impl Inner {
+  /// `worker`'s series, made on its first record.
+  fn series<R>(&self, worker: &str, f: impl FnOnce(&Inner, &mut Series) -> R) -> R {
+    let mut map = self.series.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(series) = map.get_mut(worker) {
+      return f(self, series);
+    }
+    f(self, map.entry(Arc::from(worker)).or_default())
+  }
 }
 
 /// (worker, version)
@@ -249,6 +301,7 @@ impl Metrics {
         throttled,
         workers_throttled,
         quarantined,
+        series: Mutex::default(),
       }),
     }
   }
@@ -256,29 +309,32 @@ impl Metrics {
   /// Counts one invocation.
   pub fn record(&self, r: &InvocationRecord) {
     let i = &self.inner;
-    let worker = WorkerLabels {
-      worker: r.worker.to_string(),
-    };
-    i.invocations
-      .get_or_create(&OutcomeLabels {
-        worker: worker.worker.clone(),
-        outcome: r.outcome.as_str().to_string(),
-      })
-      .inc();
-    i.cpu_seconds
-      .get_or_create(&worker)
-      .inc_by(r.cpu_us as f64 / 1e6);
-    i.cpu_histogram
-      .get_or_create(&worker)
-      .observe(r.cpu_us as f64 / 1e6);
-    i.wall_seconds
-      .get_or_create(&worker)
-      .observe(r.wall_us as f64 / 1e6);
-    i.egress.get_or_create(&worker).inc_by(r.bytes_out);
-    i.ingress.get_or_create(&worker).inc_by(r.bytes_in);
-    i.subrequests
-      .get_or_create(&worker)
-      .inc_by(u64::from(r.subrequests));
+    i.series(&r.worker, |i, s| {
+      let outcome = match s.outcomes.iter().find(|(o, _)| *o == r.outcome) {
+        Some((_, counter)) => counter,
+        None => {
+          let counter = i
+            .invocations
+            .get_or_create(&OutcomeLabels {
+              worker: r.worker.to_string(),
+              outcome: r.outcome.as_str().to_string(),
+            })
+            .clone();
+          s.outcomes.push((r.outcome, counter));
+          &s.outcomes[s.outcomes.len() - 1].1
+        }
+      };
+      outcome.inc();
+      let s = s
+        .invocations
+        .get_or_insert_with(|| InvocationSeries::new(i, &r.worker));
+      s.cpu_seconds.inc_by(r.cpu_us as f64 / 1e6);
+      s.cpu_histogram.observe(r.cpu_us as f64 / 1e6);
+      s.wall_seconds.observe(r.wall_us as f64 / 1e6);
+      s.egress.inc_by(r.bytes_out);
+      s.ingress.inc_by(r.bytes_in);
+      s.subrequests.inc_by(u64::from(r.subrequests));
+    });
     let mut usage = i.usage.lock().unwrap_or_else(|e| e.into_inner());
     *usage
       .entry((r.worker.clone(), r.version.clone()))
@@ -303,21 +359,29 @@ impl Metrics {
       "0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
     ];
     let class = CLASSES[usize::from(status / 100).min(9)];
-    self
-      .inner
-      .http_requests
-      .get_or_create(&StatusLabels {
-        worker: worker.to_string(),
-        class,
-      })
-      .inc();
-    self
-      .inner
-      .http_latency
-      .get_or_create(&WorkerLabels {
-        worker: worker.to_string(),
-      })
-      .observe(elapsed.as_secs_f64());
+    self.inner.series(worker, |i, s| {
+      let requests = match s.http_classes.iter().find(|(c, _)| *c == class) {
+        Some((_, counter)) => counter,
+        None => {
+          let labels = StatusLabels {
+            worker: worker.to_string(),
+            class,
+          };
+          let counter = i.http_requests.get_or_create(&labels).clone();
+          s.http_classes.push((class, counter));
+          &s.http_classes[s.http_classes.len() - 1].1
+        }
+      };
+      requests.inc();
+      s.http_latency
+        .get_or_insert_with(|| {
+          let labels = WorkerLabels {
+            worker: worker.to_string(),
+          };
+          i.http_latency.get_or_create(&labels).clone()
+        })
+        .observe(elapsed.as_secs_f64());
+    });
   }
 
   /// Counts `n` trace events the node left out.
