@@ -594,6 +594,18 @@ def bench_density(logs: Path) -> dict | None:
     problems = [busy] if busy else []
     if cp.returncode != 0 or not rows:
         problems.append(f"the density bench exited {cp.returncode}: {cp.stderr[-400:]}")
+    # The churn figures need two cores (the hot worker's thread and the
+    # loading one), so that run is not pinned.
+    try:
+        churn = subprocess.run([str(exe), "--bench", "--churn"], capture_output=True, text=True,
+                               timeout=env_int("DENSITY_TIMEOUT", 1800, 10, 7200))
+        (logs / "density-churn.txt").write_text(churn.stdout + churn.stderr)
+        rows += parse_density(churn.stdout)
+        if churn.returncode != 0:
+            problems.append(f"the churn figures exited {churn.returncode}: "
+                            f"{churn.stderr[-400:]}")
+    except subprocess.TimeoutExpired:
+        problems.append("the churn figures timed out")
     print(f" {len(rows)} figures in {time.monotonic() - t0:.0f} s", flush=True)
     return {"source": f"{note}, `--bench`, pinned to CPU {CFG['server_cpu']}" if PIN else note,
             "rows": rows, "output": cp.stdout, "problems": problems}

@@ -88,6 +88,24 @@ class Render(unittest.TestCase):
         self.assertIn("burst", burst)
         self.assertEqual(t[burst], "yes")
 
+    def test_churn_target(self):
+        name = ("10,000 workers loaded back to back under an isolate cap: hot worker p99 "
+                "unchanged (within 1 ms), RSS bounded (≤ 1.25× at the cap)")
+        churn = """\
+| hot worker alone, a request every ms: p50 / p99 | 0.080 ms / 0.900 ms |
+| hot worker while 10000 never-seen workers load back to back (cap 500 isolates, 2 V8 threads): p50 / p99 | 0.050 ms / {p99} ms |
+| churn: 10000 workers loaded in | 34.0 s |
+| churn: RSS when the cap is first reached / most after | 1500 MiB / {rss} MiB |
+"""
+        raw = result(isola_cpu=5.0)
+        self.assertEqual(target_rows(report.render(raw))[
+            "10,000 workers churning: hot worker p99 unchanged, memory bounded"], "–")
+        for p99, rss, met in (("1.200", "1700", "yes"), ("11.800", "1700", "**no**"),
+                              ("1.200", "3000", "**no**")):
+            raw["density"]["rows"] = measure.parse_density(
+                DENSITY_OUT + churn.format(p99=p99, rss=rss))
+            self.assertEqual(target_rows(report.render(raw))[name], met, (p99, rss))
+
     def test_targets(self):
         t = target_rows(report.render(result(isola_cpu=6.0)))
         self.assertEqual(t["Warm CPU per request ≤ deno's: isola-edge dev, `hello`"], "**no**")

@@ -5,6 +5,11 @@
 //!
 //! `cargo bench -p isola-runtime --bench density` (set `DENSITY_MAX=1000`,
 //! the default, for the 1,000-worker figure). Prints a markdown table.
+//!
+//! `--churn` prints only the churn figures instead: 10,000 never-seen
+//! workers loaded back to back on a node of two V8 threads capped at 500
+//! isolates, while one hot worker gets a request every millisecond. Run it
+//! on two cores (one for the hot worker, one for the churn).
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -392,6 +397,110 @@ async fn first_request_big(cache: Cache, n: usize) -> (f64, f64, u64) {
   (p50, p99, size)
 }
 
+/// Latencies (ms) of requests to worker `hot`, one every millisecond
+/// (open loop), until `stop`. A request held up by the one before it counts
+/// from when it was due, so a stall shows in every request it delays.
+async fn hot_requests(rt: &Runtime, stop: &std::cell::Cell<bool>) -> Vec<f64> {
+  let interval = Duration::from_millis(1);
+  let mut times = Vec::new();
+  let mut due = Instant::now();
+  while !stop.get() {
+    let behind = Instant::now() >= due;
+    if !behind {
+      tokio::time::sleep_until(due.into()).await;
+    }
+    // After a sleep, from the wake-up: timer lateness is not the node's.
+    let from = if behind { due } else { Instant::now() };
+    assert_eq!(hit(rt, "hot", HELLO, Limits::default()).await, 200);
+    times.push(from.elapsed().as_secs_f64() * 1000.0);
+    due += interval;
+  }
+  times
+}
+
+/// What [`churn`] measured.
+struct Churn {
+  quiet: (f64, f64),
+  churning: (f64, f64),
+  loaded: usize,
+  seconds: f64,
+  /// RSS (MiB) once the cap is first reached, and the most seen after.
+  rss_at_cap: f64,
+  rss_max: f64,
+}
+
+/// `total` never-seen workers loaded back to back on a node of two V8
+/// threads capped at `cap` isolates, while worker `hot` gets a request every
+/// millisecond: the hot worker's p50 / p99 alone and during the churn, and
+/// RSS.
+async fn churn(total: usize, cap: usize, quiet: Duration) -> Churn {
+  let rt = Runtime::new(Config::default().threads(2).max_isolates(cap)).unwrap();
+  assert_eq!(hit(&rt, "hot", HELLO, Limits::default()).await, 200);
+  let stop = std::cell::Cell::new(false);
+  let alone = async {
+    tokio::time::sleep(quiet).await;
+    stop.set(true);
+  };
+  let (quiet_times, ()) = tokio::join!(hot_requests(&rt, &stop), alone);
+  stop.set(false);
+  let (mut rss_at_cap, mut rss_max) = (0u64, 0u64);
+  let start = Instant::now();
+  let load = async {
+    for i in 0..total {
+      let name = format!("churn-{i}");
+      assert_eq!(
+        fetch(&rt, &name, unique_worker(&name), Limits::default(), "/").await,
+        200
+      );
+      if i + 1 >= cap {
+        let now = rss();
+        if rss_at_cap == 0 {
+          rss_at_cap = now;
+        }
+        rss_max = rss_max.max(now);
+      }
+    }
+    stop.set(true);
+  };
+  let (churn_times, ()) = tokio::join!(hot_requests(&rt, &stop), load);
+  let mib = |b: u64| b as f64 / (1 << 20) as f64;
+  Churn {
+    quiet: p50_p99(quiet_times),
+    churning: p50_p99(churn_times),
+    loaded: total,
+    seconds: start.elapsed().as_secs_f64(),
+    rss_at_cap: mib(rss_at_cap),
+    rss_max: mib(rss_max),
+  }
+}
+
+fn print_churn(quick: bool) {
+  let (total, cap) = if quick { (60, 20) } else { (10_000, 500) };
+  let quiet = Duration::from_secs(if quick { 1 } else { 5 });
+  let rt = tokio::runtime::Builder::new_current_thread()
+    .enable_all()
+    .build()
+    .unwrap();
+  let c = rt.block_on(churn(total, cap, quiet));
+  println!("| figure | value |\n|---|---|");
+  println!(
+    "| hot worker alone, a request every ms: p50 / p99 | {:.3} ms / {:.3} ms |",
+    c.quiet.0, c.quiet.1
+  );
+  println!(
+    "| hot worker while {} never-seen workers load back to back (cap {cap} isolates, 2 V8 threads): p50 / p99 | {:.3} ms / {:.3} ms |",
+    c.loaded, c.churning.0, c.churning.1
+  );
+  println!(
+    "| churn: {} workers loaded in | {:.1} s |",
+    c.loaded, c.seconds
+  );
+  println!(
+    "| churn: RSS when the cap is first reached / most after | {:.0} MiB / {:.0} MiB |",
+    c.rss_at_cap, c.rss_max
+  );
+}
+
 async fn cpu_overshoot(n: usize) -> (f64, f64, f64) {
   let records: Arc<Mutex<Vec<InvocationRecord>>> = Arc::default();
   let sink = {
@@ -428,6 +537,10 @@ async fn cpu_overshoot(n: usize) -> (f64, f64, f64) {
 fn main() {
   // `cargo bench` passes --bench; `cargo test --benches` runs a quick pass.
   let quick = !std::env::args().any(|a| a == "--bench");
+  if std::env::args().any(|a| a == "--churn") {
+    print_churn(quick);
+    return;
+  }
   let max: usize = std::env::var("DENSITY_MAX")
     .ok()
     .and_then(|v| v.parse().ok())

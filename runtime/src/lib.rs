@@ -28,6 +28,7 @@ mod limits;
 mod loader;
 mod manifest;
 mod metrics;
+mod placement;
 mod pool;
 mod queue;
 mod scheduled;

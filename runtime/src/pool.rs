@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use crate::fairness::Fairness;
 use crate::fairness::Ledger;
 use crate::limits::MeterSink;
 use crate::limits::Outcome;
+use crate::placement::Placement;
 use crate::scheduled::ScheduledEvent;
 use crate::scheduled::ScheduledRun;
 use crate::services::PoolLink;
@@ -268,6 +270,9 @@ struct Thread {
   tx: mpsc::UnboundedSender<Command>,
   isolates: Arc<AtomicUsize>,
   stock: Arc<AtomicUsize>,
+  /// Requests its isolates served after their first: where new isolates
+  /// would be in the way ([`Placement`]).
+  served: AtomicU64,
 }
 
 struct Instance {
@@ -383,6 +388,7 @@ pub(crate) struct Shared {
   code_cache: Option<Arc<CodeCache>>,
   /// `config.services`, or what [`Runtime::set_services`] put in later.
   services: std::sync::RwLock<Arc<dyn Services>>,
+  placement: Mutex<Placement>,
 }
 
 thread_local! {
@@ -436,6 +442,7 @@ impl Runtime {
         tx,
         isolates,
         stock: ready,
+        served: AtomicU64::new(0),
       });
     }
     let shared = Arc::new(Shared {
@@ -446,6 +453,7 @@ impl Runtime {
       config,
       threads,
       index: Mutex::new(Index::default()),
+      placement: Mutex::default(),
     });
     let weak = Arc::downgrade(&shared);
     std::thread::Builder::new()
@@ -581,7 +589,12 @@ impl Runtime {
       worker: &key.name,
     };
     let (handle, inflight) = match self.shared.pick(key, quarantine) {
-      Some(found) => found,
+      Some((handle, inflight, thread)) => {
+        self.shared.threads[thread]
+          .served
+          .fetch_add(1, Ordering::Relaxed);
+        (handle, inflight)
+      }
       None => {
         let (bundle, config) = source()?;
         self.shared.start(key, bundle, config, quarantine).await?
@@ -610,7 +623,7 @@ impl Runtime {
     bundle: Bundle,
     config: WorkerConfig,
   ) -> Result<(), Error> {
-    if let Some((_, inflight)) = self.shared.pick(key, false) {
+    if let Some((_, inflight, _)) = self.shared.pick(key, false) {
       inflight.fetch_sub(1, Ordering::Relaxed);
       return Ok(());
     }
@@ -715,8 +728,12 @@ impl Shared {
 
   /// An instance of `key` with room for one more request, on the
   /// quarantine thread if `quarantine` and on a request thread (preferring
-  /// the current one) if not; counts the request in.
-  fn pick(&self, key: &WorkerKey, quarantine: bool) -> Option<(WorkerHandle, Arc<AtomicUsize>)> {
+  /// the current one) if not; counts the request in. Also says which thread.
+  fn pick(
+    &self,
+    key: &WorkerKey,
+    quarantine: bool,
+  ) -> Option<(WorkerHandle, Arc<AtomicUsize>, usize)> {
     let here = CURRENT_THREAD.with(Cell::get);
     let max = self.config.max_concurrency;
     let mut index = self.lock();
@@ -729,16 +746,15 @@ impl Shared {
       .min_by_key(|i| (Some(i.thread) != here, i.inflight.load(Ordering::Relaxed)))
       .map(|best| {
         best.inflight.fetch_add(1, Ordering::Relaxed);
-        (best.handle.clone(), best.inflight.clone())
+        (best.handle.clone(), best.inflight.clone(), best.thread)
       });
     index.memory = index.memory.saturating_sub(freed);
     picked
   }
 
   /// Loads a new instance of `key` on the quarantine thread if
-  /// `quarantine` (and there is one), else on the least busy request thread
-  /// (this one when it is a V8 thread with no more isolates than the
-  /// others).
+  /// `quarantine` (and there is one), else on the request thread where it
+  /// is least in the way of warm requests ([`Placement`]).
   async fn start(
     self: &Arc<Self>,
     key: &WorkerKey,
@@ -751,14 +767,20 @@ impl Shared {
     let thread = if quarantined {
       self.request_threads
     } else {
-      (0..self.request_threads)
-        .min_by_key(|t| {
-          (
-            self.threads[*t].isolates.load(Ordering::Relaxed),
-            Some(*t) != here,
-          )
-        })
-        .unwrap_or(0)
+      let threads = &self.threads[..self.request_threads];
+      let served: Vec<u64> = threads
+        .iter()
+        .map(|t| t.served.load(Ordering::Relaxed))
+        .collect();
+      let isolates: Vec<usize> = threads
+        .iter()
+        .map(|t| t.isolates.load(Ordering::Relaxed))
+        .collect();
+      self
+        .placement
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .choose(Instant::now(), &served, &isolates, here)
     };
     // Every record of this worker also books its cost with the ledger.
     let (ledger, name, meter) = (
