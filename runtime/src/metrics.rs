@@ -124,6 +124,22 @@ impl InvocationSeries {
   }
 }
 
+/// The counter kept under `key` in `counters`, made by `make` the first time.
+fn counter_of<K: PartialEq>(
+  counters: &mut Vec<(K, Counter)>,
+  key: K,
+  make: impl FnOnce() -> Counter,
+) -> &Counter {
+  let at = match counters.iter().position(|(k, _)| *k == key) {
+    Some(at) => at,
+    None => {
+      counters.push((key, make()));
+      counters.len() - 1
+    }
+  };
+  &counters[at].1
+}
+
 impl Inner {
   /// `worker`'s series, made on its first record.
   fn series<R>(&self, worker: &str, f: impl FnOnce(&Inner, &mut Series) -> R) -> R {
@@ -310,21 +326,14 @@ impl Metrics {
   pub fn record(&self, r: &InvocationRecord) {
     let i = &self.inner;
     i.series(&r.worker, |i, s| {
-      let outcome = match s.outcomes.iter().find(|(o, _)| *o == r.outcome) {
-        Some((_, counter)) => counter,
-        None => {
-          let counter = i
-            .invocations
-            .get_or_create(&OutcomeLabels {
-              worker: r.worker.to_string(),
-              outcome: r.outcome.as_str().to_string(),
-            })
-            .clone();
-          s.outcomes.push((r.outcome, counter));
-          &s.outcomes[s.outcomes.len() - 1].1
-        }
+      let labels = || OutcomeLabels {
+        worker: r.worker.to_string(),
+        outcome: r.outcome.as_str().to_string(),
       };
-      outcome.inc();
+      counter_of(&mut s.outcomes, r.outcome, || {
+        i.invocations.get_or_create(&labels()).clone()
+      })
+      .inc();
       let s = s
         .invocations
         .get_or_insert_with(|| InvocationSeries::new(i, &r.worker));
@@ -360,19 +369,14 @@ impl Metrics {
     ];
     let class = CLASSES[usize::from(status / 100).min(9)];
     self.inner.series(worker, |i, s| {
-      let requests = match s.http_classes.iter().find(|(c, _)| *c == class) {
-        Some((_, counter)) => counter,
-        None => {
-          let labels = StatusLabels {
-            worker: worker.to_string(),
-            class,
-          };
-          let counter = i.http_requests.get_or_create(&labels).clone();
-          s.http_classes.push((class, counter));
-          &s.http_classes[s.http_classes.len() - 1].1
-        }
+      let labels = || StatusLabels {
+        worker: worker.to_string(),
+        class,
       };
-      requests.inc();
+      counter_of(&mut s.http_classes, class, || {
+        i.http_requests.get_or_create(&labels()).clone()
+      })
+      .inc();
       s.http_latency
         .get_or_insert_with(|| {
           let labels = WorkerLabels {
