@@ -52,7 +52,7 @@ async fn get_of(
   rt: &Runtime,
   name: &str,
   path: &str,
-  modules: [(String, Bytes); 2],
+  modules: impl IntoIterator<Item = (String, Bytes)>,
 ) -> (u16, String) {
   let key = WorkerKey::new(name, "v1");
   let config = WorkerConfig::new(name);
@@ -308,13 +308,8 @@ async fn the_cache_holds_what_the_first_request_compiled() {
   let rt = Runtime::new(with_store(&store)).unwrap();
   let mut sizes = Vec::new();
   for (name, code) in workers {
-    let key = WorkerKey::new(name, "v1");
-    let config = WorkerConfig::new(name);
-    let source =
-      move || Bundle::from_modules("main.js", [("main.js".to_string(), code)]).map(|b| (b, config));
-    let req = isola_runtime::empty_request(&format!("http://{name}.test/r7"));
-    let response = rt.fetch(&key, source, req).await.unwrap();
-    assert_eq!(response.status(), 200);
+    let (status, _) = get_of(&rt, name, "/r7", [("main.js".to_string(), code)]).await;
+    assert_eq!(status, 200);
     let before = store.snapshot();
     eventually("the cache to be stored", || store.len() == before.len() + 1).await;
     let made = store
