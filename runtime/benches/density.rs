@@ -10,6 +10,9 @@
 //! workers loaded back to back on a node of two V8 threads capped at 500
 //! isolates, while one hot worker gets a request every millisecond. Run it
 //! on two cores (one for the hot worker, one for the churn).
+//!
+//! `--first` prints only the ready-stock first-request figure, over
+//! `DENSITY_FIRST` (2,000) never-seen workers, for profiling that path.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -501,6 +504,22 @@ fn print_churn(quick: bool) {
   );
 }
 
+/// Only the ready-stock first-request figure, over `DENSITY_FIRST` (2,000)
+/// never-seen workers: long enough to profile that path on its own.
+fn print_first() {
+  let n = std::env::var("DENSITY_FIRST")
+    .ok()
+    .and_then(|v| v.parse().ok())
+    .unwrap_or(2000);
+  let rt = tokio::runtime::Builder::new_multi_thread()
+    .worker_threads(1)
+    .enable_all()
+    .build()
+    .unwrap();
+  let (p50, p99) = rt.block_on(first_request(2, n, CodeCacheConfig::default()));
+  println!("| first request to an unseen worker, ready-isolate stock: p50 / p99 | {p50:.2} ms / {p99:.2} ms |");
+}
+
 async fn cpu_overshoot(n: usize) -> (f64, f64, f64) {
   let records: Arc<Mutex<Vec<InvocationRecord>>> = Arc::default();
   let sink = {
@@ -539,6 +558,10 @@ fn main() {
   let quick = !std::env::args().any(|a| a == "--bench");
   if std::env::args().any(|a| a == "--churn") {
     print_churn(quick);
+    return;
+  }
+  if std::env::args().any(|a| a == "--first") {
+    print_first();
     return;
   }
   let max: usize = std::env::var("DENSITY_MAX")

@@ -46,6 +46,7 @@ use crate::worker::Answer;
 use crate::worker::Call;
 use crate::worker::Invocation;
 use crate::worker::Isolate;
+use crate::worker::Queued;
 use crate::worker::WorkerConfig;
 use crate::worker::WorkerHandle;
 use isola_ext::egress::EgressPolicy;
@@ -261,6 +262,9 @@ enum Command {
   Load {
     bundle: Bundle,
     config: Box<WorkerConfig>,
+    /// The request that made the load: the worker gets it as soon as it
+    /// is spawned.
+    first: Option<Box<Queued>>,
     reply: oneshot::Sender<Result<(WorkerHandle, u64, bool), Error>>,
   },
   Spawn(TaskFactory),
@@ -588,19 +592,23 @@ impl Runtime {
       ledger: &self.shared.ledger,
       worker: &key.name,
     };
-    let (handle, inflight) = match self.shared.pick(key, quarantine) {
+    let (mut invocation, inflight) = match self.shared.pick(key, quarantine) {
       Some((handle, inflight, thread)) => {
         self.shared.threads[thread]
           .served
           .fetch_add(1, Ordering::Relaxed);
-        (handle, inflight)
+        (handle.call(call, depth), inflight)
       }
       None => {
         let (bundle, config) = source()?;
-        self.shared.start(key, bundle, config, quarantine).await?
+        let (invocation, first) = Invocation::queued(call, depth);
+        let (_, inflight) = self
+          .shared
+          .start(key, bundle, config, quarantine, Some(first))
+          .await?;
+        (invocation, inflight)
       }
     };
-    let mut invocation = handle.call(call, depth);
     let result = invocation.answer().await;
     inflight.fetch_sub(1, Ordering::Relaxed);
     if let Err(e) = &result {
@@ -627,7 +635,7 @@ impl Runtime {
       inflight.fetch_sub(1, Ordering::Relaxed);
       return Ok(());
     }
-    let (_, inflight) = self.shared.start(key, bundle, config, false).await?;
+    let (_, inflight) = self.shared.start(key, bundle, config, false, None).await?;
     inflight.fetch_sub(1, Ordering::Relaxed);
     Ok(())
   }
@@ -761,6 +769,7 @@ impl Shared {
     bundle: Bundle,
     config: WorkerConfig,
     quarantine: bool,
+    first: Option<Queued>,
   ) -> Result<(WorkerHandle, Arc<AtomicUsize>), Error> {
     let here = CURRENT_THREAD.with(Cell::get);
     let quarantined = quarantine && self.threads.len() > self.request_threads;
@@ -808,6 +817,7 @@ impl Shared {
       .send(Command::Load {
         bundle,
         config: Box::new(config),
+        first: first.map(Box::new),
         reply: tx,
       })
       .map_err(|_| ErrorKind::Stopped("the V8 thread is gone".into()))?;
@@ -873,7 +883,10 @@ fn thread_main(
           Ok(Some(cmd)) => cmd,
           Ok(None) => return,
           Err(_) => {
-            match Isolate::new(logs.clone()) {
+            match Isolate::new(logs.clone()).and_then(|mut isolate| {
+              isolate.prewarm()?;
+              Ok(isolate)
+            }) {
               Ok(isolate) => {
                 stock.push_back(isolate);
                 ready.store(stock.len(), Ordering::Relaxed);
@@ -896,6 +909,7 @@ fn thread_main(
         Command::Load {
           bundle,
           config,
+          first,
           reply,
         } => {
           let taken = stock.pop_front();
@@ -924,6 +938,9 @@ fn thread_main(
             let handle = worker.spawn_with_exit(move || {
               counter.fetch_sub(1, Ordering::Relaxed);
             });
+            if let Some(first) = first {
+              handle.submit(*first);
+            }
             (handle, memory, from_stock)
           });
           let _ = reply.send(result);

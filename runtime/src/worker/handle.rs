@@ -94,15 +94,15 @@ impl WorkerHandle {
 
   /// Starts an invocation of any kind at chain depth `depth`.
   pub(crate) fn call(&self, call: Call, depth: u32) -> Invocation {
-    let (invocation, reply, done) = Invocation::new();
-    // If the worker is gone the receivers report it.
-    let _ = self.tx.send(Command {
-      call,
-      depth,
-      reply,
-      done,
-    });
+    let (invocation, queued) = Invocation::queued(call, depth);
+    self.submit(queued);
     invocation
+  }
+
+  /// Sends a call made before this handle existed.
+  pub(crate) fn submit(&self, queued: Queued) {
+    // If the worker is gone the receivers report it.
+    let _ = self.tx.send(queued.0);
   }
 
   /// Sends `request` and waits for the response head.
@@ -126,7 +126,25 @@ pub struct Invocation {
   done: oneshot::Receiver<Usage>,
 }
 
+/// A call whose worker is not loaded yet. It travels with the load to the
+/// V8 thread, which hands it to the worker as soon as it is spawned: the
+/// first request skips a second hop to that thread and back.
+pub(crate) struct Queued(Command);
+
 impl Invocation {
+  /// `call` ready to be submitted to a worker, and the invocation that
+  /// waits for its answer.
+  pub(crate) fn queued(call: Call, depth: u32) -> (Self, Queued) {
+    let (invocation, reply, done) = Self::new();
+    let command = Command {
+      call,
+      depth,
+      reply,
+      done,
+    };
+    (invocation, Queued(command))
+  }
+
   /// An invocation and the two ends the isolate answers through.
   pub(super) fn new() -> (Self, oneshot::Sender<Reply>, oneshot::Sender<Usage>) {
     let (reply_tx, reply_rx) = oneshot::channel();

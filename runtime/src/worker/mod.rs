@@ -16,6 +16,7 @@ pub use config::WorkerConfig;
 pub(crate) use handle::Answer;
 pub(crate) use handle::Call;
 pub use handle::Invocation;
+pub(crate) use handle::Queued;
 pub use handle::WorkerHandle;
 pub use isolate::Isolate;
 pub use running::Worker;

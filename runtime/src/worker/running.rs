@@ -72,6 +72,7 @@ pub(super) struct Internals {
   pub(super) scheduled: v8::Global<v8::Function>,
   pub(super) call: v8::Global<v8::Function>,
   pub(super) queue: v8::Global<v8::Function>,
+  pub(super) warm: v8::Global<v8::Function>,
 }
 
 /// Wall-clock limit of a scheduled run, as on Workers.

@@ -430,6 +430,36 @@ async fn unseen_workers_load_into_ready_isolates() {
   eventually("the stock to refill", || rt.stats().stock == 2).await;
 }
 
+/// A ready isolate ran the init path once with no worker (its warm-up):
+/// the worker loaded into it still sees exactly its own bindings.
+async fn a_ready_isolate_gives_its_worker_only_its_own_bindings() {
+  let rt = Runtime::new(Config::default().threads(1).stock(1)).unwrap();
+  eventually("the stock to fill", || rt.stats().stock == 1).await;
+  let code = r#"export default {
+    fetch(request, env) {
+      return new Response(JSON.stringify({ keys: Object.keys(env), greeting: env.GREETING }));
+    },
+  };"#;
+  let key = WorkerKey::new("ready", "v1");
+  let bundle = Bundle::from_modules("worker.js", [("worker.js".to_string(), Bytes::from(code))]);
+  let config = WorkerConfig::new("ready").var("GREETING", "hello");
+  let req = isola_runtime::empty_request("http://ready.test/");
+  let response = rt
+    .fetch(&key, move || Ok((bundle?, config)), req)
+    .await
+    .unwrap();
+  let body = response.into_body().collect_bytes().await.unwrap();
+  assert_eq!(
+    rt.stats().stock_hits,
+    1,
+    "the worker was loaded into the ready isolate"
+  );
+  assert_eq!(
+    String::from_utf8_lossy(&body),
+    r#"{"keys":["GREETING"],"greeting":"hello"}"#
+  );
+}
+
 /// The pool tests, each on its own two-thread tokio runtime (as
 /// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]` gave them).
 pub fn trials() -> Vec<Trial> {
@@ -458,6 +488,10 @@ pub fn trials() -> Vec<Trial> {
     trial(
       "unseen_workers_load_into_ready_isolates",
       unseen_workers_load_into_ready_isolates,
+    ),
+    trial(
+      "a_ready_isolate_gives_its_worker_only_its_own_bindings",
+      a_ready_isolate_gives_its_worker_only_its_own_bindings,
     ),
     trial(
       "a_tiny_memory_limit_is_a_workers_error_not_the_processes",
