@@ -890,6 +890,7 @@ fn thread_main(
               Ok(isolate) => {
                 stock.push_back(isolate);
                 ready.store(stock.len(), Ordering::Relaxed);
+                crate::worker::note_busy();
               }
               Err(e) => tracing::error!("cannot make a blank isolate: {e}"),
             }
@@ -912,6 +913,7 @@ fn thread_main(
           first,
           reply,
         } => {
+          crate::worker::note_busy();
           let taken = stock.pop_front();
           ready.store(stock.len(), Ordering::Relaxed);
           let (isolate, from_stock) = match taken {

@@ -19,4 +19,5 @@ pub use handle::Invocation;
 pub(crate) use handle::Queued;
 pub use handle::WorkerHandle;
 pub use isolate::Isolate;
+pub(crate) use running::note_busy;
 pub use running::Worker;

@@ -1,6 +1,7 @@
 //! A worker loaded into its isolate: requests in, turns of the isolate
 //! with their CPU, memory and wall-clock accounting, and the event loop.
 
+use std::cell::Cell;
 use std::future::poll_fn;
 use std::future::Future;
 use std::pin::Pin;
@@ -56,6 +57,24 @@ const HEAP_SAMPLE_EVERY: u32 = 16;
 /// first request compiled.
 const CACHE_DELAY: Duration = Duration::from_millis(10);
 
+/// How long the V8 thread must then have been quiet (no request started,
+/// no worker loaded, no isolate made: [`note_busy`]) before the caches are
+/// made, so that making them does not hold up a request that just arrived;
+/// and the most they wait for such a moment on a thread that is never quiet.
+const CACHE_QUIET: Duration = Duration::from_millis(5);
+const CACHE_MAX_WAIT: Duration = Duration::from_secs(1);
+
+thread_local! {
+  /// When this V8 thread last started something that deferred work should
+  /// not get in the way of.
+  static LAST_BUSY: Cell<Option<tokio::time::Instant>> = const { Cell::new(None) };
+}
+
+/// Notes that this V8 thread starts a request, a load or a new isolate.
+pub(crate) fn note_busy() {
+  LAST_BUSY.with(|busy| busy.set(Some(tokio::time::Instant::now())));
+}
+
 /// Lets time move for the isolate's JS (see `isola_ext::Clock`).
 pub(super) fn tick_clock(js: &JsRuntime) {
   if let Some(clock) = js.op_state().borrow().try_borrow::<isola_ext::Clock>() {
@@ -86,8 +105,9 @@ pub struct Worker {
   pub(super) js: JsCell,
   pub(super) internals: Internals,
   pub(super) loader: Rc<BundleLoader>,
-  /// Armed while modules wait for their code caches ([`CACHE_DELAY`]).
-  pub(super) cache_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+  /// Armed while modules wait for their code caches ([`CACHE_DELAY`],
+  /// [`CACHE_QUIET`]), with the latest time they are made at.
+  pub(super) cache_timer: Option<(tokio::time::Instant, Pin<Box<tokio::time::Sleep>>)>,
   pub(super) name: Arc<str>,
   pub(super) guard: Arc<Guard>,
   pub(super) limits: Limits,
@@ -132,6 +152,7 @@ impl Worker {
     reply: oneshot::Sender<Reply>,
     done: Option<oneshot::Sender<Usage>>,
   ) {
+    note_busy();
     if let Some(why) = &self.stopped {
       let _ = reply.send(Reply::Stopped(why.clone()));
       return;
@@ -655,15 +676,30 @@ impl Worker {
   }
 
   /// Makes the code caches of the modules compiled without one, once
-  /// [`CACHE_DELAY`] has passed since the first wake-up, or now if the
-  /// worker is `ending` (evicted) before that.
+  /// [`CACHE_DELAY`] has passed since the first wake-up and the thread has
+  /// been quiet for [`CACHE_QUIET`] (at the latest [`CACHE_MAX_WAIT`]
+  /// after the first wake-up), or now if the worker is `ending` (evicted).
   fn deferred_caches(&mut self, ending: bool, cx: &mut Context<'_>) {
     if !ending {
-      let timer = self
-        .cache_timer
-        .get_or_insert_with(|| Box::pin(tokio::time::sleep(CACHE_DELAY)));
-      if timer.as_mut().poll(cx).is_pending() {
-        return;
+      let (latest, timer) = self.cache_timer.get_or_insert_with(|| {
+        let now = tokio::time::Instant::now();
+        (
+          now + CACHE_MAX_WAIT,
+          Box::pin(tokio::time::sleep_until(now + CACHE_DELAY)),
+        )
+      });
+      loop {
+        if timer.as_mut().poll(cx).is_pending() {
+          return;
+        }
+        let now = tokio::time::Instant::now();
+        let quiet = LAST_BUSY
+          .with(Cell::get)
+          .map_or(now, |busy| busy + CACHE_QUIET);
+        if quiet <= now || now >= *latest {
+          break;
+        }
+        timer.as_mut().reset(quiet.min(*latest));
       }
     }
     self.cache_timer = None;
