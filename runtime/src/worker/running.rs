@@ -61,13 +61,17 @@ const CACHE_DELAY: Duration = Duration::from_millis(10);
 /// no worker loaded, no isolate made: [`note_busy`]) before the caches are
 /// made, so that making them does not hold up a request that just arrived;
 /// and the most they wait for such a moment on a thread that is never quiet.
+/// Either way, one worker's caches are made at most every `CACHE_QUIET` on
+/// a thread, so that caches that waited together are not made in one go.
 const CACHE_QUIET: Duration = Duration::from_millis(5);
-const CACHE_MAX_WAIT: Duration = Duration::from_secs(1);
+const CACHE_MAX_WAIT: Duration = Duration::from_millis(100);
 
 thread_local! {
   /// When this V8 thread last started something that deferred work should
   /// not get in the way of.
   static LAST_BUSY: Cell<Option<tokio::time::Instant>> = const { Cell::new(None) };
+  /// When a worker on this thread last made its deferred code caches.
+  static LAST_CACHES: Cell<Option<tokio::time::Instant>> = const { Cell::new(None) };
 }
 
 /// Notes that this V8 thread starts a request, a load or a new isolate.
@@ -693,15 +697,17 @@ impl Worker {
           return;
         }
         let now = tokio::time::Instant::now();
-        let quiet = LAST_BUSY
-          .with(Cell::get)
-          .map_or(now, |busy| busy + CACHE_QUIET);
-        if quiet <= now || now >= *latest {
+        let after = |last: Option<tokio::time::Instant>| last.map_or(now, |t| t + CACHE_QUIET);
+        let quiet = after(LAST_BUSY.with(Cell::get));
+        let spaced = after(LAST_CACHES.with(Cell::get));
+        let due = quiet.min(*latest).max(spaced);
+        if due <= now {
           break;
         }
-        timer.as_mut().reset(quiet.min(*latest));
+        timer.as_mut().reset(due);
       }
     }
+    LAST_CACHES.with(|last| last.set(Some(tokio::time::Instant::now())));
     self.cache_timer = None;
     let (Some(cache), modules) = self.loader.take_deferred() else {
       return;
