@@ -170,8 +170,6 @@ impl Isolate {
     self.guard.memory_limit() as u64
   }
 
-  /// Loads `bundle` into this isolate: builds `env`, evaluates the main
-  /// module and finds its fetch handler.
   /// Does, in a blank isolate, the first-use work V8 does once per isolate
   /// (parser and bytecode-generator state, the maps of Request and
   /// Response objects, the worker's init path), so that a worker later
@@ -193,6 +191,8 @@ impl Isolate {
     Ok(())
   }
 
+  /// Loads `bundle` into this isolate: builds `env`, evaluates the main
+  /// module and finds its fetch handler.
   pub async fn load(mut self, bundle: Bundle, config: &WorkerConfig) -> Result<Worker, Error> {
     let name: Arc<str> = Arc::from(config.name.as_str());
     let memory = config
