@@ -602,7 +602,7 @@ impl Runtime {
       None => {
         let (bundle, config) = source()?;
         let (invocation, first) = Invocation::queued(call, depth);
-        let (_, inflight) = self
+        let inflight = self
           .shared
           .start(key, bundle, config, quarantine, Some(first))
           .await?;
@@ -635,7 +635,7 @@ impl Runtime {
       inflight.fetch_sub(1, Ordering::Relaxed);
       return Ok(());
     }
-    let (_, inflight) = self.shared.start(key, bundle, config, false, None).await?;
+    let inflight = self.shared.start(key, bundle, config, false, None).await?;
     inflight.fetch_sub(1, Ordering::Relaxed);
     Ok(())
   }
@@ -762,7 +762,8 @@ impl Shared {
 
   /// Loads a new instance of `key` on the quarantine thread if
   /// `quarantine` (and there is one), else on the request thread where it
-  /// is least in the way of warm requests ([`Placement`]).
+  /// is least in the way of warm requests ([`Placement`]). Returns the
+  /// new instance's in-flight count, with `first` (if any) counted in.
   async fn start(
     self: &Arc<Self>,
     key: &WorkerKey,
@@ -770,7 +771,7 @@ impl Shared {
     config: WorkerConfig,
     quarantine: bool,
     first: Option<Queued>,
-  ) -> Result<(WorkerHandle, Arc<AtomicUsize>), Error> {
+  ) -> Result<Arc<AtomicUsize>, Error> {
     let here = CURRENT_THREAD.with(Cell::get);
     let quarantined = quarantine && self.threads.len() > self.request_threads;
     let thread = if quarantined {
@@ -831,13 +832,13 @@ impl Shared {
     let instance = Instance {
       thread,
       quarantined,
-      handle: handle.clone(),
+      handle,
       inflight: inflight.clone(),
       memory,
     };
     index.insert(key, instance, Instant::now());
     index.evict_over_limits(key, self.config.max_isolates, self.config.max_memory);
-    Ok((handle, inflight))
+    Ok(inflight)
   }
 
   fn evict_idle(&self) {
