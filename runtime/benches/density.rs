@@ -504,18 +504,29 @@ fn print_churn(quick: bool) {
   );
 }
 
-/// Only the ready-stock first-request figure, over `DENSITY_FIRST` (2,000)
-/// never-seen workers: long enough to profile that path on its own.
-fn print_first() {
-  let n = std::env::var("DENSITY_FIRST")
+/// `name`'s value as a number, or `default`.
+fn env_usize(name: &str, default: usize) -> usize {
+  std::env::var(name)
     .ok()
     .and_then(|v| v.parse().ok())
-    .unwrap_or(2000);
-  let rt = tokio::runtime::Builder::new_multi_thread()
+    .unwrap_or(default)
+}
+
+/// The runtime the figures are measured from: one tokio worker thread
+/// beside the node's V8 thread.
+fn one_worker_runtime() -> tokio::runtime::Runtime {
+  tokio::runtime::Builder::new_multi_thread()
     .worker_threads(1)
     .enable_all()
     .build()
-    .unwrap();
+    .unwrap()
+}
+
+/// Only the ready-stock first-request figure, over `DENSITY_FIRST` (2,000)
+/// never-seen workers: long enough to profile that path on its own.
+fn print_first() {
+  let n = env_usize("DENSITY_FIRST", 2000);
+  let rt = one_worker_runtime();
   let (p50, p99) = rt.block_on(first_request(2, n, CodeCacheConfig::default()));
   println!("| first request to an unseen worker, ready-isolate stock: p50 / p99 | {p50:.2} ms / {p99:.2} ms |");
 }
@@ -564,16 +575,9 @@ fn main() {
     print_first();
     return;
   }
-  let max: usize = std::env::var("DENSITY_MAX")
-    .ok()
-    .and_then(|v| v.parse().ok())
-    .unwrap_or(if quick { 120 } else { 1000 });
+  let max = env_usize("DENSITY_MAX", if quick { 120 } else { 1000 });
   let samples = if quick { 10 } else { 200 };
-  let rt = tokio::runtime::Builder::new_multi_thread()
-    .worker_threads(1)
-    .enable_all()
-    .build()
-    .unwrap();
+  let rt = one_worker_runtime();
   rt.block_on(async {
     println!("| figure | value |\n|---|---|");
     for (n, per) in density(max).await {
