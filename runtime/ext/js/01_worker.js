@@ -24,6 +24,7 @@ const {
   ObjectFreeze,
   ObjectGetOwnPropertyNames,
   ObjectPrototypeIsPrototypeOf,
+  PromisePrototypeCatch,
   Proxy,
   String,
   Symbol,
@@ -66,8 +67,14 @@ const {
 } = core.ops;
 const { fromInnerRequest, Request, toInnerRequest } = requestMod;
 const { Response, ResponsePrototype, toInnerResponse } = responseMod;
-const { readableStreamForRid, resourceForReadableStream, isReadableStream } =
-  streams;
+const {
+  readableStreamForRid,
+  resourceForReadableStream,
+  isReadableStream,
+  readableStreamClose,
+  readableStreamDisturb,
+  ReadableStream,
+} = streams;
 const { InnerBody } = core.loadExtScript("ext:deno_fetch/22_body.js");
 const { URL } = core.loadExtScript("ext:deno_web/00_url.js");
 
@@ -172,6 +179,7 @@ class ExecutionContext {
 const settle = (function settle(inv) {
   inv.pending--;
   if (inv.pending === 0 && inv.responded) {
+    if (inv.body) inv.body.release();
     if (inv.scheduled) {
       if (inv.failed) failWith(inv.id, inv.error, describe(inv.error));
       else op_isola_done_ok(inv.id);
@@ -296,6 +304,94 @@ class IncomingInnerRequest {
   }
 }
 
+// ------------------------------------------------------------ request body --
+const _rid = Symbol("[[rid]]");
+const _stream = Symbol("[[stream]]");
+const _read = Symbol("[[read]]");
+/** Passed to `InnerBody`'s constructor: the body has no stream yet. */
+const LAZY = { __proto__: null };
+
+/**
+ * A request body that stays its resource until something asks for a
+ * stream (`request.body`, `clone()`, passing the request on to `fetch()`).
+ * `arrayBuffer()`, `text()`, `json()`... read the resource whole with one op
+ * and make no `ReadableStream`: most handlers only read it that way, and a
+ * stream is a dozen objects, closures and promises per request, registered
+ * with a FinalizationRegistry.
+ */
+class RequestBody extends InnerBody {
+  [_rid];
+  /** The stream once made; null while the body is only its resource. */
+  [_stream] = null;
+  /** Read whole without a stream. */
+  [_read] = false;
+
+  constructor(rid) {
+    super(LAZY);
+    this[_rid] = rid;
+  }
+
+  get streamOrStatic() {
+    let stream = this[_stream];
+    if (stream === null) {
+      if (this[_read]) {
+        // What `InnerBody` makes for a body already read: locked, disturbed, closed.
+        stream = new ReadableStream();
+        stream.getReader();
+        readableStreamDisturb(stream);
+        readableStreamClose(stream);
+      } else {
+        stream = readableStreamForRid(this[_rid]);
+      }
+      this[_stream] = stream;
+    }
+    return stream;
+  }
+
+  set streamOrStatic(value) {
+    if (value !== LAZY) this[_stream] = value;
+  }
+
+  unusable() {
+    return this[_stream] === null ? this[_read] : super.unusable();
+  }
+
+  consumed() {
+    return this[_stream] === null ? this[_read] : super.consumed();
+  }
+
+  consume() {
+    if (this[_stream] !== null) return super.consume();
+    if (this[_read]) throw new TypeError("Body already consumed");
+    this[_read] = true;
+    const rid = this[_rid];
+    // As `InnerBody` reads a resource-backed stream: one op, then close.
+    return PromisePrototypeCatch(
+      PromisePrototypeThen(core.readAll(rid), (bytes) => {
+        core.tryClose(rid);
+        return bytes;
+      }),
+      (e) => {
+        core.tryClose(rid);
+        if (ObjectPrototypeIsPrototypeOf(core.BadResourcePrototype, e)) {
+          throw new e.constructor(
+            "Cannot read body as underlying resource unavailable",
+          );
+        }
+        throw e;
+      },
+    );
+  }
+
+  /** The invocation is over: a body nobody asked for is closed now. */
+  release() {
+    if (this[_stream] === null && !this[_read]) {
+      this[_read] = true;
+      core.tryClose(this[_rid]);
+    }
+  }
+}
+
 /**
  * Called from Rust for every request.
  * @param {number} id invocation id
@@ -306,12 +402,10 @@ class IncomingInnerRequest {
  * @param {string | null} entrypoint named export a service binding calls
  */
 const dispatch = (function dispatch(id, method, url, headers, bodyRid, entrypoint) {
-  const body = bodyRid === null
-    ? null
-    : new InnerBody(readableStreamForRid(bodyRid));
+  const body = bodyRid === null ? null : new RequestBody(bodyRid);
   const inner = new IncomingInnerRequest(method, url, headers, body);
   const request = fromInnerRequest(inner, "immutable");
-  const inv = { id, pending: 1, responded: false, passThrough: false };
+  const inv = { id, pending: 1, responded: false, passThrough: false, body };
   const ctx = new ExecutionContext(inv);
 
   const prevContext = core.getAsyncContext();
@@ -733,7 +827,11 @@ function warm() {
   const out = toInnerResponse(response);
   flatHeaders(out.headerList);
   if (out.body !== null) isReadableStream(out.body.streamOrStatic);
-  warmKept = [inner, request, url, response, out];
+  // A request body as handlers check it before reading (reading calls ops).
+  const body = new RequestBody(0);
+  body.unusable();
+  body.consumed();
+  warmKept = [inner, request, url, response, out, body];
 }
 let warmKept = null;
 

@@ -228,6 +228,35 @@ fn a_busy_loop_after_a_quiet_spell_is_still_stopped() {
   });
 }
 
+/// The body of a request the handler never reads is let go (the client's
+/// upload stops) when the invocation ends, not when V8 next collects it.
+fn an_unread_request_body_is_dropped_when_its_invocation_ends() {
+  rt().block_on(async {
+    let code = r#"export default { fetch() { return new Response("unread"); } };"#;
+    let mut worker = Worker::new(bundle(code), &WorkerConfig::new("u"), LogSink::discard())
+      .await
+      .unwrap();
+    // An upload still in progress: one chunk sent, the rest never comes.
+    let (mut tx, rx) = futures::channel::mpsc::channel::<
+      Result<http_body::Frame<Bytes>, std::convert::Infallible>,
+    >(1);
+    tx.try_send(Ok(http_body::Frame::data(Bytes::from_static(b"partial"))))
+      .unwrap();
+    let body = isola_runtime::request_body(http_body_util::StreamBody::new(rx));
+    let request = http::Request::post("http://u.test/").body(body).unwrap();
+    let response = worker.fetch(request).await.unwrap();
+    let body = response.into_body().collect_bytes().await.unwrap();
+    assert_eq!(&body[..], b"unread");
+    for _ in 0..200 {
+      if tx.is_closed() {
+        return;
+      }
+      tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the unread request body was still held after its invocation ended");
+  });
+}
+
 pub fn trials() -> Vec<Trial> {
   vec![
     trial(
@@ -249,6 +278,10 @@ pub fn trials() -> Vec<Trial> {
     trial(
       "invocation_finishes_after_wait_until_settles",
       invocation_finishes_after_wait_until_settles,
+    ),
+    trial(
+      "an_unread_request_body_is_dropped_when_its_invocation_ends",
+      an_unread_request_body_is_dropped_when_its_invocation_ends,
     ),
     trial("a_stopped_worker_reports_it", a_stopped_worker_reports_it),
     trial(
