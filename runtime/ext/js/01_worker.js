@@ -308,8 +308,11 @@ class IncomingInnerRequest {
 const _rid = Symbol("[[rid]]");
 const _stream = Symbol("[[stream]]");
 const _read = Symbol("[[read]]");
+const _ended = Symbol("[[ended]]");
 /** Passed to `InnerBody`'s constructor: the body has no stream yet. */
 const LAZY = { __proto__: null };
+const ENDED =
+  "This request's body can no longer be read: the invocation it came with has ended. Read it in the handler, or in ctx.waitUntil(), before that.";
 
 /**
  * A request body that stays its resource until something asks for a
@@ -325,6 +328,8 @@ class RequestBody extends InnerBody {
   [_stream] = null;
   /** Read whole without a stream. */
   [_read] = false;
+  /** Closed unread because its invocation ended. */
+  [_ended] = false;
 
   constructor(rid) {
     super(LAZY);
@@ -334,7 +339,13 @@ class RequestBody extends InnerBody {
   get streamOrStatic() {
     let stream = this[_stream];
     if (stream === null) {
-      if (this[_read]) {
+      if (this[_ended]) {
+        stream = new ReadableStream({
+          start(controller) {
+            controller.error(new TypeError(ENDED));
+          },
+        });
+      } else if (this[_read]) {
         // What `InnerBody` makes for a body already read: locked, disturbed, closed.
         stream = new ReadableStream();
         stream.getReader();
@@ -362,6 +373,7 @@ class RequestBody extends InnerBody {
 
   consume() {
     if (this[_stream] !== null) return super.consume();
+    if (this[_ended]) throw new TypeError(ENDED);
     if (this[_read]) throw new TypeError("Body already consumed");
     this[_read] = true;
     const rid = this[_rid];
@@ -385,8 +397,8 @@ class RequestBody extends InnerBody {
 
   /** The invocation is over: a body nobody asked for is closed now. */
   release() {
-    if (this[_stream] === null && !this[_read]) {
-      this[_read] = true;
+    if (this[_stream] === null && !this[_read] && !this[_ended]) {
+      this[_ended] = true;
       core.tryClose(this[_rid]);
     }
   }
