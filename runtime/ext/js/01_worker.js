@@ -307,8 +307,11 @@ class IncomingInnerRequest {
 // ------------------------------------------------------------ request body --
 const _rid = Symbol("[[rid]]");
 const _stream = Symbol("[[stream]]");
-const _read = Symbol("[[read]]");
-const _ended = Symbol("[[ended]]");
+const _state = Symbol("[[state]]");
+/** Where a body without a stream is: its resource open, read whole, or closed unread. */
+const OPEN = 0;
+const READ = 1;
+const ENDED_UNREAD = 2;
 /** Passed to `InnerBody`'s constructor: the body has no stream yet. */
 const LAZY = { __proto__: null };
 const ENDED =
@@ -326,10 +329,8 @@ class RequestBody extends InnerBody {
   [_rid];
   /** The stream once made; null while the body is only its resource. */
   [_stream] = null;
-  /** Read whole without a stream. */
-  [_read] = false;
-  /** Closed unread because its invocation ended. */
-  [_ended] = false;
+  /** While there is no stream: OPEN, READ or ENDED_UNREAD. */
+  [_state] = OPEN;
 
   constructor(rid) {
     super(LAZY);
@@ -339,13 +340,13 @@ class RequestBody extends InnerBody {
   get streamOrStatic() {
     let stream = this[_stream];
     if (stream === null) {
-      if (this[_ended]) {
+      if (this[_state] === ENDED_UNREAD) {
         stream = new ReadableStream({
           start(controller) {
             controller.error(new TypeError(ENDED));
           },
         });
-      } else if (this[_read]) {
+      } else if (this[_state] === READ) {
         // What `InnerBody` makes for a body already read: locked, disturbed, closed.
         stream = new ReadableStream();
         stream.getReader();
@@ -364,18 +365,18 @@ class RequestBody extends InnerBody {
   }
 
   unusable() {
-    return this[_stream] === null ? this[_read] : super.unusable();
+    return this[_stream] === null ? this[_state] === READ : super.unusable();
   }
 
   consumed() {
-    return this[_stream] === null ? this[_read] : super.consumed();
+    return this[_stream] === null ? this[_state] === READ : super.consumed();
   }
 
   consume() {
     if (this[_stream] !== null) return super.consume();
-    if (this[_ended]) throw new TypeError(ENDED);
-    if (this[_read]) throw new TypeError("Body already consumed");
-    this[_read] = true;
+    if (this[_state] === ENDED_UNREAD) throw new TypeError(ENDED);
+    if (this[_state] === READ) throw new TypeError("Body already consumed");
+    this[_state] = READ;
     const rid = this[_rid];
     // As `InnerBody` reads a resource-backed stream: one op, then close.
     return PromisePrototypeCatch(
@@ -397,8 +398,8 @@ class RequestBody extends InnerBody {
 
   /** The invocation is over: a body nobody asked for is closed now. */
   release() {
-    if (this[_stream] === null && !this[_read] && !this[_ended]) {
-      this[_ended] = true;
+    if (this[_stream] === null && this[_state] === OPEN) {
+      this[_state] = ENDED_UNREAD;
       core.tryClose(this[_rid]);
     }
   }
