@@ -213,12 +213,12 @@ fn a_stopped_worker_reports_it() {
   });
 }
 
-/// The watchdog rests when no isolate has run JS for a while; a turn that
-/// starts after that must wake it, so the CPU limit holds as before.
+/// The watchdog parks when no isolate is running JS; a turn that starts
+/// after a quiet spell must wake it, so the CPU limit holds as before.
 fn a_busy_loop_after_a_quiet_spell_is_still_stopped() {
   rt().block_on(async {
     let worker = busy_loop("q").await;
-    // Longer than the watchdog's rest threshold (100 ticks of 1 ms).
+    // Long enough for the watchdog to have looked at the last turn and parked.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let err = worker
       .fetch(isola_runtime::empty_request("http://q.test/"))
