@@ -232,7 +232,7 @@ struct Watchdog {
   /// parked with nothing to watch (or working out when to look next).
   wake_at: AtomicU64,
   thread: OnceLock<std::thread::Thread>,
-  /// Times it woke, for tests.
+  /// Times it looked at the running turns (tests read it).
   wakes: AtomicU64,
 }
 
@@ -295,6 +295,7 @@ impl Watchdog {
         if deadline == IDLE || guard.terminated.load(Ordering::Acquire) {
           continue;
         }
+        // Fails only for a thread that has exited, whose isolates are gone.
         let Some(cpu) = thread_cpu_ns(guard.clock) else {
           continue;
         };
