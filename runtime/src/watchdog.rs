@@ -246,6 +246,14 @@ impl Watchdog {
     }
   }
 
+  /// A watchdog on its own thread, for the life of the process.
+  fn spawn(thread: std::thread::Builder) -> std::io::Result<&'static Self> {
+    let dog: &'static Self = Box::leak(Box::new(Self::new()));
+    let handle = thread.spawn(move || dog.run())?;
+    let _ = dog.thread.set(handle.thread().clone());
+    Ok(dog)
+  }
+
   /// A turn began that must be looked at by `at` (monotonic ns) if it is
   /// still running then. One load when the watchdog already looks sooner,
   /// as it nearly always does on a busy node; else a wake-up.
@@ -306,22 +314,13 @@ impl Watchdog {
               guard.stop(Trip::Cpu);
             }
           }
-          Look::Again(after) => next = next.min(monotonic_ns().saturating_add(after)),
+          // From the scan's start: a little early, never late.
+          Look::Again(after) => next = next.min(now.saturating_add(after)),
         }
       }
       drop(guards);
       self.wake_at.fetch_min(next, Ordering::SeqCst);
     }
-  }
-}
-
-impl Watchdog {
-  /// A watchdog on its own thread, for the life of the process.
-  fn spawn(thread: std::thread::Builder) -> std::io::Result<&'static Self> {
-    let dog: &'static Self = Box::leak(Box::new(Self::new()));
-    let handle = thread.spawn(move || dog.run())?;
-    let _ = dog.thread.set(handle.thread().clone());
-    Ok(dog)
   }
 }
 
