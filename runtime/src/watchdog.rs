@@ -43,6 +43,7 @@ use deno_core::v8;
 /// its core (the quarantine) nears its deadline slowly; this keeps the
 /// watchdog from waking ever more often as it does.
 const RECHECK: Duration = Duration::from_micros(200);
+const RECHECK_NS: u64 = RECHECK.as_nanos() as u64;
 const IDLE: u64 = u64::MAX;
 
 /// Why an isolate was stopped.
@@ -222,7 +223,7 @@ fn look(deadline: u64, cpu_now: u64) -> Look {
   if cpu_now > deadline {
     Look::Stop
   } else {
-    Look::Again((deadline - cpu_now).max(RECHECK.as_nanos() as u64))
+    Look::Again((deadline - cpu_now).max(RECHECK_NS))
   }
 }
 
@@ -260,7 +261,7 @@ impl Watchdog {
   fn look_by(&self, at: u64) {
     // Late by up to RECHECK is within the limit's precision; it saves the
     // wake-up for turns that begin in step with the one it waits for.
-    let at_latest = at.saturating_add(RECHECK.as_nanos() as u64);
+    let at_latest = at.saturating_add(RECHECK_NS);
     if self.wake_at.load(Ordering::SeqCst) <= at_latest {
       return;
     }
@@ -425,14 +426,8 @@ mod tests {
     assert_eq!(look(50 * ms, 10 * ms), Look::Again(40 * ms));
     // Close to it: not sooner than RECHECK, so a starved thread does not
     // wake the watchdog ever more often.
-    assert_eq!(
-      look(50 * ms, 50 * ms - 10),
-      Look::Again(RECHECK.as_nanos() as u64)
-    );
-    assert_eq!(
-      look(50 * ms, 50 * ms),
-      Look::Again(RECHECK.as_nanos() as u64)
-    );
+    assert_eq!(look(50 * ms, 50 * ms - 10), Look::Again(RECHECK_NS));
+    assert_eq!(look(50 * ms, 50 * ms), Look::Again(RECHECK_NS));
     assert_eq!(look(50 * ms, 50 * ms + 1), Look::Stop);
   }
 

@@ -213,12 +213,13 @@ fn a_stopped_worker_reports_it() {
   });
 }
 
-/// The watchdog parks when no isolate is running JS; a turn that starts
-/// after a quiet spell must wake it, so the CPU limit holds as before.
+/// After a quiet spell the watchdog is parked, or asleep until a later
+/// deadline (the load's start-up budget); a turn that starts then must
+/// wake it, so the CPU limit holds as before.
 fn a_busy_loop_after_a_quiet_spell_is_still_stopped() {
   rt().block_on(async {
     let worker = busy_loop("q").await;
-    // Long enough for the watchdog to have looked at the last turn and parked.
+    // Long enough for the load's turn to have ended and the watchdog to wait.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let err = worker
       .fetch(isola_runtime::empty_request("http://q.test/"))
