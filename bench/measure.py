@@ -135,6 +135,11 @@ CFG = {
     "scaling": env_int("SCALING", 1, 0, 1),
     "scaling_threads": env_ints("SCALING_THREADS", [1, 2]),
     "scaling_wrk_threads": env_int("SCALING_WRK_THREADS", 2, 1, 64),
+    # Tenants (`hello`, closed-loop oha): isola-edge serve with this many of
+    # its workers taking turns, and deno serve as one process per tenant
+    # (1 and the most of these), the way deno isolates tenants. Empty: skip.
+    "tenants": env_ints("TENANTS", [1, 10, 25, 50, 100]) if os.environ.get("TENANTS") != "0"
+    else [],
 }
 CFG["latency_duration_s"] = CFG["latency_duration_s"] or CFG["duration_s"]
 CFG["latency_connections"] = CFG["latency_connections"] or CFG["connections"]
@@ -295,13 +300,18 @@ def run_wrk(port: int, workload: str, script: Path, duration_s: int, threads: in
     }
 
 
-def oha_argv(port: int, workload: str, rate: float, duration_s: int,
-             hosts: list[str] | None, out_dir: Path) -> list[str]:
+def oha_argv(port: int, workload: str, rate: float | None, duration_s: int,
+             hosts: list[str] | None, out_dir: Path, ports: list[int] | None = None) -> list[str]:
+    """oha's argv: open loop at `rate`, or closed loop (rate None) over
+    CONNECTIONS; to `port`, spread over `hosts` there, or over `ports`."""
     method, path, headers, body = servers.REQUESTS[workload]
-    argv = [OHA, "--no-tui", "--output-format", "json", "-z", f"{duration_s}s",
-            "-q", f"{rate:.0f}", "--latency-correction", "-c", str(CFG["latency_connections"]),
-            "--disable-compression", "--redirect", "0", "-t", CFG["wrk_timeout"],
-            "-m", method]
+    argv = [OHA, "--no-tui", "--output-format", "json", "-z", f"{duration_s}s"]
+    if rate is None:
+        argv += ["-c", str(CFG["connections"])]
+    else:
+        argv += ["-q", f"{rate:.0f}", "--latency-correction",
+                 "-c", str(CFG["latency_connections"])]
+    argv += ["--disable-compression", "--redirect", "0", "-t", CFG["wrk_timeout"], "-m", method]
     if PIN:
         argv += ["--worker-threads", "1"]
     for k, v in headers.items():
@@ -310,7 +320,12 @@ def oha_argv(port: int, workload: str, rate: float, duration_s: int,
         body_file = out_dir / f"oha-{workload}.body"
         body_file.write_bytes(body)
         argv += ["-D", str(body_file)]
-    if hosts:
+    if ports:
+        # One server process per port (deno's tenants); kept-alive as below.
+        urls = out_dir / f"oha-{workload}-{len(ports)}ports.urls"
+        urls.write_text("".join(f"http://127.0.0.1:{p}{path}\n" for p in ports))
+        argv += ["--urls-from-file", str(urls)]
+    elif hosts:
         # Each request picks one of the URLs at random; --connect-to sends
         # every name to the server, on kept-alive connections.
         urls = out_dir / f"oha-{workload}-{len(hosts)}hosts.urls"
@@ -323,9 +338,10 @@ def oha_argv(port: int, workload: str, rate: float, duration_s: int,
     return argv
 
 
-def run_oha(port: int, workload: str, rate: float, duration_s: int,
-            hosts: list[str] | None, out_dir: Path, cpus: set[int] | None) -> dict:
-    argv = oha_argv(port, workload, rate, duration_s, hosts, out_dir)
+def run_oha(port: int, workload: str, rate: float | None, duration_s: int,
+            hosts: list[str] | None, out_dir: Path, cpus: set[int] | None,
+            ports: list[int] | None = None) -> dict:
+    argv = oha_argv(port, workload, rate, duration_s, hosts, out_dir, ports)
     try:
         cp = subprocess.run(with_cpus(argv, cpus), capture_output=True, text=True,
                             timeout=duration_s + 60)
@@ -360,24 +376,40 @@ def run_oha(port: int, workload: str, rate: float, duration_s: int,
 
 
 class Target:
-    """A started server: its process, port, the Host names to spread requests
-    over (None: the default host), and a control plane whose CPU is counted
-    apart."""
+    """A started server: its process (and `more`, counted with it: deno's
+    tenants), port, the Host names to spread requests over (None: the
+    default host), and a control plane whose CPU is counted apart."""
 
-    def __init__(self, proc, port, log_path, hosts=None, control=None):
+    def __init__(self, proc, port, log_path, hosts=None, control=None, more=()):
         self.proc, self.port, self.log_path = proc, port, log_path
         self.hosts, self.control = hosts, control
+        self.procs = [proc, *more]
+
+    def cpu_ticks(self) -> int | None:
+        ticks = [proc_cpu_ticks(p.pid) for p in self.procs]
+        return None if None in ticks else sum(ticks)
+
+    def rss_kib(self) -> int | None:
+        rss = [proc_rss_kib(p.pid) for p in self.procs]
+        return None if None in rss else sum(rss)
+
+    def exited(self) -> int | None:
+        """The exit status of a process that has exited, if one has."""
+        return next((rc for rc in (p.poll() for p in self.procs) if rc is not None), None)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            servers.stop(p)
 
 
 def measured(target: Target, load) -> tuple[dict | None, str | None]:
     """Runs `load()` (one wrk or oha run) and adds the CPU the server, the
     control plane, the load generator and everything else used meanwhile."""
-    pid = target.proc.pid
     cpid = target.control.pid if target.control else None
-    t0, k0 = proc_cpu_ticks(pid), proc_cpu_ticks(cpid) if cpid else None
+    t0, k0 = target.cpu_ticks(), proc_cpu_ticks(cpid) if cpid else None
     b0, c0 = machine_busy_ticks(), children_cpu_s()
     r = load()
-    t1 = proc_cpu_ticks(pid) if target.proc.poll() is None else None
+    t1 = target.cpu_ticks() if target.exited() is None else None
     k1 = proc_cpu_ticks(cpid) if cpid else None
     b1, c1 = machine_busy_ticks(), children_cpu_s()
     if "error" in r:
@@ -409,7 +441,7 @@ def run_series(cell: dict, key: str, target: Target, logs: Path, stem: str, load
     while len(cell[key]) < count and attempts < count + CFG["noisy_retries"]:
         i = len(cell[key])
         attempts += 1
-        if target.proc.poll() is not None:
+        if target.exited() is not None:
             break
         run, err = measured(target, load)
         if err:
@@ -472,16 +504,98 @@ def bench_target(row: str, workload: str, logs: Path, start, wrk_threads: int,
             run_series(cell, "open_runs", target, logs, stem, lambda: run_oha(
                 target.port, workload, rate, CFG["latency_duration_s"], target.hosts, logs,
                 wrk_cpus), CFG["runs"])
-        cell["rss_kib_after"] = proc_rss_kib(target.proc.pid)
+        cell["rss_kib_after"] = target.rss_kib()
         if target.control:
             cell["control_rss_kib_after"] = proc_rss_kib(target.control.pid)
     finally:
-        rc = target.proc.poll()
+        rc = target.exited()
         if rc is not None:
             cell["problems"].append(f"server exited during the benchmark (exit status {rc})")
             cell["log_tail"] = servers.log_tail(target.log_path)
-        servers.stop(target.proc)
+        target.stop()
     return cell
+
+
+def tenants_cell(row: str, workload: str, logs: Path, target: Target, tenants: int,
+                 hosts: list[str] | None = None, ports: list[int] | None = None) -> dict:
+    """One tenants cell on a started server: closed-loop oha spread over
+    `tenants` Host names at its port, or over one port per tenant."""
+    cell: dict = {"row": row, "workload": workload, "tenants": tenants, "runs": [],
+                  "open_runs": [], "problems": [], "noisy_discarded": 0}
+
+    def load(secs: int) -> dict:
+        return run_oha(target.port, workload, None, secs, hosts, logs, load_cpus(), ports)
+
+    if CFG["warmup_s"] > 0:
+        w = load(CFG["warmup_s"])
+        if "error" in w or w["errors"]:
+            cell["problems"].append(f"warm-up: {w.get('error') or w['err_detail']}")
+    run_series(cell, "runs", target, logs, f"{row}-{workload}",
+               lambda: load(CFG["duration_s"]), CFG["runs"])
+    cell["rss_kib_after"] = target.rss_kib()
+    rc = target.exited()
+    if rc is not None:
+        cell["problems"].append(f"server exited during the benchmark (exit status {rc})")
+    return cell
+
+
+def serve_tenants(site: servers.ServeSite, logs: Path) -> list[dict]:
+    """isola-edge serve with K of the site's workers taking turns, for each
+    K of TENANTS (most first, so every isolate is loaded once), one edge."""
+    hosts = site.hosts()
+    ks = sorted({k for k in CFG["tenants"] if k <= len(hosts)}, reverse=True)
+    if not ks:
+        return []
+    target, why = start_serve(site, "tenants", CFG["serve_threads"], hosts, server_cpus(),
+                              logs)()
+    cells = []
+    try:
+        if why:
+            return [{"row": f"serve-k{ks[0]}", "workload": site.workload, "tenants": ks[0],
+                     "runs": [], "problems": [why]}]
+        for k in ks:
+            wait_for_quiet([site.control.pid])
+            print(f"  {site.workload:6} serve, {k:3} tenants taking turns (oha) ...", end="",
+                  flush=True)
+            cell = tenants_cell(f"serve-k{k}", site.workload, logs, target, k, hosts=hosts[:k])
+            cells.append(cell)
+            print_cell(cell)
+    finally:
+        target.stop()
+    return cells
+
+
+def deno_tenants(workload: str, logs: Path) -> list[dict]:
+    """deno serve as one process per tenant (its isolation unit), for 1
+    and for the most of TENANTS, pinned and loaded like `serve_tenants`."""
+    cells = []
+    for n in sorted({1, max(CFG["tenants"])}):
+        wait_for_quiet()
+        print(f"  {workload:6} deno serve, {n:3} processes (oha) ...", end="", flush=True)
+        ports: list[int] = []
+        while len(ports) < n:
+            port = servers.free_port()
+            if port not in ports:
+                ports.append(port)
+        log_path = logs / f"deno-x{n}-{workload}.log"
+        procs = []
+        for port in ports:
+            argv, env = servers.server_argv("deno", BINS, PEERS, workload, port)
+            procs.append(servers.spawn(argv, log_path, env, server_cpus()))
+        target = Target(procs[0], ports[0], log_path, more=procs[1:])
+        try:
+            late = [port for proc, port in zip(procs, ports)
+                    if servers.wait_first_200(proc, port, CFG["ready_timeout_s"]) is None]
+            if late:
+                cell = {"row": f"deno-x{n}", "workload": workload, "tenants": n, "runs": [],
+                        "problems": [f"{len(late)} of {n} never answered 200"]}
+            else:
+                cell = tenants_cell(f"deno-x{n}", workload, logs, target, n, ports=ports)
+        finally:
+            target.stop()
+        cells.append(cell)
+        print_cell(cell)
+    return cells
 
 
 def start_single(server: str, workload: str, logs: Path):
@@ -734,7 +848,7 @@ def main() -> int:
     if os.environ.get("ISOLA_BUILD_NOTE"):
         global_problems.append("isola: " + os.environ["ISOLA_BUILD_NOTE"])
 
-    cells, scaling, startups, rates = [], [], [], {}
+    cells, scaling, startups, rates, tenants = [], [], [], {}, []
     print(f"benchmarking {chosen} x {CFG['workloads']}, logs in {logs}", flush=True)
     for w in CFG["workloads"]:
         rate = CFG["latency_rate"] or None
@@ -742,9 +856,10 @@ def main() -> int:
             rates[w] = {"rps": rate, "basis": "LATENCY_RATE"}
         for s in chosen:
             if s == "serve":
-                cells_, scaling_ = bench_serve(w, logs, rate, global_problems)
+                cells_, scaling_, tenants_ = bench_serve(w, logs, rate, global_problems)
                 cells += cells_
                 scaling += scaling_
+                tenants += tenants_
                 continue
             busy = wait_for_quiet()
             print(f"  {w:6} {s:9} ...", end="", flush=True)
@@ -780,13 +895,15 @@ def main() -> int:
             startups.append(st)
             print(f" median {report.fmt(median(st['ms']))} ms over {len(st['ms'])} runs",
                   flush=True)
+    if CFG["tenants"] and "deno" in chosen and "hello" in CFG["workloads"] and OHA:
+        tenants += deno_tenants("hello", logs)
     events = bench_events(logs, chosen, global_problems)
     density = bench_density(logs)
 
     raw = {
         "format": FORMAT, "started": started, "elapsed_s": time.monotonic() - t_start,
         "pinned": PIN, "config": CFG, "env": env, "latency_rates": rates, "cells": cells,
-        "scaling": scaling, "startup": startups, "density": density, "events": events,
+        "scaling": scaling, "tenants": tenants, "startup": startups, "density": density, "events": events,
         "problems": global_problems, "binaries": {k: str(v) for k, v in BINS.items()},
     }
     out_json = results / f"{stamp}.json"
@@ -821,14 +938,15 @@ def bench_events(logs: Path, chosen: list[str], global_problems: list[str]) -> l
     return out
 
 
-def bench_serve(w: str, logs: Path, rate: float | None,
-                global_problems: list[str]) -> tuple[list[dict], list[dict]]:
+def bench_serve(w: str, logs: Path, rate: float | None, global_problems: list[str]
+                ) -> tuple[list[dict], list[dict], list[dict]]:
     """The `serve` rows of one workload (all workers; one of them), pinned
-    like the others, then the thread-scaling cells (unpinned)."""
+    like the others, the tenants cells (`hello`), then the thread-scaling
+    cells (unpinned)."""
     n = CFG["serve_workers"]
     site = servers.ServeSite(BINS["control"], BINS["isola"], w, n, logs, load_cpus(),
                              CFG["control_nice"])
-    cells, scaling = [], []
+    cells, scaling, tenants = [], [], []
     try:
         print(f"  {w:6} serve     setting up a control plane with {n} workers ...",
               end="", flush=True)
@@ -839,7 +957,7 @@ def bench_serve(w: str, logs: Path, rate: float | None,
         except (servers.ApiError, OSError, subprocess.SubprocessError) as e:
             print(f" failed: {e}", flush=True)
             global_problems.append(f"`{w}` serve: setup failed: {e}")
-            return cells, scaling
+            return cells, scaling, tenants
         print(f" uploaded in {secs:.1f} s", flush=True)
         setup = {"workers": n, "upload_s": secs}
         hosts = site.hosts()
@@ -859,6 +977,8 @@ def bench_serve(w: str, logs: Path, rate: float | None,
                 cell["problems"].insert(0, busy)
             cells.append(cell)
             print_cell(cell)
+        if CFG["tenants"] and w == "hello" and OHA:
+            tenants += serve_tenants(site, logs)
         if CFG["scaling"]:
             # Everything shares every core now, the control plane too.
             subprocess.run(["taskset", "-a", "-p", "-c", ",".join(map(str, sorted(ALL_CPUS))),
@@ -878,7 +998,7 @@ def bench_serve(w: str, logs: Path, rate: float | None,
                 print_cell(cell)
     finally:
         site.stop()
-    return cells, scaling
+    return cells, scaling, tenants
 
 
 if __name__ == "__main__":

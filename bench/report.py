@@ -46,6 +46,10 @@ def events_what(e: dict) -> str:
 def label(row: str, cell: dict | None = None) -> str:
     if row.startswith("serve-t"):
         return f"isola-edge serve, {row[len('serve-t'):]} thread(s)"
+    if row.startswith("serve-k"):
+        return f"isola-edge serve, {row[len('serve-k'):]} tenants taking turns"
+    if row.startswith("deno-x"):
+        return f"deno serve, {row[len('deno-x'):]} processes"
     if row in ("serve100", "serve100q", "serve1") and cell and cell.get("setup"):
         n = cell["setup"].get("workers", 100)
         return {"serve100": f"isola-edge serve, {n} workers",
@@ -146,7 +150,7 @@ def pool(results: list[dict]) -> dict:
         return results[0]
     out = dict(results[0])
     out["sources"] = [r["source"] for r in results]
-    for key in ("cells", "scaling"):
+    for key in ("cells", "scaling", "tenants"):
         merged: dict[tuple, dict] = {}
         for r in results:
             for cell in r.get(key) or []:
@@ -275,6 +279,7 @@ def render(raw: dict) -> str:
     for w in [w for w in workloads_in(raw) if any(k[1] == w for k in by)]:
         out += render_workload(raw, w)
     out += render_scaling(raw)
+    out += render_tenants(raw)
     out += render_startup(raw)
     out += render_events(raw)
     out += render_density(raw)
@@ -389,7 +394,22 @@ def render_targets(raw: dict) -> list[str]:
     out = ["## Targets (issue #17)", "", "| target | measured | met |", "|---|---|:-:|"]
     for name, value, ok in rows:
         out.append(f"| {name} | {value} | {'–' if ok is None else ('yes' if ok else '**no**')} |")
-    return out + [""]
+    return out + [""] + tenants_beside_deno(raw)
+
+
+def tenants_beside_deno(raw: dict) -> list[str]:
+    """The most tenants measured, isola-edge serve beside deno serve with
+    as many processes: what the `serve` target's deno does for isolation."""
+    by = {row_of(c): c for c in raw.get("tenants") or []}
+    n = max((c["tenants"] for c in by.values() if row_of(c).startswith("deno-x")), default=0)
+    mine, theirs = by.get(f"serve-k{n}"), by.get(f"deno-x{n}")
+    if n < 2 or not mine or not theirs:
+        return []
+    a, b = summarize(mine)["cpu_us"], summarize(theirs)["cpu_us"]
+    return [f"Beside the `serve` rows: deno serve isolates tenants by process. With {n} "
+            f"tenants (one process each) it spends {fmt(b, '.1f')} µs of CPU per `hello` "
+            f"request, isola-edge serve with {n} workers {fmt(a, '.1f')} µs "
+            f"({ratio(a, b)}); see *Tenants taking turns*.", ""]
 
 
 def render_workload(raw: dict, w: str) -> list[str]:
@@ -497,6 +517,46 @@ def render_scaling(raw: dict) -> list[str]:
     return out + ["", "Server CPU here is a share of one core (200% = both).", ""]
 
 
+def render_tenants(raw: dict) -> list[str]:
+    """CPU per request by how many tenants take turns: isola-edge serve's
+    workers (one isolate each, one process), and deno serve processes."""
+    cells = raw.get("tenants") or []
+    if not cells:
+        return []
+    c = raw["config"]
+    by = {row_of(cell): cell for cell in cells}
+    isola = sorted((x for x in cells if row_of(x).startswith("serve-k")),
+                   key=lambda x: x["tenants"])
+    deno = sorted((x for x in cells if row_of(x).startswith("deno-x")),
+                  key=lambda x: x["tenants"])
+    out = [f"## Tenants taking turns (`hello`, closed loop: `oha -c {c['connections']} "
+           f"-z {c['duration_s']}s`, {c['runs']} runs)", "",
+           "Each request goes to one of N tenants at random, on kept-alive connections. "
+           "isola-edge serve runs each tenant (worker) in its own isolate in one process; "
+           "deno serve has one isolate per process, so its N tenants are N processes, all "
+           "on the server's core. CPU counts every process of the row.", "",
+           "| server | tenants | req/s | CPU µs/req | vs 1 tenant | vs deno, same tenants "
+           "| server CPU | load CPU | control CPU | RSS MiB | errors |",
+           "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for group, name in ((isola, "isola-edge serve"), (deno, "deno serve")):
+        one = next((summarize(x)["cpu_us"] for x in group if x["tenants"] == 1), None)
+        for cell in group:
+            n, m = cell["tenants"], summarize(cell)
+            what = f"{name}, {n} process{'es' if n > 1 else ''}" if group is deno else name
+            if m["n"] == 0:
+                out.append(f"| {what} | {n} | **failed** |" + " |" * 8)
+                continue
+            peer = by.get(f"deno-x{n}") if group is isola else None
+            rss = cell.get("rss_kib_after")
+            out.append(
+                f"| {what} | {n} | {fmt(m['rps'], ',.0f')} | {fmt(m['cpu_us'], '.1f')} "
+                f"| {ratio(m['cpu_us'], one)} "
+                f"| {ratio(m['cpu_us'], summarize(peer)['cpu_us']) if peer else '–'} "
+                f"| {pct(m['cpu_util'])} | {pct(m['load_util'])} | {pct(m['control_util'])} "
+                f"| {fmt(None if rss is None else rss / 1024, '.1f')} | {m['errors']} |")
+    return out + [""]
+
+
 def render_startup(raw: dict) -> list[str]:
     startups = raw.get("startup") or []
     if not startups:
@@ -553,7 +613,7 @@ def render_density(raw: dict) -> list[str]:
 
 def render_problems(raw: dict) -> list[str]:
     problems = [f"- {p}" for p in raw.get("problems", [])]
-    for cell in raw.get("cells", []) + (raw.get("scaling") or []):
+    for cell in raw.get("cells", []) + (raw.get("scaling") or []) + (raw.get("tenants") or []):
         name = f"{label(row_of(cell), cell)} / `{cell['workload']}`"
         problems += [f"- {name}: {p}" for p in cell.get("problems", [])]
         if cell.get("noisy_discarded"):

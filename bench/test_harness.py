@@ -164,6 +164,32 @@ class Render(unittest.TestCase):
         self.assertEqual(len(lat), 1, md)
         self.assertIn("| 1.500 | 3.0× |", lat[0])
 
+    def test_tenants(self):
+        raw = result(isola_cpu=10.0)
+
+        def tenants(row, n, cpu_us):
+            return dict(cell(row, "hello", 40_000, cpu_us, 1), tenants=n, open_runs=[],
+                        rss_kib_after=1024 * n)
+        raw["tenants"] = [tenants("serve-k100", 100, 22.0), tenants("serve-k1", 1, 10.0),
+                          tenants("deno-x1", 1, 5.5), tenants("deno-x100", 100, 36.0)]
+        md = report.render(raw)
+        section = md.split("## Tenants taking turns")[1].split("\n## ")[0]
+        rows = [ln for ln in section.splitlines() if ln.startswith(("| isola", "| deno"))]
+        # isola by tenants, then deno; vs 1 tenant, vs deno with as many
+        self.assertEqual([r.split(" | ")[1] for r in rows], ["1", "100", "1", "100"])
+        self.assertIn("| 22.0 | 2.20× | 0.61× |", rows[1])
+        self.assertIn("| 10.0 | 1.00× | 1.82× |", rows[0])
+        self.assertTrue(rows[3].startswith("| deno serve, 100 processes | 100 |"), rows[3])
+        self.assertIn("| 36.0 | 6.55× | – |", rows[3])
+        self.assertIn("With 100 tenants (one process each) it spends 36.0 µs of CPU per "
+                      "`hello` request, isola-edge serve with 100 workers 22.0 µs (0.61×)", md)
+        # pooled like the other cells
+        a, b = json.loads(json.dumps(raw)), json.loads(json.dumps(raw))
+        a["source"], b["source"] = "a.json", "b.json"
+        pooled = report.pool([a, b])
+        self.assertEqual(len(report.cells_by(pooled, "tenants")[("deno-x100", "hello")]["runs"]),
+                         2)
+
     def test_format_1_renders(self):
         old = {"config": result(1)["config"], "env": {}, "startup": [],
                "cells": [{"server": "hyper", "workload": "hello", "runs": [run(100, 5)],
