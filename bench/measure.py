@@ -555,8 +555,8 @@ def serve_tenants(site: servers.ServeSite, logs: Path) -> list[dict]:
                      "runs": [], "problems": [why]}]
         for k in ks:
             wait_for_quiet([site.control.pid])
-            print(f"  {site.workload:6} serve, {k:3} tenants taking turns (oha) ...", end="",
-                  flush=True)
+            print(f"  {site.workload:6} serve, {k:3} tenant{'s' * (k > 1)} taking turns (oha) ...",
+                  end="", flush=True)
             cell = tenants_cell(f"serve-k{k}", site.workload, logs, target, k, hosts=hosts[:k])
             cells.append(cell)
             print_cell(cell)
@@ -571,7 +571,8 @@ def deno_tenants(workload: str, logs: Path) -> list[dict]:
     cells = []
     for n in sorted({1, max(CFG["tenants"])}):
         wait_for_quiet()
-        print(f"  {workload:6} deno serve, {n:3} processes (oha) ...", end="", flush=True)
+        print(f"  {workload:6} deno serve, {n:3} process{'es' * (n > 1)} (oha) ...", end="",
+              flush=True)
         ports: list[int] = []
         while len(ports) < n:
             port = servers.free_port()
