@@ -904,7 +904,8 @@ def main() -> int:
     raw = {
         "format": FORMAT, "started": started, "elapsed_s": time.monotonic() - t_start,
         "pinned": PIN, "config": CFG, "env": env, "latency_rates": rates, "cells": cells,
-        "scaling": scaling, "tenants": tenants, "startup": startups, "density": density, "events": events,
+        "scaling": scaling, "tenants": tenants, "startup": startups, "density": density,
+        "events": events,
         "problems": global_problems, "binaries": {k: str(v) for k, v in BINS.items()},
     }
     out_json = results / f"{stamp}.json"
