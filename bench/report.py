@@ -49,7 +49,8 @@ def label(row: str, cell: dict | None = None) -> str:
     if row.startswith("serve-k"):
         return f"isola-edge serve, {row[len('serve-k'):]} tenants taking turns"
     if row.startswith("deno-x"):
-        return f"deno serve, {row[len('deno-x'):]} processes"
+        n = row[len("deno-x"):]
+        return f"deno serve, {n} process{'' if n == '1' else 'es'}"
     if row in ("serve100", "serve100q", "serve1") and cell and cell.get("setup"):
         n = cell["setup"].get("workers", 100)
         return {"serve100": f"isola-edge serve, {n} workers",
@@ -542,7 +543,7 @@ def render_tenants(raw: dict) -> list[str]:
         one = next((summarize(x)["cpu_us"] for x in group if x["tenants"] == 1), None)
         for cell in group:
             n, m = cell["tenants"], summarize(cell)
-            what = f"{name}, {n} process{'es' if n > 1 else ''}" if group is deno else name
+            what = label(row_of(cell)) if group is deno else name
             if m["n"] == 0:
                 out.append(f"| {what} | {n} | **failed** |" + " |" * 8)
                 continue
