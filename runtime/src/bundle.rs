@@ -34,6 +34,9 @@ struct Module {
   /// The sha256 of `bytes`, the key of its code cache: worked out once per
   /// version, not once per isolate.
   hash: OnceLock<SourceHash>,
+  /// `bytes` as text (an ES module's source), checked and copied once per
+  /// version: every isolate of it shares this one copy on the Rust side.
+  text: OnceLock<Result<Arc<str>, std::str::Utf8Error>>,
 }
 
 /// The modules of one worker version.
@@ -57,6 +60,7 @@ impl Bundle {
         Module {
           bytes,
           hash: OnceLock::new(),
+          text: OnceLock::new(),
         },
       );
     }
@@ -140,6 +144,19 @@ impl Bundle {
       Source::Dir(_) => source_hash(bytes),
     }
   }
+
+  /// Module `name`'s source as text, whose bytes [`Bundle::read`] returned
+  /// as `bytes`; an error if they are not UTF-8.
+  pub(crate) fn text(&self, name: &str, bytes: &[u8]) -> Result<Arc<str>, std::str::Utf8Error> {
+    let text = |bytes: &[u8]| std::str::from_utf8(bytes).map(Arc::from);
+    match &self.source {
+      Source::Memory(map) => match map.get(name) {
+        Some(m) => m.text.get_or_init(|| text(&m.bytes)).clone(),
+        None => text(bytes),
+      },
+      Source::Dir(_) => text(bytes),
+    }
+  }
 }
 
 /// A module name as the bundle keys it: a leading `./` is dropped (as an
@@ -162,6 +179,26 @@ mod tests {
     assert!(normalize_name("a/./b.js").is_err());
     assert!(normalize_name("a\0.js").is_err());
     assert_eq!(normalize_name("./src/a.js").unwrap(), "src/a.js");
+  }
+
+  #[test]
+  fn a_versions_module_text_is_checked_and_copied_once() {
+    let bundle = Bundle::from_modules(
+      "a.js",
+      [
+        ("a.js".to_string(), Bytes::from_static(b"export default 1;")),
+        ("b.js".to_string(), Bytes::from_static(b"\xff")),
+      ],
+    )
+    .unwrap();
+    let a = bundle.read("a.js").unwrap().unwrap();
+    let first = bundle.text("a.js", &a).unwrap();
+    // An isolate's clone of the bundle gets the same copy.
+    let again = bundle.clone().text("a.js", &a).unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+    assert_eq!(&*first, "export default 1;");
+    let b = bundle.read("b.js").unwrap().unwrap();
+    assert!(bundle.text("b.js", &b).is_err());
   }
 
   #[test]

@@ -225,13 +225,19 @@ impl BundleLoader {
       .map_err(|e| JsErrorBox::generic(e.to_string()))?
       .ok_or_else(|| JsErrorBox::generic(format!("module not found: {name}{from}")))?;
 
+    let not_utf8 = |e: std::str::Utf8Error| {
+      JsErrorBox::generic(format!(
+        "{name}{from} is not valid UTF-8: {e}; save it as UTF-8"
+      ))
+    };
     let text = |bytes: &[u8]| {
-      String::from_utf8(bytes.to_vec())
-        .map_err(|e| JsErrorBox::generic(format!("{name} is not valid UTF-8: {e}")))
+      std::str::from_utf8(bytes)
+        .map(str::to_string)
+        .map_err(not_utf8)
     };
     let kind = match kind {
       ModuleKind::EsModule => {
-        let code = text(&bytes)?;
+        let code = bundle.text(&name, &bytes).map_err(not_utf8)?;
         let code_cache = self.code_cache_info(specifier, &name, bundle, &bytes);
         return Ok(ModuleSource::new(
           ModuleType::JavaScript,
