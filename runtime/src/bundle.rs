@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use isola_proto::names::check_module_name;
+use isola_proto::names::ModuleKind;
 
 use crate::code_cache::source_hash;
 use crate::code_cache::SourceHash;
@@ -34,9 +35,36 @@ struct Module {
   /// The sha256 of `bytes`, the key of its code cache: worked out once per
   /// version, not once per isolate.
   hash: OnceLock<SourceHash>,
-  /// `bytes` as text (an ES module's source), checked and copied once per
-  /// version: every isolate of it shares this one copy on the Rust side.
-  text: OnceLock<Result<Arc<str>, std::str::Utf8Error>>,
+  /// An ES module's source as text, when it is UTF-8, and `bytes` a view
+  /// of it: the version holds one copy, checked once, that every isolate
+  /// of it starts from.
+  text: Option<Arc<str>>,
+}
+
+impl Module {
+  fn new(name: &str, bytes: Bytes) -> Self {
+    let text = (ModuleKind::from_name(name) == Some(ModuleKind::EsModule))
+      .then(|| std::str::from_utf8(&bytes).ok().map(Arc::<str>::from))
+      .flatten();
+    let bytes = match &text {
+      Some(text) => Bytes::from_owner(Text(text.clone())),
+      None => bytes,
+    };
+    Self {
+      bytes,
+      hash: OnceLock::new(),
+      text,
+    }
+  }
+}
+
+/// Module text as the owner of its [`Bytes`].
+struct Text(Arc<str>);
+
+impl AsRef<[u8]> for Text {
+  fn as_ref(&self) -> &[u8] {
+    self.0.as_bytes()
+  }
 }
 
 /// The modules of one worker version.
@@ -55,14 +83,9 @@ impl Bundle {
     let main = normalize_name(&main.into())?;
     let mut map = BTreeMap::new();
     for (name, bytes) in modules {
-      map.insert(
-        normalize_name(&name)?,
-        Module {
-          bytes,
-          hash: OnceLock::new(),
-          text: OnceLock::new(),
-        },
-      );
+      let name = normalize_name(&name)?;
+      let module = Module::new(&name, bytes);
+      map.insert(name, module);
     }
     if !map.contains_key(&main) {
       return Err(
@@ -150,8 +173,8 @@ impl Bundle {
   pub(crate) fn text(&self, name: &str, bytes: &[u8]) -> Result<Arc<str>, std::str::Utf8Error> {
     let text = |bytes: &[u8]| std::str::from_utf8(bytes).map(Arc::from);
     match &self.source {
-      Source::Memory(map) => match map.get(name) {
-        Some(m) => m.text.get_or_init(|| text(&m.bytes)).clone(),
+      Source::Memory(map) => match map.get(name).and_then(|m| m.text.as_ref()) {
+        Some(text) => Ok(text.clone()),
         None => text(bytes),
       },
       Source::Dir(_) => text(bytes),
@@ -182,7 +205,7 @@ mod tests {
   }
 
   #[test]
-  fn a_versions_module_text_is_checked_and_copied_once() {
+  fn a_versions_module_text_is_one_copy_checked_once() {
     let bundle = Bundle::from_modules(
       "a.js",
       [
@@ -193,10 +216,12 @@ mod tests {
     .unwrap();
     let a = bundle.read("a.js").unwrap().unwrap();
     let first = bundle.text("a.js", &a).unwrap();
-    // An isolate's clone of the bundle gets the same copy.
+    // An isolate's clone of the bundle gets the same copy, and the bytes
+    // are that copy too.
     let again = bundle.clone().text("a.js", &a).unwrap();
     assert!(Arc::ptr_eq(&first, &again));
     assert_eq!(&*first, "export default 1;");
+    assert_eq!(a.as_ptr(), first.as_ptr());
     let b = bundle.read("b.js").unwrap().unwrap();
     assert!(bundle.text("b.js", &b).is_err());
   }
