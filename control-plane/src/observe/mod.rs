@@ -40,6 +40,17 @@ pub const STORE_QUEUE: usize = 256;
 /// How often old invocation logs and sketches are pruned.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
+/// How long the log store's writer gathers batches, from the first, before
+/// it stores them in one transaction. Each transaction reads and rewrites
+/// the minute's sketch of every worker in it and syncs to disk, so storing
+/// each edge's batch on its own cost the control plane more CPU per event
+/// than the edge spent serving it. Logs become searchable this much later;
+/// live tails get events at once.
+pub const STORE_EVERY: Duration = Duration::from_secs(1);
+
+/// Events gathered at most: past it they are stored at once.
+pub const STORE_EVENTS: usize = 16_384;
+
 enum ToStore {
   Events(Vec<TraceEvent>),
   Flush(oneshot::Sender<()>),
@@ -198,24 +209,67 @@ impl Drop for Tail {
   }
 }
 
-async fn write_forever(db: Db, mut rx: mpsc::Receiver<ToStore>) {
-  while let Some(msg) = rx.recv().await {
+/// What the writer has gathered for one transaction.
+#[derive(Default)]
+struct Gathered {
+  events: Vec<TraceEvent>,
+  /// Flushes to answer once the events are stored.
+  flushes: Vec<oneshot::Sender<()>>,
+}
+
+impl Gathered {
+  fn take(&mut self, msg: ToStore) {
     match msg {
-      ToStore::Events(events) => {
-        let db = db.clone();
-        let stored = blocking(move || {
-          db.store_traces(&events, &mut |rate| {
-            filter::keep(rate, rand::random::<f64>())
-          })
+      ToStore::Events(events) if self.events.is_empty() => self.events = events,
+      ToStore::Events(events) => self.events.extend(events),
+      ToStore::Flush(done) => self.flushes.push(done),
+    }
+  }
+
+  /// Store now: a flush waits, or enough events are gathered.
+  fn full(&self) -> bool {
+    !self.flushes.is_empty() || self.events.len() >= STORE_EVENTS
+  }
+}
+
+/// The log store's writer: gathers what arrives for [`STORE_EVERY`] (or
+/// until [`Gathered::full`]) from the first message, then stores it.
+async fn write_forever(db: Db, mut rx: mpsc::Receiver<ToStore>) {
+  let mut open = true;
+  while open {
+    let mut gathered = Gathered::default();
+    match rx.recv().await {
+      Some(msg) => gathered.take(msg),
+      None => return,
+    }
+    let deadline = tokio::time::Instant::now() + STORE_EVERY;
+    while !gathered.full() {
+      tokio::select! {
+        msg = rx.recv() => match msg {
+          Some(msg) => gathered.take(msg),
+          None => {
+            open = false;
+            break;
+          }
+        },
+        () = tokio::time::sleep_until(deadline) => break,
+      }
+    }
+    let Gathered { events, flushes } = gathered;
+    if !events.is_empty() {
+      let db = db.clone();
+      let stored = blocking(move || {
+        db.store_traces(&events, &mut |rate| {
+          filter::keep(rate, rand::random::<f64>())
         })
-        .await;
-        if let Err(e) = stored {
-          tracing::error!(error = %e, "cannot store trace events");
-        }
+      })
+      .await;
+      if let Err(e) = stored {
+        tracing::error!(error = %e, "cannot store trace events");
       }
-      ToStore::Flush(done) => {
-        let _ = done.send(());
-      }
+    }
+    for done in flushes {
+      let _ = done.send(());
     }
   }
 }
@@ -240,4 +294,70 @@ pub fn now_ms() -> i64 {
   std::time::SystemTime::now()
     .duration_since(std::time::UNIX_EPOCH)
     .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::db::testing::open;
+  use crate::db::testing::upload;
+  use crate::db::LogFilter;
+  use crate::observe::filter::tests::fetch;
+
+  fn batch(n: usize) -> TraceBatch {
+    TraceBatch {
+      events: vec![fetch("ok", "GET", "https://a.test/"); n],
+      dropped: 0,
+    }
+  }
+
+  #[test]
+  fn a_flush_or_enough_events_end_the_gathering() {
+    let mut gathered = Gathered::default();
+    gathered.take(ToStore::Events(batch(3).events));
+    gathered.take(ToStore::Events(batch(2).events));
+    assert_eq!(gathered.events.len(), 5);
+    assert!(!gathered.full());
+    gathered.take(ToStore::Events(batch(STORE_EVENTS - 5).events));
+    assert!(gathered.full());
+
+    let mut gathered = Gathered::default();
+    gathered.take(ToStore::Flush(oneshot::channel().0));
+    assert!(gathered.full());
+  }
+
+  #[tokio::test]
+  async fn batches_are_stored_together_a_second_after_the_first_or_at_a_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    db.create_account("acme", false).unwrap();
+    upload(&db, "acme", "api", "1");
+    let stored = || {
+      let all = LogFilter {
+        limit: 1000,
+        ..LogFilter::default()
+      };
+      db.logs("acme", "api", &all).unwrap().logs.len()
+    };
+    let traces = Traces::start(db.clone());
+    let start = tokio::time::Instant::now();
+    traces.ingest("edge-0", batch(3));
+    traces.ingest("edge-1", batch(2));
+    tokio::time::sleep(STORE_EVERY / 2).await;
+    assert_eq!(stored(), 0, "stored before the second was over");
+    while stored() < 5 && start.elapsed() < STORE_EVERY * 10 {
+      tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stored(), 5);
+    assert!(start.elapsed() >= STORE_EVERY);
+
+    let start = tokio::time::Instant::now();
+    traces.ingest("edge-0", batch(2));
+    traces.flush().await;
+    assert_eq!(stored(), 7);
+    assert!(
+      start.elapsed() < STORE_EVERY,
+      "a flush waited for the second"
+    );
+  }
 }
