@@ -485,6 +485,13 @@ impl Db {
     conn
       .pragma_update(None, "foreign_keys", "ON")
       .map_err(sqlite)?;
+    // Up to 32 MiB of pages (SQLite's default is 2 MiB): a second of trace
+    // events is one transaction (`observe::STORE_EVERY`) that dirties more
+    // than 2 MiB, and a transaction that outgrows the cache spills pages to
+    // the WAL before its commit, then writes them again.
+    conn
+      .pragma_update(None, "cache_size", -32_768)
+      .map_err(sqlite)?;
     migrate(&mut conn).map_err(|e| match e {
       MigrateError::Sqlite(e) => sqlite(e),
       MigrateError::Db(e) => e,
