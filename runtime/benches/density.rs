@@ -14,7 +14,8 @@
 //! For profiling one path, `--first` prints only the ready-stock
 //! first-request figure, over `DENSITY_FIRST` (2,000) never-seen workers;
 //! `--burst` only the burst's, over `DENSITY_BURST` (200); `--big` only the
-//! 1 MB bundle's with a warm code cache, over `DENSITY_BIG` (400) isolates.
+//! 1 MB bundle's with a warm code cache, over `DENSITY_BIG` (400) isolates;
+//! `--big-rss` only the 1 MB bundle's memory per worker.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -412,6 +413,32 @@ async fn first_request_big(cache: Cache, n: usize) -> (f64, f64, u64) {
   (p50, p99, size)
 }
 
+/// RSS per worker (MiB) of `n` workers, each its own version of the 1 MB
+/// bundle, loaded and served once on a node that keeps their bundles, as
+/// an edge keeps every routed version's. No code caches: they are the
+/// node's, not the workers'.
+async fn big_rss(n: usize) -> f64 {
+  let rt = Runtime::new(
+    Config::default()
+      .threads(1)
+      .stock(0)
+      .max_isolates(n + 10)
+      .code_cache(CodeCacheConfig::disabled()),
+  )
+  .unwrap();
+  hit(&rt, "warmup", HELLO, Limits::default()).await;
+  let base = rss();
+  for i in 0..n {
+    let name = format!("big-{i}");
+    let bundle = one_module(big_bundle(&name));
+    assert_eq!(
+      fetch_bundle(&rt, &name, bundle, Limits::default(), "/api/r7/42").await,
+      200
+    );
+  }
+  (rss() - base) as f64 / n as f64 / (1 << 20) as f64
+}
+
 /// Latencies (ms) of requests to worker `hot`, one every millisecond
 /// (open loop), until `stop`. A request held up by the one before it counts
 /// from when it was due, so a stall shows in every request it delays.
@@ -593,6 +620,12 @@ fn main() {
     println!("| first request to an unseen worker, burst of {n} never-seen workers back to back (stock exhausted): p50 / p99 | {p50:.2} ms / {p99:.2} ms |");
     return;
   }
+  if std::env::args().any(|a| a == "--big-rss") {
+    let n = 20;
+    let per = one_worker_runtime().block_on(big_rss(n));
+    println!("| RSS per worker of the 1 MB bundle (its bundle and its isolate), {n} workers | {per:.2} MiB |");
+    return;
+  }
   if std::env::args().any(|a| a == "--big") {
     let n = env_usize("DENSITY_BIG", 400);
     let (p50, p99, _) = one_worker_runtime().block_on(first_request_big(Cache::Warm, n));
@@ -630,6 +663,9 @@ fn main() {
         println!("| V8 code cache of the 1 MB bundle (and of the warm-up worker) | {kib:.0} KiB |");
       }
     }
+    let n = if quick { 3 } else { 20 };
+    let per = big_rss(n).await;
+    println!("| RSS per worker of the 1 MB bundle (its bundle and its isolate), {n} workers | {per:.2} MiB |");
     let (over50, over_max, wall) = cpu_overshoot(if quick { 3 } else { 20 }).await;
     println!("| busy loop past a 50 ms CPU limit: median / max overrun (CPU) | {over50:.2} ms / {over_max:.2} ms |");
     println!("| busy loop: request → 503, median wall time | {wall:.1} ms |");

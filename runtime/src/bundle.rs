@@ -38,16 +38,34 @@ struct Module {
   /// An ES module's source as text, when it is UTF-8, and `bytes` a view
   /// of it: the version holds one copy, checked once, that every isolate
   /// of it starts from.
-  text: Option<Arc<str>>,
+  text: Option<ModuleText>,
+}
+
+/// An ES module's source, and whether it is all ASCII (esbuild's default
+/// output): V8 then reads it in place instead of copying it into each
+/// isolate's heap.
+#[derive(Clone, Debug)]
+pub(crate) struct ModuleText {
+  pub(crate) text: Arc<str>,
+  pub(crate) ascii: bool,
+}
+
+impl ModuleText {
+  fn new(text: &str) -> Self {
+    Self {
+      ascii: text.is_ascii(),
+      text: Arc::from(text),
+    }
+  }
 }
 
 impl Module {
   fn new(name: &str, bytes: Bytes) -> Self {
     let text = (ModuleKind::from_name(name) == Some(ModuleKind::EsModule))
-      .then(|| std::str::from_utf8(&bytes).ok().map(Arc::<str>::from))
+      .then(|| std::str::from_utf8(&bytes).ok().map(ModuleText::new))
       .flatten();
     let bytes = match &text {
-      Some(text) => Bytes::from_owner(Text(text.clone())),
+      Some(text) => Bytes::from_owner(Text(text.text.clone())),
       None => bytes,
     };
     Self {
@@ -170,8 +188,8 @@ impl Bundle {
 
   /// Module `name`'s source as text, whose bytes [`Bundle::read`] returned
   /// as `bytes`; an error if they are not UTF-8.
-  pub(crate) fn text(&self, name: &str, bytes: &[u8]) -> Result<Arc<str>, std::str::Utf8Error> {
-    let text = |bytes: &[u8]| std::str::from_utf8(bytes).map(Arc::from);
+  pub(crate) fn text(&self, name: &str, bytes: &[u8]) -> Result<ModuleText, std::str::Utf8Error> {
+    let text = |bytes: &[u8]| std::str::from_utf8(bytes).map(ModuleText::new);
     match &self.source {
       Source::Memory(map) => match map.get(name).and_then(|m| m.text.as_ref()) {
         Some(text) => Ok(text.clone()),
@@ -211,6 +229,10 @@ mod tests {
       [
         ("a.js".to_string(), Bytes::from_static(b"export default 1;")),
         ("b.js".to_string(), Bytes::from_static(b"\xff")),
+        (
+          "c.js".to_string(),
+          Bytes::from("export default 'caf\u{e9}';"),
+        ),
       ],
     )
     .unwrap();
@@ -219,11 +241,15 @@ mod tests {
     // An isolate's clone of the bundle gets the same copy, and the bytes
     // are that copy too.
     let again = bundle.clone().text("a.js", &a).unwrap();
-    assert!(Arc::ptr_eq(&first, &again));
-    assert_eq!(&*first, "export default 1;");
-    assert_eq!(a.as_ptr(), first.as_ptr());
+    assert!(Arc::ptr_eq(&first.text, &again.text));
+    assert_eq!(&*first.text, "export default 1;");
+    assert!(first.ascii);
+    assert_eq!(a.as_ptr(), first.text.as_ptr());
     let b = bundle.read("b.js").unwrap().unwrap();
     assert!(bundle.text("b.js", &b).is_err());
+    // UTF-8 but not ASCII: V8 gets a copy (its in-place strings are Latin-1).
+    let c = bundle.read("c.js").unwrap().unwrap();
+    assert!(!bundle.text("c.js", &c).unwrap().ascii);
   }
 
   #[test]

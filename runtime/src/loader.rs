@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use deno_core::FastString;
 use deno_core::ModuleLoadOptions;
 use deno_core::ModuleLoadReferrer;
 use deno_core::ModuleLoadResponse;
@@ -52,6 +53,26 @@ pub(crate) struct BundleLoader {
   /// Modules compiled without a cache: the worker makes theirs after its
   /// first response ([`BundleLoader::take_deferred`]).
   deferred: RefCell<Vec<(ModuleSpecifier, SourceHash)>>,
+  /// Memory V8 reads in place instead of copying ([`lend`]): ASCII module
+  /// sources, as external strings that V8 reads for as long as the
+  /// isolate lives (lazy functions compile from them, `toString()` reads
+  /// them), and the code caches modules compile with. For a 1 MB bundle
+  /// that saves each isolate 1 MB of heap and each load a 1.4 MB copy.
+  lent_texts: RefCell<Vec<Arc<str>>>,
+  lent_caches: RefCell<Vec<Arc<[u8]>>>,
+}
+
+/// `data` as deno_core takes the sources and caches it does not copy:
+/// `'static`. It stays in `lent` as long as the loader lives.
+fn lend<T: ?Sized>(lent: &RefCell<Vec<Arc<T>>>, data: Arc<T>) -> &'static T {
+  let ptr = Arc::as_ptr(&data);
+  lent.borrow_mut().push(data);
+  // SAFETY: `ptr` is the `Arc`'s heap memory, now held in `lent`, which
+  // neither moves nor is freed while the loader lives: nothing is ever
+  // taken out of `lent`. The loader outlives the V8 isolate, the only
+  // reader: `Isolate` holds it in a field declared after its `JsRuntime`,
+  // which disposes the isolate when dropped.
+  unsafe { &*ptr }
 }
 
 impl BundleLoader {
@@ -87,9 +108,10 @@ impl BundleLoader {
       .insert(specifier.to_string(), source);
     let mut hash = [0; 8];
     hash.copy_from_slice(&source[..8]);
+    let data = lend(&self.lent_caches, data);
     Some(SourceCodeCacheInfo {
       hash: u64::from_le_bytes(hash),
-      data: Some(Cow::Owned(data.to_vec())),
+      data: Some(Cow::Borrowed(data)),
     })
   }
 
@@ -239,9 +261,17 @@ impl BundleLoader {
       ModuleKind::EsModule => {
         let code = bundle.text(&name, &bytes).map_err(not_utf8)?;
         let code_cache = self.code_cache_info(specifier, &name, bundle, &bytes);
+        let code = if code.ascii {
+          let text = lend(&self.lent_texts, code.text);
+          // SAFETY: ASCII, checked when the text was made; V8 reads it as
+          // Latin-1, of which ASCII is a part.
+          unsafe { FastString::from_ascii_static_unchecked(text) }
+        } else {
+          code.text.into()
+        };
         return Ok(ModuleSource::new(
           ModuleType::JavaScript,
-          ModuleSourceCode::String(code.into()),
+          ModuleSourceCode::String(code),
           specifier,
           code_cache,
         ));

@@ -67,6 +67,8 @@ const STARTUP_CPU: std::time::Duration = std::time::Duration::from_secs(1);
 /// costs only the worker's own module evaluation, so nodes keep a stock.
 pub struct Isolate {
   js: JsCell,
+  /// Declared after `js`, so dropped after the V8 isolate is gone: V8
+  /// reads module sources and code caches the loader holds in place.
   loader: Rc<BundleLoader>,
   internals: Internals,
   guard: Arc<Guard>,

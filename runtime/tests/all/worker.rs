@@ -258,6 +258,36 @@ fn an_unread_request_body_is_dropped_when_its_invocation_ends() {
   });
 }
 
+/// V8 reads an ASCII module's source in place. A module read from disk
+/// (`isola-edge dev`) is made text on each read, so the isolate keeps that
+/// text while it lives: a function compiled later, and `toString()`, read
+/// it after the file changed and the memory freed since was reused.
+fn a_module_read_from_disk_stays_readable_while_its_isolate_lives() {
+  rt().block_on(async {
+    let dir = std::env::temp_dir().join(format!("isola-source-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("worker.js");
+    let code = format!(
+      "function late() {{ return 'late'; }}\n{}export default {{ fetch() {{ return new Response(late.toString() + ' ' + late()); }} }};\n",
+      "// padding\n".repeat(400)
+    );
+    std::fs::write(&file, &code).unwrap();
+    let bundle = Bundle::from_entry_file(&file).unwrap();
+    let mut worker = Worker::new(bundle, &WorkerConfig::new("d"), LogSink::discard())
+      .await
+      .unwrap();
+    std::fs::write(&file, "export default {};").unwrap();
+    // Blocks of the text's size: freed memory of that size is reused.
+    let reuse: Vec<String> = (0..64).map(|_| "x".repeat(code.len())).collect();
+    assert_eq!(
+      text(&mut worker, "http://d.test/").await.unwrap(),
+      "function late() { return 'late'; } late"
+    );
+    drop(reuse);
+    std::fs::remove_dir_all(&dir).unwrap();
+  });
+}
+
 pub fn trials() -> Vec<Trial> {
   vec![
     trial(
@@ -285,6 +315,10 @@ pub fn trials() -> Vec<Trial> {
       an_unread_request_body_is_dropped_when_its_invocation_ends,
     ),
     trial("a_stopped_worker_reports_it", a_stopped_worker_reports_it),
+    trial(
+      "a_module_read_from_disk_stays_readable_while_its_isolate_lives",
+      a_module_read_from_disk_stays_readable_while_its_isolate_lives,
+    ),
     trial(
       "a_busy_loop_after_a_quiet_spell_is_still_stopped",
       a_busy_loop_after_a_quiet_spell_is_still_stopped,
