@@ -343,7 +343,8 @@ export default {
 enum Cache {
   /// Turned off: every isolate parses and compiles.
   Off,
-  /// On, each sample a new version: its first isolate makes the cache.
+  /// On, each sample a new version: its first isolate compiles (and
+  /// makes no cache: its code ran once).
   Cold,
   /// On, each sample a later isolate of one version (after eviction).
   Warm,
@@ -368,10 +369,13 @@ async fn first_request_big(cache: Cache, n: usize) -> (f64, f64, u64) {
   hit(&rt, "warmup", HELLO, Limits::default()).await;
   let warm = one_module(big_bundle("warm"));
   if cache == Cache::Warm {
-    assert_eq!(
-      fetch_bundle(&rt, "big", warm.clone(), Limits::default(), "/api/r7/42").await,
-      200
-    );
+    // Two requests: code wanted again gets its cache.
+    for _ in 0..2 {
+      assert_eq!(
+        fetch_bundle(&rt, "big", warm.clone(), Limits::default(), "/api/r7/42").await,
+        200
+      );
+    }
     wait_for(|| rt.stats().code_cache.modules >= 1).await;
   }
   let mut times = Vec::with_capacity(n);
@@ -388,25 +392,18 @@ async fn first_request_big(cache: Cache, n: usize) -> (f64, f64, u64) {
       }
     };
     wait_for(|| rt.stats().stock >= 2).await;
-    let modules = rt.stats().code_cache.modules;
     let start = Instant::now();
     assert_eq!(
       fetch_bundle(&rt, &name, bundle, Limits::default(), "/api/r7/42").await,
       200
     );
     times.push(start.elapsed().as_secs_f64() * 1000.0);
-    if cache == Cache::Cold {
-      // A warm node: the cache of the last new version, made just after its
-      // first request, is done before the next one arrives (the 40 caches
-      // stay under the 64 MiB default).
-      wait_for(|| rt.stats().code_cache.modules > modules).await;
-    }
   }
   let mut size = 0;
   if cache == Cache::Warm {
     let stats = rt.stats().code_cache;
     assert_eq!(stats.rejections, 0, "V8 refused a cache it made");
-    // The hello warm-up's cache is the rest.
+    // The hello warm-up is under 1 KiB: it has none.
     size = stats.memory;
   }
   let (p50, p99) = p50_p99(times);
@@ -478,6 +475,10 @@ struct Churn {
 async fn churn(total: usize, cap: usize, quiet: Duration) -> Churn {
   let rt = Runtime::new(Config::default().threads(2).max_isolates(cap)).unwrap();
   assert_eq!(hit(&rt, "hot", HELLO, Limits::default()).await, 200);
+  // A warm node: both threads' stocks made and warmed before the hot
+  // worker is timed alone, or their milliseconds land in that window.
+  wait_for(|| rt.stats().stock >= 4).await;
+  tokio::time::sleep(Duration::from_millis(500)).await;
   let stop = std::cell::Cell::new(false);
   let alone = async {
     tokio::time::sleep(quiet).await;
@@ -660,7 +661,7 @@ fn main() {
       println!("| first request to an unseen worker, 1 MB bundle, {what}: p50 / p99 | {p50:.2} ms / {p99:.2} ms |");
       if size > 0 {
         let kib = size as f64 / 1024.0;
-        println!("| V8 code cache of the 1 MB bundle (and of the warm-up worker) | {kib:.0} KiB |");
+        println!("| V8 code cache of the 1 MB bundle | {kib:.0} KiB |");
       }
     }
     let n = if quick { 3 } else { 20 };

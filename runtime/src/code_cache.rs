@@ -158,7 +158,8 @@ pub struct CodeCacheStats {
   /// [`CodeCacheConfig::min_source_bytes`] count neither here nor as
   /// misses).
   pub hits: u64,
-  /// Modules compiled without one (a cache is made of each).
+  /// Modules compiled without one. A cache is made of each whose code is
+  /// wanted again (see [`crate::Config::code_cache`]).
   pub misses: u64,
   /// Caches V8 refused (another engine build or flags), or found corrupt
   /// in the store; the module was compiled without.
@@ -172,7 +173,13 @@ pub struct CodeCacheStats {
 struct Memory {
   lru: lru::LruCache<SourceHash, Arc<[u8]>>,
   bytes: u64,
+  /// Sources compiled without a cache lately (their hash's first 8
+  /// bytes): compiled again, they are wanted again, and get one.
+  seen: lru::LruCache<u64, ()>,
 }
+
+/// Sources [`Memory::seen`] remembers at most (128 KiB of keys).
+const SEEN: usize = 16_384;
 
 /// The caches of one runtime, shared by its V8 threads.
 pub(crate) struct CodeCache {
@@ -220,6 +227,7 @@ impl CodeCache {
       memory: Mutex::new(Memory {
         lru: lru::LruCache::unbounded(),
         bytes: 0,
+        seen: lru::LruCache::new(std::num::NonZeroUsize::new(SEEN).expect("not zero")),
       }),
       store: config.store.clone(),
       writer,
@@ -259,6 +267,8 @@ impl CodeCache {
         }
         None => {
           self.rejections.fetch_add(1, Ordering::Relaxed);
+          // A process made this cache before: the code is wanted again.
+          self.memory().seen.put(seen_key(source), ());
           tracing::debug!(
             source = %Self::key(*source).source_sha256(),
             "a stored code cache is corrupt; compiling without it"
@@ -274,6 +284,13 @@ impl CodeCache {
     };
     counter.fetch_add(1, Ordering::Relaxed);
     found
+  }
+
+  /// Notes that a module with source `source` compiles without a cache;
+  /// true if one did before, lately: the code is wanted again, so its
+  /// cache is worth making. (Chrome's rule: a script seen once gets none.)
+  pub(crate) fn compiled_again(&self, source: &SourceHash) -> bool {
+    self.memory().seen.put(seen_key(source), ()).is_some()
   }
 
   /// V8 made a cache for a module with source `source`; `rejected` if it
@@ -321,6 +338,12 @@ impl CodeCache {
       memory,
     }
   }
+}
+
+fn seen_key(source: &SourceHash) -> u64 {
+  let mut key = [0; 8];
+  key.copy_from_slice(&source[..8]);
+  u64::from_le_bytes(key)
 }
 
 fn frame(source: &SourceHash, payload: &[u8]) -> Vec<u8> {

@@ -1,6 +1,7 @@
 //! Resolves and loads a worker's modules from its [`Bundle`].
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
@@ -51,8 +52,11 @@ pub(crate) struct BundleLoader {
   /// (V8 hands back a new cache only if it refused the one it got).
   compiled: RefCell<HashMap<String, SourceHash>>,
   /// Modules compiled without a cache: the worker makes theirs after its
-  /// first response ([`BundleLoader::take_deferred`]).
+  /// first response ([`BundleLoader::take_deferred`]) once they are wanted.
   deferred: RefCell<Vec<(ModuleSpecifier, SourceHash)>>,
+  /// One of them was compiled without a cache before (lately, on this
+  /// node): its code is wanted again.
+  deferred_wanted: Cell<bool>,
   /// Memory V8 reads in place instead of copying ([`lend`]): ASCII module
   /// sources, as external strings that V8 reads for as long as the
   /// isolate lives (lazy functions compile from them, `toString()` reads
@@ -99,6 +103,9 @@ impl BundleLoader {
     }
     let source = bundle.source_hash(name, bytes);
     let Some(data) = cache.lookup(&source) else {
+      if cache.compiled_again(&source) {
+        self.deferred_wanted.set(true);
+      }
       self.deferred.borrow_mut().push((specifier.clone(), source));
       return None;
     };
@@ -118,6 +125,11 @@ impl BundleLoader {
   /// Whether modules compiled without a cache wait for theirs.
   pub(crate) fn has_deferred(&self) -> bool {
     !self.deferred.borrow().is_empty()
+  }
+
+  /// Whether one of them was compiled without a cache before, lately.
+  pub(crate) fn deferred_wanted(&self) -> bool {
+    self.deferred_wanted.get()
   }
 
   /// The modules compiled without a cache, each with its source text, and

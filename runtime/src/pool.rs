@@ -935,6 +935,9 @@ fn thread_main(
             Err(e) => Err(e),
           };
           let result = loaded.map(|mut worker| {
+            if first.is_none() {
+              worker.preloaded();
+            }
             let memory = worker.memory_usage();
             let counter = isolates.clone();
             counter.fetch_add(1, Ordering::Relaxed);

@@ -352,6 +352,8 @@ impl Isolate {
       wall_timer: None,
       open_turn: None,
       batching: false,
+      invocations: 0,
+      preloaded: false,
     })
   }
 }

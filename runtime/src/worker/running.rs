@@ -50,10 +50,11 @@ const NEVER_RESPONDS: &str = "The worker's handler will never produce a response
 /// One turn in this many reads V8's heap statistics.
 const HEAP_SAMPLE_EVERY: u32 = 16;
 
-/// How long after a worker's first wake-up the code caches of its modules
-/// that had none are made: long enough for the first response to have
-/// left, so making them (a few hundred µs for 1 KiB, milliseconds for a
-/// big bundle) is not on its path, and they cover the functions that the
+/// How long after the wake-up from which they are wanted
+/// ([`Worker::caches_wanted`]) the code caches of a worker's modules that
+/// had none are made: long enough for the response to have left, so
+/// making them (a few hundred µs for 1 KiB, milliseconds for a big
+/// bundle) is not on its path, and they cover the functions that the
 /// first request compiled.
 const CACHE_DELAY: Duration = Duration::from_millis(10);
 
@@ -129,11 +130,33 @@ pub struct Worker {
   /// While the task of [`Worker::spawn`] handles one wake-up: the requests
   /// that arrived and the event loop's poll then share one turn.
   pub(super) batching: bool,
+  /// Invocations started so far (counted to 255): from the second, the
+  /// worker's code is wanted again and its code caches are made.
+  pub(super) invocations: u8,
+  /// Loaded ahead of its requests ([`Worker::preloaded`]).
+  pub(super) preloaded: bool,
 }
 
 impl Worker {
   pub fn name(&self) -> &str {
     &self.name
+  }
+
+  /// Marks the worker as loaded ahead of its requests (a deployed
+  /// version): its code caches are made once its thread is quiet, without
+  /// waiting for its code to be wanted again.
+  pub(crate) fn preloaded(&mut self) {
+    self.preloaded = true;
+  }
+
+  /// Whether the caches of the modules compiled without one are worth
+  /// making: the worker was preloaded, started a second invocation, or
+  /// one of its modules was compiled without a cache before. Code that
+  /// runs once (a never-seen worker with one request) gets none, as in
+  /// Chrome, so a churn of one-shot workers does not pay for caches that
+  /// no isolate reads.
+  fn caches_wanted(&self) -> bool {
+    self.preloaded || self.invocations > 1 || self.loader.deferred_wanted()
   }
 
   /// Hands `request` to the handler. Nothing happens until the event loop is
@@ -157,6 +180,7 @@ impl Worker {
     done: Option<oneshot::Sender<Usage>>,
   ) {
     note_busy();
+    self.invocations = self.invocations.saturating_add(1);
     if let Some(why) = &self.stopped {
       let _ = reply.send(Reply::Stopped(why.clone()));
       return;
@@ -663,7 +687,7 @@ impl Worker {
       let polled = self.serve_once(&mut rx, &mut closed, cx);
       self.batching = false;
       self.close_turn();
-      if self.stopped.is_none() && self.loader.has_deferred() {
+      if self.stopped.is_none() && self.loader.has_deferred() && self.caches_wanted() {
         self.deferred_caches(polled.is_ready(), cx);
       }
       match (&self.stopped, polled) {
@@ -680,7 +704,7 @@ impl Worker {
   }
 
   /// Makes the code caches of the modules compiled without one, once
-  /// [`CACHE_DELAY`] has passed since the first wake-up and the thread has
+  /// [`CACHE_DELAY`] has passed since they were first wanted and the thread has
   /// been quiet for [`CACHE_QUIET`] (at the latest [`CACHE_MAX_WAIT`]
   /// after the first wake-up), or now if the worker is `ending` (evicted).
   fn deferred_caches(&mut self, ending: bool, cx: &mut Context<'_>) {

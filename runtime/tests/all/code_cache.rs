@@ -1,6 +1,6 @@
-//! V8 code caches: made by the first isolate of a version, used by the
-//! later ones on any thread, kept in a store across runtimes, and never
-//! trusted blindly.
+//! V8 code caches: made by the first isolate of a version once its code
+//! is wanted again, used by the later ones on any thread, kept in a store
+//! across runtimes, and never trusted blindly.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -132,8 +132,9 @@ async fn a_later_isolate_compiles_from_the_code_cache() {
     get(&rt, "one", "/world").await,
     (200, "hello, world!".into())
   );
+  assert_eq!(get(&rt, "one", "/w").await, (200, "hello, w!".into()));
   // Both modules compiled without a cache; the worker makes theirs
-  // shortly after its first request.
+  // shortly after its second request.
   assert_eq!(counts(&rt), (0, 2, 0));
   eventually("both caches to be kept", || {
     rt.stats().code_cache.modules == 2
@@ -194,10 +195,12 @@ async fn a_small_module_gets_no_cache() {
   assert!(small.len() < 1024);
   for name in ["one", "two"] {
     let modules = [main.clone(), ("lib.js".to_string(), small.clone())];
-    assert_eq!(
-      get_of(&rt, name, "/small", modules).await,
-      (200, "hello, small!".into())
-    );
+    for _ in 0..2 {
+      assert_eq!(
+        get_of(&rt, name, "/small", modules.clone()).await,
+        (200, "hello, small!".into())
+      );
+    }
     eventually("the long module's cache to be kept", || {
       rt.stats().code_cache.modules == 1
     })
@@ -228,6 +231,7 @@ async fn a_stored_code_cache_serves_the_next_runtime() {
   {
     let rt = Runtime::new(with_store(&store)).unwrap();
     assert_eq!(get(&rt, "w", "/a").await, (200, "hello, a!".into()));
+    assert_eq!(get(&rt, "w", "/a").await, (200, "hello, a!".into()));
     eventually("both caches to be stored", || store.len() == 2).await;
   }
   // A restarted node: nothing in memory, the store has both.
@@ -240,6 +244,7 @@ async fn a_corrupt_code_cache_only_costs_a_compile() {
   let store = Arc::new(MemoryStore::default());
   {
     let rt = Runtime::new(with_store(&store)).unwrap();
+    assert_eq!(get(&rt, "w", "/a").await, (200, "hello, a!".into()));
     assert_eq!(get(&rt, "w", "/a").await, (200, "hello, a!".into()));
     eventually("both caches to be stored", || store.len() == 2).await;
   }
@@ -308,8 +313,10 @@ async fn the_cache_holds_what_the_first_request_compiled() {
   let rt = Runtime::new(with_store(&store)).unwrap();
   let mut sizes = Vec::new();
   for (name, code) in workers {
-    let (status, _) = get_of(&rt, name, "/r7", [("main.js".to_string(), code)]).await;
-    assert_eq!(status, 200);
+    for _ in 0..2 {
+      let (status, _) = get_of(&rt, name, "/r7", [("main.js".to_string(), code.clone())]).await;
+      assert_eq!(status, 200);
+    }
     let before = store.snapshot();
     eventually("the cache to be stored", || store.len() == before.len() + 1).await;
     let made = store
@@ -325,6 +332,32 @@ async fn the_cache_holds_what_the_first_request_compiled() {
     called > idle + 2000,
     "the cache of the worker that ran `route` ({called} bytes) should be well over the other's ({idle} bytes)"
   );
+}
+
+async fn code_seen_once_gets_no_cache() {
+  let rt = Runtime::new(Config::default().threads(1).stock(0)).unwrap();
+  // One request to a never-seen worker: no cache is made, even once the
+  // isolate is gone (its eviction does not make them either).
+  assert_eq!(get(&rt, "once", "/a").await, (200, "hello, a!".into()));
+  rt.evict(&WorkerKey::new("once", "v1"));
+  tokio::time::sleep(Duration::from_millis(300)).await;
+  assert_eq!(
+    rt.stats().code_cache.modules,
+    0,
+    "code run once got a cache"
+  );
+  assert_eq!(counts(&rt), (0, 2, 0));
+  // The same code again (here under another name, as after an eviction or
+  // in another version): wanted again, so its first request leaves the
+  // caches, and the next isolate compiles from them.
+  assert_eq!(get(&rt, "again", "/b").await, (200, "hello, b!".into()));
+  eventually("both caches to be kept", || {
+    rt.stats().code_cache.modules == 2
+  })
+  .await;
+  assert_eq!(counts(&rt), (0, 4, 0));
+  assert_eq!(get(&rt, "third", "/c").await, (200, "hello, c!".into()));
+  assert_eq!(counts(&rt), (2, 4, 0));
 }
 
 /// Whether every cache in `store` differs from the one in `before`.
@@ -367,6 +400,7 @@ pub fn trials() -> Vec<Trial> {
       "a_corrupt_code_cache_only_costs_a_compile",
       a_corrupt_code_cache_only_costs_a_compile,
     ),
+    trial("code_seen_once_gets_no_cache", code_seen_once_gets_no_cache),
   ]
 }
 
