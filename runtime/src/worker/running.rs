@@ -704,9 +704,10 @@ impl Worker {
   }
 
   /// Makes the code caches of the modules compiled without one, once
-  /// [`CACHE_DELAY`] has passed since they were first wanted and the thread has
-  /// been quiet for [`CACHE_QUIET`] (at the latest [`CACHE_MAX_WAIT`]
-  /// after the first wake-up), or now if the worker is `ending` (evicted).
+  /// [`CACHE_DELAY`] has passed since they were first wanted and the
+  /// thread has been quiet for [`CACHE_QUIET`] (at the latest
+  /// [`CACHE_MAX_WAIT`] after that), or now if the worker is `ending`
+  /// (evicted).
   fn deferred_caches(&mut self, ending: bool, cx: &mut Context<'_>) {
     if !ending {
       let (latest, timer) = self.cache_timer.get_or_insert_with(|| {
