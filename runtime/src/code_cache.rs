@@ -268,7 +268,7 @@ impl CodeCache {
         None => {
           self.rejections.fetch_add(1, Ordering::Relaxed);
           // A process made this cache before: the code is wanted again.
-          self.memory().seen.put(seen_key(source), ());
+          self.memory().seen.put(short_hash(source), ());
           tracing::debug!(
             source = %Self::key(*source).source_sha256(),
             "a stored code cache is corrupt; compiling without it"
@@ -290,7 +290,7 @@ impl CodeCache {
   /// true if one did before, lately: the code is wanted again, so its
   /// cache is worth making. (Chrome's rule: a script seen once gets none.)
   pub(crate) fn compiled_again(&self, source: &SourceHash) -> bool {
-    self.memory().seen.put(seen_key(source), ()).is_some()
+    self.memory().seen.put(short_hash(source), ()).is_some()
   }
 
   /// V8 made a cache for a module with source `source`; `rejected` if it
@@ -340,7 +340,9 @@ impl CodeCache {
   }
 }
 
-fn seen_key(source: &SourceHash) -> u64 {
+/// The first 8 bytes of a source's hash: the key of [`Memory::seen`],
+/// and the hash deno_core is given with a cache.
+pub(crate) fn short_hash(source: &SourceHash) -> u64 {
   let mut key = [0; 8];
   key.copy_from_slice(&source[..8]);
   u64::from_le_bytes(key)

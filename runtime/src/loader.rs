@@ -24,6 +24,7 @@ use deno_error::JsErrorBox;
 use isola_ext::ModuleValueKind;
 
 use crate::bundle::Bundle;
+use crate::code_cache::short_hash;
 use crate::code_cache::CodeCache;
 use crate::code_cache::SourceHash;
 use crate::specifier::display_specifier;
@@ -113,11 +114,9 @@ impl BundleLoader {
       .compiled
       .borrow_mut()
       .insert(specifier.to_string(), source);
-    let mut hash = [0; 8];
-    hash.copy_from_slice(&source[..8]);
     let data = lend(&self.lent_caches, data);
     Some(SourceCodeCacheInfo {
-      hash: u64::from_le_bytes(hash),
+      hash: short_hash(&source),
       data: Some(Cow::Borrowed(data)),
     })
   }
