@@ -933,6 +933,9 @@ export default { fetch(request, env) { return new Response(greet(env.WHO) + " " 
       .unwrap();
       let (store, id) = (store.clone(), id.to_string());
       let key = isola_runtime::WorkerKey::new("app", id.as_str());
+      // Loaded before its request, as an edge loads a version it deploys.
+      let (bundle, config) = store.load("app", &id).expect("the version loads");
+      runtime.preload(&key, bundle, config).await.unwrap();
       let source = move || Ok(store.load("app", &id).expect("the version loads"));
       let response = runtime
         .fetch(&key, source, isola_runtime::empty_request("http://x.test/"))
@@ -940,7 +943,7 @@ export default { fetch(request, env) { return new Response(greet(env.WHO) + " " 
         .unwrap();
       let body = response.into_body().collect_bytes().await.unwrap();
       assert_eq!(&body[..], b"hello edge 7");
-      // The worker makes the new caches shortly after its first request;
+      // A preloaded worker makes its new caches once its thread is quiet;
       // the store then gets them on the cache's own thread.
       let start = std::time::Instant::now();
       while runtime.stats().code_cache.modules < 2 && start.elapsed() < Duration::from_secs(20) {

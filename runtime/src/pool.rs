@@ -105,8 +105,11 @@ impl Config {
 
   /// How V8 code caches of worker modules are kept, so that only the first
   /// isolate of a version parses and compiles it (see
-  /// [`CodeCacheConfig`]). Default: on, 64 MiB in memory, modules of 1 KiB
-  /// and more, no store.
+  /// [`CodeCacheConfig`]). That isolate makes the caches once its code is
+  /// wanted again: it was preloaded ([`Runtime::preload`]), it starts a
+  /// second invocation, or the same source compiled without a cache
+  /// before. Code that runs once gets none. Default: on, 64 MiB in
+  /// memory, modules of 1 KiB and more, no store.
   pub fn code_cache(mut self, code_cache: CodeCacheConfig) -> Self {
     self.code_cache = code_cache;
     self
