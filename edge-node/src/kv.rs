@@ -68,6 +68,12 @@ impl Upstream {
     let conn = self.conn.load_full()?;
     Some(isola_io::channel::call::<_, CallReply>(&conn, call).await)
   }
+
+  /// [`Self::call`] with the call already framed.
+  pub async fn call_frame(&self, frame: &[u8]) -> Option<Result<CallReply, isola_io::Error>> {
+    let conn = self.conn.load_full()?;
+    Some(isola_io::channel::call_frame::<CallReply>(&conn, frame).await)
+  }
 }
 
 /// The edge's KV client. Cheap to share (`Arc`).

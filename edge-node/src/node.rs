@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -147,6 +148,38 @@ pub struct VersionSnapshot {
 pub type SaveState = Box<dyn Fn(&DesiredState) -> anyhow::Result<()> + Send + Sync>;
 
 /// The running node, shared by the listeners, the signal loop, the admin
+/// The config file's worker names: their usage and trace events are not
+/// the control plane's. Asked on every traced invocation, so a node with
+/// none (the usual `serve`) answers from one atomic load.
+pub struct StaticNames {
+  any: AtomicBool,
+  names: std::sync::RwLock<HashSet<String>>,
+}
+
+impl StaticNames {
+  fn new(names: HashSet<String>) -> Self {
+    Self {
+      any: AtomicBool::new(!names.is_empty()),
+      names: std::sync::RwLock::new(names),
+    }
+  }
+
+  pub fn contains(&self, worker: &str) -> bool {
+    self.any.load(Ordering::Acquire)
+      && self
+        .names
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(worker)
+  }
+
+  fn set(&self, names: HashSet<String>) {
+    let mut held = self.names.write().unwrap_or_else(|e| e.into_inner());
+    self.any.store(!names.is_empty(), Ordering::Release);
+    *held = names;
+  }
+}
+
 /// endpoints and the control channel.
 pub struct Node {
   config_path: PathBuf,
@@ -156,7 +189,7 @@ pub struct Node {
   state: Arc<ArcSwap<State>>,
   /// Held while a new state is prepared, so reloads and pushes take turns.
   sources: tokio::sync::Mutex<Sources>,
-  static_names: std::sync::RwLock<HashSet<String>>,
+  static_names: Arc<StaticNames>,
   /// Whether the config has a `[control]` section; the revision means
   /// nothing without one.
   controlled: bool,
@@ -333,7 +366,7 @@ impl Node {
       store,
       runtime,
       state,
-      static_names: std::sync::RwLock::new(static_names),
+      static_names: Arc::new(StaticNames::new(static_names)),
       controlled: config.control.is_some(),
       control_revision: AtomicU64::new(0),
       save_state,
@@ -374,11 +407,12 @@ impl Node {
   /// Whether `worker` comes from the config file rather than the control
   /// plane (its usage is not the control plane's to bill).
   pub fn is_static(&self, worker: &str) -> bool {
-    self
-      .static_names
-      .read()
-      .unwrap_or_else(|e| e.into_inner())
-      .contains(worker)
+    self.static_names.contains(worker)
+  }
+
+  /// The config file's worker names, as they change with reloads.
+  pub fn static_names(&self) -> Arc<StaticNames> {
+    self.static_names.clone()
   }
 
   /// The isolate pool's counts, for `/metrics`.
@@ -537,8 +571,9 @@ impl Node {
   }
 
   fn set_static_names(&self, config: &EdgeConfig) {
-    *self.static_names.write().unwrap_or_else(|e| e.into_inner()) =
-      config.workers.iter().map(|w| w.name.clone()).collect();
+    self
+      .static_names
+      .set(config.workers.iter().map(|w| w.name.clone()).collect());
   }
 
   /// Applies a state pushed by the control plane (its versions were stored

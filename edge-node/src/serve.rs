@@ -8,7 +8,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::Weak;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -90,7 +89,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   // Trace events of the control plane's workers go to it; the config
   // file's workers are not its to show, and without a control plane no
   // event is built at all.
-  let node_slot: Arc<OnceLock<Weak<Node>>> = Arc::default();
+  let names_slot: Arc<OnceLock<Arc<crate::node::StaticNames>>> = Arc::default();
   // With `[telemetry] otlp_endpoint`, every worker's records come too, for
   // their OpenTelemetry spans.
   let spans = config.telemetry.otlp_endpoint.is_some();
@@ -104,14 +103,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     )
   });
   if let Some((buffer, _)) = &traces {
-    let slot = node_slot.clone();
-    let shipped = move |worker: &str| {
-      events
-        && slot
-          .get()
-          .and_then(Weak::upgrade)
-          .is_some_and(|node| !node.is_static(worker))
-    };
+    let slot = names_slot.clone();
+    let shipped =
+      move |worker: &str| events && slot.get().is_some_and(|names| !names.contains(worker));
     pool = pool.trace(buffer.sink(shipped, spans));
   }
   let runtime = Runtime::new(pool)?;
@@ -128,7 +122,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.clone(),
     Box::new(move |state| crate::control::save_state(&control_dir, state)),
   ));
-  let _ = node_slot.set(Arc::downgrade(&node));
+  let _ = names_slot.set(node.static_names());
 
   let main_rt = tokio::runtime::Builder::new_current_thread()
     .enable_all()

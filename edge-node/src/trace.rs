@@ -4,25 +4,28 @@
 //! (keep 1 in N, N doubling while it stays full), and one shipper task that
 //! sends what it holds every 200 ms or at 1,024 events, never retried. Every
 //! event left out is counted (`isola_trace_events_dropped_total`, and the
-//! next batch's `dropped`). The request's thread only queues the runtime's
-//! raw record; the shipper writes it straight into a packed batch (each
-//! string once) and, when the edge exports OpenTelemetry spans, builds the
-//! spans. Measured with `bench/events_overhead.py`: fewer, larger batches
-//! and the packed form cut the shipper's CPU per event by three quarters.
+//! next batch's `dropped`). The request's thread writes each event's row of
+//! the packed batch ([`PackedWriter`]) and drops its record there; the
+//! shipper frames the rows and, when the edge exports OpenTelemetry spans,
+//! builds the spans of the records kept for them. Measured with
+//! `bench/events_overhead.py`: queuing the records for the shipper to
+//! write cost more on both threads (a batch of fresh memory on the request
+//! thread, freed in bulk by the shipper) than writing them where they end.
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
 use std::time::Duration;
 
+use isola_proto::msg::Call;
 use isola_proto::msg::CallReply;
 use isola_runtime::Metrics;
-use isola_runtime::Packed;
+use isola_runtime::PackedBytes;
+use isola_runtime::PackedWriter;
 use isola_runtime::TraceRecord;
 use isola_runtime::TraceSink;
 
@@ -43,17 +46,24 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// The sampling never gets sparser than 1 in this many.
 const MAX_EVERY: u64 = 1 << 16;
 
-/// A record, its size, and whether its event goes to the control plane
-/// (else it is only here for its spans).
-type Queued = (TraceRecord, usize, bool);
+/// What the request threads fill and the shipper empties.
+#[derive(Default)]
+struct Held {
+  /// The batch being written.
+  open: PackedWriter,
+  /// Batches of [`BATCH_EVENTS`], waiting for the shipper.
+  full: Vec<PackedBytes>,
+  /// Records kept for their spans.
+  spans: Vec<TraceRecord>,
+  /// Records taken since the shipper last emptied it, and their bytes.
+  count: usize,
+  bytes: usize,
+}
 
-/// What the request threads fill and the shipper empties. A plain `Vec`
-/// behind a mutex that the shipper swaps out whole: a push costs the
-/// request thread one uncontended lock, where a channel took a permit
-/// and a slot per event and gave them back on the shipper's side.
+/// The buffer's state, shared with the shipper: a push costs the request
+/// thread one uncontended lock, no wake-up.
 struct Inbox {
-  queue: Mutex<Vec<Queued>>,
-  bytes: AtomicUsize,
+  held: Mutex<Held>,
   /// Dropped since the last batch left.
   dropped: AtomicU64,
   metrics: Metrics,
@@ -66,10 +76,11 @@ struct Inbox {
 }
 
 impl Inbox {
-  fn lock(&self) -> MutexGuard<'_, Vec<Queued>> {
-    // A panic while holding it cannot leave the Vec half-written.
+  fn lock(&self) -> MutexGuard<'_, Held> {
+    // A panic while holding it leaves at worst a half-written row, which
+    // the control plane refuses with its batch: best effort.
     self
-      .queue
+      .held
       .lock()
       .unwrap_or_else(std::sync::PoisonError::into_inner)
   }
@@ -77,6 +88,19 @@ impl Inbox {
   fn drop_events(&self, n: u64) {
     self.dropped.fetch_add(n, Ordering::Relaxed);
     self.metrics.record_trace_dropped(n);
+  }
+
+  /// What it holds, taken out: the batches to send and the records kept
+  /// for their spans.
+  fn take(&self) -> (Vec<PackedBytes>, Vec<TraceRecord>) {
+    let mut held = self.lock();
+    let mut batches = std::mem::take(&mut held.full);
+    if !held.open.is_empty() {
+      batches.push(held.open.take());
+    }
+    held.count = 0;
+    held.bytes = 0;
+    (batches, std::mem::take(&mut held.spans))
   }
 }
 
@@ -93,19 +117,10 @@ pub struct TraceBuffer {
 /// The buffer's other end, for the shipper.
 pub struct TraceQueue(Arc<Inbox>);
 
-#[cfg(test)]
-impl TraceQueue {
-  /// What the buffer holds now, taken out of it.
-  fn take(&self) -> Vec<Queued> {
-    std::mem::take(&mut *self.0.lock())
-  }
-}
-
 impl TraceBuffer {
   pub fn new(capacity: usize, max_bytes: usize, metrics: Metrics) -> (Arc<Self>, TraceQueue) {
     let inbox = Arc::new(Inbox {
-      queue: Mutex::new(Vec::with_capacity(BATCH_EVENTS)),
-      bytes: AtomicUsize::new(0),
+      held: Mutex::default(),
       dropped: AtomicU64::new(0),
       metrics,
       wake: tokio::sync::Notify::new(),
@@ -122,7 +137,9 @@ impl TraceBuffer {
   }
 
   /// Takes `record` if there is room and the sampling keeps it; never
-  /// waits. `upstream`: its event goes to the control plane.
+  /// waits. `upstream`: its event goes to the control plane. A record
+  /// with a span is kept for the shipper to export; any other is dropped
+  /// here, on the thread that made it.
   pub fn offer(&self, record: TraceRecord, upstream: bool) {
     let inbox = &*self.inbox;
     let every = self.every.load(Ordering::Relaxed);
@@ -136,30 +153,38 @@ impl TraceBuffer {
       return;
     }
     let size = record.approx_bytes();
-    let bytes = inbox.bytes.fetch_add(size, Ordering::Relaxed) + size;
-    // How many the buffer holds with this one, if it took it.
-    let held = if bytes <= self.max_bytes {
-      let mut queue = inbox.lock();
-      (queue.len() < self.capacity).then(|| {
-        queue.push((record, size, upstream));
-        queue.len()
-      })
-    } else {
-      None
-    };
-    let Some(held) = held else {
-      inbox.bytes.fetch_sub(size, Ordering::Relaxed);
+    let mut held = inbox.lock();
+    if held.count >= self.capacity || held.bytes + size > self.max_bytes {
+      drop(held);
       self
         .every
         .store((every * 2).min(MAX_EVERY), Ordering::Relaxed);
       inbox.drop_events(1);
       return;
+    }
+    held.count += 1;
+    held.bytes += size;
+    let (count, bytes) = (held.count, held.bytes);
+    if upstream {
+      held.open.push(&record);
+      if held.open.len() == BATCH_EVENTS {
+        let batch = held.open.take();
+        held.full.push(batch);
+      }
+    }
+    let unkept = if record.trace.span.is_some() {
+      held.spans.push(record);
+      None
+    } else {
+      Some(record)
     };
-    if held == BATCH_EVENTS {
+    drop(held);
+    drop(unkept);
+    if count.is_multiple_of(BATCH_EVENTS) {
       inbox.wake.notify_one();
     }
     // Room again (the shipper caught up): keep everything.
-    if every > 1 && held * 2 <= self.capacity && bytes * 2 <= self.max_bytes {
+    if every > 1 && count * 2 <= self.capacity && bytes * 2 <= self.max_bytes {
       self.every.store(1, Ordering::Relaxed);
     }
   }
@@ -205,7 +230,8 @@ impl Drop for TraceBuffer {
 /// Sends the buffer's events in batches through `send` (true: the batch
 /// went out) until the [`TraceBuffer`] is gone, then what it left. A
 /// batch that does not go out is dropped and counted. With `telemetry`,
-/// every record's spans are queued for export too, from edge `edge`.
+/// the spans of the records kept for them are queued for export too, from
+/// edge `edge`.
 pub async fn ship<F, Fut>(
   queue: TraceQueue,
   edge: String,
@@ -218,7 +244,6 @@ pub async fn ship<F, Fut>(
   let inbox = queue.0;
   let mut tick = tokio::time::interval(BATCH_EVERY);
   tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-  let mut taken: Vec<Queued> = Vec::with_capacity(BATCH_EVENTS);
   loop {
     // Every BATCH_EVERY, or sooner when a full batch waits; the events
     // are taken without waiting, so none wakes the shipper by itself.
@@ -226,38 +251,28 @@ pub async fn ship<F, Fut>(
       _ = tick.tick() => {}
       () = inbox.wake.notified() => tick.reset(),
     }
-    // Read before the swap: whatever was pushed before the close is in it.
+    // Read before taking: whatever was pushed before the close is taken.
     let closed = inbox.closed.load(Ordering::Acquire);
-    std::mem::swap(&mut *inbox.lock(), &mut taken);
-    let mut rest = taken.drain(..);
-    loop {
-      let mut records = Vec::with_capacity(rest.len().min(BATCH_EVENTS));
-      let mut size = 0;
-      for (record, bytes, upstream) in rest.by_ref().take(BATCH_EVENTS) {
-        size += bytes;
-        if let Some(telemetry) = &telemetry {
-          telemetry.export(&record, &edge);
-        }
-        if upstream {
-          records.push(record);
-        }
-      }
-      inbox.bytes.fetch_sub(size, Ordering::Relaxed);
-      let dropped = inbox.dropped.swap(0, Ordering::Relaxed);
-      if !records.is_empty() || dropped > 0 {
-        let n = records.len() as u64;
-        let batch = Outgoing { records, dropped };
-        if !send(batch).await {
-          // Lost with its batch: its events, and the count it carried.
-          inbox.drop_events(n);
-          inbox.dropped.fetch_add(dropped, Ordering::Relaxed);
-        }
-      }
-      if rest.len() == 0 {
-        break;
+    let (mut batches, spans) = inbox.take();
+    if let Some(telemetry) = &telemetry {
+      for record in &spans {
+        telemetry.export(record, &edge);
       }
     }
-    drop(rest);
+    drop(spans);
+    if batches.is_empty() && inbox.dropped.load(Ordering::Relaxed) > 0 {
+      // Nothing to send but a count of what was lost.
+      batches.push(PackedBytes::default());
+    }
+    for batch in batches {
+      let dropped = inbox.dropped.swap(0, Ordering::Relaxed);
+      let n = batch.len() as u64;
+      if !send(Outgoing::new(&batch, dropped)).await {
+        // Lost with its batch: its events, and the count it carried.
+        inbox.drop_events(n);
+        inbox.dropped.fetch_add(dropped, Ordering::Relaxed);
+      }
+    }
     if closed {
       if let Some(telemetry) = telemetry {
         // Sends what it holds; it waits for the receiver, so not here.
@@ -268,52 +283,34 @@ pub async fn ship<F, Fut>(
   }
 }
 
-/// A batch as it leaves: the runtime's records, written to the wire in
-/// the compact form ([`isola_runtime::Packed`]) straight from them, so the
-/// shipper builds no event.
+/// A batch as it leaves: the frame of its `Call::Events`.
 pub struct Outgoing {
-  pub records: Vec<TraceRecord>,
-  pub dropped: u64,
+  pub frame: Vec<u8>,
 }
 
 impl Outgoing {
+  fn new(batch: &PackedBytes, dropped: u64) -> Self {
+    Self {
+      frame: Call::events_frame(|out| batch.write(dropped, out)),
+    }
+  }
+
   /// The batch the control plane reads from these bytes, sent by `edge`.
   #[cfg(test)]
   fn into_batch(self, edge: &str) -> isola_proto::trace::TraceBatch {
-    let events = self
-      .records
-      .into_iter()
-      .map(|r| {
-        let mut event = r.into_event();
-        event.edge = edge.to_string();
-        event
-      })
-      .collect();
-    isola_proto::trace::TraceBatch {
-      events,
-      dropped: self.dropped,
-    }
-  }
-}
-
-/// Serializes as `Call::Events(batch)` does (a test holds the bytes to it).
-struct EventsCall<'a>(&'a Outgoing);
-
-impl serde::Serialize for EventsCall<'_> {
-  fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-    let packed = Packed {
-      records: &self.0.records,
-      dropped: self.0.dropped,
+    let mut decoder = isola_proto::codec::Decoder::new();
+    decoder.push(&self.frame);
+    let Some(Call::Events(packed)) = decoder.decode().unwrap() else {
+      panic!("not a Call::Events");
     };
-    serializer.serialize_newtype_variant("Call", 3, "Events", &packed)
+    packed.unpack(edge).unwrap()
   }
 }
 
 /// Sends one batch to the control plane through `upstream`: false if the
 /// control plane is unreachable, does not answer in time, or refuses it.
 pub async fn send_upstream(upstream: &Upstream, batch: Outgoing) -> bool {
-  let call = EventsCall(&batch);
-  match tokio::time::timeout(SEND_TIMEOUT, upstream.call(&call)).await {
+  match tokio::time::timeout(SEND_TIMEOUT, upstream.call_frame(&batch.frame)).await {
     Ok(Some(Ok(CallReply::Traced))) => true,
     Ok(Some(Ok(other))) => {
       tracing::debug!(?other, "the control plane refused trace events");
@@ -344,6 +341,19 @@ mod tests {
       trace: Box::new(isola_runtime::Trace::new(EventInfo::Rpc {
         method: "m".into(),
       })),
+    }
+  }
+
+  impl TraceQueue {
+    /// What the buffer holds now, taken out of it: the events going
+    /// upstream, and the records kept for their spans.
+    fn take(&self) -> (Vec<isola_proto::trace::TraceEvent>, Vec<TraceRecord>) {
+      let (batches, spans) = self.0.take();
+      let events = batches
+        .iter()
+        .flat_map(|b| Outgoing::new(b, 0).into_batch("e").events)
+        .collect();
+      (events, spans)
     }
   }
 
@@ -382,9 +392,9 @@ mod tests {
     queue.take();
     buffer.offer(event("a"), true);
     assert_eq!(buffer.sampling(), 1);
-    let held = queue.take();
+    let (held, _) = queue.take();
     assert_eq!(held.len(), 1);
-    assert_eq!(&*held[0].0.worker, "a");
+    assert_eq!(held[0].worker, "a");
   }
 
   #[test]
@@ -403,9 +413,10 @@ mod tests {
     assert!(!sink.spans());
     sink.emit(event("static"));
     sink.emit(event("shipped"));
-    let held = queue.take();
+    let (held, spans) = queue.take();
     assert_eq!(held.len(), 1);
-    assert_eq!(&*held[0].0.worker, "shipped");
+    assert_eq!(held[0].worker, "shipped");
+    assert!(spans.is_empty());
   }
 
   #[test]
@@ -413,16 +424,19 @@ mod tests {
     let (buffer, queue) = TraceBuffer::new(10, MAX_BYTES, Metrics::new());
     let sink = buffer.sink(|worker| worker != "static", true);
     assert!(sink.spans());
-    sink.emit(event("static"));
-    sink.emit(event("shipped"));
-    let got: Vec<(String, bool)> = queue
-      .take()
-      .into_iter()
-      .map(|(r, _, upstream)| (r.worker.to_string(), upstream))
-      .collect();
+    for worker in ["static", "shipped"] {
+      let mut record = event(worker);
+      record.trace.span = Some(isola_runtime::SpanContext::start(None));
+      sink.emit(record);
+    }
+    let (events, spans) = queue.take();
+    let events: Vec<String> = events.into_iter().map(|e| e.worker).collect();
+    assert_eq!(events, vec!["shipped".to_string()]);
+    let spans: Vec<String> = spans.into_iter().map(|r| r.worker.to_string()).collect();
     assert_eq!(
-      got,
-      vec![("static".into(), false), ("shipped".into(), true)]
+      spans,
+      vec!["static".to_string(), "shipped".to_string()],
+      "every record with a span is kept for export"
     );
   }
 
@@ -474,21 +488,54 @@ mod tests {
     vec![full_fetch(), absolute, event("rpc")]
   }
 
+  /// `records` as the control plane reads them from a frame the buffer's
+  /// writer wrote, with `dropped`.
+  fn shipped(records: &[TraceRecord], dropped: u64) -> Outgoing {
+    let mut writer = PackedWriter::default();
+    for record in records {
+      writer.push(record);
+    }
+    Outgoing::new(&writer.take(), dropped)
+  }
+
+  /// The events observers should see of `records`, from edge `edge`.
+  fn events(records: Vec<TraceRecord>, edge: &str) -> Vec<isola_proto::trace::TraceEvent> {
+    records
+      .into_iter()
+      .map(|r| {
+        let mut event = r.into_event();
+        event.edge = edge.to_string();
+        event
+      })
+      .collect()
+  }
+
   #[test]
   fn a_batch_leaves_packed_and_reads_back_as_the_events_it_holds() {
     for (records, dropped) in [(records(), 3), (Vec::new(), 0)] {
-      let outgoing = Outgoing { records, dropped };
-      let wire = isola_proto::codec::encode(&EventsCall(&outgoing));
-      let mut decoder = isola_proto::codec::Decoder::new();
-      decoder.push(&wire);
-      let Some(isola_proto::msg::Call::Events(packed)) = decoder.decode().unwrap() else {
-        panic!("not a Call::Events");
-      };
-      assert_eq!(
-        packed.unpack("edge-1").unwrap(),
-        outgoing.into_batch("edge-1")
-      );
+      let batch = shipped(&records, dropped).into_batch("edge-1");
+      assert_eq!(batch.dropped, dropped);
+      assert_eq!(batch.events, events(records, "edge-1"));
     }
+  }
+
+  #[test]
+  fn a_writer_taken_from_starts_a_new_table() {
+    let mut writer = PackedWriter::default();
+    writer.push(&full_fetch());
+    let first = Outgoing::new(&writer.take(), 0);
+    let second_records = records();
+    for record in &second_records {
+      writer.push(record);
+    }
+    assert_eq!(writer.len(), 3);
+    let second = Outgoing::new(&writer.take(), 0);
+    assert!(writer.is_empty());
+    assert_eq!(
+      first.into_batch("e").events,
+      events(vec![full_fetch()], "e")
+    );
+    assert_eq!(second.into_batch("e").events, events(second_records, "e"));
   }
 
   #[test]
@@ -506,16 +553,12 @@ mod tests {
         })
         .collect::<Vec<_>>()
     };
-    let packed = isola_proto::codec::encode(&EventsCall(&Outgoing {
-      records: records(),
-      dropped: 0,
-    }));
+    let packed = shipped(&records(), 0).frame;
     let plain = isola_proto::codec::encode(&isola_proto::msg::Call::Trace(
-      Outgoing {
-        records: records(),
+      isola_proto::trace::TraceBatch {
+        events: events(records(), "edge-1"),
         dropped: 0,
-      }
-      .into_batch("edge-1"),
+      },
     ));
     let per_event = |bytes: usize| bytes / BATCH_EVENTS;
     assert!(

@@ -16,8 +16,13 @@ pub const MAX_FRAME: usize = MAX_VERSION_BYTES + (4 << 20);
 
 /// `msg` as one frame.
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+  frame(|out| ciborium::into_writer(msg, out).expect("writing to a Vec cannot fail"))
+}
+
+/// One frame of the message `write` appends (its CBOR).
+pub fn frame(write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
   let mut out = vec![0; 4];
-  ciborium::into_writer(msg, &mut out).expect("writing to a Vec cannot fail");
+  write(&mut out);
   let len = u32::try_from(out.len() - 4).expect("frames stay below 4 GiB");
   out[..4].copy_from_slice(&len.to_be_bytes());
   out

@@ -371,6 +371,21 @@ pub enum Call {
   Events(crate::trace::PackedBatch),
 }
 
+impl Call {
+  /// The frame of a [`Call::Events`] whose batch `batch` writes, as CBOR
+  /// of a [`PackedBatch`](crate::trace::PackedBatch): for an edge that
+  /// writes its events' CBOR as they end, so a batch is only framed here.
+  pub fn events_frame(batch: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    crate::codec::frame(|out| {
+      // The variant as serde writes it: a map of its name to its value.
+      out.push(0xa1);
+      out.push(0x60 | 6);
+      out.extend_from_slice(b"Events");
+      batch(out);
+    })
+  }
+}
+
 /// The answer to a [`Call`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum CallReply {

@@ -13,15 +13,14 @@ use criterion::criterion_group;
 use criterion::criterion_main;
 use criterion::BatchSize;
 use criterion::Criterion;
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use isola_runtime::Bundle;
 use isola_runtime::ClientAddr;
 use isola_runtime::Isolate;
 use isola_runtime::LogSink;
-use isola_runtime::TraceRecord;
+use isola_runtime::PackedWriter;
 use isola_runtime::TraceSink;
 use isola_runtime::Worker;
 use isola_runtime::WorkerConfig;
@@ -60,19 +59,17 @@ fn hello_request() -> http::Request<isola_runtime::RequestBody> {
   request
 }
 
-/// What an edge does with trace events: a bounded channel filled with
-/// `try_send` (a byte count beside it) on the isolate's thread, and a
-/// shipper thread, woken every 100 ms or by a full batch, that takes
-/// batches of up to 256, builds their events and encodes each batch as the
-/// call it sends to the control plane (the network left out).
+/// What an edge does with trace events: each record's row written into a
+/// packed batch behind a mutex on the isolate's thread, and a shipper
+/// thread, woken every 200 ms or by a full batch, that takes the batch and
+/// frames it as the call it sends to the control plane (the network left
+/// out).
 fn shipping_sink() -> TraceSink {
-  let (tx, mut rx) = tokio::sync::mpsc::channel::<(TraceRecord, usize)>(10_000);
-  let bytes = Arc::new(AtomicUsize::new(0));
-  let shipped = bytes.clone();
+  const BATCH: usize = 1024;
+  let writer = Arc::new(Mutex::new(PackedWriter::default()));
+  let taken = writer.clone();
   let full = Arc::new(tokio::sync::Notify::new());
   let woken = full.clone();
-  // As the edge's shipper: woken every 100 ms or by a full batch, never
-  // by one event, and takes what is queued without waiting.
   std::thread::spawn(move || {
     let rt = tokio::runtime::Builder::new_current_thread()
       .enable_time()
@@ -81,43 +78,19 @@ fn shipping_sink() -> TraceSink {
     rt.block_on(async move {
       loop {
         tokio::select! {
-          () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+          () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
           () = woken.notified() => {}
         }
-        loop {
-          let mut batch = Vec::with_capacity(256);
-          while batch.len() < 256 {
-            match rx.try_recv() {
-              Ok(e) => batch.push(e),
-              Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
-              Err(_) => return,
-            }
-          }
-          let more = batch.len() == 256;
-          // As the edge ships them: packed straight from the records.
-          for (_, size) in &batch {
-            shipped.fetch_sub(*size, Ordering::Relaxed);
-          }
-          let records: Vec<TraceRecord> = batch.into_iter().map(|(record, _)| record).collect();
-          let packed = isola_runtime::Packed {
-            records: &records,
-            dropped: 0,
-          };
-          std::hint::black_box(isola_proto::codec::encode(&packed));
-          if !more {
-            break;
-          }
-        }
+        let batch = taken.lock().unwrap().take();
+        let frame = isola_proto::msg::Call::events_frame(|out| batch.write(0, out));
+        std::hint::black_box(frame);
       }
     });
   });
-  TraceSink::new(move |event| {
-    let size = event.approx_bytes();
-    if bytes.fetch_add(size, Ordering::Relaxed) + size > 16 << 20
-      || tx.try_send((event, size)).is_err()
-    {
-      bytes.fetch_sub(size, Ordering::Relaxed);
-    } else if 10_000 - tx.capacity() == 256 {
+  TraceSink::new(move |record| {
+    let mut writer = writer.lock().unwrap();
+    writer.push(&record);
+    if writer.len() == BATCH {
       full.notify_one();
     }
   })

@@ -2,7 +2,6 @@
 //! They are only built when the node's [`TraceSink`] keeps them, so a node
 //! that discards them pays one branch per invocation and per log line.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -12,7 +11,6 @@ pub use isola_ext::SpanContext;
 pub use isola_ext::Started;
 pub use isola_ext::SubrequestSpan;
 pub use isola_ext::Trace;
-use isola_proto::trace::EventInfo;
 pub use isola_proto::trace::TraceEvent;
 
 use crate::Outcome;
@@ -62,58 +60,175 @@ impl TraceRecord {
   }
 }
 
-/// Records written as a [`PackedBatch`](isola_proto::trace::PackedBatch)
-/// straight from what the request threads kept: each distinct string
-/// (worker, version, URL, header value...) once in the table, the events
-/// as rows of positions. The bytes decode to the `PackedBatch` whose
-/// [`unpack`](isola_proto::trace::PackedBatch::unpack) gives the events
-/// of [`TraceRecord::into_event`]; no event is built on the way.
-pub struct Packed<'a> {
-  pub records: &'a [TraceRecord],
-  pub dropped: u64,
+/// Trace records written, as each invocation ends, into the wire form of a
+/// [`PackedBatch`](isola_proto::trace::PackedBatch): every distinct
+/// string (worker, version, URL, header value...) once in the table, each
+/// event a row of positions, all of it already CBOR. The thread that ends
+/// the invocation writes its row and drops the record at once, so the
+/// record's memory is reused while it is still in that thread's caches;
+/// the shipper only frames the bytes. Queuing the records for the shipper
+/// instead cost the request thread more than writing them: a batch's
+/// worth of fresh memory per batch, freed in bulk from another thread.
+/// The bytes decode to the `PackedBatch` whose
+/// [`unpack`](isola_proto::trace::PackedBatch::unpack) gives the events of
+/// [`TraceRecord::into_event`].
+#[derive(Default)]
+pub struct PackedWriter {
+  batch: PackedBytes,
+  /// Strings of this batch by content, and URLs and addresses by what
+  /// they are made from (so a repeated one is not formatted again).
+  /// Cleared by the next [`Self::push`] after a [`Self::take`], so their
+  /// keys are freed on the thread that made them.
+  strings: FastMap<Box<str>>,
+  urls: [FastMap<Box<[u8]>>; 2],
+  addresses: FastMap<IpAddr>,
+  /// The last record's worker and version, with their positions: under
+  /// load, neighbouring events nearly always share them.
+  last: Option<(Arc<str>, Arc<str>, u32, u32)>,
+  stale: bool,
 }
 
-impl serde::Serialize for Packed<'_> {
-  fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeStruct;
-    let mut table = Table::default();
-    let rows: Vec<Row<'_>> = self
-      .records
-      .iter()
-      .map(|record| Row::new(record, &mut table))
-      .collect();
-    let mut s = serializer.serialize_struct("PackedBatch", 3)?;
-    s.serialize_field("strings", &table.in_order())?;
-    s.serialize_field("events", &rows)?;
-    s.serialize_field("dropped", &self.dropped)?;
-    s.end()
-  }
+/// A batch of [`PackedWriter`] rows, ready to frame.
+#[derive(Debug, Default)]
+pub struct PackedBytes {
+  /// The table's CBOR text strings, in order.
+  strings: Vec<u8>,
+  string_count: u32,
+  /// The rows, each a CBOR `PackedEvent`.
+  events: Vec<u8>,
+  event_count: u32,
 }
 
 type FastMap<K> = std::collections::HashMap<K, u32, foldhash::fast::FixedState>;
 
-/// A batch's strings, each once, numbered as they first come. URLs and
-/// addresses are also found by what they are made from, so a repeated one
-/// is neither formatted nor allocated again.
-#[derive(Default)]
-struct Table<'a> {
-  strings: FastMap<Cow<'a, str>>,
-  urls: FastMap<(&'a [u8], bool)>,
-  addresses: FastMap<IpAddr>,
-}
-
-impl<'a> Table<'a> {
-  fn add(&mut self, s: impl Into<Cow<'a, str>>) -> u32 {
-    let next = u32::try_from(self.strings.len()).expect("a batch holds far fewer strings");
-    *self.strings.entry(s.into()).or_insert(next)
+impl PackedWriter {
+  /// Writes `record`'s row.
+  pub fn push(&mut self, record: &TraceRecord) {
+    if std::mem::take(&mut self.stale) {
+      self.strings.clear();
+      self.urls.iter_mut().for_each(FastMap::clear);
+      self.addresses.clear();
+      self.last = None;
+    }
+    let (worker, version) = match &self.last {
+      Some((w, v, wi, vi)) if Arc::ptr_eq(w, &record.worker) && Arc::ptr_eq(v, &record.version) => {
+        (*wi, *vi)
+      }
+      _ => {
+        let wi = self.add(&record.worker);
+        let vi = self.add(&record.version);
+        self.last = Some((record.worker.clone(), record.version.clone(), wi, vi));
+        (wi, vi)
+      }
+    };
+    // Positions first: adding a string writes to the table, not the row.
+    let info = match &record.trace.event {
+      Started::Fetch(f) => {
+        let mut headers = [(0, 0); isola_ext::SHOWN_COUNT];
+        let mut shown = 0;
+        for (name, value) in f.shown_headers() {
+          headers[shown] = (
+            self.add(name.as_str()),
+            self.add(&String::from_utf8_lossy(value)),
+          );
+          shown += 1;
+        }
+        Some((
+          self.add(f.method.as_str()),
+          self.url(f),
+          headers,
+          shown,
+          f.client.map(|ip| self.address(ip)),
+          f.status,
+        ))
+      }
+      Started::Other(_) => None,
+    };
+    let outcome = self.add(record.outcome.tail_name());
+    let trace = &record.trace;
+    let out = &mut self.batch.events;
+    cbor::head(out, cbor::ARRAY, 10);
+    cbor::uint(out, worker.into());
+    cbor::uint(out, version.into());
+    cbor::int(out, isola_ext::epoch_ms(record.start));
+    cbor::head(out, cbor::MAP, 1);
+    match (info, &trace.event) {
+      (Some((method, url, headers, shown, client, status)), _) => {
+        cbor::text(out, "Fetch");
+        cbor::head(out, cbor::ARRAY, 5);
+        cbor::uint(out, method.into());
+        cbor::uint(out, url.into());
+        cbor::head(out, cbor::ARRAY, shown as u64);
+        for (n, v) in &headers[..shown] {
+          cbor::head(out, cbor::ARRAY, 2);
+          cbor::uint(out, (*n).into());
+          cbor::uint(out, (*v).into());
+        }
+        match client {
+          Some(c) => cbor::uint(out, c.into()),
+          None => out.push(cbor::NULL),
+        }
+        match status {
+          Some(s) => cbor::uint(out, s.into()),
+          None => out.push(cbor::NULL),
+        }
+      }
+      (None, Started::Other(info)) => {
+        cbor::text(out, "Other");
+        cbor::serde(out, info);
+      }
+      (None, Started::Fetch(_)) => unreachable!("a fetch has its positions"),
+    }
+    cbor::uint(out, outcome.into());
+    cbor::uint(out, record.cpu_us);
+    cbor::uint(out, record.wall_us);
+    cbor::list(out, &trace.logs);
+    cbor::list(out, &trace.exceptions);
+    out.push(if trace.truncated {
+      cbor::TRUE
+    } else {
+      cbor::FALSE
+    });
+    self.batch.event_count += 1;
   }
 
-  fn url(&mut self, f: &'a FetchStart) -> u32 {
-    if let Some(&i) = self.urls.get(&f.uri_key()) {
+  /// Rows written since the last [`Self::take`].
+  pub fn len(&self) -> usize {
+    self.batch.event_count as usize
+  }
+
+  pub fn is_empty(&self) -> bool {
+    self.batch.event_count == 0
+  }
+
+  /// The rows written so far, as a batch; the writer starts a new one
+  /// (with room for as many bytes).
+  pub fn take(&mut self) -> PackedBytes {
+    self.stale = true;
+    let next = PackedBytes {
+      strings: Vec::with_capacity(self.batch.strings.len()),
+      events: Vec::with_capacity(self.batch.events.len()),
+      ..PackedBytes::default()
+    };
+    std::mem::replace(&mut self.batch, next)
+  }
+
+  fn add(&mut self, s: &str) -> u32 {
+    if let Some(&i) = self.strings.get(s) {
       return i;
     }
-    let i = self.add(f.url());
-    self.urls.insert(f.uri_key(), i);
+    let i = self.batch.new_string(s);
+    self.strings.insert(s.into(), i);
+    i
+  }
+
+  fn url(&mut self, f: &FetchStart) -> u32 {
+    let (uri, absolute) = f.uri_key();
+    if let Some(&i) = self.urls[usize::from(absolute)].get(uri) {
+      return i;
+    }
+    let i = self.add(&f.url());
+    self.urls[usize::from(absolute)].insert(uri.into(), i);
     i
   }
 
@@ -121,117 +236,105 @@ impl<'a> Table<'a> {
     if let Some(&i) = self.addresses.get(&ip) {
       return i;
     }
-    let i = self.add(ip.to_string());
+    let i = self.add(&ip.to_string());
     self.addresses.insert(ip, i);
     i
   }
+}
 
-  fn in_order(&self) -> Vec<&str> {
-    let mut strings = vec![""; self.strings.len()];
-    for (s, &i) in &self.strings {
-      strings[i as usize] = s;
-    }
-    strings
+impl PackedBytes {
+  /// Rows it holds.
+  pub fn len(&self) -> usize {
+    self.event_count as usize
+  }
+
+  pub fn is_empty(&self) -> bool {
+    self.event_count == 0
+  }
+
+  /// The bytes it holds.
+  pub fn bytes(&self) -> usize {
+    self.strings.len() + self.events.len()
+  }
+
+  fn new_string(&mut self, s: &str) -> u32 {
+    cbor::text(&mut self.strings, s);
+    self.string_count += 1;
+    self.string_count - 1
+  }
+
+  /// Appends the CBOR of the `PackedBatch` of these rows, with `dropped`.
+  pub fn write(&self, dropped: u64, out: &mut Vec<u8>) {
+    out.reserve(self.bytes() + 48);
+    cbor::head(out, cbor::MAP, 3);
+    cbor::text(out, "strings");
+    cbor::head(out, cbor::ARRAY, self.string_count.into());
+    out.extend_from_slice(&self.strings);
+    cbor::text(out, "events");
+    cbor::head(out, cbor::ARRAY, self.event_count.into());
+    out.extend_from_slice(&self.events);
+    cbor::text(out, "dropped");
+    cbor::uint(out, dropped);
   }
 }
 
-/// A `PackedEvent`: positions, and the record for the rest.
-struct Row<'a> {
-  record: &'a TraceRecord,
-  worker: u32,
-  version: u32,
-  outcome: u32,
-  info: RowInfo<'a>,
-}
+/// The few CBOR items a row is made of (RFC 8949, shortest forms, as
+/// ciborium writes them); the rare parts go through serde.
+mod cbor {
+  pub const MAP: u8 = 5;
+  pub const ARRAY: u8 = 4;
+  pub const NULL: u8 = 0xf6;
+  pub const TRUE: u8 = 0xf5;
+  pub const FALSE: u8 = 0xf4;
 
-/// A `PackedInfo`.
-enum RowInfo<'a> {
-  Fetch(FetchRow),
-  Other(&'a EventInfo),
-}
-
-/// A `PackedFetch`.
-struct FetchRow {
-  method: u32,
-  url: u32,
-  headers: [(u32, u32); isola_ext::SHOWN_COUNT],
-  shown: usize,
-  client: Option<u32>,
-  status: Option<u16>,
-}
-
-impl<'a> Row<'a> {
-  fn new(record: &'a TraceRecord, table: &mut Table<'a>) -> Self {
-    let info = match &record.trace.event {
-      Started::Fetch(f) => {
-        let mut headers = [(0, 0); isola_ext::SHOWN_COUNT];
-        let mut shown = 0;
-        for (name, value) in f.shown_headers() {
-          headers[shown] = (
-            table.add(name.as_str()),
-            table.add(String::from_utf8_lossy(value)),
-          );
-          shown += 1;
-        }
-        RowInfo::Fetch(FetchRow {
-          method: table.add(f.method.as_str()),
-          url: table.url(f),
-          headers,
-          shown,
-          client: f.client.map(|ip| table.address(ip)),
-          status: f.status,
-        })
-      }
-      Started::Other(info) => RowInfo::Other(info),
-    };
-    Self {
-      record,
-      worker: table.add(&*record.worker),
-      version: table.add(&*record.version),
-      outcome: table.add(record.outcome.tail_name()),
-      info,
+  #[inline]
+  pub fn head(out: &mut Vec<u8>, major: u8, n: u64) {
+    let m = major << 5;
+    if n < 24 {
+      out.push(m | n as u8);
+    } else if let Ok(n) = u8::try_from(n) {
+      out.extend_from_slice(&[m | 24, n]);
+    } else if let Ok(n) = u16::try_from(n) {
+      out.push(m | 25);
+      out.extend_from_slice(&n.to_be_bytes());
+    } else if let Ok(n) = u32::try_from(n) {
+      out.push(m | 26);
+      out.extend_from_slice(&n.to_be_bytes());
+    } else {
+      out.push(m | 27);
+      out.extend_from_slice(&n.to_be_bytes());
     }
   }
-}
 
-impl serde::Serialize for Row<'_> {
-  fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeTupleStruct;
-    let r = self.record;
-    let mut s = serializer.serialize_tuple_struct("PackedEvent", 10)?;
-    s.serialize_field(&self.worker)?;
-    s.serialize_field(&self.version)?;
-    s.serialize_field(&isola_ext::epoch_ms(r.start))?;
-    s.serialize_field(&self.info)?;
-    s.serialize_field(&self.outcome)?;
-    s.serialize_field(&r.cpu_us)?;
-    s.serialize_field(&r.wall_us)?;
-    s.serialize_field(&r.trace.logs)?;
-    s.serialize_field(&r.trace.exceptions)?;
-    s.serialize_field(&r.trace.truncated)?;
-    s.end()
+  #[inline]
+  pub fn uint(out: &mut Vec<u8>, n: u64) {
+    head(out, 0, n);
   }
-}
 
-impl serde::Serialize for RowInfo<'_> {
-  fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-    match self {
-      Self::Fetch(f) => serializer.serialize_newtype_variant("PackedInfo", 0, "Fetch", f),
-      Self::Other(info) => serializer.serialize_newtype_variant("PackedInfo", 1, "Other", info),
+  pub fn int(out: &mut Vec<u8>, n: i64) {
+    match u64::try_from(n) {
+      Ok(n) => head(out, 0, n),
+      // -1 - n, which is never negative here.
+      Err(_) => head(out, 1, !(n as u64)),
     }
   }
-}
 
-impl serde::Serialize for FetchRow {
-  fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeTupleStruct;
-    let mut s = serializer.serialize_tuple_struct("PackedFetch", 5)?;
-    s.serialize_field(&self.method)?;
-    s.serialize_field(&self.url)?;
-    s.serialize_field(&self.headers[..self.shown])?;
-    s.serialize_field(&self.client)?;
-    s.serialize_field(&self.status)?;
-    s.end()
+  pub fn text(out: &mut Vec<u8>, s: &str) {
+    head(out, 3, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+  }
+
+  pub fn serde(out: &mut Vec<u8>, value: &impl serde::Serialize) {
+    ciborium::into_writer(value, out).expect("writing to a Vec cannot fail");
+  }
+
+  /// A list, nearly always empty (an event's logs and exceptions).
+  pub fn list(out: &mut Vec<u8>, items: &[impl serde::Serialize]) {
+    if items.is_empty() {
+      head(out, ARRAY, 0);
+    } else {
+      serde(out, &items);
+    }
   }
 }
 
@@ -343,6 +446,31 @@ mod tests {
       "credentials are never shown"
     );
     assert_eq!(client_ip.as_deref(), Some("192.0.2.1"));
+  }
+
+  #[test]
+  fn integers_read_back_at_every_width() {
+    for n in [
+      0,
+      23,
+      24,
+      255,
+      256,
+      65_535,
+      65_536,
+      u32::MAX.into(),
+      u64::from(u32::MAX) + 1,
+      u64::MAX,
+    ] {
+      let mut out = Vec::new();
+      cbor::uint(&mut out, n);
+      assert_eq!(ciborium::from_reader::<u64, _>(&out[..]).unwrap(), n);
+    }
+    for n in [-1, -24, -25, -256, -257, i64::MIN, 5, i64::MAX] {
+      let mut out = Vec::new();
+      cbor::int(&mut out, n);
+      assert_eq!(ciborium::from_reader::<i64, _>(&out[..]).unwrap(), n);
+    }
   }
 
   #[test]

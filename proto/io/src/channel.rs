@@ -278,11 +278,17 @@ where
   Req: serde::Serialize,
   Resp: serde::de::DeserializeOwned,
 {
+  call_frame(conn, &codec::encode(request)).await
+}
+
+/// [`call`] with the request already framed (as [`codec::encode`] frames
+/// it), for a caller that writes its CBOR itself.
+pub async fn call_frame<Resp>(conn: &quinn::Connection, frame: &[u8]) -> Result<Resp, Error>
+where
+  Resp: serde::de::DeserializeOwned,
+{
   let (mut send, mut recv) = conn.open_bi().await.map_err(Error::Stream)?;
-  send
-    .write_all(&codec::encode(request))
-    .await
-    .map_err(Error::Write)?;
+  send.write_all(frame).await.map_err(Error::Write)?;
   let _ = send.finish();
   read_one(&mut recv).await
 }
