@@ -133,7 +133,7 @@ impl PackedWriter {
           );
           shown += 1;
         }
-        Some((
+        Ok((
           self.add(f.method.as_str()),
           self.url(f),
           headers,
@@ -142,7 +142,8 @@ impl PackedWriter {
           f.status,
         ))
       }
-      Started::Other(_) => None,
+      // Not a fetch: written as it is.
+      Started::Other(info) => Err(info),
     };
     let outcome = self.add(record.outcome.tail_name());
     let trace = &record.trace;
@@ -152,8 +153,8 @@ impl PackedWriter {
     cbor::uint(out, version.into());
     cbor::int(out, isola_ext::epoch_ms(record.start));
     cbor::head(out, cbor::MAP, 1);
-    match (info, &trace.event) {
-      (Some((method, url, headers, shown, client, status)), _) => {
+    match info {
+      Ok((method, url, headers, shown, client, status)) => {
         cbor::text(out, "Fetch");
         cbor::head(out, cbor::ARRAY, 5);
         cbor::uint(out, method.into());
@@ -173,11 +174,10 @@ impl PackedWriter {
           None => out.push(cbor::NULL),
         }
       }
-      (None, Started::Other(info)) => {
+      Err(info) => {
         cbor::text(out, "Other");
         cbor::serde(out, info);
       }
-      (None, Started::Fetch(_)) => unreachable!("a fetch has its positions"),
     }
     cbor::uint(out, outcome.into());
     cbor::uint(out, record.cpu_us);
