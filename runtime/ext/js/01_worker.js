@@ -441,10 +441,11 @@ const dispatch = (function dispatch(id, method, url, headers, bodyRid, entrypoin
   if (ObjectPrototypeIsPrototypeOf(ResponsePrototype, result)) {
     respond(inv, result);
   } else {
+    // Parenthesized: compiled with `dispatch`, so in the snapshot.
     PromisePrototypeThen(
       PromiseResolve(result),
-      (response) => respond(inv, response),
-      (err) => fail(inv, err),
+      ((response) => respond(inv, response)),
+      ((err) => fail(inv, err)),
     );
   }
 });

@@ -57,6 +57,15 @@ const TAKE_INTERNALS: &str = r#"(() => {
 /// Compiled in each blank isolate of the stock ([`Isolate::prewarm`]).
 const PREWARM_SOURCE: &str = include_str!("prewarm.js");
 
+/// How often [`Isolate::prewarm`] runs the request path. V8 gives a
+/// function a feedback vector on its 8th call (or a long loop) and then
+/// queues it for baseline (Sparkplug) code, compiled in batches of about
+/// 4 KB on a V8 worker thread. A fresh isolate's first batch (deno_core's
+/// `setUpAsyncStub`, called for every async op while the context is made,
+/// and the URL parser) fills during the first request otherwise, and its
+/// compile job takes the core from that request. Three runs fill it here.
+const PREWARM_RUNS: usize = 3;
+
 /// CPU the main module may use while it is evaluated (top-level code and
 /// top-level awaits), as on Workers.
 const STARTUP_CPU: std::time::Duration = std::time::Duration::from_secs(1);
@@ -174,11 +183,13 @@ impl Isolate {
 
   /// Does, in a blank isolate, the first-use work V8 does once per isolate
   /// (parser and bytecode-generator state, the maps of Request and
-  /// Response objects, the worker's init path), so that a worker later
-  /// loaded into it does not pay for it on its first request (about
-  /// 0.1 ms of the density bench's ready-stock p50). For isolates that wait
-  /// in the stock, where it runs in a quiet moment; it leaves about 9 KiB
-  /// more heap (compiled code, and what `warm` keeps).
+  /// Response objects, the worker's init path, the first batch of baseline
+  /// code), so that a worker later loaded into it does not pay for it on
+  /// its first request (about 0.1 ms of the density bench's ready-stock
+  /// p50 for the parser, more at p99 for the baseline code). For isolates
+  /// that wait in the stock, where it runs in a quiet moment; it leaves
+  /// about 9 KiB more heap (compiled code, and what `warm` keeps), and the
+  /// baseline code the first request would have made.
   pub fn prewarm(&mut self) -> Result<(), Error> {
     {
       let _entered = EnterGuard::new(&mut self.js);
@@ -187,7 +198,9 @@ impl Isolate {
         .execute_script("isola:prewarm", PREWARM_SOURCE)
         .map_err(|e| ErrorKind::Stopped(describe_js_error(&e)))?;
     }
-    call_sync(&mut self.js, &self.internals.warm, |_| vec![]).map_err(ErrorKind::Stopped)?;
+    for _ in 0..PREWARM_RUNS {
+      call_sync(&mut self.js, &self.internals.warm, |_| vec![]).map_err(ErrorKind::Stopped)?;
+    }
     // Run again with the worker's own bindings when it is loaded.
     call_sync(&mut self.js, &self.internals.init, |_| vec![]).map_err(ErrorKind::Stopped)?;
     Ok(())
