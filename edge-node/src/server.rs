@@ -6,6 +6,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::uri::Authority;
+use http::uri::PathAndQuery;
+use http::uri::Scheme;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
@@ -38,24 +41,41 @@ impl Default for HttpOptions {
 }
 
 /// Makes the request URI absolute (`https://host/path?query`), as Workers
-/// handlers expect `request.url` to be.
-pub fn absolute_uri(req: &http::Request<Incoming>, scheme: &str, fallback_host: &str) -> http::Uri {
-  let host = req
-    .uri()
-    .authority()
-    .map(|a| a.as_str().to_string())
-    .or_else(|| {
-      req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-    })
-    .unwrap_or_else(|| fallback_host.to_string());
-  let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-  format!("{scheme}://{host}{path}")
-    .parse()
-    .unwrap_or_else(|_| http::Uri::from_static("http://invalid/"))
+/// handlers expect `request.url` to be: the request's own authority, else
+/// its `Host` header, else `fallback_host`. It runs for every request, so
+/// the URI is put together from its parsed parts rather than formatted and
+/// parsed again. A `Host` that is no authority (`a/b`, `a b`) gives
+/// `http://invalid/`, so it can never become part of the path.
+pub fn absolute_uri(
+  uri: &http::Uri,
+  headers: &http::HeaderMap,
+  scheme: &Scheme,
+  fallback_host: &Authority,
+) -> http::Uri {
+  let invalid = || http::Uri::from_static("http://invalid/");
+  let authority = match uri.authority() {
+    Some(authority) => authority.clone(),
+    None => match headers
+      .get(http::header::HOST)
+      .and_then(|h| h.to_str().ok())
+    {
+      Some(host) => match Authority::try_from(host) {
+        Ok(authority) => authority,
+        Err(_) => return invalid(),
+      },
+      None => fallback_host.clone(),
+    },
+  };
+  let path = match uri.path_and_query() {
+    Some(path) if path.as_str().starts_with('/') => path.clone(),
+    Some(_) => return invalid(),
+    None => PathAndQuery::from_static("/"),
+  };
+  let mut parts = http::uri::Parts::default();
+  parts.scheme = Some(scheme.clone());
+  parts.authority = Some(authority);
+  parts.path_and_query = Some(path);
+  http::Uri::from_parts(parts).unwrap_or_else(|_| invalid())
 }
 
 fn builder(options: &HttpOptions) -> auto::Builder<TokioExecutor> {
@@ -119,10 +139,16 @@ pub async fn serve<H, F>(
   H: Fn(http::Request<isola_runtime::RequestBody>) -> F + Clone + Send + 'static,
   F: Future<Output = http::Response<ResponseBody>> + Send + 'static,
 {
-  let scheme = if tls.is_some() { "https" } else { "http" };
+  let scheme = if tls.is_some() {
+    Scheme::HTTPS
+  } else {
+    Scheme::HTTP
+  };
   let fallback_host = listener
     .local_addr()
-    .map_or_else(|_| "localhost".to_string(), |a| a.to_string());
+    .ok()
+    .and_then(|a| Authority::try_from(a.to_string()).ok())
+    .unwrap_or_else(|| Authority::from_static("localhost"));
   let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
   let builder = Arc::new(builder(&options));
   let graceful = GracefulShutdown::new();
@@ -141,8 +167,9 @@ pub async fn serve<H, F>(
     let _ = stream.set_nodelay(true);
     let handle = handle.clone();
     let fallback_host = fallback_host.clone();
+    let scheme = scheme.clone();
     let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-      let uri = absolute_uri(&req, scheme, &fallback_host);
+      let uri = absolute_uri(req.uri(), req.headers(), &scheme, &fallback_host);
       let (mut parts, body) = req.into_parts();
       parts.uri = uri;
       // Trace events show who asked.
@@ -186,5 +213,58 @@ pub async fn serve<H, F>(
     .is_err()
   {
     tracing::warn!("shutdown: connections still open after the drain timeout");
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn absolute(uri: &str, host: Option<&[u8]>) -> String {
+    let uri: http::Uri = uri.parse().unwrap();
+    let mut headers = http::HeaderMap::new();
+    if let Some(host) = host {
+      headers.insert(
+        http::header::HOST,
+        http::HeaderValue::from_bytes(host).unwrap(),
+      );
+    }
+    let fallback = Authority::from_static("127.0.0.1:8080");
+    absolute_uri(&uri, &headers, &Scheme::HTTPS, &fallback).to_string()
+  }
+
+  #[test]
+  fn the_url_a_handler_sees_is_absolute() {
+    assert_eq!(
+      absolute("/a/b?x=1&y", Some(b"shop.test")),
+      "https://shop.test/a/b?x=1&y"
+    );
+    assert_eq!(absolute("/", Some(b"[::1]:8443")), "https://[::1]:8443/");
+    // The request's own authority wins over its Host header.
+    assert_eq!(
+      absolute("http://api.test:81/v1", Some(b"shop.test")),
+      "https://api.test:81/v1"
+    );
+    // No Host, or one that is not text: the listener's address.
+    assert_eq!(absolute("/p", None), "https://127.0.0.1:8080/p");
+    assert_eq!(
+      absolute("/p", Some(b"caf\xc3\xa9.test")),
+      "https://127.0.0.1:8080/p"
+    );
+    // CONNECT's authority form has no path.
+    assert_eq!(absolute("shop.test:443", None), "https://shop.test:443/");
+  }
+
+  #[test]
+  fn a_host_header_that_is_no_authority_never_reaches_the_path() {
+    for host in [&b"evil.test/admin"[..], b"a b", b"a?x=1", b"", b"a#frag"] {
+      assert_eq!(
+        absolute("/p", Some(host)),
+        "http://invalid/",
+        "Host {:?}",
+        String::from_utf8_lossy(host)
+      );
+    }
+    assert_eq!(absolute("*", Some(b"shop.test")), "http://invalid/");
   }
 }
