@@ -61,6 +61,7 @@ pub use service::ServiceTable;
 pub use trace::epoch_ms;
 pub use trace::format_traceparent;
 pub use trace::parse_traceparent;
+pub use trace::write_uri;
 pub use trace::FetchStart;
 pub use trace::SpanContext;
 pub use trace::Started;
