@@ -315,8 +315,10 @@ def render_targets(raw: dict) -> list[str]:
                          f"{fmt(v, '.1f')} µs vs deno {fmt(d, '.1f')} µs ({ratio(v, d)})", ok))
     for w, (r1, rn, n) in scaling_pairs(raw).items():
         x = None if not r1 or not rn else rn / r1
+        cap = scaling_ceiling(raw, w)
         rows.append((f"`serve` {n} threads ≥ {SCALING_TARGET}× 1 thread (shared cores), `{w}`",
-                     f"{fmt(x, '.2f')}× ({fmt(r1, ',.0f')} → {fmt(rn, ',.0f')} req/s)",
+                     f"{fmt(x, '.2f')}× ({fmt(r1, ',.0f')} → {fmt(rn, ',.0f')} req/s)"
+                     + (f"; this box's ceiling {cap:.2f}×" if cap else ""),
                      None if x is None else x >= SCALING_TARGET))
     for e in raw.get("events") or []:
         x = e["median"]
@@ -491,6 +493,23 @@ def scaling_pairs(raw: dict) -> dict[str, tuple]:
     return out
 
 
+def scaling_ceiling(raw: dict, workload: str) -> float | None:
+    """The most any thread count could reach over 1 thread when every
+    process shares the box's cores: the cores over the CPU (in cores) that the
+    edge, wrk, the control plane and the rest spent at 1 thread. It holds
+    if each process's CPU per request stays what it was at 1 thread."""
+    cores = (raw.get("env") or {}).get("cpus")
+    one = next((c for c in raw.get("scaling") or []
+                if c["workload"] == workload and row_of(c) == "serve-t1"), None)
+    if not cores or not one:
+        return None
+    m = summarize(one)
+    parts = [m["cpu_util"], m["load_util"], m["control_util"], m["other_util"]]
+    if any(v is None for v in parts) or sum(parts) <= 0:
+        return None
+    return cores / sum(parts)
+
+
 def render_scaling(raw: dict) -> list[str]:
     cells = raw.get("scaling") or []
     if not cells:
@@ -515,7 +534,16 @@ def render_scaling(raw: dict) -> list[str]:
                 f"| {ratio(m['rps'], one)} | {fmt(m['cpu_us'], '.1f')} | {pct(m['cpu_util'])} "
                 f"| {pct(m['load_util'])} | {pct(m['control_util'])} | {pct(m['other_util'])} "
                 f"| {m['errors']} |")
-    return out + ["", "Server CPU here is a share of one core (200% = both).", ""]
+    ceilings = [(w, scaling_ceiling(raw, w)) for w in workloads_in(raw)]
+    ceilings = [f"`{w}` {x:.2f}×" for w, x in ceilings if x]
+    out += ["", "Server CPU here is a share of one core (200% = both)."]
+    if ceilings:
+        cores = raw["env"]["cpus"]
+        out += ["", f"Ceiling on this box ({cores} cores shared by every process): "
+                f"{', '.join(ceilings)}. That is {cores} cores over the CPU that the edge, wrk, "
+                "the control plane and the rest spent at 1 thread (their shares above), "
+                "so no thread count beats it while each request costs what it did there."]
+    return out + [""]
 
 
 def render_tenants(raw: dict) -> list[str]:

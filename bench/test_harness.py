@@ -119,6 +119,19 @@ class Render(unittest.TestCase):
         self.assertEqual(t["Warm CPU per request ≤ deno's: isola-edge dev, `hello`"], "yes")
         self.assertEqual(t["`serve` 2 threads ≥ 1.8× 1 thread (shared cores), `hello`"], "yes")
 
+    def test_scaling_ceiling(self):
+        # Without the box's core count there is no ceiling to give.
+        md = report.render(result(isola_cpu=6.0))
+        self.assertNotIn("ceiling", md)
+        raw = result(isola_cpu=6.0)
+        raw["env"] = {"cpus": 2}
+        # At 1 thread: edge 0.9 + wrk 0.5 + other 0.01 cores (run() above),
+        # no control plane figure: 2 / 1.41.
+        raw["scaling"][0]["runs"][0]["control_cpu_util"] = 0.0
+        md = report.render(raw)
+        self.assertIn("1.70× (50,000 → 85,000 req/s); this box's ceiling 1.42×", md)
+        self.assertIn("Ceiling on this box (2 cores shared by every process): `hello` 1.42×", md)
+
     def test_trace_events_cost(self):
         raw = result(isola_cpu=6.0)
         raw["cells"].append(cell("serve100q", "hello", 62_000, 7.8, 2.0))
