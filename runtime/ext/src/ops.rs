@@ -26,16 +26,30 @@ fn header_pair(
   headers: &v8::Array,
   i: u32,
 ) -> Option<(HeaderName, HeaderValue)> {
-  let name = headers.get_index(scope, i)?.to_rust_string_lossy(scope);
-  let value = headers.get_index(scope, i + 1)?;
-  let value = value.to_string(scope)?;
+  let name = headers.get_index(scope, i)?.to_string(scope)?;
+  let value = headers.get_index(scope, i + 1)?.to_string(scope)?;
+  let name = {
+    let view = v8::ValueView::new(scope, name);
+    match view.data() {
+      // deno_fetch's `Headers` keeps names as lowercase tokens, one-byte
+      // strings: read in place, with no copy, as values below.
+      v8::ValueViewData::OneByte(bytes) => HeaderName::from_bytes(bytes).ok()?,
+      // Any unit past Latin-1 makes an invalid name; the rest are bytes.
+      v8::ValueViewData::TwoByte(units) => HeaderName::from_bytes(&latin1(units)?).ok()?,
+    }
+  };
   // Header values are ByteStrings: every code unit fits in one byte.
-  let mut bytes = vec![0u8; value.length()];
-  value.write_one_byte_v2(scope, 0, &mut bytes, v8::WriteFlags::empty());
-  Some((
-    HeaderName::from_bytes(name.as_bytes()).ok()?,
-    HeaderValue::from_bytes(&bytes).ok()?,
-  ))
+  let view = v8::ValueView::new(scope, value);
+  let value = match view.data() {
+    v8::ValueViewData::OneByte(bytes) => HeaderValue::from_bytes(bytes).ok()?,
+    v8::ValueViewData::TwoByte(units) => HeaderValue::from_bytes(&latin1(units)?).ok()?,
+  };
+  Some((name, value))
+}
+
+/// UTF-16 code units as Latin-1 bytes, or `None` if one does not fit.
+fn latin1(units: &[u16]) -> Option<Vec<u8>> {
+  units.iter().map(|&u| u8::try_from(u).ok()).collect()
 }
 
 enum JsBody {

@@ -288,6 +288,42 @@ fn a_module_read_from_disk_stays_readable_while_its_isolate_lives() {
   });
 }
 
+/// A response's headers reach hyper as the bytes of their ByteStrings:
+/// Latin-1 values byte for byte, whether V8 holds the string in one byte or
+/// two a unit, and repeated names as repeated headers.
+fn response_headers_keep_their_bytes() {
+  rt().block_on(async {
+    let code = r#"
+      export default {
+        fetch() {
+          const h = new Headers();
+          h.set("X-Latin", "caf\u00e9");
+          // Latin-1 units in a two-byte string: V8 slices 13 units or more
+          // as a view of the flat two-byte parent.
+          h.set("x-wide", ("\u20ac" + "\u00e9t".repeat(10)).slice(1));
+          h.append("set-cookie", "a=1");
+          h.append("set-cookie", "b=2");
+          return new Response("ok", { headers: h });
+        },
+      };
+    "#;
+    let worker = Worker::new(bundle(code), &WorkerConfig::new("h"), LogSink::discard())
+      .await
+      .unwrap()
+      .spawn();
+    let response = worker
+      .fetch(isola_runtime::empty_request("http://h.test/"))
+      .await
+      .unwrap();
+    let headers = response.headers();
+    assert_eq!(headers["x-latin"].as_bytes(), b"caf\xe9");
+    assert_eq!(headers["x-wide"].as_bytes(), b"\xe9t".repeat(10));
+    let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert_eq!(headers["content-type"], "text/plain;charset=UTF-8");
+  });
+}
+
 pub fn trials() -> Vec<Trial> {
   vec![
     trial(
@@ -315,6 +351,10 @@ pub fn trials() -> Vec<Trial> {
       an_unread_request_body_is_dropped_when_its_invocation_ends,
     ),
     trial("a_stopped_worker_reports_it", a_stopped_worker_reports_it),
+    trial(
+      "response_headers_keep_their_bytes",
+      response_headers_keep_their_bytes,
+    ),
     trial(
       "a_module_read_from_disk_stays_readable_while_its_isolate_lives",
       a_module_read_from_disk_stays_readable_while_its_isolate_lives,
