@@ -998,7 +998,8 @@ def bench_serve(w: str, logs: Path, rate: float | None, global_problems: list[st
                     site, row, threads, hosts, ALL_CPUS, logs), CFG["scaling_wrk_threads"],
                     ALL_CPUS, None)
                 cell["setup"] = dict(setup, threads=threads, hosts=len(hosts), pinned=False,
-                                     wrk_threads=CFG["scaling_wrk_threads"])
+                                     wrk_threads=CFG["scaling_wrk_threads"],
+                                     cores=len(ALL_CPUS))
                 if busy:
                     cell["problems"].insert(0, busy)
                 scaling.append(cell)

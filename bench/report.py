@@ -498,10 +498,13 @@ def scaling_ceiling(raw: dict, workload: str) -> float | None:
     process shares the box's cores: the cores over the CPU (in cores) that the
     edge, wrk, the control plane and the rest spent at 1 thread. It holds
     if each process's CPU per request stays what it was at 1 thread."""
-    cores = (raw.get("env") or {}).get("cpus")
     one = next((c for c in raw.get("scaling") or []
                 if c["workload"] == workload and row_of(c) == "serve-t1"), None)
-    if not cores or not one:
+    if not one:
+        return None
+    # The cores the cell ran on; results before they were noted: the box's.
+    cores = (one.get("setup") or {}).get("cores") or (raw.get("env") or {}).get("cpus")
+    if not cores:
         return None
     m = summarize(one)
     parts = [m["cpu_util"], m["load_util"], m["control_util"], m["other_util"]]
@@ -538,7 +541,7 @@ def render_scaling(raw: dict) -> list[str]:
     ceilings = [f"`{w}` {x:.2f}×" for w, x in ceilings if x]
     out += ["", "Server CPU here is a share of one core (200% = both)."]
     if ceilings:
-        cores = raw["env"]["cpus"]
+        cores = (cells[0].get("setup") or {}).get("cores") or raw["env"]["cpus"]
         out += ["", f"Ceiling on this box ({cores} cores shared by every process): "
                 f"{', '.join(ceilings)}. That is {cores} cores over the CPU that the edge, wrk, "
                 "the control plane and the rest spent at 1 thread (their shares above), "

@@ -131,6 +131,10 @@ class Render(unittest.TestCase):
         md = report.render(raw)
         self.assertIn("1.70× (50,000 → 85,000 req/s); this box's ceiling 1.42×", md)
         self.assertIn("Ceiling on this box (2 cores shared by every process): `hello` 1.42×", md)
+        # The cores the cells ran on count, not the box's.
+        raw["env"] = {"cpus": 4}
+        raw["scaling"][0]["setup"] = {"cores": 2}
+        self.assertIn("this box's ceiling 1.42×", report.render(raw))
 
     def test_trace_events_cost(self):
         raw = result(isola_cpu=6.0)
