@@ -32,6 +32,21 @@ fn setup_edges(control: &Control, dir: &std::path::Path, n: usize) -> Vec<EdgeSe
     .collect()
 }
 
+/// Waits until every edge applied the control plane's current revision:
+/// connected and holding what was deployed (no request sent, so nothing
+/// but the test's requests is counted).
+fn wait_applied(control: &Control, edges: &[EdgeSetup]) {
+  let revision = control.api("GET", "/v1/edges", None).json()["revision"]
+    .as_u64()
+    .expect("a revision");
+  for (i, edge) in edges.iter().enumerate() {
+    assert!(
+      edge.wait_revision(revision, Duration::from_secs(10)),
+      "edge {i} did not apply revision {revision}"
+    );
+  }
+}
+
 /// Asserts that every edge serves a `host` answer starting `prefix` within
 /// `limit`, naming the edge and its last answer otherwise.
 fn assert_all_serve(edges: &[EdgeSetup], host: &str, prefix: &str, limit: Duration) {
@@ -373,6 +388,9 @@ fn a_cron_tick_runs_once_on_one_edge_through_edge_and_control_plane_failures() {
                 ctx.waitUntil(new Promise((r) => setTimeout(r, 10)));\n  },\n};\n";
   let v1 = control.upload("ticker", source, json!({}));
   control.deploy("ticker", &v1);
+  // Every edge connected first: a tick goes to the worker's first-ranked
+  // connected edge, so one that joins later may take the next ticks.
+  wait_applied(&control, &edges);
   let bad = control.api(
     "PUT",
     "/v1/workers/ticker/schedules",

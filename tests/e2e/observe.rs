@@ -13,6 +13,8 @@ use isola_integration::TailClient;
 use serde_json::json;
 use serde_json::Value;
 
+use crate::wait_applied;
+
 const WATCHED: &str = r#"
 export default {
   fetch(request) {
@@ -29,20 +31,6 @@ fn setup(control: &Control, dir: &std::path::Path) -> Vec<EdgeSetup> {
   (0..2)
     .map(|i| control.enroll(&format!("edge-{i}"), &dir.join(format!("edge-{i}")), 200))
     .collect()
-}
-
-/// Waits until both edges applied the current revision (no request sent,
-/// so nothing but the test's requests is counted).
-fn wait_applied(control: &Control, edges: &[EdgeSetup]) {
-  let revision = control.api("GET", "/v1/edges", None).json()["revision"]
-    .as_u64()
-    .expect("a revision");
-  for (i, edge) in edges.iter().enumerate() {
-    assert!(
-      edge.wait_revision(revision, Duration::from_secs(10)),
-      "edge {i} did not apply revision {revision}"
-    );
-  }
 }
 
 fn now_secs() -> u64 {
