@@ -31,8 +31,8 @@ fn header_pair(
   let name = {
     let view = v8::ValueView::new(scope, name);
     match view.data() {
-      // deno_fetch's `Headers` keeps names as lowercase tokens, one-byte
-      // strings: read in place, with no copy, as values below.
+      // deno_fetch's `Headers` keeps names as lowercase tokens, so one-byte
+      // strings: read in place, without a copy (values too, below).
       v8::ValueViewData::OneByte(bytes) => HeaderName::from_bytes(bytes).ok()?,
       // Any unit past Latin-1 makes an invalid name; the rest are bytes.
       v8::ValueViewData::TwoByte(units) => HeaderName::from_bytes(&latin1(units)?).ok()?,
