@@ -28,28 +28,29 @@ fn header_pair(
 ) -> Option<(HeaderName, HeaderValue)> {
   let name = headers.get_index(scope, i)?.to_string(scope)?;
   let value = headers.get_index(scope, i + 1)?.to_string(scope)?;
-  let name = {
-    let view = v8::ValueView::new(scope, name);
-    match view.data() {
-      // deno_fetch's `Headers` keeps names as lowercase tokens, so one-byte
-      // strings: read in place, without a copy (values too, below).
-      v8::ValueViewData::OneByte(bytes) => HeaderName::from_bytes(bytes).ok()?,
-      // Any unit past Latin-1 makes an invalid name; the rest are bytes.
-      v8::ValueViewData::TwoByte(units) => HeaderName::from_bytes(&latin1(units)?).ok()?,
-    }
-  };
-  // Header values are ByteStrings: every code unit fits in one byte.
-  let view = v8::ValueView::new(scope, value);
-  let value = match view.data() {
-    v8::ValueViewData::OneByte(bytes) => HeaderValue::from_bytes(bytes).ok()?,
-    v8::ValueViewData::TwoByte(units) => HeaderValue::from_bytes(&latin1(units)?).ok()?,
-  };
+  // deno_fetch's `Headers` keeps names as lowercase tokens and values as
+  // ByteStrings, so both are one-byte strings as a rule.
+  let name = parse_byte_string(scope, name, |b| HeaderName::from_bytes(b).ok())?;
+  let value = parse_byte_string(scope, value, |b| HeaderValue::from_bytes(b).ok())?;
   Some((name, value))
 }
 
-/// UTF-16 code units as Latin-1 bytes, or `None` if one does not fit.
-fn latin1(units: &[u16]) -> Option<Vec<u8>> {
-  units.iter().map(|&u| u8::try_from(u).ok()).collect()
+/// `parse` of a string's bytes, one per code unit: read in place, without a
+/// copy, from a one-byte string; a two-byte one is narrowed to Latin-1, and
+/// a unit past it gives `None`, as no header name or value may hold one.
+fn parse_byte_string<T>(
+  scope: &mut v8::PinScope<'_, '_>,
+  s: v8::Local<'_, v8::String>,
+  parse: impl FnOnce(&[u8]) -> Option<T>,
+) -> Option<T> {
+  let view = v8::ValueView::new(scope, s);
+  match view.data() {
+    v8::ValueViewData::OneByte(bytes) => parse(bytes),
+    v8::ValueViewData::TwoByte(units) => {
+      let bytes: Option<Vec<u8>> = units.iter().map(|&u| u8::try_from(u).ok()).collect();
+      parse(&bytes?)
+    }
+  }
 }
 
 enum JsBody {
