@@ -493,6 +493,12 @@ def scaling_pairs(raw: dict) -> dict[str, tuple]:
     return out
 
 
+def scaling_cores(raw: dict, cell: dict) -> int | None:
+    """The cores a scaling cell ran on; for results before cells noted
+    them, the box's."""
+    return (cell.get("setup") or {}).get("cores") or (raw.get("env") or {}).get("cpus")
+
+
 def scaling_ceiling(raw: dict, workload: str) -> float | None:
     """The most any thread count could reach over 1 thread when every
     process shares the box's cores: the cores over the CPU (in cores) that the
@@ -502,8 +508,7 @@ def scaling_ceiling(raw: dict, workload: str) -> float | None:
                 if c["workload"] == workload and row_of(c) == "serve-t1"), None)
     if not one:
         return None
-    # The cores the cell ran on; results before they were noted: the box's.
-    cores = (one.get("setup") or {}).get("cores") or (raw.get("env") or {}).get("cpus")
+    cores = scaling_cores(raw, one)
     if not cores:
         return None
     m = summarize(one)
@@ -541,7 +546,7 @@ def render_scaling(raw: dict) -> list[str]:
     ceilings = [f"`{w}` {x:.2f}×" for w, x in ceilings if x]
     out += ["", "Server CPU here is a share of one core (200% = both)."]
     if ceilings:
-        cores = (cells[0].get("setup") or {}).get("cores") or raw["env"]["cpus"]
+        cores = scaling_cores(raw, cells[0])
         out += ["", f"Ceiling on this box ({cores} cores shared by every process): "
                 f"{', '.join(ceilings)}. That is {cores} cores over the CPU that the edge, wrk, "
                 "the control plane and the rest spent at 1 thread (their shares above), "
