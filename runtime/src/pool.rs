@@ -613,7 +613,7 @@ impl Runtime {
       }
     };
     let result = invocation.answer().await;
-    inflight.fetch_sub(1, Ordering::Relaxed);
+    drop(inflight);
     if let Err(e) = &result {
       if e.is_stopped() || e.limit().is_some() {
         self.shared.prune(key);
@@ -634,12 +634,10 @@ impl Runtime {
     bundle: Bundle,
     config: WorkerConfig,
   ) -> Result<(), Error> {
-    if let Some((_, inflight, _)) = self.shared.pick(key, false) {
-      inflight.fetch_sub(1, Ordering::Relaxed);
+    if self.shared.pick(key, false).is_some() {
       return Ok(());
     }
-    let inflight = self.shared.start(key, bundle, config, false, None).await?;
-    inflight.fetch_sub(1, Ordering::Relaxed);
+    self.shared.start(key, bundle, config, false, None).await?;
     Ok(())
   }
 
@@ -703,6 +701,26 @@ impl Runtime {
   }
 }
 
+/// One request counted into an instance's in-flight count, and counted out
+/// when dropped: when its answer came, or when its caller went away first
+/// (a client that disconnected). Counted out only on an answer, each
+/// dropped request kept a place taken for good, and every
+/// `max_concurrency` of them made the pool start another isolate.
+pub(crate) struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+  fn count_in(count: &Arc<AtomicUsize>) -> Self {
+    count.fetch_add(1, Ordering::Relaxed);
+    Self(count.clone())
+  }
+}
+
+impl Drop for InFlight {
+  fn drop(&mut self) {
+    self.0.fetch_sub(1, Ordering::Relaxed);
+  }
+}
+
 /// Tells the ledger an admitted invocation is over when dropped.
 struct Finish<'a> {
   ledger: &'a Mutex<Ledger>,
@@ -740,11 +758,7 @@ impl Shared {
   /// An instance of `key` with room for one more request, on the
   /// quarantine thread if `quarantine` and on a request thread (preferring
   /// the current one) if not; counts the request in. Also says which thread.
-  fn pick(
-    &self,
-    key: &WorkerKey,
-    quarantine: bool,
-  ) -> Option<(WorkerHandle, Arc<AtomicUsize>, usize)> {
+  fn pick(&self, key: &WorkerKey, quarantine: bool) -> Option<(WorkerHandle, InFlight, usize)> {
     let here = CURRENT_THREAD.with(Cell::get);
     let max = self.config.max_concurrency;
     let mut index = self.lock();
@@ -756,8 +770,11 @@ impl Shared {
       .filter(|i| i.quarantined == quarantine && i.inflight.load(Ordering::Relaxed) < max)
       .min_by_key(|i| (Some(i.thread) != here, i.inflight.load(Ordering::Relaxed)))
       .map(|best| {
-        best.inflight.fetch_add(1, Ordering::Relaxed);
-        (best.handle.clone(), best.inflight.clone(), best.thread)
+        (
+          best.handle.clone(),
+          InFlight::count_in(&best.inflight),
+          best.thread,
+        )
       });
     index.memory = index.memory.saturating_sub(freed);
     picked
@@ -765,8 +782,8 @@ impl Shared {
 
   /// Loads a new instance of `key` on the quarantine thread if
   /// `quarantine` (and there is one), else on the request thread where it
-  /// is least in the way of warm requests ([`Placement`]). Returns the
-  /// new instance's in-flight count, with `first` (if any) counted in.
+  /// is least in the way of warm requests ([`Placement`]). Returns one
+  /// place counted into the new instance: `first`'s, if any.
   async fn start(
     self: &Arc<Self>,
     key: &WorkerKey,
@@ -774,7 +791,7 @@ impl Shared {
     config: WorkerConfig,
     quarantine: bool,
     first: Option<Queued>,
-  ) -> Result<Arc<AtomicUsize>, Error> {
+  ) -> Result<InFlight, Error> {
     let here = CURRENT_THREAD.with(Cell::get);
     let quarantined = quarantine && self.threads.len() > self.request_threads;
     let thread = if quarantined {
@@ -828,7 +845,8 @@ impl Shared {
     let (handle, memory, from_stock) = rx
       .await
       .map_err(|_| ErrorKind::Stopped("the V8 thread is gone".into()))??;
-    let inflight = Arc::new(AtomicUsize::new(1));
+    let inflight = Arc::new(AtomicUsize::new(0));
+    let counted = InFlight::count_in(&inflight);
     let mut index = self.lock();
     index.stats.cold_starts += 1;
     index.stats.stock_hits += u64::from(from_stock);
@@ -836,12 +854,12 @@ impl Shared {
       thread,
       quarantined,
       handle,
-      inflight: inflight.clone(),
+      inflight,
       memory,
     };
     index.insert(key, instance, Instant::now());
     index.evict_over_limits(key, self.config.max_isolates, self.config.max_memory);
-    Ok(inflight)
+    Ok(counted)
   }
 
   fn evict_idle(&self) {

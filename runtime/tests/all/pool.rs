@@ -421,6 +421,39 @@ async fn a_busy_worker_scales_out_to_another_isolate() {
   );
 }
 
+/// A request whose caller goes away (a client that disconnected) gives its
+/// place in the isolate back: dropped requests must not fill the isolate's
+/// concurrency and make the pool start another isolate for the next one.
+async fn a_dropped_request_gives_its_place_back() {
+  let rt = Runtime::new(Config::default().threads(1).max_concurrency(2)).unwrap();
+  let hang = r#"export default { fetch(request) {
+    return new URL(request.url).pathname === "/hang"
+      ? new Promise((r) => setTimeout(() => r(new Response("late")), 30000))
+      : new Response("ok");
+  } };"#;
+  let limits = Limits::default().wall(Duration::from_secs(60));
+  assert_eq!(get(&rt, "drop", hang, limits.clone(), "/").await.0, 200);
+  for _ in 0..3 {
+    let request = {
+      let (rt, limits) = (rt.clone(), limits.clone());
+      tokio::spawn(async move { get(&rt, "drop", hang, limits, "/hang").await })
+    };
+    // Long enough for the request to reach its isolate.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    request.abort();
+    assert!(request.await.unwrap_err().is_cancelled());
+  }
+  assert_eq!(
+    get(&rt, "drop", hang, limits, "/").await,
+    (200, "ok".into())
+  );
+  assert_eq!(
+    rt.stats().cold_starts,
+    1,
+    "one isolate serves every request; the dropped ones left no place taken"
+  );
+}
+
 async fn unseen_workers_load_into_ready_isolates() {
   let rt = Runtime::new(Config::default().threads(1).stock(2)).unwrap();
   eventually("the stock to fill", || rt.stats().stock == 2).await;
@@ -484,6 +517,10 @@ pub fn trials() -> Vec<Trial> {
     trial(
       "a_busy_worker_scales_out_to_another_isolate",
       a_busy_worker_scales_out_to_another_isolate,
+    ),
+    trial(
+      "a_dropped_request_gives_its_place_back",
+      a_dropped_request_gives_its_place_back,
     ),
     trial(
       "unseen_workers_load_into_ready_isolates",
