@@ -88,7 +88,8 @@ impl Deployed {
 #[derive(Default)]
 struct State {
   routes: Option<RouteTable<Arc<str>>>,
-  workers: HashMap<Arc<str>, Arc<Deployed>>,
+  /// Looked up on every request: foldhash, as the route table.
+  workers: foldhash::HashMap<Arc<str>, Arc<Deployed>>,
   /// Routes per worker name, for [`Node::snapshot`]; the table itself
   /// only answers lookups.
   route_counts: HashMap<Arc<str>, usize>,
@@ -245,7 +246,7 @@ fn build_state(
   store: &Store,
   control: Option<&DesiredState>,
 ) -> anyhow::Result<(State, Vec<String>)> {
-  let mut workers = HashMap::new();
+  let mut workers = foldhash::HashMap::default();
   let mut routes = Vec::new();
   let mut errors = Vec::new();
   for w in &config.workers {

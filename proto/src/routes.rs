@@ -12,9 +12,14 @@
 //! cheap: one probe for the exact host, then one per label suffix of the host
 //! for wildcards; within a host, one probe for the exact path and one per
 //! distinct prefix length.
+//!
+//! The probes hash with foldhash, seeded per process: every request makes
+//! them, SipHash cost several times as much, and the seed keeps hosts that
+//! requests or tenants choose from colliding on purpose.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+
+use foldhash::HashMap;
 
 /// Why a route table could not be built; the message names the pattern and
 /// how to fix it, since it usually comes straight from a config file.
@@ -45,8 +50,8 @@ impl<T> RouteTable<T> {
   pub fn new(routes: impl IntoIterator<Item = (String, T)>) -> Result<Self, RouteError> {
     let mut table = RouteTable {
       targets: Vec::new(),
-      exact: HashMap::new(),
-      wild: HashMap::new(),
+      exact: HashMap::default(),
+      wild: HashMap::default(),
     };
     // Kept only while building, to name the earlier route in a duplicate error.
     let mut patterns: Vec<String> = Vec::new();

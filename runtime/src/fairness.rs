@@ -18,7 +18,6 @@
 //! [`Ledger::finish`] after it, and [`Ledger::charge`] with each invocation
 //! record.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -190,14 +189,16 @@ impl Account {
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
   config: Fairness,
-  accounts: HashMap<Arc<str>, Account>,
+  /// Looked up on every invocation's start and end: foldhash, seeded per
+  /// process.
+  accounts: foldhash::HashMap<Arc<str>, Account>,
 }
 
 impl Ledger {
   pub(crate) fn new(config: Fairness) -> Self {
     Self {
       config,
-      accounts: HashMap::new(),
+      accounts: foldhash::HashMap::default(),
     }
   }
 

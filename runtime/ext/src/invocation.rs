@@ -509,6 +509,9 @@ impl Invocations {
   /// only waiting on `waitUntil` work); returns the ids that got no response.
   pub fn fail_all(&mut self, failure: Failure<'_>) -> Vec<u32> {
     let mut failed = Vec::new();
+    if self.pending.is_empty() {
+      return failed;
+    }
     for id in self.ids() {
       let Some(p) = self.pending.get_mut(&id) else {
         continue;

@@ -641,6 +641,10 @@ impl Worker {
       .borrow_mut()
       .borrow_mut::<Invocations>()
       .fail_all(failure);
+    // The event loop ends idle after most requests: nothing to log then.
+    if failed.is_empty() {
+      return;
+    }
     let why = match failure {
       Failure::Exception(why) => why.to_string(),
       Failure::Limit(limit) => limit.to_string(),
