@@ -460,18 +460,18 @@ impl Node {
   ) -> http::Response<ResponseBody> {
     let start = Instant::now();
     let state = self.state.load_full();
-    let host = req.uri().authority().map_or("", |a| a.as_str()).to_string();
-    let path = req.uri().path().to_string();
+    let uri = req.uri();
+    let host = uri.authority().map_or("", |a| a.as_str());
     let Some(worker) = state
       .routes
       .as_ref()
-      .and_then(|r| r.lookup(&host, &path))
+      .and_then(|r| r.lookup(host, uri.path()))
       .cloned()
     else {
       metrics.record_http("", 404, start.elapsed());
       return text_response(
         StatusCode::NOT_FOUND,
-        format!("No worker is routed for {host}{path}\n"),
+        format!("No worker is routed for {host}{}\n", uri.path()),
       );
     };
     let Some(deployed) = state.workers.get(&worker) else {

@@ -367,6 +367,7 @@ impl Isolate {
       batching: false,
       invocations: 0,
       preloaded: false,
+      url: Vec::new(),
     })
   }
 }

@@ -102,16 +102,20 @@ pub(super) struct Internals {
 /// Wall-clock limit of a scheduled run, as on Workers.
 const SCHEDULED_WALL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
-/// The URL a handler's `request.url` shows (UTF-8): `uri` as its
-/// `Display` writes it, on `http://localhost` when it has no scheme.
-fn request_url(uri: &http::Uri) -> Vec<u8> {
-  let mut url = Vec::with_capacity(64);
+/// Writes into `url` (cleared first) the URL a handler's `request.url`
+/// shows (UTF-8): `uri` as its `Display` writes it, on `http://localhost`
+/// when it has no scheme.
+fn request_url(url: &mut Vec<u8>, uri: &http::Uri) {
+  url.clear();
   if uri.scheme().is_none() {
     url.extend_from_slice(b"http://localhost");
   }
-  isola_ext::write_uri(&mut url, uri);
-  url
+  isola_ext::write_uri(url, uri);
 }
+
+/// The request's headers as the dispatcher takes them (name, value, ...):
+/// on the stack for up to 16 headers.
+type FlatHeaders<'s> = smallvec::SmallVec<[v8::Local<'s, v8::Value>; 32]>;
 
 /// A worker loaded into its isolate, ready for requests.
 ///
@@ -146,6 +150,9 @@ pub struct Worker {
   pub(super) invocations: u8,
   /// Loaded ahead of its requests ([`Worker::preloaded`]).
   pub(super) preloaded: bool,
+  /// The last request's URL, kept for its buffer: each request writes
+  /// its own there rather than allocate one.
+  pub(super) url: Vec<u8>,
 }
 
 impl Worker {
@@ -342,7 +349,6 @@ impl Worker {
       .get(http::header::CONTENT_LENGTH)
       .and_then(|v| v.to_str().ok())
       .and_then(|v| v.parse::<u64>().ok());
-    let url = request_url(&parts.uri);
     let (id, body_rid) = {
       let state_rc = self.js.op_state();
       let mut state = state_rc.borrow_mut();
@@ -375,6 +381,8 @@ impl Worker {
       (id, rid)
     };
 
+    let mut url = std::mem::take(&mut self.url);
+    request_url(&mut url, &parts.uri);
     self.open_turn();
     {
       let _entered = EnterGuard::new(&mut self.js);
@@ -388,7 +396,7 @@ impl Worker {
       let url_v = v8::String::new_from_utf8(scope, &url, v8::NewStringType::Normal)
         .expect("url fits")
         .into();
-      let mut flat: Vec<v8::Local<v8::Value>> = Vec::with_capacity(parts.headers.len() * 2);
+      let mut flat = FlatHeaders::new();
       for (name, value) in &parts.headers {
         let n = v8::String::new_from_one_byte(
           scope,
@@ -420,6 +428,7 @@ impl Worker {
         &[id_v, method, url_v, headers, body_v, entry_v],
       );
     }
+    self.url = url;
     self.close_turn();
   }
 
@@ -695,6 +704,10 @@ impl Worker {
   async fn serve(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
     let mut closed = false;
     poll_fn(|cx| {
+      // One isolate entry for the whole wake-up: the entries of each
+      // request and of the event loop's poll inside it then only count
+      // (V8 takes a lock and allocates for a first entry).
+      let _entered = EnterGuard::new(&mut self.js);
       // The requests that arrived and the event loop's poll share a turn.
       self.batching = true;
       let polled = self.serve_once(&mut rx, &mut closed, cx);
@@ -847,7 +860,11 @@ mod tests {
         format!("http://localhost{parsed}")
       };
       assert_eq!(
-        String::from_utf8(request_url(&parsed)).unwrap(),
+        {
+          let mut url = Vec::new();
+          request_url(&mut url, &parsed);
+          String::from_utf8(url).unwrap()
+        },
         shown,
         "{uri}"
       );
