@@ -73,7 +73,8 @@ struct Inner {
   code_cache_misses: Counter,
   code_cache_rejections: Counter,
   code_cache_memory: Gauge,
-  usage: Mutex<FastMap<VersionId, Usage>>,
+  /// foldhash, as `series`.
+  usage: Mutex<foldhash::HashMap<VersionId, Usage>>,
   throttled: Family<WorkerLabels, Counter>,
   workers_throttled: Gauge,
   quarantined: Gauge,
@@ -82,8 +83,9 @@ struct Inner {
   trace_dropped: Counter,
   /// Each worker's series, cloned out of the families above on its first
   /// record: a request then costs one lookup by name, not a labelled
-  /// lookup and label strings for each of its nine series.
-  series: Mutex<FastMap<Arc<str>, Series>>,
+  /// lookup and label strings for each of its nine series. foldhash
+  /// (seeded per process): SipHash cost several times as much per lookup.
+  series: Mutex<foldhash::HashMap<Arc<str>, Series>>,
 }
 
 /// One worker's series (handles onto the same values as the families').
@@ -152,10 +154,6 @@ impl Inner {
 
 /// (worker, version)
 type VersionId = (Arc<str>, Arc<str>);
-
-/// Every invocation and HTTP request looks its worker up in these maps:
-/// foldhash, seeded per process, costs a fraction of SipHash on the names.
-type FastMap<K, V> = foldhash::HashMap<K, V>;
 
 /// Metering of a node. Cheap to clone; feed it through [`Metrics::sink`].
 #[derive(Clone)]

@@ -706,7 +706,7 @@ impl Runtime {
 /// (a client that disconnected). Counted out only on an answer, each
 /// dropped request kept a place taken for good, and every
 /// `max_concurrency` of them made the pool start another isolate.
-pub(crate) struct InFlight(Arc<AtomicUsize>);
+struct InFlight(Arc<AtomicUsize>);
 
 impl InFlight {
   fn count_in(count: &Arc<AtomicUsize>) -> Self {

@@ -113,6 +113,9 @@ fn request_url(url: &mut Vec<u8>, uri: &http::Uri) {
   isola_ext::write_uri(url, uri);
 }
 
+/// The longest URL buffer a worker keeps for the next request.
+const URL_KEPT: usize = 2048;
+
 /// The request's headers as the dispatcher takes them (name, value, ...):
 /// on the stack for up to 16 headers.
 type FlatHeaders<'s> = smallvec::SmallVec<[v8::Local<'s, v8::Value>; 32]>;
@@ -428,7 +431,11 @@ impl Worker {
         &[id_v, method, url_v, headers, body_v, entry_v],
       );
     }
-    self.url = url;
+    // A long URL's buffer is not kept: idle isolates hold no more than
+    // a usual URL's worth.
+    if url.capacity() <= URL_KEPT {
+      self.url = url;
+    }
     self.close_turn();
   }
 
