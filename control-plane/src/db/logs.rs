@@ -142,8 +142,10 @@ impl Db {
     keep: &mut dyn FnMut(f64) -> bool,
   ) -> Result<usize> {
     self.write(|tx| {
-      let mut rates: HashMap<(String, String), f64> = HashMap::new();
-      let mut minutes: BTreeMap<(String, String, String, i64), MinuteStats> = BTreeMap::new();
+      // Keyed on the events' own strings: a batch holds thousands of events
+      // of a few workers, and copying the keys cost more than the lookups.
+      let mut rates: HashMap<(&str, &str), f64> = HashMap::new();
+      let mut minutes: BTreeMap<(&str, &str, &str, i64), MinuteStats> = BTreeMap::new();
       let mut kept = 0;
       let mut insert = tx.prepare(
         "INSERT INTO invocation_logs
@@ -155,7 +157,7 @@ impl Db {
           tracing::warn!(worker = %e.worker, "a trace event of a worker that is no account_worker; dropped");
           continue;
         };
-        let key = (account.to_string(), worker.to_string());
+        let key = (account, worker);
         let rate = match rates.get(&key) {
           Some(rate) => *rate,
           None => {
@@ -172,12 +174,7 @@ impl Db {
           }
         };
         minutes
-          .entry((
-            account.to_string(),
-            worker.to_string(),
-            e.version.clone(),
-            minute_of(e.timestamp),
-          ))
+          .entry((account, worker, &e.version, minute_of(e.timestamp)))
           .or_default()
           .add(e);
         if keep(rate) {
