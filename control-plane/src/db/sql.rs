@@ -81,6 +81,34 @@ impl From<i64> for Value {
 /// What can be bound to a placeholder.
 pub trait ToSql {
   fn to_value(&self) -> Value;
+
+  /// The value as SQLite binds it. Text and blobs override this to lend
+  /// their bytes: a copy of each made storing trace events (thousands of
+  /// rows a second) cost more than binding them.
+  fn to_sqlite(&self) -> rusqlite::types::ToSqlOutput<'_> {
+    rusqlite::types::ToSqlOutput::Owned(self.to_value().into())
+  }
+}
+
+impl From<Value> for rusqlite::types::Value {
+  fn from(v: Value) -> Self {
+    match v {
+      Value::Null => Self::Null,
+      Value::Int(i) => Self::Integer(i),
+      Value::Real(f) => Self::Real(f),
+      Value::Text(s) => Self::Text(s),
+      Value::Blob(b) => Self::Blob(b),
+    }
+  }
+}
+
+/// Text or a blob, lent to SQLite.
+fn lent_text(s: &str) -> rusqlite::types::ToSqlOutput<'_> {
+  rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(s.as_bytes()))
+}
+
+fn lent_blob(b: &[u8]) -> rusqlite::types::ToSqlOutput<'_> {
+  rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Blob(b))
 }
 
 /// What a column can be read as.
@@ -143,10 +171,16 @@ impl ToSql for str {
   fn to_value(&self) -> Value {
     Value::Text(self.to_owned())
   }
+  fn to_sqlite(&self) -> rusqlite::types::ToSqlOutput<'_> {
+    lent_text(self)
+  }
 }
 impl ToSql for String {
   fn to_value(&self) -> Value {
     Value::Text(self.clone())
+  }
+  fn to_sqlite(&self) -> rusqlite::types::ToSqlOutput<'_> {
+    lent_text(self)
   }
 }
 impl FromSql for String {
@@ -163,10 +197,16 @@ impl ToSql for [u8] {
   fn to_value(&self) -> Value {
     Value::Blob(self.to_vec())
   }
+  fn to_sqlite(&self) -> rusqlite::types::ToSqlOutput<'_> {
+    lent_blob(self)
+  }
 }
 impl ToSql for Vec<u8> {
   fn to_value(&self) -> Value {
     Value::Blob(self.clone())
+  }
+  fn to_sqlite(&self) -> rusqlite::types::ToSqlOutput<'_> {
+    lent_blob(self)
   }
 }
 impl FromSql for Vec<u8> {
@@ -183,6 +223,13 @@ impl ToSql for Value {
   fn to_value(&self) -> Value {
     self.clone()
   }
+  fn to_sqlite(&self) -> rusqlite::types::ToSqlOutput<'_> {
+    match self {
+      Value::Text(s) => lent_text(s),
+      Value::Blob(b) => lent_blob(b),
+      v => rusqlite::types::ToSqlOutput::Owned(v.clone().into()),
+    }
+  }
 }
 impl FromSql for Value {
   fn from_value(v: Value) -> Option<Self> {
@@ -193,6 +240,12 @@ impl FromSql for Value {
 impl<T: ToSql> ToSql for Option<T> {
   fn to_value(&self) -> Value {
     self.as_ref().map_or(Value::Null, ToSql::to_value)
+  }
+  fn to_sqlite(&self) -> rusqlite::types::ToSqlOutput<'_> {
+    self.as_ref().map_or(
+      rusqlite::types::ToSqlOutput::Owned(rusqlite::types::Value::Null),
+      ToSql::to_sqlite,
+    )
   }
 }
 impl<T: FromSql> FromSql for Option<T> {
@@ -208,12 +261,24 @@ impl<T: ToSql + ?Sized> ToSql for &T {
   fn to_value(&self) -> Value {
     (**self).to_value()
   }
+  fn to_sqlite(&self) -> rusqlite::types::ToSqlOutput<'_> {
+    (**self).to_sqlite()
+  }
 }
 
 /// A statement's parameters: `()`, an array, [`params!`](crate::params), or
 /// a `Vec<Value>`.
 pub trait Params {
   fn values(self) -> Vec<Value>;
+
+  /// Binds the parameters to `stmt` and runs it; returns the rows changed.
+  fn execute_sqlite(self, stmt: &mut rusqlite::Statement<'_>) -> rusqlite::Result<usize>
+  where
+    Self: Sized,
+  {
+    let values = self.values();
+    stmt.execute(rusqlite::params_from_iter(values.iter()))
+  }
 }
 impl Params for () {
   fn values(self) -> Vec<Value> {
@@ -228,6 +293,19 @@ impl<T: ToSql, const N: usize> Params for [T; N] {
 impl Params for &[&dyn ToSql] {
   fn values(self) -> Vec<Value> {
     self.iter().map(|p| p.to_value()).collect()
+  }
+
+  /// Binds each parameter in place (see [`ToSql::to_sqlite`]), checking
+  /// their count as rusqlite's `execute` does.
+  fn execute_sqlite(self, stmt: &mut rusqlite::Statement<'_>) -> rusqlite::Result<usize> {
+    let expected = stmt.parameter_count();
+    if self.len() != expected {
+      return Err(rusqlite::Error::InvalidParameterCount(self.len(), expected));
+    }
+    for (i, p) in self.iter().enumerate() {
+      stmt.raw_bind_parameter(i + 1, p.to_sqlite())?;
+    }
+    stmt.raw_execute()
   }
 }
 impl Params for Vec<Value> {
@@ -343,16 +421,15 @@ impl<'a> Sql<'a> {
 
   /// Runs one statement; returns the rows it changed.
   pub fn execute(&self, sql: &str, params: impl Params) -> Result<usize> {
-    let values = params.values();
     match &self.0 {
       Inner::Sqlite(_) => {
         let conn = self.sqlite_conn().expect("sqlite");
         let mut stmt = conn.prepare_cached(sql)?;
-        Ok(stmt.execute(rusqlite::params_from_iter(values.iter()))?)
+        Ok(params.execute_sqlite(&mut stmt)?)
       }
       Inner::Postgres(c) => {
         let sql = postgres_placeholders(sql);
-        let n = c.borrow_mut().client().execute(&sql, values)?;
+        let n = c.borrow_mut().client().execute(&sql, params.values())?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
       }
       Inner::Failed(e) => Err(Error::Unavailable(e.clone())),
@@ -642,5 +719,52 @@ mod tests {
     assert_eq!(row.get::<Option<String>>(1).unwrap(), None);
     let err = row.get::<i64>(2).unwrap_err().to_string();
     assert_eq!(err, "column 2: expected an integer, found text");
+  }
+
+  /// `execute` on SQLite binds text and blobs in place: each kind of value
+  /// arrives as it was given, and a wrong count of parameters is an error.
+  #[test]
+  fn sqlite_binds_every_kind_of_value_in_place() {
+    let conn = rusqlite::Connection::open_in_memory().unwrap();
+    let sql = Sql::sqlite(SqliteRef::Borrowed(&conn));
+    sql
+      .execute_batch("CREATE TABLE t (a, b, c, d, e, f, g)")
+      .unwrap();
+    let text = String::from("é\0x");
+    let blob = vec![0_u8, 255, 7];
+    let none: Option<&str> = None;
+    let insert = "INSERT INTO t VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+    let n = sql
+      .execute(
+        insert,
+        params![text, "lent", blob, -3_i64, 0.5_f64, none, Value::from("v")],
+      )
+      .unwrap();
+    assert_eq!(n, 1);
+    let row = sql.query_row("SELECT * FROM t", (), |r| {
+      Ok((
+        r.get::<String>(0)?,
+        r.get::<String>(1)?,
+        r.get::<Vec<u8>>(2)?,
+        r.get::<i64>(3)?,
+        r.get::<f64>(4)?,
+        r.get::<Option<String>>(5)?,
+        r.get::<String>(6)?,
+      ))
+    });
+    assert_eq!(
+      row.unwrap(),
+      (text, "lent".into(), blob, -3, 0.5, None, "v".into())
+    );
+    for wrong in [params![1_i64], params![1_i64, 2, 3, 4, 5, 6, 7, 8]] {
+      let err = sql.execute(insert, wrong).unwrap_err();
+      assert!(
+        matches!(
+          err,
+          Error::Sqlite(rusqlite::Error::InvalidParameterCount(_, 7))
+        ),
+        "{err:?}"
+      );
+    }
   }
 }
