@@ -307,7 +307,7 @@ impl Db {
       // No log younger than the shortest retention goes. Bounded by it, the
       // DELETE walks `invocation_logs_by_time` from its oldest end; with only
       // each row's own retention to go by it read the whole table, in a
-      // write transaction that held every other writer back meanwhile.
+      // write transaction that held the store's connection meanwhile.
       let shortest: Option<i64> =
         tx.query_row("SELECT MIN(retention_days) FROM observability", (), |row| {
           row.get(0)

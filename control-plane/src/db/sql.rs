@@ -224,11 +224,7 @@ impl ToSql for Value {
     self.clone()
   }
   fn to_sqlite(&self) -> rusqlite::types::ToSqlOutput<'_> {
-    match self {
-      Value::Text(s) => lent_text(s),
-      Value::Blob(b) => lent_blob(b),
-      v => rusqlite::types::ToSqlOutput::Owned(v.clone().into()),
-    }
+    rusqlite::types::ToSqlOutput::Borrowed(self.sqlite_ref())
   }
 }
 impl FromSql for Value {
@@ -554,17 +550,23 @@ fn sqlite_value(v: rusqlite::types::ValueRef<'_>) -> Value {
   }
 }
 
-impl rusqlite::ToSql for Value {
-  fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-    use rusqlite::types::ToSqlOutput;
+impl Value {
+  /// The value as SQLite reads it, text and blobs lent.
+  fn sqlite_ref(&self) -> rusqlite::types::ValueRef<'_> {
     use rusqlite::types::ValueRef;
-    Ok(ToSqlOutput::Borrowed(match self {
+    match self {
       Value::Null => ValueRef::Null,
       Value::Int(i) => ValueRef::Integer(*i),
       Value::Real(f) => ValueRef::Real(*f),
       Value::Text(s) => ValueRef::Text(s.as_bytes()),
       Value::Blob(b) => ValueRef::Blob(b),
-    }))
+    }
+  }
+}
+
+impl rusqlite::ToSql for Value {
+  fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+    Ok(ToSql::to_sqlite(self))
   }
 }
 
