@@ -86,19 +86,7 @@ pub trait ToSql {
   /// their bytes: a copy of each made storing trace events (thousands of
   /// rows a second) cost more than binding them.
   fn to_sqlite(&self) -> rusqlite::types::ToSqlOutput<'_> {
-    rusqlite::types::ToSqlOutput::Owned(self.to_value().into())
-  }
-}
-
-impl From<Value> for rusqlite::types::Value {
-  fn from(v: Value) -> Self {
-    match v {
-      Value::Null => Self::Null,
-      Value::Int(i) => Self::Integer(i),
-      Value::Real(f) => Self::Real(f),
-      Value::Text(s) => Self::Text(s),
-      Value::Blob(b) => Self::Blob(b),
-    }
+    rusqlite::types::ToSqlOutput::Owned(self.to_value().sqlite_ref().into())
   }
 }
 
