@@ -125,7 +125,7 @@ fn main() {
        geoip_db = \"b.mmdb\"\n[health]\ninterval_ms = {INTERVAL_MS}\nrise = 2\nfall = {FALL}\n"
     ),
   );
-  let server = isola_integration::free_udp();
+  let server = isola_integration::free_dns();
   let (server_arg, config_arg) = (server.to_string(), config.display().to_string());
   let control = Control::init_and_start_with(
     &dir.path().join("control"),

@@ -66,6 +66,19 @@ pub fn free_udp() -> SocketAddr {
     .expect("a free port")
 }
 
+/// A loopback port free on UDP and on TCP at once, for a DNS server (it
+/// listens on both). A port found free on UDP alone was at times taken on
+/// TCP by another test's connection, and the server could not start.
+pub fn free_dns() -> SocketAddr {
+  loop {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port");
+    let addr = udp.local_addr().expect("a bound socket has an address");
+    if std::net::TcpListener::bind(addr).is_ok() {
+      return addr;
+    }
+  }
+}
+
 /// Writes `text` to `dir/name`, creating folders.
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
   let path = dir.join(name);
