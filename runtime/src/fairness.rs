@@ -194,6 +194,12 @@ pub(crate) struct Ledger {
   accounts: foldhash::HashMap<Arc<str>, Account>,
 }
 
+/// Whether [`Ledger::charge`] books an invocation that ended with
+/// `outcome`, so callers can skip the ledger's lock for all others.
+pub(crate) fn charges(outcome: Outcome) -> bool {
+  matches!(outcome, Outcome::CpuLimit | Outcome::MemoryLimit)
+}
+
 impl Ledger {
   pub(crate) fn new(config: Fairness) -> Self {
     Self {
@@ -202,15 +208,17 @@ impl Ledger {
     }
   }
 
-  /// Whether an invocation of `worker` may start now.
-  pub(crate) fn admit(&mut self, worker: &str, now: Instant) -> Admission {
+  /// Whether an invocation of `worker` may start now. `now` is read only
+  /// for a worker with an account: most have none, and a clock read costs
+  /// about as much as the rest of this.
+  pub(crate) fn admit(&mut self, worker: &str, now: impl FnOnce() -> Instant) -> Admission {
     if !self.config.enabled {
       return Admission::Run { quarantine: false };
     }
     let Some(account) = self.accounts.get_mut(worker) else {
       return Admission::Run { quarantine: false };
     };
-    account.drain(&self.config, now);
+    account.drain(&self.config, now());
     if account.throttled || (account.debt > Duration::ZERO && account.inflight > 0) {
       // Past the burst: until the debt drains below it. On probation with
       // one invocation running: until about when that one is done.
@@ -231,11 +239,12 @@ impl Ledger {
     }
   }
 
-  /// An invocation admitted with [`Admission::Run`] is over.
-  pub(crate) fn finish(&mut self, worker: &str, now: Instant) {
+  /// An invocation admitted with [`Admission::Run`] is over; `now` is
+  /// read as by [`Ledger::admit`].
+  pub(crate) fn finish(&mut self, worker: &str, now: impl FnOnce() -> Instant) {
     if let Some(account) = self.accounts.get_mut(worker) {
       account.inflight = account.inflight.saturating_sub(1);
-      account.drain(&self.config, now);
+      account.drain(&self.config, now());
       if account.is_idle() {
         self.accounts.remove(worker);
       }
@@ -251,7 +260,7 @@ impl Ledger {
     cpu: Duration,
     now: Instant,
   ) {
-    if !self.config.enabled || !matches!(outcome, Outcome::CpuLimit | Outcome::MemoryLimit) {
+    if !self.config.enabled || !charges(outcome) {
       return;
     }
     let config = &self.config;
@@ -299,10 +308,10 @@ mod tests {
 
   /// Runs one invocation of `w` that a CPU limit ends after `cpu`.
   fn runaway(l: &mut Ledger, w: &Arc<str>, cpu: Duration, now: Instant) -> Admission {
-    let admitted = l.admit(w, now);
+    let admitted = l.admit(w, || now);
     if let Admission::Run { .. } = admitted {
       l.charge(w, Outcome::CpuLimit, cpu, now);
-      l.finish(w, now);
+      l.finish(w, || now);
     }
     admitted
   }
@@ -314,11 +323,11 @@ mod tests {
     let w = name("hello");
     for i in 0..1000 {
       let now = t0 + MS * i;
-      assert_eq!(l.admit(&w, now), Admission::Run { quarantine: false });
+      assert_eq!(l.admit(&w, || now), Admission::Run { quarantine: false });
       l.charge(&w, Outcome::Ok, 40 * MS, now);
       l.charge(&w, Outcome::Exception, 40 * MS, now);
       l.charge(&w, Outcome::WallLimit, 40 * MS, now);
-      l.finish(&w, now);
+      l.finish(&w, || now);
     }
     assert!(l.accounts.is_empty());
   }
@@ -333,16 +342,16 @@ mod tests {
       runaway(&mut l, &w, 50 * MS, t0),
       Admission::Run { quarantine: false }
     );
-    assert_eq!(l.admit(&w, t0), Admission::Run { quarantine: true });
+    assert_eq!(l.admit(&w, || t0), Admission::Run { quarantine: true });
     assert!(
-      matches!(l.admit(&w, t0), Admission::Throttled { .. }),
+      matches!(l.admit(&w, || t0), Admission::Throttled { .. }),
       "one at a time"
     );
-    l.finish(&w, t0);
+    l.finish(&w, || t0);
     // Two more kills push the debt (150 ms) past the burst (100 ms).
     runaway(&mut l, &w, 50 * MS, t0);
     runaway(&mut l, &w, 50 * MS, t0);
-    let Admission::Throttled { limit, retry_after } = l.admit(&w, t0) else {
+    let Admission::Throttled { limit, retry_after } = l.admit(&w, || t0) else {
       panic!("throttled")
     };
     assert_eq!(limit, Outcome::CpuLimit);
@@ -351,16 +360,16 @@ mod tests {
     assert_eq!(l.throttled(), 1);
     // After it drains below the burst it may run again, quarantined.
     let t1 = t0 + Duration::from_millis(1001);
-    assert_eq!(l.admit(&w, t1), Admission::Run { quarantine: true });
-    l.finish(&w, t1);
+    assert_eq!(l.admit(&w, || t1), Admission::Run { quarantine: true });
+    l.finish(&w, || t1);
     // Once the debt is gone (another 2 s) it runs on the shared threads,
     // and after a clean period it is forgotten.
     let t3 = t1 + Duration::from_secs(2);
-    assert_eq!(l.admit(&w, t3), Admission::Run { quarantine: true });
-    l.finish(&w, t3);
+    assert_eq!(l.admit(&w, || t3), Admission::Run { quarantine: true });
+    l.finish(&w, || t3);
     let t4 = t3 + Duration::from_secs(61);
-    assert_eq!(l.admit(&w, t4), Admission::Run { quarantine: false });
-    l.finish(&w, t4);
+    assert_eq!(l.admit(&w, || t4), Admission::Run { quarantine: false });
+    l.finish(&w, || t4);
     assert!(l.accounts.is_empty());
   }
 
@@ -374,13 +383,13 @@ mod tests {
       // Three kills in a row (150 ms) the first time; after that the debt
       // is let back in at the burst, and one more kill throttles again.
       for _ in 0..if round == 0 { 3 } else { 1 } {
-        while let Admission::Throttled { retry_after, .. } = l.admit(&w, now) {
+        while let Admission::Throttled { retry_after, .. } = l.admit(&w, || now) {
           now += retry_after.max(MS);
         }
-        l.finish(&w, now);
+        l.finish(&w, || now);
         runaway(&mut l, &w, 50 * MS, now);
       }
-      let Admission::Throttled { retry_after, .. } = l.admit(&w, now) else {
+      let Admission::Throttled { retry_after, .. } = l.admit(&w, || now) else {
         panic!("throttled")
       };
       waits.push(retry_after);
@@ -399,14 +408,14 @@ mod tests {
     for _ in 0..4 {
       runaway(&mut l, &w, 50 * MS, t0);
     }
-    assert!(matches!(l.admit(&w, t0), Admission::Throttled { .. }));
+    assert!(matches!(l.admit(&w, || t0), Admission::Throttled { .. }));
     // Its debt (200 ms) drains in 4 s; a minute clean ends the streak.
     let later = t0 + Duration::from_secs(4) + Duration::from_secs(60);
     for i in 0..10 {
       let now = later + MS * i;
-      assert_eq!(l.admit(&w, now), Admission::Run { quarantine: false });
+      assert_eq!(l.admit(&w, || now), Admission::Run { quarantine: false });
       l.charge(&w, Outcome::Ok, MS, now);
-      l.finish(&w, now);
+      l.finish(&w, || now);
     }
     assert_eq!(l.throttled(), 0);
     assert!(l.accounts.is_empty());
@@ -419,7 +428,7 @@ mod tests {
     let w = name("hog");
     l.charge(&w, Outcome::MemoryLimit, 300 * MS, t0);
     assert!(matches!(
-      l.admit(&w, t0),
+      l.admit(&w, || t0),
       Admission::Throttled {
         limit: Outcome::MemoryLimit,
         ..
@@ -435,13 +444,13 @@ mod tests {
     for _ in 0..10 {
       runaway(&mut l, &bad, 50 * MS, t0);
     }
-    assert!(matches!(l.admit(&bad, t0), Admission::Throttled { .. }));
-    assert_eq!(l.admit(&good, t0), Admission::Run { quarantine: false });
+    assert!(matches!(l.admit(&bad, || t0), Admission::Throttled { .. }));
+    assert_eq!(l.admit(&good, || t0), Admission::Run { quarantine: false });
 
     let mut off = Ledger::new(Fairness::default().enabled(false));
     for _ in 0..10 {
       runaway(&mut off, &bad, 50 * MS, t0);
     }
-    assert_eq!(off.admit(&bad, t0), Admission::Run { quarantine: false });
+    assert_eq!(off.admit(&bad, || t0), Admission::Run { quarantine: false });
   }
 }

@@ -580,13 +580,15 @@ impl Runtime {
     call: Call,
     depth: u32,
   ) -> Result<(Result<Answer, Error>, Invocation), Error> {
-    let admitted = self.shared.ledger().admit(&key.name, Instant::now());
+    let admitted = self.shared.ledger().admit(&key.name, Instant::now);
     let quarantine = match admitted {
       Admission::Run { quarantine } => {
         quarantine && self.shared.threads.len() > self.shared.request_threads
       }
       Admission::Throttled { limit, retry_after } => {
-        tokio::time::sleep(self.shared.config.fairness.hold).await;
+        // Boxed, as the start below: rare paths' futures kept inline would
+        // make every request's future larger, and it is moved several times.
+        Box::pin(tokio::time::sleep(self.shared.config.fairness.hold)).await;
         return Err(ErrorKind::Throttled { limit, retry_after }.into());
       }
     };
@@ -605,10 +607,12 @@ impl Runtime {
       None => {
         let (bundle, config) = source()?;
         let (invocation, first) = Invocation::queued(call, depth);
-        let inflight = self
-          .shared
-          .start(key, bundle, config, quarantine, Some(first))
-          .await?;
+        let inflight = Box::pin(
+          self
+            .shared
+            .start(key, bundle, config, quarantine, Some(first)),
+        )
+        .await?;
         (invocation, inflight)
       }
     };
@@ -729,7 +733,7 @@ struct Finish<'a> {
 
 impl Drop for Finish<'_> {
   fn drop(&mut self) {
-    lock_ledger(self.ledger).finish(self.worker, Instant::now());
+    lock_ledger(self.ledger).finish(self.worker, Instant::now);
   }
 }
 
@@ -824,12 +828,14 @@ impl Shared {
       .code_cache(self.code_cache.clone())
       .trace(self.config.trace.clone());
     let config = config.pool(link).meter(MeterSink::new(move |record| {
-      lock_ledger(&ledger).charge(
-        &name,
-        record.outcome,
-        Duration::from_micros(record.cpu_us),
-        Instant::now(),
-      );
+      if crate::fairness::charges(record.outcome) {
+        lock_ledger(&ledger).charge(
+          &name,
+          record.outcome,
+          Duration::from_micros(record.cpu_us),
+          Instant::now(),
+        );
+      }
       meter.emit(record);
     }));
     let (tx, rx) = oneshot::channel();
@@ -912,7 +918,7 @@ fn thread_main(
               Ok(isolate) => {
                 stock.push_back(isolate);
                 ready.store(stock.len(), Ordering::Relaxed);
-                crate::worker::note_busy();
+                crate::worker::note_busy(Instant::now());
               }
               Err(e) => tracing::error!("cannot make a blank isolate: {e}"),
             }
@@ -935,7 +941,7 @@ fn thread_main(
           first,
           reply,
         } => {
-          crate::worker::note_busy();
+          crate::worker::note_busy(Instant::now());
           let taken = stock.pop_front();
           ready.store(stock.len(), Ordering::Relaxed);
           let (isolate, from_stock) = match taken {

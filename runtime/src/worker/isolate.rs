@@ -350,6 +350,7 @@ impl Isolate {
     if let Some(problem) = verdict {
       return Err(ErrorKind::NoHandler(problem).into());
     }
+    let context = self.js.main_context();
     Ok(Worker {
       js: self.js,
       internals: self.internals,
@@ -368,6 +369,7 @@ impl Isolate {
       invocations: 0,
       preloaded: false,
       url: Vec::new(),
+      context,
     })
   }
 }

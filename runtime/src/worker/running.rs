@@ -75,9 +75,11 @@ thread_local! {
   static LAST_CACHES: Cell<Option<tokio::time::Instant>> = const { Cell::new(None) };
 }
 
-/// Notes that this V8 thread starts a request, a load or a new isolate.
-pub(crate) fn note_busy() {
-  LAST_BUSY.with(|busy| busy.set(Some(tokio::time::Instant::now())));
+/// Notes that this V8 thread starts a request, a load or a new isolate at
+/// `now` (the caller's clock read, which a request also starts its
+/// invocation with).
+pub(crate) fn note_busy(now: std::time::Instant) {
+  LAST_BUSY.with(|busy| busy.set(Some(tokio::time::Instant::from_std(now))));
 }
 
 /// Lets time move for the isolate's JS (see `isola_ext::Clock`).
@@ -156,6 +158,10 @@ pub struct Worker {
   /// The last request's URL, kept for its buffer: each request writes
   /// its own there rather than allocate one.
   pub(super) url: Vec<u8>,
+  /// The isolate's main context, kept so that a request's scope does not
+  /// clone it (`JsRuntime::main_context` makes a new global handle each
+  /// time).
+  pub(super) context: v8::Global<v8::Context>,
 }
 
 impl Worker {
@@ -200,7 +206,8 @@ impl Worker {
     reply: oneshot::Sender<Reply>,
     done: Option<oneshot::Sender<Usage>>,
   ) {
-    note_busy();
+    let now = std::time::Instant::now();
+    note_busy(now);
     self.invocations = self.invocations.saturating_add(1);
     if let Some(why) = &self.stopped {
       let _ = reply.send(Reply::Stopped(why.clone()));
@@ -214,7 +221,7 @@ impl Worker {
       Call::Fetch {
         request,
         entrypoint,
-      } => self.dispatch_fetch(request, entrypoint, spec, reply, done),
+      } => self.dispatch_fetch(request, entrypoint, spec, now, reply, done),
       Call::Scheduled {
         cron,
         scheduled_time,
@@ -226,7 +233,7 @@ impl Worker {
           wall: Some(SCHEDULED_WALL),
           ..spec
         };
-        let id = self.insert(reply, done, spec);
+        let id = self.insert(reply, done, spec, now);
         self.trace(id, || EventInfo::Scheduled {
           cron: cron.clone(),
           scheduled_time,
@@ -249,7 +256,7 @@ impl Worker {
           wall: Some(SCHEDULED_WALL),
           ..spec
         };
-        let id = self.insert(reply, done, spec);
+        let id = self.insert(reply, done, spec, now);
         self.trace(id, || EventInfo::Queue {
           queue: batch.queue.clone(),
           batch_size: u32::try_from(batch.messages.len()).unwrap_or(u32::MAX),
@@ -265,7 +272,7 @@ impl Worker {
         method,
         args,
       } => {
-        let id = self.insert(reply, done, spec);
+        let id = self.insert(reply, done, spec, now);
         self.trace(id, || EventInfo::Rpc {
           method: method.clone(),
         });
@@ -297,12 +304,13 @@ impl Worker {
     reply: oneshot::Sender<Reply>,
     done: Option<oneshot::Sender<Usage>>,
     spec: InvocationSpec,
+    now: std::time::Instant,
   ) -> u32 {
     let state = self.js.op_state();
     let mut state = state.borrow_mut();
     state
       .borrow_mut::<Invocations>()
-      .insert_with(reply, done, std::time::Instant::now(), spec)
+      .insert_with(reply, done, now, spec)
   }
 
   /// Starts invocation `id`'s trace if the node keeps trace events;
@@ -342,6 +350,7 @@ impl Worker {
     request: http::Request<RequestBody>,
     entrypoint: Option<String>,
     spec: InvocationSpec,
+    now: std::time::Instant,
     reply: oneshot::Sender<Reply>,
     done: Option<oneshot::Sender<Usage>>,
   ) {
@@ -356,7 +365,7 @@ impl Worker {
       let state_rc = self.js.op_state();
       let mut state = state_rc.borrow_mut();
       let invocations = state.borrow_mut::<Invocations>();
-      let id = invocations.insert_with(reply, done, std::time::Instant::now(), spec);
+      let id = invocations.insert_with(reply, done, now, spec);
       if invocations.tracing {
         let traceparent = if invocations.spans {
           parts
@@ -390,7 +399,7 @@ impl Worker {
     {
       let _entered = EnterGuard::new(&mut self.js);
       let js: &mut JsRuntime = &mut self.js;
-      deno_core::scope!(scope, js);
+      v8::scope_with_context!(scope, &mut *js.v8_isolate(), &self.context);
       v8::tc_scope!(let scope, scope);
       let id_v = v8::Integer::new(scope, id as i32).into();
       let method = v8::String::new(scope, parts.method.as_str())
