@@ -10,6 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import instructions  # noqa: E402
 import measure  # noqa: E402
 import report  # noqa: E402
 
@@ -243,6 +244,60 @@ class PoolAndCompare(unittest.TestCase):
         md = report.render_compare(a, b)
         line = next(ln for ln in md.splitlines() if ln.startswith("| isola-edge dev |"))
         self.assertIn("| 10.0 | 5.0 | -50.0% | 1.92× | 0.96× |", line)
+
+
+# A callgrind dump in miniature: names given once, then referred to by number.
+CALLGRIND_OUT = """\
+events: Ir
+fn=(1) isola_runtime::pool::thread_main
+0 10
+cfn=(2) v8::internal::Execution::Call(v8::internal::Isolate*, int)
+calls=2 0
+0 100
+cfn=(3) <std::sys::pal::unix::time::Timespec>::now
+calls=5 0
+0 50
+cfn=(5) v8::Function::Call(v8::Isolate*, v8::Local<v8::Context>)
+calls=2 0
+0 100
+fn=(4) start_thread
+0 1
+cfn=(1)
+calls=1 0
+0 260
+cfn=(3)
+calls=1 0
+0 10
+"""
+
+
+class Instructions(unittest.TestCase):
+    def totals(self):
+        patterns = [instructions.REQUEST_MARK] + [p for _, p, _ in instructions.ROWS]
+        return instructions.call_totals(CALLGRIND_OUT.splitlines(), patterns)
+
+    def test_calls_and_inclusive_cost_follow_compressed_names(self):
+        t = self.totals()
+        self.assertEqual(t["isola_runtime::pool::thread_main"], (1, 260))
+        self.assertEqual(t["Timespec>::now"], (6, 60))
+        self.assertEqual(t[instructions.REQUEST_MARK], (2, 100))
+
+    def test_per_request_and_the_comparison(self):
+        a = instructions.per_request(self.totals())
+        self.assertEqual(a["requests"], 2)
+        self.assertEqual(a["V8 thread, instructions"], 130)
+        self.assertEqual(a["clock reads (Rust's std)"], 3)
+        b = dict(a, **{"V8 thread, instructions": 117.0, "  outside the JS call": 67.0})
+        self.assertEqual(a["  outside the JS call"], 80)
+        md = instructions.render([("A/isola-edge", a), ("B/isola-edge", b)])
+        self.assertIn("| V8 thread, instructions | 130 | 117 (-10.0 %) |", md)
+        self.assertIn("| clock reads (Rust's std) | 3.00 | 3.00 (+0.0 %) |", md)
+        self.assertIn("|   outside the JS call | 80.00 | 67.00 (-16.2 %) |", md)
+
+    def test_no_request_is_no_result(self):
+        self.assertIsNone(instructions.per_request(
+            instructions.call_totals([], [instructions.REQUEST_MARK]
+                                     + [p for _, p, _ in instructions.ROWS])))
 
 
 if __name__ == "__main__":

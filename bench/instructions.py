@@ -1,0 +1,195 @@
+"""Instructions per request on isola-edge dev's V8 thread, counted by callgrind.
+
+Wall-clock A/B runs on a shared 2-core box spread by a third from run to run,
+so a change worth a few per cent cannot be read from them. callgrind counts
+every user-space instruction exactly; this runs `isola-edge dev` under it with
+a load that holds one request per wake-up of the worker (`wrk -c1`, so both
+builds batch alike), zeroes the counters after a warm-up long enough for
+TurboFan to finish, and reports per request:
+
+- instructions on the V8 thread (`isola_runtime::pool::thread_main`, which also
+  runs the HTTP server in `dev`), and inside the JS call and the response op;
+- calls of a few costs that instruction counts hide or that are worth
+  counting: clock reads (a vDSO read is ~30 ns, valgrind runs none),
+  allocations, `memcpy`, new V8 global handles.
+
+usage: python3 bench/instructions.py [--workload hello] [--warmup 30]
+           [--seconds 8] [--connections 1] EDGE_BINARY [EDGE_BINARY ...]
+
+With two or more binaries the table compares them, the first as the base.
+Needs valgrind and wrk. Kernel time is not counted (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import servers  # noqa: E402
+
+# Each row: (label, name pattern, what to take): "incl" sums the inclusive
+# cost of every call into a function whose name contains the pattern,
+# "calls" sums how often it was called.
+ROWS = [
+    ("V8 thread, instructions", "isola_runtime::pool::thread_main", "incl"),
+    ("  the JS call (dispatch)", "v8::Function::Call(v8::Isolate", "incl"),
+    ("  the response op", "op_isola_respond::v8_fn_ptr", "incl"),
+    ("  hyper's connection task", "hyper::proto::h1::dispatch::Dispatcher<D,Bs,I,T>::poll_catch", "incl"),
+    ("clock reads (Rust's std)", "Timespec>::now", "calls"),
+    ("allocations (Rust, mimalloc)", "mi_malloc_aligned", "calls"),
+    ("memcpy calls", "__memcpy_", "calls"),
+    ("V8 global handles made", "GlobalizeReference", "calls"),
+]
+# Rows computed from two others: (label, row, minus row). The JS call's count
+# moves by a few per cent from run to run (where its scavenges and tier-ups
+# fall); the rest of the thread's does not.
+DERIVED = [
+    ("  outside the JS call", "V8 thread, instructions", "  the JS call (dispatch)"),
+]
+# One per request: the dispatcher's call into JS.
+REQUEST_MARK = "v8::internal::Execution::Call("
+
+_NAMED = re.compile(r"c?fn=\((\d+)\)(?: (.*))?")
+
+
+def call_totals(lines, patterns: list[str]) -> dict[str, tuple[int, int]]:
+    """For each pattern: (calls, inclusive Ir of those calls) over every call
+    site in a callgrind output file whose callee's name contains it."""
+    names: dict[str, str] = {}
+    totals = {p: [0, 0] for p in patterns}
+    callee = None
+    pending: list[str] | None = None
+    for line in lines:
+        if pending is not None:
+            fields = line.split()
+            if len(fields) >= 2:
+                for p in pending:
+                    totals[p][1] += int(fields[1])
+            pending = None
+            continue
+        if line.startswith(("fn=", "cfn=")):
+            m = _NAMED.match(line.strip())
+            if m is None:
+                continue
+            if m.group(2):
+                names[m.group(1)] = m.group(2)
+            if line.startswith("cfn="):
+                callee = names.get(m.group(1), "")
+        elif line.startswith("calls=") and callee is not None:
+            count = int(line.split("=", 1)[1].split()[0])
+            hit = [p for p in patterns if p in callee]
+            for p in hit:
+                totals[p][0] += count
+            pending = hit or None
+            callee = None
+    return {p: (c, ir) for p, (c, ir) in totals.items()}
+
+
+def per_request(totals: dict[str, tuple[int, int]]) -> dict[str, float] | None:
+    """The table's values for one run, per request; None if no request ran."""
+    requests = totals[REQUEST_MARK][0]
+    if requests == 0:
+        return None
+    out = {"requests": float(requests)}
+    for label, pattern, take in ROWS:
+        calls, ir = totals[pattern]
+        out[label] = (ir if take == "incl" else calls) / requests
+    for label, row, minus in DERIVED:
+        out[label] = out[row] - out[minus]
+    return out
+
+
+def render(results: list[tuple[str, dict[str, float]]]) -> str:
+    """Markdown: one column per binary; with several, each against the first."""
+    head = "| per request | " + " | ".join(name for name, _ in results) + " |"
+    rule = "|---|" + "--:|" * len(results)
+    rows = [head, rule]
+    base = results[0][1]
+    labels = [label for label, _, _ in ROWS]
+    for label, row, _ in DERIVED:
+        labels.insert(labels.index(row) + 1, label)
+    for label in labels:
+        cells = []
+        for i, (_, r) in enumerate(results):
+            v = r[label]
+            cell = f"{v:,.0f}" if v >= 100 else f"{v:.2f}"
+            if i > 0 and base[label]:
+                cell += f" ({(v / base[label] - 1) * 100:+.1f} %)"
+            cells.append(cell)
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    counted = ", ".join(f"{name} {r['requests']:,.0f}" for name, r in results)
+    return "\n".join(rows) + f"\n\nRequests counted: {counted}.\n"
+
+
+def measure(binary: Path, workload: str, warmup: int, seconds: int,
+            connections: int, out: Path) -> dict[str, float]:
+    """One binary under callgrind: warm up, zero, load, dump, parse."""
+    wdir = servers.WORKLOADS_DIR / workload
+    port = servers.free_port()
+    prefix = out / "callgrind.out"
+    argv = ["valgrind", "--tool=callgrind", "--smc-check=all-non-file",
+            f"--callgrind-out-file={prefix}.%p", str(binary), "dev",
+            str(wdir / "worker.js"), "--listen", f"127.0.0.1:{port}"]
+    proc = servers.spawn(argv, out / "server.log", dict(os.environ, ISOLA_LOG="warn"))
+    try:
+        if servers.wait_first_200(proc, port, 300, poll_s=0.2) is None:
+            raise RuntimeError(f"{binary} did not answer under valgrind; see {out / 'server.log'}")
+        script = ["-s", str(wdir / "wrk.lua")] if (wdir / "wrk.lua").exists() else []
+
+        def load(secs: int) -> None:
+            subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{secs}s", *script,
+                            f"http://127.0.0.1:{port}/"], check=True, capture_output=True)
+
+        load(warmup)
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
+        load(seconds)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+        time.sleep(1)
+    finally:
+        servers.stop(proc)
+    dumps = sorted(out.glob("callgrind.out.*.1"))
+    if not dumps:
+        raise RuntimeError(f"callgrind wrote no dump in {out}")
+    patterns = [REQUEST_MARK] + [p for _, p, _ in ROWS]
+    with open(dumps[-1], errors="replace") as f:
+        result = per_request(call_totals(f, patterns))
+    if result is None:
+        raise RuntimeError(f"no request was counted in {dumps[-1]}")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("binaries", nargs="+", type=Path)
+    ap.add_argument("--workload", default="hello", choices=sorted(servers.REQUESTS))
+    ap.add_argument("--warmup", type=int, default=30, help="seconds of load before counting")
+    ap.add_argument("--seconds", type=int, default=8, help="seconds of load counted")
+    ap.add_argument("--connections", type=int, default=1)
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+    servers.install_cleanup()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="isola-instr-") as tmp:
+        for i, binary in enumerate(args.binaries):
+            out = Path(tmp) / str(i)
+            out.mkdir()
+            print(f"counting {binary} ({args.warmup} s warm-up, {args.seconds} s counted)",
+                  file=sys.stderr)
+            r = measure(binary.resolve(), args.workload, args.warmup, args.seconds,
+                        args.connections, out)
+            results.append((f"{binary.parent.name}/{binary.name}", r))
+    print(render(results))
+    if args.json:
+        args.json.write_text(json.dumps(dict(results), indent=1))
+
+
+if __name__ == "__main__":
+    main()
