@@ -307,7 +307,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
           .query()
           .and_then(|q| query_param(q, "cron"))
           .unwrap_or_default();
-        return Box::pin(test_scheduled_run(&pool, &main, cron)).await;
+        return test_scheduled_run(&pool, &main, cron).await;
       }
       match pool.fetch(&main.key, main.source(), req).await {
         Ok(response) => response,

@@ -158,7 +158,7 @@ pub struct Worker {
   /// The last request's URL, kept for its buffer: each request writes
   /// its own there rather than allocate one.
   pub(super) url: Vec<u8>,
-  /// The isolate's main context, kept so that a request's scope does not
+  /// The isolate's main context, kept so that the worker's scopes do not
   /// clone it (`JsRuntime::main_context` makes a new global handle each
   /// time).
   pub(super) context: v8::Global<v8::Context>,
@@ -334,7 +334,7 @@ impl Worker {
     {
       let _entered = EnterGuard::new(&mut self.js);
       let js: &mut JsRuntime = &mut self.js;
-      deno_core::scope!(scope, js);
+      v8::scope_with_context!(scope, &mut *js.v8_isolate(), &self.context);
       v8::tc_scope!(let scope, scope);
       let args = args(scope);
       let f = v8::Local::new(scope, pick(&self.internals));
@@ -781,7 +781,7 @@ impl Worker {
     };
     let _entered = EnterGuard::new(&mut self.js);
     let js: &mut JsRuntime = &mut self.js;
-    deno_core::scope!(scope, js);
+    v8::scope_with_context!(scope, &mut *js.v8_isolate(), &self.context);
     for module in modules {
       if let Some(bytes) = module_code_cache(scope, &module) {
         cache.ready(module.source, &bytes, false);
