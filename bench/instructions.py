@@ -56,6 +56,8 @@ DERIVED = [
 ]
 # One per request: the dispatcher's call into JS.
 REQUEST_MARK = "v8::internal::Execution::Call("
+# Every name `call_totals` must sum for `per_request`.
+PATTERNS = [REQUEST_MARK] + [p for _, p, _ in ROWS]
 
 _NAMED = re.compile(r"c?fn=\((\d+)\)(?: (.*))?")
 
@@ -158,9 +160,8 @@ def measure(binary: Path, workload: str, warmup: int, seconds: int,
     dumps = sorted(out.glob("callgrind.out.*.1"))
     if not dumps:
         raise RuntimeError(f"callgrind wrote no dump in {out}")
-    patterns = [REQUEST_MARK] + [p for _, p, _ in ROWS]
     with open(dumps[-1], errors="replace") as f:
-        result = per_request(call_totals(f, patterns))
+        result = per_request(call_totals(f, PATTERNS))
     if result is None:
         raise RuntimeError(f"no request was counted in {dumps[-1]}")
     return result

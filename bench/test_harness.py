@@ -273,8 +273,7 @@ calls=1 0
 
 class Instructions(unittest.TestCase):
     def totals(self):
-        patterns = [instructions.REQUEST_MARK] + [p for _, p, _ in instructions.ROWS]
-        return instructions.call_totals(CALLGRIND_OUT.splitlines(), patterns)
+        return instructions.call_totals(CALLGRIND_OUT.splitlines(), instructions.PATTERNS)
 
     def test_calls_and_inclusive_cost_follow_compressed_names(self):
         t = self.totals()
@@ -296,8 +295,7 @@ class Instructions(unittest.TestCase):
 
     def test_no_request_is_no_result(self):
         self.assertIsNone(instructions.per_request(
-            instructions.call_totals([], [instructions.REQUEST_MARK]
-                                     + [p for _, p, _ in instructions.ROWS])))
+            instructions.call_totals([], instructions.PATTERNS)))
 
 
 if __name__ == "__main__":
