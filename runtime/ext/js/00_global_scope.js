@@ -22,13 +22,20 @@ const {
   Symbol,
   TypeError,
 } = primordials;
-const {
-  op_isola_fetch_span,
-  op_isola_fetch_span_done,
-  op_isola_log,
-  op_isola_subrequest,
-  op_isola_user_agent,
-} = core.ops;
+// Bound from `core.ops`, and bound again once they are fast (`bindOps`).
+let op_isola_fetch_span, op_isola_fetch_span_done, op_isola_log,
+  op_isola_subrequest, op_isola_user_agent;
+/** (Re)binds this module's ops; see `fastOps` in 01_worker.js. */
+function bindOps() {
+  ({
+    op_isola_fetch_span,
+    op_isola_fetch_span_done,
+    op_isola_log,
+    op_isola_subrequest,
+    op_isola_user_agent,
+  } = core.ops);
+}
+bindOps();
 
 // ---------------------------------------------------------------- web APIs --
 const webidl = core.loadExtScript("ext:deno_webidl/00_webidl.js");
@@ -359,6 +366,7 @@ core.defineGlobalProperties(globalThis, {
 });
 
 export {
+  bindOps as bindGlobalScopeOps,
   console,
   consoleMod,
   DOMException,

@@ -3,6 +3,7 @@
 // re-serialising it.
 import { core, primordials } from "ext:core/mod.js";
 import {
+  bindGlobalScopeOps,
   console,
   consoleMod,
   DOMException,
@@ -50,21 +51,33 @@ const {
   StringPrototypeSplit,
   StringPrototypeToLowerCase,
 } = primordials;
-const {
-  op_isola_set_clock,
-  op_isola_env,
-  op_isola_fail,
-  op_isola_invocation_done,
-  op_isola_respond,
-  op_isola_done_ok,
-  op_isola_no_retry,
-  op_isola_return,
-  op_isola_throw,
-  op_isola_missing,
-  op_isola_service_bindings,
-  op_isola_service_fetch,
-  op_isola_service_call,
-} = core.ops;
+// Bound from `core.ops`, and bound again once they are fast (`fastOps`).
+let op_isola_set_clock, op_isola_env, op_isola_fail, op_isola_invocation_done,
+  op_isola_response_header, op_isola_respond_text, op_isola_respond_bytes,
+  op_isola_respond_stream, op_isola_done_ok, op_isola_no_retry,
+  op_isola_return, op_isola_throw, op_isola_missing,
+  op_isola_service_bindings, op_isola_service_fetch, op_isola_service_call;
+function bindOps() {
+  ({
+    op_isola_set_clock,
+    op_isola_env,
+    op_isola_fail,
+    op_isola_invocation_done,
+    op_isola_response_header,
+    op_isola_respond_text,
+    op_isola_respond_bytes,
+    op_isola_respond_stream,
+    op_isola_done_ok,
+    op_isola_no_retry,
+    op_isola_return,
+    op_isola_throw,
+    op_isola_missing,
+    op_isola_service_bindings,
+    op_isola_service_fetch,
+    op_isola_service_call,
+  } = core.ops);
+}
+bindOps();
 const { fromInnerRequest, Request, toInnerRequest } = requestMod;
 const { Response, ResponsePrototype, toInnerResponse } = responseMod;
 const {
@@ -476,7 +489,6 @@ const respond = (function respond(inv, response) {
     if (inner === undefined) {
       throw new TypeError("The handler returned an object that is not a Response made by `new Response()`");
     }
-    const flat = flatHeaders(inner.headerList);
     let body = null;
     if (inner.body !== null) {
       const s = inner.body.streamOrStatic;
@@ -487,7 +499,7 @@ const respond = (function respond(inv, response) {
         body = resourceForReadableStream(s, inner.body.length);
       }
     }
-    op_isola_respond(inv.id, inner.status, flat, body);
+    send(inv.id, inner.status, inner.headerList, body);
   } catch (err) {
     fail(inv, err);
     return;
@@ -495,14 +507,25 @@ const respond = (function respond(inv, response) {
   done(inv);
 });
 
-/** `[[name, value], ...]` as the `[name, value, ...]` `op_isola_respond` takes. */
-function flatHeaders(list) {
-  const flat = [];
-  for (let i = 0; i < list.length; i++) {
-    ArrayPrototypePush(flat, list[i][0], list[i][1]);
+/**
+ * Sends invocation `id`'s response: a fast op per header, then the op for
+ * its body's kind (none or text, bytes, or a stream's resource id).
+ */
+const send = (function send(id, status, headerList, body) {
+  for (let i = 0; i < headerList.length; i++) {
+    const header = headerList[i];
+    op_isola_response_header(id, header[0], header[1]);
   }
-  return flat;
-}
+  if (body === null) {
+    op_isola_respond_text(id, status, "");
+  } else if (typeof body === "string") {
+    op_isola_respond_text(id, status, body);
+  } else if (typeof body === "number") {
+    op_isola_respond_stream(id, status, body);
+  } else {
+    op_isola_respond_bytes(id, status, body);
+  }
+});
 
 function fail(inv, err) {
   let message = describe(err);
@@ -839,7 +862,6 @@ function warm() {
     headers: { "content-type": "text/plain" },
   });
   const out = toInnerResponse(response);
-  flatHeaders(out.headerList);
   if (out.body !== null) isReadableStream(out.body.streamOrStatic);
   // A request body as handlers check it before reading (reading calls ops).
   const body = new RequestBody(0);
@@ -863,6 +885,20 @@ const init = (function init() {
   }
   addKvBindings(env);
   addQueueBindings(env);
+  fastOps();
+});
+
+/**
+ * Binds the runtime's ops again from `core.ops`, where deno_core put them
+ * with their fast API forms when it made this isolate. The modules baked
+ * into the snapshot captured the snapshot's functions, which have only the
+ * slow form (V8 cannot serialize fast API functions), so optimized JS made
+ * no fast call. Called by `init`, before any request: a call site that has
+ * seen an op's slow form stays polymorphic, and V8 makes no fast call there.
+ */
+const fastOps = (function fastOps() {
+  bindOps();
+  bindGlobalScopeOps();
 });
 
 /**

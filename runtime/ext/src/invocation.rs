@@ -141,6 +141,9 @@ struct Pending {
   streaming: bool,
   /// Cancels the service binding calls it made when it ends.
   calls: Option<Rc<deno_core::CancelHandle>>,
+  /// Headers JS added for its response, sent with it (empty until then:
+  /// a `HeaderMap` allocates on its first insert).
+  response_headers: http::HeaderMap,
 }
 
 /// Invocations in flight in one isolate, by id. The id travels into JS with
@@ -200,6 +203,7 @@ impl Invocations {
         js_done: false,
         streaming: false,
         calls: None,
+        response_headers: http::HeaderMap::new(),
       },
     );
     id
@@ -401,6 +405,22 @@ impl Invocations {
     if let Some(p) = self.pending.get_mut(&id) {
       p.usage.bytes_in += n;
     }
+  }
+
+  /// Adds a header to the response invocation `id` is about to send.
+  pub fn add_response_header(&mut self, id: u32, name: http::HeaderName, value: http::HeaderValue) {
+    if let Some(p) = self.pending.get_mut(&id) {
+      p.response_headers.append(name, value);
+    }
+  }
+
+  /// The headers added for invocation `id`'s response, taken.
+  pub fn take_response_headers(&mut self, id: u32) -> http::HeaderMap {
+    self
+      .pending
+      .get_mut(&id)
+      .map(|p| std::mem::take(&mut p.response_headers))
+      .unwrap_or_default()
   }
 
   pub fn add_bytes_out(&mut self, id: u32, n: u64) {

@@ -82,7 +82,10 @@ deno_core::extension!(
   isola_worker,
   deps = [deno_webidl, deno_web, deno_crypto, deno_fetch, isola_kv, isola_queue],
   ops = [
-    ops::op_isola_respond,
+    ops::op_isola_response_header,
+    ops::op_isola_respond_text,
+    ops::op_isola_respond_bytes,
+    ops::op_isola_respond_stream,
     ops::op_isola_fail,
     ops::op_isola_invocation_done,
     ops::op_isola_subrequest,

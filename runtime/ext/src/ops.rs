@@ -1,9 +1,11 @@
 //! The ops through which JS answers invocations.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use bytes::Bytes;
 use deno_core::op2;
-use deno_core::v8;
-use deno_core::JsRuntime;
 use deno_core::OpState;
 use deno_core::ResourceId;
 use deno_error::JsErrorBox;
@@ -21,119 +23,108 @@ use crate::meter::BodyMeter;
 use crate::outcome::LimitExceeded;
 use crate::WorkerName;
 
-fn header_pair(
-  scope: &mut v8::PinScope<'_, '_>,
-  headers: &v8::Array,
-  i: u32,
-) -> Option<(HeaderName, HeaderValue)> {
-  let name = headers.get_index(scope, i)?.to_string(scope)?;
-  let value = headers.get_index(scope, i + 1)?.to_string(scope)?;
-  // deno_fetch's `Headers` keeps names as lowercase tokens and values as
-  // ByteStrings, so both are one-byte strings as a rule.
-  let name = parse_byte_string(scope, name, |b| HeaderName::from_bytes(b).ok())?;
-  let value = parse_byte_string(scope, value, |b| HeaderValue::from_bytes(b).ok())?;
-  Some((name, value))
-}
-
-/// `parse` of a string's bytes, one per code unit: read in place, without a
-/// copy, from a one-byte string; a two-byte one is narrowed to Latin-1, and
-/// a unit past it gives `None`, as no header name or value may hold one.
-fn parse_byte_string<T>(
-  scope: &mut v8::PinScope<'_, '_>,
-  s: v8::Local<'_, v8::String>,
-  parse: impl FnOnce(&[u8]) -> Option<T>,
-) -> Option<T> {
-  let view = v8::ValueView::new(scope, s);
-  match view.data() {
-    v8::ValueViewData::OneByte(bytes) => parse(bytes),
-    v8::ValueViewData::TwoByte(units) => {
-      let bytes: Option<Vec<u8>> = units.iter().map(|&u| u8::try_from(u).ok()).collect();
-      parse(&bytes?)
-    }
-  }
-}
-
-enum JsBody {
-  Full(Bytes),
-  Stream(ResourceId),
-}
-
-fn body_from_js(
-  scope: &mut v8::PinScope<'_, '_>,
-  body: v8::Local<'_, v8::Value>,
-) -> Result<JsBody, JsErrorBox> {
-  if body.is_null_or_undefined() {
-    return Ok(JsBody::Full(Bytes::new()));
-  }
-  if let Ok(s) = v8::Local::<v8::String>::try_from(body) {
-    return Ok(JsBody::Full(Bytes::from(s.to_rust_string_lossy(scope))));
-  }
-  if let Ok(view) = v8::Local::<v8::ArrayBufferView>::try_from(body) {
-    let mut bytes = vec![0u8; view.byte_length()];
-    view.copy_contents(&mut bytes);
-    return Ok(JsBody::Full(Bytes::from(bytes)));
-  }
-  if let Some(rid) = body.uint32_value(scope) {
-    return Ok(JsBody::Stream(rid as ResourceId));
-  }
-  Err(JsErrorBox::type_error("unsupported response body"))
-}
-
-/// Sends the response of invocation `id`: `headers` is a flat
-/// `[name, value, name, value, ...]` array, `body` is null, a string, a
-/// Uint8Array, or the rid of a `ReadableStream` resource.
+/// Adds a header to the response of invocation `id`, which one of the
+/// `op_isola_respond_*` ops then sends. One fast call per header from
+/// optimized JS, as deno's `op_http_set_response_header`: no array to
+/// build or read back property by property. deno_fetch's `Headers` keeps
+/// names as lowercase tokens and values as ByteStrings; a pair `http`
+/// still refuses is dropped.
 #[op2(fast)]
-pub fn op_isola_respond<'s>(
-  scope: &mut v8::PinScope<'s, '_>,
+pub fn op_isola_response_header(
+  state: &mut OpState,
+  #[smi] id: u32,
+  #[string(onebyte)] name: Cow<'_, [u8]>,
+  #[string(onebyte)] value: Cow<'_, [u8]>,
+) {
+  if let (Ok(name), Ok(value)) = (
+    HeaderName::from_bytes(&name),
+    HeaderValue::from_bytes(&value),
+  ) {
+    state
+      .borrow_mut::<Invocations>()
+      .add_response_header(id, name, value);
+  }
+}
+
+/// Sends the response of invocation `id` with a text body (UTF-8 on the
+/// wire; an empty one for a null body).
+#[op2(fast)]
+pub fn op_isola_respond_text(
+  state: &mut OpState,
   #[smi] id: u32,
   #[smi] status: u32,
-  headers: &v8::Array,
-  body: v8::Local<'s, v8::Value>,
+  #[string] body: Cow<'_, str>,
 ) -> Result<(), JsErrorBox> {
-  let state_rc = JsRuntime::op_state_from(scope);
+  respond_full(state, id, status, Bytes::copy_from_slice(body.as_bytes()))
+}
+
+/// Sends the response of invocation `id` with a copy of a `Uint8Array`'s
+/// bytes (deno_fetch keeps every static body that is not text as one).
+#[op2(fast)]
+pub fn op_isola_respond_bytes(
+  state: &mut OpState,
+  #[smi] id: u32,
+  #[smi] status: u32,
+  #[buffer(copy)] body: Bytes,
+) -> Result<(), JsErrorBox> {
+  respond_full(state, id, status, body)
+}
+
+/// Sends the response of invocation `id` with the body of the
+/// `ReadableStream` resource `rid`, metered as it is sent.
+#[op2(fast)]
+pub fn op_isola_respond_stream(
+  state_rc: Rc<RefCell<OpState>>,
+  #[smi] id: u32,
+  #[smi] status: u32,
+  #[smi] rid: ResourceId,
+) -> Result<(), JsErrorBox> {
+  let status = status_code(status)?;
   let mut state = state_rc.borrow_mut();
-  let status = u16::try_from(status)
+  let resource = state
+    .resource_table
+    .take_any(rid)
+    .map_err(JsErrorBox::from_err)?;
+  let limit = state.borrow::<Invocations>().response_body_limit;
+  drop(state);
+  let meter = BodyMeter::response(Rc::downgrade(&state_rc), id, limit);
+  let body = ResponseBody::pump(resource, meter);
+  send(
+    state_rc.borrow_mut().borrow_mut::<Invocations>(),
+    id,
+    status,
+    body,
+  );
+  Ok(())
+}
+
+fn status_code(status: u32) -> Result<StatusCode, JsErrorBox> {
+  u16::try_from(status)
     .ok()
     .and_then(|s| StatusCode::from_u16(s).ok())
-    .ok_or_else(|| JsErrorBox::range_error(format!("invalid status {status}")))?;
-  let limit = state.borrow::<Invocations>().response_body_limit;
-  let body = match body_from_js(scope, body)? {
-    JsBody::Full(bytes) => {
-      let invocations = state.borrow_mut::<Invocations>();
-      invocations.add_bytes_out(id, bytes.len() as u64);
-      if limit != 0 && bytes.len() as u64 > limit {
-        invocations.limit(id, LimitExceeded::ResponseBody(limit));
-        return Ok(());
-      }
-      ResponseBody::full(bytes)
-    }
-    JsBody::Stream(rid) => {
-      let resource = state
-        .resource_table
-        .take_any(rid)
-        .map_err(JsErrorBox::from_err)?;
-      let meter = BodyMeter::response(std::rc::Rc::downgrade(&state_rc), id, limit);
-      drop(state);
-      let body = ResponseBody::pump(resource, meter);
-      state = state_rc.borrow_mut();
-      body
-    }
-  };
+    .ok_or_else(|| JsErrorBox::range_error(format!("invalid status {status}")))
+}
+
+/// A whole body: counted, held to the response body limit, sent.
+fn respond_full(state: &mut OpState, id: u32, status: u32, body: Bytes) -> Result<(), JsErrorBox> {
+  let status = status_code(status)?;
+  let invocations = state.borrow_mut::<Invocations>();
+  invocations.add_bytes_out(id, body.len() as u64);
+  let limit = invocations.response_body_limit;
+  if limit != 0 && body.len() as u64 > limit {
+    invocations.limit(id, LimitExceeded::ResponseBody(limit));
+    return Ok(());
+  }
+  send(invocations, id, status, ResponseBody::full(body));
+  Ok(())
+}
+
+/// Replies to invocation `id` with `body` and the headers its JS added.
+fn send(invocations: &mut Invocations, id: u32, status: StatusCode, body: ResponseBody) {
   let mut response = http::Response::new(body);
   *response.status_mut() = status;
-  let map = response.headers_mut();
-  let len = headers.length();
-  map.reserve(len as usize / 2);
-  let mut i = 0;
-  while i + 1 < len {
-    if let Some((name, value)) = header_pair(scope, headers, i) {
-      map.append(name, value);
-    }
-    i += 2;
-  }
-  let invocations = state.borrow_mut::<Invocations>();
+  *response.headers_mut() = invocations.take_response_headers(id);
   invocations.reply(id, Reply::Response(response));
-  Ok(())
 }
 
 /// Ends invocation `id` with an exception; `logged` carries the JS stack and

@@ -4,9 +4,11 @@
 use bytes::Bytes;
 use isola_runtime::Bundle;
 use isola_runtime::Error;
+use isola_runtime::Isolate;
 use isola_runtime::LogSink;
 use isola_runtime::Worker;
 use isola_runtime::WorkerConfig;
+use isola_runtime::WorkerHandle;
 use libtest_mimic::Trial;
 
 fn bundle(code: &str) -> Bundle {
@@ -290,12 +292,14 @@ fn a_module_read_from_disk_stays_readable_while_its_isolate_lives() {
 
 /// A response's headers reach hyper as the bytes of their ByteStrings:
 /// Latin-1 values byte for byte, whether V8 holds the string in one byte or
-/// two a unit, and repeated names as repeated headers.
+/// two a unit, and repeated names as repeated headers; for each kind of
+/// body, in an isolate made for the worker and in a prewarmed one of the
+/// stock (whose ops were bound once already, by the prewarm's init).
 fn response_headers_keep_their_bytes() {
   rt().block_on(async {
     let code = r#"
       export default {
-        fetch() {
+        fetch(request) {
           const h = new Headers();
           h.set("X-Latin", "caf\u00e9");
           // Latin-1 units in a two-byte string: V8 slices 13 units or more
@@ -303,25 +307,57 @@ fn response_headers_keep_their_bytes() {
           h.set("x-wide", ("\u20ac" + "\u00e9t".repeat(10)).slice(1));
           h.append("set-cookie", "a=1");
           h.append("set-cookie", "b=2");
-          return new Response("ok", { headers: h });
+          const kind = new URL(request.url).pathname;
+          const body = kind === "/bytes" ? new Uint8Array([0, 1, 0xe9])
+            : kind === "/none" ? null
+            : "ok \u00e9\u20ac";
+          return new Response(body, { headers: h });
         },
       };
     "#;
-    let worker = Worker::new(bundle(code), &WorkerConfig::new("h"), LogSink::discard())
-      .await
-      .unwrap()
-      .spawn();
-    let response = worker
-      .fetch(isola_runtime::empty_request("http://h.test/"))
-      .await
-      .unwrap();
-    let headers = response.headers();
-    assert_eq!(headers["x-latin"].as_bytes(), b"caf\xe9");
-    assert_eq!(headers["x-wide"].as_bytes(), b"\xe9t".repeat(10));
-    let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
-    assert_eq!(cookies, ["a=1", "b=2"]);
-    assert_eq!(headers["content-type"], "text/plain;charset=UTF-8");
+    let config = WorkerConfig::new("h");
+    let fresh = Worker::new(bundle(code), &config, LogSink::discard());
+    let mut stock = Isolate::new(LogSink::discard()).unwrap();
+    stock.prewarm().unwrap();
+    let prewarmed = stock.load(bundle(code), &config);
+    for worker in [fresh.await.unwrap(), prewarmed.await.unwrap()] {
+      serve_every_body_kind(worker.spawn()).await;
+    }
   });
+}
+
+async fn serve_every_body_kind(worker: WorkerHandle) {
+  {
+    let kinds: [(&str, &[u8]); 3] = [
+      ("/text", "ok é€".as_bytes()),
+      ("/bytes", b"\x00\x01\xe9"),
+      ("/none", b""),
+    ];
+    // Far enough for V8 to tier the path up.
+    for round in 0..1500 {
+      for (path, body) in kinds {
+        let url = format!("http://h.test{path}");
+        let response = worker
+          .fetch(isola_runtime::empty_request(&url))
+          .await
+          .unwrap();
+        let headers = response.headers();
+        let what = format!("{path}, round {round}");
+        assert_eq!(headers["x-latin"].as_bytes(), b"caf\xe9", "{what}");
+        assert_eq!(headers["x-wide"].as_bytes(), b"\xe9t".repeat(10), "{what}");
+        let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"], "{what}");
+        if path == "/text" {
+          assert_eq!(
+            headers["content-type"], "text/plain;charset=UTF-8",
+            "{what}"
+          );
+        }
+        let got = response.into_body().collect_bytes().await.unwrap();
+        assert_eq!(&got[..], body, "{what}");
+      }
+    }
+  }
 }
 
 pub fn trials() -> Vec<Trial> {
