@@ -8,10 +8,11 @@ builds batch alike), zeroes the counters after a warm-up long enough for
 TurboFan to finish, and reports per request:
 
 - instructions on the V8 thread (`isola_runtime::pool::thread_main`, which also
-  runs the HTTP server in `dev`), and inside the JS call and the response op;
+  runs the HTTP server in `dev`), inside the JS call and in the ops it calls;
 - calls of a few costs that instruction counts hide or that are worth
   counting: clock reads (a vDSO read is ~30 ns, valgrind runs none),
-  allocations, `memcpy`, new V8 global handles.
+  allocations, `memcpy`, new V8 global handles, and op calls in V8's fast
+  API form and in the slow one.
 
 usage: python3 bench/instructions.py [--workload hello] [--warmup 30]
            [--seconds 8] [--connections 1] EDGE_BINARY [EDGE_BINARY ...]
@@ -41,23 +42,28 @@ import servers  # noqa: E402
 ROWS = [
     ("V8 thread, instructions", "isola_runtime::pool::thread_main", "incl"),
     ("  the JS call (dispatch)", "v8::Function::Call(v8::Isolate", "incl"),
-    ("  the response op", "op_isola_respond::v8_fn_ptr", "incl"),
+    ("  ops called from JS", "::v8_fn_ptr", "incl"),
     ("  hyper's connection task", "hyper::proto::h1::dispatch::Dispatcher<D,Bs,I,T>::poll_catch", "incl"),
     ("clock reads (Rust's std)", "Timespec>::now", "calls"),
     ("allocations (Rust, mimalloc)", "mi_malloc_aligned", "calls"),
     ("memcpy calls", "__memcpy_", "calls"),
     ("V8 global handles made", "GlobalizeReference", "calls"),
+    # deno_core's op entry points (`v8_fn_ptr*`): the fast API form, which
+    # optimized code calls as a C function, and the slow form, a V8 callback.
+    ("op calls", "::v8_fn_ptr", "calls"),
+    ("  fast form", "::v8_fn_ptr_fast", "calls"),
 ]
 # Rows computed from two others: (label, row, minus row). The JS call's count
 # moves by a few per cent from run to run (where its scavenges and tier-ups
 # fall); the rest of the thread's does not.
 DERIVED = [
     ("  outside the JS call", "V8 thread, instructions", "  the JS call (dispatch)"),
+    ("  slow form", "op calls", "  fast form"),
 ]
 # One per request: the dispatcher's call into JS.
 REQUEST_MARK = "v8::internal::Execution::Call("
 # Every name `call_totals` must sum for `per_request`.
-PATTERNS = [REQUEST_MARK] + [p for _, p, _ in ROWS]
+PATTERNS = list(dict.fromkeys([REQUEST_MARK] + [p for _, p, _ in ROWS]))
 
 _NAMED = re.compile(r"c?fn=\((\d+)\)(?: (.*))?")
 

@@ -260,6 +260,17 @@ calls=5 0
 cfn=(5) v8::Function::Call(v8::Isolate*, v8::Local<v8::Context>)
 calls=2 0
 0 100
+cfn=(6) isola_ext::ops::op_a::op_a::v8_fn_ptr_fast
+calls=2 0
+0 40
+cfn=(7) deno_core::ops::op_b::op_b::v8_fn_ptr
+calls=1 0
+0 30
+fn=(7)
+0 5
+cfn=(8) deno_core::ops::op_b::op_b::slow_function_impl
+calls=1 0
+0 25
 fn=(4) start_thread
 0 1
 cfn=(1)
@@ -280,12 +291,18 @@ class Instructions(unittest.TestCase):
         self.assertEqual(t["isola_runtime::pool::thread_main"], (1, 260))
         self.assertEqual(t["Timespec>::now"], (6, 60))
         self.assertEqual(t[instructions.REQUEST_MARK], (2, 100))
+        # An op's entry in either form; its inner calls are not counted again.
+        self.assertEqual(t["::v8_fn_ptr"], (3, 70))
+        self.assertEqual(t["::v8_fn_ptr_fast"], (2, 40))
 
     def test_per_request_and_the_comparison(self):
         a = instructions.per_request(self.totals())
         self.assertEqual(a["requests"], 2)
         self.assertEqual(a["V8 thread, instructions"], 130)
         self.assertEqual(a["clock reads (Rust's std)"], 3)
+        self.assertEqual(a["op calls"], 1.5)
+        self.assertEqual(a["  fast form"], 1)
+        self.assertEqual(a["  slow form"], 0.5)
         b = dict(a, **{"V8 thread, instructions": 117.0, "  outside the JS call": 67.0})
         self.assertEqual(a["  outside the JS call"], 80)
         md = instructions.render([("A/isola-edge", a), ("B/isola-edge", b)])
