@@ -55,7 +55,12 @@ pub fn op_isola_respond_text(
   #[smi] status: u32,
   #[string] body: Cow<'_, str>,
 ) -> Result<(), JsErrorBox> {
-  respond_full(state, id, status, Bytes::copy_from_slice(body.as_bytes()))
+  let body = match body {
+    // The slow form's conversion (a two-byte string): already a copy.
+    Cow::Owned(text) => Bytes::from(text),
+    Cow::Borrowed(text) => Bytes::copy_from_slice(text.as_bytes()),
+  };
+  respond_full(state, id, status, body)
 }
 
 /// Sends the response of invocation `id` with a copy of a `Uint8Array`'s
