@@ -22,10 +22,10 @@ const {
   Symbol,
   TypeError,
 } = primordials;
-// Bound from `core.ops`, and bound again once they are fast (`bindOps`).
+// Bound from `core.ops` when the snapshot is built, and again by `init`.
 let op_isola_fetch_span, op_isola_fetch_span_done, op_isola_log,
   op_isola_subrequest, op_isola_user_agent;
-/** (Re)binds this module's ops; see `fastOps` in 01_worker.js. */
+/** (Re)binds this module's ops; see `init` in 01_worker.js. */
 function bindOps() {
   ({
     op_isola_fetch_span,

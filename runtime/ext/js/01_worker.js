@@ -51,7 +51,7 @@ const {
   StringPrototypeSplit,
   StringPrototypeToLowerCase,
 } = primordials;
-// Bound from `core.ops`, and bound again once they are fast (`fastOps`).
+// Bound from `core.ops` when the snapshot is built, and again by `init`.
 let op_isola_set_clock, op_isola_env, op_isola_fail, op_isola_invocation_done,
   op_isola_response_header, op_isola_respond_text, op_isola_respond_bytes,
   op_isola_respond_stream, op_isola_done_ok, op_isola_no_retry,
@@ -885,18 +885,11 @@ const init = (function init() {
   }
   addKvBindings(env);
   addQueueBindings(env);
-  fastOps();
-});
-
-/**
- * Binds the runtime's ops again from `core.ops`, where deno_core put them
- * with their fast API forms when it made this isolate. The modules baked
- * into the snapshot captured the snapshot's functions, which have only the
- * slow form (V8 cannot serialize fast API functions), so optimized JS made
- * no fast call. Called by `init`, before any request: a call site that has
- * seen an op's slow form stays polymorphic, and V8 makes no fast call there.
- */
-const fastOps = (function fastOps() {
+  // The ops again, from `core.ops`, where deno_core put them with their
+  // fast API forms when it made this isolate: the snapshot's functions,
+  // bound when it was built, have only the slow form (V8 cannot serialize
+  // fast API functions). Before any request: a call site that has seen an
+  // op's slow form stays polymorphic, and V8 makes no fast call there.
   bindOps();
   bindGlobalScopeOps();
 });
