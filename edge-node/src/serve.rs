@@ -47,10 +47,11 @@ fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   let config = crate::config::load(&args.config)?;
-  let options = HttpOptions {
+  let mut options = HttpOptions {
     max_header_bytes: config.server.max_header_bytes,
     header_timeout: Duration::from_millis(config.server.header_timeout_ms),
     drain_timeout: Duration::from_millis(config.server.drain_timeout_ms),
+    client_addr: false,
   };
   let store = Store::open(&config.data_dir())?;
   store.prune_code_caches(CodeCacheKey::current_engine());
@@ -102,6 +103,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
       metrics.clone(),
     )
   });
+  // The client's address is only read for trace events and spans.
+  options.client_addr = traces.is_some();
   if let Some((buffer, _)) = &traces {
     let slot = names_slot.clone();
     let shipped =

@@ -72,7 +72,8 @@ pub struct ServerConfig {
   /// Largest request head (request line and headers). Default: 64 KiB.
   #[serde(default = "default_max_header_bytes")]
   pub max_header_bytes: usize,
-  /// Time a client has to send a request head. Default: 10 s.
+  /// Time a client has to send a request head (an HTTP/1 client is cut off
+  /// up to a second after it). Default: 10 s.
   #[serde(default = "default_header_timeout_ms")]
   pub header_timeout_ms: u64,
   /// Time in-flight requests get to finish after SIGTERM. Default: 30 s.

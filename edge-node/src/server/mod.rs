@@ -2,6 +2,9 @@
 //! served on the V8 threads so that a request usually reaches its isolate
 //! without a cross-thread hop.
 
+mod drain;
+mod timer;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +17,6 @@ use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use isola_runtime::ResponseBody;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -24,10 +26,15 @@ use tokio::sync::watch;
 pub struct HttpOptions {
   /// Largest request head; beyond it hyper answers 431.
   pub max_header_bytes: usize,
-  /// A client that has not sent a full request head by then is cut off.
+  /// A client that has not sent a full request head by then is cut off
+  /// (HTTP/1 heads: up to a second later).
   pub header_timeout: Duration,
   /// Time in-flight requests get to finish once shutdown starts.
   pub drain_timeout: Duration,
+  /// Whether each request carries the client's address
+  /// ([`isola_runtime::ClientAddr`]), which only trace events read: adding
+  /// it makes the request's extension map, two allocations a request.
+  pub client_addr: bool,
 }
 
 impl Default for HttpOptions {
@@ -36,6 +43,7 @@ impl Default for HttpOptions {
       max_header_bytes: 64 << 10,
       header_timeout: Duration::from_secs(10),
       drain_timeout: Duration::from_secs(30),
+      client_addr: false,
     }
   }
 }
@@ -86,7 +94,7 @@ fn builder(options: &HttpOptions) -> auto::Builder<TokioExecutor> {
   builder
     .http1()
     .writev(false)
-    .timer(TokioTimer::new())
+    .timer(timer::CoarseTimer)
     .header_read_timeout(options.header_timeout)
     .max_buf_size(options.max_header_bytes.max(8192));
   builder
@@ -151,7 +159,8 @@ pub async fn serve<H, F>(
     .unwrap_or_else(|| Authority::from_static("localhost"));
   let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
   let builder = Arc::new(builder(&options));
-  let graceful = GracefulShutdown::new();
+  let client_addr = options.client_addr;
+  let drain = drain::Drain::default();
   loop {
     let (stream, peer) = tokio::select! {
       conn = listener.accept() => match conn {
@@ -172,23 +181,27 @@ pub async fn serve<H, F>(
       let uri = absolute_uri(req.uri(), req.headers(), &scheme, &fallback_host);
       let (mut parts, body) = req.into_parts();
       parts.uri = uri;
-      // Trace events show who asked.
-      parts
-        .extensions
-        .insert(isola_runtime::ClientAddr(peer.ip()));
+      if client_addr {
+        parts
+          .extensions
+          .insert(isola_runtime::ClientAddr(peer.ip()));
+      }
       let req = http::Request::from_parts(parts, isola_runtime::request_body(body));
       let response = handle(req);
       async move { Ok::<_, std::convert::Infallible>(response.await) }
     });
     let builder = builder.clone();
-    let watcher = graceful.watcher();
+    let ticket = drain.ticket();
     let acceptor = acceptor.clone();
     let header_timeout = options.header_timeout;
     tokio::spawn(async move {
       match acceptor {
         None => {
           let conn = builder.serve_connection(TokioIo::new(stream), service);
-          if let Err(e) = watcher.watch(conn.into_owned()).await {
+          if let Err(e) = ticket
+            .watch(conn, auto::Connection::graceful_shutdown)
+            .await
+          {
             tracing::debug!("connection ended: {e}");
           }
         }
@@ -200,7 +213,10 @@ pub async fn serve<H, F>(
             Err(_) => return tracing::debug!("TLS handshake timed out"),
           };
           let conn = builder.serve_connection(TokioIo::new(tls), service);
-          if let Err(e) = watcher.watch(conn.into_owned()).await {
+          if let Err(e) = ticket
+            .watch(conn, auto::Connection::graceful_shutdown)
+            .await
+          {
             tracing::debug!("connection ended: {e}");
           }
         }
@@ -208,7 +224,7 @@ pub async fn serve<H, F>(
     });
   }
   drop(listener);
-  if tokio::time::timeout(options.drain_timeout, graceful.shutdown())
+  if tokio::time::timeout(options.drain_timeout, drain.shutdown())
     .await
     .is_err()
   {
