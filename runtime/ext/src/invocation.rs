@@ -1,6 +1,8 @@
 //! The table of invocations in flight in one isolate: pure data, with time
 //! passed in, so it is tested without V8.
 
+use std::cell::RefCell;
+use std::cell::RefMut;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::task::Context;
@@ -8,6 +10,7 @@ use std::task::Context;
 use std::time::Duration;
 use std::time::Instant;
 
+use deno_core::OpState;
 use tokio::sync::oneshot;
 
 use crate::body::ResponseBody;
@@ -144,6 +147,20 @@ struct Pending {
   /// Headers JS added for its response, sent with it (empty until then:
   /// a `HeaderMap` allocates on its first insert).
   response_headers: http::HeaderMap,
+}
+
+/// How an isolate's [`Invocations`] are held: in its `OpState` for the ops,
+/// and by its worker, which reaches them several times a request. Looking
+/// them up in `OpState` (a B-tree of type ids) cost 100–200 instructions
+/// each time (`bench/instructions.py`), depending on where their type id
+/// falls among the ~40 others there.
+pub type InvocationsCell = Rc<RefCell<Invocations>>;
+
+/// The invocations of the isolate whose `OpState` this is. Taking `&mut`
+/// keeps what it did when they were borrowed from `OpState` directly: no
+/// op holds them twice.
+pub fn invocations(state: &mut OpState) -> RefMut<'_, Invocations> {
+  state.borrow::<InvocationsCell>().borrow_mut()
 }
 
 /// Invocations in flight in one isolate, by id. The id travels into JS with

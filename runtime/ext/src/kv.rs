@@ -23,7 +23,6 @@ use isola_proto::kv::KvReply;
 use isola_proto::kv::MAX_LIST_LIMIT;
 use isola_proto::kv::MAX_OPS_PER_INVOCATION;
 
-use crate::invocation::Invocations;
 use crate::invocation::StorageOps;
 
 /// Where a worker's KV bindings go: the edge implements it over the control
@@ -78,7 +77,7 @@ fn begin(
   };
   let live = u32::try_from(id)
     .ok()
-    .filter(|id| state.borrow::<Invocations>().usage(*id).is_some());
+    .filter(|id| crate::invocations(state).usage(*id).is_some());
   let Some(id) = live else {
     return Err(JsErrorBox::generic(
       "KV can only be used while a handler runs (not at the top level of a module)",
@@ -89,7 +88,7 @@ fn begin(
   }
   // Forget invocations that are over, so the table stays small.
   if state.borrow::<KvOps>().0.len() > 64 {
-    let live: Vec<u32> = state.borrow::<Invocations>().ids();
+    let live: Vec<u32> = crate::invocations(state).ids();
     state
       .borrow_mut::<KvOps>()
       .0
@@ -132,10 +131,7 @@ async fn run(
     Ok(KvReply::Refused(e)) | Err(e) => Err(JsErrorBox::generic(e.0)),
     Ok(KvReply::Failed) => Err(JsErrorBox::generic(FAILED)),
     Ok(reply) => {
-      state
-        .borrow_mut()
-        .borrow_mut::<Invocations>()
-        .count_ops(id, count);
+      crate::invocations(&mut state.borrow_mut()).count_ops(id, count);
       Ok(reply)
     }
   }

@@ -33,10 +33,12 @@ pub use body::Meter;
 pub use body::RequestBody;
 pub use body::RequestBodyResource;
 pub use body::ResponseBody;
+pub use invocation::invocations;
 pub use invocation::Failure;
 pub use invocation::FinishHook;
 pub use invocation::InvocationSpec;
 pub use invocation::Invocations;
+pub use invocation::InvocationsCell;
 pub use invocation::Reply;
 pub use invocation::StorageOps;
 pub use invocation::Usage;
@@ -153,7 +155,8 @@ fn op_isola_set_clock(state: &mut OpState, #[buffer] buffer: JsBuffer) {
     origin: std::time::Instant::now(),
   };
   clock.tick();
-  state.put(clock);
+  // Shared: each worker keeps a handle, so ticking it takes no lookup.
+  state.put(std::rc::Rc::new(clock));
 }
 
 #[deno_core::op2]
@@ -232,5 +235,5 @@ pub fn install_state(state: &mut OpState, name: WorkerName, env: WorkerEnv, sink
   state.put(name);
   state.put(env);
   state.put(sink);
-  state.put(Invocations::default());
+  state.put(InvocationsCell::default());
 }

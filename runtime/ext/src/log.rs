@@ -6,7 +6,6 @@ use std::time::SystemTime;
 use deno_core::op2;
 use deno_core::OpState;
 
-use crate::Invocations;
 use crate::WorkerName;
 
 /// Severity of a log line, as the `console` method that wrote it.
@@ -105,7 +104,7 @@ pub fn op_isola_log(
     message,
   );
   if let Some(id) = record.invocation {
-    let invocations = state.borrow_mut::<Invocations>();
+    let mut invocations = crate::invocations(state);
     if invocations.tracing {
       if let Some(trace) = invocations.trace_mut(id) {
         trace.log(record.level, &record.message, record.timestamp);

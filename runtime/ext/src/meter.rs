@@ -8,6 +8,7 @@ use deno_core::OpState;
 
 use crate::body::Meter;
 use crate::invocation::Invocations;
+use crate::invocation::InvocationsCell;
 use crate::outcome::LimitExceeded;
 
 /// Counts one body's bytes into its invocation's usage and enforces its
@@ -43,8 +44,11 @@ impl BodyMeter {
 
   fn with_invocations<R>(&self, f: impl FnOnce(&mut Invocations) -> R) -> Option<R> {
     let state = self.state.upgrade()?;
-    let mut state = state.try_borrow_mut().ok()?;
-    Some(f(state.borrow_mut::<Invocations>()))
+    let invocations = state.try_borrow().ok()?.borrow::<InvocationsCell>().clone();
+    // As with `OpState` before: not counted while borrowed (a body is
+    // polled by another task, so they are not).
+    let mut invocations = invocations.try_borrow_mut().ok()?;
+    Some(f(&mut invocations))
   }
 }
 

@@ -40,9 +40,7 @@ pub fn op_isola_response_header(
     HeaderName::from_bytes(&name),
     HeaderValue::from_bytes(&value),
   ) {
-    state
-      .borrow_mut::<Invocations>()
-      .add_response_header(id, name, value);
+    crate::invocations(state).add_response_header(id, name, value);
   }
 }
 
@@ -90,12 +88,12 @@ pub fn op_isola_respond_stream(
     .resource_table
     .take_any(rid)
     .map_err(JsErrorBox::from_err)?;
-  let limit = state.borrow::<Invocations>().response_body_limit;
+  let limit = crate::invocations(&mut state).response_body_limit;
   drop(state);
   let meter = BodyMeter::response(Rc::downgrade(&state_rc), id, limit);
   let body = ResponseBody::pump(resource, meter);
   send(
-    state_rc.borrow_mut().borrow_mut::<Invocations>(),
+    &mut crate::invocations(&mut state_rc.borrow_mut()),
     id,
     status,
     body,
@@ -113,14 +111,14 @@ fn status_code(status: u32) -> Result<StatusCode, JsErrorBox> {
 /// A whole body: counted, held to the response body limit, sent.
 fn respond_full(state: &mut OpState, id: u32, status: u32, body: Bytes) -> Result<(), JsErrorBox> {
   let status = status_code(status)?;
-  let invocations = state.borrow_mut::<Invocations>();
+  let mut invocations = crate::invocations(state);
   invocations.add_bytes_out(id, body.len() as u64);
   let limit = invocations.response_body_limit;
   if limit != 0 && body.len() as u64 > limit {
     invocations.limit(id, LimitExceeded::ResponseBody(limit));
     return Ok(());
   }
-  send(invocations, id, status, ResponseBody::full(body));
+  send(&mut invocations, id, status, ResponseBody::full(body));
   Ok(())
 }
 
@@ -150,8 +148,8 @@ pub fn op_isola_fail(
     Level::Error,
     logged.to_string(),
   ));
-  let invocations = state.borrow_mut::<Invocations>();
-  trace_exception(invocations, id, name, message, logged);
+  let mut invocations = crate::invocations(state);
+  trace_exception(&mut invocations, id, name, message, logged);
   invocations.reply(id, Reply::Exception(logged.to_string()));
 }
 
@@ -174,7 +172,7 @@ fn trace_exception(
 /// promises have settled.
 #[op2(fast)]
 pub fn op_isola_invocation_done(state: &mut OpState, #[smi] id: u32) {
-  state.borrow_mut::<Invocations>().js_finished(id);
+  crate::invocations(state).js_finished(id);
 }
 
 /// Counts an outbound `fetch()` of invocation `id`; past the limit the
@@ -187,7 +185,7 @@ pub fn op_isola_subrequest(state: &mut OpState, #[smi] id: i32) -> u32 {
   let Ok(id) = u32::try_from(id) else {
     return 1;
   };
-  let invocations = state.borrow_mut::<Invocations>();
+  let mut invocations = crate::invocations(state);
   if invocations.count_subrequest(id) {
     let spans = invocations.spans && invocations.trace_mut(id).is_some_and(|t| t.span.is_some());
     return if spans { 2 } else { 1 };
@@ -207,8 +205,7 @@ pub fn op_isola_fetch_span(
   #[string] method: &str,
   #[string] url: &str,
 ) -> String {
-  state
-    .borrow_mut::<Invocations>()
+  crate::invocations(state)
     .trace_mut(id)
     .and_then(|t| t.span.as_mut())
     .and_then(|s| s.subrequest(method, url, std::time::SystemTime::now()))
@@ -224,8 +221,7 @@ pub fn op_isola_fetch_span_done(
   #[string] traceparent: &str,
   #[smi] status: u32,
 ) {
-  if let Some(span) = state
-    .borrow_mut::<Invocations>()
+  if let Some(span) = crate::invocations(state)
     .trace_mut(id)
     .and_then(|t| t.span.as_mut())
   {
@@ -238,21 +234,19 @@ pub fn op_isola_fetch_span_done(
 /// and `waitUntil` promises all settled.
 #[op2(fast)]
 pub fn op_isola_done_ok(state: &mut OpState, #[smi] id: u32) {
-  state.borrow_mut::<Invocations>().reply(id, Reply::Done);
+  crate::invocations(state).reply(id, Reply::Done);
 }
 
 /// `controller.noRetry()` of scheduled run `id`.
 #[op2(fast)]
 pub fn op_isola_no_retry(state: &mut OpState, #[smi] id: u32) {
-  state.borrow_mut::<Invocations>().set_no_retry(id);
+  crate::invocations(state).set_no_retry(id);
 }
 
 /// The value an RPC method returned, V8-serialised.
 #[op2(fast)]
 pub fn op_isola_return(state: &mut OpState, #[smi] id: u32, #[buffer] value: &[u8]) {
-  state
-    .borrow_mut::<Invocations>()
-    .reply(id, Reply::Value(value.to_vec()));
+  crate::invocations(state).reply(id, Reply::Value(value.to_vec()));
 }
 
 /// An RPC method threw: `name` and `message` go back to the caller,
@@ -272,8 +266,8 @@ pub fn op_isola_throw(
     Level::Error,
     logged.to_string(),
   ));
-  let invocations = state.borrow_mut::<Invocations>();
-  trace_exception(invocations, id, name, message, logged);
+  let mut invocations = crate::invocations(state);
+  trace_exception(&mut invocations, id, name, message, logged);
   invocations.reply(
     id,
     Reply::Thrown {
@@ -286,7 +280,5 @@ pub fn op_isola_throw(
 /// The worker has no handler for invocation `id`'s kind; `message` says so.
 #[op2(fast)]
 pub fn op_isola_missing(state: &mut OpState, #[smi] id: u32, #[string] message: &str) {
-  state
-    .borrow_mut::<Invocations>()
-    .reply(id, Reply::Missing(message.to_string()));
+  crate::invocations(state).reply(id, Reply::Missing(message.to_string()));
 }

@@ -25,7 +25,6 @@ use isola_proto::queue::SendCall;
 use isola_proto::queue::SendReply;
 use isola_proto::queue::MAX_DELAY_SECONDS;
 
-use crate::invocation::Invocations;
 use crate::outcome::LimitExceeded;
 
 /// Where a worker's queue producer bindings send: the edge implements it
@@ -107,7 +106,7 @@ pub fn start_consumer(
   batch: Batch,
   decisions: Arc<Mutex<Decisions>>,
 ) {
-  let live = state.borrow::<Invocations>().ids();
+  let live = crate::invocations(state).ids();
   if !state.has::<ConsumerRuns>() {
     state.put(ConsumerRuns::default());
   }
@@ -181,7 +180,7 @@ pub async fn op_isola_queue_send(
         "a queue can only be sent to while a handler runs (not at the top level of a module)",
       ));
     };
-    let invocations = state.borrow_mut::<Invocations>();
+    let mut invocations = crate::invocations(&mut state);
     if !invocations.count_subrequest(id) {
       let limit = invocations.subrequest_limit;
       invocations.limit(id, LimitExceeded::Subrequests(limit));
@@ -203,10 +202,7 @@ pub async fn op_isola_queue_send(
   };
   match service.send(call).await {
     SendReply::Sent => {
-      state
-        .borrow_mut()
-        .borrow_mut::<Invocations>()
-        .count_ops(id, |o| o.queue_ops += ops);
+      crate::invocations(&mut state.borrow_mut()).count_ops(id, |o| o.queue_ops += ops);
       Ok(())
     }
     SendReply::Refused(e) => Err(JsErrorBox::generic(e.0)),

@@ -22,7 +22,6 @@ use crate::body::Meter;
 use crate::body::RequestBody;
 use crate::body::RequestBodyResource;
 use crate::body::ResponseBody;
-use crate::invocation::Invocations;
 use crate::meter::BodyMeter;
 use crate::outcome::LimitExceeded;
 
@@ -98,7 +97,7 @@ fn begin_call(state: &mut OpState, id: i32) -> Result<Caller, JsErrorBox> {
       "a service binding can only be called while a handler runs",
     ));
   };
-  let invocations = state.borrow_mut::<Invocations>();
+  let mut invocations = crate::invocations(state);
   if !invocations.count_subrequest(id) {
     let limit = invocations.subrequest_limit;
     invocations.limit(id, LimitExceeded::Subrequests(limit));

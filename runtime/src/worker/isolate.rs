@@ -13,7 +13,7 @@ use deno_core::JsRuntime;
 use deno_core::ModuleSpecifier;
 use deno_core::PollEventLoopOptions;
 use deno_core::RuntimeOptions;
-use isola_ext::Invocations;
+use isola_ext::InvocationsCell;
 use isola_ext::LogSink;
 use isola_ext::WorkerEnv;
 use isola_ext::WorkerName;
@@ -23,6 +23,7 @@ use super::enter::entered;
 use super::enter::jscell_from_new;
 use super::enter::EnterGuard;
 use super::enter::JsCell;
+use super::running::clock;
 use super::running::tick_clock;
 use super::running::Internals;
 use super::running::Worker;
@@ -238,7 +239,7 @@ impl Isolate {
         queues: config.queues.clone(),
         service: config.storage.queues.clone(),
       });
-      let invocations = state.borrow_mut::<Invocations>();
+      let mut invocations = isola_ext::invocations(&mut state);
       invocations.subrequest_limit = config.limits.subrequest_limit();
       invocations.response_body_limit = config.limits.response_body_limit();
       invocations.tracing = config.trace.is_enabled();
@@ -351,7 +352,16 @@ impl Isolate {
       return Err(ErrorKind::NoHandler(problem).into());
     }
     let context = self.js.main_context();
+    let clock = clock(&self.js);
+    let invocations = self
+      .js
+      .op_state()
+      .borrow()
+      .borrow::<InvocationsCell>()
+      .clone();
     Ok(Worker {
+      clock,
+      invocations,
       js: self.js,
       internals: self.internals,
       loader: self.loader,
@@ -366,7 +376,7 @@ impl Isolate {
       wall_timer: None,
       open_turn: None,
       batching: false,
-      invocations: 0,
+      started: 0,
       preloaded: false,
       url: Vec::new(),
       context,

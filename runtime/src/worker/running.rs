@@ -17,7 +17,7 @@ use http::Method;
 use http_body::Body as _;
 use isola_ext::Failure;
 use isola_ext::InvocationSpec;
-use isola_ext::Invocations;
+use isola_ext::InvocationsCell;
 use isola_ext::LimitExceeded;
 use isola_ext::LogSink;
 use isola_ext::Reply;
@@ -84,9 +84,17 @@ pub(crate) fn note_busy(now: std::time::Instant) {
 
 /// Lets time move for the isolate's JS (see `isola_ext::Clock`).
 pub(super) fn tick_clock(js: &JsRuntime) {
-  if let Some(clock) = js.op_state().borrow().try_borrow::<isola_ext::Clock>() {
+  if let Some(clock) = clock(js) {
     clock.tick();
   }
+}
+
+/// The isolate's clock, once its bootstrap has set it.
+pub(super) fn clock(js: &JsRuntime) -> Option<Rc<isola_ext::Clock>> {
+  js.op_state()
+    .borrow()
+    .try_borrow::<Rc<isola_ext::Clock>>()
+    .cloned()
 }
 
 /// The runtime's JS entry points, taken from the snapshot before any
@@ -152,7 +160,7 @@ pub struct Worker {
   pub(super) batching: bool,
   /// Invocations started so far (counted to 255): from the second, the
   /// worker's code is wanted again and its code caches are made.
-  pub(super) invocations: u8,
+  pub(super) started: u8,
   /// Loaded ahead of its requests ([`Worker::preloaded`]).
   pub(super) preloaded: bool,
   /// The last request's URL, kept for its buffer: each request writes
@@ -162,6 +170,10 @@ pub struct Worker {
   /// clone it (`JsRuntime::main_context` makes a new global handle each
   /// time).
   pub(super) context: v8::Global<v8::Context>,
+  /// The clock JS reads time from, ticked at each turn.
+  pub(super) clock: Option<Rc<isola_ext::Clock>>,
+  /// The isolate's invocations, also in its `OpState` for the ops.
+  pub(super) invocations: InvocationsCell,
 }
 
 impl Worker {
@@ -183,7 +195,7 @@ impl Worker {
   /// Chrome, so a churn of one-shot workers does not pay for caches that
   /// no isolate reads.
   fn caches_wanted(&self) -> bool {
-    self.preloaded || self.invocations > 1 || self.loader.deferred_wanted()
+    self.preloaded || self.started > 1 || self.loader.deferred_wanted()
   }
 
   /// Hands `request` to the handler. Nothing happens until the event loop is
@@ -208,7 +220,7 @@ impl Worker {
   ) {
     let now = std::time::Instant::now();
     note_busy(now);
-    self.invocations = self.invocations.saturating_add(1);
+    self.started = self.started.saturating_add(1);
     if let Some(why) = &self.stopped {
       let _ = reply.send(Reply::Stopped(why.clone()));
       return;
@@ -306,19 +318,16 @@ impl Worker {
     spec: InvocationSpec,
     now: std::time::Instant,
   ) -> u32 {
-    let state = self.js.op_state();
-    let mut state = state.borrow_mut();
-    state
-      .borrow_mut::<Invocations>()
+    self
+      .invocations
+      .borrow_mut()
       .insert_with(reply, done, now, spec)
   }
 
   /// Starts invocation `id`'s trace if the node keeps trace events;
   /// `event` is only built then.
   fn trace(&mut self, id: u32, event: impl FnOnce() -> EventInfo) {
-    let state = self.js.op_state();
-    let mut state = state.borrow_mut();
-    let invocations = state.borrow_mut::<Invocations>();
+    let mut invocations = self.invocations.borrow_mut();
     if invocations.tracing {
       invocations.trace(id, event(), None);
     }
@@ -362,9 +371,7 @@ impl Worker {
       .and_then(|v| v.to_str().ok())
       .and_then(|v| v.parse::<u64>().ok());
     let (id, body_rid) = {
-      let state_rc = self.js.op_state();
-      let mut state = state_rc.borrow_mut();
-      let invocations = state.borrow_mut::<Invocations>();
+      let mut invocations = self.invocations.borrow_mut();
       let id = invocations.insert_with(reply, done, now, spec);
       if invocations.tracing {
         let traceparent = if invocations.spans {
@@ -385,7 +392,9 @@ impl Worker {
       let has_body =
         !(parts.method == Method::GET || parts.method == Method::HEAD || body.is_end_stream());
       let rid = has_body.then(|| {
-        let meter = isola_ext::BodyMeter::request(Rc::downgrade(&state_rc), id, body_limit);
+        let state = self.js.op_state();
+        let meter = isola_ext::BodyMeter::request(Rc::downgrade(&state), id, body_limit);
+        let mut state = state.borrow_mut();
         state
           .resource_table
           .add(RequestBodyResource::new(body, Some(meter)))
@@ -459,20 +468,20 @@ impl Worker {
   /// as for any turn, so each isolate's total stays exact.
   fn open_turn(&mut self) {
     let limit = self.limits.cpu_limit().as_nanos() as u64;
-    let budget = |js: &JsCell, begin: bool| {
-      let state = js.op_state();
-      let mut state = state.borrow_mut();
-      let invocations = state.borrow_mut::<Invocations>();
+    let budget = |invocations: &InvocationsCell, begin: bool| {
+      let mut invocations = invocations.borrow_mut();
       if begin {
         invocations.begin_turn();
       }
       invocations.cpu_budget(limit)
     };
     match self.open_turn {
-      Some(start) => self.guard.extend(start, budget(&self.js, false)),
+      Some(start) => self.guard.extend(start, budget(&self.invocations, false)),
       None => {
-        tick_clock(&self.js);
-        let budget = budget(&self.js, true);
+        if let Some(clock) = &self.clock {
+          clock.tick();
+        }
+        let budget = budget(&self.invocations, true);
         self.open_turn = Some(self.guard.begin(budget));
       }
     }
@@ -504,9 +513,7 @@ impl Worker {
     let memory = self.heap + self.guard.array_buffer_bytes();
     let mut cpu_limit = LimitExceeded::Cpu(self.limits.cpu_limit());
     let over = {
-      let state = self.js.op_state();
-      let mut state = state.borrow_mut();
-      let invocations = state.borrow_mut::<Invocations>();
+      let mut invocations = self.invocations.borrow_mut();
       invocations.charge_turn(cpu, memory as u64);
       let over = invocations.over_cpu(self.limits.cpu_limit().as_nanos() as u64);
       for (id, limit) in &over {
@@ -544,17 +551,11 @@ impl Worker {
     let wall = self.limits.wall_limit();
     loop {
       let now = std::time::Instant::now();
-      let (expired, earliest) = {
-        let state = self.js.op_state();
-        let state = state.borrow();
-        state.borrow::<Invocations>().past_wall(now, wall)
-      };
+      let (expired, earliest) = self.invocations.borrow().past_wall(now, wall);
       for (id, wall) in expired {
         let limit = LimitExceeded::Wall(wall);
         {
-          let state = self.js.op_state();
-          let mut state = state.borrow_mut();
-          let invocations = state.borrow_mut::<Invocations>();
+          let mut invocations = self.invocations.borrow_mut();
           invocations.limit(id, limit);
           invocations.abandon(id);
         }
@@ -579,9 +580,7 @@ impl Worker {
   /// Ends invocations called through a service binding whose caller has
   /// gone (its own invocation ended, or its isolate stopped).
   fn drop_orphans(&mut self, cx: &mut Context<'_>) {
-    let state = self.js.op_state();
-    let mut state = state.borrow_mut();
-    state.borrow_mut::<Invocations>().drop_orphans(cx);
+    self.invocations.borrow_mut().drop_orphans(cx);
   }
 
   fn log_error(&self, invocation: Option<u32>, message: &str) {
@@ -640,7 +639,7 @@ impl Worker {
 
   /// Invocations not finished yet.
   pub fn in_flight(&self) -> usize {
-    self.js.op_state().borrow().borrow::<Invocations>().len()
+    self.invocations.borrow().len()
   }
 
   /// Memory the isolate holds now (V8 heap in use plus ArrayBuffers).
@@ -660,12 +659,7 @@ impl Worker {
   /// Fails every invocation still waiting for its response, logging why
   /// (the client only sees a plain 500).
   fn fail_pending(&mut self, failure: Failure<'_>) {
-    let failed = self
-      .js
-      .op_state()
-      .borrow_mut()
-      .borrow_mut::<Invocations>()
-      .fail_all(failure);
+    let failed = self.invocations.borrow_mut().fail_all(failure);
     // The event loop ends idle after most requests: nothing to log then.
     if failed.is_empty() {
       return;
