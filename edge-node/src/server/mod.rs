@@ -54,22 +54,28 @@ impl Default for HttpOptions {
 /// the URI is put together from its parsed parts rather than formatted and
 /// parsed again. A `Host` that is no authority (`a/b`, `a b`) gives
 /// `http://invalid/`, so it can never become part of the path.
+///
+/// `last_host` is the connection's last `Host` as parsed: a client sends
+/// the same one on every request, and reusing it saves parsing it into a
+/// new allocation each time.
 pub fn absolute_uri(
   uri: &http::Uri,
   headers: &http::HeaderMap,
   scheme: &Scheme,
   fallback_host: &Authority,
+  last_host: &mut Option<Authority>,
 ) -> http::Uri {
   let invalid = || http::Uri::from_static("http://invalid/");
   let authority = match uri.authority() {
     Some(authority) => authority.clone(),
-    None => match headers
-      .get(http::header::HOST)
-      .and_then(|h| h.to_str().ok())
-    {
-      Some(host) => match Authority::try_from(host) {
-        Ok(authority) => authority,
-        Err(_) => return invalid(),
+    None => match headers.get(http::header::HOST) {
+      Some(host) => match last_host {
+        Some(last) if last.as_str().as_bytes() == host.as_bytes() => last.clone(),
+        _ => match host.to_str().ok().map(Authority::try_from) {
+          Some(Ok(authority)) => last_host.insert(authority).clone(),
+          Some(Err(_)) => return invalid(),
+          None => fallback_host.clone(),
+        },
       },
       None => fallback_host.clone(),
     },
@@ -177,8 +183,15 @@ pub async fn serve<H, F>(
     let handle = handle.clone();
     let fallback_host = fallback_host.clone();
     let scheme = scheme.clone();
+    let last_host = std::cell::RefCell::new(None);
     let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-      let uri = absolute_uri(req.uri(), req.headers(), &scheme, &fallback_host);
+      let uri = absolute_uri(
+        req.uri(),
+        req.headers(),
+        &scheme,
+        &fallback_host,
+        &mut last_host.borrow_mut(),
+      );
       let (mut parts, body) = req.into_parts();
       parts.uri = uri;
       if client_addr {
@@ -246,7 +259,12 @@ mod tests {
       );
     }
     let fallback = Authority::from_static("127.0.0.1:8080");
-    absolute_uri(&uri, &headers, &Scheme::HTTPS, &fallback).to_string()
+    let mut last = None;
+    let first = absolute_uri(&uri, &headers, &Scheme::HTTPS, &fallback, &mut last);
+    // A second request with the same `Host` reuses the parsed one.
+    let again = absolute_uri(&uri, &headers, &Scheme::HTTPS, &fallback, &mut last);
+    assert_eq!(first, again);
+    first.to_string()
   }
 
   #[test]
@@ -269,6 +287,22 @@ mod tests {
     );
     // CONNECT's authority form has no path.
     assert_eq!(absolute("shop.test:443", None), "https://shop.test:443/");
+  }
+
+  #[test]
+  fn a_connection_that_changes_its_host_gets_the_new_one() {
+    let fallback = Authority::from_static("127.0.0.1:8080");
+    let uri: http::Uri = "/p".parse().unwrap();
+    let mut last = None;
+    let mut url = |host: &'static str| {
+      let mut headers = http::HeaderMap::new();
+      headers.insert(http::header::HOST, http::HeaderValue::from_static(host));
+      absolute_uri(&uri, &headers, &Scheme::HTTP, &fallback, &mut last).to_string()
+    };
+    assert_eq!(url("a.test"), "http://a.test/p");
+    assert_eq!(url("b.test:81"), "http://b.test:81/p");
+    assert_eq!(url("a b"), "http://invalid/");
+    assert_eq!(url("b.test:81"), "http://b.test:81/p");
   }
 
   #[test]
