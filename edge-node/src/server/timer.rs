@@ -124,10 +124,13 @@ impl Future for CoarseSleep {
       return Poll::Ready(());
     }
     let key = deadlines.entries.insert((deadline, cx.waker().clone()));
-    if !deadlines.ticking {
-      deadlines.ticking = tick(list.clone());
-    }
+    let start = !std::mem::replace(&mut deadlines.ticking, true);
+    // Started outside the lock: a runtime that is shutting down drops the
+    // task at once, and its drop takes the lock.
     drop(deadlines);
+    if start && !tick(list.clone()) {
+      list.lock().ticking = false;
+    }
     self.entry = Some((list, key));
     Poll::Pending
   }
@@ -147,23 +150,29 @@ fn tick(list: Arc<List>) -> bool {
   let Ok(runtime) = tokio::runtime::Handle::try_current() else {
     return false;
   };
-  /// Whatever ends the task (the list emptied, or its runtime shut down),
-  /// the next sleep starts another.
-  struct Ticking(Arc<List>);
+  /// If the task is dropped before the list empties (its runtime shut
+  /// down), the next sleep starts another.
+  struct Ticking(Option<Arc<List>>);
   impl Drop for Ticking {
     fn drop(&mut self) {
-      self.0.lock().ticking = false;
+      if let Some(list) = self.0.take() {
+        list.lock().ticking = false;
+      }
     }
   }
-  let ticking = Ticking(list);
+  let mut ticking = Ticking(Some(list.clone()));
   runtime.spawn(async move {
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
       interval.tick().await;
-      if !ticking.0.lock().advance(Instant::now()) {
-        // `Ticking`'s drop clears the flag under the lock that a new
-        // sleep takes to register, so none is left without a tick.
+      let mut deadlines = list.lock();
+      if !deadlines.advance(Instant::now()) {
+        // Cleared under the lock that found the list empty, which a new
+        // sleep takes to register: that sleep starts the next task.
+        deadlines.ticking = false;
+        drop(deadlines);
+        ticking.0.take();
         return;
       }
     }
@@ -238,5 +247,10 @@ mod tests {
     // The ticker sees the empty list on its next tick and ends.
     tokio::time::sleep(TICK * 2).await;
     assert!(!THREAD_LIST.with(|l| l.lock().ticking));
+    // The next sleep starts another.
+    let sleep = hyper::rt::Timer::sleep(&CoarseTimer, Duration::from_millis(100));
+    tokio::time::timeout(TICK * 10, sleep)
+      .await
+      .expect("a sleep after the ticking stopped still ends");
   }
 }
