@@ -53,6 +53,7 @@ const {
 } = primordials;
 // Bound from `core.ops` when the snapshot is built, and again by `init`.
 let op_isola_set_clock, op_isola_env, op_isola_fail, op_isola_invocation_done,
+  op_isola_invocations,
   op_isola_response_header, op_isola_respond_text, op_isola_respond_bytes,
   op_isola_respond_stream, op_isola_done_ok, op_isola_no_retry,
   op_isola_return, op_isola_throw, op_isola_missing,
@@ -63,6 +64,7 @@ function bindOps() {
     op_isola_env,
     op_isola_fail,
     op_isola_invocation_done,
+    op_isola_invocations,
     op_isola_response_header,
     op_isola_respond_text,
     op_isola_respond_bytes,
@@ -126,6 +128,11 @@ let entry = null;
 let entryClass = null;
 /** The main module's namespace: named entrypoints of service bindings. */
 let exports = null;
+/**
+ * The isolate's invocations (`op_isola_invocations`, set by `init`): the
+ * first argument of the ops that send a response or end an invocation.
+ */
+let invocations = null;
 
 // ------------------------------------------------------------ FetchEvent --
 /** The promise given to `event.respondWith()`, or null; module-private. */
@@ -197,7 +204,7 @@ const settle = (function settle(inv) {
       if (inv.failed) failWith(inv.id, inv.error, describe(inv.error));
       else op_isola_done_ok(inv.id);
     }
-    op_isola_invocation_done(inv.id);
+    op_isola_invocation_done(invocations, inv.id);
   }
 });
 
@@ -499,7 +506,15 @@ const respond = (function respond(inv, response) {
         body = resourceForReadableStream(s, inner.body.length);
       }
     }
-    send(inv.id, inner.status, inner.headerList, body);
+    // The usual end (a full body, no waitUntil work, no request body to
+    // release): the response op also ends the invocation's JS, one op
+    // call instead of two.
+    const last = inv.pending === 1 && inv.body === null && !inv.responded;
+    if (send(inv.id, inner.status, inner.headerList, body, last)) {
+      inv.responded = true;
+      inv.pending = 0;
+      return;
+    }
   } catch (err) {
     fail(inv, err);
     return;
@@ -509,22 +524,26 @@ const respond = (function respond(inv, response) {
 
 /**
  * Sends invocation `id`'s response: a fast op per header, then the op for
- * its body's kind (none or text, bytes, or a stream's resource id).
+ * its body's kind (none or text, bytes, or a stream's resource id). With
+ * `last`, a full body's op also ends the invocation's JS; returns whether
+ * it did.
  */
-const send = (function send(id, status, headerList, body) {
+const send = (function send(id, status, headerList, body, last) {
   for (let i = 0; i < headerList.length; i++) {
     const header = headerList[i];
-    op_isola_response_header(id, header[0], header[1]);
+    op_isola_response_header(invocations, id, header[0], header[1]);
   }
   if (body === null) {
-    op_isola_respond_text(id, status, "");
+    op_isola_respond_text(invocations, id, status, "", last);
   } else if (typeof body === "string") {
-    op_isola_respond_text(id, status, body);
+    op_isola_respond_text(invocations, id, status, body, last);
   } else if (typeof body === "number") {
     op_isola_respond_stream(id, status, body);
+    return false;
   } else {
-    op_isola_respond_bytes(id, status, body);
+    op_isola_respond_bytes(invocations, id, status, body, last);
   }
+  return last;
 });
 
 function fail(inv, err) {
@@ -644,7 +663,7 @@ function runEvent(id, missing, start) {
   }
   if (result === NO_HANDLER) {
     op_isola_missing(id, missing);
-    op_isola_invocation_done(id);
+    op_isola_invocation_done(invocations, id);
     return;
   }
   const end = (err, failed) => {
@@ -892,6 +911,7 @@ const init = (function init() {
   // op's slow form stays polymorphic, and V8 makes no fast call there.
   bindOps();
   bindGlobalScopeOps();
+  invocations = op_isola_invocations();
 });
 
 /**

@@ -90,6 +90,7 @@ deno_core::extension!(
     ops::op_isola_respond_stream,
     ops::op_isola_fail,
     ops::op_isola_invocation_done,
+    ops::op_isola_invocations,
     ops::op_isola_subrequest,
     ops::op_isola_fetch_span,
     ops::op_isola_fetch_span_done,

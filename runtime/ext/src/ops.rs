@@ -15,6 +15,8 @@ use http::StatusCode;
 
 use crate::body::ResponseBody;
 use crate::invocation::Invocations;
+use crate::invocation::InvocationsCell;
+use crate::invocation::InvocationsRef;
 use crate::invocation::Reply;
 use crate::log::Level;
 use crate::log::LogRecord;
@@ -31,7 +33,7 @@ use crate::WorkerName;
 /// still refuses is dropped.
 #[op2(fast)]
 pub fn op_isola_response_header(
-  state: &mut OpState,
+  #[cppgc] invocations: &InvocationsRef,
   #[smi] id: u32,
   #[string(onebyte)] name: Cow<'_, [u8]>,
   #[string(onebyte)] value: Cow<'_, [u8]>,
@@ -40,37 +42,41 @@ pub fn op_isola_response_header(
     HeaderName::from_bytes(&name),
     HeaderValue::from_bytes(&value),
   ) {
-    crate::invocations(state).add_response_header(id, name, value);
+    invocations.get().add_response_header(id, name, value);
   }
 }
 
 /// Sends the response of invocation `id` with a text body (UTF-8 on the
-/// wire; an empty one for a null body).
+/// wire; an empty one for a null body). With `last`, the invocation's JS
+/// is done too (as [`op_isola_invocation_done`]).
 #[op2(fast)]
 pub fn op_isola_respond_text(
-  state: &mut OpState,
+  #[cppgc] invocations: &InvocationsRef,
   #[smi] id: u32,
   #[smi] status: u32,
   #[string] body: Cow<'_, str>,
+  last: bool,
 ) -> Result<(), JsErrorBox> {
   let body = match body {
     // The slow form's conversion (a two-byte string): already a copy.
     Cow::Owned(text) => Bytes::from(text),
     Cow::Borrowed(text) => Bytes::copy_from_slice(text.as_bytes()),
   };
-  respond_full(state, id, status, body)
+  respond_full(&mut invocations.get(), id, status, body, last)
 }
 
 /// Sends the response of invocation `id` with a copy of a `Uint8Array`'s
 /// bytes (deno_fetch keeps every static body that is not text as one).
+/// `last` as for [`op_isola_respond_text`].
 #[op2(fast)]
 pub fn op_isola_respond_bytes(
-  state: &mut OpState,
+  #[cppgc] invocations: &InvocationsRef,
   #[smi] id: u32,
   #[smi] status: u32,
   #[buffer(copy)] body: Bytes,
+  last: bool,
 ) -> Result<(), JsErrorBox> {
-  respond_full(state, id, status, body)
+  respond_full(&mut invocations.get(), id, status, body, last)
 }
 
 /// Sends the response of invocation `id` with the body of the
@@ -109,16 +115,24 @@ fn status_code(status: u32) -> Result<StatusCode, JsErrorBox> {
 }
 
 /// A whole body: counted, held to the response body limit, sent.
-fn respond_full(state: &mut OpState, id: u32, status: u32, body: Bytes) -> Result<(), JsErrorBox> {
+fn respond_full(
+  invocations: &mut Invocations,
+  id: u32,
+  status: u32,
+  body: Bytes,
+  last: bool,
+) -> Result<(), JsErrorBox> {
   let status = status_code(status)?;
-  let mut invocations = crate::invocations(state);
   invocations.add_bytes_out(id, body.len() as u64);
   let limit = invocations.response_body_limit;
   if limit != 0 && body.len() as u64 > limit {
     invocations.limit(id, LimitExceeded::ResponseBody(limit));
-    return Ok(());
+  } else {
+    send(invocations, id, status, ResponseBody::full(body));
   }
-  send(&mut invocations, id, status, ResponseBody::full(body));
+  if last {
+    invocations.js_finished(id);
+  }
   Ok(())
 }
 
@@ -171,8 +185,16 @@ fn trace_exception(
 /// Marks invocation `id` finished: its response is out and its `waitUntil`
 /// promises have settled.
 #[op2(fast)]
-pub fn op_isola_invocation_done(state: &mut OpState, #[smi] id: u32) {
-  crate::invocations(state).js_finished(id);
+pub fn op_isola_invocation_done(#[cppgc] invocations: &InvocationsRef, #[smi] id: u32) {
+  invocations.get().js_finished(id);
+}
+
+/// The isolate's invocations for the ops that take them as an argument;
+/// `init` asks once per isolate.
+#[op2]
+#[cppgc]
+pub fn op_isola_invocations(state: &mut OpState) -> InvocationsRef {
+  InvocationsRef::new(state.borrow::<InvocationsCell>().clone())
 }
 
 /// Counts an outbound `fetch()` of invocation `id`; past the limit the

@@ -380,6 +380,7 @@ impl Isolate {
       preloaded: false,
       url: Vec::new(),
       context,
+      strings: Default::default(),
     })
   }
 }

@@ -4,6 +4,7 @@
 //! - `isolate`: [`Isolate`], started from the snapshot, and loading a worker;
 //! - `running`: [`Worker`], its turns, limits and event loop;
 //! - `handle`: [`WorkerHandle`] and [`Invocation`], the caller's side;
+//! - `strings`: the JS strings of a request's method and header names, held;
 //! - `enter`: every `unsafe` line (entering and exiting V8 isolates).
 
 mod config;
@@ -11,6 +12,7 @@ mod enter;
 mod handle;
 mod isolate;
 mod running;
+mod strings;
 
 pub use config::WorkerConfig;
 pub(crate) use handle::Answer;

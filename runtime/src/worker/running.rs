@@ -174,6 +174,8 @@ pub struct Worker {
   pub(super) clock: Option<Rc<isola_ext::Clock>>,
   /// The isolate's invocations, also in its `OpState` for the ops.
   pub(super) invocations: InvocationsCell,
+  /// The JS strings of request methods and header names, made once.
+  pub(super) strings: super::strings::RequestStrings,
 }
 
 impl Worker {
@@ -411,7 +413,9 @@ impl Worker {
       v8::scope_with_context!(scope, &mut *js.v8_isolate(), &self.context);
       v8::tc_scope!(let scope, scope);
       let id_v = v8::Integer::new(scope, id as i32).into();
-      let method = v8::String::new(scope, parts.method.as_str())
+      let method = self
+        .strings
+        .method(scope, &parts.method)
         .expect("method fits")
         .into();
       let url_v = v8::String::new_from_utf8(scope, &url, v8::NewStringType::Normal)
@@ -419,11 +423,7 @@ impl Worker {
         .into();
       let mut flat = FlatHeaders::new();
       for (name, value) in &parts.headers {
-        let n = v8::String::new_from_one_byte(
-          scope,
-          name.as_str().as_bytes(),
-          v8::NewStringType::Internalized,
-        );
+        let n = self.strings.header_name(scope, name);
         let v = v8::String::new_from_one_byte(scope, value.as_bytes(), v8::NewStringType::Normal);
         if let (Some(n), Some(v)) = (n, v) {
           flat.push(n.into());

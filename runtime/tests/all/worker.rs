@@ -179,6 +179,97 @@ fn invocation_finishes_after_wait_until_settles() {
   });
 }
 
+/// However a response ends (a text, bytes or stream body, sent at once or
+/// after an await, with or without a request body), its invocation
+/// finishes: the response op that also ends the JS, or the op after it.
+fn every_kind_of_response_finishes_its_invocation() {
+  rt().block_on(async {
+    let code = r#"
+      export default {
+        async fetch(request) {
+          const kind = new URL(request.url).pathname;
+          if (kind === "/later") await new Promise((r) => setTimeout(r, 1));
+          if (kind === "/bytes") return new Response(new Uint8Array([1, 2]));
+          if (kind === "/stream") return new Response(new Blob(["s"]).stream());
+          if (kind === "/none") return new Response(null, { status: 204 });
+          return new Response("t");
+        },
+      };
+    "#;
+    let worker = Worker::new(bundle(code), &WorkerConfig::new("f"), LogSink::discard())
+      .await
+      .unwrap()
+      .spawn();
+    for round in 0..300 {
+      for path in ["/text", "/later", "/bytes", "/stream", "/none", "/post"] {
+        let mut request = isola_runtime::empty_request(&format!("http://f.test{path}"));
+        if path == "/post" {
+          *request.method_mut() = http::Method::POST;
+          *request.body_mut() =
+            isola_runtime::request_body(http_body_util::Full::new(Bytes::from_static(b"unread")));
+        }
+        let mut inv = worker.invoke(request);
+        let response = inv.response().await.unwrap();
+        assert!(
+          response.status().is_success(),
+          "{path}: {}",
+          response.status()
+        );
+        let _ = response.into_body().collect_bytes().await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), inv.finished())
+          .await
+          .unwrap_or_else(|_| panic!("{path} (round {round}): the invocation never finished"));
+      }
+    }
+  });
+}
+
+/// Request header names reach JS as they came, however many distinct
+/// ones an isolate sees (it holds the JS strings of some), and the method
+/// too, whether it is a usual one or not.
+fn request_header_names_and_methods_reach_js() {
+  rt().block_on(async {
+    let code = r#"
+      export default {
+        fetch(request) {
+          const name = new URL(request.url).searchParams.get("n");
+          return new Response(`${request.method} ${request.headers.get(name)} ${[...request.headers.keys()].join(",")}`);
+        },
+      };
+    "#;
+    let worker = Worker::new(bundle(code), &WorkerConfig::new("n"), LogSink::discard())
+      .await
+      .unwrap()
+      .spawn();
+    let methods = ["GET", "POST", "DELETE", "PATCH", "PURGE", "OPTIONS"];
+    for i in 0..200 {
+      let name = format!("x-name-{}", i % 150);
+      let method = methods[i % methods.len()];
+      let mut request = isola_runtime::empty_request(&format!("http://n.test/?n={name}"));
+      *request.method_mut() = http::Method::from_bytes(method.as_bytes()).unwrap();
+      request
+        .headers_mut()
+        .insert(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
+      request.headers_mut().insert(
+        http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+        http::HeaderValue::from_str(&format!("v{i}")).unwrap(),
+      );
+      let body = worker
+        .fetch(request)
+        .await
+        .unwrap()
+        .into_body()
+        .collect_bytes()
+        .await
+        .unwrap();
+      assert_eq!(
+        std::str::from_utf8(&body).unwrap(),
+        format!("{method} v{i} accept,{name}"),
+      );
+    }
+  });
+}
+
 /// A running worker `name` whose every request is a busy loop, with a
 /// 20 ms CPU limit.
 async fn busy_loop(name: &str) -> isola_runtime::WorkerHandle {
@@ -398,6 +489,14 @@ pub fn trials() -> Vec<Trial> {
     trial(
       "a_busy_loop_after_a_quiet_spell_is_still_stopped",
       a_busy_loop_after_a_quiet_spell_is_still_stopped,
+    ),
+    trial(
+      "every_kind_of_response_finishes_its_invocation",
+      every_kind_of_response_finishes_its_invocation,
+    ),
+    trial(
+      "request_header_names_and_methods_reach_js",
+      request_header_names_and_methods_reach_js,
     ),
   ]
 }
