@@ -430,11 +430,11 @@ class RequestBody extends InnerBody {
  * @param {number} id invocation id
  * @param {string} method
  * @param {string} url absolute URL
- * @param {string[]} headers flat name/value list
  * @param {number | null} bodyRid resource id of the request body stream
  * @param {string | null} entrypoint named export a service binding calls
+ * @param {...string} headers flat name/value list
  */
-const dispatch = (function dispatch(id, method, url, headers, bodyRid, entrypoint) {
+const dispatch = (function dispatch(id, method, url, bodyRid, entrypoint, ...headers) {
   const body = bodyRid === null ? null : new RequestBody(bodyRid);
   const inner = new IncomingInnerRequest(method, url, headers, body);
   const request = fromInnerRequest(inner, "immutable");
