@@ -15,9 +15,13 @@ TurboFan to finish, and reports per request:
   API form and in the slow one.
 
 usage: python3 bench/instructions.py [--workload hello] [--warmup 30]
-           [--seconds 8] [--connections 1] EDGE_BINARY [EDGE_BINARY ...]
+           [--seconds 8] [--connections 1] [--peers] EDGE_BINARY [EDGE_BINARY ...]
 
 With two or more binaries the table compares them, the first as the base.
+`--peers` adds `deno serve` and raw hyper (the harness's binaries, see
+`bench/measure.py`) under the same load: for them only the whole process's
+instructions per request (every thread; requests as wrk counted them),
+the row to read ours against.
 Needs valgrind and wrk. Kernel time is not counted (see bench/README.md).
 """
 
@@ -53,6 +57,9 @@ ROWS = [
     ("op calls", "::v8_fn_ptr", "calls"),
     ("  fast form", "::v8_fn_ptr_fast", "calls"),
 ]
+# Every thread of the process, from the dump's totals: the only row the
+# peers have.
+WHOLE = "whole process, instructions"
 # Rows computed from two others: (label, row, minus row). The JS call's count
 # moves by a few per cent from run to run (where its scavenges and tier-ups
 # fall); the rest of the thread's does not.
@@ -70,12 +77,17 @@ _NAMED = re.compile(r"c?fn=\((\d+)\)(?: (.*))?")
 
 def call_totals(lines, patterns: list[str]) -> dict[str, tuple[int, int]]:
     """For each pattern: (calls, inclusive Ir of those calls) over every call
-    site in a callgrind output file whose callee's name contains it."""
+    site in a callgrind output file whose callee's name contains it; under
+    WHOLE, (0, the file's total Ir)."""
     names: dict[str, str] = {}
     totals = {p: [0, 0] for p in patterns}
+    totals[WHOLE] = [0, 0]
     callee = None
     pending: list[str] | None = None
     for line in lines:
+        if line.startswith(("totals:", "summary:")):
+            totals[WHOLE][1] = int(line.split()[1])
+            continue
         if pending is not None:
             fields = line.split()
             if len(fields) >= 2:
@@ -106,7 +118,7 @@ def per_request(totals: dict[str, tuple[int, int]]) -> dict[str, float] | None:
     requests = totals[REQUEST_MARK][0]
     if requests == 0:
         return None
-    out = {"requests": float(requests)}
+    out = {"requests": float(requests), WHOLE: totals[WHOLE][1] / requests}
     for label, pattern, take in ROWS:
         calls, ir = totals[pattern]
         out[label] = (ir if take == "incl" else calls) / requests
@@ -121,12 +133,15 @@ def render(results: list[tuple[str, dict[str, float]]]) -> str:
     rule = "|---|" + "--:|" * len(results)
     rows = [head, rule]
     base = results[0][1]
-    labels = [label for label, _, _ in ROWS]
+    labels = [WHOLE] + [label for label, _, _ in ROWS]
     for label, row, _ in DERIVED:
         labels.insert(labels.index(row) + 1, label)
     for label in labels:
         cells = []
         for i, (_, r) in enumerate(results):
+            if label not in r:
+                cells.append("–")
+                continue
             v = r[label]
             cell = f"{v:,.0f}" if v >= 100 else f"{v:.2f}"
             if i > 0 and base[label]:
@@ -137,28 +152,28 @@ def render(results: list[tuple[str, dict[str, float]]]) -> str:
     return "\n".join(rows) + f"\n\nRequests counted: {counted}.\n"
 
 
-def measure(binary: Path, workload: str, warmup: int, seconds: int,
-            connections: int, out: Path) -> dict[str, float]:
-    """One binary under callgrind: warm up, zero, load, dump, parse."""
+def run_counted(argv: list[str], env: dict | None, workload: str, port: int, warmup: int,
+                seconds: int, connections: int, out: Path) -> tuple[Path, int]:
+    """`argv` under callgrind: warm up, zero, load, dump. Returns the dump
+    and the requests wrk counted meanwhile."""
     wdir = servers.WORKLOADS_DIR / workload
-    port = servers.free_port()
     prefix = out / "callgrind.out"
     argv = ["valgrind", "--tool=callgrind", "--smc-check=all-non-file",
-            f"--callgrind-out-file={prefix}.%p", str(binary), "dev",
-            str(wdir / "worker.js"), "--listen", f"127.0.0.1:{port}"]
-    proc = servers.spawn(argv, out / "server.log", dict(os.environ, ISOLA_LOG="warn"))
+            f"--callgrind-out-file={prefix}.%p", *argv]
+    proc = servers.spawn(argv, out / "server.log", env)
     try:
         if servers.wait_first_200(proc, port, 300, poll_s=0.2) is None:
-            raise RuntimeError(f"{binary} did not answer under valgrind; see {out / 'server.log'}")
+            raise RuntimeError(f"{argv[4]} did not answer under valgrind; see {out / 'server.log'}")
         script = ["-s", str(wdir / "wrk.lua")] if (wdir / "wrk.lua").exists() else []
 
-        def load(secs: int) -> None:
-            subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{secs}s", *script,
-                            f"http://127.0.0.1:{port}/"], check=True, capture_output=True)
+        def load(secs: int) -> str:
+            return subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{secs}s", *script,
+                                   f"http://127.0.0.1:{port}/"], check=True,
+                                  capture_output=True, text=True).stdout
 
         load(warmup)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
-        load(seconds)
+        report = load(seconds)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
         time.sleep(1)
     finally:
@@ -166,11 +181,37 @@ def measure(binary: Path, workload: str, warmup: int, seconds: int,
     dumps = sorted(out.glob("callgrind.out.*.1"))
     if not dumps:
         raise RuntimeError(f"callgrind wrote no dump in {out}")
-    with open(dumps[-1], errors="replace") as f:
+    m = re.search(r"(\d+) requests in", report)
+    return dumps[-1], int(m.group(1)) if m else 0
+
+
+def measure(binary: Path, workload: str, warmup: int, seconds: int,
+            connections: int, out: Path) -> dict[str, float]:
+    """One edge binary under callgrind, every row."""
+    wdir = servers.WORKLOADS_DIR / workload
+    port = servers.free_port()
+    argv = [str(binary), "dev", str(wdir / "worker.js"), "--listen", f"127.0.0.1:{port}"]
+    dump, _ = run_counted(argv, dict(os.environ, ISOLA_LOG="warn"), workload, port,
+                          warmup, seconds, connections, out)
+    with open(dump, errors="replace") as f:
         result = per_request(call_totals(f, PATTERNS))
     if result is None:
-        raise RuntimeError(f"no request was counted in {dumps[-1]}")
+        raise RuntimeError(f"no request was counted in {dump}")
     return result
+
+
+def measure_peer(server: str, workload: str, warmup: int, seconds: int,
+                 connections: int, out: Path) -> dict[str, float]:
+    """A peer (`deno`, `hyper`) under callgrind: the whole process per request."""
+    import measure as harness  # the harness's binaries and peers
+    port = servers.free_port()
+    argv, env = servers.server_argv(server, harness.BINS, harness.PEERS, workload, port)
+    dump, requests = run_counted(argv, env, workload, port, warmup, seconds, connections, out)
+    if requests == 0:
+        raise RuntimeError(f"wrk counted no request of {server}")
+    with open(dump, errors="replace") as f:
+        total = call_totals(f, [])[WHOLE][1]
+    return {"requests": float(requests), WHOLE: total / requests}
 
 
 def main() -> None:
@@ -180,6 +221,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=30, help="seconds of load before counting")
     ap.add_argument("--seconds", type=int, default=8, help="seconds of load counted")
     ap.add_argument("--connections", type=int, default=1)
+    ap.add_argument("--peers", action="store_true",
+                    help="also count deno serve and raw hyper (whole process only)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     servers.install_cleanup()
@@ -193,6 +236,14 @@ def main() -> None:
             r = measure(binary.resolve(), args.workload, args.warmup, args.seconds,
                         args.connections, out)
             results.append((f"{binary.parent.name}/{binary.name}", r))
+        for peer in ["deno", "hyper"] if args.peers else []:
+            out = Path(tmp) / peer
+            out.mkdir()
+            print(f"counting {peer} ({args.warmup} s warm-up, {args.seconds} s counted)",
+                  file=sys.stderr)
+            r = measure_peer(peer, args.workload, args.warmup, args.seconds,
+                             args.connections, out)
+            results.append((peer, r))
     print(render(results))
     if args.json:
         args.json.write_text(json.dumps(dict(results), indent=1))

@@ -279,6 +279,7 @@ calls=1 0
 cfn=(3)
 calls=1 0
 0 10
+totals: 300
 """
 
 
@@ -309,6 +310,15 @@ class Instructions(unittest.TestCase):
         self.assertIn("| V8 thread, instructions | 130 | 117 (-10.0 %) |", md)
         self.assertIn("| clock reads (Rust's std) | 3.00 | 3.00 (+0.0 %) |", md)
         self.assertIn("|   outside the JS call | 80.00 | 67.00 (-16.2 %) |", md)
+
+    def test_the_whole_process_and_a_peer_column(self):
+        a = instructions.per_request(self.totals())
+        self.assertEqual(a[instructions.WHOLE], 150)
+        peer = {"requests": 10.0, instructions.WHOLE: 75.0}
+        md = instructions.render([("A/isola-edge", a), ("deno", peer)])
+        self.assertIn("| whole process, instructions | 150 | 75.00 (-50.0 %) |", md)
+        self.assertIn("| V8 thread, instructions | 130 | – |", md)
+        self.assertIn("Requests counted: A/isola-edge 2, deno 10.", md)
 
     def test_no_request_is_no_result(self):
         self.assertIsNone(instructions.per_request(
