@@ -21,6 +21,7 @@ import { addQueueBindings, messageBatch } from "ext:isola_queue/01_queue.js";
 const {
   ArrayPrototypePush,
   Error,
+  FunctionPrototypeCall,
   ObjectDefineProperty,
   ObjectFreeze,
   ObjectGetOwnPropertyNames,
@@ -236,14 +237,18 @@ const receiver = (function receiver(entrypoint, ctx) {
   return null;
 });
 
-/** Calls handler `name` of the entrypoint; NO_HANDLER if it has none. */
-const callHandler = (function callHandler(found, name, args, ctx) {
-  const f = found.target[name];
+/**
+ * Calls handler `name` of the entrypoint with `arg` (and `env`, `ctx` for
+ * an exported object); NO_HANDLER if it has none. A direct call: through
+ * an array and `Reflect.apply` it cost two builtins and an array a request.
+ */
+const callHandler = (function callHandler(found, name, arg, ctx) {
+  const target = found.target;
+  const f = target[name];
   if (typeof f !== "function") return NO_HANDLER;
-  if (!found.classStyle) {
-    ArrayPrototypePush(args, env, ctx);
-  }
-  return ReflectApply(f, found.target, args);
+  return found.classStyle
+    ? FunctionPrototypeCall(f, target, arg)
+    : FunctionPrototypeCall(f, target, arg, env, ctx);
 });
 
 // -------------------------------------------------------------- dispatch --
@@ -448,7 +453,7 @@ const dispatch = (function dispatch(id, method, url, bodyRid, entrypoint, ...hea
     const found = receiver(entrypoint, ctx);
     result = found === null
       ? dispatchFetchEvent(request, ctx)
-      : callHandler(found, "fetch", [request], ctx);
+      : callHandler(found, "fetch", request, ctx);
     if (result === NO_HANDLER) {
       throw new TypeError("Handler does not export a fetch() function.");
     }
@@ -626,7 +631,7 @@ function scheduled(id, cron, scheduledTime) {
     const found = receiver(null, ctx);
     if (found !== null) {
       const controller = new ScheduledController(INTERNAL, id, cron, scheduledTime);
-      return callHandler(found, "scheduled", [controller], ctx);
+      return callHandler(found, "scheduled", controller, ctx);
     }
     if (event.listenerCount(globalEvents, "scheduled") === 0) return NO_HANDLER;
     globalEvents.dispatchEvent(new ScheduledEvent(INTERNAL, id, cron, scheduledTime, ctx));
@@ -696,7 +701,7 @@ function queue(id) {
     const found = receiver(null, ctx);
     return found === null
       ? NO_HANDLER
-      : callHandler(found, "queue", [messageBatch(id)], ctx);
+      : callHandler(found, "queue", messageBatch(id), ctx);
   });
 }
 
