@@ -44,11 +44,7 @@ impl RequestStrings {
     if let Some(held) = &self.methods[i] {
       return Some(v8::Local::new(scope, held));
     }
-    let made = v8::String::new_from_one_byte(
-      scope,
-      method.as_str().as_bytes(),
-      v8::NewStringType::Internalized,
-    )?;
+    let made = internalized(scope, method.as_str())?;
     self.methods[i] = Some(v8::Global::new(scope, made));
     Some(made)
   }
@@ -62,11 +58,7 @@ impl RequestStrings {
     if let Some(held) = self.names.get(name) {
       return Some(v8::Local::new(scope, held));
     }
-    let made = v8::String::new_from_one_byte(
-      scope,
-      name.as_str().as_bytes(),
-      v8::NewStringType::Internalized,
-    )?;
+    let made = internalized(scope, name.as_str())?;
     if self.names.len() < NAMES_HELD {
       self
         .names
@@ -74,4 +66,12 @@ impl RequestStrings {
     }
     Some(made)
   }
+}
+
+/// `text` (a method or header name: ASCII) as an internalized JS string.
+fn internalized<'s>(
+  scope: &mut v8::PinScope<'s, '_>,
+  text: &str,
+) -> Option<v8::Local<'s, v8::String>> {
+  v8::String::new_from_one_byte(scope, text.as_bytes(), v8::NewStringType::Internalized)
 }

@@ -25,6 +25,14 @@ async fn text(worker: &mut Worker, url: &str) -> Result<String, Error> {
   Ok(String::from_utf8(body.to_vec()).unwrap())
 }
 
+/// `code` loaded as worker `name`, running in its task.
+async fn running(code: &str, name: &str) -> WorkerHandle {
+  Worker::new(bundle(code), &WorkerConfig::new(name), LogSink::discard())
+    .await
+    .unwrap()
+    .spawn()
+}
+
 fn rt() -> tokio::runtime::Runtime {
   tokio::runtime::Builder::new_current_thread()
     .enable_all()
@@ -45,10 +53,7 @@ fn one_isolate_serves_concurrent_requests() {
         },
       };
     "#;
-    let worker = Worker::new(bundle(code), &WorkerConfig::new("c"), LogSink::discard())
-      .await
-      .unwrap()
-      .spawn();
+    let worker = running(code, "c").await;
     let calls = (0..10).map(|_| worker.fetch(isola_runtime::empty_request("http://c.test/")));
     let responses = futures::future::join_all(calls).await;
     let mut max = 0;
@@ -148,10 +153,7 @@ fn invocation_finishes_after_wait_until_settles() {
         },
       };
     "#;
-    let worker = Worker::new(bundle(code), &WorkerConfig::new("w"), LogSink::discard())
-      .await
-      .unwrap()
-      .spawn();
+    let worker = running(code, "w").await;
     let mut inv = worker.invoke(isola_runtime::empty_request("http://w.test/"));
     let body = inv
       .response()
@@ -196,10 +198,7 @@ fn every_kind_of_response_finishes_its_invocation() {
         },
       };
     "#;
-    let worker = Worker::new(bundle(code), &WorkerConfig::new("f"), LogSink::discard())
-      .await
-      .unwrap()
-      .spawn();
+    let worker = running(code, "f").await;
     for round in 0..300 {
       for path in ["/text", "/later", "/bytes", "/stream", "/none", "/post"] {
         let mut request = isola_runtime::empty_request(&format!("http://f.test{path}"));
@@ -237,10 +236,7 @@ fn request_header_names_and_methods_reach_js() {
         },
       };
     "#;
-    let worker = Worker::new(bundle(code), &WorkerConfig::new("n"), LogSink::discard())
-      .await
-      .unwrap()
-      .spawn();
+    let worker = running(code, "n").await;
     let methods = ["GET", "POST", "DELETE", "PATCH", "PURGE", "OPTIONS"];
     for i in 0..200 {
       let name = format!("x-name-{}", i % 150);
