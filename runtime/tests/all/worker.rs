@@ -25,6 +25,21 @@ async fn text(worker: &mut Worker, url: &str) -> Result<String, Error> {
   Ok(String::from_utf8(body.to_vec()).unwrap())
 }
 
+/// The body of `worker`'s response to `request`.
+async fn body_of(
+  worker: &WorkerHandle,
+  request: http::Request<isola_runtime::RequestBody>,
+) -> Bytes {
+  worker
+    .fetch(request)
+    .await
+    .unwrap()
+    .into_body()
+    .collect_bytes()
+    .await
+    .unwrap()
+}
+
 /// `code` loaded as worker `name`, running in its task.
 async fn running(code: &str, name: &str) -> WorkerHandle {
   Worker::new(bundle(code), &WorkerConfig::new(name), LogSink::discard())
@@ -165,14 +180,7 @@ fn invocation_finishes_after_wait_until_settles() {
       .unwrap();
     assert_eq!(&body[..], b"sent");
     inv.finished().await;
-    let body = worker
-      .fetch(isola_runtime::empty_request("http://w.test/check"))
-      .await
-      .unwrap()
-      .into_body()
-      .collect_bytes()
-      .await
-      .unwrap();
+    let body = body_of(&worker, isola_runtime::empty_request("http://w.test/check")).await;
     assert_eq!(
       &body[..],
       b"true",
@@ -250,14 +258,7 @@ fn request_header_names_and_methods_reach_js() {
         http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
         http::HeaderValue::from_str(&format!("v{i}")).unwrap(),
       );
-      let body = worker
-        .fetch(request)
-        .await
-        .unwrap()
-        .into_body()
-        .collect_bytes()
-        .await
-        .unwrap();
+      let body = body_of(&worker, request).await;
       assert_eq!(
         std::str::from_utf8(&body).unwrap(),
         format!("{method} v{i} accept,{name}"),
