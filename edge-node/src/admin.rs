@@ -53,7 +53,7 @@ impl Admin {
 
   /// Serves the admin endpoints on `listener` until `shutdown`.
   pub async fn serve(self, listener: tokio::net::TcpListener, shutdown: watch::Receiver<bool>) {
-    let handle = move |req: http::Request<isola_runtime::RequestBody>| {
+    let handle = move |req: http::Request<isola_runtime::RequestBody>, _client| {
       let response = self.answer(req.uri().path());
       async move { response }
     };

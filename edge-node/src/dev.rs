@@ -298,7 +298,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
   let (done_tx, done_rx) = std::sync::mpsc::channel();
   let pool = runtime.clone();
   let test_scheduled = args.test_scheduled;
-  let handler = move |req: http::Request<isola_runtime::RequestBody>| {
+  let handler = move |req: http::Request<isola_runtime::RequestBody>, client| {
     let (pool, main) = (pool.clone(), main.clone());
     async move {
       if test_scheduled && req.uri().path() == "/__scheduled" {
@@ -309,7 +309,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
           .unwrap_or_default();
         return test_scheduled_run(&pool, &main, cron).await;
       }
-      match pool.fetch(&main.key, main.source(), req).await {
+      match pool.fetch_from(&main.key, main.source(), req, client).await {
         Ok(response) => response,
         Err(e) => isola_runtime::error_response(&e),
       }

@@ -457,6 +457,7 @@ impl Node {
     &self,
     metrics: &Metrics,
     req: http::Request<isola_runtime::RequestBody>,
+    client: Option<std::net::IpAddr>,
   ) -> http::Response<ResponseBody> {
     let start = Instant::now();
     let state = self.state.load_full();
@@ -486,7 +487,11 @@ impl Node {
       let active = active.clone();
       move || Ok((active.bundle.clone(), active.config.clone()))
     };
-    let response = match self.runtime.fetch(&active.key, source, req).await {
+    let response = match self
+      .runtime
+      .fetch_from(&active.key, source, req, client)
+      .await
+    {
       Ok(r) => r,
       Err(e) => {
         if e.throttled().is_some() {

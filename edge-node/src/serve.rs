@@ -163,9 +163,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   for (listener, tls) in [(Some(http), None), (https, tls)] {
     let Some(listener) = listener else { continue };
     let (node, metrics) = (node.clone(), metrics.clone());
-    let handler = move |req| {
+    let handler = move |req, client| {
       let (node, metrics) = (node.clone(), metrics.clone());
-      async move { node.handle(&metrics, req).await }
+      async move { node.handle(&metrics, req, client).await }
     };
     crate::server::serve_on_each_thread(
       &runtime,

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use isola_runtime::Bundle;
-use isola_runtime::ClientAddr;
 use isola_runtime::Isolate;
 use isola_runtime::LogSink;
 use isola_runtime::PackedWriter;
@@ -45,17 +44,13 @@ fn rt() -> tokio::runtime::Runtime {
     .unwrap()
 }
 
-/// A request as an edge's server hands it over: with a user agent and the
-/// client's address.
+/// A request as an edge's server hands it over, with a user agent.
 fn hello_request() -> http::Request<isola_runtime::RequestBody> {
   let mut request = isola_runtime::empty_request("http://bench.test/");
   request.headers_mut().insert(
     http::header::USER_AGENT,
     http::HeaderValue::from_static("wrk"),
   );
-  request
-    .extensions_mut()
-    .insert(ClientAddr(std::net::Ipv4Addr::LOCALHOST.into()));
   request
 }
 

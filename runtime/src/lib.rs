@@ -79,7 +79,6 @@ pub use crate::services::Services;
 pub use crate::services::MAX_CHAIN_DEPTH;
 pub use crate::specifier::clean_message;
 pub use crate::storage::MemoryKv;
-pub use crate::trace::ClientAddr;
 pub use crate::trace::FetchStart;
 pub use crate::trace::PackedBytes;
 pub use crate::trace::PackedWriter;

@@ -73,8 +73,6 @@ struct Inner {
   code_cache_misses: Counter,
   code_cache_rejections: Counter,
   code_cache_memory: Gauge,
-  /// foldhash, as `series`.
-  usage: Mutex<foldhash::HashMap<VersionId, Usage>>,
   throttled: Family<WorkerLabels, Counter>,
   workers_throttled: Gauge,
   quarantined: Gauge,
@@ -97,6 +95,11 @@ struct Series {
   outcomes: Vec<(Outcome, Counter)>,
   http_classes: Vec<(&'static str, Counter)>,
   http_latency: Option<Histogram>,
+  /// Usage per version since the last drain (a worker serves one or two
+  /// versions at a time): kept here, a record takes one lock and one
+  /// lookup by name, where a map by (worker, version) cost another lock
+  /// and a hash of both names.
+  usage: Vec<(Arc<str>, Usage)>,
 }
 
 /// The series every invocation record adds to.
@@ -125,6 +128,18 @@ impl InvocationSeries {
   }
 }
 
+/// The usage of `version` in a worker's `usage`, added on its first record.
+fn version_usage<'u>(usage: &'u mut Vec<(Arc<str>, Usage)>, version: &Arc<str>) -> &'u mut Usage {
+  let at = match usage.iter().position(|(v, _)| v == version) {
+    Some(at) => at,
+    None => {
+      usage.push((version.clone(), Usage::default()));
+      usage.len() - 1
+    }
+  };
+  &mut usage[at].1
+}
+
 /// The counter kept under `key` in `counters`, made by `make` the first time.
 fn counter_of<K: PartialEq>(
   counters: &mut Vec<(K, Counter)>,
@@ -151,9 +166,6 @@ impl Inner {
     f(self, map.entry(Arc::from(worker)).or_default())
   }
 }
-
-/// (worker, version)
-type VersionId = (Arc<str>, Arc<str>);
 
 /// Metering of a node. Cheap to clone; feed it through [`Metrics::sink`].
 #[derive(Clone)]
@@ -314,7 +326,6 @@ impl Metrics {
         code_cache_misses,
         code_cache_rejections,
         code_cache_memory,
-        usage: Mutex::default(),
         throttled,
         workers_throttled,
         quarantined,
@@ -335,6 +346,7 @@ impl Metrics {
         i.invocations.get_or_create(&labels()).clone()
       })
       .inc();
+      *version_usage(&mut s.usage, &r.version) += &usage_of(r);
       let s = s
         .invocations
         .get_or_insert_with(|| InvocationSeries::new(i, &r.worker));
@@ -345,10 +357,6 @@ impl Metrics {
       s.ingress.inc_by(r.bytes_in);
       s.subrequests.inc_by(u64::from(r.subrequests));
     });
-    let mut usage = i.usage.lock().unwrap_or_else(|e| e.into_inner());
-    *usage
-      .entry((r.worker.clone(), r.version.clone()))
-      .or_default() += &usage_of(r);
   }
 
   /// Counts one request of `worker` answered without running it because
@@ -403,8 +411,12 @@ impl Metrics {
   /// Usage totals per (worker, version) since the last drain, and resets
   /// them: what a node ships to the control plane.
   pub fn drain_usage(&self) -> Vec<(Arc<str>, Arc<str>, Usage)> {
-    let mut usage = self.inner.usage.lock().unwrap_or_else(|e| e.into_inner());
-    usage.drain().map(|((w, v), t)| (w, v, t)).collect()
+    let mut series = self.inner.series.lock().unwrap_or_else(|e| e.into_inner());
+    let mut drained = Vec::new();
+    for (worker, s) in series.iter_mut() {
+      drained.extend(s.usage.drain(..).map(|(v, t)| (worker.clone(), v, t)));
+    }
+    drained
   }
 
   /// The Prometheus text exposition, with the pool's gauges as of now.

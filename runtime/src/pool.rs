@@ -44,6 +44,7 @@ use crate::storage::Storage;
 use crate::trace::TraceSink;
 use crate::worker::Answer;
 use crate::worker::Call;
+use crate::worker::Fetch;
 use crate::worker::Invocation;
 use crate::worker::Isolate;
 use crate::worker::Queued;
@@ -505,10 +506,24 @@ impl Runtime {
     source: impl FnOnce() -> Result<(Bundle, WorkerConfig), Error>,
     request: http::Request<RequestBody>,
   ) -> Result<http::Response<ResponseBody>, Error> {
-    let call = Call::Fetch {
+    self.fetch_from(key, source, request, None).await
+  }
+
+  /// [`Runtime::fetch`] for a request from `client`, whose address the
+  /// trace event shows. (Not in the request's extensions: their map cost
+  /// two allocations a request.)
+  pub async fn fetch_from(
+    &self,
+    key: &WorkerKey,
+    source: impl FnOnce() -> Result<(Bundle, WorkerConfig), Error>,
+    request: http::Request<RequestBody>,
+    client: Option<std::net::IpAddr>,
+  ) -> Result<http::Response<ResponseBody>, Error> {
+    let call = Call::Fetch(Fetch {
       request,
       entrypoint: None,
-    };
+      client,
+    });
     match self.invoke(key, source, call, 1).await? {
       (Answer::Response(response), _) => Ok(response),
       _ => {

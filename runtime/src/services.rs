@@ -19,6 +19,7 @@ use crate::pool::Runtime;
 use crate::pool::Shared;
 use crate::worker::Answer;
 use crate::worker::Call;
+use crate::worker::Fetch;
 use crate::worker::WorkerConfig;
 use crate::WorkerKey;
 
@@ -125,10 +126,11 @@ impl ServiceDispatch for Dispatcher {
     let found = self.target(binding, depth);
     Box::pin(async move {
       let (runtime, target, bound) = found?;
-      let call = Call::Fetch {
+      let call = Call::Fetch(Fetch {
         request,
         entrypoint: bound.entrypoint,
-      };
+        client: None,
+      });
       // The callee's failure is an answer, worded as a client would get it.
       Ok(
         match runtime

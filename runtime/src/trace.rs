@@ -15,11 +15,6 @@ pub use isola_proto::trace::TraceEvent;
 
 use crate::Outcome;
 
-/// The client's address, put into a request's extensions by the server
-/// that accepted it; trace events carry it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClientAddr(pub IpAddr);
-
 /// One finished invocation as the isolate's thread hands it over: what it
 /// collected, kept raw. [`TraceRecord::into_event`] builds the event
 /// observers see; a node calls it on another thread, so the request's
@@ -82,6 +77,10 @@ pub struct PackedWriter {
   strings: FastMap<Box<str>>,
   urls: [FastMap<Box<[u8]>>; 2],
   addresses: FastMap<IpAddr>,
+  /// The standard methods' and the outcomes' positions, by index: a
+  /// hashed lookup of such a short string cost ~80 instructions a row.
+  methods: [Option<u32>; METHODS.len()],
+  outcomes: [Option<u32>; Outcome::ALL.len()],
   /// The last record's worker and version, with their positions: under
   /// load, neighbouring events nearly always share them.
   last: Option<(Arc<str>, Arc<str>, u32, u32)>,
@@ -99,6 +98,15 @@ pub struct PackedBytes {
   event_count: u32,
 }
 
+/// The methods whose positions are kept by index; others are looked up.
+const METHODS: [http::Method; 5] = [
+  http::Method::GET,
+  http::Method::POST,
+  http::Method::HEAD,
+  http::Method::PUT,
+  http::Method::DELETE,
+];
+
 type FastMap<K> = std::collections::HashMap<K, u32, foldhash::fast::FixedState>;
 
 impl PackedWriter {
@@ -108,6 +116,8 @@ impl PackedWriter {
       self.strings.clear();
       self.urls.iter_mut().for_each(FastMap::clear);
       self.addresses.clear();
+      self.methods = Default::default();
+      self.outcomes = Default::default();
       self.last = None;
     }
     let (worker, version) = match &self.last {
@@ -134,7 +144,7 @@ impl PackedWriter {
           shown += 1;
         }
         Ok((
-          self.add(f.method.as_str()),
+          self.method(&f.method),
           self.url(f),
           headers,
           shown,
@@ -145,7 +155,7 @@ impl PackedWriter {
       // Not a fetch: written as it is.
       Started::Other(info) => Err(info),
     };
-    let outcome = self.add(record.outcome.tail_name());
+    let outcome = self.outcome(record.outcome);
     let trace = &record.trace;
     let out = &mut self.batch.events;
     cbor::head(out, cbor::ARRAY, 10);
@@ -220,6 +230,35 @@ impl PackedWriter {
     let i = self.batch.new_string(s);
     self.strings.insert(s.into(), i);
     i
+  }
+
+  fn method(&mut self, method: &http::Method) -> u32 {
+    let Some(i) = METHODS.iter().position(|m| m == method) else {
+      return self.add(method.as_str());
+    };
+    match self.methods[i] {
+      Some(at) => at,
+      None => {
+        let at = self.add(method.as_str());
+        self.methods[i] = Some(at);
+        at
+      }
+    }
+  }
+
+  fn outcome(&mut self, outcome: Outcome) -> u32 {
+    let i = Outcome::ALL
+      .iter()
+      .position(|o| *o == outcome)
+      .expect("ALL lists every outcome");
+    match self.outcomes[i] {
+      Some(at) => at,
+      None => {
+        let at = self.add(outcome.tail_name());
+        self.outcomes[i] = Some(at);
+        at
+      }
+    }
   }
 
   fn url(&mut self, f: &FetchStart) -> u32 {
@@ -401,13 +440,14 @@ impl std::fmt::Debug for TraceSink {
 }
 
 /// What a fetch event records of its request: the method, a copy of the
-/// URI and the shown headers' values, the address; no strings formatted.
-pub(crate) fn fetch_start(parts: &http::request::Parts) -> Started {
+/// URI and the shown headers' values, the client's address; no strings
+/// formatted.
+pub(crate) fn fetch_start(parts: &http::request::Parts, client: Option<IpAddr>) -> Started {
   Started::Fetch(FetchStart::new(
     &parts.method,
     &parts.uri,
     &parts.headers,
-    parts.extensions.get::<ClientAddr>().map(|a| a.0),
+    client,
   ))
 }
 
@@ -417,22 +457,19 @@ mod tests {
 
   #[test]
   fn a_fetch_shows_selected_headers_and_the_client_address() {
-    let mut request = http::Request::post("http://a.test/x")
+    let request = http::Request::post("http://a.test/x")
       .header("user-agent", "curl/8")
       .header("authorization", "Bearer secret")
       .header("x-forwarded-for", "203.0.113.9")
       .body(())
       .unwrap();
-    request
-      .extensions_mut()
-      .insert(ClientAddr("192.0.2.1".parse().unwrap()));
     let (parts, ()) = request.into_parts();
     let isola_proto::trace::EventInfo::Fetch {
       method,
       headers,
       client_ip,
       ..
-    } = fetch_start(&parts).into_info()
+    } = fetch_start(&parts, Some("192.0.2.1".parse().unwrap())).into_info()
     else {
       panic!("not a fetch");
     };

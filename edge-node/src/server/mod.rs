@@ -6,6 +6,7 @@ mod drain;
 mod timer;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,9 +32,8 @@ pub struct HttpOptions {
   pub header_timeout: Duration,
   /// Time in-flight requests get to finish once shutdown starts.
   pub drain_timeout: Duration,
-  /// Whether each request carries the client's address
-  /// ([`isola_runtime::ClientAddr`]), which only trace events read: adding
-  /// it makes the request's extension map, two allocations a request.
+  /// Whether `handle` gets the client's address, which only trace events
+  /// read.
   pub client_addr: bool,
 }
 
@@ -122,7 +122,11 @@ pub fn serve_on_each_thread<H, F>(
   handle: H,
   done: std::sync::mpsc::Sender<()>,
 ) where
-  H: Fn(http::Request<isola_runtime::RequestBody>) -> F + Clone + Send + Sync + 'static,
+  H: Fn(http::Request<isola_runtime::RequestBody>, Option<IpAddr>) -> F
+    + Clone
+    + Send
+    + Sync
+    + 'static,
   F: Future<Output = http::Response<ResponseBody>> + Send + 'static,
 {
   let listener = Arc::new(listener);
@@ -150,7 +154,7 @@ pub async fn serve<H, F>(
   mut shutdown: watch::Receiver<bool>,
   handle: H,
 ) where
-  H: Fn(http::Request<isola_runtime::RequestBody>) -> F + Clone + Send + 'static,
+  H: Fn(http::Request<isola_runtime::RequestBody>, Option<IpAddr>) -> F + Clone + Send + 'static,
   F: Future<Output = http::Response<ResponseBody>> + Send + 'static,
 {
   let scheme = if tls.is_some() {
@@ -194,13 +198,8 @@ pub async fn serve<H, F>(
       );
       let (mut parts, body) = req.into_parts();
       parts.uri = uri;
-      if client_addr {
-        parts
-          .extensions
-          .insert(isola_runtime::ClientAddr(peer.ip()));
-      }
       let req = http::Request::from_parts(parts, isola_runtime::request_body(body));
-      let response = handle(req);
+      let response = handle(req, client_addr.then_some(peer.ip()));
       async move { Ok::<_, std::convert::Infallible>(response.await) }
     });
     let builder = builder.clone();

@@ -20,6 +20,7 @@ import { addQueueBindings, messageBatch } from "ext:isola_queue/01_queue.js";
 
 const {
   ArrayPrototypePush,
+  ArrayPrototypeSlice,
   Error,
   FunctionPrototypeCall,
   ObjectDefineProperty,
@@ -431,7 +432,7 @@ class RequestBody extends InnerBody {
 }
 
 /**
- * Called from Rust for every request.
+ * Called from Rust for a request that came alone.
  * @param {number} id invocation id
  * @param {string} method
  * @param {string} url absolute URL
@@ -440,6 +441,33 @@ class RequestBody extends InnerBody {
  * @param {...string} headers flat name/value list
  */
 const dispatch = (function dispatch(id, method, url, bodyRid, entrypoint, ...headers) {
+  dispatchOne(id, method, url, bodyRid, entrypoint, headers);
+});
+
+/**
+ * Called from Rust for the requests that came together (one wake-up of the
+ * worker): each as `dispatch`'s arguments, with its headers' count before
+ * them. One call into the isolate for all of them instead of one each: a
+ * call from Rust (entering V8, its scopes) cost ~700 instructions.
+ */
+const dispatchAll = (function dispatchAll(...args) {
+  for (let i = 0; i < args.length;) {
+    const from = i + 6;
+    const to = from + args[i + 5];
+    dispatchOne(
+      args[i],
+      args[i + 1],
+      args[i + 2],
+      args[i + 3],
+      args[i + 4],
+      ArrayPrototypeSlice(args, from, to),
+    );
+    i = to;
+  }
+});
+
+/** Starts invocation `id` with its request; `headers`: flat name/value list. */
+const dispatchOne = (function dispatchOne(id, method, url, bodyRid, entrypoint, headers) {
   const body = bodyRid === null ? null : new RequestBody(bodyRid);
   const inner = new IncomingInnerRequest(method, url, headers, body);
   const request = fromInnerRequest(inner, "immutable");
@@ -991,6 +1019,7 @@ globalEvents.addEventListener("error", (ev) => {
 const workerInternals = ObjectFreeze({
   call,
   dispatch,
+  dispatchAll,
   init,
   queue,
   scheduled,

@@ -129,6 +129,23 @@ impl Usage {
   }
 }
 
+/// Response header pairs kept parsed per isolate, and the longest value
+/// kept: what an idle isolate holds stays small.
+const RECENT_HEADERS: usize = 8;
+const RECENT_HEADER_BYTES: usize = 256;
+
+/// The last response header pairs a worker sent, parsed.
+#[derive(Default)]
+struct RecentHeaders {
+  pairs: [Option<(http::HeaderName, http::HeaderValue)>; RECENT_HEADERS],
+  /// Where the next new pair goes (the oldest is replaced).
+  next: usize,
+}
+
+/// Room kept for invocations finishing in one turn (a `Usage` is ~200
+/// bytes; an idle isolate should not keep a burst's worth).
+const FINISHED_KEPT: usize = 16;
+
 /// Called once per invocation when it is over: response sent (streamed
 /// bodies included) and `waitUntil` work settled.
 pub type FinishHook = Box<dyn Fn(u32, Usage)>;
@@ -202,6 +219,7 @@ pub struct Invocations {
   /// charged, so a handler that answers synchronously is not billed 0.
   finished: Vec<(u32, Usage, Option<oneshot::Sender<Usage>>)>,
   in_turn: bool,
+  recent_headers: RecentHeaders,
   /// Outbound `fetch()` calls allowed per invocation (0: no limit).
   pub subrequest_limit: u32,
   /// Response body bytes allowed per invocation (0: no limit).
@@ -299,9 +317,14 @@ impl Invocations {
         usage.peak_memory = usage.peak_memory.max(memory);
       }
     }
-    for (id, usage, done) in std::mem::take(&mut self.finished) {
+    // Drained in place: a Vec taken here would be allocated again by the
+    // next turn's first finished invocation. A burst's room is not kept.
+    let mut finished = std::mem::take(&mut self.finished);
+    for (id, usage, done) in finished.drain(..) {
       self.report(id, usage, done);
     }
+    finished.shrink_to(FINISHED_KEPT);
+    self.finished = finished;
   }
 
   fn report(&self, id: u32, mut usage: Usage, done: Option<oneshot::Sender<Usage>>) {
@@ -455,6 +478,37 @@ impl Invocations {
     if let Some(p) = self.pending.get_mut(&id) {
       p.response_headers.append(name, value);
     }
+  }
+
+  /// Adds header `name: value` (bytes as JS hands them over) to the
+  /// response of invocation `id`; a pair `http` refuses is dropped. A
+  /// worker's responses repeat their headers, so the last few pairs are
+  /// kept parsed: a repeat costs a comparison and a reference count, where
+  /// parsing the name and copying the value cost ~250 instructions.
+  pub fn add_response_header_bytes(&mut self, id: u32, name: &[u8], value: &[u8]) {
+    let recent = &mut self.recent_headers;
+    let found = recent
+      .pairs
+      .iter()
+      .flatten()
+      .find(|(n, v)| n.as_str().as_bytes() == name && v.as_bytes() == value);
+    let (name, value) = match found {
+      Some(pair) => pair.clone(),
+      None => {
+        let (Ok(name), Ok(value)) = (
+          http::HeaderName::from_bytes(name),
+          http::HeaderValue::from_bytes(value),
+        ) else {
+          return;
+        };
+        if value.len() <= RECENT_HEADER_BYTES {
+          recent.pairs[recent.next] = Some((name.clone(), value.clone()));
+          recent.next = (recent.next + 1) % RECENT_HEADERS;
+        }
+        (name, value)
+      }
+    };
+    self.add_response_header(id, name, value);
   }
 
   /// The headers added for invocation `id`'s response, taken.
@@ -636,6 +690,54 @@ mod tests {
       sink.borrow_mut().push((id, usage))
     }));
     seen
+  }
+
+  #[test]
+  fn response_headers_are_added_as_sent_whether_kept_parsed_or_not() {
+    let t0 = Instant::now();
+    let mut table = Invocations::default();
+    let long = "v".repeat(300);
+    // Repeats, more distinct pairs than are kept, a name in capitals (kept
+    // apart from its lowercase form), a long value, and pairs `http` refuses.
+    let mut sent: Vec<(String, String)> = Vec::new();
+    for round in 0..3 {
+      for k in 0..12 {
+        sent.push((format!("x-h{}", k % 10), format!("v{k}")));
+      }
+      sent.push(("content-type".into(), "text/plain".into()));
+      sent.push(("Content-Type".into(), "text/plain".into()));
+      sent.push(("x-long".into(), long.clone()));
+      sent.push(("x-round".into(), format!("{round}")));
+    }
+    let refused = [("bad name", "v"), ("x-ok", "bad\nvalue")];
+    for round in 0..2 {
+      let a = start(&mut table, t0);
+      for (name, value) in &sent {
+        table.add_response_header_bytes(a.id, name.as_bytes(), value.as_bytes());
+      }
+      for (name, value) in refused {
+        table.add_response_header_bytes(a.id, name.as_bytes(), value.as_bytes());
+      }
+      let headers = table.take_response_headers(a.id);
+      let got: Vec<(String, String)> = headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+      let mut want: Vec<(String, String)> = sent
+        .iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+        .collect();
+      // A HeaderMap groups a name's values in the order they came.
+      let order: Vec<String> = want.iter().fold(Vec::new(), |mut o, (n, _)| {
+        if !o.contains(n) {
+          o.push(n.clone());
+        }
+        o
+      });
+      want.sort_by_key(|(n, _)| order.iter().position(|o| o == n));
+      assert_eq!(got, want, "round {round}");
+      respond(&mut table, a.id);
+    }
   }
 
   #[test]

@@ -9,8 +9,6 @@ use deno_core::op2;
 use deno_core::OpState;
 use deno_core::ResourceId;
 use deno_error::JsErrorBox;
-use http::HeaderName;
-use http::HeaderValue;
 use http::StatusCode;
 
 use crate::body::ResponseBody;
@@ -38,12 +36,9 @@ pub fn op_isola_response_header(
   #[string(onebyte)] name: Cow<'_, [u8]>,
   #[string(onebyte)] value: Cow<'_, [u8]>,
 ) {
-  if let (Ok(name), Ok(value)) = (
-    HeaderName::from_bytes(&name),
-    HeaderValue::from_bytes(&value),
-  ) {
-    invocations.get().add_response_header(id, name, value);
-  }
+  invocations
+    .get()
+    .add_response_header_bytes(id, &name, &value);
 }
 
 /// Sends the response of invocation `id` with a text body (UTF-8 on the

@@ -25,10 +25,7 @@ use isola_ext::RequestBody;
 pub(crate) enum Call {
   /// A request for the fetch handler of the default export, or of a named
   /// entrypoint (a service binding's).
-  Fetch {
-    request: http::Request<RequestBody>,
-    entrypoint: Option<String>,
-  },
+  Fetch(Fetch),
   /// A cron tick for the scheduled handler; `cpu_limit` `None`: the
   /// worker's scheduled CPU limit.
   Scheduled {
@@ -50,12 +47,42 @@ pub(crate) enum Call {
   },
 }
 
+impl Call {
+  /// Whether its caller reads the invocation's usage once it is over (a
+  /// cron tick's and a queue batch's runs report theirs). A request's is
+  /// only metered: a channel and a copy of its usage for nobody cost ~300
+  /// instructions a request.
+  fn reports_usage(&self) -> bool {
+    matches!(self, Call::Scheduled { .. } | Call::Queue { .. })
+  }
+}
+
+/// A request for a fetch handler.
+pub(crate) struct Fetch {
+  pub(crate) request: http::Request<RequestBody>,
+  /// The named export a service binding calls; `None`: the default.
+  pub(crate) entrypoint: Option<String>,
+  /// The client's address, for the trace event.
+  pub(crate) client: Option<std::net::IpAddr>,
+}
+
+impl Fetch {
+  /// `request` for the default export, from no known client.
+  pub(crate) fn new(request: http::Request<RequestBody>) -> Self {
+    Self {
+      request,
+      entrypoint: None,
+      client: None,
+    }
+  }
+}
+
 pub(super) struct Command {
   pub(super) call: Call,
   /// Chain depth: 1 from outside, +1 per service binding hop.
   pub(super) depth: u32,
   pub(super) reply: oneshot::Sender<Reply>,
-  pub(super) done: oneshot::Sender<Usage>,
+  pub(super) done: Option<oneshot::Sender<Usage>>,
 }
 
 /// How an invocation answered, short of an error.
@@ -83,13 +110,9 @@ pub struct WorkerHandle {
 impl WorkerHandle {
   /// Starts an invocation of the worker.
   pub fn invoke(&self, request: http::Request<RequestBody>) -> Invocation {
-    self.call(
-      Call::Fetch {
-        request,
-        entrypoint: None,
-      },
-      1,
-    )
+    let (invocation, queued) = Invocation::queued_as(Call::Fetch(Fetch::new(request)), 1, true);
+    self.submit(queued);
+    invocation
   }
 
   /// Starts an invocation of any kind at chain depth `depth`.
@@ -123,7 +146,8 @@ impl WorkerHandle {
 /// One request in flight.
 pub struct Invocation {
   reply: Option<oneshot::Receiver<Reply>>,
-  done: oneshot::Receiver<Usage>,
+  /// The usage once it is over; made only for callers that wait for it.
+  done: Option<oneshot::Receiver<Usage>>,
 }
 
 /// A call whose worker is not loaded yet. It travels with the load to the
@@ -135,7 +159,13 @@ impl Invocation {
   /// `call` ready to be submitted to a worker, and the invocation that
   /// waits for its answer.
   pub(crate) fn queued(call: Call, depth: u32) -> (Self, Queued) {
-    let (invocation, reply, done) = Self::new();
+    let usage = call.reports_usage();
+    Self::queued_as(call, depth, usage)
+  }
+
+  /// [`Invocation::queued`], with the usage channel if `usage`.
+  fn queued_as(call: Call, depth: u32, usage: bool) -> (Self, Queued) {
+    let (invocation, reply, done) = Self::new(usage);
     let command = Command {
       call,
       depth,
@@ -145,10 +175,11 @@ impl Invocation {
     (invocation, Queued(command))
   }
 
-  /// An invocation and the two ends the isolate answers through.
-  pub(super) fn new() -> (Self, oneshot::Sender<Reply>, oneshot::Sender<Usage>) {
+  /// An invocation and the ends the isolate answers through (the usage's
+  /// if `usage`).
+  pub(super) fn new(usage: bool) -> (Self, oneshot::Sender<Reply>, Option<oneshot::Sender<Usage>>) {
     let (reply_tx, reply_rx) = oneshot::channel();
-    let (done_tx, done_rx) = oneshot::channel();
+    let (done_tx, done_rx) = usage.then(oneshot::channel).unzip();
     let invocation = Self {
       reply: Some(reply_rx),
       done: done_rx,
@@ -200,15 +231,18 @@ impl Invocation {
   }
 
   /// Waits until the invocation is over: response sent and every
-  /// `ctx.waitUntil()` promise settled (or the isolate gone).
+  /// `ctx.waitUntil()` promise settled (or the isolate gone). For the
+  /// invocations of [`WorkerHandle::invoke`] and [`Worker::start`](super::Worker::start).
   pub async fn finished(self) {
-    let _ = self.done.await;
+    if let Some(done) = self.done {
+      let _ = done.await;
+    }
   }
 
   /// Like [`Invocation::finished`], with what the invocation used (`None`
   /// if the isolate went away first).
   pub(crate) async fn usage(self) -> Option<Usage> {
-    self.done.await.ok()
+    self.done?.await.ok()
   }
 }
 

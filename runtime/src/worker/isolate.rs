@@ -160,6 +160,7 @@ impl Isolate {
       };
       Internals {
         dispatch: get("dispatch")?,
+        dispatch_all: get("dispatchAll")?,
         init: get("init")?,
         set_entry: get("setEntry")?,
         scheduled: get("scheduled")?,
@@ -379,6 +380,7 @@ impl Isolate {
       started: 0,
       preloaded: false,
       url: Vec::new(),
+      arrived: Vec::new(),
       context,
       strings: Default::default(),
     })

@@ -17,6 +17,7 @@ mod strings;
 pub use config::WorkerConfig;
 pub(crate) use handle::Answer;
 pub(crate) use handle::Call;
+pub(crate) use handle::Fetch;
 pub use handle::Invocation;
 pub(crate) use handle::Queued;
 pub use handle::WorkerHandle;

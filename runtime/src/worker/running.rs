@@ -33,6 +33,7 @@ use super::enter::EnterGuard;
 use super::enter::JsCell;
 use super::handle::Call;
 use super::handle::Command;
+use super::handle::Fetch;
 use super::handle::Invocation;
 use super::handle::WorkerHandle;
 use crate::error::describe_core_error;
@@ -101,6 +102,7 @@ pub(super) fn clock(js: &JsRuntime) -> Option<Rc<isola_ext::Clock>> {
 /// worker code runs.
 pub(super) struct Internals {
   pub(super) dispatch: v8::Global<v8::Function>,
+  pub(super) dispatch_all: v8::Global<v8::Function>,
   pub(super) init: v8::Global<v8::Function>,
   pub(super) set_entry: v8::Global<v8::Function>,
   pub(super) scheduled: v8::Global<v8::Function>,
@@ -123,6 +125,86 @@ fn request_url(url: &mut Vec<u8>, uri: &http::Uri) {
   isola_ext::write_uri(url, uri);
 }
 
+/// Pushes a started request's arguments for the dispatcher: id, method,
+/// URL (written into `url`, a reused buffer), body resource, entrypoint,
+/// then (after their count if `counted`, for `dispatchAll`) the headers as
+/// name, value, ...
+fn request_args<'s>(
+  scope: &mut v8::PinScope<'s, '_>,
+  strings: &mut super::strings::RequestStrings,
+  url: &mut Vec<u8>,
+  request: &StartedFetch,
+  args: &mut impl ArgList<'s>,
+  counted: bool,
+) {
+  let parts = &request.parts;
+  request_url(url, &parts.uri);
+  args.push_arg(v8::Integer::new(scope, request.id as i32).into());
+  args.push_arg(
+    strings
+      .method(scope, &parts.method)
+      .expect("method fits")
+      .into(),
+  );
+  args.push_arg(strings.url(scope, url).expect("url fits").into());
+  args.push_arg(match request.body_rid {
+    Some(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),
+    None => v8::null(scope).into(),
+  });
+  args.push_arg(match &request.entrypoint {
+    Some(name) => v8::String::new(scope, name).expect("name fits").into(),
+    None => v8::null(scope).into(),
+  });
+  let count_at = args.arg_count();
+  if counted {
+    args.push_arg(v8::null(scope).into());
+  }
+  for (name, value) in &parts.headers {
+    if let Some((n, v)) = strings.header(scope, name, value.as_bytes()) {
+      args.push_arg(n.into());
+      args.push_arg(v.into());
+    }
+  }
+  if counted {
+    let count = args.arg_count() - count_at - 1;
+    args.set_arg(count_at, v8::Integer::new(scope, count as i32).into());
+  }
+}
+
+/// What [`request_args`] pushes onto: the single call's stack list, or a
+/// batch's vector.
+trait ArgList<'s> {
+  fn push_arg(&mut self, value: v8::Local<'s, v8::Value>);
+  fn arg_count(&self) -> usize;
+  fn set_arg(&mut self, at: usize, value: v8::Local<'s, v8::Value>);
+}
+
+impl<'s, A: smallvec::Array<Item = v8::Local<'s, v8::Value>>> ArgList<'s>
+  for smallvec::SmallVec<A>
+{
+  fn push_arg(&mut self, value: v8::Local<'s, v8::Value>) {
+    self.push(value);
+  }
+  fn arg_count(&self) -> usize {
+    self.len()
+  }
+  fn set_arg(&mut self, at: usize, value: v8::Local<'s, v8::Value>) {
+    self[at] = value;
+  }
+}
+
+impl<'s> ArgList<'s> for Vec<v8::Local<'s, v8::Value>> {
+  fn push_arg(&mut self, value: v8::Local<'s, v8::Value>) {
+    self.push(value);
+  }
+  fn arg_count(&self) -> usize {
+    self.len()
+  }
+  fn set_arg(&mut self, at: usize, value: v8::Local<'s, v8::Value>) {
+    self[at] = value;
+  }
+}
+
 /// The longest URL buffer a worker keeps for the next request.
 const URL_KEPT: usize = 2048;
 
@@ -131,6 +213,22 @@ const URL_KEPT: usize = 2048;
 /// for a fraction of what `v8::Array::new_with_elements` cost). On the
 /// stack for up to 16 headers.
 type DispatchArgs<'s> = smallvec::SmallVec<[v8::Local<'s, v8::Value>; 37]>;
+
+/// At most this many requests go into the isolate in one call (see
+/// [`Worker::dispatch_fetches`]): a turn's CPU budget widens with each
+/// request in it, and one call's arguments should stay few.
+const BATCH_MAX: usize = 64;
+
+/// Room kept for the requests of one wake-up.
+const ARRIVED_KEPT: usize = 4;
+
+/// A request whose invocation is registered, ready for its JS call.
+struct StartedFetch {
+  id: u32,
+  parts: http::request::Parts,
+  body_rid: Option<u32>,
+  entrypoint: Option<String>,
+}
 
 /// A worker loaded into its isolate, ready for requests.
 ///
@@ -168,6 +266,9 @@ pub struct Worker {
   /// The last request's URL, kept for its buffer: each request writes
   /// its own there rather than allocate one.
   pub(super) url: Vec<u8>,
+  /// The requests of the current wake-up, gathered for one call into the
+  /// isolate (kept for its buffer).
+  pub(super) arrived: Vec<Command>,
   /// The isolate's main context, kept so that the worker's scopes do not
   /// clone it (`JsRuntime::main_context` makes a new global handle each
   /// time).
@@ -206,12 +307,9 @@ impl Worker {
   /// polled ([`Worker::poll_event_loop`], [`Worker::fetch`] or the task of
   /// [`Worker::spawn`]). The request URI should be absolute.
   pub fn start(&mut self, request: http::Request<RequestBody>) -> Invocation {
-    let (invocation, reply, done) = Invocation::new();
-    let call = Call::Fetch {
-      request,
-      entrypoint: None,
-    };
-    self.dispatch(call, 1, reply, Some(done));
+    let (invocation, reply, done) = Invocation::new(true);
+    let call = Call::Fetch(Fetch::new(request));
+    self.dispatch(call, 1, reply, done);
     invocation
   }
 
@@ -234,10 +332,7 @@ impl Worker {
       ..InvocationSpec::default()
     };
     match call {
-      Call::Fetch {
-        request,
-        entrypoint,
-      } => self.dispatch_fetch(request, entrypoint, spec, now, reply, done),
+      Call::Fetch(fetch) => self.dispatch_fetch(fetch, spec, now, reply, done),
       Call::Scheduled {
         cron,
         scheduled_time,
@@ -360,54 +455,16 @@ impl Worker {
 
   fn dispatch_fetch(
     &mut self,
-    request: http::Request<RequestBody>,
-    entrypoint: Option<String>,
+    fetch: Fetch,
     spec: InvocationSpec,
     now: std::time::Instant,
     reply: oneshot::Sender<Reply>,
     done: Option<oneshot::Sender<Usage>>,
   ) {
-    let (parts, body) = request.into_parts();
-    let body_limit = self.limits.request_body_limit();
-    let declared = parts
-      .headers
-      .get(http::header::CONTENT_LENGTH)
-      .and_then(|v| v.to_str().ok())
-      .and_then(|v| v.parse::<u64>().ok());
-    let (id, body_rid) = {
-      let mut invocations = self.invocations.borrow_mut();
-      let id = invocations.insert_with(reply, done, now, spec);
-      if invocations.tracing {
-        let traceparent = if invocations.spans {
-          parts
-            .headers
-            .get("traceparent")
-            .map(http::HeaderValue::as_bytes)
-        } else {
-          None
-        };
-        invocations.trace(id, crate::trace::fetch_start(&parts), traceparent);
-      }
-      if declared.is_some_and(|n| n > body_limit) {
-        invocations.limit(id, LimitExceeded::RequestBody(body_limit));
-        invocations.abandon(id);
-        return;
-      }
-      let has_body =
-        !(parts.method == Method::GET || parts.method == Method::HEAD || body.is_end_stream());
-      let rid = has_body.then(|| {
-        let state = self.js.op_state();
-        let meter = isola_ext::BodyMeter::request(Rc::downgrade(&state), id, body_limit);
-        let mut state = state.borrow_mut();
-        state
-          .resource_table
-          .add(RequestBodyResource::new(body, Some(meter)))
-      });
-      (id, rid)
+    let Some(started) = self.start_fetch(fetch, spec, now, reply, done) else {
+      return;
     };
-
     let mut url = std::mem::take(&mut self.url);
-    request_url(&mut url, &parts.uri);
     self.open_turn();
     {
       let _entered = EnterGuard::new(&mut self.js);
@@ -415,47 +472,140 @@ impl Worker {
       v8::scope_with_context!(scope, &mut *js.v8_isolate(), &self.context);
       v8::tc_scope!(let scope, scope);
       let mut args = DispatchArgs::new();
-      args.push(v8::Integer::new(scope, id as i32).into());
-      args.push(
-        self
-          .strings
-          .method(scope, &parts.method)
-          .expect("method fits")
-          .into(),
+      request_args(
+        scope,
+        &mut self.strings,
+        &mut url,
+        &started,
+        &mut args,
+        false,
       );
-      args.push(
-        v8::String::new_from_utf8(scope, &url, v8::NewStringType::Normal)
-          .expect("url fits")
-          .into(),
-      );
-      args.push(match body_rid {
-        Some(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),
-        None => v8::null(scope).into(),
-      });
-      args.push(match &entrypoint {
-        Some(name) => v8::String::new(scope, name).expect("name fits").into(),
-        None => v8::null(scope).into(),
-      });
-      for (name, value) in &parts.headers {
-        let n = self.strings.header_name(scope, name);
-        let v = v8::String::new_from_one_byte(scope, value.as_bytes(), v8::NewStringType::Normal);
-        if let (Some(n), Some(v)) = (n, v) {
-          args.push(n.into());
-          args.push(v.into());
-        }
-      }
       let f = v8::Local::new(scope, &self.internals.dispatch);
       let undefined = v8::undefined(scope).into();
       // The dispatcher catches handler errors itself; a failed call means the
       // isolate is being terminated, which `end_turn` reports.
       let _ = f.call(scope, undefined, &args);
     }
-    // A long URL's buffer is not kept: idle isolates hold no more than
-    // a usual URL's worth.
+    self.keep_url(url);
+    self.close_turn();
+  }
+
+  /// Starts the requests gathered in `fetches` (all `Call::Fetch`), and
+  /// empties it: one alone as [`Worker::dispatch`] does, several in one
+  /// call into the isolate (`dispatchAll`), in the order they came.
+  fn dispatch_fetches(&mut self, fetches: &mut Vec<Command>) {
+    if fetches.len() <= 1 {
+      if let Some(cmd) = fetches.pop() {
+        self.dispatch(cmd.call, cmd.depth, cmd.reply, cmd.done);
+      }
+      return;
+    }
+    let now = std::time::Instant::now();
+    note_busy(now);
+    let mut started = Vec::with_capacity(fetches.len());
+    for cmd in fetches.drain(..) {
+      self.started = self.started.saturating_add(1);
+      if let Some(why) = &self.stopped {
+        let _ = cmd.reply.send(Reply::Stopped(why.clone()));
+        continue;
+      }
+      let Call::Fetch(fetch) = cmd.call else {
+        unreachable!("only requests are gathered");
+      };
+      let spec = InvocationSpec {
+        depth: cmd.depth,
+        ..InvocationSpec::default()
+      };
+      started.extend(self.start_fetch(fetch, spec, now, cmd.reply, cmd.done));
+    }
+    if started.is_empty() {
+      return;
+    }
+    let mut url = std::mem::take(&mut self.url);
+    self.open_turn();
+    {
+      let _entered = EnterGuard::new(&mut self.js);
+      let js: &mut JsRuntime = &mut self.js;
+      v8::scope_with_context!(scope, &mut *js.v8_isolate(), &self.context);
+      v8::tc_scope!(let scope, scope);
+      let mut args = Vec::with_capacity(started.len() * 10);
+      for request in &started {
+        request_args(scope, &mut self.strings, &mut url, request, &mut args, true);
+      }
+      let f = v8::Local::new(scope, &self.internals.dispatch_all);
+      let undefined = v8::undefined(scope).into();
+      // As in `dispatch_fetch`: a failed call means termination, and the
+      // requests it did not reach are failed with the isolate.
+      let _ = f.call(scope, undefined, &args);
+    }
+    self.keep_url(url);
+    self.close_turn();
+  }
+
+  /// Registers a request's invocation and makes its body a resource;
+  /// `None` if it ended already (a declared body over the limit).
+  fn start_fetch(
+    &mut self,
+    fetch: Fetch,
+    spec: InvocationSpec,
+    now: std::time::Instant,
+    reply: oneshot::Sender<Reply>,
+    done: Option<oneshot::Sender<Usage>>,
+  ) -> Option<StartedFetch> {
+    let Fetch {
+      request,
+      entrypoint,
+      client,
+    } = fetch;
+    let (parts, body) = request.into_parts();
+    let body_limit = self.limits.request_body_limit();
+    let declared = parts
+      .headers
+      .get(http::header::CONTENT_LENGTH)
+      .and_then(|v| v.to_str().ok())
+      .and_then(|v| v.parse::<u64>().ok());
+    let mut invocations = self.invocations.borrow_mut();
+    let id = invocations.insert_with(reply, done, now, spec);
+    if invocations.tracing {
+      let traceparent = if invocations.spans {
+        parts
+          .headers
+          .get("traceparent")
+          .map(http::HeaderValue::as_bytes)
+      } else {
+        None
+      };
+      invocations.trace(id, crate::trace::fetch_start(&parts, client), traceparent);
+    }
+    if declared.is_some_and(|n| n > body_limit) {
+      invocations.limit(id, LimitExceeded::RequestBody(body_limit));
+      invocations.abandon(id);
+      return None;
+    }
+    let has_body =
+      !(parts.method == Method::GET || parts.method == Method::HEAD || body.is_end_stream());
+    let body_rid = has_body.then(|| {
+      let state = self.js.op_state();
+      let meter = isola_ext::BodyMeter::request(Rc::downgrade(&state), id, body_limit);
+      let mut state = state.borrow_mut();
+      state
+        .resource_table
+        .add(RequestBodyResource::new(body, Some(meter)))
+    });
+    Some(StartedFetch {
+      id,
+      parts,
+      body_rid,
+      entrypoint,
+    })
+  }
+
+  /// Keeps `url`'s buffer for the next request, unless a long URL grew it:
+  /// idle isolates hold no more than a usual URL's worth.
+  fn keep_url(&mut self, url: Vec<u8>) {
     if url.capacity() <= URL_KEPT {
       self.url = url;
     }
-    self.close_turn();
   }
 
   /// Starts a turn in the isolate (time moves, the CPU watchdog arms), or,
@@ -792,13 +942,29 @@ impl Worker {
     closed: &mut bool,
     cx: &mut Context<'_>,
   ) -> Poll<()> {
+    // The requests that came are gathered and go into the isolate in one
+    // call; any other call first sends those before it, so the order holds.
+    let mut fetches = std::mem::take(&mut self.arrived);
     while !*closed {
       match rx.poll_recv(cx) {
-        Poll::Ready(Some(cmd)) => self.dispatch(cmd.call, cmd.depth, cmd.reply, Some(cmd.done)),
+        Poll::Ready(Some(cmd)) if matches!(cmd.call, Call::Fetch(_)) => {
+          fetches.push(cmd);
+          if fetches.len() == BATCH_MAX {
+            self.dispatch_fetches(&mut fetches);
+          }
+        }
+        Poll::Ready(Some(cmd)) => {
+          self.dispatch_fetches(&mut fetches);
+          self.dispatch(cmd.call, cmd.depth, cmd.reply, cmd.done);
+        }
         Poll::Ready(None) => *closed = true,
         Poll::Pending => break,
       }
     }
+    self.dispatch_fetches(&mut fetches);
+    // A burst's room is not kept by an isolate that goes idle.
+    fetches.shrink_to(ARRIVED_KEPT);
+    self.arrived = fetches;
     // Evicted (every handle dropped) and nothing in flight: background
     // timers do not keep the isolate alive.
     if *closed && self.in_flight() == 0 {

@@ -1,8 +1,11 @@
-//! The V8 strings of a request's parts that repeat from request to request:
-//! its method and its header names, held per isolate. Making a header name
-//! (an internalized string: hashed, then looked up in V8's string table)
-//! cost ~300 instructions a header and a method ~200; a held handle costs
-//! a hash lookup and a new local.
+//! The V8 strings of a request's parts that repeat from request to request,
+//! held per isolate: its method and its header names always, and a header's
+//! value or the URL once the same one came twice in a row. Making a header
+//! name (an internalized string: hashed, then looked up in V8's string
+//! table) cost ~300 instructions a header, a method ~200, a value or a URL
+//! ~220; a held handle costs a hash lookup or a comparison and a new local.
+//! JS strings are immutable, so a handler cannot tell a held one from a
+//! new one.
 
 use deno_core::v8;
 use http::HeaderName;
@@ -25,10 +28,58 @@ const METHODS: [Method; 9] = [
 /// an isolate should not grow with them. The usual ones come first.
 const NAMES_HELD: usize = 64;
 
+/// Longer values and URLs are made for each request, and not remembered:
+/// what an idle isolate holds stays small.
+const REPEAT_KEPT: usize = 256;
+
 #[derive(Default)]
 pub(super) struct RequestStrings {
   methods: [Option<v8::Global<v8::String>>; METHODS.len()],
-  names: foldhash::HashMap<HeaderName, v8::Global<v8::String>>,
+  names: foldhash::HashMap<HeaderName, Name>,
+  url: Repeat,
+}
+
+/// A held header name, and the last value that came with it.
+struct Name {
+  name: v8::Global<v8::String>,
+  value: Repeat,
+}
+
+/// The last text seen in one place (a header's value, the URL), and its
+/// string once the same text came twice in a row: a value that changes
+/// every request (a cookie, a request id) then costs a comparison and a
+/// copy of its bytes, not a global handle made and dropped each time.
+#[derive(Default)]
+struct Repeat {
+  last: Vec<u8>,
+  held: Option<v8::Global<v8::String>>,
+}
+
+impl Repeat {
+  /// `text` as a JS string, made by `make` unless held.
+  fn get<'s>(
+    &mut self,
+    scope: &mut v8::PinScope<'s, '_>,
+    text: &[u8],
+    make: impl FnOnce(&mut v8::PinScope<'s, '_>, &[u8]) -> Option<v8::Local<'s, v8::String>>,
+  ) -> Option<v8::Local<'s, v8::String>> {
+    if self.last == text {
+      if let Some(held) = &self.held {
+        return Some(v8::Local::new(scope, held));
+      }
+      let made = make(scope, text)?;
+      self.held = Some(v8::Global::new(scope, made));
+      return Some(made);
+    }
+    self.held = None;
+    self.last.clear();
+    if text.len() <= REPEAT_KEPT {
+      self.last.extend_from_slice(text);
+    } else {
+      self.last.shrink_to(REPEAT_KEPT);
+    }
+    make(scope, text)
+  }
 }
 
 impl RequestStrings {
@@ -49,23 +100,50 @@ impl RequestStrings {
     Some(made)
   }
 
-  /// Header `name` as an internalized JS string.
-  pub(super) fn header_name<'s>(
+  /// Header `name` (as an internalized JS string) and its `value`.
+  pub(super) fn header<'s>(
     &mut self,
     scope: &mut v8::PinScope<'s, '_>,
     name: &HeaderName,
-  ) -> Option<v8::Local<'s, v8::String>> {
-    if let Some(held) = self.names.get(name) {
-      return Some(v8::Local::new(scope, held));
+    value: &[u8],
+  ) -> Option<(v8::Local<'s, v8::String>, v8::Local<'s, v8::String>)> {
+    if let Some(held) = self.names.get_mut(name) {
+      let name = v8::Local::new(scope, &held.name);
+      return Some((name, held.value.get(scope, value, one_byte)?));
     }
     let made = internalized(scope, name.as_str())?;
-    if self.names.len() < NAMES_HELD {
-      self
-        .names
-        .insert(name.clone(), v8::Global::new(scope, made));
-    }
-    Some(made)
+    let value = if self.names.len() < NAMES_HELD {
+      let mut held = Name {
+        name: v8::Global::new(scope, made),
+        value: Repeat::default(),
+      };
+      let value = held.value.get(scope, value, one_byte);
+      self.names.insert(name.clone(), held);
+      value
+    } else {
+      one_byte(scope, value)
+    };
+    Some((made, value?))
   }
+
+  /// The request's URL (UTF-8) as a JS string.
+  pub(super) fn url<'s>(
+    &mut self,
+    scope: &mut v8::PinScope<'s, '_>,
+    url: &[u8],
+  ) -> Option<v8::Local<'s, v8::String>> {
+    self.url.get(scope, url, |scope, text| {
+      v8::String::new_from_utf8(scope, text, v8::NewStringType::Normal)
+    })
+  }
+}
+
+/// A header value's bytes as a JS string: Latin-1, as browsers read them.
+fn one_byte<'s>(
+  scope: &mut v8::PinScope<'s, '_>,
+  bytes: &[u8],
+) -> Option<v8::Local<'s, v8::String>> {
+  v8::String::new_from_one_byte(scope, bytes, v8::NewStringType::Normal)
 }
 
 /// `text` (a method or header name: ASCII) as an internalized JS string.

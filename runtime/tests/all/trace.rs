@@ -17,7 +17,6 @@ use isola_proto::queue::Message;
 use isola_proto::trace::EventInfo;
 use isola_proto::trace::MAX_LOG_BYTES;
 use isola_runtime::Bundle;
-use isola_runtime::ClientAddr;
 use isola_runtime::Config;
 use isola_runtime::Error;
 use isola_runtime::Fairness;
@@ -114,17 +113,19 @@ impl Pool {
   }
 
   async fn get(&self, spec: &Spec, path: &str) -> (u16, String) {
-    let mut req = http::Request::get(format!("http://{}.test{path}", spec.name))
+    let req = http::Request::get(format!("http://{}.test{path}", spec.name))
       .header("user-agent", "trace-test/1")
       .header("authorization", "Bearer not-for-traces")
       .body(isola_runtime::request_body(
         http_body_util::Empty::<Bytes>::new(),
       ))
       .unwrap();
-    req
-      .extensions_mut()
-      .insert(ClientAddr("192.0.2.7".parse().unwrap()));
-    let response = match self.rt.fetch(&spec.key(), spec.source(), req).await {
+    let client = Some("192.0.2.7".parse().unwrap());
+    let response = match self
+      .rt
+      .fetch_from(&spec.key(), spec.source(), req, client)
+      .await
+    {
       Ok(r) => r,
       Err(e) => isola_runtime::error_response(&e),
     };

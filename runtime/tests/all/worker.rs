@@ -80,6 +80,59 @@ fn one_isolate_serves_concurrent_requests() {
   });
 }
 
+/// Requests sent together reach the isolate in one call (64 at most); each
+/// still gets its own URL, headers, body and response.
+fn requests_that_come_together_each_get_their_own_answer() {
+  rt().block_on(async {
+    let code = r#"
+      export default {
+        async fetch(request) {
+          const body = request.method === "POST" ? await request.text() : "-";
+          const path = new URL(request.url).pathname;
+          const names = [...request.headers.keys()].length;
+          return new Response(`${path} ${request.headers.get("x-n")} ${names} ${body}`);
+        },
+      };
+    "#;
+    let worker = running(code, "t").await;
+    for round in 0..3 {
+      // Submitted before the worker's task runs: one wake-up takes them all.
+      let mut invocations: Vec<_> = (0..150)
+        .map(|i| {
+          let mut request = isola_runtime::empty_request(&format!("http://t.test/{round}/{i}"));
+          if i % 7 == 0 {
+            *request.method_mut() = http::Method::POST;
+            *request.body_mut() =
+              isola_runtime::request_body(http_body_util::Full::new(Bytes::from(format!("b{i}"))));
+          }
+          let headers = request.headers_mut();
+          headers.insert("x-n", http::HeaderValue::from(i));
+          for k in 0..i % 5 {
+            headers.insert(
+              http::HeaderName::from_bytes(format!("x-h{k}").as_bytes()).unwrap(),
+              http::HeaderValue::from(k),
+            );
+          }
+          worker.invoke(request)
+        })
+        .collect();
+      for (i, invocation) in invocations.iter_mut().enumerate() {
+        let response = invocation.response().await.unwrap();
+        let body = response.into_body().collect_bytes().await.unwrap();
+        let sent = if i % 7 == 0 {
+          format!("b{i}")
+        } else {
+          "-".into()
+        };
+        assert_eq!(
+          std::str::from_utf8(&body).unwrap(),
+          format!("/{round}/{i} {i} {} {sent}", 1 + i % 5),
+        );
+      }
+    }
+  });
+}
+
 fn isolates_do_not_share_globals() {
   rt().block_on(async {
     let code = r#"
@@ -262,6 +315,45 @@ fn request_header_names_and_methods_reach_js() {
       assert_eq!(
         std::str::from_utf8(&body).unwrap(),
         format!("{method} v{i} accept,{name}"),
+      );
+    }
+  });
+}
+
+/// Header values and URLs that repeat are held per isolate once they come
+/// twice in a row; whatever the pattern (repeats, changes, alternation,
+/// values too long to hold, Latin-1 bytes), JS reads what was sent.
+fn repeated_header_values_and_urls_reach_js_as_sent() {
+  rt().block_on(async {
+    let code = r#"
+      export default {
+        fetch(request) {
+          return new Response(`${request.url}|${request.headers.get("x-v")}|${request.headers.get("x-w")}`);
+        },
+      };
+    "#;
+    let worker = running(code, "r").await;
+    let long = "l".repeat(300);
+    let values: Vec<Vec<u8>> = [
+      "a", "a", "a", "b", "a", "b", "b", "b", &long, &long, &long, "a",
+    ]
+    .iter()
+    .map(|v| v.as_bytes().to_vec())
+    .chain([b"caf\xe9".to_vec(), b"caf\xe9".to_vec(), b"caf\xe9".to_vec(), b"cafe".to_vec()])
+    .collect();
+    for (i, value) in values.iter().enumerate() {
+      // The URL repeats in runs of three; `x-w` alternates with every request.
+      let url = format!("http://r.test/{}", i / 3);
+      let mut request = isola_runtime::empty_request(&url);
+      let headers = request.headers_mut();
+      headers.insert("x-v", http::HeaderValue::from_bytes(value).unwrap());
+      headers.insert("x-w", http::HeaderValue::from_str(&format!("w{}", i % 2)).unwrap());
+      let body = body_of(&worker, request).await;
+      let shown: String = value.iter().map(|&b| char::from(b)).collect();
+      assert_eq!(
+        std::str::from_utf8(&body).unwrap(),
+        format!("{url}|{shown}|w{}", i % 2),
+        "request {i}"
       );
     }
   });
@@ -494,6 +586,14 @@ pub fn trials() -> Vec<Trial> {
     trial(
       "request_header_names_and_methods_reach_js",
       request_header_names_and_methods_reach_js,
+    ),
+    trial(
+      "requests_that_come_together_each_get_their_own_answer",
+      requests_that_come_together_each_get_their_own_answer,
+    ),
+    trial(
+      "repeated_header_values_and_urls_reach_js_as_sent",
+      repeated_header_values_and_urls_reach_js_as_sent,
     ),
   ]
 }
