@@ -134,74 +134,40 @@ fn request_args<'s>(
   strings: &mut super::strings::RequestStrings,
   url: &mut Vec<u8>,
   request: &StartedFetch,
-  args: &mut impl ArgList<'s>,
+  args: &mut DispatchArgs<'s>,
   counted: bool,
 ) {
   let parts = &request.parts;
   request_url(url, &parts.uri);
-  args.push_arg(v8::Integer::new(scope, request.id as i32).into());
-  args.push_arg(
+  args.push(v8::Integer::new(scope, request.id as i32).into());
+  args.push(
     strings
       .method(scope, &parts.method)
       .expect("method fits")
       .into(),
   );
-  args.push_arg(strings.url(scope, url).expect("url fits").into());
-  args.push_arg(match request.body_rid {
+  args.push(strings.url(scope, url).expect("url fits").into());
+  args.push(match request.body_rid {
     Some(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),
     None => v8::null(scope).into(),
   });
-  args.push_arg(match &request.entrypoint {
+  args.push(match &request.entrypoint {
     Some(name) => v8::String::new(scope, name).expect("name fits").into(),
     None => v8::null(scope).into(),
   });
-  let count_at = args.arg_count();
+  let count_at = args.len();
   if counted {
-    args.push_arg(v8::null(scope).into());
+    args.push(v8::null(scope).into());
   }
   for (name, value) in &parts.headers {
     if let Some((n, v)) = strings.header(scope, name, value.as_bytes()) {
-      args.push_arg(n.into());
-      args.push_arg(v.into());
+      args.push(n.into());
+      args.push(v.into());
     }
   }
   if counted {
-    let count = args.arg_count() - count_at - 1;
-    args.set_arg(count_at, v8::Integer::new(scope, count as i32).into());
-  }
-}
-
-/// What [`request_args`] pushes onto: the single call's stack list, or a
-/// batch's vector.
-trait ArgList<'s> {
-  fn push_arg(&mut self, value: v8::Local<'s, v8::Value>);
-  fn arg_count(&self) -> usize;
-  fn set_arg(&mut self, at: usize, value: v8::Local<'s, v8::Value>);
-}
-
-impl<'s, A: smallvec::Array<Item = v8::Local<'s, v8::Value>>> ArgList<'s>
-  for smallvec::SmallVec<A>
-{
-  fn push_arg(&mut self, value: v8::Local<'s, v8::Value>) {
-    self.push(value);
-  }
-  fn arg_count(&self) -> usize {
-    self.len()
-  }
-  fn set_arg(&mut self, at: usize, value: v8::Local<'s, v8::Value>) {
-    self[at] = value;
-  }
-}
-
-impl<'s> ArgList<'s> for Vec<v8::Local<'s, v8::Value>> {
-  fn push_arg(&mut self, value: v8::Local<'s, v8::Value>) {
-    self.push(value);
-  }
-  fn arg_count(&self) -> usize {
-    self.len()
-  }
-  fn set_arg(&mut self, at: usize, value: v8::Local<'s, v8::Value>) {
-    self[at] = value;
+    let count = args.len() - count_at - 1;
+    args[count_at] = v8::Integer::new(scope, count as i32).into();
   }
 }
 
@@ -211,7 +177,7 @@ const URL_KEPT: usize = 2048;
 /// The dispatcher's arguments: five, then the request's headers as name,
 /// value, ... (its rest parameter; V8 makes that array in optimized code
 /// for a fraction of what `v8::Array::new_with_elements` cost). On the
-/// stack for up to 16 headers.
+/// stack for up to 16 headers (a batch's usually spill to the heap).
 type DispatchArgs<'s> = smallvec::SmallVec<[v8::Local<'s, v8::Value>; 37]>;
 
 /// At most this many requests go into the isolate in one call (see
@@ -528,7 +494,7 @@ impl Worker {
       let js: &mut JsRuntime = &mut self.js;
       v8::scope_with_context!(scope, &mut *js.v8_isolate(), &self.context);
       v8::tc_scope!(let scope, scope);
-      let mut args = Vec::with_capacity(started.len() * 10);
+      let mut args = DispatchArgs::new();
       for request in &started {
         request_args(scope, &mut self.strings, &mut url, request, &mut args, true);
       }
