@@ -5,10 +5,12 @@ so a change worth a few per cent cannot be read from them. callgrind counts
 every user-space instruction exactly; this runs `isola-edge dev` under it with
 a load that holds one request per wake-up of the worker (`wrk -c1`, so both
 builds batch alike), zeroes the counters after a warm-up long enough for
-TurboFan to finish, and reports per request:
+TurboFan to finish, and reports per request (requests as wrk counted them):
 
 - instructions on the V8 thread (`isola_runtime::pool::thread_main`, which also
-  runs the HTTP server in `dev`), inside the JS call and in the ops it calls;
+  runs the HTTP server in `dev`), inside the dispatcher's calls into JS (one
+  for all the requests of a wake-up) and in the ops they call, and how many
+  such calls a request takes;
 - calls of a few costs that instruction counts hide or that are worth
   counting: clock reads (a vDSO read is ~30 ns, valgrind runs none),
   allocations, `memcpy`, new V8 global handles, and op calls in V8's fast
@@ -40,13 +42,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import servers  # noqa: E402
 
+# The dispatcher's calls into V8.
+JS_CALL = "v8::internal::Execution::Call("
 # Each row: (label, name pattern, what to take): "incl" sums the inclusive
 # cost of every call into a function whose name contains the pattern,
 # "calls" sums how often it was called.
 ROWS = [
     ("V8 thread, instructions", "isola_runtime::pool::thread_main", "incl"),
-    ("  the JS call (dispatch)", "v8::Function::Call(v8::Isolate", "incl"),
+    ("  the JS calls (dispatch)", "v8::Function::Call(v8::Isolate", "incl"),
     ("  ops called from JS", "::v8_fn_ptr", "incl"),
+    # Fewer than one a request when requests that came together enter the
+    # isolate in one call (`dispatchAll`).
+    ("calls into JS", JS_CALL, "calls"),
     ("  hyper's connection task", "hyper::proto::h1::dispatch::Dispatcher<D,Bs,I,T>::poll_catch", "incl"),
     ("clock reads (Rust's std)", "Timespec>::now", "calls"),
     ("allocations (Rust, mimalloc)", "mi_malloc_aligned", "calls"),
@@ -60,17 +67,15 @@ ROWS = [
 # Every thread of the process, from the dump's totals: the only row the
 # peers have.
 WHOLE = "whole process, instructions"
-# Rows computed from two others: (label, row, minus row). The JS call's count
+# Rows computed from two others: (label, row, minus row). The JS calls' count
 # moves by a few per cent from run to run (where its scavenges and tier-ups
 # fall); the rest of the thread's does not.
 DERIVED = [
-    ("  outside the JS call", "V8 thread, instructions", "  the JS call (dispatch)"),
+    ("  outside the JS calls", "V8 thread, instructions", "  the JS calls (dispatch)"),
     ("  slow form", "op calls", "  fast form"),
 ]
-# One per request: the dispatcher's call into JS.
-REQUEST_MARK = "v8::internal::Execution::Call("
 # Every name `call_totals` must sum for `per_request`.
-PATTERNS = list(dict.fromkeys([REQUEST_MARK] + [p for _, p, _ in ROWS]))
+PATTERNS = list(dict.fromkeys(p for _, p, _ in ROWS))
 
 _NAMED = re.compile(r"c?fn=\((\d+)\)(?: (.*))?")
 
@@ -113,9 +118,9 @@ def call_totals(lines, patterns: list[str]) -> dict[str, tuple[int, int]]:
     return {p: (c, ir) for p, (c, ir) in totals.items()}
 
 
-def per_request(totals: dict[str, tuple[int, int]]) -> dict[str, float] | None:
-    """The table's values for one run, per request; None if no request ran."""
-    requests = totals[REQUEST_MARK][0]
+def per_request(totals: dict[str, tuple[int, int]], requests: int) -> dict[str, float] | None:
+    """The table's values for one run, per request (as wrk counted them);
+    None if no request ran."""
     if requests == 0:
         return None
     out = {"requests": float(requests), WHOLE: totals[WHOLE][1] / requests}
@@ -191,10 +196,10 @@ def measure(binary: Path, workload: str, warmup: int, seconds: int,
     wdir = servers.WORKLOADS_DIR / workload
     port = servers.free_port()
     argv = [str(binary), "dev", str(wdir / "worker.js"), "--listen", f"127.0.0.1:{port}"]
-    dump, _ = run_counted(argv, dict(os.environ, ISOLA_LOG="warn"), workload, port,
-                          warmup, seconds, connections, out)
+    dump, requests = run_counted(argv, dict(os.environ, ISOLA_LOG="warn"), workload, port,
+                                 warmup, seconds, connections, out)
     with open(dump, errors="replace") as f:
-        result = per_request(call_totals(f, PATTERNS))
+        result = per_request(call_totals(f, PATTERNS), requests)
     if result is None:
         raise RuntimeError(f"no request was counted in {dump}")
     return result

@@ -291,28 +291,29 @@ class Instructions(unittest.TestCase):
         t = self.totals()
         self.assertEqual(t["isola_runtime::pool::thread_main"], (1, 260))
         self.assertEqual(t["Timespec>::now"], (6, 60))
-        self.assertEqual(t[instructions.REQUEST_MARK], (2, 100))
+        self.assertEqual(t[instructions.JS_CALL], (2, 100))
         # An op's entry in either form; its inner calls are not counted again.
         self.assertEqual(t["::v8_fn_ptr"], (3, 70))
         self.assertEqual(t["::v8_fn_ptr_fast"], (2, 40))
 
     def test_per_request_and_the_comparison(self):
-        a = instructions.per_request(self.totals())
+        a = instructions.per_request(self.totals(), 2)
         self.assertEqual(a["requests"], 2)
+        self.assertEqual(a["calls into JS"], 1)
         self.assertEqual(a["V8 thread, instructions"], 130)
         self.assertEqual(a["clock reads (Rust's std)"], 3)
         self.assertEqual(a["op calls"], 1.5)
         self.assertEqual(a["  fast form"], 1)
         self.assertEqual(a["  slow form"], 0.5)
-        b = dict(a, **{"V8 thread, instructions": 117.0, "  outside the JS call": 67.0})
-        self.assertEqual(a["  outside the JS call"], 80)
+        b = dict(a, **{"V8 thread, instructions": 117.0, "  outside the JS calls": 67.0})
+        self.assertEqual(a["  outside the JS calls"], 80)
         md = instructions.render([("A/isola-edge", a), ("B/isola-edge", b)])
         self.assertIn("| V8 thread, instructions | 130 | 117 (-10.0 %) |", md)
         self.assertIn("| clock reads (Rust's std) | 3.00 | 3.00 (+0.0 %) |", md)
-        self.assertIn("|   outside the JS call | 80.00 | 67.00 (-16.2 %) |", md)
+        self.assertIn("|   outside the JS calls | 80.00 | 67.00 (-16.2 %) |", md)
 
     def test_the_whole_process_and_a_peer_column(self):
-        a = instructions.per_request(self.totals())
+        a = instructions.per_request(self.totals(), 2)
         self.assertEqual(a[instructions.WHOLE], 150)
         peer = {"requests": 10.0, instructions.WHOLE: 75.0}
         md = instructions.render([("A/isola-edge", a), ("deno", peer)])
@@ -322,7 +323,7 @@ class Instructions(unittest.TestCase):
 
     def test_no_request_is_no_result(self):
         self.assertIsNone(instructions.per_request(
-            instructions.call_totals([], instructions.PATTERNS)))
+            instructions.call_totals([], instructions.PATTERNS), 0))
 
 
 if __name__ == "__main__":
