@@ -110,8 +110,13 @@ pub struct WorkerHandle {
 impl WorkerHandle {
   /// Starts an invocation of the worker.
   pub fn invoke(&self, request: http::Request<RequestBody>) -> Invocation {
-    let (invocation, queued) = Invocation::queued_as(Call::Fetch(Fetch::new(request)), 1, true);
-    self.submit(queued);
+    let (invocation, reply, done) = Invocation::new(true);
+    self.submit(Queued(Command {
+      call: Call::Fetch(Fetch::new(request)),
+      depth: 1,
+      reply,
+      done,
+    }));
     invocation
   }
 
@@ -159,13 +164,8 @@ impl Invocation {
   /// `call` ready to be submitted to a worker, and the invocation that
   /// waits for its answer.
   pub(crate) fn queued(call: Call, depth: u32) -> (Self, Queued) {
-    let usage = call.reports_usage();
-    Self::queued_as(call, depth, usage)
-  }
-
-  /// [`Invocation::queued`], with the usage channel if `usage`.
-  fn queued_as(call: Call, depth: u32, usage: bool) -> (Self, Queued) {
-    let (invocation, reply, done) = Self::new(usage);
+    // The call is moved once, into its command: a request's is ~300 bytes.
+    let (invocation, reply, done) = Self::new(call.reports_usage());
     let command = Command {
       call,
       depth,

@@ -380,7 +380,7 @@ impl Isolate {
       started: 0,
       preloaded: false,
       url: Vec::new(),
-      arrived: Vec::new(),
+      arrived: Default::default(),
       context,
       strings: Default::default(),
     })
