@@ -380,7 +380,7 @@ impl Isolate {
       started: 0,
       preloaded: false,
       url: Vec::new(),
-      arrived: Default::default(),
+      arrived: Vec::new(),
       context,
       strings: Default::default(),
     })

@@ -188,33 +188,6 @@ const BATCH_MAX: usize = 64;
 /// Room kept for the requests of one wake-up.
 const ARRIVED_KEPT: usize = 4;
 
-/// The requests of one wake-up of a worker's task. Most wake-ups bring one:
-/// it stays in `one` and goes into the isolate alone, not moved through the
-/// list (a request's command is ~300 bytes); with a second, both go to
-/// `more`.
-#[derive(Default)]
-pub(super) struct Gathered {
-  one: Option<Command>,
-  more: Vec<Command>,
-}
-
-impl Gathered {
-  /// Adds `cmd`; returns how many are gathered.
-  fn push(&mut self, cmd: Command) -> usize {
-    if self.more.is_empty() {
-      match self.one.take() {
-        None => {
-          self.one = Some(cmd);
-          return 1;
-        }
-        Some(first) => self.more.push(first),
-      }
-    }
-    self.more.push(cmd);
-    self.more.len()
-  }
-}
-
 /// A request whose invocation is registered, ready for its JS call.
 struct StartedFetch {
   id: u32,
@@ -261,7 +234,7 @@ pub struct Worker {
   pub(super) url: Vec<u8>,
   /// The requests of the current wake-up, gathered for one call into the
   /// isolate (kept for its buffer).
-  pub(super) arrived: Gathered,
+  pub(super) arrived: Vec<Command>,
   /// The isolate's main context, kept so that the worker's scopes do not
   /// clone it (`JsRuntime::main_context` makes a new global handle each
   /// time).
@@ -486,13 +459,11 @@ impl Worker {
   /// Starts the requests gathered in `fetches` (all `Call::Fetch`), and
   /// empties it: one alone as [`Worker::dispatch`] does, several in one
   /// call into the isolate (`dispatchAll`), in the order they came.
-  fn dispatch_fetches(&mut self, gathered: &mut Gathered) {
-    if let Some(cmd) = gathered.one.take() {
-      self.dispatch(cmd.call, cmd.depth, cmd.reply, cmd.done);
-      return;
-    }
-    let fetches = &mut gathered.more;
-    if fetches.is_empty() {
+  fn dispatch_fetches(&mut self, fetches: &mut Vec<Command>) {
+    if fetches.len() <= 1 {
+      if let Some(cmd) = fetches.pop() {
+        self.dispatch(cmd.call, cmd.depth, cmd.reply, cmd.done);
+      }
       return;
     }
     let now = std::time::Instant::now();
@@ -942,8 +913,14 @@ impl Worker {
     let mut fetches = std::mem::take(&mut self.arrived);
     while !*closed {
       match rx.poll_recv(cx) {
+        // Alone (most wake-ups bring one request): straight in, not moved
+        // through the list (a request's command is ~300 bytes).
+        Poll::Ready(Some(cmd)) if fetches.is_empty() && rx.is_empty() => {
+          self.dispatch(cmd.call, cmd.depth, cmd.reply, cmd.done);
+        }
         Poll::Ready(Some(cmd)) if matches!(cmd.call, Call::Fetch(_)) => {
-          if fetches.push(cmd) == BATCH_MAX {
+          fetches.push(cmd);
+          if fetches.len() == BATCH_MAX {
             self.dispatch_fetches(&mut fetches);
           }
         }
@@ -957,7 +934,7 @@ impl Worker {
     }
     self.dispatch_fetches(&mut fetches);
     // A burst's room is not kept by an isolate that goes idle.
-    fetches.more.shrink_to(ARRIVED_KEPT);
+    fetches.shrink_to(ARRIVED_KEPT);
     self.arrived = fetches;
     // Evicted (every handle dropped) and nothing in flight: background
     // timers do not keep the isolate alive.
