@@ -427,33 +427,9 @@ impl Worker {
     reply: oneshot::Sender<Reply>,
     done: Option<oneshot::Sender<Usage>>,
   ) {
-    let Some(started) = self.start_fetch(fetch, spec, now, reply, done) else {
-      return;
-    };
-    let mut url = std::mem::take(&mut self.url);
-    self.open_turn();
-    {
-      let _entered = EnterGuard::new(&mut self.js);
-      let js: &mut JsRuntime = &mut self.js;
-      v8::scope_with_context!(scope, &mut *js.v8_isolate(), &self.context);
-      v8::tc_scope!(let scope, scope);
-      let mut args = DispatchArgs::new();
-      request_args(
-        scope,
-        &mut self.strings,
-        &mut url,
-        &started,
-        &mut args,
-        false,
-      );
-      let f = v8::Local::new(scope, &self.internals.dispatch);
-      let undefined = v8::undefined(scope).into();
-      // The dispatcher catches handler errors itself; a failed call means the
-      // isolate is being terminated, which `end_turn` reports.
-      let _ = f.call(scope, undefined, &args);
+    if let Some(started) = self.start_fetch(fetch, spec, now, reply, done) {
+      self.call_dispatcher(std::slice::from_ref(&started));
     }
-    self.keep_url(url);
-    self.close_turn();
   }
 
   /// Starts the requests gathered in `fetches` (all `Call::Fetch`), and
@@ -484,9 +460,16 @@ impl Worker {
       };
       started.extend(self.start_fetch(fetch, spec, now, cmd.reply, cmd.done));
     }
+    self.call_dispatcher(&started);
+  }
+
+  /// Calls the dispatcher in a turn of its own with `started`: one request
+  /// as `dispatch`'s arguments, several through `dispatchAll`.
+  fn call_dispatcher(&mut self, started: &[StartedFetch]) {
     if started.is_empty() {
       return;
     }
+    let batch = started.len() > 1;
     let mut url = std::mem::take(&mut self.url);
     self.open_turn();
     {
@@ -495,13 +478,26 @@ impl Worker {
       v8::scope_with_context!(scope, &mut *js.v8_isolate(), &self.context);
       v8::tc_scope!(let scope, scope);
       let mut args = DispatchArgs::new();
-      for request in &started {
-        request_args(scope, &mut self.strings, &mut url, request, &mut args, true);
+      for request in started {
+        request_args(
+          scope,
+          &mut self.strings,
+          &mut url,
+          request,
+          &mut args,
+          batch,
+        );
       }
-      let f = v8::Local::new(scope, &self.internals.dispatch_all);
+      let dispatcher = if batch {
+        &self.internals.dispatch_all
+      } else {
+        &self.internals.dispatch
+      };
+      let f = v8::Local::new(scope, dispatcher);
       let undefined = v8::undefined(scope).into();
-      // As in `dispatch_fetch`: a failed call means termination, and the
-      // requests it did not reach are failed with the isolate.
+      // The dispatcher catches handler errors itself; a failed call means the
+      // isolate is being terminated, which `end_turn` reports (the requests
+      // it did not reach fail with the isolate).
       let _ = f.call(scope, undefined, &args);
     }
     self.keep_url(url);
