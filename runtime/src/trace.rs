@@ -236,14 +236,7 @@ impl PackedWriter {
     let Some(i) = METHODS.iter().position(|m| m == method) else {
       return self.add(method.as_str());
     };
-    match self.methods[i] {
-      Some(at) => at,
-      None => {
-        let at = self.add(method.as_str());
-        self.methods[i] = Some(at);
-        at
-      }
-    }
+    self.add_kept(|w| &mut w.methods[i], method.as_str())
   }
 
   fn outcome(&mut self, outcome: Outcome) -> u32 {
@@ -251,14 +244,18 @@ impl PackedWriter {
       .iter()
       .position(|o| *o == outcome)
       .expect("ALL lists every outcome");
-    match self.outcomes[i] {
-      Some(at) => at,
-      None => {
-        let at = self.add(outcome.tail_name());
-        self.outcomes[i] = Some(at);
-        at
-      }
+    self.add_kept(|w| &mut w.outcomes[i], outcome.tail_name())
+  }
+
+  /// `text`'s position, kept in the slot `slot` picks (cleared with the
+  /// batch's strings).
+  fn add_kept(&mut self, slot: impl Fn(&mut Self) -> &mut Option<u32>, text: &str) -> u32 {
+    if let Some(at) = *slot(self) {
+      return at;
     }
+    let at = self.add(text);
+    *slot(self) = Some(at);
+    at
   }
 
   fn url(&mut self, f: &FetchStart) -> u32 {

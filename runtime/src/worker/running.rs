@@ -298,7 +298,11 @@ impl Worker {
       ..InvocationSpec::default()
     };
     match call {
-      Call::Fetch(fetch) => self.dispatch_fetch(fetch, spec, now, reply, done),
+      Call::Fetch(fetch) => {
+        if let Some(started) = self.start_fetch(fetch, spec, now, reply, done) {
+          self.call_dispatcher(std::slice::from_ref(&started));
+        }
+      }
       Call::Scheduled {
         cron,
         scheduled_time,
@@ -413,23 +417,10 @@ impl Worker {
       let args = args(scope);
       let f = v8::Local::new(scope, pick(&self.internals));
       let undefined = v8::undefined(scope).into();
-      // As in `dispatch_fetch`: a failed call means termination.
+      // As in `call_dispatcher`: a failed call means termination.
       let _ = f.call(scope, undefined, &args);
     }
     self.close_turn();
-  }
-
-  fn dispatch_fetch(
-    &mut self,
-    fetch: Fetch,
-    spec: InvocationSpec,
-    now: std::time::Instant,
-    reply: oneshot::Sender<Reply>,
-    done: Option<oneshot::Sender<Usage>>,
-  ) {
-    if let Some(started) = self.start_fetch(fetch, spec, now, reply, done) {
-      self.call_dispatcher(std::slice::from_ref(&started));
-    }
   }
 
   /// Starts the requests gathered in `fetches` (all `Call::Fetch`), and
