@@ -252,7 +252,10 @@ def render(raw: dict) -> str:
         f"- Pinning: server on CPU {c['server_cpu']}, load generator (and control plane) on "
         f"CPU {c['load_cpu']}" + ("" if pinned else " (NOT pinned: fewer than 2 usable CPUs)"),
         f"- Throughput: `wrk -t{c['threads']} -c{c['connections']} -d{c['duration_s']}s` "
-        f"(closed loop, keep-alive), warm-up {c['warmup_s']} s, {c['runs']} runs per cell; "
+        f"(closed loop, keep-alive), warm-up {c['warmup_s']} s"
+        + (f" ({c['warmup_spread_s']} s where the load is spread over many workers)"
+           if "warmup_spread_s" in c else "")
+        + f", {c['runs']} runs per cell; "
         "medians over runs.",
     ]
     if raw.get("latency_rates"):

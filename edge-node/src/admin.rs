@@ -53,8 +53,8 @@ impl Admin {
 
   /// Serves the admin endpoints on `listener` until `shutdown`.
   pub async fn serve(self, listener: tokio::net::TcpListener, shutdown: watch::Receiver<bool>) {
-    let handle = move |req: http::Request<isola_runtime::RequestBody>, _client| {
-      let response = self.answer(req.uri().path());
+    let handle = move |req: isola_runtime::FetchRequest| {
+      let response = self.answer(req.request().uri().path());
       async move { response }
     };
     crate::server::serve(listener, None, HttpOptions::default(), shutdown, handle).await;

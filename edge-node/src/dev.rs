@@ -298,18 +298,19 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
   let (done_tx, done_rx) = std::sync::mpsc::channel();
   let pool = runtime.clone();
   let test_scheduled = args.test_scheduled;
-  let handler = move |req: http::Request<isola_runtime::RequestBody>, client| {
+  let handler = move |req: isola_runtime::FetchRequest| {
     let (pool, main) = (pool.clone(), main.clone());
     async move {
-      if test_scheduled && req.uri().path() == "/__scheduled" {
+      if test_scheduled && req.request().uri().path() == "/__scheduled" {
         let cron = req
+          .request()
           .uri()
           .query()
           .and_then(|q| query_param(q, "cron"))
           .unwrap_or_default();
         return test_scheduled_run(&pool, &main, cron).await;
       }
-      match pool.fetch_from(&main.key, main.source(), req, client).await {
+      match pool.fetch_from(&main.key, main.source(), req).await {
         Ok(response) => response,
         Err(e) => isola_runtime::error_response(&e),
       }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::collections::HashSet;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
@@ -28,6 +29,7 @@ use isola_proto::queue::Batch;
 use isola_proto::queue::BatchReport;
 use isola_proto::routes::RouteTable;
 use isola_runtime::Bundle;
+use isola_runtime::FetchRequest;
 use isola_runtime::Limits;
 use isola_runtime::Metrics;
 use isola_runtime::Outcome;
@@ -49,6 +51,14 @@ struct Active {
   key: WorkerKey,
   bundle: Bundle,
   config: WorkerConfig,
+}
+
+/// Why a request has no worker to go to (a 404).
+enum Unrouted {
+  /// No route covers its host and path.
+  Path,
+  /// The route names a worker with nothing deployed.
+  Undeployed(Arc<str>),
 }
 
 /// A worker's deployment: one version, or a split between two.
@@ -452,56 +462,70 @@ impl Node {
     }
   }
 
-  /// Serves one request with the worker its host and path route to.
-  pub async fn handle(
-    &self,
+  /// Serves one request with the worker its host and path route to. The
+  /// route is found before the future is made, and the future owns what
+  /// it needs: the server moves it several times, so it should be small.
+  pub fn handle(
+    self: &Arc<Self>,
     metrics: &Metrics,
-    req: http::Request<isola_runtime::RequestBody>,
-    client: Option<std::net::IpAddr>,
-  ) -> http::Response<ResponseBody> {
+    req: FetchRequest,
+  ) -> impl Future<Output = http::Response<ResponseBody>> + Send + 'static {
     let start = Instant::now();
-    let state = self.state.load_full();
-    let uri = req.uri();
+    let uri = req.request().uri();
+    let routed = self.route(uri).map_err(|unrouted| {
+      let (worker, message) = match unrouted {
+        Unrouted::Path => {
+          let host = uri.authority().map_or("", |a| a.as_str());
+          (
+            None,
+            format!("No worker is routed for {host}{}\n", uri.path()),
+          )
+        }
+        Unrouted::Undeployed(worker) => {
+          let message = format!("Worker {worker} is not deployed\n");
+          (Some(worker), message)
+        }
+      };
+      metrics.record_http(worker.as_deref().unwrap_or(""), 404, start.elapsed());
+      text_response(StatusCode::NOT_FOUND, message)
+    });
+    let (node, metrics) = (self.clone(), metrics.clone());
+    async move {
+      let (worker, active) = match routed {
+        Ok(routed) => routed,
+        Err(response) => return response,
+      };
+      let source = {
+        let active = active.clone();
+        move || Ok((active.bundle.clone(), active.config.clone()))
+      };
+      let response = match node.runtime.fetch_from(&active.key, source, req).await {
+        Ok(r) => r,
+        Err(e) => {
+          if e.throttled().is_some() {
+            metrics.record_throttled(&worker);
+          }
+          isola_runtime::error_response(&e)
+        }
+      };
+      metrics.record_http(&worker, response.status().as_u16(), start.elapsed());
+      response
+    }
+  }
+
+  /// The worker `uri` routes to, and the version for this request.
+  fn route(&self, uri: &http::Uri) -> Result<(Arc<str>, Arc<Active>), Unrouted> {
+    let state = self.state.load();
     let host = uri.authority().map_or("", |a| a.as_str());
-    let Some(worker) = state
+    let worker = state
       .routes
       .as_ref()
       .and_then(|r| r.lookup(host, uri.path()))
-      .cloned()
-    else {
-      metrics.record_http("", 404, start.elapsed());
-      return text_response(
-        StatusCode::NOT_FOUND,
-        format!("No worker is routed for {host}{}\n", uri.path()),
-      );
-    };
-    let Some(deployed) = state.workers.get(&worker) else {
-      metrics.record_http(&worker, 404, start.elapsed());
-      return text_response(
-        StatusCode::NOT_FOUND,
-        format!("Worker {worker} is not deployed\n"),
-      );
-    };
-    let active = deployed.pick().clone();
-    let source = {
-      let active = active.clone();
-      move || Ok((active.bundle.clone(), active.config.clone()))
-    };
-    let response = match self
-      .runtime
-      .fetch_from(&active.key, source, req, client)
-      .await
-    {
-      Ok(r) => r,
-      Err(e) => {
-        if e.throttled().is_some() {
-          metrics.record_throttled(&worker);
-        }
-        isola_runtime::error_response(&e)
-      }
-    };
-    metrics.record_http(&worker, response.status().as_u16(), start.elapsed());
-    response
+      .ok_or(Unrouted::Path)?;
+    match state.workers.get(worker) {
+      Some(deployed) => Ok((worker.clone(), deployed.pick().clone())),
+      None => Err(Unrouted::Undeployed(worker.clone())),
+    }
   }
 
   /// Loads every version of `next` that is not loaded yet, then switches

@@ -163,10 +163,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
   for (listener, tls) in [(Some(http), None), (https, tls)] {
     let Some(listener) = listener else { continue };
     let (node, metrics) = (node.clone(), metrics.clone());
-    let handler = move |req, client| {
-      let (node, metrics) = (node.clone(), metrics.clone());
-      async move { node.handle(&metrics, req, client).await }
-    };
+    let handler = move |req| node.handle(&metrics, req);
     crate::server::serve_on_each_thread(
       &runtime,
       listener,

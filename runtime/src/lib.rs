@@ -89,6 +89,7 @@ pub use crate::trace::Trace;
 pub use crate::trace::TraceEvent;
 pub use crate::trace::TraceRecord;
 pub use crate::trace::TraceSink;
+pub use crate::worker::FetchRequest;
 pub use crate::worker::Invocation;
 pub use crate::worker::Isolate;
 pub use crate::worker::Worker;

@@ -44,7 +44,7 @@ use crate::storage::Storage;
 use crate::trace::TraceSink;
 use crate::worker::Answer;
 use crate::worker::Call;
-use crate::worker::Fetch;
+use crate::worker::FetchRequest;
 use crate::worker::Invocation;
 use crate::worker::Isolate;
 use crate::worker::Queued;
@@ -500,32 +500,31 @@ impl Runtime {
   /// isolate first if none is loaded or all are busy. A worker throttled
   /// for tenant fairness is not run: after [`Fairness::hold`] the error says
   /// so ([`Error::throttled`]).
-  pub async fn fetch(
-    &self,
-    key: &WorkerKey,
-    source: impl FnOnce() -> Result<(Bundle, WorkerConfig), Error>,
+  pub fn fetch<'a, S>(
+    &'a self,
+    key: &'a WorkerKey,
+    source: S,
     request: http::Request<RequestBody>,
-  ) -> Result<http::Response<ResponseBody>, Error> {
-    self.fetch_from(key, source, request, None).await
+  ) -> impl Future<Output = Result<http::Response<ResponseBody>, Error>> + 'a
+  where
+    S: FnOnce() -> Result<(Bundle, WorkerConfig), Error> + 'a,
+  {
+    self.fetch_from(key, source, FetchRequest::new(request, None))
   }
 
-  /// [`Runtime::fetch`] for a request from `client`, whose address the
-  /// trace event shows. (Not in the request's extensions: their map cost
-  /// two allocations a request.)
+  /// [`Runtime::fetch`] for a request already boxed where it entered the
+  /// node, with its client's address (which the trace event shows; not in
+  /// the request's extensions, whose map cost two allocations a request).
   pub async fn fetch_from(
     &self,
     key: &WorkerKey,
     source: impl FnOnce() -> Result<(Bundle, WorkerConfig), Error>,
-    request: http::Request<RequestBody>,
-    client: Option<std::net::IpAddr>,
+    request: FetchRequest,
   ) -> Result<http::Response<ResponseBody>, Error> {
-    let call = Call::Fetch(Fetch {
-      request,
-      entrypoint: None,
-      client,
-    });
-    match self.invoke(key, source, call, 1).await? {
-      (Answer::Response(response), _) => Ok(response),
+    // `invoke_raw` straight: each nested future keeps its own copy of the
+    // arguments.
+    match self.invoke_raw(key, source, request.into(), 1).await?.0? {
+      Answer::Response(response) => Ok(response),
       _ => {
         Err(ErrorKind::Stopped("the worker answered a request without a response".into()).into())
       }

@@ -126,7 +126,7 @@ impl ServiceDispatch for Dispatcher {
     let found = self.target(binding, depth);
     Box::pin(async move {
       let (runtime, target, bound) = found?;
-      let call = Call::Fetch(Fetch {
+      let call = Call::from(Fetch {
         request,
         entrypoint: bound.entrypoint,
         client: None,

@@ -144,14 +144,19 @@ impl Guard {
 
   /// Starts a turn that may use `budget_ns` of CPU; returns the start time.
   pub(crate) fn begin(&self, budget_ns: u64) -> u64 {
-    let now = self.cpu_now();
+    self.begin_at(budget_ns, std::time::Instant::now())
+  }
+
+  /// [`Guard::begin`] with the caller's monotonic clock read `now`.
+  pub(crate) fn begin_at(&self, budget_ns: u64, now: std::time::Instant) -> u64 {
+    let cpu = self.cpu_now();
     self
       .deadline
-      .store(now.saturating_add(budget_ns), Ordering::SeqCst);
+      .store(cpu.saturating_add(budget_ns), Ordering::SeqCst);
     self
       .watchdog
-      .look_by(monotonic_ns().saturating_add(budget_ns));
-    now
+      .look_by(monotonic_ns_at(now).saturating_add(budget_ns));
+    cpu
   }
 
   /// Lets the turn begun at `start` use `budget_ns` in all (more
@@ -201,10 +206,14 @@ impl Guard {
 /// Nanoseconds on the monotonic clock since the first call (vDSO: no
 /// system call).
 fn monotonic_ns() -> u64 {
+  monotonic_ns_at(std::time::Instant::now())
+}
+
+/// [`monotonic_ns`] at `now` (0 for a time before the first call).
+fn monotonic_ns_at(now: std::time::Instant) -> u64 {
   static BASE: OnceLock<std::time::Instant> = OnceLock::new();
-  BASE
-    .get_or_init(std::time::Instant::now)
-    .elapsed()
+  now
+    .saturating_duration_since(*BASE.get_or_init(std::time::Instant::now))
     .as_nanos() as u64
 }
 

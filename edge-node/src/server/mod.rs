@@ -6,7 +6,6 @@ mod drain;
 mod timer;
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,11 +121,7 @@ pub fn serve_on_each_thread<H, F>(
   handle: H,
   done: std::sync::mpsc::Sender<()>,
 ) where
-  H: Fn(http::Request<isola_runtime::RequestBody>, Option<IpAddr>) -> F
-    + Clone
-    + Send
-    + Sync
-    + 'static,
+  H: Fn(isola_runtime::FetchRequest) -> F + Clone + Send + Sync + 'static,
   F: Future<Output = http::Response<ResponseBody>> + Send + 'static,
 {
   let listener = Arc::new(listener);
@@ -154,7 +149,7 @@ pub async fn serve<H, F>(
   mut shutdown: watch::Receiver<bool>,
   handle: H,
 ) where
-  H: Fn(http::Request<isola_runtime::RequestBody>, Option<IpAddr>) -> F + Clone + Send + 'static,
+  H: Fn(isola_runtime::FetchRequest) -> F + Clone + Send + 'static,
   F: Future<Output = http::Response<ResponseBody>> + Send + 'static,
 {
   let scheme = if tls.is_some() {
@@ -199,7 +194,10 @@ pub async fn serve<H, F>(
       let (mut parts, body) = req.into_parts();
       parts.uri = uri;
       let req = http::Request::from_parts(parts, isola_runtime::request_body(body));
-      let response = handle(req, client_addr.then_some(peer.ip()));
+      let response = handle(isola_runtime::FetchRequest::new(
+        req,
+        client_addr.then_some(peer.ip()),
+      ));
       async move { Ok::<_, std::convert::Infallible>(response.await) }
     });
     let builder = builder.clone();

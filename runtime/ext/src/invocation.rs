@@ -115,7 +115,7 @@ impl Usage {
   fn new(start: Instant) -> Self {
     Self {
       start,
-      start_time: std::time::SystemTime::now(),
+      start_time: crate::system_time_at(start),
       cpu_ns: 0,
       peak_memory: 0,
       subrequests: 0,

@@ -24,8 +24,8 @@ use isola_ext::RequestBody;
 /// What an invocation asks of the worker.
 pub(crate) enum Call {
   /// A request for the fetch handler of the default export, or of a named
-  /// entrypoint (a service binding's).
-  Fetch(Fetch),
+  /// entrypoint (a service binding's). Boxed ([`FetchRequest`]).
+  Fetch(Box<Fetch>),
   /// A cron tick for the scheduled handler; `cpu_limit` `None`: the
   /// worker's scheduled CPU limit.
   Scheduled {
@@ -77,6 +77,39 @@ impl Fetch {
   }
 }
 
+impl From<Fetch> for Call {
+  fn from(fetch: Fetch) -> Self {
+    Call::Fetch(Box::new(fetch))
+  }
+}
+
+/// A request for [`crate::Runtime::fetch_from`], boxed once where it enters
+/// the node: a request is ~280 bytes, and each future that carries it to
+/// the worker (the server's, the router's, the pool's, the channel's slot)
+/// was that much larger and copied it at every move.
+pub struct FetchRequest(Box<Fetch>);
+
+impl FetchRequest {
+  /// `request`, from `client`, whose address its trace event shows.
+  pub fn new(request: http::Request<RequestBody>, client: Option<std::net::IpAddr>) -> Self {
+    Self(Box::new(Fetch {
+      request,
+      entrypoint: None,
+      client,
+    }))
+  }
+
+  pub fn request(&self) -> &http::Request<RequestBody> {
+    &self.0.request
+  }
+}
+
+impl From<FetchRequest> for Call {
+  fn from(request: FetchRequest) -> Self {
+    Call::Fetch(request.0)
+  }
+}
+
 pub(super) struct Command {
   pub(super) call: Call,
   /// Chain depth: 1 from outside, +1 per service binding hop.
@@ -112,7 +145,7 @@ impl WorkerHandle {
   pub fn invoke(&self, request: http::Request<RequestBody>) -> Invocation {
     let (invocation, reply, done) = Invocation::new(true);
     self.submit(Queued(Command {
-      call: Call::Fetch(Fetch::new(request)),
+      call: Fetch::new(request).into(),
       depth: 1,
       reply,
       done,

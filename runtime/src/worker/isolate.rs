@@ -377,6 +377,7 @@ impl Isolate {
       wall_timer: None,
       open_turn: None,
       batching: false,
+      now: None,
       started: 0,
       preloaded: false,
       url: Vec::new(),

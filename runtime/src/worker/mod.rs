@@ -18,6 +18,7 @@ pub use config::WorkerConfig;
 pub(crate) use handle::Answer;
 pub(crate) use handle::Call;
 pub(crate) use handle::Fetch;
+pub use handle::FetchRequest;
 pub use handle::Invocation;
 pub(crate) use handle::Queued;
 pub use handle::WorkerHandle;

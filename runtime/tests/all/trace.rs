@@ -123,7 +123,11 @@ impl Pool {
     let client = Some("192.0.2.7".parse().unwrap());
     let response = match self
       .rt
-      .fetch_from(&spec.key(), spec.source(), req, client)
+      .fetch_from(
+        &spec.key(),
+        spec.source(),
+        isola_runtime::FetchRequest::new(req, client),
+      )
       .await
     {
       Ok(r) => r,
