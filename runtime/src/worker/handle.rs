@@ -84,7 +84,7 @@ impl From<Fetch> for Call {
 }
 
 /// A request for [`crate::Runtime::fetch_from`], boxed once where it enters
-/// the node: a request is ~280 bytes, and each future that carries it to
+/// the node: a request is ~240 bytes, and each future that carries it to
 /// the worker (the server's, the router's, the pool's, the channel's slot)
 /// was that much larger and copied it at every move.
 pub struct FetchRequest(Box<Fetch>);
@@ -197,7 +197,7 @@ impl Invocation {
   /// `call` ready to be submitted to a worker, and the invocation that
   /// waits for its answer.
   pub(crate) fn queued(call: Call, depth: u32) -> (Self, Queued) {
-    // The call is moved once, into its command: a request's is ~300 bytes.
+    // The call is moved once, into its command.
     let (invocation, reply, done) = Self::new(call.reports_usage());
     let command = Command {
       call,

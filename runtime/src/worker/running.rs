@@ -920,7 +920,7 @@ impl Worker {
     while !*closed {
       match rx.poll_recv(cx) {
         // Alone (most wake-ups bring one request): straight in, not moved
-        // through the list (a request's command is ~300 bytes).
+        // through the list.
         Poll::Ready(Some(cmd)) if fetches.is_empty() && rx.is_empty() => {
           self.dispatch(cmd.call, cmd.depth, cmd.reply, cmd.done);
         }
