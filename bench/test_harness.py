@@ -89,6 +89,18 @@ class Render(unittest.TestCase):
         self.assertIn("burst", burst)
         self.assertEqual(t[burst], "yes")
 
+    def test_idle_target_shows_its_floor(self):
+        name = "Idle worker isolate ≤ 2 MiB RSS at 1,000 workers"
+        line = lambda raw: next(l for l in report.render(raw).splitlines()
+                                if l.startswith(f"| {name} |"))
+        raw = result(isola_cpu=5.0)
+        self.assertNotIn("beneath it", line(raw))
+        raw["density"]["rows"] = measure.parse_density(DENSITY_OUT + """\
+| RSS per isolate, 100 kept: V8's own isolate and context / bare deno_core runtime (its snapshot, no extensions) / Isola's blank isolate (the Workers API snapshot, no worker) | 1.13 MiB / 1.61 MiB / 2.83 MiB |
+""")
+        self.assertIn("beneath it: V8's own isolate and context 1.13 MiB, a bare deno_core "
+                      "runtime 1.61 MiB", line(raw))
+
     def test_churn_target(self):
         name = ("10,000 workers loaded back to back under an isolate cap: hot worker p99 "
                 "unchanged (within 1 ms), RSS bounded (≤ 1.25× at the cap)")

@@ -16,6 +16,11 @@
 //! `--burst` only the burst's, over `DENSITY_BURST` (200); `--big` only the
 //! 1 MB bundle's with a warm code cache, over `DENSITY_BIG` (400) isolates;
 //! `--big-rss` only the 1 MB bundle's memory per worker.
+//!
+//! `--floor` prints only what an isolate costs (memory, time to make)
+//! beneath Isola's Workers API, over `DENSITY_FLOOR` (100) kept isolates of
+//! each kind: V8's own isolate and context, a bare deno_core runtime (a
+//! snapshot without extensions), and Isola's blank isolate.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -559,6 +564,165 @@ fn print_big_rss(quick: bool) {
   print!("{}", String::from_utf8_lossy(&out.stdout));
 }
 
+/// The kinds of isolate `--floor` compares: beneath Isola's isolate, what
+/// V8 alone and a bare deno_core runtime cost (the floor of the idle-isolate
+/// and isolate-creation figures).
+const FLOOR_KINDS: [(&str, &str); 3] = [
+  ("v8", "V8's own isolate and context"),
+  (
+    "deno_core",
+    "bare deno_core runtime (its snapshot, no extensions)",
+  ),
+  (
+    "isola",
+    "Isola's blank isolate (the Workers API snapshot, no worker)",
+  ),
+];
+
+/// What `n` kept isolates of each of [`FLOOR_KINDS`] cost: (RSS MiB, V8
+/// heap MiB, median ms to make one) per isolate. Each kind is measured in a
+/// process of its own, so that memory one kind freed is not reused by the
+/// next.
+fn floor(n: usize) -> Vec<(f64, f64, f64)> {
+  let exe = std::env::current_exe().expect("the bench knows its executable");
+  FLOOR_KINDS
+    .iter()
+    .map(|(kind, _)| {
+      let out = std::process::Command::new(&exe)
+        .arg(format!("--floor={kind}"))
+        .env("DENSITY_FLOOR", n.to_string())
+        .output()
+        .expect("the --floor pass starts");
+      assert!(
+        out.status.success(),
+        "the --floor={kind} pass failed: {out:?}"
+      );
+      // deno_core's snapshot maker prints its progress on stdout too.
+      let text = String::from_utf8_lossy(&out.stdout);
+      let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("floor "))
+        .unwrap_or_else(|| panic!("no figure from --floor={kind}: {text}"));
+      let v: Vec<f64> = line
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+      (v[0], v[1], v[2])
+    })
+    .collect()
+}
+
+/// The `--floor` rows, in the bench's figure/value table.
+fn print_floor(n: usize) {
+  let figures = floor(n);
+  let names = FLOOR_KINDS.map(|(_, name)| name).join(" / ");
+  let join = |f: fn(&(f64, f64, f64)) -> f64, unit: &str| {
+    figures
+      .iter()
+      .map(|x| format!("{:.2} {unit}", f(x)))
+      .collect::<Vec<_>>()
+      .join(" / ")
+  };
+  println!(
+    "| RSS per isolate, {n} kept: {names} | {} |",
+    join(|x| x.0, "MiB")
+  );
+  println!(
+    "| V8 heap in use per isolate, {n} kept: {names} | {} |",
+    join(|x| x.1, "MiB")
+  );
+  println!(
+    "| isolate made in (median of {n}): {names} | {} |",
+    join(|x| x.2, "ms")
+  );
+}
+
+/// One `--floor` row: `n` isolates of `kind` made one after another and kept
+/// alive, after one of them made first (V8's process-wide setup and the
+/// shared read-only heap are not counted).
+fn floor_kind(kind: &str, n: usize) {
+  use deno_core::v8;
+  use deno_core::JsRuntime;
+  use deno_core::RuntimeOptions;
+  assert!(
+    FLOOR_KINDS.iter().any(|(k, _)| *k == kind),
+    "--floor={kind}: not one of v8, deno_core, isola"
+  );
+  enum Made {
+    // The context is declared first so that it is dropped first.
+    V8 {
+      _context: v8::Global<v8::Context>,
+      isolate: v8::OwnedIsolate,
+    },
+    Deno(JsRuntime),
+    Isola(isola_runtime::Isolate),
+  }
+  let bare: &'static [u8] = if kind == "deno_core" {
+    let options = deno_core::snapshot::CreateSnapshotOptions {
+      cargo_manifest_dir: env!("CARGO_MANIFEST_DIR"),
+      startup_snapshot: None,
+      skip_op_registration: false,
+      extensions: vec![],
+      extension_transpiler: None,
+      with_runtime_cb: None,
+    };
+    let made = deno_core::snapshot::create_snapshot(options, None).expect("a bare snapshot");
+    Box::leak(made.output)
+  } else {
+    &[]
+  };
+  // Initialises V8's platform the way the runtime does.
+  drop(JsRuntime::new(RuntimeOptions::default()));
+  let make = || match kind {
+    "v8" => {
+      let mut isolate = v8::Isolate::new(v8::CreateParams::default());
+      let context = {
+        v8::scope!(let scope, &mut isolate);
+        let context = v8::Context::new(scope, Default::default());
+        v8::Global::new(scope, context)
+      };
+      Made::V8 {
+        _context: context,
+        isolate,
+      }
+    }
+    "deno_core" => Made::Deno(JsRuntime::new(RuntimeOptions {
+      startup_snapshot: Some(bare),
+      ..Default::default()
+    })),
+    _ => Made::Isola(
+      isola_runtime::Isolate::new(isola_runtime::LogSink::discard()).expect("an isolate"),
+    ),
+  };
+  let heap = |made: &mut Made| match made {
+    Made::V8 { isolate, .. } => isolate.get_heap_statistics().used_heap_size() as u64,
+    Made::Deno(js) => js.v8_isolate().get_heap_statistics().used_heap_size() as u64,
+    Made::Isola(isolate) => isolate.memory_usage(),
+  };
+  let first = make();
+  let base = rss();
+  let mut kept = Vec::with_capacity(n);
+  let mut times = Vec::with_capacity(n);
+  for _ in 0..n {
+    let start = Instant::now();
+    kept.push(make());
+    times.push(start.elapsed().as_secs_f64() * 1000.0);
+  }
+  let per = (rss() - base) as f64 / n as f64 / (1 << 20) as f64;
+  let used: u64 = kept.iter_mut().map(heap).sum();
+  times.sort_by(f64::total_cmp);
+  println!(
+    "floor {per:.4} {:.4} {:.4}",
+    used as f64 / n as f64 / (1 << 20) as f64,
+    percentile(&times, 0.5),
+  );
+  // V8 wants isolates it entered dropped in the reverse order of creation.
+  while let Some(made) = kept.pop() {
+    drop(made);
+  }
+  drop(first);
+}
+
 /// `name`'s value as a number, or `default`.
 fn env_usize(name: &str, default: usize) -> usize {
   std::env::var(name)
@@ -642,6 +806,14 @@ fn main() {
     println!("| RSS per worker of the 1 MB bundle (its bundle and its isolate), {n} workers | {per:.2} MiB |");
     return;
   }
+  if let Some(kind) = std::env::args().find_map(|a| a.strip_prefix("--floor=").map(String::from)) {
+    floor_kind(&kind, env_usize("DENSITY_FLOOR", 100));
+    return;
+  }
+  if std::env::args().any(|a| a == "--floor") {
+    print_floor(env_usize("DENSITY_FLOOR", 100));
+    return;
+  }
   if std::env::args().any(|a| a == "--big") {
     let n = env_usize("DENSITY_BIG", 400);
     let (p50, p99, _) = one_worker_runtime().block_on(first_request_big(Cache::Warm, n));
@@ -680,6 +852,7 @@ fn main() {
       }
     }
     print_big_rss(quick);
+    print_floor(if quick { 5 } else { 100 });
     let (over50, over_max, wall) = cpu_overshoot(if quick { 3 } else { 20 }).await;
     println!("| busy loop past a 50 ms CPU limit: median / max overrun (CPU) | {over50:.2} ms / {over_max:.2} ms |");
     println!("| busy loop: request → 503, median wall time | {wall:.1} ms |");

@@ -66,6 +66,14 @@ impl Drop for JsCell {
   }
 }
 
+impl JsCell {
+  /// Bytes of V8 heap in use now (entered for the read).
+  pub(super) fn heap_used(&mut self) -> usize {
+    let _entered = EnterGuard::new(self);
+    self.v8_isolate().get_heap_statistics().used_heap_size()
+  }
+}
+
 /// Polls `fut` with `isolate` entered during each poll only.
 pub(super) async fn entered<F: Future>(isolate: *mut v8::Isolate, fut: F) -> F::Output {
   let mut fut = std::pin::pin!(fut);

@@ -178,6 +178,12 @@ impl Isolate {
     })
   }
 
+  /// Memory the isolate holds now (V8 heap in use plus ArrayBuffers), as
+  /// [`Worker::memory_usage`] counts it.
+  pub fn memory_usage(&mut self) -> u64 {
+    (self.js.heap_used() + self.guard.array_buffer_bytes()) as u64
+  }
+
   /// The most memory a worker loaded into this isolate may use.
   pub fn memory_limit(&self) -> u64 {
     self.guard.memory_limit() as u64

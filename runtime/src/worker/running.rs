@@ -766,11 +766,7 @@ impl Worker {
 
   /// Memory the isolate holds now (V8 heap in use plus ArrayBuffers).
   pub fn memory_usage(&mut self) -> u64 {
-    let heap = {
-      let _entered = EnterGuard::new(&mut self.js);
-      self.js.v8_isolate().get_heap_statistics().used_heap_size()
-    };
-    (heap + self.guard.array_buffer_bytes()) as u64
+    (self.js.heap_used() + self.guard.array_buffer_bytes()) as u64
   }
 
   /// Whether a limit (or a failure) stopped this isolate for good.
