@@ -235,19 +235,34 @@ pub(crate) fn fetch_options(worker: Option<Arc<egress::WorkerEgress>>) -> deno_f
   }
 }
 
+/// The classes deno_web implements in Rust that a worker isolate gets.
+/// The others (`DOMMatrix`, `DOMPoint`, `DOMRect`, `DOMQuad`, `ImageData`,
+/// `CSSStyleSheet`, `CSSRule`) are browser APIs that Workers do not have and
+/// whose scripts the global scope never loads; each of their ~400 methods
+/// and accessors would be a V8 function template in the snapshot and a
+/// function made again in every isolate.
+const WEB_CLASSES: [&str; 1] = ["Console"];
+
 /// Every extension of a worker isolate, in load order. The build script and
 /// the runtime must call this with the same list, or the snapshot's op table
 /// does not match.
 pub fn extensions() -> Vec<deno_core::Extension> {
   let fetch_options = fetch_options(None);
+  let mut web = deno_web::deno_web::init(
+    Arc::new(deno_web::BlobStore::default()),
+    None,
+    false,
+    deno_web::InMemoryBroadcastChannel::default(),
+  );
+  web.objects = web
+    .objects
+    .iter()
+    .filter(|class| WEB_CLASSES.contains(&class.name.0))
+    .copied()
+    .collect();
   vec![
     deno_webidl::deno_webidl::init(),
-    deno_web::deno_web::init(
-      Arc::new(deno_web::BlobStore::default()),
-      None,
-      false,
-      deno_web::InMemoryBroadcastChannel::default(),
-    ),
+    web,
     deno_crypto::deno_crypto::init(None),
     deno_net::init(),
     deno_fetch::deno_fetch::init(fetch_options),
