@@ -93,9 +93,8 @@ impl FetchRequest {
   /// `request`, from `client`, whose address its trace event shows.
   pub fn new(request: http::Request<RequestBody>, client: Option<std::net::IpAddr>) -> Self {
     Self(Box::new(Fetch {
-      request,
-      entrypoint: None,
       client,
+      ..Fetch::new(request)
     }))
   }
 
