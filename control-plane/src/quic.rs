@@ -15,6 +15,7 @@ use isola_io::BoxError;
 use isola_proto::msg::Call;
 use isola_proto::msg::CallReply;
 use isola_proto::msg::DesiredState;
+use isola_proto::trace::PackedBatch;
 use isola_proto::ControlEvent;
 use isola_proto::ControlSession;
 use isola_proto::Timing;
@@ -282,24 +283,25 @@ impl Handler<ControlSession> for EdgeConnection {
               let (kv, queues) = (kv.clone(), queues.clone());
               let (traces, edge) = (traces.clone(), edge.clone());
               async move {
-                match call {
-                  Call::Kv(call) => CallReply::Kv(kv.call(call).await),
-                  Call::Send { call, ids } => CallReply::Send(queues.call(call, ids).await),
-                  // Best effort: taken (or counted as dropped) at once.
-                  Call::Trace(batch) => {
+                // Best effort: taken (or counted as dropped) at once.
+                let batch = match call {
+                  Call::Kv(call) => return CallReply::Kv(kv.call(call).await),
+                  Call::Send { call, ids } => return CallReply::Send(queues.call(call, ids).await),
+                  Call::Trace(batch) => Ok(batch),
+                  Call::Events(packed) => packed.unpack(&edge),
+                  Call::EventsLz4(bytes) => {
+                    PackedBatch::from_lz4(&bytes).and_then(|packed| packed.unpack(&edge))
+                  }
+                };
+                match batch {
+                  Ok(batch) => {
                     traces.ingest(&edge, batch);
                     CallReply::Traced
                   }
-                  Call::Events(packed) => match packed.unpack(&edge) {
-                    Ok(batch) => {
-                      traces.ingest(&edge, batch);
-                      CallReply::Traced
-                    }
-                    Err(e) => {
-                      tracing::debug!(edge = %edge, error = %e, "an unreadable trace batch");
-                      CallReply::Unsupported
-                    }
-                  },
+                  Err(e) => {
+                    tracing::debug!(edge = %edge, error = %e, "an unreadable trace batch");
+                    CallReply::Unsupported
+                  }
                 }
               }
             },

@@ -6,11 +6,12 @@
 //! event left out is counted (`isola_trace_events_dropped_total`, and the
 //! next batch's `dropped`). The request's thread writes each event's row of
 //! the packed batch ([`PackedWriter`]) and drops its record there; the
-//! shipper frames the rows and, when the edge exports OpenTelemetry spans,
-//! builds the spans of the records kept for them. Measured with
-//! `bench/events_overhead.py`: queuing the records for the shipper to
-//! write cost more on both threads (a batch of fresh memory on the request
-//! thread, freed in bulk by the shipper) than writing them where they end.
+//! shipper compresses and frames the rows and, when the edge exports
+//! OpenTelemetry spans, builds the spans of the records kept for them.
+//! Measured with `bench/events_overhead.py`: queuing the records for the
+//! shipper to write cost more on both threads (a batch of fresh memory on
+//! the request thread, freed in bulk by the shipper) than writing them
+//! where they end.
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -283,7 +284,7 @@ pub async fn ship<F, Fut>(
   }
 }
 
-/// A batch as it leaves: the frame of its `Call::Events`.
+/// A batch as it leaves: the frame of its `Call::EventsLz4`.
 pub struct Outgoing {
   pub frame: Vec<u8>,
 }
@@ -300,10 +301,13 @@ impl Outgoing {
   fn into_batch(self, edge: &str) -> isola_proto::trace::TraceBatch {
     let mut decoder = isola_proto::codec::Decoder::new();
     decoder.push(&self.frame);
-    let Some(Call::Events(packed)) = decoder.decode().unwrap() else {
-      panic!("not a Call::Events");
+    let Some(Call::EventsLz4(bytes)) = decoder.decode().unwrap() else {
+      panic!("not a Call::EventsLz4");
     };
-    packed.unpack(edge).unwrap()
+    isola_proto::trace::PackedBatch::from_lz4(&bytes)
+      .unwrap()
+      .unpack(edge)
+      .unwrap()
   }
 }
 

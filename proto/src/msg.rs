@@ -367,21 +367,37 @@ pub enum Call {
   /// Trace events, best effort (never retried). What edges before
   /// [`Call::Events`] send; still taken.
   Trace(crate::trace::TraceBatch),
-  /// Trace events in the compact form edges send, best effort.
+  /// Trace events in the compact form, uncompressed: what edges before
+  /// [`Call::EventsLz4`] send; still taken.
   Events(crate::trace::PackedBatch),
+  /// Trace events as edges send them, best effort: the CBOR of a
+  /// [`PackedBatch`](crate::trace::PackedBatch) compressed with LZ4 (block
+  /// format, its size first, 4 bytes little-endian; read with
+  /// [`PackedBatch::from_lz4`](crate::trace::PackedBatch::from_lz4)). A
+  /// batch of requests repeats the same few bytes row after row; every
+  /// byte less is one the edge encrypts and sends less of.
+  EventsLz4(serde_bytes::ByteBuf),
 }
 
 impl Call {
-  /// The frame of a [`Call::Events`] whose batch `batch` writes, as CBOR
-  /// of a [`PackedBatch`](crate::trace::PackedBatch): for an edge that
-  /// writes its events' CBOR as they end, so a batch is only framed here.
+  /// The frame of a [`Call::EventsLz4`] of the batch `batch` writes, as
+  /// CBOR of a [`PackedBatch`](crate::trace::PackedBatch): for an edge
+  /// that writes its events' CBOR as they end, so a batch is only
+  /// compressed and framed here.
   pub fn events_frame(batch: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut cbor = Vec::new();
+    batch(&mut cbor);
+    let packed = lz4_flex::block::compress_prepend_size(&cbor);
     crate::codec::frame(|out| {
-      // The variant as serde writes it: a map of its name to its value.
+      // The variant as serde writes it: a map of its name to its value,
+      // here a byte string.
       out.push(0xa1);
-      out.push(0x60 | 6);
-      out.extend_from_slice(b"Events");
-      batch(out);
+      out.push(0x60 | 9);
+      out.extend_from_slice(b"EventsLz4");
+      let len = u32::try_from(packed.len()).expect("a batch stays below 4 GiB");
+      out.push(0x40 | 26);
+      out.extend_from_slice(&len.to_be_bytes());
+      out.extend_from_slice(&packed);
     })
   }
 }

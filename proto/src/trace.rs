@@ -149,6 +149,20 @@ pub struct PackedFetch(
 );
 
 impl PackedBatch {
+  /// The batch a [`Call::EventsLz4`](crate::msg::Call::EventsLz4) carries.
+  /// Refused if it says it is larger than a frame may be: what a
+  /// compressed batch may cost the reader is what an uncompressed one may.
+  pub fn from_lz4(bytes: &[u8]) -> Result<Self, crate::Error> {
+    let malformed =
+      |e: &dyn std::fmt::Display| crate::Error::Malformed(format!("a compressed trace batch: {e}"));
+    let (size, rest) = lz4_flex::block::uncompressed_size(bytes).map_err(|e| malformed(&e))?;
+    if size > crate::codec::MAX_FRAME {
+      return Err(crate::Error::FrameTooLarge(size));
+    }
+    let cbor = lz4_flex::block::decompress(rest, size).map_err(|e| malformed(&e))?;
+    ciborium::from_reader(&cbor[..]).map_err(|e| malformed(&e))
+  }
+
   /// The events, each with `edge`; an error names the first position
   /// that is not in the table (the batch is then refused whole).
   pub fn unpack(self, edge: &str) -> Result<TraceBatch, crate::Error> {
@@ -242,5 +256,73 @@ mod tests {
       e.to_string(),
       "malformed message: a trace event names string 2 of a table of 2"
     );
+  }
+
+  fn rpc_batch(events: usize) -> PackedBatch {
+    let event = |i: usize| {
+      PackedEvent(
+        0,
+        1,
+        1_764_700_000_000 + i as i64,
+        PackedInfo::Other(EventInfo::Rpc { method: "m".into() }),
+        2,
+        20 + i as u64 % 7,
+        30,
+        vec![],
+        vec![],
+        false,
+      )
+    };
+    PackedBatch {
+      strings: vec!["w".into(), "v".into(), "ok".into()],
+      events: (0..events).map(event).collect(),
+      dropped: 3,
+    }
+  }
+
+  #[test]
+  fn a_compressed_batch_reads_back_as_the_batch_written() {
+    let batch = rpc_batch(1000);
+    let frame = crate::msg::Call::events_frame(|out| ciborium::into_writer(&batch, out).unwrap());
+    let plain = crate::codec::encode(&crate::msg::Call::Events(batch.clone()));
+    assert!(
+      frame.len() * 4 < plain.len(),
+      "{} bytes compressed, {} plain",
+      frame.len(),
+      plain.len()
+    );
+    let mut decoder = crate::codec::Decoder::new();
+    decoder.push(&frame);
+    let Some(crate::msg::Call::EventsLz4(bytes)) = decoder.decode().unwrap() else {
+      panic!("not a Call::EventsLz4");
+    };
+    assert_eq!(PackedBatch::from_lz4(&bytes).unwrap(), batch);
+  }
+
+  #[test]
+  fn a_compressed_batch_that_lies_is_refused() {
+    let cbor = {
+      let mut out = Vec::new();
+      ciborium::into_writer(&rpc_batch(10), &mut out).unwrap();
+      out
+    };
+    let good = lz4_flex::block::compress_prepend_size(&cbor);
+    // Larger than a frame may be: refused before anything is allocated.
+    let mut huge = good.clone();
+    huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+      PackedBatch::from_lz4(&huge),
+      Err(crate::Error::FrameTooLarge(_))
+    ));
+    // Smaller than what it holds, cut short, or no size at all.
+    let mut small = good.clone();
+    small[..4].copy_from_slice(&10u32.to_le_bytes());
+    for bad in [&small[..], &good[..good.len() / 2], &good[..2]] {
+      let e = PackedBatch::from_lz4(bad).unwrap_err().to_string();
+      assert!(
+        e.starts_with("malformed message: a compressed trace batch: "),
+        "{e}"
+      );
+    }
   }
 }
