@@ -924,12 +924,33 @@ function warm() {
 let warmKept = null;
 
 // -------------------------------------------------------------- lifecycle --
-/** Called once before the worker's main module is evaluated. */
+/** Whether this isolate's own part of `init` has run (a stock isolate's
+ * prewarm runs it before any worker is loaded into it). */
+let isolateReady = false;
+
+/**
+ * Called once before the worker's main module is evaluated (and once in a
+ * blank isolate of the stock, with no worker). What belongs to the isolate
+ * (the clock's buffer, the ops' bindings) is set up at its first call only:
+ * a worker's first request waits for the second.
+ */
 const init = (function init() {
   performanceMod.setTimeOrigin();
-  const clock = new Float64Array(2);
-  op_isola_set_clock(new Uint8Array(TypedArrayPrototypeGetBuffer(clock)));
-  setClock(clock);
+  if (!isolateReady) {
+    // The ops again, from `core.ops`, where deno_core put them with their
+    // fast API forms when it made this isolate: the snapshot's functions,
+    // bound when it was built, have only the slow form (V8 cannot
+    // serialize fast API functions). Before any request: a call site that
+    // has seen an op's slow form stays polymorphic, and V8 makes no fast
+    // call there.
+    bindOps();
+    bindGlobalScopeOps();
+    const clock = new Float64Array(2);
+    op_isola_set_clock(new Uint8Array(TypedArrayPrototypeGetBuffer(clock)));
+    setClock(clock);
+    invocations = op_isola_invocations();
+    isolateReady = true;
+  }
   env = op_isola_env();
   const bindings = op_isola_service_bindings();
   for (let i = 0; i < bindings.length; i++) {
@@ -937,14 +958,6 @@ const init = (function init() {
   }
   addKvBindings(env);
   addQueueBindings(env);
-  // The ops again, from `core.ops`, where deno_core put them with their
-  // fast API forms when it made this isolate: the snapshot's functions,
-  // bound when it was built, have only the slow form (V8 cannot serialize
-  // fast API functions). Before any request: a call site that has seen an
-  // op's slow form stays polymorphic, and V8 makes no fast call there.
-  bindOps();
-  bindGlobalScopeOps();
-  invocations = op_isola_invocations();
 });
 
 /**

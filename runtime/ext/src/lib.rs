@@ -165,7 +165,8 @@ pub fn system_time_at(now: std::time::Instant) -> std::time::SystemTime {
 /// The frozen clock JS reads `Date.now()` and `performance.now()` from.
 pub struct Clock {
   buffer: JsBuffer,
-  origin: std::time::Instant,
+  /// What `performance.now()` counts from: the worker's start.
+  origin: std::cell::Cell<std::time::Instant>,
 }
 
 impl Clock {
@@ -175,6 +176,14 @@ impl Clock {
     self.tick_at(std::time::Instant::now());
   }
 
+  /// Counts `performance.now()` from now: a worker loaded into an isolate
+  /// of the stock starts its own time, not the isolate's.
+  pub fn restart(&self) {
+    let now = std::time::Instant::now();
+    self.origin.set(now);
+    self.tick_at(now);
+  }
+
   /// Advances the clock to `now`, a clock read the caller made for this
   /// turn anyway (a read costs ~70 ns on a virtual machine's TSC, and a
   /// request took a dozen).
@@ -182,7 +191,10 @@ impl Clock {
     let epoch_ms = system_time_at(now)
       .duration_since(std::time::UNIX_EPOCH)
       .map_or(0.0, |d| d.as_millis() as f64);
-    let since_origin = now.saturating_duration_since(self.origin).as_secs_f64() * 1000.0;
+    let since_origin = now
+      .saturating_duration_since(self.origin.get())
+      .as_secs_f64()
+      * 1000.0;
     let ptr = self.buffer.as_ptr() as *mut f64;
     if self.buffer.len() >= 16 && (ptr as usize).is_multiple_of(std::mem::align_of::<f64>()) {
       // SAFETY: a live Float64Array(2) backing store held by `buffer`; JS is
@@ -199,7 +211,7 @@ impl Clock {
 fn op_isola_set_clock(state: &mut OpState, #[buffer] buffer: JsBuffer) {
   let clock = Clock {
     buffer,
-    origin: std::time::Instant::now(),
+    origin: std::cell::Cell::new(std::time::Instant::now()),
   };
   clock.tick();
   // Shared: each worker keeps a handle, so ticking it takes no lookup.

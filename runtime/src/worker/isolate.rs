@@ -209,7 +209,8 @@ impl Isolate {
     for _ in 0..PREWARM_RUNS {
       call_sync(&mut self.js, &self.internals.warm, |_| vec![]).map_err(ErrorKind::Stopped)?;
     }
-    // Run again with the worker's own bindings when it is loaded.
+    // The isolate's part of it runs here, off any request's path; the
+    // worker's part again when one is loaded.
     call_sync(&mut self.js, &self.internals.init, |_| vec![]).map_err(ErrorKind::Stopped)?;
     Ok(())
   }
@@ -226,6 +227,9 @@ impl Isolate {
     {
       let state = self.js.op_state();
       let mut state = state.borrow_mut();
+      if let Some(clock) = state.try_borrow::<Rc<isola_ext::Clock>>() {
+        clock.restart();
+      }
       state.put(WorkerName(name.clone()));
       state.put(WorkerEnv(config.vars.clone().into_iter().collect()));
       isola_ext::egress::install_worker_egress(&mut state, config.egress.clone());

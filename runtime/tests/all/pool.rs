@@ -493,6 +493,46 @@ async fn a_ready_isolate_gives_its_worker_only_its_own_bindings() {
   );
 }
 
+/// A ready isolate set up its clock in its warm-up, long before a worker
+/// comes: the worker's `performance.now()` still counts from its own start.
+async fn a_ready_isolate_starts_its_workers_clock_afresh() {
+  let rt = Runtime::new(Config::default().threads(1).stock(1)).unwrap();
+  eventually("the stock to fill", || rt.stats().stock == 1).await;
+  let waited = Duration::from_millis(1500);
+  tokio::time::sleep(waited).await;
+  let code = r#"const atStart = performance.now();
+  export default {
+    fetch() {
+      return new Response(JSON.stringify({ atStart, now: Date.now() }));
+    },
+  };"#;
+  let key = WorkerKey::new("clock", "v1");
+  let bundle = Bundle::from_modules("worker.js", [("worker.js".to_string(), Bytes::from(code))]);
+  let config = WorkerConfig::new("clock");
+  let req = isola_runtime::empty_request("http://clock.test/");
+  let response = rt
+    .fetch(&key, move || Ok((bundle?, config)), req)
+    .await
+    .unwrap();
+  let body = response.into_body().collect_bytes().await.unwrap();
+  assert_eq!(rt.stats().stock_hits, 1, "loaded into the ready isolate");
+  let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+  let at_start = seen["atStart"].as_f64().unwrap();
+  assert!(
+    at_start >= 0.0 && at_start < waited.as_millis() as f64,
+    "performance.now() at the worker's top level was {at_start} ms: it counts from the isolate's warm-up, not the worker's start"
+  );
+  let wall = std::time::SystemTime::now()
+    .duration_since(std::time::UNIX_EPOCH)
+    .unwrap()
+    .as_millis() as f64;
+  let now = seen["now"].as_f64().unwrap();
+  assert!(
+    (wall - now).abs() < 60_000.0,
+    "Date.now() {now} is the wall clock's {wall}"
+  );
+}
+
 /// The pool tests, each on its own two-thread tokio runtime (as
 /// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]` gave them).
 pub fn trials() -> Vec<Trial> {
@@ -514,6 +554,10 @@ pub fn trials() -> Vec<Trial> {
       lru_evicts_by_count_and_idle_ttl,
     ),
     trial("every_invocation_is_metered", every_invocation_is_metered),
+    trial(
+      "a_ready_isolate_starts_its_workers_clock_afresh",
+      a_ready_isolate_starts_its_workers_clock_afresh,
+    ),
     trial(
       "a_busy_worker_scales_out_to_another_isolate",
       a_busy_worker_scales_out_to_another_isolate,
