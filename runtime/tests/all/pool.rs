@@ -463,20 +463,21 @@ async fn unseen_workers_load_into_ready_isolates() {
   eventually("the stock to refill", || rt.stats().stock == 2).await;
 }
 
-/// A ready isolate ran the init path once with no worker (its warm-up):
-/// the worker loaded into it still sees exactly its own bindings.
-async fn a_ready_isolate_gives_its_worker_only_its_own_bindings() {
+/// The body of the first reply of worker `name` (one module, `code`),
+/// loaded into the one isolate of the stock once that has waited `idle`
+/// after its warm-up.
+async fn first_reply_from_a_ready_isolate(
+  name: &str,
+  code: &'static str,
+  config: WorkerConfig,
+  idle: Duration,
+) -> String {
   let rt = Runtime::new(Config::default().threads(1).stock(1)).unwrap();
   eventually("the stock to fill", || rt.stats().stock == 1).await;
-  let code = r#"export default {
-    fetch(request, env) {
-      return new Response(JSON.stringify({ keys: Object.keys(env), greeting: env.GREETING }));
-    },
-  };"#;
-  let key = WorkerKey::new("ready", "v1");
+  tokio::time::sleep(idle).await;
+  let key = WorkerKey::new(name, "v1");
   let bundle = Bundle::from_modules("worker.js", [("worker.js".to_string(), Bytes::from(code))]);
-  let config = WorkerConfig::new("ready").var("GREETING", "hello");
-  let req = isola_runtime::empty_request("http://ready.test/");
+  let req = isola_runtime::empty_request(&format!("http://{name}.test/"));
   let response = rt
     .fetch(&key, move || Ok((bundle?, config)), req)
     .await
@@ -487,8 +488,20 @@ async fn a_ready_isolate_gives_its_worker_only_its_own_bindings() {
     1,
     "the worker was loaded into the ready isolate"
   );
+  String::from_utf8_lossy(&body).into_owned()
+}
+
+/// A ready isolate ran the init path once with no worker (its warm-up):
+/// the worker loaded into it still sees exactly its own bindings.
+async fn a_ready_isolate_gives_its_worker_only_its_own_bindings() {
+  let code = r#"export default {
+    fetch(request, env) {
+      return new Response(JSON.stringify({ keys: Object.keys(env), greeting: env.GREETING }));
+    },
+  };"#;
+  let config = WorkerConfig::new("ready").var("GREETING", "hello");
   assert_eq!(
-    String::from_utf8_lossy(&body),
+    first_reply_from_a_ready_isolate("ready", code, config, Duration::ZERO).await,
     r#"{"keys":["GREETING"],"greeting":"hello"}"#
   );
 }
@@ -496,30 +509,19 @@ async fn a_ready_isolate_gives_its_worker_only_its_own_bindings() {
 /// A ready isolate set up its clock in its warm-up, long before a worker
 /// comes: the worker's `performance.now()` still counts from its own start.
 async fn a_ready_isolate_starts_its_workers_clock_afresh() {
-  let rt = Runtime::new(Config::default().threads(1).stock(1)).unwrap();
-  eventually("the stock to fill", || rt.stats().stock == 1).await;
-  let waited = Duration::from_millis(1500);
-  tokio::time::sleep(waited).await;
   let code = r#"const atStart = performance.now();
   export default {
     fetch() {
       return new Response(JSON.stringify({ atStart, now: Date.now() }));
     },
   };"#;
-  let key = WorkerKey::new("clock", "v1");
-  let bundle = Bundle::from_modules("worker.js", [("worker.js".to_string(), Bytes::from(code))]);
-  let config = WorkerConfig::new("clock");
-  let req = isola_runtime::empty_request("http://clock.test/");
-  let response = rt
-    .fetch(&key, move || Ok((bundle?, config)), req)
-    .await
-    .unwrap();
-  let body = response.into_body().collect_bytes().await.unwrap();
-  assert_eq!(rt.stats().stock_hits, 1, "loaded into the ready isolate");
-  let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+  let idle = Duration::from_millis(1500);
+  let body =
+    first_reply_from_a_ready_isolate("clock", code, WorkerConfig::new("clock"), idle).await;
+  let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
   let at_start = seen["atStart"].as_f64().unwrap();
   assert!(
-    at_start >= 0.0 && at_start < waited.as_millis() as f64,
+    at_start >= 0.0 && at_start < idle.as_millis() as f64,
     "performance.now() at the worker's top level was {at_start} ms: it counts from the isolate's warm-up, not the worker's start"
   );
   let wall = std::time::SystemTime::now()
