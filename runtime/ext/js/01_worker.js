@@ -931,8 +931,9 @@ let isolateReady = false;
 /**
  * Called once before the worker's main module is evaluated (and once in a
  * blank isolate of the stock, with no worker). What belongs to the isolate
- * (the clock's buffer, the ops' bindings) is set up at its first call only:
- * a worker's first request waits for the second.
+ * (the clock's buffer, the ops' bindings) is set up at its first call only,
+ * so a worker loaded into a ready isolate runs only its own part on its
+ * first request's path.
  */
 const init = (function init() {
   performanceMod.setTimeOrigin();
