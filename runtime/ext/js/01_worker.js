@@ -924,10 +924,6 @@ function warm() {
 let warmKept = null;
 
 // -------------------------------------------------------------- lifecycle --
-/** Whether this isolate's own part of `init` has run (a stock isolate's
- * prewarm runs it before any worker is loaded into it). */
-let isolateReady = false;
-
 /**
  * Called once before the worker's main module is evaluated (and once in a
  * blank isolate of the stock, with no worker). What belongs to the isolate
@@ -937,7 +933,8 @@ let isolateReady = false;
  */
 const init = (function init() {
   performanceMod.setTimeOrigin();
-  if (!isolateReady) {
+  // The isolate's part has not run while `invocations`, set only there, is null.
+  if (invocations === null) {
     // The ops again, from `core.ops`, where deno_core put them with their
     // fast API forms when it made this isolate: the snapshot's functions,
     // bound when it was built, have only the slow form (V8 cannot
@@ -950,7 +947,6 @@ const init = (function init() {
     op_isola_set_clock(new Uint8Array(TypedArrayPrototypeGetBuffer(clock)));
     setClock(clock);
     invocations = op_isola_invocations();
-    isolateReady = true;
   }
   env = op_isola_env();
   const bindings = op_isola_service_bindings();
