@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use isola_ext::egress::WorkerEgress;
 
@@ -40,6 +41,7 @@ pub struct WorkerConfig {
   pub(super) egress: Option<Arc<WorkerEgress>>,
   /// The pool's code caches, if it keeps them.
   pub(super) code_cache: Option<Arc<CodeCache>>,
+  pub(super) idle_trim: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -65,6 +67,7 @@ impl WorkerConfig {
       storage: Storage::default(),
       egress: None,
       code_cache: None,
+      idle_trim: super::running::IDLE_TRIM,
     }
   }
 
@@ -85,6 +88,15 @@ impl WorkerConfig {
   /// Limits per invocation. Default: [`Limits::default`].
   pub fn limits(mut self, limits: Limits) -> Self {
     self.limits = limits;
+    self
+  }
+
+  /// How long the worker must have started nothing, with nothing in
+  /// flight, before its isolate gives back the memory its traffic grew
+  /// (one memory-reducing GC, if its heap grew by 1 MiB or more since it
+  /// was loaded or last trimmed). Default: 10 s.
+  pub fn idle_trim(mut self, after: Duration) -> Self {
+    self.idle_trim = after;
     self
   }
 

@@ -364,6 +364,10 @@ impl Isolate {
     }
     let context = self.js.main_context();
     let clock = clock(&self.js);
+    let trimmed_at = {
+      let _entered = EnterGuard::new(&mut self.js);
+      super::running::heap_committed(self.js.v8_isolate())
+    };
     let invocations = self
       .js
       .op_state()
@@ -377,6 +381,10 @@ impl Isolate {
       internals: self.internals,
       loader: self.loader,
       cache_timer: None,
+      trim_timer: None,
+      active: None,
+      idle_trim: config.idle_trim,
+      trimmed_at,
       name,
       guard: self.guard,
       limits: config.limits.clone(),

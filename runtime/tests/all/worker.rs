@@ -540,8 +540,50 @@ async fn serve_every_body_kind(worker: WorkerHandle) {
   }
 }
 
+/// A worker idle for its `idle_trim` gets a full GC: an object it holds
+/// only weakly is gone by its next request. Nothing allocates while it is
+/// idle, so without the trim no GC would run (the request right after the
+/// first still sees the object).
+fn an_idle_worker_gives_back_its_memory() {
+  rt().block_on(async {
+    let code = r#"
+      let ref;
+      export default {
+        fetch(request) {
+          if (new URL(request.url).pathname === "/grow") {
+            ref = new WeakRef({ kept: "weakly" });
+            // Short-lived objects: the young generation grows past 1 MiB.
+            const ring = new Array(64);
+            for (let i = 0; i < 300000; i++) ring[i & 63] = { i, pair: [i, i] };
+            return new Response(String(ring.length));
+          }
+          return new Response(ref.deref() === undefined ? "collected" : "alive");
+        },
+      };
+    "#;
+    let config = WorkerConfig::new("trim").idle_trim(std::time::Duration::from_millis(100));
+    let worker = Worker::new(bundle(code), &config, LogSink::discard())
+      .await
+      .unwrap()
+      .spawn();
+    let get = |url: &str| body_of(&worker, isola_runtime::empty_request(url));
+    assert_eq!(get("http://t.test/grow").await, "64");
+    assert_eq!(
+      get("http://t.test/").await,
+      "alive",
+      "no GC between two requests"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(get("http://t.test/").await, "collected");
+  });
+}
+
 pub fn trials() -> Vec<Trial> {
   vec![
+    trial(
+      "an_idle_worker_gives_back_its_memory",
+      an_idle_worker_gives_back_its_memory,
+    ),
     trial(
       "one_isolate_serves_concurrent_requests",
       one_isolate_serves_concurrent_requests,
