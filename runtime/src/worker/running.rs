@@ -876,7 +876,7 @@ impl Worker {
       if self.stopped.is_none() && self.loader.has_deferred() && self.caches_wanted() {
         self.deferred_caches(polled.is_ready(), cx);
       }
-      if self.stopped.is_none() && polled.is_pending() && self.active.is_some() {
+      if self.stopped.is_none() && polled.is_pending() {
         self.trim_when_idle(cx);
       }
       match (&self.stopped, polled) {
@@ -923,33 +923,32 @@ impl Worker {
   /// Trims the isolate ([`IDLE_TRIM`]) once the worker has started nothing
   /// for that long, has nothing in flight and the thread is quiet.
   fn trim_when_idle(&mut self, cx: &mut Context<'_>) {
-    let after = self.idle_trim;
-    let idle_at = |active: Option<std::time::Instant>| {
-      active.map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std) + after
+    let Some(active) = self.active else {
+      return;
     };
+    // Busy: the end of its last invocation wakes the task, which then
+    // comes back here (no timer meanwhile, however long that takes).
+    if self.in_flight() > 0 {
+      self.trim_timer = None;
+      return;
+    }
     // Its time has not come: the timer wakes the task when it does.
     if self.trim_timer.as_ref().is_some_and(Deferred::waiting) {
       return;
     }
-    let mut timer = match self.trim_timer.take() {
-      Some(timer) => timer,
-      None => Deferred::at(idle_at(self.active)),
-    };
+    let due = tokio::time::Instant::from_std(active) + self.idle_trim;
     loop {
+      let timer = self.trim_timer.get_or_insert_with(|| Deferred::at(due));
       if !timer.quiet_moment(cx) {
-        self.trim_timer = Some(timer);
         return;
       }
-      // It started something since the timer was armed, or is still busy:
-      // `idle_trim` from its last start (an invocation's end wakes the task,
-      // which then comes back here).
-      let due = idle_at(self.active);
-      let now = tokio::time::Instant::now();
-      if self.in_flight() == 0 && due <= now {
+      if due <= tokio::time::Instant::now() {
         break;
       }
-      timer = Deferred::at(due.max(now + QUIET));
+      // It started something since the timer was armed: from that start.
+      self.trim_timer = None;
     }
+    self.trim_timer = None;
     self.active = None;
     let _entered = EnterGuard::new(&mut self.js);
     let isolate = self.js.v8_isolate();
