@@ -15,7 +15,9 @@
 //! first-request figure, over `DENSITY_FIRST` (2,000) never-seen workers;
 //! `--burst` only the burst's, over `DENSITY_BURST` (200); `--big` only the
 //! 1 MB bundle's with a warm code cache, over `DENSITY_BIG` (400) isolates;
-//! `--big-rss` only the 1 MB bundle's memory per worker.
+//! `--big-rss` only the 1 MB bundle's memory per worker; `--traffic` only
+//! the memory per hello worker before and after `DENSITY_ROUNDS` (1,000)
+//! requests each, and once idle.
 //!
 //! `--floor` prints only what an isolate costs (memory, time to make)
 //! beneath Isola's Workers API, over `DENSITY_FLOOR` (100) kept isolates of
@@ -37,6 +39,11 @@ use isola_runtime::MeterSink;
 use isola_runtime::Runtime;
 use isola_runtime::WorkerConfig;
 use isola_runtime::WorkerKey;
+
+/// The edge's allocator (`isola-edge` links it the same way), so that the
+/// memory figures are what an edge process holds.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const HELLO: &str = r#"export default { fetch() { return new Response("Hello, world!"); } };"#;
 const SPIN: &str = r#"export default { fetch() { for (;;) {} } };"#;
@@ -441,6 +448,53 @@ async fn big_rss(n: usize) -> f64 {
   (rss() - base) as f64 / n as f64 / (1 << 20) as f64
 }
 
+/// RSS per worker of `n` hello workers (over the RSS before them): just
+/// loaded; after traffic (`rounds` requests each, round-robin with 50 in
+/// flight, as the harness's `serve` cell sends them), which grows each
+/// isolate's young generation and compiled code; and after they have been
+/// idle past `idle_trim`, when the runtime gives that memory back.
+async fn traffic_rss(n: usize, rounds: usize, idle_trim: Duration) -> [f64; 3] {
+  let rt = Runtime::new(Config::default().threads(1).stock(0).max_isolates(n + 10)).unwrap();
+  hit(&rt, "warmup", HELLO, Limits::default()).await;
+  let base = rss();
+  let per = |now: u64| now.saturating_sub(base) as f64 / n as f64 / (1 << 20) as f64;
+  let bundle = one_module(Bytes::from_static(HELLO.as_bytes()));
+  let send = |i: usize| {
+    let (rt, bundle) = (rt.clone(), bundle.clone());
+    async move {
+      let name = format!("tenant-{}", i % n);
+      let key = WorkerKey::new(name.clone(), "v1");
+      let config = WorkerConfig::new(name).idle_trim(idle_trim);
+      let req = isola_runtime::empty_request("http://bench.test/");
+      let response = rt
+        .fetch(&key, move || Ok((bundle, config)), req)
+        .await
+        .expect("a hello worker answers");
+      assert_eq!(response.status(), 200);
+      let _ = response.into_body().collect_bytes().await;
+    }
+  };
+  for i in 0..n {
+    send(i).await;
+  }
+  let loaded = per(rss());
+  let mut in_flight = tokio::task::JoinSet::new();
+  for i in 0..n * rounds {
+    if in_flight.len() == 50 {
+      in_flight.join_next().await.unwrap().unwrap();
+    }
+    in_flight.spawn(send(i));
+  }
+  while let Some(done) = in_flight.join_next().await {
+    done.unwrap();
+  }
+  let after = per(rss());
+  // The trim waits for the idle time, then for quiet moments of the
+  // thread, spaced 5 ms apart: 100 workers are done well within a second.
+  tokio::time::sleep(idle_trim + Duration::from_secs(2)).await;
+  [loaded, after, per(rss())]
+}
+
 /// Latencies (ms) of requests to worker `hot`, one every millisecond
 /// (open loop), until `stop`. A request held up by the one before it counts
 /// from when it was due, so a stall shows in every request it delays.
@@ -549,18 +603,18 @@ fn print_churn(quick: bool) {
   );
 }
 
-/// The `--big-rss` row, measured in a process of its own: this one's RSS
-/// already holds the memory that the figures before freed, which new
-/// isolates reuse without growing it.
-fn print_big_rss(quick: bool) {
+/// A pass whose figures need a process of their own (`--big-rss`,
+/// `--traffic`): this one's RSS already holds the memory that the figures
+/// before freed, which new isolates reuse without growing it.
+fn print_own_process(pass: &str, quick: bool) {
   let exe = std::env::current_exe().expect("the bench knows its executable");
   let mut cmd = std::process::Command::new(exe);
-  cmd.arg("--big-rss");
+  cmd.arg(pass);
   if !quick {
     cmd.arg("--bench");
   }
-  let out = cmd.output().expect("the --big-rss pass starts");
-  assert!(out.status.success(), "the --big-rss pass failed: {out:?}");
+  let out = cmd.output().expect("the pass starts");
+  assert!(out.status.success(), "the {pass} pass failed: {out:?}");
   print!("{}", String::from_utf8_lossy(&out.stdout));
 }
 
@@ -806,6 +860,18 @@ fn main() {
     println!("| RSS per worker of the 1 MB bundle (its bundle and its isolate), {n} workers | {per:.2} MiB |");
     return;
   }
+  if std::env::args().any(|a| a == "--traffic") {
+    // Quick: too few requests to grow a heap 1 MiB, so nothing is trimmed.
+    let (n, rounds, idle) = if quick {
+      (10, 20, Duration::from_millis(300))
+    } else {
+      let rounds = env_usize("DENSITY_ROUNDS", 1000);
+      (100, rounds, Duration::from_secs(10))
+    };
+    let [loaded, after, idle_rss] = one_worker_runtime().block_on(traffic_rss(n, rounds, idle));
+    println!("| RSS per hello worker, {n} workers: just loaded / after {rounds} requests each / then idle {} s | {loaded:.2} MiB / {after:.2} MiB / {idle_rss:.2} MiB |", idle.as_secs_f64());
+    return;
+  }
   if let Some(kind) = std::env::args().find_map(|a| a.strip_prefix("--floor=").map(String::from)) {
     floor_kind(&kind, env_usize("DENSITY_FLOOR", 100));
     return;
@@ -851,7 +917,8 @@ fn main() {
         println!("| V8 code cache of the 1 MB bundle | {kib:.0} KiB |");
       }
     }
-    print_big_rss(quick);
+    print_own_process("--big-rss", quick);
+    print_own_process("--traffic", quick);
     print_floor(if quick { 5 } else { 100 });
     let (over50, over_max, wall) = cpu_overshoot(if quick { 3 } else { 20 }).await;
     println!("| busy loop past a 50 ms CPU limit: median / max overrun (CPU) | {over50:.2} ms / {over_max:.2} ms |");
