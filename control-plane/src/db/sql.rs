@@ -436,17 +436,7 @@ impl<'a> Sql<'a> {
       Inner::Sqlite(_) => {
         let conn = self.sqlite_conn().expect("sqlite");
         let mut stmt = conn.prepare_cached(sql)?;
-        let n = stmt.column_count();
-        let mut rows = stmt.query(rusqlite::params_from_iter(values.iter()))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-          let mut cols = Vec::with_capacity(n);
-          for i in 0..n {
-            cols.push(sqlite_value(row.get_ref(i)?));
-          }
-          out.push(Row(cols));
-        }
-        Ok(out)
+        sqlite_rows(&mut stmt, values)
       }
       Inner::Postgres(c) => {
         let sql = postgres_placeholders(sql);
@@ -467,25 +457,59 @@ impl<'a> Sql<'a> {
     f(rows.first().ok_or(Error::NoRows)?)
   }
 
-  /// A statement to run (rusqlite's shape: prepared, then queried). SQLite
-  /// caches its prepared statements.
+  /// A statement to run (rusqlite's shape: prepared, then queried). On
+  /// SQLite it is taken from the connection's cache once and held until the
+  /// `Stmt` is dropped: a loop of executions (a batch of invocation logs)
+  /// then skips the cache's lookup and re-insert per row.
   pub fn prepare(&self, sql: &str) -> Result<Stmt<'_, 'a>> {
+    let sqlite = match self.sqlite_conn() {
+      Some(conn) => Some(conn.prepare_cached(sql)?),
+      None => None,
+    };
     Ok(Stmt {
       conn: self,
       sql: sql.to_owned(),
+      sqlite,
     })
   }
+}
+
+/// Every row a prepared SQLite statement returns for `values`.
+fn sqlite_rows(stmt: &mut rusqlite::Statement<'_>, values: Vec<Value>) -> Result<Vec<Row>> {
+  let n = stmt.column_count();
+  let mut rows = stmt.query(rusqlite::params_from_iter(values.iter()))?;
+  let mut out = Vec::new();
+  while let Some(row) = rows.next()? {
+    let mut cols = Vec::with_capacity(n);
+    for i in 0..n {
+      cols.push(sqlite_value(row.get_ref(i)?));
+    }
+    out.push(Row(cols));
+  }
+  Ok(out)
 }
 
 /// A statement of a [`Sql`] connection.
 pub struct Stmt<'c, 'a> {
   conn: &'c Sql<'a>,
   sql: String,
+  /// On SQLite, the prepared statement (see [`Sql::prepare`]).
+  sqlite: Option<rusqlite::CachedStatement<'c>>,
 }
 
 impl Stmt<'_, '_> {
   pub fn execute(&mut self, params: impl Params) -> Result<usize> {
-    self.conn.execute(&self.sql, params)
+    match &mut self.sqlite {
+      Some(stmt) => Ok(params.execute_sqlite(stmt)?),
+      None => self.conn.execute(&self.sql, params),
+    }
+  }
+
+  fn rows(&mut self, params: impl Params) -> Result<Vec<Row>> {
+    match &mut self.sqlite {
+      Some(stmt) => sqlite_rows(stmt, params.values()),
+      None => self.conn.rows(&self.sql, params),
+    }
   }
 
   pub fn query_map<T>(
@@ -493,13 +517,13 @@ impl Stmt<'_, '_> {
     params: impl Params,
     f: impl FnMut(&Row) -> Result<T>,
   ) -> Result<std::vec::IntoIter<Result<T>>> {
-    let rows = self.conn.rows(&self.sql, params)?;
+    let rows = self.rows(params)?;
     Ok(rows.iter().map(f).collect::<Vec<_>>().into_iter())
   }
 
   pub fn query(&mut self, params: impl Params) -> Result<Rows> {
     Ok(Rows {
-      rows: self.conn.rows(&self.sql, params)?.into_iter(),
+      rows: self.rows(params)?.into_iter(),
       current: None,
     })
   }
@@ -509,7 +533,8 @@ impl Stmt<'_, '_> {
     params: impl Params,
     f: impl FnOnce(&Row) -> Result<T>,
   ) -> Result<T> {
-    self.conn.query_row(&self.sql, params, f)
+    let rows = self.rows(params)?;
+    f(rows.first().ok_or(Error::NoRows)?)
   }
 }
 
