@@ -83,8 +83,19 @@ fn one_module(code: Bytes) -> Bundle {
 /// version's bundle (and what it works out once per version) while it is
 /// routed, so a later isolate of it starts from that.
 async fn fetch_bundle(rt: &Runtime, name: &str, bundle: Bundle, limits: Limits, path: &str) -> u16 {
-  let key = WorkerKey::new(name.to_string(), "v1");
   let config = WorkerConfig::new(name).limits(limits);
+  fetch_config(rt, name, bundle, config, path).await
+}
+
+/// [`fetch_bundle`] of a worker with its own `config`.
+async fn fetch_config(
+  rt: &Runtime,
+  name: &str,
+  bundle: Bundle,
+  config: WorkerConfig,
+  path: &str,
+) -> u16 {
+  let key = WorkerKey::new(name.to_string(), "v1");
   let source = move || Ok((bundle, config));
   let req = isola_runtime::empty_request(&format!("http://bench.test{path}"));
   match rt.fetch(&key, source, req).await {
@@ -463,15 +474,8 @@ async fn traffic_rss(n: usize, rounds: usize, idle_trim: Duration) -> [f64; 3] {
     let (rt, bundle) = (rt.clone(), bundle.clone());
     async move {
       let name = format!("tenant-{}", i % n);
-      let key = WorkerKey::new(name.clone(), "v1");
-      let config = WorkerConfig::new(name).idle_trim(idle_trim);
-      let req = isola_runtime::empty_request("http://bench.test/");
-      let response = rt
-        .fetch(&key, move || Ok((bundle, config)), req)
-        .await
-        .expect("a hello worker answers");
-      assert_eq!(response.status(), 200);
-      let _ = response.into_body().collect_bytes().await;
+      let config = WorkerConfig::new(name.clone()).idle_trim(idle_trim);
+      assert_eq!(fetch_config(&rt, &name, bundle, config, "/").await, 200);
     }
   };
   for i in 0..n {
