@@ -21,6 +21,8 @@ use crate::observe::analytics::minute_of;
 use crate::observe::analytics::MinuteStats;
 use crate::observe::filter::search_text;
 use crate::observe::filter::Status;
+use crate::observe::message::LogColumns;
+use crate::observe::message::StoredMessage;
 use crate::observe::message::TailMessage;
 
 /// Head sampling rate of a worker without settings: every log kept.
@@ -186,7 +188,7 @@ impl Db {
           .or_default()
           .add(e);
         if keep(rate) {
-          let message = serde_json::to_string(&TailMessage::from(e))
+          let message = serde_json::to_string(&StoredMessage::from(e))
             .map_err(|e| Error::Corrupt(e.to_string()))?;
           insert.execute(params![
             account,
@@ -233,7 +235,8 @@ impl Db {
     let conn = self.conn();
     require_worker(&conn, account, worker)?;
     let mut sql = String::from(
-      "SELECT timestamp, id, message FROM invocation_logs WHERE account = ? AND worker = ?",
+      "SELECT timestamp, id, message, outcome, version, edge FROM invocation_logs
+       WHERE account = ? AND worker = ?",
     );
     let mut args: Vec<Value> = vec![account.to_string().into(), worker.to_string().into()];
     if let Some(since) = f.since {
@@ -282,18 +285,32 @@ impl Db {
           row.get::<i64>(0)?,
           row.get::<i64>(1)?,
           row.get::<String>(2)?,
+          (
+            row.get::<String>(3)?,
+            row.get::<String>(4)?,
+            row.get::<String>(5)?,
+          ),
         ))
       })?
       .collect::<super::sql::Result<Vec<_>>>()?;
     let more = rows.len() > f.limit;
     rows.truncate(f.limit);
     let cursor = more
-      .then(|| rows.last().map(|(t, id, _)| format!("{t}.{id}")))
+      .then(|| rows.last().map(|(t, id, ..)| format!("{t}.{id}")))
       .flatten();
     let logs = rows
       .into_iter()
-      .map(|(_, _, m)| {
-        serde_json::from_str(&m).map_err(|e| Error::Corrupt(format!("invocation log: {e}")))
+      .map(|(timestamp, _, stored, (outcome, version, edge))| {
+        let corrupt = |e: serde_json::Error| Error::Corrupt(format!("invocation log: {e}"));
+        let stored = serde_json::from_str(&stored).map_err(corrupt)?;
+        let columns = LogColumns {
+          outcome,
+          timestamp,
+          worker: worker.to_string(),
+          version,
+          edge,
+        };
+        serde_json::to_value(TailMessage::from_stored(stored, columns)).map_err(corrupt)
       })
       .collect::<Result<Vec<_>>>()?;
     Ok(LogPage { logs, cursor })
@@ -453,6 +470,74 @@ mod tests {
       ),
       Err(Error::Invalid(_))
     ));
+  }
+
+  /// A row stores its message less what its columns hold, and reads back
+  /// whole; a row an older control plane wrote whole reads the same.
+  #[test]
+  fn a_log_row_stores_its_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    db.create_account("acme", false).unwrap();
+    upload(&db, "acme", "api", "1");
+    let mut e = event("exception", 1000, "/x");
+    e.exceptions.push(isola_proto::trace::ExceptionInfo {
+      name: "TypeError".into(),
+      message: "boom".into(),
+      stack: None,
+      timestamp: 1001,
+    });
+    let mut plain = event("ok", 1002, "/y");
+    plain.logs.clear();
+    db.store_traces(&[e.clone(), plain.clone()], &mut |_| true)
+      .unwrap();
+    let stored: Vec<String> = db
+      .conn()
+      .prepare("SELECT message FROM invocation_logs ORDER BY id")
+      .unwrap()
+      .query_map(params![], |row| row.get::<String>(0))
+      .unwrap()
+      .collect::<crate::db::sql::Result<_>>()
+      .unwrap();
+    for field in [
+      "outcome",
+      "eventTimestamp",
+      "scriptName",
+      "scriptVersion",
+      "edge",
+    ] {
+      assert!(!stored[0].contains(field), "{field} in {}", stored[0]);
+    }
+    // Nothing to say: no empty lists, no `truncated: false`.
+    assert!(!stored[1].contains("logs") && !stored[1].contains("truncated"));
+    let whole = |e: &TraceEvent| serde_json::to_value(TailMessage::from(e)).unwrap();
+    let all = LogFilter {
+      limit: 10,
+      ..LogFilter::default()
+    };
+    assert_eq!(
+      db.logs("acme", "api", &all).unwrap().logs,
+      vec![whole(&plain), whole(&e)]
+    );
+
+    let old = event("ok", 1003, "/old");
+    db.write(|tx| {
+      tx.execute(
+        "INSERT INTO invocation_logs
+           (account, worker, version, edge, timestamp, outcome, message, search)
+         VALUES ('acme', 'api', ?1, ?2, ?3, ?4, ?5, '')",
+        params![
+          old.version,
+          old.edge,
+          old.timestamp,
+          old.outcome,
+          serde_json::to_string(&TailMessage::from(&old)).unwrap(),
+        ],
+      )?;
+      Ok(())
+    })
+    .unwrap();
+    assert_eq!(db.logs("acme", "api", &all).unwrap().logs[0], whole(&old));
   }
 
   #[test]

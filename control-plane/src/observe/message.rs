@@ -91,6 +91,36 @@ pub struct TailException {
 
 impl From<&TraceEvent> for TailMessage {
   fn from(e: &TraceEvent) -> Self {
+    Self::from_stored(StoredMessage::from(e), LogColumns::from(e))
+  }
+}
+
+/// What an invocation log row stores of its [`TailMessage`]: all but the
+/// five fields the row's own columns hold (outcome, timestamp, worker,
+/// version, edge), empty lists and `truncated: false` left out, so that
+/// each row (written twice: to the WAL, then its page) is about half the
+/// bytes. A row written whole by an older control plane reads the same:
+/// its extra fields are ignored and the columns hold the same values.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredMessage {
+  event: TailEvent,
+  #[serde(default, skip_serializing_if = "Vec::is_empty")]
+  logs: Vec<TailLog>,
+  #[serde(default, skip_serializing_if = "Vec::is_empty")]
+  exceptions: Vec<TailException>,
+  cpu_time: f64,
+  wall_time: f64,
+  #[serde(default, skip_serializing_if = "is_false")]
+  truncated: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+  !*b
+}
+
+impl From<&TraceEvent> for StoredMessage {
+  fn from(e: &TraceEvent) -> Self {
     let event = match &e.event {
       EventInfo::Fetch {
         method,
@@ -122,14 +152,6 @@ impl From<&TraceEvent> for TailMessage {
       },
     };
     Self {
-      outcome: e.outcome.clone(),
-      event_timestamp: e.timestamp,
-      script_name: split_edge_worker_name(&e.worker)
-        .map_or(e.worker.as_str(), |(_, w)| w)
-        .to_string(),
-      script_version: ScriptVersion {
-        id: e.version.clone(),
-      },
       event,
       logs: e
         .logs
@@ -152,8 +174,54 @@ impl From<&TraceEvent> for TailMessage {
         .collect(),
       cpu_time: e.cpu_us as f64 / 1000.0,
       wall_time: e.wall_us as f64 / 1000.0,
-      edge: e.edge.clone(),
       truncated: e.truncated,
+    }
+  }
+}
+
+/// The columns of an invocation log row that its [`StoredMessage`] leaves
+/// out.
+#[derive(Debug)]
+pub struct LogColumns {
+  pub outcome: String,
+  pub timestamp: i64,
+  /// The worker's name in its account.
+  pub worker: String,
+  pub version: String,
+  pub edge: String,
+}
+
+impl From<&TraceEvent> for LogColumns {
+  fn from(e: &TraceEvent) -> Self {
+    Self {
+      outcome: e.outcome.clone(),
+      timestamp: e.timestamp,
+      worker: split_edge_worker_name(&e.worker)
+        .map_or(e.worker.as_str(), |(_, w)| w)
+        .to_string(),
+      version: e.version.clone(),
+      edge: e.edge.clone(),
+    }
+  }
+}
+
+impl TailMessage {
+  /// The message a log row holds: its stored part and its columns.
+  pub fn from_stored(stored: StoredMessage, columns: LogColumns) -> Self {
+    Self {
+      outcome: columns.outcome,
+      event_timestamp: columns.timestamp,
+      script_name: columns.worker,
+      script_version: ScriptVersion {
+        id: columns.version,
+      },
+      event: stored.event,
+      logs: stored.logs,
+      exceptions: stored.exceptions,
+      cpu_time: stored.cpu_time,
+      wall_time: stored.wall_time,
+      edge: columns.edge,
+      truncated: stored.truncated,
     }
   }
 }
