@@ -56,7 +56,11 @@ ROWS = [
     ("calls into JS", JS_CALL, "calls"),
     ("  hyper's connection task", "hyper::proto::h1::dispatch::Dispatcher<D,Bs,I,T>::poll_catch", "incl"),
     ("clock reads (Rust's std)", "Timespec>::now", "calls"),
-    ("allocations (Rust, mimalloc)", "mi_malloc_aligned", "calls"),
+    # mimalloc's `malloc` (it overrides libc's): Rust's allocations (see
+    # runtime/alloc) and V8's; Rust's that need more than 16-byte alignment
+    # take `mi_malloc_aligned`.
+    ("allocations (malloc)", "=malloc", "calls"),
+    ("  aligned ones (Rust's)", "mi_malloc_aligned", "calls"),
     ("memcpy calls", "__memcpy_", "calls"),
     ("V8 global handles made", "GlobalizeReference", "calls"),
     # deno_core's op entry points (`v8_fn_ptr*`): the fast API form, which
@@ -82,8 +86,9 @@ _NAMED = re.compile(r"c?fn=\((\d+)\)(?: (.*))?")
 
 def call_totals(lines, patterns: list[str]) -> dict[str, tuple[int, int]]:
     """For each pattern: (calls, inclusive Ir of those calls) over every call
-    site in a callgrind output file whose callee's name contains it; under
-    WHOLE, (0, the file's total Ir)."""
+    site in a callgrind output file whose callee's name contains it (is it,
+    for a pattern that starts with `=`); under WHOLE, (0, the file's total
+    Ir)."""
     names: dict[str, str] = {}
     totals = {p: [0, 0] for p in patterns}
     totals[WHOLE] = [0, 0]
@@ -110,7 +115,7 @@ def call_totals(lines, patterns: list[str]) -> dict[str, tuple[int, int]]:
                 callee = names.get(m.group(1), "")
         elif line.startswith("calls=") and callee is not None:
             count = int(line.split("=", 1)[1].split()[0])
-            hit = [p for p in patterns if p in callee]
+            hit = [p for p in patterns if (callee == p[1:] if p[0] == "=" else p in callee)]
             for p in hit:
                 totals[p][0] += count
             pending = hit or None

@@ -283,6 +283,13 @@ fn=(7)
 cfn=(8) deno_core::ops::op_b::op_b::slow_function_impl
 calls=1 0
 0 25
+fn=(1)
+cfn=(9) malloc
+calls=3 0
+0 0
+cfn=(10) _mi_malloc_generic
+calls=1 0
+0 0
 fn=(4) start_thread
 0 1
 cfn=(1)
@@ -307,6 +314,8 @@ class Instructions(unittest.TestCase):
         # An op's entry in either form; its inner calls are not counted again.
         self.assertEqual(t["::v8_fn_ptr"], (3, 70))
         self.assertEqual(t["::v8_fn_ptr_fast"], (2, 40))
+        # `=malloc` is that function alone, not every name with it in.
+        self.assertEqual(t["=malloc"], (3, 0))
 
     def test_per_request_and_the_comparison(self):
         a = instructions.per_request(self.totals(), 2)

@@ -20,7 +20,7 @@ mod tls;
 mod trace;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: isola_alloc::Allocator = isola_alloc::Allocator;
 
 use clap::Parser;
 use clap::Subcommand;

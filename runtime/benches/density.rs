@@ -43,7 +43,7 @@ use isola_runtime::WorkerKey;
 /// The edge's allocator (`isola-edge` links it the same way), so that the
 /// memory figures are what an edge process holds.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: isola_alloc::Allocator = isola_alloc::Allocator;
 
 const HELLO: &str = r#"export default { fetch() { return new Response("Hello, world!"); } };"#;
 const SPIN: &str = r#"export default { fetch() { for (;;) {} } };"#;
