@@ -308,7 +308,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
           .query()
           .and_then(|q| query_param(q, "cron"))
           .unwrap_or_default();
-        return test_scheduled_run(&pool, &main, cron).await;
+        // Boxed: kept inline, this rare path's future would make every
+        // request's larger, and hyper moves it several times.
+        return Box::pin(test_scheduled_run(&pool, &main, cron)).await;
       }
       match pool.fetch_from(&main.key, main.source(), req).await {
         Ok(response) => response,

@@ -487,13 +487,15 @@ impl Node {
         }
       };
       metrics.record_http(worker.as_deref().unwrap_or(""), 404, start.elapsed());
-      text_response(StatusCode::NOT_FOUND, message)
+      // Boxed: the future below holds it, and hyper moves that future
+      // several times per request.
+      Box::new(text_response(StatusCode::NOT_FOUND, message))
     });
     let (node, metrics) = (self.clone(), metrics.clone());
     async move {
       let (worker, active) = match routed {
         Ok(routed) => routed,
-        Err(response) => return response,
+        Err(response) => return *response,
       };
       let source = {
         let active = active.clone();

@@ -557,6 +557,10 @@ pub fn trials() -> Vec<Trial> {
     ),
     trial("every_invocation_is_metered", every_invocation_is_metered),
     trial(
+      "isolates_taking_turns_on_a_thread_keep_their_own_state",
+      isolates_taking_turns_on_a_thread_keep_their_own_state,
+    ),
+    trial(
       "a_ready_isolate_starts_its_workers_clock_afresh",
       a_ready_isolate_starts_its_workers_clock_afresh,
     ),
@@ -610,6 +614,42 @@ async fn a_requests_future_carries_it_by_pointer() {
     "{} bytes, a request is {request_size}",
     std::mem::size_of_val(&future)
   );
+}
+
+/// Isolates sharing one V8 thread take turns, and the one used last stays
+/// entered between uses: each still sees only its own globals, and evicting
+/// (disposing) the one used last, or one made while it was entered, leaves
+/// the others serving.
+async fn isolates_taking_turns_on_a_thread_keep_their_own_state() {
+  let rt = Runtime::new(Config::default().threads(1).stock(1)).unwrap();
+  let counter = |name: &str| {
+    format!(
+      r#"let n = 0; globalThis.owner = "{name}";
+        export default {{ fetch() {{ n += 1; return new Response(`${{globalThis.owner}} ${{n}}`); }} }};"#
+    )
+  };
+  let (a, b, c) = (counter("a"), counter("b"), counter("c"));
+  let hit = |name: &'static str, code: &str| {
+    let code = code.to_string();
+    let rt = &rt;
+    async move { get(rt, name, &code, Limits::default(), "/").await.1 }
+  };
+  assert_eq!(hit("a", &a).await, "a 1");
+  assert_eq!(hit("b", &b).await, "b 1");
+  assert_eq!(hit("a", &a).await, "a 2");
+  assert_eq!(hit("a", &a).await, "a 3");
+  assert_eq!(hit("c", &c).await, "c 1");
+  assert_eq!(hit("b", &b).await, "b 2");
+  // `b` was used last: it is disposed while still entered.
+  rt.evict(&WorkerKey::new("b", "v1"));
+  eventually("b's isolate to be disposed", || rt.stats().running == 2).await;
+  assert_eq!(hit("c", &c).await, "c 2");
+  assert_eq!(hit("a", &a).await, "a 4");
+  // A fresh isolate for `b`, from the stock made meanwhile.
+  assert_eq!(hit("b", &b).await, "b 1");
+  rt.evict(&WorkerKey::new("a", "v1"));
+  assert_eq!(hit("c", &c).await, "c 3");
+  assert_eq!(hit("b", &b).await, "b 2");
 }
 
 /// A version may ask for 2 MiB; without a ready isolate (the upload check
