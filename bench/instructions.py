@@ -54,7 +54,9 @@ ROWS = [
     # Fewer than one a request when requests that came together enter the
     # isolate in one call (`dispatchAll`).
     ("calls into JS", JS_CALL, "calls"),
-    ("  hyper's connection task", "hyper::proto::h1::dispatch::Dispatcher<D,Bs,I,T>::poll_catch", "incl"),
+    # The connection's future (hyper_util's, which sniffs HTTP/1 or 2): the
+    # inner `Dispatcher::poll_catch` is inlined into it in some builds.
+    ("  hyper's connection task", "<hyper_util::server::conn::auto::Connection<I,S,E> as core::future::future::Future>::poll", "incl"),
     ("clock reads (Rust's std)", "Timespec>::now", "calls"),
     # mimalloc's `malloc` (it overrides libc's): Rust's allocations (see
     # runtime/alloc) and V8's; Rust's that need more than 16-byte alignment
