@@ -141,20 +141,15 @@ thread_local! {
 /// millisecond `Date.now()` and usage records show.
 pub fn system_time_at(now: std::time::Instant) -> std::time::SystemTime {
   WALL_ANCHOR.with(|anchor| {
-    let fresh = |(at, _): &(std::time::Instant, std::time::SystemTime)| {
-      now
-        .checked_duration_since(*at)
-        .is_some_and(|since| since < WALL_ANCHOR_FOR)
-    };
-    let (at, system) = match anchor.get().filter(fresh) {
-      Some(kept) => kept,
-      None => {
-        // Read now, not at `now`: the caller's read may be a turn old.
-        let read = (std::time::Instant::now(), std::time::SystemTime::now());
-        anchor.set(Some(read));
-        read
+    if let Some((at, system)) = anchor.get() {
+      match now.checked_duration_since(at) {
+        Some(since) if since < WALL_ANCHOR_FOR => return system + since,
+        _ => {}
       }
-    };
+    }
+    // Read now, not at `now`: the caller's read may be a turn old.
+    let (at, system) = (std::time::Instant::now(), std::time::SystemTime::now());
+    anchor.set(Some((at, system)));
     match now.checked_duration_since(at) {
       Some(since) => system + since,
       None => system.checked_sub(at - now).unwrap_or(system),
@@ -188,9 +183,13 @@ impl Clock {
   /// turn anyway (a read costs ~70 ns on a virtual machine's TSC, and a
   /// request took a dozen).
   pub fn tick_at(&self, now: std::time::Instant) {
+    // Whole milliseconds, as `as_millis` counts them, in u64 arithmetic:
+    // its u128 division and conversion were a fifth of this function.
     let epoch_ms = system_time_at(now)
       .duration_since(std::time::UNIX_EPOCH)
-      .map_or(0.0, |d| d.as_millis() as f64);
+      .map_or(0.0, |d| {
+        (d.as_secs().saturating_mul(1000) + u64::from(d.subsec_millis())) as f64
+      });
     let since_origin = now
       .saturating_duration_since(self.origin.get())
       .as_secs_f64()
