@@ -128,9 +128,49 @@ deno_core::extension!(
 const WALL_ANCHOR_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 thread_local! {
-  /// A monotonic instant and the system time read just after it.
-  static WALL_ANCHOR: std::cell::Cell<Option<(std::time::Instant, std::time::SystemTime)>> =
-    const { std::cell::Cell::new(None) };
+  static WALL_ANCHOR: std::cell::Cell<Option<Anchor>> = const { std::cell::Cell::new(None) };
+}
+
+/// A monotonic instant and the system time read just after it.
+#[derive(Clone, Copy)]
+struct Anchor {
+  at: std::time::Instant,
+  system: std::time::SystemTime,
+  /// `system` in nanoseconds since the Unix epoch (`None` before it), so
+  /// that the JS clock's tick adds integers instead of `SystemTime`s.
+  epoch_ns: Option<u64>,
+}
+
+/// This thread's anchor (read again once [`WALL_ANCHOR_FOR`] old at `now`)
+/// and how far `now` is past it: `Err` with how far before it, for a `now`
+/// older than an anchor just read.
+fn anchor_for(
+  now: std::time::Instant,
+) -> (Anchor, Result<std::time::Duration, std::time::Duration>) {
+  WALL_ANCHOR.with(|cell| {
+    if let Some(anchor) = cell.get() {
+      match now.checked_duration_since(anchor.at) {
+        Some(since) if since < WALL_ANCHOR_FOR => return (anchor, Ok(since)),
+        _ => {}
+      }
+    }
+    // Read now, not at `now`: the caller's read may be a turn old.
+    let (at, system) = (std::time::Instant::now(), std::time::SystemTime::now());
+    let epoch_ns = system
+      .duration_since(std::time::UNIX_EPOCH)
+      .ok()
+      .and_then(|d| u64::try_from(d.as_nanos()).ok());
+    let anchor = Anchor {
+      at,
+      system,
+      epoch_ns,
+    };
+    cell.set(Some(anchor));
+    (
+      anchor,
+      now.checked_duration_since(at).ok_or_else(|| at - now),
+    )
+  })
 }
 
 /// The system (wall-clock) time at `now`, from this thread's anchor: a
@@ -140,31 +180,70 @@ thread_local! {
 /// meanwhile (slewing, at most 0.5 ms a second) stays under the
 /// millisecond `Date.now()` and usage records show.
 pub fn system_time_at(now: std::time::Instant) -> std::time::SystemTime {
-  WALL_ANCHOR.with(|anchor| {
-    if let Some((at, system)) = anchor.get() {
-      match now.checked_duration_since(at) {
-        Some(since) if since < WALL_ANCHOR_FOR => return system + since,
-        _ => {}
-      }
+  let (anchor, since) = anchor_for(now);
+  anchor.system_time(since)
+}
+
+/// [`system_time_at`] in whole milliseconds since the Unix epoch, as
+/// `Date.now()` shows it (0 before the epoch), in u64 arithmetic: through
+/// `SystemTime` and `as_millis` it was half of the clock's tick.
+fn epoch_ms_at(now: std::time::Instant) -> f64 {
+  let (anchor, since) = anchor_for(now);
+  anchor.epoch_ms(since)
+}
+
+impl Anchor {
+  /// The system time `since` past the anchor (`Err`: that far before it).
+  fn system_time(
+    &self,
+    since: Result<std::time::Duration, std::time::Duration>,
+  ) -> std::time::SystemTime {
+    match since {
+      Ok(since) => self.system + since,
+      Err(before) => self.system.checked_sub(before).unwrap_or(self.system),
     }
-    // Read now, not at `now`: the caller's read may be a turn old.
-    let (at, system) = (std::time::Instant::now(), std::time::SystemTime::now());
-    anchor.set(Some((at, system)));
-    match now.checked_duration_since(at) {
-      Some(since) => system + since,
-      None => system.checked_sub(at - now).unwrap_or(system),
-    }
-  })
+  }
+
+  /// [`Anchor::system_time`] in whole milliseconds since the Unix epoch.
+  fn epoch_ms(&self, since: Result<std::time::Duration, std::time::Duration>) -> f64 {
+    let Some(epoch_ns) = self.epoch_ns else {
+      return 0.0;
+    };
+    let ns = match since {
+      Ok(since) => epoch_ns.saturating_add(since.as_nanos() as u64),
+      Err(before) => epoch_ns.saturating_sub(before.as_nanos() as u64),
+    };
+    (ns / 1_000_000) as f64
+  }
 }
 
 /// The frozen clock JS reads `Date.now()` and `performance.now()` from.
 pub struct Clock {
-  buffer: JsBuffer,
+  /// Keeps the Float64Array(2) JS reads alive; `slots` points into it.
+  _buffer: JsBuffer,
+  /// Its two numbers (`None` if it is not that): read once, since each
+  /// read of a backing store's address and length is a call into V8.
+  slots: Option<std::ptr::NonNull<f64>>,
   /// What `performance.now()` counts from: the worker's start.
   origin: std::cell::Cell<std::time::Instant>,
 }
 
 impl Clock {
+  fn new(buffer: JsBuffer) -> Self {
+    let ptr = buffer.as_ptr() as *mut f64;
+    let fits = buffer.len() >= 2 * std::mem::size_of::<f64>()
+      && (ptr as usize).is_multiple_of(std::mem::align_of::<f64>());
+    Self {
+      slots: if fits {
+        std::ptr::NonNull::new(ptr)
+      } else {
+        None
+      },
+      _buffer: buffer,
+      origin: std::cell::Cell::new(std::time::Instant::now()),
+    }
+  }
+
   /// Advances the clock to now; called each time the runtime enters the
   /// isolate, which is when Workers let time move.
   pub fn tick(&self) {
@@ -183,35 +262,27 @@ impl Clock {
   /// turn anyway (a read costs ~70 ns on a virtual machine's TSC, and a
   /// request took a dozen).
   pub fn tick_at(&self, now: std::time::Instant) {
-    // Whole milliseconds, as `as_millis` counts them, in u64 arithmetic:
-    // its u128 division and conversion were a fifth of this function.
-    let epoch_ms = system_time_at(now)
-      .duration_since(std::time::UNIX_EPOCH)
-      .map_or(0.0, |d| {
-        (d.as_secs().saturating_mul(1000) + u64::from(d.subsec_millis())) as f64
-      });
+    let Some(ptr) = self.slots else {
+      return;
+    };
+    let epoch_ms = epoch_ms_at(now);
     let since_origin = now
       .saturating_duration_since(self.origin.get())
       .as_secs_f64()
       * 1000.0;
-    let ptr = self.buffer.as_ptr() as *mut f64;
-    if self.buffer.len() >= 16 && (ptr as usize).is_multiple_of(std::mem::align_of::<f64>()) {
-      // SAFETY: a live Float64Array(2) backing store held by `buffer`; JS is
-      // not running while the runtime ticks the clock (same thread).
-      unsafe {
-        ptr.write(epoch_ms);
-        ptr.add(1).write(since_origin);
-      }
+    // SAFETY: two aligned f64s of the Float64Array's backing store, which
+    // `_buffer` keeps alive and V8 never moves; JS is not running while the
+    // runtime ticks the clock (same thread).
+    unsafe {
+      ptr.as_ptr().write(epoch_ms);
+      ptr.as_ptr().add(1).write(since_origin);
     }
   }
 }
 
 #[deno_core::op2]
 fn op_isola_set_clock(state: &mut OpState, #[buffer] buffer: JsBuffer) {
-  let clock = Clock {
-    buffer,
-    origin: std::cell::Cell::new(std::time::Instant::now()),
-  };
+  let clock = Clock::new(buffer);
   clock.tick();
   // Shared: each worker keeps a handle, so ticking it takes no lookup.
   state.put(std::rc::Rc::new(clock));
@@ -337,5 +408,42 @@ mod tests {
     assert!(skew(at_far, SystemTime::now() + Duration::from_secs(5)) < Duration::from_millis(100));
     // So does one before the anchor; it maps to its own time.
     assert!(skew(system_time_at(t0), at0) < Duration::from_millis(100));
+  }
+
+  #[test]
+  fn the_js_clock_counts_the_milliseconds_of_the_system_time() {
+    let system = SystemTime::UNIX_EPOCH + Duration::new(1_764_000_000, 123_456_789);
+    let anchor = Anchor {
+      at: Instant::now(),
+      system,
+      epoch_ns: Some(1_764_000_000_123_456_789),
+    };
+    // Inside the anchor's second, across millisecond and second edges, and
+    // before the anchor (a caller's read older than a fresh anchor).
+    for since in [
+      Ok(Duration::ZERO),
+      Ok(Duration::from_nanos(543_210)),
+      Ok(Duration::from_nanos(543_211)),
+      Ok(Duration::from_nanos(876_543_210)),
+      Ok(Duration::from_nanos(876_543_211)),
+      Ok(Duration::from_millis(999)),
+      Err(Duration::from_nanos(456_789)),
+      Err(Duration::from_nanos(456_790)),
+      Err(Duration::from_millis(250)),
+    ] {
+      let by_system_time = anchor
+        .system_time(since)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64;
+      assert_eq!(anchor.epoch_ms(since), by_system_time, "{since:?}");
+    }
+    // Before the epoch, `Date.now()` reads 0, as it did.
+    let early = Anchor {
+      epoch_ns: None,
+      system: SystemTime::UNIX_EPOCH - Duration::from_secs(1),
+      ..anchor
+    };
+    assert_eq!(early.epoch_ms(Ok(Duration::from_millis(5))), 0.0);
   }
 }
