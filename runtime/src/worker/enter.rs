@@ -60,9 +60,8 @@ thread_local! {
   /// The isolate this thread left entered after its last use (NONE: none);
   /// NONE while a use is open (that use's guard holds it).
   static KEPT: Cell<Real> = const { Cell::new(Real::NONE) };
-  /// Uses open on this thread: only the outermost keeps its isolate entered.
-  static DEPTH: Cell<u32> = const { Cell::new(0) };
-  /// The isolate of the innermost open use (NONE: no use is open).
+  /// The isolate of the innermost open use; NONE while no use is open
+  /// (only the outermost use keeps its isolate entered).
   static CURRENT: Cell<Real> = const { Cell::new(Real::NONE) };
 }
 
@@ -90,9 +89,8 @@ impl EnterGuard {
 
   /// Enters `isolate`, which must be alive for as long as the guard.
   fn enter(isolate: Real) -> Self {
-    let depth = DEPTH.with(|d| d.replace(d.get() + 1));
-    if depth > 0 {
-      let outer = CURRENT.with(|c| c.get());
+    let outer = CURRENT.with(|c| c.get());
+    if outer != Real::NONE {
       if outer == isolate {
         return Self {
           isolate,
@@ -129,7 +127,6 @@ impl EnterGuard {
 
 impl Drop for EnterGuard {
   fn drop(&mut self) {
-    DEPTH.with(|d| d.set(d.get() - 1));
     match self.how {
       Use::Outermost => {
         CURRENT.with(|c| c.set(Real::NONE));
