@@ -941,6 +941,7 @@ const init = (function init() {
     // serialize fast API functions). Before any request: a call site that
     // has seen an op's slow form stays polymorphic, and V8 makes no fast
     // call there.
+    core.loadExtScript("ext:isola_worker/90_fast_ops.js");
     bindOps();
     bindGlobalScopeOps();
     const clock = new Float64Array(2);

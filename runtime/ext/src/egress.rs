@@ -31,11 +31,13 @@
 //!   isolate with a list gets its own client (deno_fetch builds the client
 //!   lazily from the `Options` in `OpState`, so [`install_worker_egress`]
 //!   puts a copy whose resolver holds the list); the request hook runs
-//!   synchronously inside `op_fetch`, and [`op_metrics_factory`] hooks that
-//!   one op's dispatch to hand the calling isolate's list to the hook
-//!   through a thread-local, set just before and taken by the hook (no
-//!   await in between, so no other isolate can run). Without that hand-over
-//!   the hook refuses the fetch rather than skip the worker's list.
+//!   synchronously inside `op_fetch`, so in the isolate whose JS runs on
+//!   the thread at that moment: the runtime, which knows that isolate,
+//!   gives the hook the [`Caller`] kept in it ([`set_caller_source`]). When
+//!   it cannot, the hook refuses the fetch rather than skip the worker's
+//!   list. (An op-dispatch hook handed the list over before; it made every
+//!   isolate register all its ops again instead of taking them from the
+//!   snapshot.)
 
 use std::cell::RefCell;
 use std::net::IpAddr;
@@ -232,9 +234,6 @@ fn denied_v6(ip: Ipv6Addr) -> Option<&'static str> {
 
 thread_local! {
   static POLICY: RefCell<Option<Arc<EgressPolicy>>> = const { RefCell::new(None) };
-  /// The worker list of the isolate whose `op_fetch` is being dispatched
-  /// (see [`op_metrics_factory`]); taken by the request hook.
-  static DISPATCHING: RefCell<Option<Caller>> = const { RefCell::new(None) };
 }
 
 /// Makes `policy` the one for every isolate on this thread. Threads that
@@ -313,52 +312,33 @@ impl WorkerEgress {
   }
 }
 
-/// The worker list of an isolate, in its `OpState`; `None`: the worker has
-/// none, and the node's policy alone applies.
+/// The worker list of an isolate, kept in the isolate (a V8 slot) for the
+/// request hook; `None` inside: the worker has none, and the node's policy
+/// alone applies.
 #[derive(Clone, Debug, Default)]
-struct Caller(Option<Arc<WorkerEgress>>);
+pub struct Caller(Option<Arc<WorkerEgress>>);
 
 /// Gives the isolate of `state` the worker list `egress` (once, when a
-/// worker is loaded into it): for the request hook, and as the resolver of
-/// a fetch client of its own.
-pub fn install_worker_egress(state: &mut OpState, egress: Option<Arc<WorkerEgress>>) {
+/// worker is loaded into it) as the resolver of a fetch client of its own,
+/// and returns the [`Caller`] to keep in the isolate for the request hook.
+pub fn install_worker_egress(state: &mut OpState, egress: Option<Arc<WorkerEgress>>) -> Caller {
   if egress.is_some() {
     state.put(crate::fetch_options(egress.clone()));
     // A client made before (by the blank isolate) has the shared resolver.
     state.try_take::<deno_fetch::Client>();
   }
-  state.put(Caller(egress));
+  Caller(egress)
 }
 
-/// For `RuntimeOptions::op_metrics_factory_fn`: on each dispatch of
-/// `op_fetch`, hands the calling isolate's worker list to the request hook.
-/// Other ops get no metrics function, so they run as without one.
-pub fn op_metrics_factory() -> deno_core::OpMetricsFactoryFn {
-  Box::new(
-    |_id: deno_core::OpId, _count: usize, decl: &deno_core::OpDecl| {
-      if decl.name != "op_fetch" {
-        return None;
-      }
-      let hand_over: deno_core::OpMetricsFn = std::rc::Rc::new(
-        |ctx: &deno_core::_ops::OpCtx,
-         event: deno_core::OpMetricsEvent,
-         _source: deno_core::OpMetricsSource| {
-          if matches!(event, deno_core::OpMetricsEvent::Dispatched) {
-            // `op_fetch` borrows the state only once it runs, after this.
-            let caller = ctx
-              .state()
-              .try_borrow()
-              .ok()
-              .map(|state| state.try_borrow::<Caller>().cloned().unwrap_or_default());
-            DISPATCHING.with(|d| *d.borrow_mut() = caller);
-          } else {
-            DISPATCHING.with(|d| d.borrow_mut().take());
-          }
-        },
-      );
-      Some(hand_over)
-    },
-  )
+/// Where the request hook learns the [`Caller`] of the isolate whose JS
+/// runs on the calling thread (`None`: it cannot tell). Set once, by the
+/// runtime; unset, every fetch is refused.
+static CALLER_SOURCE: std::sync::OnceLock<fn() -> Option<Caller>> = std::sync::OnceLock::new();
+
+/// Sets the runtime's answer to "whose list applies now"; only the first
+/// call counts.
+pub fn set_caller_source(source: fn() -> Option<Caller>) {
+  let _ = CALLER_SOURCE.set(source);
 }
 
 /// What the allow list `allow` says of host name `host` on `port`:
@@ -387,7 +367,7 @@ fn host_verdict(allow: &[Allow], host: &str, port: Option<u16>) -> Option<bool> 
 pub(crate) fn request_hook(
   request: &mut http::Request<deno_fetch::ReqBody>,
 ) -> Result<(), JsErrorBox> {
-  let Some(Caller(worker)) = DISPATCHING.with(|d| d.borrow_mut().take()) else {
+  let Some(Caller(worker)) = CALLER_SOURCE.get().and_then(|source| source()) else {
     return Err(JsErrorBox::type_error(
       "fetch() is denied by the egress policy (worker): the runtime could not tell which \
        worker is calling",

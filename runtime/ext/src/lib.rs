@@ -114,6 +114,7 @@ deno_core::extension!(
     "01_worker.js",
     "99_main.js",
   ],
+  lazy_loaded_js = [dir "js", "90_fast_ops.js"],
 );
 
 // deno_fetch's `22_http_client.js` imports `ext:deno_net/02_tls.js`; Isola

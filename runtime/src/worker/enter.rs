@@ -1,4 +1,5 @@
-//! Every `unsafe` line of the worker: entering and exiting V8 isolates.
+//! Every `unsafe` line of the worker: entering and exiting V8 isolates, and
+//! reading what the one in use keeps for `fetch()`.
 //!
 //! Many isolates share one thread, so each use enters its isolate. The
 //! last one used stays entered until another is used or it is dropped: a
@@ -17,6 +18,10 @@
 //!   enters nothing (it already is V8's current isolate; two such uses
 //!   took ~200 instructions of each request);
 //! - a runtime is dropped entered, because V8 exits the isolate it disposes.
+//!
+//! [`CURRENT`] also tells `fetch()`'s request hook, which has no other way
+//! to know, whose egress list applies ([`current_caller`]): JS runs only
+//! inside a use, so the hook runs in the isolate of the innermost one.
 
 use std::cell::Cell;
 use std::future::poll_fn;
@@ -24,6 +29,7 @@ use std::future::Future;
 
 use deno_core::v8;
 use deno_core::JsRuntime;
+use isola_ext::egress::Caller;
 
 /// An isolate as V8 knows it: its own pointer, which stays put when the
 /// `JsRuntime` that owns it moves (a `&v8::Isolate` points into the runtime).
@@ -47,6 +53,15 @@ impl Real {
   unsafe fn enter(self) {
     // SAFETY: as the caller promises; the handle made here owns nothing.
     unsafe { v8::Isolate::from_raw_ptr(self.0).enter() }
+  }
+
+  /// The egress list kept in the isolate (none before a worker is loaded:
+  /// the hook then refuses the fetch); it must be alive, on this thread.
+  unsafe fn caller(self) -> Option<Caller> {
+    // SAFETY: as the caller promises; the handle made here owns nothing.
+    unsafe { v8::Isolate::from_raw_ptr(self.0) }
+      .get_slot::<Caller>()
+      .cloned()
   }
 
   /// Exits the isolate; it must be alive and the current one.
@@ -140,6 +155,18 @@ impl Drop for EnterGuard {
       Use::Again => {}
     }
   }
+}
+
+/// The egress list of the isolate of the innermost open use on this thread
+/// (`None` outside every use), for `fetch()`'s request hook
+/// (`isola_ext::egress::set_caller_source`).
+pub(super) fn current_caller() -> Option<Caller> {
+  let isolate = CURRENT.with(Cell::get);
+  if isolate == Real::NONE {
+    return None;
+  }
+  // SAFETY: an open use keeps its isolate alive, on this thread.
+  unsafe { isolate.caller() }
 }
 
 /// A `JsRuntime` that is entered while in use (see [`EnterGuard`]).
