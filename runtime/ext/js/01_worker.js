@@ -935,12 +935,13 @@ const init = (function init() {
   performanceMod.setTimeOrigin();
   // The isolate's part has not run while `invocations`, set only there, is null.
   if (invocations === null) {
-    // The ops again, from `core.ops`, where deno_core put them with their
-    // fast API forms when it made this isolate: the snapshot's functions,
-    // bound when it was built, have only the slow form (V8 cannot
-    // serialize fast API functions). Before any request: a call site that
-    // has seen an op's slow form stays polymorphic, and V8 makes no fast
-    // call there.
+    // The ops again, with their fast API forms: the snapshot's functions,
+    // bound when it was built and the isolate's own until now, have only
+    // the slow form (V8 cannot serialize fast API functions); deno_core
+    // puts the fast ones in `core.ops` as the isolate loads its first
+    // residual script, which is what 90_fast_ops.js is for. Before any
+    // request: a call site that has seen an op's slow form stays
+    // polymorphic, and V8 makes no fast call there.
     core.loadExtScript("ext:isola_worker/90_fast_ops.js");
     bindOps();
     bindGlobalScopeOps();
