@@ -315,7 +315,7 @@ impl WorkerEgress {
 /// The worker list of an isolate, kept in the isolate (a V8 slot) for the
 /// request hook; `None` inside: the worker has none, and the node's policy
 /// alone applies.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Caller(Option<Arc<WorkerEgress>>);
 
 /// Gives the isolate of `state` the worker list `egress` (once, when a
