@@ -249,6 +249,13 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     .enable_all()
     .build()
     .context("cannot start the async runtime")?;
+  // Bound before the worker loads: a client that connects while it loads
+  // waits in the listen backlog for its response, instead of being refused
+  // and retrying (the worker loads in a few milliseconds).
+  let listener = std::net::TcpListener::bind(args.listen)
+    .with_context(|| format!("cannot listen on {}", args.listen))?;
+  listener.set_nonblocking(true)?;
+  let addr = listener.local_addr()?;
   rt.block_on(runtime.preload(&main.key, main.bundle.clone(), main.config.clone()))
     .with_context(|| format!("cannot load {}", args.entry.display()))?;
   for (binding, path) in &args.services {
@@ -257,10 +264,6 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
       .with_context(|| format!("cannot load service {binding} ({})", path.display()))?;
   }
 
-  let listener = std::net::TcpListener::bind(args.listen)
-    .with_context(|| format!("cannot listen on {}", args.listen))?;
-  listener.set_nonblocking(true)?;
-  let addr = listener.local_addr()?;
   // The banner is for the person at the terminal; the event is for
   // tools, which find the port there when `--listen` asked for port 0.
   println!(
