@@ -141,6 +141,68 @@ fn dev_reports_a_syntax_error_with_module_line_and_column() {
   assert!(stderr.contains("lib.js:2:"), "{stderr}");
 }
 
+/// A request sent while the worker loads waits for it in the listen
+/// backlog and is answered once it has loaded, instead of being refused.
+#[test]
+fn dev_answers_a_connection_made_while_the_worker_loads() {
+  use std::io::BufRead as _;
+  use std::io::Read as _;
+  use std::io::Write as _;
+
+  let dir = tempfile::tempdir().unwrap();
+  // The load takes a second: long enough that the connection below is
+  // made while it runs.
+  let entry = write(
+    dir.path(),
+    "worker.js",
+    "await new Promise((resolve) => setTimeout(resolve, 1000));\n\
+     export default { fetch() { return new Response('loaded'); } };\n",
+  );
+  let port = std::net::TcpListener::bind("127.0.0.1:0")
+    .unwrap()
+    .local_addr()
+    .unwrap()
+    .port();
+  let listen = format!("127.0.0.1:{port}");
+  let mut child = Command::new(BIN)
+    .args(["dev", entry.to_str().unwrap(), "--listen", &listen])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+  let stdout = child.stdout.take().unwrap();
+  let (banner_tx, banner_rx) = std::sync::mpsc::channel();
+  std::thread::spawn(move || {
+    for line in std::io::BufReader::new(stdout)
+      .lines()
+      .map_while(Result::ok)
+    {
+      let _ = banner_tx.send(line);
+    }
+  });
+  let mut stream = (0..1000)
+    .find_map(|_| {
+      std::net::TcpStream::connect(&listen)
+        .inspect_err(|_| std::thread::sleep(std::time::Duration::from_millis(5)))
+        .ok()
+    })
+    .expect("dev listens");
+  // The banner comes once the worker has loaded: not yet.
+  assert!(
+    banner_rx.try_recv().is_err(),
+    "the worker loaded before the connection was made"
+  );
+  stream
+    .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+    .unwrap();
+  let mut response = String::new();
+  stream.read_to_string(&mut response).unwrap();
+  let _ = child.kill();
+  let _ = child.wait();
+  assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+  assert!(response.ends_with("loaded"), "{response}");
+}
+
 #[test]
 fn dev_rejects_a_malformed_var() {
   let out = Command::new(env!("CARGO_BIN_EXE_isola-edge"))
