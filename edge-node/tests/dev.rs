@@ -1,17 +1,22 @@
 //! `isola-edge dev` as a user runs it: the real binary, real HTTP on loopback.
 
 use std::net::SocketAddr;
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use isola_integration::free_tcp;
 use isola_integration::http;
+use isola_integration::poll;
 use isola_integration::write;
 use isola_integration::Edge;
+use isola_integration::Proc;
 
 const BIN: &str = env!("CARGO_BIN_EXE_isola-edge");
 
@@ -145,12 +150,8 @@ fn dev_reports_a_syntax_error_with_module_line_and_column() {
 /// backlog and is answered once it has loaded, instead of being refused.
 #[test]
 fn dev_answers_a_connection_made_while_the_worker_loads() {
-  use std::io::BufRead as _;
-  use std::io::Read as _;
-  use std::io::Write as _;
-
   let dir = tempfile::tempdir().unwrap();
-  // The load takes a second: long enough that the connection below is
+  // The load takes a second: long enough that the connections below are
   // made while it runs.
   let entry = write(
     dir.path(),
@@ -158,49 +159,27 @@ fn dev_answers_a_connection_made_while_the_worker_loads() {
     "await new Promise((resolve) => setTimeout(resolve, 1000));\n\
      export default { fetch() { return new Response('loaded'); } };\n",
   );
-  let port = std::net::TcpListener::bind("127.0.0.1:0")
-    .unwrap()
-    .local_addr()
-    .unwrap()
-    .port();
-  let listen = format!("127.0.0.1:{port}");
-  let mut child = Command::new(BIN)
-    .args(["dev", entry.to_str().unwrap(), "--listen", &listen])
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
-  let stdout = child.stdout.take().unwrap();
-  let (banner_tx, banner_rx) = std::sync::mpsc::channel();
-  std::thread::spawn(move || {
-    for line in std::io::BufReader::new(stdout)
-      .lines()
-      .map_while(Result::ok)
-    {
-      let _ = banner_tx.send(line);
-    }
-  });
-  let mut stream = (0..1000)
-    .find_map(|_| {
-      std::net::TcpStream::connect(&listen)
-        .inspect_err(|_| std::thread::sleep(std::time::Duration::from_millis(5)))
-        .ok()
-    })
-    .expect("dev listens");
-  // The banner comes once the worker has loaded: not yet.
-  assert!(
-    banner_rx.try_recv().is_err(),
-    "the worker loaded before the connection was made"
+  let addr = free_tcp();
+  let listen = addr.to_string();
+  let mut dev = Proc::start(
+    BIN.as_ref(),
+    &[
+      "dev".as_ref(),
+      entry.as_os_str(),
+      "--listen".as_ref(),
+      listen.as_ref(),
+    ],
   );
-  stream
-    .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-    .unwrap();
-  let mut response = String::new();
-  stream.read_to_string(&mut response).unwrap();
-  let _ = child.kill();
-  let _ = child.wait();
-  assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-  assert!(response.ends_with("loaded"), "{response}");
+  poll(Duration::from_secs(30), || TcpStream::connect(addr).ok()).expect("dev listens");
+  // The banner comes once the worker has loaded: not yet.
+  let early = dev.output();
+  assert!(
+    !early.contains("isola-edge dev: serving"),
+    "the worker loaded before the connection was made: {early}"
+  );
+  let r = http(addr, "GET", &listen, "/", &[], b"").expect("an answer once the worker has loaded");
+  assert_eq!(r.status, 200);
+  assert_eq!(r.text(), "loaded");
 }
 
 #[test]
