@@ -158,47 +158,57 @@ impl PackedWriter {
     let outcome = self.outcome(record.outcome);
     let trace = &record.trace;
     let out = &mut self.batch.events;
-    cbor::head(out, cbor::ARRAY, 10);
-    cbor::uint(out, worker.into());
-    cbor::uint(out, version.into());
-    cbor::int(out, isola_ext::epoch_ms(record.start));
-    cbor::head(out, cbor::MAP, 1);
+    let mut row = Row::new();
+    row.head(cbor::ARRAY, 10);
+    row.uint(worker.into());
+    row.uint(version.into());
+    row.int(isola_ext::epoch_ms(record.start));
+    row.head(cbor::MAP, 1);
     match info {
       Ok((method, url, headers, shown, client, status)) => {
-        cbor::text(out, "Fetch");
-        cbor::head(out, cbor::ARRAY, 5);
-        cbor::uint(out, method.into());
-        cbor::uint(out, url.into());
-        cbor::head(out, cbor::ARRAY, shown as u64);
+        row.bytes(b"\x65Fetch");
+        row.head(cbor::ARRAY, 5);
+        row.uint(method.into());
+        row.uint(url.into());
+        row.head(cbor::ARRAY, shown as u64);
         for (n, v) in &headers[..shown] {
-          cbor::head(out, cbor::ARRAY, 2);
-          cbor::uint(out, (*n).into());
-          cbor::uint(out, (*v).into());
+          row.head(cbor::ARRAY, 2);
+          row.uint((*n).into());
+          row.uint((*v).into());
         }
         match client {
-          Some(c) => cbor::uint(out, c.into()),
-          None => out.push(cbor::NULL),
+          Some(c) => row.uint(c.into()),
+          None => row.bytes(&[cbor::NULL]),
         }
         match status {
-          Some(s) => cbor::uint(out, s.into()),
-          None => out.push(cbor::NULL),
+          Some(s) => row.uint(s.into()),
+          None => row.bytes(&[cbor::NULL]),
         }
       }
       Err(info) => {
-        cbor::text(out, "Other");
+        row.bytes(b"\x65Other");
+        out.extend_from_slice(row.take());
         cbor::serde(out, info);
       }
     }
-    cbor::uint(out, outcome.into());
-    cbor::uint(out, record.cpu_us);
-    cbor::uint(out, record.wall_us);
-    cbor::list(out, &trace.logs);
-    cbor::list(out, &trace.exceptions);
-    out.push(if trace.truncated {
+    row.uint(outcome.into());
+    row.uint(record.cpu_us);
+    row.uint(record.wall_us);
+    let truncated = if trace.truncated {
       cbor::TRUE
     } else {
       cbor::FALSE
-    });
+    };
+    if trace.logs.is_empty() && trace.exceptions.is_empty() {
+      // Two empty arrays.
+      row.bytes(&[0x80, 0x80, truncated]);
+      out.extend_from_slice(row.take());
+    } else {
+      out.extend_from_slice(row.take());
+      cbor::list(out, &trace.logs);
+      cbor::list(out, &trace.exceptions);
+      out.push(truncated);
+    }
     self.batch.event_count += 1;
   }
 
@@ -314,6 +324,80 @@ impl PackedBytes {
   }
 }
 
+/// A row's items (all but its logs and exceptions, when it has any),
+/// written on the stack and appended to the batch in one copy: written one
+/// by one into the batch's `Vec`, each of its ~25 items paid a call and a
+/// capacity check (`cbor::head` alone took 303 instructions of a `hello`
+/// row; the row costs 175 fewer this way).
+struct Row {
+  buf: [u8; Row::MAX + 8],
+  len: usize,
+}
+
+impl Row {
+  /// The longest row: the array's head (1), worker and version (5 each),
+  /// the timestamp (9), the map's head (1), `"Fetch"` (6), the fetch's
+  /// array head (1), method and URL (5 each), the headers' array head (1)
+  /// and every shown header (11 each), client (5), status (3), outcome
+  /// (5), CPU and wall time (9 each), and the last 3 bytes.
+  const MAX: usize =
+    1 + 5 + 5 + 9 + 1 + 6 + 1 + 5 + 5 + 1 + isola_ext::SHOWN_COUNT * 11 + 5 + 3 + 5 + 9 + 9 + 3;
+
+  fn new() -> Self {
+    Self {
+      // 8 bytes of slack: a head writes all 8 bytes of its argument.
+      buf: [0; Row::MAX + 8],
+      len: 0,
+    }
+  }
+
+  /// A head in its shortest form (RFC 8949 §4.2.1), as [`cbor::head`]
+  /// writes it.
+  #[inline(always)]
+  fn head(&mut self, major: u8, n: u64) {
+    let m = major << 5;
+    let (lead, size) = match n {
+      0..24 => (m | n as u8, 0),
+      24..=0xff => (m | 24, 1),
+      0x100..=0xffff => (m | 25, 2),
+      0x1_0000..=0xffff_ffff => (m | 26, 4),
+      _ => (m | 27, 8),
+    };
+    let at = self.len;
+    self.buf[at] = lead;
+    // One fixed-size store of 8 bytes, the argument's `size` first.
+    let arg = if size == 0 { 0 } else { n << (64 - 8 * size) };
+    self.buf[at + 1..at + 9].copy_from_slice(&arg.to_be_bytes());
+    self.len = at + 1 + size;
+  }
+
+  #[inline(always)]
+  fn uint(&mut self, n: u64) {
+    self.head(0, n);
+  }
+
+  #[inline(always)]
+  fn int(&mut self, n: i64) {
+    match u64::try_from(n) {
+      Ok(n) => self.head(0, n),
+      // -1 - n, which is never negative here.
+      Err(_) => self.head(1, !(n as u64)),
+    }
+  }
+
+  #[inline(always)]
+  fn bytes(&mut self, b: &[u8]) {
+    self.buf[self.len..self.len + b.len()].copy_from_slice(b);
+    self.len += b.len();
+  }
+
+  /// What it holds; it is empty again after.
+  fn take(&mut self) -> &[u8] {
+    let len = std::mem::take(&mut self.len);
+    &self.buf[..len]
+  }
+}
+
 /// The few CBOR items a row is made of (RFC 8949, shortest forms, as
 /// ciborium writes them); the rare parts go through serde.
 mod cbor {
@@ -345,14 +429,6 @@ mod cbor {
   #[inline]
   pub fn uint(out: &mut Vec<u8>, n: u64) {
     head(out, 0, n);
-  }
-
-  pub fn int(out: &mut Vec<u8>, n: i64) {
-    match u64::try_from(n) {
-      Ok(n) => head(out, 0, n),
-      // -1 - n, which is never negative here.
-      Err(_) => head(out, 1, !(n as u64)),
-    }
   }
 
   pub fn text(out: &mut Vec<u8>, s: &str) {
@@ -499,12 +575,61 @@ mod tests {
       let mut out = Vec::new();
       cbor::uint(&mut out, n);
       assert_eq!(ciborium::from_reader::<u64, _>(&out[..]).unwrap(), n);
+      let mut row = Row::new();
+      row.uint(n);
+      assert_eq!(row.take(), out, "a row writes {n} as the batch does");
     }
     for n in [-1, -24, -25, -256, -257, i64::MIN, 5, i64::MAX] {
-      let mut out = Vec::new();
-      cbor::int(&mut out, n);
-      assert_eq!(ciborium::from_reader::<i64, _>(&out[..]).unwrap(), n);
+      let mut row = Row::new();
+      row.int(n);
+      let out = row.take();
+      assert_eq!(ciborium::from_reader::<i64, _>(out).unwrap(), n);
+      let mut shortest = Vec::new();
+      ciborium::into_writer(&n, &mut shortest).unwrap();
+      assert_eq!(out, shortest, "{n} in its shortest form");
     }
+  }
+
+  #[test]
+  fn the_widest_row_fits_and_reads_back() {
+    use ciborium::Value;
+    let big = u64::from(u32::MAX);
+    let mut row = Row::new();
+    row.head(cbor::ARRAY, 10);
+    row.uint(big);
+    row.uint(big);
+    row.int(i64::MIN);
+    row.head(cbor::MAP, 1);
+    row.bytes(b"\x65Fetch");
+    row.head(cbor::ARRAY, 5);
+    row.uint(big);
+    row.uint(big);
+    row.head(cbor::ARRAY, isola_ext::SHOWN_COUNT as u64);
+    for _ in 0..isola_ext::SHOWN_COUNT {
+      row.head(cbor::ARRAY, 2);
+      row.uint(big);
+      row.uint(big);
+    }
+    row.uint(big);
+    row.uint(u16::MAX.into());
+    row.uint(big);
+    row.uint(u64::MAX);
+    row.uint(u64::MAX);
+    row.bytes(&[0x80, 0x80, cbor::TRUE]);
+    let bytes = row.take().to_vec();
+    assert_eq!(bytes.len(), Row::MAX);
+    let value: Value = ciborium::from_reader(&bytes[..]).unwrap();
+    let Value::Array(items) = value else {
+      panic!("a row is an array: {value:?}");
+    };
+    assert_eq!(items.len(), 10);
+    assert_eq!(items[2], Value::Integer(i64::MIN.into()));
+    assert_eq!(items[6], Value::Integer(u64::MAX.into()));
+    assert_eq!(items[9], Value::Bool(true));
+    let Value::Map(event) = &items[3] else {
+      panic!("the event is a map: {:?}", items[3]);
+    };
+    assert_eq!(event[0].0, Value::Text("Fetch".into()));
   }
 
   #[test]
