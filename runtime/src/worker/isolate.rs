@@ -45,6 +45,19 @@ mod residual {
   include!(concat!(env!("OUT_DIR"), "/residual_lazy.rs"));
 }
 
+/// The snapshot's extensions, without their lazily loaded scripts' sources:
+/// deno_core would wrap one of those, when a worker first loads it, into a
+/// string on the isolate's heap (31 KB per worker that uses crypto,
+/// URLPattern and CompressionStream), where the build script's table
+/// ([`residual`]) has them wrapped, as static text, already.
+fn runtime_extensions() -> Vec<deno_core::Extension> {
+  let mut extensions = isola_ext::extensions();
+  for ext in &mut extensions {
+    ext.lazy_loaded_js_files = Default::default();
+  }
+  extensions
+}
+
 /// Takes the dispatcher out of the global scope and removes what worker
 /// code must not see. Runs before any worker code.
 const TAKE_INTERNALS: &str = r#"(() => {
@@ -111,7 +124,7 @@ impl Isolate {
       create_params: Some(params),
       startup_snapshot: Some(SNAPSHOT),
       residual_lazy_js_sources: residual::RESIDUAL_LAZY_JS,
-      extensions: isola_ext::extensions(),
+      extensions: runtime_extensions(),
       module_loader: Some(loader.clone()),
       custom_module_evaluation_cb: Some(Box::new(isola_ext::evaluate_module_value)),
       // The ops' functions are the snapshot's: registering all of them
@@ -476,5 +489,25 @@ fn call_sync(
         .unwrap_or_else(|| "execution terminated".to_string());
       Err(msg)
     }
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  /// deno_core hands a lazily loaded script's source to V8 as it is (an
+  /// external string, no copy on the heap) only in the form it compiles:
+  /// the body of a function.
+  #[test]
+  fn lazily_loaded_scripts_are_stored_wrapped() {
+    assert!(!super::residual::RESIDUAL_LAZY_JS.is_empty());
+    for (specifier, code) in super::residual::RESIDUAL_LAZY_JS {
+      assert!(
+        code.starts_with("\"use strict\"; return ("),
+        "{specifier} is stored unwrapped"
+      );
+    }
+    assert!(super::runtime_extensions()
+      .iter()
+      .all(|ext| ext.lazy_loaded_js_files.is_empty()));
   }
 }
