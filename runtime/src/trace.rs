@@ -345,30 +345,20 @@ impl Row {
 
   fn new() -> Self {
     Self {
-      // 8 bytes of slack: a head writes all 8 bytes of its argument.
+      // 8 bytes of slack: a head copies 9 bytes, however short it is.
       buf: [0; Row::MAX + 8],
       len: 0,
     }
   }
 
-  /// A head in its shortest form (RFC 8949 §4.2.1), as [`cbor::head`]
-  /// writes it.
+  /// A head, as [`cbor::head`] writes it: one fixed-size copy of 9
+  /// bytes, of which the head's length is kept.
   #[inline(always)]
   fn head(&mut self, major: u8, n: u64) {
-    let m = major << 5;
-    let (lead, size) = match n {
-      0..24 => (m | n as u8, 0),
-      24..=0xff => (m | 24, 1),
-      0x100..=0xffff => (m | 25, 2),
-      0x1_0000..=0xffff_ffff => (m | 26, 4),
-      _ => (m | 27, 8),
-    };
+    let (bytes, len) = cbor::head_bytes(major, n);
     let at = self.len;
-    self.buf[at] = lead;
-    // One fixed-size store of 8 bytes, the argument's `size` first.
-    let arg = if size == 0 { 0 } else { n << (64 - 8 * size) };
-    self.buf[at + 1..at + 9].copy_from_slice(&arg.to_be_bytes());
-    self.len = at + 1 + size;
+    self.buf[at..at + 9].copy_from_slice(&bytes);
+    self.len = at + len;
   }
 
   #[inline(always)]
@@ -407,23 +397,28 @@ mod cbor {
   pub const TRUE: u8 = 0xf5;
   pub const FALSE: u8 = 0xf4;
 
+  /// A head in its shortest form (RFC 8949 §4.2.1): its first `.1` bytes.
+  #[inline(always)]
+  pub fn head_bytes(major: u8, n: u64) -> ([u8; 9], usize) {
+    let m = major << 5;
+    let (lead, size) = match n {
+      0..24 => (m | n as u8, 0),
+      24..=0xff => (m | 24, 1),
+      0x100..=0xffff => (m | 25, 2),
+      0x1_0000..=0xffff_ffff => (m | 26, 4),
+      _ => (m | 27, 8),
+    };
+    let mut bytes = [lead; 9];
+    // The argument's `size` bytes first, big-endian.
+    let arg = if size == 0 { 0 } else { n << (64 - 8 * size) };
+    bytes[1..].copy_from_slice(&arg.to_be_bytes());
+    (bytes, 1 + size)
+  }
+
   #[inline]
   pub fn head(out: &mut Vec<u8>, major: u8, n: u64) {
-    let m = major << 5;
-    if n < 24 {
-      out.push(m | n as u8);
-    } else if let Ok(n) = u8::try_from(n) {
-      out.extend_from_slice(&[m | 24, n]);
-    } else if let Ok(n) = u16::try_from(n) {
-      out.push(m | 25);
-      out.extend_from_slice(&n.to_be_bytes());
-    } else if let Ok(n) = u32::try_from(n) {
-      out.push(m | 26);
-      out.extend_from_slice(&n.to_be_bytes());
-    } else {
-      out.push(m | 27);
-      out.extend_from_slice(&n.to_be_bytes());
-    }
+    let (bytes, len) = head_bytes(major, n);
+    out.extend_from_slice(&bytes[..len]);
   }
 
   #[inline]
@@ -578,6 +573,9 @@ mod tests {
       let mut row = Row::new();
       row.uint(n);
       assert_eq!(row.take(), out, "a row writes {n} as the batch does");
+      let mut shortest = Vec::new();
+      ciborium::into_writer(&n, &mut shortest).unwrap();
+      assert_eq!(out, shortest, "{n} in its shortest form");
     }
     for n in [-1, -24, -25, -256, -257, i64::MIN, 5, i64::MAX] {
       let mut row = Row::new();
