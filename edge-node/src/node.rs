@@ -444,7 +444,7 @@ impl Node {
           .iter()
           .map(|(upper, active)| {
             let v = VersionSnapshot {
-              version: active.key.version.to_string(),
+              version: active.key.version().to_string(),
               percentage: upper - lower,
             };
             lower = *upper;
@@ -733,7 +733,7 @@ impl Node {
       return report;
     };
     let active = deployed.pick().clone();
-    report.version = Some(active.key.version.to_string());
+    report.version = Some(active.key.version().to_string());
     let source = {
       let active = active.clone();
       move || Ok((active.bundle.clone(), active.config.clone()))
@@ -775,7 +775,7 @@ impl Node {
       return report;
     };
     let active = deployed.pick().clone();
-    report.version = Some(active.key.version.to_string());
+    report.version = Some(active.key.version().to_string());
     // A version that sets its own scheduled CPU limit keeps it; otherwise
     // the control plane's (Cloudflare's rule by interval) applies.
     let own = active.config.limits_ref().scheduled_cpu_limit();
@@ -865,15 +865,15 @@ mod tests {
     let key = || WorkerKey::new("alpha", "0123");
     let config = || WorkerConfig::new("alpha");
     let (plain, _) = with_secrets(key(), config(), &secrets(&[]));
-    assert_eq!(plain.secrets, None);
+    assert_eq!(plain.secrets(), None);
     let (a, _) = with_secrets(key(), config(), &secrets(&[("API_KEY", "one")]));
     let (b, _) = with_secrets(key(), config(), &secrets(&[("API_KEY", "two")]));
     let (a2, _) = with_secrets(key(), config(), &secrets(&[("API_KEY", "one")]));
-    let digest = a.secrets.as_deref().expect("a digest");
+    let digest = a.secrets().map(|d| &**d).expect("a digest");
     assert_eq!(digest.len(), 16);
     assert!(digest.bytes().all(|c| c.is_ascii_hexdigit()), "{digest}");
     assert_ne!(a, b, "another secret value starts fresh isolates");
     assert_eq!(a, a2, "the same secrets share isolates");
-    assert_eq!((&*a.name, &*a.version), ("alpha", "0123"));
+    assert_eq!((&**a.name(), &**a.version()), ("alpha", "0123"));
   }
 }
