@@ -267,7 +267,8 @@ impl PartialEq for WorkerKey {
       && same(&self.version, &other.version)
       && match (&self.secrets, &other.secrets) {
         (Some(a), Some(b)) => same(a, b),
-        (a, b) => a.is_none() && b.is_none(),
+        (None, None) => true,
+        _ => false,
       }
   }
 }

@@ -595,11 +595,7 @@ const sendStatic = (function sendStatic(id, response, last) {
   } else if (kind === SERVE_FAST_HEADER_CONTENT_TYPE) {
     op_isola_response_header(invocations, id, "content-type", response[serveFastContentTypeKey]);
   }
-  if (typeof body === "string") {
-    op_isola_respond_text(invocations, id, status, body, last);
-  } else {
-    op_isola_respond_bytes(invocations, id, status, body, last);
-  }
+  sendBody(id, status, body, last);
   return true;
 });
 
@@ -614,6 +610,11 @@ const send = (function send(id, status, headerList, body, last) {
     const header = headerList[i];
     op_isola_response_header(invocations, id, header[0], header[1]);
   }
+  return sendBody(id, status, body, last);
+});
+
+/** The op for `body`'s kind, after the headers; returns `send`'s answer. */
+const sendBody = (function sendBody(id, status, body, last) {
   if (body === null) {
     op_isola_respond_text(invocations, id, status, "", last);
   } else if (typeof body === "string") {
