@@ -5,7 +5,8 @@
 //! thread that loaded it; requests from any thread reach it through its
 //! [`WorkerHandle`]. Code that accepts connections can run on the V8 threads
 //! themselves ([`Runtime::spawn_on_each_thread`]); a request then prefers an
-//! instance on its own thread and skips the cross-thread hop.
+//! instance on its own thread and skips the cross-thread hop, and a thread
+//! whose requests keep crossing to a worker elsewhere loads a replica.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -311,6 +312,17 @@ pub struct PoolStats {
 /// blank isolate for its stock.
 const REFILL_QUIET: Duration = Duration::from_millis(10);
 
+/// Requests that arrive on a V8 thread with no instance of their worker
+/// within one [`REPLICA_WINDOW`] before that thread loads one of its own.
+/// Each such request crosses to the other thread and back (a wake-up each
+/// way, and the two threads wait on each other: with two threads and 100
+/// workers, half the requests did, and the second thread added nothing to
+/// the first's throughput); a replica costs one load and its memory.
+const REPLICA_AFTER: u32 = 128;
+const REPLICA_WINDOW: Duration = Duration::from_secs(1);
+/// In [`Entry::remote`]: a replica is being loaded on that thread.
+const REPLICA_LOADING: u32 = u32::MAX;
+
 type TaskFactory = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 
 enum Command {
@@ -346,9 +358,40 @@ struct Instance {
 struct Entry {
   instances: Vec<Instance>,
   last_used: Instant,
+  /// Per V8 thread, its requests served by an instance on another thread
+  /// since `window` began (or [`REPLICA_LOADING`]).
+  remote: Vec<u32>,
+  window: Instant,
 }
 
 impl Entry {
+  /// Counts a request from V8 thread `thread` that an instance on another
+  /// thread serves; true when `thread` should now load a replica (then
+  /// marked loading until one is in).
+  fn count_remote(&mut self, thread: usize, now: Instant) -> bool {
+    if now.saturating_duration_since(self.window) >= REPLICA_WINDOW {
+      self.window = now;
+      for n in &mut self.remote {
+        if *n != REPLICA_LOADING {
+          *n = 0;
+        }
+      }
+    }
+    if self.remote.len() <= thread {
+      self.remote.resize(thread + 1, 0);
+    }
+    let n = &mut self.remote[thread];
+    if *n == REPLICA_LOADING {
+      return false;
+    }
+    *n += 1;
+    if *n < REPLICA_AFTER {
+      return false;
+    }
+    *n = REPLICA_LOADING;
+    true
+  }
+
   /// Forgets instances whose isolate has stopped; returns their memory.
   fn drop_closed(&mut self) -> u64 {
     let mut freed = 0;
@@ -399,8 +442,13 @@ impl Index {
     let entry = self.lru().get_or_insert_mut(key.clone(), || Entry {
       instances: Vec::new(),
       last_used: now,
+      remote: Vec::new(),
+      window: now,
     });
     entry.last_used = now;
+    if let Some(remote) = entry.remote.get_mut(instance.thread) {
+      *remote = 0;
+    }
     entry.instances.push(instance);
   }
 
@@ -663,20 +711,28 @@ impl Runtime {
       worker: &key.name,
     };
     let (mut invocation, inflight) = match self.shared.pick(key, quarantine) {
-      Some((handle, inflight, thread)) => {
-        self.shared.threads[thread]
+      Some(picked) => {
+        self.shared.threads[picked.thread]
           .served
           .fetch_add(1, Ordering::Relaxed);
-        (handle.call(call, depth), inflight)
+        if let Some(thread) = picked.replica {
+          self.shared.load_replica(key, source, thread);
+        }
+        (picked.handle.call(call, depth), picked.inflight)
       }
       None => {
         let (bundle, config) = source()?;
         let (invocation, first) = Invocation::queued(call, depth);
-        let inflight = Box::pin(
-          self
-            .shared
-            .start(key, bundle, config, quarantine, Some(first)),
-        )
+        let inflight = Box::pin(self.shared.start(
+          key,
+          bundle,
+          config,
+          Start {
+            quarantine,
+            first: Some(first),
+            on: None,
+          },
+        ))
         .await?;
         (invocation, inflight)
       }
@@ -703,10 +759,20 @@ impl Runtime {
     bundle: Bundle,
     config: WorkerConfig,
   ) -> Result<(), Error> {
-    if self.shared.pick(key, false).is_some() {
+    if let Some(picked) = self.shared.pick(key, false) {
+      if let Some(thread) = picked.replica {
+        self
+          .shared
+          .load_replica(key, || Ok((bundle, config)), thread);
+      }
       return Ok(());
     }
-    self.shared.start(key, bundle, config, false, None).await?;
+    let start = Start {
+      quarantine: false,
+      first: None,
+      on: None,
+    };
+    self.shared.start(key, bundle, config, start).await?;
     Ok(())
   }
 
@@ -770,6 +836,26 @@ impl Runtime {
   }
 }
 
+/// An instance [`Shared::pick`] found, with the request counted in.
+struct Picked {
+  handle: WorkerHandle,
+  inflight: InFlight,
+  thread: usize,
+  /// The request thread that should load an instance of its own.
+  replica: Option<usize>,
+}
+
+/// Where [`Shared::start`] loads a new instance: on the quarantine thread
+/// if `quarantine` (and there is one), else on request thread `on` if
+/// given, else on the request thread where it is least in the way of warm
+/// requests ([`Placement`]).
+struct Start {
+  quarantine: bool,
+  /// The call that made the load, which the instance gets first.
+  first: Option<Queued>,
+  on: Option<usize>,
+}
+
 /// One request counted into an instance's in-flight count, and counted out
 /// when dropped: when its answer came, or when its caller went away first
 /// (a client that disconnected). Counted out only on an answer, each
@@ -826,45 +912,108 @@ impl Shared {
 
   /// An instance of `key` with room for one more request, on the
   /// quarantine thread if `quarantine` and on a request thread (preferring
-  /// the current one) if not; counts the request in. Also says which thread.
-  fn pick(&self, key: &WorkerKey, quarantine: bool) -> Option<(WorkerHandle, InFlight, usize)> {
+  /// the current one) if not; counts the request in. When requests keep
+  /// coming to the current thread for instances elsewhere, it also asks for
+  /// a replica here (see [`REPLICA_AFTER`]).
+  fn pick(&self, key: &WorkerKey, quarantine: bool) -> Option<Picked> {
     let here = CURRENT_THREAD.with(Cell::get);
     let max = self.config.max_concurrency;
+    let now = Instant::now();
     let mut index = self.lock();
-    let entry = index.touch(key, Instant::now())?;
+    let memory = index.memory;
+    let entry = index.touch(key, now)?;
     let freed = entry.drop_closed();
-    let picked = entry
+    let best = entry
       .instances
       .iter()
       .filter(|i| i.quarantined == quarantine && i.inflight.load(Ordering::Relaxed) < max)
-      .min_by_key(|i| (Some(i.thread) != here, i.inflight.load(Ordering::Relaxed)))
-      .map(|best| {
-        (
-          best.handle.clone(),
-          InFlight::count_in(&best.inflight),
-          best.thread,
-        )
-      });
+      .min_by_key(|i| (Some(i.thread) != here, i.inflight.load(Ordering::Relaxed)));
+    let picked = best.map(|best| Picked {
+      handle: best.handle.clone(),
+      inflight: InFlight::count_in(&best.inflight),
+      thread: best.thread,
+      replica: None,
+    });
+    let picked = match (picked, here) {
+      (Some(mut picked), Some(here))
+        if !quarantine && here < self.request_threads && picked.thread != here =>
+      {
+        let size = entry.instances.first().map_or(0, |i| i.memory);
+        let room = self.running() < self.config.max_isolates
+          && memory.saturating_sub(freed) + size <= self.config.max_memory;
+        if room && entry.count_remote(here, now) {
+          picked.replica = Some(here);
+        }
+        Some(picked)
+      }
+      (picked, _) => picked,
+    };
     index.memory = index.memory.saturating_sub(freed);
     picked
   }
 
-  /// Loads a new instance of `key` on the quarantine thread if
-  /// `quarantine` (and there is one), else on the request thread where it
-  /// is least in the way of warm requests ([`Placement`]). Returns one
+  /// Worker isolates alive on the V8 threads.
+  fn running(&self) -> usize {
+    self
+      .threads
+      .iter()
+      .map(|t| t.isolates.load(Ordering::Relaxed))
+      .sum()
+  }
+
+  /// Loads an instance of `key` on V8 thread `thread` in the background;
+  /// requests go on to the instances there are meanwhile.
+  fn load_replica(
+    self: &Arc<Self>,
+    key: &WorkerKey,
+    source: impl FnOnce() -> Result<(Bundle, WorkerConfig), Error>,
+    thread: usize,
+  ) {
+    let forget = move |shared: &Self, key: &WorkerKey, e: Error| {
+      tracing::debug!(worker = %key.name, thread, "no replica: {e}");
+      if let Some(entry) = shared.lock().lru().peek_mut(key) {
+        if let Some(remote) = entry.remote.get_mut(thread) {
+          *remote = 0;
+        }
+      }
+    };
+    let (bundle, config) = match source() {
+      Ok(loaded) => loaded,
+      Err(e) => return forget(self, key, e),
+    };
+    let (shared, key) = (self.clone(), key.clone());
+    let start = Start {
+      quarantine: false,
+      first: None,
+      on: Some(thread),
+    };
+    tokio::spawn(async move {
+      if let Err(e) = shared.start(&key, bundle, config, start).await {
+        forget(&shared, &key, e);
+      }
+    });
+  }
+
+  /// Loads a new instance of `key` (see [`Start`] for where). Returns one
   /// place counted into the new instance: `first`'s, if any.
   async fn start(
     self: &Arc<Self>,
     key: &WorkerKey,
     bundle: Bundle,
     config: WorkerConfig,
-    quarantine: bool,
-    first: Option<Queued>,
+    start: Start,
   ) -> Result<InFlight, Error> {
+    let Start {
+      quarantine,
+      first,
+      on,
+    } = start;
     let here = CURRENT_THREAD.with(Cell::get);
     let quarantined = quarantine && self.threads.len() > self.request_threads;
     let thread = if quarantined {
       self.request_threads
+    } else if let Some(on) = on.filter(|&t| t < self.request_threads) {
+      on
     } else {
       let threads = &self.threads[..self.request_threads];
       let served: Vec<u64> = threads
@@ -1118,6 +1267,40 @@ mod tests {
     assert_ne!(a, secret, "secrets start fresh isolates");
     assert_eq!(secret, b.with_secrets(String::from("d1")));
     assert_ne!(secret, a.with_secrets("d2"));
+  }
+
+  #[test]
+  fn a_thread_asks_for_a_replica_once_its_requests_keep_crossing() {
+    let mut f = Fixture::new();
+    f.load("a", 1, 0);
+    let at = f.at(0);
+    let entry = f.index.touch(&key("a"), at).unwrap();
+    // Thread 1's requests go to thread 0's instance.
+    let asks = (0..REPLICA_AFTER)
+      .filter(|_| entry.count_remote(1, at))
+      .count();
+    assert_eq!(asks, 1, "the {REPLICA_AFTER}th asks");
+    // While it loads, no second ask, even in a later window.
+    let later = at + REPLICA_WINDOW;
+    assert!(!(0..2 * REPLICA_AFTER).any(|_| entry.count_remote(1, later)));
+    // Fewer than that per window never ask.
+    let (b, c) = (at + 3 * REPLICA_WINDOW, at + 4 * REPLICA_WINDOW);
+    assert!(!(0..REPLICA_AFTER - 1).any(|_| entry.count_remote(2, b)));
+    assert!(!(0..REPLICA_AFTER - 1).any(|_| entry.count_remote(2, c)));
+    // The replica is in: thread 1 counts afresh.
+    let (handle, open) = WorkerHandle::detached();
+    f._open.push(open);
+    let replica = Instance {
+      thread: 1,
+      quarantined: false,
+      handle,
+      inflight: Arc::new(AtomicUsize::new(0)),
+      memory: 1,
+    };
+    f.index.insert(&key("a"), replica, c);
+    let entry = f.index.touch(&key("a"), c).unwrap();
+    assert_eq!(entry.remote[1], 0);
+    assert_eq!(entry.instances.len(), 2);
   }
 
   fn key(name: &str) -> WorkerKey {

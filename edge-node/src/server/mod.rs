@@ -3,6 +3,7 @@
 //! without a cross-thread hop.
 
 mod drain;
+mod spread;
 mod timer;
 
 use std::future::Future;
@@ -125,13 +126,15 @@ pub fn serve_on_each_thread<H, F>(
   F: Future<Output = http::Response<ResponseBody>> + Send + 'static,
 {
   let listener = Arc::new(listener);
-  runtime.spawn_on_each_thread(move |_thread| {
+  let spread = spread::Spread::new(runtime.threads());
+  runtime.spawn_on_each_thread(move |thread| {
     let listener = listener.try_clone();
     let (tls, options, shutdown) = (tls.clone(), options.clone(), shutdown.clone());
     let (handle, done) = (handle.clone(), done.clone());
+    let spread = Some((spread.clone(), thread));
     async move {
       match listener.map(TcpListener::from_std) {
-        Ok(Ok(listener)) => serve(listener, tls, options, shutdown, handle).await,
+        Ok(Ok(listener)) => serve_spread(listener, tls, options, shutdown, handle, spread).await,
         Ok(Err(e)) | Err(e) => tracing::error!("cannot use the listener: {e}"),
       }
       let _ = done.send(());
@@ -146,8 +149,24 @@ pub async fn serve<H, F>(
   listener: TcpListener,
   tls: Option<Arc<rustls::ServerConfig>>,
   options: HttpOptions,
+  shutdown: watch::Receiver<bool>,
+  handle: H,
+) where
+  H: Fn(isola_runtime::FetchRequest) -> F + Clone + Send + 'static,
+  F: Future<Output = http::Response<ResponseBody>> + Send + 'static,
+{
+  serve_spread(listener, tls, options, shutdown, handle, None).await;
+}
+
+/// [`serve`] as accept loop `.1` of those that share `listener` through
+/// `spread`'s counts.
+async fn serve_spread<H, F>(
+  listener: TcpListener,
+  tls: Option<Arc<rustls::ServerConfig>>,
+  options: HttpOptions,
   mut shutdown: watch::Receiver<bool>,
   handle: H,
+  spread: Option<(Arc<spread::Spread>, usize)>,
 ) where
   H: Fn(isola_runtime::FetchRequest) -> F + Clone + Send + 'static,
   F: Future<Output = http::Response<ResponseBody>> + Send + 'static,
@@ -167,8 +186,14 @@ pub async fn serve<H, F>(
   let client_addr = options.client_addr;
   let drain = drain::Drain::default();
   loop {
+    let accept = async {
+      if let Some((spread, me)) = &spread {
+        spread.turn(*me).await;
+      }
+      listener.accept().await
+    };
     let (stream, peer) = tokio::select! {
-      conn = listener.accept() => match conn {
+      conn = accept => match conn {
         Ok(conn) => conn,
         Err(e) => {
           tracing::warn!("accept failed: {e}");
@@ -202,9 +227,11 @@ pub async fn serve<H, F>(
     });
     let builder = builder.clone();
     let ticket = drain.ticket();
+    let share = spread.as_ref().map(|(spread, me)| spread.hold(*me));
     let acceptor = acceptor.clone();
     let header_timeout = options.header_timeout;
     tokio::spawn(async move {
+      let _share = share;
       match acceptor {
         None => {
           let conn = builder.serve_connection(TokioIo::new(stream), service);

@@ -421,6 +421,48 @@ async fn a_busy_worker_scales_out_to_another_isolate() {
   );
 }
 
+/// A worker whose requests keep arriving on both V8 threads (each thread
+/// accepts its own connections) gets an instance on each: the thread
+/// without one loads a replica rather than sending every request across to
+/// the other thread and back. One replica, not one per request.
+async fn a_worker_busy_on_two_threads_gets_an_instance_on_each() {
+  let rt = Runtime::new(Config::default().threads(2).stock(0)).unwrap();
+  assert_eq!(get(&rt, "both", GOOD, Limits::default(), "/").await.0, 200);
+  assert_eq!(rt.stats().cold_starts, 1);
+  let rounds = |rt: &Runtime| {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let caller = rt.clone();
+    rt.spawn_on_each_thread(move |thread| {
+      let (rt, tx) = (caller.clone(), tx.clone());
+      async move {
+        for _ in 0..300 {
+          let (status, body) = get(&rt, "both", GOOD, Limits::default(), "/").await;
+          assert_eq!((status, body.as_str()), (200, "good"));
+        }
+        let _ = tx.send(thread);
+      }
+    });
+    async move {
+      let mut threads = vec![rx.recv().await.unwrap(), rx.recv().await.unwrap()];
+      threads.sort();
+      assert_eq!(threads, [0, 1]);
+    }
+  };
+  rounds(&rt).await;
+  eventually("a replica on the other thread", || {
+    rt.stats().cold_starts == 2
+  })
+  .await;
+  assert_eq!(rt.stats().isolates, 2);
+  rounds(&rt).await;
+  let stats = rt.stats();
+  assert_eq!(
+    (stats.cold_starts, stats.isolates),
+    (2, 2),
+    "each thread has its instance: no more loads"
+  );
+}
+
 /// A request whose caller goes away (a client that disconnected) gives its
 /// place in the isolate back: dropped requests must not fill the isolate's
 /// concurrency and make the pool start another isolate for the next one.
@@ -567,6 +609,10 @@ pub fn trials() -> Vec<Trial> {
     trial(
       "a_busy_worker_scales_out_to_another_isolate",
       a_busy_worker_scales_out_to_another_isolate,
+    ),
+    trial(
+      "a_worker_busy_on_two_threads_gets_an_instance_on_each",
+      a_worker_busy_on_two_threads_gets_an_instance_on_each,
     ),
     trial(
       "a_dropped_request_gives_its_place_back",
