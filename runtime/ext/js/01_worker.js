@@ -265,9 +265,10 @@ const callHandler = (function callHandler(found, name, arg, ctx) {
 });
 
 // -------------------------------------------------------------- dispatch --
-function headerList(flat) {
+/** The header list of the name/value pairs in `flat[from..to]`. */
+function headerList(flat, from, to) {
   const list = [];
-  for (let i = 0; i < flat.length; i += 2) {
+  for (let i = from; i < to; i += 2) {
     ArrayPrototypePush(list, [flat[i], flat[i + 1]]);
   }
   return list;
@@ -279,13 +280,16 @@ function headerList(flat) {
  * function returns an object literal with getters, and V8 defines each
  * getter anew (a runtime call, then a dictionary-mode object) every time it
  * runs, which cost more than the rest of the request's JS. The header list
- * is still built only when first read.
+ * is still built only when first read, from the request's part of the
+ * dispatcher's arguments (`flat[from..to]`, not copied out).
  */
 class IncomingInnerRequest {
-  constructor(method, url, flatHeaders, body) {
+  constructor(method, url, flat, from, to, body) {
     this.method = method;
     this.headerListInner = null;
-    this.flatHeaders = flatHeaders;
+    this.flatHeaders = flat;
+    this.flatFrom = from;
+    this.flatTo = to;
     this.body = body;
     this.redirectMode = "follow";
     this.redirectCount = 0;
@@ -296,7 +300,7 @@ class IncomingInnerRequest {
   }
   get headerList() {
     if (this.headerListInner === null) {
-      this.headerListInner = headerList(this.flatHeaders);
+      this.headerListInner = headerList(this.flatHeaders, this.flatFrom, this.flatTo);
       this.flatHeaders = null;
     }
     return this.headerListInner;
@@ -315,7 +319,7 @@ class IncomingInnerRequest {
     const flat = this.flatHeaders;
     let found = null;
     if (flat !== null) {
-      for (let i = 0; i < flat.length; i += 2) {
+      for (let i = this.flatFrom; i < this.flatTo; i += 2) {
         if (flat[i] === lower) {
           found = found === null ? flat[i + 1] : `${found}, ${flat[i + 1]}`;
         }
@@ -453,7 +457,7 @@ class RequestBody extends InnerBody {
  * @param {...string} headers flat name/value list
  */
 const dispatch = (function dispatch(id, method, url, bodyRid, entrypoint, ...headers) {
-  dispatchOne(id, method, url, bodyRid, entrypoint, headers);
+  dispatchOne(id, method, url, bodyRid, entrypoint, headers, 0, headers.length);
 });
 
 /**
@@ -466,22 +470,18 @@ const dispatchAll = (function dispatchAll(...args) {
   for (let i = 0; i < args.length;) {
     const from = i + 6;
     const to = from + args[i + 5];
-    dispatchOne(
-      args[i],
-      args[i + 1],
-      args[i + 2],
-      args[i + 3],
-      args[i + 4],
-      ArrayPrototypeSlice(args, from, to),
-    );
+    dispatchOne(args[i], args[i + 1], args[i + 2], args[i + 3], args[i + 4], args, from, to);
     i = to;
   }
 });
 
-/** Starts invocation `id` with its request; `headers`: flat name/value list. */
-const dispatchOne = (function dispatchOne(id, method, url, bodyRid, entrypoint, headers) {
+/**
+ * Starts invocation `id` with its request; its headers are the name/value
+ * pairs in `flat[from..to]`.
+ */
+const dispatchOne = (function dispatchOne(id, method, url, bodyRid, entrypoint, flat, from, to) {
   const body = bodyRid === null ? null : new RequestBody(bodyRid);
-  const inner = new IncomingInnerRequest(method, url, headers, body);
+  const inner = new IncomingInnerRequest(method, url, flat, from, to, body);
   const request = fromInnerRequest(inner, "immutable");
   const inv = { id, pending: 1, responded: false, passThrough: false, body };
   const ctx = new ExecutionContext(inv);
@@ -590,12 +590,12 @@ const sendStatic = (function sendStatic(id, response, last) {
   if (body === null || responseBodyUsed(response)) return false;
   response[serveFastConsumedKey] = true;
   const kind = response[serveFastHeaderKindKey];
-  if (kind === SERVE_FAST_HEADER_DEFAULT_TEXT) {
-    op_isola_response_header(invocations, id, "content-type", "text/plain;charset=UTF-8");
-  } else if (kind === SERVE_FAST_HEADER_CONTENT_TYPE) {
-    op_isola_response_header(invocations, id, "content-type", response[serveFastContentTypeKey]);
-  }
-  sendBody(id, status, body, last);
+  const type = kind === SERVE_FAST_HEADER_DEFAULT_TEXT
+    ? "text/plain;charset=UTF-8"
+    : kind === SERVE_FAST_HEADER_CONTENT_TYPE
+    ? response[serveFastContentTypeKey]
+    : "";
+  sendBody(id, status, body, type, last);
   return true;
 });
 
@@ -610,20 +610,24 @@ const send = (function send(id, status, headerList, body, last) {
     const header = headerList[i];
     op_isola_response_header(invocations, id, header[0], header[1]);
   }
-  return sendBody(id, status, body, last);
+  return sendBody(id, status, body, "", last);
 });
 
-/** The op for `body`'s kind, after the headers; returns `send`'s answer. */
-const sendBody = (function sendBody(id, status, body, last) {
+/**
+ * The op for `body`'s kind, after the headers; returns `send`'s answer. A
+ * full body's op also adds `type` as the content type unless it is empty
+ * (one op call where a header's would be a second).
+ */
+const sendBody = (function sendBody(id, status, body, type, last) {
   if (body === null) {
-    op_isola_respond_text(invocations, id, status, "", last);
+    op_isola_respond_text(invocations, id, status, "", type, last);
   } else if (typeof body === "string") {
-    op_isola_respond_text(invocations, id, status, body, last);
+    op_isola_respond_text(invocations, id, status, body, type, last);
   } else if (typeof body === "number") {
     op_isola_respond_stream(id, status, body);
     return false;
   } else {
-    op_isola_respond_bytes(invocations, id, status, body, last);
+    op_isola_respond_bytes(invocations, id, status, body, type, last);
   }
   return last;
 });
