@@ -20,7 +20,6 @@ import { addQueueBindings, messageBatch } from "ext:isola_queue/01_queue.js";
 
 const {
   ArrayPrototypePush,
-  ArrayPrototypeSlice,
   Error,
   FunctionPrototypeCall,
   ObjectDefineProperty,
