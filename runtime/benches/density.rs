@@ -23,6 +23,16 @@
 //! beneath Isola's Workers API, over `DENSITY_FLOOR` (100) kept isolates of
 //! each kind: V8's own isolate and context, a bare deno_core runtime (a
 //! snapshot without extensions), and Isola's blank isolate.
+//!
+//! `--switch` prints only what taking turns costs: a call into each of N
+//! isolates in turn, one at a time, for N in `DENSITY_SWITCH` (1,10,100,1000),
+//! first with bare V8 isolates (a context and one small function each), then
+//! with Isola hello workers (a request each, through the runtime; the V8
+//! thread's CPU). Every call is a turn of its own at every N, so what
+//! grows with N is the price of a cold isolate: its heap, maps and compiled
+//! code are out of the core's caches when its turn comes again. Run it
+//! pinned to one core (the caller's thread then never leaves the V8 thread
+//! idle; idle wake-ups would cost more than the turn).
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -781,6 +791,215 @@ fn floor_kind(kind: &str, n: usize) {
   drop(first);
 }
 
+/// CPU time of the calling thread (what a bare V8 call costs, without the
+/// compiler's and GC's helper threads).
+fn thread_cpu() -> Duration {
+  let mut ts = libc::timespec {
+    tv_sec: 0,
+    tv_nsec: 0,
+  };
+  // SAFETY: `ts` is a valid timespec for the call to fill.
+  let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+  assert_eq!(rc, 0, "the thread's CPU clock");
+  Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// CPU time of this process's thread named `name` (the runtime's V8
+/// thread), from its `schedstat`: the caller's thread, its wake-ups and
+/// its channel hops are not the isolates' cost.
+fn named_thread_cpu(name: &str) -> Duration {
+  for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+    let dir = task.expect("a task").path();
+    if std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim_end() == name) {
+      let stat = std::fs::read_to_string(dir.join("schedstat")).expect("schedstat");
+      let ns = stat.split_whitespace().next().and_then(|n| n.parse().ok());
+      return Duration::from_nanos(ns.expect("schedstat's first field"));
+    }
+  }
+  panic!("no thread named {name}");
+}
+
+/// Measured rounds of `--switch`; each figure is their median.
+const SWITCH_ROUNDS: usize = 3;
+
+fn median(mut rounds: Vec<f64>) -> f64 {
+  rounds.sort_by(f64::total_cmp);
+  rounds[rounds.len() / 2]
+}
+
+fn median_of_rounds(mut round: impl FnMut() -> f64) -> f64 {
+  median((0..SWITCH_ROUNDS).map(|_| round()).collect())
+}
+
+/// Calls taken in each measured round of `--switch` at `n` isolates: enough
+/// for a stable mean, and at least a few rounds over every isolate.
+/// (`quick`: a few, to check that the pass runs).
+fn switch_calls(n: usize, quick: bool) -> usize {
+  if quick {
+    1_000
+  } else {
+    (n * 20).max(100_000)
+  }
+}
+
+/// Calls that warm each isolate before the rounds: enough for V8 to
+/// optimize the code each call runs.
+fn switch_warmup(quick: bool) -> usize {
+  if quick {
+    100
+  } else {
+    3_000
+  }
+}
+
+/// CPU µs per call of `n` bare V8 isolates (a context and a function that
+/// builds a small object and string, as a handler builds its response),
+/// called in turn. Each is warmed alone first, so that its function is
+/// optimized, as a busy worker's is.
+fn switch_v8(n: usize, quick: bool) -> f64 {
+  use deno_core::v8;
+  struct Bare {
+    // Dropped before the isolate.
+    context: v8::Global<v8::Context>,
+    func: v8::Global<v8::Function>,
+    isolate: v8::OwnedIsolate,
+  }
+  const SOURCE: &str = "(i) => ({ status: 200, body: 'Hello, world! ' + i, headers: [['content-type', 'text/plain']] })";
+  let call = |bare: &mut Bare, i: i32| {
+    // SAFETY: every isolate of this thread is exited between calls (see
+    // below); this one is entered for the call and exited after it.
+    unsafe { bare.isolate.enter() };
+    {
+      v8::scope!(let scope, &mut bare.isolate);
+      let context = v8::Local::new(scope, &bare.context);
+      let scope = &mut v8::ContextScope::new(scope, context);
+      let func = v8::Local::new(scope, &bare.func);
+      let recv = v8::undefined(scope).into();
+      let arg = v8::Integer::new(scope, i).into();
+      func.call(scope, recv, &[arg]).expect("the call returns");
+      scope.perform_microtask_checkpoint();
+    }
+    // SAFETY: entered above, on this thread.
+    unsafe { bare.isolate.exit() };
+  };
+  let mut all: Vec<Bare> = (0..n)
+    .map(|_| {
+      let mut isolate = v8::Isolate::new(v8::CreateParams::default());
+      let (context, func) = {
+        v8::scope!(let scope, &mut isolate);
+        let context = v8::Context::new(scope, Default::default());
+        let scope = &mut v8::ContextScope::new(scope, context);
+        let code = v8::String::new(scope, SOURCE).unwrap();
+        let script = v8::Script::compile(scope, code, None).unwrap();
+        let func = v8::Local::<v8::Function>::try_from(script.run(scope).unwrap()).unwrap();
+        (
+          v8::Global::new(scope, context),
+          v8::Global::new(scope, func),
+        )
+      };
+      // SAFETY: a new isolate is entered; every one is exited between calls.
+      unsafe { isolate.exit() };
+      Bare {
+        context,
+        func,
+        isolate,
+      }
+    })
+    .collect();
+  for bare in &mut all {
+    for i in 0..switch_warmup(quick) {
+      call(bare, i as i32);
+    }
+  }
+  let calls = switch_calls(n, quick);
+  let per = median_of_rounds(|| {
+    let start = thread_cpu();
+    for i in 0..calls {
+      call(&mut all[i % n], i as i32);
+    }
+    (thread_cpu() - start).as_secs_f64() * 1e6 / calls as f64
+  });
+  // V8 drops an isolate entered, and wants them dropped in reverse order.
+  while let Some(bare) = all.pop() {
+    // SAFETY: entered for its drop, which exits it.
+    unsafe { bare.isolate.enter() };
+    drop(bare);
+  }
+  per
+}
+
+/// CPU µs of the V8 thread per request of `n` hello workers, requests
+/// sent one at a time to each in turn.
+async fn switch_isola(n: usize, quick: bool) -> f64 {
+  let rt = Runtime::new(Config::default().threads(1).stock(0).max_isolates(n + 10)).unwrap();
+  let bundle = one_module(Bytes::from_static(HELLO.as_bytes()));
+  let names: Vec<String> = (0..n).map(|i| format!("tenant-{i}")).collect();
+  let send = |i: usize| {
+    let name = &names[i % n];
+    // Limits far off: a slow first request (a profiler's) is no failure.
+    let limits = Limits::default()
+      .cpu(Duration::from_secs(10))
+      .wall(Duration::from_secs(60));
+    let config = WorkerConfig::new(name.clone()).limits(limits);
+    fetch_config(&rt, name, bundle.clone(), config, "/")
+  };
+  // Warmed in turn, so that none is idle long enough to be evicted
+  // meanwhile.
+  for i in 0..n * switch_warmup(quick) {
+    assert_eq!(send(i).await, 200);
+  }
+  let calls = switch_calls(n, quick);
+  let mut rounds = Vec::new();
+  for _ in 0..SWITCH_ROUNDS {
+    let start = named_thread_cpu("isola-v8-0");
+    for i in 0..calls {
+      assert_eq!(send(i).await, 200);
+    }
+    rounds.push((named_thread_cpu("isola-v8-0") - start).as_secs_f64() * 1e6 / calls as f64);
+  }
+  median(rounds)
+}
+
+/// The `--switch` rows.
+fn print_switch(quick: bool) {
+  let counts: Vec<usize> = if quick {
+    vec![1, 3]
+  } else {
+    std::env::var("DENSITY_SWITCH")
+      .unwrap_or_else(|_| "1,10,100,1000".into())
+      .split(',')
+      .map(|n| {
+        n.trim()
+          .parse()
+          .expect("DENSITY_SWITCH: numbers, comma-separated")
+      })
+      .collect()
+  };
+  // Initialises V8's platform the way the runtime does.
+  drop(deno_core::JsRuntime::new(Default::default()));
+  let row = |what: &str, per: Vec<f64>| {
+    let cells: Vec<String> = per.iter().map(|p| format!("{p:.2} µs")).collect();
+    let ns: Vec<String> = counts.iter().map(|n| n.to_string()).collect();
+    println!(
+      "| {what}, CPU per call with {} isolates taking turns | {} |",
+      ns.join(" / "),
+      cells.join(" / ")
+    );
+  };
+  row(
+    "bare V8 isolate, a small function",
+    counts.iter().map(|&n| switch_v8(n, quick)).collect(),
+  );
+  let rt = one_worker_runtime();
+  row(
+    "Isola hello worker, one request at a time",
+    counts
+      .iter()
+      .map(|&n| rt.block_on(switch_isola(n, quick)))
+      .collect(),
+  );
+}
+
 /// `name`'s value as a number, or `default`.
 fn env_usize(name: &str, default: usize) -> usize {
   std::env::var(name)
@@ -884,6 +1103,10 @@ fn main() {
     print_floor(env_usize("DENSITY_FLOOR", 100));
     return;
   }
+  if std::env::args().any(|a| a == "--switch") {
+    print_switch(quick);
+    return;
+  }
   if std::env::args().any(|a| a == "--big") {
     let n = env_usize("DENSITY_BIG", 400);
     let (p50, p99, _) = one_worker_runtime().block_on(first_request_big(Cache::Warm, n));
@@ -923,6 +1146,7 @@ fn main() {
     }
     print_own_process("--big-rss", quick);
     print_own_process("--traffic", quick);
+    print_own_process("--switch", quick);
     print_floor(if quick { 5 } else { 100 });
     let (over50, over_max, wall) = cpu_overshoot(if quick { 3 } else { 20 }).await;
     println!("| busy loop past a 50 ms CPU limit: median / max overrun (CPU) | {over50:.2} ms / {over_max:.2} ms |");
