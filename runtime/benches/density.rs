@@ -824,7 +824,7 @@ const SWITCH_ROUNDS: usize = 3;
 
 fn median(mut rounds: Vec<f64>) -> f64 {
   rounds.sort_by(f64::total_cmp);
-  rounds[rounds.len() / 2]
+  percentile(&rounds, 0.5)
 }
 
 fn median_of_rounds(mut round: impl FnMut() -> f64) -> f64 {
