@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import platform
 import re
@@ -102,10 +103,15 @@ CFG = {
     "duration_s": env_int("DURATION", 8, 1, 300),
     "warmup_s": env_int("WARMUP", 3, 0, 120),
     # Cells whose load is spread over many workers (Host names or tenants):
-    # each isolate gets a share of it, and V8 optimises a function only after
-    # thousands of calls in that isolate (serve, 100 workers: JS still in
-    # baseline code after 10 s at ~29k req/s, optimised after 60 s).
+    # each isolate gets a share of it, and V8 tiers a function up by the
+    # bytecode it has run in that isolate, so the warm-up is counted in
+    # requests per worker: at least WARMUP_SPREAD s, then until each worker
+    # has had WARMUP_SPREAD_REQUESTS (serve, 100 workers, json: Maglev code
+    # and 26 µs a request after 20 s at ~35k req/s, TurboFan and 19 µs after
+    # 90 s), at most WARMUP_SPREAD_MAX s.
     "warmup_spread_s": env_int("WARMUP_SPREAD", 30, 0, 600),
+    "warmup_spread_requests": env_int("WARMUP_SPREAD_REQUESTS", 40_000, 0, 10_000_000),
+    "warmup_spread_max_s": env_int("WARMUP_SPREAD_MAX", 300, 0, 3600),
     "connections": env_int("CONNECTIONS", 50, 1, 10000),
     "threads": env_int("THREADS", 1, 1, 64),
     "startup_runs": env_int("STARTUP_RUNS", 15, 0, 200),
@@ -470,6 +476,35 @@ def run_series(cell: dict, key: str, target: Target, logs: Path, stem: str, load
                 "of a core during the run (noisy measurement)")
 
 
+def warm_problem(cell: dict, w: dict) -> bool:
+    """Notes a failed warm-up run in the cell; True if there was one."""
+    if "error" in w or w["errors"]:
+        cell["problems"].append(f"warm-up: {w.get('error') or w['err_detail']}")
+        return True
+    return False
+
+
+def warm_spread(cell: dict, load, tenants: int) -> None:
+    """Warms a cell whose load is spread over `tenants` workers: at least
+    WARMUP_SPREAD s, then on at the rate seen until each worker has had
+    WARMUP_SPREAD_REQUESTS requests, at most WARMUP_SPREAD_MAX s in all;
+    what it took goes in the cell."""
+    want = CFG["warmup_spread_requests"] * tenants
+    secs, done_s, done = CFG["warmup_spread_s"], 0.0, 0
+    while secs > 0:
+        w = load(secs)
+        if warm_problem(cell, w):
+            break
+        done_s += w["duration_s"]
+        done += w["requests"]
+        left_s = CFG["warmup_spread_max_s"] - done_s
+        if done >= want or left_s < 1 or not done:
+            break
+        secs = max(1, min(math.ceil((want - done) * done_s / done), int(left_s)))
+    cell["warmup"] = {"seconds": round(done_s, 1), "requests": done,
+                      "per_worker": done // tenants}
+
+
 def bench_target(row: str, workload: str, logs: Path, start, wrk_threads: int,
                  wrk_cpus: set[int] | None, rate) -> dict:
     """One cell: start(), check, warm up, closed-loop runs, open-loop runs at
@@ -493,13 +528,12 @@ def bench_target(row: str, workload: str, logs: Path, start, wrk_threads: int,
                 cell["problems"].append(f"wrong reply before load{f' ({host})' if host else ''}: "
                                         f"{bad}")
         script = wrk_script(workload, logs, target.hosts)
-        warmup = CFG["warmup_spread_s"] if len(target.hosts or []) > 1 else CFG["warmup_s"]
-        if warmup > 0:
-            w = run_wrk(target.port, workload, script, warmup, wrk_threads, wrk_cpus)
-            if "error" in w:
-                cell["problems"].append(f"warm-up: {w['error']}")
-            elif w["errors"]:
-                cell["problems"].append(f"warm-up: {w['errors']} wrk errors")
+        tenants = len(target.hosts or [])
+        load = lambda secs: run_wrk(target.port, workload, script, secs, wrk_threads, wrk_cpus)
+        if tenants > 1:
+            warm_spread(cell, load, tenants)
+        elif CFG["warmup_s"] > 0:
+            warm_problem(cell, load(CFG["warmup_s"]))
         run_series(cell, "runs", target, logs, stem, lambda: run_wrk(
             target.port, workload, script, CFG["duration_s"], wrk_threads, wrk_cpus),
             CFG["runs"])
@@ -532,10 +566,7 @@ def tenants_cell(row: str, workload: str, logs: Path, target: Target, tenants: i
     def load(secs: int) -> dict:
         return run_oha(target.port, workload, None, secs, hosts, logs, load_cpus(), ports)
 
-    if CFG["warmup_spread_s"] > 0:
-        w = load(CFG["warmup_spread_s"])
-        if "error" in w or w["errors"]:
-            cell["problems"].append(f"warm-up: {w.get('error') or w['err_detail']}")
+    warm_spread(cell, load, tenants)
     run_series(cell, "runs", target, logs, f"{row}-{workload}",
                lambda: load(CFG["duration_s"]), CFG["runs"])
     cell["rss_kib_after"] = target.rss_kib()

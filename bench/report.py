@@ -265,7 +265,11 @@ def render(raw: dict) -> str:
         f"- Throughput: `wrk -t{c['threads']} -c{c['connections']} -d{c['duration_s']}s` "
         f"(closed loop, keep-alive), warm-up {c['warmup_s']} s"
         + (f" ({c['warmup_spread_s']} s where the load is spread over many workers)"
-           if "warmup_spread_s" in c else "")
+           if "warmup_spread_s" in c and "warmup_spread_requests" not in c else "")
+        + (f" (where the load is spread over many workers: at least {c['warmup_spread_s']} s, "
+           f"then until each worker has had {c['warmup_spread_requests']:,} requests, at most "
+           f"{c['warmup_spread_max_s']} s{spread_warmups(raw)})"
+           if "warmup_spread_requests" in c else "")
         + f", {c['runs']} runs per cell; "
         "medians over runs.",
     ]
@@ -660,6 +664,16 @@ def render_density(raw: dict) -> list[str]:
            f"Source: {d.get('source', '?')}.", "", "| figure | value |", "|---|---|"]
     out += [f"| {r['figure']} | {r['value']} |" for r in d.get("rows", [])]
     return out + [""]
+
+
+def spread_warmups(raw: dict) -> str:
+    """"; took 95–210 s" over the cells that were warmed that way, or ""."""
+    secs = [cell["warmup"]["seconds"] for cell in raw.get("cells", []) + (raw.get("tenants") or [])
+            if cell.get("warmup")]
+    if not secs:
+        return ""
+    lo, hi = min(secs), max(secs)
+    return f"; took {lo:.0f} s" if round(lo) == round(hi) else f"; took {lo:.0f}–{hi:.0f} s"
 
 
 def render_problems(raw: dict) -> list[str]:

@@ -239,6 +239,56 @@ class Render(unittest.TestCase):
         self.assertIn("not a benchmark result", str(e.exception))
 
 
+class SpreadWarmUp(unittest.TestCase):
+    """The warm-up of a cell spread over many workers, counted in requests
+    per worker, against a load that answers `rps` a second."""
+
+    def warm(self, rps, tenants=100, first=30, per_worker=40_000, most=300):
+        saved = dict(measure.CFG)
+        measure.CFG.update(warmup_spread_s=first, warmup_spread_requests=per_worker,
+                           warmup_spread_max_s=most)
+        asked = []
+
+        def load(secs):
+            asked.append(secs)
+            return {"requests": int(rps * secs), "duration_s": float(secs), "errors": 0}
+        cell = {"problems": []}
+        try:
+            measure.warm_spread(cell, load, tenants)
+        finally:
+            measure.CFG.clear()
+            measure.CFG.update(saved)
+        return asked, cell
+
+    def test_goes_on_until_each_worker_had_its_requests(self):
+        asked, cell = self.warm(40_000)
+        self.assertEqual(asked, [30, 70])
+        self.assertEqual(cell["warmup"], {"seconds": 100.0, "requests": 4_000_000,
+                                          "per_worker": 40_000})
+
+    def test_stops_at_the_most_it_may_take(self):
+        asked, cell = self.warm(5_000)
+        self.assertEqual(asked, [30, 270])
+        self.assertEqual(cell["warmup"]["seconds"], 300.0)
+
+    def test_a_fast_first_step_is_enough(self):
+        asked, _ = self.warm(200_000, tenants=10)
+        self.assertEqual(asked, [30])
+
+    def test_a_failed_step_ends_it_as_a_problem(self):
+        cell = {"problems": []}
+        measure.warm_spread(cell, lambda secs: {"error": "wrk did not finish in time"}, 100)
+        self.assertEqual(cell["problems"], ["warm-up: wrk did not finish in time"])
+
+    def test_the_report_says_what_it_took(self):
+        r = result(6.0)
+        r["config"].update(warmup_spread_s=30, warmup_spread_requests=40_000,
+                           warmup_spread_max_s=300)
+        r["cells"][2]["warmup"] = {"seconds": 101.2, "requests": 4_048_000, "per_worker": 40_480}
+        md = report.render(r)
+        self.assertIn("until each worker has had 40,000 requests, at most 300 s; took 101 s)", md)
+
+
 class PoolAndCompare(unittest.TestCase):
     def test_pool_takes_medians_over_all_runs(self):
         a, b, c = result(6.0), result(8.0), result(10.0)
