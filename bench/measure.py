@@ -534,9 +534,8 @@ def bench_target(row: str, workload: str, logs: Path, start, wrk_threads: int,
             warm_spread(cell, load, tenants)
         elif CFG["warmup_s"] > 0:
             warm_problem(cell, load(CFG["warmup_s"]))
-        run_series(cell, "runs", target, logs, stem, lambda: run_wrk(
-            target.port, workload, script, CFG["duration_s"], wrk_threads, wrk_cpus),
-            CFG["runs"])
+        run_series(cell, "runs", target, logs, stem, lambda: load(CFG["duration_s"]),
+                   CFG["runs"])
         if callable(rate):  # raw hyper: the rate comes from its own closed-loop runs
             rate = rate(cell["runs"])
         if rate and OHA:
