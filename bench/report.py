@@ -263,14 +263,8 @@ def render(raw: dict) -> str:
         f"- Pinning: server on CPU {c['server_cpu']}, load generator (and control plane) on "
         f"CPU {c['load_cpu']}" + ("" if pinned else " (NOT pinned: fewer than 2 usable CPUs)"),
         f"- Throughput: `wrk -t{c['threads']} -c{c['connections']} -d{c['duration_s']}s` "
-        f"(closed loop, keep-alive), warm-up {c['warmup_s']} s"
-        + (f" ({c['warmup_spread_s']} s where the load is spread over many workers)"
-           if "warmup_spread_s" in c and "warmup_spread_requests" not in c else "")
-        + (f" (where the load is spread over many workers: at least {c['warmup_spread_s']} s, "
-           f"then until each worker has had {c['warmup_spread_requests']:,} requests, at most "
-           f"{c['warmup_spread_max_s']} s{spread_warmups(raw)})"
-           if "warmup_spread_requests" in c else "")
-        + f", {c['runs']} runs per cell; "
+        f"(closed loop, keep-alive), warm-up {c['warmup_s']} s{spread_warmup(raw)}"
+        f", {c['runs']} runs per cell; "
         "medians over runs.",
     ]
     if raw.get("latency_rates"):
@@ -666,14 +660,22 @@ def render_density(raw: dict) -> list[str]:
     return out + [""]
 
 
-def spread_warmups(raw: dict) -> str:
-    """"; took 95–210 s" over the cells that were warmed that way, or ""."""
+def spread_warmup(raw: dict) -> str:
+    """How cells whose load is spread over many workers were warmed: a fixed
+    time (older results), or by requests per worker and what that took."""
+    c = raw["config"]
+    if "warmup_spread_requests" not in c:
+        return (f" ({c['warmup_spread_s']} s where the load is spread over many workers)"
+                if "warmup_spread_s" in c else "")
     secs = [cell["warmup"]["seconds"] for cell in raw.get("cells", []) + (raw.get("tenants") or [])
             if cell.get("warmup")]
-    if not secs:
-        return ""
-    lo, hi = min(secs), max(secs)
-    return f"; took {lo:.0f} s" if round(lo) == round(hi) else f"; took {lo:.0f}–{hi:.0f} s"
+    took = ""
+    if secs:
+        lo, hi = min(secs), max(secs)
+        took = f"; took {lo:.0f} s" if round(lo) == round(hi) else f"; took {lo:.0f}–{hi:.0f} s"
+    return (f" (where the load is spread over many workers: at least {c['warmup_spread_s']} s, "
+            f"then until each worker has had {c['warmup_spread_requests']:,} requests, at most "
+            f"{c['warmup_spread_max_s']} s{took})")
 
 
 def render_problems(raw: dict) -> list[str]:

@@ -6,6 +6,7 @@ import json
 import sys
 import tempfile
 import unittest
+from unittest import mock
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -244,20 +245,15 @@ class SpreadWarmUp(unittest.TestCase):
     per worker, against a load that answers `rps` a second."""
 
     def warm(self, rps, tenants=100, first=30, per_worker=40_000, most=300):
-        saved = dict(measure.CFG)
-        measure.CFG.update(warmup_spread_s=first, warmup_spread_requests=per_worker,
-                           warmup_spread_max_s=most)
         asked = []
 
         def load(secs):
             asked.append(secs)
             return {"requests": int(rps * secs), "duration_s": float(secs), "errors": 0}
         cell = {"problems": []}
-        try:
+        with mock.patch.dict(measure.CFG, warmup_spread_s=first,
+                             warmup_spread_requests=per_worker, warmup_spread_max_s=most):
             measure.warm_spread(cell, load, tenants)
-        finally:
-            measure.CFG.clear()
-            measure.CFG.update(saved)
         return asked, cell
 
     def test_goes_on_until_each_worker_had_its_requests(self):
