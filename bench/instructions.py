@@ -175,7 +175,9 @@ def run_counted(argv: list[str], env: dict | None, workload: str, port: int, war
     proc = servers.spawn(argv, out / "server.log", env)
     try:
         if servers.wait_first_200(proc, port, 300, poll_s=0.2) is None:
-            raise RuntimeError(f"{argv[4]} did not answer under valgrind; see {out / 'server.log'}")
+            # `out` is a temporary directory: the log's end goes in the message.
+            raise RuntimeError(f"{argv[4]} did not answer under valgrind; its log ends:\n"
+                               + servers.log_tail(out / "server.log", 10))
         script = ["-s", str(wdir / "wrk.lua")] if (wdir / "wrk.lua").exists() else []
 
         def load(secs: int) -> str:
@@ -253,8 +255,13 @@ def main() -> None:
             out.mkdir()
             print(f"counting {peer} ({args.warmup} s warm-up, {args.seconds} s counted)",
                   file=sys.stderr)
-            r = measure_peer(peer, args.workload, args.warmup, args.seconds,
-                             args.connections, out)
+            try:
+                r = measure_peer(peer, args.workload, args.warmup, args.seconds,
+                                 args.connections, out)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                # The counts already made are still worth printing.
+                print(f"{peer} not counted: {e}", file=sys.stderr)
+                continue
             results.append((peer, r))
     print(render(results))
     if args.json:

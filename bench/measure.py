@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Isola benchmark harness, measuring side: runs the servers and writes raw JSON.
 
-For each (server, workload) cell: start the server (servers.py) pinned to
-SERVER_CPU, check one reply, warm up with wrk, then RUNS closed-loop wrk runs
-(pinned to LOAD_CPU) for throughput and server CPU per request, then RUNS
-open-loop oha runs at LATENCY_FRACTION of raw hyper's measured req/s for
-latency. Then, optionally: thread scaling of `isola-edge serve` with wrk and
+For each workload: start every server (servers.py) pinned to SERVER_CPU,
+check one reply from each and warm each up with wrk; then RUNS rounds of
+closed-loop wrk runs (pinned to LOAD_CPU) for throughput and server CPU per
+request, each server once a round, then RUNS rounds of open-loop oha runs at
+LATENCY_FRACTION of raw hyper's measured req/s for latency. Then the
+`isola-edge serve` cells one after another, and, optionally: thread scaling of `isola-edge serve` with wrk and
 the server sharing every core, process start -> first 200, trace events'
 cost measured paired (events_overhead.py), and the runtime's density
 bench. Writes bench/results/<stamp>.json (every run's numbers) and
@@ -152,6 +153,9 @@ CFG = {
     "tenants": env_ints("TENANTS", [1, 10, 25, 50, 100]) if os.environ.get("TENANTS") != "0"
     else [],
 }
+# Not a knob: tells the report that the single-process servers were
+# measured side by side (bench_cells), not each in a cell of its own.
+CFG["rounds"] = True
 CFG["latency_duration_s"] = CFG["latency_duration_s"] or CFG["duration_s"]
 CFG["latency_connections"] = CFG["latency_connections"] or CFG["connections"]
 
@@ -444,23 +448,22 @@ def measured(target: Target, load) -> tuple[dict | None, str | None]:
 
 def run_series(cell: dict, key: str, target: Target, logs: Path, stem: str, load,
                count: int) -> None:
-    """`count` measured runs into cell[key]; runs during which other
-    processes used more than QUIET_MAX cores are redone (NOISY_RETRIES)."""
+    """Measured runs into cell[key] until it holds `count`; runs during which
+    other processes used more than QUIET_MAX cores are redone, NOISY_RETRIES
+    times in all for the cell."""
     kind = {"runs": "closed-loop run", "open_runs": "open-loop run"}[key]
-    attempts, retries_left = 0, CFG["noisy_retries"]
     idle = [target.control.pid] if target.control else []
-    while len(cell[key]) < count and attempts < count + CFG["noisy_retries"]:
+    attempts_left = count - len(cell[key]) + max(CFG["noisy_retries"] - cell["noisy_discarded"], 0)
+    while len(cell[key]) < count and attempts_left > 0 and target.exited() is None:
+        retries_left = CFG["noisy_retries"] - cell["noisy_discarded"]
         i = len(cell[key])
-        attempts += 1
-        if target.exited() is not None:
-            break
+        attempts_left -= 1
         run, err = measured(target, load)
         if err:
             cell["problems"].append(f"{kind} {i + 1}: {err}")
             continue
         noisy = run.get("other_cpu_util", 0) > CFG["quiet_max"]
         if noisy and retries_left > 0:
-            retries_left -= 1
             cell["noisy_discarded"] += 1
             wait_for_quiet(idle)
             continue
@@ -505,22 +508,48 @@ def warm_spread(cell: dict, load, tenants: int) -> None:
                       "per_worker": done // tenants}
 
 
-def bench_target(row: str, workload: str, logs: Path, start, wrk_threads: int,
-                 wrk_cpus: set[int] | None, rate) -> dict:
-    """One cell: start(), check, warm up, closed-loop runs, open-loop runs at
-    `rate` (None: none; a function: of the closed-loop runs)."""
+class Started:
+    """A cell whose server is up, checked and warm: its runs are made by
+    `bench_cells`, interleaved with the other cells of its group."""
+
+    def __init__(self, cell: dict, target: Target, logs: Path, load):
+        self.cell, self.target, self.logs, self.load = cell, target, logs, load
+        self.stem = f"{cell['row']}-{cell['workload']}"
+
+    def runs(self, key: str, count: int, load) -> None:
+        run_series(self.cell, key, self.target, self.logs, self.stem, load, count)
+
+    def finish(self) -> None:
+        cell, target = self.cell, self.target
+        cell["rss_kib_after"] = target.rss_kib()
+        if target.control:
+            cell["control_rss_kib_after"] = proc_rss_kib(target.control.pid)
+        stop(cell, target)
+
+
+def stop(cell: dict, target: Target) -> None:
+    rc = target.exited()
+    if rc is not None:
+        cell["problems"].append(f"server exited during the benchmark (exit status {rc})")
+        cell["log_tail"] = servers.log_tail(target.log_path)
+    target.stop()
+
+
+def start_cell(row: str, workload: str, logs: Path, start, wrk_threads: int,
+               wrk_cpus: set[int] | None) -> tuple[dict, Started | None]:
+    """start(), check one reply (two Host names for a spread cell), warm up."""
     cell: dict = {"row": row, "workload": workload, "runs": [], "open_runs": [],
                   "problems": [], "noisy_discarded": 0}
     target, why = start()
     if target is None:
         cell["problems"].append(why)
-        return cell
-    stem = f"{row}-{workload}"
+        return cell, None
     try:
         if why:
             cell["problems"].append(why)
-            cell["log_tail"] = servers.log_tail(target.log_path)
-            return cell
+            stop(cell, target)
+            cell.setdefault("log_tail", servers.log_tail(target.log_path))
+            return cell, None
         hosts = target.hosts or [None]
         for host in dict.fromkeys((hosts[0], hosts[-1])):
             bad = servers.check_reply(target.port, workload, host)
@@ -534,25 +563,50 @@ def bench_target(row: str, workload: str, logs: Path, start, wrk_threads: int,
             warm_spread(cell, load, tenants)
         elif CFG["warmup_s"] > 0:
             warm_problem(cell, load(CFG["warmup_s"]))
-        run_series(cell, "runs", target, logs, stem, lambda: load(CFG["duration_s"]),
-                   CFG["runs"])
-        if callable(rate):  # raw hyper: the rate comes from its own closed-loop runs
-            rate = rate(cell["runs"])
+    except BaseException:
+        stop(cell, target)
+        raise
+    return cell, Started(cell, target, logs, load)
+
+
+def bench_cells(starts: list[tuple[str, object]], workload: str, logs: Path, wrk_threads: int,
+                wrk_cpus: set[int] | None, rate) -> list[dict]:
+    """Cells measured side by side: every server of `starts` ((row, start))
+    is started and warmed, then the closed-loop runs go in rounds, each
+    server once a round in the same order, then the open-loop runs at
+    `rate` (None: none; a function: of the cells after their closed-loop
+    runs) alike. A slow spell of a shared box then falls on every server of
+    a round, not on one server's cell."""
+    cells, started = [], []
+    try:
+        for row, start in starts:
+            cell, s = start_cell(row, workload, logs, start, wrk_threads, wrk_cpus)
+            cells.append(cell)
+            if s:
+                started.append(s)
+        for i in range(CFG["runs"]):
+            for s in started:
+                s.runs("runs", i + 1, lambda s=s: s.load(CFG["duration_s"]))
+        if callable(rate):  # from raw hyper's closed-loop runs
+            rate = rate(cells)
         if rate and OHA:
-            cell["open_rate"] = rate
-            run_series(cell, "open_runs", target, logs, stem, lambda: run_oha(
-                target.port, workload, rate, CFG["latency_duration_s"], target.hosts, logs,
-                wrk_cpus), CFG["runs"])
-        cell["rss_kib_after"] = target.rss_kib()
-        if target.control:
-            cell["control_rss_kib_after"] = proc_rss_kib(target.control.pid)
+            for i in range(CFG["runs"]):
+                for s in started:
+                    s.cell["open_rate"] = rate
+                    s.runs("open_runs", i + 1, lambda s=s: run_oha(
+                        s.target.port, workload, rate, CFG["latency_duration_s"],
+                        s.target.hosts, logs, wrk_cpus))
     finally:
-        rc = target.exited()
-        if rc is not None:
-            cell["problems"].append(f"server exited during the benchmark (exit status {rc})")
-            cell["log_tail"] = servers.log_tail(target.log_path)
-        target.stop()
-    return cell
+        for s in started:
+            s.finish()
+    return cells
+
+
+def bench_target(row: str, workload: str, logs: Path, start, wrk_threads: int,
+                 wrk_cpus: set[int] | None, rate) -> dict:
+    """One cell on its own: start(), check, warm up, closed-loop runs,
+    open-loop runs at `rate` (None: none)."""
+    return bench_cells([(row, start)], workload, logs, wrk_threads, wrk_cpus, rate)[0]
 
 
 def tenants_cell(row: str, workload: str, logs: Path, target: Target, tenants: int,
@@ -896,18 +950,15 @@ def main() -> int:
         rate = CFG["latency_rate"] or None
         if rate:
             rates[w] = {"rps": rate, "basis": "LATENCY_RATE"}
-        for s in chosen:
-            if s == "serve":
-                cells_, scaling_, tenants_ = bench_serve(w, logs, rate, global_problems)
-                cells += cells_
-                scaling += scaling_
-                tenants += tenants_
-                continue
+        single = [s for s in chosen if s != "serve"]
+        if single:
             busy = wait_for_quiet()
-            print(f"  {w:6} {s:9} ...", end="", flush=True)
-            cell_rate = rate
-            if s == "hyper" and not rate:
-                def cell_rate(runs, w=w):
+            print(f"  {w:6} {', '.join(single)}: started, warmed, then measured in rounds ...",
+                  flush=True)
+            group_rate = rate
+            if "hyper" in single and not rate:
+                def group_rate(cells_, w=w):
+                    runs = next(c["runs"] for c in cells_ if c["row"] == "hyper")
                     if not runs:
                         return None
                     base = median([r["rps"] for r in runs])
@@ -915,14 +966,22 @@ def main() -> int:
                                 "basis": f"{CFG['latency_fraction']:g} × raw hyper's median "
                                 f"{base:,.0f} req/s"}
                     return rates[w]["rps"]
-            cell = bench_target(s, w, logs, start_single(s, w, logs), CFG["threads"],
-                                load_cpus(), cell_rate if CFG["latency"] else None)
-            if busy:
-                cell["problems"].insert(0, busy)
-            cells.append(cell)
-            print_cell(cell)
-            if s == "hyper" and not rate and w in rates:
+            for cell in bench_cells([(s, start_single(s, w, logs)) for s in single], w, logs,
+                                    CFG["threads"], load_cpus(),
+                                    group_rate if CFG["latency"] else None):
+                if busy:
+                    cell["problems"].insert(0, busy)
+                cells.append(cell)
+                print(f"  {w:6} {cell['row']:9}", end="")
+                print_cell(cell)
+            if w in rates:
                 rate = rates[w]["rps"]
+        # After the others: its open-loop rate is raw hyper's.
+        if "serve" in chosen:
+            cells_, scaling_, tenants_ = bench_serve(w, logs, rate, global_problems)
+            cells += cells_
+            scaling += scaling_
+            tenants += tenants_
         if CFG["latency"] and not rate:
             global_problems.append(f"`{w}`: no open-loop latency (raw hyper not measured and "
                                    "LATENCY_RATE unset)")

@@ -257,6 +257,9 @@ def render(raw: dict) -> str:
                 + ", ".join(f"`{Path(s).name}`" for s in raw["sources"])
                 + " (runs of the same cell pooled; medians over all of them).", ""]
     pinned = raw.get("pinned", True)
+    # Files before the harness measured in rounds have no `rounds` key.
+    rounds = (" (in rounds: the servers other than `serve` started side by side, each "
+              "measured once a round)") if c.get("rounds") else ""
     out += [
         f"- Machine: {env.get('cpu', '?')}, {env.get('cpus', '?')} CPUs, kernel "
         f"{env.get('kernel', '?')}",
@@ -264,7 +267,7 @@ def render(raw: dict) -> str:
         f"CPU {c['load_cpu']}" + ("" if pinned else " (NOT pinned: fewer than 2 usable CPUs)"),
         f"- Throughput: `wrk -t{c['threads']} -c{c['connections']} -d{c['duration_s']}s` "
         f"(closed loop, keep-alive), warm-up {c['warmup_s']} s{spread_warmup(raw)}"
-        f", {c['runs']} runs per cell; "
+        f", {c['runs']} runs per cell{rounds}; "
         "medians over runs.",
     ]
     if raw.get("latency_rates"):

@@ -285,6 +285,77 @@ class SpreadWarmUp(unittest.TestCase):
         self.assertIn("until each worker has had 40,000 requests, at most 300 s; took 101 s)", md)
 
 
+class Rounds(unittest.TestCase):
+    """Cells measured side by side: started and warmed, then one run of each
+    a round."""
+
+    def measure(self, rows, noisy=(), runs=3, retries=3):
+        order = []
+
+        class FakeTarget:
+            control, hosts, port = None, None, 1
+
+            def exited(self):
+                return None
+
+            def rss_kib(self):
+                return 1
+
+            def stop(self):
+                order.append(("stop", self.row))
+
+        def start_cell(row, workload, logs, start, threads, cpus):
+            target = FakeTarget()
+            target.row = row
+            cell = {"row": row, "workload": workload, "runs": [], "open_runs": [],
+                    "problems": [], "noisy_discarded": 0}
+            order.append(("warm", row))
+
+            def load(secs, row=row):
+                order.append(("run", row))
+                return row
+            return cell, measure.Started(cell, target, Path("/nonexistent"), load)
+
+        def measured(target, load):
+            row = load()
+            nth = sum(1 for o in order if o == ("run", row))
+            other = 0.9 if (row, nth) in noisy else 0.0
+            return {"rps": 1.0, "errors": 0, "other_cpu_util": other}, None
+
+        with mock.patch.object(measure, "start_cell", start_cell), \
+                mock.patch.object(measure, "measured", measured), \
+                mock.patch.object(measure, "wait_for_quiet", lambda idle=(): None), \
+                mock.patch.dict(measure.CFG, runs=runs, noisy_retries=retries):
+            cells = measure.bench_cells([(r, None) for r in rows], "hello", Path("/tmp"), 1,
+                                        None, None)
+        return order, cells
+
+    def test_every_server_runs_once_a_round(self):
+        order, cells = self.measure(["hyper", "isola", "deno"], runs=2)
+        self.assertEqual(order, [
+            ("warm", "hyper"), ("warm", "isola"), ("warm", "deno"),
+            ("run", "hyper"), ("run", "isola"), ("run", "deno"),
+            ("run", "hyper"), ("run", "isola"), ("run", "deno"),
+            ("stop", "hyper"), ("stop", "isola"), ("stop", "deno")])
+        self.assertEqual([len(c["runs"]) for c in cells], [2, 2, 2])
+
+    def test_a_noisy_run_is_redone_in_its_round_within_the_cells_budget(self):
+        # isola's first and second runs are noisy; one retry in all.
+        order, cells = self.measure(["hyper", "isola"], noisy={("isola", 1), ("isola", 2)},
+                                    runs=2, retries=1)
+        runs = [o[1] for o in order if o[0] == "run"]
+        self.assertEqual(runs, ["hyper", "isola", "isola", "hyper", "isola"])
+        isola = cells[1]
+        self.assertEqual((len(isola["runs"]), isola["noisy_discarded"]), (2, 1))
+        self.assertIn("noisy measurement", isola["problems"][0])
+
+    def test_the_report_says_the_runs_went_in_rounds(self):
+        r = result(6.0)
+        self.assertNotIn("in rounds", report.render(r))
+        r["config"]["rounds"] = True
+        self.assertIn("1 runs per cell (in rounds:", report.render(r))
+
+
 class PoolAndCompare(unittest.TestCase):
     def test_pool_takes_medians_over_all_runs(self):
         a, b, c = result(6.0), result(8.0), result(10.0)
