@@ -6,11 +6,11 @@ check one reply from each and warm each up with wrk; then RUNS rounds of
 closed-loop wrk runs (pinned to LOAD_CPU) for throughput and server CPU per
 request, each server once a round, then RUNS rounds of open-loop oha runs at
 LATENCY_FRACTION of raw hyper's measured req/s for latency. Then the
-`isola-edge serve` cells one after another, and, optionally: thread scaling of `isola-edge serve` with wrk and
-the server sharing every core, process start -> first 200, trace events'
-cost measured paired (events_overhead.py), and the runtime's density
-bench. Writes bench/results/<stamp>.json (every run's numbers) and
-renders <stamp>.md with report.py.
+`isola-edge serve` cells one after another, and, optionally: thread scaling
+of `isola-edge serve` with wrk and the server sharing every core, process
+start -> first 200, trace events' cost measured paired (events_overhead.py),
+and the runtime's density bench. Writes bench/results/<stamp>.json (every
+run's numbers) and renders <stamp>.md with report.py.
 
 Normally started by bench/run.sh, which installs the tools and builds the
 binaries first. Configured through environment variables (bench/README.md).
@@ -453,7 +453,8 @@ def run_series(cell: dict, key: str, target: Target, logs: Path, stem: str, load
     times in all for the cell."""
     kind = {"runs": "closed-loop run", "open_runs": "open-loop run"}[key]
     idle = [target.control.pid] if target.control else []
-    attempts_left = count - len(cell[key]) + max(CFG["noisy_retries"] - cell["noisy_discarded"], 0)
+    retries_left = max(CFG["noisy_retries"] - cell["noisy_discarded"], 0)
+    attempts_left = count - len(cell[key]) + retries_left
     while len(cell[key]) < count and attempts_left > 0 and target.exited() is None:
         retries_left = CFG["noisy_retries"] - cell["noisy_discarded"]
         i = len(cell[key])
@@ -528,6 +529,7 @@ class Started:
 
 
 def stop(cell: dict, target: Target) -> None:
+    """Stops the cell's server, noting in the cell if it had exited."""
     rc = target.exited()
     if rc is not None:
         cell["problems"].append(f"server exited during the benchmark (exit status {rc})")
