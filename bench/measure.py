@@ -453,8 +453,8 @@ def run_series(cell: dict, key: str, target: Target, logs: Path, stem: str, load
     times in all for the cell."""
     kind = {"runs": "closed-loop run", "open_runs": "open-loop run"}[key]
     idle = [target.control.pid] if target.control else []
-    retries_left = max(CFG["noisy_retries"] - cell["noisy_discarded"], 0)
-    attempts_left = count - len(cell[key]) + retries_left
+    attempts_left = (count - len(cell[key])
+                     + max(CFG["noisy_retries"] - cell["noisy_discarded"], 0))
     while len(cell[key]) < count and attempts_left > 0 and target.exited() is None:
         retries_left = CFG["noisy_retries"] - cell["noisy_discarded"]
         i = len(cell[key])
@@ -592,9 +592,10 @@ def bench_cells(starts: list[tuple[str, object]], workload: str, logs: Path, wrk
         if callable(rate):  # from raw hyper's closed-loop runs
             rate = rate(cells)
         if rate and OHA:
+            for s in started:
+                s.cell["open_rate"] = rate
             for i in range(CFG["runs"]):
                 for s in started:
-                    s.cell["open_rate"] = rate
                     s.runs("open_runs", i + 1, lambda s=s: run_oha(
                         s.target.port, workload, rate, CFG["latency_duration_s"],
                         s.target.hosts, logs, wrk_cpus))
