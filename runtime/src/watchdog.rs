@@ -1,7 +1,8 @@
 //! Stops isolates that break their CPU or memory limit.
 //!
-//! CPU: each isolate thread's CPU clock is read when the runtime enters the
-//! isolate and when it leaves, and the turn gets a CPU deadline. A thread
+//! CPU: each isolate thread's CPU clock is read when the runtime leaves the
+//! isolate, and when it enters unless the thread read it a moment before
+//! ([`REUSE_READ`]); the turn gets a CPU deadline. A thread
 //! cannot use CPU faster than the wall clock runs, so a turn with `b` ns of
 //! budget left cannot reach its deadline sooner than `b` ns of wall time
 //! from now: the watchdog thread sleeps until the earliest such moment of
@@ -88,6 +89,41 @@ pub(crate) fn lower_thread_priority() {
   }
 }
 
+/// How soon after a read of its thread's CPU clock a turn may begin and
+/// count from that read, the wall time between taken as CPU
+/// ([`cpu_after`]). A read is a system call (~550 ns on this VM, where the
+/// monotonic clock's vDSO read is ~23 ns), and with many workers taking
+/// turns every request is a turn of its own: beginning each from the last
+/// turn's end read halves the reads. A thread interrupted in that short
+/// gap counts its turn short by the interruption, at most this much;
+/// one descheduled longer leaves a longer gap, and the turn reads the
+/// clock.
+const REUSE_READ: Duration = Duration::from_micros(20);
+const REUSE_READ_NS: u64 = REUSE_READ.as_nanos() as u64;
+
+thread_local! {
+  /// The last read of this thread's CPU clock: the clock, its ns, and the
+  /// monotonic ns ([`monotonic_ns`]) just after it (`u64::MAX`: none).
+  static LAST_READ: std::cell::Cell<(libc::clockid_t, u64, u64)> =
+    const { std::cell::Cell::new((0, 0, u64::MAX)) };
+}
+
+#[cfg(test)]
+thread_local! {
+  /// Reads of the CPU clock made on this thread (tests count them).
+  static READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The thread's CPU clock at monotonic `now` from its read of `cpu` at
+/// `at`, if that was at most [`REUSE_READ`] before: the time since counts
+/// as CPU, which is exact unless the thread was interrupted meanwhile (then
+/// it is more than the clock would say, and the turn that begins now is
+/// counted short by the difference). Sans-IO, for tests.
+fn cpu_after(cpu: u64, at: u64, now: u64) -> Option<u64> {
+  let since = now.checked_sub(at)?;
+  (since <= REUSE_READ_NS).then(|| cpu.saturating_add(since))
+}
+
 fn thread_cpu_ns(clock: libc::clockid_t) -> Option<u64> {
   let mut ts = libc::timespec {
     tv_sec: 0,
@@ -137,19 +173,38 @@ impl Guard {
     self.memory_limit.load(Ordering::Relaxed)
   }
 
-  /// This thread's CPU time, in nanoseconds.
+  /// This thread's CPU time, in nanoseconds (a read of its clock, noted
+  /// for the next turn's [`Guard::cpu_at_begin`]).
   pub(crate) fn cpu_now(&self) -> u64 {
-    thread_cpu_ns(self.clock).unwrap_or(0)
+    let cpu = thread_cpu_ns(self.clock).unwrap_or(0);
+    // Noted just after the read: a turn that counts from it then includes
+    // the read's return, as one that read the clock itself included it.
+    LAST_READ.set((self.clock, cpu, monotonic_ns()));
+    #[cfg(test)]
+    READS.set(READS.get() + 1);
+    cpu
   }
 
-  /// Starts a turn that may use `budget_ns` of CPU; returns the start time.
+  /// This thread's CPU time where a turn begins: from the thread's last
+  /// read if it was a moment ago ([`REUSE_READ`]), else read.
+  fn cpu_at_begin(&self) -> u64 {
+    let (clock, cpu, at) = LAST_READ.get();
+    let reused = (clock == self.clock)
+      .then(|| cpu_after(cpu, at, monotonic_ns()))
+      .flatten();
+    reused.unwrap_or_else(|| self.cpu_now())
+  }
+
+  /// Starts a turn that may use `budget_ns` of CPU; returns the start time
+  /// on the thread's CPU clock ([`Guard::cpu_at_begin`]: a read, or the
+  /// last one's plus the moment since).
   pub(crate) fn begin(&self, budget_ns: u64) -> u64 {
     self.begin_at(budget_ns, std::time::Instant::now())
   }
 
   /// [`Guard::begin`] with the caller's monotonic clock read `now`.
   pub(crate) fn begin_at(&self, budget_ns: u64, now: std::time::Instant) -> u64 {
-    let cpu = self.cpu_now();
+    let cpu = self.cpu_at_begin();
     self
       .deadline
       .store(cpu.saturating_add(budget_ns), Ordering::SeqCst);
@@ -438,6 +493,70 @@ mod tests {
     assert_eq!(look(50 * ms, 50 * ms - 10), Look::Again(RECHECK_NS));
     assert_eq!(look(50 * ms, 50 * ms), Look::Again(RECHECK_NS));
     assert_eq!(look(50 * ms, 50 * ms + 1), Look::Stop);
+  }
+
+  #[test]
+  fn a_turn_counts_from_a_read_a_moment_before_it() {
+    let us = 1_000;
+    // 5 µs after a read: the read plus those 5 µs.
+    assert_eq!(cpu_after(700 * us, 1_000 * us, 1_005 * us), Some(705 * us));
+    assert_eq!(
+      cpu_after(700 * us, 1_000 * us, 1_000 * us + REUSE_READ_NS),
+      Some(700 * us + REUSE_READ_NS)
+    );
+    // Longer (the thread may have slept or been descheduled), or a read
+    // noted after `now` was taken: the clock is read.
+    assert_eq!(
+      cpu_after(700 * us, 1_000 * us, 1_000 * us + REUSE_READ_NS + 1),
+      None
+    );
+    assert_eq!(cpu_after(700 * us, 1_000 * us, 999 * us), None);
+  }
+
+  /// A turn that begins right after a read counts from it: what it is
+  /// charged is what the thread's clock says it ran, give or take the
+  /// gap's interruptions; one after a sleep reads the clock again and is
+  /// not charged the sleep.
+  #[test]
+  fn turns_that_reuse_a_read_are_charged_what_they_ran() {
+    let guard = Guard::watched_by(own_watchdog(), usize::MAX);
+    let budget = Duration::from_secs(10).as_nanos() as u64;
+    let spin = |d: Duration| {
+      let began = std::time::Instant::now();
+      while began.elapsed() < d {
+        std::hint::black_box(0);
+      }
+    };
+    let mut charged = 0;
+    let clock_before = guard.cpu_now();
+    let reads_before = READS.get();
+    for _ in 0..200 {
+      let start = guard.begin(budget);
+      spin(Duration::from_micros(50));
+      charged += guard.end(start);
+    }
+    // One read a turn, at its end (two if the thread lost its core in
+    // the moment between two turns).
+    let reads = READS.get() - reads_before;
+    assert!(reads < 300, "{reads} reads for 200 turns");
+    let ran = guard.cpu_now() - clock_before;
+    // Every turn began right after the last one's end read: the turns were
+    // the whole time but for those moments between them.
+    assert!(charged <= ran, "charged {charged} ns of {ran}");
+    assert!(charged >= ran / 2, "charged {charged} ns of {ran}");
+    // After a sleep the clock is read: the sleep is not charged.
+    let start = guard.begin(budget);
+    std::thread::sleep(Duration::from_millis(5));
+    let slept = guard.end(start);
+    assert!(
+      slept < Duration::from_millis(4).as_nanos() as u64,
+      "charged {slept} ns for a sleep"
+    );
+    let end_read = guard.cpu_now();
+    std::thread::sleep(Duration::from_millis(5));
+    let start = guard.begin(budget);
+    assert!(start < end_read + Duration::from_millis(1).as_nanos() as u64);
+    guard.end(start);
   }
 
   fn own_watchdog() -> &'static Watchdog {

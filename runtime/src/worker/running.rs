@@ -613,7 +613,8 @@ impl Worker {
   ///
   /// Reading the thread's CPU clock is a system call (no vDSO for it) and
   /// was the largest single cost of a small request, so one wake-up of the
-  /// worker's task reads it twice, however many requests it starts: the
+  /// worker's task reads it at most twice, however many requests it starts
+  /// (once on a busy thread: [`Guard::begin_at`]): the
   /// turn's CPU is split evenly over every invocation in flight during it,
   /// as for any turn, so each isolate's total stays exact.
   fn open_turn(&mut self) {
