@@ -189,6 +189,9 @@ impl Guard {
   /// read if it was a moment ago ([`REUSE_READ`]), else read.
   fn cpu_at_begin(&self) -> u64 {
     let (clock, cpu, at) = LAST_READ.get();
+    // A fresh monotonic read, not `begin_at`'s `now` (the wake-up's, maybe
+    // older than the read): an earlier `now` would count the turn from
+    // before the read, and charge it CPU it did not use.
     let reused = (clock == self.clock)
       .then(|| cpu_after(cpu, at, monotonic_ns()))
       .flatten();
