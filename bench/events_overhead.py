@@ -21,6 +21,16 @@ one at random), ONE=1 (every request to the first worker: warm hello),
 RATE (10000 req/s in all), WINDOW (15 s measured per round, after 8 s of
 warm-up), ROUNDS (4), OTHER_EDGE (a second binary for the events-off
 side, to compare two builds with events on: OTHER_EVENTS=1).
+
+LOAD=closed gives each edge its own `wrk -t1 -c50` instead (WARMUP s of it
+first, 20 by default): both edges busy, so whatever a thread saves between
+requests that arrive back to back shows, which an open-loop rate below
+capacity (each request a turn of its own, the thread asleep between them)
+cannot show. Requests are then wrk's count, not the offered rate. The
+usual A/B of two builds:
+
+    LOAD=closed OTHER_EDGE=/tmp/after/isola-edge OTHER_EVENTS=1 \
+      ISOLA_EDGE=/tmp/before/isola-edge bench/events_overhead.py
 """
 import os
 import statistics
@@ -56,11 +66,12 @@ def cpu_by_thread(pid: int) -> dict[str, int]:
 def paired(control: Path, edge: Path, workload: str, workers: int, one: bool,
            rate: int, window: float, rounds: int, logs: Path,
            other_edge: Path | None = None, other_events: bool = False,
-           say=print) -> dict:
+           say=print, closed_warmup: int | None = None) -> dict:
     """Paired rounds of two edges side by side (see the module's doc);
-    `rate` is the offered req/s in all. Returns the per-side CPU µs per
-    request by thread group, each round's difference and their median;
-    raises RuntimeError when an edge does not come up."""
+    `rate` is the offered req/s in all, or with `closed_warmup` (seconds)
+    each edge gets a closed-loop wrk instead. Returns the per-side CPU µs
+    per request by thread group, each round's difference and their median;
+    raises RuntimeError when an edge does not come up or a load fails."""
     half = rate // 2
     sides = [("events on", edge, True),
              ("events on (other)" if other_events else "events off",
@@ -87,23 +98,30 @@ def paired(control: Path, edge: Path, workload: str, workers: int, one: bool,
                     err = site.wait_all_served(proc, port, 60)
                     if err:
                         raise RuntimeError(f"{label}: {err}")
-                load = [subprocess.Popen(["taskset", "-c", "0"] + measure.oha_argv(
-                    port, workload, half, int(window) + 13, hosts, logs),
-                    stdout=subprocess.DEVNULL) for _, _, port in procs]
-                time.sleep(8)
-                before = [cpu_by_thread(p.pid) for _, p, _ in procs]
-                t0 = time.monotonic()
-                time.sleep(window)
-                after = [cpu_by_thread(p.pid) for _, p, _ in procs]
-                t1 = time.monotonic()
-                for o in load:
-                    o.wait()
+                if closed_warmup is None:
+                    load = [subprocess.Popen(["taskset", "-c", "0"] + measure.oha_argv(
+                        port, workload, half, int(window) + 13, hosts, logs),
+                        stdout=subprocess.DEVNULL) for _, _, port in procs]
+                    time.sleep(8)
+                    before = [cpu_by_thread(p.pid) for _, p, _ in procs]
+                    t0 = time.monotonic()
+                    time.sleep(window)
+                    after = [cpu_by_thread(p.pid) for _, p, _ in procs]
+                    t1 = time.monotonic()
+                    for o in load:
+                        o.wait()
+                    counts = [(t1 - t0) * half] * 2
+                else:
+                    script = measure.wrk_script(workload, logs, hosts)
+                    closed_loop(procs, workload, script, closed_warmup)
+                    before = [cpu_by_thread(p.pid) for _, p, _ in procs]
+                    counts = closed_loop(procs, workload, script, int(window))
+                    after = [cpu_by_thread(p.pid) for _, p, _ in procs]
             finally:
                 for _, proc, _ in procs:
                     servers.stop(proc)
             row = {}
-            for (label, _, _), a, b in zip(procs, before, after):
-                n = (t1 - t0) * half
+            for (label, _, _), a, b, n in zip(procs, before, after, counts):
                 us = {g: (b.get(g, 0) - a.get(g, 0)) / n / 1000 for g in b}
                 us["total"] = sum(us.values())
                 results[label].append(us)
@@ -122,6 +140,22 @@ def paired(control: Path, edge: Path, workload: str, workers: int, one: bool,
             "sides": sides_med, "labels": [label for label, _, _ in sides]}
 
 
+def closed_loop(procs, workload: str, script: Path, secs: int) -> list[int]:
+    """Runs one closed-loop wrk per edge at once (on the load core); returns
+    each one's request count."""
+    load = [subprocess.Popen(
+        ["taskset", "-c", "0"] + measure.wrk_argv(port, workload, script, secs, 1),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _, _, port in procs]
+    counts = []
+    for (label, _, _), w in zip(procs, load):
+        out, err = w.communicate(timeout=secs + 60)
+        r = measure.parse_wrk(w.returncode, out, err)
+        if "error" in r or r["requests"] == 0 or r["errors"]:
+            raise RuntimeError(f"{label}: wrk: {r.get('error') or r.get('err_detail')}")
+        counts.append(r["requests"])
+    return counts
+
+
 def main() -> int:
     edge = Path(os.environ.get("ISOLA_EDGE", "/root/.cache/isola-target/release/isola-edge"))
     control = Path(os.environ.get("ISOLA_CONTROL",
@@ -132,17 +166,20 @@ def main() -> int:
     rate = int(os.environ.get("RATE", "10000"))
     window = float(os.environ.get("WINDOW", "15"))
     rounds = int(os.environ.get("ROUNDS", "4"))
+    closed = os.environ.get("LOAD", "open") == "closed"
+    closed_warmup = int(os.environ.get("WARMUP", "20")) if closed else None
     logs = Path(tempfile.mkdtemp(prefix="isola-events-ab-"))
     try:
         res = paired(control, edge, workload, workers, os.environ.get("ONE") == "1", rate,
                      window, rounds, logs, Path(other) if other else None,
                      os.environ.get("OTHER_EVENTS") == "1",
-                     say=lambda line: print(line, flush=True))
+                     say=lambda line: print(line, flush=True), closed_warmup=closed_warmup)
     except RuntimeError as e:
         print(e, file=sys.stderr)
         return 1
     print(f"\n{workload}, {'1 worker' if res['one'] else f'{workers} workers'} of {workers}, "
-          f"{rate} req/s in all, {rounds} rounds of {window:.0f} s; CPU µs per request, "
+          + ("closed loop (wrk -c50 each)" if closed else f"{rate} req/s in all")
+          + f", {rounds} rounds of {window:.0f} s; CPU µs per request, "
           "medians:\n")
     print("\n".join(report.render_event_sides(res)))
     print(f"\npaired difference: median {res['median'] * 100:+.1f} % "

@@ -287,20 +287,18 @@ def wrk_script(workload: str, out_dir: Path, hosts: list[str] | None) -> Path:
     return path
 
 
-def run_wrk(port: int, workload: str, script: Path, duration_s: int, threads: int,
-            cpus: set[int] | None) -> dict:
+def wrk_argv(port: int, workload: str, script: Path, duration_s: int, threads: int) -> list[str]:
     path = servers.REQUESTS[workload][1]
-    argv = ["wrk", f"-t{threads}", f"-c{CFG['connections']}", f"-d{duration_s}s",
+    return ["wrk", f"-t{threads}", f"-c{CFG['connections']}", f"-d{duration_s}s",
             "--latency", "--timeout", CFG["wrk_timeout"], "-s", str(script),
             f"http://127.0.0.1:{port}{path}"]
-    try:
-        cp = subprocess.run(with_cpus(argv, cpus), capture_output=True, text=True,
-                            timeout=duration_s + 60)
-    except subprocess.TimeoutExpired:
-        return {"error": "wrk did not finish in time"}
-    m = RESULT_RE.search(cp.stdout)
-    if cp.returncode != 0 or not m:
-        return {"error": f"wrk exit {cp.returncode}: {(cp.stderr or cp.stdout)[-400:]}"}
+
+
+def parse_wrk(returncode: int, stdout: str, stderr: str) -> dict:
+    """A finished wrk's counts from report.lua's line, or {"error": ...}."""
+    m = RESULT_RE.search(stdout)
+    if returncode != 0 or not m:
+        return {"error": f"wrk exit {returncode}: {(stderr or stdout)[-400:]}"}
     r = {}
     for kv in m.group(1).split():
         k, _, v = kv.partition("=")
@@ -311,8 +309,19 @@ def run_wrk(port: int, workload: str, script: Path, duration_s: int, threads: in
         "p50_ms": r["p50_us"] / 1000, "p90_ms": r["p90_us"] / 1000,
         "p99_ms": r["p99_us"] / 1000, "p999_ms": r["p999_us"] / 1000,
         "max_ms": r["max_us"] / 1000,
-        "errors": sum(errors.values()), "err_detail": errors, "stdout": cp.stdout,
+        "errors": sum(errors.values()), "err_detail": errors, "stdout": stdout,
     }
+
+
+def run_wrk(port: int, workload: str, script: Path, duration_s: int, threads: int,
+            cpus: set[int] | None) -> dict:
+    argv = wrk_argv(port, workload, script, duration_s, threads)
+    try:
+        cp = subprocess.run(with_cpus(argv, cpus), capture_output=True, text=True,
+                            timeout=duration_s + 60)
+    except subprocess.TimeoutExpired:
+        return {"error": "wrk did not finish in time"}
+    return parse_wrk(cp.returncode, cp.stdout, cp.stderr)
 
 
 def oha_argv(port: int, workload: str, rate: float | None, duration_s: int,

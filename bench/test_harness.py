@@ -419,6 +419,45 @@ totals: 300
 """
 
 
+class Wrk(unittest.TestCase):
+    LINE = ("ISOLA_BENCH_RESULT requests=1200 duration_us=2000000 bytes=9 p50_us=400 "
+            "p90_us=800 p99_us=1500 p999_us=2500 max_us=3000 mean_us=450.0 err_connect=0 "
+            "err_read=0 err_write=0 err_status={status} err_timeout=0\n")
+
+    def test_the_result_line(self):
+        r = measure.parse_wrk(0, "Running 2s test\n" + self.LINE.format(status=0), "")
+        self.assertEqual((r["requests"], r["duration_s"], r["p99_ms"], r["errors"]),
+                         (1200, 2.0, 1.5, 0))
+        r = measure.parse_wrk(0, self.LINE.format(status=3), "")
+        self.assertEqual((r["errors"], r["err_detail"]), (3, {"err_status": 3}))
+
+    def test_no_result_line_or_a_failed_wrk_is_an_error(self):
+        self.assertIn("unable to connect", measure.parse_wrk(1, "", "unable to connect")["error"])
+        self.assertIn("error", measure.parse_wrk(0, "no line", ""))
+        self.assertIn("error", measure.parse_wrk(1, self.LINE.format(status=0), ""))
+
+    def test_closed_loop_pairs_count_each_edges_requests(self):
+        import events_overhead
+
+        class Done:
+            def __init__(self, out):
+                self.out, self.returncode = out, 0
+
+            def communicate(self, timeout=None):
+                return self.out, ""
+
+        outs = iter([self.LINE.format(status=0),
+                     self.LINE.format(status=0).replace("1200", "900")])
+        procs = [("A", None, 1), ("B", None, 2)]
+        with mock.patch("subprocess.Popen", lambda argv, **kw: Done(next(outs))):
+            counts = events_overhead.closed_loop(procs, "hello", Path("x.lua"), 5)
+        self.assertEqual(counts, [1200, 900])
+        outs = iter([self.LINE.format(status=0), self.LINE.format(status=2)])
+        with mock.patch("subprocess.Popen", lambda argv, **kw: Done(next(outs))):
+            with self.assertRaisesRegex(RuntimeError, "B: wrk"):
+                events_overhead.closed_loop(procs, "hello", Path("x.lua"), 5)
+
+
 class Instructions(unittest.TestCase):
     def totals(self):
         return instructions.call_totals(CALLGRIND_OUT.splitlines(), instructions.PATTERNS)
