@@ -38,6 +38,7 @@ const {
   ObjectGetPrototypeOf,
   ObjectPrototype,
   PromiseReject,
+  TypedArrayPrototypeGetByteLength,
   TypeError,
   TypedArrayPrototypeGetSymbolToStringTag,
   Float64Array,
@@ -364,18 +365,24 @@ const ENDED =
  * `arrayBuffer()`, `text()`, `json()`... read the resource whole with one op
  * and make no `ReadableStream`: most handlers only read it that way, and a
  * stream is a dozen objects, closures and promises per request, registered
- * with a FinalizationRegistry.
+ * with a FinalizationRegistry. A small body the edge had whole when the
+ * invocation started comes as its bytes instead of a resource: read with
+ * no op at all.
  */
 class RequestBody extends InnerBody {
+  /** The resource id, or the whole body's `Uint8Array`. */
   [_rid];
   /** The stream once made; null while the body is only its resource. */
   [_stream] = null;
   /** While there is no stream: OPEN, READ or ENDED_UNREAD. */
   [_state] = OPEN;
 
-  constructor(rid) {
+  constructor(ridOrBytes) {
     super(LAZY);
-    this[_rid] = rid;
+    this[_rid] = ridOrBytes;
+    if (typeof ridOrBytes !== "number") {
+      this.length = TypedArrayPrototypeGetByteLength(ridOrBytes);
+    }
   }
 
   get streamOrStatic() {
@@ -393,8 +400,16 @@ class RequestBody extends InnerBody {
         stream.getReader();
         readableStreamDisturb(stream);
         readableStreamClose(stream);
-      } else {
+      } else if (typeof this[_rid] === "number") {
         stream = readableStreamForRid(this[_rid]);
+      } else {
+        const bytes = this[_rid];
+        stream = new ReadableStream({
+          start(controller) {
+            controller.enqueue(bytes);
+            controller.close();
+          },
+        });
       }
       this[_stream] = stream;
     }
@@ -419,6 +434,7 @@ class RequestBody extends InnerBody {
     if (this[_state] === READ) throw new TypeError("Body already consumed");
     this[_state] = READ;
     const rid = this[_rid];
+    if (typeof rid !== "number") return rid;
     // As `InnerBody` reads a resource-backed stream: one op, then close.
     return PromisePrototypeCatch(
       PromisePrototypeThen(core.readAll(rid), (bytes) => {
@@ -441,7 +457,7 @@ class RequestBody extends InnerBody {
   release() {
     if (this[_stream] === null && this[_state] === OPEN) {
       this[_state] = ENDED_UNREAD;
-      core.tryClose(this[_rid]);
+      if (typeof this[_rid] === "number") core.tryClose(this[_rid]);
     }
   }
 }

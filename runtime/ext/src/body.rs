@@ -58,18 +58,98 @@ pub struct RequestBodyResource {
 struct RequestBodyInner {
   body: RequestBody,
   leftover: Option<Bytes>,
+  /// An error met while the body was taken ([`RequestBodyAtHand::take`]),
+  /// given after `leftover`.
+  error: Option<BoxError>,
   total: u64,
+}
+
+/// Bodies declared at most this long are taken whole when they are at hand.
+const AT_HAND_MAX: u64 = 64 << 10;
+
+/// A request body as a started invocation hands it to JS.
+pub enum RequestBodyAtHand {
+  /// All of it: hyper hands a small body over with its head, so by the
+  /// time the worker starts the request it is in the body's channel, and
+  /// JS gets it as bytes, with no resource and no op to read it (a
+  /// `Uint8Array` in a static body, as a `Response` made from bytes has).
+  Whole(Bytes),
+  /// A resource JS reads as it needs, with what was taken before it
+  /// stopped (`read` bytes, counted already).
+  Stream(RequestBodyResource),
+}
+
+impl RequestBodyAtHand {
+  /// Takes what `body` has at hand, without waiting, if its declared
+  /// length is small and at most `limit` (0: none); else (or if the rest
+  /// is not there yet) it is a stream. Returns how many bytes were taken.
+  pub fn take<M: Meter + 'static>(mut body: RequestBody, limit: u64, meter: M) -> (Self, u64) {
+    let small = http_body::Body::size_hint(&body)
+      .exact()
+      .is_some_and(|n| n <= AT_HAND_MAX && (limit == 0 || n <= limit));
+    let mut read = Bytes::new();
+    let mut error = None;
+    if small {
+      let mut cx = Context::from_waker(std::task::Waker::noop());
+      loop {
+        match http_body::Body::poll_frame(Pin::new(&mut body), &mut cx) {
+          Poll::Ready(None) => {
+            let n = read.len() as u64;
+            return (Self::Whole(read), n);
+          }
+          // A length-delimited body has no trailers: data is all there is.
+          Poll::Ready(Some(Ok(frame))) => {
+            if let Ok(data) = frame.into_data() {
+              read = append(read, data);
+            }
+          }
+          Poll::Ready(Some(Err(e))) => {
+            error = Some(e);
+            break;
+          }
+          // Polled again, with the reader's waker, when JS reads.
+          Poll::Pending => break,
+        }
+      }
+    }
+    let n = read.len() as u64;
+    let resource = RequestBodyResource::with_read(body, Some(meter), read, error);
+    (Self::Stream(resource), n)
+  }
+}
+
+/// `read` and then `data`, copying only when both have bytes.
+fn append(read: Bytes, data: Bytes) -> Bytes {
+  if read.is_empty() {
+    return data;
+  }
+  let mut both = Vec::with_capacity(read.len() + data.len());
+  both.extend_from_slice(&read);
+  both.extend_from_slice(&data);
+  both.into()
 }
 
 impl RequestBodyResource {
   pub fn new<M: Meter + 'static>(body: RequestBody, meter: Option<M>) -> Self {
+    Self::with_read(body, meter, Bytes::new(), None)
+  }
+
+  /// A body of which `read` (counted already) and then `error` came first.
+  fn with_read<M: Meter + 'static>(
+    body: RequestBody,
+    meter: Option<M>,
+    read: Bytes,
+    error: Option<BoxError>,
+  ) -> Self {
     let hint = http_body::Body::size_hint(&body);
+    let total = read.len() as u64;
     Self {
-      size_hint: (hint.lower(), hint.upper()),
+      size_hint: (hint.lower() + total, hint.upper().map(|u| u + total)),
       inner: AsyncRefCell::new(RequestBodyInner {
         body,
-        leftover: None,
-        total: 0,
+        leftover: (!read.is_empty()).then_some(read),
+        error,
+        total,
       }),
       cancel: CancelHandle::default(),
       meter: meter.map(|m| Box::new(m) as Box<dyn Meter>),
@@ -85,6 +165,11 @@ impl RequestBodyResource {
           inner.leftover = Some(chunk.split_off(limit));
         }
         return Ok(BufView::from(chunk));
+      }
+      if let Some(e) = inner.error.take() {
+        return Err(JsErrorBox::type_error(format!(
+          "request body could not be read: {e}"
+        )));
       }
       let frame = inner
         .body

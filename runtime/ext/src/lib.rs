@@ -31,6 +31,7 @@ use std::sync::Arc;
 pub use body::BoxError;
 pub use body::Meter;
 pub use body::RequestBody;
+pub use body::RequestBodyAtHand;
 pub use body::RequestBodyResource;
 pub use body::ResponseBody;
 pub use invocation::invocations;

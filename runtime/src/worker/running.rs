@@ -21,7 +21,7 @@ use isola_ext::InvocationsCell;
 use isola_ext::LimitExceeded;
 use isola_ext::LogSink;
 use isola_ext::Reply;
-use isola_ext::RequestBodyResource;
+use isola_ext::RequestBodyAtHand;
 use isola_ext::ResponseBody;
 use isola_ext::Usage;
 use isola_proto::trace::EventInfo;
@@ -166,8 +166,15 @@ fn request_args<'s>(
       .into(),
   );
   args.push(strings.url(scope, url).expect("url fits").into());
-  args.push(match request.body_rid {
-    Some(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),
+  args.push(match &request.body {
+    Some(BodyArg::Resource(rid)) => v8::Integer::new_from_unsigned(scope, *rid).into(),
+    Some(BodyArg::Bytes(bytes)) => {
+      let store = v8::ArrayBuffer::new_backing_store_from_vec(bytes.to_vec()).make_shared();
+      let buffer = v8::ArrayBuffer::with_backing_store(scope, &store);
+      v8::Uint8Array::new(scope, buffer, 0, bytes.len())
+        .expect("a Uint8Array of a small body")
+        .into()
+    }
     None => v8::null(scope).into(),
   });
   args.push(match &request.entrypoint {
@@ -211,8 +218,16 @@ const ARRIVED_KEPT: usize = 4;
 struct StartedFetch {
   id: u32,
   parts: http::request::Parts,
-  body_rid: Option<u32>,
+  body: Option<BodyArg>,
   entrypoint: Option<String>,
+}
+
+/// How a request's body goes to the dispatcher ([`RequestBodyAtHand`]).
+enum BodyArg {
+  /// The resource id of a body JS reads as it needs.
+  Resource(u32),
+  /// The whole body, a `Uint8Array` for JS.
+  Bytes(bytes::Bytes),
 }
 
 /// A worker loaded into its isolate, ready for requests.
@@ -571,18 +586,23 @@ impl Worker {
     }
     let has_body =
       !(parts.method == Method::GET || parts.method == Method::HEAD || body.is_end_stream());
-    let body_rid = has_body.then(|| {
+    let body = has_body.then(|| {
       let state = self.js.op_state();
       let meter = isola_ext::BodyMeter::request(Rc::downgrade(&state), id, body_limit);
-      let mut state = state.borrow_mut();
-      state
-        .resource_table
-        .add(RequestBodyResource::new(body, Some(meter)))
+      let (body, taken) = RequestBodyAtHand::take(body, body_limit, meter);
+      // Counted here: the meter would borrow the invocations held above.
+      invocations.add_bytes_in(id, taken);
+      match body {
+        RequestBodyAtHand::Whole(bytes) => BodyArg::Bytes(bytes),
+        RequestBodyAtHand::Stream(resource) => {
+          BodyArg::Resource(state.borrow_mut().resource_table.add(resource))
+        }
+      }
     });
     Some(StartedFetch {
       id,
       parts,
-      body_rid,
+      body,
       entrypoint,
     })
   }

@@ -440,6 +440,96 @@ fn an_unread_request_body_is_dropped_when_its_invocation_ends() {
   });
 }
 
+/// A body with a declared length that yields what its channel has, as
+/// hyper's does: whole at once for a small request, or part now and the
+/// rest later.
+struct Declared(
+  futures::channel::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+  u64,
+);
+
+impl http_body::Body for Declared {
+  type Data = Bytes;
+  type Error = std::io::Error;
+
+  fn poll_frame(
+    mut self: std::pin::Pin<&mut Self>,
+    cx: &mut std::task::Context<'_>,
+  ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+    use futures::StreamExt as _;
+    self
+      .0
+      .poll_next_unpin(cx)
+      .map(|item| item.map(|r| r.map(http_body::Frame::data)))
+  }
+
+  fn size_hint(&self) -> http_body::SizeHint {
+    http_body::SizeHint::with_exact(self.1)
+  }
+}
+
+/// A request body reads the same whether it was at hand whole when the
+/// invocation started (then JS gets its bytes), in part (the rest is read
+/// as it comes), or not at all, and an error after its first bytes still
+/// reaches the handler.
+fn a_request_body_reads_the_same_whole_in_part_or_failing() {
+  rt().block_on(async {
+    let code = r#"
+      export default {
+        async fetch(request) {
+          const copy = request.clone();
+          try {
+            const text = await request.text();
+            const again = await new Response(copy.body).text();
+            return new Response(`${text}|${again}|${request.bodyUsed}`);
+          } catch (e) {
+            return new Response(`${e.name}: ${e.message}`);
+          }
+        },
+      };
+    "#;
+    let worker = running(code, "b").await;
+    let post = |parts: &[&'static [u8]], end: bool, error: bool| {
+      let (mut tx, rx) = futures::channel::mpsc::channel(8);
+      for part in parts {
+        tx.try_send(Ok(Bytes::from_static(part))).unwrap();
+      }
+      if error {
+        tx.try_send(Err(std::io::Error::other("reset"))).unwrap();
+      }
+      if end {
+        tx.close_channel();
+      }
+      let body = isola_runtime::request_body(Declared(rx, 6));
+      (
+        tx,
+        http::Request::post("http://b.test/").body(body).unwrap(),
+      )
+    };
+    // Whole.
+    let (_tx, request) = post(&[b"abc", b"def"], true, false);
+    assert_eq!(&body_of(&worker, request).await[..], b"abcdef|abcdef|true");
+    // In part: the rest comes after the worker started.
+    let (mut tx, request) = post(&[b"abc"], false, false);
+    let response = tokio::spawn({
+      let worker = worker.clone();
+      async move { body_of(&worker, request).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    tx.try_send(Ok(Bytes::from_static(b"def"))).unwrap();
+    tx.close_channel();
+    assert_eq!(&response.await.unwrap()[..], b"abcdef|abcdef|true");
+    // Failing after its first bytes.
+    let (_tx, request) = post(&[b"abc"], false, true);
+    let got = body_of(&worker, request).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+      got.starts_with("TypeError: ") && got.contains("reset"),
+      "{got}"
+    );
+  });
+}
+
 /// V8 reads an ASCII module's source in place. A module read from disk
 /// (`isola-edge dev`) is made text on each read, so the isolate keeps that
 /// text while it lives: a function compiled later, and `toString()`, read
@@ -607,6 +697,10 @@ pub fn trials() -> Vec<Trial> {
     trial(
       "an_unread_request_body_is_dropped_when_its_invocation_ends",
       an_unread_request_body_is_dropped_when_its_invocation_ends,
+    ),
+    trial(
+      "a_request_body_reads_the_same_whole_in_part_or_failing",
+      a_request_body_reads_the_same_whole_in_part_or_failing,
     ),
     trial("a_stopped_worker_reports_it", a_stopped_worker_reports_it),
     trial(
