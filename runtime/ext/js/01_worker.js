@@ -546,10 +546,12 @@ function dispatchFetchEvent(request, ctx) {
 }
 
 const respond = (function respond(inv, response) {
-  // The usual end (a full body, no waitUntil work, no request body to
-  // release): the response op also ends the invocation's JS, one op call
-  // instead of two.
-  const last = inv.pending === 1 && inv.body === null && !inv.responded;
+  // The usual end (a full body, no waitUntil work, no request body
+  // resource to close): the response op also ends the invocation's JS, one
+  // op call instead of two.
+  const body = inv.body;
+  const last = inv.pending === 1 && !inv.responded &&
+    (body === null || typeof body[_rid] !== "number");
   let ended;
   try {
     if (!ObjectPrototypeIsPrototypeOf(ResponsePrototype, response)) {
@@ -567,6 +569,8 @@ const respond = (function respond(inv, response) {
   if (ended) {
     inv.responded = true;
     inv.pending = 0;
+    // A whole body has nothing to close; it only stops being readable.
+    if (body !== null) body.release();
   } else {
     done(inv);
   }
