@@ -286,14 +286,17 @@ fn every_kind_of_response_finishes_its_invocation() {
 
 /// Request header names reach JS as they came, however many distinct
 /// ones an isolate sees (it holds the JS strings of some), and the method
-/// too, whether it is a usual one or not.
+/// too, whether it is a usual one or not; `get` finds a header by any
+/// case of its name, repeated ones joined.
 fn request_header_names_and_methods_reach_js() {
   rt().block_on(async {
     let code = r#"
       export default {
         fetch(request) {
           const name = new URL(request.url).searchParams.get("n");
-          return new Response(`${request.method} ${request.headers.get(name)} ${[...request.headers.keys()].join(",")}`);
+          const h = request.headers;
+          const got = [h.get(name), h.get(name.toUpperCase()), h.get("Accept"), h.get("x-absent"), h.get("X-Absent")];
+          return new Response(`${request.method} ${got.join(" ")} ${[...h.keys()].join(",")}`);
         },
       };
     "#;
@@ -307,6 +310,9 @@ fn request_header_names_and_methods_reach_js() {
       request
         .headers_mut()
         .insert(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
+      request
+        .headers_mut()
+        .append(http::header::ACCEPT, http::HeaderValue::from_static("text/html"));
       request.headers_mut().insert(
         http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
         http::HeaderValue::from_str(&format!("v{i}")).unwrap(),
@@ -314,7 +320,7 @@ fn request_header_names_and_methods_reach_js() {
       let body = body_of(&worker, request).await;
       assert_eq!(
         std::str::from_utf8(&body).unwrap(),
-        format!("{method} v{i} accept,{name}"),
+        format!("{method} v{i} v{i} */*, text/html   accept,{name}"),
       );
     }
   });
@@ -530,6 +536,60 @@ fn a_request_body_reads_the_same_whole_in_part_or_failing() {
   });
 }
 
+/// A body the edge had whole reads through each of `Request`'s methods as
+/// through deno_fetch's: the result, the body used after, a second read
+/// refused, bad JSON a `SyntaxError`, and the methods still refuse an
+/// object that is no request.
+fn a_whole_request_body_reads_through_each_method() {
+  rt().block_on(async {
+    let code = r#"
+      const show = async (p) => {
+        try {
+          const v = await p;
+          if (v instanceof ArrayBuffer) return `ArrayBuffer ${new TextDecoder().decode(v)}`;
+          if (v instanceof Uint8Array) return `Uint8Array ${new TextDecoder().decode(v)}`;
+          return `${typeof v} ${JSON.stringify(v)}`;
+        } catch (e) {
+          return `${e.name}`;
+        }
+      };
+      export default {
+        async fetch(request) {
+          const m = new URL(request.url).searchParams.get("m");
+          const first = await show(request[m]());
+          const used = request.bodyUsed;
+          const again = await show(request.text());
+          const stray = await show(Request.prototype[m].call({}));
+          return new Response(`${first}|${used}|${again}|${stray}`);
+        },
+      };
+    "#;
+    let worker = running(code, "m").await;
+    let cases: [(&str, &'static [u8], &str); 5] = [
+      ("arrayBuffer", b"{\"a\":1}", "ArrayBuffer {\"a\":1}"),
+      ("bytes", b"{\"a\":1}", "Uint8Array {\"a\":1}"),
+      ("text", b"caf\xc3\xa9", "string \"caf\u{e9}\""),
+      ("json", b"{\"a\":1}", "object {\"a\":1}"),
+      ("json", b"{a", "SyntaxError"),
+    ];
+    for (method, sent, want) in cases {
+      let (mut tx, rx) = futures::channel::mpsc::channel(1);
+      tx.try_send(Ok(Bytes::from_static(sent))).unwrap();
+      tx.close_channel();
+      let body = isola_runtime::request_body(Declared(rx, sent.len() as u64));
+      let request = http::Request::post(format!("http://m.test/?m={method}"))
+        .body(body)
+        .unwrap();
+      let got = body_of(&worker, request).await;
+      assert_eq!(
+        String::from_utf8_lossy(&got),
+        format!("{want}|true|TypeError|TypeError"),
+        "{method}"
+      );
+    }
+  });
+}
+
 /// V8 reads an ASCII module's source in place. A module read from disk
 /// (`isola-edge dev`) is made text on each read, so the isolate keeps that
 /// text while it lives: a function compiled later, and `toString()`, read
@@ -701,6 +761,10 @@ pub fn trials() -> Vec<Trial> {
     trial(
       "a_request_body_reads_the_same_whole_in_part_or_failing",
       a_request_body_reads_the_same_whole_in_part_or_failing,
+    ),
+    trial(
+      "a_whole_request_body_reads_through_each_method",
+      a_whole_request_body_reads_through_each_method,
     ),
     trial("a_stopped_worker_reports_it", a_stopped_worker_reports_it),
     trial(
