@@ -480,7 +480,9 @@ class RequestBody extends InnerBody {
  * (see `RequestBody`) and still unread, now marked read; else undefined.
  */
 function takeBytesAtHand(request) {
-  if (request === null || typeof request !== "object") return undefined;
+  // As deno_fetch's readers check first: no other object is asked for the
+  // request's internals.
+  if (!ObjectPrototypeIsPrototypeOf(RequestPrototype, request)) return undefined;
   const body = toInnerRequest(request)?.body;
   if (
     !ObjectPrototypeIsPrototypeOf(RequestBodyPrototype, body) ||
