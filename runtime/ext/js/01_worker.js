@@ -477,7 +477,7 @@ class RequestBody extends InnerBody {
 
 /**
  * The bytes of `request`'s body if it is an incoming one the edge had whole
- * (see `RequestBody`) and still unread, now marked read; else undefined.
+ * (see `RequestBody`) and still unread, now consumed; else undefined.
  */
 function takeBytesAtHand(request) {
   // As deno_fetch's readers check first: no other object is asked for the
@@ -490,8 +490,7 @@ function takeBytesAtHand(request) {
   ) {
     return undefined;
   }
-  body[_state] = READ;
-  return body[_rid];
+  return body.consume();
 }
 
 /**
@@ -500,8 +499,8 @@ function takeBytesAtHand(request) {
  * `consumeBody` (an async function) awaits the bytes first. Awaiting a
  * value that is not a promise makes a promise of it and looks up its
  * `then` through the `Uint8Array` prototypes, which with many tenants
- * taking turns are out of the cache (~1 microsecond a request). Any other request
- * or body takes deno_fetch's method.
+ * taking turns are out of the cache (~1 microsecond a request). Any other
+ * request or body takes deno_fetch's method.
  */
 function consumeAtHand(name, make) {
   const original = RequestPrototype[name];
