@@ -212,7 +212,8 @@ impl Ledger {
   /// for a worker with an account: most have none, and a clock read costs
   /// about as much as the rest of this.
   pub(crate) fn admit(&mut self, worker: &str, now: impl FnOnce() -> Instant) -> Admission {
-    if !self.config.enabled {
+    // No account at all (the usual state): not even the name's hash.
+    if !self.config.enabled || self.accounts.is_empty() {
       return Admission::Run { quarantine: false };
     }
     let Some(account) = self.accounts.get_mut(worker) else {
@@ -242,6 +243,9 @@ impl Ledger {
   /// An invocation admitted with [`Admission::Run`] is over; `now` is
   /// read as by [`Ledger::admit`].
   pub(crate) fn finish(&mut self, worker: &str, now: impl FnOnce() -> Instant) {
+    if self.accounts.is_empty() {
+      return;
+    }
     if let Some(account) = self.accounts.get_mut(worker) {
       account.inflight = account.inflight.saturating_sub(1);
       account.drain(&self.config, now());
