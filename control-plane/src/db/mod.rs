@@ -325,6 +325,32 @@ ALTER TABLE usage ADD COLUMN queue_ops INTEGER NOT NULL DEFAULT 0;
 "#,
   // Leases: which replica of a shared database does once-only work.
   "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at INTEGER NOT NULL);",
+  // Invocation logs in chunks: one row per worker and minute of a stored
+  // batch, its logs a JSON array (LZ4-compressed when `codec` is 1; see
+  // `db::logs`). A row per log cost the control plane more CPU than the
+  // edge spent serving the request. The logs kept so far move over, each
+  // worker's minute a chunk.
+  r#"
+CREATE TABLE log_chunks (
+  id INTEGER PRIMARY KEY,
+  account TEXT NOT NULL,
+  worker TEXT NOT NULL,
+  first_ts INTEGER NOT NULL,
+  last_ts INTEGER NOT NULL,
+  logs INTEGER NOT NULL,
+  codec INTEGER NOT NULL,
+  body BLOB NOT NULL
+);
+CREATE INDEX log_chunks_by_worker ON log_chunks (account, worker, last_ts, id);
+CREATE INDEX log_chunks_by_time ON log_chunks (last_ts);
+INSERT INTO log_chunks (account, worker, first_ts, last_ts, logs, codec, body)
+  SELECT account, worker, MIN(timestamp), MAX(timestamp), COUNT(*), 0,
+    CAST(json_group_array(json_array(timestamp, outcome, version, edge, json(message), search))
+      AS BLOB)
+  FROM (SELECT * FROM invocation_logs ORDER BY id)
+  GROUP BY account, worker, timestamp / 60000;
+DROP TABLE invocation_logs;
+"#,
 ];
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
