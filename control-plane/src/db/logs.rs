@@ -128,12 +128,7 @@ impl ChunkEntry {
     let Self(timestamp, outcome, version, _, _, search) = self;
     f.since.is_none_or(|since| *timestamp >= since)
       && f.until.is_none_or(|until| *timestamp < until)
-      && (f.status.is_empty()
-        || f.status.iter().any(|s| match s {
-          Status::Ok => outcome == "ok",
-          Status::Canceled => outcome == "canceled",
-          Status::Error => outcome != "ok" && outcome != "canceled",
-        }))
+      && (f.status.is_empty() || f.status.contains(&Status::of(outcome)))
       && (f.version.is_empty() || f.version.contains(version))
       && f.search.as_deref().is_none_or(|text| search.contains(text))
   }
@@ -367,8 +362,9 @@ impl Db {
       " AND (last_ts, id) < (?, ?) ORDER BY last_ts DESC, id DESC LIMIT {CHUNKS_READ}"
     ));
     let want = f.limit.saturating_add(1);
-    // The newest `want` logs that pass the filter, by (timestamp, id).
-    let mut found: Vec<(i64, i64, ChunkEntry)> = Vec::new();
+    // The newest `want` logs that pass the filter (with their ids), by
+    // (timestamp, id).
+    let mut found: Vec<(i64, ChunkEntry)> = Vec::new();
     let mut after = (i64::MAX, i64::MAX);
     'chunks: loop {
       let mut page = args.clone();
@@ -377,7 +373,7 @@ impl Db {
       let rows = conn.rows(&sql, page)?;
       for row in &rows {
         let (id, last_ts) = (row.get::<i64>(0)?, row.get::<i64>(1)?);
-        if found.len() >= want && found.last().is_some_and(|(t, ..)| last_ts < *t) {
+        if found.len() >= want && found.last().is_some_and(|(_, e)| last_ts < e.0) {
           break 'chunks;
         }
         after = (last_ts, id);
@@ -385,10 +381,10 @@ impl Db {
         for (i, entry) in entries.into_iter().enumerate() {
           let log_id = (id << CHUNK_ID_SHIFT) | i as i64;
           if entry.matches(f) && cursor.is_none_or(|c| (entry.0, log_id) < c) {
-            found.push((entry.0, log_id, entry));
+            found.push((log_id, entry));
           }
         }
-        found.sort_unstable_by_key(|&(t, id, _)| std::cmp::Reverse((t, id)));
+        found.sort_unstable_by_key(|(id, e)| std::cmp::Reverse((e.0, *id)));
         found.truncate(want);
       }
       if rows.len() < CHUNKS_READ {
@@ -398,12 +394,12 @@ impl Db {
     let more = found.len() > f.limit;
     found.truncate(f.limit);
     let cursor = more
-      .then(|| found.last().map(|(t, id, _)| format!("{t}.{id}")))
+      .then(|| found.last().map(|(id, e)| format!("{}.{id}", e.0)))
       .flatten();
     let logs = found
       .into_iter()
       .map(
-        |(_, _, ChunkEntry(timestamp, outcome, version, edge, stored, _))| {
+        |(_, ChunkEntry(timestamp, outcome, version, edge, stored, _))| {
           let columns = LogColumns {
             outcome,
             timestamp,
