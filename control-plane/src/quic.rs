@@ -289,9 +289,7 @@ impl Handler<ControlSession> for EdgeConnection {
                   Call::Send { call, ids } => return CallReply::Send(queues.call(call, ids).await),
                   Call::Trace(batch) => Ok(batch),
                   Call::Events(packed) => packed.unpack(&edge),
-                  Call::EventsLz4(bytes) => {
-                    PackedBatch::from_lz4(&bytes).and_then(|packed| packed.unpack(&edge))
-                  }
+                  Call::EventsLz4(bytes) => PackedBatch::unpack_lz4(&bytes, &edge),
                 };
                 match batch {
                   Ok(batch) => {

@@ -304,10 +304,15 @@ impl Outgoing {
     let Some(Call::EventsLz4(bytes)) = decoder.decode().unwrap() else {
       panic!("not a Call::EventsLz4");
     };
-    isola_proto::trace::PackedBatch::from_lz4(&bytes)
+    let through_serde = isola_proto::trace::PackedBatch::from_lz4(&bytes)
       .unwrap()
       .unpack(edge)
-      .unwrap()
+      .unwrap();
+    let one_pass = isola_proto::trace::PackedBatch::unpack_lz4_in_one_pass(&bytes, edge)
+      .expect("an edge's batch is read in one pass")
+      .unwrap();
+    assert_eq!(one_pass, through_serde);
+    one_pass
   }
 }
 

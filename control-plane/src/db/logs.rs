@@ -4,9 +4,6 @@
 //! worker and minute of a stored batch: a row per log made SQLite's
 //! per-row work most of the control plane's CPU per request.
 
-use std::collections::BTreeMap;
-use std::collections::HashMap;
-
 use super::sql::params;
 use super::sql::OptionalExtension as _;
 use super::sql::Value;
@@ -146,6 +143,8 @@ struct ChunkWriter {
 impl ChunkWriter {
   fn push(&mut self, e: &TraceEvent) -> Result<()> {
     if self.logs == 0 {
+      // A log's JSON is a few hundred bytes: start past the first doublings.
+      self.json.reserve(8 << 10);
       self.json.push(b'[');
       (self.first, self.last) = (e.timestamp, e.timestamp);
     } else {
@@ -169,6 +168,42 @@ impl ChunkWriter {
   fn finish(mut self) -> Vec<u8> {
     self.json.push(b']');
     lz4_flex::block::compress_prepend_size(&self.json)
+  }
+}
+
+/// What a batch being stored holds of one worker: its sampling rate, its
+/// minutes' sketches by (version, minute) and its chunks by span, each a
+/// short list (a second of batches spans one or two of each).
+struct WorkerSlot<'a> {
+  account: &'a str,
+  worker: &'a str,
+  rate: f64,
+  minutes: Vec<((&'a str, i64), MinuteStats)>,
+  chunks: Vec<(i64, Vec<ChunkWriter>)>,
+}
+
+impl<'a> WorkerSlot<'a> {
+  fn stats(&mut self, version: &'a str, minute: i64) -> &mut MinuteStats {
+    let key = (version, minute);
+    let at = match self.minutes.iter().rposition(|(k, _)| *k == key) {
+      Some(at) => at,
+      None => {
+        self.minutes.push((key, MinuteStats::default()));
+        self.minutes.len() - 1
+      }
+    };
+    &mut self.minutes[at].1
+  }
+
+  fn writers(&mut self, span: i64) -> &mut Vec<ChunkWriter> {
+    let at = match self.chunks.iter().rposition(|(s, _)| *s == span) {
+      Some(at) => at,
+      None => {
+        self.chunks.push((span, Vec::new()));
+        self.chunks.len() - 1
+      }
+    };
+    &mut self.chunks[at].1
   }
 }
 
@@ -239,46 +274,55 @@ impl Db {
   /// Stores trace events in one transaction: each event's log if `keep`
   /// says so given its worker's head sampling rate, and every event into
   /// its minute's sketches. Returns how many logs were kept.
-  pub fn store_traces(
+  pub fn store_traces<'a>(
     &self,
-    events: &[TraceEvent],
+    events: impl IntoIterator<Item = &'a TraceEvent>,
     keep: &mut dyn FnMut(f64) -> bool,
   ) -> Result<usize> {
     self.write(|tx| {
-      // Keyed on the events' own strings: a batch holds thousands of events
-      // of a few workers, and copying the keys cost more than the lookups.
-      let mut rates: HashMap<(&str, &str), f64> = HashMap::new();
-      let mut minutes: BTreeMap<(&str, &str, &str, i64), MinuteStats> = BTreeMap::new();
-      let mut chunks: BTreeMap<(&str, &str, i64), Vec<ChunkWriter>> = BTreeMap::new();
+      // One slot per worker of the batch, found by the event's own name
+      // with foldhash: a batch holds thousands of events of a few workers,
+      // and the maps keyed on (account, worker, version, minute) this
+      // replaces compared those strings at each level of a tree, per event.
+      let mut slots: foldhash::HashMap<&str, Option<WorkerSlot<'_>>> =
+        foldhash::HashMap::default();
       let mut kept = 0;
       for e in events {
-        let Some((account, worker)) = split_edge_worker_name(&e.worker) else {
-          tracing::warn!(worker = %e.worker, "a trace event of a worker that is no account_worker; dropped");
-          continue;
-        };
-        let key = (account, worker);
-        let rate = match rates.get(&key) {
-          Some(rate) => *rate,
-          None => {
-            let rate = tx
-              .query_row(
-                "SELECT head_sampling_rate FROM observability WHERE account = ?1 AND worker = ?2",
-                [account, worker],
-                |row| row.get(0),
-              )
-              .optional()?
-              .unwrap_or(DEFAULT_HEAD_SAMPLING_RATE);
-            rates.insert(key, rate);
-            rate
+        let slot = match slots.entry(e.worker.as_str()) {
+          std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
+          std::collections::hash_map::Entry::Vacant(slot) => {
+            let found = match split_edge_worker_name(&e.worker) {
+              Some((account, worker)) => {
+                let rate = tx
+                  .query_row(
+                    "SELECT head_sampling_rate FROM observability WHERE account = ?1 AND worker = ?2",
+                    [account, worker],
+                    |row| row.get(0),
+                  )
+                  .optional()?
+                  .unwrap_or(DEFAULT_HEAD_SAMPLING_RATE);
+                Some(WorkerSlot {
+                  account,
+                  worker,
+                  rate,
+                  minutes: Vec::new(),
+                  chunks: Vec::new(),
+                })
+              }
+              None => {
+                tracing::warn!(worker = %e.worker, "trace events of a worker that is no account_worker; dropped");
+                None
+              }
+            };
+            slot.insert(found)
           }
         };
-        minutes
-          .entry((account, worker, &e.version, minute_of(e.timestamp)))
-          .or_default()
-          .add(e);
-        if keep(rate) {
-          let span = e.timestamp.div_euclid(CHUNK_SPAN_MS);
-          let writers = chunks.entry((account, worker, span)).or_default();
+        let Some(slot) = slot else {
+          continue;
+        };
+        slot.stats(&e.version, minute_of(e.timestamp)).add(e);
+        if keep(slot.rate) {
+          let writers = slot.writers(e.timestamp.div_euclid(CHUNK_SPAN_MS));
           match writers.last_mut() {
             Some(w) if w.logs < CHUNK_LOGS => w.push(e)?,
             _ => {
@@ -290,23 +334,39 @@ impl Db {
           kept += 1;
         }
       }
+      // Rows go in the order the maps before kept (worker, then span or
+      // version and minute), so chunk ids follow it as they did.
+      let mut slots: Vec<WorkerSlot<'_>> = slots.into_values().flatten().collect();
+      slots.sort_unstable_by_key(|s| (s.account, s.worker));
+      let mut minutes = Vec::new();
       let mut insert = tx.prepare(
         "INSERT INTO log_chunks (account, worker, first_ts, last_ts, logs, codec, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
       )?;
-      for ((account, worker, _), writers) in chunks {
-        for w in writers {
-          let (first, last, logs) = (w.first, w.last, w.logs as i64);
-          insert.execute(params![
-            account,
-            worker,
-            first,
-            last,
-            logs,
-            CODEC_LZ4_JSON,
-            w.finish()
-          ])?;
+      for mut slot in slots {
+        let (account, worker) = (slot.account, slot.worker);
+        slot.chunks.sort_unstable_by_key(|(span, _)| *span);
+        for (_, writers) in slot.chunks {
+          for w in writers {
+            let (first, last, logs) = (w.first, w.last, w.logs as i64);
+            insert.execute(params![
+              account,
+              worker,
+              first,
+              last,
+              logs,
+              CODEC_LZ4_JSON,
+              w.finish()
+            ])?;
+          }
         }
+        slot.minutes.sort_unstable_by_key(|((version, minute), _)| (*version, *minute));
+        minutes.extend(
+          slot
+            .minutes
+            .into_iter()
+            .map(|((version, minute), stats)| ((account, worker, version, minute), stats)),
+        );
       }
       for ((account, worker, version, minute), mut stats) in minutes {
         let old: Option<String> = tx

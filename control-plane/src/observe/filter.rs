@@ -209,7 +209,18 @@ impl LogQuery {
 /// each exception's name and message. Stored with a log, so the store
 /// searches the same text a tail does.
 pub fn search_text(event: &TraceEvent) -> String {
-  let mut text = String::new();
+  // Sized first: it is made for every stored log.
+  let url = match &event.event {
+    EventInfo::Fetch { url, .. } => url.len() + 1,
+    _ => 0,
+  };
+  let logs: usize = event.logs.iter().map(|l| l.message.len() + 1).sum();
+  let exceptions: usize = event
+    .exceptions
+    .iter()
+    .map(|e| e.name.len() + e.message.len() + 3)
+    .sum();
+  let mut text = String::with_capacity(url + logs + exceptions);
   if let EventInfo::Fetch { url, .. } = &event.event {
     text.push_str(url);
     text.push('\n');

@@ -212,7 +212,10 @@ impl Drop for Tail {
 /// What the writer has gathered for one transaction.
 #[derive(Default)]
 struct Gathered {
-  events: Vec<TraceEvent>,
+  /// The batches as they came: appending them to one vector moved every
+  /// event gathered so far each time it grew.
+  batches: Vec<Vec<TraceEvent>>,
+  events: usize,
   /// Flushes to answer once the events are stored.
   flushes: Vec<oneshot::Sender<()>>,
 }
@@ -220,15 +223,17 @@ struct Gathered {
 impl Gathered {
   fn take(&mut self, msg: ToStore) {
     match msg {
-      ToStore::Events(events) if self.events.is_empty() => self.events = events,
-      ToStore::Events(events) => self.events.extend(events),
+      ToStore::Events(events) => {
+        self.events += events.len();
+        self.batches.push(events);
+      }
       ToStore::Flush(done) => self.flushes.push(done),
     }
   }
 
   /// Store now: a flush waits, or enough events are gathered.
   fn full(&self) -> bool {
-    !self.flushes.is_empty() || self.events.len() >= STORE_EVENTS
+    !self.flushes.is_empty() || self.events >= STORE_EVENTS
   }
 }
 
@@ -255,11 +260,15 @@ async fn write_forever(db: Db, mut rx: mpsc::Receiver<ToStore>) {
         () = tokio::time::sleep_until(deadline) => break,
       }
     }
-    let Gathered { events, flushes } = gathered;
-    if !events.is_empty() {
+    let Gathered {
+      batches,
+      events,
+      flushes,
+    } = gathered;
+    if events > 0 {
       let db = db.clone();
       let stored = blocking(move || {
-        db.store_traces(&events, &mut |rate| {
+        db.store_traces(batches.iter().flatten(), &mut |rate| {
           filter::keep(rate, rand::random::<f64>())
         })
       })
@@ -316,7 +325,8 @@ mod tests {
     let mut gathered = Gathered::default();
     gathered.take(ToStore::Events(batch(3).events));
     gathered.take(ToStore::Events(batch(2).events));
-    assert_eq!(gathered.events.len(), 5);
+    assert_eq!(gathered.events, 5);
+    assert_eq!(gathered.batches.len(), 2);
     assert!(!gathered.full());
     gathered.take(ToStore::Events(batch(STORE_EVENTS - 5).events));
     assert!(gathered.full());
