@@ -18,7 +18,6 @@ use super::Error;
 use super::Result;
 use crate::observe::analytics::minute_of;
 use crate::observe::analytics::MinuteStats;
-use crate::observe::filter::search_text;
 use crate::observe::filter::Status;
 use crate::observe::message::LogColumns;
 use crate::observe::message::StoredMessage;
@@ -115,19 +114,26 @@ const CODEC_LZ4_JSON: i64 = 1;
 const MAX_CHUNK_BYTES: usize = 256 << 20;
 
 /// One log in a chunk: timestamp, outcome, version, edge, the message less
-/// those columns, and the text `search` looks through.
+/// those columns, and the text `search` looks through: empty as chunks are
+/// written now (the message holds it), whole in chunks the migration made.
 #[derive(Debug, Deserialize)]
 struct ChunkEntry(i64, String, String, String, StoredMessage, String);
 
 impl ChunkEntry {
   /// Whether the log passes `f` (all but its cursor).
   fn matches(&self, f: &LogFilter) -> bool {
-    let Self(timestamp, outcome, version, _, _, search) = self;
+    let Self(timestamp, outcome, version, _, message, search) = self;
     f.since.is_none_or(|since| *timestamp >= since)
       && f.until.is_none_or(|until| *timestamp < until)
       && (f.status.is_empty() || f.status.contains(&Status::of(outcome)))
       && (f.version.is_empty() || f.version.contains(version))
-      && f.search.as_deref().is_none_or(|text| search.contains(text))
+      && f.search.as_deref().is_none_or(|text| {
+        if search.is_empty() {
+          message.search_text().contains(text)
+        } else {
+          search.contains(text)
+        }
+      })
   }
 }
 
@@ -159,7 +165,9 @@ impl ChunkWriter {
       &e.version,
       &e.edge,
       StoredMessage::from(e),
-      search_text(e),
+      // Made from the message when a search reads it: written here, it
+      // repeated the URL and logs in every log.
+      "",
     );
     serde_json::to_writer(&mut self.json, &entry).map_err(|e| Error::Corrupt(e.to_string()))
   }
@@ -539,6 +547,7 @@ mod tests {
   use super::*;
   use crate::db::testing::open;
   use crate::db::testing::upload;
+  use crate::observe::filter::search_text;
   use crate::observe::filter::tests::fetch;
 
   fn event(outcome: &str, timestamp: i64, path: &str) -> TraceEvent {

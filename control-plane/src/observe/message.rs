@@ -179,6 +179,31 @@ impl From<&TraceEvent> for StoredMessage {
   }
 }
 
+impl StoredMessage {
+  /// The text a log search looks through, as
+  /// [`search_text`](super::filter::search_text) makes it of the event:
+  /// chunks store it empty, since it repeats the message's URL and logs,
+  /// and a search makes it here.
+  pub fn search_text(&self) -> String {
+    let mut text = String::new();
+    if let TailEvent::Fetch { request, .. } = &self.event {
+      text.push_str(&request.url);
+      text.push('\n');
+    }
+    for log in &self.logs {
+      log.message.iter().for_each(|m| text.push_str(m));
+      text.push('\n');
+    }
+    for e in &self.exceptions {
+      text.push_str(&e.name);
+      text.push_str(": ");
+      text.push_str(&e.message);
+      text.push('\n');
+    }
+    text
+  }
+}
+
 /// The columns of an invocation log row that its [`StoredMessage`] leaves
 /// out.
 #[derive(Debug)]
@@ -279,5 +304,39 @@ mod tests {
     };
     let v = serde_json::to_value(TailMessage::from(&rpc)).unwrap();
     assert_eq!(v["event"], json!({"rpcMethod": "add"}));
+  }
+
+  #[test]
+  fn a_stored_message_gives_the_search_text_of_its_event() {
+    let mut full = fetch("exception", "POST", "https://a.test/p?q=1");
+    full.logs.push(isola_proto::trace::LogLine {
+      level: "warn".into(),
+      message: "second line".into(),
+      timestamp: 2,
+    });
+    full.exceptions.push(isola_proto::trace::ExceptionInfo {
+      name: "TypeError".into(),
+      message: "x is not a function".into(),
+      stack: None,
+      timestamp: 3,
+    });
+    let mut bare = fetch("ok", "GET", "https://a.test/");
+    bare.logs.clear();
+    let mut cron = full.clone();
+    cron.event = EventInfo::Scheduled {
+      cron: "* * * * *".into(),
+      scheduled_time: 5,
+    };
+    let mut quiet = cron.clone();
+    quiet.logs.clear();
+    quiet.exceptions.clear();
+    for e in [full, bare, cron, quiet] {
+      let stored: StoredMessage =
+        serde_json::from_str(&serde_json::to_string(&StoredMessage::from(&e)).unwrap()).unwrap();
+      assert_eq!(
+        stored.search_text(),
+        crate::observe::filter::search_text(&e)
+      );
+    }
   }
 }
