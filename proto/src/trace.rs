@@ -371,6 +371,13 @@ mod fast {
     }
   }
 
+  /// A vector for `count` items as a batch declares them, at most 1 MiB
+  /// of it up front (as serde does): a count is only checked against the
+  /// bytes left, which a lying one could turn into gigabytes of events.
+  fn cautious<T>(count: usize) -> Vec<T> {
+    Vec::with_capacity(count.min((1 << 20) / std::mem::size_of::<T>().max(1)))
+  }
+
   /// The batch in `cbor`: `None` where it is not in the shape read here,
   /// an error where an event names a string past the table.
   pub(super) fn unpack(cbor: &[u8], edge: &str) -> Option<Result<TraceBatch, crate::Error>> {
@@ -384,7 +391,7 @@ mod fast {
     if count > r.0.len() {
       return None;
     }
-    let mut strings = Vec::with_capacity(count);
+    let mut strings = cautious(count);
     for _ in 0..count {
       strings.push(r.text()?);
     }
@@ -393,7 +400,7 @@ mod fast {
     if count > r.0.len() {
       return None;
     }
-    let mut events = Vec::with_capacity(count);
+    let mut events = cautious(count);
     for _ in 0..count {
       match event(&mut r, &strings, edge)? {
         Ok(event) => events.push(event),
@@ -445,7 +452,7 @@ mod fast {
         if shown > r.0.len() {
           return None;
         }
-        let mut headers = Vec::with_capacity(shown);
+        let mut headers = cautious(shown);
         for _ in 0..shown {
           if r.expect(ARRAY)? != 2 {
             return None;
@@ -660,6 +667,26 @@ mod tests {
     );
     // Not a batch at all: serde says what is wrong.
     let e = PackedBatch::unpack_lz4(&lz4(&"hello"), "e").unwrap_err();
+    assert!(
+      e.to_string()
+        .starts_with("malformed message: a compressed trace batch: "),
+      "{e}"
+    );
+  }
+
+  #[test]
+  fn a_batch_that_declares_more_events_than_it_holds_is_refused() {
+    // A map of three: `strings` (none), then `events` declared a million
+    // long over a million bytes that are no events.
+    let mut cbor = vec![0xa3, 0x67];
+    cbor.extend_from_slice(b"strings");
+    cbor.extend_from_slice(&[0x80, 0x66]);
+    cbor.extend_from_slice(b"events");
+    cbor.extend_from_slice(&[0x1a | 0x80, 0x00, 0x0f, 0x42, 0x40]);
+    cbor.extend(std::iter::repeat_n(0u8, 1_000_000));
+    let bytes = lz4_flex::block::compress_prepend_size(&cbor);
+    assert!(PackedBatch::unpack_lz4_in_one_pass(&bytes, "e").is_none());
+    let e = PackedBatch::unpack_lz4(&bytes, "e").unwrap_err();
     assert!(
       e.to_string()
         .starts_with("malformed message: a compressed trace batch: "),
