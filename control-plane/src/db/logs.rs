@@ -547,7 +547,6 @@ mod tests {
   use super::*;
   use crate::db::testing::open;
   use crate::db::testing::upload;
-  use crate::observe::filter::search_text;
   use crate::observe::filter::tests::fetch;
 
   fn event(outcome: &str, timestamp: i64, path: &str) -> TraceEvent {
@@ -747,7 +746,7 @@ mod tests {
             e.timestamp,
             e.outcome,
             message,
-            search_text(e)
+            StoredMessage::from(e).search_text()
           ],
         )
         .unwrap();

@@ -205,39 +205,6 @@ impl LogQuery {
   }
 }
 
-/// What `search` looks through, one item a line: the URL, each log line,
-/// each exception's name and message. Stored with a log, so the store
-/// searches the same text a tail does.
-pub fn search_text(event: &TraceEvent) -> String {
-  // Sized first: it is made for every stored log.
-  let url = match &event.event {
-    EventInfo::Fetch { url, .. } => url.len() + 1,
-    _ => 0,
-  };
-  let logs: usize = event.logs.iter().map(|l| l.message.len() + 1).sum();
-  let exceptions: usize = event
-    .exceptions
-    .iter()
-    .map(|e| e.name.len() + e.message.len() + 3)
-    .sum();
-  let mut text = String::with_capacity(url + logs + exceptions);
-  if let EventInfo::Fetch { url, .. } = &event.event {
-    text.push_str(url);
-    text.push('\n');
-  }
-  for line in &event.logs {
-    text.push_str(&line.message);
-    text.push('\n');
-  }
-  for e in &event.exceptions {
-    text.push_str(&e.name);
-    text.push_str(": ");
-    text.push_str(&e.message);
-    text.push('\n');
-  }
-  text
-}
-
 fn contains_text(event: &TraceEvent, text: &str) -> bool {
   (match &event.event {
     EventInfo::Fetch { url, .. } => url.contains(text),
@@ -356,7 +323,8 @@ pub(crate) mod tests {
     });
     for text in ["orders/42", "from the handler", "TypeError", "is undefined"] {
       assert!(filter(&[("search", text)]).matches(&e), "{text}");
-      assert!(search_text(&e).contains(text), "{text}");
+      let stored = crate::observe::message::StoredMessage::from(&e);
+      assert!(stored.search_text().contains(text), "{text}");
     }
     assert!(!filter(&[("search", "nowhere")]).matches(&e));
   }
