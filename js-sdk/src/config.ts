@@ -62,7 +62,11 @@ export interface Config {
   vars: Record<string, JsonValue>;
   limits: Limits;
   rules: Rule[];
-  build?: { command?: string; cwd?: string };
+  /**
+   * `[build]`: `command` runs before each bundle (in `cwd`); `isola dev` rebuilds when a file
+   * under `watch_dir` changes (default `src`, as wrangler's), as well as when an input changes.
+   */
+  build?: { command?: string; cwd?: string; watch_dir?: string[] };
   /** `[triggers]`: present when the config has the table (an empty list clears the schedules). */
   triggers?: { crons: string[] };
   services: ServiceBinding[];
@@ -367,7 +371,11 @@ export function loadConfig(dirOrFile: string, options: LoadOptions = {}): Config
           if (!isObj(v)) fail(path, "must be a table");
           for (const [bk, bv] of Object.entries(v as Obj)) {
             if (!BUILD_KEYS.includes(bk)) unknown([...path, bk], BUILD_KEYS);
-            else if (bk !== "watch_dir" && typeof bv !== "string") fail([...path, bk], "must be a string");
+            else if (bk === "watch_dir") {
+              if (typeof bv !== "string" && !(Array.isArray(bv) && bv.every((d) => typeof d === "string"))) {
+                fail([...path, bk], "must be a folder or a list of folders, e.g. \"src\"");
+              }
+            } else if (typeof bv !== "string") fail([...path, bk], "must be a string");
           }
           break;
         case "rules":
@@ -486,6 +494,9 @@ export function loadConfig(dirOrFile: string, options: LoadOptions = {}): Config
     config.build = {};
     if (typeof b["command"] === "string") config.build.command = b["command"];
     if (typeof b["cwd"] === "string") config.build.cwd = b["cwd"];
+    const w = b["watch_dir"];
+    if (typeof w === "string") config.build.watch_dir = [w];
+    else if (Array.isArray(w)) config.build.watch_dir = (w as string[]).slice();
   }
   return config;
 }

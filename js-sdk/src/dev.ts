@@ -1,12 +1,13 @@
 // `isola dev`: bundle, serve with isola-edge, rebuild and restart on change.
 import { execSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { watch, readFileSync, rmSync, mkdirSync, type FSWatcher } from "node:fs";
+import { readFileSync, rmSync, mkdirSync } from "node:fs";
 import { createServer } from "node:net";
-import { basename, join, relative, resolve, sep } from "node:path";
+import { basename, dirname, join, relative, resolve, sep } from "node:path";
 import { bundle, BundleError, type BundleResult } from "./bundle.js";
 import { loadConfig, readDevVars, type Config, type JsonValue } from "./config.js";
 import { devEdgeFlags, findEdgeBinary, startDevEdge, type RunningEdge } from "./edge.js";
+import { Contents, FolderWatch, IGNORED, filesIn, foldersOf, foldersUnder, within } from "./watch.js";
 
 export interface DevOptions {
   dir: string;
@@ -31,8 +32,6 @@ async function freePort(ip: string): Promise<number> {
     });
   });
 }
-
-const IGNORED = ["node_modules", ".isola", ".git", "dist", ".wrangler"];
 
 export function runBuildCommand(config: Config): void {
   if (!config.build?.command) return;
@@ -84,7 +83,10 @@ export async function dev(o: DevOptions): Promise<void> {
   let edge: RunningEdge | undefined;
   let lastGood: BundleResult | undefined;
 
+  const contents = new Contents();
   const build = async (): Promise<BundleResult> => {
+    const read = (lastGood?.inputs ?? []).filter((f) => !ignored(f));
+    contents.record([...read, ...filesIn(watchDirs().flatMap(foldersUnder))]);
     runBuildCommand(config);
     generation += 1;
     return bundle({
@@ -113,15 +115,12 @@ export async function dev(o: DevOptions): Promise<void> {
     });
 
   let lastFailed = false;
-  lastGood = await build();
-  let sameVars = JSON.stringify(vars());
-  edge = await start(lastGood);
-  o.log(`Ready on http://${listen}`);
-  if (testScheduled) o.log(`Run the scheduled handler: curl "http://${listen}/__scheduled?cron=*+*+*+*+*"`);
-
+  let sameVars = "";
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<void> = Promise.resolve();
   const rebuild = async (): Promise<void> => {
+    const good = lastGood;
+    if (good === undefined) return;
     let next: BundleResult;
     try {
       config = loadConfig(config.file, o.env !== undefined ? { env: o.env } : {});
@@ -133,7 +132,7 @@ export async function dev(o: DevOptions): Promise<void> {
       return;
     }
     lastFailed = false;
-    if (sameOutput(lastGood!, next) && sameVars === JSON.stringify(vars())) {
+    if (sameOutput(good, next) && sameVars === JSON.stringify(vars())) {
       rmSync(next.outdir, { recursive: true, force: true });
       return;
     }
@@ -143,38 +142,75 @@ export async function dev(o: DevOptions): Promise<void> {
       edge = await start(next);
     } catch (e) {
       o.error(`✘ the worker did not start; going back to the last good build\n${(e as Error).message}`);
-      edge = await start(lastGood!);
+      edge = await start(good);
       rmSync(next.outdir, { recursive: true, force: true });
       return;
     }
-    if (lastGood && lastGood.outdir !== next.outdir) rmSync(lastGood.outdir, { recursive: true, force: true });
+    if (good.outdir !== next.outdir) rmSync(good.outdir, { recursive: true, force: true });
     lastGood = next;
     o.log(`↻ reloaded; Ready on http://${listen}`);
   };
 
-  // Only the last build's inputs, the config and .dev.vars matter (a log file written into
-  // the project must not loop); after a failed build any change may be the fix.
+  // What counts as a change: a file the last good build read, the config, .dev.vars, a file
+  // under `[build] watch_dir` when there is a build command (its sources are not esbuild's
+  // inputs) and, before the first good build or after a failed one, anything in a watched
+  // folder (it may be the fix). A file written into the project that no build reads must not
+  // loop, nor a build step that rewrites what it reads with the same bytes (`Contents`).
+  const watchDirs = (): string[] =>
+    config.build?.command ? (config.build.watch_dir ?? ["src"]).map((d) => resolve(config.dir, d)) : [];
+  const ignored = (file: string): boolean => relative(config.dir, file).split(sep).some((p) => IGNORED.includes(p));
   const relevant = (file: string): boolean => {
-    const abs = join(config.dir, file);
-    if (!lastFailed && !lastGood!.inputs.includes(abs) && abs !== config.file && !basename(abs).startsWith(".dev.vars")) return false;
-    return true;
+    if (ignored(file)) return false;
+    if (file === config.file || (dirname(file) === config.dir && basename(file).startsWith(".dev.vars"))) return true;
+    if (lastGood === undefined || lastFailed) return true;
+    return lastGood.inputs.includes(file) || watchDirs().some((d) => within(d, file));
   };
-  const watcher: FSWatcher = watch(config.dir, { recursive: true }, (_event, file) => {
-    if (file) {
-      const parts = String(file).split(sep);
-      if (parts.some((p) => IGNORED.includes(p))) return;
-      if (relative(config.dir, join(config.dir, String(file))).startsWith("..")) return;
-      if (!relevant(String(file))) return;
-    }
+  const pending = new Set<string>();
+  const folders = new FolderWatch((file) => {
+    if (!relevant(file)) return;
+    pending.add(file);
     if (timer) clearTimeout(timer);
     timer = setTimeout(() => {
-      running = running.then(rebuild);
+      running = running.then(onChanges);
     }, 50);
   });
+  const onChanges = async (): Promise<void> => {
+    const files = [...pending];
+    pending.clear();
+    if (!files.some((f) => contents.changed(f))) return;
+    await rebuild();
+    folders.set(watched());
+  };
+  const watched = (): Set<string> => {
+    const out = new Set([config.dir, ...watchDirs().flatMap(foldersUnder)]);
+    const read = lastGood?.inputs ?? [requireMain(config)];
+    for (const d of foldersOf(read)) if (!ignored(d)) out.add(d);
+    return out;
+  };
+  // Watched before the first build starts, so that a save during it is not lost.
+  folders.set(watched());
+
+  const first = (async (): Promise<void> => {
+    lastGood = await build();
+    sameVars = JSON.stringify(vars());
+    edge = await start(lastGood);
+    folders.set(watched());
+    o.log(`Ready on http://${listen}`);
+    if (testScheduled) o.log(`Run the scheduled handler: curl "http://${listen}/__scheduled?cron=*+*+*+*+*"`);
+  })();
+  // A save while this runs rebuilds after it; if it fails, the watch stops with it.
+  running = first.catch(() => undefined);
+  try {
+    await first;
+  } catch (e) {
+    folders.close();
+    if (timer) clearTimeout(timer);
+    throw e;
+  }
 
   await new Promise<void>((done) => {
     const stop = (): void => {
-      watcher.close();
+      folders.close();
       if (timer) clearTimeout(timer);
       void running.then(() => edge?.stop()).then(() => {
         rmSync(work, { recursive: true, force: true });

@@ -63,6 +63,16 @@ test("unknown key in isola.toml: error with file, line and a suggestion", () =>
     );
   }));
 
+test("[build] watch_dir: a folder or a list of them; anything else is an error on its line", () =>
+  withDir((dir) => {
+    write(dir, "isola.toml", `name = "a"\n[build]\ncommand = "make"\nwatch_dir = "lib"\n`);
+    assert.deepEqual(loadConfig(dir).build, { command: "make", watch_dir: ["lib"] });
+    write(dir, "isola.toml", `name = "a"\n[build]\ncommand = "make"\nwatch_dir = ["lib", "assets"]\n`);
+    assert.deepEqual(loadConfig(dir).build?.watch_dir, ["lib", "assets"]);
+    write(dir, "isola.toml", `name = "a"\n[build]\ncommand = "make"\nwatch_dir = 3\n`);
+    assert.throws(() => loadConfig(dir), /isola\.toml:4: `?build\.watch_dir`? must be a folder or a list of folders/);
+  }));
+
 test("unknown key inside a table and inside [env.NAME] names the right line", () =>
   withDir((dir) => {
     write(dir, "isola.toml", `name = "a"\n[limits]\ncpu_ms = 5\nmemroy_mb = 3\n`);

@@ -1,9 +1,10 @@
 // `isola dev` end to end with the real isola-edge (ISOLA_EDGE_BIN).
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { readdirSync, readFileSync, readlinkSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { devEdgeFlags } from "../edge.js";
-import { CLI, Proc, cleanup, freePort, get, poll, runCli, tempDir, write } from "./helpers.js";
+import { CLI, Proc, cleanup, freePort, get, poll, runCli, sleep, tempDir, write } from "./helpers.js";
 
 const EDGE = process.env["ISOLA_EDGE_BIN"];
 const skip = EDGE ? false : "ISOLA_EDGE_BIN is not set; build isola-edge (cargo build -p isola-edge) and point ISOLA_EDGE_BIN at it";
@@ -63,6 +64,97 @@ test("dev: serves, reloads on save, keeps the last good build on a syntax error"
       return r?.body.includes(" v4 ") ? r : undefined;
     });
     assert.equal(fourth?.body, "Hello v4 edited-text 7 dotdev cli");
+  } finally {
+    await dev?.stop();
+    cleanup(dir);
+  }
+});
+
+/** The inotify watches process `pid` holds (Linux: one `inotify wd:` line each in fdinfo). */
+function inotifyWatches(pid: number): number {
+  let n = 0;
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    let target = "";
+    try {
+      target = readlinkSync(`/proc/${pid}/fd/${fd}`);
+    } catch {
+      continue;
+    }
+    if (!target.includes("inotify")) continue;
+    n += readFileSync(`/proc/${pid}/fdinfo/${fd}`, "utf8").split("\n").filter((l) => l.startsWith("inotify wd:")).length;
+  }
+  return n;
+}
+
+test("dev: watches the folders its build reads, not node_modules; a save by rename reloads, twice", { skip, timeout: 120_000 }, async () => {
+  const dir = tempDir();
+  let dev: Proc | undefined;
+  try {
+    write(dir, "isola.toml", `name = "renames"\nmain = "src/index.ts"\n`);
+    write(dir, "src/index.ts", `export default { fetch: () => new Response("r1") };\n`);
+    // A node_modules the worker never imports: a recursive watch would take a watch per file.
+    for (let i = 0; i < 2000; i++) write(dir, `node_modules/pkg${i % 40}/lib/f${i}.js`, "x");
+    const port = await freePort();
+    dev = new Proc(process.execPath, [CLI, "dev", "--port", String(port)], { cwd: dir });
+    await dev.waitFor(new RegExp(`Ready on http://127\\.0\\.0\\.1:${port}`));
+    assert.equal((await get(port))?.body, "r1");
+    const watches = inotifyWatches(dev.child.pid!);
+    assert.ok(watches > 0 && watches < 20, `${watches} inotify watches for a project of two folders`);
+
+    // Saved as editors do: written beside, renamed over. The second such save used to go unseen
+    // (the watch stayed on the first file's inode).
+    for (const tag of ["r2", "r3"]) {
+      writeFileSync(join(dir, "src", ".index.ts.tmp"), `export default { fetch: () => new Response("${tag}") };\n`);
+      renameSync(join(dir, "src", ".index.ts.tmp"), join(dir, "src", "index.ts"));
+      const r = await poll(10_000, async () => {
+        const got = await get(port);
+        return got?.body === tag ? got : undefined;
+      });
+      assert.ok(r, `no ${tag} within 10 s; output:\n${dev.output}`);
+    }
+  } finally {
+    await dev?.stop();
+    cleanup(dir);
+  }
+});
+
+test("dev with a [build] command: a change under watch_dir rebuilds; a step that rewrites its input does not loop", { skip, timeout: 120_000 }, async () => {
+  const dir = tempDir();
+  let dev: Proc | undefined;
+  try {
+    // The build step makes the worker (gen/index.js) from src/msg.txt and counts its runs.
+    write(
+      dir,
+      "build.mjs",
+      `import { appendFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+appendFileSync("builds.log", "build\\n");
+mkdirSync("gen", { recursive: true });
+const msg = readFileSync("src/msg.txt", "utf8").trim();
+writeFileSync("gen/index.js", "export default { fetch: () => new Response(" + JSON.stringify(msg) + ") };\\n");
+`,
+    );
+    write(dir, "isola.toml", `name = "custom"\nmain = "gen/index.js"\n[build]\ncommand = "node build.mjs"\n`);
+    write(dir, "src/msg.txt", "m1");
+    const port = await freePort();
+    dev = new Proc(process.execPath, [CLI, "dev", "--port", String(port)], { cwd: dir });
+    await dev.waitFor(new RegExp(`Ready on http://127\\.0\\.0\\.1:${port}`));
+    assert.equal((await get(port))?.body, "m1");
+
+    write(dir, "src/msg.txt", "m2");
+    const r = await poll(10_000, async () => {
+      const got = await get(port);
+      return got?.body === "m2" ? got : undefined;
+    });
+    assert.ok(r, `src/msg.txt (not an esbuild input) did not rebuild within 10 s; output:\n${dev.output}`);
+
+    // gen/index.js is rewritten by every build: once with new bytes (one more build), then with
+    // the same ones, which must not start another.
+    const builds = (): number => readFileSync(join(dir, "builds.log"), "utf8").split("\n").filter(Boolean).length;
+    await sleep(1500);
+    const settled = builds();
+    assert.ok(settled <= 4, `${settled} builds for one start and one change`);
+    await sleep(1500);
+    assert.equal(builds(), settled, "builds went on with nothing changed");
   } finally {
     await dev?.stop();
     cleanup(dir);
