@@ -98,8 +98,10 @@ test("dev: watches the folders its build reads, not node_modules; a save by rena
     dev = new Proc(process.execPath, [CLI, "dev", "--port", String(port)], { cwd: dir });
     await dev.waitFor(new RegExp(`Ready on http://127\\.0\\.0\\.1:${port}`));
     assert.equal((await get(port))?.body, "r1");
-    const watches = inotifyWatches(dev.child.pid!);
-    assert.ok(watches > 0 && watches < 20, `${watches} inotify watches for a project of two folders`);
+    if (process.platform === "linux") {
+      const watches = inotifyWatches(dev.child.pid!);
+      assert.ok(watches > 0 && watches < 20, `${watches} inotify watches for a project of two folders`);
+    }
 
     // Saved as editors do: written beside, renamed over. The second such save used to go unseen
     // (the watch stayed on the first file's inode).
