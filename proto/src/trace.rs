@@ -321,6 +321,13 @@ mod fast {
       std::str::from_utf8(text).ok()
     }
 
+    /// An array's length; each item takes at least a byte, so a length past
+    /// the bytes left is a lie and refused.
+    fn count(&mut self) -> Option<usize> {
+      let count = usize::try_from(self.expect(ARRAY)?).ok()?;
+      (count <= self.0.len()).then_some(count)
+    }
+
     fn key(&mut self, key: &str) -> Option<()> {
       (self.text()? == key).then_some(())
     }
@@ -386,20 +393,13 @@ mod fast {
       return None;
     }
     r.key("strings")?;
-    let count = usize::try_from(r.expect(ARRAY)?).ok()?;
-    // Each string takes at least a byte: a count past the bytes is a lie.
-    if count > r.0.len() {
-      return None;
-    }
+    let count = r.count()?;
     let mut strings = cautious(count);
     for _ in 0..count {
       strings.push(r.text()?);
     }
     r.key("events")?;
-    let count = usize::try_from(r.expect(ARRAY)?).ok()?;
-    if count > r.0.len() {
-      return None;
-    }
+    let count = r.count()?;
     let mut events = cautious(count);
     for _ in 0..count {
       match event(&mut r, &strings, edge)? {
@@ -448,10 +448,7 @@ mod fast {
         }
         let method = s(r.uint()?);
         let url = s(r.uint()?);
-        let shown = usize::try_from(r.expect(ARRAY)?).ok()?;
-        if shown > r.0.len() {
-          return None;
-        }
+        let shown = r.count()?;
         let mut headers = cautious(shown);
         for _ in 0..shown {
           if r.expect(ARRAY)? != 2 {

@@ -179,6 +179,19 @@ impl ChunkWriter {
   }
 }
 
+/// The value of `key` in a short list, added (empty) if it is not there;
+/// searched from the end, where the batch's latest key is.
+fn entry<K: PartialEq, V: Default>(list: &mut Vec<(K, V)>, key: K) -> &mut V {
+  let at = match list.iter().rposition(|(k, _)| *k == key) {
+    Some(at) => at,
+    None => {
+      list.push((key, V::default()));
+      list.len() - 1
+    }
+  };
+  &mut list[at].1
+}
+
 /// What a batch being stored holds of one worker: its sampling rate, its
 /// minutes' sketches by (version, minute) and its chunks by span, each a
 /// short list (a second of batches spans one or two of each).
@@ -192,26 +205,11 @@ struct WorkerSlot<'a> {
 
 impl<'a> WorkerSlot<'a> {
   fn stats(&mut self, version: &'a str, minute: i64) -> &mut MinuteStats {
-    let key = (version, minute);
-    let at = match self.minutes.iter().rposition(|(k, _)| *k == key) {
-      Some(at) => at,
-      None => {
-        self.minutes.push((key, MinuteStats::default()));
-        self.minutes.len() - 1
-      }
-    };
-    &mut self.minutes[at].1
+    entry(&mut self.minutes, (version, minute))
   }
 
   fn writers(&mut self, span: i64) -> &mut Vec<ChunkWriter> {
-    let at = match self.chunks.iter().rposition(|(s, _)| *s == span) {
-      Some(at) => at,
-      None => {
-        self.chunks.push((span, Vec::new()));
-        self.chunks.len() - 1
-      }
-    };
-    &mut self.chunks[at].1
+    entry(&mut self.chunks, span)
   }
 }
 
