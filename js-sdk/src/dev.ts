@@ -153,17 +153,20 @@ export async function dev(o: DevOptions): Promise<void> {
 
   // What counts as a change: a file the last good build read, the config, .dev.vars, a file
   // under `[build] watch_dir` when there is a build command (its sources are not esbuild's
-  // inputs) and, before the first good build or after a failed one, anything in a watched
-  // folder (it may be the fix). A file written into the project that no build reads must not
-  // loop, nor a build step that rewrites what it reads with the same bytes (`Contents`).
+  // inputs), before the first good build anything in a watched folder, and after a failed
+  // build any file beside the last good build's inputs (the fix may be a file no build has
+  // read yet, a missing import made). A file written into the project that no build reads
+  // must not loop, even while builds fail (a build step's log), nor a build step that
+  // rewrites what it reads with the same bytes (`Contents`).
   const watchDirs = (): string[] =>
     config.build?.command ? (config.build.watch_dir ?? ["src"]).map((d) => resolve(config.dir, d)) : [];
   const ignored = (file: string): boolean => relative(config.dir, file).split(sep).some((p) => IGNORED.includes(p));
   const relevant = (file: string): boolean => {
     if (ignored(file)) return false;
     if (file === config.file || (dirname(file) === config.dir && basename(file).startsWith(".dev.vars"))) return true;
-    if (lastGood === undefined || lastFailed) return true;
-    return lastGood.inputs.includes(file) || watchDirs().some((d) => within(d, file));
+    if (lastGood === undefined) return true;
+    if (lastGood.inputs.includes(file) || watchDirs().some((d) => within(d, file))) return true;
+    return lastFailed && foldersOf(lastGood.inputs).has(dirname(file));
   };
   const pending = new Set<string>();
   const folders = new FolderWatch((file) => {

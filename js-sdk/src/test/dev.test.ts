@@ -120,7 +120,7 @@ test("dev: watches the folders its build reads, not node_modules; a save by rena
   }
 });
 
-test("dev with a [build] command: a change under watch_dir rebuilds; a step that rewrites its input does not loop", { skip, timeout: 120_000 }, async () => {
+test("dev with a [build] command: a change under watch_dir rebuilds; a step that rewrites its input or logs a failure does not loop", { skip, timeout: 120_000 }, async () => {
   const dir = tempDir();
   let dev: Proc | undefined;
   try {
@@ -132,6 +132,7 @@ test("dev with a [build] command: a change under watch_dir rebuilds; a step that
 appendFileSync("builds.log", "build\\n");
 mkdirSync("gen", { recursive: true });
 const msg = readFileSync("src/msg.txt", "utf8").trim();
+if (msg === "fail") throw new Error("the build step fails");
 writeFileSync("gen/index.js", "export default { fetch: () => new Response(" + JSON.stringify(msg) + ") };\\n");
 `,
     );
@@ -157,6 +158,23 @@ writeFileSync("gen/index.js", "export default { fetch: () => new Response(" + JS
     assert.ok(settled <= 4, `${settled} builds for one start and one change`);
     await sleep(1500);
     assert.equal(builds(), settled, "builds went on with nothing changed");
+
+    // A failing step still appends to builds.log (in the project folder, which no build
+    // reads): that must not start the next build, while a fix still rebuilds.
+    write(dir, "src/msg.txt", "fail");
+    await dev.waitFor(/still serving the last good build/);
+    await sleep(1500);
+    const failing = builds();
+    assert.ok(failing <= settled + 2, `${failing - settled} builds for one failing change`);
+    await sleep(1500);
+    assert.equal(builds(), failing, "a failing build's log started more builds");
+    assert.equal((await get(port))?.body, "m2", "the last good build is still served");
+    write(dir, "src/msg.txt", "m3");
+    const fixed = await poll(10_000, async () => {
+      const got = await get(port);
+      return got?.body === "m3" ? got : undefined;
+    });
+    assert.ok(fixed, `the fix did not rebuild within 10 s; output:\n${dev.output}`);
   } finally {
     await dev?.stop();
     cleanup(dir);
