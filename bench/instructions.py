@@ -17,13 +17,16 @@ TurboFan to finish, and reports per request (requests as wrk counted them):
   API form and in the slow one.
 
 usage: python3 bench/instructions.py [--workload hello] [--warmup 30]
-           [--seconds 8] [--connections 1] [--peers] EDGE_BINARY [EDGE_BINARY ...]
+           [--seconds 8] [--connections 1] [--peers] [--deno DENO ...]
+           EDGE_BINARY [EDGE_BINARY ...]
 
 With two or more binaries the table compares them, the first as the base.
 `--peers` adds `deno serve` and raw hyper (the harness's binaries, see
 `bench/measure.py`) under the same load: for them only the whole process's
 instructions per request (every thread; requests as wrk counted them),
-the row to read ours against.
+the row to read ours against. `--deno` (repeatable) counts another deno
+binary (e.g. an older release from npm) the same way, labelled by its
+version.
 Needs valgrind and wrk. Kernel time is not counted (see bench/README.md).
 """
 
@@ -215,17 +218,31 @@ def measure(binary: Path, workload: str, warmup: int, seconds: int,
 
 
 def measure_peer(server: str, workload: str, warmup: int, seconds: int,
-                 connections: int, out: Path) -> dict[str, float]:
-    """A peer (`deno`, `hyper`) under callgrind: the whole process per request."""
+                 connections: int, out: Path, binary: Path | None = None) -> dict[str, float]:
+    """A peer (`deno`, `hyper`) under callgrind: the whole process per request;
+    `binary` in place of the harness's."""
     import measure as harness  # the harness's binaries and peers
+    bins = dict(harness.BINS, **{server: binary}) if binary else harness.BINS
     port = servers.free_port()
-    argv, env = servers.server_argv(server, harness.BINS, harness.PEERS, workload, port)
+    argv, env = servers.server_argv(server, bins, harness.PEERS, workload, port)
     dump, requests = run_counted(argv, env, workload, port, warmup, seconds, connections, out)
     if requests == 0:
         raise RuntimeError(f"wrk counted no request of {server}")
     with open(dump, errors="replace") as f:
         total = call_totals(f, [])[WHOLE][1]
     return {"requests": float(requests), WHOLE: total / requests}
+
+
+def deno_label(binary: Path) -> str:
+    """`deno 2.7.14` for a deno binary (its `--version`'s first line), else
+    its path."""
+    try:
+        first = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                               timeout=30).stdout.split("\n", 1)[0]
+    except (OSError, subprocess.SubprocessError):
+        return str(binary)
+    words = first.split()
+    return " ".join(words[:2]) if len(words) >= 2 else str(binary)
 
 
 def main() -> None:
@@ -237,6 +254,8 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=1)
     ap.add_argument("--peers", action="store_true",
                     help="also count deno serve and raw hyper (whole process only)")
+    ap.add_argument("--deno", type=Path, action="append", default=[],
+                    help="also count this deno binary (repeatable)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     servers.install_cleanup()
@@ -250,19 +269,21 @@ def main() -> None:
             r = measure(binary.resolve(), args.workload, args.warmup, args.seconds,
                         args.connections, out)
             results.append((f"{binary.parent.name}/{binary.name}", r))
-        for peer in ["deno", "hyper"] if args.peers else []:
-            out = Path(tmp) / peer
+        peers = [(p, p, None) for p in (["deno", "hyper"] if args.peers else [])]
+        peers += [("deno", deno_label(d), d.resolve()) for d in args.deno]
+        for i, (peer, label, binary) in enumerate(peers):
+            out = Path(tmp) / f"peer{i}"
             out.mkdir()
-            print(f"counting {peer} ({args.warmup} s warm-up, {args.seconds} s counted)",
+            print(f"counting {label} ({args.warmup} s warm-up, {args.seconds} s counted)",
                   file=sys.stderr)
             try:
                 r = measure_peer(peer, args.workload, args.warmup, args.seconds,
-                                 args.connections, out)
+                                 args.connections, out, binary)
             except (RuntimeError, OSError, subprocess.SubprocessError) as e:
                 # The counts already made are still worth printing.
-                print(f"{peer} not counted: {e}", file=sys.stderr)
+                print(f"{label} not counted: {e}", file=sys.stderr)
                 continue
-            results.append((peer, r))
+            results.append((label, r))
     print(render(results))
     if args.json:
         args.json.write_text(json.dumps(dict(results), indent=1))

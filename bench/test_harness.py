@@ -498,6 +498,15 @@ class Instructions(unittest.TestCase):
         self.assertIn("| V8 thread, instructions | 130 | – |", md)
         self.assertIn("Requests counted: A/isola-edge 2, deno 10.", md)
 
+    def test_another_deno_is_labelled_by_its_version(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            fake = Path(tmp) / "deno"
+            fake.write_text("#!/bin/sh\necho 'deno 2.7.14 (stable, release)'\necho 'v8 14.7'\n")
+            fake.chmod(0o755)
+            self.assertEqual(instructions.deno_label(fake), "deno 2.7.14")
+            # One that does not run is named by its path.
+            self.assertEqual(instructions.deno_label(Path(tmp) / "gone"), str(Path(tmp) / "gone"))
+
     def test_no_request_is_no_result(self):
         self.assertIsNone(instructions.per_request(
             instructions.call_totals([], instructions.PATTERNS), 0))
