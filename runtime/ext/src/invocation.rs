@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::cell::RefMut;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::task::Context;
@@ -112,10 +113,10 @@ pub struct Usage {
 }
 
 impl Usage {
-  fn new(start: Instant) -> Self {
+  fn new(start: Instant, start_time: std::time::SystemTime) -> Self {
     Self {
       start,
-      start_time: crate::system_time_at(start),
+      start_time,
       cpu_ns: 0,
       peak_memory: 0,
       subrequests: 0,
@@ -142,8 +143,43 @@ struct RecentHeaders {
   next: usize,
 }
 
-/// Room kept for invocations finishing in one turn (a `Usage` is ~200
-/// bytes; an idle isolate should not keep a burst's worth).
+impl RecentHeaders {
+  /// `name: value` (bytes as JS hands them over) parsed, from the pairs
+  /// kept if it is one of them; `None` for a pair `http` refuses. A
+  /// worker's responses repeat their headers, so a repeat costs a
+  /// comparison and a reference count, where parsing the name and copying
+  /// the value cost ~250 instructions.
+  fn parse(&mut self, name: &[u8], value: &[u8]) -> Option<(http::HeaderName, http::HeaderValue)> {
+    let found = self
+      .pairs
+      .iter()
+      .flatten()
+      .find(|(n, v)| n.as_str().as_bytes() == name && v.as_bytes() == value);
+    if let Some(pair) = found {
+      return Some(pair.clone());
+    }
+    let (Ok(name), Ok(value)) = (
+      http::HeaderName::from_bytes(name),
+      http::HeaderValue::from_bytes(value),
+    ) else {
+      return None;
+    };
+    if value.len() <= RECENT_HEADER_BYTES {
+      self.pairs[self.next] = Some((name.clone(), value.clone()));
+      self.next = (self.next + 1) % RECENT_HEADERS;
+    }
+    Some((name, value))
+  }
+}
+
+/// Request header maps kept for responses within one turn, and the most
+/// headers such a map may have room for (a map grown by a request with
+/// many headers is let go).
+const SPARE_HEADERS_KEPT: usize = 256;
+const SPARE_HEADERS_ROOM: usize = 32;
+
+/// Room an idle isolate keeps for invocations finishing in one turn (a
+/// `Usage` is ~200 bytes; see [`Invocations::shrink`]).
 const FINISHED_KEPT: usize = 16;
 
 /// Called once per invocation when it is over: response sent (streamed
@@ -161,9 +197,58 @@ struct Pending {
   streaming: bool,
   /// Cancels the service binding calls it made when it ends.
   calls: Option<Rc<deno_core::CancelHandle>>,
-  /// Headers JS added for its response, sent with it (empty until then:
-  /// a `HeaderMap` allocates on its first insert).
-  response_headers: http::HeaderMap,
+  /// Headers JS added for its response, sent with it; `None` until the
+  /// first (most responses add one or none, and even an empty map costs
+  /// its drop).
+  response_headers: Option<http::HeaderMap>,
+}
+
+impl Pending {
+  /// Answers it; a second answer, or one whose caller went away, is
+  /// dropped.
+  fn reply(&mut self, reply: Reply) {
+    let Some(tx) = self.reply.take() else {
+      return;
+    };
+    let outcome = match &reply {
+      Reply::Response(_) | Reply::Done | Reply::Value(_) => Outcome::Ok,
+      Reply::Exception(_) | Reply::Thrown { .. } | Reply::Missing(_) => Outcome::Exception,
+      Reply::Limit(limit) => limit.outcome(),
+      Reply::Stopped(_) => Outcome::Stopped,
+    };
+    self.usage.outcome.get_or_insert(outcome);
+    if let Some(trace) = &mut self.usage.trace {
+      match &reply {
+        Reply::Response(r) => trace.set_status(r.status().as_u16()),
+        Reply::Stopped(why) => trace.exception("Error", why, None),
+        _ => {}
+      }
+    }
+    let _ = tx.send(reply);
+  }
+
+  /// Adds a header to its response, into a spare map if it has none yet.
+  fn add_header(
+    &mut self,
+    name: http::HeaderName,
+    value: http::HeaderValue,
+    spare: &mut Vec<http::HeaderMap>,
+  ) {
+    self
+      .response_headers
+      .get_or_insert_with(|| spare.pop().unwrap_or_default())
+      .append(name, value);
+  }
+
+  /// The headers added for its response, taken; a spare map if none were
+  /// (hyper parses the connection's next request into it).
+  fn take_headers(&mut self, spare: &mut Vec<http::HeaderMap>) -> http::HeaderMap {
+    self
+      .response_headers
+      .take()
+      .or_else(|| spare.pop())
+      .unwrap_or_default()
+  }
 }
 
 /// How an isolate's [`Invocations`] are held: in its `OpState` for the ops,
@@ -220,6 +305,14 @@ pub struct Invocations {
   finished: Vec<(u32, Usage, Option<oneshot::Sender<Usage>>)>,
   in_turn: bool,
   recent_headers: RecentHeaders,
+  /// Header maps of requests whose headers JS has been handed, cleared:
+  /// a response takes one rather than allocate its own. hyper keeps a
+  /// response's map to parse its connection's next request into, so one
+  /// map goes round from request to response. Let go when a turn ends.
+  spare_headers: Vec<http::HeaderMap>,
+  /// The last invocation's start and its system time: a wake-up's
+  /// requests share one start, and the conversion reads a thread-local.
+  last_start: Option<(Instant, std::time::SystemTime)>,
   /// Outbound `fetch()` calls allowed per invocation (0: no limit).
   pub subrequest_limit: u32,
   /// Response body bytes allowed per invocation (0: no limit).
@@ -254,17 +347,25 @@ impl Invocations {
     // Ids stay small integers so they travel as V8 Smis.
     self.next_id = (self.next_id + 1) & 0x3fff_ffff;
     let id = self.next_id;
+    let start_time = match self.last_start {
+      Some((at, time)) if at == now => time,
+      _ => {
+        let time = crate::system_time_at(now);
+        self.last_start = Some((now, time));
+        time
+      }
+    };
     self.pending.insert(
       id,
       Pending {
         reply: Some(reply),
         done,
         spec,
-        usage: Usage::new(now),
+        usage: Usage::new(now, start_time),
         js_done: false,
         streaming: false,
         calls: None,
-        response_headers: http::HeaderMap::new(),
+        response_headers: None,
       },
     );
     id
@@ -318,13 +419,32 @@ impl Invocations {
       }
     }
     // Drained in place: a Vec taken here would be allocated again by the
-    // next turn's first finished invocation. A burst's room is not kept.
+    // next turn's first finished invocation.
     let mut finished = std::mem::take(&mut self.finished);
     for (id, usage, done) in finished.drain(..) {
       self.report(id, usage, done);
     }
-    finished.shrink_to(FINISHED_KEPT);
     self.finished = finished;
+    self.spare_headers.clear();
+  }
+
+  /// Gives back the room a burst of invocations made the table keep, for
+  /// a worker gone idle. A busy worker keeps it: shrunk after every turn,
+  /// it was grown again by the next.
+  pub fn shrink(&mut self) {
+    self.finished.shrink_to(FINISHED_KEPT);
+    self.spare_headers.shrink_to(0);
+  }
+
+  /// Keeps `headers`, a request's that JS has been handed, for a response
+  /// of this turn to send ([`Invocations::spare_headers`]).
+  pub fn recycle_headers(&mut self, mut headers: http::HeaderMap) {
+    if self.spare_headers.len() < SPARE_HEADERS_KEPT
+      && (1..=SPARE_HEADERS_ROOM).contains(&headers.capacity())
+    {
+      headers.clear();
+      self.spare_headers.push(headers);
+    }
   }
 
   fn report(&self, id: u32, mut usage: Usage, done: Option<oneshot::Sender<Usage>>) {
@@ -476,48 +596,64 @@ impl Invocations {
   /// Adds a header to the response invocation `id` is about to send.
   pub fn add_response_header(&mut self, id: u32, name: http::HeaderName, value: http::HeaderValue) {
     if let Some(p) = self.pending.get_mut(&id) {
-      p.response_headers.append(name, value);
+      p.add_header(name, value, &mut self.spare_headers);
     }
   }
 
   /// Adds header `name: value` (bytes as JS hands them over) to the
-  /// response of invocation `id`; a pair `http` refuses is dropped. A
-  /// worker's responses repeat their headers, so the last few pairs are
-  /// kept parsed: a repeat costs a comparison and a reference count, where
-  /// parsing the name and copying the value cost ~250 instructions.
+  /// response of invocation `id`; a pair `http` refuses is dropped.
   pub fn add_response_header_bytes(&mut self, id: u32, name: &[u8], value: &[u8]) {
-    let recent = &mut self.recent_headers;
-    let found = recent
-      .pairs
-      .iter()
-      .flatten()
-      .find(|(n, v)| n.as_str().as_bytes() == name && v.as_bytes() == value);
-    let (name, value) = match found {
-      Some(pair) => pair.clone(),
-      None => {
-        let (Ok(name), Ok(value)) = (
-          http::HeaderName::from_bytes(name),
-          http::HeaderValue::from_bytes(value),
-        ) else {
-          return;
-        };
-        if value.len() <= RECENT_HEADER_BYTES {
-          recent.pairs[recent.next] = Some((name.clone(), value.clone()));
-          recent.next = (recent.next + 1) % RECENT_HEADERS;
-        }
-        (name, value)
-      }
-    };
-    self.add_response_header(id, name, value);
+    if let Some((name, value)) = self.recent_headers.parse(name, value) {
+      self.add_response_header(id, name, value);
+    }
   }
 
   /// The headers added for invocation `id`'s response, taken.
   pub fn take_response_headers(&mut self, id: u32) -> http::HeaderMap {
-    self
-      .pending
-      .get_mut(&id)
-      .map(|p| std::mem::take(&mut p.response_headers))
-      .unwrap_or_default()
+    match self.pending.get_mut(&id) {
+      Some(p) => p.take_headers(&mut self.spare_headers),
+      None => http::HeaderMap::new(),
+    }
+  }
+
+  /// Answers invocation `id` with `status` and a whole `body`, with the
+  /// headers its JS added and `content_type` unless it is empty; a body
+  /// over the response body limit ends it instead. With `last`, its JS is
+  /// done too. What the `op_isola_respond_*` ops do for a whole body, with
+  /// the invocation looked up once.
+  pub(crate) fn respond_full(
+    &mut self,
+    id: u32,
+    status: http::StatusCode,
+    body: bytes::Bytes,
+    content_type: &[u8],
+    last: bool,
+  ) {
+    let header = if content_type.is_empty() {
+      None
+    } else {
+      self.recent_headers.parse(b"content-type", content_type)
+    };
+    let limit = self.response_body_limit;
+    let Some(p) = self.pending.get_mut(&id) else {
+      return;
+    };
+    if let Some((name, value)) = header {
+      p.add_header(name, value, &mut self.spare_headers);
+    }
+    let len = body.len() as u64;
+    p.usage.bytes_out += len;
+    if limit != 0 && len > limit {
+      self.limit(id, LimitExceeded::ResponseBody(limit));
+    } else {
+      let mut response = http::Response::new(ResponseBody::full(body));
+      *response.status_mut() = status;
+      *response.headers_mut() = p.take_headers(&mut self.spare_headers);
+      p.reply(Reply::Response(response));
+    }
+    if last {
+      self.js_finished(id);
+    }
   }
 
   pub fn add_bytes_out(&mut self, id: u32, n: u64) {
@@ -554,21 +690,22 @@ impl Invocations {
   }
 
   fn maybe_finish(&mut self, id: u32) {
-    let ready =
-      matches!(self.pending.get(&id), Some(p) if p.js_done && !p.streaming && p.reply.is_none());
-    if !ready {
+    let Entry::Occupied(entry) = self.pending.entry(id) else {
+      return;
+    };
+    let p = entry.get();
+    if !p.js_done || p.streaming || p.reply.is_some() {
       return;
     }
-    if let Some(mut p) = self.pending.remove(&id) {
-      if let Some(calls) = p.calls.take() {
-        calls.cancel();
-      }
-      let done = p.done.take();
-      if self.in_turn {
-        self.finished.push((id, p.usage, done));
-      } else {
-        self.report(id, p.usage, done);
-      }
+    let mut p = entry.remove();
+    if let Some(calls) = p.calls.take() {
+      calls.cancel();
+    }
+    let done = p.done.take();
+    if self.in_turn {
+      self.finished.push((id, p.usage, done));
+    } else {
+      self.report(id, p.usage, done);
     }
   }
 
@@ -594,23 +731,7 @@ impl Invocations {
   /// caller went away, is dropped.
   pub fn reply(&mut self, id: u32, reply: Reply) {
     if let Some(p) = self.pending.get_mut(&id) {
-      if let Some(tx) = p.reply.take() {
-        let outcome = match &reply {
-          Reply::Response(_) | Reply::Done | Reply::Value(_) => Outcome::Ok,
-          Reply::Exception(_) | Reply::Thrown { .. } | Reply::Missing(_) => Outcome::Exception,
-          Reply::Limit(limit) => limit.outcome(),
-          Reply::Stopped(_) => Outcome::Stopped,
-        };
-        p.usage.outcome.get_or_insert(outcome);
-        if let Some(trace) = &mut p.usage.trace {
-          match &reply {
-            Reply::Response(r) => trace.set_status(r.status().as_u16()),
-            Reply::Stopped(why) => trace.exception("Error", why, None),
-            _ => {}
-          }
-        }
-        let _ = tx.send(reply);
-      }
+      p.reply(reply);
     }
   }
 
@@ -738,6 +859,96 @@ mod tests {
       assert_eq!(got, want, "round {round}");
       respond(&mut table, a.id);
     }
+  }
+
+  fn response_of(reply: &mut oneshot::Receiver<Reply>) -> http::Response<ResponseBody> {
+    match reply.try_recv() {
+      Ok(Reply::Response(response)) => response,
+      other => panic!("{other:?}"),
+    }
+  }
+
+  #[test]
+  fn a_request_s_header_map_carries_only_its_response_s_headers() {
+    let t0 = Instant::now();
+    let mut table = Invocations::default();
+    let seen = record(&mut table);
+    table.response_body_limit = 5;
+    table.begin_turn();
+    let mut started: Vec<Started> = (0..4).map(|_| start(&mut table, t0)).collect();
+    for _ in &started {
+      let mut request = http::HeaderMap::new();
+      request.insert("cookie", http::HeaderValue::from_static("secret"));
+      request.insert("host", http::HeaderValue::from_static("a.test"));
+      table.recycle_headers(request);
+    }
+    let long = b"more than five".to_vec();
+    let ids: Vec<u32> = started.iter().map(|s| s.id).collect();
+    // A header, then the whole body with its content type; no headers at
+    // all; a body over the limit; a content type alone.
+    table.add_response_header_bytes(ids[0], b"x-a", b"1");
+    table.respond_full(
+      ids[0],
+      http::StatusCode::CREATED,
+      "hi".into(),
+      b"text/plain",
+      true,
+    );
+    table.respond_full(ids[1], http::StatusCode::OK, "".into(), b"", true);
+    table.respond_full(ids[2], http::StatusCode::OK, long.into(), b"", true);
+    table.respond_full(
+      ids[3],
+      http::StatusCode::OK,
+      "ok".into(),
+      b"text/html",
+      false,
+    );
+    let a = response_of(&mut started[0].reply);
+    assert_eq!(a.status(), http::StatusCode::CREATED);
+    let names: Vec<_> = a
+      .headers()
+      .iter()
+      .map(|(n, v)| (n.as_str(), v.as_bytes()))
+      .collect();
+    assert_eq!(names, [("x-a", &b"1"[..]), ("content-type", b"text/plain")]);
+    // An answer without headers still takes a spare map (hyper parses the
+    // next request into it), emptied.
+    let b = response_of(&mut started[1].reply);
+    assert!(b.headers().is_empty());
+    assert!(b.headers().capacity() > 0);
+    assert!(matches!(
+      started[2].reply.try_recv(),
+      Ok(Reply::Limit(LimitExceeded::ResponseBody(5)))
+    ));
+    let d = response_of(&mut started[3].reply);
+    assert_eq!(d.headers().len(), 1);
+    assert_eq!(table.len(), 1, "the last one's JS is not done");
+    table.charge_turn(1_000, 0);
+    let seen = seen.borrow();
+    let bytes_out: Vec<u64> = seen.iter().map(|(_, u)| u.bytes_out).collect();
+    assert_eq!(bytes_out, [2, 0, 14]);
+    // Spare maps do not outlive their turn.
+    let e = start(&mut table, t0);
+    assert_eq!(table.take_response_headers(e.id).capacity(), 0);
+  }
+
+  #[test]
+  fn a_burst_s_room_is_kept_while_busy_and_given_back_when_idle() {
+    let t0 = Instant::now();
+    let mut table = Invocations::default();
+    for _ in 0..2 {
+      table.begin_turn();
+      for _ in 0..40 {
+        let a = start(&mut table, t0);
+        respond(&mut table, a.id);
+      }
+      table.charge_turn(1_000, 0);
+      assert!(table.is_empty());
+      assert!(table.finished.capacity() >= 40, "kept between turns");
+    }
+    table.shrink();
+    assert!(table.finished.capacity() <= FINISHED_KEPT);
+    assert_eq!(table.spare_headers.capacity(), 0);
   }
 
   #[test]

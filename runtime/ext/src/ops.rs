@@ -138,19 +138,7 @@ fn respond_full(
   last: bool,
 ) -> Result<(), JsErrorBox> {
   let status = status_code(status)?;
-  if !content_type.is_empty() {
-    invocations.add_response_header_bytes(id, b"content-type", content_type);
-  }
-  invocations.add_bytes_out(id, body.len() as u64);
-  let limit = invocations.response_body_limit;
-  if limit != 0 && body.len() as u64 > limit {
-    invocations.limit(id, LimitExceeded::ResponseBody(limit));
-  } else {
-    send(invocations, id, status, ResponseBody::full(body));
-  }
-  if last {
-    invocations.js_finished(id);
-  }
+  invocations.respond_full(id, status, body, content_type, last);
   Ok(())
 }
 

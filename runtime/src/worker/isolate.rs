@@ -421,6 +421,7 @@ impl Isolate {
       preloaded: false,
       url: Vec::new(),
       arrived: Vec::new(),
+      ready: Vec::new(),
       context,
       strings: Default::default(),
     })

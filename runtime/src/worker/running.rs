@@ -185,8 +185,8 @@ fn request_args<'s>(
   if counted {
     args.push(v8::null(scope).into());
   }
-  for (name, value) in &parts.headers {
-    if let Some((n, v)) = strings.header(scope, name, value.as_bytes()) {
+  for (place, (name, value)) in parts.headers.iter().enumerate() {
+    if let Some((n, v)) = strings.header(scope, place, name, value.as_bytes()) {
       args.push(n.into());
       args.push(v.into());
     }
@@ -211,11 +211,14 @@ type DispatchArgs<'s> = smallvec::SmallVec<[v8::Local<'s, v8::Value>; 37]>;
 /// request in it, and one call's arguments should stay few.
 const BATCH_MAX: usize = 64;
 
-/// Room kept for the requests of one wake-up.
+/// Room an idle worker keeps for the requests of one wake-up. A busy one
+/// keeps what its wake-ups needed (at most [`BATCH_MAX`] each): shrunk
+/// after each wake-up, the buffers grew again at the next (a `realloc` and
+/// a copy into cold memory, ~150 instructions a request at 28 a wake-up).
 const ARRIVED_KEPT: usize = 4;
 
 /// A request whose invocation is registered, ready for its JS call.
-struct StartedFetch {
+pub(super) struct StartedFetch {
   id: u32,
   parts: http::request::Parts,
   body: Option<BodyArg>,
@@ -283,6 +286,8 @@ pub struct Worker {
   /// The requests of the current wake-up, gathered for one call into the
   /// isolate (kept for its buffer).
   pub(super) arrived: Vec<Command>,
+  /// Those requests registered, ready for the call (kept for its buffer).
+  pub(super) ready: Vec<StartedFetch>,
   /// The isolate's main context, kept so that the worker's scopes do not
   /// clone it (`JsRuntime::main_context` makes a new global handle each
   /// time).
@@ -348,8 +353,8 @@ impl Worker {
     };
     match call {
       Call::Fetch(fetch) => {
-        if let Some(started) = self.start_fetch(fetch, spec, now, reply, done) {
-          self.call_dispatcher(std::slice::from_ref(&started));
+        if let Some(mut started) = self.start_fetch(fetch, spec, now, reply, done) {
+          self.call_dispatcher(std::slice::from_mut(&mut started));
         }
       }
       Call::Scheduled {
@@ -484,7 +489,8 @@ impl Worker {
     }
     let now = self.now();
     note_busy(now);
-    let mut started = Vec::with_capacity(fetches.len());
+    self.active = Some(now);
+    let mut started = std::mem::take(&mut self.ready);
     for cmd in fetches.drain(..) {
       self.started = self.started.saturating_add(1);
       if let Some(why) = &self.stopped {
@@ -500,12 +506,14 @@ impl Worker {
       };
       started.extend(self.start_fetch(fetch, spec, now, cmd.reply, cmd.done));
     }
-    self.call_dispatcher(&started);
+    self.call_dispatcher(&mut started);
+    started.clear();
+    self.ready = started;
   }
 
   /// Calls the dispatcher in a turn of its own with `started`: one request
   /// as `dispatch`'s arguments, several through `dispatchAll`.
-  fn call_dispatcher(&mut self, started: &[StartedFetch]) {
+  fn call_dispatcher(&mut self, started: &mut [StartedFetch]) {
     if started.is_empty() {
       return;
     }
@@ -518,7 +526,7 @@ impl Worker {
       v8::scope_with_context!(scope, &mut *js.v8_isolate(), &self.context);
       v8::tc_scope!(let scope, scope);
       let mut args = DispatchArgs::new();
-      for request in started {
+      for request in started.iter() {
         request_args(
           scope,
           &mut self.strings,
@@ -528,6 +536,12 @@ impl Worker {
           batch,
         );
       }
+      // JS has the headers now: their maps go to the responses.
+      let mut invocations = self.invocations.borrow_mut();
+      for request in started.iter_mut() {
+        invocations.recycle_headers(std::mem::take(&mut request.parts.headers));
+      }
+      drop(invocations);
       let dispatcher = if batch {
         &self.internals.dispatch_all
       } else {
@@ -971,6 +985,10 @@ impl Worker {
     }
     self.trim_timer = None;
     self.active = None;
+    // A burst's room is not kept by a worker gone idle.
+    self.arrived.shrink_to(ARRIVED_KEPT);
+    self.ready = Vec::new();
+    self.invocations.borrow_mut().shrink();
     let _entered = EnterGuard::new(&mut self.js);
     let isolate = self.js.v8_isolate();
     if heap_committed(isolate) < self.trimmed_at.saturating_add(TRIM_GROWTH) {
@@ -1020,8 +1038,6 @@ impl Worker {
       }
     }
     self.dispatch_fetches(&mut fetches);
-    // A burst's room is not kept by an isolate that goes idle.
-    fetches.shrink_to(ARRIVED_KEPT);
     self.arrived = fetches;
     // Evicted (every handle dropped) and nothing in flight: background
     // timers do not keep the isolate alive.

@@ -35,12 +35,21 @@ const REPEAT_KEPT: usize = 256;
 #[derive(Default)]
 pub(super) struct RequestStrings {
   methods: [Option<v8::Global<v8::String>>; METHODS.len()],
-  names: foldhash::HashMap<HeaderName, Name>,
+  /// The held header names, in the order first seen.
+  names: Vec<Name>,
+  /// Where each held name is in `names`.
+  index: foldhash::HashMap<HeaderName, usize>,
+  /// The held names of the last requests by their place among its headers:
+  /// a client sends the same headers in the same order request after
+  /// request, so a header is first compared with the one last seen in its
+  /// place (a comparison, where the hashed lookup cost ~85 instructions).
+  order: Vec<usize>,
   url: Repeat,
 }
 
 /// A held header name, and the last value that came with it.
 struct Name {
+  header: HeaderName,
   name: v8::Global<v8::String>,
   value: Repeat,
 }
@@ -100,30 +109,51 @@ impl RequestStrings {
     Some(made)
   }
 
-  /// Header `name` (as an internalized JS string) and its `value`.
+  /// Header `name` (as an internalized JS string) and its `value`, the
+  /// `place`-th of its request's headers.
   pub(super) fn header<'s>(
     &mut self,
     scope: &mut v8::PinScope<'s, '_>,
+    place: usize,
     name: &HeaderName,
     value: &[u8],
   ) -> Option<(v8::Local<'s, v8::String>, v8::Local<'s, v8::String>)> {
-    if let Some(held) = self.names.get_mut(name) {
+    let held = match self.order.get(place) {
+      Some(&k) if self.names[k].header == *name => Some(k),
+      _ => self.find(place, name),
+    };
+    if let Some(k) = held {
+      let held = &mut self.names[k];
       let name = v8::Local::new(scope, &held.name);
       return Some((name, held.value.get(scope, value, one_byte)?));
     }
     let made = internalized(scope, name.as_str())?;
     let value = if self.names.len() < NAMES_HELD {
       let mut held = Name {
+        header: name.clone(),
         name: v8::Global::new(scope, made),
         value: Repeat::default(),
       };
       let value = held.value.get(scope, value, one_byte);
-      self.names.insert(name.clone(), held);
+      self.index.insert(name.clone(), self.names.len());
+      self.names.push(held);
       value
     } else {
       one_byte(scope, value)
     };
     Some((made, value?))
+  }
+
+  /// Where held `name` is, looked up by its hash; noted as the one seen in
+  /// `place` (a new one is, once made, at the next request).
+  fn find(&mut self, place: usize, name: &HeaderName) -> Option<usize> {
+    let k = self.index.get(name).copied()?;
+    if let Some(seen) = self.order.get_mut(place) {
+      *seen = k;
+    } else if place == self.order.len() && place < NAMES_HELD {
+      self.order.push(k);
+    }
+    Some(k)
   }
 
   /// The request's URL (UTF-8) as a JS string.

@@ -327,8 +327,10 @@ fn request_header_names_and_methods_reach_js() {
 }
 
 /// Header values and URLs that repeat are held per isolate once they come
-/// twice in a row; whatever the pattern (repeats, changes, alternation,
-/// values too long to hold, Latin-1 bytes), JS reads what was sent.
+/// twice in a row, and header names looked up first by their place in the
+/// last request; whatever the pattern (repeats, changes, alternation,
+/// values too long to hold, Latin-1 bytes, the headers' order swapped),
+/// JS reads what was sent.
 fn repeated_header_values_and_urls_reach_js_as_sent() {
   rt().block_on(async {
     let code = r#"
@@ -352,8 +354,12 @@ fn repeated_header_values_and_urls_reach_js_as_sent() {
       let url = format!("http://r.test/{}", i / 3);
       let mut request = isola_runtime::empty_request(&url);
       let headers = request.headers_mut();
-      headers.insert("x-v", http::HeaderValue::from_bytes(value).unwrap());
-      headers.insert("x-w", http::HeaderValue::from_str(&format!("w{}", i % 2)).unwrap());
+      let v = ("x-v", http::HeaderValue::from_bytes(value).unwrap());
+      let w = ("x-w", http::HeaderValue::from_str(&format!("w{}", i % 2)).unwrap());
+      // Sent in one order for two requests, then in the other.
+      let (first, second) = if i % 4 < 2 { (v, w) } else { (w, v) };
+      headers.insert(first.0, first.1);
+      headers.insert(second.0, second.1);
       let body = body_of(&worker, request).await;
       let shown: String = value.iter().map(|&b| char::from(b)).collect();
       assert_eq!(
