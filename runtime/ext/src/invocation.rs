@@ -183,8 +183,9 @@ const SPARE_HEADERS_ROOM: usize = 32;
 const FINISHED_KEPT: usize = 16;
 
 /// Called once per invocation when it is over: response sent (streamed
-/// bodies included) and `waitUntil` work settled.
-pub type FinishHook = Box<dyn Fn(u32, Usage)>;
+/// bodies included) and `waitUntil` work settled, with the time it was
+/// found over (read once for the invocations a turn finished).
+pub type FinishHook = Box<dyn Fn(u32, Usage, Instant)>;
 
 struct Pending {
   reply: Option<oneshot::Sender<Reply>>,
@@ -403,8 +404,8 @@ impl Invocations {
 
   /// Splits `cpu_ns` of one isolate turn evenly over the invocations in
   /// flight or finished during it, notes the isolate's memory after it, and
-  /// reports the finished ones.
-  pub fn charge_turn(&mut self, cpu_ns: u64, memory: u64) {
+  /// reports the finished ones as over at `now()` (not called if none).
+  pub fn charge_turn(&mut self, cpu_ns: u64, memory: u64, now: impl FnOnce() -> Instant) {
     self.in_turn = false;
     let n = (self.pending.len() + self.finished.len()) as u64;
     if let Some(share) = cpu_ns.checked_div(n) {
@@ -421,8 +422,11 @@ impl Invocations {
     // Drained in place: a Vec taken here would be allocated again by the
     // next turn's first finished invocation.
     let mut finished = std::mem::take(&mut self.finished);
-    for (id, usage, done) in finished.drain(..) {
-      self.report(id, usage, done);
+    if !finished.is_empty() {
+      let now = now();
+      for (id, usage, done) in finished.drain(..) {
+        self.report(id, usage, done, now);
+      }
     }
     self.finished = finished;
     self.spare_headers.clear();
@@ -447,7 +451,7 @@ impl Invocations {
     }
   }
 
-  fn report(&self, id: u32, mut usage: Usage, done: Option<oneshot::Sender<Usage>>) {
+  fn report(&self, id: u32, mut usage: Usage, done: Option<oneshot::Sender<Usage>>, now: Instant) {
     if let Some(tx) = done {
       // The trace goes to the hook alone: its logs are not copied.
       let trace = usage.trace.take();
@@ -455,7 +459,7 @@ impl Invocations {
       usage.trace = trace;
     }
     if let Some(hook) = &self.on_finish {
-      hook(id, usage);
+      hook(id, usage, now);
     }
   }
 
@@ -705,7 +709,7 @@ impl Invocations {
     if self.in_turn {
       self.finished.push((id, p.usage, done));
     } else {
-      self.report(id, p.usage, done);
+      self.report(id, p.usage, done, Instant::now());
     }
   }
 
@@ -807,7 +811,7 @@ mod tests {
   fn record(table: &mut Invocations) -> Rc<RefCell<Vec<(u32, Usage)>>> {
     let seen = Rc::new(RefCell::new(Vec::new()));
     let sink = seen.clone();
-    table.set_finish_hook(Box::new(move |id, usage| {
+    table.set_finish_hook(Box::new(move |id, usage, _| {
       sink.borrow_mut().push((id, usage))
     }));
     seen
@@ -923,7 +927,7 @@ mod tests {
     let d = response_of(&mut started[3].reply);
     assert_eq!(d.headers().len(), 1);
     assert_eq!(table.len(), 1, "the last one's JS is not done");
-    table.charge_turn(1_000, 0);
+    table.charge_turn(1_000, 0, || t0);
     let seen = seen.borrow();
     let bytes_out: Vec<u64> = seen.iter().map(|(_, u)| u.bytes_out).collect();
     assert_eq!(bytes_out, [2, 0, 14]);
@@ -942,7 +946,7 @@ mod tests {
         let a = start(&mut table, t0);
         respond(&mut table, a.id);
       }
-      table.charge_turn(1_000, 0);
+      table.charge_turn(1_000, 0, || t0);
       assert!(table.is_empty());
       assert!(table.finished.capacity() >= 40, "kept between turns");
     }
@@ -963,7 +967,7 @@ mod tests {
     // reported once the turn is charged.
     respond(&mut table, b.id);
     assert!(seen.borrow().is_empty());
-    table.charge_turn(1_000, 4096);
+    table.charge_turn(1_000, 4096, || t0);
     assert_eq!(table.usage(a.id).unwrap().cpu_ns, 500);
     assert_eq!(table.usage(a.id).unwrap().peak_memory, 4096);
     let seen = seen.borrow();
@@ -980,13 +984,13 @@ mod tests {
     assert_eq!(table.cpu_budget(50_000_000), 50_000_000);
     let a = start(&mut table, t0);
     table.begin_turn();
-    table.charge_turn(40_000_000, 0);
+    table.charge_turn(40_000_000, 0, || t0);
     let _b = start(&mut table, t0);
     // `a` has 10 ms left, and two invocations share the next turn.
     assert_eq!(table.cpu_budget(50_000_000), 20_000_000);
     assert!(table.over_cpu(50_000_000).is_empty());
     table.begin_turn();
-    table.charge_turn(30_000_000, 0);
+    table.charge_turn(30_000_000, 0, || t0);
     assert_eq!(table.over_cpu(50_000_000), vec![(a.id, 50_000_000)]);
     table.limit(a.id, LimitExceeded::Cpu(Duration::from_millis(50)));
     assert!(table.over_cpu(50_000_000).is_empty(), "reported once");
@@ -1027,7 +1031,7 @@ mod tests {
     assert_eq!(table.depth(long), 3);
     assert_eq!(table.depth(short.id), 1);
     table.begin_turn();
-    table.charge_turn(120_000_000, 0);
+    table.charge_turn(120_000_000, 0, || t0);
     // 60 ms each: past 50 ms, far from 30 s.
     assert_eq!(table.over_cpu(50_000_000), vec![(short.id, 50_000_000)]);
     let (expired, earliest) = table.past_wall(t0 + ms(30_000), ms(30_000));

@@ -275,14 +275,14 @@ impl Isolate {
       invocations.spans = config.trace.spans();
       let (worker, version, meter) = (name.clone(), config.version.clone(), config.meter.clone());
       let trace_sink = config.trace.clone();
-      invocations.set_finish_hook(Box::new(move |_id, mut usage| {
+      invocations.set_finish_hook(Box::new(move |_id, mut usage, end| {
         let trace = usage.trace.take();
         let record = InvocationRecord {
           worker: worker.clone(),
           version: version.clone(),
           start: usage.start_time,
           cpu_us: usage.cpu_ns / 1000,
-          wall_us: usage.start.elapsed().as_micros() as u64,
+          wall_us: end.saturating_duration_since(usage.start).as_micros() as u64,
           peak_memory: usage.peak_memory,
           bytes_in: usage.bytes_in,
           bytes_out: usage.bytes_out,

@@ -700,7 +700,7 @@ impl Worker {
     let mut cpu_limit = LimitExceeded::Cpu(self.limits.cpu_limit());
     let over = {
       let mut invocations = self.invocations.borrow_mut();
-      invocations.charge_turn(cpu, memory as u64);
+      invocations.charge_turn(cpu, memory as u64, std::time::Instant::now);
       let over = invocations.over_cpu(self.limits.cpu_limit().as_nanos() as u64);
       for (id, limit) in &over {
         invocations.limit(*id, LimitExceeded::Cpu(Duration::from_nanos(*limit)));
