@@ -241,6 +241,19 @@ impl Pending {
       .append(name, value);
   }
 
+  /// Answers it with `status`, `body` and the headers added for it.
+  fn respond(
+    &mut self,
+    status: http::StatusCode,
+    body: ResponseBody,
+    spare: &mut Vec<http::HeaderMap>,
+  ) {
+    let mut response = http::Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = self.take_headers(spare);
+    self.reply(Reply::Response(response));
+  }
+
   /// The headers added for its response, taken; a spare map if none were
   /// (hyper parses the connection's next request into it).
   fn take_headers(&mut self, spare: &mut Vec<http::HeaderMap>) -> http::HeaderMap {
@@ -620,6 +633,14 @@ impl Invocations {
     }
   }
 
+  /// Answers invocation `id` with `status`, `body` and the headers its JS
+  /// added.
+  pub(crate) fn respond(&mut self, id: u32, status: http::StatusCode, body: ResponseBody) {
+    if let Some(p) = self.pending.get_mut(&id) {
+      p.respond(status, body, &mut self.spare_headers);
+    }
+  }
+
   /// Answers invocation `id` with `status` and a whole `body`, with the
   /// headers its JS added and `content_type` unless it is empty; a body
   /// over the response body limit ends it instead. With `last`, its JS is
@@ -650,10 +671,7 @@ impl Invocations {
     if limit != 0 && len > limit {
       self.limit(id, LimitExceeded::ResponseBody(limit));
     } else {
-      let mut response = http::Response::new(ResponseBody::full(body));
-      *response.status_mut() = status;
-      *response.headers_mut() = p.take_headers(&mut self.spare_headers);
-      p.reply(Reply::Response(response));
+      p.respond(status, ResponseBody::full(body), &mut self.spare_headers);
     }
     if last {
       self.js_finished(id);

@@ -111,12 +111,7 @@ pub fn op_isola_respond_stream(
   drop(state);
   let meter = BodyMeter::response(Rc::downgrade(&state_rc), id, limit);
   let body = ResponseBody::pump(resource, meter);
-  send(
-    &mut crate::invocations(&mut state_rc.borrow_mut()),
-    id,
-    status,
-    body,
-  );
+  crate::invocations(&mut state_rc.borrow_mut()).respond(id, status, body);
   Ok(())
 }
 
@@ -140,14 +135,6 @@ fn respond_full(
   let status = status_code(status)?;
   invocations.respond_full(id, status, body, content_type, last);
   Ok(())
-}
-
-/// Replies to invocation `id` with `body` and the headers its JS added.
-fn send(invocations: &mut Invocations, id: u32, status: StatusCode, body: ResponseBody) {
-  let mut response = http::Response::new(body);
-  *response.status_mut() = status;
-  *response.headers_mut() = invocations.take_response_headers(id);
-  invocations.reply(id, Reply::Response(response));
 }
 
 /// Ends invocation `id` with an exception; `logged` carries the JS stack and
