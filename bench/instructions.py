@@ -57,9 +57,12 @@ ROWS = [
     # Fewer than one a request when requests that came together enter the
     # isolate in one call (`dispatchAll`).
     ("calls into JS", JS_CALL, "calls"),
-    # The connection's future (hyper_util's, which sniffs HTTP/1 or 2): the
-    # inner `Dispatcher::poll_catch` is inlined into it in some builds.
-    ("  hyper's connection task", "<hyper_util::server::conn::auto::Connection<I,S,E> as core::future::future::Future>::poll", "incl"),
+    # The task `isola_edge::server` spawns for a connection: hyper's
+    # connection future (HTTP/1 straight, or hyper_util's `auto` one that
+    # sniffs HTTP/1 or 2, as every connection was before 2026-12-07), the
+    # service and the drain's wrapper, which the compiler inlines into it
+    # in different ways from build to build.
+    ("  the connection's task", "isola_edge::server::serve_spread::{{closure}}::{{closure}}", "incl"),
     ("clock reads (Rust's std)", "Timespec>::now", "calls"),
     # mimalloc's `malloc` (it overrides libc's): Rust's allocations (see
     # runtime/alloc) and V8's; Rust's that need more than 16-byte alignment

@@ -14,6 +14,7 @@ use http::uri::Authority;
 use http::uri::PathAndQuery;
 use http::uri::Scheme;
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
 use hyper_util::rt::TokioTimer;
@@ -138,29 +139,97 @@ pub fn absolute_uri(
   http::Uri::from_parts(parts).unwrap_or_else(|_| invalid())
 }
 
-fn builder(options: &HttpOptions) -> auto::Builder<TokioExecutor> {
-  let mut builder = auto::Builder::new(TokioExecutor::new());
-  builder
-    .http1()
-    // A client that shuts down its sending side after the request still
-    // gets its response (hyper's default ends such a connection unanswered),
-    // and hyper no longer tries a read for that end while each response is
-    // being made: two reads a request, ~950 of dev's ~17,500 instructions
-    // for `hello`. A client that goes away is found when its response is
-    // written (its invocation runs on either way, as it did).
-    .half_close(true)
-    // One buffer per response (head and a small body copied together) and
-    // a plain `send`, rather than `writev` of the parts: less kernel work
-    // per response, as `deno serve` does.
-    .writev(false)
-    .timer(timer::CoarseTimer)
-    .header_read_timeout(options.header_timeout)
-    .max_buf_size(options.max_header_bytes.max(8192));
-  builder
-    .http2()
-    .timer(TokioTimer::new())
-    .max_header_list_size(options.max_header_bytes as u32);
-  builder
+/// The HTTP/1 settings, for hyper's own builder and for `auto`'s (the same
+/// methods on two types).
+macro_rules! http1_settings {
+  ($builder:expr, $options:expr) => {
+    $builder
+      // A client that shuts down its sending side after the request still
+      // gets its response (hyper's default ends such a connection
+      // unanswered), and hyper no longer tries a read for that end while
+      // each response is being made: two reads a request, ~950 of dev's
+      // ~17,500 instructions for `hello`. A client that goes away is found
+      // when its response is written (its invocation runs on either way).
+      .half_close(true)
+      // One buffer per response (head and a small body copied together)
+      // and a plain `send`, rather than `writev` of the parts: less kernel
+      // work per response, as `deno serve` does.
+      .writev(false)
+      .timer(timer::CoarseTimer)
+      .header_read_timeout($options.header_timeout)
+      .max_buf_size($options.max_header_bytes.max(8192))
+  };
+}
+
+/// How the connections of one accept loop are served.
+struct Builders {
+  /// Connections known to speak HTTP/1: hyper's connection straight.
+  http1: http1::Builder,
+  /// The others: `auto` tells HTTP/2 from HTTP/1 by the first bytes it
+  /// reads, and serves every read of the connection through a layer that
+  /// gives those back first (~170 instructions a request).
+  auto: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+  fn new(options: &HttpOptions) -> Self {
+    let mut http1 = http1::Builder::new();
+    http1_settings!(http1, options);
+    let mut auto = auto::Builder::new(TokioExecutor::new());
+    http1_settings!(auto.http1(), options);
+    auto
+      .http2()
+      .timer(TokioTimer::new())
+      .max_header_list_size(options.max_header_bytes as u32);
+    Self { http1, auto }
+  }
+
+  /// Serves `io` until it ends or the drain closes it (`http1`: known to
+  /// be HTTP/1).
+  async fn serve<I, S>(&self, io: I, http1: bool, service: S, ticket: drain::Ticket)
+  where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<
+        http::Request<Incoming>,
+        Response = http::Response<ResponseBody>,
+        Error = std::convert::Infallible,
+      > + Send
+      + 'static,
+    S::Future: Send + 'static,
+  {
+    let ended = if http1 {
+      let conn = self.http1.serve_connection(io, service);
+      let ended = ticket.watch(conn, http1::Connection::graceful_shutdown);
+      ended.await.map_err(|e| e.to_string())
+    } else {
+      let conn = self.auto.serve_connection(io, service);
+      let ended = ticket.watch(conn, auto::Connection::graceful_shutdown);
+      ended.await.map_err(|e| e.to_string())
+    };
+    if let Err(e) = ended {
+      tracing::debug!("connection ended: {e}");
+    }
+  }
+}
+
+/// Whether a plaintext connection speaks HTTP/1, from its first bytes
+/// (peeked: hyper reads them again): any start but `PRI`, HTTP/2's
+/// preface, is a request line. `None`: it closed or sent nothing in
+/// `timeout`.
+async fn plaintext_is_http1(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<bool> {
+  let mut first = [0u8; 3];
+  let n = tokio::time::timeout(timeout, stream.peek(&mut first))
+    .await
+    .ok()?
+    .ok()?;
+  // Fewer bytes than that, all of them the preface's: `auto` reads on.
+  (n > 0).then(|| !b"PRI".starts_with(&first[..n]))
+}
+
+/// Whether a TLS connection speaks HTTP/1: it agreed on it by ALPN (a
+/// client that named no protocol may still send HTTP/2's preface).
+fn tls_is_http1(tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> bool {
+  tls.get_ref().1.alpn_protocol() == Some(b"http/1.1")
 }
 
 /// Runs [`serve`] for `listener` on every V8 thread of `runtime` (each
@@ -235,7 +304,7 @@ async fn serve_spread<H, F>(
     .and_then(|a| Authority::try_from(a.to_string()).ok())
     .unwrap_or_else(|| Authority::from_static("localhost"));
   let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-  let builder = Arc::new(builder(&options));
+  let builders = Arc::new(Builders::new(&options));
   let client_addr = options.client_addr;
   let drain = drain::Drain::default();
   loop {
@@ -273,7 +342,7 @@ async fn serve_spread<H, F>(
       ));
       async move { Ok::<_, std::convert::Infallible>(response.await) }
     });
-    let builder = builder.clone();
+    let builders = builders.clone();
     let ticket = drain.ticket();
     let share = spread.as_ref().map(|(spread, me)| spread.hold(*me));
     let acceptor = acceptor.clone();
@@ -282,13 +351,12 @@ async fn serve_spread<H, F>(
       let _share = share;
       match acceptor {
         None => {
-          let conn = builder.serve_connection(TokioIo::new(stream), service);
-          if let Err(e) = ticket
-            .watch(conn, auto::Connection::graceful_shutdown)
-            .await
-          {
-            tracing::debug!("connection ended: {e}");
-          }
+          // The first bytes are held to the deadline of a request head.
+          let Some(http1) = plaintext_is_http1(&stream, header_timeout).await else {
+            return tracing::debug!("connection closed or silent before its first request");
+          };
+          let io = TokioIo::new(stream);
+          builders.serve(io, http1, service, ticket).await;
         }
         Some(acceptor) => {
           // A TLS handshake is held to the same deadline as a request head.
@@ -297,13 +365,10 @@ async fn serve_spread<H, F>(
             Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
             Err(_) => return tracing::debug!("TLS handshake timed out"),
           };
-          let conn = builder.serve_connection(TokioIo::new(tls), service);
-          if let Err(e) = ticket
-            .watch(conn, auto::Connection::graceful_shutdown)
-            .await
-          {
-            tracing::debug!("connection ended: {e}");
-          }
+          let http1 = tls_is_http1(&tls);
+          builders
+            .serve(TokioIo::new(tls), http1, service, ticket)
+            .await;
         }
       }
     });
@@ -451,5 +516,38 @@ mod tests {
       .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     assert!(answer.ends_with("late"), "{answer:?}");
+  }
+
+  #[tokio::test]
+  async fn a_connection_s_first_bytes_tell_http1_from_http2() {
+    use tokio::io::AsyncWriteExt as _;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let timeout = Duration::from_millis(300);
+    for (sent, expected) in [
+      (&b"GET / HTTP/1.1\r\n"[..], Some(true)),
+      (b"PROPFIND / HTTP/1.1\r\n", Some(true)),
+      (b"PUT / HTTP/1.1\r\n", Some(true)),
+      (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(false)),
+      // Too few bytes to tell: `auto` reads on.
+      (b"PR", Some(false)),
+      // Silent past the deadline.
+      (b"", None),
+    ] {
+      let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+      client.write_all(sent).await.unwrap();
+      let (stream, _) = listener.accept().await.unwrap();
+      if sent.len() > 1 {
+        // All of it arrived before the peek.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+      }
+      let seen = plaintext_is_http1(&stream, timeout).await;
+      assert_eq!(seen, expected, "{:?}", String::from_utf8_lossy(sent));
+    }
+    // A client that closes without a byte.
+    let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    drop(client);
+    let (stream, _) = listener.accept().await.unwrap();
+    assert_eq!(plaintext_is_http1(&stream, timeout).await, None);
   }
 }
