@@ -102,6 +102,19 @@ impl Ticket {
     }
   }
 
+  /// Ends once the drain has started: for what a connection waits for
+  /// before it is served (its first bytes, its TLS handshake).
+  pub(crate) async fn closing(&mut self) {
+    std::future::poll_fn(|cx| {
+      if self.poll_closing(cx) {
+        Poll::Ready(())
+      } else {
+        Poll::Pending
+      }
+    })
+    .await
+  }
+
   /// Whether the drain has started; leaves this task's waker to be woken
   /// when it does.
   fn poll_closing(&mut self, cx: &mut Context<'_>) -> bool {
@@ -222,6 +235,28 @@ mod tests {
     tokio::time::timeout(Duration::from_secs(20), run)
       .await
       .expect("every connection was asked to close");
+  }
+
+  #[tokio::test(flavor = "current_thread")]
+  async fn a_connection_not_served_yet_is_told_when_the_drain_starts() {
+    let drain = Drain::default();
+    let mut ticket = drain.ticket();
+    let shared = drain.shared.clone();
+    let waiting = tokio::spawn(async move {
+      ticket.closing().await;
+    });
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished(), "no drain yet");
+    let shutdown = tokio::spawn(drain.shutdown());
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+      .await
+      .expect("the drain wakes it")
+      .unwrap();
+    assert!(shared.closing.load(Ordering::SeqCst));
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+      .await
+      .expect("shutdown ends once its ticket is gone")
+      .unwrap();
   }
 
   #[tokio::test(flavor = "current_thread")]

@@ -343,7 +343,7 @@ async fn serve_spread<H, F>(
       async move { Ok::<_, std::convert::Infallible>(response.await) }
     });
     let builders = builders.clone();
-    let ticket = drain.ticket();
+    let mut ticket = drain.ticket();
     let share = spread.as_ref().map(|(spread, me)| spread.hold(*me));
     let acceptor = acceptor.clone();
     let header_timeout = options.header_timeout;
@@ -351,19 +351,31 @@ async fn serve_spread<H, F>(
       let _share = share;
       match acceptor {
         None => {
-          // The first bytes are held to the deadline of a request head.
-          let Some(http1) = plaintext_is_http1(&stream, header_timeout).await else {
-            return tracing::debug!("connection closed or silent before its first request");
+          // The first bytes are held to the deadline of a request head,
+          // and not waited for once shutdown starts.
+          let first = tokio::select! {
+            first = plaintext_is_http1(&stream, header_timeout) => first,
+            () = ticket.closing() => None,
+          };
+          let Some(http1) = first else {
+            return tracing::debug!(
+              "connection closed, silent or shut down before its first request"
+            );
           };
           let io = TokioIo::new(stream);
           builders.serve(io, http1, service, ticket).await;
         }
         Some(acceptor) => {
-          // A TLS handshake is held to the same deadline as a request head.
-          let tls = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
-            Err(_) => return tracing::debug!("TLS handshake timed out"),
+          // A TLS handshake is held to the same deadline as a request
+          // head, and given up once shutdown starts.
+          let handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream));
+          let tls = tokio::select! {
+            tls = handshake => match tls {
+              Ok(Ok(tls)) => tls,
+              Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
+              Err(_) => return tracing::debug!("TLS handshake timed out"),
+            },
+            () = ticket.closing() => return tracing::debug!("shut down during a TLS handshake"),
           };
           let http1 = tls_is_http1(&tls);
           builders
