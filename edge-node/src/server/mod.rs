@@ -167,7 +167,7 @@ struct Builders {
   http1: http1::Builder,
   /// The others: `auto` tells HTTP/2 from HTTP/1 by the first bytes it
   /// reads, and serves every read of the connection through a layer that
-  /// gives those back first (~170 instructions a request).
+  /// gives those back first (~160 instructions a request).
   auto: auto::Builder<TokioExecutor>,
 }
 
