@@ -624,8 +624,11 @@ impl Invocations {
     }
   }
 
-  /// The headers added for invocation `id`'s response, taken.
-  pub fn take_response_headers(&mut self, id: u32) -> http::HeaderMap {
+  /// The headers added for invocation `id`'s response, taken (the
+  /// responses take theirs in [`Invocations::respond`] and
+  /// [`Invocations::respond_full`]).
+  #[cfg(test)]
+  fn take_response_headers(&mut self, id: u32) -> http::HeaderMap {
     match self.pending.get_mut(&id) {
       Some(p) => p.take_headers(&mut self.spare_headers),
       None => http::HeaderMap::new(),
