@@ -299,11 +299,14 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
   // dev runs until the process is stopped: the sender is never used.
   let (_shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
   let (done_tx, done_rx) = std::sync::mpsc::channel();
-  let pool = runtime.clone();
+  // The pool and the worker behind one reference count, which each
+  // request's future takes once.
+  let served = Arc::new((runtime.clone(), main));
   let test_scheduled = args.test_scheduled;
   let handler = move |req: isola_runtime::FetchRequest| {
-    let (pool, main) = (pool.clone(), main.clone());
+    let served = served.clone();
     async move {
+      let (pool, main) = &*served;
       if test_scheduled && req.request().uri().path() == "/__scheduled" {
         let cron = req
           .request()
@@ -313,7 +316,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
           .unwrap_or_default();
         // Boxed: kept inline, this rare path's future would make every
         // request's larger, and hyper moves it several times.
-        return Box::pin(test_scheduled_run(&pool, &main, cron)).await;
+        return Box::pin(test_scheduled_run(pool, main, cron)).await;
       }
       match pool.fetch_from(&main.key, main.source(), req).await {
         Ok(response) => response,

@@ -16,9 +16,13 @@
 //! Pure state with injected time, so every rule is tested without isolates
 //! or sleeps; the pool calls [`Ledger::admit`] before an invocation,
 //! [`Ledger::finish`] after it, and [`Ledger::charge`] with each invocation
-//! record.
+//! record, through a [`LedgerCell`].
 
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -296,6 +300,68 @@ impl Ledger {
   }
 }
 
+/// The pool's [`Ledger`], behind its lock, with whether it holds any
+/// account. In the usual state (no worker in debt) an invocation's start
+/// and end leave the lock alone: two locks a request, each two atomic
+/// read-modify-writes, for a ledger that answered "run" without looking.
+#[derive(Debug)]
+pub(crate) struct LedgerCell {
+  ledger: Mutex<Ledger>,
+  /// The ledger has an account; written under the lock whenever one is
+  /// made or removed. A start that reads `false` while another thread
+  /// makes the first account is admitted, as it would have been had it
+  /// taken the lock a moment sooner; its end then finds that account
+  /// without its count, which [`Ledger::finish`] takes as it always has.
+  accounts: AtomicBool,
+}
+
+impl LedgerCell {
+  pub(crate) fn new(config: Fairness) -> Self {
+    Self {
+      ledger: Mutex::new(Ledger::new(config)),
+      accounts: AtomicBool::new(false),
+    }
+  }
+
+  fn lock(&self) -> MutexGuard<'_, Ledger> {
+    self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+  }
+
+  /// [`Ledger::admit`], without the lock while there is no account.
+  pub(crate) fn admit(&self, worker: &str, now: impl FnOnce() -> Instant) -> Admission {
+    if !self.accounts.load(Ordering::Acquire) {
+      return Admission::Run { quarantine: false };
+    }
+    self.lock().admit(worker, now)
+  }
+
+  /// [`Ledger::finish`], without the lock while there is no account.
+  pub(crate) fn finish(&self, worker: &str, now: impl FnOnce() -> Instant) {
+    if !self.accounts.load(Ordering::Acquire) {
+      return;
+    }
+    let mut ledger = self.lock();
+    ledger.finish(worker, now);
+    self
+      .accounts
+      .store(!ledger.accounts.is_empty(), Ordering::Release);
+  }
+
+  /// [`Ledger::charge`].
+  pub(crate) fn charge(&self, worker: &Arc<str>, outcome: Outcome, cpu: Duration, now: Instant) {
+    let mut ledger = self.lock();
+    ledger.charge(worker, outcome, cpu, now);
+    self
+      .accounts
+      .store(!ledger.accounts.is_empty(), Ordering::Release);
+  }
+
+  /// [`Ledger::throttled`].
+  pub(crate) fn throttled(&self) -> usize {
+    self.lock().throttled()
+  }
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -334,6 +400,33 @@ mod tests {
       l.finish(&w, || now);
     }
     assert!(l.accounts.is_empty());
+  }
+
+  /// The cell says what its ledger says, and knows when the ledger has
+  /// accounts: made by a charge, gone with the last one forgiven.
+  #[test]
+  fn the_cell_skips_the_lock_only_while_no_worker_has_an_account() {
+    let cell = LedgerCell::new(Fairness::default());
+    let t0 = Instant::now();
+    let w = name("spin");
+    let has_accounts = |cell: &LedgerCell| cell.accounts.load(Ordering::Acquire);
+    assert!(!has_accounts(&cell));
+    for _ in 0..3 {
+      assert!(matches!(cell.admit(&w, || t0), Admission::Run { .. }));
+      cell.charge(&w, Outcome::CpuLimit, 50 * MS, t0);
+      cell.finish(&w, || t0);
+      assert!(has_accounts(&cell));
+    }
+    assert!(matches!(cell.admit(&w, || t0), Admission::Throttled { .. }));
+    assert_eq!(cell.throttled(), 1);
+    // Drained (3 s), then clean past `forgive_after` (60 s): forgotten at
+    // its next end, and the lock is left alone again.
+    let t1 = t0 + Duration::from_secs(120);
+    assert_eq!(cell.admit(&w, || t1), Admission::Run { quarantine: false });
+    assert!(has_accounts(&cell));
+    cell.finish(&w, || t1);
+    assert!(!has_accounts(&cell));
+    assert_eq!(cell.throttled(), 0);
   }
 
   #[test]

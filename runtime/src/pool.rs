@@ -32,7 +32,7 @@ use crate::error::Error;
 use crate::error::ErrorKind;
 use crate::fairness::Admission;
 use crate::fairness::Fairness;
-use crate::fairness::Ledger;
+use crate::fairness::LedgerCell;
 use crate::limits::MeterSink;
 use crate::limits::Outcome;
 use crate::placement::Placement;
@@ -495,7 +495,7 @@ pub(crate) struct Shared {
   /// How many of `threads` serve requests (the rest is the quarantine).
   request_threads: usize,
   index: Mutex<Index>,
-  ledger: Arc<Mutex<Ledger>>,
+  ledger: Arc<LedgerCell>,
   code_cache: Option<Arc<CodeCache>>,
   /// `config.services`, or what [`Runtime::set_services`] put in later.
   services: std::sync::RwLock<Arc<dyn Services>>,
@@ -559,7 +559,7 @@ impl Runtime {
     let shared = Arc::new(Shared {
       request_threads: config.threads,
       services: std::sync::RwLock::new(config.services.0.clone()),
-      ledger: Arc::new(Mutex::new(Ledger::new(config.fairness.clone()))),
+      ledger: Arc::new(LedgerCell::new(config.fairness.clone())),
       code_cache: CodeCache::new(&config.code_cache),
       config,
       threads,
@@ -697,7 +697,7 @@ impl Runtime {
     call: Call,
     depth: u32,
   ) -> Result<(Result<Answer, Error>, Invocation), Error> {
-    let admitted = self.shared.ledger().admit(&key.name, Instant::now);
+    let admitted = self.shared.ledger.admit(&key.name, Instant::now);
     let quarantine = match admitted {
       Admission::Run { quarantine } => {
         quarantine && self.shared.threads.len() > self.shared.request_threads
@@ -799,7 +799,7 @@ impl Runtime {
   }
 
   pub fn stats(&self) -> PoolStats {
-    let throttled_workers = self.shared.ledger().throttled();
+    let throttled_workers = self.shared.ledger.throttled();
     let mut index = self.shared.lock();
     let isolates = index.count();
     let threads = &self.shared.threads;
@@ -882,27 +882,19 @@ impl Drop for InFlight {
 
 /// Tells the ledger an admitted invocation is over when dropped.
 struct Finish<'a> {
-  ledger: &'a Mutex<Ledger>,
+  ledger: &'a LedgerCell,
   worker: &'a str,
 }
 
 impl Drop for Finish<'_> {
   fn drop(&mut self) {
-    lock_ledger(self.ledger).finish(self.worker, Instant::now);
+    self.ledger.finish(self.worker, Instant::now);
   }
-}
-
-fn lock_ledger(ledger: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
-  ledger.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {
   fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
     self.index.lock().unwrap_or_else(|e| e.into_inner())
-  }
-
-  fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
-    lock_ledger(&self.ledger)
   }
 
   /// Which worker each service binding reaches.
@@ -1047,7 +1039,7 @@ impl Shared {
       .trace(self.config.trace.clone());
     let config = config.pool(link).meter(MeterSink::new(move |record| {
       if crate::fairness::charges(record.outcome) {
-        lock_ledger(&ledger).charge(
+        ledger.charge(
           &name,
           record.outcome,
           Duration::from_micros(record.cpu_us),

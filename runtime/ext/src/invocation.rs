@@ -172,6 +172,30 @@ impl RecentHeaders {
   }
 }
 
+/// Content types responses commonly have, ready-made: `new Response(text)`
+/// and `Response.json()` set the first two. One of these goes into a
+/// response as a static value, with no parse and no reference count (a
+/// kept pair's value is shared: its count moved up here and down again
+/// when hyper cleared the map for the connection's next request).
+static COMMON_CONTENT_TYPES: [http::HeaderValue; 7] = [
+  http::HeaderValue::from_static("text/plain;charset=UTF-8"),
+  http::HeaderValue::from_static("application/json"),
+  http::HeaderValue::from_static("text/html;charset=UTF-8"),
+  http::HeaderValue::from_static("text/html; charset=utf-8"),
+  http::HeaderValue::from_static("application/json; charset=utf-8"),
+  http::HeaderValue::from_static("text/plain"),
+  http::HeaderValue::from_static("text/html"),
+];
+
+/// `value` as a content type header value: a static one if it is common,
+/// else parsed (or found among the kept pairs) as any header.
+fn content_type_value(recent: &mut RecentHeaders, value: &[u8]) -> Option<http::HeaderValue> {
+  match COMMON_CONTENT_TYPES.iter().find(|v| v.as_bytes() == value) {
+    Some(common) => Some(common.clone()),
+    None => recent.parse(b"content-type", value).map(|(_, value)| value),
+  }
+}
+
 /// Request header maps kept for responses within one turn, and the most
 /// headers such a map may have room for (a map grown by a request with
 /// many headers is let go).
@@ -657,10 +681,10 @@ impl Invocations {
     content_type: &[u8],
     last: bool,
   ) {
-    let header = if content_type.is_empty() {
+    let content_type = if content_type.is_empty() {
       None
     } else {
-      self.recent_headers.parse(b"content-type", content_type)
+      content_type_value(&mut self.recent_headers, content_type)
     };
     let limit = self.response_body_limit;
     let Some(p) = self.pending.get_mut(&id) else {
@@ -674,8 +698,8 @@ impl Invocations {
       // The content type goes straight into the map the response takes,
       // not through the invocation's record.
       let mut headers = p.take_headers(&mut self.spare_headers);
-      if let Some((name, value)) = header {
-        headers.append(name, value);
+      if let Some(value) = content_type {
+        headers.append(http::header::CONTENT_TYPE, value);
       }
       p.respond(status, ResponseBody::full(body), headers);
     }
@@ -958,6 +982,35 @@ mod tests {
     // Spare maps do not outlive their turn.
     let e = start(&mut table, t0);
     assert_eq!(table.take_response_headers(e.id).capacity(), 0);
+  }
+
+  #[test]
+  fn a_whole_response_s_content_type_is_sent_as_given_common_or_not() {
+    let t0 = Instant::now();
+    let mut table = Invocations::default();
+    let types: [&[u8]; 5] = [
+      b"text/plain;charset=UTF-8",
+      b"application/json",
+      b"text/csv",
+      b"text/csv",
+      b"bad\ntype",
+    ];
+    for content_type in types {
+      let mut a = start(&mut table, t0);
+      table.respond_full(a.id, http::StatusCode::OK, "x".into(), content_type, true);
+      let response = response_of(&mut a.reply);
+      let sent: Vec<&[u8]> = response
+        .headers()
+        .get_all(http::header::CONTENT_TYPE)
+        .iter()
+        .map(http::HeaderValue::as_bytes)
+        .collect();
+      if content_type.contains(&b'\n') {
+        assert!(sent.is_empty(), "a value http refuses is left out");
+      } else {
+        assert_eq!(sent, [content_type]);
+      }
+    }
   }
 
   #[test]
