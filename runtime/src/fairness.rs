@@ -342,15 +342,18 @@ impl LedgerCell {
     }
     let mut ledger = self.lock();
     ledger.finish(worker, now);
-    self
-      .accounts
-      .store(!ledger.accounts.is_empty(), Ordering::Release);
+    self.note_accounts(&ledger);
   }
 
   /// [`Ledger::charge`].
   pub(crate) fn charge(&self, worker: &Arc<str>, outcome: Outcome, cpu: Duration, now: Instant) {
     let mut ledger = self.lock();
     ledger.charge(worker, outcome, cpu, now);
+    self.note_accounts(&ledger);
+  }
+
+  /// Sets the flag from `ledger`, which the caller holds locked.
+  fn note_accounts(&self, ledger: &Ledger) {
     self
       .accounts
       .store(!ledger.accounts.is_empty(), Ordering::Release);
