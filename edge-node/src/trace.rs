@@ -548,6 +548,32 @@ mod tests {
   }
 
   #[test]
+  fn workers_taking_turns_keep_their_names_in_a_batch_and_the_next() {
+    // Names shared by their records, as the pool's are, in turns; then a
+    // name again in another allocation of the same text.
+    let names: Vec<(Arc<str>, Arc<str>)> = (0..3)
+      .map(|i| (format!("worker-{i}").into(), format!("{i:064x}").into()))
+      .collect();
+    let mut writer = PackedWriter::default();
+    for round in 0..2 {
+      let mut want = Vec::new();
+      for i in 0..7 {
+        let mut record = full_fetch();
+        (record.worker, record.version) = names[(i + round) % 3].clone();
+        writer.push(&record);
+        want.push(record);
+      }
+      let mut copy = full_fetch();
+      copy.worker = names[1].0.to_string().into();
+      copy.version = names[1].1.to_string().into();
+      writer.push(&copy);
+      want.push(copy);
+      let batch = Outgoing::new(&writer.take(), 0).into_batch("e");
+      assert_eq!(batch.events, events(want, "e"), "batch {round}");
+    }
+  }
+
+  #[test]
   fn packed_events_are_a_fraction_of_the_plain_ones() {
     // A full batch of requests to a few workers and URLs, as under load.
     let records = || {

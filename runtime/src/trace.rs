@@ -81,9 +81,15 @@ pub struct PackedWriter {
   /// hashed lookup of such a short string cost ~80 instructions a row.
   methods: [Option<u32>; METHODS.len()],
   outcomes: [Option<u32>; Outcome::ALL.len()],
-  /// The last record's worker and version, with their positions: under
-  /// load, neighbouring events nearly always share them.
-  last: Option<(Arc<str>, Arc<str>, u32, u32)>,
+  /// Every worker and version of this batch with their positions, by
+  /// the names' addresses (the `Arc`s are held, so an address is not
+  /// reused while it is a key): with many workers taking turns,
+  /// neighbouring events rarely share them, and looking a version's
+  /// 64-character hash up by its text cost ~180 instructions a name.
+  names: std::collections::HashMap<NamesKey, Names, foldhash::fast::FixedState>,
+  /// The last record's: under load on one worker, neighbouring events
+  /// nearly always share them, and two compares find them.
+  last: Option<(NamesKey, (u32, u32))>,
   stale: bool,
 }
 
@@ -109,6 +115,11 @@ const METHODS: [http::Method; 5] = [
 
 type FastMap<K> = std::collections::HashMap<K, u32, foldhash::fast::FixedState>;
 
+/// A worker and version and their positions in the batch's strings.
+type Names = (Arc<str>, Arc<str>, (u32, u32));
+/// The addresses of a worker's and a version's names.
+type NamesKey = (usize, usize);
+
 impl PackedWriter {
   /// Writes `record`'s row.
   pub fn push(&mut self, record: &TraceRecord) {
@@ -119,17 +130,15 @@ impl PackedWriter {
       self.methods = Default::default();
       self.outcomes = Default::default();
       self.last = None;
+      self.names.clear();
     }
-    let (worker, version) = match &self.last {
-      Some((w, v, wi, vi)) if Arc::ptr_eq(w, &record.worker) && Arc::ptr_eq(v, &record.version) => {
-        (*wi, *vi)
-      }
-      _ => {
-        let wi = self.add(&record.worker);
-        let vi = self.add(&record.version);
-        self.last = Some((record.worker.clone(), record.version.clone(), wi, vi));
-        (wi, vi)
-      }
+    let key = (
+      Arc::as_ptr(&record.worker).cast::<u8>() as usize,
+      Arc::as_ptr(&record.version).cast::<u8>() as usize,
+    );
+    let (worker, version) = match self.last {
+      Some((last, at)) if last == key => at,
+      _ => self.names_of(key, record),
     };
     // Positions first: adding a string writes to the table, not the row.
     let info = match &record.trace.event {
@@ -231,6 +240,23 @@ impl PackedWriter {
       ..PackedBytes::default()
     };
     std::mem::replace(&mut self.batch, next)
+  }
+
+  /// The positions of `record`'s worker and version (whose addresses are
+  /// `key`), added on their first event of the batch; they become the
+  /// last.
+  fn names_of(&mut self, key: NamesKey, record: &TraceRecord) -> (u32, u32) {
+    let at = match self.names.get(&key) {
+      Some(&(_, _, at)) => at,
+      None => {
+        let at = (self.add(&record.worker), self.add(&record.version));
+        let names = (record.worker.clone(), record.version.clone(), at);
+        self.names.insert(key, names);
+        at
+      }
+    };
+    self.last = Some((key, at));
+    at
   }
 
   fn add(&mut self, s: &str) -> u32 {

@@ -124,7 +124,8 @@ fn cpu_after(cpu: u64, at: u64, now: u64) -> Option<u64> {
   (since <= REUSE_READ_NS).then(|| cpu.saturating_add(since))
 }
 
-fn thread_cpu_ns(clock: libc::clockid_t) -> Option<u64> {
+/// `clock`'s time in nanoseconds.
+fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
   let mut ts = libc::timespec {
     tv_sec: 0,
     tv_nsec: 0,
@@ -176,7 +177,7 @@ impl Guard {
   /// This thread's CPU time, in nanoseconds (a read of its clock, noted
   /// for the next turn's [`Guard::cpu_at_begin`]).
   pub(crate) fn cpu_now(&self) -> u64 {
-    let cpu = thread_cpu_ns(self.clock).unwrap_or(0);
+    let cpu = clock_ns(self.clock).unwrap_or(0);
     // Noted just after the read: a turn that counts from it then includes
     // the read's return, as one that read the clock itself included it.
     LAST_READ.set((self.clock, cpu, monotonic_ns()));
@@ -261,18 +262,21 @@ impl Guard {
   }
 }
 
-/// Nanoseconds on the monotonic clock since the first call (vDSO: no
-/// system call).
+/// Nanoseconds on the monotonic clock (vDSO: no system call).
+/// Read directly: through `Instant` each read also paid a subtraction from
+/// a base (~37 instructions), and a busy thread reads it a few times a
+/// turn.
 fn monotonic_ns() -> u64 {
-  monotonic_ns_at(std::time::Instant::now())
+  clock_ns(libc::CLOCK_MONOTONIC).unwrap_or(0)
 }
 
-/// [`monotonic_ns`] at `now` (0 for a time before the first call).
+/// [`monotonic_ns`] at `now` (`Instant` reads the same clock), from one
+/// reading of both taken on the first call; a time before that reading
+/// counts as that reading's.
 fn monotonic_ns_at(now: std::time::Instant) -> u64 {
-  static BASE: OnceLock<std::time::Instant> = OnceLock::new();
-  now
-    .saturating_duration_since(*BASE.get_or_init(std::time::Instant::now))
-    .as_nanos() as u64
+  static BASE: OnceLock<(std::time::Instant, u64)> = OnceLock::new();
+  let (instant, ns) = *BASE.get_or_init(|| (std::time::Instant::now(), monotonic_ns()));
+  ns.saturating_add(now.saturating_duration_since(instant).as_nanos() as u64)
 }
 
 /// What the watchdog does about one running turn, from its CPU deadline
@@ -372,7 +376,7 @@ impl Watchdog {
           continue;
         }
         // Fails only for a thread that has exited, whose isolates are gone.
-        let Some(cpu) = thread_cpu_ns(guard.clock) else {
+        let Some(cpu) = clock_ns(guard.clock) else {
           continue;
         };
         match look(deadline, cpu) {
