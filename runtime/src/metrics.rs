@@ -63,12 +63,12 @@ fn usage_of(r: &InvocationRecord) -> Usage {
 }
 
 /// A Prometheus histogram whose bounds double from the first (the
-/// buckets of `exponential_buckets(first, 2.0, n)`), kept as relaxed
-/// atomic counts of integer nanoseconds: an observation finds its bucket
-/// with a division and a shift and makes two adds. prometheus_client's
-/// `Histogram` took a lock, compared the bounds one by one and looked for
-/// native buckets, ~100 instructions an observation, three of them a
-/// served request. The count it shows is the buckets' sum, so a scrape
+/// buckets of `exponential_buckets(first, 2.0, n)`), kept in relaxed
+/// atomics: an observation finds its bucket from its integer nanoseconds
+/// with a division and a shift, and adds to that bucket and to the sum.
+/// prometheus_client's `Histogram` took a lock, compared the bounds one by
+/// one and looked for native buckets, ~100 instructions an observation,
+/// three of them a served request. The count it shows is the buckets' sum, so a scrape
 /// never sees a count its buckets do not add up to.
 #[derive(Clone, Debug)]
 struct Doubling(Arc<DoublingInner>);
@@ -80,7 +80,10 @@ struct DoublingInner {
   bounds: Vec<f64>,
   /// Observations per bucket, `+Inf`'s last.
   counts: Box<[AtomicU64]>,
-  sum_ns: AtomicU64,
+  /// The sum in seconds, an `f64`'s bits, as prometheus_client keeps it:
+  /// nanoseconds in a `u64` would wrap after 584 years of summed time,
+  /// which a worker's long-lived requests on a node up for months reach.
+  sum: AtomicU64,
 }
 
 impl Doubling {
@@ -89,7 +92,7 @@ impl Doubling {
       first_ns: first.as_nanos().max(1) as u64,
       bounds: exponential_buckets(first.as_secs_f64(), 2.0, n).collect(),
       counts: (0..=n).map(|_| AtomicU64::new(0)).collect(),
-      sum_ns: AtomicU64::new(0),
+      sum: AtomicU64::new(0f64.to_bits()),
     }))
   }
 
@@ -101,7 +104,11 @@ impl Doubling {
     let i = &self.0;
     let at = bucket_of(i.first_ns, i.counts.len() - 1, ns);
     i.counts[at].fetch_add(1, Ordering::Relaxed);
-    i.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    let add = |sum: u64| Some((f64::from_bits(sum) + ns as f64 / 1e9).to_bits());
+    // The closure never refuses.
+    let _ = i
+      .sum
+      .fetch_update(Ordering::Relaxed, Ordering::Relaxed, add);
   }
 }
 
@@ -133,7 +140,7 @@ impl EncodeMetric for Doubling {
       .zip(i.counts.iter().map(|c| c.load(Ordering::Relaxed)))
       .collect();
     let count = buckets.iter().map(|(_, n)| n).sum();
-    let sum = i.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+    let sum = f64::from_bits(i.sum.load(Ordering::Relaxed));
     encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
   }
 
