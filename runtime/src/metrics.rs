@@ -68,8 +68,8 @@ fn usage_of(r: &InvocationRecord) -> Usage {
 /// with a division and a shift, and adds to that bucket and to the sum.
 /// prometheus_client's `Histogram` took a lock, compared the bounds one by
 /// one and looked for native buckets, ~100 instructions an observation,
-/// three of them a served request. The count it shows is the buckets' sum, so a scrape
-/// never sees a count its buckets do not add up to.
+/// three of them a served request. The count it shows is the buckets'
+/// sum, so a scrape never sees a count its buckets do not add up to.
 #[derive(Clone, Debug)]
 struct Doubling(Arc<DoublingInner>);
 
