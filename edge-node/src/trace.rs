@@ -5,7 +5,7 @@
 //! sends what it holds every 200 ms or at 1,024 events, never retried. Every
 //! event left out is counted (`isola_trace_events_dropped_total`, and the
 //! next batch's `dropped`). The request's thread writes each event's row of
-//! the packed batch ([`PackedWriter`]) and drops its record there; the
+//! the packed batch ([`PackedWriter`]) and gives its trace back there; the
 //! shipper compresses and frames the rows and, when the edge exports
 //! OpenTelemetry spans, builds the spans of the records kept for them.
 //! Measured with `bench/events_overhead.py`: queuing the records for the
@@ -27,6 +27,7 @@ use isola_proto::msg::CallReply;
 use isola_runtime::Metrics;
 use isola_runtime::PackedBytes;
 use isola_runtime::PackedWriter;
+use isola_runtime::Trace;
 use isola_runtime::TraceRecord;
 use isola_runtime::TraceSink;
 
@@ -139,9 +140,9 @@ impl TraceBuffer {
 
   /// Takes `record` if there is room and the sampling keeps it; never
   /// waits. `upstream`: its event goes to the control plane. A record
-  /// with a span is kept for the shipper to export; any other is dropped
-  /// here, on the thread that made it.
-  pub fn offer(&self, record: TraceRecord, upstream: bool) {
+  /// with a span is kept for the shipper to export; any other's trace is
+  /// given back, to the thread that made it, once its row is written.
+  pub fn offer(&self, record: TraceRecord, upstream: bool) -> Option<Box<Trace>> {
     let inbox = &*self.inbox;
     let every = self.every.load(Ordering::Relaxed);
     if every > 1
@@ -151,7 +152,7 @@ impl TraceBuffer {
         .is_multiple_of(every)
     {
       inbox.drop_events(1);
-      return;
+      return Some(record.trace);
     }
     let size = record.approx_bytes();
     let mut held = inbox.lock();
@@ -161,7 +162,7 @@ impl TraceBuffer {
         .every
         .store((every * 2).min(MAX_EVERY), Ordering::Relaxed);
       inbox.drop_events(1);
-      return;
+      return Some(record.trace);
     }
     held.count += 1;
     held.bytes += size;
@@ -177,10 +178,9 @@ impl TraceBuffer {
       held.spans.push(record);
       None
     } else {
-      Some(record)
+      Some(record.trace)
     };
     drop(held);
-    drop(unkept);
     if count.is_multiple_of(BATCH_EVENTS) {
       inbox.wake.notify_one();
     }
@@ -188,6 +188,7 @@ impl TraceBuffer {
     if every > 1 && count * 2 <= self.capacity && bytes * 2 <= self.max_bytes {
       self.every.store(1, Ordering::Relaxed);
     }
+    unkept
   }
 
   /// Keep 1 in how many offered events, now.
@@ -206,16 +207,12 @@ impl TraceBuffer {
     spans: bool,
   ) -> TraceSink {
     let buffer = self.clone();
-    if spans {
-      return TraceSink::with_spans(move |record| {
-        let upstream = shipped(&record.worker);
-        buffer.offer(record, upstream);
-      });
-    }
-    TraceSink::new(move |record| {
-      if shipped(&record.worker) {
-        buffer.offer(record, true);
+    TraceSink::giving_back(spans, move |record| {
+      let upstream = shipped(&record.worker);
+      if !(upstream || spans) {
+        return Some(record.trace);
       }
+      buffer.offer(record, upstream)
     })
   }
 }
@@ -568,6 +565,44 @@ mod tests {
       copy.version = names[1].1.to_string().into();
       writer.push(&copy);
       want.push(copy);
+      let batch = Outgoing::new(&writer.take(), 0).into_batch("e");
+      assert_eq!(batch.events, events(want, "e"), "batch {round}");
+    }
+  }
+
+  #[test]
+  fn urls_addresses_and_starts_repeated_or_alternating_read_back() {
+    let fetch = |uri: &str, client: Option<&str>| {
+      let mut record = full_fetch();
+      record.trace.event = isola_runtime::Started::Fetch(isola_runtime::FetchStart::new(
+        &http::Method::GET,
+        &uri.parse().unwrap(),
+        &http::HeaderMap::new(),
+        client.map(|c| c.parse().unwrap()),
+      ));
+      record
+    };
+    let (a, b) = (Some("192.0.2.1"), Some("2001:db8::2"));
+    let mut writer = PackedWriter::default();
+    for round in 0..2 {
+      let want = vec![
+        fetch("/x", a),
+        fetch("/x", a),
+        fetch("/y", b),
+        fetch("/x", None),
+        fetch("http://h.test/x", a),
+        fetch("/x", b),
+        fetch("/y?q", a),
+        fetch("/y", a),
+      ];
+      let mut want = want;
+      // Starts shared by neighbours, then one again after another.
+      for (i, record) in want.iter_mut().enumerate() {
+        record.start = std::time::UNIX_EPOCH + Duration::from_millis([5, 5, 9, 5][i % 4]);
+      }
+      for record in &want {
+        writer.push(record);
+      }
       let batch = Outgoing::new(&writer.take(), 0).into_batch("e");
       assert_eq!(batch.events, events(want, "e"), "batch {round}");
     }

@@ -59,9 +59,9 @@ impl TraceRecord {
 /// [`PackedBatch`](isola_proto::trace::PackedBatch): every distinct
 /// string (worker, version, URL, header value...) once in the table, each
 /// event a row of positions, all of it already CBOR. The thread that ends
-/// the invocation writes its row and drops the record at once, so the
-/// record's memory is reused while it is still in that thread's caches;
-/// the shipper only frames the bytes. Queuing the records for the shipper
+/// the invocation writes its row and gives the record's trace back to the
+/// isolate at once, so its memory is reused for the next request while it
+/// is still in that thread's caches; the shipper only frames the bytes. Queuing the records for the shipper
 /// instead cost the request thread more than writing them: a batch's
 /// worth of fresh memory per batch, freed in bulk from another thread.
 /// The bytes decode to the `PackedBatch` whose
@@ -90,6 +90,15 @@ pub struct PackedWriter {
   /// The last record's: under load on one worker, neighbouring events
   /// nearly always share them, and two compares find them.
   last: Option<(NamesKey, (u32, u32))>,
+  /// The last row's URI (as [`FetchStart::uri_key`] gives it) and its
+  /// URL's position, and its client's: under load neighbouring requests
+  /// mostly share them, and a comparison costs less than a hashed lookup.
+  last_uri: Vec<u8>,
+  last_url: Option<(bool, u32)>,
+  last_address: Option<(IpAddr, u32)>,
+  /// The last row's start and its milliseconds since the epoch: a
+  /// wake-up's requests share their start.
+  last_start: Option<(SystemTime, i64)>,
   stale: bool,
 }
 
@@ -130,6 +139,8 @@ impl PackedWriter {
       self.methods = Default::default();
       self.outcomes = Default::default();
       self.last = None;
+      self.last_url = None;
+      self.last_address = None;
       self.names.clear();
     }
     let key = (
@@ -165,13 +176,14 @@ impl PackedWriter {
       Started::Other(info) => Err(info),
     };
     let outcome = self.outcome(record.outcome);
+    let start = self.epoch_ms(record.start);
     let trace = &record.trace;
     let out = &mut self.batch.events;
     let mut row = Row::new();
     row.head(cbor::ARRAY, 10);
     row.uint(worker.into());
     row.uint(version.into());
-    row.int(isola_ext::epoch_ms(record.start));
+    row.int(start);
     row.head(cbor::MAP, 1);
     match info {
       Ok((method, url, headers, shown, client, status)) => {
@@ -294,22 +306,53 @@ impl PackedWriter {
     at
   }
 
+  fn epoch_ms(&mut self, start: SystemTime) -> i64 {
+    match self.last_start {
+      Some((last, ms)) if last == start => ms,
+      _ => {
+        let ms = isola_ext::epoch_ms(start);
+        self.last_start = Some((start, ms));
+        ms
+      }
+    }
+  }
+
   fn url(&mut self, f: &FetchStart) -> u32 {
     let (uri, absolute) = f.uri_key();
-    if let Some(&i) = self.urls[usize::from(absolute)].get(uri) {
-      return i;
+    if let Some((last_absolute, i)) = self.last_url {
+      if last_absolute == absolute && self.last_uri == uri {
+        return i;
+      }
     }
-    let i = self.add(&f.url());
-    self.urls[usize::from(absolute)].insert(uri.into(), i);
+    let i = match self.urls[usize::from(absolute)].get(uri) {
+      Some(&i) => i,
+      None => {
+        let i = self.add(&f.url());
+        self.urls[usize::from(absolute)].insert(uri.into(), i);
+        i
+      }
+    };
+    self.last_uri.clear();
+    self.last_uri.extend_from_slice(uri);
+    self.last_url = Some((absolute, i));
     i
   }
 
   fn address(&mut self, ip: IpAddr) -> u32 {
-    if let Some(&i) = self.addresses.get(&ip) {
-      return i;
+    if let Some((last, i)) = self.last_address {
+      if last == ip {
+        return i;
+      }
     }
-    let i = self.add(&ip.to_string());
-    self.addresses.insert(ip, i);
+    let i = match self.addresses.get(&ip) {
+      Some(&i) => i,
+      None => {
+        let i = self.add(&ip.to_string());
+        self.addresses.insert(ip, i);
+        i
+      }
+    };
+    self.last_address = Some((ip, i));
     i
   }
 }
@@ -472,7 +515,7 @@ mod cbor {
 }
 
 struct Sink {
-  f: Box<dyn Fn(TraceRecord) + Send + Sync>,
+  f: Box<dyn Fn(TraceRecord) -> Option<Box<Trace>> + Send + Sync>,
   spans: bool,
 }
 
@@ -485,10 +528,10 @@ impl TraceSink {
   /// must not block (and should leave [`TraceRecord::into_event`] to
   /// another thread).
   pub fn new(f: impl Fn(TraceRecord) + Send + Sync + 'static) -> Self {
-    Self(Some(Arc::new(Sink {
-      f: Box::new(f),
-      spans: false,
-    })))
+    Self::giving_back(false, move |record| {
+      f(record);
+      None
+    })
   }
 
   /// Like [`TraceSink::new`], for a node that exports OpenTelemetry
@@ -496,9 +539,22 @@ impl TraceSink {
   /// the request's `traceparent`, with one child per outgoing `fetch()`,
   /// each of which carries a `traceparent` naming its span.
   pub fn with_spans(f: impl Fn(TraceRecord) + Send + Sync + 'static) -> Self {
+    Self::giving_back(true, move |record| {
+      f(record);
+      None
+    })
+  }
+
+  /// Like [`TraceSink::new`] (with spans if `spans`), for an `f` that
+  /// gives back the trace of a record it did not keep: the worker makes
+  /// its next request's trace in that memory ([`Trace::fetch`]).
+  pub fn giving_back(
+    spans: bool,
+    f: impl Fn(TraceRecord) -> Option<Box<Trace>> + Send + Sync + 'static,
+  ) -> Self {
     Self(Some(Arc::new(Sink {
       f: Box::new(f),
-      spans: true,
+      spans,
     })))
   }
 
@@ -516,10 +572,10 @@ impl TraceSink {
     self.0.as_ref().is_some_and(|s| s.spans)
   }
 
-  pub fn emit(&self, record: TraceRecord) {
-    if let Some(s) = &self.0 {
-      (s.f)(record)
-    }
+  /// Hands `record` to the sink; its trace comes back if the sink did not
+  /// keep it.
+  pub fn emit(&self, record: TraceRecord) -> Option<Box<Trace>> {
+    (self.0.as_ref()?.f)(record)
   }
 }
 
@@ -531,18 +587,6 @@ impl std::fmt::Debug for TraceSink {
       Some(_) => "TraceSink",
     })
   }
-}
-
-/// What a fetch event records of its request: the method, a copy of the
-/// URI and the shown headers' values, the client's address; no strings
-/// formatted.
-pub(crate) fn fetch_start(parts: &http::request::Parts, client: Option<IpAddr>) -> Started {
-  Started::Fetch(FetchStart::new(
-    &parts.method,
-    &parts.uri,
-    &parts.headers,
-    client,
-  ))
 }
 
 #[cfg(test)]
@@ -563,7 +607,15 @@ mod tests {
       headers,
       client_ip,
       ..
-    } = fetch_start(&parts, Some("192.0.2.1".parse().unwrap())).into_info()
+    } = Trace::fetch(
+      None,
+      &parts.method,
+      &parts.uri,
+      &parts.headers,
+      Some("192.0.2.1".parse().unwrap()),
+    )
+    .event
+    .into_info()
     else {
       panic!("not a fetch");
     };

@@ -202,14 +202,19 @@ fn content_type_value(recent: &mut RecentHeaders, value: &[u8]) -> Option<http::
 const SPARE_HEADERS_KEPT: usize = 256;
 const SPARE_HEADERS_ROOM: usize = 32;
 
+/// Traces given back by finished invocations kept for the next requests'
+/// (about a wake-up's requests; see [`Invocations::spare_traces`]).
+const SPARE_TRACES_KEPT: usize = 64;
+
 /// Room an idle isolate keeps for invocations finishing in one turn (a
 /// `Usage` is ~200 bytes; see [`Invocations::shrink`]).
 const FINISHED_KEPT: usize = 16;
 
 /// Called once per invocation when it is over: response sent (streamed
 /// bodies included) and `waitUntil` work settled, with the time it was
-/// found over (read once for the invocations a turn finished).
-pub type FinishHook = Box<dyn Fn(u32, Usage, Instant)>;
+/// found over (read once for the invocations a turn finished). It gives
+/// back the usage's trace if nothing kept it, for the next request's.
+pub type FinishHook = Box<dyn Fn(u32, Usage, Instant) -> Option<Box<crate::Trace>>>;
 
 struct Pending {
   reply: Option<oneshot::Sender<Reply>>,
@@ -347,6 +352,13 @@ pub struct Invocations {
   /// response's map to parse its connection's next request into, so one
   /// map goes round from request to response. Let go when a turn ends.
   spare_headers: Vec<http::HeaderMap>,
+  /// Fetch traces whose events are written, given back by the finish
+  /// hook: a request's trace is made in one ([`Trace::fetch`]) rather than
+  /// in a new box and copy, which cost the request two allocations, their
+  /// frees and two copies of the event. Let go when the worker is idle.
+  // The boxes themselves are what is reused: a trace travels boxed.
+  #[allow(clippy::vec_box)]
+  spare_traces: Vec<Box<crate::Trace>>,
   /// The last invocation's start and its system time: a wake-up's
   /// requests share one start, and the conversion reads a thread-local.
   last_start: Option<(Instant, std::time::SystemTime)>,
@@ -474,6 +486,7 @@ impl Invocations {
   pub fn shrink(&mut self) {
     self.finished.shrink_to(FINISHED_KEPT);
     self.spare_headers.shrink_to(0);
+    self.spare_traces = Vec::new();
   }
 
   /// Keeps `headers`, a request's that JS has been handed, for a response
@@ -487,15 +500,27 @@ impl Invocations {
     }
   }
 
-  fn report(&self, id: u32, mut usage: Usage, done: Option<oneshot::Sender<Usage>>, now: Instant) {
+  fn report(
+    &mut self,
+    id: u32,
+    mut usage: Usage,
+    done: Option<oneshot::Sender<Usage>>,
+    now: Instant,
+  ) {
     if let Some(tx) = done {
       // The trace goes to the hook alone: its logs are not copied.
       let trace = usage.trace.take();
       let _ = tx.send(usage.clone());
       usage.trace = trace;
     }
-    if let Some(hook) = &self.on_finish {
-      hook(id, usage, now);
+    let back = self
+      .on_finish
+      .as_ref()
+      .and_then(|hook| hook(id, usage, now));
+    if let Some(trace) = back {
+      if self.spare_traces.len() < SPARE_TRACES_KEPT && trace.reusable() {
+        self.spare_traces.push(trace);
+      }
     }
   }
 
@@ -511,6 +536,31 @@ impl Invocations {
         trace.span = Some(crate::SpanContext::start(traceparent));
       }
       p.usage.trace = Some(Box::new(trace));
+    }
+  }
+
+  /// Starts the trace of invocation `id`, a request for `uri` (callers
+  /// check [`Invocations::tracing`] first), in a trace an earlier one gave
+  /// back when there is one; spans as in [`Invocations::trace`].
+  pub fn trace_fetch(
+    &mut self,
+    id: u32,
+    request: &http::request::Parts,
+    client: Option<std::net::IpAddr>,
+    traceparent: Option<&[u8]>,
+  ) {
+    if let Some(p) = self.pending.get_mut(&id) {
+      let mut trace = crate::Trace::fetch(
+        self.spare_traces.pop(),
+        &request.method,
+        &request.uri,
+        &request.headers,
+        client,
+      );
+      if self.spans {
+        trace.span = Some(crate::SpanContext::start(traceparent));
+      }
+      p.usage.trace = Some(trace);
     }
   }
 
@@ -860,7 +910,8 @@ mod tests {
     let seen = Rc::new(RefCell::new(Vec::new()));
     let sink = seen.clone();
     table.set_finish_hook(Box::new(move |id, usage, _| {
-      sink.borrow_mut().push((id, usage))
+      sink.borrow_mut().push((id, usage));
+      None
     }));
     seen
   }
@@ -1245,6 +1296,70 @@ mod tests {
     ));
     assert_eq!(trace.exceptions.len(), 1);
     assert!(trace.exceptions[0].message.starts_with("body limit"));
+  }
+
+  #[test]
+  fn a_request_s_trace_is_made_in_one_the_hook_gave_back_until_idle() {
+    let t0 = Instant::now();
+    let mut table = Invocations {
+      tracing: true,
+      ..Invocations::default()
+    };
+    // The hook keeps each trace's event, and gives the trace back as a
+    // sink that wrote its row does.
+    let seen: Rc<RefCell<Vec<crate::Started>>> = Rc::default();
+    let sink = seen.clone();
+    table.set_finish_hook(Box::new(move |_, mut usage, _| {
+      let trace = usage.trace.take()?;
+      sink.borrow_mut().push(trace.event.clone());
+      Some(trace)
+    }));
+    let request = |uri: &str, agent: Option<&str>| {
+      let mut request = http::Request::get(uri);
+      if let Some(agent) = agent {
+        request = request.header("user-agent", agent);
+      }
+      request.body(()).unwrap().into_parts().0
+    };
+    let long = format!("/{}", "x".repeat(300));
+    let requests = [
+      request("/a?b=c", Some("curl/8")),
+      request("http://b.test/", None),
+      request(&long, None),
+      request("/d", None),
+    ];
+    // Kept after each: the first's; none (the second's was used for it,
+    // and it logged); none (the third's URL was long); the fourth's.
+    let mut kept = Vec::new();
+    for (i, parts) in requests.iter().enumerate() {
+      table.begin_turn();
+      let a = start(&mut table, t0);
+      table.trace_fetch(a.id, parts, None, None);
+      assert_eq!(table.spare_traces.len(), 0, "a kept trace is used");
+      if i == 1 {
+        // A trace that logged is not kept for another.
+        table
+          .trace_mut(a.id)
+          .unwrap()
+          .log(crate::Level::Log, "hi", std::time::SystemTime::now());
+      }
+      respond(&mut table, a.id);
+      table.charge_turn(1_000, 0, || t0);
+      kept.push(table.spare_traces.len());
+    }
+    assert_eq!(kept, [1, 0, 0, 1]);
+    let seen = seen.borrow();
+    assert_eq!(seen.len(), requests.len());
+    for (event, parts) in seen.iter().zip(&requests) {
+      let fresh = crate::Trace::fetch(None, &parts.method, &parts.uri, &parts.headers, None);
+      let mut want = fresh.event.info();
+      if let isola_proto::trace::EventInfo::Fetch { status, .. } = &mut want {
+        *status = Some(200);
+      }
+      assert_eq!(event.info(), want, "{}", parts.uri);
+    }
+    table.shrink();
+    assert_eq!(table.spare_traces.capacity(), 0, "let go when idle");
   }
 
   #[test]

@@ -35,8 +35,16 @@ pub static SHOWN_HEADERS: [http::HeaderName; SHOWN_COUNT] = [
 /// took ~800 instructions), and returns where its path lies in `out`.
 pub fn write_uri(out: &mut Vec<u8>, uri: &http::Uri) -> std::ops::Range<usize> {
   if let Some(scheme) = uri.scheme() {
-    out.extend_from_slice(scheme.as_str().as_bytes());
-    out.extend_from_slice(b"://");
+    // The usual schemes as constants: a copy of a known length is a move,
+    // not a `memcpy` call.
+    match scheme.as_str() {
+      "http" => out.extend_from_slice(b"http://"),
+      "https" => out.extend_from_slice(b"https://"),
+      other => {
+        out.extend_from_slice(other.as_bytes());
+        out.extend_from_slice(b"://");
+      }
+    }
   }
   if let Some(authority) = uri.authority() {
     out.extend_from_slice(authority.as_str().as_bytes());
@@ -81,33 +89,50 @@ impl FetchStart {
     headers: &http::HeaderMap,
     client: Option<IpAddr>,
   ) -> Self {
-    let mut text = Vec::with_capacity(64);
-    let path = write_uri(&mut text, uri);
-    let path = (path.start, path.end);
-    let uri_len = text.len();
-    let mut shown = [None; SHOWN_COUNT];
+    let mut start = Self {
+      method: http::Method::GET,
+      text: Vec::with_capacity(64),
+      uri_len: 0,
+      path: (0, 0),
+      absolute: false,
+      headers: [None; SHOWN_COUNT],
+      client: None,
+      status: None,
+    };
+    start.refill(method, uri, headers, client);
+    start
+  }
+
+  /// Makes it another request's, in its own memory: the copy's room is
+  /// kept.
+  fn refill(
+    &mut self,
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    client: Option<IpAddr>,
+  ) {
+    self.text.clear();
+    let path = write_uri(&mut self.text, uri);
+    self.path = (path.start, path.end);
+    self.uri_len = self.text.len();
+    self.headers = [None; SHOWN_COUNT];
     // One pass over the request's few headers costs less than a hashed
     // lookup per shown name; the first value of a name is the one shown,
     // as `HeaderMap::get` gives it.
     for (name, value) in headers {
       if let Some(i) = SHOWN_HEADERS.iter().position(|n| n == name) {
-        if shown[i].is_none() {
-          let start = text.len();
-          text.extend_from_slice(value.as_bytes());
-          shown[i] = Some((start, text.len()));
+        if self.headers[i].is_none() {
+          let start = self.text.len();
+          self.text.extend_from_slice(value.as_bytes());
+          self.headers[i] = Some((start, self.text.len()));
         }
       }
     }
-    Self {
-      method: method.clone(),
-      text,
-      uri_len,
-      path,
-      absolute: uri.scheme().is_some(),
-      headers: shown,
-      client,
-      status: None,
-    }
+    self.method = method.clone();
+    self.absolute = uri.scheme().is_some();
+    self.client = client;
+    self.status = None;
   }
 
   /// The URL the worker saw (`http://localhost` before a bare path).
@@ -338,6 +363,9 @@ pub fn parse_traceparent(value: &[u8]) -> Option<(u128, u64, u8)> {
   (trace_id != 0 && span_id != 0).then_some((trace_id, span_id, flags))
 }
 
+/// The room for a request's copy a reused trace may keep.
+const REUSED_TEXT: usize = 256;
+
 /// One invocation's event info, logs and exceptions so far.
 #[derive(Clone, Debug)]
 pub struct Trace {
@@ -361,6 +389,42 @@ impl Trace {
       span: None,
       log_bytes: 0,
     }
+  }
+
+  /// A fetch's trace, made in `spare`'s memory when there is one (a trace
+  /// a finished invocation gave back, see [`Trace::reusable`]): its box
+  /// and its copy's room are used again, and nothing is moved into them.
+  pub fn fetch(
+    spare: Option<Box<Trace>>,
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    client: Option<IpAddr>,
+  ) -> Box<Trace> {
+    if let Some(mut trace) = spare {
+      if let Started::Fetch(f) = &mut trace.event {
+        f.refill(method, uri, headers, client);
+        trace.logs.clear();
+        trace.exceptions.clear();
+        trace.truncated = false;
+        trace.span = None;
+        trace.log_bytes = 0;
+        return trace;
+      }
+    }
+    Box::new(Trace::new(Started::Fetch(FetchStart::new(
+      method, uri, headers, client,
+    ))))
+  }
+
+  /// Whether [`Trace::fetch`] may use it again: a fetch's, holding no
+  /// memory but the box and a usual URL's room (a trace that logged, or
+  /// copied a long URL, is let go rather than kept by an idle worker).
+  pub fn reusable(&self) -> bool {
+    matches!(&self.event, Started::Fetch(f) if f.text.capacity() <= REUSED_TEXT)
+      && self.logs.capacity() == 0
+      && self.exceptions.capacity() == 0
+      && self.span.is_none()
   }
 
   /// Keeps a `console.*` line, unless the invocation's log bytes would pass
@@ -451,6 +515,8 @@ mod tests {
 
   #[test]
   fn a_fetch_start_copies_what_the_event_shows() {
+    // Each also made again in the trace of the one before it.
+    let mut spare: Option<Box<Trace>> = None;
     for uri in [
       "/",
       "/a/b?c=d&e",
@@ -458,6 +524,7 @@ mod tests {
       "*",
       "https://example.com:8443/p?q=1",
       "http://a.test",
+      "ftp://f.test/x",
       "example.com:443",
     ] {
       let parsed: http::Uri = uri.parse().unwrap();
@@ -494,6 +561,10 @@ mod tests {
         ],
         "credentials are never kept"
       );
+      let mut again = Trace::fetch(spare.take(), &http::Method::PUT, &parsed, &headers, None);
+      assert_eq!(again.event.info(), Started::Fetch(start).info(), "{uri}");
+      again.set_status(200);
+      spare = Some(again);
     }
   }
 

@@ -290,7 +290,7 @@ impl Isolate {
           ops: usage.ops,
           outcome: usage.outcome.unwrap_or(Outcome::Stopped),
         };
-        if let Some(trace) = trace {
+        let back = trace.and_then(|trace| {
           trace_sink.emit(TraceRecord {
             worker: worker.clone(),
             version: version.clone(),
@@ -299,9 +299,10 @@ impl Isolate {
             cpu_us: record.cpu_us,
             wall_us: record.wall_us,
             trace,
-          });
-        }
-        meter.emit(record)
+          })
+        });
+        meter.emit(record);
+        back
       }));
       caller
     };

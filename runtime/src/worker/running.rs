@@ -593,7 +593,7 @@ impl Worker {
       } else {
         None
       };
-      invocations.trace(id, crate::trace::fetch_start(&parts, client), traceparent);
+      invocations.trace_fetch(id, &parts, client, traceparent);
     }
     if declared.is_some_and(|n| n > body_limit) {
       invocations.limit(id, LimitExceeded::RequestBody(body_limit));
