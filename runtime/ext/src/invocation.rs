@@ -539,9 +539,10 @@ impl Invocations {
     }
   }
 
-  /// Starts the trace of invocation `id`, a request for `uri` (callers
-  /// check [`Invocations::tracing`] first), in a trace an earlier one gave
-  /// back when there is one; spans as in [`Invocations::trace`].
+  /// Starts the trace of invocation `id`, `request` from `client` (callers
+  /// check [`Invocations::tracing`] first), in a trace an earlier
+  /// invocation gave back when there is one; spans as in
+  /// [`Invocations::trace`].
   pub fn trace_fetch(
     &mut self,
     id: u32,
