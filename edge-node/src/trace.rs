@@ -585,7 +585,7 @@ mod tests {
     let (a, b) = (Some("192.0.2.1"), Some("2001:db8::2"));
     let mut writer = PackedWriter::default();
     for round in 0..2 {
-      let want = vec![
+      let mut want = vec![
         fetch("/x", a),
         fetch("/x", a),
         fetch("/y", b),
@@ -595,7 +595,6 @@ mod tests {
         fetch("/y?q", a),
         fetch("/y", a),
       ];
-      let mut want = want;
       // Starts shared by neighbours, then one again after another.
       for (i, record) in want.iter_mut().enumerate() {
         record.start = std::time::UNIX_EPOCH + Duration::from_millis([5, 5, 9, 5][i % 4]);

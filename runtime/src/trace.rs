@@ -61,9 +61,10 @@ impl TraceRecord {
 /// event a row of positions, all of it already CBOR. The thread that ends
 /// the invocation writes its row and gives the record's trace back to the
 /// isolate at once, so its memory is reused for the next request while it
-/// is still in that thread's caches; the shipper only frames the bytes. Queuing the records for the shipper
-/// instead cost the request thread more than writing them: a batch's
-/// worth of fresh memory per batch, freed in bulk from another thread.
+/// is still in that thread's caches; the shipper only frames the bytes.
+/// Queuing the records for the shipper instead cost the request thread
+/// more than writing them: a batch's worth of fresh memory per batch,
+/// freed in bulk from another thread.
 /// The bytes decode to the `PackedBatch` whose
 /// [`unpack`](isola_proto::trace::PackedBatch::unpack) gives the events of
 /// [`TraceRecord::into_event`].
