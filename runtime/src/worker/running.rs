@@ -144,10 +144,34 @@ fn request_url(url: &mut Vec<u8>, uri: &http::Uri) {
   isola_ext::write_uri(url, uri);
 }
 
+/// Whether `last` is the URL [`request_url`] writes for `uri`, compared in
+/// pieces: a client asks for the same URL request after request, and
+/// writing it out to compare was ~110 instructions a request.
+fn is_request_url(mut last: &[u8], uri: &http::Uri) -> bool {
+  let mut eat = |piece: &[u8]| match last.strip_prefix(piece) {
+    Some(rest) => {
+      last = rest;
+      true
+    }
+    None => false,
+  };
+  let scheme = match uri.scheme_str() {
+    None => eat(b"http://localhost"),
+    Some("http") => eat(b"http://"),
+    Some("https") => eat(b"https://"),
+    Some(other) => eat(other.as_bytes()) && eat(b"://"),
+  };
+  scheme
+    && uri.authority().is_none_or(|a| eat(a.as_str().as_bytes()))
+    && eat(uri.path().as_bytes())
+    && uri.query().is_none_or(|q| eat(b"?") && eat(q.as_bytes()))
+    && last.is_empty()
+}
+
 /// Pushes a started request's arguments for the dispatcher: id, method,
-/// URL (written into `url`, a reused buffer), body resource, entrypoint,
-/// then (after their count if `counted`, for `dispatchAll`) the headers as
-/// name, value, ...
+/// URL (written into `url`, a reused buffer, unless it is the one held),
+/// body resource, entrypoint, then (after their count if `counted`, for
+/// `dispatchAll`) the headers as name, value, ...
 fn request_args<'s>(
   scope: &mut v8::PinScope<'s, '_>,
   strings: &mut super::strings::RequestStrings,
@@ -157,7 +181,6 @@ fn request_args<'s>(
   counted: bool,
 ) {
   let parts = &request.parts;
-  request_url(url, &parts.uri);
   args.push(v8::Integer::new(scope, request.id as i32).into());
   args.push(
     strings
@@ -165,7 +188,16 @@ fn request_args<'s>(
       .expect("method fits")
       .into(),
   );
-  args.push(strings.url(scope, url).expect("url fits").into());
+  let held = strings.held_url(scope, |last| is_request_url(last, &parts.uri));
+  args.push(
+    held
+      .or_else(|| {
+        request_url(url, &parts.uri);
+        strings.url(scope, url)
+      })
+      .expect("url fits")
+      .into(),
+  );
   args.push(match &request.body {
     Some(BodyArg::Resource(rid)) => v8::Integer::new_from_unsigned(scope, *rid).into(),
     Some(BodyArg::Bytes(bytes)) => {
@@ -1148,19 +1180,51 @@ fn module_code_cache(
 
 #[cfg(test)]
 mod tests {
+  use super::is_request_url;
   use super::request_url;
+
+  const URIS: [&str; 12] = [
+    "https://shop.test/a/b?x=1&y=%20",
+    "https://shop.test/a/b?x=1&y=%2",
+    "https://shop.test/a/b",
+    "http://shop.test/a/b",
+    "ftp://shop.test/a/b",
+    "http://[::1]:8080/",
+    "http://user@api.test:81/v1?",
+    "http://user@api.test:81/v1",
+    "/relative/path?q",
+    "/",
+    "shop.test:443",
+    "*",
+  ];
+
+  #[test]
+  fn a_request_url_is_known_again_only_for_its_own_uri() {
+    for uri in URIS {
+      let parsed: http::Uri = uri.parse().unwrap();
+      let mut url = Vec::new();
+      request_url(&mut url, &parsed);
+      for other in URIS {
+        let other_parsed: http::Uri = other.parse().unwrap();
+        let mut other_url = Vec::new();
+        request_url(&mut other_url, &other_parsed);
+        assert_eq!(
+          is_request_url(&url, &other_parsed),
+          url == other_url,
+          "{uri} against {other}"
+        );
+      }
+      // A URL with a byte more or less is not it.
+      let mut longer = url.clone();
+      longer.push(b'x');
+      assert!(!is_request_url(&longer, &parsed), "{uri}");
+      assert!(!is_request_url(&url[..url.len() - 1], &parsed), "{uri}");
+    }
+  }
 
   #[test]
   fn a_request_url_reads_as_the_uri_displays() {
-    for uri in [
-      "https://shop.test/a/b?x=1&y=%20",
-      "http://[::1]:8080/",
-      "http://user@api.test:81/v1?",
-      "/relative/path?q",
-      "/",
-      "shop.test:443",
-      "*",
-    ] {
+    for uri in URIS {
       let parsed: http::Uri = uri.parse().unwrap();
       let shown = if parsed.scheme().is_some() {
         parsed.to_string()

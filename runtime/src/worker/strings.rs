@@ -156,6 +156,17 @@ impl RequestStrings {
     Some(k)
   }
 
+  /// The held URL, if there is one and `is` says it is the request's:
+  /// the request's URL then need not be written out to be compared.
+  pub(super) fn held_url<'s>(
+    &self,
+    scope: &mut v8::PinScope<'s, '_>,
+    is: impl FnOnce(&[u8]) -> bool,
+  ) -> Option<v8::Local<'s, v8::String>> {
+    let held = self.url.held.as_ref()?;
+    is(&self.url.last).then(|| v8::Local::new(scope, held))
+  }
+
   /// The request's URL (UTF-8) as a JS string.
   pub(super) fn url<'s>(
     &mut self,
