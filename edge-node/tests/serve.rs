@@ -120,6 +120,19 @@ export default {
       console.log("slow request started");
       await new Promise((r) => setTimeout(r, 200));
     }
+    if (url.pathname === "/linger") {
+      // Half an answer, the rest 2.5 s later: longer than the header timeout.
+      const text = new TextEncoder();
+      const body = new ReadableStream({
+        async start(c) {
+          c.enqueue(text.encode("first "));
+          await new Promise((r) => setTimeout(r, 2500));
+          c.enqueue(text.encode("last"));
+          c.close();
+        },
+      });
+      return new Response(body);
+    }
     return new Response(`alpha ${version} ${env.NAME} ${url.host}${url.pathname}`, {
       headers: { "x-version": version },
     });
@@ -394,6 +407,16 @@ fn malformed_slow_and_oversized_requests_do_not_hurt_others() {
   slow
     .write_all(b"GET / HTTP/1.1\r\nHost: alpha.test\r\n")
     .unwrap();
+  // So is a kept-alive one that sends no next request...
+  let mut idle = TcpStream::connect(node.http).unwrap();
+  idle
+    .write_all(b"GET / HTTP/1.1\r\nHost: alpha.test\r\n\r\n")
+    .unwrap();
+  // ... but not one whose answer takes longer than the timeout.
+  let lingering = {
+    let addr = node.http;
+    std::thread::spawn(move || get(addr, "alpha.test", "/linger").expect("an answer"))
+  };
 
   // Garbage gets a 400.
   let mut bad = TcpStream::connect(node.http).unwrap();
@@ -431,6 +454,20 @@ fn malformed_slow_and_oversized_requests_do_not_hurt_others() {
     started.elapsed() < Duration::from_secs(5),
     "the slow connection was closed"
   );
+  idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+  let mut answered = String::new();
+  let started = Instant::now();
+  let _ = idle.read_to_string(&mut answered);
+  assert!(
+    started.elapsed() < Duration::from_secs(5),
+    "the idle connection was closed"
+  );
+  assert!(
+    answered.starts_with("HTTP/1.1 200") && answered.ends_with("alpha v1 A alpha.test/"),
+    "{answered:?}"
+  );
+  let r = lingering.join().unwrap();
+  assert_eq!((r.status, r.text().as_str()), (200, "first last"));
 }
 
 #[test]

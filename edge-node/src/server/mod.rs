@@ -165,8 +165,6 @@ macro_rules! http1_settings {
       // and a plain `send`, rather than `writev` of the parts: less kernel
       // work per response, as `deno serve` does.
       .writev(false)
-      .timer(timer::CoarseTimer)
-      .header_read_timeout($options.header_timeout)
       .max_buf_size($options.max_header_bytes.max(8192))
   };
 }
@@ -184,9 +182,15 @@ struct Builders {
 impl Builders {
   fn new(options: &HttpOptions) -> Self {
     let mut http1 = http1::Builder::new();
-    http1_settings!(http1, options);
+    // The head deadline is the drain's (see `drain`'s docs): hyper's own
+    // costs a timer and a read a request.
+    http1_settings!(http1, options).header_read_timeout(None::<Duration>);
     let mut auto = auto::Builder::new(TokioExecutor::new());
-    http1_settings!(auto.http1(), options);
+    // `auto` serves HTTP/1 only to TLS clients that named no protocol, and
+    // cannot tell the drain which protocol it found: hyper's deadline.
+    http1_settings!(auto.http1(), options)
+      .timer(timer::CoarseTimer)
+      .header_read_timeout(options.header_timeout);
     auto
       .http2()
       .timer(TokioTimer::new())
@@ -195,29 +199,39 @@ impl Builders {
   }
 
   /// Serves `io` until it ends or the drain closes it (`http1`: known to
-  /// be HTTP/1).
-  async fn serve<I, S>(&self, io: I, http1: bool, service: S, ticket: drain::Ticket)
-  where
+  /// be HTTP/1, its heads timed by the drain with `heads`, the clock that
+  /// `service` keeps).
+  async fn serve<I, S>(
+    &self,
+    io: I,
+    http1: bool,
+    service: S,
+    mut ticket: drain::Ticket,
+    heads: Arc<drain::HeadClock>,
+  ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::Service<
         http::Request<Incoming>,
-        Response = http::Response<ResponseBody>,
+        Response = http::Response<drain::Answered<ResponseBody>>,
         Error = std::convert::Infallible,
       > + Send
       + 'static,
     S::Future: Send + 'static,
   {
     let ended = if http1 {
+      ticket.time_heads(heads, std::time::Instant::now());
       let conn = self.http1.serve_connection(io, service);
       let ended = ticket.watch(conn, http1::Connection::graceful_shutdown);
-      ended.await.map_err(|e| e.to_string())
+      ended.await.map(|ended| ended.map_err(|e| e.to_string()))
     } else {
       let conn = self.auto.serve_connection(io, service);
       let ended = ticket.watch(conn, auto::Connection::graceful_shutdown);
-      ended.await.map_err(|e| e.to_string())
+      ended.await.map(|ended| ended.map_err(|e| e.to_string()))
     };
-    if let Err(e) = ended {
-      tracing::debug!("connection ended: {e}");
+    match ended {
+      Some(Ok(())) => {}
+      Some(Err(e)) => tracing::debug!("connection ended: {e}"),
+      None => tracing::debug!("connection cut off: no request head within the header timeout"),
     }
   }
 }
@@ -317,6 +331,7 @@ async fn serve_spread<H, F>(
   let builders = Arc::new(Builders::new(&options));
   let client_addr = options.client_addr;
   let drain = drain::Drain::default();
+  tokio::spawn(drain.sweeper(options.header_timeout));
   loop {
     let accept = async {
       if let Some((spread, me)) = &spread {
@@ -339,7 +354,10 @@ async fn serve_spread<H, F>(
     let handle = handle.clone();
     let fallback_host = fallback_host.clone();
     let scheme = scheme.clone();
+    let heads = Arc::new(drain::HeadClock::default());
+    let clock = heads.clone();
     let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+      clock.head();
       let uri = HOSTS.with_borrow_mut(|hosts| {
         absolute_uri(req.uri(), req.headers(), &scheme, &fallback_host, hosts)
       });
@@ -350,7 +368,11 @@ async fn serve_spread<H, F>(
         req,
         client_addr.then_some(peer.ip()),
       ));
-      async move { Ok::<_, std::convert::Infallible>(response.await) }
+      let clock = clock.clone();
+      async move {
+        let response = response.await.map(|body| drain::Answered::new(body, clock));
+        Ok::<_, std::convert::Infallible>(response)
+      }
     });
     let builders = builders.clone();
     let mut ticket = drain.ticket();
@@ -373,7 +395,7 @@ async fn serve_spread<H, F>(
             );
           };
           let io = TokioIo::new(stream);
-          builders.serve(io, http1, service, ticket).await;
+          builders.serve(io, http1, service, ticket, heads).await;
         }
         Some(acceptor) => {
           // A TLS handshake is held to the same deadline as a request
@@ -389,7 +411,7 @@ async fn serve_spread<H, F>(
           };
           let http1 = tls_is_http1(&tls);
           builders
-            .serve(TokioIo::new(tls), http1, service, ticket)
+            .serve(TokioIo::new(tls), http1, service, ticket, heads)
             .await;
         }
       }

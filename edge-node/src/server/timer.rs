@@ -1,4 +1,6 @@
-//! hyper's timer for the HTTP/1 header-read deadline, at a second's grain.
+//! hyper's timer for the HTTP/1 header-read deadline, at a second's grain,
+//! for the connections `auto` serves (TLS clients that named no protocol);
+//! the others' heads are timed by their drain (see `drain`).
 //!
 //! hyper arms that timer each time a kept-alive connection waits for its
 //! next request head. With tokio's timer each arming made a `Sleep` (a
