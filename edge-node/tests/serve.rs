@@ -163,13 +163,13 @@ fn setup() -> (tempfile::TempDir, rustls::RootCertStore) {
 }
 
 /// One request over TLS with SNI `host`; returns status, body, negotiated ALPN.
-async fn get_tls(
+/// A TLS connection to `host` offering `alpn`, handshake done.
+async fn connect_tls(
   roots: &rustls::RootCertStore,
   addr: SocketAddr,
   host: &str,
-  path: &str,
-  h2: bool,
-) -> (u16, String, Vec<u8>) {
+  alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
   let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
     rustls::crypto::aws_lc_rs::default_provider(),
   ))
@@ -177,18 +177,25 @@ async fn get_tls(
   .unwrap()
   .with_root_certificates(roots.clone())
   .with_no_client_auth();
-  config.alpn_protocols = if h2 {
-    vec![b"h2".to_vec()]
-  } else {
-    vec![b"http/1.1".to_vec()]
-  };
+  config.alpn_protocols = vec![alpn.to_vec()];
   let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
   let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
   let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
-  let tls = connector
+  connector
     .connect(name, tcp)
     .await
-    .expect("TLS handshake with the right certificate");
+    .expect("TLS handshake with the right certificate")
+}
+
+async fn get_tls(
+  roots: &rustls::RootCertStore,
+  addr: SocketAddr,
+  host: &str,
+  path: &str,
+  h2: bool,
+) -> (u16, String, Vec<u8>) {
+  let alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
+  let tls = connect_tls(roots, addr, host, alpn).await;
   let alpn = tls.get_ref().1.alpn_protocol().unwrap_or_default().to_vec();
   let io = TokioIo::new(tls);
   let req = http::Request::get(format!("https://{host}{path}"))
@@ -314,6 +321,16 @@ async fn tls_picks_the_certificate_by_sni_and_negotiates_http2() {
     assert_eq!(status, 200);
     assert!(body.contains(r#""proto":"https:""#), "{body}");
   }
+  // A connection that agreed on HTTP/1.1 and sends no request head is cut
+  // off at the header timeout (1 s here), as one over plain TCP is.
+  let mut idle = connect_tls(&roots, node.tls, "alpha.test", b"http/1.1").await;
+  let mut rest = Vec::new();
+  let closed = tokio::time::timeout(
+    Duration::from_secs(5),
+    tokio::io::AsyncReadExt::read_to_end(&mut idle, &mut rest),
+  )
+  .await;
+  assert!(closed.is_ok(), "the idle TLS connection was closed");
 }
 
 #[test]
