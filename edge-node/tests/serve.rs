@@ -414,6 +414,21 @@ fn a_version_switch_under_load_is_atomic_and_loses_nothing() {
   );
 }
 
+/// What `stream` reads until the node closes it, which must be within 5 s.
+fn until_closed(stream: &mut TcpStream, what: &str) -> String {
+  stream
+    .set_read_timeout(Some(Duration::from_secs(5)))
+    .unwrap();
+  let mut got = Vec::new();
+  let started = Instant::now();
+  let _ = stream.read_to_end(&mut got);
+  assert!(
+    started.elapsed() < Duration::from_secs(5),
+    "{what} was closed"
+  );
+  String::from_utf8_lossy(&got).into_owned()
+}
+
 #[test]
 fn malformed_slow_and_oversized_requests_do_not_hurt_others() {
   let (dir, _) = setup();
@@ -463,22 +478,8 @@ fn malformed_slow_and_oversized_requests_do_not_hurt_others() {
   }
 
   // The slow client was closed by the header timeout (1 s here).
-  slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-  let mut rest = Vec::new();
-  let started = Instant::now();
-  let _ = slow.read_to_end(&mut rest);
-  assert!(
-    started.elapsed() < Duration::from_secs(5),
-    "the slow connection was closed"
-  );
-  idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-  let mut answered = String::new();
-  let started = Instant::now();
-  let _ = idle.read_to_string(&mut answered);
-  assert!(
-    started.elapsed() < Duration::from_secs(5),
-    "the idle connection was closed"
-  );
+  until_closed(&mut slow, "the slow connection");
+  let answered = until_closed(&mut idle, "the idle connection");
   assert!(
     answered.starts_with("HTTP/1.1 200") && answered.ends_with("alpha v1 A alpha.test/"),
     "{answered:?}"
