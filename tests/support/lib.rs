@@ -50,19 +50,17 @@ pub fn bin(name: &str) -> PathBuf {
   path
 }
 
+/// Loopback, port 0: the listener's own pick, read back from its
+/// `listening` event.
+const ANY_PORT: SocketAddr =
+  SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
 /// A free TCP port on loopback (the OS picked it; it stays free unless
 /// something else grabs it in between). Only for a binary that cannot
 /// report its own port.
 pub fn free_tcp() -> SocketAddr {
   std::net::TcpListener::bind("127.0.0.1:0")
     .and_then(|l| l.local_addr())
-    .expect("a free port")
-}
-
-/// A free UDP port on loopback, as [`free_tcp`].
-pub fn free_udp() -> SocketAddr {
-  std::net::UdpSocket::bind("127.0.0.1:0")
-    .and_then(|s| s.local_addr())
     .expect("a free port")
 }
 
@@ -514,8 +512,11 @@ impl Control {
       .to_string();
     let mut control = Control {
       dir: dir.to_path_buf(),
-      api: free_tcp(),
-      quic: free_udp(),
+      // Port 0: the OS picks and the control plane reports it. A port
+      // found free beforehand was at times taken by another test's
+      // connection before `serve` bound it.
+      api: ANY_PORT,
+      quic: ANY_PORT,
       token,
       proc: None,
       serve_args,
@@ -525,8 +526,9 @@ impl Control {
     control
   }
 
-  /// Starts `serve` (again) on the same data folder and addresses, and
-  /// waits for its `listening` event for the API.
+  /// Starts `serve` (again) on the same data folder and addresses (port 0
+  /// the first time), and waits for its `listening` events for the API and
+  /// QUIC, whose addresses a restart keeps.
   pub fn start(&mut self) {
     let program = bin("isola-control");
     let (api, quic) = (self.api.to_string(), self.quic.to_string());
@@ -539,6 +541,7 @@ impl Control {
         .envs(self.serve_env.iter().map(|(k, v)| (k, v))),
     );
     self.api = proc.listening("api");
+    self.quic = proc.listening("quic");
     self.proc = Some(proc);
   }
 
