@@ -102,7 +102,8 @@ enum Command {
     #[arg(long, hide = true, value_name = "ORIGIN_MS:SCALE", value_parser = parse_test_clock)]
     test_clock: Option<(i64, i64)>,
     /// Serve geo DNS (UDP and TCP) on this address, authoritative for the
-    /// zones of --dns-config. Default: no DNS.
+    /// zones of --dns-config (port 0: one free port for both, shown in the
+    /// `listening` event). Default: no DNS.
     #[arg(long, requires = "dns_config")]
     dns: Option<SocketAddr>,
     /// The DNS server's settings (zones, TTL, networks, health checks).

@@ -125,12 +125,12 @@ fn main() {
        geoip_db = \"b.mmdb\"\n[health]\ninterval_ms = {INTERVAL_MS}\nrise = 2\nfall = {FALL}\n"
     ),
   );
-  let server = isola_integration::free_dns();
-  let (server_arg, config_arg) = (server.to_string(), config.display().to_string());
-  let control = Control::init_and_start_with(
+  let config_arg = config.display().to_string();
+  let mut control = Control::init_and_start_with(
     &dir.path().join("control"),
-    &["--dns", &server_arg, "--dns-config", &config_arg],
+    &["--dns", "127.0.0.1:0", "--dns-config", &config_arg],
   );
+  let server = control.listening("dns");
   let eu = edge(&control, dir.path(), "eu-1", "127.0.0.2", "eu-west");
   let us = edge(&control, dir.path(), "us-1", "127.0.0.3", "us-east");
   let eu_proc = eu.start();

@@ -91,12 +91,12 @@ fn geo_dns_answers_with_the_nearest_healthy_edge() {
        [health]\ninterval_ms = 200\nrise = 2\nfall = 2\ngrace_ms = 1000\n"
     ),
   );
-  let server = isola_integration::free_dns();
-  let (server_arg, config_arg) = (server.to_string(), config.display().to_string());
-  let control = Control::init_and_start_with(
+  let config_arg = config.display().to_string();
+  let mut control = Control::init_and_start_with(
     &dir.path().join("control"),
-    &["--dns", &server_arg, "--dns-config", &config_arg],
+    &["--dns", "127.0.0.1:0", "--dns-config", &config_arg],
   );
+  let server = control.listening("dns");
   let eu = edge(
     &control,
     dir.path(),

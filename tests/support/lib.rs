@@ -64,19 +64,6 @@ pub fn free_tcp() -> SocketAddr {
     .expect("a free port")
 }
 
-/// A loopback port free on UDP and on TCP at once, for a DNS server (it
-/// listens on both). A port found free on UDP alone was at times taken on
-/// TCP by another test's connection, and the server could not start.
-pub fn free_dns() -> SocketAddr {
-  loop {
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port");
-    let addr = udp.local_addr().expect("a bound socket has an address");
-    if std::net::TcpListener::bind(addr).is_ok() {
-      return addr;
-    }
-  }
-}
-
 /// Writes `text` to `dir/name`, creating folders.
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
   let path = dir.join(name);
@@ -543,6 +530,16 @@ impl Control {
     self.api = proc.listening("api");
     self.quic = proc.listening("quic");
     self.proc = Some(proc);
+  }
+
+  /// The address of this run's `listener` (`dns`, ...), from its
+  /// `listening` event.
+  pub fn listening(&mut self, listener: &str) -> SocketAddr {
+    self
+      .proc
+      .as_mut()
+      .expect("the control plane runs")
+      .listening(listener)
   }
 
   /// `isola-control init --database URL` in `dir` (a PostgreSQL store),

@@ -16,17 +16,35 @@ use super::Error;
 /// A TCP connection idle this long is closed.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
+/// Port 0 asks for any port free on both: the one the OS gave UDP can be
+/// held on TCP (another process's outgoing connection), so a few are tried.
+const ANY_PORT_TRIES: usize = 8;
+
+/// The UDP socket and TCP listener at `addr`, on one port.
+async fn bind(
+  addr: SocketAddr,
+) -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener, SocketAddr), Error> {
+  let fail = |what: &'static str| move |source| Error::Listen { addr, what, source };
+  let tries = if addr.port() == 0 { ANY_PORT_TRIES } else { 1 };
+  let mut tried = 0;
+  loop {
+    tried += 1;
+    let udp = tokio::net::UdpSocket::bind(addr)
+      .await
+      .map_err(fail("UDP"))?;
+    let bound = udp.local_addr().map_err(fail("UDP"))?;
+    match tokio::net::TcpListener::bind(bound).await {
+      Ok(tcp) => return Ok((udp, tcp, bound)),
+      Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tried < tries => continue,
+      Err(e) => return Err(fail("TCP")(e)),
+    }
+  }
+}
+
 /// Serves `responder` on UDP and TCP at `addr` (port 0: one free port for
 /// both); returns the address bound.
 pub async fn start(addr: SocketAddr, responder: Arc<Responder>) -> Result<SocketAddr, Error> {
-  let bind = |what: &'static str| move |source| Error::Listen { addr, what, source };
-  let udp = tokio::net::UdpSocket::bind(addr)
-    .await
-    .map_err(bind("UDP"))?;
-  let bound = udp.local_addr().map_err(bind("UDP"))?;
-  let tcp = tokio::net::TcpListener::bind(bound)
-    .await
-    .map_err(bind("TCP"))?;
+  let (udp, tcp, bound) = bind(addr).await?;
   tracing::info!(listener = "dns", addr = %bound, "listening");
   let udp = Arc::new(udp);
   let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
