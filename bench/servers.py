@@ -85,9 +85,10 @@ def spawn(argv: list[str], log_path: Path | None, env: dict | None = None,
 
     The pin is inherited: the harness moves itself onto `cpus` for the spawn
     and back. A `preexec_fn` would pin it too, but makes Python fork the
-    whole harness rather than vfork, which added ~1.5-2 ms to every server's
-    start (measured 2026-12-07: median 11.8-12.5 ms against 10.1-10.4 for
-    the same edge binary), and a `taskset` prefix adds its own exec."""
+    whole harness rather than vfork, which added ~2-3 ms to every server's
+    start (2026-12-07, 30 starts each way in turn: raw hyper 5.33 -> 2.57 ms,
+    the edge 17.35 -> 14.11 ms, medians), and a `taskset` prefix adds its
+    own exec."""
 
     def lower():
         os.nice(nice)
