@@ -159,18 +159,37 @@ fn dev_answers_a_connection_made_while_the_worker_loads() {
     "await new Promise((resolve) => setTimeout(resolve, 1000));\n\
      export default { fetch() { return new Response('loaded'); } };\n",
   );
-  let addr = free_tcp();
-  let listen = addr.to_string();
-  let mut dev = Proc::start(
-    BIN.as_ref(),
-    &[
-      "dev".as_ref(),
-      entry.as_os_str(),
-      "--listen".as_ref(),
-      listen.as_ref(),
-    ],
-  );
-  poll(Duration::from_secs(30), || TcpStream::connect(addr).ok()).expect("dev listens");
+  // `dev` reports its port only once the worker has loaded, too late here,
+  // so the test picks one; another test may take it before `dev` binds it,
+  // and then `dev` exits saying so and the test picks again.
+  let (mut dev, addr, listen) = (0..5)
+    .find_map(|_| {
+      let addr = free_tcp();
+      let listen = addr.to_string();
+      let mut dev = Proc::start(
+        BIN.as_ref(),
+        &[
+          "dev".as_ref(),
+          entry.as_os_str(),
+          "--listen".as_ref(),
+          listen.as_ref(),
+        ],
+      );
+      let up = poll(Duration::from_secs(30), || {
+        if TcpStream::connect(addr).is_ok() {
+          Some(true)
+        } else {
+          dev.child.try_wait().ok().flatten().map(|_| false)
+        }
+      })
+      .expect("dev listens or exits");
+      if up {
+        return Some((dev, addr, listen));
+      }
+      dev.expect_line("cannot listen on");
+      None
+    })
+    .expect("a free port in five tries");
   // The banner comes once the worker has loaded: not yet.
   let early = dev.output();
   assert!(

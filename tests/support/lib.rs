@@ -515,18 +515,35 @@ impl Control {
 
   /// Starts `serve` (again) on the same data folder and addresses (port 0
   /// the first time), and waits for its `listening` events for the API and
-  /// QUIC, whose addresses a restart keeps.
+  /// QUIC, whose addresses a restart keeps. While the control plane was
+  /// down another test's connection may have taken one of its ports for a
+  /// moment: a restart that finds one in use tries again for a few seconds.
   pub fn start(&mut self) {
     let program = bin("isola-control");
     let (api, quic) = (self.api.to_string(), self.quic.to_string());
-    let mut proc = Proc::spawn(
-      Command::new(&program)
-        .args(["--log-format", "json", "serve", "--data-dir"])
-        .arg(&self.dir)
-        .args(["--api", &api, "--quic", &quic])
-        .args(&self.serve_args)
-        .envs(self.serve_env.iter().map(|(k, v)| (k, v))),
-    );
+    let mut tries = 0;
+    let mut proc = loop {
+      let mut proc = Proc::spawn(
+        Command::new(&program)
+          .args(["--log-format", "json", "serve", "--data-dir"])
+          .arg(&self.dir)
+          .args(["--api", &api, "--quic", &quic])
+          .args(&self.serve_args)
+          .envs(self.serve_env.iter().map(|(k, v)| (k, v))),
+      );
+      let line = proc.wait_line("with the API's listening event", |l| {
+        l.contains("Address already in use")
+          || Event::parse(l).is_some_and(|e| {
+            e.message() == "listening" && e.field("listener").as_deref() == Some("api")
+          })
+      });
+      tries += 1;
+      if !line.contains("Address already in use") || tries == 20 {
+        break proc;
+      }
+      proc.kill();
+      std::thread::sleep(Duration::from_millis(250));
+    };
     self.api = proc.listening("api");
     self.quic = proc.listening("quic");
     self.proc = Some(proc);
