@@ -1037,17 +1037,23 @@ impl Shared {
       .storage(self.config.storage.clone())
       .code_cache(self.code_cache.clone())
       .trace(self.config.trace.clone());
-    let config = config.pool(link).meter(MeterSink::new(move |record| {
-      if crate::fairness::charges(record.outcome) {
-        ledger.charge(
-          &name,
-          record.outcome,
-          Duration::from_micros(record.cpu_us),
-          Instant::now(),
-        );
-      }
-      meter.emit(record);
-    }));
+    // Without fairness and a meter, nothing reads the records.
+    let metered = self.config.fairness.enabled || !meter.is_discard();
+    let config = config.pool(link).meter(if metered {
+      MeterSink::new(move |record| {
+        if crate::fairness::charges(record.outcome) {
+          ledger.charge(
+            &name,
+            record.outcome,
+            Duration::from_micros(record.cpu_us),
+            Instant::now(),
+          );
+        }
+        meter.emit(record);
+      })
+    } else {
+      MeterSink::discard()
+    });
     let (tx, rx) = oneshot::channel();
     self.threads[thread]
       .tx

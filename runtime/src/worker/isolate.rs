@@ -275,35 +275,39 @@ impl Isolate {
       invocations.spans = config.trace.spans();
       let (worker, version, meter) = (name.clone(), config.version.clone(), config.meter.clone());
       let trace_sink = config.trace.clone();
-      invocations.set_finish_hook(Box::new(move |_id, mut usage, end| {
-        let trace = usage.trace.take();
-        let record = InvocationRecord {
-          worker: worker.clone(),
-          version: version.clone(),
-          start: usage.start_time,
-          cpu_us: usage.cpu_ns / 1000,
-          wall_us: end.saturating_duration_since(usage.start).as_micros() as u64,
-          peak_memory: usage.peak_memory,
-          bytes_in: usage.bytes_in,
-          bytes_out: usage.bytes_out,
-          subrequests: usage.subrequests,
-          ops: usage.ops,
-          outcome: usage.outcome.unwrap_or(Outcome::Stopped),
-        };
-        let back = trace.and_then(|trace| {
-          trace_sink.emit(TraceRecord {
+      // A record nothing reads is not built.
+      let recorded = !meter.is_discard() || invocations.tracing;
+      if recorded {
+        invocations.set_finish_hook(Box::new(move |_id, mut usage, end| {
+          let trace = usage.trace.take();
+          let record = InvocationRecord {
             worker: worker.clone(),
             version: version.clone(),
-            start: record.start,
-            outcome: record.outcome,
-            cpu_us: record.cpu_us,
-            wall_us: record.wall_us,
-            trace,
-          })
-        });
-        meter.emit(record);
-        back
-      }));
+            start: usage.start_time,
+            cpu_us: usage.cpu_ns / 1000,
+            wall_us: end.saturating_duration_since(usage.start).as_micros() as u64,
+            peak_memory: usage.peak_memory,
+            bytes_in: usage.bytes_in,
+            bytes_out: usage.bytes_out,
+            subrequests: usage.subrequests,
+            ops: usage.ops,
+            outcome: usage.outcome.unwrap_or(Outcome::Stopped),
+          };
+          let back = trace.and_then(|trace| {
+            trace_sink.emit(TraceRecord {
+              worker: worker.clone(),
+              version: version.clone(),
+              start: record.start,
+              outcome: record.outcome,
+              cpu_us: record.cpu_us,
+              wall_us: record.wall_us,
+              trace,
+            })
+          });
+          meter.emit(record);
+          back
+        }));
+      }
       caller
     };
     // Where the request hook finds it (enter.rs, `current_caller`).
