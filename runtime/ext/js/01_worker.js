@@ -1049,7 +1049,7 @@ function describeValue(v) {
  * with headers of their own) and read as `respond` reads them. V8
  * compiles a function on its first call and keeps the bytecode in the
  * snapshot, so no isolate compiles these again: each one left to a first
- * request cost it ~60,000 instructions (`echo`'s compiled 25). The
+ * request cost it ~60,000 instructions (25 of them on `echo`'s first). The
  * functions this cannot call (they call ops) are parenthesized instead: V8
  * compiles a parenthesized function expression eagerly, so they are in the
  * snapshot compiled too. What it makes is kept (`warmKept`), in the state
@@ -1079,6 +1079,7 @@ function warm() {
   void url.pathname;
   void url.searchParams;
   void request.method;
+  // The invocations of both: their `body` field holds null or a body.
   const invGot = { id: 0, pending: 1, responded: false, passThrough: false, body: null };
   const inv = { id: 0, pending: 1, responded: false, passThrough: false, body };
   const ctx = new ExecutionContext(inv);
