@@ -171,19 +171,24 @@ def render(results: list[tuple[str, dict[str, float]]]) -> str:
 
 
 def run_counted(argv: list[str], env: dict | None, workload: str, port: int, warmup: int,
-                seconds: int, connections: int, out: Path) -> tuple[Path, int]:
+                seconds: int, connections: int, out: Path, callgrind_args: list[str] = (),
+                dump_first: bool = False) -> tuple[Path, int]:
     """`argv` under callgrind: warm up, zero, load, dump. Returns the dump
-    and the requests wrk counted meanwhile."""
+    and the requests wrk counted meanwhile. `dump_first`: a dump (part 1)
+    right after the first 200 as well, of everything up to it."""
     wdir = servers.WORKLOADS_DIR / workload
     prefix = out / "callgrind.out"
-    argv = ["valgrind", "--tool=callgrind", "--smc-check=all-non-file",
+    argv = ["valgrind", "--tool=callgrind", "--smc-check=all-non-file", *callgrind_args,
             f"--callgrind-out-file={prefix}.%p", *argv]
     proc = servers.spawn(argv, out / "server.log", env)
     try:
         if servers.wait_first_200(proc, port, 300, poll_s=0.2) is None:
             # `out` is a temporary directory: the log's end goes in the message.
-            raise RuntimeError(f"{argv[4]} did not answer under valgrind; its log ends:\n"
-                               + servers.log_tail(out / "server.log", 10))
+            raise RuntimeError(f"{argv[4 + len(callgrind_args)]} did not answer under valgrind;"
+                               " its log ends:\n" + servers.log_tail(out / "server.log", 10))
+        if dump_first:
+            subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True,
+                           capture_output=True)
         script = ["-s", str(wdir / "wrk.lua")] if (wdir / "wrk.lua").exists() else []
 
         def load(secs: int) -> str:
@@ -198,7 +203,7 @@ def run_counted(argv: list[str], env: dict | None, workload: str, port: int, war
         time.sleep(1)
     finally:
         servers.stop(proc)
-    dumps = sorted(out.glob("callgrind.out.*.1"))
+    dumps = sorted(out.glob(f"callgrind.out.*.{2 if dump_first else 1}"))
     if not dumps:
         raise RuntimeError(f"callgrind wrote no dump in {out}")
     m = re.search(r"(\d+) requests in", report)

@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import instructions  # noqa: E402
+import link_order  # noqa: E402
 import measure  # noqa: E402
 import report  # noqa: E402
 
@@ -510,6 +511,34 @@ class Instructions(unittest.TestCase):
     def test_no_request_is_no_result(self):
         self.assertIsNone(instructions.per_request(
             instructions.call_totals([], instructions.PATTERNS), 0))
+
+
+class LinkOrder(unittest.TestCase):
+    def test_self_cost_leaves_out_calls_and_merges_recursion(self):
+        out = """\
+events: Ir
+fn=(1) _ZN4main
+0 10
+cfn=(2) _ZN4hot'2
+calls=3 0
+0 700
++2 5
+fn=(2)
+0 300
+fn=(3) _ZN4hot
+* 100
+cfn=(2)
+calls=1 0
+0 300
+"""
+        self.assertEqual(link_order.self_costs(out.splitlines()),
+                         {"_ZN4main": 15, "_ZN4hot": 400})
+
+    def test_warm_path_first_by_cost_then_the_start_by_name(self):
+        start = {"c": 9, "a": 1, "hot": 50, "libc_only": 3}
+        warm = {"hot": 50, "warm2": 70, "idle": 0, "gone": 5}
+        defined = {"a", "c", "hot", "warm2", "idle"}
+        self.assertEqual(link_order.order(start, warm, defined), ["warm2", "hot", "a", "c"])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,134 @@
+"""Writes edge-node/link-order.txt: the functions a start of `isola-edge`
+runs, for the linker to lay side by side.
+
+The binary holds ~93,000 functions in 45 MB of code; a start up to its first
+response runs ~5,000 of them (3 MB), scattered over the whole text, and every
+64 KB of it that it touches costs a page fault (~3.3 µs each on this box,
+~250 a start). Given this list, lld places the listed functions first, in
+the list's order: the warm request path (hottest first, so it spans few
+pages), then the rest of what a start runs.
+
+It runs `isola-edge dev` on the `hello` workload under callgrind: the
+functions that ran from exec to the first 200 are the start; after a
+warm-up, those a steady load runs, by instructions spent in each, are the
+warm path. Only names the binary defines are kept. Regenerate it after a V8
+or deno_core upgrade, or when `--check` reports that many listed names are
+gone (Rust names carry a hash that changes when a crate's dependencies do).
+
+usage: python3 bench/link_order.py [--warmup 20] [--seconds 5] EDGE_BINARY
+       python3 bench/link_order.py --check EDGE_BINARY
+
+Needs valgrind, wrk and nm. `EDGE_BINARY` is a release build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import instructions  # noqa: E402  (its callgrind run and name pattern)
+import servers  # noqa: E402
+
+ORDER_FILE = Path(__file__).resolve().parent.parent / "edge-node" / "link-order.txt"
+HEADER = """\
+# The order lld gives isola-edge's functions (edge-node/build.rs): first the
+# warm request path, hottest first, then the rest of what a start runs up to
+# its first response. Written by bench/link_order.py; regenerate it there.
+# Names the binary no longer defines are skipped by the linker.
+"""
+# callgrind's suffix for a recursion level of a function (`f'2`).
+_RECURSION = re.compile(r"'\d+$")
+
+
+def self_costs(lines) -> dict[str, int]:
+    """Each function's own instructions in a callgrind output file (not
+    those of its callees), by linkage name, recursion levels merged."""
+    names: dict[str, str] = {}
+    costs: dict[str, int] = {}
+    current = None
+    call_cost_next = False
+    for line in lines:
+        if line.startswith(("fn=", "cfn=")):
+            m = instructions._NAMED.match(line.strip())
+            if m is None:
+                continue
+            if m.group(2):
+                names[m.group(1)] = _RECURSION.sub("", m.group(2))
+            if line.startswith("fn="):
+                current = names.get(m.group(1))
+                costs.setdefault(current, 0)
+        elif line.startswith("calls="):
+            call_cost_next = True
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            fields = line.split()
+            if call_cost_next:
+                call_cost_next = False
+            elif current is not None and len(fields) >= 2:
+                costs[current] += int(fields[1])
+    costs.pop(None, None)
+    return costs
+
+
+def order(start: dict[str, int], warm: dict[str, int], defined: set[str]) -> list[str]:
+    """The warm path's functions by their instructions, most first, then the
+    rest of the start's by name (a stable file from run to run); only names
+    in `defined`."""
+    hot = [n for n, c in sorted(warm.items(), key=lambda kv: (-kv[1], kv[0]))
+           if c > 0 and n in defined]
+    seen = set(hot)
+    return hot + sorted(n for n in start if n in defined and n not in seen)
+
+
+def defined_functions(binary: Path) -> set[str]:
+    """Linkage names of the functions the binary defines."""
+    out = subprocess.run(["nm", "--defined-only", str(binary)], check=True,
+                         capture_output=True, text=True).stdout
+    return {f[2] for f in (line.split() for line in out.splitlines())
+            if len(f) == 3 and f[1] in "tTwW"}
+
+
+def listed(path: Path) -> list[str]:
+    return [s for s in (line.strip() for line in path.read_text().splitlines())
+            if s and not s.startswith("#")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("binary", type=Path)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--check", action="store_true",
+                    help="report how many listed names the binary defines; write nothing")
+    args = ap.parse_args()
+    defined = defined_functions(args.binary)
+    if args.check:
+        names = listed(ORDER_FILE)
+        have = sum(n in defined for n in names)
+        print(f"{ORDER_FILE.name}: {have} of {len(names)} names defined in {args.binary}")
+        return
+    wdir = servers.WORKLOADS_DIR / "hello"
+    with tempfile.TemporaryDirectory() as d:
+        port = servers.free_port()
+        argv = [str(args.binary), "dev", str(wdir / "worker.js"), "--listen", f"127.0.0.1:{port}"]
+        warm_dump, _ = instructions.run_counted(
+            argv, dict(os.environ, ISOLA_LOG="warn"), "hello", port, args.warmup, args.seconds,
+            1, Path(d), callgrind_args=["--demangle=no"], dump_first=True)
+        start_dump = next(Path(d).glob("callgrind.out.*.1"))
+        with open(start_dump, errors="replace") as f:
+            start = self_costs(f)
+        with open(warm_dump, errors="replace") as f:
+            warm = self_costs(f)
+    names = order(start, warm, defined)
+    ORDER_FILE.write_text(HEADER + "\n".join(names) + "\n")
+    hot = sum(1 for n, c in warm.items() if c > 0 and n in defined)
+    print(f"wrote {ORDER_FILE}: {len(names)} functions, {hot} of them on the warm path")
+
+
+if __name__ == "__main__":
+    main()
