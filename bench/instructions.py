@@ -203,7 +203,10 @@ def run_counted(argv: list[str], env: dict | None, workload: str, port: int, war
         time.sleep(1)
     finally:
         servers.stop(proc)
-    dumps = sorted(out.glob(f"callgrind.out.*.{2 if dump_first else 1}"))
+    part = 2 if dump_first else 1
+    # With `--separate-threads=yes`, a file a thread: `….PART-THREAD`.
+    dumps = sorted(out.glob(f"callgrind.out.*.{part}")) + sorted(
+        out.glob(f"callgrind.out.*.{part}-*"))
     if not dumps:
         raise RuntimeError(f"callgrind wrote no dump in {out}")
     m = re.search(r"(\d+) requests in", report)

@@ -8,14 +8,16 @@ response runs ~5,000 of them (3 MB), scattered over the whole text, and every
 the list's order: the warm request path (hottest first, so it spans few
 pages), then the rest of what a start runs.
 
-It runs `isola-edge dev` on the `hello` workload under callgrind: the
-functions that ran from exec to the first 200 are the start; after a
-warm-up, those a steady load runs, by instructions spent in each, are the
-warm path. Only names the binary defines are kept. Regenerate it after a V8
+It runs `isola-edge dev` under callgrind on each workload (`hello`, `json`,
+`echo`): the functions that ran from exec to the first 200 are the start;
+after a warm-up, those a steady load runs, by their share of the
+workload's instructions (each workload weighs the same), are the warm path.
+Only names the binary defines are kept. Regenerate it after a V8
 or deno_core upgrade, or when `--check` reports that many listed names are
 gone (Rust names carry a hash that changes when a crate's dependencies do).
 
-usage: python3 bench/link_order.py [--warmup 20] [--seconds 5] EDGE_BINARY
+usage: python3 bench/link_order.py [--warmup 20] [--seconds 5]
+           [--workloads hello,json,echo] EDGE_BINARY
        python3 bench/link_order.py --check EDGE_BINARY
 
 Needs valgrind, wrk and nm. `EDGE_BINARY` is a release build.
@@ -42,6 +44,9 @@ HEADER = """\
 # its first response. Written by bench/link_order.py; regenerate it there.
 # Names the binary no longer defines are skipped by the linker.
 """
+# The function the V8 thread runs (in linkage names, as callgrind gives them
+# with `--demangle=no`).
+REQUEST_THREAD = "4pool11thread_main"
 # callgrind's suffix for a recursion level of a function (`f'2`).
 _RECURSION = re.compile(r"'\d+$")
 
@@ -75,14 +80,21 @@ def self_costs(lines) -> dict[str, int]:
     return costs
 
 
-def order(start: dict[str, int], warm: dict[str, int], defined: set[str]) -> list[str]:
-    """The warm path's functions by their instructions, most first, then the
-    rest of the start's by name (a stable file from run to run); only names
-    in `defined`."""
-    hot = [n for n, c in sorted(warm.items(), key=lambda kv: (-kv[1], kv[0]))
-           if c > 0 and n in defined]
+def order(starts: list[dict[str, int]], warms: list[dict[str, int]],
+          defined: set[str]) -> list[str]:
+    """The warm paths' functions by their share of each run's instructions,
+    summed over the runs, most first; then the rest of what the starts ran,
+    by name (a stable file from run to run); only names in `defined`."""
+    share: dict[str, float] = {}
+    for warm in warms:
+        total = sum(warm.values()) or 1
+        for n, c in warm.items():
+            if c > 0 and n in defined:
+                share[n] = share.get(n, 0.0) + c / total
+    hot = sorted(share, key=lambda n: (-share[n], n))
     seen = set(hot)
-    return hot + sorted(n for n in start if n in defined and n not in seen)
+    rest = {n for start in starts for n in start if n in defined and n not in seen}
+    return hot + sorted(rest)
 
 
 def defined_functions(binary: Path) -> set[str]:
@@ -103,6 +115,7 @@ def main() -> None:
     ap.add_argument("binary", type=Path)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--workloads", default="hello,json,echo")
     ap.add_argument("--check", action="store_true",
                     help="report how many listed names the binary defines; write nothing")
     args = ap.parse_args()
@@ -112,22 +125,34 @@ def main() -> None:
         have = sum(n in defined for n in names)
         print(f"{ORDER_FILE.name}: {have} of {len(names)} names defined in {args.binary}")
         return
-    wdir = servers.WORKLOADS_DIR / "hello"
-    with tempfile.TemporaryDirectory() as d:
-        port = servers.free_port()
-        argv = [str(args.binary), "dev", str(wdir / "worker.js"), "--listen", f"127.0.0.1:{port}"]
-        warm_dump, _ = instructions.run_counted(
-            argv, dict(os.environ, ISOLA_LOG="warn"), "hello", port, args.warmup, args.seconds,
-            1, Path(d), callgrind_args=["--demangle=no"], dump_first=True)
-        start_dump = next(Path(d).glob("callgrind.out.*.1"))
-        with open(start_dump, errors="replace") as f:
-            start = self_costs(f)
-        with open(warm_dump, errors="replace") as f:
-            warm = self_costs(f)
-    names = order(start, warm, defined)
+    starts, warms = [], []
+    for workload in args.workloads.split(","):
+        wdir = servers.WORKLOADS_DIR / workload
+        with tempfile.TemporaryDirectory() as d:
+            port = servers.free_port()
+            argv = [str(args.binary), "dev", str(wdir / "worker.js"),
+                    "--listen", f"127.0.0.1:{port}"]
+            instructions.run_counted(
+                argv, dict(os.environ, ISOLA_LOG="warn"), workload, port, args.warmup,
+                args.seconds, 1, Path(d), callgrind_args=["--demangle=no", "--separate-threads=yes"],
+                dump_first=True)
+            start: dict[str, int] = {}
+            for dump in Path(d).glob("callgrind.out.*.1-*"):
+                with open(dump, errors="replace") as f:
+                    start.update(self_costs(f))
+            starts.append(start)
+            # The warm path is the request thread's (`dev` serves HTTP on
+            # the V8 thread): V8's background threads still compiling
+            # TurboFan code or marking are not on it.
+            for dump in Path(d).glob("callgrind.out.*.2-*"):
+                with open(dump, errors="replace") as f:
+                    costs = self_costs(f)
+                if any(REQUEST_THREAD in n for n in costs):
+                    warms.append(costs)
+    names = order(starts, warms, defined)
     ORDER_FILE.write_text(HEADER + "\n".join(names) + "\n")
-    hot = sum(1 for n, c in warm.items() if c > 0 and n in defined)
-    print(f"wrote {ORDER_FILE}: {len(names)} functions, {hot} of them on the warm path")
+    hot = len({n for w in warms for n, c in w.items() if c > 0 and n in defined})
+    print(f"wrote {ORDER_FILE}: {len(names)} functions, {hot} of them on the warm paths")
 
 
 if __name__ == "__main__":

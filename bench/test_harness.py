@@ -534,11 +534,15 @@ calls=1 0
         self.assertEqual(link_order.self_costs(out.splitlines()),
                          {"_ZN4main": 15, "_ZN4hot": 400})
 
-    def test_warm_path_first_by_cost_then_the_start_by_name(self):
-        start = {"c": 9, "a": 1, "hot": 50, "libc_only": 3}
-        warm = {"hot": 50, "warm2": 70, "idle": 0, "gone": 5}
-        defined = {"a", "c", "hot", "warm2", "idle"}
-        self.assertEqual(link_order.order(start, warm, defined), ["warm2", "hot", "a", "c"])
+    def test_warm_paths_first_by_share_then_the_starts_by_name(self):
+        starts = [{"c": 9, "a": 1, "hot": 50, "libc_only": 3}, {"b": 2}]
+        # Each run weighs the same: `big` is most of the second run's
+        # instructions, `warm2` 70 % of the first's.
+        warms = [{"hot": 25, "warm2": 70, "idle": 0, "gone": 5},
+                 {"big": 9000, "hot": 1000}]
+        defined = {"a", "b", "c", "hot", "warm2", "idle", "big"}
+        self.assertEqual(link_order.order(starts, warms, defined),
+                         ["big", "warm2", "hot", "a", "b", "c"])
 
 
 if __name__ == "__main__":
