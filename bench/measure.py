@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+import link_order
 import report
 import servers
 from servers import BENCH, WORKLOADS_DIR
@@ -854,6 +855,18 @@ def cargo_lock_version(lock: Path, name: str) -> str:
     return m.group(1) if m else "?"
 
 
+def link_order_note(binary: Path) -> str:
+    """Whether the edge was linked in `edge-node/link-order.txt`'s order and
+    how much of the list it still defines (bench/README.md, *Laying out the
+    binary*); nothing where `nm` cannot tell."""
+    try:
+        text = link_order.coverage(link_order.listed(link_order.ORDER_FILE),
+                                   link_order.defined_functions(binary))
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"; link order: {text}"
+
+
 def describe_env() -> dict:
     cpu_model = "?"
     try:
@@ -884,7 +897,8 @@ def describe_env() -> dict:
         built = (dt.datetime.fromtimestamp(src.stat().st_mtime).isoformat(timespec="seconds")
                  if src.exists() else "?")
         return (f"{source}; binary built {built}; {cmd_out([str(b), '--version'])}"
-                + (f"; {BIN_NOTES[key]}" if key in BIN_NOTES else ""))
+                + (f"; {BIN_NOTES[key]}" if key in BIN_NOTES else "")
+                + (link_order_note(b) if key == "isola" else ""))
 
     versions = {
         "isola-edge": isola("isola"),

@@ -544,6 +544,13 @@ calls=1 0
         self.assertEqual(link_order.order(starts, warms, defined),
                          ["big", "warm2", "hot", "a", "b", "c"])
 
+    def test_coverage_tells_a_laid_out_binary_from_one_that_is_not(self):
+        names = ["f", "g", "h", "gone"]
+        self.assertEqual(link_order.coverage(names, {"f": 16, "g": 32, "h": 48}),
+                         "3 of 4 listed functions defined, laid out in the list's order")
+        self.assertEqual(link_order.coverage(names, {"f": 48, "g": 32, "h": 16}),
+                         "3 of 4 listed functions defined, not in the list's order")
+
 
 if __name__ == "__main__":
     unittest.main()
