@@ -31,6 +31,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -81,7 +82,7 @@ def self_costs(lines) -> dict[str, int]:
 
 
 def order(starts: list[dict[str, int]], warms: list[dict[str, int]],
-          defined: set[str]) -> list[str]:
+          defined: Collection[str]) -> list[str]:
     """The warm paths' functions by their share of each run's instructions,
     summed over the runs, most first; then the rest of what the starts ran,
     by name (a stable file from run to run); only names in `defined`."""
@@ -128,7 +129,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--workloads", default="hello,json,echo")
     ap.add_argument("--check", action="store_true",
-                    help="report how many listed names the binary defines; write nothing")
+                    help="report how many listed names the binary defines and whether it"
+                    " was linked in their order; write nothing")
     args = ap.parse_args()
     defined = defined_functions(args.binary)
     if args.check:
