@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -171,7 +172,7 @@ def render(results: list[tuple[str, dict[str, float]]]) -> str:
 
 
 def run_counted(argv: list[str], env: dict | None, workload: str, port: int, warmup: int,
-                seconds: int, connections: int, out: Path, callgrind_args: list[str] = (),
+                seconds: int, connections: int, out: Path, callgrind_args: Sequence[str] = (),
                 dump_first: bool = False) -> tuple[Path, int]:
     """`argv` under callgrind: warm up, zero, load, dump. Returns the dump
     and the requests wrk counted meanwhile. `dump_first`: a dump (part 1)
