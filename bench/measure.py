@@ -405,10 +405,13 @@ class Target:
     tenants), port, the Host names to spread requests over (None: the
     default host), and a control plane whose CPU is counted apart."""
 
-    def __init__(self, proc, port, log_path, hosts=None, control=None, more=()):
+    def __init__(self, proc, port, log_path, hosts=None, control=None, more=(), isolates=None):
         self.proc, self.port, self.log_path = proc, port, log_path
         self.hosts, self.control = hosts, control
         self.procs = [proc, *more]
+        # () -> the worker isolates serving `hosts` now (an edge's replicas
+        # on other threads count apart), or None where it cannot say.
+        self.isolates = isolates
 
     def cpu_ticks(self) -> int | None:
         ticks = [proc_cpu_ticks(p.pid) for p in self.procs]
@@ -498,25 +501,34 @@ def warm_problem(cell: dict, w: dict) -> bool:
     return False
 
 
-def warm_spread(cell: dict, load, tenants: int) -> None:
+def warm_spread(cell: dict, load, tenants: int, isolates=None) -> None:
     """Warms a cell whose load is spread over `tenants` workers: at least
-    WARMUP_SPREAD s, then on at the rate seen until each worker has had
-    WARMUP_SPREAD_REQUESTS requests, at most WARMUP_SPREAD_MAX s in all;
-    what it took goes in the cell."""
-    want = CFG["warmup_spread_requests"] * tenants
-    secs, done_s, done = CFG["warmup_spread_s"], 0.0, 0
+    WARMUP_SPREAD s, then on at the rate seen until each isolate serving
+    them has had WARMUP_SPREAD_REQUESTS requests, at most WARMUP_SPREAD_MAX
+    s in all; what it took goes in the cell. An edge with more than one V8
+    thread may load a worker on each (a replica takes the requests that
+    would cross to the other thread), and V8 tiers code up by what ran in
+    each isolate, so `isolates()` (the number serving them now, read after
+    each step) counts where it says more than `tenants`."""
+    secs, done_s, done, units, seen = CFG["warmup_spread_s"], 0.0, 0, tenants, None
     while secs > 0:
         w = load(secs)
         if warm_problem(cell, w):
             break
         done_s += w["duration_s"]
         done += w["requests"]
+        if isolates is not None:
+            seen = isolates()
+            units = max(tenants, seen or 0)
         left_s = CFG["warmup_spread_max_s"] - done_s
-        if done >= want or left_s < 1 or not done:
+        if done >= CFG["warmup_spread_requests"] * units or left_s < 1 or not done:
             break
+        want = CFG["warmup_spread_requests"] * units
         secs = max(1, min(math.ceil((want - done) * done_s / done), int(left_s)))
     cell["warmup"] = {"seconds": round(done_s, 1), "requests": done,
                       "per_worker": done // tenants}
+    if seen is not None:
+        cell["warmup"].update(isolates=seen, per_isolate=done // units)
 
 
 class Started:
@@ -572,7 +584,7 @@ def start_cell(row: str, workload: str, logs: Path, start, wrk_threads: int,
         tenants = len(target.hosts or [])
         load = lambda secs: run_wrk(target.port, workload, script, secs, wrk_threads, wrk_cpus)
         if tenants > 1:
-            warm_spread(cell, load, tenants)
+            warm_spread(cell, load, tenants, target.isolates)
         elif CFG["warmup_s"] > 0:
             warm_problem(cell, load(CFG["warmup_s"]))
     except BaseException:
@@ -720,11 +732,15 @@ def start_single(server: str, workload: str, logs: Path):
 def start_serve(site: servers.ServeSite, row: str, threads: int, hosts: list[str],
                 cpus: set[int] | None, logs: Path):
     def start():
-        port = servers.free_port()
+        port, admin = servers.free_port(), servers.free_port()
         log_path = logs / f"{row}-{site.workload}.log"
-        proc = servers.spawn(site.edge_argv(port, threads, events=row != "serve100q"),
-                             log_path, None, cpus)
-        t = Target(proc, port, log_path, hosts, site.control)
+        proc = servers.spawn(site.edge_argv(port, threads, events=row != "serve100q",
+                                            admin_port=admin), log_path, None, cpus)
+        # The edge loads every deployed worker, so its isolates are those
+        # serving `hosts` only where `hosts` are all of them.
+        every = len(hosts) == len(site.hosts())
+        t = Target(proc, port, log_path, hosts, site.control,
+                   isolates=(lambda: servers.isolates_live(admin)) if every else None)
         return t, site.wait_all_served(proc, port, CFG["serve_ready_timeout_s"])
     return start
 

@@ -670,14 +670,19 @@ def spread_warmup(raw: dict) -> str:
     if "warmup_spread_requests" not in c:
         return (f" ({c['warmup_spread_s']} s where the load is spread over many workers)"
                 if "warmup_spread_s" in c else "")
-    secs = [cell["warmup"]["seconds"] for cell in raw.get("cells", []) + (raw.get("tenants") or [])
-            if cell.get("warmup")]
+    warmed = [cell["warmup"] for cell in raw.get("cells", []) + (raw.get("tenants") or [])
+              + (raw.get("scaling") or []) if cell.get("warmup")]
+    secs = [w["seconds"] for w in warmed]
+    # Since 2026-12-08 an edge's replicas of a worker (one per V8 thread)
+    # count apart: each isolate tiers its code up by what it ran.
+    each = ("each isolate serving them" if any("isolates" in w for w in warmed)
+            else "each worker")
     took = ""
     if secs:
         lo, hi = min(secs), max(secs)
         took = f"; took {lo:.0f} s" if round(lo) == round(hi) else f"; took {lo:.0f}–{hi:.0f} s"
     return (f" (where the load is spread over many workers: at least {c['warmup_spread_s']} s, "
-            f"then until each worker has had {c['warmup_spread_requests']:,} requests, at most "
+            f"then until {each} has had {c['warmup_spread_requests']:,} requests, at most "
             f"{c['warmup_spread_max_s']} s{took})")
 
 

@@ -135,6 +135,29 @@ def log_tail(path: Path, n: int = 25) -> str:
 # HTTP probing
 
 
+def isolates_live(admin_port: int) -> int | None:
+    """The worker isolates an edge has loaded now (`isola_isolates_live` on
+    its admin listener's `/metrics`), or None if it cannot say."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except (OSError, ValueError):
+        return None
+    return parse_isolates_live(text)
+
+
+def parse_isolates_live(metrics: str) -> int | None:
+    """`isola_isolates_live`'s value in an OpenMetrics text."""
+    for line in metrics.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "isola_isolates_live":
+            try:
+                return int(float(value.split()[0]))
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -404,15 +427,17 @@ class ServeSite:
         return len(self.identities) - 1
 
     def edge_argv(self, port: int, threads: int, events: bool = True,
-                  identity: int = 0, binary: Path | None = None) -> list[str]:
+                  identity: int = 0, binary: Path | None = None,
+                  admin_port: int | None = None) -> list[str]:
         """Rewrites an enrolled edge's edge.toml for this start (listener,
-        thread count, and whether trace events go to the control plane)."""
+        admin listener, thread count, and whether trace events go to the
+        control plane)."""
         toml, base = self.identities[identity]
         if not events:
             base = base.replace("[control]\n", "[control]\ntrace_events = false\n", 1)
         toml.write_text(
             base + f'\n[server]\nlisten = "127.0.0.1:{port}"\n'
-            f'admin = "127.0.0.1:{free_port()}"\nthreads = {threads}\n')
+            f'admin = "127.0.0.1:{admin_port or free_port()}"\nthreads = {threads}\n')
         return [str(binary or self.edge_bin), "serve", "--config", str(toml)]
 
     def wait_all_served(self, proc: subprocess.Popen, port: int, timeout_s: float) -> str | None:

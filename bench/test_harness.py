@@ -15,6 +15,7 @@ import instructions  # noqa: E402
 import link_order  # noqa: E402
 import measure  # noqa: E402
 import report  # noqa: E402
+import servers  # noqa: E402
 
 DENSITY_OUT = """| figure | value |
 |---|---|
@@ -245,7 +246,7 @@ class SpreadWarmUp(unittest.TestCase):
     """The warm-up of a cell spread over many workers, counted in requests
     per worker, against a load that answers `rps` a second."""
 
-    def warm(self, rps, tenants=100, first=30, per_worker=40_000, most=300):
+    def warm(self, rps, tenants=100, first=30, per_worker=40_000, most=300, isolates=None):
         asked = []
 
         def load(secs):
@@ -254,8 +255,23 @@ class SpreadWarmUp(unittest.TestCase):
         cell = {"problems": []}
         with mock.patch.dict(measure.CFG, warmup_spread_s=first,
                              warmup_spread_requests=per_worker, warmup_spread_max_s=most):
-            measure.warm_spread(cell, load, tenants)
+            measure.warm_spread(cell, load, tenants, isolates)
         return asked, cell
+
+    def test_counts_each_isolate_of_a_worker(self):
+        # Two V8 threads, each with a replica of every worker: twice the
+        # requests, read after each step.
+        seen = iter([150, 200, 200])
+        asked, cell = self.warm(40_000, isolates=lambda: next(seen))
+        self.assertEqual(asked, [30, 120, 50])
+        self.assertEqual(cell["warmup"], {"seconds": 200.0, "requests": 8_000_000,
+                                          "per_worker": 80_000, "isolates": 200,
+                                          "per_isolate": 40_000})
+
+    def test_an_edge_that_cannot_say_counts_workers(self):
+        asked, cell = self.warm(40_000, isolates=lambda: None)
+        self.assertEqual(asked, [30, 70])
+        self.assertNotIn("isolates", cell["warmup"])
 
     def test_goes_on_until_each_worker_had_its_requests(self):
         asked, cell = self.warm(40_000)
@@ -284,6 +300,15 @@ class SpreadWarmUp(unittest.TestCase):
         r["cells"][2]["warmup"] = {"seconds": 101.2, "requests": 4_048_000, "per_worker": 40_480}
         md = report.render(r)
         self.assertIn("until each worker has had 40,000 requests, at most 300 s; took 101 s)", md)
+        r["cells"][2]["warmup"].update(isolates=100, per_isolate=40_480)
+        self.assertIn("until each isolate serving them has had 40,000", report.render(r))
+
+    def test_the_isolates_an_edge_has_loaded(self):
+        text = ("# HELP isola_isolates_live Loaded worker isolates.\n"
+                "# TYPE isola_isolates_live gauge\nisola_isolates_live 200\n"
+                "isola_isolates_memory_bytes 5\n# EOF\n")
+        self.assertEqual(servers.parse_isolates_live(text), 200)
+        self.assertIsNone(servers.parse_isolates_live("isola_cold_starts_total 3\n"))
 
 
 class Rounds(unittest.TestCase):
