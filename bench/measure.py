@@ -521,9 +521,9 @@ def warm_spread(cell: dict, load, tenants: int, isolates=None) -> None:
             seen = isolates()
             units = max(tenants, seen or 0)
         left_s = CFG["warmup_spread_max_s"] - done_s
-        if done >= CFG["warmup_spread_requests"] * units or left_s < 1 or not done:
-            break
         want = CFG["warmup_spread_requests"] * units
+        if done >= want or left_s < 1 or not done:
+            break
         secs = max(1, min(math.ceil((want - done) * done_s / done), int(left_s)))
     cell["warmup"] = {"seconds": round(done_s, 1), "requests": done,
                       "per_worker": done // tenants}
